@@ -1,0 +1,57 @@
+//! The wire between netlab's eBPF programs and its userspace: map keys and
+//! values, shared by both sides. Everything here is `#[repr(C)]`, padding-free
+//! and `no_std`; the `user` feature adds `aya::Pod` so userspace can read maps.
+
+#![no_std]
+
+/// Names of maps and programs, so both sides spell them once.
+pub mod names {
+    /// Per-CPU hash: [`IfaceKey`] → [`IfaceCounters`].
+    pub const IFACE_COUNTERS: &str = "IFACE_COUNTERS";
+    pub const COUNT_INGRESS: &str = "count_ingress";
+    pub const COUNT_EGRESS: &str = "count_egress";
+}
+
+/// Capacity of [`names::IFACE_COUNTERS`]: lab interfaces × 2 directions.
+pub const MAX_COUNTED_IFACES: u32 = 4096;
+
+/// Which TC hook saw the packet.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Ingress = 0,
+    Egress = 1,
+}
+
+/// Key of the per-interface counters.
+///
+/// Interfaces are keyed by ifindex. Indexes are per namespace in Linux, but
+/// netlab creates every veth in the host namespace before moving one end, so
+/// a lab's interfaces get distinct indexes; `up` checks this and refuses to
+/// attach if two lab interfaces ever share one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IfaceKey {
+    pub ifindex: u32,
+    /// A [`Direction`] as `u32`.
+    pub direction: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<IfaceKey>() == 8);
+const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain `#[repr(C)]` integers with no padding (sizes asserted above).
+    unsafe impl aya::Pod for IfaceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IfaceCounters {}
+}
