@@ -1,0 +1,231 @@
+//! Loads netlab's eBPF object, attaches its programs with TCX, and pins
+//! everything under `/sys/fs/bpf/netlab/<lab>/` so the lab keeps working
+//! after `up` exits and later commands find it:
+//!
+//! ```text
+//! /sys/fs/bpf/netlab/<lab>/maps/<MAP>             maps, pinned by name
+//! /sys/fs/bpf/netlab/<lab>/progs/<program>        loaded programs
+//! /sys/fs/bpf/netlab/<lab>/links/<place>/<if>@<hook>  TCX links (unpin = detach)
+//! ```
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    EbpfLoader,
+    maps::{Map, MapData, PerCpuHashMap},
+    programs::{SchedClassifier, TcAttachType, links::FdLink},
+};
+use netlab_common::{Direction, IfaceCounters, IfaceKey, names};
+
+use crate::topology::{Iface, Place};
+
+/// The object `cargo xtask` built, or an empty placeholder (see build.rs).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netlab-ebpf.o"));
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+pub fn pin_root() -> PathBuf {
+    Path::new(BPFFS).join("netlab")
+}
+
+pub fn pin_dir(lab: &str) -> PathBuf {
+    pin_root().join(lab)
+}
+
+/// The attach points a lab interface gets: ingress and egress.
+pub const HOOKS: [(Direction, TcAttachType, &str); 2] = [
+    (Direction::Ingress, TcAttachType::Ingress, "ingress"),
+    (Direction::Egress, TcAttachType::Egress, "egress"),
+];
+
+fn program_for(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Ingress => names::COUNT_INGRESS,
+        Direction::Egress => names::COUNT_EGRESS,
+    }
+}
+
+pub fn link_pin(lab: &str, iface: &Iface, hook: &str) -> PathBuf {
+    pin_dir(lab)
+        .join("links")
+        .join(pin_name(&iface.place.to_string()))
+        .join(format!("{}@{hook}", pin_name(&iface.name)))
+}
+
+/// bpffs reserves dots in names (lookup fails with EPERM), but interface and
+/// namespace names may hold them. Linux never allows `:` in an interface
+/// name, so mapping `.` to `:` keeps names distinct.
+fn pin_name(name: &str) -> String {
+    name.replace('.', ":")
+}
+
+/// Mounts bpffs on /sys/fs/bpf if nothing is mounted there yet.
+pub fn ensure_bpffs() -> Result<()> {
+    let dir = crate::netns::cstring(Path::new(BPFFS));
+    // SAFETY: statfs fills the zeroed struct we pass.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: NUL-terminated path and a valid out pointer.
+    if unsafe { libc::statfs(dir.as_ptr(), &mut st) } == 0 && st.f_type == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    let fstype = c"bpf";
+    // SAFETY: plain syscall on NUL-terminated strings.
+    if unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            dir.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
+    }
+    log::info!("mounted bpffs on {BPFFS}");
+    Ok(())
+}
+
+/// Loads the object once per lab (later `up`s reuse the pinned programs and
+/// maps), then attaches the counting programs to every interface in `ifaces`
+/// that does not have a pinned link yet.
+pub fn attach(lab: &str, ifaces: &[Iface]) -> Result<()> {
+    ensure_bpffs()?;
+    let dir = pin_dir(lab);
+    for sub in ["maps", "progs", "links"] {
+        fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+    }
+    let mut programs = load_programs(lab)?;
+    for iface in ifaces {
+        for (direction, attach_type, hook) in HOOKS {
+            let pin = link_pin(lab, iface, hook);
+            if pin.exists() {
+                continue;
+            }
+            if let Some(parent) = pin.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            let name = program_for(direction);
+            let Some(program) = programs.get_mut(name) else {
+                bail!("program {name} was not loaded");
+            };
+            // Attach inside the interface's namespace (ifindex lookup is per
+            // namespace); pin from this thread, whose namespace owns bpffs.
+            let link = crate::netns::on_thread(&iface.place, || -> Result<FdLink> {
+                let id = program
+                    .attach(&iface.name, attach_type)
+                    .with_context(|| format!("attaching {name} to {iface} ({hook})"))?;
+                Ok(program.take_link(id)?.try_into()?)
+            })??;
+            link.pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens the lab's pinned programs, loading the object first (once) for any
+/// that is not pinned yet. Maps are pinned by name, so a later load reuses
+/// them and counters survive.
+fn load_programs(lab: &str) -> Result<BTreeMap<&'static str, SchedClassifier>> {
+    let names = HOOKS.map(|(direction, _, _)| program_for(direction));
+    let pin_of = |name: &str| pin_dir(lab).join("progs").join(name);
+    if names.iter().any(|name| !pin_of(name).exists()) {
+        if EBPF_OBJECT.is_empty() {
+            bail!(
+                "this netlab binary was built without its eBPF object (plain `cargo build`); \
+                 build and run it with `cargo xtask run -- ARGS`"
+            );
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir(lab).join("maps"))
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+        for name in names {
+            let pin = pin_of(name);
+            if pin.exists() {
+                continue;
+            }
+            let Some(program) = ebpf.program_mut(name) else {
+                bail!("the eBPF object has no program {name}");
+            };
+            let program: &mut SchedClassifier = program.try_into()?;
+            program
+                .load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
+            program
+                .pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
+        }
+    }
+    // The pins keep the programs loaded once `ebpf` is dropped.
+    names
+        .into_iter()
+        .map(|name| {
+            let pin = pin_of(name);
+            let program = SchedClassifier::from_pin(&pin)
+                .with_context(|| format!("opening pinned program {}", pin.display()))?;
+            Ok((name, program))
+        })
+        .collect()
+}
+
+/// Removes every pin of the lab: links detach, programs and maps go with
+/// their last reference.
+pub fn remove(lab: &str) -> Result<()> {
+    let dir = pin_dir(lab);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+    // Leave /sys/fs/bpf/netlab only while another lab uses it.
+    let _ = fs::remove_dir(pin_root());
+    Ok(())
+}
+
+/// Packet counters per (ifindex, direction), summed over CPUs.
+pub fn counters(lab: &str) -> Result<BTreeMap<(u32, u32), IfaceCounters>> {
+    let pin = pin_dir(lab).join("maps").join(names::IFACE_COUNTERS);
+    let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+    let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(data))?;
+    let mut out = BTreeMap::new();
+    for entry in map.iter() {
+        let (key, per_cpu) = entry?;
+        let mut sum = IfaceCounters::default();
+        for c in per_cpu.iter() {
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+        }
+        out.insert((key.ifindex, key.direction), sum);
+    }
+    Ok(out)
+}
+
+/// Names of the programs attached with TCX to `iface` at `attach_type`.
+pub fn attached(iface: &Iface, attach_type: TcAttachType) -> Result<Vec<String>> {
+    crate::netns::on_thread(&iface.place, || -> Result<Vec<String>> {
+        let (_, infos) = SchedClassifier::query_tcx(&iface.name, attach_type)?;
+        Ok(infos
+            .iter()
+            .map(|i| i.name_as_str().unwrap_or("?").to_owned())
+            .collect())
+    })?
+}
+
+/// Whether a place can be reached at all (its namespace still exists).
+pub fn place_exists(place: &Place) -> bool {
+    match place {
+        Place::Host => true,
+        Place::Netns(name) => crate::netns::exists(name),
+    }
+}

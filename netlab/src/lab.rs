@@ -1,0 +1,385 @@
+//! Builds a lab from its topology (`up`) and removes it (`down`).
+//!
+//! Ownership rules, so netlab never touches what it did not create:
+//! - links: every link netlab creates carries its lab's owner tag as its
+//!   alias; an existing link by a lab name without the tag is a conflict.
+//! - namespaces: recorded in the lab record before they are created; an
+//!   existing namespace that the record does not list is a conflict.
+//!
+//! `up` converges: whatever already exists and is ours is kept as it is, so a
+//! second `up` creates nothing new. `down` works from the record and the tags
+//! alone, so it also cleans up after an `up` that was killed half way.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    datapath,
+    netlink::{Netlink, owner_tag},
+    netns,
+    state::{LabLock, LabState, STATE_DIR},
+    topology::{self, Datapath, HostAddress, HostNetwork, HostRoute, Iface, Place, Topology},
+};
+
+/// Test hook: `NETLAB_FAULT_AFTER_STEPS=N` aborts `up` right after its N-th
+/// change to the kernel, as a `kill -9` would, so tests can prove that `down`
+/// cleans up a half-built lab. Unset in normal use.
+const FAULT_ENV: &str = "NETLAB_FAULT_AFTER_STEPS";
+
+static STEPS: AtomicU32 = AtomicU32::new(0);
+
+fn step(what: &str) {
+    let n = STEPS.fetch_add(1, Ordering::SeqCst) + 1;
+    log::debug!("step {n}: {what}");
+    if let Some(limit) = std::env::var(FAULT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        && n >= limit
+    {
+        eprintln!("netlab: {FAULT_ENV}={limit}: aborting after step {n} ({what})");
+        std::process::abort();
+    }
+}
+
+/// What `up` did, for its summary line.
+#[derive(Debug, Default)]
+pub struct UpReport {
+    pub created: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+pub fn up(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
+    if topo.datapath != Datapath::Bridge {
+        bail!(
+            "datapath `{}` is not available yet; this version builds `bridge` labs",
+            topo.datapath
+        );
+    }
+    let _lock = LabLock::acquire(&topo.name)?;
+    let tag = owner_tag(&topo.name);
+    let mut state = match LabState::load(&topo.name)? {
+        Some(state) if state.complete && state.topology != text => bail!(
+            "lab `{}` is already up from {} with a different topology; run `netlab down --lab {}` first",
+            topo.name,
+            state.origin,
+            topo.name
+        ),
+        Some(state) => state,
+        None => LabState {
+            lab: topo.name.clone(),
+            ..LabState::default()
+        },
+    };
+
+    check_host(topo, &tag)?;
+    check_ownership(topo, &state, &tag)?;
+
+    state.origin = origin.to_owned();
+    state.topology = text.to_owned();
+    state.datapath = topo.datapath.to_string();
+    state.complete = false;
+    state.save()?;
+
+    let mut report = UpReport::default();
+    for ns in &topo.namespaces {
+        if netns::exists(&ns.name) {
+            report.kept.push(format!("namespace {}", ns.name));
+            continue;
+        }
+        state.note_namespace(&ns.name)?;
+        netns::create(&ns.name)?;
+        step(&format!("namespace {}", ns.name));
+        report.created.push(format!("namespace {}", ns.name));
+    }
+
+    create_links(topo, &tag, &mut report)?;
+    configure(topo)?;
+
+    let ifaces: Vec<Iface> = topo
+        .veth_ends()
+        .map(|e| Iface {
+            place: e.place.clone(),
+            name: e.name.clone(),
+        })
+        .collect();
+    check_distinct_ifindexes(&ifaces)?;
+    datapath::attach(&topo.name, &ifaces)?;
+    step("datapath attached");
+
+    state.complete = true;
+    state.save()?;
+    Ok(report)
+}
+
+/// Refuses a lab subnet that collides with the host's own routes or addresses.
+fn check_host(topo: &Topology, tag: &str) -> Result<()> {
+    let host = netns::run_in(&Place::Host, |nl| async move {
+        let links = nl.links().await?;
+        let addresses = nl.addresses().await?;
+        let routes = nl.routes().await?;
+        Ok((links, addresses, routes))
+    })?;
+    let (links, addresses, routes) = host;
+    let name_of: BTreeMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+    let own_links: Vec<String> = links
+        .iter()
+        .filter(|l| l.alias.as_deref() == Some(tag))
+        .map(|l| l.name.clone())
+        .collect();
+    let host = HostNetwork {
+        routes: routes
+            .iter()
+            .map(|r| HostRoute {
+                dst: r.dst,
+                dev: r.oif.and_then(|i| name_of.get(&i).cloned()),
+            })
+            .collect(),
+        addresses: addresses
+            .iter()
+            .filter_map(|a| {
+                Some(HostAddress {
+                    dev: name_of.get(&a.index)?.clone(),
+                    net: a.net,
+                })
+            })
+            .collect(),
+    };
+    topology::check_host(topo, &host, &own_links)?;
+    Ok(())
+}
+
+/// Refuses to adopt a namespace or host link that some other owner made.
+fn check_ownership(topo: &Topology, state: &LabState, tag: &str) -> Result<()> {
+    for ns in &topo.namespaces {
+        if netns::exists(&ns.name) && !state.namespaces.contains(&ns.name) {
+            bail!(
+                "namespace `{}` already exists and lab `{}` did not create it; \
+                 remove it or rename the namespace in the topology",
+                ns.name,
+                topo.name
+            );
+        }
+    }
+    let host_names: Vec<String> = topo
+        .ifaces()
+        .filter(|i| i.place == Place::Host)
+        .map(|i| i.name)
+        .collect();
+    let tag = tag.to_owned();
+    let lab = topo.name.clone();
+    netns::run_in(&Place::Host, |nl| async move {
+        for name in &host_names {
+            if let Some(link) = nl.link(name).await?
+                && link.alias.as_deref() != Some(tag.as_str())
+            {
+                bail!(
+                    "interface `{name}` already exists on the host and lab `{lab}` did not create it; \
+                     netlab never modifies interfaces it did not create"
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Where a link of the topology currently is, if it exists.
+fn find(place: &Place, name: &str) -> Result<Option<u32>> {
+    let name = name.to_owned();
+    netns::run_in(place, |nl| async move {
+        Ok(nl.link(&name).await?.map(|l| l.index))
+    })
+}
+
+fn temp_name(n: u32) -> String {
+    // 15 bytes at most: "nlt" + 6 hex digits of pid + up to 6 of a counter.
+    format!(
+        "nlt{:06x}{:x}",
+        std::process::id() & 0xff_ffff,
+        n & 0xff_ffff
+    )
+}
+
+fn create_links(topo: &Topology, tag: &str, report: &mut UpReport) -> Result<()> {
+    let bridges: Vec<String> = topo.bridges.iter().map(|b| b.name.clone()).collect();
+    let created = netns::run_in(&Place::Host, |nl| async move {
+        let mut created = Vec::new();
+        for name in &bridges {
+            if nl.link(name).await?.is_some() {
+                continue;
+            }
+            nl.add_bridge(name).await?;
+            let link = nl.require_link(name).await?;
+            nl.set_alias(link.index, tag).await?;
+            step(&format!("bridge {name}"));
+            created.push(format!("bridge {name}"));
+        }
+        Ok(created)
+    })?;
+    report.kept.extend(
+        topo.bridges
+            .iter()
+            .map(|b| format!("bridge {}", b.name))
+            .filter(|b| !created.contains(b)),
+    );
+    report.created.extend(created);
+
+    for (n, veth) in (0u32..).zip(&topo.veths) {
+        let label = format!("veth {}/{}", veth.a.name, veth.b.name);
+        let a = find(&veth.a.place, &veth.a.name)?;
+        let b = find(&veth.b.place, &veth.b.name)?;
+        match (a, b) {
+            (Some(_), Some(_)) => {
+                report.kept.push(label);
+                continue;
+            }
+            // Half a pair (a crash between create and move): remove our
+            // leftover and build the pair again.
+            (Some(index), None) => delete_in(&veth.a.place, index)?,
+            (None, Some(index)) => delete_in(&veth.b.place, index)?,
+            (None, None) => {}
+        }
+        let tmp_a = temp_name(2 * n);
+        let tmp_b = temp_name(2 * n + 1);
+        let ends = [
+            (tmp_a, veth.a.place.clone(), veth.a.name.clone()),
+            (tmp_b, veth.b.place.clone(), veth.b.name.clone()),
+        ];
+        netns::run_in(&Place::Host, |nl| async move {
+            // Created under temporary names in the host, then moved and
+            // renamed in one message each, so a lab name never collides with
+            // a host interface in transit.
+            nl.add_veth(&ends[0].0, &ends[1].0).await?;
+            for (tmp, place, name) in &ends {
+                let link = nl.require_link(tmp).await?;
+                nl.set_alias(link.index, tag).await?;
+                match place {
+                    Place::Host => nl.rename(link.index, name).await?,
+                    Place::Netns(_) => nl.move_to(link.index, place, name).await?,
+                }
+            }
+            Ok(())
+        })?;
+        step(&label);
+        report.created.push(label);
+    }
+    Ok(())
+}
+
+fn delete_in(place: &Place, index: u32) -> Result<()> {
+    netns::run_in(place, |nl| async move { nl.del_link(index).await })
+}
+
+/// Enslaves, addresses and raises every link, then adds routes once every
+/// gateway's subnet is connected.
+fn configure(topo: &Topology) -> Result<()> {
+    let mut places: BTreeSet<Place> = topo.veth_ends().map(|e| e.place.clone()).collect();
+    places.insert(Place::Host);
+    for place in &places {
+        netns::run_in(place, |nl| async move { configure_links(&nl, topo).await })?;
+        step(&format!("links in {place}"));
+    }
+    for place in &places {
+        netns::run_in(place, |nl| async move {
+            for route in topo.routes.iter().filter(|r| &r.place == nl.place()) {
+                nl.add_route(route.to, route.via).await?;
+            }
+            Ok(())
+        })?;
+        step(&format!("routes in {place}"));
+    }
+    Ok(())
+}
+
+async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
+    let place = nl.place().clone();
+    if place != Place::Host {
+        let lo = nl.require_link("lo").await?;
+        nl.set_up(lo.index).await?;
+    }
+    if place == Place::Host {
+        for bridge in &topo.bridges {
+            let link = nl.require_link(&bridge.name).await?;
+            for address in &bridge.addresses {
+                nl.add_address(link.index, address.net).await?;
+            }
+            nl.set_up(link.index).await?;
+        }
+    }
+    for end in topo.veth_ends().filter(|e| e.place == place) {
+        let link = nl.require_link(&end.name).await?;
+        if let Some(bridge) = &end.bridge {
+            let bridge = nl.require_link(bridge).await?;
+            if link.controller != Some(bridge.index) {
+                nl.set_controller(link.index, bridge.index).await?;
+            }
+        }
+        for address in &end.addresses {
+            nl.add_address(link.index, address.net).await?;
+        }
+        nl.set_up(link.index).await?;
+    }
+    Ok(())
+}
+
+/// The counters are keyed by ifindex (see `netlab_common::IfaceKey`); refuse
+/// to attach rather than mix two interfaces' counts.
+fn check_distinct_ifindexes(ifaces: &[Iface]) -> Result<()> {
+    let mut seen: BTreeMap<u32, &Iface> = BTreeMap::new();
+    for iface in ifaces {
+        let index = find(&iface.place, &iface.name)?
+            .with_context(|| format!("interface {iface} vanished during up"))?;
+        if let Some(other) = seen.insert(index, iface) {
+            bail!(
+                "interfaces {other} and {iface} share ifindex {index}; run `netlab down` and `up` again"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What `down` removed.
+#[derive(Debug, Default)]
+pub struct DownReport {
+    pub removed: Vec<String>,
+}
+
+pub fn down(lab: &str) -> Result<DownReport> {
+    let lock = LabLock::acquire(lab)?;
+    let state = LabState::load(lab)?;
+    let tag = owner_tag(lab);
+    let mut report = DownReport::default();
+
+    datapath::remove(lab)?;
+
+    // Links first: deleting a host-side veth end takes its peer in the
+    // namespace with it synchronously, whereas a namespace's devices are
+    // destroyed asynchronously after its last reference goes.
+    let removed = netns::run_in(&Place::Host, |nl| async move {
+        let mut removed = Vec::new();
+        for link in nl.links().await? {
+            if link.alias.as_deref() == Some(tag.as_str()) {
+                nl.del_link(link.index).await?;
+                removed.push(format!("link {}", link.name));
+            }
+        }
+        Ok(removed)
+    })?;
+    report.removed.extend(removed);
+
+    for ns in state.iter().flat_map(|s| s.namespaces.iter()) {
+        if netns::exists(ns) {
+            netns::delete(ns)?;
+            report.removed.push(format!("namespace {ns}"));
+        }
+    }
+
+    LabState::remove(lab)?;
+    drop(lock);
+    let _ = std::fs::remove_file(std::path::Path::new(STATE_DIR).join(format!("{lab}.lock")));
+    let _ = std::fs::remove_dir(STATE_DIR);
+    Ok(report)
+}

@@ -1,0 +1,353 @@
+//! rtnetlink requests, one method per operation the lab needs.
+//!
+//! A [`Netlink`] speaks for one namespace (the one its socket was opened in,
+//! see [`crate::netns::run_in`]). Adds are idempotent where the kernel lets us
+//! tell "already there" apart (`EEXIST`), so a second `up` converges.
+
+use std::{net::IpAddr, net::Ipv4Addr, os::fd::AsRawFd};
+
+use anyhow::{Context, Result, anyhow};
+use futures::TryStreamExt;
+use rtnetlink::{
+    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        AddressFamily,
+        address::AddressAttribute,
+        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
+    },
+};
+
+use crate::{netns, topology::Ipv4Net, topology::Place};
+
+/// What netlab needs to know about an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_IFALIAS`: netlab tags the links it creates with [`owner_tag`].
+    pub alias: Option<String>,
+    pub kind: Option<String>,
+    /// Index of the bridge this link is enslaved to.
+    pub controller: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    pub up: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub table: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    pub index: u32,
+    pub net: Ipv4Net,
+}
+
+/// The alias netlab writes on every link it creates for lab `lab`: the kernel
+/// object itself says who owns it, so `down` deletes by ownership, not by
+/// guesswork, even after a crash lost the state record.
+pub fn owner_tag(lab: &str) -> String {
+    format!("netlab:{lab}")
+}
+
+const EEXIST: i32 = -libc::EEXIST;
+const ENODEV: i32 = -libc::ENODEV;
+const ENOENT: i32 = -libc::ENOENT;
+const ESRCH: i32 = -libc::ESRCH;
+
+fn netlink_code(err: &rtnetlink::Error) -> Option<i32> {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code()),
+        _ => None,
+    }
+}
+
+pub struct Netlink {
+    handle: Handle,
+    place: Place,
+}
+
+impl Netlink {
+    pub fn new(handle: Handle, place: Place) -> Self {
+        Netlink { handle, place }
+    }
+
+    pub fn place(&self) -> &Place {
+        &self.place
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let mut stream = self.handle.link().get().execute();
+        let mut links = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .with_context(|| format!("listing links in {}", self.place))?
+        {
+            links.push(parse_link(&msg));
+        }
+        Ok(links)
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => Ok(Some(parse_link(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if matches!(netlink_code(&e), Some(ENODEV)) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up {name} in {}", self.place)),
+        }
+    }
+
+    pub async fn require_link(&self, name: &str) -> Result<Link> {
+        self.link(name)
+            .await?
+            .ok_or_else(|| anyhow!("interface {name} is missing in {}", self.place))
+    }
+
+    pub async fn add_bridge(&self, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating bridge {name} in {}", self.place))
+    }
+
+    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<()> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth pair {name}/{peer} in {}", self.place))
+    }
+
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
+        self.set(LinkUnspec::new_with_index(index).alias(alias).build())
+            .await
+            .with_context(|| format!("tagging link {index} in {}", self.place))
+    }
+
+    /// Moves a link into another namespace under its final name (one message,
+    /// like `ip link set X netns red name Y`, so names never collide in transit).
+    pub async fn move_to(&self, index: u32, place: &Place, name: &str) -> Result<()> {
+        let fd = netns::open(place)?;
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .setns_by_fd(fd.as_raw_fd())
+                .name(name.to_owned())
+                .build(),
+        )
+        .await
+        .with_context(|| format!("moving link {index} to {place} as {name}"))
+    }
+
+    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .name(name.to_owned())
+                .build(),
+        )
+        .await
+        .with_context(|| format!("renaming link {index} to {name} in {}", self.place))
+    }
+
+    pub async fn set_controller(&self, index: u32, bridge_index: u32) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .controller(bridge_index)
+                .build(),
+        )
+        .await
+        .with_context(|| format!("enslaving link {index} in {}", self.place))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.set(LinkUnspec::new_with_index(index).up().build())
+            .await
+            .with_context(|| format!("setting link {index} up in {}", self.place))
+    }
+
+    pub async fn del_link(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(netlink_code(&e), Some(ENODEV)) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting link {index} in {}", self.place)),
+        }
+    }
+
+    async fn set(&self, msg: LinkMessage) -> Result<(), rtnetlink::Error> {
+        self.handle.link().set(msg).execute().await
+    }
+
+    pub async fn addresses(&self) -> Result<Vec<Address>> {
+        let mut stream = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .with_context(|| format!("listing addresses in {}", self.place))?
+        {
+            if msg.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let local = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip))
+                | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(addr) = local {
+                out.push(Address {
+                    index: msg.header.index,
+                    net: Ipv4Net {
+                        addr,
+                        prefix_len: msg.header.prefix_len,
+                    },
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds an address; already present is fine.
+    pub async fn add_address(&self, index: u32, net: Ipv4Net) -> Result<()> {
+        match self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(net.addr), net.prefix_len)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(netlink_code(&e), Some(EEXIST)) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding {net} in {}", self.place)),
+        }
+    }
+
+    /// IPv4 routes of the main table (what `ip route` shows).
+    pub async fn routes(&self) -> Result<Vec<Route>> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut stream = self.handle.route().get(filter).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .with_context(|| format!("listing routes in {}", self.place))?
+        {
+            if let Some(route) = parse_route(&msg) {
+                out.push(route);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a gateway route; an identical route already present is fine.
+    pub async fn add_route(&self, to: Ipv4Net, via: Ipv4Addr) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(to.addr, to.prefix_len)
+            .gateway(via)
+            .build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(netlink_code(&e), Some(EEXIST)) => Ok(()),
+            Err(e) => {
+                Err(e).with_context(|| format!("adding route {to} via {via} in {}", self.place))
+            }
+        }
+    }
+
+    pub async fn del_route(&self, route: &Route) -> Result<()> {
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(route.dst.addr, route.dst.prefix_len)
+            .table_id(route.table);
+        if let Some(gw) = route.gateway {
+            builder = builder.gateway(gw);
+        }
+        if let Some(oif) = route.oif {
+            builder = builder.output_interface(oif);
+        }
+        match self.handle.route().del(builder.build()).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(netlink_code(&e), Some(ESRCH) | Some(ENOENT)) => Ok(()),
+            Err(e) => {
+                Err(e).with_context(|| format!("deleting route {} in {}", route.dst, self.place))
+            }
+        }
+    }
+}
+
+fn parse_link(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        alias: None,
+        kind: None,
+        controller: None,
+        mac: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => link.name = name.clone(),
+            LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
+            LinkAttribute::Controller(index) => link.controller = Some(*index),
+            LinkAttribute::Address(bytes) => link.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        link.kind = Some(match kind {
+                            InfoKind::Veth => "veth".to_owned(),
+                            InfoKind::Bridge => "bridge".to_owned(),
+                            other => format!("{other:?}").to_lowercase(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn parse_route(msg: &RouteMessage) -> Option<Route> {
+    if msg.header.address_family != AddressFamily::Inet || msg.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut table = u32::from(msg.header.table);
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut gateway = None;
+    let mut oif = None;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    // Only the main table: local/broadcast routes live in the local table.
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    Some(Route {
+        dst: Ipv4Net {
+            addr: dst,
+            prefix_len: msg.header.destination_prefix_length,
+        },
+        gateway,
+        oif,
+        table,
+    })
+}

@@ -1,0 +1,138 @@
+//! The record of what a lab created, under `/run/netlab/`.
+//!
+//! `up` writes intent *before* it creates a namespace, so `down` can finish
+//! the job after `up` was killed half way. Links need no record: netlab tags
+//! each link it creates with its owner (see [`crate::netlink::owner_tag`]).
+//! The record also keeps the topology text, so later commands (`status`,
+//! `exec`, `publish`) see the lab exactly as it was built.
+//!
+//! `/run` is a tmpfs: after a reboot the record is gone, and so is everything
+//! it described.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+pub const STATE_DIR: &str = "/run/netlab";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LabState {
+    pub lab: String,
+    /// Where the topology came from (file path or `<default lab>`).
+    pub origin: String,
+    /// The topology text as given, re-parsed by later commands.
+    pub topology: String,
+    pub datapath: String,
+    /// Namespaces this lab created (or was about to create).
+    pub namespaces: Vec<String>,
+    /// Set once `up` finished; a record without it is a half-built lab.
+    pub complete: bool,
+}
+
+pub fn path(lab: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{lab}.json"))
+}
+
+impl LabState {
+    pub fn load(lab: &str) -> Result<Option<LabState>> {
+        let path = path(lab);
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("reading lab record {}", path.display()))
+                .map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading lab record {}", path.display())),
+        }
+    }
+
+    /// Writes atomically (temp file + rename), so a crash never leaves half a record.
+    pub fn save(&self) -> Result<()> {
+        fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+        let path = path(&self.lab);
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self)?;
+        let mut file = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn remove(lab: &str) -> Result<()> {
+        match fs::remove_file(path(lab)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).context("removing the lab record"),
+        }
+    }
+
+    /// Records a namespace before it is created.
+    pub fn note_namespace(&mut self, name: &str) -> Result<()> {
+        if !self.namespaces.iter().any(|n| n == name) {
+            self.namespaces.push(name.to_owned());
+            self.save()?;
+        }
+        Ok(())
+    }
+}
+
+/// Labs that have a record on this host.
+pub fn labs() -> Vec<String> {
+    let Ok(entries) = fs::read_dir(STATE_DIR) else {
+        return Vec::new();
+    };
+    let mut labs: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".json").map(str::to_owned)
+        })
+        .collect();
+    labs.sort();
+    labs
+}
+
+/// Picks the lab a command is about: the one named, else the only one up.
+pub fn resolve_lab(requested: Option<&str>) -> Result<String> {
+    if let Some(lab) = requested {
+        return Ok(lab.to_owned());
+    }
+    match labs().as_slice() {
+        [] => bail!("no lab is up (run `netlab up` first)"),
+        [only] => Ok(only.clone()),
+        many => bail!(
+            "{} labs are up ({}); say which with --lab NAME",
+            many.len(),
+            many.join(", ")
+        ),
+    }
+}
+
+/// An exclusive lock on one lab, so `up`, `down` and `publish` never interleave.
+pub struct LabLock {
+    _file: File,
+}
+
+impl LabLock {
+    pub fn acquire(lab: &str) -> Result<LabLock> {
+        fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+        let path = Path::new(STATE_DIR).join(format!("{lab}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: plain syscall on an fd we own; released when the file closes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("locking {}", path.display()));
+        }
+        Ok(LabLock { _file: file })
+    }
+}

@@ -1,0 +1,222 @@
+//! `netlab status`: what the lab is made of right now, read back from the
+//! kernel (links, addresses, routes, attached programs, packet counters).
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{
+    datapath::{self, HOOKS},
+    netns,
+    state::LabState,
+    topology::{self, Iface, Place},
+};
+
+#[derive(Debug, Serialize)]
+pub struct LabStatus {
+    pub lab: String,
+    pub datapath: String,
+    pub origin: String,
+    /// False while `up` runs, or after it was interrupted.
+    pub complete: bool,
+    pub namespaces: Vec<String>,
+    pub places: Vec<PlaceStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlaceStatus {
+    /// `host` or a namespace name.
+    pub place: String,
+    /// False when the namespace has gone missing.
+    pub present: bool,
+    pub links: Vec<LinkStatus>,
+    pub routes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LinkStatus {
+    pub name: String,
+    pub index: Option<u32>,
+    pub kind: Option<String>,
+    pub up: bool,
+    pub master: Option<String>,
+    pub addresses: Vec<String>,
+    pub hooks: Vec<HookStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HookStatus {
+    /// `ingress` or `egress`.
+    pub hook: String,
+    /// Programs attached with TCX, in run order.
+    pub programs: Vec<String>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub fn collect(state: &LabState) -> Result<LabStatus> {
+    let topo = topology::parse(&state.topology, &state.origin)?;
+    let counters = datapath::counters(&state.lab).unwrap_or_default();
+
+    let mut by_place: BTreeMap<Place, Vec<Iface>> = BTreeMap::new();
+    by_place.entry(Place::Host).or_default();
+    for ns in &topo.namespaces {
+        by_place.entry(Place::Netns(ns.name.clone())).or_default();
+    }
+    for iface in topo.ifaces() {
+        by_place.entry(iface.place.clone()).or_default().push(iface);
+    }
+
+    let mut places = Vec::new();
+    for (place, ifaces) in by_place {
+        if !datapath::place_exists(&place) {
+            places.push(PlaceStatus {
+                place: place.to_string(),
+                present: false,
+                links: Vec::new(),
+                routes: Vec::new(),
+            });
+            continue;
+        }
+        let (links, addresses, routes) = netns::run_in(&place, |nl| async move {
+            Ok((nl.links().await?, nl.addresses().await?, nl.routes().await?))
+        })?;
+        let name_of: BTreeMap<u32, &str> =
+            links.iter().map(|l| (l.index, l.name.as_str())).collect();
+        let lab_indexes: Vec<u32> = links
+            .iter()
+            .filter(|l| ifaces.iter().any(|i| i.name == l.name))
+            .map(|l| l.index)
+            .collect();
+
+        let mut link_status = Vec::new();
+        for iface in &ifaces {
+            let link = links.iter().find(|l| l.name == iface.name);
+            let mut hooks = Vec::new();
+            if link.is_some_and(|l| l.kind.as_deref() == Some("veth")) {
+                for (direction, attach_type, hook) in HOOKS {
+                    let programs = datapath::attached(iface, attach_type).unwrap_or_default();
+                    let c = link
+                        .and_then(|l| counters.get(&(l.index, direction as u32)))
+                        .copied()
+                        .unwrap_or_default();
+                    hooks.push(HookStatus {
+                        hook: hook.to_owned(),
+                        programs,
+                        packets: c.packets,
+                        bytes: c.bytes,
+                    });
+                }
+            }
+            link_status.push(LinkStatus {
+                name: iface.name.clone(),
+                index: link.map(|l| l.index),
+                kind: link.and_then(|l| l.kind.clone()),
+                up: link.is_some_and(|l| l.up),
+                master: link
+                    .and_then(|l| l.controller)
+                    .and_then(|i| name_of.get(&i).map(|n| (*n).to_owned())),
+                addresses: link
+                    .map(|l| {
+                        addresses
+                            .iter()
+                            .filter(|a| a.index == l.index)
+                            .map(|a| a.net.to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                hooks,
+            });
+        }
+        let routes = routes
+            .iter()
+            .filter(|r| r.oif.is_none_or(|i| lab_indexes.contains(&i)))
+            .map(|r| {
+                let mut s = if r.dst.prefix_len == 0 {
+                    "default".to_owned()
+                } else {
+                    r.dst.to_string()
+                };
+                if let Some(gw) = r.gateway {
+                    let _ = write!(s, " via {gw}");
+                }
+                if let Some(dev) = r.oif.and_then(|i| name_of.get(&i)) {
+                    let _ = write!(s, " dev {dev}");
+                }
+                s
+            })
+            .collect();
+        places.push(PlaceStatus {
+            place: place.to_string(),
+            present: true,
+            links: link_status,
+            routes,
+        });
+    }
+    Ok(LabStatus {
+        lab: state.lab.clone(),
+        datapath: state.datapath.clone(),
+        origin: state.origin.clone(),
+        complete: state.complete,
+        namespaces: topo.namespaces.iter().map(|n| n.name.clone()).collect(),
+        places,
+    })
+}
+
+pub fn render(status: &LabStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "lab {} ({} datapath, from {}){}",
+        status.lab,
+        status.datapath,
+        status.origin,
+        if status.complete {
+            ""
+        } else {
+            " — INCOMPLETE: `up` did not finish; run `netlab up` or `netlab down`"
+        }
+    );
+    let _ = writeln!(out, "namespaces: {}", status.namespaces.join(", "));
+    for place in &status.places {
+        let _ = writeln!(
+            out,
+            "\n[{}]{}",
+            place.place,
+            if place.present { "" } else { " MISSING" }
+        );
+        for link in &place.links {
+            let _ = writeln!(
+                out,
+                "  {:<14} {:<6} {:<4} {:<18} {}",
+                link.name,
+                link.kind.as_deref().unwrap_or("absent"),
+                if link.up { "up" } else { "down" },
+                link.addresses.join(","),
+                link.master
+                    .as_ref()
+                    .map(|m| format!("master {m}"))
+                    .unwrap_or_default(),
+            );
+            for hook in &link.hooks {
+                let _ = writeln!(
+                    out,
+                    "      {:<7} {:>10} pkts {:>12} bytes  progs: {}",
+                    hook.hook,
+                    hook.packets,
+                    hook.bytes,
+                    if hook.programs.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        hook.programs.join(" → ")
+                    }
+                );
+            }
+        }
+        for route in &place.routes {
+            let _ = writeln!(out, "  route {route}");
+        }
+    }
+    out
+}

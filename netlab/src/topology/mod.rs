@@ -1,0 +1,472 @@
+//! The lab topology: a TOML file (or the embedded default lab) turned into a
+//! validated [`Topology`].
+//!
+//! [`parse`] runs in two phases. First the text is read into raw structs
+//! (TOML syntax, unknown keys, types, then every string that stands for a
+//! value: CIDRs, gateways, published ports, the NAT port range). If anything
+//! there is malformed, those problems are reported and nothing else, since the
+//! rules would only trip over the holes. Otherwise every rule of
+//! [`validate`] runs and all of their problems are reported together, one line
+//! each, in file order, so that one edit-run cycle fixes a whole file.
+//!
+//! [`check_host`] is separate: it needs what the host already has (read over
+//! netlink by the caller) and refuses lab subnets that would collide with it.
+
+pub mod model;
+mod parse;
+mod validate;
+
+pub use model::*;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+/// The tutorial lab, used when no topology file is given.
+pub const DEFAULT_LAB: &str = include_str!("default.toml");
+
+/// The origin shown in error positions for [`DEFAULT_LAB`].
+pub const DEFAULT_LAB_ORIGIN: &str = "<default lab>";
+
+/// Parse and validate; `origin` is the file name shown in errors
+/// (`"<default lab>"` for the embedded one).
+pub fn parse(text: &str, origin: &str) -> Result<Topology, TopologyError> {
+    let (topo, spans) = parse::parse(text, origin).map_err(|mut problems| {
+        validate::sort(&mut problems);
+        TopologyError::Invalid { problems }
+    })?;
+    let problems = validate::validate(&topo, &spans);
+    if problems.is_empty() {
+        Ok(topo)
+    } else {
+        Err(TopologyError::Invalid { problems })
+    }
+}
+
+/// The embedded default lab, parsed and validated.
+pub fn default_lab() -> Result<Topology, TopologyError> {
+    parse(DEFAULT_LAB, DEFAULT_LAB_ORIGIN)
+}
+
+/// Read and validate a topology file; `None` gives the default lab.
+pub fn load(path: Option<&Path>) -> Result<Topology, TopologyError> {
+    let Some(path) = path else {
+        return default_lab();
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// What the host already has, read over netlink by the caller (pure data so
+/// it is unit-testable).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostNetwork {
+    pub routes: Vec<HostRoute>,
+    pub addresses: Vec<HostAddress>,
+}
+
+/// A route of the host's main table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRoute {
+    pub dst: Ipv4Net,
+    /// Output interface; `None` for routes without one (blackhole, multipath).
+    pub dev: Option<String>,
+}
+
+/// An address on a host interface, with its prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostAddress {
+    pub dev: String,
+    pub net: Ipv4Net,
+}
+
+/// Refuse a lab subnet that overlaps a host route or host address.
+///
+/// Routes and addresses whose `dev` is one of `own_links` (interfaces this
+/// same lab created on an earlier `up`) are ignored, and so are default routes
+/// (prefix 0), so a second `up` converges.
+pub fn check_host(
+    topo: &Topology,
+    host: &HostNetwork,
+    own_links: &[String],
+) -> Result<(), TopologyError> {
+    let problems = validate::check_host(topo, host, own_links);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(TopologyError::Invalid { problems })
+    }
+}
+
+/// The class of a [`Problem`], one per rule, so callers and tests can tell
+/// them apart without matching on text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProblemKind {
+    /// The text is not TOML.
+    Syntax,
+    /// A key netlab does not know (every table denies unknown keys).
+    UnknownKey,
+    /// A required key is missing, a value has the wrong type, or a word is not
+    /// one of the allowed ones (`datapath`).
+    Schema,
+    /// The lab `name` is not 1..=32 characters of `a-z`, `0-9`, `-`, `_`.
+    LabName,
+    /// A namespace name is empty, too long, has characters outside
+    /// `A-Za-z0-9._-`, or is the reserved word `host`.
+    NamespaceName,
+    /// An interface name Linux would refuse (length, `/`, `:`, whitespace,
+    /// `.`/`..`) or that clashes with the loopback `lo`.
+    InterfaceName,
+    /// Two namespaces, or two interfaces in the same namespace (bridges and
+    /// host-side veth ends share the host's), with one name.
+    DuplicateName,
+    /// Two routes for the same destination in the same namespace.
+    DuplicateRoute,
+    /// A host port and protocol published twice.
+    DuplicatePort,
+    /// A malformed CIDR, prefix 0, or an address that is its subnet's network
+    /// or broadcast address.
+    Address,
+    /// One IPv4 address on two interfaces.
+    DuplicateAddress,
+    /// Subnets of two different L2 segments overlap.
+    SubnetOverlap,
+    /// A malformed route destination or gateway, or a destination with host
+    /// bits set.
+    Route,
+    /// A route's gateway is not inside any subnet of its namespace.
+    Gateway,
+    /// A veth end or route names a namespace that is not declared.
+    UnknownNamespace,
+    /// A veth end names a bridge that is not declared.
+    UnknownBridge,
+    /// A veth end in a namespace names a bridge (bridges are host-only).
+    BridgeInNetns,
+    /// `nat.uplink` is not a host-side veth end or bridge of the lab.
+    UnknownUplink,
+    /// Another `[nat]` setting is malformed or out of range.
+    NatSetting,
+    /// A published port is malformed or 0.
+    Publish,
+    /// A namespace publishes ports but has no address to forward them to.
+    NoBackend,
+    /// A lab subnet overlaps a route or address the host already has.
+    HostOverlap,
+}
+
+impl ProblemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::Syntax => "syntax",
+            ProblemKind::UnknownKey => "unknown-key",
+            ProblemKind::Schema => "schema",
+            ProblemKind::LabName => "lab-name",
+            ProblemKind::NamespaceName => "namespace-name",
+            ProblemKind::InterfaceName => "interface-name",
+            ProblemKind::DuplicateName => "duplicate-name",
+            ProblemKind::DuplicateRoute => "duplicate-route",
+            ProblemKind::DuplicatePort => "duplicate-port",
+            ProblemKind::Address => "address",
+            ProblemKind::DuplicateAddress => "duplicate-address",
+            ProblemKind::SubnetOverlap => "subnet-overlap",
+            ProblemKind::Route => "route",
+            ProblemKind::Gateway => "gateway",
+            ProblemKind::UnknownNamespace => "unknown-namespace",
+            ProblemKind::UnknownBridge => "unknown-bridge",
+            ProblemKind::BridgeInNetns => "bridge-in-netns",
+            ProblemKind::UnknownUplink => "unknown-uplink",
+            ProblemKind::NatSetting => "nat-setting",
+            ProblemKind::Publish => "publish",
+            ProblemKind::NoBackend => "no-backend",
+            ProblemKind::HostOverlap => "host-overlap",
+        }
+    }
+}
+
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One thing wrong with a topology. `message` is complete: it names the
+/// item, the rule and the position (`... (lab.toml:12:9)`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// Where the offending item is (also inside `message`).
+    pub at: Pos,
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem whose message ends with its position: `TEXT (POS)`.
+    fn new(kind: ProblemKind, at: &Pos, text: impl fmt::Display) -> Problem {
+        Problem {
+            kind,
+            at: at.clone(),
+            message: format!("{text} ({at})"),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The topology file could not be read.
+    #[error("cannot read topology file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The topology is invalid (or clashes with the host): one line per
+    /// problem, in file order.
+    #[error("{}", ProblemLines(problems))]
+    Invalid { problems: Vec<Problem> },
+}
+
+impl TopologyError {
+    /// Every problem found; empty for [`TopologyError::Read`].
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            TopologyError::Read { .. } => &[],
+            TopologyError::Invalid { problems } => problems,
+        }
+    }
+
+    /// The kinds of [`Self::problems`], in the same order.
+    pub fn kinds(&self) -> Vec<ProblemKind> {
+        self.problems().iter().map(|p| p.kind).collect()
+    }
+
+    pub fn has(&self, kind: ProblemKind) -> bool {
+        self.problems().iter().any(|p| p.kind == kind)
+    }
+}
+
+struct ProblemLines<'a>(&'a [Problem]);
+
+impl fmt::Display for ProblemLines<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            f.write_str(&problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Helpers shared by the unit tests of this module and its children.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod testutil {
+    use super::{Problem, ProblemKind};
+
+    /// `lab.toml:LINE:COL` of a byte offset, counted here independently of
+    /// the parser's own position code.
+    fn pos_of(text: &str, offset: usize) -> String {
+        let before = &text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap().chars().count() + 1;
+        format!("lab.toml:{line}:{column}")
+    }
+
+    fn offset_of(text: &str, needle: &str, n: usize) -> usize {
+        text.match_indices(needle)
+            .nth(n)
+            .unwrap_or_else(|| panic!("`{needle}` #{n} not in the fixture"))
+            .0
+    }
+
+    /// Position of the first `needle` in `text`.
+    pub fn at(text: &str, needle: &str) -> String {
+        at_nth(text, needle, 0)
+    }
+
+    /// Position of the `n`th (0-based) `needle` in `text`.
+    pub fn at_nth(text: &str, needle: &str, n: usize) -> String {
+        pos_of(text, offset_of(text, needle, n))
+    }
+
+    /// Position of the quoted value in the `n`th (0-based) `key_value`, such
+    /// as `name = "red"`: where the parser places the item.
+    pub fn value_at(text: &str, key_value: &str, n: usize) -> String {
+        let quote = key_value.find('"').unwrap();
+        pos_of(text, offset_of(text, key_value, n) + quote)
+    }
+
+    /// The single problem of `text` (parsed as `lab.toml`), checked for
+    /// `kind` and for mentioning every one of `needles`.
+    pub fn only_problem(text: &str, kind: ProblemKind, needles: &[&str]) -> Problem {
+        let err = super::parse(text, "lab.toml").unwrap_err();
+        assert_eq!(err.kinds(), [kind], "{err}");
+        let problem = err.problems()[0].clone();
+        for needle in needles {
+            assert!(
+                problem.message.contains(needle),
+                "`{}` lacks `{needle}`",
+                problem.message
+            );
+        }
+        problem
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn net(s: &str) -> Ipv4Net {
+        let (a, p) = s.split_once('/').unwrap();
+        Ipv4Net {
+            addr: a.parse().unwrap(),
+            prefix_len: p.parse().unwrap(),
+        }
+    }
+
+    fn end<'t>(topo: &'t Topology, name: &str) -> &'t VethEnd {
+        topo.veth_ends().find(|e| e.name == name).unwrap()
+    }
+
+    fn nets(addresses: &[Address]) -> Vec<Ipv4Net> {
+        addresses.iter().map(|a| a.net).collect()
+    }
+
+    #[test]
+    fn default_lab_parses() {
+        let topo = default_lab().unwrap();
+        assert_eq!(topo.name, "default");
+        assert_eq!(topo.datapath, Datapath::Bridge);
+        let names: Vec<_> = topo.namespaces.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["red", "blue", "outside"]);
+        assert!(topo.namespaces.iter().all(|n| n.publish.is_empty()));
+
+        assert_eq!(topo.bridges.len(), 1);
+        assert_eq!(topo.bridges[0].name, "v-net-0");
+        assert_eq!(nets(&topo.bridges[0].addresses), [net("192.168.15.5/24")]);
+
+        assert_eq!(topo.veths.len(), 3);
+        let red = end(&topo, "veth-red");
+        assert_eq!(red.place, Place::Netns("red".into()));
+        assert_eq!(red.bridge, None);
+        assert_eq!(nets(&red.addresses), [net("192.168.15.1/24")]);
+        let red_br = end(&topo, "veth-red-br");
+        assert_eq!(red_br.place, Place::Host);
+        assert_eq!(red_br.bridge.as_deref(), Some("v-net-0"));
+        assert!(red_br.addresses.is_empty());
+        assert_eq!(topo.veths[0].a.name, "veth-red");
+        assert_eq!(topo.veths[0].b.name, "veth-red-br");
+
+        let blue = end(&topo, "veth-blue");
+        assert_eq!(blue.place, Place::Netns("blue".into()));
+        assert_eq!(nets(&blue.addresses), [net("192.168.15.2/24")]);
+        assert_eq!(
+            end(&topo, "veth-blue-br").bridge.as_deref(),
+            Some("v-net-0")
+        );
+
+        let outside = end(&topo, "veth-outside");
+        assert_eq!(outside.place, Place::Netns("outside".into()));
+        assert_eq!(nets(&outside.addresses), [net("203.0.113.2/24")]);
+        let uplink = end(&topo, "nl-uplink");
+        assert_eq!(uplink.place, Place::Host);
+        assert_eq!(uplink.bridge, None);
+        assert_eq!(nets(&uplink.addresses), [net("203.0.113.1/24")]);
+
+        assert_eq!(topo.routes.len(), 2);
+        for (route, ns) in topo.routes.iter().zip(["red", "blue"]) {
+            assert_eq!(route.place, Place::Netns(ns.into()));
+            assert_eq!(route.to, Ipv4Net::DEFAULT);
+            assert_eq!(route.via, Ipv4Addr::new(192, 168, 15, 5));
+        }
+
+        assert_eq!(topo.nat.masquerade, [net("192.168.15.0/24")]);
+        assert_eq!(topo.nat.uplink.as_deref(), Some("nl-uplink"));
+        assert_eq!(topo.nat.port_range, (32768, 60999));
+        assert_eq!(topo.nat.conntrack_size, 65536);
+    }
+
+    #[test]
+    fn default_lab_positions() {
+        let topo = default_lab().unwrap();
+        let red = &topo.namespaces[0];
+        assert_eq!(red.at.origin, "<default lab>");
+        // `name = "red"` under the first [[namespace]]; the position is the value.
+        let line = DEFAULT_LAB
+            .lines()
+            .position(|l| l == "name = \"red\"")
+            .unwrap();
+        assert_eq!((red.at.line, red.at.column), (line + 1, 8));
+        assert_eq!(red.at.to_string(), format!("<default lab>:{}:8", line + 1));
+        // The peer name inside an inline table.
+        let red_br = end(&topo, "veth-red-br");
+        let line = DEFAULT_LAB
+            .lines()
+            .position(|l| l.starts_with("peer = { name = \"veth-red-br\""))
+            .unwrap();
+        assert_eq!((red_br.at.line, red_br.at.column), (line + 1, 17));
+    }
+
+    #[test]
+    fn load_none_is_the_default_lab() {
+        assert_eq!(load(None).unwrap(), default_lab().unwrap());
+    }
+
+    #[test]
+    fn load_reads_a_file_and_names_it_in_errors() {
+        let dir = std::env::temp_dir().join(format!("netlab-topology-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(&good, DEFAULT_LAB).unwrap();
+        let topo = load(Some(&good)).unwrap();
+        assert_eq!(topo.namespaces[0].at.origin, good.display().to_string());
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "name = \"x\"\nbogus = 1\n").unwrap();
+        let err = load(Some(&bad)).unwrap_err();
+        assert_eq!(err.kinds(), [ProblemKind::UnknownKey]);
+        assert!(
+            err.to_string().contains(&format!("{}:2:1", bad.display())),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn load_missing_file_names_the_path() {
+        let path = Path::new("/nonexistent/netlab/lab.toml");
+        let err = load(Some(path)).unwrap_err();
+        assert!(matches!(err, TopologyError::Read { .. }), "{err:?}");
+        assert!(err.problems().is_empty());
+        let text = err.to_string();
+        assert!(text.contains("/nonexistent/netlab/lab.toml"), "{text}");
+    }
+
+    #[test]
+    fn error_prints_one_line_per_problem() {
+        let err = TopologyError::Invalid {
+            problems: vec![
+                Problem::new(ProblemKind::Address, &Pos::default(), "first"),
+                Problem::new(ProblemKind::Gateway, &Pos::default(), "second"),
+            ],
+        };
+        assert_eq!(err.to_string(), "first ()\nsecond ()");
+        assert_eq!(err.kinds(), [ProblemKind::Address, ProblemKind::Gateway]);
+        assert!(err.has(ProblemKind::Gateway));
+        assert!(!err.has(ProblemKind::Syntax));
+    }
+}

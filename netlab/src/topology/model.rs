@@ -1,0 +1,296 @@
+//! The lab as validated data: what `up` builds.
+//!
+//! Values of these types only come out of [`super::parse`] (file or embedded
+//! default), which has already checked every rule in [`super::validate`]; the
+//! netlink builder can therefore take them at their word.
+
+use std::{fmt, net::Ipv4Addr};
+
+/// Where a namespace-scoped item lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Place {
+    /// The namespace netlab runs in (the "host" of the tutorials).
+    Host,
+    /// A named namespace that the lab owns, mounted at `/run/netns/NAME`.
+    Netns(String),
+}
+
+impl Place {
+    pub fn netns(&self) -> Option<&str> {
+        match self {
+            Place::Host => None,
+            Place::Netns(name) => Some(name),
+        }
+    }
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Host => f.write_str("host"),
+            Place::Netns(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A position in the topology source, for error messages (`lab.toml:12:9`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Pos {
+    /// File name as given by the user, or `<default lab>`.
+    pub origin: String,
+    /// 1-based; 0 when unknown.
+    pub line: usize,
+    /// 1-based; 0 when unknown.
+    pub column: usize,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            f.write_str(&self.origin)
+        } else {
+            write!(f, "{}:{}:{}", self.origin, self.line, self.column)
+        }
+    }
+}
+
+/// An IPv4 network (address with its prefix length). netlab labs are IPv4-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv4Net {
+    pub const DEFAULT: Ipv4Net = Ipv4Net {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix_len: 0,
+    };
+
+    pub fn mask(self) -> u32 {
+        match self.prefix_len {
+            0 => 0,
+            n => u32::MAX << (32 - u32::from(n.min(32))),
+        }
+    }
+
+    /// The network this address sits in (host bits cleared).
+    pub fn network(self) -> Ipv4Net {
+        Ipv4Net {
+            addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()),
+            prefix_len: self.prefix_len,
+        }
+    }
+
+    pub fn broadcast(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.addr) & self.mask()
+    }
+
+    pub fn overlaps(self, other: Ipv4Net) -> bool {
+        let shorter = self.prefix_len.min(other.prefix_len);
+        let mask = Ipv4Net {
+            addr: Ipv4Addr::UNSPECIFIED,
+            prefix_len: shorter,
+        }
+        .mask();
+        u32::from(self.addr) & mask == u32::from(other.addr) & mask
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// Which datapath carries the lab's traffic and NAT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Datapath {
+    /// Linux bridge for L2, netlab's eBPF programs for NAT.
+    #[default]
+    Bridge,
+    /// eBPF redirects between veths, skipping the bridge and the host stack.
+    Redirect,
+    /// The reference: the same lab with iptables NAT in netlab's own chains.
+    Iptables,
+}
+
+impl Datapath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Datapath::Bridge => "bridge",
+            Datapath::Redirect => "redirect",
+            Datapath::Iptables => "iptables",
+        }
+    }
+}
+
+impl fmt::Display for Datapath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `HOST_PORT:PORT/PROTO` on a namespace, as `docker run -p`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Publish {
+    pub host_port: u16,
+    pub port: u16,
+    pub proto: Proto,
+    pub at: Pos,
+}
+
+/// A lab that `up` builds and `down` removes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    /// Names the lab's state record, pin directory and link tags.
+    pub name: String,
+    pub datapath: Datapath,
+    pub namespaces: Vec<Namespace>,
+    pub bridges: Vec<Bridge>,
+    pub veths: Vec<Veth>,
+    pub routes: Vec<Route>,
+    pub nat: Nat,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    /// Ports published on the host, forwarded to this namespace's lab address.
+    pub publish: Vec<Publish>,
+    pub at: Pos,
+}
+
+/// A Linux bridge in the host namespace (`v-net-0`, `docker0`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bridge {
+    pub name: String,
+    pub addresses: Vec<Address>,
+    pub at: Pos,
+}
+
+/// A veth pair; each end says where it goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Veth {
+    pub a: VethEnd,
+    pub b: VethEnd,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VethEnd {
+    pub name: String,
+    pub place: Place,
+    /// Bridge this end is enslaved to (host ends only).
+    pub bridge: Option<String>,
+    pub addresses: Vec<Address>,
+    pub at: Pos,
+}
+
+/// An address on an interface, with the prefix that defines its subnet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    pub net: Ipv4Net,
+    pub at: Pos,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub place: Place,
+    /// `0.0.0.0/0` for `to = "default"`.
+    pub to: Ipv4Net,
+    pub via: Ipv4Addr,
+    pub at: Pos,
+}
+
+/// Masquerade (SNAT) settings; used by the NAT datapath.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nat {
+    /// Lab subnets whose traffic to the uplink leaves with the uplink's address.
+    pub masquerade: Vec<Ipv4Net>,
+    /// Host interface toward the world; its first address is the masquerade
+    /// address and the address published ports answer on.
+    pub uplink: Option<String>,
+    /// Source ports handed out by masquerade, inclusive.
+    pub port_range: (u16, u16),
+    /// Maximum conntrack entries (each flow uses two: one per direction).
+    pub conntrack_size: u32,
+}
+
+impl Default for Nat {
+    fn default() -> Self {
+        Nat {
+            masquerade: Vec::new(),
+            uplink: None,
+            port_range: (32768, 60999),
+            conntrack_size: 65536,
+        }
+    }
+}
+
+/// One interface of the lab, wherever it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Iface {
+    pub place: Place,
+    pub name: String,
+}
+
+impl fmt::Display for Iface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.place, self.name)
+    }
+}
+
+impl Topology {
+    /// Every veth end, in declaration order (a then b).
+    pub fn veth_ends(&self) -> impl Iterator<Item = &VethEnd> {
+        self.veths.iter().flat_map(|v| [&v.a, &v.b])
+    }
+
+    /// Every interface netlab creates, bridges first.
+    pub fn ifaces(&self) -> impl Iterator<Item = Iface> + '_ {
+        self.bridges
+            .iter()
+            .map(|b| Iface {
+                place: Place::Host,
+                name: b.name.clone(),
+            })
+            .chain(self.veth_ends().map(|e| Iface {
+                place: e.place.clone(),
+                name: e.name.clone(),
+            }))
+    }
+
+    /// Every address the lab puts on an interface, with where it was declared.
+    /// Each of their subnets must stay clear of the host's own routes.
+    pub fn addresses(&self) -> impl Iterator<Item = &Address> {
+        self.bridges
+            .iter()
+            .flat_map(|b| b.addresses.iter())
+            .chain(self.veth_ends().flat_map(|e| e.addresses.iter()))
+    }
+}

@@ -1,0 +1,836 @@
+//! Phase one: TOML text → raw serde structs with spans → model.
+//!
+//! Everything here is about reading: TOML syntax, unknown or missing keys,
+//! types, and strings that must spell a value (CIDR, IPv4 address, published
+//! port, port range, datapath). The rules between values are in
+//! [`super::validate`], which also gets the [`Spans`] of items the model does
+//! not carry a position for.
+
+use std::{net::Ipv4Addr, ops::Range};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    Problem, ProblemKind,
+    model::{
+        Address, Bridge, Datapath, Ipv4Net, Namespace, Nat, Place, Pos, Proto, Publish, Route,
+        Topology, Veth, VethEnd,
+    },
+};
+
+/// Lab name when the file has no `name`.
+const DEFAULT_NAME: &str = "default";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLab {
+    name: Option<Spanned<String>>,
+    datapath: Option<Spanned<String>>,
+    #[serde(default)]
+    namespace: Vec<RawNamespace>,
+    #[serde(default)]
+    bridge: Vec<RawBridge>,
+    #[serde(default)]
+    veth: Vec<RawVeth>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+    nat: Option<RawNat>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNamespace {
+    name: Spanned<String>,
+    #[serde(default)]
+    publish: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBridge {
+    name: Spanned<String>,
+    #[serde(default)]
+    addresses: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVeth {
+    name: Spanned<String>,
+    netns: Option<Spanned<String>>,
+    bridge: Option<Spanned<String>>,
+    #[serde(default)]
+    addresses: Vec<Spanned<String>>,
+    peer: RawEnd,
+}
+
+/// The `peer` of a veth: the same keys as the veth's own end, minus `peer`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnd {
+    name: Spanned<String>,
+    netns: Option<Spanned<String>>,
+    bridge: Option<Spanned<String>>,
+    #[serde(default)]
+    addresses: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    netns: Option<Spanned<String>>,
+    to: Spanned<String>,
+    via: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNat {
+    #[serde(default)]
+    masquerade: Vec<Spanned<String>>,
+    uplink: Option<Spanned<String>>,
+    port_range: Option<Spanned<String>>,
+    conntrack_size: Option<Spanned<i64>>,
+}
+
+/// Positions of things the model has no `at` for; indexes follow the model.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Spans {
+    /// The lab `name` value (line 0 when the file has none).
+    pub name: Pos,
+    /// One per veth end, in [`Topology::veth_ends`] order.
+    pub ends: Vec<EndSpans>,
+    /// One per route, in order.
+    pub routes: Vec<RouteSpans>,
+    pub nat: NatSpans,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct EndSpans {
+    /// The `netns` value, or the end's name when it has none.
+    pub netns: Pos,
+    /// The `bridge` value, or the end's name when it has none.
+    pub bridge: Pos,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct RouteSpans {
+    /// The `netns` value, or the `[[route]]` header when it has none.
+    pub netns: Pos,
+    pub to: Pos,
+    pub via: Pos,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct NatSpans {
+    pub uplink: Pos,
+    /// One per `masquerade` entry.
+    pub masquerade: Vec<Pos>,
+    pub port_range: Pos,
+    pub conntrack_size: Pos,
+}
+
+/// Read `text` into the model. `Err` holds every problem found (at least one).
+pub(super) fn parse(text: &str, origin: &str) -> Result<(Topology, Spans), Vec<Problem>> {
+    let locator = Locator::new(origin, text);
+    // Syntax first, on its own, so a syntax error is never reported as a
+    // schema one.
+    if let Err(e) = text.parse::<toml::Table>() {
+        return Err(vec![toml_problem(&locator, ProblemKind::Syntax, &e)]);
+    }
+    let raw: RawLab = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let kind = if e.message().starts_with("unknown field") {
+                ProblemKind::UnknownKey
+            } else {
+                ProblemKind::Schema
+            };
+            return Err(vec![toml_problem(&locator, kind, &e)]);
+        }
+    };
+    let mut reader = Reader {
+        locator,
+        problems: Vec::new(),
+    };
+    let out = reader.lab(raw);
+    if reader.problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(reader.problems)
+    }
+}
+
+/// A problem from the toml crate. Its message does not always name the key
+/// (`invalid type: integer `3`, expected a string`), so the offending source
+/// line is quoted after it.
+fn toml_problem(locator: &Locator<'_>, kind: ProblemKind, e: &toml::de::Error) -> Problem {
+    let (at, line) = match e.span() {
+        Some(span) => (locator.pos(span.start), locator.line_text(span.start)),
+        None => (locator.unknown(), ""),
+    };
+    let mut text = match kind {
+        ProblemKind::Syntax => format!("TOML syntax error: {}", e.message()),
+        _ => e.message().to_owned(),
+    };
+    let line = line.trim();
+    if !line.is_empty() {
+        const MAX: usize = 60;
+        let (shown, more) = match line.char_indices().nth(MAX) {
+            Some((cut, _)) => (&line[..cut], "..."),
+            None => (line, ""),
+        };
+        text = format!("{text}, in `{shown}{more}`");
+    }
+    Problem::new(kind, &at, text)
+}
+
+/// Byte offsets → 1-based line and column (in characters).
+struct Locator<'a> {
+    origin: &'a str,
+    text: &'a str,
+    /// Byte offset where each line starts; the first is 0.
+    line_starts: Vec<usize>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(origin: &'a str, text: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Locator {
+            origin,
+            text,
+            line_starts,
+        }
+    }
+
+    fn pos(&self, offset: usize) -> Pos {
+        let offset = offset.min(self.text.len());
+        // line_starts[0] == 0 <= offset, so this is at least 1.
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self
+            .line_starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
+        Pos {
+            origin: self.origin.to_owned(),
+            line,
+            column: column + 1,
+        }
+    }
+
+    /// The whole line holding `offset`, without its newline.
+    fn line_text(&self, offset: usize) -> &'a str {
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self
+            .line_starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let rest = self.text.get(start..).unwrap_or("");
+        rest.split('\n').next().unwrap_or("").trim_end_matches('\r')
+    }
+
+    fn span(&self, span: Range<usize>) -> Pos {
+        self.pos(span.start)
+    }
+
+    fn unknown(&self) -> Pos {
+        Pos {
+            origin: self.origin.to_owned(),
+            line: 0,
+            column: 0,
+        }
+    }
+}
+
+struct Reader<'a> {
+    locator: Locator<'a>,
+    problems: Vec<Problem>,
+}
+
+impl Reader<'_> {
+    fn at<T>(&self, spanned: &Spanned<T>) -> Pos {
+        self.locator.span(spanned.span())
+    }
+
+    fn problem(&mut self, kind: ProblemKind, at: &Pos, text: impl std::fmt::Display) {
+        self.problems.push(Problem::new(kind, at, text));
+    }
+
+    fn lab(&mut self, raw: RawLab) -> (Topology, Spans) {
+        let mut spans = Spans::default();
+
+        let name = match raw.name {
+            Some(name) => {
+                spans.name = self.at(&name);
+                name.into_inner()
+            }
+            None => {
+                spans.name = self.locator.unknown();
+                DEFAULT_NAME.to_owned()
+            }
+        };
+
+        let datapath = match raw.datapath {
+            None => Datapath::default(),
+            Some(word) => match word.get_ref().as_str() {
+                "bridge" => Datapath::Bridge,
+                "redirect" => Datapath::Redirect,
+                "iptables" => Datapath::Iptables,
+                other => {
+                    let at = self.at(&word);
+                    self.problem(
+                        ProblemKind::Schema,
+                        &at,
+                        format_args!(
+                            "unknown datapath `{other}`; expected `bridge`, `redirect` or `iptables`"
+                        ),
+                    );
+                    Datapath::default()
+                }
+            },
+        };
+
+        let namespaces = raw
+            .namespace
+            .into_iter()
+            .map(|ns| self.namespace(ns))
+            .collect();
+
+        let bridges = raw
+            .bridge
+            .into_iter()
+            .map(|br| {
+                let at = self.at(&br.name);
+                let name = br.name.into_inner();
+                let addresses = self.addresses(&name, br.addresses);
+                Bridge {
+                    name,
+                    addresses,
+                    at,
+                }
+            })
+            .collect();
+
+        let veths = raw
+            .veth
+            .into_iter()
+            .map(|v| {
+                let a = self.end(
+                    RawEnd {
+                        name: v.name,
+                        netns: v.netns,
+                        bridge: v.bridge,
+                        addresses: v.addresses,
+                    },
+                    &mut spans,
+                );
+                let b = self.end(v.peer, &mut spans);
+                Veth { a, b }
+            })
+            .collect();
+
+        let routes = raw
+            .route
+            .into_iter()
+            .filter_map(|r| self.route(r, &mut spans))
+            .collect();
+
+        let nat = match raw.nat {
+            Some(nat) => self.nat(nat, &mut spans),
+            None => Nat::default(),
+        };
+
+        let topo = Topology {
+            name,
+            datapath,
+            namespaces,
+            bridges,
+            veths,
+            routes,
+            nat,
+        };
+        (topo, spans)
+    }
+
+    fn namespace(&mut self, raw: RawNamespace) -> Namespace {
+        let at = self.at(&raw.name);
+        let name = raw.name.into_inner();
+        let publish = raw
+            .publish
+            .into_iter()
+            .filter_map(|spec| {
+                let at = self.at(&spec);
+                match parse_publish(spec.get_ref()) {
+                    Ok((host_port, port, proto)) => Some(Publish {
+                        host_port,
+                        port,
+                        proto,
+                        at,
+                    }),
+                    Err(why) => {
+                        self.problem(
+                            ProblemKind::Publish,
+                            &at,
+                            format_args!(
+                                "published port `{}` on `{name}` is not HOST:PORT[/tcp|/udp]: {why}",
+                                spec.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                }
+            })
+            .collect();
+        Namespace { name, publish, at }
+    }
+
+    fn end(&mut self, raw: RawEnd, spans: &mut Spans) -> VethEnd {
+        let at = self.at(&raw.name);
+        let name = raw.name.into_inner();
+        let netns_at = raw
+            .netns
+            .as_ref()
+            .map_or_else(|| at.clone(), |n| self.at(n));
+        let bridge_at = raw
+            .bridge
+            .as_ref()
+            .map_or_else(|| at.clone(), |b| self.at(b));
+        spans.ends.push(EndSpans {
+            netns: netns_at,
+            bridge: bridge_at,
+        });
+        let addresses = self.addresses(&name, raw.addresses);
+        VethEnd {
+            name,
+            place: place(raw.netns.map(Spanned::into_inner)),
+            bridge: raw.bridge.map(Spanned::into_inner),
+            addresses,
+            at,
+        }
+    }
+
+    fn addresses(&mut self, owner: &str, raw: Vec<Spanned<String>>) -> Vec<Address> {
+        raw.into_iter()
+            .filter_map(|text| {
+                let at = self.at(&text);
+                match parse_cidr(text.get_ref()) {
+                    Ok(net) => Some(Address { net, at }),
+                    Err(why) => {
+                        self.problem(
+                            ProblemKind::Address,
+                            &at,
+                            format_args!(
+                                "address `{}` of `{owner}` is not an IPv4 CIDR like 192.168.15.1/24: {why}",
+                                text.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn route(&mut self, raw: Spanned<RawRoute>, spans: &mut Spans) -> Option<Route> {
+        let at = self.at(&raw);
+        let raw = raw.into_inner();
+        let route_spans = RouteSpans {
+            netns: raw
+                .netns
+                .as_ref()
+                .map_or_else(|| at.clone(), |n| self.at(n)),
+            to: self.at(&raw.to),
+            via: self.at(&raw.via),
+        };
+        let to = match raw.to.get_ref().as_str() {
+            "default" => Some(Ipv4Net::DEFAULT),
+            text => match parse_cidr(text) {
+                Ok(net) => Some(net),
+                Err(why) => {
+                    self.problem(
+                        ProblemKind::Route,
+                        &route_spans.to,
+                        format_args!(
+                            "route destination `{text}` is not `default` or an IPv4 CIDR like 10.0.0.0/8: {why}"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let via = match raw.via.get_ref().parse::<Ipv4Addr>() {
+            Ok(via) => Some(via),
+            Err(_) => {
+                self.problem(
+                    ProblemKind::Route,
+                    &route_spans.via,
+                    format_args!(
+                        "route gateway `{}` is not an IPv4 address like 192.168.15.5",
+                        raw.via.get_ref()
+                    ),
+                );
+                None
+            }
+        };
+        let (to, via) = (to?, via?);
+        spans.routes.push(route_spans);
+        Some(Route {
+            place: place(raw.netns.map(Spanned::into_inner)),
+            to,
+            via,
+            at,
+        })
+    }
+
+    fn nat(&mut self, raw: RawNat, spans: &mut Spans) -> Nat {
+        let mut nat = Nat::default();
+        for entry in raw.masquerade {
+            let at = self.at(&entry);
+            match parse_cidr(entry.get_ref()) {
+                Ok(net) => {
+                    nat.masquerade.push(net);
+                    spans.nat.masquerade.push(at);
+                }
+                Err(why) => self.problem(
+                    ProblemKind::NatSetting,
+                    &at,
+                    format_args!(
+                        "nat.masquerade entry `{}` is not an IPv4 CIDR like 192.168.15.0/24: {why}",
+                        entry.get_ref()
+                    ),
+                ),
+            }
+        }
+        if let Some(uplink) = raw.uplink {
+            spans.nat.uplink = self.at(&uplink);
+            nat.uplink = Some(uplink.into_inner());
+        }
+        if let Some(range) = raw.port_range {
+            let at = self.at(&range);
+            match parse_port_range(range.get_ref()) {
+                Some(ports) => nat.port_range = ports,
+                None => self.problem(
+                    ProblemKind::NatSetting,
+                    &at,
+                    format_args!(
+                        "nat.port_range `{}` is not FIRST-LAST with ports 1..=65535, like \"32768-60999\"",
+                        range.get_ref()
+                    ),
+                ),
+            }
+            spans.nat.port_range = at;
+        }
+        if let Some(size) = raw.conntrack_size {
+            let at = self.at(&size);
+            match u32::try_from(*size.get_ref()) {
+                Ok(n) => nat.conntrack_size = n,
+                Err(_) => self.problem(
+                    ProblemKind::NatSetting,
+                    &at,
+                    super::validate::conntrack_size_text(size.get_ref()),
+                ),
+            }
+            spans.nat.conntrack_size = at;
+        }
+        nat
+    }
+}
+
+/// `netns` of an end or route: absent or `host` is the host namespace.
+fn place(netns: Option<String>) -> Place {
+    match netns {
+        None => Place::Host,
+        Some(name) if name == "host" => Place::Host,
+        Some(name) => Place::Netns(name),
+    }
+}
+
+fn is_number(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `A.B.C.D/N` with N in 0..=32 (prefix 0 is refused later, by the rules).
+fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
+    let Some((addr, prefix)) = text.split_once('/') else {
+        return Err("the /prefix is missing".to_owned());
+    };
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("`{addr}` is not an IPv4 address"))?;
+    let prefix_len = Some(prefix)
+        .filter(|p| is_number(p))
+        .and_then(|p| p.parse::<u8>().ok())
+        .filter(|&n| n <= 32)
+        .ok_or_else(|| format!("`/{prefix}` is not a prefix length 0..=32"))?;
+    Ok(Ipv4Net { addr, prefix_len })
+}
+
+/// `HOST:PORT[/tcp|/udp]`; a port of 0 is refused later, by the rules.
+fn parse_publish(text: &str) -> Result<(u16, u16, Proto), String> {
+    let (ports, proto) = match text.rsplit_once('/') {
+        None => (text, Proto::Tcp),
+        Some((ports, "tcp")) => (ports, Proto::Tcp),
+        Some((ports, "udp")) => (ports, Proto::Udp),
+        Some((_, other)) => return Err(format!("unknown protocol `{other}`; use tcp or udp")),
+    };
+    let Some((host, port)) = ports.split_once(':') else {
+        return Err("the `:` between host port and namespace port is missing".to_owned());
+    };
+    let number = |text: &str| {
+        Some(text)
+            .filter(|t| is_number(t))
+            .and_then(|t| t.parse::<u16>().ok())
+            .ok_or_else(|| format!("`{text}` is not a port number 1..=65535"))
+    };
+    Ok((number(host)?, number(port)?, proto))
+}
+
+/// `A-B` with both ports fitting u16 (their order and 0 are checked later).
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let (first, last) = text.split_once('-')?;
+    let number = |t: &str| Some(t).filter(|t| is_number(t))?.parse::<u16>().ok();
+    Some((number(first)?, number(last)?))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::topology::{
+        ProblemKind as K, parse as parse_lab,
+        testutil::{at, only_problem},
+    };
+
+    #[test]
+    fn locator_counts_characters_on_the_line() {
+        let text = "# ┌──┐\nname = \"x\"\n  é = 1";
+        let loc = Locator::new("f", text);
+        assert_eq!(loc.pos(0).to_string(), "f:1:1");
+        let x = text.find("\"x\"").unwrap();
+        assert_eq!(loc.pos(x).to_string(), "f:2:8");
+        let e = text.find("= 1").unwrap();
+        assert_eq!(loc.pos(e).to_string(), "f:3:5");
+        assert_eq!(loc.pos(text.len() + 10).line, 3);
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let text = "name = \"lab\"\n[[namespace]]\nname = \"red\n";
+        let problem = only_problem(text, K::Syntax, &["TOML syntax error"]);
+        assert_eq!(problem.at.line, 3, "{}", problem.message);
+        assert!(
+            problem.message.contains("lab.toml:3:"),
+            "{}",
+            problem.message
+        );
+    }
+
+    #[test]
+    fn duplicate_key_is_a_syntax_error() {
+        let text = "name = \"a\"\nname = \"b\"\n";
+        let problem = only_problem(text, K::Syntax, &["lab.toml:2:"]);
+        assert_eq!(problem.at.line, 2);
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_rejected_with_position() {
+        let text = "name = \"lab\"\nbridges = []\n";
+        only_problem(text, K::UnknownKey, &["`bridges`", "lab.toml:2:1"]);
+    }
+
+    #[test]
+    fn unknown_key_in_peer_is_rejected_with_position() {
+        let text = r#"[[namespace]]
+name = "red"
+[[veth]]
+name = "a"
+netns = "red"
+peer = { name = "b", adresses = ["10.0.0.1/24"] }
+"#;
+        only_problem(text, K::UnknownKey, &["`adresses`", &at(text, "adresses")]);
+    }
+
+    #[test]
+    fn unknown_key_in_nat_is_rejected_with_position() {
+        let text = "[nat]\nmasquerade = []\nconntrack = 5\n";
+        only_problem(text, K::UnknownKey, &["`conntrack`", "lab.toml:3:1"]);
+    }
+
+    #[test]
+    fn missing_key_is_a_schema_error() {
+        let text = "[[veth]]\nname = \"a\"\n";
+        only_problem(
+            text,
+            K::Schema,
+            &["`peer`", "in `[[veth]]`", "lab.toml:1:1"],
+        );
+    }
+
+    #[test]
+    fn wrong_type_is_a_schema_error() {
+        let text = "[nat]\nconntrack_size = \"big\"\n";
+        only_problem(
+            text,
+            K::Schema,
+            &["in `conntrack_size = \"big\"`", "lab.toml:2:18"],
+        );
+    }
+
+    #[test]
+    fn unknown_datapath_is_a_schema_error() {
+        let text = "datapath = \"xdp\"\n";
+        only_problem(text, K::Schema, &["`xdp`", "lab.toml:1:12"]);
+    }
+
+    #[test]
+    fn defaults_apply_to_an_empty_file() {
+        let topo = parse_lab("", "lab.toml").unwrap();
+        assert_eq!(topo.name, "default");
+        assert_eq!(topo.datapath, Datapath::Bridge);
+        assert_eq!(topo.nat, Nat::default());
+        assert!(topo.namespaces.is_empty() && topo.veths.is_empty());
+    }
+
+    #[test]
+    fn datapath_words() {
+        for (word, datapath) in [
+            ("bridge", Datapath::Bridge),
+            ("redirect", Datapath::Redirect),
+            ("iptables", Datapath::Iptables),
+        ] {
+            let topo = parse_lab(&format!("datapath = \"{word}\"\n"), "lab.toml").unwrap();
+            assert_eq!(topo.datapath, datapath);
+        }
+    }
+
+    #[test]
+    fn malformed_address_is_reported_with_owner_and_position() {
+        let text = r#"[[bridge]]
+name = "br0"
+addresses = ["10.0.0.1"]
+"#;
+        only_problem(
+            text,
+            K::Address,
+            &["`10.0.0.1`", "`br0`", "/prefix", &at(text, "\"10.0.0.1\"")],
+        );
+        let text = "[[bridge]]\nname = \"br0\"\naddresses = [\"10.0.0.300/24\"]\n";
+        only_problem(
+            text,
+            K::Address,
+            &["`10.0.0.300`", "`br0`", "lab.toml:3:14"],
+        );
+        let text = "[[bridge]]\nname = \"br0\"\naddresses = [\"10.0.0.1/33\"]\n";
+        only_problem(text, K::Address, &["`/33`", "lab.toml:3:14"]);
+    }
+
+    #[test]
+    fn malformed_values_are_all_reported() {
+        let text = r#"[[namespace]]
+name = "red"
+publish = ["80"]
+[[veth]]
+name = "a"
+netns = "red"
+addresses = ["10.0.0.1/24", "nope"]
+peer = { name = "b", addresses = ["10.0.0.2/x"] }
+[[route]]
+netns = "red"
+to = "10.1.0.0"
+via = "10.0.0.256"
+[nat]
+masquerade = ["10.0.0.0"]
+port_range = "1000"
+conntrack_size = -1
+"#;
+        let err = parse_lab(text, "lab.toml").unwrap_err();
+        assert_eq!(
+            err.kinds(),
+            [
+                K::Publish,
+                K::Address,
+                K::Address,
+                K::Route,
+                K::Route,
+                K::NatSetting,
+                K::NatSetting,
+                K::NatSetting,
+            ],
+            "{err}"
+        );
+        let lines: Vec<_> = err.to_string().lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 8);
+        assert!(lines[0].contains("lab.toml:3:12"), "{}", lines[0]);
+        assert!(lines[7].contains("-1") && lines[7].contains("lab.toml:16:18"));
+    }
+
+    #[test]
+    fn netns_host_means_the_host() {
+        let text = r#"[[bridge]]
+name = "br0"
+addresses = ["10.0.0.1/24"]
+[[veth]]
+name = "a"
+netns = "host"
+bridge = "br0"
+peer = { name = "b", addresses = ["10.0.0.2/24"] }
+[[route]]
+netns = "host"
+to = "10.1.0.0/16"
+via = "10.0.0.2"
+"#;
+        let topo = parse_lab(text, "lab.toml").unwrap();
+        assert_eq!(topo.veths[0].a.place, Place::Host);
+        assert_eq!(topo.veths[0].b.place, Place::Host);
+        assert_eq!(topo.routes[0].place, Place::Host);
+    }
+
+    #[test]
+    fn publish_forms() {
+        assert_eq!(parse_publish("8080:80/tcp"), Ok((8080, 80, Proto::Tcp)));
+        assert_eq!(parse_publish("5353:53/udp"), Ok((5353, 53, Proto::Udp)));
+        assert_eq!(parse_publish("9000:9000"), Ok((9000, 9000, Proto::Tcp)));
+        assert!(parse_publish("9000").is_err());
+        assert!(parse_publish("9000:").is_err());
+        assert!(parse_publish("+1:2").is_err());
+        assert!(parse_publish("70000:1").is_err());
+        assert!(parse_publish("1:2/sctp").is_err());
+    }
+
+    #[test]
+    fn malformed_publish_is_reported() {
+        let text = "[[namespace]]\nname = \"red\"\npublish = [\"8080:80/sctp\"]\n";
+        only_problem(
+            text,
+            K::Publish,
+            &["`8080:80/sctp`", "`red`", "sctp", "lab.toml:3:12"],
+        );
+    }
+
+    #[test]
+    fn cidr_and_range_forms() {
+        assert_eq!(
+            parse_cidr("10.1.2.3/8"),
+            Ok(Ipv4Net {
+                addr: Ipv4Addr::new(10, 1, 2, 3),
+                prefix_len: 8
+            })
+        );
+        assert!(parse_cidr("10.1.2.3/").is_err());
+        assert!(parse_cidr("10.1.2/8").is_err());
+        assert!(parse_cidr("10.1.2.3/+8").is_err());
+        assert_eq!(parse_port_range("1-65535"), Some((1, 65535)));
+        assert_eq!(parse_port_range("1-65536"), None);
+        assert_eq!(parse_port_range("-5"), None);
+    }
+}

@@ -1,0 +1,1394 @@
+//! Phase two: the rules a well-formed lab must follow before anything touches
+//! the kernel, and the check against what the host already has.
+//!
+//! Every function here returns all the problems it finds rather than the
+//! first; [`validate`] sorts them into file order.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use super::{
+    HostNetwork, Problem, ProblemKind as K,
+    model::{Ipv4Net, Place, Pos, Proto, Topology},
+    parse::Spans,
+};
+
+/// Linux's IFNAMSIZ (16) minus the terminating NUL.
+const IFNAME_MAX: usize = 15;
+/// netlab's limit for namespace names (they become `/run/netns/NAME`).
+const NETNS_NAME_MAX: usize = 64;
+/// The lab name goes into link tags and pin paths; keep it short and tame.
+const LAB_NAME_MAX: usize = 32;
+pub(super) const CONNTRACK_MIN: u32 = 1024;
+pub(super) const CONNTRACK_MAX: u32 = 16 * 1024 * 1024;
+
+/// The message for a `conntrack_size` outside its range (also used by the
+/// parser for values that do not even fit a u32).
+pub(super) fn conntrack_size_text(value: impl fmt::Display) -> String {
+    format!("nat.conntrack_size {value} is outside {CONNTRACK_MIN}..={CONNTRACK_MAX}")
+}
+
+/// Every rule over a parsed lab; the problems come back in file order.
+pub(super) fn validate(topo: &Topology, spans: &Spans) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let lab = Lab::new(topo, spans);
+    lab_name(topo, spans, &mut problems);
+    namespaces(topo, &mut problems);
+    interfaces(&lab, &mut problems);
+    references(&lab, &mut problems);
+    addresses(&lab, &mut problems);
+    routes(&lab, &mut problems);
+    publish(&lab, &mut problems);
+    nat(&lab, &mut problems);
+    sort(&mut problems);
+    problems
+}
+
+/// File order: by line and column (problems without a position first),
+/// keeping the rule order for problems at the same place.
+pub(super) fn sort(problems: &mut [Problem]) {
+    problems.sort_by_key(|p| (p.at.line, p.at.column));
+}
+
+/// "namespace `red`" or "the host namespace".
+struct Where<'a>(&'a Place);
+
+impl fmt::Display for Where<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Place::Host => f.write_str("the host namespace"),
+            Place::Netns(name) => write!(f, "namespace `{name}`"),
+        }
+    }
+}
+
+/// One interface of the lab with what the rules need to know about it.
+struct Node<'t> {
+    name: &'t str,
+    place: &'t Place,
+    at: &'t Pos,
+    /// The L2 segment (union-find root) it belongs to.
+    segment: usize,
+}
+
+/// One address with its interface.
+struct Addressed<'t> {
+    node: usize,
+    net: Ipv4Net,
+    at: &'t Pos,
+}
+
+/// The lab seen as interfaces, segments and addresses.
+struct Lab<'t> {
+    topo: &'t Topology,
+    spans: &'t Spans,
+    /// Bridges first, then veth ends in [`Topology::veth_ends`] order.
+    nodes: Vec<Node<'t>>,
+    addresses: Vec<Addressed<'t>>,
+    namespaces: HashSet<&'t str>,
+    bridges: HashSet<&'t str>,
+    /// Segments with an end whose `bridge` could not be followed (already a
+    /// problem): their extent is unknown, so they are left out of the
+    /// overlap check rather than reported twice.
+    broken: HashSet<usize>,
+}
+
+impl<'t> Lab<'t> {
+    fn new(topo: &'t Topology, spans: &'t Spans) -> Self {
+        let mut nodes: Vec<Node<'t>> = topo
+            .bridges
+            .iter()
+            .map(|b| Node {
+                name: &b.name,
+                place: &Place::Host,
+                at: &b.at,
+                segment: 0,
+            })
+            .chain(topo.veth_ends().map(|e| Node {
+                name: &e.name,
+                place: &e.place,
+                at: &e.at,
+                segment: 0,
+            }))
+            .collect();
+
+        // L2 segments: a veth's two ends are one segment, and a host end
+        // enslaved to a bridge joins the bridge's.
+        let mut segments = UnionFind::new(nodes.len());
+        let bridge_index: HashMap<&str, usize> = topo
+            .bridges
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.as_str(), i))
+            .rev() // the first of duplicates wins
+            .collect();
+        let first_end = topo.bridges.len();
+        let mut dangling = Vec::new();
+        for (i, veth) in topo.veths.iter().enumerate() {
+            let a = first_end + 2 * i;
+            segments.union(a, a + 1);
+            for (node, end) in [(a, &veth.a), (a + 1, &veth.b)] {
+                let Some(bridge) = &end.bridge else { continue };
+                match bridge_index.get(bridge.as_str()) {
+                    Some(&bridge) if end.place == Place::Host => segments.union(node, bridge),
+                    _ => dangling.push(node),
+                }
+            }
+        }
+        for (i, node) in nodes.iter_mut().enumerate() {
+            node.segment = segments.find(i);
+        }
+        let broken = dangling.into_iter().map(|i| segments.find(i)).collect();
+
+        let addresses = topo
+            .bridges
+            .iter()
+            .map(|b| &b.addresses)
+            .chain(topo.veth_ends().map(|e| &e.addresses))
+            .enumerate()
+            .flat_map(|(node, list)| {
+                list.iter().map(move |a| Addressed {
+                    node,
+                    net: a.net,
+                    at: &a.at,
+                })
+            })
+            .collect();
+
+        Lab {
+            topo,
+            spans,
+            nodes,
+            addresses,
+            namespaces: topo.namespaces.iter().map(|n| n.name.as_str()).collect(),
+            bridges: topo.bridges.iter().map(|b| b.name.as_str()).collect(),
+            broken,
+        }
+    }
+
+    fn node(&self, address: &Addressed<'t>) -> &Node<'t> {
+        &self.nodes[address.node]
+    }
+
+    /// Whether a place exists: the host, or a declared namespace.
+    fn has_place(&self, place: &Place) -> bool {
+        match place {
+            Place::Host => true,
+            Place::Netns(name) => self.namespaces.contains(name.as_str()),
+        }
+    }
+}
+
+struct UnionFind(Vec<usize>);
+
+impl UnionFind {
+    fn new(n: usize) -> Self {
+        UnionFind((0..n).collect())
+    }
+
+    fn find(&mut self, mut i: usize) -> usize {
+        while self.0[i] != i {
+            self.0[i] = self.0[self.0[i]];
+            i = self.0[i];
+        }
+        i
+    }
+
+    fn union(&mut self, a: usize, b: usize) {
+        let (a, b) = (self.find(a), self.find(b));
+        if a != b {
+            self.0[a] = b;
+        }
+    }
+}
+
+fn lab_name(topo: &Topology, spans: &Spans, problems: &mut Vec<Problem>) {
+    let name = &topo.name;
+    let rule = "use 1 to 32 characters of a-z, 0-9, '-' and '_'";
+    let why = if name.is_empty() {
+        Some("is empty".to_owned())
+    } else if name.len() > LAB_NAME_MAX {
+        Some(format!("is {} characters long", name.chars().count()))
+    } else {
+        name.chars()
+            .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'))
+            .map(|c| format!("has {c:?}"))
+    };
+    if let Some(why) = why {
+        problems.push(Problem::new(
+            K::LabName,
+            &spans.name,
+            format_args!("lab name `{name}` {why}; {rule}"),
+        ));
+    }
+}
+
+fn namespaces(topo: &Topology, problems: &mut Vec<Problem>) {
+    let mut seen: HashMap<&str, &Pos> = HashMap::new();
+    for ns in &topo.namespaces {
+        if let Some(why) = netns_name_problem(&ns.name) {
+            problems.push(Problem::new(
+                K::NamespaceName,
+                &ns.at,
+                format_args!("namespace name `{}` {why}", ns.name),
+            ));
+        }
+        if let Some(first) = seen.get(ns.name.as_str()) {
+            problems.push(Problem::new(
+                K::DuplicateName,
+                &ns.at,
+                format_args!(
+                    "namespace `{}` is declared twice; the first is at {first}",
+                    ns.name
+                ),
+            ));
+        } else {
+            seen.insert(&ns.name, &ns.at);
+        }
+    }
+}
+
+fn netns_name_problem(name: &str) -> Option<String> {
+    let rule = "use only letters, digits, '.', '_' and '-'";
+    if name.is_empty() {
+        Some("is empty".to_owned())
+    } else if name == "host" {
+        Some("is reserved: `host` means the host's own namespace".to_owned())
+    } else if name == "." || name == ".." {
+        Some("is not a usable file name under /run/netns".to_owned())
+    } else if name.len() > NETNS_NAME_MAX {
+        Some(format!(
+            "is {} bytes; netlab allows {NETNS_NAME_MAX}",
+            name.len()
+        ))
+    } else {
+        name.chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+            .map(|c| format!("has {c:?}; {rule}"))
+    }
+}
+
+fn ifname_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("is empty".to_owned())
+    } else if name.len() > IFNAME_MAX {
+        Some(format!(
+            "is {} bytes; Linux allows {IFNAME_MAX}",
+            name.len()
+        ))
+    } else if name == "." || name == ".." {
+        Some("is reserved by Linux".to_owned())
+    } else if name == "lo" {
+        Some("is taken: every namespace already has the loopback `lo`".to_owned())
+    } else if let Some(c) = name.chars().find(|&c| c == '/' || c == ':') {
+        Some(format!("has {c:?}, which Linux does not allow"))
+    } else if name.chars().any(char::is_whitespace) {
+        Some("has whitespace, which Linux does not allow".to_owned())
+    } else {
+        None
+    }
+}
+
+/// Interface names: valid for Linux, and unique within their namespace
+/// (bridges and host-side ends share the host's).
+fn interfaces(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
+    let mut seen: HashMap<(&Place, &str), &Pos> = HashMap::new();
+    for node in &lab.nodes {
+        if let Some(why) = ifname_problem(node.name) {
+            problems.push(Problem::new(
+                K::InterfaceName,
+                node.at,
+                format_args!("interface name `{}` {why}", node.name),
+            ));
+        }
+        if let Some(first) = seen.get(&(node.place, node.name)) {
+            problems.push(Problem::new(
+                K::DuplicateName,
+                node.at,
+                format_args!(
+                    "interface name `{}` is used twice in {}; the first is at {first}",
+                    node.name,
+                    Where(node.place)
+                ),
+            ));
+        } else {
+            seen.insert((node.place, node.name), node.at);
+        }
+    }
+}
+
+/// Veth ends: their namespace and bridge exist, and only host ends join bridges.
+fn references(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
+    for (end, spans) in lab.topo.veth_ends().zip(&lab.spans.ends) {
+        if !lab.has_place(&end.place) {
+            problems.push(Problem::new(
+                K::UnknownNamespace,
+                &spans.netns,
+                format_args!(
+                    "veth end `{}` is in namespace `{}`, which no [[namespace]] declares",
+                    end.name, end.place
+                ),
+            ));
+        }
+        let Some(bridge) = &end.bridge else { continue };
+        if end.place != Place::Host {
+            problems.push(Problem::new(
+                K::BridgeInNetns,
+                &spans.bridge,
+                format_args!(
+                    "veth end `{}` is in namespace `{}` but joins bridge `{bridge}`; bridges live in the host, so only a host-side end can join one",
+                    end.name, end.place
+                ),
+            ));
+        } else if !lab.bridges.contains(bridge.as_str()) {
+            problems.push(Problem::new(
+                K::UnknownBridge,
+                &spans.bridge,
+                format_args!(
+                    "veth end `{}` joins bridge `{bridge}`, which no [[bridge]] declares",
+                    end.name
+                ),
+            ));
+        }
+    }
+}
+
+/// Each address on its own, then pairs: no IP twice, and no overlap between
+/// subnets of different L2 segments.
+fn addresses(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
+    for a in &lab.addresses {
+        let net = a.net;
+        let owner = lab.node(a).name;
+        let why = if net.prefix_len == 0 {
+            Some("has prefix /0; a lab subnet needs a prefix of 1 to 32".to_owned())
+        } else if net.prefix_len <= 30 && net.addr == net.network().addr {
+            Some(format!(
+                "is the network address of its subnet {}; use a host address such as {}/{}",
+                net.network(),
+                Ipv4Addr::from(u32::from(net.addr) + 1),
+                net.prefix_len
+            ))
+        } else if net.prefix_len <= 30 && net.addr == net.broadcast() {
+            Some(format!(
+                "is the broadcast address of its subnet {}",
+                net.network()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            problems.push(Problem::new(
+                K::Address,
+                a.at,
+                format_args!("address {net} of `{owner}` {why}"),
+            ));
+        }
+    }
+
+    let mut seen: HashMap<Ipv4Addr, &Addressed<'_>> = HashMap::new();
+    for (i, a) in lab.addresses.iter().enumerate() {
+        let owner = lab.node(a);
+        if let Some(first) = seen.get(&a.net.addr) {
+            problems.push(Problem::new(
+                K::DuplicateAddress,
+                a.at,
+                format_args!(
+                    "address {} of `{}` is already on `{}` at {}",
+                    a.net.addr,
+                    owner.name,
+                    lab.node(first).name,
+                    first.at
+                ),
+            ));
+        } else {
+            seen.insert(a.net.addr, a);
+        }
+        // One line per address: the first earlier address it collides with.
+        let clash = lab.addresses[..i].iter().find(|b| {
+            let other = lab.node(b).segment;
+            b.net.addr != a.net.addr
+                && other != owner.segment
+                && !lab.broken.contains(&other)
+                && !lab.broken.contains(&owner.segment)
+                && a.net.prefix_len > 0
+                && b.net.prefix_len > 0
+                && a.net.overlaps(b.net)
+        });
+        if let Some(b) = clash {
+            problems.push(Problem::new(
+                K::SubnetOverlap,
+                a.at,
+                format_args!(
+                    "subnet {} of `{}` overlaps subnet {} of `{}` ({}), which is on another L2 segment; give each segment its own subnet",
+                    a.net.network(),
+                    owner.name,
+                    b.net.network(),
+                    lab.node(b).name,
+                    b.at
+                ),
+            ));
+        }
+    }
+}
+
+fn routes(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
+    let mut seen: HashMap<(&Place, Ipv4Net), &Pos> = HashMap::new();
+    for (route, spans) in lab.topo.routes.iter().zip(&lab.spans.routes) {
+        let to = if route.to == Ipv4Net::DEFAULT {
+            "default".to_owned()
+        } else {
+            route.to.to_string()
+        };
+        if !lab.has_place(&route.place) {
+            problems.push(Problem::new(
+                K::UnknownNamespace,
+                &spans.netns,
+                format_args!(
+                    "route to {to} is in namespace `{}`, which no [[namespace]] declares",
+                    route.place
+                ),
+            ));
+        }
+        if route.to != route.to.network() {
+            problems.push(Problem::new(
+                K::Route,
+                &spans.to,
+                format_args!(
+                    "route destination {} has host bits set; write {}",
+                    route.to,
+                    route.to.network()
+                ),
+            ));
+        }
+        let on_link = lab.addresses.iter().any(|a| {
+            lab.node(a).place == &route.place && a.net.prefix_len > 0 && a.net.contains(route.via)
+        });
+        if !on_link {
+            problems.push(Problem::new(
+                K::Gateway,
+                &spans.via,
+                format_args!(
+                    "gateway {} of the route to {to} is not in any subnet of {}; a gateway must be on a subnet of an interface there",
+                    route.via,
+                    Where(&route.place)
+                ),
+            ));
+        }
+        let key = (&route.place, route.to.network());
+        if let Some(first) = seen.get(&key) {
+            problems.push(Problem::new(
+                K::DuplicateRoute,
+                &route.at,
+                format_args!(
+                    "route to {to} in {} is declared twice; the first is at {first}",
+                    Where(&route.place)
+                ),
+            ));
+        } else {
+            seen.insert(key, &route.at);
+        }
+    }
+}
+
+fn publish(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
+    let mut seen: HashMap<(u16, Proto), (&str, &Pos)> = HashMap::new();
+    for ns in &lab.topo.namespaces {
+        let place = Place::Netns(ns.name.clone());
+        let has_address = lab.addresses.iter().any(|a| lab.node(a).place == &place);
+        for p in &ns.publish {
+            for (port, which) in [(p.host_port, "host port"), (p.port, "port")] {
+                if port == 0 {
+                    problems.push(Problem::new(
+                        K::Publish,
+                        &p.at,
+                        format_args!(
+                            "published port {}:{}/{} on `{}` has {which} 0; ports are 1..=65535",
+                            p.host_port, p.port, p.proto, ns.name
+                        ),
+                    ));
+                }
+            }
+            if let Some((owner, first)) = seen.get(&(p.host_port, p.proto)) {
+                problems.push(Problem::new(
+                    K::DuplicatePort,
+                    &p.at,
+                    format_args!(
+                        "host port {}/{} on `{}` is already published by `{owner}` at {first}",
+                        p.host_port, p.proto, ns.name
+                    ),
+                ));
+            } else {
+                seen.insert((p.host_port, p.proto), (&ns.name, &p.at));
+            }
+            if !has_address {
+                problems.push(Problem::new(
+                    K::NoBackend,
+                    &p.at,
+                    format_args!(
+                        "published port {} on `{}` has no backend address: namespace `{}` has no address in the lab",
+                        p.host_port, ns.name, ns.name
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn nat(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
+    let nat = &lab.topo.nat;
+    let spans = &lab.spans.nat;
+    if let Some(uplink) = &nat.uplink {
+        let node = lab
+            .nodes
+            .iter()
+            .position(|n| n.place == &Place::Host && n.name == uplink);
+        match node {
+            None => problems.push(Problem::new(
+                K::UnknownUplink,
+                &spans.uplink,
+                format_args!(
+                    "nat.uplink `{uplink}` is not a host-side veth end or bridge of this lab"
+                ),
+            )),
+            Some(node) if !lab.addresses.iter().any(|a| a.node == node) => {
+                problems.push(Problem::new(
+                    K::NatSetting,
+                    &spans.uplink,
+                    format_args!(
+                        "nat.uplink `{uplink}` has no address; masquerade and published ports answer on its first address"
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for (net, at) in nat.masquerade.iter().zip(&spans.masquerade) {
+        if *net != net.network() {
+            problems.push(Problem::new(
+                K::NatSetting,
+                at,
+                format_args!(
+                    "nat.masquerade entry {net} has host bits set; write {}",
+                    net.network()
+                ),
+            ));
+        }
+        if nat.uplink.is_none() {
+            problems.push(Problem::new(
+                K::NatSetting,
+                at,
+                format_args!("nat.masquerade entry {net} needs a nat.uplink to masquerade to"),
+            ));
+        }
+    }
+    let (first, last) = nat.port_range;
+    if first == 0 || first > last {
+        problems.push(Problem::new(
+            K::NatSetting,
+            &spans.port_range,
+            format_args!(
+                "nat.port_range {first}-{last} is not FIRST-LAST with 1 <= FIRST <= LAST <= 65535"
+            ),
+        ));
+    }
+    if !(CONNTRACK_MIN..=CONNTRACK_MAX).contains(&nat.conntrack_size) {
+        problems.push(Problem::new(
+            K::NatSetting,
+            &spans.conntrack_size,
+            conntrack_size_text(nat.conntrack_size),
+        ));
+    }
+}
+
+/// Every lab subnet against the host's routes and addresses, except default
+/// routes and whatever sits on `own_links`. One line per lab subnet.
+pub(super) fn check_host(
+    topo: &Topology,
+    host: &HostNetwork,
+    own_links: &[String],
+) -> Vec<Problem> {
+    let own = |dev: &str| own_links.iter().any(|l| l == dev);
+    let owned = topo
+        .bridges
+        .iter()
+        .map(|b| (&b.name, &b.addresses))
+        .chain(topo.veth_ends().map(|e| (&e.name, &e.addresses)));
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    for (owner, addresses) in owned {
+        for a in addresses {
+            let subnet = a.net.network();
+            if subnet.prefix_len == 0 || !seen.insert(subnet) {
+                continue;
+            }
+            let route = host.routes.iter().find(|r| {
+                r.dst.prefix_len != 0
+                    && !r.dev.as_deref().is_some_and(own)
+                    && r.dst.overlaps(subnet)
+            });
+            let text = if let Some(r) = route {
+                let dev = r
+                    .dev
+                    .as_deref()
+                    .map(|d| format!(" dev {d}"))
+                    .unwrap_or_default();
+                format!(
+                    "the host route {}{dev}; pick a subnet clear of the host's routes",
+                    r.dst
+                )
+            } else if let Some(h) = host
+                .addresses
+                .iter()
+                .find(|h| !own(&h.dev) && h.net.overlaps(subnet))
+            {
+                format!(
+                    "the host address {} on {}; pick a subnet clear of the host's addresses",
+                    h.net, h.dev
+                )
+            } else {
+                continue;
+            };
+            problems.push(Problem {
+                kind: K::HostOverlap,
+                at: a.at.clone(),
+                message: format!("subnet {subnet} of `{owner}` ({}) overlaps {text}", a.at),
+            });
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::topology::{
+        HostAddress, HostRoute, TopologyError, parse,
+        testutil::{at, at_nth, only_problem, value_at},
+    };
+
+    /// A small valid lab: `red` on bridge `br0`, `blue` on a plain pair.
+    const BASE: &str = r#"name = "lab"
+
+[[namespace]]
+name = "red"
+
+[[namespace]]
+name = "blue"
+
+[[bridge]]
+name = "br0"
+addresses = ["10.0.0.1/24"]
+
+[[veth]]
+name = "red0"
+netns = "red"
+addresses = ["10.0.0.2/24"]
+peer = { name = "red0-br", bridge = "br0" }
+
+[[veth]]
+name = "blue0"
+netns = "blue"
+addresses = ["10.1.0.2/24"]
+peer = { name = "blue0-host", addresses = ["10.1.0.1/24"] }
+
+[[route]]
+netns = "red"
+to = "default"
+via = "10.0.0.1"
+"#;
+
+    fn lab(extra: &str) -> String {
+        format!("{BASE}{extra}")
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        let (a, p) = s.split_once('/').unwrap();
+        Ipv4Net {
+            addr: a.parse().unwrap(),
+            prefix_len: p.parse().unwrap(),
+        }
+    }
+
+    fn ok(text: &str) -> Topology {
+        parse(text, "lab.toml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn base_lab_is_valid() {
+        let topo = ok(BASE);
+        assert_eq!(topo.name, "lab");
+        assert_eq!(topo.routes[0].at.to_string(), at(BASE, "[[route]]"));
+    }
+
+    // Rule 1: duplicate names.
+
+    #[test]
+    fn duplicate_namespace() {
+        let text = lab("\n[[namespace]]\nname = \"red\"\n");
+        only_problem(
+            &text,
+            K::DuplicateName,
+            &[
+                "namespace `red`",
+                &value_at(&text, "name = \"red\"", 1),
+                &value_at(&text, "name = \"red\"", 0),
+            ],
+        );
+    }
+
+    #[test]
+    fn duplicate_interface_in_a_namespace() {
+        let text = lab(r#"
+[[veth]]
+name = "red0"
+netns = "red"
+addresses = ["10.0.0.3/24"]
+peer = { name = "red1-br", bridge = "br0" }
+"#);
+        only_problem(
+            &text,
+            K::DuplicateName,
+            &["`red0`", "namespace `red`", &at_nth(&text, "\"red0\"", 1)],
+        );
+    }
+
+    #[test]
+    fn bridge_and_host_end_share_the_host_names() {
+        let text = lab("\n[[bridge]]\nname = \"blue0-host\"\n");
+        only_problem(
+            &text,
+            K::DuplicateName,
+            &[
+                "`blue0-host`",
+                "the host namespace",
+                &at_nth(&text, "\"blue0-host\"", 1),
+            ],
+        );
+        let text = lab("\n[[bridge]]\nname = \"br0\"\n");
+        only_problem(
+            &text,
+            K::DuplicateName,
+            &["`br0`", &value_at(&text, "name = \"br0\"", 1)],
+        );
+    }
+
+    #[test]
+    fn same_interface_name_in_different_namespaces_is_fine() {
+        let text = lab(r#"
+[[veth]]
+name = "eth0"
+netns = "red"
+addresses = ["10.2.0.1/24"]
+peer = { name = "eth0", netns = "blue", addresses = ["10.2.0.2/24"] }
+"#);
+        ok(&text);
+    }
+
+    #[test]
+    fn duplicate_published_port() {
+        let text = BASE
+            .replacen(
+                "name = \"red\"\n",
+                "name = \"red\"\npublish = [\"8080:80\"]\n",
+                1,
+            )
+            .replacen(
+                "name = \"blue\"\n",
+                "name = \"blue\"\npublish = [\"8080:8080/tcp\", \"8080:53/udp\"]\n",
+                1,
+            );
+        only_problem(
+            &text,
+            K::DuplicatePort,
+            &[
+                "8080/tcp",
+                "`red`",
+                "`blue`",
+                &at(&text, "\"8080:8080/tcp\""),
+                &at(&text, "\"8080:80\""),
+            ],
+        );
+    }
+
+    // Rule 2: names.
+
+    #[test]
+    fn interface_name_too_long() {
+        let text = BASE.replace("red0-br", "veth-red-bridge0");
+        let problem = only_problem(&text, K::InterfaceName, &[]);
+        assert_eq!(
+            problem.message,
+            format!(
+                "interface name `veth-red-bridge0` is 16 bytes; Linux allows 15 ({})",
+                at(&text, "\"veth-red-bridge0\"")
+            )
+        );
+        // 15 bytes is fine.
+        ok(&BASE.replace("red0-br", "veth-red-bridge"));
+    }
+
+    #[test]
+    fn interface_name_characters() {
+        for (bad, needle) in [
+            ("a/b", "'/'"),
+            ("a:b", "':'"),
+            ("a b", "whitespace"),
+            (".", "reserved"),
+            ("..", "reserved"),
+            ("lo", "loopback"),
+            ("", "empty"),
+        ] {
+            let text = BASE.replace("\"red0-br\"", &format!("\"{bad}\""));
+            only_problem(
+                &text,
+                K::InterfaceName,
+                &[
+                    &format!("`{bad}`"),
+                    needle,
+                    &value_at(&text, &format!("name = \"{bad}\""), 0),
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn namespace_name_rules() {
+        let text = lab("\n[[namespace]]\nname = \"host\"\n");
+        only_problem(
+            &text,
+            K::NamespaceName,
+            &["`host`", "reserved", &at(&text, "\"host\"")],
+        );
+        let text = lab("\n[[namespace]]\nname = \"a/b\"\n");
+        only_problem(
+            &text,
+            K::NamespaceName,
+            &["`a/b`", "'/'", &at(&text, "\"a/b\"")],
+        );
+        let long = "n".repeat(65);
+        let text = lab(&format!("\n[[namespace]]\nname = \"{long}\"\n"));
+        only_problem(
+            &text,
+            K::NamespaceName,
+            &["65 bytes", &at(&text, &format!("\"{long}"))],
+        );
+        let longest = "N.a_m-e".repeat(10)[..64].to_owned();
+        ok(&lab(&format!("\n[[namespace]]\nname = \"{longest}\"\n")));
+    }
+
+    #[test]
+    fn lab_name_rules() {
+        let text = BASE.replace("name = \"lab\"", "name = \"My Lab\"");
+        only_problem(&text, K::LabName, &["`My Lab`", "'M'", "lab.toml:1:8"]);
+        let text = BASE.replace("name = \"lab\"", &format!("name = \"{}\"", "x".repeat(33)));
+        only_problem(&text, K::LabName, &["33 characters", "lab.toml:1:8"]);
+        let text = BASE.replace("name = \"lab\"", "name = \"\"");
+        only_problem(&text, K::LabName, &["empty", "lab.toml:1:8"]);
+        ok(&BASE.replace("name = \"lab\"", "name = \"lab_2-x\""));
+    }
+
+    // Rule 3: addresses and routes.
+
+    #[test]
+    fn address_prefix_zero() {
+        let text = BASE.replace("10.1.0.2/24", "10.1.0.2/0");
+        only_problem(
+            &text,
+            K::Address,
+            &["10.1.0.2/0", "`blue0`", "/0", &at(&text, "\"10.1.0.2/0\"")],
+        );
+    }
+
+    #[test]
+    fn address_is_the_network_address() {
+        let text = BASE.replace("10.1.0.2/24", "10.1.0.0/24");
+        only_problem(
+            &text,
+            K::Address,
+            &[
+                "10.1.0.0/24",
+                "`blue0`",
+                "network address",
+                &at(&text, "\"10.1.0.0/24\""),
+            ],
+        );
+    }
+
+    #[test]
+    fn address_is_the_broadcast_address() {
+        let text = BASE.replace("10.1.0.2/24", "10.1.0.255/24");
+        only_problem(
+            &text,
+            K::Address,
+            &[
+                "10.1.0.255/24",
+                "`blue0`",
+                "broadcast",
+                &at(&text, "\"10.1.0.255/24\""),
+            ],
+        );
+    }
+
+    #[test]
+    fn point_to_point_prefixes_use_every_address() {
+        let text = BASE
+            .replace("10.1.0.2/24", "10.1.0.0/31")
+            .replace("10.1.0.1/24", "10.1.0.1/31");
+        ok(&text);
+        let text = BASE
+            .replace("10.1.0.2/24", "10.1.0.7/32")
+            .replace("10.1.0.1/24", "10.1.0.8/32");
+        ok(&text);
+    }
+
+    #[test]
+    fn duplicate_address() {
+        let text = BASE.replace("10.0.0.2/24", "10.0.0.1/24");
+        only_problem(
+            &text,
+            K::DuplicateAddress,
+            &[
+                "10.0.0.1",
+                "`red0`",
+                "`br0`",
+                &at_nth(&text, "\"10.0.0.1/24\"", 1),
+            ],
+        );
+    }
+
+    #[test]
+    fn gateway_outside_the_namespace_subnets() {
+        let text = BASE.replace("via = \"10.0.0.1\"", "via = \"10.9.9.9\"");
+        let problem = only_problem(
+            &text,
+            K::Gateway,
+            &[
+                "gateway 10.9.9.9",
+                "not in any subnet of namespace `red`",
+                &at(&text, "\"10.9.9.9\""),
+            ],
+        );
+        assert_eq!(problem.at.line, text.lines().count());
+        // A gateway on a subnet of another namespace does not count either.
+        let text = BASE.replace("via = \"10.0.0.1\"", "via = \"10.1.0.1\"");
+        only_problem(&text, K::Gateway, &["10.1.0.1", "`red`"]);
+    }
+
+    #[test]
+    fn host_routes_use_host_subnets() {
+        ok(&lab(
+            "\n[[route]]\nto = \"10.8.0.0/16\"\nvia = \"10.1.0.2\"\n",
+        ));
+        let text = lab("\n[[route]]\nto = \"10.8.0.0/16\"\nvia = \"10.2.0.1\"\n");
+        only_problem(&text, K::Gateway, &["10.2.0.1", "the host namespace"]);
+    }
+
+    #[test]
+    fn route_destination_with_host_bits() {
+        let text = lab("\n[[route]]\nnetns = \"blue\"\nto = \"10.8.0.1/16\"\nvia = \"10.1.0.1\"\n");
+        only_problem(
+            &text,
+            K::Route,
+            &[
+                "10.8.0.1/16",
+                "host bits",
+                "10.8.0.0/16",
+                &at(&text, "\"10.8.0.1/16\""),
+            ],
+        );
+    }
+
+    #[test]
+    fn duplicate_route() {
+        let text = lab("\n[[route]]\nnetns = \"red\"\nto = \"0.0.0.0/0\"\nvia = \"10.0.0.1\"\n");
+        only_problem(
+            &text,
+            K::DuplicateRoute,
+            &["default", "namespace `red`", &at_nth(&text, "[[route]]", 1)],
+        );
+    }
+
+    // Rule 4: overlapping subnets.
+
+    #[test]
+    fn subnets_of_different_segments_must_not_overlap() {
+        let text = BASE.replace("10.1.0.2/24", "10.0.0.3/24");
+        let problem = only_problem(
+            &text,
+            K::SubnetOverlap,
+            &[
+                "10.0.0.0/24",
+                "`blue0`",
+                "`br0`",
+                &at(&text, "\"10.0.0.3/24\""),
+                &at(&text, "\"10.0.0.1/24\""),
+            ],
+        );
+        assert!(problem.message.contains("another L2 segment"));
+        // A wider subnet overlaps too.
+        let text = BASE.replace("10.1.0.1/24", "10.0.0.200/16");
+        only_problem(&text, K::SubnetOverlap, &["10.0.0.0/16", "`blue0-host`"]);
+    }
+
+    #[test]
+    fn one_segment_may_share_a_subnet() {
+        // Bridge, its ports' peers and a plain pair each form one segment.
+        let text = lab(r#"
+[[namespace]]
+name = "green"
+
+[[veth]]
+name = "green0"
+netns = "green"
+addresses = ["10.0.0.3/24"]
+peer = { name = "green0-br", bridge = "br0" }
+"#);
+        ok(&text);
+    }
+
+    // Rule 5: references and NAT.
+
+    #[test]
+    fn veth_in_an_unknown_namespace() {
+        let text = BASE.replace("netns = \"blue\"", "netns = \"bleu\"");
+        only_problem(
+            &text,
+            K::UnknownNamespace,
+            &["`blue0`", "`bleu`", &at(&text, "\"bleu\"")],
+        );
+    }
+
+    #[test]
+    fn veth_on_an_unknown_bridge() {
+        let text = BASE.replace("bridge = \"br0\"", "bridge = \"br1\"");
+        only_problem(
+            &text,
+            K::UnknownBridge,
+            &["`red0-br`", "`br1`", &at(&text, "\"br1\"")],
+        );
+    }
+
+    #[test]
+    fn bridge_on_an_end_in_a_namespace() {
+        let text = BASE.replace(
+            "netns = \"red\"\naddresses",
+            "netns = \"red\"\nbridge = \"br0\"\naddresses",
+        );
+        only_problem(
+            &text,
+            K::BridgeInNetns,
+            &[
+                "`red0`",
+                "`br0`",
+                "namespace `red`",
+                &at_nth(&text, "\"br0\"", 1),
+            ],
+        );
+    }
+
+    #[test]
+    fn route_in_an_unknown_namespace() {
+        let text = BASE.replace("netns = \"red\"\nto", "netns = \"rde\"\nto");
+        let err = parse(&text, "lab.toml").unwrap_err();
+        // The gateway cannot be on a subnet of a namespace that does not exist.
+        assert_eq!(err.kinds(), [K::UnknownNamespace, K::Gateway], "{err}");
+        let message = &err.problems()[0].message;
+        assert!(message.contains("`rde`"), "{message}");
+        assert!(message.contains(&at(&text, "\"rde\"")), "{message}");
+    }
+
+    #[test]
+    fn nat_uplink_must_be_a_host_interface_of_the_lab() {
+        let text = lab("\n[nat]\nuplink = \"eth9\"\n");
+        only_problem(&text, K::UnknownUplink, &["`eth9`", &at(&text, "\"eth9\"")]);
+        // An end inside a namespace is not a host interface.
+        let text = lab("\n[nat]\nuplink = \"blue0\"\n");
+        only_problem(
+            &text,
+            K::UnknownUplink,
+            &["`blue0`", &at_nth(&text, "\"blue0\"", 1)],
+        );
+        ok(&lab("\n[nat]\nuplink = \"blue0-host\"\n"));
+        ok(&lab("\n[nat]\nuplink = \"br0\"\n"));
+    }
+
+    #[test]
+    fn nat_uplink_needs_an_address() {
+        let text = lab("\n[nat]\nuplink = \"red0-br\"\n");
+        only_problem(
+            &text,
+            K::NatSetting,
+            &["`red0-br`", "no address", &at_nth(&text, "\"red0-br\"", 1)],
+        );
+    }
+
+    #[test]
+    fn nat_masquerade_entries() {
+        let text = lab("\n[nat]\nuplink = \"blue0-host\"\nmasquerade = [\"10.0.0.1/24\"]\n");
+        only_problem(
+            &text,
+            K::NatSetting,
+            &[
+                "10.0.0.1/24",
+                "host bits",
+                "10.0.0.0/24",
+                &at_nth(&text, "\"10.0.0.1/24\"", 1),
+            ],
+        );
+        let text = lab("\n[nat]\nmasquerade = [\"10.0.0.0/24\"]\n");
+        only_problem(
+            &text,
+            K::NatSetting,
+            &["10.0.0.0/24", "nat.uplink", &at(&text, "\"10.0.0.0/24\"")],
+        );
+        let text = lab("\n[nat]\nuplink = \"blue0-host\"\nmasquerade = [\"10.0.0/24\"]\n");
+        only_problem(
+            &text,
+            K::NatSetting,
+            &["`10.0.0/24`", &at(&text, "\"10.0.0/24\"")],
+        );
+    }
+
+    #[test]
+    fn nat_port_range() {
+        for bad in ["0-100", "2000-1000", "1-70000", "100", "a-b"] {
+            let text = lab(&format!("\n[nat]\nport_range = \"{bad}\"\n"));
+            only_problem(
+                &text,
+                K::NatSetting,
+                &["nat.port_range", &at(&text, &format!("\"{bad}\""))],
+            );
+        }
+        let topo = ok(&lab("\n[nat]\nport_range = \"1-65535\"\n"));
+        assert_eq!(topo.nat.port_range, (1, 65535));
+        ok(&lab("\n[nat]\nport_range = \"5000-5000\"\n"));
+    }
+
+    #[test]
+    fn nat_conntrack_size() {
+        for bad in ["1023", "16777217", "-5", "5000000000"] {
+            let text = lab(&format!("\n[nat]\nconntrack_size = {bad}\n"));
+            only_problem(
+                &text,
+                K::NatSetting,
+                &[
+                    "nat.conntrack_size",
+                    bad,
+                    "1024..=16777216",
+                    &at(&text, &format!("= {bad}")).replace(":16", ":18"),
+                ],
+            );
+        }
+        for good in [1024, 16_777_216] {
+            let topo = ok(&lab(&format!("\n[nat]\nconntrack_size = {good}\n")));
+            assert_eq!(topo.nat.conntrack_size, good);
+        }
+    }
+
+    // Rule 6: published ports.
+
+    #[test]
+    fn published_ports_parse() {
+        let text = BASE.replacen(
+            "name = \"red\"\n",
+            "name = \"red\"\npublish = [\"8080:80/tcp\", \"5353:53/udp\", \"9000:9000\"]\n",
+            1,
+        );
+        let topo = ok(&text);
+        let publish: Vec<_> = topo.namespaces[0]
+            .publish
+            .iter()
+            .map(|p| (p.host_port, p.port, p.proto))
+            .collect();
+        assert_eq!(
+            publish,
+            [
+                (8080, 80, Proto::Tcp),
+                (5353, 53, Proto::Udp),
+                (9000, 9000, Proto::Tcp)
+            ]
+        );
+        assert_eq!(
+            topo.namespaces[0].publish[1].at.to_string(),
+            at(&text, "\"5353:53/udp\"")
+        );
+    }
+
+    #[test]
+    fn published_port_zero() {
+        let text = BASE.replacen(
+            "name = \"red\"\n",
+            "name = \"red\"\npublish = [\"0:80\"]\n",
+            1,
+        );
+        only_problem(
+            &text,
+            K::Publish,
+            &["`red`", "host port 0", &at(&text, "\"0:80\"")],
+        );
+    }
+
+    #[test]
+    fn published_port_without_backend() {
+        let text = lab("\n[[namespace]]\nname = \"x\"\npublish = [\"8080:80\"]\n");
+        let problem = only_problem(&text, K::NoBackend, &[]);
+        assert_eq!(
+            problem.message,
+            format!(
+                "published port 8080 on `x` has no backend address: namespace `x` has no address in the lab ({})",
+                at(&text, "\"8080:80\"")
+            )
+        );
+    }
+
+    // All at once.
+
+    #[test]
+    fn every_problem_is_reported_in_file_order() {
+        let text = BASE
+            .replace("name = \"lab\"", "name = \"LAB\"")
+            .replace("red0-br", "a-very-long-interface")
+            .replace("via = \"10.0.0.1\"", "via = \"10.9.9.9\"");
+        let err = parse(&text, "lab.toml").unwrap_err();
+        assert_eq!(
+            err.kinds(),
+            [K::LabName, K::InterfaceName, K::Gateway],
+            "{err}"
+        );
+        let lines: Vec<_> = err.to_string().lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].ends_with("(lab.toml:1:8)"), "{}", lines[0]);
+        assert!(lines[1].contains("`a-very-long-interface`"), "{}", lines[1]);
+        assert!(lines[2].contains("10.9.9.9"), "{}", lines[2]);
+    }
+
+    // Rule 7: the host.
+
+    fn host(routes: &[(&str, Option<&str>)], addresses: &[(&str, &str)]) -> HostNetwork {
+        HostNetwork {
+            routes: routes
+                .iter()
+                .map(|&(dst, dev)| HostRoute {
+                    dst: net(dst),
+                    dev: dev.map(str::to_owned),
+                })
+                .collect(),
+            addresses: addresses
+                .iter()
+                .map(|&(dev, a)| HostAddress {
+                    dev: dev.to_owned(),
+                    net: net(a),
+                })
+                .collect(),
+        }
+    }
+
+    const TEST_NET: &str = r#"[[namespace]]
+name = "x"
+
+[[veth]]
+name = "veth-x"
+netns = "x"
+addresses = ["192.0.2.2/24"]
+peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
+"#;
+
+    fn host_problems(host: &HostNetwork, own: &[&str]) -> Result<(), TopologyError> {
+        let topo = ok(TEST_NET);
+        let own: Vec<String> = own.iter().map(ToString::to_string).collect();
+        crate::topology::check_host(&topo, host, &own)
+    }
+
+    #[test]
+    fn host_route_overlap_is_refused() {
+        let err = host_problems(&host(&[("192.0.2.0/24", Some("eth0"))], &[]), &[]).unwrap_err();
+        assert_eq!(err.kinds(), [K::HostOverlap]);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "subnet 192.0.2.0/24 of `veth-x` ({}) overlaps the host route 192.0.2.0/24 dev eth0; pick a subnet clear of the host's routes",
+                at(TEST_NET, "\"192.0.2.2/24\"")
+            )
+        );
+        // A wider or narrower host route overlaps as well.
+        assert!(host_problems(&host(&[("192.0.0.0/16", Some("eth0"))], &[]), &[]).is_err());
+        assert!(host_problems(&host(&[("192.0.2.128/25", None)], &[]), &[]).is_err());
+        assert!(host_problems(&host(&[("192.0.3.0/24", Some("eth0"))], &[]), &[]).is_ok());
+    }
+
+    #[test]
+    fn host_address_overlap_is_refused() {
+        let err = host_problems(&host(&[], &[("eth1", "192.0.2.77/24")]), &[]).unwrap_err();
+        assert_eq!(err.kinds(), [K::HostOverlap]);
+        let message = &err.problems()[0].message;
+        assert!(
+            message.contains("host address 192.0.2.77/24 on eth1"),
+            "{message}"
+        );
+        assert!(message.contains("`veth-x`"), "{message}");
+        assert!(
+            message.contains(&at(TEST_NET, "\"192.0.2.2/24\"")),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn host_check_ignores_own_links() {
+        let host = host(
+            &[("192.0.2.0/24", Some("veth-x-host"))],
+            &[("veth-x-host", "192.0.2.1/24")],
+        );
+        assert!(host_problems(&host, &["veth-x-host"]).is_ok());
+        assert!(host_problems(&host, &[]).is_err());
+    }
+
+    #[test]
+    fn host_check_ignores_default_routes() {
+        let host = host(
+            &[("0.0.0.0/0", Some("eth0"))],
+            &[("eth0", "198.51.100.7/24")],
+        );
+        assert!(host_problems(&host, &[]).is_ok());
+    }
+
+    #[test]
+    fn host_check_reports_each_lab_subnet_once() {
+        let host = host(
+            &[
+                ("192.0.2.0/24", Some("eth0")),
+                ("192.0.2.0/25", Some("eth1")),
+            ],
+            &[("eth0", "192.0.2.9/24")],
+        );
+        let err = host_problems(&host, &[]).unwrap_err();
+        assert_eq!(err.kinds(), [K::HostOverlap]);
+    }
+
+    #[test]
+    fn default_lab_is_clear_of_a_typical_host() {
+        let topo = crate::topology::default_lab().unwrap();
+        let host = host(
+            &[("0.0.0.0/0", Some("eth0")), ("10.0.2.0/24", Some("eth0"))],
+            &[("eth0", "10.0.2.15/24"), ("lo", "127.0.0.1/8")],
+        );
+        assert!(check_host(&topo, &host, &[]).is_empty());
+        // A second `up`: the lab's own host-side links are there now.
+        let host = HostNetwork {
+            routes: vec![HostRoute {
+                dst: net("192.168.15.0/24"),
+                dev: Some("v-net-0".into()),
+            }],
+            addresses: vec![HostAddress {
+                dev: "nl-uplink".into(),
+                net: net("203.0.113.1/24"),
+            }],
+        };
+        let own = ["v-net-0".to_owned(), "nl-uplink".to_owned()];
+        assert!(check_host(&topo, &host, &own).is_empty());
+        assert_eq!(check_host(&topo, &host, &[]).len(), 2);
+    }
+}
