@@ -1,0 +1,102 @@
+//! netlab's automation: `cargo xtask build-ebpf | build | run | test | bench`.
+//!
+//! Each command installs the tools it needs (see `toolchain`), prints every
+//! command it runs, and prints its result path on stdout (progress goes to
+//! stderr), so `$(cargo xtask build)` is the netlab binary.
+
+mod bench;
+mod build;
+mod ebpf;
+mod process;
+mod run;
+mod test;
+mod toolchain;
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use crate::{bench::BenchKind, build::Profile};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test netlab"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the eBPF object (nightly + bpf-linker, installed if missing); print its path.
+    BuildEbpf,
+    /// Build the eBPF object, then netlab with it embedded; print netlab's path.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run netlab as root (through `sudo -E` if needed) with ARGS.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for netlab.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// As root: install the test tools, check fmt and clippy, build, and run
+    /// every test, privileged ones included.
+    Test {
+        /// Extra `cargo test` arguments; after a further `--`, test-binary arguments.
+        #[arg(last = true)]
+        cargo_args: Vec<OsString>,
+    },
+    /// Benchmarks.
+    Bench { what: BenchKind },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<ExitCode> {
+    let workspace = workspace_root()?;
+    match command {
+        Command::BuildEbpf => {
+            let object = ebpf::build(&workspace)?;
+            println!("{}", object.display());
+        }
+        Command::Build { release } => {
+            let netlab = build::build(&workspace, Profile::from_release_flag(release))?;
+            println!("{}", netlab.display());
+        }
+        Command::Run { release, args } => {
+            return run::run(&workspace, Profile::from_release_flag(release), &args);
+        }
+        Command::Test { cargo_args } => test::run(&workspace, &cargo_args)?,
+        Command::Bench { what } => return Ok(bench::run(what)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The workspace is xtask's parent directory.
+fn workspace_root() -> Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask's manifest directory has no parent")
+}
