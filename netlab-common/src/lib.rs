@@ -4,12 +4,35 @@
 
 #![no_std]
 
+pub mod nat;
+
 /// Names of maps and programs, so both sides spell them once.
 pub mod names {
-    /// Per-CPU hash: [`IfaceKey`] → [`IfaceCounters`].
+    /// Per-CPU hash: [`IfaceKey`](crate::IfaceKey) → [`IfaceCounters`](crate::IfaceCounters).
     pub const IFACE_COUNTERS: &str = "IFACE_COUNTERS";
     pub const COUNT_INGRESS: &str = "count_ingress";
     pub const COUNT_EGRESS: &str = "count_egress";
+
+    /// TC ingress of lab veths (host side) and of the uplink: DNAT, and the
+    /// reverse of every translation whose reply enters there.
+    pub const NAT_INGRESS: &str = "nat_ingress";
+    /// TC egress of the uplink: masquerade.
+    pub const NAT_EGRESS: &str = "nat_egress";
+
+    /// Array[1]: [`NatConfig`](crate::nat::NatConfig).
+    pub const NAT_CONFIG: &str = "NAT_CONFIG";
+    /// Hash: [`PublishKey`](crate::nat::PublishKey) → [`Backend`](crate::nat::Backend).
+    pub const PUBLISHED: &str = "PUBLISHED";
+    /// Hash: IPv4 address (network order) → 1. Addresses published ports answer on.
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    /// LPM trie: lab subnets whose traffic to the uplink is masqueraded.
+    pub const MASQ_SUBNETS: &str = "MASQ_SUBNETS";
+    /// Hash: ifindex → [`IfaceConfig`](crate::nat::IfaceConfig).
+    pub const IFACE_CONFIG: &str = "IFACE_CONFIG";
+    /// LRU hash: [`FlowKey`](crate::nat::FlowKey) → [`CtEntry`](crate::nat::CtEntry).
+    pub const CONNTRACK: &str = "CONNTRACK";
+    /// Per-CPU array indexed by [`Stat`](crate::nat::Stat).
+    pub const NAT_STATS: &str = "NAT_STATS";
 }
 
 /// Capacity of [`names::IFACE_COUNTERS`]: lab interfaces × 2 directions.
@@ -54,4 +77,16 @@ mod pod {
     unsafe impl aya::Pod for IfaceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for IfaceCounters {}
+    // SAFETY: as above; sizes asserted in `nat`.
+    unsafe impl aya::Pod for crate::nat::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::CtEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::PublishKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::NatConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::IfaceConfig {}
 }

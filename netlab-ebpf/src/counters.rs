@@ -16,7 +16,7 @@ pub fn count(ctx: &TcContext, direction: Direction) {
         direction: direction as u32,
     };
     let len = u64::from(ctx.len());
-    match IFACE_COUNTERS.get_ptr_mut(&key) {
+    match IFACE_COUNTERS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, only this CPU writes it while we run.
         Some(counters) => unsafe {
             (*counters).packets += 1;
@@ -26,8 +26,8 @@ pub fn count(ctx: &TcContext, direction: Direction) {
             // A full map only loses counts, never packets; `status` shows the gap
             // as an interface without counters.
             let _ = IFACE_COUNTERS.insert(
-                &key,
-                &IfaceCounters {
+                key,
+                IfaceCounters {
                     packets: 1,
                     bytes: len,
                 },

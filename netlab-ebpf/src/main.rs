@@ -1,17 +1,36 @@
 //! netlab's kernel side: thin program entry points over datapath modules
-//! split by concern (as Cilium's `bpf/lib`). Each entry point maps the
-//! module's outcome to a TC verdict and nothing else.
+//! split by concern (as Cilium's `bpf/lib`): [`parse`], [`conntrack`],
+//! [`nat`], [`stats`], [`counters`]. Each entry point maps the modules'
+//! outcome to a TC verdict and nothing else.
 
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod counters;
+mod nat;
+mod parse;
+mod stats;
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
-use netlab_common::Direction;
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_redirect,
+    macros::classifier,
+    programs::TcContext,
+};
+use netlab_common::{
+    Direction,
+    nat::{APPLY_EGRESS, APPLY_INGRESS, Stat},
+};
+
+use crate::{
+    nat::Verdict,
+    parse::{NotParsed, parse},
+};
 
 /// TCX_NEXT: let the next program on the hook (or the stack) decide.
 const TCX_NEXT: i32 = TC_ACT_UNSPEC;
+const DROP: i32 = TC_ACT_SHOT;
 
 #[classifier]
 pub fn count_ingress(ctx: TcContext) -> i32 {
@@ -23,6 +42,73 @@ pub fn count_ingress(ctx: TcContext) -> i32 {
 pub fn count_egress(ctx: TcContext) -> i32 {
     counters::count(&ctx, Direction::Egress);
     TCX_NEXT
+}
+
+/// Ingress of every lab veth's host side and of the uplink.
+#[classifier]
+pub fn nat_ingress(ctx: TcContext) -> i32 {
+    stats::count(Stat::Packets);
+    let pkt = match parse(&ctx) {
+        Ok(pkt) => pkt,
+        Err(why) => {
+            count_unparsed(why);
+            // Untranslatable packets go to the stack untouched, which
+            // validates and drops what is malformed.
+            return TCX_NEXT;
+        }
+    };
+    let verdict = match nat::apply_known(&ctx, &pkt, APPLY_INGRESS) {
+        Some(verdict) => verdict,
+        None => nat::new_ingress(&ctx, &pkt),
+    };
+    to_action(verdict)
+}
+
+/// Egress of every lab veth's host side and of the uplink: masquerade (on
+/// the uplink) and the source rewrite of replies to published ports.
+#[classifier]
+pub fn nat_egress(ctx: TcContext) -> i32 {
+    stats::count(Stat::Packets);
+    let pkt = match parse(&ctx) {
+        Ok(pkt) => pkt,
+        Err(why) => {
+            count_unparsed(why);
+            // What we cannot translate must not leave with a lab address.
+            return match why {
+                NotParsed::Fragment(saddr) | NotParsed::Unsupported(saddr)
+                    if nat::is_masqueraded_source(saddr) && nat::on_uplink(&ctx) =>
+                {
+                    DROP
+                }
+                _ => TCX_NEXT,
+            };
+        }
+    };
+    let verdict = match nat::apply_known(&ctx, &pkt, APPLY_EGRESS) {
+        Some(verdict) => verdict,
+        None => nat::new_egress(&ctx, &pkt),
+    };
+    to_action(verdict)
+}
+
+#[inline(always)]
+fn count_unparsed(why: NotParsed) {
+    stats::count(match why {
+        NotParsed::NotIpv4 => Stat::NonIpv4,
+        NotParsed::Malformed => Stat::Malformed,
+        NotParsed::Fragment(_) => Stat::Fragment,
+        NotParsed::Unsupported(_) => Stat::Unsupported,
+    });
+}
+
+#[inline(always)]
+fn to_action(verdict: Verdict) -> i32 {
+    match verdict {
+        Verdict::Pass => TCX_NEXT,
+        Verdict::Drop => DROP,
+        // SAFETY: plain helper; redirects to this interface's egress.
+        Verdict::Reflect(ifindex) => unsafe { bpf_redirect(ifindex, 0) as i32 },
+    }
 }
 
 #[cfg(not(test))]

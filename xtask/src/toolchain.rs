@@ -161,6 +161,7 @@ macro_rules! deb {
 /// The programs the privileged tests (and benches) drive.
 pub const TEST_TOOLS: &[Prerequisite] = &[
     deb!("iproute2"),
+    deb!("iputils-ping"),
     deb!("iptables"),
     deb!("ethtool"),
     deb!("conntrack"),
@@ -495,6 +496,7 @@ mod tests {
             packages,
             [
                 "iproute2",
+                "iputils-ping",
                 "iptables",
                 "ethtool",
                 "conntrack",
