@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{exec, lab, state, status, topology};
+use crate::{exec, lab, nat, state, status, topology};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +45,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Publish a port (as `docker run -p`), remove one, or list them; takes
+    /// effect at once, without reloading programs or touching other flows.
+    Publish {
+        #[arg(long, global = true)]
+        lab: Option<String>,
+        #[command(subcommand)]
+        action: PublishAction,
+    },
+    /// List netlab's conntrack table (as `conntrack -L`).
+    Conntrack {
+        #[arg(long)]
+        lab: Option<String>,
+        /// One JSON object per flow.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a command inside a lab namespace.
     Exec {
         #[arg(long)]
@@ -54,6 +70,23 @@ pub enum Command {
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PublishAction {
+    /// Forward HOST_PORT on the host's lab addresses to PORT in NAMESPACE.
+    Add {
+        namespace: String,
+        /// HOST_PORT[:PORT][/tcp|/udp], e.g. 8080:80/tcp.
+        mapping: String,
+    },
+    /// Stop forwarding HOST_PORT[/tcp|/udp] (established flows finish normally).
+    Rm { port: String },
+    /// List the published ports.
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -80,6 +113,8 @@ impl Command {
             Command::Up { file, datapath } => up(file, datapath),
             Command::Down { lab } => down(lab),
             Command::Status { lab, json } => show_status(lab, json),
+            Command::Publish { lab, action } => publish(lab, action),
+            Command::Conntrack { lab, json } => show_conntrack(lab, json),
             Command::Exec {
                 lab,
                 namespace,
@@ -164,4 +199,67 @@ fn run_exec(lab: Option<String>, namespace: &str, command: &[String]) -> Result<
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::from(128 + 9),
     })
+}
+
+fn publish(lab: Option<String>, action: PublishAction) -> Result<ExitCode> {
+    let lab = state::resolve_lab(lab.as_deref())?;
+    let _lock = state::LabLock::acquire(&lab)?;
+    let mut record =
+        state::LabState::load(&lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
+    let topo = topology::parse(&record.topology, &record.origin)?;
+    match action {
+        PublishAction::Add { namespace, mapping } => {
+            let (host_port, port, proto) = nat::parse_mapping(&mapping)?;
+            let new = state::PublishRecord {
+                host_port,
+                proto: proto.as_str().to_owned(),
+                namespace,
+                port,
+            };
+            nat::check_new_publish(&topo, &record.published, &new)?;
+            record.published.push(new.clone());
+            nat::sync_published(&lab, &topo, &record.published)?;
+            record.save()?;
+            println!("published {new}");
+        }
+        PublishAction::Rm { port } => {
+            let (host_port, _, proto) = nat::parse_mapping(&port)?;
+            let before = record.published.len();
+            record
+                .published
+                .retain(|r| !(r.host_port == host_port && r.proto == proto.as_str()));
+            if record.published.len() == before {
+                anyhow::bail!("host port {host_port}/{proto} is not published in lab `{lab}`");
+            }
+            nat::sync_published(&lab, &topo, &record.published)?;
+            record.save()?;
+            println!("unpublished {host_port}/{proto}");
+        }
+        PublishAction::List { json } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&record.published)?);
+            } else {
+                for r in &record.published {
+                    let backend = nat::backend_addr(&topo, &r.namespace)
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "?".to_owned());
+                    println!("{r}  ({backend}:{})", r.port);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_conntrack(lab: Option<String>, json: bool) -> Result<ExitCode> {
+    let lab = state::resolve_lab(lab.as_deref())?;
+    let flows = nat::conntrack(&lab)?;
+    if json {
+        for flow in &flows {
+            println!("{}", serde_json::to_string(flow)?);
+        }
+    } else {
+        print!("{}", nat::render_conntrack(&flows));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -22,7 +22,7 @@ use aya::{
 };
 use netlab_common::{Direction, IfaceCounters, IfaceKey, names};
 
-use crate::topology::{Iface, Place};
+use crate::topology::{Datapath, Iface, Place, Topology};
 
 /// The object `cargo xtask` built, or an empty placeholder (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netlab-ebpf.o"));
@@ -38,24 +38,60 @@ pub fn pin_dir(lab: &str) -> PathBuf {
     pin_root().join(lab)
 }
 
-/// The attach points a lab interface gets: ingress and egress.
+/// The TCX hooks netlab reports on, with their names.
 pub const HOOKS: [(Direction, TcAttachType, &str); 2] = [
     (Direction::Ingress, TcAttachType::Ingress, "ingress"),
     (Direction::Egress, TcAttachType::Egress, "egress"),
 ];
 
-fn program_for(direction: Direction) -> &'static str {
-    match direction {
-        Direction::Ingress => names::COUNT_INGRESS,
-        Direction::Egress => names::COUNT_EGRESS,
-    }
+/// Every program the object carries, loaded and pinned once per lab.
+const PROGRAMS: [&str; 4] = [
+    names::COUNT_INGRESS,
+    names::COUNT_EGRESS,
+    names::NAT_INGRESS,
+    names::NAT_EGRESS,
+];
+
+/// One program on one hook of one interface.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub iface: Iface,
+    pub program: &'static str,
+    pub attach_type: TcAttachType,
 }
 
-pub fn link_pin(lab: &str, iface: &Iface, hook: &str) -> PathBuf {
+/// What runs where: counters on every veth end; on the host side of every
+/// veth (lab ends and the uplink) the NAT programs after them. TCX runs
+/// programs in attach order, so the order here is the order on the wire.
+pub fn plan(topo: &Topology) -> Vec<Attachment> {
+    let mut plan = Vec::new();
+    for end in topo.veth_ends() {
+        let iface = Iface {
+            place: end.place.clone(),
+            name: end.name.clone(),
+        };
+        let mut add = |program, attach_type| {
+            plan.push(Attachment {
+                iface: iface.clone(),
+                program,
+                attach_type,
+            })
+        };
+        add(names::COUNT_INGRESS, TcAttachType::Ingress);
+        add(names::COUNT_EGRESS, TcAttachType::Egress);
+        if end.place == Place::Host && topo.datapath == Datapath::Bridge {
+            add(names::NAT_INGRESS, TcAttachType::Ingress);
+            add(names::NAT_EGRESS, TcAttachType::Egress);
+        }
+    }
+    plan
+}
+
+pub fn link_pin(lab: &str, iface: &Iface, program: &str) -> PathBuf {
     pin_dir(lab)
         .join("links")
         .join(pin_name(&iface.place.to_string()))
-        .join(format!("{}@{hook}", pin_name(&iface.name)))
+        .join(format!("{}@{program}", pin_name(&iface.name)))
 }
 
 /// bpffs reserves dots in names (lookup fails with EPERM), but interface and
@@ -94,40 +130,41 @@ pub fn ensure_bpffs() -> Result<()> {
 }
 
 /// Loads the object once per lab (later `up`s reuse the pinned programs and
-/// maps), then attaches the counting programs to every interface in `ifaces`
-/// that does not have a pinned link yet.
-pub fn attach(lab: &str, ifaces: &[Iface]) -> Result<()> {
+/// maps), then makes every attachment of `plan` that has no pinned link yet.
+pub fn attach(lab: &str, plan: &[Attachment], conntrack_size: u32) -> Result<()> {
     ensure_bpffs()?;
     let dir = pin_dir(lab);
     for sub in ["maps", "progs", "links"] {
         fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("creating {}", dir.join(sub).display()))?;
     }
-    let mut programs = load_programs(lab)?;
-    for iface in ifaces {
-        for (direction, attach_type, hook) in HOOKS {
-            let pin = link_pin(lab, iface, hook);
-            if pin.exists() {
-                continue;
-            }
-            if let Some(parent) = pin.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            let name = program_for(direction);
-            let Some(program) = programs.get_mut(name) else {
-                bail!("program {name} was not loaded");
-            };
-            // Attach inside the interface's namespace (ifindex lookup is per
-            // namespace); pin from this thread, whose namespace owns bpffs.
-            let link = crate::netns::on_thread(&iface.place, || -> Result<FdLink> {
-                let id = program
-                    .attach(&iface.name, attach_type)
-                    .with_context(|| format!("attaching {name} to {iface} ({hook})"))?;
-                Ok(program.take_link(id)?.try_into()?)
-            })??;
-            link.pin(&pin)
-                .with_context(|| format!("pinning {}", pin.display()))?;
+    let mut programs = load_programs(lab, conntrack_size)?;
+    for Attachment {
+        iface,
+        program: name,
+        attach_type,
+    } in plan
+    {
+        let pin = link_pin(lab, iface, name);
+        if pin.exists() {
+            continue;
         }
+        if let Some(parent) = pin.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let Some(program) = programs.get_mut(name) else {
+            bail!("program {name} was not loaded");
+        };
+        // Attach inside the interface's namespace (ifindex lookup is per
+        // namespace); pin from this thread, whose mount namespace has bpffs.
+        let link = crate::netns::on_thread(&iface.place, || -> Result<FdLink> {
+            let id = program
+                .attach(&iface.name, *attach_type)
+                .with_context(|| format!("attaching {name} to {iface}"))?;
+            Ok(program.take_link(id)?.try_into()?)
+        })??;
+        link.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
     }
     Ok(())
 }
@@ -135,8 +172,11 @@ pub fn attach(lab: &str, ifaces: &[Iface]) -> Result<()> {
 /// Opens the lab's pinned programs, loading the object first (once) for any
 /// that is not pinned yet. Maps are pinned by name, so a later load reuses
 /// them and counters survive.
-fn load_programs(lab: &str) -> Result<BTreeMap<&'static str, SchedClassifier>> {
-    let names = HOOKS.map(|(direction, _, _)| program_for(direction));
+fn load_programs(
+    lab: &str,
+    conntrack_size: u32,
+) -> Result<BTreeMap<&'static str, SchedClassifier>> {
+    let names = PROGRAMS;
     let pin_of = |name: &str| pin_dir(lab).join("progs").join(name);
     if names.iter().any(|name| !pin_of(name).exists()) {
         if EBPF_OBJECT.is_empty() {
@@ -147,6 +187,7 @@ fn load_programs(lab: &str) -> Result<BTreeMap<&'static str, SchedClassifier>> {
         }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir(lab).join("maps"))
+            .map_max_entries(names::CONNTRACK, conntrack_size)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
         for name in names {

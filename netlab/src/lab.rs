@@ -18,10 +18,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    datapath,
+    datapath, nat,
     netlink::{Netlink, owner_tag},
     netns,
     state::{LabLock, LabState, STATE_DIR},
+    sysctl,
     topology::{self, Datapath, HostAddress, HostNetwork, HostRoute, Iface, Place, Topology},
 };
 
@@ -107,12 +108,52 @@ pub fn up(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
         })
         .collect();
     check_distinct_ifindexes(&ifaces)?;
-    datapath::attach(&topo.name, &ifaces)?;
+    let plan = datapath::plan(topo);
+    datapath::attach(&topo.name, &plan, topo.nat.conntrack_size)?;
     step("datapath attached");
+
+    // The first `up` takes the topology's published ports; later ones keep
+    // what `netlab publish` changed since.
+    if !state.complete && state.published.is_empty() {
+        state.published = nat::declared(topo);
+    }
+    nat::configure(&topo.name, topo)?;
+    nat::sync_published(&topo.name, topo, &state.published)?;
+    enable_forwarding(topo, &mut state)?;
+    step("nat configured");
 
     state.complete = true;
     state.save()?;
     Ok(report)
+}
+
+/// Traffic between the lab and its uplink is routed by the host, as Docker
+/// does: switch IPv4 forwarding on, remembering the value to restore.
+fn enable_forwarding(topo: &Topology, state: &mut LabState) -> Result<()> {
+    if topo.nat.uplink.is_none() {
+        return Ok(());
+    }
+    let current = sysctl::read(sysctl::IP_FORWARD)?;
+    if current != "1" {
+        if state.ip_forward_was.is_none() {
+            state.ip_forward_was = Some(current);
+            state.save()?;
+        }
+        sysctl::write(sysctl::IP_FORWARD, "1")?;
+    }
+    Ok(())
+}
+
+/// Puts `ip_forward` back as it was, unless another lab still needs it.
+fn restore_forwarding(lab: &str, state: Option<&LabState>) -> Result<()> {
+    let Some(was) = state.and_then(|s| s.ip_forward_was.as_deref()) else {
+        return Ok(());
+    };
+    let others_up = crate::state::labs().iter().any(|other| other != lab);
+    if !others_up {
+        sysctl::write(sysctl::IP_FORWARD, was)?;
+    }
+    Ok(())
 }
 
 /// Refuses a lab subnet that collides with the host's own routes or addresses.
@@ -377,6 +418,7 @@ pub fn down(lab: &str) -> Result<DownReport> {
         }
     }
 
+    restore_forwarding(lab, state.as_ref())?;
     LabState::remove(lab)?;
     drop(lock);
     let _ = std::fs::remove_file(std::path::Path::new(STATE_DIR).join(format!("{lab}.lock")));

@@ -4,6 +4,7 @@
 //! - [`netns`], [`netlink`]: namespaces and rtnetlink requests.
 //! - [`lab`]: `up` and `down`, with the ownership rules.
 //! - [`datapath`]: loading, attaching and pinning the eBPF programs.
+//! - [`nat`]: the eBPF NAT's maps: configuration, published ports, conntrack.
 //! - [`state`]: the record under `/run/netlab/` that survives a crash.
 //! - [`status`], [`exec`], [`cli`]: the commands.
 
@@ -11,8 +12,10 @@ pub mod cli;
 pub mod datapath;
 pub mod exec;
 pub mod lab;
+pub mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod state;
 pub mod status;
+pub mod sysctl;
 pub mod topology;

@@ -33,6 +33,32 @@ pub struct LabState {
     pub namespaces: Vec<String>,
     /// Set once `up` finished; a record without it is a half-built lab.
     pub complete: bool,
+    /// Published ports in force: the topology's at first `up`, then as
+    /// changed by `netlab publish add|rm`.
+    #[serde(default)]
+    pub published: Vec<PublishRecord>,
+    /// `net.ipv4.ip_forward` before this lab switched it on, restored by `down`.
+    #[serde(default)]
+    pub ip_forward_was: Option<String>,
+}
+
+/// A published port: `host_port/proto` on the host forwards to `namespace:port`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublishRecord {
+    pub host_port: u16,
+    pub proto: String,
+    pub namespace: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for PublishRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} -> {}:{}",
+            self.host_port, self.proto, self.namespace, self.port
+        )
+    }
 }
 
 pub fn path(lab: &str) -> PathBuf {

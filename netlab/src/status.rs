@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     datapath::{self, HOOKS},
-    netns,
+    nat, netns,
     state::LabState,
     topology::{self, Iface, Place},
 };
@@ -22,6 +22,19 @@ pub struct LabStatus {
     pub complete: bool,
     pub namespaces: Vec<String>,
     pub places: Vec<PlaceStatus>,
+    pub nat: Option<NatStatus>,
+}
+
+/// What the eBPF NAT holds and has done.
+#[derive(Debug, Serialize)]
+pub struct NatStatus {
+    pub uplink: Option<String>,
+    pub published: Vec<String>,
+    /// Conntrack entries in use (two per flow) and the table's capacity.
+    pub conntrack_entries: usize,
+    pub conntrack_capacity: u32,
+    /// Counters by reason (see `netlab_common::nat::Stat`).
+    pub counters: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -154,7 +167,26 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
             routes,
         });
     }
+    let nat = if topo.datapath == crate::topology::Datapath::Bridge {
+        let (conntrack_entries, conntrack_capacity) =
+            nat::conntrack_usage(&state.lab).unwrap_or((0, 0));
+        Some(NatStatus {
+            uplink: nat::uplink_addr(&topo)
+                .map(|a| format!("{} ({a})", topo.nat.uplink.as_deref().unwrap_or("?"))),
+            published: state.published.iter().map(|p| p.to_string()).collect(),
+            conntrack_entries,
+            conntrack_capacity,
+            counters: nat::stats(&state.lab)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        })
+    } else {
+        None
+    };
     Ok(LabStatus {
+        nat,
         lab: state.lab.clone(),
         datapath: state.datapath.clone(),
         origin: state.origin.clone(),
@@ -217,6 +249,37 @@ pub fn render(status: &LabStatus) -> String {
         for route in &place.routes {
             let _ = writeln!(out, "  route {route}");
         }
+    }
+    if let Some(nat) = &status.nat {
+        let _ = writeln!(out, "\n[nat]");
+        let _ = writeln!(
+            out,
+            "  uplink: {}",
+            nat.uplink
+                .as_deref()
+                .unwrap_or("none (no masquerade, published ports reachable from the lab only)")
+        );
+        let _ = writeln!(
+            out,
+            "  published: {}",
+            if nat.published.is_empty() {
+                "none".to_owned()
+            } else {
+                nat.published.join(", ")
+            }
+        );
+        let _ = writeln!(
+            out,
+            "  conntrack: {} of {} entries (two per flow)",
+            nat.conntrack_entries, nat.conntrack_capacity
+        );
+        let counters: Vec<String> = nat
+            .counters
+            .iter()
+            .filter(|(_, v)| **v != 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(out, "  counters: {}", counters.join(" "));
     }
     out
 }

@@ -353,7 +353,16 @@ mod tests {
         assert_eq!(topo.datapath, Datapath::Bridge);
         let names: Vec<_> = topo.namespaces.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["red", "blue", "outside"]);
-        assert!(topo.namespaces.iter().all(|n| n.publish.is_empty()));
+        let published: Vec<_> = topo
+            .namespaces
+            .iter()
+            .flat_map(|n| {
+                n.publish
+                    .iter()
+                    .map(move |p| (n.name.as_str(), p.host_port, p.port, p.proto))
+            })
+            .collect();
+        assert_eq!(published, [("blue", 8080, 80, Proto::Tcp)]);
 
         assert_eq!(topo.bridges.len(), 1);
         assert_eq!(topo.bridges[0].name, "v-net-0");

@@ -1,0 +1,287 @@
+//! NAT and conntrack types. Addresses and ports are kept in network byte
+//! order, as they sit in the packet, so the datapath never converts them.
+
+/// A flow as one direction of it appears on the wire.
+///
+/// ICMP echo uses the identifier as a port: a request is keyed with
+/// `sport = id, dport = 0` and a reply with `sport = 0, dport = id`, so the
+/// reverse of a request's key is its reply's key, as with TCP and UDP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// The key of packets flowing the other way.
+    #[inline(always)]
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Which side of a flow an entry describes.
+pub const DIR_ORIGINAL: u8 = 0;
+pub const DIR_REPLY: u8 = 1;
+
+/// Which hook rewrites packets that match an entry, as netfilter does:
+/// destination rewrites (DNAT, un-SNAT of replies) on ingress, before the
+/// routing decision; source rewrites (masquerade, un-DNAT of replies) on
+/// egress, after it, since a local source address before routing would be
+/// dropped as a martian.
+pub const APPLY_INGRESS: u8 = 0;
+pub const APPLY_EGRESS: u8 = 1;
+
+/// Bits of [`CtEntry::nat`].
+pub const NAT_SNAT: u8 = 1;
+pub const NAT_DNAT: u8 = 2;
+/// Hairpin to oneself: rewritten and sent straight back out of the veth it
+/// came in on, never routed (its addresses would be martians to the host).
+pub const NAT_REFLECT: u8 = 4;
+
+/// TCP states, with the kernel's conntrack timeouts.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpState {
+    None = 0,
+    SynSent = 1,
+    SynRecv = 2,
+    Established = 3,
+    FinWait = 4,
+    TimeWait = 5,
+    Close = 6,
+}
+
+impl TcpState {
+    pub fn from_u8(v: u8) -> TcpState {
+        match v {
+            1 => TcpState::SynSent,
+            2 => TcpState::SynRecv,
+            3 => TcpState::Established,
+            4 => TcpState::FinWait,
+            5 => TcpState::TimeWait,
+            6 => TcpState::Close,
+            _ => TcpState::None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::None => "NONE",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::FinWait => "FIN_WAIT",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+        }
+    }
+}
+
+const SEC: u64 = 1_000_000_000;
+
+/// Idle time after which a flow is dead (nf_conntrack's defaults).
+pub fn timeout_ns(proto: u8, tcp_state: u8, flags: u8) -> u64 {
+    match proto {
+        IPPROTO_TCP => match TcpState::from_u8(tcp_state) {
+            TcpState::SynSent => 120 * SEC,
+            TcpState::SynRecv => 60 * SEC,
+            TcpState::Established => 432_000 * SEC,
+            TcpState::FinWait => 120 * SEC,
+            TcpState::TimeWait => 120 * SEC,
+            TcpState::Close | TcpState::None => 10 * SEC,
+        },
+        IPPROTO_UDP if flags & CT_REPLIED != 0 => 120 * SEC,
+        IPPROTO_UDP => 30 * SEC,
+        _ => 30 * SEC,
+    }
+}
+
+/// Bits of [`CtEntry::flags`] (kept on the original entry).
+pub const CT_REPLIED: u8 = 1;
+pub const CT_FIN_ORIGINAL: u8 = 2;
+pub const CT_FIN_REPLY: u8 = 4;
+
+/// One direction of a tracked flow: how to rewrite packets matching its key.
+///
+/// The flow's state, timestamps and the flags live in the ORIGINAL entry;
+/// the REPLY entry's rewrite restores the original tuple reversed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub created_ns: u64,
+    /// Last packet in either direction (original entry).
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// The tuple packets matching the key leave with.
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// The key of the other direction.
+    pub peer: FlowKey,
+    /// [`DIR_ORIGINAL`] or [`DIR_REPLY`].
+    pub direction: u8,
+    /// [`NAT_SNAT`] | [`NAT_DNAT`].
+    pub nat: u8,
+    /// [`APPLY_INGRESS`] or [`APPLY_EGRESS`].
+    pub apply: u8,
+    /// A [`TcpState`] (original entry).
+    pub tcp_state: u8,
+    /// `CT_*` bits (original entry).
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// A published port: `PROTO/port` on the host's published addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PublishKey {
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Network order.
+    pub addr: u32,
+    /// Network order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatConfig {
+    /// Masquerade address (the uplink's), network order; 0 = no masquerade.
+    pub masq_addr: u32,
+    /// Source ports (and ICMP ids) handed out by SNAT, host order, inclusive.
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+/// [`IfaceConfig::role`]: a host-side lab veth end.
+pub const ROLE_LAB: u32 = 1;
+/// [`IfaceConfig::role`]: the uplink toward the world (masquerade happens here).
+pub const ROLE_UPLINK: u32 = 2;
+
+/// Per host-side interface of the lab.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceConfig {
+    /// The address hairpin traffic is SNATed to (the segment's gateway),
+    /// network order; 0 when it has none.
+    pub gateway: u32,
+    /// `ROLE_*`.
+    pub role: u32,
+}
+
+/// Counters of what the NAT datapath did and why; index of [`names::NAT_STATS`](crate::names::NAT_STATS).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Packets seen by the NAT programs.
+    Packets = 0,
+    /// ARP, IPv6...: passed untouched.
+    NonIpv4,
+    /// Truncated or inconsistent headers: passed untouched (the kernel's IP
+    /// stack validates and drops them), never translated.
+    Malformed,
+    /// IP fragments: passed untouched on ingress; dropped when they would
+    /// leave through masquerade untranslated.
+    Fragment,
+    /// Protocols other than TCP, UDP, ICMP echo: passed untouched, or
+    /// dropped when they would leave through masquerade untranslated.
+    Unsupported,
+    /// Packets rewritten from an existing conntrack entry.
+    Translated,
+    /// New flows to a published port.
+    DnatNew,
+    /// New flows masqueraded out of the uplink.
+    SnatNew,
+    /// New hairpin flows (a namespace to its own published port).
+    HairpinNew,
+    /// TCP without SYN for a flow conntrack does not know, that would need
+    /// NAT: dropped (what the kernel calls INVALID).
+    TcpNotSyn,
+    /// No free source port in the range: new flow dropped.
+    PortExhausted,
+    /// Conntrack insert failed (table full or a collision): new flow dropped.
+    CtInsertFailed,
+    /// A flow found idle past its timeout and removed.
+    CtExpired,
+    /// One half of a flow found without its other half (LRU evicted it).
+    CtHalfEvicted,
+    /// Packet rewrite failed (helper error): dropped.
+    RewriteFailed,
+}
+
+pub const STAT_COUNT: u32 = 15;
+
+impl Stat {
+    pub const ALL: [Stat; STAT_COUNT as usize] = [
+        Stat::Packets,
+        Stat::NonIpv4,
+        Stat::Malformed,
+        Stat::Fragment,
+        Stat::Unsupported,
+        Stat::Translated,
+        Stat::DnatNew,
+        Stat::SnatNew,
+        Stat::HairpinNew,
+        Stat::TcpNotSyn,
+        Stat::PortExhausted,
+        Stat::CtInsertFailed,
+        Stat::CtExpired,
+        Stat::CtHalfEvicted,
+        Stat::RewriteFailed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stat::Packets => "packets",
+            Stat::NonIpv4 => "non_ipv4",
+            Stat::Malformed => "malformed",
+            Stat::Fragment => "fragment",
+            Stat::Unsupported => "unsupported_proto",
+            Stat::Translated => "translated",
+            Stat::DnatNew => "dnat_new",
+            Stat::SnatNew => "snat_new",
+            Stat::HairpinNew => "hairpin_new",
+            Stat::TcpNotSyn => "tcp_not_syn",
+            Stat::PortExhausted => "port_exhausted",
+            Stat::CtInsertFailed => "ct_insert_failed",
+            Stat::CtExpired => "ct_expired",
+            Stat::CtHalfEvicted => "ct_half_evicted",
+            Stat::RewriteFailed => "rewrite_failed",
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
+const _: () = assert!(core::mem::size_of::<PublishKey>() == 4);
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 8);
+const _: () = assert!(Stat::ALL.len() == STAT_COUNT as usize);

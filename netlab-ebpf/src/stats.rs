@@ -1,0 +1,15 @@
+//! Counters of what the NAT datapath did and why (`netlab status`).
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use netlab_common::nat::{STAT_COUNT, Stat};
+
+#[map(name = "NAT_STATS")]
+static NAT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(slot) = NAT_STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *slot += 1 };
+    }
+}

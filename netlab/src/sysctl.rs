@@ -1,0 +1,23 @@
+//! The few sysctls a lab needs, read and written under /proc/sys for the
+//! calling thread's network namespace.
+
+use std::{fs, path::PathBuf};
+
+use anyhow::{Context, Result};
+
+fn path(name: &str) -> PathBuf {
+    PathBuf::from("/proc/sys").join(name.replace('.', "/"))
+}
+
+pub fn read(name: &str) -> Result<String> {
+    Ok(fs::read_to_string(path(name))
+        .with_context(|| format!("reading sysctl {name}"))?
+        .trim()
+        .to_owned())
+}
+
+pub fn write(name: &str, value: &str) -> Result<()> {
+    fs::write(path(name), value).with_context(|| format!("setting sysctl {name}={value}"))
+}
+
+pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
