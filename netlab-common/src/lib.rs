@@ -16,8 +16,16 @@ pub mod names {
     /// TC ingress of lab veths (host side) and of the uplink: DNAT, and the
     /// reverse of every translation whose reply enters there.
     pub const NAT_INGRESS: &str = "nat_ingress";
-    /// TC egress of the uplink: masquerade.
+    /// TC egress of lab veths (host side) and the uplink: masquerade and
+    /// the source rewrite of replies.
     pub const NAT_EGRESS: &str = "nat_egress";
+    /// cgroup sock_addr programs: the host's own connections to published ports.
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+    /// LRU hash: socket cookie → [`SockNat`](crate::nat::SockNat).
+    pub const SOCK_NAT: &str = "SOCK_NAT";
 
     /// Array[1]: [`NatConfig`](crate::nat::NatConfig).
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
@@ -89,4 +97,6 @@ mod pod {
     unsafe impl aya::Pod for crate::nat::NatConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::nat::IfaceConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::SockNat {}
 }

@@ -178,6 +178,22 @@ pub struct NatConfig {
     /// Source ports (and ICMP ids) handed out by SNAT, host order, inclusive.
     pub port_min: u16,
     pub port_max: u16,
+    /// Cookie of the lab's host network namespace: the socket-level programs
+    /// (attached to the whole cgroup tree) only act on sockets there.
+    pub host_netns_cookie: u64,
+}
+
+/// What the socket-level programs remember per socket (by socket cookie):
+/// the published address the application asked for and the backend it got,
+/// so replies and `getpeername` show the published address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockNat {
+    /// Network order.
+    pub published_addr: u32,
+    pub backend_addr: u32,
+    pub published_port: u16,
+    pub backend_port: u16,
 }
 
 /// [`IfaceConfig::role`]: a host-side lab veth end.
@@ -282,6 +298,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
 const _: () = assert!(core::mem::size_of::<PublishKey>() == 4);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<SockNat>() == 12);
 const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 8);
 const _: () = assert!(Stat::ALL.len() == STAT_COUNT as usize);

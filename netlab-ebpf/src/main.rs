@@ -1,6 +1,6 @@
 //! netlab's kernel side: thin program entry points over datapath modules
 //! split by concern (as Cilium's `bpf/lib`): [`parse`], [`conntrack`],
-//! [`nat`], [`stats`], [`counters`]. Each entry point maps the modules'
+//! [`nat`], [`sock`], [`stats`], [`counters`]. Each entry point maps the modules'
 //! outcome to a TC verdict and nothing else.
 
 #![no_std]
@@ -10,13 +10,14 @@ mod conntrack;
 mod counters;
 mod nat;
 mod parse;
+mod sock;
 mod stats;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_redirect,
-    macros::classifier,
-    programs::TcContext,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
 };
 use netlab_common::{
     Direction,
@@ -89,6 +90,33 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
         None => nat::new_egress(&ctx, &pkt),
     };
     to_action(verdict)
+}
+
+/// cgroup sock_addr verdict: let the call proceed.
+const SOCK_ALLOW: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::from_backend(&ctx);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::from_backend(&ctx);
+    SOCK_ALLOW
 }
 
 #[inline(always)]

@@ -21,13 +21,13 @@ use crate::{
 };
 
 #[map(name = "NAT_CONFIG")]
-static NAT_CONFIG: Array<NatConfig> = Array::pinned(1, 0);
+pub(crate) static NAT_CONFIG: Array<NatConfig> = Array::pinned(1, 0);
 
 #[map(name = "PUBLISHED")]
-static PUBLISHED: HashMap<PublishKey, Backend> = HashMap::pinned(65536 * 2, 0);
+pub(crate) static PUBLISHED: HashMap<PublishKey, Backend> = HashMap::pinned(65536 * 2, 0);
 
 #[map(name = "LOCAL_ADDRS")]
-static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::pinned(256, 0);
+pub(crate) static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::pinned(256, 0);
 
 #[map(name = "MASQ_SUBNETS")]
 static MASQ_SUBNETS: LpmTrie<u32, u32> = LpmTrie::pinned(256, 0);

@@ -18,14 +18,19 @@ use anyhow::{Context, Result, bail};
 use aya::{
     EbpfLoader,
     maps::{Map, MapData, PerCpuHashMap},
-    programs::{SchedClassifier, TcAttachType, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
+    },
 };
 use netlab_common::{Direction, IfaceCounters, IfaceKey, names};
 
 use crate::topology::{Datapath, Iface, Place, Topology};
 
 /// The object `cargo xtask` built, or an empty placeholder (see build.rs).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netlab-ebpf.o"));
+/// Public so that tests can load the same object into a private bpffs.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netlab-ebpf.o"));
 
 pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -45,12 +50,41 @@ pub const HOOKS: [(Direction, TcAttachType, &str); 2] = [
 ];
 
 /// Every program the object carries, loaded and pinned once per lab.
-const PROGRAMS: [&str; 4] = [
-    names::COUNT_INGRESS,
-    names::COUNT_EGRESS,
-    names::NAT_INGRESS,
-    names::NAT_EGRESS,
+const PROGRAMS: [(&str, Kind); 8] = [
+    (names::COUNT_INGRESS, Kind::Tc),
+    (names::COUNT_EGRESS, Kind::Tc),
+    (names::NAT_INGRESS, Kind::Tc),
+    (names::NAT_EGRESS, Kind::Tc),
+    (
+        names::SOCK_CONNECT4,
+        Kind::Sock(CgroupSockAddrAttachType::Connect4),
+    ),
+    (
+        names::SOCK_SENDMSG4,
+        Kind::Sock(CgroupSockAddrAttachType::UDPSendMsg4),
+    ),
+    (
+        names::SOCK_RECVMSG4,
+        Kind::Sock(CgroupSockAddrAttachType::UDPRecvMsg4),
+    ),
+    (
+        names::SOCK_GETPEERNAME4,
+        Kind::Sock(CgroupSockAddrAttachType::GetPeerName4),
+    ),
 ];
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// A TC classifier, attached with TCX to interfaces.
+    Tc,
+    /// A cgroup sock_addr program, attached to the cgroup2 root.
+    Sock(CgroupSockAddrAttachType),
+}
+
+enum Loaded {
+    Tc(SchedClassifier),
+    Sock(CgroupSockAddr),
+}
 
 /// One program on one hook of one interface.
 #[derive(Clone, Debug)]
@@ -152,8 +186,8 @@ pub fn attach(lab: &str, plan: &[Attachment], conntrack_size: u32) -> Result<()>
         if let Some(parent) = pin.parent() {
             fs::create_dir_all(parent)?;
         }
-        let Some(program) = programs.get_mut(name) else {
-            bail!("program {name} was not loaded");
+        let Some(Loaded::Tc(program)) = programs.get_mut(name) else {
+            bail!("TC program {name} was not loaded");
         };
         // Attach inside the interface's namespace (ifindex lookup is per
         // namespace); pin from this thread, whose mount namespace has bpffs.
@@ -166,19 +200,65 @@ pub fn attach(lab: &str, plan: &[Attachment], conntrack_size: u32) -> Result<()>
         link.pin(&pin)
             .with_context(|| format!("pinning {}", pin.display()))?;
     }
+    if plan.iter().any(|a| a.program == names::NAT_INGRESS) {
+        attach_sockets(lab, &mut programs)?;
+    }
     Ok(())
+}
+
+/// Attaches the socket-level programs to the root of the cgroup2 tree, so
+/// they see every process; they act only on the lab's host namespace.
+fn attach_sockets(lab: &str, programs: &mut BTreeMap<&'static str, Loaded>) -> Result<()> {
+    let Some(root) = cgroup2_root() else {
+        log::warn!(
+            "no cgroup2 hierarchy is mounted: the host's own connections to published ports \
+             are not translated (the lab's namespaces and the uplink are)"
+        );
+        return Ok(());
+    };
+    let cgroup =
+        fs::File::open(&root).with_context(|| format!("opening cgroup {}", root.display()))?;
+    for (name, program) in programs.iter_mut() {
+        let Loaded::Sock(program) = program else {
+            continue;
+        };
+        let pin = pin_dir(lab).join("links").join("cgroup").join(name);
+        if pin.exists() {
+            continue;
+        }
+        if let Some(parent) = pin.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        // A BPF link always attaches as one of many (the kernel adds
+        // BPF_F_ALLOW_MULTI itself and refuses the flag from us).
+        let id = program
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to cgroup {}", root.display()))?;
+        let link: FdLink = program.take_link(id)?.try_into()?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+    }
+    Ok(())
+}
+
+/// The mount point of the cgroup2 hierarchy (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid hosts), from /proc/self/mountinfo.
+fn cgroup2_root() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
 }
 
 /// Opens the lab's pinned programs, loading the object first (once) for any
 /// that is not pinned yet. Maps are pinned by name, so a later load reuses
 /// them and counters survive.
-fn load_programs(
-    lab: &str,
-    conntrack_size: u32,
-) -> Result<BTreeMap<&'static str, SchedClassifier>> {
-    let names = PROGRAMS;
+fn load_programs(lab: &str, conntrack_size: u32) -> Result<BTreeMap<&'static str, Loaded>> {
     let pin_of = |name: &str| pin_dir(lab).join("progs").join(name);
-    if names.iter().any(|name| !pin_of(name).exists()) {
+    if PROGRAMS.iter().any(|(name, _)| !pin_of(name).exists()) {
         if EBPF_OBJECT.is_empty() {
             bail!(
                 "this netlab binary was built without its eBPF object (plain `cargo build`); \
@@ -190,7 +270,7 @@ fn load_programs(
             .map_max_entries(names::CONNTRACK, conntrack_size)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
-        for name in names {
+        for (name, kind) in PROGRAMS {
             let pin = pin_of(name);
             if pin.exists() {
                 continue;
@@ -198,22 +278,33 @@ fn load_programs(
             let Some(program) = ebpf.program_mut(name) else {
                 bail!("the eBPF object has no program {name}");
             };
-            let program: &mut SchedClassifier = program.try_into()?;
-            program
-                .load()
-                .with_context(|| format!("loading program {name} (verifier)"))?;
-            program
-                .pin(&pin)
+            let loaded = match kind {
+                Kind::Tc => {
+                    let program: &mut SchedClassifier = program.try_into()?;
+                    program.load().map(|()| program.pin(&pin))
+                }
+                Kind::Sock(_) => {
+                    let program: &mut CgroupSockAddr = program.try_into()?;
+                    program.load().map(|()| program.pin(&pin))
+                }
+            };
+            loaded
+                .with_context(|| format!("loading program {name} (verifier)"))?
                 .with_context(|| format!("pinning {}", pin.display()))?;
         }
     }
     // The pins keep the programs loaded once `ebpf` is dropped.
-    names
+    PROGRAMS
         .into_iter()
-        .map(|name| {
+        .map(|(name, kind)| {
             let pin = pin_of(name);
-            let program = SchedClassifier::from_pin(&pin)
-                .with_context(|| format!("opening pinned program {}", pin.display()))?;
+            let program = match kind {
+                Kind::Tc => SchedClassifier::from_pin(&pin).map(Loaded::Tc),
+                Kind::Sock(attach_type) => {
+                    CgroupSockAddr::from_pin(&pin, attach_type).map(Loaded::Sock)
+                }
+            }
+            .with_context(|| format!("opening pinned program {}", pin.display()))?;
             Ok((name, program))
         })
         .collect()

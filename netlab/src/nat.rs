@@ -168,6 +168,29 @@ pub fn check_new_publish(
     Ok(())
 }
 
+/// The cookie of the network namespace netlab runs in (the lab's host), as
+/// `bpf_get_netns_cookie` reports it.
+fn host_netns_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("opening a socket")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading the namespace cookie");
+    }
+    Ok(cookie)
+}
+
 /// Writes the NAT configuration maps from the topology (idempotent).
 pub fn configure(lab: &str, topo: &Topology) -> Result<()> {
     let mut config: Array<_, NatConfig> =
@@ -184,6 +207,7 @@ pub fn configure(lab: &str, topo: &Topology) -> Result<()> {
             masq_addr,
             port_min,
             port_max,
+            host_netns_cookie: host_netns_cookie()?,
         },
         0,
     )?;
