@@ -250,9 +250,11 @@ pub enum Stat {
     CtHalfEvicted,
     /// Packet rewrite failed (helper error): dropped.
     RewriteFailed,
+    /// ICMP errors about a tracked flow, translated with their embedded header.
+    IcmpErrorTranslated,
 }
 
-pub const STAT_COUNT: u32 = 15;
+pub const STAT_COUNT: u32 = 16;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -271,6 +273,7 @@ impl Stat {
         Stat::CtExpired,
         Stat::CtHalfEvicted,
         Stat::RewriteFailed,
+        Stat::IcmpErrorTranslated,
     ];
 
     pub fn name(self) -> &'static str {
@@ -290,6 +293,7 @@ impl Stat {
             Stat::CtExpired => "ct_expired",
             Stat::CtHalfEvicted => "ct_half_evicted",
             Stat::RewriteFailed => "rewrite_failed",
+            Stat::IcmpErrorTranslated => "icmp_error_translated",
         }
     }
 }

@@ -51,6 +51,9 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
     stats::count(Stat::Packets);
     let pkt = match parse(&ctx) {
         Ok(pkt) => pkt,
+        Err(NotParsed::IcmpError(err)) => {
+            return to_action(nat::icmp_error(&ctx, &err, APPLY_INGRESS));
+        }
         Err(why) => {
             count_unparsed(why);
             // Untranslatable packets go to the stack untouched, which
@@ -72,6 +75,9 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
     stats::count(Stat::Packets);
     let pkt = match parse(&ctx) {
         Ok(pkt) => pkt,
+        Err(NotParsed::IcmpError(err)) => {
+            return to_action(nat::icmp_error(&ctx, &err, APPLY_EGRESS));
+        }
         Err(why) => {
             count_unparsed(why);
             // What we cannot translate must not leave with a lab address.
@@ -125,7 +131,7 @@ fn count_unparsed(why: NotParsed) {
         NotParsed::NotIpv4 => Stat::NonIpv4,
         NotParsed::Malformed => Stat::Malformed,
         NotParsed::Fragment(_) => Stat::Fragment,
-        NotParsed::Unsupported(_) => Stat::Unsupported,
+        NotParsed::Unsupported(_) | NotParsed::IcmpError(_) => Stat::Unsupported,
     });
 }
 

@@ -16,7 +16,7 @@ use netlab_common::nat::{
 
 use crate::{
     conntrack,
-    parse::{ICMP_ECHO_REQUEST, Packet, TCP_ACK, TCP_SYN},
+    parse::{ICMP_ECHO_REQUEST, IcmpError, Packet, TCP_ACK, TCP_SYN},
     stats,
 };
 
@@ -419,6 +419,105 @@ fn rewrite(ctx: &TcContext, pkt: &Packet, out: &Tuple) -> Result<(), ()> {
         )
         .map_err(|_| ())?;
         ctx.store(l4 + 2, &out.dport, 0).map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// Translates an ICMP error about a tracked flow, so it reaches the right
+/// host with the embedded header it would expect: the embedded packet went
+/// the other way, so its reversed tuple is the key of the error's direction,
+/// and the entry found says how that direction is rewritten.
+#[inline(always)]
+pub fn icmp_error(ctx: &TcContext, err: &IcmpError, hook: u8) -> Verdict {
+    let key = err.inner.reversed();
+    let Some(entry) = conntrack::lookup(&key) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: a map value pointer from a successful lookup.
+    let entry = unsafe { *entry };
+    if entry.apply != hook {
+        return Verdict::Pass;
+    }
+    stats::count(Stat::IcmpErrorTranslated);
+    match rewrite_icmp_error(ctx, err, &key, &entry) {
+        Ok(()) => Verdict::Pass,
+        Err(()) => {
+            stats::count(Stat::RewriteFailed);
+            Verdict::Drop
+        }
+    }
+}
+
+#[inline(always)]
+fn rewrite_icmp_error(
+    ctx: &TcContext,
+    err: &IcmpError,
+    key: &FlowKey,
+    entry: &CtEntry,
+) -> Result<(), ()> {
+    // Outer header: the error goes where the flow's packets go; its source
+    // changes only when the flow's endpoint itself sent it (a router on the
+    // way keeps its own address).
+    if entry.daddr != key.daddr && err.daddr == key.daddr {
+        ctx.l3_csum_replace(err.l3 + 10, u64::from(err.daddr), u64::from(entry.daddr), 4)
+            .map_err(|_| ())?;
+        ctx.store(err.l3 + 16, &entry.daddr, 0).map_err(|_| ())?;
+    }
+    if entry.saddr != key.saddr && err.saddr == key.saddr {
+        ctx.l3_csum_replace(err.l3 + 10, u64::from(err.saddr), u64::from(entry.saddr), 4)
+            .map_err(|_| ())?;
+        ctx.store(err.l3 + 12, &entry.saddr, 0).map_err(|_| ())?;
+    }
+    // Embedded header, reversed: its source is the flow's destination.
+    // Fixing its own checksum keeps its one's-complement sum, so the ICMP
+    // checksum only moves with the ports.
+    let inner = &err.inner;
+    if entry.daddr != inner.saddr {
+        ctx.l3_csum_replace(
+            err.inner_l3 + 10,
+            u64::from(inner.saddr),
+            u64::from(entry.daddr),
+            4,
+        )
+        .map_err(|_| ())?;
+        ctx.store(err.inner_l3 + 12, &entry.daddr, 0)
+            .map_err(|_| ())?;
+    }
+    if entry.saddr != inner.daddr {
+        ctx.l3_csum_replace(
+            err.inner_l3 + 10,
+            u64::from(inner.daddr),
+            u64::from(entry.saddr),
+            4,
+        )
+        .map_err(|_| ())?;
+        ctx.store(err.inner_l3 + 16, &entry.saddr, 0)
+            .map_err(|_| ())?;
+    }
+    let icmp_csum = err.l4 + 2;
+    if inner.proto == IPPROTO_ICMP {
+        let (offset, old, new) = if err.inner_echo_request {
+            (err.inner_l4 + 4, inner.sport, entry.dport)
+        } else {
+            (err.inner_l4 + 4, inner.dport, entry.sport)
+        };
+        if old != new {
+            ctx.l4_csum_replace(icmp_csum, u64::from(old), u64::from(new), 2)
+                .map_err(|_| ())?;
+            ctx.store(offset, &new, 0).map_err(|_| ())?;
+        }
+        return Ok(());
+    }
+    if entry.dport != inner.sport {
+        ctx.l4_csum_replace(icmp_csum, u64::from(inner.sport), u64::from(entry.dport), 2)
+            .map_err(|_| ())?;
+        ctx.store(err.inner_l4, &entry.dport, 0).map_err(|_| ())?;
+    }
+    if entry.sport != inner.dport {
+        ctx.l4_csum_replace(icmp_csum, u64::from(inner.dport), u64::from(entry.sport), 2)
+            .map_err(|_| ())?;
+        ctx.store(err.inner_l4 + 2, &entry.sport, 0)
+            .map_err(|_| ())?;
     }
     Ok(())
 }

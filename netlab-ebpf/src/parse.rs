@@ -46,15 +46,38 @@ pub struct Packet {
     pub len: u32,
 }
 
+/// An ICMP error (destination unreachable, time exceeded, parameter
+/// problem) and the header of the packet it is about.
+#[derive(Clone, Copy)]
+pub struct IcmpError {
+    pub l3: usize,
+    pub l4: usize,
+    pub saddr: u32,
+    pub daddr: u32,
+    /// Offset of the embedded IPv4 header.
+    pub inner_l3: usize,
+    /// Offset of the embedded TCP/UDP/ICMP header.
+    pub inner_l4: usize,
+    /// The embedded packet's flow key (it travelled the other way).
+    pub inner: FlowKey,
+    /// For an embedded ICMP echo: whether it was a request (id in `sport`).
+    pub inner_echo_request: bool,
+}
+
 /// Why a frame was not parsed into a [`Packet`].
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub enum NotParsed {
     NotIpv4,
     Malformed,
     /// The IPv4 source, so callers can tell whether the fragment would leak.
     Fragment(u32),
     Unsupported(u32),
+    IcmpError(IcmpError),
 }
+
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROB: u8 = 12;
 
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Packet, NotParsed> {
@@ -120,6 +143,9 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, NotParsed> {
             match icmp_type {
                 ICMP_ECHO_REQUEST => key.sport = id,
                 ICMP_ECHO_REPLY => key.dport = id,
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROB => {
+                    return parse_icmp_error(ctx, l3, l4, l3 + tot_len, &ip);
+                }
                 _ => return Err(NotParsed::Unsupported(ip.saddr)),
             }
         }
@@ -133,4 +159,62 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, NotParsed> {
         icmp_type,
         len: len as u32,
     })
+}
+
+/// Parses the packet embedded in an ICMP error: its IPv4 header and the
+/// first 8 bytes of its L4 header (all RFC 792 guarantees).
+#[inline(always)]
+fn parse_icmp_error(
+    ctx: &TcContext,
+    l3: usize,
+    l4: usize,
+    end: usize,
+    outer: &Ipv4Hdr,
+) -> Result<Packet, NotParsed> {
+    let inner_l3 = l4 + 8;
+    let inner: Ipv4Hdr = ctx.load(inner_l3).map_err(|_| NotParsed::Malformed)?;
+    let inner_ihl = usize::from(inner.ver_ihl & 0x0f) * 4;
+    let inner_l4 = inner_l3 + inner_ihl;
+    if inner.ver_ihl >> 4 != 4 || inner_ihl < 20 || inner_l4 + 8 > end {
+        return Err(NotParsed::Malformed);
+    }
+    let mut key = FlowKey {
+        saddr: inner.saddr,
+        daddr: inner.daddr,
+        sport: 0,
+        dport: 0,
+        proto: inner.proto,
+        _pad: [0; 3],
+    };
+    let mut inner_echo_request = false;
+    match inner.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let ports: [u16; 2] = ctx.load(inner_l4).map_err(|_| NotParsed::Malformed)?;
+            key.sport = ports[0];
+            key.dport = ports[1];
+        }
+        IPPROTO_ICMP => {
+            let type_code: [u8; 2] = ctx.load(inner_l4).map_err(|_| NotParsed::Malformed)?;
+            let id: u16 = ctx.load(inner_l4 + 4).map_err(|_| NotParsed::Malformed)?;
+            match type_code[0] {
+                ICMP_ECHO_REQUEST => {
+                    key.sport = id;
+                    inner_echo_request = true;
+                }
+                ICMP_ECHO_REPLY => key.dport = id,
+                _ => return Err(NotParsed::Unsupported(outer.saddr)),
+            }
+        }
+        _ => return Err(NotParsed::Unsupported(outer.saddr)),
+    }
+    Err(NotParsed::IcmpError(IcmpError {
+        l3,
+        l4,
+        saddr: outer.saddr,
+        daddr: outer.daddr,
+        inner_l3,
+        inner_l4,
+        inner: key,
+        inner_echo_request,
+    }))
 }
