@@ -54,6 +54,20 @@ pub struct UpReport {
 }
 
 pub fn up(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
+    let result = build(topo, origin, text);
+    if result.is_err() && matches!(LabState::load(&topo.name), Ok(None)) {
+        // Refused before anything was recorded: leave no lock file behind.
+        remove_lock_file(&topo.name);
+    }
+    result
+}
+
+fn remove_lock_file(lab: &str) {
+    let _ = std::fs::remove_file(std::path::Path::new(STATE_DIR).join(format!("{lab}.lock")));
+    let _ = std::fs::remove_dir(STATE_DIR);
+}
+
+fn build(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
     if topo.datapath != Datapath::Bridge {
         bail!(
             "datapath `{}` is not available yet; this version builds `bridge` labs",
@@ -421,7 +435,6 @@ pub fn down(lab: &str) -> Result<DownReport> {
     restore_forwarding(lab, state.as_ref())?;
     LabState::remove(lab)?;
     drop(lock);
-    let _ = std::fs::remove_file(std::path::Path::new(STATE_DIR).join(format!("{lab}.lock")));
-    let _ = std::fs::remove_dir(STATE_DIR);
+    remove_lock_file(lab);
     Ok(report)
 }

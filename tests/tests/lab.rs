@@ -1,0 +1,241 @@
+//! The default lab end to end: up, connectivity, idempotency, down, packet
+//! counters and exec. Each test runs in its own sandbox (see the harness).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use netlab_tests::{Detail, NetState, Sandbox, netns_names, packets, status_hook, status_links};
+use serde_json::Value;
+
+const LAB: &str = "default";
+
+/// Every veth of the default lab, both ends.
+const VETHS: [&str; 6] = [
+    "nl-uplink",
+    "veth-blue",
+    "veth-blue-br",
+    "veth-outside",
+    "veth-red",
+    "veth-red-br",
+];
+
+/// Each veth counts in both directions, once: a program listed twice on a
+/// hook means something attached it again. (Other programs may share a
+/// hook, e.g. NAT on the uplink.)
+fn assert_counters_attached(status: &Value) {
+    let links = status_links(status).unwrap();
+    let mut veths: Vec<&str> = links
+        .iter()
+        .filter(|(_, link)| link["kind"] == "veth")
+        .filter_map(|(_, link)| link["name"].as_str())
+        .collect();
+    veths.sort_unstable();
+    assert_eq!(veths, VETHS, "veths in status: {status:#}");
+    for veth in VETHS {
+        for (hook, counter) in [("ingress", "count_ingress"), ("egress", "count_egress")] {
+            let entry = status_hook(status, veth, hook).unwrap();
+            let mut programs: Vec<&str> = entry["programs"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{hook} of {veth} lists no programs: {entry:#}"))
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert!(
+                programs.contains(&counter),
+                "{hook} of {veth} lacks {counter}: {entry:#}"
+            );
+            let listed = programs.len();
+            programs.sort_unstable();
+            programs.dedup();
+            assert_eq!(
+                programs.len(),
+                listed,
+                "{hook} of {veth} has a program twice: {entry:#}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn default_lab_connects_and_counts() {
+    let sb = Sandbox::new().unwrap();
+    sb.netlab_ok(&["up"]).unwrap();
+
+    sb.ping(Some("red"), "192.168.15.2", 1).unwrap();
+    sb.ping(None, "192.168.15.1", 1).unwrap();
+
+    let listed = netns_names(&sb.ok(&["ip", "netns", "list"]).unwrap().stdout);
+    assert_eq!(listed, ["blue", "outside", "red"]);
+
+    let status = sb.status_json().unwrap();
+    assert_eq!(status["lab"], LAB, "{status:#}");
+    assert_eq!(status["complete"], true, "{status:#}");
+    for place in status["places"].as_array().unwrap() {
+        assert_eq!(place["present"], true, "{place:#}");
+    }
+    assert_counters_attached(&status);
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn second_up_changes_nothing() {
+    let sb = Sandbox::new().unwrap();
+    sb.netlab_ok(&["up"]).unwrap();
+    let after_first = NetState::capture(&sb, Detail::Full).unwrap();
+
+    let second = sb.netlab_ok(&["up"]).unwrap();
+    assert!(
+        second.stdout.contains(" 0 created"),
+        "the second `up` should create nothing: {second}"
+    );
+    NetState::capture(&sb, Detail::Full)
+        .unwrap()
+        .same_as(&after_first, "after the second `up`")
+        .unwrap();
+
+    let status = sb.status_json().unwrap();
+    assert_eq!(status["complete"], true, "{status:#}");
+    assert_counters_attached(&status);
+    sb.ping(Some("red"), "192.168.15.2", 1).unwrap();
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn down_restores_the_network() {
+    let sb = Sandbox::new().unwrap();
+    let before = NetState::capture(&sb, Detail::Identity).unwrap();
+
+    sb.netlab_ok(&["up"]).unwrap();
+    sb.ping(Some("blue"), "192.168.15.1", 1).unwrap();
+    assert!(sb.exists(&format!("/run/netlab/{LAB}.json")).unwrap());
+    assert!(sb.exists(&format!("/sys/fs/bpf/netlab/{LAB}")).unwrap());
+
+    sb.netlab_ok(&["down"]).unwrap();
+    NetState::capture(&sb, Detail::Identity)
+        .unwrap()
+        .same_as(&before, "after `down`")
+        .unwrap();
+    sb.assert_no_lab_traces(LAB).unwrap();
+    assert!(
+        !sb.exists("/sys/fs/bpf/netlab").unwrap(),
+        "/sys/fs/bpf/netlab outlived the last lab"
+    );
+    // Whatever `up` left in /run/netlab (locks, say), no lab record remains.
+    let state_dir = sb.path_via_holder("/run/netlab");
+    if state_dir.exists() {
+        let records: Vec<_> = std::fs::read_dir(&state_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".json"))
+            .collect();
+        assert!(
+            records.is_empty(),
+            "records left in /run/netlab: {records:?}"
+        );
+    }
+
+    let again = sb.netlab_ok(&["down"]).unwrap();
+    assert!(
+        again.stdout.contains("nothing to remove") || again.stderr.contains("nothing to remove"),
+        "a second `down` should say there is nothing to remove: {again}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn counters_rise_with_traffic() {
+    const PINGS: u32 = 5;
+    let sb = Sandbox::new().unwrap();
+    sb.netlab_ok(&["up"]).unwrap();
+    // Resolve ARP first, so the counted round below is pure ICMP.
+    sb.ping(Some("red"), "192.168.15.2", 1).unwrap();
+
+    // Requests go red → blue, replies blue → red; each crosses a veth pair
+    // on both sides of the bridge.
+    let directions = [
+        ("veth-red", "egress"),
+        ("veth-red-br", "ingress"),
+        ("veth-blue-br", "egress"),
+        ("veth-blue", "ingress"),
+        ("veth-blue", "egress"),
+        ("veth-blue-br", "ingress"),
+        ("veth-red-br", "egress"),
+        ("veth-red", "ingress"),
+    ];
+    let before = sb.status_json().unwrap();
+    sb.ping(Some("red"), "192.168.15.2", PINGS).unwrap();
+    let after = sb.status_json().unwrap();
+
+    for (link, hook) in directions {
+        let was = packets(&before, link, hook).unwrap();
+        let now = packets(&after, link, hook).unwrap();
+        assert!(
+            now >= was + u64::from(PINGS),
+            "{link} {hook}: {was} packets before {PINGS} pings, {now} after"
+        );
+        let bytes = |status: &Value| status_hook(status, link, hook).unwrap()["bytes"].as_u64();
+        let (was, now) = (bytes(&before).unwrap(), bytes(&after).unwrap());
+        // 84 bytes of IPv4 + ICMP per echo, without the Ethernet header.
+        assert!(
+            now >= was + u64::from(PINGS) * 84,
+            "{link} {hook}: {was} bytes before {PINGS} pings, {now} after"
+        );
+    }
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn exec_runs_in_the_lab_namespace() {
+    let sb = Sandbox::new().unwrap();
+
+    let no_lab = sb
+        .netlab(&["exec", "red", "--", "true"])
+        .unwrap()
+        .failed()
+        .unwrap();
+    assert!(
+        !no_lab.stderr.trim().is_empty(),
+        "`exec` without a lab should say why it failed: {no_lab}"
+    );
+
+    sb.netlab_ok(&["up"]).unwrap();
+    let red = sb
+        .netlab_ok(&["exec", "red", "--", "ip", "-br", "addr"])
+        .unwrap();
+    assert!(red.stdout.contains("192.168.15.1/24"), "{red}");
+    assert!(!red.stdout.contains("192.168.15.2"), "{red}");
+    let blue = sb
+        .netlab_ok(&["exec", "blue", "--", "ip", "-br", "addr"])
+        .unwrap();
+    assert!(blue.stdout.contains("192.168.15.2/24"), "{blue}");
+    let pinged = sb
+        .netlab_ok(&[
+            "exec",
+            "red",
+            "--",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "192.168.15.2",
+        ])
+        .unwrap();
+    assert!(pinged.stdout.contains("1 received"), "{pinged}");
+
+    let stranger = sb
+        .netlab(&["exec", "nowhere", "--", "true"])
+        .unwrap()
+        .failed()
+        .unwrap();
+    assert!(
+        stranger.stderr.contains("nowhere") && stranger.stderr.contains("not a namespace"),
+        "the error should name the namespace and why: {stranger}"
+    );
+
+    let false_ = sb.netlab(&["exec", "red", "--", "false"]).unwrap();
+    assert_eq!(false_.code(), Some(1), "{false_}");
+    let seven = sb
+        .netlab(&["exec", "red", "--", "sh", "-c", "exit 7"])
+        .unwrap();
+    assert_eq!(seven.code(), Some(7), "{seven}");
+}
