@@ -45,14 +45,18 @@ pub fn count_egress(ctx: TcContext) -> i32 {
     TCX_NEXT
 }
 
-/// Ingress of every lab veth's host side and of the uplink.
+/// Ingress of every lab veth's host side and of the uplink (counts too, so
+/// one program runs per hop instead of two).
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
+    counters::count(&ctx, Direction::Ingress);
     stats::count(Stat::Packets);
     let pkt = match parse(&ctx) {
         Ok(pkt) => pkt,
-        Err(NotParsed::IcmpError(err)) => {
-            return to_action(nat::icmp_error(&ctx, &err, APPLY_INGRESS));
+        Err(NotParsed::IcmpError(err))
+            if let Some(verdict) = nat::icmp_error(&ctx, &err, APPLY_INGRESS) =>
+        {
+            return to_action(verdict);
         }
         Err(why) => {
             count_unparsed(why);
@@ -72,11 +76,14 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
 /// the uplink) and the source rewrite of replies to published ports.
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
+    counters::count(&ctx, Direction::Egress);
     stats::count(Stat::Packets);
     let pkt = match parse(&ctx) {
         Ok(pkt) => pkt,
-        Err(NotParsed::IcmpError(err)) => {
-            return to_action(nat::icmp_error(&ctx, &err, APPLY_EGRESS));
+        Err(NotParsed::IcmpError(err))
+            if let Some(verdict) = nat::icmp_error(&ctx, &err, APPLY_EGRESS) =>
+        {
+            return to_action(verdict);
         }
         Err(why) => {
             count_unparsed(why);
@@ -84,6 +91,11 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
             return match why {
                 NotParsed::Fragment(saddr) | NotParsed::Unsupported(saddr)
                     if nat::is_masqueraded_source(saddr) && nat::on_uplink(&ctx) =>
+                {
+                    DROP
+                }
+                NotParsed::IcmpError(err)
+                    if nat::is_masqueraded_source(err.saddr) && nat::on_uplink(&ctx) =>
                 {
                     DROP
                 }

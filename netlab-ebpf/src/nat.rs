@@ -427,25 +427,40 @@ fn rewrite(ctx: &TcContext, pkt: &Packet, out: &Tuple) -> Result<(), ()> {
 /// host with the embedded header it would expect: the embedded packet went
 /// the other way, so its reversed tuple is the key of the error's direction,
 /// and the entry found says how that direction is rewritten.
+///
+/// Returns `None` when no flow of this hook matches (the caller then treats
+/// the error as any untranslatable packet).
 #[inline(always)]
-pub fn icmp_error(ctx: &TcContext, err: &IcmpError, hook: u8) -> Verdict {
+pub fn icmp_error(ctx: &TcContext, err: &IcmpError, hook: u8) -> Option<Verdict> {
     let key = err.inner.reversed();
-    let Some(entry) = conntrack::lookup(&key) else {
-        return Verdict::Pass;
-    };
     // SAFETY: a map value pointer from a successful lookup.
-    let entry = unsafe { *entry };
+    let entry = unsafe { *conntrack::lookup(&key)? };
     if entry.apply != hook {
-        return Verdict::Pass;
+        return None;
     }
-    stats::count(Stat::IcmpErrorTranslated);
-    match rewrite_icmp_error(ctx, err, &key, &entry) {
-        Ok(()) => Verdict::Pass,
-        Err(()) => {
-            stats::count(Stat::RewriteFailed);
-            Verdict::Drop
+    // An error from a router inside a masqueraded subnet (not the flow's
+    // endpoint) leaving through the uplink takes the masquerade address, as
+    // netfilter does for related ICMP errors: no lab address leaves.
+    let mut outer_saddr = entry.saddr;
+    if err.saddr != key.saddr {
+        outer_saddr = err.saddr;
+        if hook == APPLY_EGRESS && is_masqueraded_source(err.saddr) && on_uplink(ctx) {
+            outer_saddr = match NAT_CONFIG.get(0) {
+                Some(cfg) if cfg.masq_addr != 0 => cfg.masq_addr,
+                _ => return Some(Verdict::Drop),
+            };
         }
     }
+    stats::count(Stat::IcmpErrorTranslated);
+    Some(
+        match rewrite_icmp_error(ctx, err, &key, &entry, outer_saddr) {
+            Ok(()) => Verdict::Pass,
+            Err(()) => {
+                stats::count(Stat::RewriteFailed);
+                Verdict::Drop
+            }
+        },
+    )
 }
 
 #[inline(always)]
@@ -454,19 +469,19 @@ fn rewrite_icmp_error(
     err: &IcmpError,
     key: &FlowKey,
     entry: &CtEntry,
+    outer_saddr: u32,
 ) -> Result<(), ()> {
     // Outer header: the error goes where the flow's packets go; its source
-    // changes only when the flow's endpoint itself sent it (a router on the
-    // way keeps its own address).
+    // is what the caller decided (the flow's, or the router's own).
     if entry.daddr != key.daddr && err.daddr == key.daddr {
         ctx.l3_csum_replace(err.l3 + 10, u64::from(err.daddr), u64::from(entry.daddr), 4)
             .map_err(|_| ())?;
         ctx.store(err.l3 + 16, &entry.daddr, 0).map_err(|_| ())?;
     }
-    if entry.saddr != key.saddr && err.saddr == key.saddr {
-        ctx.l3_csum_replace(err.l3 + 10, u64::from(err.saddr), u64::from(entry.saddr), 4)
+    if outer_saddr != err.saddr {
+        ctx.l3_csum_replace(err.l3 + 10, u64::from(err.saddr), u64::from(outer_saddr), 4)
             .map_err(|_| ())?;
-        ctx.store(err.l3 + 12, &entry.saddr, 0).map_err(|_| ())?;
+        ctx.store(err.l3 + 12, &outer_saddr, 0).map_err(|_| ())?;
     }
     // Embedded header, reversed: its source is the flow's destination.
     // Fixing its own checksum keeps its one's-complement sum, so the ICMP
