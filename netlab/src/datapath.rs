@@ -81,11 +81,6 @@ enum Kind {
     Sock(CgroupSockAddrAttachType),
 }
 
-enum Loaded {
-    Tc(SchedClassifier),
-    Sock(CgroupSockAddr),
-}
-
 /// One program on one hook of one interface.
 #[derive(Clone, Debug)]
 pub struct Attachment {
@@ -94,9 +89,8 @@ pub struct Attachment {
     pub attach_type: TcAttachType,
 }
 
-/// What runs where: counters on every veth end; on the host side of every
-/// veth (lab ends and the uplink) the NAT programs after them. TCX runs
-/// programs in attach order, so the order here is the order on the wire.
+/// What runs where: on the host side of every veth (lab ends and the
+/// uplink) the NAT programs, which also count; elsewhere the counters alone.
 pub fn plan(topo: &Topology) -> Vec<Attachment> {
     let mut plan = Vec::new();
     for end in topo.veth_ends() {
@@ -111,11 +105,12 @@ pub fn plan(topo: &Topology) -> Vec<Attachment> {
                 attach_type,
             })
         };
-        add(names::COUNT_INGRESS, TcAttachType::Ingress);
-        add(names::COUNT_EGRESS, TcAttachType::Egress);
         if end.place == Place::Host && topo.datapath == Datapath::Bridge {
             add(names::NAT_INGRESS, TcAttachType::Ingress);
             add(names::NAT_EGRESS, TcAttachType::Egress);
+        } else {
+            add(names::COUNT_INGRESS, TcAttachType::Ingress);
+            add(names::COUNT_EGRESS, TcAttachType::Egress);
         }
     }
     plan
@@ -172,43 +167,73 @@ pub fn attach(lab: &str, plan: &[Attachment], conntrack_size: u32) -> Result<()>
         fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("creating {}", dir.join(sub).display()))?;
     }
-    let mut programs = load_programs(lab, conntrack_size)?;
+    ensure_loaded(lab, conntrack_size)?;
+    let pending: Vec<&Attachment> = plan
+        .iter()
+        .filter(|a| !link_pin(lab, &a.iface, a.program).exists())
+        .collect();
+    // Every TCX attach waits for an RCU grace period; waits on different
+    // threads overlap, so attaching from several workers cuts `up` time
+    // roughly by their number.
+    let workers = pending.len().div_ceil(ATTACH_WORKERS).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pending
+            .chunks(workers)
+            .map(|chunk| s.spawn(move || attach_chunk(lab, chunk)))
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("an attach worker panicked"))?
+        })
+    })?;
+    if plan.iter().any(|a| a.program == names::NAT_INGRESS) {
+        attach_sockets(lab)?;
+    }
+    Ok(())
+}
+
+/// How many threads attach TC programs at once.
+const ATTACH_WORKERS: usize = 16;
+
+/// Attaches and pins one share of the plan. The worker opens its own handles
+/// on the pinned programs and enters each interface's namespace in turn
+/// (ifindex lookup is per namespace); pins resolve in the mount namespace,
+/// which `setns(CLONE_NEWNET)` leaves alone.
+fn attach_chunk(lab: &str, chunk: &[&Attachment]) -> Result<()> {
+    let mut programs: BTreeMap<&str, SchedClassifier> = BTreeMap::new();
     for Attachment {
         iface,
         program: name,
         attach_type,
-    } in plan
+    } in chunk.iter().copied()
     {
-        let pin = link_pin(lab, iface, name);
-        if pin.exists() {
-            continue;
+        if !programs.contains_key(name) {
+            let pin = pin_dir(lab).join("progs").join(name);
+            let program = SchedClassifier::from_pin(&pin)
+                .with_context(|| format!("opening pinned program {}", pin.display()))?;
+            programs.insert(name, program);
         }
+        let Some(program) = programs.get_mut(name) else {
+            bail!("TC program {name} was not loaded");
+        };
+        let pin = link_pin(lab, iface, name);
         if let Some(parent) = pin.parent() {
             fs::create_dir_all(parent)?;
         }
-        let Some(Loaded::Tc(program)) = programs.get_mut(name) else {
-            bail!("TC program {name} was not loaded");
-        };
-        // Attach inside the interface's namespace (ifindex lookup is per
-        // namespace); pin from this thread, whose mount namespace has bpffs.
-        let link = crate::netns::on_thread(&iface.place, || -> Result<FdLink> {
-            let id = program
-                .attach(&iface.name, *attach_type)
-                .with_context(|| format!("attaching {name} to {iface}"))?;
-            Ok(program.take_link(id)?.try_into()?)
-        })??;
+        crate::netns::enter(&iface.place)?;
+        let id = program
+            .attach(&iface.name, *attach_type)
+            .with_context(|| format!("attaching {name} to {iface}"))?;
+        let link: FdLink = program.take_link(id)?.try_into()?;
         link.pin(&pin)
             .with_context(|| format!("pinning {}", pin.display()))?;
-    }
-    if plan.iter().any(|a| a.program == names::NAT_INGRESS) {
-        attach_sockets(lab, &mut programs)?;
     }
     Ok(())
 }
 
 /// Attaches the socket-level programs to the root of the cgroup2 tree, so
 /// they see every process; they act only on the lab's host namespace.
-fn attach_sockets(lab: &str, programs: &mut BTreeMap<&'static str, Loaded>) -> Result<()> {
+fn attach_sockets(lab: &str) -> Result<()> {
     let Some(root) = cgroup2_root() else {
         log::warn!(
             "no cgroup2 hierarchy is mounted: the host's own connections to published ports \
@@ -218,14 +243,17 @@ fn attach_sockets(lab: &str, programs: &mut BTreeMap<&'static str, Loaded>) -> R
     };
     let cgroup =
         fs::File::open(&root).with_context(|| format!("opening cgroup {}", root.display()))?;
-    for (name, program) in programs.iter_mut() {
-        let Loaded::Sock(program) = program else {
+    for (name, kind) in PROGRAMS {
+        let Kind::Sock(attach_type) = kind else {
             continue;
         };
         let pin = pin_dir(lab).join("links").join("cgroup").join(name);
         if pin.exists() {
             continue;
         }
+        let prog_pin = pin_dir(lab).join("progs").join(name);
+        let mut program = CgroupSockAddr::from_pin(&prog_pin, attach_type)
+            .with_context(|| format!("opening pinned program {}", prog_pin.display()))?;
         if let Some(parent) = pin.parent() {
             fs::create_dir_all(parent)?;
         }
@@ -253,61 +281,48 @@ fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-/// Opens the lab's pinned programs, loading the object first (once) for any
-/// that is not pinned yet. Maps are pinned by name, so a later load reuses
-/// them and counters survive.
-fn load_programs(lab: &str, conntrack_size: u32) -> Result<BTreeMap<&'static str, Loaded>> {
+/// Loads the object and pins every program that is not pinned yet. Maps
+/// are pinned by name, so a later load reuses them and counters survive.
+fn ensure_loaded(lab: &str, conntrack_size: u32) -> Result<()> {
     let pin_of = |name: &str| pin_dir(lab).join("progs").join(name);
-    if PROGRAMS.iter().any(|(name, _)| !pin_of(name).exists()) {
-        if EBPF_OBJECT.is_empty() {
-            bail!(
-                "this netlab binary was built without its eBPF object (plain `cargo build`); \
-                 build and run it with `cargo xtask run -- ARGS`"
-            );
+    if PROGRAMS.iter().all(|(name, _)| pin_of(name).exists()) {
+        return Ok(());
+    }
+    if EBPF_OBJECT.is_empty() {
+        bail!(
+            "this netlab binary was built without its eBPF object (plain `cargo build`); \
+             build and run it with `cargo xtask run -- ARGS`"
+        );
+    }
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir(lab).join("maps"))
+        .map_max_entries(names::CONNTRACK, conntrack_size)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    for (name, kind) in PROGRAMS {
+        let pin = pin_of(name);
+        if pin.exists() {
+            continue;
         }
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir(lab).join("maps"))
-            .map_max_entries(names::CONNTRACK, conntrack_size)
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF object")?;
-        for (name, kind) in PROGRAMS {
-            let pin = pin_of(name);
-            if pin.exists() {
-                continue;
+        let Some(program) = ebpf.program_mut(name) else {
+            bail!("the eBPF object has no program {name}");
+        };
+        let loaded = match kind {
+            Kind::Tc => {
+                let program: &mut SchedClassifier = program.try_into()?;
+                program.load().map(|()| program.pin(&pin))
             }
-            let Some(program) = ebpf.program_mut(name) else {
-                bail!("the eBPF object has no program {name}");
-            };
-            let loaded = match kind {
-                Kind::Tc => {
-                    let program: &mut SchedClassifier = program.try_into()?;
-                    program.load().map(|()| program.pin(&pin))
-                }
-                Kind::Sock(_) => {
-                    let program: &mut CgroupSockAddr = program.try_into()?;
-                    program.load().map(|()| program.pin(&pin))
-                }
-            };
-            loaded
-                .with_context(|| format!("loading program {name} (verifier)"))?
-                .with_context(|| format!("pinning {}", pin.display()))?;
-        }
+            Kind::Sock(_) => {
+                let program: &mut CgroupSockAddr = program.try_into()?;
+                program.load().map(|()| program.pin(&pin))
+            }
+        };
+        loaded
+            .with_context(|| format!("loading program {name} (verifier)"))?
+            .with_context(|| format!("pinning {}", pin.display()))?;
     }
     // The pins keep the programs loaded once `ebpf` is dropped.
-    PROGRAMS
-        .into_iter()
-        .map(|(name, kind)| {
-            let pin = pin_of(name);
-            let program = match kind {
-                Kind::Tc => SchedClassifier::from_pin(&pin).map(Loaded::Tc),
-                Kind::Sock(attach_type) => {
-                    CgroupSockAddr::from_pin(&pin, attach_type).map(Loaded::Sock)
-                }
-            }
-            .with_context(|| format!("opening pinned program {}", pin.display()))?;
-            Ok((name, program))
-        })
-        .collect()
+    Ok(())
 }
 
 /// Removes every pin of the lab: links detach, programs and maps go with

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     datapath, nat,
-    netlink::{Netlink, owner_tag},
+    netlink::{Netlink, owner_group, owner_tag},
     netns,
     state::{LabLock, LabState, STATE_DIR},
     sysctl,
@@ -111,7 +111,7 @@ fn build(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
         report.created.push(format!("namespace {}", ns.name));
     }
 
-    create_links(topo, &tag, &mut report)?;
+    create_links(topo, &mut report)?;
     configure(topo)?;
 
     let ifaces: Vec<Iface> = topo
@@ -121,7 +121,8 @@ fn build(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
             name: e.name.clone(),
         })
         .collect();
-    check_distinct_ifindexes(&ifaces)?;
+    check_distinct_ifindexes(topo, &ifaces)?;
+    log::debug!("attaching the datapath");
     let plan = datapath::plan(topo);
     datapath::attach(&topo.name, &plan, topo.nat.conntrack_size)?;
     step("datapath attached");
@@ -241,12 +242,35 @@ fn check_ownership(topo: &Topology, state: &LabState, tag: &str) -> Result<()> {
     })
 }
 
-/// Where a link of the topology currently is, if it exists.
-fn find(place: &Place, name: &str) -> Result<Option<u32>> {
-    let name = name.to_owned();
-    netns::run_in(place, |nl| async move {
-        Ok(nl.link(&name).await?.map(|l| l.index))
-    })
+/// Interface name → ifindex in every place of the topology that exists,
+/// one netlink dump per namespace.
+fn links_by_place(topo: &Topology) -> Result<BTreeMap<Place, BTreeMap<String, u32>>> {
+    let mut places: BTreeSet<Place> = topo.veth_ends().map(|e| e.place.clone()).collect();
+    places.insert(Place::Host);
+    let mut out = BTreeMap::new();
+    for place in places {
+        if !datapath::place_exists(&place) {
+            continue;
+        }
+        let links = netns::run_in(&place, |nl| async move {
+            Ok(nl
+                .links()
+                .await?
+                .into_iter()
+                .map(|l| (l.name, l.index))
+                .collect::<BTreeMap<_, _>>())
+        })?;
+        out.insert(place, links);
+    }
+    Ok(out)
+}
+
+fn index_in(
+    links: &BTreeMap<Place, BTreeMap<String, u32>>,
+    place: &Place,
+    name: &str,
+) -> Option<u32> {
+    links.get(place).and_then(|l| l.get(name)).copied()
 }
 
 fn temp_name(n: u32) -> String {
@@ -258,7 +282,8 @@ fn temp_name(n: u32) -> String {
     )
 }
 
-fn create_links(topo: &Topology, tag: &str, report: &mut UpReport) -> Result<()> {
+fn create_links(topo: &Topology, report: &mut UpReport) -> Result<()> {
+    let lab = topo.name.as_str();
     let bridges: Vec<String> = topo.bridges.iter().map(|b| b.name.clone()).collect();
     let created = netns::run_in(&Place::Host, |nl| async move {
         let mut created = Vec::new();
@@ -268,7 +293,7 @@ fn create_links(topo: &Topology, tag: &str, report: &mut UpReport) -> Result<()>
             }
             nl.add_bridge(name).await?;
             let link = nl.require_link(name).await?;
-            nl.set_alias(link.index, tag).await?;
+            nl.set_owner(link.index, lab).await?;
             step(&format!("bridge {name}"));
             created.push(format!("bridge {name}"));
         }
@@ -282,10 +307,11 @@ fn create_links(topo: &Topology, tag: &str, report: &mut UpReport) -> Result<()>
     );
     report.created.extend(created);
 
+    let existing = links_by_place(topo)?;
     for (n, veth) in (0u32..).zip(&topo.veths) {
         let label = format!("veth {}/{}", veth.a.name, veth.b.name);
-        let a = find(&veth.a.place, &veth.a.name)?;
-        let b = find(&veth.b.place, &veth.b.name)?;
+        let a = index_in(&existing, &veth.a.place, &veth.a.name);
+        let b = index_in(&existing, &veth.b.place, &veth.b.name);
         match (a, b) {
             (Some(_), Some(_)) => {
                 report.kept.push(label);
@@ -310,7 +336,7 @@ fn create_links(topo: &Topology, tag: &str, report: &mut UpReport) -> Result<()>
             nl.add_veth(&ends[0].0, &ends[1].0).await?;
             for (tmp, place, name) in &ends {
                 let link = nl.require_link(tmp).await?;
-                nl.set_alias(link.index, tag).await?;
+                nl.set_owner(link.index, lab).await?;
                 match place {
                     Place::Host => nl.rename(link.index, name).await?,
                     Place::Netns(_) => nl.move_to(link.index, place, name).await?,
@@ -382,10 +408,11 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
 
 /// The counters are keyed by ifindex (see `netlab_common::IfaceKey`); refuse
 /// to attach rather than mix two interfaces' counts.
-fn check_distinct_ifindexes(ifaces: &[Iface]) -> Result<()> {
+fn check_distinct_ifindexes(topo: &Topology, ifaces: &[Iface]) -> Result<()> {
+    let links = links_by_place(topo)?;
     let mut seen: BTreeMap<u32, &Iface> = BTreeMap::new();
     for iface in ifaces {
-        let index = find(&iface.place, &iface.name)?
+        let index = index_in(&links, &iface.place, &iface.name)
             .with_context(|| format!("interface {iface} vanished during up"))?;
         if let Some(other) = seen.insert(index, iface) {
             bail!(
@@ -408,23 +435,34 @@ pub fn down(lab: &str) -> Result<DownReport> {
     let tag = owner_tag(lab);
     let mut report = DownReport::default();
 
-    datapath::remove(lab)?;
-
+    log::debug!("down: removing links");
     // Links first: deleting a host-side veth end takes its peer in the
     // namespace with it synchronously, whereas a namespace's devices are
     // destroyed asynchronously after its last reference goes.
+    let group = owner_group(lab);
     let removed = netns::run_in(&Place::Host, |nl| async move {
-        let mut removed = Vec::new();
+        let links = nl.links().await?;
+        let ours = |l: &crate::netlink::Link| l.alias.as_deref() == Some(tag.as_str());
+        let removed: Vec<String> = links
+            .iter()
+            .filter(|l| ours(l))
+            .map(|l| format!("link {}", l.name))
+            .collect();
+        let in_group: Vec<_> = links.iter().filter(|l| l.group == group).collect();
+        if !in_group.is_empty() && in_group.iter().all(|l| ours(l)) {
+            nl.del_group(group).await?;
+        }
+        // Whatever is left (not in the group, or the group is shared).
         for link in nl.links().await? {
-            if link.alias.as_deref() == Some(tag.as_str()) {
+            if ours(&link) {
                 nl.del_link(link.index).await?;
-                removed.push(format!("link {}", link.name));
             }
         }
         Ok(removed)
     })?;
     report.removed.extend(removed);
 
+    log::debug!("down: removing namespaces");
     for ns in state.iter().flat_map(|s| s.namespaces.iter()) {
         if netns::exists(ns) {
             netns::delete(ns)?;
@@ -432,6 +470,11 @@ pub fn down(lab: &str) -> Result<DownReport> {
         }
     }
 
+    // Unpinning last: the links' interfaces are gone by now, so releasing
+    // them no longer waits for a TCX detach each.
+    log::debug!("down: removing pins");
+    datapath::remove(lab)?;
+    log::debug!("down: done");
     restore_forwarding(lab, state.as_ref())?;
     LabState::remove(lab)?;
     drop(lock);
