@@ -88,7 +88,7 @@ fn execute(command: Command) -> Result<ExitCode> {
             return run::run(&workspace, Profile::from_release_flag(release), &args);
         }
         Command::Test { cargo_args } => test::run(&workspace, &cargo_args)?,
-        Command::Bench { what } => return Ok(bench::run(what)),
+        Command::Bench { what } => return bench::run(what, &workspace),
     }
     Ok(ExitCode::SUCCESS)
 }
