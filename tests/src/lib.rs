@@ -654,6 +654,238 @@ pub fn packets(status: &Value, link: &str, hook: &str) -> Result<u64> {
         .with_context(|| format!("{hook} hook of `{link}` has no packet count: {entry}"))
 }
 
+/// A process left running inside a [`Sandbox`]: a server, or a client that
+/// holds a connection open while the test does something else.
+///
+/// Bounded twice: `timeout -s KILL` ends it after its lifetime even if the
+/// test process dies without dropping the guard (a background process would
+/// otherwise keep the sandbox's mount namespace alive), and dropping the
+/// guard kills its whole process group. Its output is collected as it comes,
+/// so a test can wait for a "ready" line or a log entry.
+pub struct Background {
+    shown: String,
+    label: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: SharedOutput,
+    stderr: SharedOutput,
+    readers: Vec<thread::JoinHandle<()>>,
+    start: Instant,
+}
+
+impl Sandbox {
+    /// Starts `argv` inside the sandbox in the background, with its stdin on
+    /// a pipe (see [`Background::send_line`]); it is killed after `lifetime`
+    /// whatever happens.
+    pub fn spawn(&self, argv: &[&str], lifetime: Duration) -> Result<Background> {
+        let seconds = lifetime.as_secs().max(1).to_string();
+        let mut bounded = vec!["timeout", "-s", "KILL", seconds.as_str()];
+        bounded.extend_from_slice(argv);
+        let shown = argv.join(" ");
+        let mut cmd = self.command(&bounded);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("{}: cannot start `{shown}`", self.label))?;
+        let stdin = child.stdin.take();
+        let stdout = SharedOutput::default();
+        let stderr = SharedOutput::default();
+        let mut readers = Vec::new();
+        if let Some(pipe) = child.stdout.take() {
+            readers.push(accumulate(pipe, SharedOutput::clone(&stdout)));
+        }
+        if let Some(pipe) = child.stderr.take() {
+            readers.push(accumulate(pipe, SharedOutput::clone(&stderr)));
+        }
+        Ok(Background {
+            shown,
+            label: self.label.clone(),
+            child,
+            stdin,
+            stdout,
+            stderr,
+            readers,
+            start: Instant::now(),
+        })
+    }
+}
+
+impl Background {
+    /// What it printed to stdout so far.
+    pub fn stdout(&self) -> String {
+        text_of(&self.stdout)
+    }
+
+    /// What it printed to stderr so far.
+    pub fn stderr(&self) -> String {
+        text_of(&self.stderr)
+    }
+
+    /// Waits until its stdout or stderr contains `needle`. Fails, showing
+    /// the output, if the process ends first or `timeout` passes.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if self.stdout().contains(needle) || self.stderr().contains(needle) {
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .try_wait()
+                .with_context(|| format!("waiting for `{}`", self.shown))?;
+            if let Some(status) = exited {
+                // Whatever it printed last may still be in the pipes.
+                thread::sleep(Duration::from_millis(50));
+                if self.stdout().contains(needle) || self.stderr().contains(needle) {
+                    return Ok(());
+                }
+                bail!(
+                    "{}: `{}` {} before printing {needle:?}\n{}",
+                    self.label,
+                    self.shown,
+                    describe_status(status),
+                    self.printed()
+                );
+            }
+            if start.elapsed() >= timeout {
+                bail!(
+                    "{}: `{}` did not print {needle:?} within {timeout:?}\n{}",
+                    self.label,
+                    self.shown,
+                    self.printed()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Writes `line` and a newline to its stdin.
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        use std::io::Write as _;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .with_context(|| format!("{}: stdin of `{}` is closed", self.label, self.shown))?;
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .with_context(|| format!("{}: cannot write to `{}`", self.label, self.shown))
+    }
+
+    /// Closes its stdin and waits up to `timeout` for it to exit on its own
+    /// (killing its group after that). Fails if it had to be killed.
+    pub fn finish(mut self, timeout: Duration) -> Result<Output> {
+        drop(self.stdin.take());
+        let start = Instant::now();
+        loop {
+            let exited = self
+                .child
+                .try_wait()
+                .with_context(|| format!("waiting for `{}`", self.shown))?;
+            if exited.is_some() {
+                return Ok(self.collect());
+            }
+            if start.elapsed() >= timeout {
+                let output = self.stop();
+                bail!("did not finish within {timeout:?}; killed it: {output}");
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills its process group and returns what it printed.
+    pub fn stop(mut self) -> Output {
+        self.kill();
+        self.collect()
+    }
+
+    fn kill(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            kill_process_group(&self.child);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Waits for it (it must have exited or been killed) and its readers.
+    fn collect(&mut self) -> Output {
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|_| ExitStatus::from_raw(0x7f00));
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        for reader in self.readers.drain(..) {
+            while !reader.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Output {
+            command: format!("{} (background, in {})", self.shown, self.label),
+            status,
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+            elapsed: self.start.elapsed(),
+        }
+    }
+
+    fn printed(&self) -> String {
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout().trim_end(),
+            self.stderr().trim_end()
+        )
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl fmt::Debug for Background {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` in {} (pid {})",
+            self.shown,
+            self.label,
+            self.child.id()
+        )
+    }
+}
+
+/// Output of a [`Background`] process, filled as it comes.
+type SharedOutput = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+fn text_of(output: &SharedOutput) -> String {
+    output
+        .lock()
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default()
+}
+
+/// Appends everything `pipe` yields to `into`, as it comes.
+fn accumulate<R: Read + Send + 'static>(mut pipe: R, into: SharedOutput) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut chunk = [0_u8; 4096];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Ok(mut bytes) = into.lock() {
+                        bytes.extend_from_slice(&chunk[..n]);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -18,8 +18,9 @@ const VETHS: [&str; 6] = [
 ];
 
 /// Each veth counts in both directions, once: a program listed twice on a
-/// hook means something attached it again. (Other programs may share a
-/// hook, e.g. NAT on the uplink.)
+/// hook means something attached it again. Host-side ends count in the NAT
+/// programs (`nat_ingress`/`nat_egress`), namespace-side ends in
+/// `count_ingress`/`count_egress`.
 fn assert_counters_attached(status: &Value) {
     let links = status_links(status).unwrap();
     let mut veths: Vec<&str> = links
@@ -30,7 +31,13 @@ fn assert_counters_attached(status: &Value) {
     veths.sort_unstable();
     assert_eq!(veths, VETHS, "veths in status: {status:#}");
     for veth in VETHS {
-        for (hook, counter) in [("ingress", "count_ingress"), ("egress", "count_egress")] {
+        let host_side = veth.ends_with("-br") || veth == "nl-uplink";
+        let (counting_in, counting_out) = if host_side {
+            ("nat_ingress", "nat_egress")
+        } else {
+            ("count_ingress", "count_egress")
+        };
+        for (hook, counter) in [("ingress", counting_in), ("egress", counting_out)] {
             let entry = status_hook(status, veth, hook).unwrap();
             let mut programs: Vec<&str> = entry["programs"]
                 .as_array()
