@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod datapath;
 pub mod exec;
+pub mod iptables;
 pub mod lab;
 pub mod nat;
 pub mod netlink;
