@@ -206,7 +206,7 @@ fn publish(lab: Option<String>, action: PublishAction) -> Result<ExitCode> {
     let _lock = state::LabLock::acquire(&lab)?;
     let mut record =
         state::LabState::load(&lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
-    let topo = topology::parse(&record.topology, &record.origin)?;
+    let topo = record.topology()?;
     match action {
         PublishAction::Add { namespace, mapping } => {
             let (host_port, port, proto) = nat::parse_mapping(&mapping)?;
@@ -218,7 +218,7 @@ fn publish(lab: Option<String>, action: PublishAction) -> Result<ExitCode> {
             };
             nat::check_new_publish(&topo, &record.published, &new)?;
             record.published.push(new.clone());
-            nat::sync_published(&lab, &topo, &record.published)?;
+            lab::apply_published(&record, &topo)?;
             record.save()?;
             println!("published {new}");
         }
@@ -231,7 +231,7 @@ fn publish(lab: Option<String>, action: PublishAction) -> Result<ExitCode> {
             if record.published.len() == before {
                 anyhow::bail!("host port {host_port}/{proto} is not published in lab `{lab}`");
             }
-            nat::sync_published(&lab, &topo, &record.published)?;
+            lab::apply_published(&record, &topo)?;
             record.save()?;
             println!("unpublished {host_port}/{proto}");
         }
@@ -253,6 +253,13 @@ fn publish(lab: Option<String>, action: PublishAction) -> Result<ExitCode> {
 
 fn show_conntrack(lab: Option<String>, json: bool) -> Result<ExitCode> {
     let lab = state::resolve_lab(lab.as_deref())?;
+    let record = state::LabState::load(&lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
+    if record.datapath == topology::Datapath::Iptables.as_str() {
+        anyhow::bail!(
+            "lab `{lab}` runs the iptables datapath, whose flows are in the kernel's conntrack: \
+             run `conntrack -L` (Debian package conntrack)"
+        );
+    }
     let flows = nat::conntrack(&lab)?;
     if json {
         for flow in &flows {

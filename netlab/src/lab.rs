@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    datapath, nat,
+    datapath, iptables, nat,
     netlink::{Netlink, owner_group, owner_tag},
     netns,
     state::{LabLock, LabState, STATE_DIR},
@@ -68,10 +68,10 @@ fn remove_lock_file(lab: &str) {
 }
 
 fn build(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
-    if topo.datapath != Datapath::Bridge {
+    if topo.datapath == Datapath::Redirect {
         bail!(
-            "datapath `{}` is not available yet; this version builds `bridge` labs",
-            topo.datapath
+            "datapath `redirect` is not available yet; this version builds `bridge` (eBPF NAT) \
+             and `iptables` (reference) labs"
         );
     }
     let _lock = LabLock::acquire(&topo.name)?;
@@ -132,14 +132,36 @@ fn build(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
     if !state.complete && state.published.is_empty() {
         state.published = nat::declared(topo);
     }
-    nat::configure(&topo.name, topo)?;
-    nat::sync_published(&topo.name, topo, &state.published)?;
+    match topo.datapath {
+        Datapath::Iptables => {
+            let backend = iptables::Backend::from_env()?;
+            state.iptables_backend = Some(backend.as_str().to_owned());
+            state.save()?;
+            iptables::install(&topo.name, topo, &state.published, backend)?;
+        }
+        _ => {
+            nat::configure(&topo.name, topo)?;
+            apply_published(&state, topo)?;
+        }
+    }
     enable_forwarding(topo, &mut state)?;
     step("nat configured");
 
     state.complete = true;
     state.save()?;
     Ok(report)
+}
+
+/// Makes the datapath forward exactly the record's published ports.
+pub fn apply_published(state: &LabState, topo: &Topology) -> Result<()> {
+    match topo.datapath {
+        Datapath::Iptables => {
+            let backend =
+                iptables::Backend::parse(state.iptables_backend.as_deref().unwrap_or("nft"))?;
+            iptables::sync_published(&topo.name, topo, &state.published, backend)
+        }
+        _ => nat::sync_published(&topo.name, topo, &state.published),
+    }
 }
 
 /// Traffic between the lab and its uplink is routed by the host, as Docker
@@ -383,6 +405,11 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
     }
     if place == Place::Host {
         for bridge in &topo.bridges {
+            if topo.datapath == Datapath::Iptables {
+                // netfilter's DNAT of `localhost:PORT` routes a 127/8 source
+                // out of the bridge (Docker does the same without its proxy).
+                sysctl::write_iface(&bridge.name, "route_localnet", "1")?;
+            }
             let link = nl.require_link(&bridge.name).await?;
             for address in &bridge.addresses {
                 nl.add_address(link.index, address.net).await?;
@@ -396,6 +423,11 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
             let bridge = nl.require_link(bridge).await?;
             if link.controller != Some(bridge.index) {
                 nl.set_controller(link.index, bridge.index).await?;
+            }
+            if topo.datapath == Datapath::Iptables {
+                // netfilter's hairpin NAT sends a namespace's packets back
+                // out of the port they came in on (Docker does the same).
+                nl.set_hairpin(link.index).await?;
             }
         }
         for address in &end.addresses {
@@ -472,6 +504,12 @@ pub fn down(lab: &str) -> Result<DownReport> {
 
     // Unpinning last: the links' interfaces are gone by now, so releasing
     // them no longer waits for a TCX detach each.
+    if state
+        .as_ref()
+        .is_some_and(|s| s.datapath == Datapath::Iptables.as_str())
+    {
+        iptables::remove(lab)?;
+    }
     log::debug!("down: removing pins");
     datapath::remove(lab)?;
     log::debug!("down: done");

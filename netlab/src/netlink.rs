@@ -9,7 +9,7 @@ use std::{net::IpAddr, net::Ipv4Addr, os::fd::AsRawFd};
 use anyhow::{Context, Result, anyhow};
 use futures::TryStreamExt;
 use rtnetlink::{
-    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
@@ -202,6 +202,18 @@ impl Netlink {
         )
         .await
         .with_context(|| format!("enslaving link {index} in {}", self.place))
+    }
+
+    /// Lets a bridge port send a frame back out of the port it came in on
+    /// (needed when netfilter NATs a namespace to itself).
+    pub async fn set_hairpin(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            // Port attributes go in RTM_NEWLINK (change), not RTM_SETLINK.
+            .change(LinkBridgePort::new(index).hairpin(true).build())
+            .execute()
+            .await
+            .with_context(|| format!("setting hairpin mode on port {index} in {}", self.place))
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {

@@ -40,6 +40,9 @@ pub struct LabState {
     /// `net.ipv4.ip_forward` before this lab switched it on, restored by `down`.
     #[serde(default)]
     pub ip_forward_was: Option<String>,
+    /// The iptables backend (`nft` or `legacy`) of an `iptables` lab.
+    #[serde(default)]
+    pub iptables_backend: Option<String>,
 }
 
 /// A published port: `host_port/proto` on the host forwards to `namespace:port`.
@@ -95,6 +98,18 @@ impl LabState {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).context("removing the lab record"),
         }
+    }
+
+    /// The lab's topology as it was built (the recorded text, with the
+    /// datapath `up --datapath` chose).
+    pub fn topology(&self) -> Result<crate::topology::Topology> {
+        let mut topo = crate::topology::parse(&self.topology, &self.origin)?;
+        topo.datapath = match self.datapath.as_str() {
+            "iptables" => crate::topology::Datapath::Iptables,
+            "redirect" => crate::topology::Datapath::Redirect,
+            _ => crate::topology::Datapath::Bridge,
+        };
+        Ok(topo)
     }
 
     /// Records a namespace before it is created.

@@ -10,7 +10,7 @@ use crate::{
     datapath::{self, HOOKS},
     nat, netns,
     state::LabState,
-    topology::{self, Iface, Place},
+    topology::{Iface, Place},
 };
 
 #[derive(Debug, Serialize)]
@@ -33,8 +33,11 @@ pub struct NatStatus {
     /// Conntrack entries in use (two per flow) and the table's capacity.
     pub conntrack_entries: usize,
     pub conntrack_capacity: u32,
-    /// Counters by reason (see `netlab_common::nat::Stat`).
+    /// Counters by reason (see `netlab_common::nat::Stat`); empty for the
+    /// iptables datapath.
     pub counters: BTreeMap<String, u64>,
+    /// The lab's iptables rules with their counters (iptables datapath).
+    pub iptables_rules: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,7 +72,7 @@ pub struct HookStatus {
 }
 
 pub fn collect(state: &LabState) -> Result<LabStatus> {
-    let topo = topology::parse(&state.topology, &state.origin)?;
+    let topo = state.topology()?;
     let counters = datapath::counters(&state.lab).unwrap_or_default();
 
     let mut by_place: BTreeMap<Place, Vec<Iface>> = BTreeMap::new();
@@ -167,7 +170,19 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
             routes,
         });
     }
-    let nat = if topo.datapath == crate::topology::Datapath::Bridge {
+    let nat = if topo.datapath == crate::topology::Datapath::Iptables {
+        let backend =
+            crate::iptables::Backend::parse(state.iptables_backend.as_deref().unwrap_or("nft"))?;
+        Some(NatStatus {
+            uplink: nat::uplink_addr(&topo)
+                .map(|a| format!("{} ({a})", topo.nat.uplink.as_deref().unwrap_or("?"))),
+            published: state.published.iter().map(|p| p.to_string()).collect(),
+            conntrack_entries: 0,
+            conntrack_capacity: 0,
+            counters: BTreeMap::new(),
+            iptables_rules: crate::iptables::rules(&state.lab, backend).unwrap_or_default(),
+        })
+    } else if topo.datapath == crate::topology::Datapath::Bridge {
         let (conntrack_entries, conntrack_capacity) =
             nat::conntrack_usage(&state.lab).unwrap_or((0, 0));
         Some(NatStatus {
@@ -181,6 +196,7 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
+            iptables_rules: Vec::new(),
         })
     } else {
         None
@@ -270,7 +286,7 @@ pub fn render(status: &LabStatus) -> String {
         );
         let _ = writeln!(
             out,
-            "  conntrack: {} of {} entries (two per flow)",
+            "  conntrack (netlab's): {} of {} entries (two per flow)",
             nat.conntrack_entries, nat.conntrack_capacity
         );
         let counters: Vec<String> = nat
@@ -279,7 +295,14 @@ pub fn render(status: &LabStatus) -> String {
             .filter(|(_, v)| **v != 0)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let _ = writeln!(out, "  counters: {}", counters.join(" "));
+        if status.datapath == "iptables" {
+            let _ = writeln!(out, "  rules (iptables, netlab's own chains):");
+            for rule in &nat.iptables_rules {
+                let _ = writeln!(out, "    {rule}");
+            }
+        } else {
+            let _ = writeln!(out, "  counters: {}", counters.join(" "));
+        }
     }
     out
 }

@@ -21,3 +21,12 @@ pub fn write(name: &str, value: &str) -> Result<()> {
 }
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
+
+/// Sets `net.ipv4.conf.IFACE.KEY` (interface names may hold dots, so the
+/// path is built from parts).
+pub fn write_iface(iface: &str, key: &str, value: &str) -> Result<()> {
+    let path = PathBuf::from("/proc/sys/net/ipv4/conf")
+        .join(iface)
+        .join(key);
+    fs::write(&path, value).with_context(|| format!("setting {}={value}", path.display()))
+}
