@@ -218,20 +218,25 @@ fn publish(lab: Option<String>, action: PublishAction) -> Result<ExitCode> {
             };
             nat::check_new_publish(&topo, &record.published, &new)?;
             record.published.push(new.clone());
-            lab::apply_published(&record, &topo)?;
+            let started = std::time::Instant::now();
+            lab::publish_one(&record, &topo, &new)?;
+            log::info!("datapath updated in {} us", started.elapsed().as_micros());
             record.save()?;
             println!("published {new}");
         }
         PublishAction::Rm { port } => {
             let (host_port, _, proto) = nat::parse_mapping(&port)?;
-            let before = record.published.len();
-            record
+            let Some(at) = record
                 .published
-                .retain(|r| !(r.host_port == host_port && r.proto == proto.as_str()));
-            if record.published.len() == before {
+                .iter()
+                .position(|r| r.host_port == host_port && r.proto == proto.as_str())
+            else {
                 anyhow::bail!("host port {host_port}/{proto} is not published in lab `{lab}`");
-            }
-            lab::apply_published(&record, &topo)?;
+            };
+            let removed = record.published.remove(at);
+            let started = std::time::Instant::now();
+            lab::unpublish_one(&record, &topo, &removed)?;
+            log::info!("datapath updated in {} us", started.elapsed().as_micros());
             record.save()?;
             println!("unpublished {host_port}/{proto}");
         }

@@ -152,6 +152,33 @@ fn build(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
     Ok(report)
 }
 
+/// Adds one published port to the running datapath (the record already
+/// holds it). The eBPF datapath does one map update; the iptables one
+/// rewrites its DNAT chain, as iptables must.
+pub fn publish_one(
+    state: &LabState,
+    topo: &Topology,
+    record: &crate::state::PublishRecord,
+) -> Result<()> {
+    match topo.datapath {
+        Datapath::Iptables => apply_published(state, topo),
+        _ => nat::publish_one(&topo.name, topo, record),
+    }
+}
+
+/// Removes one published port from the running datapath (the record no
+/// longer holds it).
+pub fn unpublish_one(
+    state: &LabState,
+    topo: &Topology,
+    record: &crate::state::PublishRecord,
+) -> Result<()> {
+    match topo.datapath {
+        Datapath::Iptables => apply_published(state, topo),
+        _ => nat::unpublish_one(&topo.name, record),
+    }
+}
+
 /// Makes the datapath forward exactly the record's published ports.
 pub fn apply_published(state: &LabState, topo: &Topology) -> Result<()> {
     match topo.datapath {

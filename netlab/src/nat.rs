@@ -287,30 +287,56 @@ pub fn configure(lab: &str, topo: &Topology) -> Result<()> {
     Ok(())
 }
 
+fn publish_entry(topo: &Topology, r: &PublishRecord) -> Result<(PublishKey, Backend)> {
+    let addr = backend_addr(topo, &r.namespace)
+        .with_context(|| format!("namespace `{}` has no lab address", r.namespace))?;
+    Ok((
+        PublishKey {
+            port: r.host_port.to_be(),
+            proto: proto_number(&r.proto)?,
+            _pad: 0,
+        },
+        Backend {
+            addr: be(addr),
+            port: r.port.to_be(),
+            _pad: 0,
+        },
+    ))
+}
+
+/// Adds one published port: one map update, whatever the number present.
+pub fn publish_one(lab: &str, topo: &Topology, record: &PublishRecord) -> Result<()> {
+    let mut published: HashMap<_, PublishKey, Backend> =
+        HashMap::try_from(Map::HashMap(open(lab, names::PUBLISHED)?))?;
+    let (key, backend) = publish_entry(topo, record)?;
+    published.insert(key, backend, 0)?;
+    Ok(())
+}
+
+/// Removes one published port: one map delete. Established flows keep
+/// their conntrack entries and finish normally.
+pub fn unpublish_one(lab: &str, record: &PublishRecord) -> Result<()> {
+    let mut published: HashMap<_, PublishKey, Backend> =
+        HashMap::try_from(Map::HashMap(open(lab, names::PUBLISHED)?))?;
+    let key = PublishKey {
+        port: record.host_port.to_be(),
+        proto: proto_number(&record.proto)?,
+        _pad: 0,
+    };
+    match published.remove(&key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Makes the PUBLISHED map hold exactly `records`.
 pub fn sync_published(lab: &str, topo: &Topology, records: &[PublishRecord]) -> Result<()> {
     let mut published: HashMap<_, PublishKey, Backend> =
         HashMap::try_from(Map::HashMap(open(lab, names::PUBLISHED)?))?;
     let mut wanted = BTreeMap::new();
     for r in records {
-        let addr = backend_addr(topo, &r.namespace)
-            .with_context(|| format!("namespace `{}` has no lab address", r.namespace))?;
-        let key = PublishKey {
-            port: r.host_port.to_be(),
-            proto: proto_number(&r.proto)?,
-            _pad: 0,
-        };
-        wanted.insert(
-            (key.port, key.proto),
-            (
-                key,
-                Backend {
-                    addr: be(addr),
-                    port: r.port.to_be(),
-                    _pad: 0,
-                },
-            ),
-        );
+        let (key, backend) = publish_entry(topo, r)?;
+        wanted.insert((key.port, key.proto), (key, backend));
     }
     let stale: Vec<PublishKey> = published
         .keys()

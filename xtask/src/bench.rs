@@ -18,11 +18,15 @@ use crate::{build, process::Cmd};
 pub enum BenchKind {
     /// Time to bring a lab up and down: netlab vs a script of `ip` commands.
     Up,
+    /// Time to add and remove one published port with 10,000 present:
+    /// netlab's eBPF datapath vs its iptables reference mode.
+    Publish,
 }
 
 pub fn run(kind: BenchKind, workspace: &Path) -> Result<ExitCode> {
     match kind {
         BenchKind::Up => bench_up(workspace),
+        BenchKind::Publish => bench_publish(workspace),
     }
 }
 
@@ -278,6 +282,122 @@ fn bench_up(workspace: &Path) -> Result<ExitCode> {
     println!(
         "netlab up also loads, attaches and pins its eBPF programs (counters and NAT on every veth); \
          the ip script builds links, addresses and routes only."
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Published ports installed before the timed add/remove.
+const PRESENT_PORTS: u16 = 10_000;
+
+/// The default lab with blue publishing `PRESENT_PORTS` ports (10000..).
+fn crowded_lab() -> String {
+    let ports: Vec<String> = (0..PRESENT_PORTS)
+        .map(|i| format!("\"{}:80/tcp\"", 10_000 + i))
+        .collect();
+    let mut text = topology(&default_lab());
+    text = text.replacen(
+        "[[namespace]]\nname = \"blue\"\n",
+        &format!(
+            "[[namespace]]\nname = \"blue\"\npublish = [{}]\n",
+            ports.join(", ")
+        ),
+        1,
+    );
+    text.push_str("\n[nat]\nmasquerade = [\"192.168.15.0/24\"]\nuplink = \"nl-uplink\"\n");
+    text
+}
+
+/// Inside the sandbox, for each round and datapath: `up` (timed: installs
+/// all ports), then interleaved add/remove of one more port, then `down`.
+fn publish_driver(netlab: &Path, dir: &Path) -> String {
+    format!(
+        r#"set -e
+mount -t tmpfs none /run
+mount -t bpf bpf /sys/fs/bpf
+ip link set lo up
+t() {{ local label=$1; shift; local a=$(date +%s%N); "$@" >/dev/null 2>{dir}/log; local b=$(date +%s%N); echo "$label $((b - a)) $(grep -o 'updated in [0-9]*' {dir}/log | grep -o '[0-9]*$' || echo -)"; }}
+for round in 1 2; do
+  for dp in bridge iptables; do
+    t $dp-up {netlab} up -f {dir}/crowded.toml --datapath $dp
+    for i in $(seq 1 {reps}); do
+      t $dp-add {netlab} -v publish add blue 30000:80/tcp
+      t $dp-rm {netlab} -v publish rm 30000/tcp
+    done
+    {netlab} down >/dev/null
+  done
+done
+"#,
+        netlab = netlab.display(),
+        dir = dir.display(),
+        reps = REPETITIONS,
+    )
+}
+
+fn bench_publish(workspace: &Path) -> Result<ExitCode> {
+    if !crate::process::is_root()? {
+        bail!("bench publish creates namespaces: run it as root");
+    }
+    let netlab = build::build(workspace, build::Profile::Release)?;
+    let dir = workspace.join("target").join("bench-publish");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::write(dir.join("crowded.toml"), crowded_lab())?;
+    eprintln!(
+        "xtask: bench publish: {PRESENT_PORTS} published ports, add/remove one more, {REPETITIONS}× per round, 2 rounds"
+    );
+    let out = Cmd::new("unshare")
+        .args(["--mount", "--net", "--propagation", "private", "bash", "-c"])
+        .arg(publish_driver(&netlab, &dir))
+        .run_capturing_stdout()
+        .context("running the benchmark in a private namespace")?;
+    let mut whole: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    let mut datapath: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for line in out.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(label), Some(nanos), Some(update)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if let Ok(nanos) = nanos.parse::<f64>() {
+            whole.entry(label.to_owned()).or_default().push(nanos / 1e6);
+        }
+        if let Ok(us) = update.parse::<f64>() {
+            datapath.entry(label.to_owned()).or_default().push(us);
+        }
+    }
+    let mut table = String::from(
+        "| datapath | operation | whole command, median (min–max) | datapath update alone, median (min–max) |\n|---|---|---|---|\n",
+    );
+    for dp in ["bridge", "iptables"] {
+        for (op, what) in [
+            ("up", "up with 10,000 ports"),
+            ("add", "add 1 port"),
+            ("rm", "remove 1 port"),
+        ] {
+            let label = format!("{dp}-{op}");
+            let (m, lo, hi) = median_min_max(whole.get(&label).cloned().unwrap_or_default());
+            let update = match datapath.get(&label) {
+                Some(v) if !v.is_empty() => {
+                    let (m, lo, hi) = median_min_max(v.clone());
+                    format!("{m:.0} µs ({lo:.0}–{hi:.0})")
+                }
+                _ => "-".to_owned(),
+            };
+            let name = if dp == "bridge" {
+                "netlab eBPF (bridge)"
+            } else {
+                "iptables (nft)"
+            };
+            let _ = writeln!(
+                table,
+                "| {name} | {what} | {m:.1} ms ({lo:.1}–{hi:.1}) | {update} |"
+            );
+        }
+    }
+    println!("{table}");
+    println!(
+        "The whole command includes process start and reading/writing the lab record; \
+         \"datapath update\" is the map update (eBPF) or the iptables-restore of the DNAT chain."
     );
     Ok(ExitCode::SUCCESS)
 }
