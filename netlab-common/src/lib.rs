@@ -26,6 +26,11 @@ pub mod names {
     pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
     /// LRU hash: socket cookie → [`SockNat`](crate::nat::SockNat).
     pub const SOCK_NAT: &str = "SOCK_NAT";
+    /// Hash: lab address (network order) → [`Endpoint`](crate::nat::Endpoint).
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    /// Per-CPU hash: [`IfaceKey`](crate::IfaceKey) with a
+    /// [`RedirectReason`](crate::nat::RedirectReason) as direction → packets.
+    pub const REDIRECT_STATS: &str = "REDIRECT_STATS";
 
     /// Array[1]: [`NatConfig`](crate::nat::NatConfig).
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
@@ -99,4 +104,6 @@ mod pod {
     unsafe impl aya::Pod for crate::nat::IfaceConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::nat::SockNat {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::Endpoint {}
 }

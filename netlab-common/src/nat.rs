@@ -181,6 +181,71 @@ pub struct NatConfig {
     /// Cookie of the lab's host network namespace: the socket-level programs
     /// (attached to the whole cgroup tree) only act on sockets there.
     pub host_netns_cookie: u64,
+    /// 1 for the `redirect` datapath: forward with redirects after NAT.
+    pub redirect: u32,
+    /// ifindex of the uplink (host side), 0 when the lab has none.
+    pub uplink_ifindex: u32,
+}
+
+/// A lab namespace's address, for the `redirect` datapath: where to hand
+/// its packets and with which MAC addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The host-side veth whose peer is the namespace's interface
+    /// (`bpf_redirect_peer` target).
+    pub ifindex: u32,
+    /// MAC of the namespace's interface (the frame's destination).
+    pub mac: [u8; 6],
+    /// MAC of the gateway the namespace routes through (source of routed
+    /// frames; the bridge's, or the host-side veth's when not bridged).
+    pub gateway_mac: [u8; 6],
+}
+
+/// Why the `redirect` datapath forwarded or fell back, per interface
+/// (the `direction` field of an [`IfaceKey`](crate::IfaceKey) in
+/// [`names::REDIRECT_STATS`](crate::names::REDIRECT_STATS)).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedirectReason {
+    /// Handed to a lab namespace with `bpf_redirect_peer`.
+    Peer = 0,
+    /// Sent out of the uplink with `bpf_redirect_neigh`.
+    Uplink,
+    /// For the host itself: left to the stack.
+    FallbackLocal,
+    /// Not a parsed IPv4 packet (ARP, fragment, ICMP error...): left to the stack.
+    FallbackUnparsed,
+    /// Destination neither a lab namespace nor beyond the uplink.
+    FallbackUnknown,
+    /// TTL would expire: left to the stack, which answers time exceeded.
+    FallbackTtl,
+    /// Back out of the interface it came from: left to the stack.
+    FallbackSameIface,
+}
+
+pub const REDIRECT_REASONS: [RedirectReason; 7] = [
+    RedirectReason::Peer,
+    RedirectReason::Uplink,
+    RedirectReason::FallbackLocal,
+    RedirectReason::FallbackUnparsed,
+    RedirectReason::FallbackUnknown,
+    RedirectReason::FallbackTtl,
+    RedirectReason::FallbackSameIface,
+];
+
+impl RedirectReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            RedirectReason::Peer => "redirect_peer",
+            RedirectReason::Uplink => "redirect_uplink",
+            RedirectReason::FallbackLocal => "fallback_local",
+            RedirectReason::FallbackUnparsed => "fallback_unparsed",
+            RedirectReason::FallbackUnknown => "fallback_unknown",
+            RedirectReason::FallbackTtl => "fallback_ttl",
+            RedirectReason::FallbackSameIface => "fallback_same_iface",
+        }
+    }
 }
 
 /// What the socket-level programs remember per socket (by socket cookie):
@@ -302,7 +367,8 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
 const _: () = assert!(core::mem::size_of::<PublishKey>() == 4);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
 const _: () = assert!(core::mem::size_of::<SockNat>() == 12);
 const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 8);
 const _: () = assert!(Stat::ALL.len() == STAT_COUNT as usize);

@@ -10,6 +10,7 @@ mod conntrack;
 mod counters;
 mod nat;
 mod parse;
+mod redirect;
 mod sock;
 mod stats;
 
@@ -60,6 +61,9 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
         }
         Err(why) => {
             count_unparsed(why);
+            if redirect::enabled() {
+                redirect::count(&ctx, netlab_common::nat::RedirectReason::FallbackUnparsed);
+            }
             // Untranslatable packets go to the stack untouched, which
             // validates and drops what is malformed.
             return TCX_NEXT;
@@ -69,7 +73,10 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
         Some(verdict) => verdict,
         None => nat::new_ingress(&ctx, &pkt),
     };
-    to_action(verdict)
+    match verdict {
+        Verdict::Pass if redirect::enabled() => to_action(redirect::forward(&ctx)),
+        verdict => to_action(verdict),
+    }
 }
 
 /// Egress of every lab veth's host side and of the uplink: masquerade (on
@@ -154,6 +161,8 @@ fn to_action(verdict: Verdict) -> i32 {
         Verdict::Drop => DROP,
         // SAFETY: plain helper; redirects to this interface's egress.
         Verdict::Reflect(ifindex) => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        Verdict::RedirectPeer(ifindex) => redirect::peer(ifindex),
+        Verdict::RedirectNeigh(ifindex) => redirect::neigh(ifindex),
     }
 }
 

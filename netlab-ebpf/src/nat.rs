@@ -65,6 +65,10 @@ pub enum Verdict {
     Drop,
     /// Sent back out of this ifindex (a reflected hairpin flow).
     Reflect(u32),
+    /// `redirect` datapath: into the namespace behind this host-side veth.
+    RedirectPeer(u32),
+    /// `redirect` datapath: out of this interface, next hop from the FIB.
+    RedirectNeigh(u32),
 }
 
 #[inline(always)]

@@ -105,7 +105,7 @@ pub fn plan(topo: &Topology) -> Vec<Attachment> {
                 attach_type,
             })
         };
-        if end.place == Place::Host && topo.datapath == Datapath::Bridge {
+        if end.place == Place::Host && topo.datapath != Datapath::Iptables {
             add(names::NAT_INGRESS, TcAttachType::Ingress);
             add(names::NAT_EGRESS, TcAttachType::Egress);
         } else {

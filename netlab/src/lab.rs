@@ -68,12 +68,6 @@ fn remove_lock_file(lab: &str) {
 }
 
 fn build(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
-    if topo.datapath == Datapath::Redirect {
-        bail!(
-            "datapath `redirect` is not available yet; this version builds `bridge` (eBPF NAT) \
-             and `iptables` (reference) labs"
-        );
-    }
     let _lock = LabLock::acquire(&topo.name)?;
     let tag = owner_tag(&topo.name);
     let mut state = match LabState::load(&topo.name)? {

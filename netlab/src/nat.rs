@@ -17,7 +17,7 @@ use aya::maps::{
 use netlab_common::{
     names,
     nat::{
-        Backend, CtEntry, DIR_ORIGINAL, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+        Backend, CtEntry, DIR_ORIGINAL, Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
         IfaceConfig, NAT_DNAT, NAT_REFLECT, NAT_SNAT, NatConfig, PublishKey, ROLE_LAB, ROLE_UPLINK,
         Stat, TcpState, timeout_ns,
     },
@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::{
     datapath, netns,
     state::PublishRecord,
-    topology::{Place, Proto, Topology},
+    topology::{Datapath, Place, Proto, Topology},
 };
 
 fn map_path(lab: &str, name: &str) -> PathBuf {
@@ -201,6 +201,16 @@ pub fn configure(lab: &str, topo: &Topology) -> Result<()> {
     } else {
         uplink_addr(topo).map(be).unwrap_or(0)
     };
+    let host_links: BTreeMap<String, crate::netlink::Link> =
+        netns::run_in(&Place::Host, |nl| async move {
+            Ok(nl
+                .links()
+                .await?
+                .into_iter()
+                .map(|l| (l.name.clone(), l))
+                .collect())
+        })?;
+    let redirect = topo.datapath == Datapath::Redirect;
     config.set(
         0,
         NatConfig {
@@ -208,9 +218,17 @@ pub fn configure(lab: &str, topo: &Topology) -> Result<()> {
             port_min,
             port_max,
             host_netns_cookie: host_netns_cookie()?,
+            redirect: u32::from(redirect),
+            uplink_ifindex: topo
+                .nat
+                .uplink
+                .as_deref()
+                .and_then(|u| host_links.get(u))
+                .map_or(0, |l| l.index),
         },
         0,
     )?;
+    sync_endpoints(lab, topo, &host_links, redirect)?;
 
     // Published ports answer on every host address of the lab (Docker
     // publishes on all host addresses; netlab never claims the host's own).
@@ -269,13 +287,10 @@ pub fn configure(lab: &str, topo: &Topology) -> Result<()> {
             (e.name.clone(), gateway.map(be).unwrap_or(0), role)
         })
         .collect();
-    let indexes: BTreeMap<String, u32> = netns::run_in(&Place::Host, |nl| async move {
-        let mut out = BTreeMap::new();
-        for link in nl.links().await? {
-            out.insert(link.name, link.index);
-        }
-        Ok(out)
-    })?;
+    let indexes: BTreeMap<String, u32> = host_links
+        .iter()
+        .map(|(name, link)| (name.clone(), link.index))
+        .collect();
     let mut ifaces: HashMap<_, u32, IfaceConfig> =
         HashMap::try_from(Map::HashMap(open(lab, names::IFACE_CONFIG)?))?;
     for (name, gateway, role) in host_ends {
@@ -327,6 +342,82 @@ pub fn unpublish_one(lab: &str, record: &PublishRecord) -> Result<()> {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Fills the `redirect` datapath's endpoint map: every address of a
+/// namespace-side veth end whose peer is on the host. Emptied for the other
+/// datapaths, so a lab switched from `redirect` forwards normally again.
+fn sync_endpoints(
+    lab: &str,
+    topo: &Topology,
+    host_links: &BTreeMap<String, crate::netlink::Link>,
+    redirect: bool,
+) -> Result<()> {
+    let mut endpoints: HashMap<_, u32, Endpoint> =
+        HashMap::try_from(Map::HashMap(open(lab, names::ENDPOINTS)?))?;
+    let mut wanted: BTreeMap<u32, Endpoint> = BTreeMap::new();
+    if redirect {
+        for veth in &topo.veths {
+            for (inner, outer) in [(&veth.a, &veth.b), (&veth.b, &veth.a)] {
+                // The uplink's peer is the world: it is reached through the
+                // uplink (and masquerade), never by a peer redirect.
+                if inner.place == Place::Host
+                    || outer.place != Place::Host
+                    || topo.nat.uplink.as_deref() == Some(outer.name.as_str())
+                {
+                    continue;
+                }
+                let Some(host_end) = host_links.get(&outer.name) else {
+                    bail!("interface {} is missing on the host", outer.name);
+                };
+                let gateway = outer.bridge.as_deref().unwrap_or(&outer.name);
+                let gateway_mac = host_links
+                    .get(gateway)
+                    .and_then(|l| l.mac)
+                    .with_context(|| format!("no MAC address on {gateway}"))?;
+                let name = inner.name.clone();
+                let mac = netns::run_in(&inner.place, |nl| async move {
+                    Ok(nl.require_link(&name).await?.mac)
+                })?
+                .with_context(|| format!("no MAC address on {}", inner.name))?;
+                for address in &inner.addresses {
+                    wanted.insert(
+                        be(address.net.addr),
+                        Endpoint {
+                            ifindex: host_end.index,
+                            mac,
+                            gateway_mac,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    let stale: Vec<u32> = endpoints
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !wanted.contains_key(k))
+        .collect();
+    for key in stale {
+        endpoints.remove(&key)?;
+    }
+    for (addr, endpoint) in &wanted {
+        endpoints.insert(addr, endpoint, 0)?;
+    }
+    Ok(())
+}
+
+/// Forwarding decisions of the `redirect` datapath per (ifindex, reason),
+/// summed over CPUs.
+pub fn redirect_stats(lab: &str) -> Result<BTreeMap<(u32, u32), u64>> {
+    let map: aya::maps::PerCpuHashMap<_, netlab_common::IfaceKey, u64> =
+        aya::maps::PerCpuHashMap::try_from(Map::PerCpuHashMap(open(lab, names::REDIRECT_STATS)?))?;
+    let mut out = BTreeMap::new();
+    for entry in map.iter() {
+        let (key, values) = entry?;
+        out.insert((key.ifindex, key.direction), values.iter().sum());
+    }
+    Ok(out)
 }
 
 /// Makes the PUBLISHED map hold exactly `records`.

@@ -59,6 +59,9 @@ pub struct LinkStatus {
     pub master: Option<String>,
     pub addresses: Vec<String>,
     pub hooks: Vec<HookStatus>,
+    /// `redirect` datapath: packets forwarded or left to the stack, by reason.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub redirect: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -74,6 +77,11 @@ pub struct HookStatus {
 pub fn collect(state: &LabState) -> Result<LabStatus> {
     let topo = state.topology()?;
     let counters = datapath::counters(&state.lab).unwrap_or_default();
+    let redirects = if topo.datapath == crate::topology::Datapath::Redirect {
+        nat::redirect_stats(&state.lab).unwrap_or_default()
+    } else {
+        BTreeMap::new()
+    };
 
     let mut by_place: BTreeMap<Place, Vec<Iface>> = BTreeMap::new();
     by_place.entry(Place::Host).or_default();
@@ -143,6 +151,18 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
                     })
                     .unwrap_or_default(),
                 hooks,
+                redirect: link
+                    .filter(|_| place == Place::Host)
+                    .map(|l| {
+                        netlab_common::nat::REDIRECT_REASONS
+                            .iter()
+                            .filter_map(|r| {
+                                let n = *redirects.get(&(l.index, *r as u32))?;
+                                Some((r.name().to_owned(), n))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
         }
         let routes = routes
@@ -182,7 +202,7 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
             counters: BTreeMap::new(),
             iptables_rules: crate::iptables::rules(&state.lab, backend).unwrap_or_default(),
         })
-    } else if topo.datapath == crate::topology::Datapath::Bridge {
+    } else {
         let (conntrack_entries, conntrack_capacity) =
             nat::conntrack_usage(&state.lab).unwrap_or((0, 0));
         Some(NatStatus {
@@ -198,8 +218,6 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
                 .collect(),
             iptables_rules: Vec::new(),
         })
-    } else {
-        None
     };
     Ok(LabStatus {
         nat,
@@ -247,6 +265,14 @@ pub fn render(status: &LabStatus) -> String {
                     .map(|m| format!("master {m}"))
                     .unwrap_or_default(),
             );
+            if !link.redirect.is_empty() {
+                let reasons: Vec<String> = link
+                    .redirect
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let _ = writeln!(out, "      redirect: {}", reasons.join(" "));
+            }
             for hook in &link.hooks {
                 let _ = writeln!(
                     out,

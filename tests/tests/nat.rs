@@ -4,7 +4,7 @@
 //!
 //! Each scenario is written once, as a function of the datapath, and
 //! [`per_datapath!`] makes one test per datapath of it (`bridge::NAME`,
-//! `iptables::NAME`). Servers and clients are small Python programs run
+//! `iptables::NAME`, `redirect::NAME`). Servers and clients are small Python programs run
 //! inside the lab's namespaces, each bounded in time; traffic only goes to
 //! the lab's own addresses. Tests that rewrite packets turn checksum offload
 //! off on every lab veth first, so that a wrong checksum breaks the
@@ -386,7 +386,7 @@ fn find_flow<'a>(
 /// tests can read; the iptables reference keeps them in the kernel, so
 /// there only the traffic is compared.
 fn netlab_nat(datapath: &str) -> bool {
-    datapath == "bridge"
+    datapath != "iptables"
 }
 
 fn nat_counter(status: &Value, name: &str) -> u64 {
@@ -853,6 +853,16 @@ macro_rules! per_datapath {
                 #[ignore = "privileged: run through `cargo xtask test`"]
                 fn $scenario() {
                     super::$scenario("iptables");
+                }
+            )*
+        }
+
+        mod redirect {
+            $(
+                #[test]
+                #[ignore = "privileged: run through `cargo xtask test`"]
+                fn $scenario() {
+                    super::$scenario("redirect");
                 }
             )*
         }
