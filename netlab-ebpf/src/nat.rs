@@ -346,6 +346,50 @@ fn finish(ctx: &TcContext, pkt: &Packet, out: &Tuple, nat: u8) -> Verdict {
     Verdict::Reflect(unsafe { (*ctx.skb.skb).ifindex })
 }
 
+/// Replaces the IPv4 address at `offset` (no-op when unchanged), fixing the
+/// IP header checksum at `ip_csum` and, when given, an L4 checksum that
+/// covers it through the pseudo-header (`(offset, BPF_F_* flags)`).
+#[inline(always)]
+fn set_addr(
+    ctx: &TcContext,
+    offset: usize,
+    ip_csum: usize,
+    old: u32,
+    new: u32,
+    l4_csum: Option<(usize, u64)>,
+) -> Result<(), ()> {
+    if old == new {
+        return Ok(());
+    }
+    if let Some((csum, flags)) = l4_csum {
+        ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags | 4)
+            .map_err(|_| ())?;
+    }
+    ctx.l3_csum_replace(ip_csum, u64::from(old), u64::from(new), 4)
+        .map_err(|_| ())?;
+    ctx.store(offset, &new, 0).map_err(|_| ())
+}
+
+/// Replaces a 16-bit port or ICMP identifier at `offset` (no-op when
+/// unchanged), fixing the L4 checksum at `csum` (ports are not part of the
+/// pseudo-header, so only the flags about a zero UDP checksum apply).
+#[inline(always)]
+fn set_port(
+    ctx: &TcContext,
+    offset: usize,
+    csum: usize,
+    old: u16,
+    new: u16,
+    flags: u64,
+) -> Result<(), ()> {
+    if old == new {
+        return Ok(());
+    }
+    ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags | 2)
+        .map_err(|_| ())?;
+    ctx.store(offset, &new, 0).map_err(|_| ())
+}
+
 /// Rewrites addresses and ports to `out`, keeping the IP and L4 checksums
 /// right whether or not the checksum is offloaded (CHECKSUM_PARTIAL): the
 /// helpers update the pseudo-header part only where it applies, and leave a
@@ -353,43 +397,17 @@ fn finish(ctx: &TcContext, pkt: &Packet, out: &Tuple, nat: u8) -> Verdict {
 #[inline(always)]
 fn rewrite(ctx: &TcContext, pkt: &Packet, out: &Tuple) -> Result<(), ()> {
     let key = &pkt.key;
-    let l3 = pkt.l3;
-    let l4 = pkt.l4;
+    let (l3, l4) = (pkt.l3, pkt.l4);
     let (csum, l4_flags) = match key.proto {
         IPPROTO_TCP => (l4 + 16, u64::from(BPF_F_PSEUDO_HDR)),
         IPPROTO_UDP => (l4 + 6, u64::from(BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0)),
         _ => (l4 + 2, 0),
     };
+    // ICMP's checksum has no pseudo-header: addresses do not enter it.
     let icmp = key.proto == IPPROTO_ICMP;
-    if out.saddr != key.saddr {
-        if !icmp {
-            ctx.l4_csum_replace(
-                csum,
-                u64::from(key.saddr),
-                u64::from(out.saddr),
-                l4_flags | 4,
-            )
-            .map_err(|_| ())?;
-        }
-        ctx.l3_csum_replace(l3 + 10, u64::from(key.saddr), u64::from(out.saddr), 4)
-            .map_err(|_| ())?;
-        ctx.store(l3 + 12, &out.saddr, 0).map_err(|_| ())?;
-    }
-    if out.daddr != key.daddr {
-        if !icmp {
-            ctx.l4_csum_replace(
-                csum,
-                u64::from(key.daddr),
-                u64::from(out.daddr),
-                l4_flags | 4,
-            )
-            .map_err(|_| ())?;
-        }
-        ctx.l3_csum_replace(l3 + 10, u64::from(key.daddr), u64::from(out.daddr), 4)
-            .map_err(|_| ())?;
-        ctx.store(l3 + 16, &out.daddr, 0).map_err(|_| ())?;
-    }
-    let port_flags = l4_flags & u64::from(BPF_F_MARK_MANGLED_0);
+    let pseudo = (!icmp).then_some((csum, l4_flags));
+    set_addr(ctx, l3 + 12, l3 + 10, key.saddr, out.saddr, pseudo)?;
+    set_addr(ctx, l3 + 16, l3 + 10, key.daddr, out.daddr, pseudo)?;
     if icmp {
         // The echo identifier is the request's sport and the reply's dport.
         let (old, new) = if pkt.icmp_type == ICMP_ECHO_REQUEST {
@@ -397,34 +415,11 @@ fn rewrite(ctx: &TcContext, pkt: &Packet, out: &Tuple) -> Result<(), ()> {
         } else {
             (key.dport, out.dport)
         };
-        if old != new {
-            ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), 2)
-                .map_err(|_| ())?;
-            ctx.store(l4 + 4, &new, 0).map_err(|_| ())?;
-        }
-        return Ok(());
+        return set_port(ctx, l4 + 4, csum, old, new, 0);
     }
-    if out.sport != key.sport {
-        ctx.l4_csum_replace(
-            csum,
-            u64::from(key.sport),
-            u64::from(out.sport),
-            port_flags | 2,
-        )
-        .map_err(|_| ())?;
-        ctx.store(l4, &out.sport, 0).map_err(|_| ())?;
-    }
-    if out.dport != key.dport {
-        ctx.l4_csum_replace(
-            csum,
-            u64::from(key.dport),
-            u64::from(out.dport),
-            port_flags | 2,
-        )
-        .map_err(|_| ())?;
-        ctx.store(l4 + 2, &out.dport, 0).map_err(|_| ())?;
-    }
-    Ok(())
+    let port_flags = l4_flags & u64::from(BPF_F_MARK_MANGLED_0);
+    set_port(ctx, l4, csum, key.sport, out.sport, port_flags)?;
+    set_port(ctx, l4 + 2, csum, key.dport, out.dport, port_flags)
 }
 
 /// Translates an ICMP error about a tracked flow, so it reaches the right
@@ -477,66 +472,39 @@ fn rewrite_icmp_error(
 ) -> Result<(), ()> {
     // Outer header: the error goes where the flow's packets go; its source
     // is what the caller decided (the flow's, or the router's own).
-    if entry.daddr != key.daddr && err.daddr == key.daddr {
-        ctx.l3_csum_replace(err.l3 + 10, u64::from(err.daddr), u64::from(entry.daddr), 4)
-            .map_err(|_| ())?;
-        ctx.store(err.l3 + 16, &entry.daddr, 0).map_err(|_| ())?;
+    if err.daddr == key.daddr {
+        set_addr(ctx, err.l3 + 16, err.l3 + 10, err.daddr, entry.daddr, None)?;
     }
-    if outer_saddr != err.saddr {
-        ctx.l3_csum_replace(err.l3 + 10, u64::from(err.saddr), u64::from(outer_saddr), 4)
-            .map_err(|_| ())?;
-        ctx.store(err.l3 + 12, &outer_saddr, 0).map_err(|_| ())?;
-    }
+    set_addr(ctx, err.l3 + 12, err.l3 + 10, err.saddr, outer_saddr, None)?;
     // Embedded header, reversed: its source is the flow's destination.
     // Fixing its own checksum keeps its one's-complement sum, so the ICMP
     // checksum only moves with the ports.
     let inner = &err.inner;
-    if entry.daddr != inner.saddr {
-        ctx.l3_csum_replace(
-            err.inner_l3 + 10,
-            u64::from(inner.saddr),
-            u64::from(entry.daddr),
-            4,
-        )
-        .map_err(|_| ())?;
-        ctx.store(err.inner_l3 + 12, &entry.daddr, 0)
-            .map_err(|_| ())?;
-    }
-    if entry.saddr != inner.daddr {
-        ctx.l3_csum_replace(
-            err.inner_l3 + 10,
-            u64::from(inner.daddr),
-            u64::from(entry.saddr),
-            4,
-        )
-        .map_err(|_| ())?;
-        ctx.store(err.inner_l3 + 16, &entry.saddr, 0)
-            .map_err(|_| ())?;
-    }
-    let icmp_csum = err.l4 + 2;
+    let (inner_l3, inner_l4, icmp_csum) = (err.inner_l3, err.inner_l4, err.l4 + 2);
+    set_addr(
+        ctx,
+        inner_l3 + 12,
+        inner_l3 + 10,
+        inner.saddr,
+        entry.daddr,
+        None,
+    )?;
+    set_addr(
+        ctx,
+        inner_l3 + 16,
+        inner_l3 + 10,
+        inner.daddr,
+        entry.saddr,
+        None,
+    )?;
     if inner.proto == IPPROTO_ICMP {
-        let (offset, old, new) = if err.inner_echo_request {
-            (err.inner_l4 + 4, inner.sport, entry.dport)
+        let (old, new) = if err.inner_echo_request {
+            (inner.sport, entry.dport)
         } else {
-            (err.inner_l4 + 4, inner.dport, entry.sport)
+            (inner.dport, entry.sport)
         };
-        if old != new {
-            ctx.l4_csum_replace(icmp_csum, u64::from(old), u64::from(new), 2)
-                .map_err(|_| ())?;
-            ctx.store(offset, &new, 0).map_err(|_| ())?;
-        }
-        return Ok(());
+        return set_port(ctx, inner_l4 + 4, icmp_csum, old, new, 0);
     }
-    if entry.dport != inner.sport {
-        ctx.l4_csum_replace(icmp_csum, u64::from(inner.sport), u64::from(entry.dport), 2)
-            .map_err(|_| ())?;
-        ctx.store(err.inner_l4, &entry.dport, 0).map_err(|_| ())?;
-    }
-    if entry.sport != inner.dport {
-        ctx.l4_csum_replace(icmp_csum, u64::from(inner.dport), u64::from(entry.sport), 2)
-            .map_err(|_| ())?;
-        ctx.store(err.inner_l4 + 2, &entry.sport, 0)
-            .map_err(|_| ())?;
-    }
-    Ok(())
+    set_port(ctx, inner_l4, icmp_csum, inner.sport, entry.dport, 0)?;
+    set_port(ctx, inner_l4 + 2, icmp_csum, inner.dport, entry.sport, 0)
 }
