@@ -40,6 +40,9 @@ pub mod names {
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     /// LPM trie: lab subnets whose traffic to the uplink is masqueraded.
     pub const MASQ_SUBNETS: &str = "MASQ_SUBNETS";
+    /// LPM trie: every destination lab traffic may go to (the lab's subnets,
+    /// the uplink's, multicast and broadcast); see `NatConfig::closed`.
+    pub const LAB_NETS: &str = "LAB_NETS";
     /// Hash: ifindex → [`IfaceConfig`](crate::nat::IfaceConfig).
     pub const IFACE_CONFIG: &str = "IFACE_CONFIG";
     /// LRU hash: [`FlowKey`](crate::nat::FlowKey) → [`CtEntry`](crate::nat::CtEntry).

@@ -185,6 +185,11 @@ pub struct NatConfig {
     pub redirect: u32,
     /// ifindex of the uplink (host side), 0 when the lab has none.
     pub uplink_ifindex: u32,
+    /// 1: the lab is closed: packets from a lab veth to a destination outside
+    /// [`names::LAB_NETS`](crate::names::LAB_NETS) are dropped, so the host
+    /// never forwards lab traffic out of an interface that is not the lab's.
+    pub closed: u32,
+    pub _pad: u32,
 }
 
 /// A lab namespace's address, for the `redirect` datapath: where to hand
@@ -317,9 +322,12 @@ pub enum Stat {
     RewriteFailed,
     /// ICMP errors about a tracked flow, translated with their embedded header.
     IcmpErrorTranslated,
+    /// From a lab namespace to a destination outside the lab (not a lab
+    /// subnet, not the uplink's): dropped, so it never leaves the machine.
+    LeaveLab,
 }
 
-pub const STAT_COUNT: u32 = 16;
+pub const STAT_COUNT: u32 = 17;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -339,6 +347,7 @@ impl Stat {
         Stat::CtHalfEvicted,
         Stat::RewriteFailed,
         Stat::IcmpErrorTranslated,
+        Stat::LeaveLab,
     ];
 
     pub fn name(self) -> &'static str {
@@ -359,6 +368,7 @@ impl Stat {
             Stat::CtHalfEvicted => "ct_half_evicted",
             Stat::RewriteFailed => "rewrite_failed",
             Stat::IcmpErrorTranslated => "icmp_error_translated",
+            Stat::LeaveLab => "leave_lab",
         }
     }
 }
@@ -367,7 +377,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
 const _: () = assert!(core::mem::size_of::<PublishKey>() == 4);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
 const _: () = assert!(core::mem::size_of::<SockNat>() == 12);
 const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 8);

@@ -52,6 +52,10 @@ pub fn count_egress(ctx: TcContext) -> i32 {
 pub fn nat_ingress(ctx: TcContext) -> i32 {
     counters::count(&ctx, Direction::Ingress);
     stats::count(Stat::Packets);
+    if nat::leaves_lab(&ctx) {
+        stats::count(Stat::LeaveLab);
+        return DROP;
+    }
     let pkt = match parse(&ctx) {
         Ok(pkt) => pkt,
         Err(NotParsed::IcmpError(err))

@@ -11,12 +11,12 @@ use aya_ebpf::{
 use netlab_common::nat::{
     APPLY_EGRESS, APPLY_INGRESS, Backend, CtEntry, DIR_ORIGINAL, DIR_REPLY, FlowKey, IPPROTO_ICMP,
     IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NAT_DNAT, NAT_REFLECT, NAT_SNAT, NatConfig, PublishKey,
-    ROLE_UPLINK, Stat, TcpState,
+    ROLE_LAB, ROLE_UPLINK, Stat, TcpState,
 };
 
 use crate::{
     conntrack,
-    parse::{ICMP_ECHO_REQUEST, IcmpError, Packet, TCP_ACK, TCP_SYN},
+    parse::{ETH_HLEN, ICMP_ECHO_REQUEST, IcmpError, Packet, TCP_ACK, TCP_SYN},
     stats,
 };
 
@@ -31,6 +31,9 @@ pub(crate) static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::pinned(256, 0);
 
 #[map(name = "MASQ_SUBNETS")]
 static MASQ_SUBNETS: LpmTrie<u32, u32> = LpmTrie::pinned(256, 0);
+
+#[map(name = "LAB_NETS")]
+static LAB_NETS: LpmTrie<u32, u32> = LpmTrie::pinned(1024, 0);
 
 #[map(name = "IFACE_CONFIG")]
 static IFACE_CONFIG: HashMap<u32, IfaceConfig> = HashMap::pinned(4096, 0);
@@ -151,6 +154,33 @@ pub fn new_ingress(ctx: &TcContext, pkt: &Packet) -> Verdict {
     }
     stats::count(Stat::DnatNew);
     create_and_rewrite(ctx, pkt, out, nat, APPLY_INGRESS, APPLY_EGRESS)
+}
+
+/// Whether a packet entering from a lab namespace is for a destination
+/// outside the lab, which the host would forward out of some other
+/// interface (its own uplink to the real network, say): the lab is closed.
+#[inline(always)]
+pub fn leaves_lab(ctx: &TcContext) -> bool {
+    if !NAT_CONFIG.get(0).is_some_and(|cfg| cfg.closed != 0) {
+        return false;
+    }
+    // SAFETY: ifindex read from the context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a map value pointer from a successful lookup.
+    let from_lab = IFACE_CONFIG
+        .get_ptr(&ifindex)
+        .is_some_and(|cfg| unsafe { (*cfg).role } == ROLE_LAB);
+    if !from_lab {
+        return false;
+    }
+    match ctx.load::<u16>(12) {
+        Ok(ethertype) if u16::from_be(ethertype) == 0x0800 => {}
+        _ => return false,
+    }
+    match ctx.load::<u32>(ETH_HLEN + 16) {
+        Ok(daddr) => LAB_NETS.get(Key::new(32, daddr)).is_none(),
+        Err(_) => false,
+    }
 }
 
 /// Whether the interface the program runs on is the lab's uplink.

@@ -64,8 +64,10 @@
 //! between namespaces of the lab also walk `nat` PREROUTING/POSTROUTING,
 //! `filter` FORWARD and conntrack, with the bridge as their in and out
 //! interface. What that means here (each point checked by tests/tests/nat.rs):
-//! - `! -o BRIDGE` keeps bridged traffic from being masqueraded, and
-//!   `NL-<lab>-FWD` accepts it (`-s LAB_SUBNET`) even under a DROP policy;
+//! - masquerade is `-o UPLINK` only, so bridged traffic is never
+//!   masqueraded; `NL-<lab>-FWD` accepts lab traffic out of the lab's own
+//!   interfaces (bridged traffic included) even under a DROP policy, and
+//!   drops the rest: the lab is closed, as with the eBPF datapaths;
 //! - every bridged flow costs a conntrack entry and a walk of these chains,
 //!   which the eBPF datapath does not pay: benchmarks must state the setting;
 //! - a namespace reaching *another* namespace's published port on the same
@@ -451,38 +453,22 @@ fn plan(lab: &str, topo: &Topology, published: &[PublishRecord]) -> [TablePlan; 
             "-s 127.0.0.0/8 ! -o lo -j MASQUERADE".to_owned(),
         ));
     }
-    if nat::uplink_addr(topo).is_some() {
+    // Masquerade out of the uplink only (Docker writes `! -o BRIDGE`, which
+    // would also cover the host's own interfaces; the lab is closed).
+    if let (Some(uplink), Some(_)) = (topo.nat.uplink.as_deref(), nat::uplink_addr(topo)) {
         let (port_min, port_max) = topo.nat.port_range;
         for subnet in topo.nat.masquerade.iter().map(|n| n.network()) {
-            let mut on_lab_side = Vec::new();
-            for (name, net) in &lab_ifaces {
-                if net.overlaps(subnet) {
-                    push_unique(&mut on_lab_side, *name);
-                }
-            }
-            // Docker's `! -o BRIDGE` names one interface; should the subnet
-            // span several, traffic out of the others is exempted first.
-            for name in on_lab_side.iter().skip(1) {
-                nat_body.push(Rule::new(
-                    &names.post,
-                    format!("-s {subnet} -o {name} -j RETURN"),
-                ));
-            }
-            let not_out = on_lab_side
-                .first()
-                .map(|name| format!(" ! -o {name}"))
-                .unwrap_or_default();
             for proto in ["tcp", "udp"] {
                 nat_body.push(Rule::new(
                     &names.post,
                     format!(
-                        "-s {subnet}{not_out} -p {proto} -j MASQUERADE --to-ports {port_min}-{port_max}"
+                        "-s {subnet} -o {uplink} -p {proto} -j MASQUERADE --to-ports {port_min}-{port_max}"
                     ),
                 ));
             }
             nat_body.push(Rule::new(
                 &names.post,
-                format!("-s {subnet}{not_out} -p icmp -j MASQUERADE"),
+                format!("-s {subnet} -o {uplink} -p icmp -j MASQUERADE"),
             ));
         }
     }
@@ -514,8 +500,26 @@ fn plan(lab: &str, topo: &Topology, published: &[PublishRecord]) -> [TablePlan; 
             ),
         ));
     }
+    // The lab is closed, as in the eBPF datapaths: its namespaces reach the
+    // lab's own interfaces and the uplink, and nothing the host could
+    // forward them to beyond.
+    let mut lab_outputs: Vec<&str> = Vec::new();
+    for name in topo
+        .bridges
+        .iter()
+        .map(|b| b.name.as_str())
+        .chain(ifaces.iter().map(|(name, _)| *name))
+    {
+        push_unique(&mut lab_outputs, name);
+    }
     for subnet in &lab_subnets {
-        fwd_body.push(Rule::new(&names.fwd, format!("-s {subnet} -j ACCEPT")));
+        for name in &lab_outputs {
+            fwd_body.push(Rule::new(
+                &names.fwd,
+                format!("-s {subnet} -o {name} -j ACCEPT"),
+            ));
+        }
+        fwd_body.push(Rule::new(&names.fwd, format!("-s {subnet} -j DROP")));
     }
 
     [
@@ -903,9 +907,9 @@ mod tests {
 -A NL-default-DNAT -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.168.15.2:80
 -A NL-default-DNAT -p udp -m udp --dport 5353 -j DNAT --to-destination 192.168.15.2:53
 -A NL-default-POST -s 127.0.0.0/8 ! -o lo -j MASQUERADE
--A NL-default-POST -s 192.168.15.0/24 ! -o v-net-0 -p tcp -j MASQUERADE --to-ports 32768-60999
--A NL-default-POST -s 192.168.15.0/24 ! -o v-net-0 -p udp -j MASQUERADE --to-ports 32768-60999
--A NL-default-POST -s 192.168.15.0/24 ! -o v-net-0 -p icmp -j MASQUERADE
+-A NL-default-POST -s 192.168.15.0/24 -o nl-uplink -p tcp -j MASQUERADE --to-ports 32768-60999
+-A NL-default-POST -s 192.168.15.0/24 -o nl-uplink -p udp -j MASQUERADE --to-ports 32768-60999
+-A NL-default-POST -s 192.168.15.0/24 -o nl-uplink -p icmp -j MASQUERADE
 -A NL-default-POST -s 192.168.15.2/32 -d 192.168.15.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE
 -A NL-default-POST -s 192.168.15.2/32 -d 192.168.15.2/32 -p udp -m udp --dport 53 -j MASQUERADE
 COMMIT
@@ -915,7 +919,9 @@ COMMIT
 -A NL-default-FWD -d 192.168.15.0/24 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A NL-default-FWD -d 192.168.15.2/32 -p tcp -m conntrack --ctstate DNAT -m tcp --dport 80 -j ACCEPT
 -A NL-default-FWD -d 192.168.15.2/32 -p udp -m conntrack --ctstate DNAT -m udp --dport 53 -j ACCEPT
--A NL-default-FWD -s 192.168.15.0/24 -j ACCEPT
+-A NL-default-FWD -s 192.168.15.0/24 -o v-net-0 -j ACCEPT
+-A NL-default-FWD -s 192.168.15.0/24 -o nl-uplink -j ACCEPT
+-A NL-default-FWD -s 192.168.15.0/24 -j DROP
 COMMIT
 ";
 
@@ -998,7 +1004,8 @@ COMMIT
         topo.nat.uplink = None;
         let text = ruleset("default", &topo, &[]);
         assert!(!text.contains("MASQUERADE"), "{text}");
-        assert!(text.contains("-A NL-default-FWD -s 192.168.15.0/24 -j ACCEPT"));
+        assert!(text.contains("-A NL-default-FWD -s 192.168.15.0/24 -o v-net-0 -j ACCEPT"));
+        assert!(text.contains("-A NL-default-FWD -s 192.168.15.0/24 -j DROP"));
     }
 
     const SAVED: &str = "\

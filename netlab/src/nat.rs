@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::{
     datapath, netns,
     state::PublishRecord,
-    topology::{Datapath, Place, Proto, Topology},
+    topology::{Datapath, Ipv4Net, Place, Proto, Topology},
 };
 
 fn map_path(lab: &str, name: &str) -> PathBuf {
@@ -219,6 +219,8 @@ pub fn configure(lab: &str, topo: &Topology) -> Result<()> {
             port_max,
             host_netns_cookie: host_netns_cookie()?,
             redirect: u32::from(redirect),
+            closed: 1,
+            _pad: 0,
             uplink_ifindex: topo
                 .nat
                 .uplink
@@ -255,6 +257,33 @@ pub fn configure(lab: &str, topo: &Topology) -> Result<()> {
     }
     for addr in &wanted {
         local.insert(addr, 1, 0)?;
+    }
+
+    // The lab is closed: its namespaces reach the lab's own subnets (the
+    // uplink's included, which stands for the world) and nothing else, so
+    // the host never forwards lab traffic out of one of its own interfaces.
+    let mut lab_nets: LpmTrie<_, u32, u32> =
+        LpmTrie::try_from(Map::LpmTrie(open(lab, names::LAB_NETS)?))?;
+    let stale: Vec<Key<u32>> = lab_nets.keys().filter_map(|k| k.ok()).collect();
+    for key in stale {
+        lab_nets.remove(&key)?;
+    }
+    let multicast_and_broadcast = [
+        Ipv4Net {
+            addr: Ipv4Addr::new(224, 0, 0, 0),
+            prefix_len: 4,
+        },
+        Ipv4Net {
+            addr: Ipv4Addr::BROADCAST,
+            prefix_len: 32,
+        },
+    ];
+    for net in topo
+        .addresses()
+        .map(|a| a.net.network())
+        .chain(multicast_and_broadcast)
+    {
+        lab_nets.insert(&Key::new(u32::from(net.prefix_len), be(net.addr)), 1, 0)?;
     }
 
     let mut masq: LpmTrie<_, u32, u32> =
