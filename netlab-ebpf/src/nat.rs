@@ -168,7 +168,7 @@ pub fn leaves_lab(ctx: &TcContext) -> bool {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: a map value pointer from a successful lookup.
     let from_lab = IFACE_CONFIG
-        .get_ptr(&ifindex)
+        .get_ptr(ifindex)
         .is_some_and(|cfg| unsafe { (*cfg).role } == ROLE_LAB);
     if !from_lab {
         return false;
