@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod nat;
+pub mod trace;
 
 /// Names of maps and programs, so both sides spell them once.
 pub mod names {
@@ -49,6 +50,29 @@ pub mod names {
     pub const CONNTRACK: &str = "CONNTRACK";
     /// Per-CPU array indexed by [`Stat`](crate::nat::Stat).
     pub const NAT_STATS: &str = "NAT_STATS";
+
+    /// Ring buffer of [`HopEvent`](crate::trace::HopEvent)s and
+    /// [`DropEvent`](crate::trace::DropEvent)s; its size is set at load.
+    pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
+    /// Array[1]: [`TraceConfig`](crate::trace::TraceConfig).
+    pub const TRACE_CONFIG: &str = "TRACE_CONFIG";
+    /// Array[1]: [`Filter`](crate::trace::Filter).
+    pub const TRACE_FILTER: &str = "TRACE_FILTER";
+    /// Hash: ifindex → namespace id, for the filter's `netns` literals.
+    pub const TRACE_IFACES: &str = "TRACE_IFACES";
+    /// LRU hash: skb address → [`Journey`](crate::trace::Journey).
+    pub const TRACE_JOURNEYS: &str = "TRACE_JOURNEYS";
+    /// Per-CPU array: events emitted and lost (`TRACE_STAT_*`).
+    pub const TRACE_STATS: &str = "TRACE_STATS";
+    /// Program array[1]: slot 0 holds [`TRACE_HOP`], tail-called by the TC
+    /// programs while tracing is on.
+    pub const TRACE_PROGS: &str = "TRACE_PROGS";
+    /// TC program that records a hop (only ever tail-called).
+    pub const TRACE_HOP: &str = "trace_hop";
+    /// Tracepoint programs: `skb:kfree_skb` (drops) and `skb:consume_skb`
+    /// (ends a journey).
+    pub const TRACE_KFREE_SKB: &str = "trace_kfree_skb";
+    pub const TRACE_CONSUME_SKB: &str = "trace_consume_skb";
 }
 
 /// Capacity of [`names::IFACE_COUNTERS`]: lab interfaces × 2 directions.
@@ -107,6 +131,12 @@ mod pod {
     unsafe impl aya::Pod for crate::nat::IfaceConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::nat::SockNat {}
+    // SAFETY: as above; sizes asserted in `trace`.
+    unsafe impl aya::Pod for crate::trace::TraceConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::trace::Filter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::trace::Journey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::nat::Endpoint {}
 }

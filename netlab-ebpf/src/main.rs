@@ -8,21 +8,24 @@
 
 mod conntrack;
 mod counters;
+mod drops;
 mod nat;
 mod parse;
 mod redirect;
 mod sock;
 mod stats;
+mod trace;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_redirect,
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock_addr, classifier, tracepoint},
+    programs::{SockAddrContext, TcContext, TracePointContext},
 };
 use netlab_common::{
     Direction,
     nat::{APPLY_EGRESS, APPLY_INGRESS, Stat},
+    trace::Hook,
 };
 
 use crate::{
@@ -37,12 +40,14 @@ const DROP: i32 = TC_ACT_SHOT;
 #[classifier]
 pub fn count_ingress(ctx: TcContext) -> i32 {
     counters::count(&ctx, Direction::Ingress);
+    trace::hop(&ctx, Hook::Ingress);
     TCX_NEXT
 }
 
 #[classifier]
 pub fn count_egress(ctx: TcContext) -> i32 {
     counters::count(&ctx, Direction::Egress);
+    trace::hop(&ctx, Hook::Egress);
     TCX_NEXT
 }
 
@@ -50,6 +55,13 @@ pub fn count_egress(ctx: TcContext) -> i32 {
 /// one program runs per hop instead of two).
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
+    let traced = trace::begin(&ctx);
+    let action = nat_ingress_action(TcContext::new(ctx.skb.skb));
+    trace::end(&ctx, traced, Hook::NatIngress, action)
+}
+
+#[inline(always)]
+fn nat_ingress_action(ctx: TcContext) -> i32 {
     counters::count(&ctx, Direction::Ingress);
     stats::count(Stat::Packets);
     if nat::leaves_lab(&ctx) {
@@ -87,6 +99,13 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
 /// the uplink) and the source rewrite of replies to published ports.
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
+    let traced = trace::begin(&ctx);
+    let action = nat_egress_action(TcContext::new(ctx.skb.skb));
+    trace::end(&ctx, traced, Hook::NatEgress, action)
+}
+
+#[inline(always)]
+fn nat_egress_action(ctx: TcContext) -> i32 {
     counters::count(&ctx, Direction::Egress);
     stats::count(Stat::Packets);
     let pkt = match parse(&ctx) {
@@ -119,6 +138,28 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
         None => nat::new_egress(&ctx, &pkt),
     };
     to_action(verdict)
+}
+
+/// Records one hop while tracing is on: tail-called by the programs above
+/// (see [`trace`]), it returns their verdict.
+#[classifier]
+pub fn trace_hop(ctx: TcContext) -> i32 {
+    trace::tail(&ctx)
+}
+
+/// `skb:kfree_skb`: the kernel dropped a packet; traced when it is a lab
+/// packet's (see [`drops`]).
+#[tracepoint]
+pub fn trace_kfree_skb(ctx: TracePointContext) -> u32 {
+    drops::kfree_skb(&ctx);
+    0
+}
+
+/// `skb:consume_skb`: a traced packet's journey ends.
+#[tracepoint]
+pub fn trace_consume_skb(ctx: TracePointContext) -> u32 {
+    drops::consume_skb(&ctx);
+    0
 }
 
 /// cgroup sock_addr verdict: let the call proceed.
@@ -163,10 +204,19 @@ fn to_action(verdict: Verdict) -> i32 {
     match verdict {
         Verdict::Pass => TCX_NEXT,
         Verdict::Drop => DROP,
-        // SAFETY: plain helper; redirects to this interface's egress.
-        Verdict::Reflect(ifindex) => unsafe { bpf_redirect(ifindex, 0) as i32 },
-        Verdict::RedirectPeer(ifindex) => redirect::peer(ifindex),
-        Verdict::RedirectNeigh(ifindex) => redirect::neigh(ifindex),
+        Verdict::Reflect(ifindex) => {
+            trace::note_redirect(ifindex);
+            // SAFETY: plain helper; redirects to this interface's egress.
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
+        Verdict::RedirectPeer(ifindex) => {
+            trace::note_redirect(ifindex);
+            redirect::peer(ifindex)
+        }
+        Verdict::RedirectNeigh(ifindex) => {
+            trace::note_redirect(ifindex);
+            redirect::neigh(ifindex)
+        }
     }
 }
 

@@ -12,4 +12,17 @@ pub fn count(stat: Stat) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { *slot += 1 };
     }
+    // The reasons a packet is dropped for, so its trace event can name it.
+    if matches!(
+        stat,
+        Stat::Fragment
+            | Stat::Unsupported
+            | Stat::TcpNotSyn
+            | Stat::PortExhausted
+            | Stat::CtInsertFailed
+            | Stat::CtHalfEvicted
+            | Stat::RewriteFailed
+    ) {
+        crate::trace::note_drop(stat);
+    }
 }

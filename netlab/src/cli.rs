@@ -71,6 +71,46 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Print packets live as they cross the lab: every hop, NAT rewrite,
+    /// redirect and drop, grouped by packet. Tracing is on while this runs.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    #[arg(long)]
+    lab: Option<String>,
+    /// Only packets through this namespace (repeat: any of them).
+    #[arg(long, value_name = "NS")]
+    netns: Vec<String>,
+    /// Only packets through this interface (`NAME` or `NS/NAME`).
+    #[arg(long, value_name = "IFACE")]
+    iface: Vec<String>,
+    /// One JSON object per event (fields documented in `netlab::trace::output`).
+    #[arg(long, conflicts_with = "pcapng")]
+    json: bool,
+    /// Write the packets to a pcapng file (one interface per lab interface,
+    /// hop, action and NAT rewrite in each packet's comment).
+    #[arg(long, value_name = "FILE")]
+    pcapng: Option<PathBuf>,
+    /// Trace one packet in N, e.g. `1/100`.
+    #[arg(long, value_name = "1/N")]
+    sample: Option<String>,
+    /// Bytes of each packet to capture (at most 256).
+    #[arg(long, default_value_t = 128)]
+    snaplen: u32,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Switch tracing off (after a reader was killed) and exit.
+    #[arg(long, conflicts_with_all = ["json", "pcapng"])]
+    off: bool,
+    /// Filter, tcpdump-like: host/net/port/portrange/tcp/udp/icmp/iface/netns,
+    /// with and/or/not and parentheses.
+    filter: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,8 +160,54 @@ impl Command {
                 namespace,
                 command,
             } => run_exec(lab, &namespace, &command),
+            Command::Trace(args) => run_trace(args),
         }
     }
+}
+
+fn run_trace(args: TraceArgs) -> Result<ExitCode> {
+    if args.off {
+        let lab = state::resolve_lab(args.lab.as_deref())?;
+        crate::trace::switch_off(&lab)?;
+        println!("tracing is off in lab {lab}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let duration = match args.duration {
+        Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
+        Some(s) => anyhow::bail!("--duration {s}: expected a positive number of seconds"),
+        None => None,
+    };
+    let options = crate::trace::Options {
+        lab: args.lab,
+        expression: args.filter.join(" "),
+        netns: args.netns,
+        ifaces: args.iface,
+        json: args.json,
+        pcapng: args.pcapng.clone(),
+        sample: args.sample,
+        snaplen: args.snaplen,
+        count: args.count,
+        duration,
+    };
+    let summary = crate::trace::run(&options)?;
+    if let Some(path) = &args.pcapng {
+        eprintln!(
+            "netlab trace: {} packets written to {}",
+            summary.packets_written,
+            path.display()
+        );
+    }
+    if summary.malformed > 0 {
+        eprintln!(
+            "netlab trace: {} malformed records skipped",
+            summary.malformed
+        );
+    }
+    eprintln!(
+        "netlab trace: {} events received, {} events lost",
+        summary.events, summary.lost
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn up(file: Option<PathBuf>, datapath: Option<DatapathArg>) -> Result<ExitCode> {

@@ -285,7 +285,7 @@ fn cgroup2_root() -> Option<PathBuf> {
 /// are pinned by name, so a later load reuses them and counters survive.
 fn ensure_loaded(lab: &str, conntrack_size: u32) -> Result<()> {
     let pin_of = |name: &str| pin_dir(lab).join("progs").join(name);
-    if PROGRAMS.iter().all(|(name, _)| pin_of(name).exists()) {
+    if PROGRAMS.iter().all(|(name, _)| pin_of(name).exists()) && crate::trace::installed(lab) {
         return Ok(());
     }
     if EBPF_OBJECT.is_empty() {
@@ -297,6 +297,7 @@ fn ensure_loaded(lab: &str, conntrack_size: u32) -> Result<()> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir(lab).join("maps"))
         .map_max_entries(names::CONNTRACK, conntrack_size)
+        .map_max_entries(names::TRACE_EVENTS, crate::trace::ring_bytes()?)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     for (name, kind) in PROGRAMS {
@@ -321,6 +322,8 @@ fn ensure_loaded(lab: &str, conntrack_size: u32) -> Result<()> {
             .with_context(|| format!("loading program {name} (verifier)"))?
             .with_context(|| format!("pinning {}", pin.display()))?;
     }
+    // Tracepoints for `netlab trace` (kernel drops), attached once.
+    crate::trace::install(&mut ebpf, lab)?;
     // The pins keep the programs loaded once `ebpf` is dropped.
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! - [`datapath`]: loading, attaching and pinning the eBPF programs.
 //! - [`nat`]: the eBPF NAT's maps: configuration, published ports, conntrack.
 //! - [`state`]: the record under `/run/netlab/` that survives a crash.
+//! - [`trace`]: live per-packet events from the datapath (`netlab trace`).
 //! - [`status`], [`exec`], [`cli`]: the commands.
 
 pub mod cli;
@@ -20,3 +21,4 @@ pub mod state;
 pub mod status;
 pub mod sysctl;
 pub mod topology;
+pub mod trace;

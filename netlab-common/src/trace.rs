@@ -1,0 +1,288 @@
+//! Packet tracing (`netlab trace`): the events the programs stream over the
+//! [`TRACE_EVENTS`](crate::names::TRACE_EVENTS) ring buffer, the switch and
+//! filter userspace writes, and the names of actions and reasons.
+//!
+//! ## Trace ids
+//!
+//! In a TC program the context pointer is the kernel's `struct sk_buff *`,
+//! and the same sk_buff object crosses veth pairs, the bridge, routing and
+//! netlab's own NAT (rewrites change its data, never the object), so its
+//! address names "this packet" across every hop, and `skb:kfree_skb` reports
+//! the same address for a drop. Addresses are reused as soon as an skb is
+//! freed, so the id is not the address itself: the first hop of a packet
+//! that passes the filter draws a random 64-bit id and keeps it in
+//! [`TRACE_JOURNEYS`](crate::names::TRACE_JOURNEYS) (LRU, keyed by
+//! address). The entry ends when the skb is freed (`skb:consume_skb`,
+//! `skb:kfree_skb`), when the packet leaves a lab namespace again (egress of
+//! a namespace-side veth starts a new journey), or after
+//! [`JOURNEY_IDLE_NS`] without a hop, which covers frees the tracepoints do
+//! not see.
+
+/// Bytes of packet data an event can carry (`--snaplen` is capped to it).
+pub const SNAP_MAX: usize = 256;
+
+/// Default ring buffer size (bytes, a power of two multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+
+/// A journey whose skb was not seen for this long is over: the address now
+/// belongs to another packet.
+pub const JOURNEY_IDLE_NS: u64 = 1_000_000_000;
+
+/// Capacity of [`TRACE_JOURNEYS`](crate::names::TRACE_JOURNEYS): packets in flight.
+pub const MAX_JOURNEYS: u32 = 16384;
+
+/// Capacity of [`TRACE_IFACES`](crate::names::TRACE_IFACES).
+pub const MAX_TRACE_IFACES: u32 = 4096;
+
+/// [`EventHeader::kind`].
+pub const EVENT_HOP: u8 = 1;
+pub const EVENT_KERNEL_DROP: u8 = 2;
+
+/// Which program saw the packet ([`EventHeader::hook`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// Namespace-side veth (`count_ingress`/`count_egress`).
+    Ingress = 0,
+    Egress = 1,
+    /// Host-side veth or uplink (`nat_ingress`/`nat_egress`).
+    NatIngress = 2,
+    NatEgress = 3,
+    /// Not a TC hop: `skb:kfree_skb`.
+    Kernel = 4,
+}
+
+impl Hook {
+    pub fn from_u8(v: u8) -> Option<Hook> {
+        Some(match v {
+            0 => Hook::Ingress,
+            1 => Hook::Egress,
+            2 => Hook::NatIngress,
+            3 => Hook::NatEgress,
+            4 => Hook::Kernel,
+            _ => return None,
+        })
+    }
+
+    /// `ingress` or `egress` (`kernel` for a kernel drop).
+    pub fn direction(self) -> &'static str {
+        match self {
+            Hook::Ingress | Hook::NatIngress => "ingress",
+            Hook::Egress | Hook::NatEgress => "egress",
+            Hook::Kernel => "kernel",
+        }
+    }
+}
+
+/// What the datapath did at a hop ([`EventHeader::action`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Pass = 0,
+    /// `bpf_redirect*` to [`EventHeader::target_ifindex`].
+    Redirect = 1,
+    /// Dropped by netlab; [`EventHeader::reason`] is a [`Stat`](crate::nat::Stat).
+    Drop = 2,
+    /// Freed by the kernel with [`EventHeader::kernel_reason`].
+    KernelDrop = 3,
+}
+
+impl Action {
+    pub fn from_u8(v: u8) -> Option<Action> {
+        Some(match v {
+            0 => Action::Pass,
+            1 => Action::Redirect,
+            2 => Action::Drop,
+            3 => Action::KernelDrop,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Pass => "pass",
+            Action::Redirect => "redirect",
+            Action::Drop => "drop",
+            Action::KernelDrop => "kernel_drop",
+        }
+    }
+}
+
+/// [`EventHeader::reason`] when netlab's own datapath had no named reason.
+pub const REASON_NONE: u8 = 0xff;
+
+/// [`Tuple::kind`]: what the tracer could read of the packet.
+pub const TUPLE_NONE: u8 = 0;
+/// IPv4 with TCP/UDP ports or an ICMP type.
+pub const TUPLE_IPV4: u8 = 1;
+/// IPv4 of another protocol, or a fragment: addresses only.
+pub const TUPLE_IPV4_OTHER: u8 = 2;
+/// Not IPv4 (ARP, IPv6...): [`Tuple::saddr`] holds the ethertype.
+pub const TUPLE_NOT_IPV4: u8 = 3;
+/// Too short or inconsistent to read.
+pub const TUPLE_MALFORMED: u8 = 4;
+
+/// A packet's addresses as seen at one point. Network byte order, as on
+/// the wire; ICMP echo keeps its identifier in `sport` (request) or `dport`
+/// (reply), as conntrack does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuple {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    /// `TUPLE_*`.
+    pub kind: u8,
+}
+
+/// The fixed part of every event. `kind` comes first so a reader can tell
+/// events apart before it knows their size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// `EVENT_*`.
+    pub kind: u8,
+    /// A [`Hook`].
+    pub hook: u8,
+    /// An [`Action`].
+    pub action: u8,
+    /// netlab's drop reason (a [`Stat`](crate::nat::Stat)) or [`REASON_NONE`].
+    pub reason: u8,
+    /// Interface of the hop (kernel drops: the last hop seen).
+    pub ifindex: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub trace_id: u64,
+    /// `skb->len` at the hop.
+    pub skb_len: u32,
+    /// Bytes of packet data that follow (hops only).
+    pub cap_len: u32,
+    /// Redirect target.
+    pub target_ifindex: u32,
+    /// The kernel's `enum skb_drop_reason` (kernel drops).
+    pub kernel_reason: u32,
+    /// The packet as it reached the hop (kernel drops: as it left the last hop).
+    pub before: Tuple,
+    /// The packet as it left the hop (differs after a NAT rewrite).
+    pub after: Tuple,
+    /// Kernel drops: the kernel function that freed it (`location`).
+    pub location: u64,
+}
+
+/// One packet at one TC hop, with its first bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HopEvent {
+    pub header: EventHeader,
+    pub data: [u8; SNAP_MAX],
+}
+
+/// A lab packet freed by the kernel (`skb:kfree_skb`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DropEvent {
+    pub header: EventHeader,
+}
+
+/// What a journey keeps between hops ([`TRACE_JOURNEYS`](crate::names::TRACE_JOURNEYS) value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Journey {
+    pub trace_id: u64,
+    pub last_ns: u64,
+    pub last_ifindex: u32,
+    pub _pad: u32,
+    pub last: Tuple,
+}
+
+/// The switch ([`TRACE_CONFIG`](crate::names::TRACE_CONFIG), index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Nonzero: tracing is on. Off, every hop costs this one array lookup.
+    pub enabled: u32,
+    /// Trace one journey in this many (0 and 1: all).
+    pub sample_every: u32,
+    /// Bytes of packet data per hop event (capped to [`SNAP_MAX`]).
+    pub snaplen: u32,
+    /// `skb:kfree_skb` field offsets, from its tracefs `format` (they moved
+    /// between kernels: `rx_sk` was added before `protocol`).
+    pub kfree_protocol_off: u32,
+    pub kfree_reason_off: u32,
+    pub _pad: u32,
+}
+
+/// Literal kinds of the filter ([`Literal::kind`]).
+pub const LIT_HOST: u8 = 1;
+pub const LIT_PORT: u8 = 2;
+pub const LIT_PROTO: u8 = 3;
+pub const LIT_IFACE: u8 = 4;
+pub const LIT_NETNS: u8 = 5;
+
+/// [`Literal::side`].
+pub const SIDE_ANY: u8 = 0;
+pub const SIDE_SRC: u8 = 1;
+pub const SIDE_DST: u8 = 2;
+
+pub const MAX_LITERALS: usize = 8;
+pub const MAX_CLAUSES: usize = 8;
+
+/// One test of the filter, maybe negated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Literal {
+    /// `LIT_*`.
+    pub kind: u8,
+    pub negate: u8,
+    /// `SIDE_*` (host, port).
+    pub side: u8,
+    pub _pad: u8,
+    /// Host/net: address (network order, masked); proto: IP protocol;
+    /// iface: ifindex; netns: the id in [`TRACE_IFACES`](crate::names::TRACE_IFACES).
+    pub value: u32,
+    /// Host/net: mask, network order.
+    pub mask: u32,
+    /// Port range, host order, inclusive.
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+/// A conjunction of literals.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clause {
+    pub literals: [Literal; MAX_LITERALS],
+    pub len: u32,
+    pub _pad: u32,
+}
+
+/// The filter in disjunctive normal form: a hop matches when any clause
+/// has all its literals true for the tuple before or after the hop. No
+/// clause: everything matches ([`TRACE_FILTER`](crate::names::TRACE_FILTER), index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub clauses: [Clause; MAX_CLAUSES],
+    pub len: u32,
+    pub _pad: u32,
+}
+
+/// Slots of [`TRACE_STATS`](crate::names::TRACE_STATS) (per CPU).
+pub const TRACE_STAT_EMITTED: u32 = 0;
+/// Ring buffer full: the event was lost.
+pub const TRACE_STAT_LOST: u32 = 1;
+pub const TRACE_STAT_COUNT: u32 = 2;
+
+const _: () = assert!(core::mem::size_of::<Tuple>() == 16);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
+const _: () = assert!(core::mem::size_of::<HopEvent>() == 80 + SNAP_MAX);
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 80);
+const _: () = assert!(core::mem::size_of::<Journey>() == 40);
+const _: () = assert!(core::mem::size_of::<TraceConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<Literal>() == 16);
+const _: () = assert!(core::mem::size_of::<Clause>() == 16 * MAX_LITERALS + 8);
+const _: () = assert!(core::mem::size_of::<Filter>() == (16 * MAX_LITERALS + 8) * MAX_CLAUSES + 8);

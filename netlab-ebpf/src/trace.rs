@@ -1,0 +1,528 @@
+//! Per-packet trace events (`netlab trace`), streamed over a ring buffer.
+//!
+//! Every TC program calls in here: [`hop`] for the programs that only look
+//! (namespace-side veths), [`begin`] and [`end`] around the NAT programs so
+//! the event shows the tuple before and after the rewrite. With tracing off
+//! a hop costs one array lookup ([`TRACE_CONFIG`]); the NAT paths' drop and
+//! redirect sites also note their reason or target in a per-CPU slot
+//! ([`note_drop`], [`note_redirect`]), which the verifier inlines to a
+//! pointer computation. With tracing on, [`end`] tail-calls the
+//! `trace_hop` program ([`tail`]), which finds the journey, applies the
+//! filter and writes the event, and returns the caller's verdict.
+//!
+//! Which packets are traced: a hop with no live journey evaluates the
+//! filter on the tuple before and after it; a match starts a journey (one
+//! in `sample_every`, drawn at random), and every later hop of the same skb
+//! is emitted whatever the filter says, so one packet reads as one journey.
+//! See `netlab_common::trace` for how the trace id survives the hops.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
+    cty::c_void,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    programs::TcContext,
+};
+use netlab_common::{
+    nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Stat},
+    trace::{
+        Action, DEFAULT_RING_BYTES, EVENT_HOP, EventHeader, Filter, Hook, HopEvent,
+        JOURNEY_IDLE_NS, Journey, LIT_HOST, LIT_IFACE, LIT_NETNS, LIT_PORT, LIT_PROTO, Literal,
+        MAX_CLAUSES, MAX_JOURNEYS, MAX_LITERALS, MAX_TRACE_IFACES, REASON_NONE, SIDE_DST, SIDE_SRC,
+        SNAP_MAX, TRACE_STAT_COUNT, TRACE_STAT_EMITTED, TRACE_STAT_LOST, TUPLE_IPV4,
+        TUPLE_IPV4_OTHER, TUPLE_MALFORMED, TUPLE_NOT_IPV4, TraceConfig, Tuple,
+    },
+};
+
+use crate::parse::{ETH_HLEN, Ipv4Hdr};
+
+#[map(name = "TRACE_EVENTS")]
+pub(crate) static TRACE_EVENTS: RingBuf = RingBuf::pinned(DEFAULT_RING_BYTES, 0);
+
+#[map(name = "TRACE_CONFIG")]
+static TRACE_CONFIG: Array<TraceConfig> = Array::pinned(1, 0);
+
+#[map(name = "TRACE_FILTER")]
+static TRACE_FILTER: Array<Filter> = Array::pinned(1, 0);
+
+/// ifindex → namespace id (0: the host), written by `netlab trace`.
+#[map(name = "TRACE_IFACES")]
+static TRACE_IFACES: HashMap<u32, u32> = HashMap::pinned(MAX_TRACE_IFACES, 0);
+
+#[map(name = "TRACE_JOURNEYS")]
+pub(crate) static TRACE_JOURNEYS: LruHashMap<u64, Journey> = LruHashMap::pinned(MAX_JOURNEYS, 0);
+
+#[map(name = "TRACE_STATS")]
+static TRACE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(TRACE_STAT_COUNT, 0);
+
+/// What a program hands the tail-called [`trace_hop`](crate::trace_hop)
+/// through the per-CPU slot (same CPU, no preemption in between).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Scratch {
+    before: Tuple,
+    target_ifindex: u32,
+    reason: u32,
+    /// The TC verdict the program decided, returned by `trace_hop`.
+    action: i32,
+    hook: u32,
+}
+
+#[map]
+static TRACE_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slot 0: `trace_hop`, installed by userspace. Recording a hop is a tail
+/// call so that the verifier checks the journey and filter logic once, in
+/// its own program, rather than once per path through the NAT programs.
+#[map(name = "TRACE_PROGS")]
+static TRACE_PROGS: ProgramArray = ProgramArray::pinned(1, 0);
+
+/// The TC verdict "next program / the stack decides".
+const TCX_NEXT: i32 = -1;
+
+/// The configuration when tracing is on.
+#[inline(always)]
+pub fn config() -> Option<&'static TraceConfig> {
+    TRACE_CONFIG.get(0).filter(|cfg| cfg.enabled != 0)
+}
+
+/// A passive hop (the program does not change the packet): when tracing is
+/// on, tail-calls `trace_hop`, which returns TCX_NEXT for the program.
+#[inline(always)]
+pub fn hop(ctx: &TcContext, hook: Hook) {
+    if begin(ctx) {
+        let _ = end(ctx, true, hook, TCX_NEXT);
+    }
+}
+
+/// Start of a hop that may rewrite: remembers the tuple as it came in.
+/// Returns whether tracing is on, for [`end`].
+#[inline(always)]
+pub fn begin(ctx: &TcContext) -> bool {
+    if config().is_none() {
+        return false;
+    }
+    let Some(scratch) = TRACE_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, only this program run uses it.
+    unsafe {
+        (*scratch).before = tuple_of(ctx);
+        (*scratch).target_ifindex = 0;
+        (*scratch).reason = u32::from(REASON_NONE);
+    }
+    true
+}
+
+/// End of a hop begun with [`begin`]: hands the verdict `action` to
+/// `trace_hop`, which records the hop and returns `action` as the
+/// program's verdict. Returns `action` itself when the tail call fails.
+#[inline(always)]
+pub fn end(ctx: &TcContext, on: bool, hook: Hook, action: i32) -> i32 {
+    if !on {
+        return action;
+    }
+    let Some(scratch) = TRACE_SCRATCH.get_ptr_mut(0) else {
+        return action;
+    };
+    // SAFETY: per-CPU slot, only this program run uses it.
+    unsafe {
+        (*scratch).action = action;
+        (*scratch).hook = hook as u32;
+        TRACE_PROGS.tail_call(ctx, 0);
+    }
+    action
+}
+
+/// The body of `trace_hop`: records the hop described by the per-CPU slot
+/// and returns the verdict of the program that tail-called it.
+#[inline(always)]
+pub fn tail(ctx: &TcContext) -> i32 {
+    let Some(scratch) = TRACE_SCRATCH.get_ptr(0) else {
+        return TCX_NEXT;
+    };
+    // SAFETY: per-CPU slot written by the caller on this CPU.
+    let scratch = unsafe { *scratch };
+    let Some(cfg) = config() else {
+        return scratch.action;
+    };
+    let hook = match scratch.hook {
+        0 => Hook::Ingress,
+        1 => Hook::Egress,
+        2 => Hook::NatIngress,
+        _ => Hook::NatEgress,
+    };
+    let after = tuple_of(ctx);
+    let (what, reason, target_ifindex) = match scratch.action {
+        TC_ACT_SHOT => (Action::Drop, scratch.reason as u8, 0),
+        TC_ACT_REDIRECT => (Action::Redirect, REASON_NONE, scratch.target_ifindex),
+        _ => (Action::Pass, REASON_NONE, 0),
+    };
+    let seen = Seen {
+        before: scratch.before,
+        after,
+        hook,
+        action: what,
+        reason,
+        target_ifindex,
+    };
+    record(ctx, cfg, &seen);
+    scratch.action
+}
+
+/// Names the reason of a drop the datapath is about to make.
+#[inline(always)]
+pub fn note_drop(stat: Stat) {
+    if let Some(scratch) = TRACE_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this program run uses it.
+        unsafe { (*scratch).reason = stat as u32 };
+    }
+}
+
+/// Names the interface a redirect is about to send the packet to.
+#[inline(always)]
+pub fn note_redirect(ifindex: u32) {
+    if let Some(scratch) = TRACE_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this program run uses it.
+        unsafe { (*scratch).target_ifindex = ifindex };
+    }
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(counter) = TRACE_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Counts a successful ring buffer reservation or a lost event.
+#[inline(always)]
+pub fn count_emitted(ok: bool) {
+    count(if ok {
+        TRACE_STAT_EMITTED
+    } else {
+        TRACE_STAT_LOST
+    });
+}
+
+/// Whether two tuples are the same packet's (TCP flags, ICMP type and
+/// every address and port equal).
+#[inline(always)]
+fn same_packet(a: &Tuple, b: &Tuple) -> bool {
+    a.kind == b.kind
+        && a.proto == b.proto
+        && a.saddr == b.saddr
+        && a.daddr == b.daddr
+        && a.sport == b.sport
+        && a.dport == b.dport
+        && a.tcp_flags == b.tcp_flags
+        && a.icmp_type == b.icmp_type
+}
+
+/// What a program saw and did at one hop.
+struct Seen {
+    before: Tuple,
+    after: Tuple,
+    hook: Hook,
+    action: Action,
+    reason: u8,
+    target_ifindex: u32,
+}
+
+/// Finds or starts the packet's journey and emits the hop (BPF calls take
+/// at most five arguments, hence [`Seen`]).
+#[inline(never)]
+fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
+    let Seen {
+        before,
+        after,
+        hook,
+        action,
+        reason,
+        target_ifindex,
+    } = seen;
+    // The context pointer of a TC program is the kernel's sk_buff: the
+    // packet's identity across hops (see netlab_common::trace).
+    let skb = ctx.skb.skb as u64;
+    // SAFETY: the kernel hands TC programs a valid __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Leaving a lab namespace is where a packet's journey starts; an entry
+    // for this address belongs to an earlier packet.
+    let starts_here = matches!(*hook, Hook::Egress)
+        && TRACE_IFACES
+            .get_ptr(ifindex)
+            // SAFETY: a map value pointer from a successful lookup.
+            .is_some_and(|place| unsafe { *place } != 0);
+    let mut trace_id = 0;
+    let mut known = false;
+    if let Some(journey) = TRACE_JOURNEYS.get_ptr_mut(skb) {
+        // SAFETY: a map value pointer from a successful lookup; a racing
+        // update on another CPU can only make one hop's fields stale.
+        unsafe {
+            // The same packet arrives as it left its last hop; an sk_buff
+            // freed without a tracepoint (TCP frees most segments so) and
+            // reused for another packet does not, and starts a new journey.
+            if !starts_here
+                && now.wrapping_sub((*journey).last_ns) < JOURNEY_IDLE_NS
+                && same_packet(&(*journey).last, before)
+            {
+                known = true;
+                trace_id = (*journey).trace_id;
+                (*journey).last_ns = now;
+                (*journey).last_ifindex = ifindex;
+                (*journey).last = *after;
+            }
+        }
+    }
+    if !known {
+        if !filter_matches(ifindex, before) && !filter_matches(ifindex, after) {
+            if starts_here {
+                let _ = TRACE_JOURNEYS.remove(skb);
+            }
+            return;
+        }
+        let every = cfg.sample_every.max(1);
+        // SAFETY: plain helpers.
+        let (hi, lo) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+        if every == 1 || lo % every == 0 {
+            trace_id = (u64::from(hi) << 32 | u64::from(lo)).max(1);
+        }
+        // An unsampled journey is remembered with id 0, so that its later
+        // hops are not sampled again on their own.
+        let journey = Journey {
+            trace_id,
+            last_ns: now,
+            last_ifindex: ifindex,
+            _pad: 0,
+            last: *after,
+        };
+        let _ = TRACE_JOURNEYS.insert(skb, journey, 0);
+    }
+    if trace_id == 0 {
+        return;
+    }
+    let Some(mut entry) = TRACE_EVENTS.reserve::<HopEvent>(0) else {
+        count_emitted(false);
+        return;
+    };
+    count_emitted(true);
+    let event = entry.as_mut_ptr();
+    let len = ctx.len();
+    let mut cap = cfg.snaplen.min(len).min(SNAP_MAX as u32);
+    if cap > 0 && cap <= SNAP_MAX as u32 {
+        // Spelled so the verifier sees 1..=SNAP_MAX in the register the
+        // helper gets (black_box keeps LLVM from folding the mask away).
+        const _: () = assert!(SNAP_MAX.is_power_of_two());
+        let len_arg = (core::hint::black_box(cap).wrapping_sub(1) & (SNAP_MAX as u32 - 1)) + 1;
+        // SAFETY: at most SNAP_MAX bytes, the size of `data`; the helper
+        // bounds the read by the packet length.
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb.cast(),
+                0,
+                (*event).data.as_mut_ptr().cast(),
+                len_arg,
+            )
+        };
+        if ret != 0 {
+            cap = 0;
+        }
+    } else {
+        cap = 0;
+    }
+    // SAFETY: the reservation holds a whole HopEvent; the header is written
+    // in full, the data up to `cap`.
+    unsafe {
+        (*event).header = EventHeader {
+            kind: EVENT_HOP,
+            hook: *hook as u8,
+            action: *action as u8,
+            reason: *reason,
+            ifindex,
+            ts_ns: now,
+            trace_id,
+            skb_len: len,
+            cap_len: cap,
+            target_ifindex: *target_ifindex,
+            kernel_reason: 0,
+            before: *before,
+            after: *after,
+            location: 0,
+        };
+    }
+    entry.submit(0);
+}
+
+/// The filter: any clause whose literals all hold. No clause: all packets.
+///
+/// Clauses are walked with `bpf_loop`, whose callback the verifier checks
+/// once: an open-coded clause × literal loop explodes its state count (the
+/// path through every early exit of every clause is a distinct state).
+#[inline(always)]
+fn filter_matches(ifindex: u32, tuple: &Tuple) -> bool {
+    let Some(filter) = TRACE_FILTER.get(0) else {
+        return true;
+    };
+    if filter.len == 0 {
+        return true;
+    }
+    let mut run = FilterRun {
+        tuple: *tuple,
+        ifindex,
+        matched: 0,
+    };
+    // SAFETY: the callback is a static function of the expected type and
+    // `run` outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_CLAUSES as u32,
+            clause_holds as *mut c_void,
+            (&raw mut run).cast(),
+            0,
+        );
+    }
+    run.matched != 0
+}
+
+#[repr(C)]
+struct FilterRun {
+    tuple: Tuple,
+    ifindex: u32,
+    matched: u32,
+}
+
+/// `bpf_loop` callback: whether clause `index` holds; 1 stops the loop.
+extern "C" fn clause_holds(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the FilterRun `filter_matches` passed.
+    let run = unsafe { &mut *ctx.cast::<FilterRun>() };
+    let Some(filter) = TRACE_FILTER.get(0) else {
+        return 1;
+    };
+    if index >= u64::from(filter.len) {
+        return 1;
+    }
+    let Some(clause) = filter.clauses.get(index as usize) else {
+        return 1;
+    };
+    for (l, literal) in clause.literals.iter().enumerate() {
+        if l as u32 >= clause.len || l >= MAX_LITERALS {
+            break;
+        }
+        if !literal_holds(literal, run.ifindex, &run.tuple) {
+            return 0;
+        }
+    }
+    run.matched = 1;
+    1
+}
+
+#[inline(always)]
+fn literal_holds(literal: &Literal, ifindex: u32, t: &Tuple) -> bool {
+    let ipv4 = t.kind == TUPLE_IPV4 || t.kind == TUPLE_IPV4_OTHER;
+    let holds = match literal.kind {
+        LIT_HOST => {
+            ipv4 && on_side(
+                literal.side,
+                t.saddr & literal.mask == literal.value,
+                t.daddr & literal.mask == literal.value,
+            )
+        }
+        LIT_PORT => {
+            let in_range = |port: u16| {
+                let port = u16::from_be(port);
+                port >= literal.port_min && port <= literal.port_max
+            };
+            t.kind == TUPLE_IPV4
+                && (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP)
+                && on_side(literal.side, in_range(t.sport), in_range(t.dport))
+        }
+        LIT_PROTO => ipv4 && u32::from(t.proto) == literal.value,
+        LIT_IFACE => ifindex == literal.value,
+        LIT_NETNS => TRACE_IFACES
+            .get_ptr(ifindex)
+            // SAFETY: a map value pointer from a successful lookup.
+            .is_some_and(|place| unsafe { *place } == literal.value),
+        _ => false,
+    };
+    holds != (literal.negate != 0)
+}
+
+#[inline(always)]
+fn on_side(side: u8, src: bool, dst: bool) -> bool {
+    match side {
+        SIDE_SRC => src,
+        SIDE_DST => dst,
+        _ => src || dst,
+    }
+}
+
+/// What the tracer reads of a packet: every read bounded by the packet
+/// length, so a truncated or odd frame yields a tuple that says so.
+#[inline(always)]
+fn tuple_of(ctx: &TcContext) -> Tuple {
+    let mut t = Tuple {
+        kind: TUPLE_MALFORMED,
+        ..Tuple::default()
+    };
+    let Ok(ethertype) = ctx.load::<u16>(12) else {
+        return t;
+    };
+    let ethertype = u16::from_be(ethertype);
+    if ethertype != 0x0800 {
+        t.kind = TUPLE_NOT_IPV4;
+        t.saddr = u32::from(ethertype);
+        return t;
+    }
+    let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HLEN) else {
+        return t;
+    };
+    let ihl = usize::from(ip.ver_ihl & 0x0f) * 4;
+    if ip.ver_ihl >> 4 != 4 || ihl < 20 {
+        return t;
+    }
+    t.saddr = ip.saddr;
+    t.daddr = ip.daddr;
+    t.proto = ip.proto;
+    t.kind = TUPLE_IPV4_OTHER;
+    if u16::from_be(ip.frag_off) & 0x3fff != 0 {
+        return t;
+    }
+    let l4 = ETH_HLEN + ihl;
+    match ip.proto {
+        IPPROTO_TCP => {
+            let (Ok(ports), Ok(flags)) = (ctx.load::<[u16; 2]>(l4), ctx.load::<u8>(l4 + 13)) else {
+                t.kind = TUPLE_MALFORMED;
+                return t;
+            };
+            t.sport = ports[0];
+            t.dport = ports[1];
+            t.tcp_flags = flags;
+        }
+        IPPROTO_UDP => {
+            let Ok(ports) = ctx.load::<[u16; 2]>(l4) else {
+                t.kind = TUPLE_MALFORMED;
+                return t;
+            };
+            t.sport = ports[0];
+            t.dport = ports[1];
+        }
+        IPPROTO_ICMP => {
+            let (Ok(icmp_type), Ok(id)) = (ctx.load::<u8>(l4), ctx.load::<u16>(l4 + 4)) else {
+                t.kind = TUPLE_MALFORMED;
+                return t;
+            };
+            t.icmp_type = icmp_type;
+            match icmp_type {
+                8 => t.sport = id,
+                0 => t.dport = id,
+                _ => {}
+            }
+        }
+        _ => return t,
+    }
+    t.kind = TUPLE_IPV4;
+    t
+}

@@ -1,0 +1,360 @@
+//! `netlab trace` end to end (issue 5): hops in order with one trace id per
+//! packet, NAT rewrites at the right hop, drops with their reasons, pcapng
+//! read back by tshark, losses counted exactly, malformed frames.
+//!
+//! Each test runs `netlab trace --json --duration N` in the background in
+//! its own sandbox, waits for its "tracing lab" line, makes traffic, and
+//! reads the JSON events once it exits.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{collections::BTreeMap, time::Duration};
+
+use netlab_tests::{Background, Sandbox};
+use serde_json::Value;
+
+const BLUE: &str = "192.168.15.2";
+const UPLINK: &str = "203.0.113.1";
+const LIFETIME: Duration = Duration::from_secs(60);
+const SETTLE: Duration = Duration::from_secs(10);
+
+fn lab() -> Sandbox {
+    let sb = Sandbox::new().unwrap();
+    sb.netlab_ok(&["up"]).unwrap();
+    sb
+}
+
+/// Starts `netlab trace ARGS` and waits until tracing is on.
+fn trace(sb: &Sandbox, args: &[&str]) -> Background {
+    let netlab = sb.netlab_path().to_string_lossy().into_owned();
+    let mut argv = vec![netlab.as_str(), "trace"];
+    argv.extend_from_slice(args);
+    let mut bg = sb.spawn(&argv, LIFETIME).unwrap();
+    bg.wait_for("tracing lab", SETTLE).unwrap();
+    bg
+}
+
+/// Waits for a `--duration` trace to end; returns its JSON events and stderr.
+fn events(bg: Background) -> (Vec<Value>, String) {
+    let out = bg.finish(Duration::from_secs(30)).unwrap().ok().unwrap();
+    let events = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{out}")))
+        .collect();
+    (events, out.stderr)
+}
+
+fn hops(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|e| e["type"] == "hop").collect()
+}
+
+/// Events grouped by trace id, in time order.
+fn journeys(events: &[Value]) -> BTreeMap<String, Vec<&Value>> {
+    let mut out: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for e in events.iter().filter(|e| e["type"] != "lost") {
+        out.entry(e["trace_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e);
+    }
+    for list in out.values_mut() {
+        list.sort_by_key(|e| e["time_ns"].as_u64());
+    }
+    out
+}
+
+fn place(e: &Value) -> String {
+    format!(
+        "{}/{} {}",
+        e["netns"].as_str().unwrap(),
+        e["iface"].as_str().unwrap(),
+        e["direction"].as_str().unwrap()
+    )
+}
+
+fn lost_total(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("events lost"))
+        .unwrap_or_else(|| panic!("no summary line: {stderr}"));
+    line.split(", ")
+        .find_map(|part| part.strip_suffix(" events lost"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the lost count: {line}"))
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn ping_shows_every_hop_in_order() {
+    let sb = lab();
+    let bg = trace(&sb, &["--json", "--duration", "3", "icmp"]);
+    sb.ping(Some("red"), BLUE, 1).unwrap();
+    let (events, stderr) = events(bg);
+    let hop_events: Vec<Value> = hops(&events).into_iter().cloned().collect();
+    let journeys = journeys(&hop_events);
+    assert_eq!(
+        journeys.len(),
+        2,
+        "one journey per request and reply: {events:#?}"
+    );
+    let mut seen = Vec::new();
+    for list in journeys.values() {
+        let first = list[0];
+        let kind = first["packet"]["icmp_type"].as_u64().unwrap();
+        let path: Vec<String> = list.iter().map(|e| place(e)).collect();
+        let expected: &[&str] = if kind == 8 {
+            &[
+                "red/veth-red egress",
+                "host/veth-red-br ingress",
+                "host/veth-blue-br egress",
+                "blue/veth-blue ingress",
+            ]
+        } else {
+            &[
+                "blue/veth-blue egress",
+                "host/veth-blue-br ingress",
+                "host/veth-red-br egress",
+                "red/veth-red ingress",
+            ]
+        };
+        assert_eq!(path, expected, "icmp type {kind}: {list:#?}");
+        assert!(list.iter().all(|e| e["action"] == "pass"));
+        seen.push(kind);
+    }
+    seen.sort();
+    assert_eq!(seen, [0, 8]);
+    assert_eq!(lost_total(&stderr), 0);
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn published_port_shows_dnat_and_its_reverse() {
+    let sb = lab();
+    let mut server = sb
+        .spawn(
+            &[
+                "ip", "netns", "exec", "blue", "python3", "-c",
+                "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',80))\ns.listen()\nprint('ready',flush=True)\nc,_=s.accept()\nc.sendall(b'hi')\nc.close()",
+            ],
+            LIFETIME,
+        )
+        .unwrap();
+    server.wait_for("ready", SETTLE).unwrap();
+    let bg = trace(&sb, &["--json", "--duration", "3", "tcp"]);
+    sb.ok(&[
+        "ip", "netns", "exec", "outside", "python3", "-c",
+        "import socket\ns=socket.create_connection(('203.0.113.1',8080),timeout=3)\nassert s.recv(10)==b'hi'",
+    ])
+    .unwrap();
+    let (events, _) = events(bg);
+    let journeys = journeys(&events);
+    // The SYN: DNAT on the uplink's ingress, after the hop before it.
+    let syn = journeys
+        .values()
+        .find(|list| list[0]["packet"]["tcp_flags"] == "S" && list[0]["netns"] == "outside")
+        .unwrap_or_else(|| panic!("no SYN journey: {events:#?}"));
+    let path: Vec<String> = syn.iter().map(|e| place(e)).collect();
+    assert_eq!(
+        path,
+        [
+            "outside/veth-outside egress",
+            "host/nl-uplink ingress",
+            "host/veth-blue-br egress",
+            "blue/veth-blue ingress"
+        ],
+        "{syn:#?}"
+    );
+    let dnat = &syn[1]["nat"][0];
+    assert_eq!(dnat["kind"], "dnat", "{syn:#?}");
+    assert_eq!(dnat["from"], format!("{UPLINK}:8080"));
+    assert_eq!(dnat["to"], format!("{BLUE}:80"));
+    assert_eq!(syn[2]["packet"]["dst"], BLUE);
+    assert!(syn[0]["nat"].as_array().unwrap().is_empty());
+    // The SYN-ACK: the reverse rewrite on the way out of the uplink.
+    let synack = journeys
+        .values()
+        .find(|list| list[0]["packet"]["tcp_flags"] == "SA")
+        .unwrap_or_else(|| panic!("no SYN-ACK journey: {events:#?}"));
+    let rewrite = synack
+        .iter()
+        .find(|e| !e["nat"].as_array().unwrap().is_empty())
+        .unwrap_or_else(|| panic!("SYN-ACK not rewritten: {synack:#?}"));
+    assert_eq!(place(rewrite), "host/nl-uplink egress");
+    assert_eq!(rewrite["nat"][0]["from"], format!("{BLUE}:80"));
+    assert_eq!(rewrite["nat"][0]["to"], format!("{UPLINK}:8080"));
+    drop(server);
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn drop_appears_with_its_reason() {
+    let sb = lab();
+    let bg = trace(&sb, &["--json", "--duration", "3", "tcp and port 9999"]);
+    // Nothing is published on 9999: the host's stack refuses the SYN.
+    let out = sb
+        .run(&[
+            "ip", "netns", "exec", "outside", "python3", "-c",
+            "import socket\ntry:\n socket.create_connection(('203.0.113.1',9999),timeout=2)\nexcept ConnectionRefusedError:\n print('refused')",
+        ])
+        .unwrap();
+    assert!(out.stdout.contains("refused"), "{out}");
+    let (events, _) = events(bg);
+    let journeys = journeys(&events);
+    let syn = journeys
+        .values()
+        .find(|list| list[0]["packet"]["tcp_flags"] == "S")
+        .unwrap_or_else(|| panic!("no SYN journey: {events:#?}"));
+    let last = syn.last().unwrap();
+    assert_eq!(last["type"], "kernel_drop", "{syn:#?}");
+    assert_eq!(last["reason"], "NO_SOCKET", "{syn:#?}");
+    assert_eq!(last["action"], "kernel_drop");
+    assert!(
+        last["location"].as_str().is_some_and(|l| l.contains('+')),
+        "{last}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn pcapng_is_read_by_tshark() {
+    let sb = lab();
+    let file = "/run/trace.pcapng";
+    let bg = trace(&sb, &["--pcapng", file, "--duration", "3", "icmp"]);
+    sb.ping(Some("red"), BLUE, 2).unwrap();
+    let out = bg.finish(Duration::from_secs(30)).unwrap().ok().unwrap();
+    assert!(out.stderr.contains("16 packets written"), "{out}");
+    let read = sb
+        .ok(&[
+            "tshark",
+            "-r",
+            file,
+            "-T",
+            "fields",
+            "-e",
+            "frame.comment",
+            "-e",
+            "icmp.type",
+        ])
+        .unwrap();
+    let lines: Vec<&str> = read.stdout.lines().collect();
+    assert_eq!(lines.len(), 16, "{read}");
+    assert!(lines.iter().all(|l| l.contains("hop ")), "{read}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("red/veth-red egress: pass")),
+        "{read}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.ends_with("\t8")).count(),
+        8,
+        "{read}"
+    );
+    let complaints: Vec<&str> = read
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("Running as user"))
+        .collect();
+    assert!(complaints.is_empty(), "tshark complained: {read}");
+    let ifaces = sb
+        .ok(&[
+            "tshark",
+            "-r",
+            file,
+            "-T",
+            "fields",
+            "-e",
+            "frame.interface_name",
+        ])
+        .unwrap();
+    assert!(ifaces.stdout.contains("host/veth-blue-br"), "{ifaces}");
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn tiny_ring_buffer_counts_what_it_loses() {
+    let sb = Sandbox::new().unwrap();
+    // One page: about a dozen events fit.
+    sb.netlab_env(&[("NETLAB_TRACE_RING_BYTES", "4096")], &["up"])
+        .unwrap()
+        .ok()
+        .unwrap();
+    let netlab = sb.netlab_path().to_string_lossy().into_owned();
+    // The reader stalls on a full pipe (nothing reads it for 4 s) while
+    // the flood fills the ring.
+    let script =
+        format!("{netlab} trace --json --duration 6 udp and dst port 9999 | (sleep 4; cat)");
+    let mut bg = sb.spawn(&["sh", "-c", &script], LIFETIME).unwrap();
+    bg.wait_for("tracing lab", SETTLE).unwrap();
+    const SENT: u64 = 2000;
+    sb.ok(&[
+        "ip", "netns", "exec", "red", "python3", "-c",
+        "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(2000):\n s.sendto(b'x',('192.168.15.2',9999))\n if i%50==0: time.sleep(0.01)",
+    ])
+    .unwrap();
+    let out = bg.finish(Duration::from_secs(30)).unwrap().ok().unwrap();
+    let events: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lost = lost_total(&out.stderr);
+    let reported: u64 = events
+        .iter()
+        .filter(|e| e["type"] == "lost")
+        .map(|e| e["count"].as_u64().unwrap())
+        .sum();
+    let received = events.iter().filter(|e| e["type"] != "lost").count() as u64;
+    assert!(lost > 0, "nothing was lost:\n{}", out.stderr);
+    assert_eq!(reported, lost, "the stream and the summary disagree");
+    // Every datagram crosses four hops and is dropped by blue's stack
+    // (no socket on 9999): five events each, delivered or counted lost.
+    assert_eq!(
+        received + lost,
+        5 * SENT,
+        "received {received} + lost {lost} != {}",
+        5 * SENT
+    );
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn malformed_frames_give_well_formed_events() {
+    let sb = lab();
+    let bg = trace(
+        &sb,
+        &["--json", "--duration", "3", "--iface", "red/veth-red"],
+    );
+    // Raw frames out of red: a truncated IPv4 header, an IPv4 header whose
+    // length lies, a TCP header cut short, and a non-IP ethertype.
+    sb.ok(&[
+        "ip", "netns", "exec", "red", "python3", "-c",
+        "import socket\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\ns.bind(('veth-red',0))\neth=b'\\xff'*6+b'\\x02'*6\nip=bytes([0x45,0,0,40,0,0,0,0,64,6,0,0,192,168,15,1,192,168,15,2])\nfor f in [eth+b'\\x08\\x00'+ip[:10], eth+b'\\x08\\x00'+bytes([0x4f])+ip[1:], eth+b'\\x08\\x00'+ip+b'\\x00\\x50', eth+b'\\x88\\xb5'+b'hello'*4]:\n s.send(f)",
+    ])
+    .unwrap();
+    let (events, _) = events(bg);
+    let kinds: Vec<&str> = hops(&events)
+        .iter()
+        .filter(|e| e["iface"] == "veth-red")
+        .map(|e| e["packet"]["kind"].as_str().unwrap())
+        .collect();
+    for e in &events {
+        assert!(e["trace_id"].as_str().is_some_and(|t| t.len() == 16), "{e}");
+        let kind = e["packet"]["kind"].as_str().unwrap();
+        assert!(
+            ["ipv4", "ipv4_other", "not_ipv4", "malformed"].contains(&kind),
+            "{e}"
+        );
+        if kind != "ipv4" && kind != "ipv4_other" {
+            assert!(
+                e["packet"]["src"].is_null() && e["packet"]["sport"].is_null(),
+                "{e}"
+            );
+        }
+    }
+    assert!(kinds.contains(&"malformed"), "{kinds:?}");
+    assert!(kinds.contains(&"not_ipv4"), "{kinds:?}");
+    assert!(
+        events.iter().any(|e| e["packet"]["ethertype"] == 0x88b5),
+        "{events:#?}"
+    );
+}
