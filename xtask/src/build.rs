@@ -50,7 +50,7 @@ pub fn netlab(workspace: &Path, profile: Profile, ebpf_object: &Path) -> Result<
 }
 
 /// The executable of bin target `name` among cargo's JSON messages.
-fn executable(messages: &str, name: &str) -> Option<PathBuf> {
+pub fn executable(messages: &str, name: &str) -> Option<PathBuf> {
     messages
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())

@@ -58,8 +58,17 @@ enum Command {
         #[arg(last = true)]
         cargo_args: Vec<OsString>,
     },
-    /// Benchmarks.
-    Bench { what: BenchKind },
+    /// Benchmarks: `bench` (netlab's datapaths side by side with iptables
+    /// NAT), `bench up`, `bench publish`.
+    Bench {
+        #[arg(default_value = "nat")]
+        what: BenchKind,
+        #[command(flatten)]
+        options: bench::NatOptions,
+    },
+    /// Internal: the part of `bench` that runs inside its sandbox.
+    #[command(hide = true)]
+    BenchSandboxed { plan: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -88,7 +97,8 @@ fn execute(command: Command) -> Result<ExitCode> {
             return run::run(&workspace, Profile::from_release_flag(release), &args);
         }
         Command::Test { cargo_args } => test::run(&workspace, &cargo_args)?,
-        Command::Bench { what } => return bench::run(what, &workspace),
+        Command::Bench { what, options } => return bench::run(what, &options, &workspace),
+        Command::BenchSandboxed { plan } => return bench::run_sandboxed(&plan),
     }
     Ok(ExitCode::SUCCESS)
 }

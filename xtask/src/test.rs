@@ -8,6 +8,7 @@ use std::{ffi::OsString, path::Path};
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
+    bench,
     build::{self, EBPF_OBJECT_ENV, Profile},
     ebpf,
     process::{self, Cmd},
@@ -69,7 +70,13 @@ pub fn run(workspace: &Path, extra: &[OsString]) -> Result<()> {
             .env(NETLAB_BIN_ENV, &netlab)
             .current_dir(workspace),
     )
-    .context("tests failed (see above)")
+    .context("tests failed (see above)")?;
+
+    // Last: the benchmark's plumbing end to end (every datapath verified,
+    // then timed briefly), and the JSON and SVG it writes. Root is checked
+    // above; the bench needs it for its sandbox.
+    eprintln!("xtask: bench smoke: cargo xtask bench --quick");
+    bench::quick_smoke(workspace, &netlab).context("`cargo xtask bench --quick` failed")
 }
 
 fn step(what: &str, cmd: Cmd) -> Result<()> {

@@ -181,6 +181,18 @@ pub const TEST_TOOLS: &[Prerequisite] = &[
     },
 ];
 
+/// What `cargo xtask bench` drives inside its sandbox: `unshare` (util-linux),
+/// `ip`, both iptables backends, `ethtool` for offloads, `conntrack -F`
+/// between runs and iperf3 for the bulk cross-check.
+pub const BENCH_TOOLS: &[Prerequisite] = &[
+    deb!("util-linux"),
+    deb!("iproute2"),
+    deb!("iptables"),
+    deb!("ethtool"),
+    deb!("conntrack"),
+    deb!("iperf3"),
+];
+
 /// `rustup toolchain list` names the `nightly` channel `nightly-<host>`;
 /// dated ones (`nightly-2025-01-01-<host>`) are not what `rustup run nightly` uses.
 fn is_nightly_toolchain(line: &str) -> bool {
@@ -483,7 +495,7 @@ mod tests {
 
     #[test]
     fn tables_are_well_formed() {
-        for table in [EBPF_TOOLCHAIN, LINT_TOOLS, TEST_TOOLS] {
+        for table in [EBPF_TOOLCHAIN, LINT_TOOLS, TEST_TOOLS, BENCH_TOOLS] {
             let mut names: Vec<&str> = table.iter().map(|p| p.name).collect();
             names.sort_unstable();
             names.dedup();

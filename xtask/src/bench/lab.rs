@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: benchmarks of netlab's labs.
+//! `bench up` and `bench publish`: the cost of building a lab and of
+//! changing its published ports.
 //!
 //! `bench up` times `netlab up` + `netlab down` against the tutorial's way,
 //! a shell script of `ip` commands building the same lab, in one run,
@@ -10,25 +11,9 @@
 use std::{fmt::Write as _, fs, path::Path, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
-use clap::ValueEnum;
 
+use super::stats::median_min_max;
 use crate::{build, process::Cmd};
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum BenchKind {
-    /// Time to bring a lab up and down: netlab vs a script of `ip` commands.
-    Up,
-    /// Time to add and remove one published port with 10,000 present:
-    /// netlab's eBPF datapath vs its iptables reference mode.
-    Publish,
-}
-
-pub fn run(kind: BenchKind, workspace: &Path) -> Result<ExitCode> {
-    match kind {
-        BenchKind::Up => bench_up(workspace),
-        BenchKind::Publish => bench_publish(workspace),
-    }
-}
 
 /// A lab shape both renderers understand: namespaces on one bridge, plus
 /// optionally an `outside` namespace on its own link (the default lab).
@@ -208,21 +193,7 @@ done
     )
 }
 
-fn median_min_max(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let median = match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    };
-    (
-        median,
-        v.first().copied().unwrap_or(f64::NAN),
-        v.last().copied().unwrap_or(f64::NAN),
-    )
-}
-
-fn bench_up(workspace: &Path) -> Result<ExitCode> {
+pub fn bench_up(workspace: &Path) -> Result<ExitCode> {
     if !crate::process::is_root()? {
         bail!("bench up creates namespaces: run it as root");
     }
@@ -333,7 +304,7 @@ done
     )
 }
 
-fn bench_publish(workspace: &Path) -> Result<ExitCode> {
+pub fn bench_publish(workspace: &Path) -> Result<ExitCode> {
     if !crate::process::is_root()? {
         bail!("bench publish creates namespaces: run it as root");
     }

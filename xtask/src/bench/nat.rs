@@ -1,0 +1,1041 @@
+//! `cargo xtask bench`: netlab's datapaths side by side with iptables NAT.
+//!
+//! This part runs inside the sandbox (a private mount + network namespace
+//! made by `unshare`, see `super::run_nat`): it builds the default lab with
+//! each datapath in turn, verifies that the datapath carries the traffic,
+//! then drives `netlab-loadgen` (client pinned to CPU 0, server to CPU 1)
+//! over each path, and records every sample.
+//!
+//! One round is every datapath once (A B C D, then again), and each
+//! datapath is brought up afresh for every port count: a new lab means new
+//! namespaces (no TIME_WAIT sockets left), new netlab maps and new rules.
+//! Between runs on the same lab, the kernel's conntrack (`conntrack -F`) and
+//! netlab's (its pinned CONNTRACK map) are flushed.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::results::{Datapath, Meta, Metric, Results, Sample, Skipped, TrafficPath, Verification};
+
+/// The lab every datapath builds: netlab's default lab, with more published
+/// ports (see `topology`).
+const DEFAULT_LAB: &str = include_str!("../../../netlab/src/topology/default.toml");
+const DEFAULT_PUBLISH: &str = "publish = [\"8080:80/tcp\"]";
+/// The ports the traffic uses, published after the fillers: last in any list.
+const USED_PORTS: [&str; 3] = ["8080:80/tcp", "8080:80/udp", "5201:5201/tcp"];
+/// Filler ports start here, below the masquerade range (32768-60999).
+const FILLER_BASE: u32 = 1100;
+/// The port `publish add`/`rm` times with N present.
+const EDIT_PORT: u32 = 32000;
+
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+const SERVER_PORT: u16 = 80;
+const IPERF_PORT: u16 = 5201;
+
+/// The direct veth pair, the limit: no bridge, no NAT, no program.
+const DIRECT_CLIENT_NS: &str = "nlb-direct-a";
+const DIRECT_SERVER_NS: &str = "nlb-direct-b";
+const DIRECT_CLIENT: &str = "198.51.100.1";
+const DIRECT_SERVER: &str = "198.51.100.2";
+
+/// What the outer xtask asks the sandboxed one to do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    pub quick: bool,
+    pub netlab: PathBuf,
+    pub loadgen: PathBuf,
+    pub results: PathBuf,
+    pub work_dir: PathBuf,
+    pub repetitions: usize,
+    pub warmup_rounds: usize,
+    pub seconds: f64,
+    pub port_counts: Vec<u32>,
+    pub datapaths: Vec<Datapath>,
+    /// `publish add` + `rm` pairs timed per lab.
+    pub edits: usize,
+    pub command: String,
+}
+
+/// One end-to-end path through the lab.
+struct Route {
+    path: TrafficPath,
+    client_ns: &'static str,
+    target: &'static str,
+    /// The source address the server must see.
+    seen_as: &'static str,
+}
+
+fn route(path: TrafficPath) -> Route {
+    match path {
+        TrafficPath::Dnat => Route {
+            path,
+            client_ns: "outside",
+            target: "203.0.113.1:8080",
+            seen_as: "203.0.113.2",
+        },
+        TrafficPath::Masquerade => Route {
+            path,
+            client_ns: "red",
+            target: "203.0.113.2:80",
+            seen_as: "203.0.113.1",
+        },
+        TrafficPath::EastWest => Route {
+            path,
+            client_ns: "red",
+            target: "192.168.15.2:80",
+            seen_as: "192.168.15.1",
+        },
+        TrafficPath::Direct => Route {
+            path,
+            client_ns: DIRECT_CLIENT_NS,
+            target: "198.51.100.2:80",
+            seen_as: DIRECT_CLIENT,
+        },
+    }
+}
+
+const TIMED_METRICS: [Metric; 4] = [Metric::Rr, Metric::Crr, Metric::Stream, Metric::Udp];
+
+/// The default lab with `ports` published ports: fillers first, then the
+/// ones the traffic uses, so a linear rule list walks all the fillers.
+pub fn topology(ports: u32) -> Result<String> {
+    let fillers = ports.saturating_sub(USED_PORTS.len() as u32);
+    let mut list: Vec<String> = (FILLER_BASE..)
+        .filter(|p| *p != 8080 && *p != u32::from(IPERF_PORT))
+        .take(fillers as usize)
+        .map(|p| format!("\"{p}:80/tcp\""))
+        .collect();
+    list.extend(USED_PORTS.iter().map(|p| format!("\"{p}\"")));
+    if DEFAULT_LAB.matches(DEFAULT_PUBLISH).count() != 1 {
+        bail!("netlab's default lab no longer has the line `{DEFAULT_PUBLISH}` the bench extends");
+    }
+    Ok(DEFAULT_LAB.replace(DEFAULT_PUBLISH, &format!("publish = [{}]", list.join(", "))))
+}
+
+/// Runs the plan; called inside the sandbox.
+pub fn run_sandboxed(plan: &Plan) -> Result<()> {
+    setup_sandbox()?;
+    let mut bench = Bench::new(plan.clone())?;
+    let result = bench.run();
+    bench.results.write(&plan.results)?;
+    result
+}
+
+fn setup_sandbox() -> Result<()> {
+    // The host's /run and bpffs stay untouched: these mounts are private.
+    sh(&["mount", "-t", "tmpfs", "none", "/run"])?;
+    sh(&["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"])?;
+    sh(&["ip", "link", "set", "lo", "up"])?;
+    for ns in [DIRECT_CLIENT_NS, DIRECT_SERVER_NS] {
+        sh(&["ip", "netns", "add", ns])?;
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+    }
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "d-a",
+        "netns",
+        DIRECT_CLIENT_NS,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "d-b",
+        "netns",
+        DIRECT_SERVER_NS,
+    ])?;
+    for (ns, dev, addr) in [
+        (DIRECT_CLIENT_NS, "d-a", DIRECT_CLIENT),
+        (DIRECT_SERVER_NS, "d-b", DIRECT_SERVER),
+    ] {
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            dev,
+        ])?;
+        sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+    }
+    Ok(())
+}
+
+struct Bench {
+    plan: Plan,
+    results: Results,
+    started: Instant,
+}
+
+impl Bench {
+    fn new(plan: Plan) -> Result<Bench> {
+        let meta = meta(&plan)?;
+        Ok(Bench {
+            results: Results {
+                meta,
+                skipped: Vec::new(),
+                verifications: Vec::new(),
+                samples: Vec::new(),
+            },
+            plan,
+            started: Instant::now(),
+        })
+    }
+
+    fn rounds(&self) -> usize {
+        self.plan.warmup_rounds + self.plan.repetitions
+    }
+
+    fn progress(&self, round: usize, what: &str) {
+        let t = self.started.elapsed().as_secs();
+        let warm = if round < self.plan.warmup_rounds {
+            " (warm-up)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "bench [{:02}:{:02}] round {}/{}{warm}: {what}",
+            t / 60,
+            t % 60,
+            round + 1,
+            self.rounds()
+        );
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let mut datapaths = self.plan.datapaths.clone();
+        for round in 0..self.rounds() {
+            let warmup = round < self.plan.warmup_rounds;
+            let counts = if warmup {
+                vec![self.plan.port_counts[0]]
+            } else {
+                self.plan.port_counts.clone()
+            };
+            for (i, &ports) in counts.iter().enumerate() {
+                let mut still = Vec::new();
+                for &datapath in &datapaths {
+                    let outcome = if datapath == Datapath::Direct {
+                        if i == 0 {
+                            self.measure_direct(round)
+                        } else {
+                            Ok(())
+                        }
+                    } else {
+                        self.measure_lab(round, datapath, ports)
+                    };
+                    match outcome {
+                        Ok(()) => still.push(datapath),
+                        Err(err) if is_unavailable(&err) => {
+                            let reason = format!("{err:#}");
+                            eprintln!("bench: skipping {}: {reason}", datapath.label());
+                            self.results.skipped.push(Skipped { datapath, reason });
+                        }
+                        Err(err) => {
+                            return Err(err.context(format!(
+                                "{} with {ports} published ports, round {}",
+                                datapath.label(),
+                                round + 1
+                            )));
+                        }
+                    }
+                }
+                datapaths = still;
+                // A partial run still leaves its samples behind.
+                self.results.write(&self.plan.results)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn seconds(&self, round: usize) -> f64 {
+        if round < self.plan.warmup_rounds {
+            self.plan.seconds.min(0.3)
+        } else {
+            self.plan.seconds
+        }
+    }
+
+    fn measure_direct(&mut self, round: usize) -> Result<()> {
+        let _server = Server::start(&self.plan.loadgen, DIRECT_SERVER_NS, self.server_lifetime())?;
+        let route = route(TrafficPath::Direct);
+        self.wait_for_server(route.client_ns, route.target)?;
+        offloads(&direct_ifaces(), false)?;
+        let seen = whoami(&self.plan.loadgen, &route, false)?;
+        offloads(&direct_ifaces(), true)?;
+        if seen != route.seen_as {
+            bail!(
+                "direct veth: the server saw {seen}, expected {}",
+                route.seen_as
+            );
+        }
+        self.results.verifications.push(Verification {
+            round,
+            datapath: Datapath::Direct,
+            ports: 0,
+            checks: vec![format!("direct tcp: server saw {seen}")],
+        });
+        client_sysctls(DIRECT_CLIENT_NS)?;
+        for metric in TIMED_METRICS {
+            self.measure(round, Datapath::Direct, &route, metric, 0)?;
+        }
+        Ok(())
+    }
+
+    fn server_lifetime(&self) -> u64 {
+        // Bounded: every metric of every path, with room for setup.
+        (self.plan.seconds * 20.0) as u64 + 300
+    }
+
+    fn measure_lab(&mut self, round: usize, datapath: Datapath, ports: u32) -> Result<()> {
+        let file = self.plan.work_dir.join(format!("lab-{ports}.toml"));
+        if !file.exists() {
+            fs::write(&file, topology(ports)?)
+                .with_context(|| format!("writing {}", file.display()))?;
+        }
+        let (name, backend) = datapath.netlab_args().context("not a netlab datapath")?;
+        self.progress(
+            round,
+            &format!("{} with {ports} ports: netlab up", datapath.label()),
+        );
+        let mut up = Command::new(&self.plan.netlab);
+        up.args(["up", "-f"]).arg(&file).args(["--datapath", name]);
+        if let Some(backend) = backend {
+            up.env("NETLAB_IPTABLES", backend);
+        }
+        let begun = Instant::now();
+        let outcome = output(&mut up);
+        let install_ms = begun.elapsed().as_secs_f64() * 1e3;
+        let lab = Lab {
+            netlab: self.plan.netlab.clone(),
+        };
+        if let Err(err) = outcome {
+            drop(lab);
+            if datapath == Datapath::Redirect {
+                return Err(err.context(Unavailable));
+            }
+            return Err(err);
+        }
+        self.push(Sample {
+            round,
+            warmup: round < self.plan.warmup_rounds,
+            datapath,
+            path: TrafficPath::Dnat,
+            metric: Metric::Install,
+            ports,
+            value: install_ms,
+            count: None,
+            seconds: None,
+            cpu_us_per_tx: None,
+            whole_ms: None,
+        });
+        for ns in ["outside", "red"] {
+            client_sysctls(ns)?;
+        }
+        let lifetime = self.server_lifetime();
+        let _blue = Server::start(&self.plan.loadgen, "blue", lifetime)?;
+        let _outside = Server::start(&self.plan.loadgen, "outside", lifetime)?;
+        // Straight to each server, without NAT, so readiness moves no counter.
+        self.wait_for_server("red", "192.168.15.2:80")?;
+        self.wait_for_server("outside", "203.0.113.2:80")?;
+
+        let verification = self.verify(round, datapath, ports)?;
+        self.progress(
+            round,
+            &format!(
+                "{} verified: {}",
+                datapath.label(),
+                verification.checks.join("; ")
+            ),
+        );
+        self.results.verifications.push(verification);
+
+        let paths: &[TrafficPath] = if ports == self.plan.port_counts[0] {
+            &TrafficPath::LAB
+        } else {
+            &[TrafficPath::Dnat]
+        };
+        for &path in paths {
+            let route = route(path);
+            for metric in TIMED_METRICS {
+                self.measure(round, datapath, &route, metric, ports)?;
+            }
+            if path == TrafficPath::Dnat && ports == self.plan.port_counts[0] {
+                self.iperf3(round, datapath, ports)?;
+            }
+        }
+        for _ in 0..self.plan.edits {
+            self.edit(round, datapath, ports)?;
+        }
+        drop(lab);
+        Ok(())
+    }
+
+    fn wait_for_server(&self, client_ns: &str, target: &str) -> Result<()> {
+        let mut last = None;
+        for _ in 0..100 {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", client_ns])
+                .arg(&self.plan.loadgen)
+                .args(["whoami", "--to", target]);
+            match output(&mut cmd) {
+                Ok(_) => return Ok(()),
+                Err(err) => last = Some(err),
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Err(last
+            .unwrap_or_else(|| anyhow::anyhow!("no attempt"))
+            .context(format!("the server at {target} did not answer within 5 s")))
+    }
+
+    /// Proves the datapath under test carries the traffic: every path's
+    /// server sees the expected source, and the datapath's own counters
+    /// moved (netlab's NAT counters; the iptables rules' packet counters in
+    /// the expected backend). Done with checksum offload off, so a wrong L4
+    /// checksum after NAT fails here instead of "working".
+    fn verify(&self, round: usize, datapath: Datapath, ports: u32) -> Result<Verification> {
+        offloads(&lab_ifaces(), false)?;
+        let before = self.counters(datapath)?;
+        let mut checks = Vec::new();
+        for (path, udp) in [
+            (TrafficPath::Dnat, false),
+            (TrafficPath::Dnat, true),
+            (TrafficPath::Masquerade, false),
+            (TrafficPath::Masquerade, true),
+            (TrafficPath::EastWest, false),
+        ] {
+            let route = route(path);
+            let seen = whoami(&self.plan.loadgen, &route, udp)?;
+            let proto = if udp { "udp" } else { "tcp" };
+            if seen != route.seen_as {
+                bail!(
+                    "{} {proto} through {}: the server saw {seen}, expected {} — the datapath \
+                     does not do what it should",
+                    path_id(path),
+                    datapath.label(),
+                    route.seen_as
+                );
+            }
+            checks.push(format!("{} {proto}: server saw {seen}", path_id(path)));
+        }
+        let after = self.counters(datapath)?;
+        let dnat = after.dnat.saturating_sub(before.dnat);
+        let snat = after.snat.saturating_sub(before.snat);
+        if dnat < 2 || snat < 2 {
+            bail!(
+                "{}: the servers saw translated addresses but its counters moved by {dnat} \
+                 (DNAT) and {snat} (SNAT), expected at least 2 each: another path carried \
+                 the traffic",
+                datapath.label()
+            );
+        }
+        checks.push(format!("{} DNAT +{dnat}, SNAT +{snat}", after.source));
+        if datapath == Datapath::Redirect {
+            // Each probe's packets must be redirected, not left to the
+            // bridge and the host stack (a silent fallback to `bridge`).
+            let redirected = after.redirected.saturating_sub(before.redirected);
+            if redirected < 5 {
+                bail!(
+                    "{}: only {redirected} packets were redirected (redirect_peer + \
+                     redirect_uplink) during 5 probes: the traffic fell back to the stack",
+                    datapath.label()
+                );
+            }
+            checks.push(format!("redirected +{redirected}"));
+        }
+        offloads(&lab_ifaces(), true)?;
+        Ok(Verification {
+            round,
+            datapath,
+            ports,
+            checks,
+        })
+    }
+
+    fn counters(&self, datapath: Datapath) -> Result<Counters> {
+        let status = output(Command::new(&self.plan.netlab).args(["status", "--json"]))?;
+        let status: serde_json::Value =
+            serde_json::from_str(&status).context("parsing `netlab status --json`")?;
+        let (expected, _) = datapath.netlab_args().context("not a netlab datapath")?;
+        if status["datapath"] != expected {
+            bail!(
+                "`netlab status` reports datapath {}, expected {expected}",
+                status["datapath"]
+            );
+        }
+        match datapath {
+            Datapath::IptablesNft | Datapath::IptablesLegacy => {
+                let tool = if datapath == Datapath::IptablesNft {
+                    "iptables-nft"
+                } else {
+                    "iptables-legacy"
+                };
+                let chain_packets = |chain: &str| -> Result<u64> {
+                    let listing = output(
+                        Command::new(tool).args(["-w", "-t", "nat", "-L", chain, "-n", "-v", "-x"]),
+                    )
+                    .with_context(|| format!("listing {chain} with {tool}"))?;
+                    Ok(rule_packets(&listing))
+                };
+                Ok(Counters {
+                    dnat: chain_packets("NL-default-DNAT")?,
+                    snat: chain_packets("NL-default-POST")?,
+                    redirected: 0,
+                    source: format!("{tool} rule counters:"),
+                })
+            }
+            _ => {
+                let counter = |name: &str| -> Result<u64> {
+                    status["nat"]["counters"][name]
+                        .as_u64()
+                        .with_context(|| format!("no NAT counter `{name}` in `netlab status`"))
+                };
+                Ok(Counters {
+                    dnat: counter("dnat_new")?,
+                    snat: counter("snat_new")?,
+                    redirected: redirected_packets(&status),
+                    source: "netlab NAT counters:".to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Empties the kernel's conntrack and netlab's, so a run inherits no flow.
+    fn flush(&self) -> Result<()> {
+        // Fails harmlessly when no rule ever loaded conntrack here.
+        let _ = output(Command::new("conntrack").arg("-F"));
+        let map = Path::new("/sys/fs/bpf/netlab/default/maps/CONNTRACK");
+        if map.exists() {
+            output(Command::new(&self.plan.loadgen).arg("flush-map").arg(map))?;
+        }
+        Ok(())
+    }
+
+    fn measure(
+        &mut self,
+        round: usize,
+        datapath: Datapath,
+        route: &Route,
+        metric: Metric,
+        ports: u32,
+    ) -> Result<()> {
+        self.flush()?;
+        let (name, max_count) = match metric {
+            Metric::Rr => ("rr", 20_000_000u64),
+            // Below the client's port range, so no run reuses a port.
+            Metric::Crr => ("crr", 60_000),
+            Metric::Stream => ("stream", 200_000_000_000),
+            Metric::Udp => ("udp", 50_000_000),
+            _ => bail!("{metric:?} is not a load"),
+        };
+        let seconds = self.seconds(round);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", route.client_ns])
+            .arg(&self.plan.loadgen)
+            .args(["run", name, "--to", route.target])
+            .args(["--seconds", &seconds.to_string()])
+            .args(["--max-count", &max_count.to_string()])
+            .args(["--cpu", &CLIENT_CPU.to_string()]);
+        let out = output(&mut cmd).with_context(|| {
+            format!(
+                "{} {name} through {}",
+                path_id(route.path),
+                datapath.label()
+            )
+        })?;
+        let outcome: LoadOutcome = serde_json::from_str(out.trim())
+            .with_context(|| format!("parsing the load generator's output `{}`", out.trim()))?;
+        if outcome.count == 0 {
+            bail!(
+                "{} {name} through {}: no transaction completed",
+                path_id(route.path),
+                datapath.label()
+            );
+        }
+        let value = match metric {
+            Metric::Stream => outcome.count as f64 * 8.0 / outcome.seconds / 1e9,
+            _ => outcome.rate,
+        };
+        let cpu_us_per_tx = (metric != Metric::Stream)
+            .then(|| outcome.cpu_busy_seconds * 1e6 / outcome.count as f64);
+        self.progress(
+            round,
+            &format!(
+                "{} {ports} ports · {} {name}: {} {}",
+                datapath.label(),
+                path_id(route.path),
+                super::stats::human(value),
+                metric.unit()
+            ),
+        );
+        self.push(Sample {
+            round,
+            warmup: round < self.plan.warmup_rounds,
+            datapath,
+            path: route.path,
+            metric,
+            ports,
+            value,
+            count: Some(outcome.count),
+            seconds: Some(outcome.seconds),
+            cpu_us_per_tx,
+            whole_ms: None,
+        });
+        Ok(())
+    }
+
+    /// iperf3 over the DNAT path: the cross-check of the bulk figure.
+    fn iperf3(&mut self, round: usize, datapath: Datapath, ports: u32) -> Result<()> {
+        self.flush()?;
+        let seconds = self.seconds(round).ceil().max(1.0) as u64;
+        let mut server = Command::new("ip");
+        server
+            .args(["netns", "exec", "blue", "iperf3", "-s", "-1"])
+            .args(["-p", &IPERF_PORT.to_string(), "-A", &SERVER_CPU.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _server = Spawned(server.spawn().context("starting iperf3 -s in blue")?);
+        let mut last = None;
+        for _ in 0..50 {
+            thread::sleep(Duration::from_millis(100));
+            let mut client = Command::new("ip");
+            client
+                .args([
+                    "netns",
+                    "exec",
+                    "outside",
+                    "iperf3",
+                    "-J",
+                    "-c",
+                    "203.0.113.1",
+                ])
+                .args(["-p", &IPERF_PORT.to_string(), "-A", &CLIENT_CPU.to_string()])
+                .args(["-t", &seconds.to_string()]);
+            match output(&mut client) {
+                Ok(json) => {
+                    let report: serde_json::Value =
+                        serde_json::from_str(&json).context("parsing iperf3 -J")?;
+                    let bps = report["end"]["sum_received"]["bits_per_second"]
+                        .as_f64()
+                        .context("no end.sum_received.bits_per_second in iperf3's report")?;
+                    let value = bps / 1e9;
+                    self.progress(
+                        round,
+                        &format!(
+                            "{} {ports} ports · dnat iperf3: {value:.2} Gbit/s",
+                            datapath.label()
+                        ),
+                    );
+                    self.push(Sample {
+                        round,
+                        warmup: round < self.plan.warmup_rounds,
+                        datapath,
+                        path: TrafficPath::Dnat,
+                        metric: Metric::Iperf3,
+                        ports,
+                        value,
+                        count: None,
+                        seconds: Some(seconds as f64),
+                        cpu_us_per_tx: None,
+                        whole_ms: None,
+                    });
+                    return Ok(());
+                }
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| anyhow::anyhow!("no attempt"))
+            .context("iperf3 through the published port"))
+    }
+
+    /// `publish add` and `rm` of one more port with `ports` present.
+    fn edit(&mut self, round: usize, datapath: Datapath, ports: u32) -> Result<()> {
+        let add = format!("{EDIT_PORT}:80/tcp");
+        let rm = format!("{EDIT_PORT}/tcp");
+        for (metric, args) in [
+            (Metric::Add, vec!["publish", "add", "blue", add.as_str()]),
+            (Metric::Rm, vec!["publish", "rm", rm.as_str()]),
+        ] {
+            let mut cmd = Command::new(&self.plan.netlab);
+            cmd.arg("-v").args(&args);
+            let begun = Instant::now();
+            let out = cmd
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("running netlab {}", args.join(" ")))?;
+            let whole_ms = begun.elapsed().as_secs_f64() * 1e3;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() {
+                bail!("`netlab {}` failed: {}", args.join(" "), stderr.trim());
+            }
+            let update_us = datapath_update_us(&stderr).with_context(|| {
+                format!(
+                    "`netlab -v {}` logged no `datapath updated in`",
+                    args.join(" ")
+                )
+            })?;
+            self.push(Sample {
+                round,
+                warmup: round < self.plan.warmup_rounds,
+                datapath,
+                path: TrafficPath::Dnat,
+                metric,
+                ports,
+                value: update_us,
+                count: None,
+                seconds: None,
+                cpu_us_per_tx: None,
+                whole_ms: Some(whole_ms),
+            });
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, sample: Sample) {
+        self.results.samples.push(sample);
+    }
+}
+
+/// The error context that marks a datapath netlab cannot build yet.
+#[derive(Debug)]
+struct Unavailable;
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("`netlab up` refused this datapath")
+    }
+}
+
+fn is_unavailable(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<Unavailable>().is_some()
+}
+
+struct Counters {
+    dnat: u64,
+    snat: u64,
+    /// Packets the redirect datapath sent past the bridge and host stack.
+    redirected: u64,
+    source: String,
+}
+
+/// Sum of `redirect_peer` and `redirect_uplink` over the lab's links in
+/// `netlab status --json`.
+pub fn redirected_packets(status: &serde_json::Value) -> u64 {
+    let empty = Vec::new();
+    let places = status["places"].as_array().unwrap_or(&empty);
+    places
+        .iter()
+        .flat_map(|place| place["links"].as_array().unwrap_or(&empty))
+        .map(|link| {
+            ["redirect_peer", "redirect_uplink"]
+                .iter()
+                .filter_map(|reason| link["redirect"][reason].as_u64())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+#[derive(Deserialize)]
+struct LoadOutcome {
+    count: u64,
+    seconds: f64,
+    rate: f64,
+    cpu_busy_seconds: f64,
+}
+
+fn path_id(path: TrafficPath) -> &'static str {
+    match path {
+        TrafficPath::Dnat => "dnat",
+        TrafficPath::Masquerade => "masquerade",
+        TrafficPath::EastWest => "east-west",
+        TrafficPath::Direct => "direct",
+    }
+}
+
+/// The sum of the packet counters of an `iptables -L -v -x` listing.
+pub fn rule_packets(listing: &str) -> u64 {
+    listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `datapath updated in N us` from netlab's `-v` log.
+pub fn datapath_update_us(log: &str) -> Option<f64> {
+    log.lines().find_map(|line| {
+        let rest = &line[line.find("datapath updated in ")? + "datapath updated in ".len()..];
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+fn whoami(loadgen: &Path, route: &Route, udp: bool) -> Result<String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", route.client_ns])
+        .arg(loadgen)
+        .args(["whoami", "--to", route.target]);
+    if udp {
+        cmd.arg("--udp");
+    }
+    Ok(output(&mut cmd)
+        .with_context(|| format!("{} whoami to {}", path_id(route.path), route.target))?
+        .trim()
+        .to_owned())
+}
+
+/// TIME_WAIT: the client closes first, so its namespace keeps them; there,
+/// reuse them for new outgoing connections and use the widest port range.
+fn client_sysctls(ns: &str) -> Result<()> {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.tcp_tw_reuse=1",
+    ])?;
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_local_port_range=1024 65535",
+    ])
+}
+
+/// (namespace, interface): None is the sandbox's own namespace.
+type Iface = (Option<&'static str>, &'static str);
+
+fn lab_ifaces() -> Vec<Iface> {
+    vec![
+        (None, "veth-red-br"),
+        (None, "veth-blue-br"),
+        (None, "nl-uplink"),
+        (Some("red"), "veth-red"),
+        (Some("blue"), "veth-blue"),
+        (Some("outside"), "veth-outside"),
+    ]
+}
+
+fn direct_ifaces() -> Vec<Iface> {
+    vec![
+        (Some(DIRECT_CLIENT_NS), "d-a"),
+        (Some(DIRECT_SERVER_NS), "d-b"),
+    ]
+}
+
+/// Checksum offload off for verification (BENCHMARKING.md), back on (the
+/// veth default) for timing, the same for every datapath.
+fn offloads(ifaces: &[Iface], on: bool) -> Result<()> {
+    let state = if on { "on" } else { "off" };
+    for (ns, dev) in ifaces {
+        let mut argv: Vec<&str> = Vec::new();
+        if let Some(ns) = ns {
+            argv.extend(["ip", "netns", "exec", ns]);
+        }
+        argv.extend(["ethtool", "-K", dev, "tx", state, "rx", state]);
+        sh(&argv)?;
+    }
+    Ok(())
+}
+
+/// The lab's owner: `netlab down` when dropped, whatever happened.
+struct Lab {
+    netlab: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(err) = output(Command::new(&self.netlab).arg("down")) {
+            eprintln!("bench: netlab down: {err:#}");
+        }
+    }
+}
+
+/// A child process we started, killed (by its pid) and reaped when dropped.
+struct Spawned(Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Server;
+
+impl Server {
+    fn start(loadgen: &Path, ns: &str, lifetime: u64) -> Result<Spawned> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .arg(loadgen)
+            .args(["serve", "--port", &SERVER_PORT.to_string()])
+            .args(["--seconds", &lifetime.to_string()])
+            .args(["--cpu", &SERVER_CPU.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        Ok(Spawned(cmd.spawn().with_context(|| {
+            format!("starting the load generator's server in {ns}")
+        })?))
+    }
+}
+
+/// Runs a command; its stdout, or an error with its stderr.
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn sh(argv: &[&str]) -> Result<()> {
+    let (program, args) = argv.split_first().context("empty command")?;
+    output(Command::new(program).args(args)).map(|_| ())
+}
+
+fn meta(plan: &Plan) -> Result<Meta> {
+    let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let memory_gib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let br_nf = read("/proc/sys/net/bridge/bridge-nf-call-iptables");
+    let br_netfilter = match br_nf.trim() {
+        "1" => "br_netfilter: net.bridge.bridge-nf-call-iptables=1 (the machine's setting, \
+                unchanged), so with the iptables datapaths bridged red→blue traffic also walks \
+                iptables FORWARD and conntrack, as with Docker."
+            .to_owned(),
+        "0" => "br_netfilter: net.bridge.bridge-nf-call-iptables=0 (unchanged): bridged \
+                traffic skips iptables."
+            .to_owned(),
+        _ => "br_netfilter: not loaded.".to_owned(),
+    };
+    let mut notes = vec![format!(
+        "N = 1 means only the ports the traffic uses ({}); N > 1 adds {} fillers before them.",
+        USED_PORTS.join(", "),
+        "N - 3"
+    )];
+    let _ = write!(
+        notes[0],
+        " Paths other than DNAT are measured at N = {} only.",
+        plan.port_counts[0]
+    );
+    Ok(Meta {
+        mode: if plan.quick { "quick" } else { "full" }.to_owned(),
+        started_unix: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        cpu_model,
+        cpus,
+        memory_gib,
+        command: plan.command.clone(),
+        repetitions: plan.repetitions,
+        warmup_rounds: plan.warmup_rounds,
+        seconds_per_run: plan.seconds,
+        port_counts: plan.port_counts.clone(),
+        datapaths: plan.datapaths.clone(),
+        br_netfilter,
+        offloads: "Checksum offload off (ethtool -K tx off rx off) on every lab veth while \
+                   verifying, back on (the veth default) while timing, for every datapath."
+            .to_owned(),
+        pinning: format!(
+            "Client pinned to CPU {CLIENT_CPU}, server to CPU {SERVER_CPU} (sched_setaffinity; \
+             iperf3 -A), for every datapath."
+        ),
+        time_wait: "Connection rate: the client closes first, so TIME_WAIT stays in the client's \
+                    namespace, which has net.ipv4.tcp_tw_reuse=1 and ports 1024–65535; at most \
+                    60,000 connections per run, and every lab is new per datapath and port count."
+            .to_owned(),
+        flush: "`conntrack -F` and netlab's CONNTRACK map emptied before every run.".to_owned(),
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn used_ports_come_last_after_the_fillers() {
+        let text = topology(1000).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("publish = "))
+            .unwrap_or_default();
+        let ports: Vec<&str> = line
+            .trim_start_matches("publish = [")
+            .trim_end_matches(']')
+            .split(", ")
+            .collect();
+        assert_eq!(ports.len(), 1000);
+        assert_eq!(ports[0], "\"1100:80/tcp\"");
+        assert_eq!(
+            &ports[997..],
+            ["\"8080:80/tcp\"", "\"8080:80/udp\"", "\"5201:5201/tcp\""]
+        );
+        assert!(
+            !ports[..997]
+                .iter()
+                .any(|p| p.starts_with("\"8080:") || p.starts_with("\"5201:"))
+        );
+        let one = topology(1).unwrap_or_default();
+        assert!(one.contains("publish = [\"8080:80/tcp\", \"8080:80/udp\", \"5201:5201/tcp\"]"));
+        // The largest sweep stays below the masquerade port range.
+        let most = topology(30_000).unwrap_or_default();
+        assert!(!most.contains("\"32768:"));
+        assert!(!most.contains(&format!("\"{EDIT_PORT}:")));
+    }
+
+    #[test]
+    fn reads_rule_counters_and_update_times() {
+        let listing = "Chain NL-default-DNAT (5 references)\n    pkts      bytes target     prot opt in     out     source               destination\n       3      180 DNAT       6    --  *      *       0.0.0.0/0            0.0.0.0/0            tcp dpt:8080 to:192.168.15.2:80\n       2       60 DNAT       17   --  *      *       0.0.0.0/0            0.0.0.0/0            udp dpt:8080 to:192.168.15.2:80\n";
+        assert_eq!(rule_packets(listing), 5);
+        let log = "[2025-01-01T00:00:00Z INFO  netlab::cli] datapath updated in 75 us\n";
+        assert_eq!(datapath_update_us(log), Some(75.0));
+        assert_eq!(datapath_update_us("nothing"), None);
+        let status = serde_json::json!({"places": [
+            {"links": [{"redirect": {"redirect_peer": 4, "fallback_local": 9}}, {}]},
+            {"links": [{"redirect": {"redirect_uplink": 3}}]},
+        ]});
+        assert_eq!(redirected_packets(&status), 7);
+    }
+}

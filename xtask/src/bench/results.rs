@@ -1,0 +1,295 @@
+//! What a `bench` run records: every sample, what was verified, what was
+//! skipped and the conditions, written to `target/bench/results.json`.
+
+use std::{fmt, path::Path};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+/// The datapaths compared, in the order of a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Datapath {
+    /// netlab's iptables reference mode, nft backend (the default iptables).
+    IptablesNft,
+    /// The same rules through iptables-legacy.
+    IptablesLegacy,
+    /// netlab's eBPF NAT on the bridge.
+    Bridge,
+    /// netlab's eBPF NAT with redirects past the bridge and host stack.
+    Redirect,
+    /// The limit: a veth pair between two namespaces; no bridge, NAT or program.
+    Direct,
+}
+
+impl Datapath {
+    pub const ALL: [Datapath; 5] = [
+        Datapath::IptablesNft,
+        Datapath::IptablesLegacy,
+        Datapath::Bridge,
+        Datapath::Redirect,
+        Datapath::Direct,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Datapath::IptablesNft => "iptables-nft",
+            Datapath::IptablesLegacy => "iptables-legacy",
+            Datapath::Bridge => "bridge",
+            Datapath::Redirect => "redirect",
+            Datapath::Direct => "direct",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Datapath::IptablesNft => "iptables (nft)",
+            Datapath::IptablesLegacy => "iptables (legacy)",
+            Datapath::Bridge => "netlab bridge",
+            Datapath::Redirect => "netlab redirect",
+            Datapath::Direct => "direct veth (limit)",
+        }
+    }
+
+    pub fn parse(id: &str) -> Option<Datapath> {
+        Self::ALL.into_iter().find(|d| d.id() == id)
+    }
+
+    /// `netlab up --datapath` and `NETLAB_IPTABLES`; None for `direct`.
+    pub fn netlab_args(self) -> Option<(&'static str, Option<&'static str>)> {
+        match self {
+            Datapath::IptablesNft => Some(("iptables", Some("nft"))),
+            Datapath::IptablesLegacy => Some(("iptables", Some("legacy"))),
+            Datapath::Bridge => Some(("bridge", None)),
+            Datapath::Redirect => Some(("redirect", None)),
+            Datapath::Direct => None,
+        }
+    }
+}
+
+impl fmt::Display for Datapath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+/// Where the traffic goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrafficPath {
+    /// outside → 203.0.113.1:8080 → blue:80 (DNAT).
+    Dnat,
+    /// red → 203.0.113.2 (masquerade behind 203.0.113.1).
+    Masquerade,
+    /// red → blue over the bridge.
+    EastWest,
+    /// One namespace to the other over a bare veth pair (datapath `direct`).
+    Direct,
+}
+
+impl TrafficPath {
+    pub const LAB: [TrafficPath; 3] = [
+        TrafficPath::Dnat,
+        TrafficPath::Masquerade,
+        TrafficPath::EastWest,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TrafficPath::Dnat => {
+                "outside → published port (DNAT: 203.0.113.2 → 203.0.113.1:8080 → blue:80)"
+            }
+            TrafficPath::Masquerade => {
+                "lab namespace → outside (masquerade: red → 203.0.113.2, seen as 203.0.113.1)"
+            }
+            TrafficPath::EastWest => "namespace → namespace (red → blue, 192.168.15.0/24)",
+            TrafficPath::Direct => "direct veth pair (198.51.100.1 → 198.51.100.2)",
+        }
+    }
+}
+
+/// What a sample measures, and its unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metric {
+    /// 1-byte TCP request/response on one connection, transactions/s.
+    Rr,
+    /// TCP connect/request/close, connections/s.
+    Crr,
+    /// TCP bulk, Gbit/s (netlab-loadgen).
+    Stream,
+    /// iperf3's TCP bulk over the same path, Gbit/s (the cross-check).
+    Iperf3,
+    /// 18-byte UDP datagrams received, packets/s.
+    Udp,
+    /// `netlab up` with N published ports, ms.
+    Install,
+    /// Publish one more port with N present: the datapath update, µs.
+    Add,
+    /// Remove it again: the datapath update, µs.
+    Rm,
+}
+
+impl Metric {
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::Rr => "tx/s",
+            Metric::Crr => "conn/s",
+            Metric::Stream | Metric::Iperf3 => "Gbit/s",
+            Metric::Udp => "pkt/s",
+            Metric::Install => "ms",
+            Metric::Add | Metric::Rm => "µs",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::Rr => "TCP request/response (1 byte, one connection)",
+            Metric::Crr => "TCP connect/request/close",
+            Metric::Stream => "TCP bulk (loadgen)",
+            Metric::Iperf3 => "TCP bulk (iperf3 cross-check)",
+            Metric::Udp => "UDP 18-byte packets received",
+            Metric::Install => "`netlab up` with N published ports",
+            Metric::Add => "add 1 port with N present (datapath update)",
+            Metric::Rm => "remove 1 port with N present (datapath update)",
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub round: usize,
+    /// Warm-up samples are recorded but left out of every summary.
+    pub warmup: bool,
+    pub datapath: Datapath,
+    pub path: TrafficPath,
+    pub metric: Metric,
+    /// Published ports installed (the ones used included).
+    pub ports: u32,
+    /// In `metric.unit()`.
+    pub value: f64,
+    /// Transactions, datagrams or bytes the value is made of.
+    #[serde(default)]
+    pub count: Option<u64>,
+    #[serde(default)]
+    pub seconds: Option<f64>,
+    /// Busy CPU time of the machine (both ends and the datapath) per
+    /// transaction, from /proc/stat.
+    #[serde(default)]
+    pub cpu_us_per_tx: Option<f64>,
+    /// The whole command (`publish add`/`rm`), ms.
+    #[serde(default)]
+    pub whole_ms: Option<f64>,
+}
+
+/// A check made before timing a datapath.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    pub round: usize,
+    pub datapath: Datapath,
+    pub ports: u32,
+    /// What was checked and what was seen, e.g. "dnat tcp: server saw 203.0.113.2".
+    pub checks: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub datapath: Datapath,
+    pub reason: String,
+}
+
+/// The conditions of the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub mode: String,
+    pub started_unix: u64,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub memory_gib: f64,
+    pub command: String,
+    pub repetitions: usize,
+    pub warmup_rounds: usize,
+    pub seconds_per_run: f64,
+    pub port_counts: Vec<u32>,
+    /// The datapaths asked for, in round order.
+    pub datapaths: Vec<Datapath>,
+    pub br_netfilter: String,
+    pub offloads: String,
+    pub pinning: String,
+    pub time_wait: String,
+    pub flush: String,
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    pub meta: Meta,
+    pub skipped: Vec<Skipped>,
+    pub verifications: Vec<Verification>,
+    pub samples: Vec<Sample>,
+}
+
+impl Results {
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn read(path: &Path) -> Result<Results> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// The datapaths that have samples, in round order.
+    pub fn datapaths(&self) -> Vec<Datapath> {
+        let mut seen: Vec<Datapath> = self.samples.iter().map(|s| s.datapath).collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    }
+
+    /// (round, value) of the timed samples of one series.
+    pub fn series(
+        &self,
+        datapath: Datapath,
+        path: TrafficPath,
+        metric: Metric,
+        ports: u32,
+    ) -> Vec<(usize, f64)> {
+        self.samples
+            .iter()
+            .filter(|s| {
+                !s.warmup
+                    && s.datapath == datapath
+                    && s.path == path
+                    && s.metric == metric
+                    && s.ports == ports
+            })
+            .map(|s| (s.round, s.value))
+            .collect()
+    }
+
+    /// CPU µs per transaction of one series.
+    pub fn cpu_series(
+        &self,
+        datapath: Datapath,
+        path: TrafficPath,
+        metric: Metric,
+        ports: u32,
+    ) -> Vec<f64> {
+        self.samples
+            .iter()
+            .filter(|s| {
+                !s.warmup
+                    && s.datapath == datapath
+                    && s.path == path
+                    && s.metric == metric
+                    && s.ports == ports
+            })
+            .filter_map(|s| s.cpu_us_per_tx)
+            .collect()
+    }
+}

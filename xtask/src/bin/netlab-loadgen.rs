@@ -1,0 +1,612 @@
+//! netlab-loadgen: the load generator of `cargo xtask bench`.
+//!
+//! One small program for every datapath, so the traffic is the same for all
+//! of them: a server (`serve`) and a client per metric (`run rr|crr|stream|
+//! udp`), plus `whoami` (the source address the server sees, to verify NAT)
+//! and `flush-map` (empties netlab's pinned conntrack map between runs).
+//!
+//! Safety: it refuses to run in a namespace with any non-lab address (the
+//! host's), only targets the
+//! bench's lab ranges (192.168.15.0/24, 203.0.113.0/24, 198.51.100.0/24), and
+//! every run is bounded in time and in count; the server exits by itself.
+//!
+//! The server is one thread per protocol and handles TCP connections one
+//! after the other: the client runs one connection at a time, and a
+//! sequential server costs no thread start per connection (which would
+//! dominate the connection rate). Its first byte names the mode:
+//! `E` echo (request/response), `C` one 1-byte exchange then wait for the
+//! client's close (connection rate; the client closes first, so TIME_WAIT
+//! stays in the client's namespace), `S` sink (bulk; answers the byte count),
+//! `W` whoami (answers the peer address). UDP datagrams are counted; `R`
+//! resets the count, `Q` asks for it, `W` asks the peer address.
+
+use std::{
+    fs,
+    io::{self, Read as _, Write as _},
+    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+/// No client run lasts longer than this, whatever it is asked.
+const MAX_RUN: Duration = Duration::from_secs(60);
+/// Nor does a server.
+const MAX_SERVE: Duration = Duration::from_secs(4 * 3600);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Datagram payload of the UDP metric (a small packet).
+const UDP_PAYLOAD: usize = 18;
+
+#[derive(Parser)]
+#[command(
+    name = "netlab-loadgen",
+    about = "The load generator of `cargo xtask bench`"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve TCP and UDP on PORT for at most SECONDS, then exit.
+    Serve {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        seconds: u64,
+        /// Pin to this CPU.
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+    /// One client run: at most SECONDS and at most MAX_COUNT transactions
+    /// (bytes for `stream`); prints one JSON line.
+    Run {
+        metric: Metric,
+        #[arg(long)]
+        to: SocketAddrV4,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long)]
+        max_count: u64,
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+    /// Print the source address the server at TO sees for this client.
+    Whoami {
+        #[arg(long)]
+        to: SocketAddrV4,
+        #[arg(long)]
+        udp: bool,
+    },
+    /// Delete every entry of a pinned BPF hash map; prints how many.
+    FlushMap { path: PathBuf },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Metric {
+    /// 1-byte request/response on one TCP connection.
+    Rr,
+    /// New TCP connection per 1-byte request/response, client closes first.
+    Crr,
+    /// Bulk TCP transfer.
+    Stream,
+    /// Small UDP datagrams, one way, counted by the server.
+    Udp,
+}
+
+/// What a client run prints.
+#[derive(Serialize)]
+struct Outcome {
+    metric: Metric,
+    /// Transactions (rr, crr), datagrams received (udp) or bytes (stream).
+    count: u64,
+    /// Datagrams sent (udp only).
+    sent: u64,
+    seconds: f64,
+    /// `count / seconds`.
+    rate: f64,
+    /// Busy CPU time of the whole machine over the run (all CPUs, /proc/stat).
+    cpu_busy_seconds: f64,
+}
+
+fn main() -> ExitCode {
+    match execute(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("netlab-loadgen: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<()> {
+    refuse_init_netns()?;
+    match command {
+        Command::Serve { port, seconds, cpu } => {
+            pin(cpu)?;
+            serve(port, Duration::from_secs(seconds).min(MAX_SERVE))
+        }
+        Command::Run {
+            metric,
+            to,
+            seconds,
+            max_count,
+            cpu,
+        } => {
+            check_target(to)?;
+            pin(cpu)?;
+            let budget = Duration::try_from_secs_f64(seconds)
+                .context("--seconds must be a positive number")?
+                .min(MAX_RUN);
+            let outcome = run(metric, to, budget, max_count)?;
+            println!("{}", serde_json::to_string(&outcome)?);
+            Ok(())
+        }
+        Command::Whoami { to, udp } => {
+            check_target(to)?;
+            println!(
+                "{}",
+                if udp {
+                    whoami_udp(to)?
+                } else {
+                    whoami_tcp(to)?
+                }
+            );
+            Ok(())
+        }
+        Command::FlushMap { path } => {
+            println!("{}", flush_map(&path)?);
+            Ok(())
+        }
+    }
+}
+
+/// Load only ever runs inside the namespaces the bench made: every IPv4
+/// address of this namespace must be loopback or a lab address (the host's
+/// namespace has its real interfaces, e.g. eth0 in 192.0.2.0/24).
+fn refuse_init_netns() -> Result<()> {
+    let addrs = local_ipv4_addresses()?;
+    if let Some(other) = addrs
+        .iter()
+        .find(|a| !a.is_loopback() && !is_lab_address(**a))
+    {
+        bail!(
+            "refusing to run: this network namespace has {other}, which is not a bench lab \
+             address; run it through `cargo xtask bench`"
+        );
+    }
+    Ok(())
+}
+
+fn local_ipv4_addresses() -> Result<Vec<Ipv4Addr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error()).context("listing local addresses");
+    }
+    let mut addrs = Vec::new();
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned; an
+        // AF_INET ifa_addr points at a sockaddr_in.
+        unsafe {
+            let addr = (*cursor).ifa_addr;
+            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
+                let sin = addr.cast::<libc::sockaddr_in>();
+                addrs.push(Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr)));
+            }
+            cursor = (*cursor).ifa_next;
+        }
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(addrs)
+}
+
+/// The bench's lab ranges, and nothing else.
+fn is_lab_address(addr: Ipv4Addr) -> bool {
+    let [a, b, c, _] = addr.octets();
+    matches!((a, b, c), (192, 168, 15) | (203, 0, 113) | (198, 51, 100))
+}
+
+fn check_target(to: SocketAddrV4) -> Result<()> {
+    if !is_lab_address(*to.ip()) {
+        bail!(
+            "{to} is not a lab address of the bench (192.168.15.0/24, 203.0.113.0/24, \
+             198.51.100.0/24)"
+        );
+    }
+    Ok(())
+}
+
+fn pin(cpu: Option<usize>) -> Result<()> {
+    let Some(cpu) = cpu else { return Ok(()) };
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set, and CPU_SET
+    // and sched_setaffinity only read and write within it.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("pinning to CPU {cpu}"));
+    }
+    Ok(())
+}
+
+/// Busy and total CPU seconds of the machine so far (first line of /proc/stat).
+fn cpu_seconds() -> Result<(f64, f64)> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_proc_stat(&stat).context("no `cpu` line in /proc/stat")
+}
+
+fn parse_proc_stat(stat: &str) -> Option<(f64, f64)> {
+    let fields: Vec<f64> = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("cpu "))?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is within user).
+    let total: f64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(((total - idle) / ticks, total / ticks))
+}
+
+fn serve(port: u16, lifetime: Duration) -> Result<()> {
+    let tcp = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        .with_context(|| format!("listening on TCP port {port}"))?;
+    let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+        .with_context(|| format!("binding UDP port {port}"))?;
+    // The watchdog: the server ends by itself however it is driven.
+    thread::spawn(move || {
+        thread::sleep(lifetime);
+        std::process::exit(0);
+    });
+    thread::spawn(move || serve_udp(&udp));
+    eprintln!("netlab-loadgen: serving TCP and UDP port {port}");
+    for stream in tcp.incoming() {
+        let Ok(stream) = stream else { continue };
+        if let Err(err) = serve_connection(stream) {
+            eprintln!("netlab-loadgen: connection: {err:#}");
+        }
+    }
+    Ok(())
+}
+
+fn serve_connection(mut stream: TcpStream) -> Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut mode = [0u8; 1];
+    stream.read_exact(&mut mode)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    match mode[0] {
+        b'E' => loop {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            stream.write_all(&buf[..n])?;
+        },
+        b'C' => {
+            stream.write_all(b"c")?;
+            // Wait for the client's FIN so it closes first.
+            while stream.read(&mut buf)? > 0 {}
+            Ok(())
+        }
+        b'S' => {
+            let mut total: u64 = 0;
+            loop {
+                let n = stream.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+            stream.write_all(&total.to_le_bytes())?;
+            Ok(())
+        }
+        b'W' => {
+            let peer = stream.peer_addr()?.ip();
+            stream.write_all(format!("{peer}\n").as_bytes())?;
+            Ok(())
+        }
+        other => bail!("unknown mode byte {other:#x}"),
+    }
+}
+
+fn serve_udp(socket: &UdpSocket) {
+    let mut received: u64 = 0;
+    let mut buf = [0u8; 2048];
+    loop {
+        let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let reply: Option<Vec<u8>> = match &buf[..n] {
+            b"R" => {
+                received = 0;
+                Some(b"R".to_vec())
+            }
+            b"Q" => Some(received.to_le_bytes().to_vec()),
+            b"W" => Some(format!("{}\n", peer.ip()).into_bytes()),
+            _ => {
+                received += 1;
+                None
+            }
+        };
+        if let Some(reply) = reply {
+            let _ = socket.send_to(&reply, peer);
+        }
+    }
+}
+
+fn connect(to: SocketAddrV4) -> Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&SocketAddr::V4(to), IO_TIMEOUT)
+        .with_context(|| format!("connecting to {to}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+fn run(metric: Metric, to: SocketAddrV4, budget: Duration, max_count: u64) -> Result<Outcome> {
+    let (busy_before, _) = cpu_seconds()?;
+    let start = Instant::now();
+    let deadline = start + budget;
+    let mut sent = 0;
+    let count = match metric {
+        Metric::Rr => {
+            let mut stream = connect(to)?;
+            stream.write_all(b"E")?;
+            let mut byte = [b'x'];
+            let mut n = 0;
+            while n < max_count && Instant::now() < deadline {
+                stream.write_all(&byte)?;
+                stream
+                    .read_exact(&mut byte)
+                    .context("waiting for the response")?;
+                n += 1;
+            }
+            n
+        }
+        Metric::Crr => {
+            let mut n = 0;
+            let mut byte = [0u8];
+            while n < max_count && Instant::now() < deadline {
+                let mut stream = connect(to).with_context(|| format!("connection {}", n + 1))?;
+                stream.write_all(b"C")?;
+                stream
+                    .read_exact(&mut byte)
+                    .context("waiting for the response")?;
+                // Dropping closes: the client sends the first FIN.
+                drop(stream);
+                n += 1;
+            }
+            n
+        }
+        Metric::Stream => {
+            let mut stream = connect(to)?;
+            stream.write_all(b"S")?;
+            let chunk = vec![b's'; 128 * 1024];
+            let mut written: u64 = 0;
+            while written < max_count && Instant::now() < deadline {
+                stream.write_all(&chunk)?;
+                written += chunk.len() as u64;
+            }
+            stream.shutdown(Shutdown::Write)?;
+            let mut count = [0u8; 8];
+            stream
+                .read_exact(&mut count)
+                .context("waiting for the byte count")?;
+            sent = written;
+            u64::from_le_bytes(count)
+        }
+        Metric::Udp => {
+            let socket = udp_socket(to)?;
+            udp_ask(&socket, b"R")?;
+            let payload = [b'u'; UDP_PAYLOAD];
+            let started = Instant::now();
+            while sent < max_count && Instant::now() < deadline {
+                // A full queue (ENOBUFS) is a lost datagram, as on the wire.
+                if socket.send(&payload).is_ok() {
+                    sent += 1;
+                }
+            }
+            let elapsed = started.elapsed();
+            let reply = udp_ask(&socket, b"Q")?;
+            let received = u64::from_le_bytes(
+                reply
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .context("short reply to the count query")?,
+            );
+            let (busy_after, _) = cpu_seconds()?;
+            let seconds = elapsed.as_secs_f64();
+            return Ok(Outcome {
+                metric,
+                count: received,
+                sent,
+                seconds,
+                rate: received as f64 / seconds,
+                cpu_busy_seconds: busy_after - busy_before,
+            });
+        }
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let (busy_after, _) = cpu_seconds()?;
+    Ok(Outcome {
+        metric,
+        count,
+        sent,
+        seconds,
+        rate: count as f64 / seconds,
+        cpu_busy_seconds: busy_after - busy_before,
+    })
+}
+
+fn udp_socket(to: SocketAddrV4) -> Result<UdpSocket> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.connect(to).with_context(|| format!("UDP to {to}"))?;
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok(socket)
+}
+
+/// A control datagram with its answer, retried: UDP may lose either.
+fn udp_ask(socket: &UdpSocket, question: &[u8]) -> Result<Vec<u8>> {
+    let mut buf = [0u8; 64];
+    for _ in 0..25 {
+        socket.send(question)?;
+        if let Ok(n) = socket.recv(&mut buf) {
+            return Ok(buf[..n].to_vec());
+        }
+    }
+    bail!(
+        "no answer from the UDP server to `{}` in 5 s",
+        String::from_utf8_lossy(question)
+    )
+}
+
+fn whoami_tcp(to: SocketAddrV4) -> Result<String> {
+    let mut stream = connect(to)?;
+    stream.write_all(b"W")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer.trim().to_owned())
+}
+
+fn whoami_udp(to: SocketAddrV4) -> Result<String> {
+    let socket = udp_socket(to)?;
+    let answer = udp_ask(&socket, b"W")?;
+    Ok(String::from_utf8_lossy(&answer).trim().to_owned())
+}
+
+/// `union bpf_attr` for BPF_OBJ_GET.
+#[repr(C)]
+#[derive(Default)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: [u32; 27],
+}
+
+/// `union bpf_attr` for the BPF_MAP_* element commands.
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad0: u32,
+    key: u64,
+    value_or_next_key: u64,
+    flags: u64,
+    _pad: [u32; 24],
+}
+
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_OBJ_GET: libc::c_long = 7;
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, properly sized `union bpf_attr` variant; the
+    // kernel reads (and for some commands writes) at most size_of::<T>() bytes.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+/// Empties a pinned hash map (netlab's conntrack), so a run starts with no
+/// flow left by the previous one. Returns the number of entries deleted.
+fn flush_map(path: &Path) -> Result<u64> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut get = ObjGetAttr {
+        pathname: c_path.as_ptr() as u64,
+        ..Default::default()
+    };
+    let fd = bpf(BPF_OBJ_GET, &mut get).with_context(|| format!("opening {}", path.display()))?;
+    let fd = i32::try_from(fd)?;
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let key_size: usize = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?
+        .lines()
+        .find_map(|line| line.strip_prefix("key_size:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no key_size in the map's fdinfo")?;
+    let max_entries: u64 = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?
+        .lines()
+        .find_map(|line| line.strip_prefix("max_entries:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    let mut key = vec![0u8; key_size];
+    let mut deleted = 0;
+    // Always delete the first key: deleting while walking with a cursor would
+    // restart the walk anyway. Bounded by the map's size.
+    while deleted <= max_entries {
+        let mut next = MapElemAttr {
+            map_fd: fd as u32,
+            key: 0,
+            value_or_next_key: key.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut next) {
+            Ok(_) => {}
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(err) => return Err(err).context("walking the map"),
+        }
+        let mut delete = MapElemAttr {
+            map_fd: fd as u32,
+            key: key.as_ptr() as u64,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_DELETE_ELEM, &mut delete) {
+            Ok(_) => deleted += 1,
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(err) => return Err(err).context("deleting an entry"),
+        }
+    }
+    drop(owned);
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_lab_ranges_are_targets() {
+        assert!(is_lab_address(Ipv4Addr::new(203, 0, 113, 1)));
+        assert!(is_lab_address(Ipv4Addr::new(192, 168, 15, 2)));
+        assert!(is_lab_address(Ipv4Addr::new(198, 51, 100, 2)));
+        assert!(!is_lab_address(Ipv4Addr::new(192, 0, 2, 1)));
+        assert!(!is_lab_address(Ipv4Addr::new(127, 0, 0, 1)));
+        assert!(!is_lab_address(Ipv4Addr::new(192, 168, 1, 1)));
+    }
+
+    #[test]
+    fn proc_stat_busy_excludes_idle_and_iowait() {
+        let stat = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n";
+        let (busy, total) = parse_proc_stat(stat).unwrap_or_default();
+        assert!((total / busy - 1000.0 / 150.0).abs() < 1e-9);
+    }
+}
