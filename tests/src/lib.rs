@@ -242,6 +242,22 @@ impl Sandbox {
     }
 
     /// `netlab status --json`, parsed.
+    /// Packets counted by the `counter` rules of a test-owned nftables
+    /// chain in the sandbox (`nft -j list chain FAMILY TABLE CHAIN`).
+    pub fn nft_counted(&self, family: &str, table: &str, chain: &str) -> Result<u64> {
+        let out = self.ok(&["nft", "-j", "list", "chain", family, table, chain])?;
+        let listing: Value = serde_json::from_str(&out.stdout)
+            .with_context(|| format!("nft printed {:?}", out.stdout))?;
+        Ok(listing["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item["rule"]["expr"].as_array())
+            .flatten()
+            .filter_map(|expr| expr["counter"]["packets"].as_u64())
+            .sum())
+    }
+
     pub fn status_json(&self) -> Result<Value> {
         let out = self.netlab_ok(&["status", "--json"])?;
         serde_json::from_str(&out.stdout).with_context(|| {

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use netlab_tests::Sandbox;
-use serde_json::Value;
 
 /// An address outside the lab (TEST-NET-2); nothing ever answers it.
 const BEYOND: &str = "198.51.100.7";
@@ -42,18 +41,7 @@ fn add_egress_counter(sb: &Sandbox, dev: &str) {
 }
 
 fn egress_count(sb: &Sandbox) -> u64 {
-    let out = sb
-        .ok(&["nft", "-j", "list", "chain", "inet", "test_closed", "post"])
-        .unwrap();
-    let listing: Value = serde_json::from_str(&out.stdout).unwrap();
-    listing["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|item| item["rule"]["expr"].as_array())
-        .flatten()
-        .filter_map(|expr| expr["counter"]["packets"].as_u64())
-        .sum()
+    sb.nft_counted("inet", "test_closed", "post").unwrap()
 }
 
 fn lab_stays_closed(datapath: &str) {

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use netlab_tests::Sandbox;
-use serde_json::Value;
 
 const BLUE: &str = "192.168.15.2";
 const OUTSIDE: &str = "203.0.113.2";
@@ -42,26 +41,8 @@ fn add_bridge_counter(sb: &Sandbox) {
 }
 
 fn bridge_forwarded(sb: &Sandbox) -> u64 {
-    let out = sb
-        .ok(&[
-            "nft",
-            "-j",
-            "list",
-            "chain",
-            "bridge",
-            "test_bridge",
-            "forwarded",
-        ])
-        .unwrap();
-    let listing: Value = serde_json::from_str(&out.stdout).unwrap();
-    listing["nftables"]
-        .as_array()
+    sb.nft_counted("bridge", "test_bridge", "forwarded")
         .unwrap()
-        .iter()
-        .filter_map(|item| item["rule"]["expr"].as_array())
-        .flatten()
-        .filter_map(|expr| expr["counter"]["packets"].as_u64())
-        .sum()
 }
 
 /// A test-owned chain in FORWARD that only counts lab packets.
