@@ -10,7 +10,7 @@
 //! change namespace.
 
 use std::{
-    ffi::CString,
+    ffi::{CStr, CString},
     fs::{self, File, OpenOptions},
     future::Future,
     io,
@@ -207,59 +207,37 @@ where
 /// mounts propagate to every mount namespace (and `ip netns` sees them).
 fn ensure_run_dir() -> io::Result<()> {
     fs::create_dir_all(NETNS_RUN_DIR)?;
-    let dir = cstring(Path::new(NETNS_RUN_DIR));
-    let none = c"none";
-    // SAFETY: plain syscalls on NUL-terminated strings.
-    unsafe {
-        if libc::mount(
-            none.as_ptr(),
-            dir.as_ptr(),
-            none.as_ptr(),
-            libc::MS_SHARED | libc::MS_REC,
-            std::ptr::null(),
-        ) == 0
-        {
-            return Ok(());
+    let dir = Path::new(NETNS_RUN_DIR);
+    let shared = libc::MS_SHARED | libc::MS_REC;
+    match mount(c"none", dir, c"none", shared) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // Not a mount point yet: bind it onto itself, then share it.
+            mount(&cstring(dir), dir, c"none", libc::MS_BIND | libc::MS_REC)?;
+            mount(c"none", dir, c"none", shared)
         }
-        if io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-            return Err(io::Error::last_os_error());
-        }
-        // Not a mount point yet: bind it onto itself, then share it.
-        if libc::mount(
-            dir.as_ptr(),
-            dir.as_ptr(),
-            none.as_ptr(),
-            libc::MS_BIND | libc::MS_REC,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::mount(
-            none.as_ptr(),
-            dir.as_ptr(),
-            none.as_ptr(),
-            libc::MS_SHARED | libc::MS_REC,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+        other => other,
     }
-    Ok(())
 }
 
 fn bind_mount(source: &Path, target: &Path) -> io::Result<()> {
-    let source = cstring(source);
+    mount(&cstring(source), target, c"none", libc::MS_BIND)
+}
+
+/// `mount(2)` without data: the one place netlab calls it.
+pub(crate) fn mount(
+    source: &CStr,
+    target: &Path,
+    fstype: &CStr,
+    flags: libc::c_ulong,
+) -> io::Result<()> {
     let target = cstring(target);
-    let none = c"none";
     // SAFETY: plain syscall on NUL-terminated strings.
     if unsafe {
         libc::mount(
             source.as_ptr(),
             target.as_ptr(),
-            none.as_ptr(),
-            libc::MS_BIND,
+            fstype.as_ptr(),
+            flags,
             std::ptr::null(),
         )
     } != 0

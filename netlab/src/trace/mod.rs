@@ -95,21 +95,8 @@ fn ensure_tracefs() -> Result<()> {
     if Path::new(TRACEFS).join("events").is_dir() {
         return Ok(());
     }
-    let target = crate::netns::cstring(Path::new(TRACEFS));
-    let fstype = c"tracefs";
-    // SAFETY: plain syscall on NUL-terminated strings.
-    if unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error()).context(format!("mounting tracefs on {TRACEFS}"));
-    }
+    crate::netns::mount(c"tracefs", Path::new(TRACEFS), c"tracefs", 0)
+        .with_context(|| format!("mounting tracefs on {TRACEFS}"))?;
     log::info!("mounted tracefs on {TRACEFS}");
     Ok(())
 }
