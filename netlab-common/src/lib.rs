@@ -42,12 +42,21 @@ pub mod names {
     /// LPM trie: lab subnets whose traffic to the uplink is masqueraded.
     pub const MASQ_SUBNETS: &str = "MASQ_SUBNETS";
     /// LPM trie: every destination lab traffic may go to (the lab's subnets,
-    /// the uplink's, multicast and broadcast); see `NatConfig::closed`.
+    /// the uplink's, multicast and broadcast) → its kind (`nat::NET_*`); see
+    /// `NatConfig::closed`. Also tells which sources may arrive where.
     pub const LAB_NETS: &str = "LAB_NETS";
     /// Hash: ifindex → [`IfaceConfig`](crate::nat::IfaceConfig).
     pub const IFACE_CONFIG: &str = "IFACE_CONFIG";
-    /// LRU hash: [`FlowKey`](crate::nat::FlowKey) → [`CtEntry`](crate::nat::CtEntry).
+    /// LRU hash: [`FlowKey`](crate::nat::FlowKey) → [`CtEntry`](crate::nat::CtEntry),
+    /// flows that have seen a reply (assured, in nf_conntrack's words).
     pub const CONNTRACK: &str = "CONNTRACK";
+    /// LRU hash of the same form: flows that have not seen a reply yet. New
+    /// flows (a SYN flood) evict each other here, never an assured flow.
+    pub const CONNTRACK_NEW: &str = "CONNTRACK_NEW";
+    /// LRU hash: [`FragKey`](crate::nat::FragKey) →
+    /// [`FragPorts`](crate::nat::FragPorts), the ports of datagrams whose
+    /// first fragment was seen, for their later fragments.
+    pub const FRAGMENTS: &str = "FRAGMENTS";
     /// Per-CPU array indexed by [`Stat`](crate::nat::Stat).
     pub const NAT_STATS: &str = "NAT_STATS";
 
@@ -139,4 +148,8 @@ mod pod {
     unsafe impl aya::Pod for crate::trace::Journey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::nat::Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::FragKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::FragPorts {}
 }

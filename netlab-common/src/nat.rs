@@ -282,7 +282,12 @@ pub struct IfaceConfig {
     pub role: u32,
 }
 
-/// Counters of what the NAT datapath did and why; index of [`names::NAT_STATS`](crate::names::NAT_STATS).
+/// Counters of what the NAT datapath did and why; index of
+/// [`names::NAT_STATS`](crate::names::NAT_STATS).
+///
+/// Every drop the datapath makes has one of these as its reason: the
+/// kernel side returns it from the helper that failed, counts it once and
+/// hands it to the trace event, and `netlab status` names it.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
@@ -290,14 +295,15 @@ pub enum Stat {
     Packets = 0,
     /// ARP, IPv6...: passed untouched.
     NonIpv4,
-    /// Truncated or inconsistent headers: passed untouched (the kernel's IP
-    /// stack validates and drops them), never translated.
+    /// Truncated or inconsistent headers: passed untouched when nothing
+    /// needs translating (the kernel validates and drops them on local
+    /// delivery), never translated.
     Malformed,
-    /// IP fragments: passed untouched on ingress; dropped when they would
-    /// leave through masquerade untranslated.
+    /// Later IP fragments translated with the ports their first fragment
+    /// carried (see `FRAGMENTS`).
     Fragment,
-    /// Protocols other than TCP, UDP, ICMP echo: passed untouched, or
-    /// dropped when they would leave through masquerade untranslated.
+    /// Protocols other than TCP, UDP, ICMP echo and ICMP errors: passed
+    /// untouched.
     Unsupported,
     /// Packets rewritten from an existing conntrack entry.
     Translated,
@@ -318,16 +324,47 @@ pub enum Stat {
     CtExpired,
     /// One half of a flow found without its other half (LRU evicted it).
     CtHalfEvicted,
-    /// Packet rewrite failed (helper error): dropped.
-    RewriteFailed,
+    /// The IP header checksum could not be updated: dropped.
+    CsumL3Failed,
+    /// The TCP/UDP/ICMP checksum could not be updated: dropped.
+    CsumL4Failed,
+    /// A rewritten field could not be stored: dropped.
+    WriteFailed,
     /// ICMP errors about a tracked flow, translated with their embedded header.
     IcmpErrorTranslated,
     /// From a lab namespace to a destination outside the lab (not a lab
     /// subnet, not the uplink's): dropped, so it never leaves the machine.
     LeaveLab,
+    /// A packet NAT cannot translate (malformed L4, an unknown protocol, an
+    /// ICMP error about no flow, a fragment whose first piece was not seen)
+    /// whose source is a masqueraded lab address, leaving through the
+    /// uplink: dropped, so no lab address leaves (netfilter's INVALID).
+    UntranslatedLeak,
+    /// A source address that cannot arrive on this interface (a lab subnet
+    /// on the uplink, a foreign address from a lab namespace): dropped, as
+    /// rp_filter would.
+    SpoofedSource,
+    /// A later fragment whose first fragment was not seen (out of order),
+    /// addressed to where NAT applies: dropped (netfilter reassembles first).
+    FragUnknown,
+    /// Two CPUs opened the same flow at once; the loser used the winner's entry.
+    CtInsertRace,
+    /// A SYN on a closed or TIME_WAIT flow: the old flow was removed and the
+    /// SYN evaluated as a new flow (as nf_conntrack does).
+    CtReopened,
+    /// New connections of the host's own sockets through the uplink,
+    /// tracked so that their replies are never taken for new NAT flows.
+    HostFlowNew,
+    /// A host connection whose source port a masqueraded flow already used
+    /// toward the same destination, given another port (netfilter's
+    /// implicit source NAT).
+    HostPortRemapped,
+    /// Flows that saw a reply and moved to the assured table, where new
+    /// flows (a SYN flood) cannot evict them.
+    CtAssured,
 }
 
-pub const STAT_COUNT: u32 = 17;
+pub const STAT_COUNT: u32 = 27;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -345,9 +382,19 @@ impl Stat {
         Stat::CtInsertFailed,
         Stat::CtExpired,
         Stat::CtHalfEvicted,
-        Stat::RewriteFailed,
+        Stat::CsumL3Failed,
+        Stat::CsumL4Failed,
+        Stat::WriteFailed,
         Stat::IcmpErrorTranslated,
         Stat::LeaveLab,
+        Stat::UntranslatedLeak,
+        Stat::SpoofedSource,
+        Stat::FragUnknown,
+        Stat::CtInsertRace,
+        Stat::CtReopened,
+        Stat::HostFlowNew,
+        Stat::HostPortRemapped,
+        Stat::CtAssured,
     ];
 
     pub fn name(self) -> &'static str {
@@ -366,11 +413,70 @@ impl Stat {
             Stat::CtInsertFailed => "ct_insert_failed",
             Stat::CtExpired => "ct_expired",
             Stat::CtHalfEvicted => "ct_half_evicted",
-            Stat::RewriteFailed => "rewrite_failed",
+            Stat::CsumL3Failed => "csum_l3_failed",
+            Stat::CsumL4Failed => "csum_l4_failed",
+            Stat::WriteFailed => "write_failed",
             Stat::IcmpErrorTranslated => "icmp_error_translated",
             Stat::LeaveLab => "leave_lab",
+            Stat::UntranslatedLeak => "untranslated_leak",
+            Stat::SpoofedSource => "spoofed_source",
+            Stat::FragUnknown => "frag_unknown",
+            Stat::CtInsertRace => "ct_insert_race",
+            Stat::CtReopened => "ct_reopened",
+            Stat::HostFlowNew => "host_flow_new",
+            Stat::HostPortRemapped => "host_port_remapped",
+            Stat::CtAssured => "ct_assured",
         }
     }
+
+    /// Whether this counter is a reason the datapath drops packets for.
+    pub fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Stat::TcpNotSyn
+                | Stat::PortExhausted
+                | Stat::CtInsertFailed
+                | Stat::CtHalfEvicted
+                | Stat::CsumL3Failed
+                | Stat::CsumL4Failed
+                | Stat::WriteFailed
+                | Stat::LeaveLab
+                | Stat::UntranslatedLeak
+                | Stat::SpoofedSource
+                | Stat::FragUnknown
+        )
+    }
+}
+
+/// Values of [`names::LAB_NETS`](crate::names::LAB_NETS): what kind of
+/// network an address belongs to.
+/// A subnet behind the lab's own veths (namespaces, bridges).
+pub const NET_INTERNAL: u32 = 1;
+/// The uplink's subnet: it stands for the world beyond the host.
+pub const NET_UPLINK: u32 = 2;
+/// Multicast and the limited broadcast address.
+pub const NET_GROUP: u32 = 3;
+
+/// Key of [`names::FRAGMENTS`](crate::names::FRAGMENTS): one IP datagram's
+/// fragments, as the addresses of the hop that saw its first fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    /// IP identification, network order.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The L4 ports (ICMP: echo identifier as in [`FlowKey`]) the first
+/// fragment of a datagram carried, for its later fragments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
@@ -382,3 +488,5 @@ const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
 const _: () = assert!(core::mem::size_of::<SockNat>() == 12);
 const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 8);
 const _: () = assert!(Stat::ALL.len() == STAT_COUNT as usize);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+const _: () = assert!(core::mem::size_of::<FragPorts>() == 4);

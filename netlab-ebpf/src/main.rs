@@ -1,16 +1,20 @@
-//! netlab's kernel side: thin program entry points over datapath modules
-//! split by concern (as Cilium's `bpf/lib`): [`parse`], [`conntrack`],
-//! [`nat`], [`sock`], [`stats`], [`counters`]. Each entry point maps the modules'
-//! outcome to a TC verdict and nothing else.
+//! netlab's kernel side: thin program entry points over a packet-access
+//! layer ([`pkt`]: context, headers, checksums, the one parser) and
+//! datapath modules split by concern (as Cilium's `bpf/lib`):
+//! [`conntrack`], [`frag`], [`nat`], [`redirect`], [`trace`], [`kfree`],
+//! [`sock`], [`stats`], [`counters`]. Each entry point parses once, hands
+//! the result to the modules, and maps their [`Verdict`] to a TC action,
+//! counting a drop's reason there and nowhere else.
 
 #![no_std]
 #![no_main]
 
 mod conntrack;
 mod counters;
-mod drops;
+mod frag;
+mod kfree;
 mod nat;
-mod parse;
+mod pkt;
 mod redirect;
 mod sock;
 mod stats;
@@ -24,13 +28,16 @@ use aya_ebpf::{
 };
 use netlab_common::{
     Direction,
-    nat::{APPLY_EGRESS, APPLY_INGRESS, Stat},
+    nat::{APPLY_EGRESS, APPLY_INGRESS, RedirectReason, Stat},
     trace::Hook,
 };
 
 use crate::{
-    nat::Verdict,
-    parse::{NotParsed, parse},
+    nat::{Iface, Verdict},
+    pkt::{
+        ctx,
+        parse::{Parsed, parse},
+    },
 };
 
 /// TCX_NEXT: let the next program on the hook (or the stack) decide.
@@ -39,14 +46,14 @@ const DROP: i32 = TC_ACT_SHOT;
 
 #[classifier]
 pub fn count_ingress(ctx: TcContext) -> i32 {
-    counters::count(&ctx, Direction::Ingress);
+    counters::count(&ctx, ctx::ifindex(&ctx), Direction::Ingress);
     trace::hop(&ctx, Hook::Ingress);
     TCX_NEXT
 }
 
 #[classifier]
 pub fn count_egress(ctx: TcContext) -> i32 {
-    counters::count(&ctx, Direction::Egress);
+    counters::count(&ctx, ctx::ifindex(&ctx), Direction::Egress);
     trace::hop(&ctx, Hook::Egress);
     TCX_NEXT
 }
@@ -55,43 +62,49 @@ pub fn count_egress(ctx: TcContext) -> i32 {
 /// one program runs per hop instead of two).
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
-    let traced = trace::begin(&ctx);
-    let action = nat_ingress_action(TcContext::new(ctx.skb.skb));
+    let parsed = parse(&ctx);
+    let traced = trace::begin(&parsed);
+    let action = to_action(ingress(&ctx, &parsed));
     trace::end(&ctx, traced, Hook::NatIngress, action)
 }
 
 #[inline(always)]
-fn nat_ingress_action(ctx: TcContext) -> i32 {
-    counters::count(&ctx, Direction::Ingress);
+fn ingress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
+    let iface = Iface::of(ctx);
+    counters::count(ctx, iface.ifindex, Direction::Ingress);
     stats::count(Stat::Packets);
-    if nat::leaves_lab(&ctx) {
-        stats::count(Stat::LeaveLab);
-        return DROP;
+    if let Err(reason) = nat::admit(&iface, parsed) {
+        return Verdict::Drop(reason);
     }
-    let pkt = match parse(&ctx) {
-        Ok(pkt) => pkt,
-        Err(NotParsed::IcmpError(err))
-            if let Some(verdict) = nat::icmp_error(&ctx, &err, APPLY_INGRESS) =>
-        {
-            return to_action(verdict);
+    let verdict = match parsed {
+        Parsed::Flow(pkt) => nat::translate(ctx, pkt, APPLY_INGRESS, &iface),
+        Parsed::LaterFragment(frag) => nat::translate_fragment(ctx, frag, APPLY_INGRESS),
+        Parsed::IcmpError(err) => {
+            nat::icmp_error(ctx, err, APPLY_INGRESS, &iface).unwrap_or_else(|| {
+                // About no flow this hook translates: as any untranslatable packet.
+                stats::count(Stat::Unsupported);
+                Verdict::Pass
+            })
         }
-        Err(why) => {
-            count_unparsed(why);
-            if redirect::enabled() {
-                redirect::count(&ctx, netlab_common::nat::RedirectReason::FallbackUnparsed);
-            }
-            // Untranslatable packets go to the stack untouched, which
-            // validates and drops what is malformed.
-            return TCX_NEXT;
+        other => {
+            count_untranslatable(other);
+            // The stack validates what is malformed and drops it.
+            Verdict::Pass
         }
     };
-    let verdict = match nat::apply_known(&ctx, &pkt, APPLY_INGRESS) {
-        Some(verdict) => verdict,
-        None => nat::new_ingress(&ctx, &pkt),
-    };
-    match verdict {
-        Verdict::Pass if redirect::enabled() => to_action(redirect::forward(&ctx)),
-        verdict => to_action(verdict),
+    if !redirect::enabled() {
+        return verdict;
+    }
+    match (parsed, verdict) {
+        (Parsed::Flow(pkt), Verdict::Pass) => redirect::forward(ctx, &iface, pkt, pkt),
+        (Parsed::Flow(pkt), Verdict::Rewritten(out)) => {
+            redirect::forward(ctx, &iface, pkt, &nat::rewritten(pkt, &out))
+        }
+        (_, Verdict::Pass | Verdict::Rewritten(_)) => {
+            redirect::count(&iface, RedirectReason::FallbackUnparsed);
+            verdict
+        }
+        _ => verdict,
     }
 }
 
@@ -99,45 +112,34 @@ fn nat_ingress_action(ctx: TcContext) -> i32 {
 /// the uplink) and the source rewrite of replies to published ports.
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
-    let traced = trace::begin(&ctx);
-    let action = nat_egress_action(TcContext::new(ctx.skb.skb));
+    let parsed = parse(&ctx);
+    let traced = trace::begin(&parsed);
+    let action = to_action(egress(&ctx, &parsed));
     trace::end(&ctx, traced, Hook::NatEgress, action)
 }
 
 #[inline(always)]
-fn nat_egress_action(ctx: TcContext) -> i32 {
-    counters::count(&ctx, Direction::Egress);
+fn egress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
+    let iface = Iface::of(ctx);
+    counters::count(ctx, iface.ifindex, Direction::Egress);
     stats::count(Stat::Packets);
-    let pkt = match parse(&ctx) {
-        Ok(pkt) => pkt,
-        Err(NotParsed::IcmpError(err))
-            if let Some(verdict) = nat::icmp_error(&ctx, &err, APPLY_EGRESS) =>
-        {
-            return to_action(verdict);
+    let verdict = match parsed {
+        Parsed::Flow(pkt) => nat::translate(ctx, pkt, APPLY_EGRESS, &iface),
+        Parsed::LaterFragment(frag) => nat::translate_fragment(ctx, frag, APPLY_EGRESS),
+        Parsed::IcmpError(err) => {
+            nat::icmp_error(ctx, err, APPLY_EGRESS, &iface).unwrap_or_else(|| {
+                // About no flow this hook translates: as any untranslatable packet.
+                stats::count(Stat::Unsupported);
+                Verdict::Pass
+            })
         }
-        Err(why) => {
-            count_unparsed(why);
-            // What we cannot translate must not leave with a lab address.
-            return match why {
-                NotParsed::Fragment(saddr) | NotParsed::Unsupported(saddr)
-                    if nat::is_masqueraded_source(saddr) && nat::on_uplink(&ctx) =>
-                {
-                    DROP
-                }
-                NotParsed::IcmpError(err)
-                    if nat::is_masqueraded_source(err.saddr) && nat::on_uplink(&ctx) =>
-                {
-                    DROP
-                }
-                _ => TCX_NEXT,
-            };
+        other => {
+            count_untranslatable(other);
+            Verdict::Pass
         }
     };
-    let verdict = match nat::apply_known(&ctx, &pkt, APPLY_EGRESS) {
-        Some(verdict) => verdict,
-        None => nat::new_egress(&ctx, &pkt),
-    };
-    to_action(verdict)
+    // What NAT could not translate must not leave with a lab address.
+    nat::guard_uplink(&iface, parsed, verdict)
 }
 
 /// Records one hop while tracing is on: tail-called by the programs above
@@ -148,17 +150,17 @@ pub fn trace_hop(ctx: TcContext) -> i32 {
 }
 
 /// `skb:kfree_skb`: the kernel dropped a packet; traced when it is a lab
-/// packet's (see [`drops`]).
+/// packet's (see [`kfree`]).
 #[tracepoint]
 pub fn trace_kfree_skb(ctx: TracePointContext) -> u32 {
-    drops::kfree_skb(&ctx);
+    kfree::kfree_skb(&ctx);
     0
 }
 
 /// `skb:consume_skb`: a traced packet's journey ends.
 #[tracepoint]
 pub fn trace_consume_skb(ctx: TracePointContext) -> u32 {
-    drops::consume_skb(&ctx);
+    kfree::consume_skb(&ctx);
     0
 }
 
@@ -190,20 +192,25 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
 }
 
 #[inline(always)]
-fn count_unparsed(why: NotParsed) {
-    stats::count(match why {
-        NotParsed::NotIpv4 => Stat::NonIpv4,
-        NotParsed::Malformed => Stat::Malformed,
-        NotParsed::Fragment(_) => Stat::Fragment,
-        NotParsed::Unsupported(_) | NotParsed::IcmpError(_) => Stat::Unsupported,
+fn count_untranslatable(parsed: &Parsed) {
+    stats::count(match parsed {
+        Parsed::NotIpv4(_) => Stat::NonIpv4,
+        Parsed::Untranslatable(_, why) => *why,
+        _ => Stat::Malformed,
     });
 }
 
+/// The one place a verdict becomes a TC action: a drop's reason is counted
+/// and named for the trace here.
 #[inline(always)]
 fn to_action(verdict: Verdict) -> i32 {
     match verdict {
-        Verdict::Pass => TCX_NEXT,
-        Verdict::Drop => DROP,
+        Verdict::Pass | Verdict::Rewritten(_) => TCX_NEXT,
+        Verdict::Drop(reason) => {
+            stats::count(reason);
+            trace::note_drop(reason);
+            DROP
+        }
         Verdict::Reflect(ifindex) => {
             trace::note_redirect(ifindex);
             // SAFETY: plain helper; redirects to this interface's egress.

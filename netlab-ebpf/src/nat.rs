@@ -1,33 +1,48 @@
-//! Address and port translation: new DNAT flows to published ports, new
-//! masquerade (SNAT) flows, source-port allocation, and the packet rewrite
-//! with its checksum fix-ups.
+//! Address and port translation, as netfilter does it: destination
+//! rewrites (DNAT to published ports, un-SNAT of replies) on ingress before
+//! routing, source rewrites (masquerade, un-DNAT of replies) on egress after
+//! it. Also the checks that keep the lab honest on the way in (the lab is
+//! closed, sources are what the interface can carry) and on the way out of
+//! the uplink (no masqueraded address leaves untranslated).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    cty::c_void,
+    helpers::bpf_loop,
     macros::map,
     maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
     programs::TcContext,
 };
 use netlab_common::nat::{
-    APPLY_EGRESS, APPLY_INGRESS, Backend, CtEntry, DIR_ORIGINAL, DIR_REPLY, FlowKey, IPPROTO_ICMP,
-    IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NAT_DNAT, NAT_REFLECT, NAT_SNAT, NatConfig, PublishKey,
-    ROLE_LAB, ROLE_UPLINK, Stat, TcpState,
+    APPLY_EGRESS, APPLY_INGRESS, Backend, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    IfaceConfig, NAT_DNAT, NAT_REFLECT, NAT_SNAT, NET_INTERNAL, NatConfig, PublishKey, ROLE_LAB,
+    ROLE_UPLINK, Stat,
 };
 
 use crate::{
-    conntrack,
-    parse::{ETH_HLEN, ICMP_ECHO_REQUEST, IcmpError, Packet, TCP_ACK, TCP_SYN},
+    conntrack::{self, Found, Rewrite, Tracked},
+    frag,
+    pkt::{
+        csum::{self, L4Csum},
+        ctx::{self, value},
+        eth::{ETH_DEST_OFF, MacPair},
+        ipv4::{IPV4_DADDR_OFF, IPV4_SADDR_OFF, L3_OFF},
+        l4::{
+            ICMP_ECHO_REQUEST, ICMP_ID_OFF, L4_DPORT_OFF, L4_SPORT_OFF, TCP_ACK, TCP_CSUM_OFF,
+            TCP_SYN, UDP_CSUM_OFF,
+        },
+        parse::{IcmpError, LaterFragment, Packet, Parsed},
+    },
     stats,
 };
 
 #[map(name = "NAT_CONFIG")]
-pub(crate) static NAT_CONFIG: Array<NatConfig> = Array::pinned(1, 0);
+static NAT_CONFIG: Array<NatConfig> = Array::pinned(1, 0);
 
 #[map(name = "PUBLISHED")]
 pub(crate) static PUBLISHED: HashMap<PublishKey, Backend> = HashMap::pinned(65536 * 2, 0);
 
 #[map(name = "LOCAL_ADDRS")]
-pub(crate) static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::pinned(256, 0);
+static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::pinned(256, 0);
 
 #[map(name = "MASQ_SUBNETS")]
 static MASQ_SUBNETS: LpmTrie<u32, u32> = LpmTrie::pinned(256, 0);
@@ -38,34 +53,38 @@ static LAB_NETS: LpmTrie<u32, u32> = LpmTrie::pinned(1024, 0);
 #[map(name = "IFACE_CONFIG")]
 static IFACE_CONFIG: HashMap<u32, IfaceConfig> = HashMap::pinned(4096, 0);
 
-/// How many candidate ports a new SNAT flow tries before giving up.
-const PORT_PROBES: u32 = 32;
-
-/// The tuple a packet leaves with.
-#[derive(Clone, Copy)]
-pub struct Tuple {
-    pub saddr: u32,
-    pub daddr: u32,
-    pub sport: u16,
-    pub dport: u16,
+/// The lab's NAT configuration.
+#[inline(always)]
+pub fn config() -> Option<&'static NatConfig> {
+    NAT_CONFIG.get(0)
 }
 
-impl Tuple {
-    #[inline(always)]
-    fn of(entry: &CtEntry) -> Tuple {
-        Tuple {
-            saddr: entry.saddr,
-            daddr: entry.daddr,
-            sport: entry.sport,
-            dport: entry.dport,
-        }
-    }
+/// Whether `addr` is one of the lab's host addresses (published ports
+/// answer there; the host's own sockets use them).
+#[inline(always)]
+pub fn is_local(addr: u32) -> bool {
+    LOCAL_ADDRS.get_ptr(addr).is_some()
+}
+
+#[inline(always)]
+fn is_masqueraded(addr: u32) -> bool {
+    MASQ_SUBNETS.get(Key::new(32, addr)).is_some()
+}
+
+/// The kind of lab network `addr` is in (`NET_*`), 0 when none.
+#[inline(always)]
+pub fn net_kind(addr: u32) -> u32 {
+    LAB_NETS.get(Key::new(32, addr)).copied().unwrap_or(0)
 }
 
 /// What to do with a packet once NAT has looked at it.
+#[derive(Clone, Copy)]
 pub enum Verdict {
+    /// Untouched: the next program or the stack decides.
     Pass,
-    Drop,
+    /// Rewritten as this says; then as [`Verdict::Pass`].
+    Rewritten(Rewrite),
+    Drop(Stat),
     /// Sent back out of this ifindex (a reflected hairpin flow).
     Reflect(u32),
     /// `redirect` datapath: into the namespace behind this host-side veth.
@@ -74,154 +93,275 @@ pub enum Verdict {
     RedirectNeigh(u32),
 }
 
-#[inline(always)]
-pub fn is_masqueraded_source(saddr: u32) -> bool {
-    MASQ_SUBNETS.get(Key::new(32, saddr)).is_some()
+/// The interface a program runs on, as the lab configured it.
+#[derive(Clone, Copy)]
+pub struct Iface {
+    pub ifindex: u32,
+    /// `ROLE_*`, 0 for an interface the lab did not describe.
+    pub role: u32,
+    /// The address hairpin traffic is SNATed to, 0 when none.
+    pub gateway: u32,
 }
 
-/// Applies a known flow's translation if this hook owns it.
-/// Returns `None` when the packet has no live flow (handle it as new).
+impl Iface {
+    #[inline(always)]
+    pub fn of(ctx: &TcContext) -> Iface {
+        let ifindex = ctx::ifindex(ctx);
+        let cfg = value(IFACE_CONFIG.get_ptr(ifindex));
+        Iface {
+            ifindex,
+            role: cfg.map_or(0, |c| c.role),
+            gateway: cfg.map_or(0, |c| c.gateway),
+        }
+    }
+}
+
+/// The checks of a packet coming in, before any translation:
+/// - on the uplink, a source inside the lab's subnets is spoofed (they
+///   live behind lab veths), as rp_filter would say;
+/// - from a lab namespace, the source must be a lab subnet's, and when the
+///   lab is closed the destination too (or the uplink's, the world's).
 #[inline(always)]
-pub fn apply_known(ctx: &TcContext, pkt: &Packet, hook: u8) -> Option<Verdict> {
-    let entry_ptr = conntrack::lookup(&pkt.key)?;
-    // SAFETY: a map value pointer from a successful lookup.
-    if unsafe { (*entry_ptr).apply } != hook {
+pub fn admit(iface: &Iface, parsed: &Parsed) -> Result<(), Stat> {
+    let Some(ip) = parsed.ip() else {
+        return Ok(());
+    };
+    match iface.role {
+        ROLE_UPLINK if net_kind(ip.saddr) == NET_INTERNAL => Err(Stat::SpoofedSource),
+        ROLE_LAB => {
+            if config().is_some_and(|cfg| cfg.closed != 0) && net_kind(ip.daddr) == 0 {
+                return Err(Stat::LeaveLab);
+            }
+            if ip.saddr != 0 && net_kind(ip.saddr) != NET_INTERNAL {
+                return Err(Stat::SpoofedSource);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The uplink's last word on a packet leaving it: a masqueraded lab source
+/// that NAT left untouched (it could not translate it) must not leave.
+#[inline(always)]
+pub fn guard_uplink(iface: &Iface, parsed: &Parsed, verdict: Verdict) -> Verdict {
+    if iface.role != ROLE_UPLINK || !matches!(verdict, Verdict::Pass) {
+        return verdict;
+    }
+    match parsed.saddr() {
+        Some(saddr) if is_masqueraded(saddr) => Verdict::Drop(Stat::UntranslatedLeak),
+        _ => verdict,
+    }
+}
+
+/// Translates a packet of a flow at `hook`: a known flow's rewrite when
+/// this hook owns it, else what a new flow gets here.
+#[inline(always)]
+pub fn translate(ctx: &TcContext, pkt: &Packet, hook: u8, iface: &Iface) -> Verdict {
+    if pkt.ip.first_fragment {
+        frag::remember(
+            pkt,
+            pkt.key.saddr,
+            pkt.key.daddr,
+            pkt.key.sport,
+            pkt.key.dport,
+        );
+    }
+    if let Some(found) = conntrack::lookup(&pkt.key)
+        && let Some(verdict) = apply_found(ctx, pkt, found, hook)
+    {
+        return verdict;
+    }
+    if hook == APPLY_INGRESS {
+        new_ingress(ctx, pkt, iface)
+    } else {
+        new_egress(ctx, pkt, iface)
+    }
+}
+
+/// A known flow's verdict at `hook`; `None` when the flow is gone and the
+/// packet is to be handled as new.
+#[inline(always)]
+fn apply_found(ctx: &TcContext, pkt: &Packet, found: Found, hook: u8) -> Option<Verdict> {
+    if found.entry.apply != hook {
         // Another hook translates this flow (masquerade waits for egress).
         return Some(Verdict::Pass);
     }
-    match conntrack::track(pkt, &pkt.key, entry_ptr) {
-        conntrack::Tracked::Rewrite(entry) => {
+    match conntrack::track(found, &pkt.key, pkt) {
+        Tracked::Rewrite(rewrite) => {
             stats::count(Stat::Translated);
-            Some(finish(ctx, pkt, &Tuple::of(&entry), entry.nat))
+            Some(finish(ctx, pkt, rewrite))
         }
-        conntrack::Tracked::Expired => None,
-        conntrack::Tracked::HalfEvicted => Some(Verdict::Drop),
+        Tracked::Gone => None,
+        Tracked::HalfEvicted => Some(Verdict::Drop(Stat::CtHalfEvicted)),
     }
+}
+
+/// `pkt` as it is after `out` was applied to it.
+#[inline(always)]
+pub fn rewritten(pkt: &Packet, out: &Rewrite) -> Packet {
+    let mut after = *pkt;
+    after.ip.saddr = out.saddr;
+    after.ip.daddr = out.daddr;
+    after.key.saddr = out.saddr;
+    after.key.daddr = out.daddr;
+    if pkt.key.proto == IPPROTO_ICMP {
+        // The echo identifier sits in the request's sport, the reply's dport.
+        if pkt.icmp_type == ICMP_ECHO_REQUEST {
+            after.key.sport = out.sport;
+        } else {
+            after.key.dport = out.dport;
+        }
+    } else {
+        after.key.sport = out.sport;
+        after.key.dport = out.dport;
+    }
+    after
+}
+
+/// A known flow's rewrite only (no new flow): the `redirect` datapath's
+/// stand-in for the egress hook a peer redirect skips.
+#[inline(always)]
+pub fn translate_known(ctx: &TcContext, pkt: &Packet, hook: u8) -> Verdict {
+    match conntrack::lookup(&pkt.key) {
+        Some(found) => apply_found(ctx, pkt, found, hook).unwrap_or(Verdict::Pass),
+        None => Verdict::Pass,
+    }
+}
+
+/// A fragment after the first: translated with the ports of its first
+/// fragment (addresses only; its bytes hold no L4 header).
+#[inline(always)]
+pub fn translate_fragment(ctx: &TcContext, frag: &LaterFragment, hook: u8) -> Verdict {
+    let Some(key) = frag::flow_key(&frag.ip) else {
+        // Only a destination rewrite (ingress) needs to know the flow for
+        // sure; a masqueraded source stays off the uplink anyway.
+        if hook == APPLY_INGRESS && is_local(frag.ip.daddr) {
+            return Verdict::Drop(Stat::FragUnknown);
+        }
+        return Verdict::Pass;
+    };
+    let Some(found) = conntrack::lookup(&key) else {
+        return Verdict::Pass;
+    };
+    if found.entry.apply != hook {
+        return Verdict::Pass;
+    }
+    let rewrite = Rewrite::of(found.entry);
+    stats::count(Stat::Fragment);
+    if let Err(reason) = rewrite_addrs(ctx, &key, &rewrite, None) {
+        return Verdict::Drop(reason);
+    }
+    after_rewrite(ctx, rewrite)
 }
 
 /// A new flow entering on a lab veth or the uplink: DNAT when it is for a
 /// published port on one of the host's published addresses.
 #[inline(always)]
-pub fn new_ingress(ctx: &TcContext, pkt: &Packet) -> Verdict {
+fn new_ingress(ctx: &TcContext, pkt: &Packet, iface: &Iface) -> Verdict {
     let key = &pkt.key;
     if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
         return Verdict::Pass;
     }
-    if LOCAL_ADDRS.get_ptr(key.daddr).is_none() {
+    if !is_local(key.daddr) {
         return Verdict::Pass;
     }
-    let Some(backend) = PUBLISHED.get_ptr(PublishKey {
+    let Some(backend) = value(PUBLISHED.get_ptr(PublishKey {
         port: key.dport,
         proto: key.proto,
         _pad: 0,
-    }) else {
+    })) else {
         return Verdict::Pass;
     };
-    // SAFETY: a map value pointer from a successful lookup.
-    let backend = unsafe { *backend };
     if !opens_flow(pkt) {
-        stats::count(Stat::TcpNotSyn);
-        return Verdict::Drop;
+        return Verdict::Drop(Stat::TcpNotSyn);
     }
-    let mut out = Tuple {
+    let mut out = Rewrite {
         saddr: key.saddr,
         daddr: backend.addr,
         sport: key.sport,
         dport: backend.port,
+        nat: NAT_DNAT,
     };
-    let mut nat = NAT_DNAT;
     if key.saddr == backend.addr {
         // A namespace reaching its own published port: the backend would see
         // its own address as the source and drop the packet as a martian, so
         // the source becomes the segment's gateway (Docker's hairpin NAT).
-        // SAFETY: ifindex read from the context.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        // SAFETY: a map value pointer from a successful lookup.
-        let gateway = match IFACE_CONFIG.get_ptr(ifindex) {
-            Some(cfg) => unsafe { (*cfg).gateway },
-            None => 0,
-        };
-        if gateway == 0 {
+        if iface.gateway == 0 {
             return Verdict::Pass;
         }
-        out.saddr = gateway;
-        if !allocate_port(key, &mut out) {
-            return Verdict::Drop;
+        out.saddr = iface.gateway;
+        if let Err(reason) = allocate_port(key, &mut out) {
+            return Verdict::Drop(reason);
         }
-        nat |= NAT_SNAT | NAT_REFLECT;
-        stats::count(Stat::HairpinNew);
-        return create_and_rewrite(ctx, pkt, out, nat, APPLY_INGRESS, APPLY_INGRESS);
+        out.nat |= NAT_SNAT | NAT_REFLECT;
+        return create(
+            ctx,
+            pkt,
+            out,
+            APPLY_INGRESS,
+            APPLY_INGRESS,
+            Stat::HairpinNew,
+        );
     }
-    stats::count(Stat::DnatNew);
-    create_and_rewrite(ctx, pkt, out, nat, APPLY_INGRESS, APPLY_EGRESS)
-}
-
-/// Whether a packet entering from a lab namespace is for a destination
-/// outside the lab, which the host would forward out of some other
-/// interface (its own uplink to the real network, say): the lab is closed.
-#[inline(always)]
-pub fn leaves_lab(ctx: &TcContext) -> bool {
-    if !NAT_CONFIG.get(0).is_some_and(|cfg| cfg.closed != 0) {
-        return false;
-    }
-    // SAFETY: ifindex read from the context.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: a map value pointer from a successful lookup.
-    let from_lab = IFACE_CONFIG
-        .get_ptr(ifindex)
-        .is_some_and(|cfg| unsafe { (*cfg).role } == ROLE_LAB);
-    if !from_lab {
-        return false;
-    }
-    match ctx.load::<u16>(12) {
-        Ok(ethertype) if u16::from_be(ethertype) == 0x0800 => {}
-        _ => return false,
-    }
-    match ctx.load::<u32>(ETH_HLEN + 16) {
-        Ok(daddr) => LAB_NETS.get(Key::new(32, daddr)).is_none(),
-        Err(_) => false,
-    }
-}
-
-/// Whether the interface the program runs on is the lab's uplink.
-#[inline(always)]
-pub fn on_uplink(ctx: &TcContext) -> bool {
-    // SAFETY: ifindex read from the context.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: a map value pointer from a successful lookup.
-    IFACE_CONFIG
-        .get_ptr(ifindex)
-        .is_some_and(|cfg| unsafe { (*cfg).role } == ROLE_UPLINK)
+    create(ctx, pkt, out, APPLY_INGRESS, APPLY_EGRESS, Stat::DnatNew)
 }
 
 /// A new flow leaving through the uplink: masquerade when its source is a
-/// masqueraded lab subnet.
+/// masqueraded lab subnet; tracked (and given another port when its own is
+/// taken) when it is the host's own connection.
 #[inline(always)]
-pub fn new_egress(ctx: &TcContext, pkt: &Packet) -> Verdict {
-    let key = &pkt.key;
-    if !is_masqueraded_source(key.saddr) || !on_uplink(ctx) {
+fn new_egress(ctx: &TcContext, pkt: &Packet, iface: &Iface) -> Verdict {
+    if iface.role != ROLE_UPLINK {
         return Verdict::Pass;
     }
-    let masq_addr = match NAT_CONFIG.get(0) {
-        Some(cfg) if cfg.masq_addr != 0 => cfg.masq_addr,
-        _ => return Verdict::Pass,
-    };
-    // Anything that cannot be tracked must not leave with a lab address.
-    if !opens_flow(pkt) {
-        stats::count(Stat::TcpNotSyn);
-        return Verdict::Drop;
-    }
-    let mut out = Tuple {
-        saddr: masq_addr,
+    let key = &pkt.key;
+    let mut out = Rewrite {
+        saddr: key.saddr,
         daddr: key.daddr,
         sport: key.sport,
         dport: key.dport,
+        nat: 0,
     };
-    if !allocate_port(key, &mut out) {
-        return Verdict::Drop;
+    if is_masqueraded(key.saddr) {
+        let masq_addr = match config() {
+            Some(cfg) if cfg.masq_addr != 0 => cfg.masq_addr,
+            // No address to masquerade to: the uplink guard drops it.
+            _ => return Verdict::Pass,
+        };
+        // Anything that cannot be tracked must not leave with a lab address.
+        if !opens_flow(pkt) {
+            return Verdict::Drop(Stat::TcpNotSyn);
+        }
+        out.saddr = masq_addr;
+        out.nat = NAT_SNAT;
+        if let Err(reason) = allocate_port(key, &mut out) {
+            return Verdict::Drop(reason);
+        }
+        return create(ctx, pkt, out, APPLY_EGRESS, APPLY_INGRESS, Stat::SnatNew);
     }
-    stats::count(Stat::SnatNew);
-    create_and_rewrite(ctx, pkt, out, NAT_SNAT, APPLY_EGRESS, APPLY_INGRESS)
+    if !is_local(key.saddr) || !opens_flow(pkt) {
+        return Verdict::Pass;
+    }
+    // The host's own connection: tracked so that its replies are never
+    // taken for a new flow to a published port, and moved to another port
+    // when a masqueraded flow already holds its tuple (netfilter's
+    // implicit source NAT).
+    if !conntrack::key_free(&reply_key(key.proto, &out), conntrack::now()) {
+        out.nat = NAT_SNAT;
+        if let Err(reason) = allocate_port(key, &mut out) {
+            return Verdict::Drop(reason);
+        }
+        stats::count(Stat::HostPortRemapped);
+    }
+    create(
+        ctx,
+        pkt,
+        out,
+        APPLY_EGRESS,
+        APPLY_INGRESS,
+        Stat::HostFlowNew,
+    )
 }
 
 /// Whether a packet of an unknown flow may create one: a TCP SYN, any UDP
@@ -235,12 +375,38 @@ fn opens_flow(pkt: &Packet) -> bool {
     }
 }
 
-/// Picks the SNAT source port (ICMP: echo identifier) for `out`: the
-/// original one when it is inside the configured range and free, else a
-/// hash-chosen one, probing [`PORT_PROBES`] candidates.
+/// The key replies to a flow leaving as `out` arrive with.
 #[inline(always)]
-fn allocate_port(key: &FlowKey, out: &mut Tuple) -> bool {
-    let (min, max) = match NAT_CONFIG.get(0) {
+pub fn reply_key(proto: u8, out: &Rewrite) -> FlowKey {
+    FlowKey {
+        saddr: out.daddr,
+        daddr: out.saddr,
+        sport: out.dport,
+        dport: out.sport,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The port search's state, shared with its `bpf_loop` callback. Kept
+/// small: the callback's frame and this add to the NAT program's stack.
+#[repr(C)]
+struct PortSearch {
+    /// The key replies would arrive with; its `dport` is the candidate.
+    reply: FlowKey,
+    min: u32,
+    span: u32,
+    start: u32,
+    found: u32,
+}
+
+/// Picks the SNAT source port (ICMP: echo identifier) for `out`: the
+/// original one when it is inside the configured range and free, else the
+/// next free one after a hash-chosen start. The search covers the whole
+/// range, so it fails only when every port is taken (`port_exhausted`).
+#[inline(always)]
+fn allocate_port(key: &FlowKey, out: &mut Rewrite) -> Result<(), Stat> {
+    let (min, max) = match config() {
         Some(cfg) if cfg.port_min != 0 && cfg.port_max >= cfg.port_min => {
             (u32::from(cfg.port_min), u32::from(cfg.port_max))
         }
@@ -249,207 +415,148 @@ fn allocate_port(key: &FlowKey, out: &mut Tuple) -> bool {
     // Never zero (max >= min above); `max(1)` lets the compiler see it, so
     // no divide-by-zero panic path reaches the verifier.
     let span = (max - min + 1).max(1);
-    let now = conntrack::now();
     let original = u32::from(u16::from_be(key.sport));
-    let mix = (key.saddr
-        ^ key.daddr.rotate_left(13)
-        ^ (u32::from(key.sport) << 16)
-        ^ u32::from(key.dport))
-    .wrapping_mul(0x9e37_79b1);
     let start = if original >= min && original <= max {
         original - min
     } else {
+        let mix = (key.saddr
+            ^ key.daddr.rotate_left(13)
+            ^ (u32::from(key.sport) << 16)
+            ^ u32::from(key.dport))
+        .wrapping_mul(0x9e37_79b1);
         (mix >> 8) % span
     };
-    for i in 0..PORT_PROBES {
-        if i >= span {
-            break;
-        }
-        let port = min + (start + i) % span;
-        out.sport = (port as u16).to_be();
-        let reply = FlowKey {
-            saddr: out.daddr,
-            daddr: out.saddr,
-            sport: out.dport,
-            dport: out.sport,
-            proto: key.proto,
-            _pad: [0; 3],
-        };
-        if conntrack::reply_key_free(&reply, now) {
-            return true;
-        }
+    let mut search = PortSearch {
+        reply: reply_key(key.proto, out),
+        min,
+        span,
+        start,
+        found: 0,
+    };
+    // SAFETY: the callback is a static function of the expected type and
+    // `search` outlives the call.
+    unsafe {
+        bpf_loop(span, try_port as *mut c_void, (&raw mut search).cast(), 0);
     }
-    stats::count(Stat::PortExhausted);
-    false
+    if search.found == 0 {
+        return Err(Stat::PortExhausted);
+    }
+    out.sport = search.reply.dport;
+    Ok(())
 }
 
+/// `bpf_loop` callback: whether candidate `i` of the search is free; 1 stops.
+extern "C" fn try_port(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the PortSearch `allocate_port` passed.
+    let search = unsafe { &mut *ctx.cast::<PortSearch>() };
+    let offset = (u64::from(search.start) + i) % u64::from(search.span.max(1));
+    search.reply.dport = ((search.min + offset as u32) as u16).to_be();
+    if conntrack::key_free(&search.reply, conntrack::now()) {
+        search.found = 1;
+        return 1;
+    }
+    0
+}
+
+/// Opens a flow: both conntrack entries, then the rewrite. `counter` names
+/// the kind of flow.
 #[inline(always)]
-fn create_and_rewrite(
+fn create(
     ctx: &TcContext,
     pkt: &Packet,
-    out: Tuple,
-    nat: u8,
+    out: Rewrite,
     apply_original: u8,
     apply_reply: u8,
+    counter: Stat,
 ) -> Verdict {
     let key = &pkt.key;
-    let now = conntrack::now();
-    let reply_key = FlowKey {
-        saddr: out.daddr,
-        daddr: out.saddr,
-        sport: out.dport,
-        dport: out.sport,
-        proto: key.proto,
-        _pad: [0; 3],
+    let opened = conntrack::Opened {
+        out,
+        apply_original,
+        apply_reply,
+        len: pkt.len,
     };
-    let original = CtEntry {
-        created_ns: now,
-        last_seen_ns: now,
-        packets: 1,
-        bytes: u64::from(pkt.len),
-        saddr: out.saddr,
-        daddr: out.daddr,
-        sport: out.sport,
-        dport: out.dport,
-        peer: reply_key,
-        direction: DIR_ORIGINAL,
-        nat,
-        apply: apply_original,
-        tcp_state: if key.proto == IPPROTO_TCP {
-            TcpState::SynSent as u8
-        } else {
-            TcpState::None as u8
-        },
-        flags: 0,
-        _pad: [0; 7],
-    };
-    // Replies are restored to the original tuple, reversed.
-    let reply = CtEntry {
-        created_ns: now,
-        last_seen_ns: now,
-        packets: 0,
-        bytes: 0,
-        saddr: key.daddr,
-        daddr: key.saddr,
-        sport: key.dport,
-        dport: key.sport,
-        peer: *key,
-        direction: DIR_REPLY,
-        nat,
-        apply: apply_reply,
-        tcp_state: 0,
-        flags: 0,
-        _pad: [0; 7],
-    };
-    if conntrack::insert_flow(key, &original, &reply).is_err() {
-        stats::count(Stat::CtInsertFailed);
-        return Verdict::Drop;
+    match conntrack::insert_flow(key, &opened) {
+        Ok(()) => {
+            stats::count(counter);
+            finish(ctx, pkt, out)
+        }
+        // Another CPU opened this very flow first: follow its entry.
+        Err(Stat::CtInsertRace) => {
+            stats::count(Stat::CtInsertRace);
+            match conntrack::lookup(key) {
+                Some(found) => apply_found(ctx, pkt, found, apply_original)
+                    .unwrap_or(Verdict::Drop(Stat::CtInsertFailed)),
+                None => Verdict::Drop(Stat::CtInsertFailed),
+            }
+        }
+        Err(reason) => Verdict::Drop(reason),
     }
-    finish(ctx, pkt, &out, nat)
 }
 
-/// Rewrites the packet; a reflected flow also swaps its MAC addresses (the
-/// peer becomes the destination, the gateway the source) and goes straight
-/// back out.
+/// Rewrites the packet to `out`; a reflected flow then goes straight back out.
 #[inline(always)]
-fn finish(ctx: &TcContext, pkt: &Packet, out: &Tuple, nat: u8) -> Verdict {
-    if rewrite(ctx, pkt, out).is_err() {
-        stats::count(Stat::RewriteFailed);
-        return Verdict::Drop;
+fn finish(ctx: &TcContext, pkt: &Packet, out: Rewrite) -> Verdict {
+    if let Err(reason) = rewrite(ctx, pkt, &out) {
+        return Verdict::Drop(reason);
     }
-    if nat & NAT_REFLECT == 0 {
-        return Verdict::Pass;
+    if pkt.ip.first_fragment {
+        frag::remember(pkt, out.saddr, out.daddr, out.sport, out.dport);
     }
-    let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
-        stats::count(Stat::RewriteFailed);
-        return Verdict::Drop;
+    after_rewrite(ctx, out)
+}
+
+/// A reflected flow swaps its MAC addresses (the peer becomes the
+/// destination, the gateway the source) and goes back out of its veth.
+#[inline(always)]
+fn after_rewrite(ctx: &TcContext, out: Rewrite) -> Verdict {
+    if out.nat & NAT_REFLECT == 0 {
+        return Verdict::Rewritten(out);
+    }
+    let Some(macs) = ctx::load::<MacPair>(ctx, ETH_DEST_OFF) else {
+        return Verdict::Drop(Stat::WriteFailed);
     };
     let swapped = [
         macs[6], macs[7], macs[8], macs[9], macs[10], macs[11], macs[0], macs[1], macs[2], macs[3],
         macs[4], macs[5],
     ];
-    if ctx.store(0, &swapped, 0).is_err() {
-        stats::count(Stat::RewriteFailed);
-        return Verdict::Drop;
+    if ctx.store(ETH_DEST_OFF, &swapped, 0).is_err() {
+        return Verdict::Drop(Stat::WriteFailed);
     }
-    // SAFETY: ifindex read from the context.
-    Verdict::Reflect(unsafe { (*ctx.skb.skb).ifindex })
+    Verdict::Reflect(ctx::ifindex(ctx))
 }
 
-/// Replaces the IPv4 address at `offset` (no-op when unchanged), fixing the
-/// IP header checksum at `ip_csum` and, when given, an L4 checksum that
-/// covers it through the pseudo-header (`(offset, BPF_F_* flags)`).
+/// Rewrites both addresses of the IPv4 header (and, given one, the L4
+/// checksum their pseudo-header enters).
 #[inline(always)]
-fn set_addr(
+fn rewrite_addrs(
     ctx: &TcContext,
-    offset: usize,
-    ip_csum: usize,
-    old: u32,
-    new: u32,
-    l4_csum: Option<(usize, u64)>,
-) -> Result<(), ()> {
-    if old == new {
-        return Ok(());
-    }
-    if let Some((csum, flags)) = l4_csum {
-        ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags | 4)
-            .map_err(|_| ())?;
-    }
-    ctx.l3_csum_replace(ip_csum, u64::from(old), u64::from(new), 4)
-        .map_err(|_| ())?;
-    ctx.store(offset, &new, 0).map_err(|_| ())
+    key: &FlowKey,
+    out: &Rewrite,
+    l4: Option<L4Csum>,
+) -> csum::Rewrite {
+    csum::set_addr(ctx, L3_OFF, IPV4_SADDR_OFF, key.saddr, out.saddr, l4)?;
+    csum::set_addr(ctx, L3_OFF, IPV4_DADDR_OFF, key.daddr, out.daddr, l4)
 }
 
-/// Replaces a 16-bit port or ICMP identifier at `offset` (no-op when
-/// unchanged), fixing the L4 checksum at `csum` (ports are not part of the
-/// pseudo-header, so only the flags about a zero UDP checksum apply).
+/// Rewrites addresses and ports (ICMP: the echo identifier) to `out`.
 #[inline(always)]
-fn set_port(
-    ctx: &TcContext,
-    offset: usize,
-    csum: usize,
-    old: u16,
-    new: u16,
-    flags: u64,
-) -> Result<(), ()> {
-    if old == new {
-        return Ok(());
-    }
-    ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), flags | 2)
-        .map_err(|_| ())?;
-    ctx.store(offset, &new, 0).map_err(|_| ())
-}
-
-/// Rewrites addresses and ports to `out`, keeping the IP and L4 checksums
-/// right whether or not the checksum is offloaded (CHECKSUM_PARTIAL): the
-/// helpers update the pseudo-header part only where it applies, and leave a
-/// UDP checksum of zero alone.
-#[inline(always)]
-fn rewrite(ctx: &TcContext, pkt: &Packet, out: &Tuple) -> Result<(), ()> {
+fn rewrite(ctx: &TcContext, pkt: &Packet, out: &Rewrite) -> csum::Rewrite {
     let key = &pkt.key;
-    let (l3, l4) = (pkt.l3, pkt.l4);
-    let (csum, l4_flags) = match key.proto {
-        IPPROTO_TCP => (l4 + 16, u64::from(BPF_F_PSEUDO_HDR)),
-        IPPROTO_UDP => (l4 + 6, u64::from(BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0)),
-        _ => (l4 + 2, 0),
-    };
-    // ICMP's checksum has no pseudo-header: addresses do not enter it.
-    let icmp = key.proto == IPPROTO_ICMP;
-    let pseudo = (!icmp).then_some((csum, l4_flags));
-    set_addr(ctx, l3 + 12, l3 + 10, key.saddr, out.saddr, pseudo)?;
-    set_addr(ctx, l3 + 16, l3 + 10, key.daddr, out.daddr, pseudo)?;
-    if icmp {
+    let l4 = usize::from(pkt.l4);
+    let csum = L4Csum::of(key.proto, l4);
+    rewrite_addrs(ctx, key, out, Some(csum))?;
+    if key.proto == IPPROTO_ICMP {
         // The echo identifier is the request's sport and the reply's dport.
         let (old, new) = if pkt.icmp_type == ICMP_ECHO_REQUEST {
             (key.sport, out.sport)
         } else {
             (key.dport, out.dport)
         };
-        return set_port(ctx, l4 + 4, csum, old, new, 0);
+        return csum::set_port(ctx, l4 + ICMP_ID_OFF, old, new, csum);
     }
-    let port_flags = l4_flags & u64::from(BPF_F_MARK_MANGLED_0);
-    set_port(ctx, l4, csum, key.sport, out.sport, port_flags)?;
-    set_port(ctx, l4 + 2, csum, key.dport, out.dport, port_flags)
+    csum::set_port(ctx, l4 + L4_SPORT_OFF, key.sport, out.sport, csum)?;
+    csum::set_port(ctx, l4 + L4_DPORT_OFF, key.dport, out.dport, csum)
 }
 
 /// Translates an ICMP error about a tracked flow, so it reaches the right
@@ -460,34 +567,31 @@ fn rewrite(ctx: &TcContext, pkt: &Packet, out: &Tuple) -> Result<(), ()> {
 /// Returns `None` when no flow of this hook matches (the caller then treats
 /// the error as any untranslatable packet).
 #[inline(always)]
-pub fn icmp_error(ctx: &TcContext, err: &IcmpError, hook: u8) -> Option<Verdict> {
+pub fn icmp_error(ctx: &TcContext, err: &IcmpError, hook: u8, iface: &Iface) -> Option<Verdict> {
     let key = err.inner.reversed();
-    // SAFETY: a map value pointer from a successful lookup.
-    let entry = unsafe { *conntrack::lookup(&key)? };
-    if entry.apply != hook {
+    let found = conntrack::lookup(&key)?;
+    if found.entry.apply != hook {
         return None;
     }
+    let entry = Rewrite::of(found.entry);
     // An error from a router inside a masqueraded subnet (not the flow's
     // endpoint) leaving through the uplink takes the masquerade address, as
     // netfilter does for related ICMP errors: no lab address leaves.
     let mut outer_saddr = entry.saddr;
-    if err.saddr != key.saddr {
-        outer_saddr = err.saddr;
-        if hook == APPLY_EGRESS && is_masqueraded_source(err.saddr) && on_uplink(ctx) {
-            outer_saddr = match NAT_CONFIG.get(0) {
+    if err.ip.saddr != key.saddr {
+        outer_saddr = err.ip.saddr;
+        if hook == APPLY_EGRESS && iface.role == ROLE_UPLINK && is_masqueraded(err.ip.saddr) {
+            outer_saddr = match config() {
                 Some(cfg) if cfg.masq_addr != 0 => cfg.masq_addr,
-                _ => return Some(Verdict::Drop),
+                _ => return Some(Verdict::Drop(Stat::UntranslatedLeak)),
             };
         }
     }
     stats::count(Stat::IcmpErrorTranslated);
     Some(
         match rewrite_icmp_error(ctx, err, &key, &entry, outer_saddr) {
-            Ok(()) => Verdict::Pass,
-            Err(()) => {
-                stats::count(Stat::RewriteFailed);
-                Verdict::Drop
-            }
+            Ok(()) => Verdict::Rewritten(entry),
+            Err(reason) => Verdict::Drop(reason),
         },
     )
 }
@@ -497,44 +601,80 @@ fn rewrite_icmp_error(
     ctx: &TcContext,
     err: &IcmpError,
     key: &FlowKey,
-    entry: &CtEntry,
+    entry: &Rewrite,
     outer_saddr: u32,
-) -> Result<(), ()> {
+) -> csum::Rewrite {
     // Outer header: the error goes where the flow's packets go; its source
     // is what the caller decided (the flow's, or the router's own).
-    if err.daddr == key.daddr {
-        set_addr(ctx, err.l3 + 16, err.l3 + 10, err.daddr, entry.daddr, None)?;
+    if err.ip.daddr == key.daddr {
+        csum::set_addr(ctx, L3_OFF, IPV4_DADDR_OFF, err.ip.daddr, entry.daddr, None)?;
     }
-    set_addr(ctx, err.l3 + 12, err.l3 + 10, err.saddr, outer_saddr, None)?;
+    csum::set_addr(ctx, L3_OFF, IPV4_SADDR_OFF, err.ip.saddr, outer_saddr, None)?;
     // Embedded header, reversed: its source is the flow's destination.
     // Fixing its own checksum keeps its one's-complement sum, so the ICMP
-    // checksum only moves with the ports.
+    // checksum moves only with the embedded L4 header.
     let inner = &err.inner;
-    let (inner_l3, inner_l4, icmp_csum) = (err.inner_l3, err.inner_l4, err.l4 + 2);
-    set_addr(
+    let icmp = L4Csum::of(IPPROTO_ICMP, usize::from(err.l4));
+    let inner_l3 = err.inner_l3();
+    csum::set_addr(
         ctx,
-        inner_l3 + 12,
-        inner_l3 + 10,
+        inner_l3,
+        IPV4_SADDR_OFF,
         inner.saddr,
         entry.daddr,
         None,
     )?;
-    set_addr(
+    csum::set_addr(
         ctx,
-        inner_l3 + 16,
-        inner_l3 + 10,
+        inner_l3,
+        IPV4_DADDR_OFF,
         inner.daddr,
         entry.saddr,
         None,
     )?;
+    let inner_l4 = usize::from(err.inner_l4);
     if inner.proto == IPPROTO_ICMP {
         let (old, new) = if err.inner_echo_request {
             (inner.sport, entry.dport)
         } else {
             (inner.dport, entry.sport)
         };
-        return set_port(ctx, inner_l4 + 4, icmp_csum, old, new, 0);
+        return csum::set_port(ctx, inner_l4 + ICMP_ID_OFF, old, new, icmp);
     }
-    set_port(ctx, inner_l4, icmp_csum, inner.sport, entry.dport, 0)?;
-    set_port(ctx, inner_l4 + 2, icmp_csum, inner.dport, entry.sport, 0)
+    fix_embedded_l4_csum(ctx, err, entry)?;
+    csum::set_port(ctx, inner_l4 + L4_SPORT_OFF, inner.sport, entry.dport, icmp)?;
+    csum::set_port(ctx, inner_l4 + L4_DPORT_OFF, inner.dport, entry.sport, icmp)
+}
+
+/// The embedded TCP/UDP checksum covers the embedded addresses (through
+/// its pseudo-header) and ports: keep it true to the translated header
+/// when the error carries it (a UDP checksum always; TCP's only when more
+/// than the 8 guaranteed bytes were quoted), as netfilter does. A UDP
+/// checksum of zero means none and stays zero.
+#[inline(always)]
+fn fix_embedded_l4_csum(ctx: &TcContext, err: &IcmpError, entry: &Rewrite) -> csum::Rewrite {
+    let inner = &err.inner;
+    let offset = usize::from(err.inner_l4)
+        + if inner.proto == IPPROTO_TCP {
+            TCP_CSUM_OFF
+        } else {
+            UDP_CSUM_OFF
+        };
+    if offset + 2 > usize::from(err.end) {
+        return Ok(());
+    }
+    let Some(old) = csum::read16(ctx, offset) else {
+        return Ok(());
+    };
+    if inner.proto == IPPROTO_UDP && old == 0 {
+        return Ok(());
+    }
+    let mut new = csum::fold32(old, inner.saddr, entry.daddr);
+    new = csum::fold32(new, inner.daddr, entry.saddr);
+    new = csum::fold16(new, inner.sport, entry.dport);
+    new = csum::fold16(new, inner.dport, entry.sport);
+    if inner.proto == IPPROTO_UDP && new == 0 {
+        new = 0xffff;
+    }
+    csum::replace_embedded16(ctx, offset, old, new, usize::from(err.l4))
 }

@@ -7,8 +7,10 @@
 //! - Toward the world: `bpf_redirect_neigh` out of the uplink (the kernel
 //!   resolves the next hop's MAC); the uplink's egress program still
 //!   masquerades.
-//! - Anything else (the host itself, non-IPv4, fragments, an expiring TTL)
-//!   is left to the stack, counted by reason per interface.
+//! - Anything else (the host itself, non-IPv4, fragments, broadcast and
+//!   multicast, an address of a lab subnet no namespace holds, an expiring
+//!   TTL) is left to the stack and the bridge, counted by reason per
+//!   interface.
 
 use aya_ebpf::{
     helpers::{bpf_redirect_neigh, bpf_redirect_peer},
@@ -18,12 +20,17 @@ use aya_ebpf::{
 };
 use netlab_common::{
     IfaceKey,
-    nat::{APPLY_EGRESS, Endpoint, RedirectReason},
+    nat::{APPLY_EGRESS, Endpoint, NET_UPLINK, RedirectReason, Stat},
 };
 
 use crate::{
-    nat::{self, LOCAL_ADDRS, NAT_CONFIG, Verdict},
-    parse::{ETH_HLEN, Ipv4Hdr, parse},
+    nat::{self, Iface, Verdict},
+    pkt::{
+        csum,
+        ctx::{self, value, value_mut},
+        eth::{ETH_ALEN, ETH_DEST_OFF, ETH_SOURCE_OFF, MacPair, is_group},
+        parse::Packet,
+    },
 };
 
 #[map(name = "ENDPOINTS")]
@@ -35,107 +42,110 @@ static REDIRECT_STATS: PerCpuHashMap<IfaceKey, u64> = PerCpuHashMap::pinned(4096
 /// Whether the lab runs the `redirect` datapath.
 #[inline(always)]
 pub fn enabled() -> bool {
-    NAT_CONFIG.get(0).is_some_and(|cfg| cfg.redirect != 0)
+    nat::config().is_some_and(|cfg| cfg.redirect != 0)
 }
 
 #[inline(always)]
-fn ifindex(ctx: &TcContext) -> u32 {
-    // SAFETY: ifindex read from the context.
-    unsafe { (*ctx.skb.skb).ifindex }
-}
-
-#[inline(always)]
-pub fn count(ctx: &TcContext, reason: RedirectReason) {
+pub fn count(iface: &Iface, reason: RedirectReason) {
     let key = IfaceKey {
-        ifindex: ifindex(ctx),
+        ifindex: iface.ifindex,
         direction: reason as u32,
     };
-    match REDIRECT_STATS.get_ptr_mut(key) {
-        // SAFETY: per-CPU value, only this CPU writes it while we run.
-        Some(n) => unsafe { *n += 1 },
+    match value_mut(REDIRECT_STATS.get_ptr_mut(key)) {
+        // Per-CPU: only this CPU writes it while we run.
+        Some(n) => *n += 1,
         None => {
             let _ = REDIRECT_STATS.insert(key, 1, 0);
         }
     }
 }
 
-/// Forwards a packet NAT has passed (already rewritten) on TC ingress.
+/// Forwards a packet NAT has passed on TC ingress. `pkt` is the packet as
+/// parsed, `after` its tuple once NAT rewrote it.
 #[inline(always)]
-pub fn forward(ctx: &TcContext) -> Verdict {
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HLEN) else {
-        count(ctx, RedirectReason::FallbackUnparsed);
+pub fn forward(ctx: &TcContext, iface: &Iface, pkt: &Packet, after: &Packet) -> Verdict {
+    let daddr = after.key.daddr;
+    if nat::is_local(daddr) {
+        count(iface, RedirectReason::FallbackLocal);
+        return Verdict::Pass;
+    }
+    let Some(eth_dst) = ctx::load::<[u8; ETH_ALEN]>(ctx, ETH_DEST_OFF) else {
+        count(iface, RedirectReason::FallbackUnparsed);
         return Verdict::Pass;
     };
-    if LOCAL_ADDRS.get_ptr(ip.daddr).is_some() {
-        count(ctx, RedirectReason::FallbackLocal);
+    if is_group(&eth_dst) || pkt.ip.first_fragment {
+        // Broadcast and multicast are the bridge's to flood; fragments
+        // leave in order through the stack.
+        count(iface, RedirectReason::FallbackUnparsed);
         return Verdict::Pass;
     }
-    let here = ifindex(ctx);
-    if let Some(endpoint) = ENDPOINTS.get_ptr(ip.daddr) {
-        // SAFETY: a map value pointer from a successful lookup.
-        let endpoint = unsafe { *endpoint };
-        if endpoint.ifindex == here {
-            count(ctx, RedirectReason::FallbackSameIface);
-            return Verdict::Pass;
-        }
-        let Ok(eth_dst) = ctx.load::<[u8; 6]>(0) else {
-            count(ctx, RedirectReason::FallbackUnparsed);
-            return Verdict::Pass;
-        };
-        // Addressed to a gateway (ours, or the uplink's MAC from outside):
-        // a router hop. Otherwise the namespaces talk on one segment.
-        let routed = eth_dst != endpoint.mac;
-        if routed && !decrement_ttl(ctx, &ip) {
-            count(ctx, RedirectReason::FallbackTtl);
-            return Verdict::Pass;
-        }
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&endpoint.mac);
-        if routed {
-            macs[6..].copy_from_slice(&endpoint.gateway_mac);
-        } else if let Ok(src) = ctx.load::<[u8; 6]>(6) {
-            macs[6..].copy_from_slice(&src);
-        }
-        if ctx.store(0, &macs, 0).is_err() {
-            count(ctx, RedirectReason::FallbackUnparsed);
-            return Verdict::Pass;
-        }
-        // The target veth's egress hook is skipped by a peer redirect: apply
-        // the source rewrite it would have made (replies to published ports).
-        if let Ok(pkt) = parse(ctx)
-            && let Some(Verdict::Drop) = nat::apply_known(ctx, &pkt, APPLY_EGRESS)
-        {
-            return Verdict::Drop;
-        }
-        count(ctx, RedirectReason::Peer);
-        return Verdict::RedirectPeer(endpoint.ifindex);
+    if let Some(endpoint) = value(ENDPOINTS.get_ptr(daddr)) {
+        return to_endpoint(ctx, iface, pkt, after, endpoint, eth_dst);
     }
-    let uplink = NAT_CONFIG.get(0).map_or(0, |cfg| cfg.uplink_ifindex);
-    if uplink != 0 && uplink != here {
-        if !decrement_ttl(ctx, &ip) {
-            count(ctx, RedirectReason::FallbackTtl);
-            return Verdict::Pass;
+    let uplink = nat::config().map_or(0, |cfg| cfg.uplink_ifindex);
+    // Only what lies beyond the uplink goes out of it: an address of a lab
+    // subnet that no namespace holds (a subnet broadcast, say) stays here.
+    let kind = nat::net_kind(daddr);
+    let beyond = kind == 0 || kind == NET_UPLINK;
+    if uplink != 0 && uplink != iface.ifindex && beyond {
+        match csum::decrement_ttl(ctx, pkt.ip.ttl, pkt.ip.proto) {
+            Ok(true) => {}
+            Ok(false) => {
+                count(iface, RedirectReason::FallbackTtl);
+                return Verdict::Pass;
+            }
+            Err(reason) => return Verdict::Drop(reason),
         }
-        count(ctx, RedirectReason::Uplink);
+        count(iface, RedirectReason::Uplink);
         return Verdict::RedirectNeigh(uplink);
     }
-    count(ctx, RedirectReason::FallbackUnknown);
+    count(iface, RedirectReason::FallbackUnknown);
     Verdict::Pass
 }
 
-/// Decrements the TTL of a routed packet, fixing the IP checksum; false when
-/// it would expire (the stack then answers with ICMP time exceeded).
 #[inline(always)]
-fn decrement_ttl(ctx: &TcContext, ip: &Ipv4Hdr) -> bool {
-    if ip.ttl <= 1 {
-        return false;
+fn to_endpoint(
+    ctx: &TcContext,
+    iface: &Iface,
+    pkt: &Packet,
+    after: &Packet,
+    endpoint: &Endpoint,
+    eth_dst: [u8; ETH_ALEN],
+) -> Verdict {
+    if endpoint.ifindex == iface.ifindex {
+        count(iface, RedirectReason::FallbackSameIface);
+        return Verdict::Pass;
     }
-    // TTL and protocol share one 16-bit word of the checksum.
-    let old = u16::from_be_bytes([ip.ttl, ip.proto]).to_be();
-    let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]).to_be();
-    ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old), u64::from(new), 2)
-        .is_ok()
-        && ctx.store(ETH_HLEN + 8, &(ip.ttl - 1), 0).is_ok()
+    // Addressed to a gateway (ours, or the uplink's MAC from outside):
+    // a router hop. Otherwise the namespaces talk on one segment.
+    let routed = eth_dst != endpoint.mac;
+    if routed {
+        match csum::decrement_ttl(ctx, pkt.ip.ttl, pkt.ip.proto) {
+            Ok(true) => {}
+            Ok(false) => {
+                count(iface, RedirectReason::FallbackTtl);
+                return Verdict::Pass;
+            }
+            Err(reason) => return Verdict::Drop(reason),
+        }
+    }
+    let mut macs: MacPair = [0; 12];
+    macs[..ETH_ALEN].copy_from_slice(&endpoint.mac);
+    if routed {
+        macs[ETH_ALEN..].copy_from_slice(&endpoint.gateway_mac);
+    } else if let Some(src) = ctx::load::<[u8; ETH_ALEN]>(ctx, ETH_SOURCE_OFF) {
+        macs[ETH_ALEN..].copy_from_slice(&src);
+    }
+    if ctx.store(ETH_DEST_OFF, &macs, 0).is_err() {
+        return Verdict::Drop(Stat::WriteFailed);
+    }
+    // The target veth's egress hook is skipped by a peer redirect: apply
+    // the source rewrite it would have made (replies to published ports).
+    if let Verdict::Drop(reason) = nat::translate_known(ctx, after, APPLY_EGRESS) {
+        return Verdict::Drop(reason);
+    }
+    count(iface, RedirectReason::Peer);
+    Verdict::RedirectPeer(endpoint.ifindex)
 }
 
 /// Performs a redirect verdict.

@@ -14,14 +14,17 @@ use aya_ebpf::{
 };
 use netlab_common::nat::{IPPROTO_TCP, IPPROTO_UDP, PublishKey, SockNat};
 
-use crate::nat::{LOCAL_ADDRS, NAT_CONFIG, PUBLISHED};
+use crate::{
+    nat::{self, PUBLISHED},
+    pkt::ctx::value,
+};
 
 #[map(name = "SOCK_NAT")]
 static SOCK_NAT: LruHashMap<u64, SockNat> = LruHashMap::pinned(65536, 0);
 
 #[inline(always)]
 fn in_lab_host(ctx: &SockAddrContext) -> bool {
-    let Some(cfg) = NAT_CONFIG.get(0) else {
+    let Some(cfg) = nat::config() else {
         return false;
     };
     // SAFETY: helper on the program's own context.
@@ -44,18 +47,16 @@ pub fn to_backend(ctx: &SockAddrContext) {
     }
     // Network order: the first byte in memory is the low byte here.
     let loopback = addr & 0xff == 127;
-    if !loopback && LOCAL_ADDRS.get_ptr(addr).is_none() {
+    if !loopback && !nat::is_local(addr) {
         return;
     }
-    let Some(backend) = PUBLISHED.get_ptr(PublishKey {
+    let Some(&backend) = value(PUBLISHED.get_ptr(PublishKey {
         port,
         proto,
         _pad: 0,
-    }) else {
+    })) else {
         return;
     };
-    // SAFETY: a map value pointer from a successful lookup.
-    let backend = unsafe { *backend };
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = SOCK_NAT.insert(
@@ -83,11 +84,9 @@ pub fn from_backend(ctx: &SockAddrContext) {
     }
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(nat) = SOCK_NAT.get_ptr(cookie) else {
+    let Some(&nat) = value(SOCK_NAT.get_ptr(cookie)) else {
         return;
     };
-    // SAFETY: a map value pointer from a successful lookup.
-    let nat = unsafe { *nat };
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands sock_addr programs a valid context.
     unsafe {

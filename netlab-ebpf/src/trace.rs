@@ -25,17 +25,20 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netlab_common::{
-    nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Stat},
+    nat::{IPPROTO_TCP, IPPROTO_UDP, Stat},
     trace::{
         Action, DEFAULT_RING_BYTES, EVENT_HOP, EventHeader, Filter, Hook, HopEvent,
         JOURNEY_IDLE_NS, Journey, LIT_HOST, LIT_IFACE, LIT_NETNS, LIT_PORT, LIT_PROTO, Literal,
         MAX_CLAUSES, MAX_JOURNEYS, MAX_LITERALS, MAX_TRACE_IFACES, REASON_NONE, SIDE_DST, SIDE_SRC,
         SNAP_MAX, TRACE_STAT_COUNT, TRACE_STAT_EMITTED, TRACE_STAT_LOST, TUPLE_IPV4,
-        TUPLE_IPV4_OTHER, TUPLE_MALFORMED, TUPLE_NOT_IPV4, TraceConfig, Tuple,
+        TUPLE_IPV4_OTHER, TraceConfig, Tuple,
     },
 };
 
-use crate::parse::{ETH_HLEN, Ipv4Hdr};
+use crate::pkt::{
+    ctx::{self, value, value_mut},
+    parse::{Parsed, parse},
+};
 
 #[map(name = "TRACE_EVENTS")]
 pub(crate) static TRACE_EVENTS: RingBuf = RingBuf::pinned(DEFAULT_RING_BYTES, 0);
@@ -88,30 +91,29 @@ pub fn config() -> Option<&'static TraceConfig> {
 }
 
 /// A passive hop (the program does not change the packet): when tracing is
-/// on, tail-calls `trace_hop`, which returns TCX_NEXT for the program.
+/// on, tail-calls `trace_hop`, which returns TCX_NEXT for the program. The
+/// packet is parsed only then.
 #[inline(always)]
 pub fn hop(ctx: &TcContext, hook: Hook) {
-    if begin(ctx) {
+    if config().is_some() && begin(&parse(ctx)) {
         let _ = end(ctx, true, hook, TCX_NEXT);
     }
 }
 
-/// Start of a hop that may rewrite: remembers the tuple as it came in.
-/// Returns whether tracing is on, for [`end`].
+/// Start of a hop that may rewrite: remembers the tuple as it came in
+/// (the parse the program works on). Returns whether tracing is on, for [`end`].
 #[inline(always)]
-pub fn begin(ctx: &TcContext) -> bool {
+pub fn begin(parsed: &Parsed) -> bool {
     if config().is_none() {
         return false;
     }
-    let Some(scratch) = TRACE_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = value_mut(TRACE_SCRATCH.get_ptr_mut(0)) else {
         return false;
     };
-    // SAFETY: per-CPU slot, only this program run uses it.
-    unsafe {
-        (*scratch).before = tuple_of(ctx);
-        (*scratch).target_ifindex = 0;
-        (*scratch).reason = u32::from(REASON_NONE);
-    }
+    // Per-CPU slot: only this program run uses it.
+    scratch.before = parsed.tuple();
+    scratch.target_ifindex = 0;
+    scratch.reason = u32::from(REASON_NONE);
     true
 }
 
@@ -123,13 +125,14 @@ pub fn end(ctx: &TcContext, on: bool, hook: Hook, action: i32) -> i32 {
     if !on {
         return action;
     }
-    let Some(scratch) = TRACE_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = value_mut(TRACE_SCRATCH.get_ptr_mut(0)) else {
         return action;
     };
-    // SAFETY: per-CPU slot, only this program run uses it.
+    // Per-CPU slot: only this program run uses it.
+    scratch.action = action;
+    scratch.hook = hook as u32;
+    // SAFETY: slot 0 holds `trace_hop` or nothing; a failed call returns.
     unsafe {
-        (*scratch).action = action;
-        (*scratch).hook = hook as u32;
         TRACE_PROGS.tail_call(ctx, 0);
     }
     action
@@ -139,11 +142,10 @@ pub fn end(ctx: &TcContext, on: bool, hook: Hook, action: i32) -> i32 {
 /// and returns the verdict of the program that tail-called it.
 #[inline(always)]
 pub fn tail(ctx: &TcContext) -> i32 {
-    let Some(scratch) = TRACE_SCRATCH.get_ptr(0) else {
+    // Per-CPU slot written by the caller on this CPU.
+    let Some(&scratch) = value(TRACE_SCRATCH.get_ptr(0)) else {
         return TCX_NEXT;
     };
-    // SAFETY: per-CPU slot written by the caller on this CPU.
-    let scratch = unsafe { *scratch };
     let Some(cfg) = config() else {
         return scratch.action;
     };
@@ -153,7 +155,7 @@ pub fn tail(ctx: &TcContext) -> i32 {
         2 => Hook::NatIngress,
         _ => Hook::NatEgress,
     };
-    let after = tuple_of(ctx);
+    let after = parse(ctx).tuple();
     let (what, reason, target_ifindex) = match scratch.action {
         TC_ACT_SHOT => (Action::Drop, scratch.reason as u8, 0),
         TC_ACT_REDIRECT => (Action::Redirect, REASON_NONE, scratch.target_ifindex),
@@ -174,26 +176,26 @@ pub fn tail(ctx: &TcContext) -> i32 {
 /// Names the reason of a drop the datapath is about to make.
 #[inline(always)]
 pub fn note_drop(stat: Stat) {
-    if let Some(scratch) = TRACE_SCRATCH.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, only this program run uses it.
-        unsafe { (*scratch).reason = stat as u32 };
+    // Per-CPU slot: only this program run uses it.
+    if let Some(scratch) = value_mut(TRACE_SCRATCH.get_ptr_mut(0)) {
+        scratch.reason = stat as u32;
     }
 }
 
 /// Names the interface a redirect is about to send the packet to.
 #[inline(always)]
 pub fn note_redirect(ifindex: u32) {
-    if let Some(scratch) = TRACE_SCRATCH.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, only this program run uses it.
-        unsafe { (*scratch).target_ifindex = ifindex };
+    // Per-CPU slot: only this program run uses it.
+    if let Some(scratch) = value_mut(TRACE_SCRATCH.get_ptr_mut(0)) {
+        scratch.target_ifindex = ifindex;
     }
 }
 
 #[inline(always)]
 fn count(slot: u32) {
-    if let Some(counter) = TRACE_STATS.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot, only this CPU writes it while we run.
-        unsafe { *counter += 1 };
+    // Per-CPU: only this CPU writes the slot while we run.
+    if let Some(counter) = value_mut(TRACE_STATS.get_ptr_mut(slot)) {
+        *counter += 1;
     }
 }
 
@@ -246,16 +248,15 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
     // The context pointer of a TC program is the kernel's sk_buff: the
     // packet's identity across hops (see netlab_common::trace).
     let skb = ctx.skb.skb as u64;
-    // SAFETY: the kernel hands TC programs a valid __sk_buff.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let ifindex = ctx::ifindex(ctx);
+    // SAFETY: plain helper.
     let now = unsafe { bpf_ktime_get_ns() };
     // Leaving a lab namespace is where a packet's journey starts; an entry
     // for this address belongs to an earlier packet.
     let starts_here = matches!(*hook, Hook::Egress)
         && TRACE_IFACES
             .get_ptr(ifindex)
-            // SAFETY: a map value pointer from a successful lookup.
-            .is_some_and(|place| unsafe { *place } != 0);
+            .is_some_and(|place| value(Some(place)).is_some_and(|p| *p != 0));
     let mut trace_id = 0;
     let mut known = false;
     if let Some(journey) = TRACE_JOURNEYS.get_ptr_mut(skb) {
@@ -441,10 +442,7 @@ fn literal_holds(literal: &Literal, ifindex: u32, t: &Tuple) -> bool {
         }
         LIT_PROTO => ipv4 && u32::from(t.proto) == literal.value,
         LIT_IFACE => ifindex == literal.value,
-        LIT_NETNS => TRACE_IFACES
-            .get_ptr(ifindex)
-            // SAFETY: a map value pointer from a successful lookup.
-            .is_some_and(|place| unsafe { *place } == literal.value),
+        LIT_NETNS => value(TRACE_IFACES.get_ptr(ifindex)).is_some_and(|p| *p == literal.value),
         _ => false,
     };
     holds != (literal.negate != 0)
@@ -457,72 +455,4 @@ fn on_side(side: u8, src: bool, dst: bool) -> bool {
         SIDE_DST => dst,
         _ => src || dst,
     }
-}
-
-/// What the tracer reads of a packet: every read bounded by the packet
-/// length, so a truncated or odd frame yields a tuple that says so.
-#[inline(always)]
-fn tuple_of(ctx: &TcContext) -> Tuple {
-    let mut t = Tuple {
-        kind: TUPLE_MALFORMED,
-        ..Tuple::default()
-    };
-    let Ok(ethertype) = ctx.load::<u16>(12) else {
-        return t;
-    };
-    let ethertype = u16::from_be(ethertype);
-    if ethertype != 0x0800 {
-        t.kind = TUPLE_NOT_IPV4;
-        t.saddr = u32::from(ethertype);
-        return t;
-    }
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HLEN) else {
-        return t;
-    };
-    let ihl = usize::from(ip.ver_ihl & 0x0f) * 4;
-    if ip.ver_ihl >> 4 != 4 || ihl < 20 {
-        return t;
-    }
-    t.saddr = ip.saddr;
-    t.daddr = ip.daddr;
-    t.proto = ip.proto;
-    t.kind = TUPLE_IPV4_OTHER;
-    if u16::from_be(ip.frag_off) & 0x3fff != 0 {
-        return t;
-    }
-    let l4 = ETH_HLEN + ihl;
-    match ip.proto {
-        IPPROTO_TCP => {
-            let (Ok(ports), Ok(flags)) = (ctx.load::<[u16; 2]>(l4), ctx.load::<u8>(l4 + 13)) else {
-                t.kind = TUPLE_MALFORMED;
-                return t;
-            };
-            t.sport = ports[0];
-            t.dport = ports[1];
-            t.tcp_flags = flags;
-        }
-        IPPROTO_UDP => {
-            let Ok(ports) = ctx.load::<[u16; 2]>(l4) else {
-                t.kind = TUPLE_MALFORMED;
-                return t;
-            };
-            t.sport = ports[0];
-            t.dport = ports[1];
-        }
-        IPPROTO_ICMP => {
-            let (Ok(icmp_type), Ok(id)) = (ctx.load::<u8>(l4), ctx.load::<u16>(l4 + 4)) else {
-                t.kind = TUPLE_MALFORMED;
-                return t;
-            };
-            t.icmp_type = icmp_type;
-            match icmp_type {
-                8 => t.sport = id,
-                0 => t.dport = id,
-                _ => {}
-            }
-        }
-        _ => return t,
-    }
-    t.kind = TUPLE_IPV4;
-    t
 }

@@ -285,6 +285,7 @@ fn ensure_loaded(lab: &str, conntrack_size: u32) -> Result<()> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir(lab).join("maps"))
         .map_max_entries(names::CONNTRACK, conntrack_size)
+        .map_max_entries(names::CONNTRACK_NEW, conntrack_size)
         .map_max_entries(names::TRACE_EVENTS, crate::trace::ring_bytes()?)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;

@@ -486,6 +486,17 @@ fn plan(lab: &str, topo: &Topology, published: &[PublishRecord]) -> [TablePlan; 
     }
 
     let mut fwd_body = Vec::new();
+    // conntrack marks what it cannot track (malformed L4, ICMP errors about
+    // no flow) INVALID, MASQUERADE skips it, and it would leave the uplink
+    // with its lab source (kube-proxy drops INVALID for the same leak).
+    if let Some(uplink) = topo.nat.uplink.as_deref() {
+        for subnet in topo.nat.masquerade.iter().map(|n| n.network()) {
+            fwd_body.push(Rule::new(
+                &names.fwd,
+                format!("-s {subnet} -o {uplink} -m conntrack --ctstate INVALID -j DROP"),
+            ));
+        }
+    }
     for subnet in &lab_subnets {
         fwd_body.push(Rule::new(
             &names.fwd,
@@ -916,6 +927,7 @@ COMMIT
 *filter
 :NL-default-FWD - [0:0]
 -I FORWARD -j NL-default-FWD
+-A NL-default-FWD -s 192.168.15.0/24 -o nl-uplink -m conntrack --ctstate INVALID -j DROP
 -A NL-default-FWD -d 192.168.15.0/24 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A NL-default-FWD -d 192.168.15.2/32 -p tcp -m conntrack --ctstate DNAT -m tcp --dport 80 -j ACCEPT
 -A NL-default-FWD -d 192.168.15.2/32 -p udp -m conntrack --ctstate DNAT -m udp --dport 53 -j ACCEPT

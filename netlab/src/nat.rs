@@ -18,8 +18,8 @@ use netlab_common::{
     names,
     nat::{
         Backend, CtEntry, DIR_ORIGINAL, Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-        IfaceConfig, NAT_DNAT, NAT_REFLECT, NAT_SNAT, NatConfig, PublishKey, ROLE_LAB, ROLE_UPLINK,
-        Stat, TcpState, timeout_ns,
+        IfaceConfig, NAT_DNAT, NAT_REFLECT, NAT_SNAT, NET_GROUP, NET_INTERNAL, NET_UPLINK,
+        NatConfig, PublishKey, ROLE_LAB, ROLE_UPLINK, Stat, TcpState, timeout_ns,
     },
 };
 use serde::Serialize;
@@ -278,12 +278,24 @@ pub fn configure(lab: &str, topo: &Topology) -> Result<()> {
             prefix_len: 32,
         },
     ];
-    for net in topo
-        .addresses()
-        .map(|a| a.net.network())
-        .chain(multicast_and_broadcast)
-    {
-        lab_nets.insert(&Key::new(u32::from(net.prefix_len), be(net.addr)), 1, 0)?;
+    // The uplink's subnet stands for the world; every other subnet lives
+    // behind the lab's own veths (and so may never arrive on the uplink).
+    let uplink_nets: BTreeSet<Ipv4Net> = topo
+        .veth_ends()
+        .filter(|e| topo.nat.uplink.as_deref() == Some(e.name.as_str()))
+        .flat_map(|e| e.addresses.iter().map(|a| a.net.network()))
+        .collect();
+    let kinds = topo.addresses().map(|a| {
+        let net = a.net.network();
+        let kind = if uplink_nets.contains(&net) {
+            NET_UPLINK
+        } else {
+            NET_INTERNAL
+        };
+        (net, kind)
+    });
+    for (net, kind) in kinds.chain(multicast_and_broadcast.map(|net| (net, NET_GROUP))) {
+        lab_nets.insert(&Key::new(u32::from(net.prefix_len), be(net.addr)), kind, 0)?;
     }
 
     let mut masq: LpmTrie<_, u32, u32> =
@@ -540,16 +552,20 @@ fn monotonic_ns() -> u64 {
 /// Every live flow in the lab's conntrack (expired ones are skipped; the
 /// datapath removes them when it meets them).
 pub fn conntrack(lab: &str) -> Result<Vec<Flow>> {
-    let table: HashMap<_, FlowKey, CtEntry> =
-        HashMap::try_from(Map::LruHashMap(open(lab, names::CONNTRACK)?))?;
     let now = monotonic_ns();
     let mut entries = BTreeMap::new();
-    for item in table.iter() {
-        let (key, entry) = item?;
-        entries.insert(
-            (key.saddr, key.daddr, key.sport, key.dport, key.proto),
-            (key, entry),
-        );
+    // Assured flows and new ones live in two tables; a flow's two entries
+    // are always in the same one.
+    for name in CONNTRACK_TABLES {
+        let table: HashMap<_, FlowKey, CtEntry> =
+            HashMap::try_from(Map::LruHashMap(open(lab, name)?))?;
+        for item in table.iter() {
+            let (key, entry) = item?;
+            entries.insert(
+                (key.saddr, key.daddr, key.sport, key.dport, key.proto),
+                (key, entry),
+            );
+        }
     }
     let mut flows = Vec::new();
     for (key, entry) in entries.values() {
@@ -601,12 +617,19 @@ pub fn conntrack(lab: &str) -> Result<Vec<Flow>> {
     Ok(flows)
 }
 
-/// Entries in the conntrack table (two per flow) and its capacity.
+/// The conntrack tables: assured flows, then flows not assured yet.
+pub const CONNTRACK_TABLES: [&str; 2] = [names::CONNTRACK, names::CONNTRACK_NEW];
+
+/// Entries in the conntrack tables (two per flow) and their capacity.
 pub fn conntrack_usage(lab: &str) -> Result<(usize, u32)> {
-    let data = open(lab, names::CONNTRACK)?;
-    let max = data.info()?.max_entries();
-    let table: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(Map::LruHashMap(data))?;
-    Ok((table.keys().count(), max))
+    let (mut used, mut max) = (0, 0);
+    for name in CONNTRACK_TABLES {
+        let data = open(lab, name)?;
+        max += data.info()?.max_entries();
+        let table: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(Map::LruHashMap(data))?;
+        used += table.keys().count();
+    }
+    Ok((used, max))
 }
 
 /// `conntrack -L` style lines.

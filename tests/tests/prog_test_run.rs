@@ -41,7 +41,8 @@ use netlab_common::{
     nat::{
         APPLY_EGRESS, APPLY_INGRESS, Backend, CtEntry, DIR_ORIGINAL, DIR_REPLY, FlowKey,
         IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NAT_DNAT, NAT_REFLECT, NAT_SNAT,
-        NatConfig, PublishKey, ROLE_LAB, ROLE_UPLINK, STAT_COUNT, Stat, TcpState,
+        NET_INTERNAL, NET_UPLINK, NatConfig, PublishKey, ROLE_LAB, ROLE_UPLINK, STAT_COUNT, Stat,
+        TcpState,
     },
 };
 
@@ -262,6 +263,13 @@ impl Datapath {
             .unwrap();
     }
 
+    /// Declares a lab network and its kind (`NET_*`).
+    fn lab_net(&mut self, network: Ipv4Addr, prefix_len: u32, kind: u32) {
+        let mut map: LpmTrie<_, u32, u32> = LpmTrie::try_from(self.map(names::LAB_NETS)).unwrap();
+        map.insert(&Key::new(prefix_len, be(network)), kind, 0)
+            .unwrap();
+    }
+
     fn nat_config(&mut self, masq_addr: Ipv4Addr, ports: RangeInclusive<u16>) {
         let mut map: Array<_, NatConfig> = Array::try_from(self.map(names::NAT_CONFIG)).unwrap();
         let config = NatConfig {
@@ -293,6 +301,8 @@ impl Datapath {
         self.publish(IPPROTO_TCP, 8080, ep("192.168.15.2:80"));
         self.publish(IPPROTO_UDP, 5353, ep("192.168.15.2:53"));
         self.masquerade(ip("192.168.15.0"), 24);
+        self.lab_net(ip("192.168.15.0"), 24, NET_INTERNAL);
+        self.lab_net(ip("203.0.113.0"), 24, NET_UPLINK);
         self.nat_config(ip("203.0.113.1"), 40000..=40001);
         self.iface(ROLE_UPLINK, Ipv4Addr::UNSPECIFIED);
     }
@@ -310,13 +320,18 @@ impl Datapath {
         stats
     }
 
+    /// Both conntrack tables: assured flows and new ones.
     fn conntrack(&self) -> Vec<(FlowKey, CtEntry)> {
-        let map = self
-            .ebpf
-            .map(names::CONNTRACK)
-            .expect("the object has no CONNTRACK");
-        let table: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(map).unwrap();
-        table.iter().map(|item| item.unwrap()).collect()
+        let mut entries = Vec::new();
+        for name in [names::CONNTRACK, names::CONNTRACK_NEW] {
+            let map = self
+                .ebpf
+                .map(name)
+                .expect("the object has its conntrack tables");
+            let table: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(map).unwrap();
+            entries.extend(table.iter().map(|item| item.unwrap()));
+        }
+        entries
     }
 
     fn flow(&self, key: &FlowKey) -> Option<CtEntry> {
@@ -866,12 +881,15 @@ fn a_tracked_flow_is_translated_both_ways() {
         );
         assert_eq!(state(dp), TcpState::SynRecv as u8);
 
-        // The same reply on ingress is not this hook's to translate.
+        // The same reply entering from the lab is not that hook's to translate.
+        dp.iface(ROLE_LAB, ip("192.168.15.5"));
         dp.expect_untouched(names::NAT_INGRESS, &syn_ack.bytes(), TCX_NEXT, None);
+        dp.iface(ROLE_UPLINK, Ipv4Addr::UNSPECIFIED);
 
         let ack = Frame::tcp(client, published, TCP_ACK).payload(b"GET / HTTP/1.0\r\n\r\n");
         let out = dp.run(names::NAT_INGRESS, &ack.bytes());
-        out.expect(TCX_NEXT, &[(Stat::Translated, 1)]);
+        // Established: the flow moves to the assured table.
+        out.expect(TCX_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
         assert_checksums(&out.frame, false);
         assert_frame_eq(
             &out.frame,
@@ -1050,6 +1068,7 @@ fn truncated_and_inconsistent_frames_pass_untouched() {
 
         let before = dp.stats();
         let mut sent: u64 = 0;
+        let mut leaked: u64 = 0;
         for (program, what, frame) in &cases {
             let out = match dp.try_run(program, frame) {
                 Ok(out) => out,
@@ -1062,9 +1081,23 @@ fn truncated_and_inconsistent_frames_pass_untouched() {
                 Err(err) => panic!("{program}: {what}: BPF_PROG_TEST_RUN: {err}"),
             };
             sent += 1;
+            // Leaving the uplink with the masqueraded lab source it could
+            // not translate, it would leak that address: dropped.
+            let leaks =
+                *program == names::NAT_EGRESS && frame.get(26..30) == Some(&[192, 168, 15, 1]);
+            let expected: &[(&str, u64)] = if leaks {
+                leaked += 1;
+                &[
+                    (Stat::Malformed.name(), 1),
+                    (Stat::UntranslatedLeak.name(), 1),
+                ]
+            } else {
+                &[(Stat::Malformed.name(), 1)]
+            };
+            let verdict = if leaks { TC_ACT_SHOT } else { TCX_NEXT };
             assert_eq!(
                 (out.verdict, &out.moved[..]),
-                (TCX_NEXT, &[(Stat::Malformed.name(), 1)][..]),
+                (verdict, expected),
                 "{program}: {what}: {}",
                 hex(frame)
             );
@@ -1074,11 +1107,18 @@ fn truncated_and_inconsistent_frames_pass_untouched() {
             sent as usize >= cases.len() - 4,
             "most malformed frames were run"
         );
+        assert!(
+            leaked > 0,
+            "some malformed frames tried to leave the uplink"
+        );
         let after = dp.stats();
         assert_eq!(
             after.moved_since(&before),
-            vec![(Stat::Malformed.name(), sent)],
-            "malformed counts each frame exactly once, and nothing else moved"
+            vec![
+                (Stat::Malformed.name(), sent),
+                (Stat::UntranslatedLeak.name(), leaked)
+            ],
+            "malformed counts each frame exactly once, leaks are dropped, and nothing else moved"
         );
         assert!(dp.conntrack().is_empty(), "nothing tracked");
 
@@ -1131,26 +1171,46 @@ fn non_ipv4_frames_pass_untouched() {
     });
 }
 
-/// Case 8: fragments pass untouched on ingress (never DNATed, never
-/// tracked), and never leave the uplink with a masqueraded source.
+/// Case 8: fragments. A first fragment is translated as any packet of its
+/// flow, and its ports are remembered; later fragments of the same datagram
+/// get the same address rewrite. A later fragment whose first never came is
+/// dropped where NAT would apply, and never leaves the uplink with a
+/// masqueraded source.
 #[test]
 #[ignore = "privileged: run through `cargo xtask test`"]
-fn fragments_pass_on_ingress_and_never_leave_masqueraded() {
+fn fragments_are_translated_with_their_first_fragment() {
     with_datapath(|dp| {
         dp.default_lab();
-        // First fragment (MF) of a SYN to the published port, and a later one
-        // whose payload happens to look like a TCP header to that port.
         let to_published = Frame::tcp("203.0.113.2:40000", "203.0.113.1:8080", TCP_SYN);
-        let first = to_published.clone().frag(IP_MF).bytes();
-        let later = to_published.clone().frag(2).bytes(); // offset 16 bytes
-        let middle = to_published.clone().frag(IP_MF | 2).bytes();
-        for frame in [&first, &later, &middle] {
-            dp.expect_untouched(names::NAT_INGRESS, frame, TCX_NEXT, Some(Stat::Fragment));
+        let first = to_published.clone().frag(IP_MF);
+        let out = dp.run(names::NAT_INGRESS, &first.bytes());
+        out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+        assert_frame_eq(
+            &out.frame,
+            &first.clone().to(ep("192.168.15.2:80")).bytes(),
+            "DNATed first fragment",
+        );
+        // Later fragments hold no L4 header: only the address moves.
+        let blue = [192, 168, 15, 2];
+        for later in [
+            to_published.clone().frag(IP_MF | 2),
+            to_published.clone().frag(4),
+        ] {
+            let frame = later.bytes();
+            let out = dp.run(names::NAT_INGRESS, &frame);
+            out.expect(TCX_NEXT, &[(Stat::Fragment, 1)]);
+            let mut expected = frame.clone();
+            expected[30..34].copy_from_slice(&blue);
+            fix_ip_checksum(&mut expected);
+            assert_frame_eq(&out.frame, &expected, "DNATed later fragment");
         }
-        assert!(dp.conntrack().is_empty(), "fragments create no flow");
+        // A later fragment of a datagram whose first never came.
+        let orphan = Frame::tcp("203.0.113.3:40000", "203.0.113.1:8080", TCP_SYN).frag(4);
+        let out = dp.run(names::NAT_INGRESS, &orphan.bytes());
+        out.expect(TC_ACT_SHOT, &[(Stat::FragUnknown, 1)]);
 
         // Don't-fragment is not a fragment: translated.
-        let df = to_published.frag(IP_DF);
+        let df = Frame::tcp("203.0.113.2:40002", "203.0.113.1:8080", TCP_SYN).frag(IP_DF);
         let out = dp.run(names::NAT_INGRESS, &df.bytes());
         out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
         assert_frame_eq(
@@ -1159,26 +1219,39 @@ fn fragments_pass_on_ingress_and_never_leave_masqueraded() {
             "DNATed SYN with DF",
         );
 
-        // Lab fragments leaving through a lab veth: nothing to hide.
+        // Lab fragments leaving through a lab veth: nothing to translate.
         let outbound = Frame::udp("192.168.15.1:5000", "203.0.113.2:53").payload(&[7; 32]);
         let first = outbound.clone().frag(IP_MF).bytes();
         let later = outbound.clone().frag(4).bytes();
         dp.iface(ROLE_LAB, ip("192.168.15.1"));
         for frame in [&first, &later] {
-            dp.expect_untouched(names::NAT_EGRESS, frame, TCX_NEXT, Some(Stat::Fragment));
+            dp.expect_untouched(names::NAT_EGRESS, frame, TCX_NEXT, None);
         }
-        // Through the uplink they would leak the lab address: dropped.
+        // Through the uplink the datagram is masqueraded whole.
         dp.iface(ROLE_UPLINK, Ipv4Addr::UNSPECIFIED);
-        for frame in [&first, &later] {
-            let out = dp.run(names::NAT_EGRESS, frame);
-            out.expect(TC_ACT_SHOT, &[(Stat::Fragment, 1)]);
-            assert_frame_eq(&out.frame, frame, "a dropped fragment");
-        }
-        // The host's own fragments leave as they are.
+        let uplink = [203, 0, 113, 1];
+        let out = dp.run(names::NAT_EGRESS, &first);
+        out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
+        assert_eq!(out.frame[26..30], uplink, "masqueraded first fragment");
+        assert_checksums(&out.frame, false);
+        let out = dp.run(names::NAT_EGRESS, &later);
+        out.expect(TCX_NEXT, &[(Stat::Fragment, 1)]);
+        let mut expected = later.clone();
+        expected[26..30].copy_from_slice(&uplink);
+        fix_ip_checksum(&mut expected);
+        assert_frame_eq(&out.frame, &expected, "masqueraded later fragment");
+        // A lab fragment whose first never came would leak: dropped.
+        let orphan = Frame::udp("192.168.15.9:5000", "203.0.113.2:53")
+            .frag(4)
+            .bytes();
+        let out = dp.run(names::NAT_EGRESS, &orphan);
+        out.expect(TC_ACT_SHOT, &[(Stat::UntranslatedLeak, 1)]);
+        assert_frame_eq(&out.frame, &orphan, "a dropped fragment");
+        // The host's own fragments leave as they are (their flow tracked).
         let own = Frame::udp("203.0.113.1:5000", "203.0.113.2:53")
             .frag(IP_MF)
             .bytes();
-        dp.expect_untouched(names::NAT_EGRESS, &own, TCX_NEXT, Some(Stat::Fragment));
+        dp.expect_untouched(names::NAT_EGRESS, &own, TCX_NEXT, Some(Stat::HostFlowNew));
     });
 }
 
@@ -1214,7 +1287,8 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
 
         let answer = Frame::udp("203.0.113.2:53", &src.to_string());
         let out = dp.run(names::NAT_INGRESS, &answer.bytes());
-        out.expect(TCX_NEXT, &[(Stat::Translated, 1)]);
+        // Its first reply makes the flow assured: out of reach of new flows.
+        out.expect(TCX_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
         assert_checksums(&out.frame, false);
         assert_frame_eq(
             &out.frame,
@@ -1249,7 +1323,7 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
 
         let pong = Frame::icmp("203.0.113.2", "203.0.113.1", ICMP_ECHO_REPLY, id);
         let out = dp.run(names::NAT_INGRESS, &pong.bytes());
-        out.expect(TCX_NEXT, &[(Stat::Translated, 1)]);
+        out.expect(TCX_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
         assert_checksums(&out.frame, false);
         assert_frame_eq(
             &out.frame,
@@ -1360,9 +1434,14 @@ fn untranslatable_protocols_never_leave_masqueraded() {
         let gre = Frame::udp("192.168.15.1:5000", "203.0.113.2:53").bytes_with_proto(IPPROTO_GRE);
         let timestamp = Frame::icmp("192.168.15.1", "203.0.113.2", ICMP_TIMESTAMP, 0).bytes();
         for frame in [&gre, &timestamp] {
+            dp.iface(ROLE_LAB, ip("192.168.15.5"));
             dp.expect_untouched(names::NAT_INGRESS, frame, TCX_NEXT, Some(Stat::Unsupported));
+            dp.iface(ROLE_UPLINK, Ipv4Addr::UNSPECIFIED);
             let out = dp.run(names::NAT_EGRESS, frame);
-            out.expect(TC_ACT_SHOT, &[(Stat::Unsupported, 1)]);
+            out.expect(
+                TC_ACT_SHOT,
+                &[(Stat::Unsupported, 1), (Stat::UntranslatedLeak, 1)],
+            );
             assert_frame_eq(&out.frame, frame, "a dropped frame");
         }
         // From the host's own address they leave as they are.
@@ -1450,14 +1529,17 @@ fn icmp_errors_about_tracked_flows_are_translated() {
             &syn.bytes(),
         );
         assert_frame_eq(&out.frame, &expected.bytes(), "unreachable from a backend");
-        // The same error on the other hook is not that hook's to translate:
-        // it passes untouched, counted like any untranslatable packet.
+        // The same error on the other hook (entering from the lab) is not
+        // that hook's to translate: it passes untouched, counted like any
+        // untranslatable packet.
+        dp.iface(ROLE_LAB, ip("192.168.15.5"));
         dp.expect_untouched(
             names::NAT_INGRESS,
             &error.bytes(),
             TCX_NEXT,
             Some(Stat::Unsupported),
         );
+        dp.iface(ROLE_UPLINK, Ipv4Addr::UNSPECIFIED);
 
         // Time exceeded for a masqueraded ping: the embedded echo gets the
         // lab host's address and identifier back. The embedded echo's own

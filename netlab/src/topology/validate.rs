@@ -545,12 +545,21 @@ fn nat(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
             .nodes
             .iter()
             .position(|n| n.place == &Place::Host && n.name == uplink);
+        let is_bridge = lab.topo.bridges.iter().any(|b| b.name == *uplink);
         match node {
             None => problems.push(Problem::new(
                 K::UnknownUplink,
                 &spans.uplink,
+                format_args!("nat.uplink `{uplink}` is not a host-side veth end of this lab"),
+            )),
+            // The NAT programs run on veth ends; a bridge's own traffic
+            // would leave untranslated.
+            Some(_) if is_bridge => problems.push(Problem::new(
+                K::UnknownUplink,
+                &spans.uplink,
                 format_args!(
-                    "nat.uplink `{uplink}` is not a host-side veth end or bridge of this lab"
+                    "nat.uplink `{uplink}` is a bridge; name a host-side veth end instead (the \
+                     NAT programs run on veth ends, so nothing leaving a bridge is masqueraded)"
                 ),
             )),
             Some(node) if !lab.addresses.iter().any(|a| a.node == node) => {
@@ -1113,7 +1122,13 @@ peer = { name = "green0-br", bridge = "br0" }
             &["`blue0`", &at_nth(&text, "\"blue0\"", 1)],
         );
         ok(&lab("\n[nat]\nuplink = \"blue0-host\"\n"));
-        ok(&lab("\n[nat]\nuplink = \"br0\"\n"));
+        // No program runs on a bridge: refused, not silently unmasqueraded.
+        let text = lab("\n[nat]\nuplink = \"br0\"\n");
+        only_problem(
+            &text,
+            K::UnknownUplink,
+            &["`br0` is a bridge", &at(&text, "uplink = \"br0\"")],
+        );
     }
 
     #[test]

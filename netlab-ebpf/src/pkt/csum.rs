@@ -1,0 +1,185 @@
+//! Field rewrites with their checksum fix-ups. Each returns the reason it
+//! failed, so a drop names it (as Cilium's `l4_modify_port` returns
+//! `DROP_CSUM_L4` or `DROP_WRITE_ERROR`).
+//!
+//! The kernel helpers keep the checksums right whether or not the L4
+//! checksum is offloaded (CHECKSUM_PARTIAL) and leave a UDP checksum of zero
+//! alone. Checksums inside an ICMP error's payload are plain data to the
+//! skb, so they are folded here instead ([`replace_embedded16`]).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use netlab_common::nat::{IPPROTO_TCP, IPPROTO_UDP, Stat};
+
+use super::{
+    ctx,
+    ipv4::{IPV4_CSUM_OFF, IPV4_TTL_OFF, L3_OFF},
+    l4::{ICMP_CSUM_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
+};
+
+/// The helpers' field-size flags.
+const FIELD_2: u64 = 2;
+const FIELD_4: u64 = 4;
+
+pub type Rewrite = Result<(), Stat>;
+
+/// Where an L4 checksum sits and how the helpers must treat it.
+#[derive(Clone, Copy)]
+pub struct L4Csum {
+    pub offset: usize,
+    /// `BPF_F_*` flags for an address change (pseudo-header); a port
+    /// change keeps only the zero-UDP flag.
+    flags: u64,
+}
+
+impl L4Csum {
+    /// The checksum of the L4 header at `l4` for `proto`; ICMP's has no
+    /// pseudo-header, so addresses do not enter it.
+    #[inline(always)]
+    pub fn of(proto: u8, l4: usize) -> L4Csum {
+        match proto {
+            IPPROTO_TCP => L4Csum {
+                offset: l4 + TCP_CSUM_OFF,
+                flags: u64::from(BPF_F_PSEUDO_HDR),
+            },
+            IPPROTO_UDP => L4Csum {
+                offset: l4 + UDP_CSUM_OFF,
+                flags: u64::from(BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0),
+            },
+            _ => L4Csum {
+                offset: l4 + ICMP_CSUM_OFF,
+                flags: 0,
+            },
+        }
+    }
+
+    #[inline(always)]
+    fn covers_addresses(self) -> bool {
+        self.flags & u64::from(BPF_F_PSEUDO_HDR) != 0
+    }
+
+    #[inline(always)]
+    fn port_flags(self) -> u64 {
+        self.flags & u64::from(BPF_F_MARK_MANGLED_0)
+    }
+}
+
+/// Replaces the IPv4 address at `offset` of the header at `l3` (no-op when
+/// unchanged), fixing that header's checksum and, when given, an L4
+/// checksum that covers the address through its pseudo-header.
+#[inline(always)]
+pub fn set_addr(
+    ctx: &TcContext,
+    l3: usize,
+    offset: usize,
+    old: u32,
+    new: u32,
+    l4: Option<L4Csum>,
+) -> Rewrite {
+    if old == new {
+        return Ok(());
+    }
+    if let Some(csum) = l4
+        && csum.covers_addresses()
+    {
+        ctx.l4_csum_replace(
+            csum.offset,
+            u64::from(old),
+            u64::from(new),
+            csum.flags | FIELD_4,
+        )
+        .map_err(|_| Stat::CsumL4Failed)?;
+    }
+    ctx.l3_csum_replace(l3 + IPV4_CSUM_OFF, u64::from(old), u64::from(new), FIELD_4)
+        .map_err(|_| Stat::CsumL3Failed)?;
+    ctx.store(l3 + offset, &new, 0)
+        .map_err(|_| Stat::WriteFailed)
+}
+
+/// Replaces a 16-bit port or ICMP identifier at `offset` (no-op when
+/// unchanged), fixing the L4 checksum (ports are not in the pseudo-header).
+#[inline(always)]
+pub fn set_port(ctx: &TcContext, offset: usize, old: u16, new: u16, csum: L4Csum) -> Rewrite {
+    if old == new {
+        return Ok(());
+    }
+    ctx.l4_csum_replace(
+        csum.offset,
+        u64::from(old),
+        u64::from(new),
+        csum.port_flags() | FIELD_2,
+    )
+    .map_err(|_| Stat::CsumL4Failed)?;
+    ctx.store(offset, &new, 0).map_err(|_| Stat::WriteFailed)
+}
+
+/// Decrements the TTL of a routed packet, fixing the IP checksum. `Ok(false)`
+/// when it would expire (the stack then answers with ICMP time exceeded).
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, ttl: u8, proto: u8) -> Result<bool, Stat> {
+    if ttl <= 1 {
+        return Ok(false);
+    }
+    // TTL and protocol share one 16-bit word of the checksum.
+    let old = u16::from_be_bytes([ttl, proto]).to_be();
+    let new = u16::from_be_bytes([ttl - 1, proto]).to_be();
+    ctx.l3_csum_replace(
+        L3_OFF + IPV4_CSUM_OFF,
+        u64::from(old),
+        u64::from(new),
+        FIELD_2,
+    )
+    .map_err(|_| Stat::CsumL3Failed)?;
+    ctx.store(L3_OFF + IPV4_TTL_OFF, &(ttl - 1), 0)
+        .map_err(|_| Stat::WriteFailed)?;
+    Ok(true)
+}
+
+/// One's-complement update of a checksum for one 16-bit word changing from
+/// `old` to `new` (RFC 1624, eqn. 3). All values as they sit in the packet.
+#[inline(always)]
+pub fn fold16(csum: u16, old: u16, new: u16) -> u16 {
+    let sum = u32::from(!csum) + u32::from(!old) + u32::from(new);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// [`fold16`] for a 32-bit field (an address): its two halves.
+#[inline(always)]
+pub fn fold32(csum: u16, old: u32, new: u32) -> u16 {
+    let csum = fold16(csum, old as u16, new as u16);
+    fold16(csum, (old >> 16) as u16, (new >> 16) as u16)
+}
+
+/// Stores `new` as the checksum at `offset` inside an ICMP error's payload
+/// (the embedded packet's own L4 checksum), and moves the outer ICMP
+/// checksum at `icmp_l4` with it.
+#[inline(always)]
+pub fn replace_embedded16(
+    ctx: &TcContext,
+    offset: usize,
+    old: u16,
+    new: u16,
+    icmp_l4: usize,
+) -> Rewrite {
+    if old == new {
+        return Ok(());
+    }
+    ctx.l4_csum_replace(
+        icmp_l4 + ICMP_CSUM_OFF,
+        u64::from(old),
+        u64::from(new),
+        FIELD_2,
+    )
+    .map_err(|_| Stat::CsumL4Failed)?;
+    ctx.store(offset, &new, 0).map_err(|_| Stat::WriteFailed)
+}
+
+/// Reads a 16-bit field as it sits in the packet.
+#[inline(always)]
+pub fn read16(ctx: &TcContext, offset: usize) -> Option<u16> {
+    ctx::load::<u16>(ctx, offset)
+}

@@ -1,0 +1,20 @@
+//! The packet-access layer: everything below the datapath features, as
+//! Cilium's `bpf/include/bpf/ctx` and `bpf/lib/{eth,ipv4,l4,csum}.h`.
+//!
+//! - [`ctx`]: the TC context (ifindex, bounds-checked direct packet reads)
+//!   and the one place a map value pointer becomes a reference.
+//! - [`eth`], [`ipv4`], [`l4`]: header layouts and named field offsets.
+//! - [`csum`]: field rewrites with their checksum fix-ups, each failing
+//!   with a typed drop reason.
+//! - [`parse`]: the one parser. Its [`Parsed`](parse::Parsed) result feeds
+//!   NAT, redirect, trace and the trace filter; nobody else reads headers.
+//!
+//! Features (`nat`, `conntrack`, `redirect`, `trace`, ...) sit on top and
+//! never spell an offset of their own.
+
+pub mod csum;
+pub mod ctx;
+pub mod eth;
+pub mod ipv4;
+pub mod l4;
+pub mod parse;
