@@ -88,7 +88,7 @@ fn be(addr: Ipv4Addr) -> u32 {
 /// dedicated thread whose mount namespace dies with it.
 fn with_datapath(test: impl FnOnce(&mut Datapath) + Send + 'static) {
     assert!(
-        !netlab::datapath::EBPF_OBJECT.is_empty(),
+        !netlab::datapath::ebpf::EBPF_OBJECT.is_empty(),
         "netlab was built without its eBPF object (NETLAB_EBPF_OBJECT was not set): \
          run these tests through `cargo xtask test`"
     );
@@ -211,7 +211,7 @@ impl Datapath {
     fn load() -> Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory("/sys/fs/bpf")
-            .load(netlab::datapath::EBPF_OBJECT)
+            .load(netlab::datapath::ebpf::EBPF_OBJECT)
             .unwrap_or_else(|e| panic!("loading the eBPF object: {e}"));
         for name in [names::NAT_INGRESS, names::NAT_EGRESS] {
             let program: &mut SchedClassifier = ebpf
