@@ -27,6 +27,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod frames;
+
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 pub use netlab::status::{HookStatus, LabStatus, LinkStatus};
 use serde_json::Value;
