@@ -84,10 +84,10 @@
 //!
 //! # Where things are
 //!
-//! - [`naming`]: the lab's chain names;
-//! - [`plan`]: pure planning, from the topology and the published ports to
+//! - `naming`: the lab's chain names;
+//! - `plan`: pure planning, from the topology and the published ports to
 //!   the `iptables-restore` input (what to add, what to delete);
-//! - [`exec`]: the binaries of each [`Variant`], `-save` and `-restore`.
+//! - `exec`: the binaries of each [`Variant`], `-save` and `-restore`.
 //!
 //! # Testing
 //!
