@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{exec, lab, nat, state, status, topology};
+use crate::{conntrack, exec, lab, publish, state, status, topology, trace};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -120,9 +120,17 @@ pub enum PublishAction {
         namespace: String,
         /// HOST_PORT[:PORT][/tcp|/udp], e.g. 8080:80/tcp.
         mapping: String,
+        /// Print what was done as JSON (with the datapath's update time).
+        #[arg(long)]
+        json: bool,
     },
     /// Stop forwarding HOST_PORT[/tcp|/udp] (established flows finish normally).
-    Rm { port: String },
+    Rm {
+        port: String,
+        /// Print what was done as JSON (with the datapath's update time).
+        #[arg(long)]
+        json: bool,
+    },
     /// List the published ports.
     List {
         #[arg(long)]
@@ -168,7 +176,7 @@ impl Command {
 fn run_trace(args: TraceArgs) -> Result<ExitCode> {
     if args.off {
         let lab = state::resolve_lab(args.lab.as_deref())?;
-        crate::trace::switch_off(&lab)?;
+        trace::switch_off(&lab)?;
         println!("tracing is off in lab {lab}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -177,7 +185,7 @@ fn run_trace(args: TraceArgs) -> Result<ExitCode> {
         Some(s) => anyhow::bail!("--duration {s}: expected a positive number of seconds"),
         None => None,
     };
-    let options = crate::trace::Options {
+    let options = trace::Options {
         lab: args.lab,
         expression: args.filter.join(" "),
         netns: args.netns,
@@ -189,7 +197,7 @@ fn run_trace(args: TraceArgs) -> Result<ExitCode> {
         count: args.count,
         duration,
     };
-    let summary = crate::trace::run(&options)?;
+    let summary = trace::run(&options)?;
     if let Some(path) = &args.pcapng {
         eprintln!(
             "netlab trace: {} packets written to {}",
@@ -289,52 +297,39 @@ fn run_exec(lab: Option<String>, namespace: &str, command: &[String]) -> Result<
 
 fn publish(lab: Option<String>, action: PublishAction) -> Result<ExitCode> {
     let lab = state::resolve_lab(lab.as_deref())?;
-    let _lock = state::LabLock::acquire(&lab)?;
-    let mut record =
-        state::LabState::load(&lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
-    let topo = record.topology()?;
     match action {
-        PublishAction::Add { namespace, mapping } => {
-            let (host_port, port, proto) = nat::parse_mapping(&mapping)?;
-            let new = state::PublishRecord {
-                host_port,
-                proto: proto.as_str().to_owned(),
-                namespace,
-                port,
-            };
-            nat::check_new_publish(&topo, &record.published, &new)?;
-            record.published.push(new.clone());
-            let started = std::time::Instant::now();
-            lab::publish_one(&record, &topo, &new)?;
-            log::info!("datapath updated in {} us", started.elapsed().as_micros());
-            record.save()?;
-            println!("published {new}");
+        PublishAction::Add {
+            namespace,
+            mapping,
+            json,
+        } => {
+            let outcome = publish::add(&lab, namespace, &mapping)?;
+            if json {
+                println!("{}", serde_json::to_string(&outcome)?);
+            } else {
+                println!("published {}", outcome.port);
+            }
         }
-        PublishAction::Rm { port } => {
-            let (host_port, _, proto) = nat::parse_mapping(&port)?;
-            let Some(at) = record
-                .published
-                .iter()
-                .position(|r| r.host_port == host_port && r.proto == proto.as_str())
-            else {
-                anyhow::bail!("host port {host_port}/{proto} is not published in lab `{lab}`");
-            };
-            let removed = record.published.remove(at);
-            let started = std::time::Instant::now();
-            lab::unpublish_one(&record, &topo, &removed)?;
-            log::info!("datapath updated in {} us", started.elapsed().as_micros());
-            record.save()?;
-            println!("unpublished {host_port}/{proto}");
+        PublishAction::Rm { port, json } => {
+            let outcome = publish::remove(&lab, &port)?;
+            if json {
+                println!("{}", serde_json::to_string(&outcome)?);
+            } else {
+                println!(
+                    "unpublished {}/{}",
+                    outcome.port.host_port, outcome.port.proto
+                );
+            }
         }
         PublishAction::List { json } => {
+            let ports = publish::list(&lab)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&record.published)?);
+                let records: Vec<_> = ports.iter().map(|(p, _)| p).collect();
+                println!("{}", serde_json::to_string_pretty(&records)?);
             } else {
-                for r in &record.published {
-                    let backend = nat::backend_addr(&topo, &r.namespace)
-                        .map(|a| a.to_string())
-                        .unwrap_or_else(|| "?".to_owned());
-                    println!("{r}  ({backend}:{})", r.port);
+                for (port, backend) in &ports {
+                    let backend = backend.map_or_else(|| "?".to_owned(), |a| a.to_string());
+                    println!("{port}  ({backend}:{})", port.port);
                 }
             }
         }
@@ -344,20 +339,13 @@ fn publish(lab: Option<String>, action: PublishAction) -> Result<ExitCode> {
 
 fn show_conntrack(lab: Option<String>, json: bool) -> Result<ExitCode> {
     let lab = state::resolve_lab(lab.as_deref())?;
-    let record = state::LabState::load(&lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
-    if record.datapath == topology::Datapath::Iptables.as_str() {
-        anyhow::bail!(
-            "lab `{lab}` runs the iptables datapath, whose flows are in the kernel's conntrack: \
-             run `conntrack -L` (Debian package conntrack)"
-        );
-    }
-    let flows = nat::conntrack(&lab)?;
+    let flows = conntrack::flows(&lab)?;
     if json {
         for flow in &flows {
             println!("{}", serde_json::to_string(flow)?);
         }
     } else {
-        print!("{}", nat::render_conntrack(&flows));
+        print!("{}", conntrack::render(&flows));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -18,12 +18,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    datapath, iptables, nat,
-    netlink::{Netlink, owner_group, owner_tag},
+    datapath::{self, Running},
+    netlink::{self, Netlink, owner_group, owner_tag, run_in},
     netns,
-    state::{LabLock, LabState, STATE_DIR},
-    sysctl,
-    topology::{self, Datapath, HostAddress, HostNetwork, HostRoute, Iface, Place, Topology},
+    state::{self, LabLock, LabState, STATE_DIR},
+    sys::sysctl,
+    topology::{self, Family, HostAddress, HostNetwork, HostRoute, Iface, Place, Topology},
 };
 
 /// Test hook: `NETLAB_FAULT_AFTER_STEPS=N` aborts `up` right after its N-th
@@ -63,7 +63,7 @@ pub fn up(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
 }
 
 fn remove_lock_file(lab: &str) {
-    let _ = std::fs::remove_file(std::path::Path::new(STATE_DIR).join(format!("{lab}.lock")));
+    let _ = std::fs::remove_file(state::lock_path(lab));
     let _ = std::fs::remove_dir(STATE_DIR);
 }
 
@@ -89,7 +89,7 @@ fn build(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
 
     state.origin = origin.to_owned();
     state.topology = text.to_owned();
-    state.datapath = topo.datapath.to_string();
+    state.datapath = topo.datapath;
     state.complete = false;
     state.save()?;
 
@@ -117,72 +117,25 @@ fn build(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
         .collect();
     check_distinct_ifindexes(topo, &ifaces)?;
     log::debug!("attaching the datapath");
-    let plan = datapath::plan(topo);
-    datapath::attach(&topo.name, &plan, topo.nat.conntrack_size)?;
+    datapath::attach(topo)?;
     step("datapath attached");
 
     // The first `up` takes the topology's published ports; later ones keep
     // what `netlab publish` changed since.
     if !state.complete && state.published.is_empty() {
-        state.published = nat::declared(topo);
+        state.published = topo.published_ports();
     }
-    match topo.datapath {
-        Datapath::Iptables => {
-            let backend = iptables::Backend::from_env()?;
-            state.iptables_backend = Some(backend.as_str().to_owned());
-            state.save()?;
-            iptables::install(&topo.name, topo, &state.published, backend)?;
-        }
-        _ => {
-            nat::configure(&topo.name, topo)?;
-            apply_published(&state, topo)?;
-        }
+    if let Some(variant) = datapath::choose_variant(topo)? {
+        state.iptables = Some(variant);
+        state.save()?;
     }
+    Running::new(topo, state.iptables).install(&state.published)?;
     enable_forwarding(topo, &mut state)?;
     step("nat configured");
 
     state.complete = true;
     state.save()?;
     Ok(report)
-}
-
-/// Adds one published port to the running datapath (the record already
-/// holds it). The eBPF datapath does one map update; the iptables one
-/// rewrites its DNAT chain, as iptables must.
-pub fn publish_one(
-    state: &LabState,
-    topo: &Topology,
-    record: &crate::state::PublishRecord,
-) -> Result<()> {
-    match topo.datapath {
-        Datapath::Iptables => apply_published(state, topo),
-        _ => nat::publish_one(&topo.name, topo, record),
-    }
-}
-
-/// Removes one published port from the running datapath (the record no
-/// longer holds it).
-pub fn unpublish_one(
-    state: &LabState,
-    topo: &Topology,
-    record: &crate::state::PublishRecord,
-) -> Result<()> {
-    match topo.datapath {
-        Datapath::Iptables => apply_published(state, topo),
-        _ => nat::unpublish_one(&topo.name, record),
-    }
-}
-
-/// Makes the datapath forward exactly the record's published ports.
-pub fn apply_published(state: &LabState, topo: &Topology) -> Result<()> {
-    match topo.datapath {
-        Datapath::Iptables => {
-            let backend =
-                iptables::Backend::parse(state.iptables_backend.as_deref().unwrap_or("nft"))?;
-            iptables::sync_published(&topo.name, topo, &state.published, backend)
-        }
-        _ => nat::sync_published(&topo.name, topo, &state.published),
-    }
 }
 
 /// Traffic between the lab and its uplink is routed by the host, as Docker
@@ -207,7 +160,7 @@ fn restore_forwarding(lab: &str, state: Option<&LabState>) -> Result<()> {
     let Some(was) = state.and_then(|s| s.ip_forward_was.as_deref()) else {
         return Ok(());
     };
-    let others_up = crate::state::labs().iter().any(|other| other != lab);
+    let others_up = state::labs().iter().any(|other| other != lab);
     if !others_up {
         sysctl::write(sysctl::IP_FORWARD, was)?;
     }
@@ -216,7 +169,7 @@ fn restore_forwarding(lab: &str, state: Option<&LabState>) -> Result<()> {
 
 /// Refuses a lab subnet that collides with the host's own routes or addresses.
 fn check_host(topo: &Topology, tag: &str) -> Result<()> {
-    let host = netns::run_in(&Place::Host, |nl| async move {
+    let host = run_in(&Place::Host, |nl| async move {
         let links = nl.links().await?;
         let addresses = nl.addresses().await?;
         let routes = nl.routes().await?;
@@ -270,7 +223,7 @@ fn check_ownership(topo: &Topology, state: &LabState, tag: &str) -> Result<()> {
         .collect();
     let tag = tag.to_owned();
     let lab = topo.name.clone();
-    netns::run_in(&Place::Host, |nl| async move {
+    run_in(&Place::Host, |nl| async move {
         for name in &host_names {
             if let Some(link) = nl.link(name).await?
                 && link.alias.as_deref() != Some(tag.as_str())
@@ -283,29 +236,6 @@ fn check_ownership(topo: &Topology, state: &LabState, tag: &str) -> Result<()> {
         }
         Ok(())
     })
-}
-
-/// Interface name → ifindex in every place of the topology that exists,
-/// one netlink dump per namespace.
-fn links_by_place(topo: &Topology) -> Result<BTreeMap<Place, BTreeMap<String, u32>>> {
-    let mut places: BTreeSet<Place> = topo.veth_ends().map(|e| e.place.clone()).collect();
-    places.insert(Place::Host);
-    let mut out = BTreeMap::new();
-    for place in places {
-        if !datapath::place_exists(&place) {
-            continue;
-        }
-        let links = netns::run_in(&place, |nl| async move {
-            Ok(nl
-                .links()
-                .await?
-                .into_iter()
-                .map(|l| (l.name, l.index))
-                .collect::<BTreeMap<_, _>>())
-        })?;
-        out.insert(place, links);
-    }
-    Ok(out)
 }
 
 fn index_in(
@@ -328,7 +258,7 @@ fn temp_name(n: u32) -> String {
 fn create_links(topo: &Topology, report: &mut UpReport) -> Result<()> {
     let lab = topo.name.as_str();
     let bridges: Vec<String> = topo.bridges.iter().map(|b| b.name.clone()).collect();
-    let created = netns::run_in(&Place::Host, |nl| async move {
+    let created = run_in(&Place::Host, |nl| async move {
         let mut created = Vec::new();
         for name in &bridges {
             if nl.link(name).await?.is_some() {
@@ -350,7 +280,7 @@ fn create_links(topo: &Topology, report: &mut UpReport) -> Result<()> {
     );
     report.created.extend(created);
 
-    let existing = links_by_place(topo)?;
+    let existing = netlink::indexes_by_place(topo)?;
     for (n, veth) in (0u32..).zip(&topo.veths) {
         let label = format!("veth {}/{}", veth.a.name, veth.b.name);
         let a = index_in(&existing, &veth.a.place, &veth.a.name);
@@ -372,7 +302,7 @@ fn create_links(topo: &Topology, report: &mut UpReport) -> Result<()> {
             (tmp_a, veth.a.place.clone(), veth.a.name.clone()),
             (tmp_b, veth.b.place.clone(), veth.b.name.clone()),
         ];
-        netns::run_in(&Place::Host, |nl| async move {
+        run_in(&Place::Host, |nl| async move {
             // Created under temporary names in the host, then moved and
             // renamed in one message each, so a lab name never collides with
             // a host interface in transit.
@@ -394,7 +324,7 @@ fn create_links(topo: &Topology, report: &mut UpReport) -> Result<()> {
 }
 
 fn delete_in(place: &Place, index: u32) -> Result<()> {
-    netns::run_in(place, |nl| async move { nl.del_link(index).await })
+    run_in(place, |nl| async move { nl.del_link(index).await })
 }
 
 /// Enslaves, addresses and raises every link, then adds routes once every
@@ -403,11 +333,11 @@ fn configure(topo: &Topology) -> Result<()> {
     let mut places: BTreeSet<Place> = topo.veth_ends().map(|e| e.place.clone()).collect();
     places.insert(Place::Host);
     for place in &places {
-        netns::run_in(place, |nl| async move { configure_links(&nl, topo).await })?;
+        run_in(place, |nl| async move { configure_links(&nl, topo).await })?;
         step(&format!("links in {place}"));
     }
     for place in &places {
-        netns::run_in(place, |nl| async move {
+        run_in(place, |nl| async move {
             for route in topo.routes.iter().filter(|r| &r.place == nl.place()) {
                 nl.add_route(route.to, route.via).await?;
             }
@@ -426,7 +356,7 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
     }
     if place == Place::Host {
         for bridge in &topo.bridges {
-            if topo.datapath == Datapath::Iptables {
+            if topo.datapath.family() == Family::Iptables {
                 // netfilter's DNAT of `localhost:PORT` routes a 127/8 source
                 // out of the bridge (Docker does the same without its proxy).
                 sysctl::write_iface(&bridge.name, "route_localnet", "1")?;
@@ -445,7 +375,7 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
             if link.controller != Some(bridge.index) {
                 nl.set_controller(link.index, bridge.index).await?;
             }
-            if topo.datapath == Datapath::Iptables {
+            if topo.datapath.family() == Family::Iptables {
                 // netfilter's hairpin NAT sends a namespace's packets back
                 // out of the port they came in on (Docker does the same).
                 nl.set_hairpin(link.index).await?;
@@ -462,7 +392,7 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
 /// The counters are keyed by ifindex (see `netlab_common::IfaceKey`); refuse
 /// to attach rather than mix two interfaces' counts.
 fn check_distinct_ifindexes(topo: &Topology, ifaces: &[Iface]) -> Result<()> {
-    let links = links_by_place(topo)?;
+    let links = netlink::indexes_by_place(topo)?;
     let mut seen: BTreeMap<u32, &Iface> = BTreeMap::new();
     for iface in ifaces {
         let index = index_in(&links, &iface.place, &iface.name)
@@ -493,9 +423,9 @@ pub fn down(lab: &str) -> Result<DownReport> {
     // namespace with it synchronously, whereas a namespace's devices are
     // destroyed asynchronously after its last reference goes.
     let group = owner_group(lab);
-    let removed = netns::run_in(&Place::Host, |nl| async move {
+    let removed = run_in(&Place::Host, |nl| async move {
         let links = nl.links().await?;
-        let ours = |l: &crate::netlink::Link| l.alias.as_deref() == Some(tag.as_str());
+        let ours = |l: &netlink::Link| l.alias.as_deref() == Some(tag.as_str());
         let removed: Vec<String> = links
             .iter()
             .filter(|l| ours(l))
@@ -525,14 +455,8 @@ pub fn down(lab: &str) -> Result<DownReport> {
 
     // Unpinning last: the links' interfaces are gone by now, so releasing
     // them no longer waits for a TCX detach each.
-    if state
-        .as_ref()
-        .is_some_and(|s| s.datapath == Datapath::Iptables.as_str())
-    {
-        iptables::remove(lab)?;
-    }
-    log::debug!("down: removing pins");
-    datapath::remove(lab)?;
+    log::debug!("down: removing the datapath's rules and pins");
+    datapath::remove(lab, state.as_ref().map(|s| s.datapath))?;
     log::debug!("down: done");
     restore_forwarding(lab, state.as_ref())?;
     LabState::remove(lab)?;

@@ -1,10 +1,16 @@
 //! rtnetlink requests, one method per operation the lab needs.
 //!
 //! A [`Netlink`] speaks for one namespace (the one its socket was opened in,
-//! see [`crate::netns::run_in`]). Adds are idempotent where the kernel lets us
-//! tell "already there" apart (`EEXIST`), so a second `up` converges.
+//! see [`run_in`]). Adds are idempotent where the kernel lets us tell
+//! "already there" apart (`EEXIST`), so a second `up` converges.
 
-use std::{net::IpAddr, net::Ipv4Addr, os::fd::AsRawFd};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    net::IpAddr,
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+};
 
 use anyhow::{Context, Result, anyhow};
 use futures::TryStreamExt;
@@ -18,7 +24,73 @@ use rtnetlink::{
     },
 };
 
-use crate::{netns, topology::Ipv4Net, topology::Place};
+use crate::{
+    netns,
+    topology::{Ipv4Net, Place, Topology},
+};
+
+/// Runs `work` with a netlink connection inside `place` (on a thread of its
+/// own, see [`netns::on_thread`]), on a current-thread tokio runtime of its own.
+pub fn run_in<T, F, Fut>(place: &Place, work: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce(Netlink) -> Fut + Send,
+    Fut: Future<Output = Result<T>>,
+{
+    netns::on_thread(place, || -> Result<T> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let (connection, handle, _) = rtnetlink::new_connection()
+                .with_context(|| format!("netlink connection in namespace `{place}`"))?;
+            tokio::spawn(connection);
+            work(Netlink::new(handle, place.clone())).await
+        })
+    })?
+}
+
+/// Whether a place can be reached at all (its namespace still exists).
+pub fn place_exists(place: &Place) -> bool {
+    match place {
+        Place::Host => true,
+        Place::Netns(name) => netns::exists(name),
+    }
+}
+
+/// Interface name → ifindex in every place of the topology that exists
+/// (the host always), one netlink dump per namespace.
+pub fn indexes_by_place(topo: &Topology) -> Result<BTreeMap<Place, BTreeMap<String, u32>>> {
+    let mut places: BTreeSet<Place> = topo.veth_ends().map(|e| e.place.clone()).collect();
+    places.insert(Place::Host);
+    let mut out = BTreeMap::new();
+    for place in places {
+        if !place_exists(&place) {
+            continue;
+        }
+        let links = run_in(&place, |nl| async move {
+            Ok(nl
+                .links()
+                .await?
+                .into_iter()
+                .map(|l| (l.name, l.index))
+                .collect::<BTreeMap<_, _>>())
+        })?;
+        out.insert(place, links);
+    }
+    Ok(out)
+}
+
+/// The lab's interfaces as they are now, with their ifindex: those of the
+/// topology that exist, place by place.
+pub fn lab_indexes(topo: &Topology) -> Result<BTreeMap<Place, BTreeMap<String, u32>>> {
+    let mut all = indexes_by_place(topo)?;
+    let ifaces: BTreeSet<(Place, String)> = topo.ifaces().map(|i| (i.place, i.name)).collect();
+    for (place, links) in &mut all {
+        links.retain(|name, _| ifaces.contains(&(place.clone(), name.clone())));
+    }
+    Ok(all)
+}
 
 /// What netlab needs to know about an interface.
 #[derive(Clone, Debug, PartialEq, Eq)]

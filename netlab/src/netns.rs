@@ -6,13 +6,12 @@
 //!
 //! Namespace membership is per thread in Linux. Work inside a namespace always
 //! happens on a dedicated OS thread that enters it with `setns` and runs its
-//! own current-thread tokio runtime ([`run_in`]); the caller's threads never
+//! own current-thread tokio runtime ([`on_thread`], and
+//! [`crate::netlink::run_in`] for netlink work); the caller's threads never
 //! change namespace.
 
 use std::{
-    ffi::{CStr, CString},
     fs::{self, File, OpenOptions},
-    future::Future,
     io,
     os::fd::{AsRawFd, OwnedFd},
     os::unix::fs::OpenOptionsExt,
@@ -21,7 +20,10 @@ use std::{
 
 use thiserror::Error;
 
-use crate::{netlink::Netlink, topology::Place};
+use crate::{
+    sys::{cstring, mount},
+    topology::Place,
+};
 
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
@@ -40,12 +42,6 @@ pub enum NetnsError {
     Missing(String),
     #[error("the thread working in namespace `{0}` panicked")]
     ThreadPanicked(String),
-    #[error("netlink connection in namespace `{name}`: {source}")]
-    Netlink {
-        name: String,
-        #[source]
-        source: io::Error,
-    },
 }
 
 fn io_err(name: &str, op: &'static str) -> impl FnOnce(io::Error) -> NetnsError {
@@ -148,7 +144,7 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
 }
 
 /// Enters the namespace of `place` on the calling thread. Only for threads
-/// that netlab owns and that never go back (see [`run_in`], `exec`).
+/// that netlab owns and that never go back (see [`on_thread`], `exec`).
 pub fn enter(place: &Place) -> Result<(), NetnsError> {
     let fd = open(place)?;
     // SAFETY: plain syscall on an fd we own.
@@ -179,30 +175,6 @@ where
     })
 }
 
-/// Runs `work` with a netlink connection inside `place` (see [`on_thread`]),
-/// on a current-thread tokio runtime of its own.
-pub fn run_in<T, F, Fut>(place: &Place, work: F) -> anyhow::Result<T>
-where
-    T: Send,
-    F: FnOnce(Netlink) -> Fut + Send,
-    Fut: Future<Output = anyhow::Result<T>>,
-{
-    on_thread(place, || -> anyhow::Result<T> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let (connection, handle, _) =
-                rtnetlink::new_connection().map_err(|source| NetnsError::Netlink {
-                    name: place.to_string(),
-                    source,
-                })?;
-            tokio::spawn(connection);
-            work(Netlink::new(handle, place.clone())).await
-        })
-    })?
-}
-
 /// Makes `/run/netns` a shared mount point as iproute2 does, so the namespace
 /// mounts propagate to every mount namespace (and `ip netns` sees them).
 fn ensure_run_dir() -> io::Result<()> {
@@ -221,34 +193,4 @@ fn ensure_run_dir() -> io::Result<()> {
 
 fn bind_mount(source: &Path, target: &Path) -> io::Result<()> {
     mount(&cstring(source), target, c"none", libc::MS_BIND)
-}
-
-/// `mount(2)` without data: the one place netlab calls it.
-pub(crate) fn mount(
-    source: &CStr,
-    target: &Path,
-    fstype: &CStr,
-    flags: libc::c_ulong,
-) -> io::Result<()> {
-    let target = cstring(target);
-    // SAFETY: plain syscall on NUL-terminated strings.
-    if unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            std::ptr::null(),
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-pub(crate) fn cstring(path: &Path) -> CString {
-    use std::os::unix::ffi::OsStrExt;
-    // Paths netlab builds never hold NUL; an empty string fails the syscall cleanly.
-    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
 }

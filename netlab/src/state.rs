@@ -4,7 +4,8 @@
 //! the job after `up` was killed half way. Links need no record: netlab tags
 //! each link it creates with its owner (see [`crate::netlink::owner_tag`]).
 //! The record also keeps the topology text, so later commands (`status`,
-//! `exec`, `publish`) see the lab exactly as it was built.
+//! `exec`, `publish`) see the lab exactly as it was built, and what `up`
+//! chose: the datapath and, for iptables, its variant.
 //!
 //! `/run` is a tmpfs: after a reboot the record is gone, and so is everything
 //! it described.
@@ -19,6 +20,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::{
+    datapath::iptables::Variant,
+    topology::{self, Datapath, PublishedPort, Topology},
+};
+
 pub const STATE_DIR: &str = "/run/netlab";
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -28,7 +34,9 @@ pub struct LabState {
     pub origin: String,
     /// The topology text as given, re-parsed by later commands.
     pub topology: String,
-    pub datapath: String,
+    /// The datapath `up` built, which may differ from the topology's
+    /// (`up --datapath`).
+    pub datapath: Datapath,
     /// Namespaces this lab created (or was about to create).
     pub namespaces: Vec<String>,
     /// Set once `up` finished; a record without it is a half-built lab.
@@ -36,36 +44,22 @@ pub struct LabState {
     /// Published ports in force: the topology's at first `up`, then as
     /// changed by `netlab publish add|rm`.
     #[serde(default)]
-    pub published: Vec<PublishRecord>,
+    pub published: Vec<PublishedPort>,
     /// `net.ipv4.ip_forward` before this lab switched it on, restored by `down`.
     #[serde(default)]
     pub ip_forward_was: Option<String>,
-    /// The iptables backend (`nft` or `legacy`) of an `iptables` lab.
-    #[serde(default)]
-    pub iptables_backend: Option<String>,
-}
-
-/// A published port: `host_port/proto` on the host forwards to `namespace:port`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PublishRecord {
-    pub host_port: u16,
-    pub proto: String,
-    pub namespace: String,
-    pub port: u16,
-}
-
-impl std::fmt::Display for PublishRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}/{} -> {}:{}",
-            self.host_port, self.proto, self.namespace, self.port
-        )
-    }
+    /// The iptables variant (`nft` or `legacy`) of an `iptables` lab.
+    #[serde(default, rename = "iptables_backend")]
+    pub iptables: Option<Variant>,
 }
 
 pub fn path(lab: &str) -> PathBuf {
     Path::new(STATE_DIR).join(format!("{lab}.json"))
+}
+
+/// The lock file of [`LabLock`].
+pub fn lock_path(lab: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{lab}.lock"))
 }
 
 impl LabState {
@@ -102,13 +96,9 @@ impl LabState {
 
     /// The lab's topology as it was built (the recorded text, with the
     /// datapath `up --datapath` chose).
-    pub fn topology(&self) -> Result<crate::topology::Topology> {
-        let mut topo = crate::topology::parse(&self.topology, &self.origin)?;
-        topo.datapath = match self.datapath.as_str() {
-            "iptables" => crate::topology::Datapath::Iptables,
-            "redirect" => crate::topology::Datapath::Redirect,
-            _ => crate::topology::Datapath::Bridge,
-        };
+    pub fn topology(&self) -> Result<Topology> {
+        let mut topo = topology::parse(&self.topology, &self.origin)?;
+        topo.datapath = self.datapath;
         Ok(topo)
     }
 
@@ -162,7 +152,7 @@ pub struct LabLock {
 impl LabLock {
     pub fn acquire(lab: &str) -> Result<LabLock> {
         fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
-        let path = Path::new(STATE_DIR).join(format!("{lab}.lock"));
+        let path = lock_path(lab);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -175,5 +165,34 @@ impl LabLock {
                 .with_context(|| format!("locking {}", path.display()));
         }
         Ok(LabLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::topology::Proto;
+
+    /// A record as an older netlab wrote it (strings throughout) still reads.
+    #[test]
+    fn reads_the_string_record() {
+        let text = r#"{
+            "lab": "default", "origin": "<default lab>", "topology": "",
+            "datapath": "iptables", "namespaces": ["red"], "complete": true,
+            "published": [{"host_port": 8080, "proto": "tcp", "namespace": "blue", "port": 80}],
+            "ip_forward_was": "0", "iptables_backend": "legacy"
+        }"#;
+        let state: LabState = serde_json::from_str(text).unwrap();
+        assert_eq!(state.datapath, Datapath::Iptables);
+        assert_eq!(state.iptables, Some(Variant::Legacy));
+        assert_eq!(state.published[0].proto, Proto::Tcp);
+        let back: LabState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        assert_eq!(back, state);
+        assert!(
+            serde_json::to_string(&state)
+                .unwrap()
+                .contains(r#""iptables_backend":"legacy""#)
+        );
     }
 }

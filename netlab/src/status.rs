@@ -1,22 +1,30 @@
 //! `netlab status`: what the lab is made of right now, read back from the
 //! kernel (links, addresses, routes, attached programs, packet counters).
+//!
+//! [`LabStatus`] is what `netlab status --json` prints; the tests and the
+//! benchmark read it back with the same types.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::{self, HOOKS},
-    nat, netns,
+    datapath::{
+        Running,
+        ebpf::{HOOKS, loader, maps},
+        iptables,
+    },
+    netlink::{self, run_in},
+    pins::Pins,
     state::LabState,
-    topology::{Iface, Place},
+    topology::{Datapath, Family, Iface, Place},
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabStatus {
     pub lab: String,
-    pub datapath: String,
+    pub datapath: Datapath,
     pub origin: String,
     /// False while `up` runs, or after it was interrupted.
     pub complete: bool,
@@ -25,8 +33,8 @@ pub struct LabStatus {
     pub nat: Option<NatStatus>,
 }
 
-/// What the eBPF NAT holds and has done.
-#[derive(Debug, Serialize)]
+/// What the NAT holds and has done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NatStatus {
     pub uplink: Option<String>,
     pub published: Vec<String>,
@@ -40,7 +48,7 @@ pub struct NatStatus {
     pub iptables_rules: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlaceStatus {
     /// `host` or a namespace name.
     pub place: String,
@@ -50,7 +58,7 @@ pub struct PlaceStatus {
     pub routes: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkStatus {
     pub name: String,
     pub index: Option<u32>,
@@ -60,11 +68,11 @@ pub struct LinkStatus {
     pub addresses: Vec<String>,
     pub hooks: Vec<HookStatus>,
     /// `redirect` datapath: packets forwarded or left to the stack, by reason.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub redirect: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HookStatus {
     /// `ingress` or `egress`.
     pub hook: String,
@@ -76,9 +84,10 @@ pub struct HookStatus {
 
 pub fn collect(state: &LabState) -> Result<LabStatus> {
     let topo = state.topology()?;
-    let counters = datapath::counters(&state.lab).unwrap_or_default();
-    let redirects = if topo.datapath == crate::topology::Datapath::Redirect {
-        nat::redirect_stats(&state.lab).unwrap_or_default()
+    let pins = Pins::of(&state.lab);
+    let counters = maps::iface_counters(&pins).unwrap_or_default();
+    let redirects = if topo.datapath == Datapath::Redirect {
+        maps::redirect_stats(&pins).unwrap_or_default()
     } else {
         BTreeMap::new()
     };
@@ -94,7 +103,7 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
 
     let mut places = Vec::new();
     for (place, ifaces) in by_place {
-        if !datapath::place_exists(&place) {
+        if !netlink::place_exists(&place) {
             places.push(PlaceStatus {
                 place: place.to_string(),
                 present: false,
@@ -103,7 +112,7 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
             });
             continue;
         }
-        let (links, addresses, routes) = netns::run_in(&place, |nl| async move {
+        let (links, addresses, routes) = run_in(&place, |nl| async move {
             Ok((nl.links().await?, nl.addresses().await?, nl.routes().await?))
         })?;
         let name_of: BTreeMap<u32, &str> =
@@ -120,7 +129,7 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
             let mut hooks = Vec::new();
             if link.is_some_and(|l| l.kind.as_deref() == Some("veth")) {
                 for (direction, attach_type, hook) in HOOKS {
-                    let programs = datapath::attached(iface, attach_type).unwrap_or_default();
+                    let programs = loader::attached(iface, attach_type).unwrap_or_default();
                     let c = link
                         .and_then(|l| counters.get(&(l.index, direction as u32)))
                         .copied()
@@ -190,39 +199,40 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
             routes,
         });
     }
-    let nat = if topo.datapath == crate::topology::Datapath::Iptables {
-        let backend =
-            crate::iptables::Backend::parse(state.iptables_backend.as_deref().unwrap_or("nft"))?;
-        Some(NatStatus {
-            uplink: nat::uplink_addr(&topo)
-                .map(|a| format!("{} ({a})", topo.nat.uplink.as_deref().unwrap_or("?"))),
-            published: state.published.iter().map(|p| p.to_string()).collect(),
+    let uplink = topo
+        .uplink_addr()
+        .map(|a| format!("{} ({a})", topo.nat.uplink.as_deref().unwrap_or("?")));
+    let published = state.published.iter().map(|p| p.to_string()).collect();
+    let nat = match Running::new(&topo, state.iptables) {
+        Running::Iptables { variant, .. } => NatStatus {
+            uplink,
+            published,
             conntrack_entries: 0,
             conntrack_capacity: 0,
             counters: BTreeMap::new(),
-            iptables_rules: crate::iptables::rules(&state.lab, backend).unwrap_or_default(),
-        })
-    } else {
-        let (conntrack_entries, conntrack_capacity) =
-            nat::conntrack_usage(&state.lab).unwrap_or((0, 0));
-        Some(NatStatus {
-            uplink: nat::uplink_addr(&topo)
-                .map(|a| format!("{} ({a})", topo.nat.uplink.as_deref().unwrap_or("?"))),
-            published: state.published.iter().map(|p| p.to_string()).collect(),
-            conntrack_entries,
-            conntrack_capacity,
-            counters: nat::stats(&state.lab)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect(),
-            iptables_rules: Vec::new(),
-        })
+            iptables_rules: iptables::rules(&state.lab, variant).unwrap_or_default(),
+        },
+        Running::Ebpf { pins, .. } => {
+            let (conntrack_entries, conntrack_capacity) =
+                maps::conntrack_usage(&pins).unwrap_or((0, 0));
+            NatStatus {
+                uplink,
+                published,
+                conntrack_entries,
+                conntrack_capacity,
+                counters: maps::nat_stats(&pins)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+                iptables_rules: Vec::new(),
+            }
+        }
     };
     Ok(LabStatus {
-        nat,
+        nat: Some(nat),
         lab: state.lab.clone(),
-        datapath: state.datapath.clone(),
+        datapath: state.datapath,
         origin: state.origin.clone(),
         complete: state.complete,
         namespaces: topo.namespaces.iter().map(|n| n.name.clone()).collect(),
@@ -321,7 +331,7 @@ pub fn render(status: &LabStatus) -> String {
             .filter(|(_, v)| **v != 0)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        if status.datapath == "iptables" {
+        if status.datapath.family() == Family::Iptables {
             let _ = writeln!(out, "  rules (iptables, netlab's own chains):");
             for rule in &nat.iptables_rules {
                 let _ = writeln!(out, "    {rule}");

@@ -27,7 +27,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod frames;
+
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
+pub use netlab::status::{HookStatus, LabStatus, LinkStatus};
 use serde_json::Value;
 
 /// Where `cargo xtask test` puts the netlab binary it built with the eBPF
@@ -241,7 +244,6 @@ impl Sandbox {
         self.netlab(args)?.ok()
     }
 
-    /// `netlab status --json`, parsed.
     /// Packets counted by the `counter` rules of a test-owned nftables
     /// chain in the sandbox (`nft -j list chain FAMILY TABLE CHAIN`).
     pub fn nft_counted(&self, family: &str, table: &str, chain: &str) -> Result<u64> {
@@ -258,11 +260,12 @@ impl Sandbox {
             .sum())
     }
 
-    pub fn status_json(&self) -> Result<Value> {
+    /// `netlab status --json`, read back into netlab's own type.
+    pub fn status(&self) -> Result<LabStatus> {
         let out = self.netlab_ok(&["status", "--json"])?;
         serde_json::from_str(&out.stdout).with_context(|| {
             format!(
-                "{}: `netlab status --json` printed no JSON:\n{out}",
+                "{}: `netlab status --json` printed no lab status:\n{out}",
                 self.label
             )
         })
@@ -632,42 +635,36 @@ pub fn link_identities(json: &str) -> Result<Vec<String>> {
         .collect()
 }
 
-/// Every link of `netlab status --json`, with the place it is in.
-pub fn status_links(status: &Value) -> Result<Vec<(String, &Value)>> {
-    let places = status["places"]
-        .as_array()
-        .with_context(|| format!("status has no `places` array: {status}"))?;
-    let mut links = Vec::new();
-    for place in places {
-        let name = place["place"].as_str().unwrap_or("?").to_owned();
-        for link in place["links"].as_array().into_iter().flatten() {
-            links.push((name.clone(), link));
-        }
-    }
-    Ok(links)
+/// Every link of `netlab status`, with the place it is in.
+pub fn status_links(status: &LabStatus) -> Vec<(&str, &LinkStatus)> {
+    status
+        .places
+        .iter()
+        .flat_map(|place| place.links.iter().map(|link| (place.place.as_str(), link)))
+        .collect()
 }
 
 /// The entry of `hook` ("ingress" | "egress") on link `link`.
-pub fn status_hook<'a>(status: &'a Value, link: &str, hook: &str) -> Result<&'a Value> {
-    let links = status_links(status)?;
-    let (_, entry) = links
+pub fn status_hook<'a>(status: &'a LabStatus, link: &str, hook: &str) -> Result<&'a HookStatus> {
+    let (_, entry) = status_links(status)
         .into_iter()
-        .find(|(_, l)| l["name"] == link)
-        .with_context(|| format!("status shows no link `{link}`: {status:#}"))?;
-    entry["hooks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|h| h["hook"] == hook)
-        .with_context(|| format!("status shows no {hook} hook on `{link}`: {entry:#}"))
+        .find(|(_, l)| l.name == link)
+        .with_context(|| format!("status shows no link `{link}`: {status:#?}"))?;
+    entry
+        .hooks
+        .iter()
+        .find(|h| h.hook == hook)
+        .with_context(|| format!("status shows no {hook} hook on `{link}`: {entry:#?}"))
 }
 
 /// The packet counter of `hook` on `link`.
-pub fn packets(status: &Value, link: &str, hook: &str) -> Result<u64> {
-    let entry = status_hook(status, link, hook)?;
-    entry["packets"]
-        .as_u64()
-        .with_context(|| format!("{hook} hook of `{link}` has no packet count: {entry}"))
+pub fn packets(status: &LabStatus, link: &str, hook: &str) -> Result<u64> {
+    Ok(status_hook(status, link, hook)?.packets)
+}
+
+/// A NAT counter of the eBPF datapath (see `netlab_common::nat::Stat`).
+pub fn nat_counter(status: &LabStatus, name: &str) -> Option<u64> {
+    status.nat.as_ref()?.counters.get(name).copied()
 }
 
 /// A process left running inside a [`Sandbox`]: a server, or a client that
@@ -945,8 +942,11 @@ mod tests {
 
     #[test]
     fn reads_counters_from_status() {
-        let status: Value = serde_json::from_str(
-            r#"{"places":[{"place":"red","links":[{"name":"veth-red","hooks":[
+        let status: LabStatus = serde_json::from_str(
+            r#"{"lab":"default","datapath":"bridge","origin":"<default lab>","complete":true,
+            "namespaces":["red"],"nat":null,"places":[{"place":"red","present":true,"routes":[],
+            "links":[{"name":"veth-red","index":2,"kind":"veth","up":true,"master":null,
+            "addresses":[],"hooks":[
                 {"hook":"ingress","programs":["count_ingress"],"packets":3,"bytes":9},
                 {"hook":"egress","programs":["count_egress"],"packets":4,"bytes":8}]}]}]}"#,
         )

@@ -84,8 +84,8 @@ fn up_after_a_killed_up_converges() {
             .unwrap()
             .same_as(&reference, &format!("`up` after `up` killed at step {n}"))
             .unwrap();
-        let status = sb.status_json().unwrap();
-        assert_eq!(status["complete"], true, "after step {n}: {status:#}");
+        let status = sb.status().unwrap();
+        assert!(status.complete, "after step {n}: {status:#?}");
         sb.ping(Some("red"), "192.168.15.2", 1).unwrap();
         sb.ping(Some("blue"), "192.168.15.1", 1).unwrap();
         sb.netlab_ok(&["down"]).unwrap();

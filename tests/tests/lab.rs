@@ -2,8 +2,9 @@
 //! counters and exec. Each test runs in its own sandbox (see the harness).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use netlab_tests::{Detail, NetState, Sandbox, netns_names, packets, status_hook, status_links};
-use serde_json::Value;
+use netlab_tests::{
+    Detail, LabStatus, NetState, Sandbox, netns_names, packets, status_hook, status_links,
+};
 
 const LAB: &str = "default";
 
@@ -21,15 +22,15 @@ const VETHS: [&str; 6] = [
 /// hook means something attached it again. Host-side ends count in the NAT
 /// programs (`nat_ingress`/`nat_egress`), namespace-side ends in
 /// `count_ingress`/`count_egress`.
-fn assert_counters_attached(status: &Value) {
-    let links = status_links(status).unwrap();
+fn assert_counters_attached(status: &LabStatus) {
+    let links = status_links(status);
     let mut veths: Vec<&str> = links
         .iter()
-        .filter(|(_, link)| link["kind"] == "veth")
-        .filter_map(|(_, link)| link["name"].as_str())
+        .filter(|(_, link)| link.kind.as_deref() == Some("veth"))
+        .map(|(_, link)| link.name.as_str())
         .collect();
     veths.sort_unstable();
-    assert_eq!(veths, VETHS, "veths in status: {status:#}");
+    assert_eq!(veths, VETHS, "veths in status: {status:#?}");
     for veth in VETHS {
         let host_side = veth.ends_with("-br") || veth == "nl-uplink";
         let (counting_in, counting_out) = if host_side {
@@ -39,15 +40,10 @@ fn assert_counters_attached(status: &Value) {
         };
         for (hook, counter) in [("ingress", counting_in), ("egress", counting_out)] {
             let entry = status_hook(status, veth, hook).unwrap();
-            let mut programs: Vec<&str> = entry["programs"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{hook} of {veth} lists no programs: {entry:#}"))
-                .iter()
-                .filter_map(Value::as_str)
-                .collect();
+            let mut programs: Vec<&str> = entry.programs.iter().map(String::as_str).collect();
             assert!(
                 programs.contains(&counter),
-                "{hook} of {veth} lacks {counter}: {entry:#}"
+                "{hook} of {veth} lacks {counter}: {entry:#?}"
             );
             let listed = programs.len();
             programs.sort_unstable();
@@ -55,7 +51,7 @@ fn assert_counters_attached(status: &Value) {
             assert_eq!(
                 programs.len(),
                 listed,
-                "{hook} of {veth} has a program twice: {entry:#}"
+                "{hook} of {veth} has a program twice: {entry:#?}"
             );
         }
     }
@@ -73,11 +69,11 @@ fn default_lab_connects_and_counts() {
     let listed = netns_names(&sb.ok(&["ip", "netns", "list"]).unwrap().stdout);
     assert_eq!(listed, ["blue", "outside", "red"]);
 
-    let status = sb.status_json().unwrap();
-    assert_eq!(status["lab"], LAB, "{status:#}");
-    assert_eq!(status["complete"], true, "{status:#}");
-    for place in status["places"].as_array().unwrap() {
-        assert_eq!(place["present"], true, "{place:#}");
+    let status = sb.status().unwrap();
+    assert_eq!(status.lab, LAB, "{status:#?}");
+    assert!(status.complete, "{status:#?}");
+    for place in &status.places {
+        assert!(place.present, "{place:#?}");
     }
     assert_counters_attached(&status);
 }
@@ -99,8 +95,8 @@ fn second_up_changes_nothing() {
         .same_as(&after_first, "after the second `up`")
         .unwrap();
 
-    let status = sb.status_json().unwrap();
-    assert_eq!(status["complete"], true, "{status:#}");
+    let status = sb.status().unwrap();
+    assert!(status.complete, "{status:#?}");
     assert_counters_attached(&status);
     sb.ping(Some("red"), "192.168.15.2", 1).unwrap();
 }
@@ -168,9 +164,9 @@ fn counters_rise_with_traffic() {
         ("veth-red-br", "egress"),
         ("veth-red", "ingress"),
     ];
-    let before = sb.status_json().unwrap();
+    let before = sb.status().unwrap();
     sb.ping(Some("red"), "192.168.15.2", PINGS).unwrap();
-    let after = sb.status_json().unwrap();
+    let after = sb.status().unwrap();
 
     for (link, hook) in directions {
         let was = packets(&before, link, hook).unwrap();
@@ -179,8 +175,8 @@ fn counters_rise_with_traffic() {
             now >= was + u64::from(PINGS),
             "{link} {hook}: {was} packets before {PINGS} pings, {now} after"
         );
-        let bytes = |status: &Value| status_hook(status, link, hook).unwrap()["bytes"].as_u64();
-        let (was, now) = (bytes(&before).unwrap(), bytes(&after).unwrap());
+        let bytes = |status: &LabStatus| status_hook(status, link, hook).unwrap().bytes;
+        let (was, now) = (bytes(&before), bytes(&after));
         // 84 bytes of IPv4 + ICMP per echo, without the Ethernet header.
         assert!(
             now >= was + u64::from(PINGS) * 84,

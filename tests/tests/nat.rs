@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netlab_tests::{Background, Sandbox};
+use netlab_tests::{Background, LabStatus, Sandbox};
 use serde_json::Value;
 
 /// The default lab's addresses (netlab/src/topology/default.toml).
@@ -389,10 +389,9 @@ fn netlab_nat(datapath: &str) -> bool {
     datapath != "iptables"
 }
 
-fn nat_counter(status: &Value, name: &str) -> u64 {
-    status["nat"]["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("status has no NAT counter `{name}`: {:#}", status["nat"]))
+fn nat_counter(status: &LabStatus, name: &str) -> u64 {
+    netlab_tests::nat_counter(status, name)
+        .unwrap_or_else(|| panic!("status has no NAT counter `{name}`: {:#?}", status.nat))
 }
 
 /// 1. A published port from the world: the page arrives intact, and the
@@ -513,7 +512,7 @@ fn concurrent_connections_are_byte_exact(datapath: &str) {
     let sb = lab(datapath);
     offload_off(&sb);
     let server = start_server(&sb, "blue", TCP_ECHO_SERVER, 80);
-    let before = netlab_nat(datapath).then(|| sb.status_json().unwrap());
+    let before = netlab_nat(datapath).then(|| sb.status().unwrap());
 
     let out = sb
         .run(&python(
@@ -532,9 +531,9 @@ fn concurrent_connections_are_byte_exact(datapath: &str) {
     assert_eq!(sources.len(), 200, "server log: {}", server.stdout());
     assert!(sources.iter().all(|s| host_of(s) == OUTSIDE), "{sources:?}");
     if let Some(before) = before {
-        let after = sb.status_json().unwrap();
+        let after = sb.status().unwrap();
         let new = nat_counter(&after, "dnat_new") - nat_counter(&before, "dnat_new");
-        assert!(new >= 200, "dnat_new rose by {new}: {:#}", after["nat"]);
+        assert!(new >= 200, "dnat_new rose by {new}: {:#?}", after.nat);
     }
 }
 
@@ -671,7 +670,7 @@ fn publish_at_run_time(datapath: &str) {
 fn icmp_errors_reach_the_client(datapath: &str) {
     let sb = lab(datapath);
     offload_off(&sb);
-    let before = sb.status_json().unwrap();
+    let before = sb.status().unwrap();
     let datapath_is_netlab = netlab_nat(datapath);
 
     let masqueraded = udp_client(
@@ -706,13 +705,13 @@ fn icmp_errors_reach_the_client(datapath: &str) {
         .unwrap_or_else(|| panic!("no outside → published 5400/udp flow in {flows:#?}"));
     assert_eq!(flow["nat"], "dnat", "{flow:#}");
     assert_eq!(flow["reply"]["src"], BLUE, "{flow:#}");
-    let after = sb.status_json().unwrap();
+    let after = sb.status().unwrap();
     let translated = nat_counter(&after, "icmp_error_translated")
         - nat_counter(&before, "icmp_error_translated");
     assert!(
         translated >= 2,
-        "icmp_error_translated rose by {translated}: {:#}",
-        after["nat"]
+        "icmp_error_translated rose by {translated}: {:#?}",
+        after.nat
     );
 }
 
@@ -766,11 +765,11 @@ fn source_ports_run_out(datapath: &str) {
         [format!("{UPLINK}:40000"), format!("{UPLINK}:40001")]
     );
     if netlab_nat(datapath) {
-        let status = sb.status_json().unwrap();
+        let status = sb.status().unwrap();
         assert!(
             nat_counter(&status, "port_exhausted") >= 1,
-            "{:#}",
-            status["nat"]
+            "{:#?}",
+            status.nat
         );
     }
 }

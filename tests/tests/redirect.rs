@@ -2,7 +2,8 @@
 //! what proves it, beside the NAT suite that runs on it too (`nat.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use netlab_tests::Sandbox;
+use netlab::topology::Datapath;
+use netlab_tests::{Sandbox, status_links};
 
 const BLUE: &str = "192.168.15.2";
 const OUTSIDE: &str = "203.0.113.2";
@@ -105,23 +106,16 @@ fn redirect_counts_forwarding_and_fallbacks_per_interface() {
     sb.ping(Some("red"), OUTSIDE, 3).unwrap();
     // For the host itself: left to the stack.
     sb.ping(Some("red"), "192.168.15.5", 2).unwrap();
-    let status = sb.status_json().unwrap();
-    assert_eq!(status["datapath"], "redirect");
-    let red_br = status["places"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["links"].as_array().unwrap())
-        .find(|l| l["name"] == "veth-red-br")
-        .unwrap()
-        .clone();
-    let redirect = &red_br["redirect"];
-    assert!(redirect["redirect_peer"].as_u64() >= Some(3), "{red_br:#}");
-    assert!(
-        redirect["redirect_uplink"].as_u64() >= Some(3),
-        "{red_br:#}"
-    );
-    assert!(redirect["fallback_local"].as_u64() >= Some(2), "{red_br:#}");
+    let status = sb.status().unwrap();
+    assert_eq!(status.datapath, Datapath::Redirect);
+    let (_, red_br) = status_links(&status)
+        .into_iter()
+        .find(|(_, l)| l.name == "veth-red-br")
+        .unwrap();
+    let reason = |name: &str| red_br.redirect.get(name).copied();
+    assert!(reason("redirect_peer") >= Some(3), "{red_br:#?}");
+    assert!(reason("redirect_uplink") >= Some(3), "{red_br:#?}");
+    assert!(reason("fallback_local") >= Some(2), "{red_br:#?}");
 }
 
 /// The iptables reference leaves netfilter exactly as it found it.

@@ -60,8 +60,8 @@ fn sandboxes_are_isolated_and_leave_nothing_behind() {
     }
     // The other sandbox's lab does not care.
     b.ping(Some("blue"), "192.168.15.1", 1).unwrap();
-    let status = b.status_json().unwrap();
-    assert_eq!(status["complete"], true, "{status:#}");
+    let status = b.status().unwrap();
+    assert!(status.complete, "{status:#?}");
     drop(b);
 
     assert_eq!(

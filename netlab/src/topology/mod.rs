@@ -338,6 +338,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn backends_and_uplink_come_from_the_topology() {
+        let topo = default_lab().unwrap();
+        assert_eq!(
+            topo.backend_addr("blue"),
+            Some(Ipv4Addr::new(192, 168, 15, 2))
+        );
+        assert_eq!(topo.backend_addr("nosuch"), None);
+        assert_eq!(topo.uplink_addr(), Some(Ipv4Addr::new(203, 0, 113, 1)));
+        let declared: Vec<String> = topo
+            .published_ports()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(declared, ["8080/tcp -> blue:80"]);
+    }
+
     fn end<'t>(topo: &'t Topology, name: &str) -> &'t VethEnd {
         topo.veth_ends().find(|e| e.name == name).unwrap()
     }

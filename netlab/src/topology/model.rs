@@ -6,6 +6,8 @@
 
 use std::{fmt, net::Ipv4Addr};
 
+use serde::{Deserialize, Serialize};
+
 /// Where a namespace-scoped item lives.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Place {
@@ -107,8 +109,10 @@ impl fmt::Display for Ipv4Net {
     }
 }
 
-/// Which datapath carries the lab's traffic and NAT.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// Which datapath carries the lab's traffic and NAT. Stored in the lab
+/// record and printed by `status --json` by its lowercase name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Datapath {
     /// Linux bridge for L2, netlab's eBPF programs for NAT.
     #[default]
@@ -127,6 +131,25 @@ impl Datapath {
             Datapath::Iptables => "iptables",
         }
     }
+
+    /// Which implementation carries this datapath: the one place that tells
+    /// the eBPF datapaths from the iptables one.
+    pub fn family(self) -> Family {
+        match self {
+            Datapath::Bridge | Datapath::Redirect => Family::Ebpf,
+            Datapath::Iptables => Family::Iptables,
+        }
+    }
+}
+
+/// The implementations behind [`Datapath`]: `netlab::datapath::ebpf` or
+/// `netlab::datapath::iptables`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// netlab's eBPF programs do the NAT (`bridge`, `redirect`).
+    Ebpf,
+    /// iptables rules in the lab's own chains do it (`iptables`).
+    Iptables,
 }
 
 impl fmt::Display for Datapath {
@@ -135,7 +158,8 @@ impl fmt::Display for Datapath {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
     Udp,
@@ -163,6 +187,28 @@ pub struct Publish {
     pub port: u16,
     pub proto: Proto,
     pub at: Pos,
+}
+
+/// A published port in force: `host_port/proto` on the host forwards to
+/// `namespace:port`. The topology declares the first ones
+/// ([`Topology::published_ports`]); `netlab publish` changes them, and the
+/// lab record keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub host_port: u16,
+    pub proto: Proto,
+    pub namespace: String,
+    pub port: u16,
+}
+
+impl fmt::Display for PublishedPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} -> {}:{}",
+            self.host_port, self.proto, self.namespace, self.port
+        )
+    }
 }
 
 /// A lab that `up` builds and `down` removes.
@@ -283,6 +329,58 @@ impl Topology {
                 place: e.place.clone(),
                 name: e.name.clone(),
             }))
+    }
+
+    /// The addresses of the lab's interfaces in the host namespace: bridges,
+    /// then host-side veth ends, in declaration order.
+    pub fn host_addresses(&self) -> impl Iterator<Item = (&str, &Address)> {
+        self.bridges
+            .iter()
+            .flat_map(|b| b.addresses.iter().map(move |a| (b.name.as_str(), a)))
+            .chain(
+                self.veth_ends()
+                    .filter(|e| e.place == Place::Host)
+                    .flat_map(|e| e.addresses.iter().map(move |a| (e.name.as_str(), a))),
+            )
+    }
+
+    /// The first address of a host interface of the lab (bridge or veth end).
+    pub fn host_iface_addr(&self, name: &str) -> Option<Ipv4Addr> {
+        self.host_addresses()
+            .find(|(iface, _)| *iface == name)
+            .map(|(_, a)| a.net.addr)
+    }
+
+    /// The address a namespace's published ports forward to: its first lab address.
+    pub fn backend_addr(&self, namespace: &str) -> Option<Ipv4Addr> {
+        self.veth_ends()
+            .filter(|e| e.place.netns() == Some(namespace))
+            .flat_map(|e| e.addresses.iter())
+            .map(|a| a.net.addr)
+            .next()
+    }
+
+    /// The address published ports answer on from the world, and masquerade uses.
+    pub fn uplink_addr(&self) -> Option<Ipv4Addr> {
+        self.nat
+            .uplink
+            .as_deref()
+            .and_then(|u| self.host_iface_addr(u))
+    }
+
+    /// The published ports the topology declares.
+    pub fn published_ports(&self) -> Vec<PublishedPort> {
+        self.namespaces
+            .iter()
+            .flat_map(|ns| {
+                ns.publish.iter().map(|p| PublishedPort {
+                    host_port: p.host_port,
+                    proto: p.proto,
+                    namespace: ns.name.clone(),
+                    port: p.port,
+                })
+            })
+            .collect()
     }
 
     /// Every address the lab puts on an interface, with where it was declared.

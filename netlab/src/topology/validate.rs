@@ -866,80 +866,62 @@ peer = { name = "eth0", netns = "blue", addresses = ["10.2.0.2/24"] }
 
     #[test]
     fn namespace_name_rules() {
-        let text = lab("\n[[namespace]]\nname = \"host\"\n");
-        only_problem(
-            &text,
-            K::NamespaceName,
-            &["`host`", "reserved", &at(&text, "\"host\"")],
-        );
-        let text = lab("\n[[namespace]]\nname = \"a/b\"\n");
-        only_problem(
-            &text,
-            K::NamespaceName,
-            &["`a/b`", "'/'", &at(&text, "\"a/b\"")],
-        );
         let long = "n".repeat(65);
-        let text = lab(&format!("\n[[namespace]]\nname = \"{long}\"\n"));
-        only_problem(
-            &text,
-            K::NamespaceName,
-            &["65 bytes", &at(&text, &format!("\"{long}"))],
-        );
+        // (name, what the message must say)
+        for (name, says) in [
+            ("host", vec!["`host`", "reserved"]),
+            ("a/b", vec!["`a/b`", "'/'"]),
+            (long.as_str(), vec!["65 bytes"]),
+        ] {
+            let text = lab(&format!("\n[[namespace]]\nname = \"{name}\"\n"));
+            let position = at(&text, &format!("\"{name}"));
+            let mut needles = says;
+            needles.push(&position);
+            only_problem(&text, K::NamespaceName, &needles);
+        }
         let longest = "N.a_m-e".repeat(10)[..64].to_owned();
         ok(&lab(&format!("\n[[namespace]]\nname = \"{longest}\"\n")));
     }
 
     #[test]
     fn lab_name_rules() {
-        let text = BASE.replace("name = \"lab\"", "name = \"My Lab\"");
-        only_problem(&text, K::LabName, &["`My Lab`", "'M'", "lab.toml:1:8"]);
-        let text = BASE.replace("name = \"lab\"", &format!("name = \"{}\"", "x".repeat(33)));
-        only_problem(&text, K::LabName, &["33 characters", "lab.toml:1:8"]);
-        let text = BASE.replace("name = \"lab\"", "name = \"\"");
-        only_problem(&text, K::LabName, &["empty", "lab.toml:1:8"]);
+        let long = "x".repeat(33);
+        // (name, what the message must say)
+        for (name, says) in [
+            ("My Lab", vec!["`My Lab`", "'M'"]),
+            (long.as_str(), vec!["33 characters"]),
+            ("", vec!["empty"]),
+        ] {
+            let text = BASE.replace("name = \"lab\"", &format!("name = \"{name}\""));
+            let mut needles = says;
+            needles.push("lab.toml:1:8");
+            only_problem(&text, K::LabName, &needles);
+        }
         ok(&BASE.replace("name = \"lab\"", "name = \"lab_2-x\""));
     }
 
     // Rule 3: addresses and routes.
 
     #[test]
-    fn address_prefix_zero() {
-        let text = BASE.replace("10.1.0.2/24", "10.1.0.2/0");
-        only_problem(
-            &text,
-            K::Address,
-            &["10.1.0.2/0", "`blue0`", "/0", &at(&text, "\"10.1.0.2/0\"")],
-        );
-    }
-
-    #[test]
-    fn address_is_the_network_address() {
-        let text = BASE.replace("10.1.0.2/24", "10.1.0.0/24");
-        only_problem(
-            &text,
-            K::Address,
-            &[
-                "10.1.0.0/24",
-                "`blue0`",
-                "network address",
-                &at(&text, "\"10.1.0.0/24\""),
-            ],
-        );
-    }
-
-    #[test]
-    fn address_is_the_broadcast_address() {
-        let text = BASE.replace("10.1.0.2/24", "10.1.0.255/24");
-        only_problem(
-            &text,
-            K::Address,
-            &[
-                "10.1.0.255/24",
-                "`blue0`",
-                "broadcast",
-                &at(&text, "\"10.1.0.255/24\""),
-            ],
-        );
+    fn address_rules() {
+        // (blue0's address, what the message must say)
+        for (address, says) in [
+            ("10.1.0.2/0", "/0"),
+            ("10.1.0.0/24", "network address"),
+            ("10.1.0.255/24", "broadcast"),
+        ] {
+            let text = BASE.replace("10.1.0.2/24", address);
+            only_problem(
+                &text,
+                K::Address,
+                &[
+                    address,
+                    "`blue0`",
+                    says,
+                    &at(&text, &format!("\"{address}\"")),
+                ],
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! The programs are loaded and attached by `up` (the TC hooks always carry
 //! the trace calls; the `skb:kfree_skb`/`skb:consume_skb` tracepoints are
-//! attached and pinned by [`install`]). Tracing itself is a switch in the
+//! attached and pinned by the loader, [`crate::datapath::ebpf::loader`]). Tracing itself is a switch in the
 //! pinned `TRACE_CONFIG` map: this command writes the filter, turns the
 //! switch on, reads the ring buffer until stopped, and turns it off again,
 //! without reloading anything. `netlab trace --off` turns it off after a
@@ -23,153 +23,22 @@ use std::{
     fs,
     io::{self, BufWriter, IsTerminal as _, Write},
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::{
-    Ebpf,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::{SchedClassifier, TracePoint, links::FdLink},
+use aya::maps::{Array, MapData};
+use netlab_common::trace::{SNAP_MAX, TraceConfig};
+
+use crate::{
+    datapath::ebpf::{loader, maps},
+    netlink,
+    pins::Pins,
+    state::{self, LabState},
+    sys,
 };
-use netlab_common::{
-    names,
-    trace::{DEFAULT_RING_BYTES, SNAP_MAX, TRACE_STAT_LOST, TraceConfig},
-};
-
-use crate::{datapath::pin_dir, state::LabState, status};
-
-/// Overrides the ring buffer size (bytes) when `up` loads the datapath.
-pub const RING_BYTES_ENV: &str = "NETLAB_TRACE_RING_BYTES";
-
-/// The tracepoint programs: (program, category, event).
-pub const TRACEPOINTS: [(&str, &str, &str); 2] = [
-    (names::TRACE_KFREE_SKB, "skb", "kfree_skb"),
-    (names::TRACE_CONSUME_SKB, "skb", "consume_skb"),
-];
-
-const TRACEFS: &str = "/sys/kernel/tracing";
-
-/// The ring buffer size for the next load: [`RING_BYTES_ENV`] or the default.
-pub fn ring_bytes() -> Result<u32> {
-    let Some(value) = std::env::var_os(RING_BYTES_ENV) else {
-        return Ok(DEFAULT_RING_BYTES);
-    };
-    let value = value.to_string_lossy();
-    // SAFETY: sysconf has no preconditions.
-    let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    match value.parse::<u32>() {
-        Ok(bytes) if bytes.is_power_of_two() && bytes >= page => Ok(bytes),
-        _ => bail!(
-            "{RING_BYTES_ENV}={value}: the ring buffer size must be a power of two of at least \
-             the page size ({page} bytes)"
-        ),
-    }
-}
-
-fn prog_pin(lab: &str, name: &str) -> PathBuf {
-    pin_dir(lab).join("progs").join(name)
-}
-
-fn link_pin(lab: &str, name: &str) -> PathBuf {
-    pin_dir(lab).join("links").join("trace").join(name)
-}
-
-fn map_pin(lab: &str, name: &str) -> PathBuf {
-    pin_dir(lab).join("maps").join(name)
-}
-
-/// Whether the tracepoint programs are loaded and attached.
-pub fn installed(lab: &str) -> bool {
-    prog_pin(lab, names::TRACE_HOP).exists()
-        && TRACEPOINTS
-            .iter()
-            .all(|(name, _, _)| prog_pin(lab, name).exists() && link_pin(lab, name).exists())
-}
-
-/// Mounts tracefs on /sys/kernel/tracing when it is not there (a fresh
-/// mount namespace, a minimal host): tracepoints are found through it.
-fn ensure_tracefs() -> Result<()> {
-    if Path::new(TRACEFS).join("events").is_dir() {
-        return Ok(());
-    }
-    crate::netns::mount(c"tracefs", Path::new(TRACEFS), c"tracefs", 0)
-        .with_context(|| format!("mounting tracefs on {TRACEFS}"))?;
-    log::info!("mounted tracefs on {TRACEFS}");
-    Ok(())
-}
-
-/// Loads and pins `trace_hop` and puts it in the `TRACE_PROGS` slot the
-/// TC programs tail-call, then loads, pins and attaches the tracepoint
-/// programs (called by the datapath loader with a freshly loaded object).
-/// Kernel drops are an extra: when the tracepoints cannot be attached, `up`
-/// goes on and says so.
-pub fn install(ebpf: &mut Ebpf, lab: &str) -> Result<()> {
-    let hop_pin = prog_pin(lab, names::TRACE_HOP);
-    let hop_fd = if hop_pin.exists() {
-        SchedClassifier::from_pin(&hop_pin)
-            .with_context(|| format!("opening pinned program {}", hop_pin.display()))?
-            .fd()?
-            .try_clone()?
-    } else {
-        let Some(program) = ebpf.program_mut(names::TRACE_HOP) else {
-            bail!("the eBPF object has no program {}", names::TRACE_HOP);
-        };
-        let program: &mut SchedClassifier = program.try_into()?;
-        program
-            .load()
-            .with_context(|| format!("loading program {} (verifier)", names::TRACE_HOP))?;
-        program
-            .pin(&hop_pin)
-            .with_context(|| format!("pinning {}", hop_pin.display()))?;
-        program.fd()?.try_clone()?
-    };
-    let Some(slots) = ebpf.map_mut(names::TRACE_PROGS) else {
-        bail!("the eBPF object has no map {}", names::TRACE_PROGS);
-    };
-    let mut slots: ProgramArray<&mut MapData> = ProgramArray::try_from(slots)?;
-    slots
-        .set(0, &hop_fd, 0)
-        .with_context(|| format!("installing {} in {}", names::TRACE_HOP, names::TRACE_PROGS))?;
-    for (name, category, event) in TRACEPOINTS {
-        let pin = prog_pin(lab, name);
-        let link = link_pin(lab, name);
-        let Some(program) = ebpf.program_mut(name) else {
-            bail!("the eBPF object has no program {name}");
-        };
-        let program: &mut TracePoint = program.try_into()?;
-        if !pin.exists() {
-            program
-                .load()
-                .with_context(|| format!("loading program {name} (verifier)"))?;
-            program
-                .pin(&pin)
-                .with_context(|| format!("pinning {}", pin.display()))?;
-        }
-        if link.exists() {
-            continue;
-        }
-        let attached = ensure_tracefs().and_then(|()| {
-            let id = program
-                .attach(category, event)
-                .with_context(|| format!("attaching {name} to {category}:{event}"))?;
-            let fd_link: FdLink = program.take_link(id)?.try_into()?;
-            if let Some(parent) = link.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            fd_link
-                .pin(&link)
-                .with_context(|| format!("pinning {}", link.display()))?;
-            Ok(())
-        });
-        if let Err(err) = attached {
-            log::warn!("`netlab trace` will not show kernel drops: {err:#}");
-        }
-    }
-    Ok(())
-}
 
 /// Raw options of `netlab trace`, from the command line.
 #[derive(Clone, Debug, Default)]
@@ -226,41 +95,9 @@ fn build_filter(options: &Options) -> Result<Option<filter::Expr>> {
     Ok(terms.into_iter().reduce(Expr::and))
 }
 
-/// Where the kfree_skb record keeps `reason` on this kernel.
-fn kfree_reason_offset() -> Option<u32> {
-    let format = fs::read_to_string(Path::new(TRACEFS).join("events/skb/kfree_skb/format")).ok()?;
-    let line = format.lines().find(|l| l.contains(" reason;"))?;
-    let offset = line.split("offset:").nth(1)?.split(';').next()?;
-    offset.trim().parse().ok()
-}
-
-fn kfree_protocol_offset() -> Option<u32> {
-    let format = fs::read_to_string(Path::new(TRACEFS).join("events/skb/kfree_skb/format")).ok()?;
-    let line = format.lines().find(|l| l.contains(" protocol;"))?;
-    let offset = line.split("offset:").nth(1)?.split(';').next()?;
-    offset.trim().parse().ok()
-}
-
-fn open_map(lab: &str, name: &str) -> Result<MapData> {
-    let pin = map_pin(lab, name);
-    MapData::from_pin(&pin).with_context(|| {
-        format!(
-            "opening {} (is the lab up, and was it brought up by a netlab with tracing?)",
-            pin.display()
-        )
-    })
-}
-
-fn config_map(lab: &str) -> Result<Array<MapData, TraceConfig>> {
-    Ok(Array::try_from(Map::Array(open_map(
-        lab,
-        names::TRACE_CONFIG,
-    )?))?)
-}
-
 /// Turns tracing off (`netlab trace --off`).
 pub fn switch_off(lab: &str) -> Result<()> {
-    let mut config = config_map(lab)?;
+    let mut config = maps::trace_config(&Pins::of(lab))?;
     let mut value = config.get(&0, 0)?;
     value.enabled = 0;
     config.set(0, value, 0)?;
@@ -324,25 +161,6 @@ fn catch_signals() {
     }
 }
 
-/// CLOCK_REALTIME − CLOCK_MONOTONIC (the programs' clock), in ns.
-fn realtime_offset_ns() -> i128 {
-    let now = |clock| {
-        // SAFETY: clock_gettime fills the zeroed struct.
-        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointer to a local.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-    };
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
-}
-
-fn lost_total(stats: &PerCpuArray<MapData, u64>) -> u64 {
-    stats
-        .get(&TRACE_STAT_LOST, 0)
-        .map(|per_cpu| per_cpu.iter().sum())
-        .unwrap_or(0)
-}
-
 /// How long a journey must be quiet before the human output prints it.
 const QUIET: Duration = Duration::from_millis(100);
 
@@ -359,7 +177,8 @@ enum Sink {
 
 /// Runs `netlab trace` until a signal, `--count` events or `--duration`.
 pub fn run(options: &Options) -> Result<Summary> {
-    let lab = crate::state::resolve_lab(options.lab.as_deref())?;
+    let lab = state::resolve_lab(options.lab.as_deref())?;
+    let pins = Pins::of(&lab);
     let record = LabState::load(&lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
     let sample = match &options.sample {
         Some(text) => parse_sample(text)?,
@@ -373,31 +192,28 @@ pub fn run(options: &Options) -> Result<Summary> {
     }
 
     // Names: the lab's interfaces and namespaces, as they are now.
-    let lab_status = status::collect(&record)?;
+    let lab_ifaces = netlink::lab_indexes(&record.topology()?)?;
     let mut names = filter::Names::default();
     names.netns.insert("host".to_owned(), 0);
     for (i, ns) in record.namespaces.iter().enumerate() {
         names.netns.insert(ns.clone(), i as u32 + 1);
     }
     let mut ctx = output::Context {
-        realtime_offset_ns: realtime_offset_ns(),
+        realtime_offset_ns: sys::realtime_offset_ns(),
         color: !options.json
             && io::stdout().is_terminal()
             && std::env::var_os("NO_COLOR").is_none(),
         ..output::Context::default()
     };
     let mut places: BTreeMap<u32, u32> = BTreeMap::new();
-    for place in &lab_status.places {
-        let place_id = names.netns.get(&place.place).copied().unwrap_or(0);
-        for link in &place.links {
-            let Some(index) = link.index else { continue };
-            names
-                .ifaces
-                .insert((place.place.clone(), link.name.clone()), index);
-            ctx.ifaces
-                .insert(index, (place.place.clone(), link.name.clone()));
-            if link.name != "lo" {
-                places.insert(index, place_id);
+    for (place, links) in &lab_ifaces {
+        let place = place.to_string();
+        let place_id = names.netns.get(&place).copied().unwrap_or(0);
+        for (name, index) in links {
+            names.ifaces.insert((place.clone(), name.clone()), *index);
+            ctx.ifaces.insert(*index, (place.clone(), name.clone()));
+            if name != "lo" {
+                places.insert(*index, place_id);
             }
         }
     }
@@ -408,18 +224,14 @@ pub fn run(options: &Options) -> Result<Summary> {
     }
 
     // The datapath's maps.
-    let mut filter_map: Array<MapData, netlab_common::trace::Filter> =
-        Array::try_from(Map::Array(open_map(&lab, names::TRACE_FILTER)?))?;
-    filter_map.set(0, compiled, 0)?;
-    let mut iface_map: HashMap<MapData, u32, u32> =
-        HashMap::try_from(Map::HashMap(open_map(&lab, names::TRACE_IFACES)?))?;
+    maps::trace_filter(&pins)?.set(0, compiled, 0)?;
+    let mut iface_map = maps::trace_ifaces(&pins)?;
     for (ifindex, place) in &places {
         iface_map.insert(ifindex, place, 0)?;
     }
-    let stats: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(Map::PerCpuArray(open_map(&lab, names::TRACE_STATS)?))?;
-    let mut ring = RingBuf::try_from(Map::RingBuf(open_map(&lab, names::TRACE_EVENTS)?))?;
-    if !installed(&lab) {
+    let stats = maps::TraceStats::open(&pins)?;
+    let mut ring = maps::trace_events(&pins)?;
+    if !loader::tracepoints_attached(&pins) {
         eprintln!(
             "netlab trace: the kernel-drop tracepoints are not attached (see `netlab up -v`); \
              drops by the kernel will not show"
@@ -455,16 +267,17 @@ pub fn run(options: &Options) -> Result<Summary> {
     };
 
     catch_signals();
-    let lost_at_start = lost_total(&stats);
+    let lost_at_start = stats.lost();
     let config = TraceConfig {
         enabled: 1,
         sample_every: sample,
         snaplen: options.snaplen,
-        kfree_protocol_off: kfree_protocol_offset().unwrap_or(32),
-        kfree_reason_off: kfree_reason_offset().unwrap_or(36),
+        kfree_protocol_off: sys::tracepoint_field_offset("skb", "kfree_skb", "protocol")
+            .unwrap_or(32),
+        kfree_reason_off: sys::tracepoint_field_offset("skb", "kfree_skb", "reason").unwrap_or(36),
         _pad: 0,
     };
-    let mut switch = Switch::on(config_map(&lab)?, config)?;
+    let mut switch = Switch::on(maps::trace_config(&pins)?, config)?;
     eprintln!(
         "netlab trace: tracing lab {lab}{}; Ctrl-C to stop",
         match &expr {
@@ -511,7 +324,7 @@ pub fn run(options: &Options) -> Result<Summary> {
                 break;
             }
         }
-        let lost = lost_total(&stats).saturating_sub(lost_at_start);
+        let lost = stats.lost().saturating_sub(lost_at_start);
         if lost > reported_lost {
             let new = lost - reported_lost;
             reported_lost = lost;

@@ -38,6 +38,8 @@ use netlab_common::{
 };
 use serde_json::{Value, json};
 
+use crate::datapath::ebpf::ip_proto_name;
+
 /// One decoded record.
 #[derive(Clone, Debug)]
 pub struct Event {
@@ -164,13 +166,9 @@ pub fn load_symbols() -> Vec<(u64, String)> {
     symbols
 }
 
+/// The protocol's name, or its number when it has none here.
 fn proto_name(proto: u8) -> String {
-    match proto {
-        IPPROTO_TCP => "tcp".to_owned(),
-        IPPROTO_UDP => "udp".to_owned(),
-        IPPROTO_ICMP => "icmp".to_owned(),
-        other => other.to_string(),
-    }
+    ip_proto_name(proto).map_or_else(|| proto.to_string(), str::to_owned)
 }
 
 fn addr(wire: u32) -> Ipv4Addr {

@@ -10,7 +10,7 @@
 //! datapath is brought up afresh for every port count: a new lab means new
 //! namespaces (no TIME_WAIT sockets left), new netlab maps and new rules.
 //! Between runs on the same lab, the kernel's conntrack (`conntrack -F`) and
-//! netlab's (its pinned CONNTRACK map) are flushed.
+//! netlab's (its pinned conntrack tables) are flushed.
 
 use std::{
     fmt::Write as _,
@@ -22,6 +22,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use netlab::{publish::PublishOutcome, status::LabStatus};
 use serde::{Deserialize, Serialize};
 
 use super::results::{Datapath, Meta, Metric, Results, Sample, Skipped, TrafficPath, Verification};
@@ -467,13 +468,13 @@ impl Bench {
 
     fn counters(&self, datapath: Datapath) -> Result<Counters> {
         let status = output(Command::new(&self.plan.netlab).args(["status", "--json"]))?;
-        let status: serde_json::Value =
+        let status: LabStatus =
             serde_json::from_str(&status).context("parsing `netlab status --json`")?;
         let (expected, _) = datapath.netlab_args().context("not a netlab datapath")?;
-        if status["datapath"] != expected {
+        if status.datapath.as_str() != expected {
             bail!(
                 "`netlab status` reports datapath {}, expected {expected}",
-                status["datapath"]
+                status.datapath
             );
         }
         match datapath {
@@ -499,8 +500,10 @@ impl Bench {
             }
             _ => {
                 let counter = |name: &str| -> Result<u64> {
-                    status["nat"]["counters"][name]
-                        .as_u64()
+                    status
+                        .nat
+                        .as_ref()
+                        .and_then(|nat| nat.counters.get(name).copied())
                         .with_context(|| format!("no NAT counter `{name}` in `netlab status`"))
                 };
                 Ok(Counters {
@@ -517,9 +520,12 @@ impl Bench {
     fn flush(&self) -> Result<()> {
         // Fails harmlessly when no rule ever loaded conntrack here.
         let _ = output(Command::new("conntrack").arg("-F"));
-        let map = Path::new("/sys/fs/bpf/netlab/default/maps/CONNTRACK");
-        if map.exists() {
-            output(Command::new(&self.plan.loadgen).arg("flush-map").arg(map))?;
+        let pins = netlab::pins::Pins::of("default");
+        for table in netlab::datapath::ebpf::maps::CONNTRACK_TABLES {
+            let map = pins.map(table);
+            if map.exists() {
+                output(Command::new(&self.plan.loadgen).arg("flush-map").arg(&map))?;
+            }
         }
         Ok(())
     }
@@ -667,11 +673,14 @@ impl Bench {
         let add = format!("{EDIT_PORT}:80/tcp");
         let rm = format!("{EDIT_PORT}/tcp");
         for (metric, args) in [
-            (Metric::Add, vec!["publish", "add", "blue", add.as_str()]),
-            (Metric::Rm, vec!["publish", "rm", rm.as_str()]),
+            (
+                Metric::Add,
+                vec!["publish", "add", "blue", add.as_str(), "--json"],
+            ),
+            (Metric::Rm, vec!["publish", "rm", rm.as_str(), "--json"]),
         ] {
             let mut cmd = Command::new(&self.plan.netlab);
-            cmd.arg("-v").args(&args);
+            cmd.args(&args);
             let begun = Instant::now();
             let out = cmd
                 .stdin(Stdio::null())
@@ -682,12 +691,9 @@ impl Bench {
             if !out.status.success() {
                 bail!("`netlab {}` failed: {}", args.join(" "), stderr.trim());
             }
-            let update_us = datapath_update_us(&stderr).with_context(|| {
-                format!(
-                    "`netlab -v {}` logged no `datapath updated in`",
-                    args.join(" ")
-                )
-            })?;
+            let outcome: PublishOutcome = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("parsing the output of `netlab {}`", args.join(" ")))?;
+            let update_us = outcome.datapath_update_us as f64;
             self.push(Sample {
                 round,
                 warmup: round < self.plan.warmup_rounds,
@@ -733,17 +739,16 @@ struct Counters {
 }
 
 /// Sum of `redirect_peer` and `redirect_uplink` over the lab's links in
-/// `netlab status --json`.
-pub fn redirected_packets(status: &serde_json::Value) -> u64 {
-    let empty = Vec::new();
-    let places = status["places"].as_array().unwrap_or(&empty);
-    places
+/// `netlab status`.
+pub fn redirected_packets(status: &LabStatus) -> u64 {
+    status
+        .places
         .iter()
-        .flat_map(|place| place["links"].as_array().unwrap_or(&empty))
+        .flat_map(|place| &place.links)
         .map(|link| {
             ["redirect_peer", "redirect_uplink"]
                 .iter()
-                .filter_map(|reason| link["redirect"][reason].as_u64())
+                .filter_map(|reason| link.redirect.get(*reason))
                 .sum::<u64>()
         })
         .sum()
@@ -772,14 +777,6 @@ pub fn rule_packets(listing: &str) -> u64 {
         .lines()
         .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
-}
-
-/// `datapath updated in N us` from netlab's `-v` log.
-pub fn datapath_update_us(log: &str) -> Option<f64> {
-    log.lines().find_map(|line| {
-        let rest = &line[line.find("datapath updated in ")? + "datapath updated in ".len()..];
-        rest.split_whitespace().next()?.parse().ok()
-    })
 }
 
 fn whoami(loadgen: &Path, route: &Route, udp: bool) -> Result<String> {
@@ -985,7 +982,7 @@ fn meta(plan: &Plan) -> Result<Meta> {
                     namespace, which has net.ipv4.tcp_tw_reuse=1 and ports 1024–65535; at most \
                     60,000 connections per run, and every lab is new per datapath and port count."
             .to_owned(),
-        flush: "`conntrack -F` and netlab's CONNTRACK map emptied before every run.".to_owned(),
+        flush: "`conntrack -F` and netlab's conntrack tables emptied before every run.".to_owned(),
         notes,
     })
 }
@@ -1029,13 +1026,26 @@ mod tests {
     fn reads_rule_counters_and_update_times() {
         let listing = "Chain NL-default-DNAT (5 references)\n    pkts      bytes target     prot opt in     out     source               destination\n       3      180 DNAT       6    --  *      *       0.0.0.0/0            0.0.0.0/0            tcp dpt:8080 to:192.168.15.2:80\n       2       60 DNAT       17   --  *      *       0.0.0.0/0            0.0.0.0/0            udp dpt:8080 to:192.168.15.2:80\n";
         assert_eq!(rule_packets(listing), 5);
-        let log = "[2025-01-01T00:00:00Z INFO  netlab::cli] datapath updated in 75 us\n";
-        assert_eq!(datapath_update_us(log), Some(75.0));
-        assert_eq!(datapath_update_us("nothing"), None);
-        let status = serde_json::json!({"places": [
-            {"links": [{"redirect": {"redirect_peer": 4, "fallback_local": 9}}, {}]},
-            {"links": [{"redirect": {"redirect_uplink": 3}}]},
-        ]});
+        let outcome: PublishOutcome = serde_json::from_str(
+            r#"{"lab":"default","action":"add","datapath_update_us":75,
+            "port":{"host_port":32000,"proto":"tcp","namespace":"blue","port":80}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(outcome.datapath_update_us, 75);
+        let link = |redirect: serde_json::Value| {
+            serde_json::json!({"name": "v", "index": 1, "kind": "veth", "up": true,
+                "master": null, "addresses": [], "hooks": [], "redirect": redirect})
+        };
+        let place = |links: Vec<serde_json::Value>| serde_json::json!({"place": "host", "present": true, "routes": [], "links": links});
+        let status: LabStatus = serde_json::from_value(serde_json::json!({
+            "lab": "default", "datapath": "redirect", "origin": "x", "complete": true,
+            "namespaces": [], "nat": null, "places": [
+                place(vec![link(serde_json::json!({"redirect_peer": 4, "fallback_local": 9})),
+                           link(serde_json::json!({}))]),
+                place(vec![link(serde_json::json!({"redirect_uplink": 3}))]),
+            ]
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(redirected_packets(&status), 7);
     }
 }

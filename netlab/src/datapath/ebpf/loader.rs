@@ -1,47 +1,38 @@
-//! Loads netlab's eBPF object, attaches its programs with TCX, and pins
-//! everything under `/sys/fs/bpf/netlab/<lab>/` so the lab keeps working
-//! after `up` exits and later commands find it:
+//! Loads netlab's eBPF object, attaches its programs, and pins everything
+//! (see [`Pins`] for the layout) so the lab keeps working after `up` exits.
 //!
-//! ```text
-//! /sys/fs/bpf/netlab/<lab>/maps/<MAP>             maps, pinned by name
-//! /sys/fs/bpf/netlab/<lab>/progs/<program>        loaded programs
-//! /sys/fs/bpf/netlab/<lab>/links/<place>/<if>@<hook>  TCX links (unpin = detach)
-//! ```
+//! The loader owns every program of the object: the TC programs (attached
+//! with TCX to the lab's veths), the cgroup sock_addr programs (attached to
+//! the cgroup2 root), `trace_hop` (tail-called by the TC programs) and the
+//! `skb:kfree_skb`/`skb:consume_skb` tracepoints of `netlab trace`.
 
-use std::{
-    collections::BTreeMap,
-    fs, io,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, fs};
 
 use anyhow::{Context, Result, bail};
 use aya::{
-    EbpfLoader,
-    maps::{Map, MapData, PerCpuHashMap},
+    Ebpf, EbpfLoader,
+    maps::{MapData, ProgramArray},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, TracePoint,
         cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
     },
 };
-use netlab_common::{Direction, IfaceCounters, IfaceKey, names};
+use netlab_common::{Direction, names, trace::DEFAULT_RING_BYTES};
 
-use crate::topology::{Datapath, Iface, Place, Topology};
+use crate::{
+    netns,
+    pins::Pins,
+    sys,
+    topology::{Family, Iface, Place, Topology},
+};
 
 /// The object `cargo xtask` built, or an empty placeholder (see build.rs).
 /// Public so that tests can load the same object into a private bpffs.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netlab-ebpf.o"));
 
-pub const BPFFS: &str = "/sys/fs/bpf";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-pub fn pin_root() -> PathBuf {
-    Path::new(BPFFS).join("netlab")
-}
-
-pub fn pin_dir(lab: &str) -> PathBuf {
-    pin_root().join(lab)
-}
+/// Overrides the trace ring buffer size (bytes) when `up` loads the object.
+pub const RING_BYTES_ENV: &str = "NETLAB_TRACE_RING_BYTES";
 
 /// The TCX hooks netlab reports on, with their names.
 pub const HOOKS: [(Direction, TcAttachType, &str); 2] = [
@@ -49,7 +40,8 @@ pub const HOOKS: [(Direction, TcAttachType, &str); 2] = [
     (Direction::Egress, TcAttachType::Egress, "egress"),
 ];
 
-/// Every program the object carries, loaded and pinned once per lab.
+/// Every program the object carries but the trace ones, loaded and pinned
+/// once per lab.
 const PROGRAMS: [(&str, Kind); 8] = [
     (names::COUNT_INGRESS, Kind::Tc),
     (names::COUNT_EGRESS, Kind::Tc),
@@ -73,6 +65,12 @@ const PROGRAMS: [(&str, Kind); 8] = [
     ),
 ];
 
+/// The tracepoint programs: (program, category, event).
+const TRACEPOINTS: [(&str, &str, &str); 2] = [
+    (names::TRACE_KFREE_SKB, "skb", "kfree_skb"),
+    (names::TRACE_CONSUME_SKB, "skb", "consume_skb"),
+];
+
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     /// A TC classifier, attached with TCX to interfaces.
@@ -91,6 +89,7 @@ pub struct Attachment {
 
 /// What runs where: on the host side of every veth (lab ends and the
 /// uplink) the NAT programs, which also count; elsewhere the counters alone.
+/// The iptables datapath gets the counters everywhere.
 pub fn plan(topo: &Topology) -> Vec<Attachment> {
     let mut plan = Vec::new();
     for end in topo.veth_ends() {
@@ -105,7 +104,7 @@ pub fn plan(topo: &Topology) -> Vec<Attachment> {
                 attach_type,
             })
         };
-        if end.place == Place::Host && topo.datapath != Datapath::Iptables {
+        if end.place == Place::Host && topo.datapath.family() == Family::Ebpf {
             add(names::NAT_INGRESS, TcAttachType::Ingress);
             add(names::NAT_EGRESS, TcAttachType::Egress);
         } else {
@@ -116,49 +115,32 @@ pub fn plan(topo: &Topology) -> Vec<Attachment> {
     plan
 }
 
-pub fn link_pin(lab: &str, iface: &Iface, program: &str) -> PathBuf {
-    pin_dir(lab)
-        .join("links")
-        .join(pin_name(&iface.place.to_string()))
-        .join(format!("{}@{program}", pin_name(&iface.name)))
-}
-
-/// bpffs reserves dots in names (lookup fails with EPERM), but interface and
-/// namespace names may hold them. Linux never allows `:` in an interface
-/// name, so mapping `.` to `:` keeps names distinct.
-fn pin_name(name: &str) -> String {
-    name.replace('.', ":")
-}
-
-/// Mounts bpffs on /sys/fs/bpf if nothing is mounted there yet.
-pub fn ensure_bpffs() -> Result<()> {
-    let dir = crate::netns::cstring(Path::new(BPFFS));
-    // SAFETY: statfs fills the zeroed struct we pass.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: NUL-terminated path and a valid out pointer.
-    if unsafe { libc::statfs(dir.as_ptr(), &mut st) } == 0 && st.f_type == BPF_FS_MAGIC {
-        return Ok(());
+/// The trace ring buffer size for the next load: [`RING_BYTES_ENV`] or the default.
+pub fn ring_bytes() -> Result<u32> {
+    let Some(value) = std::env::var_os(RING_BYTES_ENV) else {
+        return Ok(DEFAULT_RING_BYTES);
+    };
+    let value = value.to_string_lossy();
+    // SAFETY: sysconf has no preconditions.
+    let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    match value.parse::<u32>() {
+        Ok(bytes) if bytes.is_power_of_two() && bytes >= page => Ok(bytes),
+        _ => bail!(
+            "{RING_BYTES_ENV}={value}: the ring buffer size must be a power of two of at least \
+             the page size ({page} bytes)"
+        ),
     }
-    fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
-    crate::netns::mount(c"bpf", Path::new(BPFFS), c"bpf", 0)
-        .context("mounting bpffs on /sys/fs/bpf")?;
-    log::info!("mounted bpffs on {BPFFS}");
-    Ok(())
 }
 
 /// Loads the object once per lab (later `up`s reuse the pinned programs and
 /// maps), then makes every attachment of `plan` that has no pinned link yet.
-pub fn attach(lab: &str, plan: &[Attachment], conntrack_size: u32) -> Result<()> {
-    ensure_bpffs()?;
-    let dir = pin_dir(lab);
-    for sub in ["maps", "progs", "links"] {
-        fs::create_dir_all(dir.join(sub))
-            .with_context(|| format!("creating {}", dir.join(sub).display()))?;
-    }
-    ensure_loaded(lab, conntrack_size)?;
+pub fn attach(pins: &Pins, plan: &[Attachment], conntrack_size: u32) -> Result<()> {
+    sys::ensure_bpffs()?;
+    pins.create()?;
+    ensure_loaded(pins, conntrack_size)?;
     let pending: Vec<&Attachment> = plan
         .iter()
-        .filter(|a| !link_pin(lab, &a.iface, a.program).exists())
+        .filter(|a| !pins.tc_link(&a.iface, a.program).exists())
         .collect();
     // Every TCX attach waits for an RCU grace period. The kernel serialises
     // most of that work, so several workers only help a little (measured:
@@ -167,7 +149,7 @@ pub fn attach(lab: &str, plan: &[Attachment], conntrack_size: u32) -> Result<()>
     std::thread::scope(|s| {
         let handles: Vec<_> = pending
             .chunks(workers)
-            .map(|chunk| s.spawn(move || attach_chunk(lab, chunk)))
+            .map(|chunk| s.spawn(move || attach_chunk(pins, chunk)))
             .collect();
         handles.into_iter().try_for_each(|h| {
             h.join()
@@ -175,7 +157,7 @@ pub fn attach(lab: &str, plan: &[Attachment], conntrack_size: u32) -> Result<()>
         })
     })?;
     if plan.iter().any(|a| a.program == names::NAT_INGRESS) {
-        attach_sockets(lab)?;
+        attach_sockets(pins)?;
     }
     Ok(())
 }
@@ -187,7 +169,7 @@ const ATTACH_WORKERS: usize = 16;
 /// on the pinned programs and enters each interface's namespace in turn
 /// (ifindex lookup is per namespace); pins resolve in the mount namespace,
 /// which `setns(CLONE_NEWNET)` leaves alone.
-fn attach_chunk(lab: &str, chunk: &[&Attachment]) -> Result<()> {
+fn attach_chunk(pins: &Pins, chunk: &[&Attachment]) -> Result<()> {
     let mut programs: BTreeMap<&str, SchedClassifier> = BTreeMap::new();
     for Attachment {
         iface,
@@ -196,7 +178,7 @@ fn attach_chunk(lab: &str, chunk: &[&Attachment]) -> Result<()> {
     } in chunk.iter().copied()
     {
         if !programs.contains_key(name) {
-            let pin = pin_dir(lab).join("progs").join(name);
+            let pin = pins.program(name);
             let program = SchedClassifier::from_pin(&pin)
                 .with_context(|| format!("opening pinned program {}", pin.display()))?;
             programs.insert(name, program);
@@ -204,11 +186,9 @@ fn attach_chunk(lab: &str, chunk: &[&Attachment]) -> Result<()> {
         let Some(program) = programs.get_mut(name) else {
             bail!("TC program {name} was not loaded");
         };
-        let pin = link_pin(lab, iface, name);
-        if let Some(parent) = pin.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        crate::netns::enter(&iface.place)?;
+        let pin = pins.tc_link(iface, name);
+        Pins::create_parent(&pin)?;
+        netns::enter(&iface.place)?;
         let id = program
             .attach(&iface.name, *attach_type)
             .with_context(|| format!("attaching {name} to {iface}"))?;
@@ -221,8 +201,8 @@ fn attach_chunk(lab: &str, chunk: &[&Attachment]) -> Result<()> {
 
 /// Attaches the socket-level programs to the root of the cgroup2 tree, so
 /// they see every process; they act only on the lab's host namespace.
-fn attach_sockets(lab: &str) -> Result<()> {
-    let Some(root) = cgroup2_root() else {
+fn attach_sockets(pins: &Pins) -> Result<()> {
+    let Some(root) = sys::cgroup2_root() else {
         log::warn!(
             "no cgroup2 hierarchy is mounted: the host's own connections to published ports \
              are not translated (the lab's namespaces and the uplink are)"
@@ -235,16 +215,14 @@ fn attach_sockets(lab: &str) -> Result<()> {
         let Kind::Sock(attach_type) = kind else {
             continue;
         };
-        let pin = pin_dir(lab).join("links").join("cgroup").join(name);
+        let pin = pins.cgroup_link(name);
         if pin.exists() {
             continue;
         }
-        let prog_pin = pin_dir(lab).join("progs").join(name);
+        let prog_pin = pins.program(name);
         let mut program = CgroupSockAddr::from_pin(&prog_pin, attach_type)
             .with_context(|| format!("opening pinned program {}", prog_pin.display()))?;
-        if let Some(parent) = pin.parent() {
-            fs::create_dir_all(parent)?;
-        }
+        Pins::create_parent(&pin)?;
         // A BPF link always attaches as one of many (the kernel adds
         // BPF_F_ALLOW_MULTI itself and refuses the flag from us).
         let id = program
@@ -257,23 +235,10 @@ fn attach_sockets(lab: &str) -> Result<()> {
     Ok(())
 }
 
-/// The mount point of the cgroup2 hierarchy (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on hybrid hosts), from /proc/self/mountinfo.
-fn cgroup2_root() -> Option<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
-        let mount_point = left.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
-    })
-}
-
 /// Loads the object and pins every program that is not pinned yet. Maps
 /// are pinned by name, so a later load reuses them and counters survive.
-fn ensure_loaded(lab: &str, conntrack_size: u32) -> Result<()> {
-    let pin_of = |name: &str| pin_dir(lab).join("progs").join(name);
-    if PROGRAMS.iter().all(|(name, _)| pin_of(name).exists()) && crate::trace::installed(lab) {
+fn ensure_loaded(pins: &Pins, conntrack_size: u32) -> Result<()> {
+    if PROGRAMS.iter().all(|(name, _)| pins.program(name).exists()) && tracepoints_attached(pins) {
         return Ok(());
     }
     if EBPF_OBJECT.is_empty() {
@@ -283,14 +248,14 @@ fn ensure_loaded(lab: &str, conntrack_size: u32) -> Result<()> {
         );
     }
     let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_dir(lab).join("maps"))
+        .default_map_pin_directory(pins.maps())
         .map_max_entries(names::CONNTRACK, conntrack_size)
         .map_max_entries(names::CONNTRACK_NEW, conntrack_size)
-        .map_max_entries(names::TRACE_EVENTS, crate::trace::ring_bytes()?)
+        .map_max_entries(names::TRACE_EVENTS, ring_bytes()?)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     for (name, kind) in PROGRAMS {
-        let pin = pin_of(name);
+        let pin = pins.program(name);
         if pin.exists() {
             continue;
         }
@@ -311,60 +276,93 @@ fn ensure_loaded(lab: &str, conntrack_size: u32) -> Result<()> {
             .with_context(|| format!("loading program {name} (verifier)"))?
             .with_context(|| format!("pinning {}", pin.display()))?;
     }
-    // Tracepoints for `netlab trace` (kernel drops), attached once.
-    crate::trace::install(&mut ebpf, lab)?;
+    install_trace(&mut ebpf, pins)?;
     // The pins keep the programs loaded once `ebpf` is dropped.
     Ok(())
 }
 
-/// Removes every pin of the lab: links detach, programs and maps go with
-/// their last reference.
-pub fn remove(lab: &str) -> Result<()> {
-    let dir = pin_dir(lab);
-    match fs::remove_dir_all(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
-    }
-    // Leave /sys/fs/bpf/netlab only while another lab uses it.
-    let _ = fs::remove_dir(pin_root());
-    Ok(())
+/// Whether `trace_hop` and the tracepoint programs are loaded and attached.
+pub fn tracepoints_attached(pins: &Pins) -> bool {
+    pins.program(names::TRACE_HOP).exists()
+        && TRACEPOINTS
+            .iter()
+            .all(|(name, _, _)| pins.program(name).exists() && pins.tracepoint_link(name).exists())
 }
 
-/// Packet counters per (ifindex, direction), summed over CPUs.
-pub fn counters(lab: &str) -> Result<BTreeMap<(u32, u32), IfaceCounters>> {
-    let pin = pin_dir(lab).join("maps").join(names::IFACE_COUNTERS);
-    let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
-    let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> =
-        PerCpuHashMap::try_from(Map::PerCpuHashMap(data))?;
-    let mut out = BTreeMap::new();
-    for entry in map.iter() {
-        let (key, per_cpu) = entry?;
-        let mut sum = IfaceCounters::default();
-        for c in per_cpu.iter() {
-            sum.packets += c.packets;
-            sum.bytes += c.bytes;
+/// Loads and pins `trace_hop` and puts it in the `TRACE_PROGS` slot the
+/// TC programs tail-call, then loads, pins and attaches the tracepoint
+/// programs. Kernel drops are an extra: when the tracepoints cannot be
+/// attached, `up` goes on and says so.
+fn install_trace(ebpf: &mut Ebpf, pins: &Pins) -> Result<()> {
+    let hop_pin = pins.program(names::TRACE_HOP);
+    let hop_fd = if hop_pin.exists() {
+        SchedClassifier::from_pin(&hop_pin)
+            .with_context(|| format!("opening pinned program {}", hop_pin.display()))?
+            .fd()?
+            .try_clone()?
+    } else {
+        let Some(program) = ebpf.program_mut(names::TRACE_HOP) else {
+            bail!("the eBPF object has no program {}", names::TRACE_HOP);
+        };
+        let program: &mut SchedClassifier = program.try_into()?;
+        program
+            .load()
+            .with_context(|| format!("loading program {} (verifier)", names::TRACE_HOP))?;
+        program
+            .pin(&hop_pin)
+            .with_context(|| format!("pinning {}", hop_pin.display()))?;
+        program.fd()?.try_clone()?
+    };
+    let Some(slots) = ebpf.map_mut(names::TRACE_PROGS) else {
+        bail!("the eBPF object has no map {}", names::TRACE_PROGS);
+    };
+    let mut slots: ProgramArray<&mut MapData> = ProgramArray::try_from(slots)?;
+    slots
+        .set(0, &hop_fd, 0)
+        .with_context(|| format!("installing {} in {}", names::TRACE_HOP, names::TRACE_PROGS))?;
+    for (name, category, event) in TRACEPOINTS {
+        let pin = pins.program(name);
+        let link = pins.tracepoint_link(name);
+        let Some(program) = ebpf.program_mut(name) else {
+            bail!("the eBPF object has no program {name}");
+        };
+        let program: &mut TracePoint = program.try_into()?;
+        if !pin.exists() {
+            program
+                .load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
+            program
+                .pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
         }
-        out.insert((key.ifindex, key.direction), sum);
+        if link.exists() {
+            continue;
+        }
+        let attached = sys::ensure_tracefs().and_then(|()| {
+            let id = program
+                .attach(category, event)
+                .with_context(|| format!("attaching {name} to {category}:{event}"))?;
+            let fd_link: FdLink = program.take_link(id)?.try_into()?;
+            Pins::create_parent(&link)?;
+            fd_link
+                .pin(&link)
+                .with_context(|| format!("pinning {}", link.display()))?;
+            Ok(())
+        });
+        if let Err(err) = attached {
+            log::warn!("`netlab trace` will not show kernel drops: {err:#}");
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Names of the programs attached with TCX to `iface` at `attach_type`.
 pub fn attached(iface: &Iface, attach_type: TcAttachType) -> Result<Vec<String>> {
-    crate::netns::on_thread(&iface.place, || -> Result<Vec<String>> {
+    netns::on_thread(&iface.place, || -> Result<Vec<String>> {
         let (_, infos) = SchedClassifier::query_tcx(&iface.name, attach_type)?;
         Ok(infos
             .iter()
             .map(|i| i.name_as_str().unwrap_or("?").to_owned())
             .collect())
     })?
-}
-
-/// Whether a place can be reached at all (its namespace still exists).
-pub fn place_exists(place: &Place) -> bool {
-    match place {
-        Place::Host => true,
-        Place::Netns(name) => crate::netns::exists(name),
-    }
 }

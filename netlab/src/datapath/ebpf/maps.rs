@@ -1,0 +1,225 @@
+//! Typed access to the pinned maps: one opener per map (the map's name and
+//! its key and value types in one place), and the readers that sum per-CPU
+//! values. Every command works on the running datapath through these,
+//! without reloading a program.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use aya::maps::{
+    Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::LpmTrie,
+};
+use netlab_common::{
+    IfaceCounters, IfaceKey, names,
+    nat::{Backend, CtEntry, Endpoint, FlowKey, IfaceConfig, NatConfig, PublishKey, Stat},
+    trace::{Filter, TRACE_STAT_LOST, TraceConfig},
+};
+
+use crate::pins::Pins;
+
+fn open(pins: &Pins, name: &str, hint: &str) -> Result<MapData> {
+    let path = pins.map(name);
+    MapData::from_pin(&path).with_context(|| format!("opening {} ({hint})", path.display()))
+}
+
+const NAT_HINT: &str = "is the lab up with the eBPF datapath?";
+const TRACE_HINT: &str = "is the lab up, and was it brought up by a netlab with tracing?";
+
+// Writers' openers: the NAT's configuration.
+
+pub fn nat_config(pins: &Pins) -> Result<Array<MapData, NatConfig>> {
+    Ok(Array::try_from(Map::Array(open(
+        pins,
+        names::NAT_CONFIG,
+        NAT_HINT,
+    )?))?)
+}
+
+/// Host addresses of the lab that published ports answer on.
+pub fn local_addrs(pins: &Pins) -> Result<HashMap<MapData, u32, u32>> {
+    Ok(HashMap::try_from(Map::HashMap(open(
+        pins,
+        names::LOCAL_ADDRS,
+        NAT_HINT,
+    )?))?)
+}
+
+pub fn lab_nets(pins: &Pins) -> Result<LpmTrie<MapData, u32, u32>> {
+    Ok(LpmTrie::try_from(Map::LpmTrie(open(
+        pins,
+        names::LAB_NETS,
+        NAT_HINT,
+    )?))?)
+}
+
+pub fn masq_subnets(pins: &Pins) -> Result<LpmTrie<MapData, u32, u32>> {
+    Ok(LpmTrie::try_from(Map::LpmTrie(open(
+        pins,
+        names::MASQ_SUBNETS,
+        NAT_HINT,
+    )?))?)
+}
+
+/// Per host-side veth (by ifindex): its gateway address and role.
+pub fn iface_config(pins: &Pins) -> Result<HashMap<MapData, u32, IfaceConfig>> {
+    Ok(HashMap::try_from(Map::HashMap(open(
+        pins,
+        names::IFACE_CONFIG,
+        NAT_HINT,
+    )?))?)
+}
+
+/// Published ports: (host port, protocol) → the backend they forward to.
+pub fn published(pins: &Pins) -> Result<HashMap<MapData, PublishKey, Backend>> {
+    Ok(HashMap::try_from(Map::HashMap(open(
+        pins,
+        names::PUBLISHED,
+        NAT_HINT,
+    )?))?)
+}
+
+/// The `redirect` datapath's endpoints: lab address → where to send it.
+pub fn endpoints(pins: &Pins) -> Result<HashMap<MapData, u32, Endpoint>> {
+    Ok(HashMap::try_from(Map::HashMap(open(
+        pins,
+        names::ENDPOINTS,
+        NAT_HINT,
+    )?))?)
+}
+
+// Readers.
+
+/// Packet counters per (ifindex, direction), summed over CPUs.
+pub fn iface_counters(pins: &Pins) -> Result<BTreeMap<(u32, u32), IfaceCounters>> {
+    let data = open(pins, names::IFACE_COUNTERS, "is the lab up?")?;
+    let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(data))?;
+    let mut out = BTreeMap::new();
+    for entry in map.iter() {
+        let (key, per_cpu) = entry?;
+        let mut sum = IfaceCounters::default();
+        for c in per_cpu.iter() {
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+        }
+        out.insert((key.ifindex, key.direction), sum);
+    }
+    Ok(out)
+}
+
+/// Forwarding decisions of the `redirect` datapath per (ifindex, reason),
+/// summed over CPUs.
+pub fn redirect_stats(pins: &Pins) -> Result<BTreeMap<(u32, u32), u64>> {
+    let map: PerCpuHashMap<_, IfaceKey, u64> = PerCpuHashMap::try_from(Map::PerCpuHashMap(open(
+        pins,
+        names::REDIRECT_STATS,
+        NAT_HINT,
+    )?))?;
+    let mut out = BTreeMap::new();
+    for entry in map.iter() {
+        let (key, values) = entry?;
+        out.insert((key.ifindex, key.direction), values.iter().sum());
+    }
+    Ok(out)
+}
+
+/// NAT counters summed over CPUs, by name.
+pub fn nat_stats(pins: &Pins) -> Result<Vec<(&'static str, u64)>> {
+    let array: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(pins, names::NAT_STATS, NAT_HINT)?))?;
+    Stat::ALL
+        .iter()
+        .map(|stat| {
+            let values = array.get(&(*stat as u32), 0)?;
+            Ok((stat.name(), values.iter().sum()))
+        })
+        .collect()
+}
+
+/// The conntrack tables: assured flows, then flows not assured yet (a
+/// flow's two entries are always in the same one).
+pub const CONNTRACK_TABLES: [&str; 2] = [names::CONNTRACK, names::CONNTRACK_NEW];
+
+/// Every entry of the conntrack tables (two per flow, expired ones included).
+pub fn conntrack_entries(pins: &Pins) -> Result<Vec<(FlowKey, CtEntry)>> {
+    let mut entries = Vec::new();
+    for name in CONNTRACK_TABLES {
+        let table: HashMap<_, FlowKey, CtEntry> =
+            HashMap::try_from(Map::LruHashMap(open(pins, name, NAT_HINT)?))?;
+        for item in table.iter() {
+            entries.push(item?);
+        }
+    }
+    Ok(entries)
+}
+
+/// Entries in the conntrack tables (two per flow) and their capacity.
+pub fn conntrack_usage(pins: &Pins) -> Result<(usize, u32)> {
+    let (mut used, mut max) = (0, 0);
+    for name in CONNTRACK_TABLES {
+        let data = open(pins, name, NAT_HINT)?;
+        max += data.info()?.max_entries();
+        let table: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(Map::LruHashMap(data))?;
+        used += table.keys().count();
+    }
+    Ok((used, max))
+}
+
+// Tracing.
+
+/// The tracing switch and its settings (one slot).
+pub fn trace_config(pins: &Pins) -> Result<Array<MapData, TraceConfig>> {
+    Ok(Array::try_from(Map::Array(open(
+        pins,
+        names::TRACE_CONFIG,
+        TRACE_HINT,
+    )?))?)
+}
+
+/// The compiled trace filter (one slot).
+pub fn trace_filter(pins: &Pins) -> Result<Array<MapData, Filter>> {
+    Ok(Array::try_from(Map::Array(open(
+        pins,
+        names::TRACE_FILTER,
+        TRACE_HINT,
+    )?))?)
+}
+
+/// ifindex → place id (0 for the host), for the `netns` filter.
+pub fn trace_ifaces(pins: &Pins) -> Result<HashMap<MapData, u32, u32>> {
+    Ok(HashMap::try_from(Map::HashMap(open(
+        pins,
+        names::TRACE_IFACES,
+        TRACE_HINT,
+    )?))?)
+}
+
+/// The ring buffer the events arrive on.
+pub fn trace_events(pins: &Pins) -> Result<RingBuf<MapData>> {
+    Ok(RingBuf::try_from(Map::RingBuf(open(
+        pins,
+        names::TRACE_EVENTS,
+        TRACE_HINT,
+    )?))?)
+}
+
+/// The trace statistics (events lost to a full ring, ...).
+pub struct TraceStats(PerCpuArray<MapData, u64>);
+
+impl TraceStats {
+    pub fn open(pins: &Pins) -> Result<TraceStats> {
+        Ok(TraceStats(PerCpuArray::try_from(Map::PerCpuArray(open(
+            pins,
+            names::TRACE_STATS,
+            TRACE_HINT,
+        )?))?))
+    }
+
+    /// Events lost so far, summed over CPUs.
+    pub fn lost(&self) -> u64 {
+        self.0
+            .get(&TRACE_STAT_LOST, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,27 @@
+//! The eBPF datapaths (`bridge` and `redirect`): netlab's programs in
+//! `netlab-ebpf`, driven from here.
+//!
+//! - [`loader`]: loads the object, attaches and pins every program of it
+//!   (TC, cgroup sock_addr, trace tail call and tracepoints);
+//! - [`maps`]: typed openers and readers of the pinned maps;
+//! - [`config`]: fills the configuration maps from the topology and the
+//!   published ports.
+
+pub mod config;
+pub mod loader;
+pub mod maps;
+
+pub use loader::{EBPF_OBJECT, HOOKS};
+
+use netlab_common::nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+/// The name of an IP protocol number the datapath reports (conntrack
+/// entries, trace events); `None` for one it does not know by name.
+pub fn ip_proto_name(proto: u8) -> Option<&'static str> {
+    match proto {
+        IPPROTO_TCP => Some("tcp"),
+        IPPROTO_UDP => Some("udp"),
+        IPPROTO_ICMP => Some("icmp"),
+        _ => None,
+    }
+}

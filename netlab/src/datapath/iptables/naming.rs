@@ -1,0 +1,112 @@
+//! The lab's chain names (see the [module doc](super) for the rule on long names).
+
+/// iptables' limit on a chain name.
+pub const MAX_CHAIN_NAME: usize = 28;
+
+/// The lab's own chains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chains {
+    /// `nat`: published ports.
+    pub dnat: String,
+    /// `nat`: masquerade and hairpin.
+    pub post: String,
+    /// `filter`: forwarding for the lab.
+    pub fwd: String,
+}
+
+impl Chains {
+    pub(super) fn all(&self) -> [(&'static str, &str); 3] {
+        [
+            ("nat", self.dnat.as_str()),
+            ("nat", self.post.as_str()),
+            ("filter", self.fwd.as_str()),
+        ]
+    }
+
+    pub(super) fn contains(&self, chain: &str) -> bool {
+        self.all().iter().any(|(_, c)| *c == chain)
+    }
+}
+
+/// The lab's chain names (see the module doc for the rule on long names).
+pub fn chains(lab: &str) -> Chains {
+    const PREFIX: &str = "NL-";
+    const LONGEST_SUFFIX: &str = "-DNAT";
+    const KEPT: usize = 11;
+    let plain_fits = PREFIX.len() + lab.len() + LONGEST_SUFFIX.len() <= MAX_CHAIN_NAME;
+    let plain_chars = !lab.is_empty()
+        && lab
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    let base = if plain_fits && plain_chars {
+        format!("{PREFIX}{lab}")
+    } else {
+        let kept: String = lab
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(KEPT)
+            .collect();
+        format!("{PREFIX}{kept}.{:08x}", fnv1a(lab))
+    };
+    Chains {
+        dnat: format!("{base}-DNAT"),
+        post: format!("{base}-POST"),
+        fwd: format!("{base}-FWD"),
+    }
+}
+
+/// 32-bit FNV-1a: stable across Rust versions, unlike `DefaultHasher`.
+fn fnv1a(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5, |hash: u32, b| {
+        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_names_fit_and_stay_distinct() {
+        let long = "abcdefghijklmnopqrstuvwxyz012345";
+        assert_eq!(long.len(), 32);
+        for lab in [
+            long,
+            "a",
+            "default",
+            "abcdefghijklmnopqrst",
+            "abcdefghijklmnopqrstu",
+        ] {
+            let c = chains(lab);
+            for name in [&c.dnat, &c.post, &c.fwd] {
+                assert!(
+                    name.len() <= MAX_CHAIN_NAME,
+                    "{name} is {} bytes",
+                    name.len()
+                );
+            }
+        }
+        assert_eq!(chains("default").dnat, "NL-default-DNAT");
+        assert_eq!(
+            chains("abcdefghijklmnopqrst").fwd,
+            "NL-abcdefghijklmnopqrst-FWD"
+        );
+        let hashed = chains(long);
+        assert!(
+            hashed.dnat.starts_with("NL-abcdefghijk."),
+            "{}",
+            hashed.dnat
+        );
+        assert_eq!(hashed, chains(long), "names are stable");
+        let sibling = chains("abcdefghijklmnopqrstuvwxyz012346");
+        assert_ne!(hashed.dnat, sibling.dnat);
+        // A hashed name cannot be mistaken for a short lab's.
+        assert!(hashed.dnat.contains('.') && !chains("abcdefghijk").dnat.contains('.'));
+    }
+}

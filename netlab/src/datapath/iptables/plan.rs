@@ -1,0 +1,580 @@
+//! Pure planning: the rules a lab wants, the edits that bring a saved rule
+//! set there, and the `iptables-restore` input that applies them. No
+//! process runs here; [`super::exec`] feeds the result to iptables.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use anyhow::{Result, bail};
+
+use super::naming::{Chains, chains};
+use crate::topology::{Ipv4Net, Proto, PublishedPort, Topology};
+
+/// One rule: `-A chain spec` in iptables-save form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Rule {
+    pub chain: String,
+    pub spec: String,
+}
+
+impl Rule {
+    fn new(chain: &str, spec: impl Into<String>) -> Rule {
+        Rule {
+            chain: chain.to_owned(),
+            spec: spec.into(),
+        }
+    }
+
+    /// The chain this rule jumps or goes to, if any.
+    fn target(&self) -> Option<&str> {
+        let mut words = self.spec.split_whitespace();
+        while let Some(word) = words.next() {
+            if matches!(word, "-j" | "--jump" | "-g" | "--goto") {
+                return words.next();
+            }
+        }
+        None
+    }
+}
+
+/// What the lab wants in one table.
+#[derive(Debug)]
+pub(super) struct TablePlan {
+    table: &'static str,
+    chains: Vec<String>,
+    /// Into the lab's chains, from built-in ones.
+    jumps: Vec<Rule>,
+    /// The lab's chains' contents.
+    body: Vec<Rule>,
+}
+
+/// A published port, resolved against the topology.
+struct Published {
+    proto: Proto,
+    host_port: u16,
+    backend: Ipv4Addr,
+    port: u16,
+}
+
+/// The ports that make rules; a port `ruleset` cannot resolve is left out
+/// (`install` and `sync_published` refuse it first, see [`check_published`]).
+fn resolve(topo: &Topology, published: &[PublishedPort]) -> Vec<Published> {
+    let mut seen = BTreeSet::new();
+    published
+        .iter()
+        .filter_map(|r| {
+            Some(Published {
+                proto: r.proto,
+                host_port: r.host_port,
+                backend: topo.backend_addr(&r.namespace)?,
+                port: r.port,
+            })
+        })
+        .filter(|p| seen.insert((p.proto, p.host_port)))
+        .collect()
+}
+
+pub(super) fn check_published(topo: &Topology, published: &[PublishedPort]) -> Result<()> {
+    for r in published {
+        if topo.backend_addr(&r.namespace).is_none() {
+            bail!(
+                "published port {r}: namespace `{}` has no address in lab `{}` to forward to",
+                r.namespace,
+                topo.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The lab's interfaces in the host namespace (bridges, then host-side veth
+/// ends) with their addresses, in declaration order.
+fn host_ifaces(topo: &Topology) -> Vec<(&str, Ipv4Net)> {
+    topo.host_addresses()
+        .map(|(name, a)| (name, a.net))
+        .collect()
+}
+
+fn push_unique<T: PartialEq>(list: &mut Vec<T>, item: T) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
+}
+
+pub(super) fn plan(lab: &str, topo: &Topology, published: &[PublishedPort]) -> [TablePlan; 2] {
+    let names = chains(lab);
+    let published = resolve(topo, published);
+    let ifaces = host_ifaces(topo);
+    let uplink = topo.nat.uplink.as_deref();
+
+    let mut local = Vec::new();
+    for (_, net) in &ifaces {
+        push_unique(&mut local, net.addr);
+    }
+    // The lab's side of the host: every interface but the uplink.
+    let lab_ifaces: Vec<(&str, Ipv4Net)> = ifaces
+        .iter()
+        .filter(|(name, _)| Some(*name) != uplink)
+        .copied()
+        .collect();
+    let mut lab_subnets = Vec::new();
+    for net in lab_ifaces
+        .iter()
+        .map(|(_, net)| *net)
+        .chain(topo.nat.masquerade.iter().copied())
+    {
+        push_unique(&mut lab_subnets, net.network());
+    }
+
+    let mut nat_jumps = Vec::new();
+    for builtin in ["PREROUTING", "OUTPUT"] {
+        for addr in &local {
+            nat_jumps.push(Rule::new(
+                builtin,
+                format!(
+                    "-d {addr}/32 -m addrtype --dst-type LOCAL -j {}",
+                    names.dnat
+                ),
+            ));
+        }
+    }
+    // `localhost:PORT` from the host, as Docker without its userland proxy:
+    // DNAT from OUTPUT, `route_localnet` on the lab's bridges (set by `up`)
+    // so a 127/8 source may be routed there, and masquerade of that source.
+    nat_jumps.push(Rule::new(
+        "OUTPUT",
+        format!("-d 127.0.0.0/8 -j {}", names.dnat),
+    ));
+    nat_jumps.push(Rule::new("POSTROUTING", format!("-j {}", names.post)));
+
+    let mut nat_body = Vec::new();
+    for p in &published {
+        nat_body.push(Rule::new(
+            &names.dnat,
+            format!(
+                "-p {proto} -m {proto} --dport {host_port} -j DNAT --to-destination {backend}:{port}",
+                proto = p.proto,
+                host_port = p.host_port,
+                backend = p.backend,
+                port = p.port
+            ),
+        ));
+    }
+    if !published.is_empty() {
+        nat_body.push(Rule::new(
+            &names.post,
+            "-s 127.0.0.0/8 ! -o lo -j MASQUERADE".to_owned(),
+        ));
+    }
+    // Masquerade out of the uplink only (Docker writes `! -o BRIDGE`, which
+    // would also cover the host's own interfaces; the lab is closed).
+    if let (Some(uplink), Some(_)) = (topo.nat.uplink.as_deref(), topo.uplink_addr()) {
+        let (port_min, port_max) = topo.nat.port_range;
+        for subnet in topo.nat.masquerade.iter().map(|n| n.network()) {
+            for proto in ["tcp", "udp"] {
+                nat_body.push(Rule::new(
+                    &names.post,
+                    format!(
+                        "-s {subnet} -o {uplink} -p {proto} -j MASQUERADE --to-ports {port_min}-{port_max}"
+                    ),
+                ));
+            }
+            nat_body.push(Rule::new(
+                &names.post,
+                format!("-s {subnet} -o {uplink} -p icmp -j MASQUERADE"),
+            ));
+        }
+    }
+    let mut hairpins = Vec::new();
+    for p in &published {
+        push_unique(&mut hairpins, (p.backend, p.proto, p.port));
+    }
+    for (backend, proto, port) in &hairpins {
+        nat_body.push(Rule::new(
+            &names.post,
+            format!(
+                "-s {backend}/32 -d {backend}/32 -p {proto} -m {proto} --dport {port} -j MASQUERADE"
+            ),
+        ));
+    }
+
+    let mut fwd_body = Vec::new();
+    // conntrack marks what it cannot track (malformed L4, ICMP errors about
+    // no flow) INVALID, MASQUERADE skips it, and it would leave the uplink
+    // with its lab source (kube-proxy drops INVALID for the same leak).
+    if let Some(uplink) = topo.nat.uplink.as_deref() {
+        for subnet in topo.nat.masquerade.iter().map(|n| n.network()) {
+            fwd_body.push(Rule::new(
+                &names.fwd,
+                format!("-s {subnet} -o {uplink} -m conntrack --ctstate INVALID -j DROP"),
+            ));
+        }
+    }
+    for subnet in &lab_subnets {
+        fwd_body.push(Rule::new(
+            &names.fwd,
+            format!("-d {subnet} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+        ));
+    }
+    for (backend, proto, port) in &hairpins {
+        fwd_body.push(Rule::new(
+            &names.fwd,
+            format!(
+                "-d {backend}/32 -p {proto} -m conntrack --ctstate DNAT -m {proto} --dport {port} -j ACCEPT"
+            ),
+        ));
+    }
+    // The lab is closed, as in the eBPF datapaths: its namespaces reach the
+    // lab's own interfaces and the uplink, and nothing the host could
+    // forward them to beyond.
+    let mut lab_outputs: Vec<&str> = Vec::new();
+    for name in topo
+        .bridges
+        .iter()
+        .map(|b| b.name.as_str())
+        .chain(ifaces.iter().map(|(name, _)| *name))
+    {
+        push_unique(&mut lab_outputs, name);
+    }
+    for subnet in &lab_subnets {
+        for name in &lab_outputs {
+            fwd_body.push(Rule::new(
+                &names.fwd,
+                format!("-s {subnet} -o {name} -j ACCEPT"),
+            ));
+        }
+        fwd_body.push(Rule::new(&names.fwd, format!("-s {subnet} -j DROP")));
+    }
+
+    [
+        TablePlan {
+            table: "nat",
+            chains: vec![names.dnat.clone(), names.post.clone()],
+            jumps: nat_jumps,
+            body: nat_body,
+        },
+        TablePlan {
+            table: "filter",
+            chains: vec![names.fwd.clone()],
+            jumps: vec![Rule::new("FORWARD", format!("-j {}", names.fwd))],
+            body: fwd_body,
+        },
+    ]
+}
+
+/// Jump changes for one table: rules to delete (as saved) and to insert.
+#[derive(Default)]
+pub(super) struct JumpEdits<'a> {
+    delete: Vec<Rule>,
+    insert: Vec<&'a Rule>,
+}
+
+pub(super) fn render(plans: &[TablePlan], edits: &[JumpEdits<'_>]) -> String {
+    let mut out = String::new();
+    for (i, plan) in plans.iter().enumerate() {
+        let edit = edits.get(i);
+        out.push_str(&format!("*{}\n", plan.table));
+        // Declaring a chain under --noflush creates it or empties it.
+        for chain in &plan.chains {
+            out.push_str(&format!(":{chain} - [0:0]\n"));
+        }
+        for rule in edit.map(|e| e.delete.as_slice()).unwrap_or_default() {
+            out.push_str(&format!("-D {} {}\n", rule.chain, rule.spec));
+        }
+        for rule in edit.map(|e| e.insert.as_slice()).unwrap_or_default() {
+            out.push_str(&format!("-I {} {}\n", rule.chain, rule.spec));
+        }
+        for rule in &plan.body {
+            out.push_str(&format!("-A {} {}\n", rule.chain, rule.spec));
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// The `iptables-restore --noflush` input that [`super::install`] feeds on a host
+/// without the lab's jumps (on a rerun it leaves out the jumps already there).
+/// Published records it cannot resolve are left out; `install` refuses them.
+pub fn ruleset(lab: &str, topo: &Topology, published: &[PublishedPort]) -> String {
+    let plans = plan(lab, topo, published);
+    let edits: Vec<JumpEdits<'_>> = plans
+        .iter()
+        .map(|p| JumpEdits {
+            delete: Vec::new(),
+            insert: p.jumps.iter().collect(),
+        })
+        .collect();
+    render(&plans, &edits)
+}
+
+/// One table of `iptables-save` output.
+#[derive(Debug, Default)]
+pub(super) struct SavedTable {
+    pub name: String,
+    pub chains: Vec<String>,
+    pub rules: Vec<Rule>,
+}
+
+pub(super) fn parse_save(text: &str) -> Vec<SavedTable> {
+    let mut tables: Vec<SavedTable> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('*') {
+            tables.push(SavedTable {
+                name: name.to_owned(),
+                ..SavedTable::default()
+            });
+        } else if let Some(table) = tables.last_mut() {
+            if let Some(decl) = line.strip_prefix(':') {
+                if let Some(chain) = decl.split_whitespace().next() {
+                    table.chains.push(chain.to_owned());
+                }
+            } else if let Some(rule) = line.strip_prefix("-A ") {
+                let (chain, spec) = rule.split_once(' ').unwrap_or((rule, ""));
+                table.rules.push(Rule::new(chain, spec.trim()));
+            }
+        }
+    }
+    tables
+}
+
+pub(super) fn saved_table<'a>(saved: &'a [SavedTable], name: &str) -> Option<&'a SavedTable> {
+    saved.iter().find(|t| t.name == name)
+}
+
+/// Rules outside the lab's chains that jump into them.
+fn jumps_into<'a>(table: &'a SavedTable, ours: &'a Chains) -> impl Iterator<Item = &'a Rule> {
+    table
+        .rules
+        .iter()
+        .filter(|r| !ours.contains(&r.chain) && r.target().is_some_and(|t| ours.contains(t)))
+}
+
+/// Keeps one of each wanted jump, deletes the rest, inserts what is missing.
+pub(super) fn jump_edits<'a>(
+    plans: &'a [TablePlan],
+    saved: &[SavedTable],
+    ours: &Chains,
+) -> Vec<JumpEdits<'a>> {
+    plans
+        .iter()
+        .map(|plan| {
+            let mut edits = JumpEdits::default();
+            let mut kept: Vec<&Rule> = Vec::new();
+            if let Some(table) = saved_table(saved, plan.table) {
+                for rule in jumps_into(table, ours) {
+                    if plan.jumps.contains(rule) && !kept.contains(&rule) {
+                        kept.push(rule);
+                    } else {
+                        edits.delete.push(rule.clone());
+                    }
+                }
+            }
+            edits.insert = plan.jumps.iter().filter(|j| !kept.contains(j)).collect();
+            edits
+        })
+        .collect()
+}
+
+/// The lab's chains that exist in a saved rule set.
+pub(super) fn present<'a>(saved: &[SavedTable], ours: &'a Chains) -> Vec<&'a str> {
+    ours.all()
+        .into_iter()
+        .filter(|(table, chain)| {
+            saved_table(saved, table).is_some_and(|t| t.chains.iter().any(|c| c == chain))
+        })
+        .map(|(_, chain)| chain)
+        .collect()
+}
+
+/// The restore input that deletes the lab's jumps and chains, if any exist.
+pub(super) fn removal(saved: &[SavedTable], ours: &Chains) -> Option<String> {
+    let mut out = String::new();
+    for table in saved {
+        let jumps: Vec<&Rule> = jumps_into(table, ours).collect();
+        let chains: Vec<&String> = table.chains.iter().filter(|c| ours.contains(c)).collect();
+        if jumps.is_empty() && chains.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("*{}\n", table.name));
+        for rule in jumps {
+            out.push_str(&format!("-D {} {}\n", rule.chain, rule.spec));
+        }
+        for chain in &chains {
+            out.push_str(&format!("-F {chain}\n"));
+        }
+        for chain in &chains {
+            out.push_str(&format!("-X {chain}\n"));
+        }
+        out.push_str("COMMIT\n");
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn record(host_port: u16, proto: Proto, namespace: &str, port: u16) -> PublishedPort {
+        PublishedPort {
+            host_port,
+            proto,
+            namespace: namespace.into(),
+            port,
+        }
+    }
+
+    fn default_published() -> Vec<PublishedPort> {
+        vec![
+            record(8080, Proto::Tcp, "blue", 80),
+            record(5353, Proto::Udp, "blue", 53),
+        ]
+    }
+
+    const DEFAULT_RULESET: &str = "\
+*nat
+:NL-default-DNAT - [0:0]
+:NL-default-POST - [0:0]
+-I PREROUTING -d 192.168.15.5/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
+-I PREROUTING -d 203.0.113.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
+-I OUTPUT -d 192.168.15.5/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
+-I OUTPUT -d 203.0.113.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
+-I OUTPUT -d 127.0.0.0/8 -j NL-default-DNAT
+-I POSTROUTING -j NL-default-POST
+-A NL-default-DNAT -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.168.15.2:80
+-A NL-default-DNAT -p udp -m udp --dport 5353 -j DNAT --to-destination 192.168.15.2:53
+-A NL-default-POST -s 127.0.0.0/8 ! -o lo -j MASQUERADE
+-A NL-default-POST -s 192.168.15.0/24 -o nl-uplink -p tcp -j MASQUERADE --to-ports 32768-60999
+-A NL-default-POST -s 192.168.15.0/24 -o nl-uplink -p udp -j MASQUERADE --to-ports 32768-60999
+-A NL-default-POST -s 192.168.15.0/24 -o nl-uplink -p icmp -j MASQUERADE
+-A NL-default-POST -s 192.168.15.2/32 -d 192.168.15.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE
+-A NL-default-POST -s 192.168.15.2/32 -d 192.168.15.2/32 -p udp -m udp --dport 53 -j MASQUERADE
+COMMIT
+*filter
+:NL-default-FWD - [0:0]
+-I FORWARD -j NL-default-FWD
+-A NL-default-FWD -s 192.168.15.0/24 -o nl-uplink -m conntrack --ctstate INVALID -j DROP
+-A NL-default-FWD -d 192.168.15.0/24 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A NL-default-FWD -d 192.168.15.2/32 -p tcp -m conntrack --ctstate DNAT -m tcp --dport 80 -j ACCEPT
+-A NL-default-FWD -d 192.168.15.2/32 -p udp -m conntrack --ctstate DNAT -m udp --dport 53 -j ACCEPT
+-A NL-default-FWD -s 192.168.15.0/24 -o v-net-0 -j ACCEPT
+-A NL-default-FWD -s 192.168.15.0/24 -o nl-uplink -j ACCEPT
+-A NL-default-FWD -s 192.168.15.0/24 -j DROP
+COMMIT
+";
+
+    #[test]
+    fn default_lab_ruleset_is_exactly_dockers_model() {
+        let topo = crate::topology::default_lab().unwrap();
+        let text = ruleset("default", &topo, &default_published());
+        assert_eq!(text, DEFAULT_RULESET, "got:\n{text}");
+    }
+
+    #[test]
+    fn host_interfaces_are_never_matched() {
+        let topo = crate::topology::default_lab().unwrap();
+        let text = ruleset("default", &topo, &default_published());
+        assert!(!text.contains("192.0.2."), "{text}");
+        // Every DNAT entry is bound to one of the lab's host addresses.
+        for line in text.lines().filter(|l| l.contains("addrtype")) {
+            assert!(
+                line.contains("-d 192.168.15.5/32") || line.contains("-d 203.0.113.1/32"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn ruleset_leaves_out_what_install_refuses() {
+        let topo = crate::topology::default_lab().unwrap();
+        let bad = vec![record(9001, Proto::Tcp, "nosuch", 1)];
+        assert!(check_published(&topo, &bad).is_err());
+        let text = ruleset("default", &topo, &bad);
+        assert!(!text.contains("9001"), "{text}");
+        check_published(&topo, &default_published()).unwrap();
+    }
+
+    #[test]
+    fn no_uplink_means_no_masquerade() {
+        let mut topo = crate::topology::default_lab().unwrap();
+        topo.nat.uplink = None;
+        let text = ruleset("default", &topo, &[]);
+        assert!(!text.contains("MASQUERADE"), "{text}");
+        assert!(text.contains("-A NL-default-FWD -s 192.168.15.0/24 -o v-net-0 -j ACCEPT"));
+        assert!(text.contains("-A NL-default-FWD -s 192.168.15.0/24 -j DROP"));
+    }
+
+    const SAVED: &str = "\
+# Generated by iptables-save v1.8.9 (nf_tables)
+*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+:NL-default-DNAT - [0:0]
+:NL-default-POST - [0:0]
+-A PREROUTING -d 203.0.113.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A PREROUTING -d 10.9.9.9/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
+-A POSTROUTING -j NL-default-POST
+-A POSTROUTING -j NL-default-POST
+-A NL-default-DNAT -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.168.15.2:80
+COMMIT
+*filter
+:FORWARD DROP [3:180]
+:NL-other-FWD - [0:0]
+-A FORWARD -j NL-other-FWD
+COMMIT
+";
+
+    #[test]
+    fn rerun_inserts_only_missing_jumps_and_drops_strays() {
+        let topo = crate::topology::default_lab().unwrap();
+        let plans = plan("default", &topo, &default_published());
+        let saved = parse_save(SAVED);
+        let edits = jump_edits(&plans, &saved, &chains("default"));
+        let text = render(&plans, &edits);
+        let jump_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("-I ") || l.starts_with("-D "))
+            .collect();
+        assert_eq!(
+            jump_lines,
+            [
+                "-D PREROUTING -d 10.9.9.9/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT",
+                "-D POSTROUTING -j NL-default-POST",
+                "-I PREROUTING -d 192.168.15.5/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT",
+                "-I OUTPUT -d 192.168.15.5/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT",
+                "-I OUTPUT -d 203.0.113.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT",
+                "-I OUTPUT -d 127.0.0.0/8 -j NL-default-DNAT",
+                "-I FORWARD -j NL-default-FWD",
+            ]
+        );
+        // Built-in chains are never declared (which would flush them).
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with(":PREROUTING") || l.starts_with(":FORWARD"))
+        );
+    }
+
+    #[test]
+    fn removal_touches_only_the_labs_rules() {
+        let text = removal(&parse_save(SAVED), &chains("default")).unwrap();
+        assert_eq!(
+            text,
+            "\
+*nat
+-D PREROUTING -d 203.0.113.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
+-D PREROUTING -d 10.9.9.9/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
+-D POSTROUTING -j NL-default-POST
+-D POSTROUTING -j NL-default-POST
+-F NL-default-DNAT
+-F NL-default-POST
+-X NL-default-DNAT
+-X NL-default-POST
+COMMIT
+"
+        );
+        assert_eq!(removal(&parse_save(SAVED), &chains("gone")), None);
+    }
+}
