@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{conntrack, exec, lab, publish, state, status, topology, trace};
+use crate::{conntrack, exec, lab, publish, state, status, sys, topology, trace};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +31,10 @@ pub enum Command {
         /// Override the topology's datapath.
         #[arg(long)]
         datapath: Option<DatapathArg>,
+        /// Build even when a lab subnet overlaps what the host uses (its
+        /// routes, addresses, nameservers, connections), with a warning.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove everything the lab created, and nothing else.
     Down {
@@ -156,9 +160,28 @@ impl From<DatapathArg> for topology::Datapath {
 }
 
 impl Command {
-    pub fn execute(self) -> Result<ExitCode> {
+    /// The command's name as typed, for messages.
+    fn name(&self) -> &'static str {
         match self {
-            Command::Up { file, datapath } => up(file, datapath),
+            Command::Up { .. } => "up",
+            Command::Down { .. } => "down",
+            Command::Status { .. } => "status",
+            Command::Publish { .. } => "publish",
+            Command::Conntrack { .. } => "conntrack",
+            Command::Exec { .. } => "exec",
+            Command::Trace(_) => "trace",
+        }
+    }
+
+    pub fn execute(self) -> Result<ExitCode> {
+        // Every command here builds or reads the lab's kernel objects.
+        sys::privileges::require(self.name())?;
+        match self {
+            Command::Up {
+                file,
+                datapath,
+                force,
+            } => up(file, datapath, force),
             Command::Down { lab } => down(lab),
             Command::Status { lab, json } => show_status(lab, json),
             Command::Publish { lab, action } => publish(lab, action),
@@ -218,7 +241,7 @@ fn run_trace(args: TraceArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn up(file: Option<PathBuf>, datapath: Option<DatapathArg>) -> Result<ExitCode> {
+fn up(file: Option<PathBuf>, datapath: Option<DatapathArg>, force: bool) -> Result<ExitCode> {
     let (text, origin) = match &file {
         Some(path) => (
             std::fs::read_to_string(path)
@@ -231,7 +254,12 @@ fn up(file: Option<PathBuf>, datapath: Option<DatapathArg>) -> Result<ExitCode> 
     if let Some(datapath) = datapath {
         topo.datapath = datapath.into();
     }
-    let report = lab::up(&topo, &origin, &text)?;
+    let overlap = if force {
+        lab::HostOverlap::Warn
+    } else {
+        lab::HostOverlap::Refuse
+    };
+    let report = lab::up(&topo, &origin, &text, overlap)?;
     println!(
         "lab {} is up ({} datapath): {} created, {} already there",
         topo.name,

@@ -22,7 +22,7 @@ use crate::{
     netlink::{self, Netlink, owner_group, owner_tag, run_in},
     netns,
     state::{self, LabLock, LabState, STATE_DIR},
-    sys::sysctl,
+    sys::{self, sysctl},
     topology::{self, Family, HostAddress, HostNetwork, HostRoute, Iface, Place, Topology},
 };
 
@@ -53,8 +53,18 @@ pub struct UpReport {
     pub kept: Vec<String>,
 }
 
-pub fn up(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
-    let result = build(topo, origin, text);
+/// How `up` treats a lab subnet that would capture traffic the host uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostOverlap {
+    /// Refuse, naming the address (the default).
+    #[default]
+    Refuse,
+    /// Warn and go on (`--force`).
+    Warn,
+}
+
+pub fn up(topo: &Topology, origin: &str, text: &str, overlap: HostOverlap) -> Result<UpReport> {
+    let result = build(topo, origin, text, overlap);
     if result.is_err() && matches!(LabState::load(&topo.name), Ok(None)) {
         // Refused before anything was recorded: leave no lock file behind.
         remove_lock_file(&topo.name);
@@ -67,7 +77,7 @@ fn remove_lock_file(lab: &str) {
     let _ = std::fs::remove_dir(STATE_DIR);
 }
 
-fn build(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
+fn build(topo: &Topology, origin: &str, text: &str, overlap: HostOverlap) -> Result<UpReport> {
     let _lock = LabLock::acquire(&topo.name)?;
     let tag = owner_tag(&topo.name);
     let mut state = match LabState::load(&topo.name)? {
@@ -84,7 +94,7 @@ fn build(topo: &Topology, origin: &str, text: &str) -> Result<UpReport> {
         },
     };
 
-    check_host(topo, &tag)?;
+    check_host(topo, &tag, overlap)?;
     check_ownership(topo, &state, &tag)?;
 
     state.origin = origin.to_owned();
@@ -167,8 +177,10 @@ fn restore_forwarding(lab: &str, state: Option<&LabState>) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a lab subnet that collides with the host's own routes or addresses.
-fn check_host(topo: &Topology, tag: &str) -> Result<()> {
+/// Refuses a lab subnet that collides with the host's own routes or
+/// addresses, or holds an address the host is using (a nameserver, the
+/// peer of a connection); with [`HostOverlap::Warn`], says so and goes on.
+fn check_host(topo: &Topology, tag: &str, overlap: HostOverlap) -> Result<()> {
     let host = run_in(&Place::Host, |nl| async move {
         let links = nl.links().await?;
         let addresses = nl.addresses().await?;
@@ -199,9 +211,15 @@ fn check_host(topo: &Topology, tag: &str) -> Result<()> {
                 })
             })
             .collect(),
+        in_use: sys::host::addresses_in_use(),
     };
-    topology::check_host(topo, &host, &own_links)?;
-    Ok(())
+    match (topology::check_host(topo, &host, &own_links), overlap) {
+        (Err(err), HostOverlap::Warn) => {
+            log::warn!("--force: going on although {err:#}");
+            Ok(())
+        }
+        (result, _) => Ok(result?),
+    }
 }
 
 /// Refuses to adopt a namespace or host link that some other owner made.

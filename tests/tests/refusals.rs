@@ -229,3 +229,28 @@ fn down_after_a_killed_up_spares_foreign_objects() {
         .same_as(&pristine, "after removing the foreign objects")
         .unwrap();
 }
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn without_privileges_up_says_what_it_needs_in_one_line() {
+    let sb = Sandbox::new().unwrap();
+    let netlab = sb.netlab_path().display().to_string();
+    let out = sb
+        .run(&[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &netlab,
+            "up",
+        ])
+        .unwrap()
+        .failed()
+        .unwrap();
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {out}");
+    for needle in ["needs root", "CAP_NET_ADMIN", "CAP_BPF", "CAP_SYS_ADMIN"] {
+        assert!(lines[0].contains(needle), "lacks `{needle}`: {out}");
+    }
+    sb.assert_no_lab_traces("default").unwrap();
+}

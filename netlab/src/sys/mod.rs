@@ -2,6 +2,8 @@
 //! sysctls, mounts (bpffs, tracefs), clocks, the cgroup2 root, socket
 //! options. Thin wrappers, one place per syscall.
 
+pub mod host;
+pub mod privileges;
 pub mod sysctl;
 
 use std::{

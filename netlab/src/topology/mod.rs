@@ -67,6 +67,19 @@ pub fn load(path: Option<&Path>) -> Result<Topology, TopologyError> {
 pub struct HostNetwork {
     pub routes: Vec<HostRoute>,
     pub addresses: Vec<HostAddress>,
+    /// Addresses the host talks to that no route of its own names: its
+    /// nameservers, the peers of its connections. A lab subnet holding one
+    /// would capture that traffic (a more specific route wins over the
+    /// default route that reaches them today).
+    pub in_use: Vec<AddressInUse>,
+}
+
+/// An address the host is using, and why it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressInUse {
+    pub addr: std::net::Ipv4Addr,
+    /// E.g. "a nameserver in /etc/resolv.conf".
+    pub why: String,
 }
 
 /// A route of the host's main table.

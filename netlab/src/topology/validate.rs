@@ -657,6 +657,13 @@ pub(super) fn check_host(
                     "the host address {} on {}; pick a subnet clear of the host's addresses",
                     h.net, h.dev
                 )
+            } else if let Some(used) = host.in_use.iter().find(|u| subnet.contains(u.addr)) {
+                format!(
+                    "{}, which the host is using ({}); the lab would capture that traffic. \
+                     Pick a subnet clear of it (RFC 2544's 198.18.0.0/15 exists for labs), \
+                     or pass --force",
+                    used.addr, used.why
+                )
             } else {
                 continue;
             };
@@ -1281,6 +1288,7 @@ peer = { name = "green0-br", bridge = "br0" }
                     net: net(a),
                 })
                 .collect(),
+            in_use: Vec::new(),
         }
     }
 
@@ -1383,9 +1391,35 @@ peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
                 dev: "nl-uplink".into(),
                 net: net("203.0.113.1/24"),
             }],
+            in_use: Vec::new(),
         };
         let own = ["v-net-0".to_owned(), "nl-uplink".to_owned()];
         assert!(check_host(&topo, &host, &own).is_empty());
         assert_eq!(check_host(&topo, &host, &[]).len(), 2);
+    }
+
+    #[test]
+    fn a_subnet_holding_an_address_the_host_uses_is_refused() {
+        let topo = crate::topology::default_lab().unwrap();
+        let mut host = host(&[("0.0.0.0/0", Some("eth0"))], &[("eth0", "192.0.2.10/24")]);
+        assert!(check_host(&topo, &host, &[]).is_empty());
+        let uplink = topo.uplink_addr().unwrap();
+        // Reached through the default route today: no route names it.
+        let peer = std::net::Ipv4Addr::from(u32::from(uplink) + 7);
+        host.in_use.push(crate::topology::AddressInUse {
+            addr: peer,
+            why: "the peer of an established TCP connection".into(),
+        });
+        let problems = check_host(&topo, &host, &[]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let message = &problems[0].message;
+        for needle in [
+            &peer.to_string(),
+            "established TCP",
+            "198.18.0.0/15",
+            "--force",
+        ] {
+            assert!(message.contains(needle), "`{message}` lacks `{needle}`");
+        }
     }
 }
