@@ -30,6 +30,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use serde_json::Value;
 
+pub mod conformance;
+
 /// Where `cargo xtask test` puts the netlab binary it built with the eBPF
 /// object embedded.
 pub const NETLAB_BIN_ENV: &str = "NETLAB_BIN";
