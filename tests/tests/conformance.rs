@@ -606,7 +606,22 @@ mod case {
     );
 }
 
-#[allow(dead_code)]
-fn fuzz_placeholder() {
-    let _ = fuzz::DEFAULT_SEED;
+/// The fuzzer's CI run: a fixed seed, a few hundred probes, bounded in
+/// time, every datapath at once. The long run is `cargo xtask fuzz`.
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn fuzz_ci() {
+    let summary = fuzz::run(fuzz::Budget {
+        seed: fuzz::DEFAULT_SEED,
+        packets: 200,
+        seconds: 40,
+        batch: 10,
+    });
+    let report = summary.report();
+    eprintln!("{report}");
+    assert!(
+        summary.probes_tried >= 100,
+        "the fuzzer ran short:\n{report}"
+    );
+    assert!(summary.clean(), "{report}");
 }

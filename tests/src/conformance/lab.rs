@@ -4,7 +4,7 @@
 //! crafted traffic.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt::Write as _,
     thread,
     time::{Duration, Instant},
@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::{
     observe::{Classes, Record, describe, lab_addresses},
-    packet::parse_frame,
+    packet::{CRAFTED_TTL, Ipv4View, L4, parse_frame},
     scripts,
 };
 use crate::{Background, Output, Sandbox};
@@ -93,8 +93,12 @@ pub struct ConfLab {
     senders: BTreeMap<String, Background>,
     marks: u64,
     pub record: Record,
-    /// Frames parsed so far at every point (for cases that look them up).
+    /// Frames parsed so far at every point.
     pub frames: u64,
+    /// Crafted packets `outside` received from the uplink's address, by IP
+    /// id: (protocol, source port, destination port). How the fuzzer learns
+    /// which port masquerade gave a flow, to send ICMP errors about it.
+    pub at_outside: HashMap<u16, (u8, u16, u16)>,
 }
 
 impl ConfLab {
@@ -136,6 +140,7 @@ impl ConfLab {
             marks: 0,
             record: Record::default(),
             frames: 0,
+            at_outside: HashMap::new(),
         };
         lab.prepare()?;
         Ok(Ok(lab))
@@ -282,6 +287,7 @@ impl ConfLab {
                 self.frames += 1;
                 let described = describe(&view, &mut capture.classes, pkttype);
                 if capture.point == "outside" {
+                    note_translated(&view, &mut self.at_outside);
                     for (field, addr) in lab_addresses(&view) {
                         self.record.violations.push(format!(
                             "step `{step}`: outside received a packet with lab address {addr} \
@@ -330,6 +336,18 @@ impl ConfLab {
             .filter(|l| l.starts_with(prefix))
             .map(str::to_owned)
             .collect()
+    }
+}
+
+fn note_translated(view: &Ipv4View, into: &mut HashMap<u16, (u8, u16, u16)>) {
+    if view.ttl != CRAFTED_TTL - 1 || view.src.to_string() != UPLINK {
+        return;
+    }
+    match view.l4 {
+        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => {
+            into.insert(view.id, (view.proto, sport, dport));
+        }
+        _ => {}
     }
 }
 

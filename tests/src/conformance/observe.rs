@@ -49,29 +49,51 @@ type Endpoint = (Ipv4Addr, u16);
 /// Per-flow classes of ports and echo identifiers at one point.
 #[derive(Debug, Default)]
 pub struct Classes {
-    seen: HashMap<(u8, Endpoint, Endpoint, Endpoint), usize>,
+    seen: HashMap<(u8, Endpoint, Endpoint, Endpoint), String>,
     /// Classes of flows only ever seen quoted in ICMP errors: numbered
     /// apart, so that an extra error does not renumber the flows after it.
-    quoted: HashMap<(u8, Endpoint, Endpoint, Endpoint), usize>,
+    quoted: HashMap<(u8, Endpoint, Endpoint, Endpoint), String>,
 }
 
 impl Classes {
     /// The name of `port` at `at`, in the flow `a` <-> `b` (either order).
-    fn port(&mut self, proto: u8, a: Endpoint, b: Endpoint, at: Endpoint, quoted: bool) -> String {
+    /// A flow first seen in a crafted packet is named after that packet's
+    /// IP id (`P#1a2b`), so that it keeps its name whatever other flows a
+    /// datapath let through before it.
+    fn port(
+        &mut self,
+        proto: u8,
+        (a, b): (Endpoint, Endpoint),
+        at: Endpoint,
+        quoted: bool,
+        crafted_id: Option<u16>,
+    ) -> String {
         if at.1 < CLASSED_PORTS && proto != PROTO_ICMP {
             return at.1.to_string();
         }
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
         let key = (proto, lo, hi, at);
-        if let Some(n) = self.seen.get(&key) {
-            return format!("P{n}");
+        if let Some(name) = self.seen.get(&key) {
+            return name.clone();
+        }
+        if let Some(id) = crafted_id {
+            let name = format!("P#{id:04x}");
+            self.seen.insert(key, name.clone());
+            return name;
         }
         if quoted {
             let next = self.quoted.len() + 1;
-            return format!("Q{}", self.quoted.entry(key).or_insert(next));
+            return self
+                .quoted
+                .entry(key)
+                .or_insert_with(|| format!("Q{next}"))
+                .clone();
         }
         let next = self.seen.len() + 1;
-        format!("P{}", self.seen.entry(key).or_insert(next))
+        self.seen
+            .entry(key)
+            .or_insert_with(|| format!("P{next}"))
+            .clone()
     }
 }
 
@@ -143,6 +165,7 @@ pub fn describe(view: &Ipv4View, classes: &mut Classes, pkttype: u8) -> String {
 
 fn describe_packet(view: &Ipv4View, classes: &mut Classes, quoted: bool) -> String {
     let crafted = crafted(view);
+    let id = crafted.then_some(view.id);
     let (src, dst) = (view.src, view.dst);
     let mut line = String::new();
     let proto = view.proto;
@@ -156,8 +179,8 @@ fn describe_packet(view: &Ipv4View, classes: &mut Classes, quoted: bool) -> Stri
             csum_ok,
         } => {
             let (a, b) = ((src, *sport), (dst, *dport));
-            let sp = classes.port(proto, a, b, a, quoted);
-            let dp = classes.port(proto, a, b, b, quoted);
+            let sp = classes.port(proto, (a, b), a, quoted, id);
+            let dp = classes.port(proto, (a, b), b, quoted, id);
             let _ = write!(line, "tcp {src}:{sp} > {dst}:{dp}");
             if crafted {
                 let _ = write!(line, " flags={} doff={data_offset}", tcp_flags(*flags));
@@ -181,8 +204,8 @@ fn describe_packet(view: &Ipv4View, classes: &mut Classes, quoted: bool) -> Stri
             csum_ok,
         } => {
             let (a, b) = ((src, *sport), (dst, *dport));
-            let sp = classes.port(proto, a, b, a, quoted);
-            let dp = classes.port(proto, a, b, b, quoted);
+            let sp = classes.port(proto, (a, b), a, quoted, id);
+            let dp = classes.port(proto, (a, b), b, quoted, id);
             let _ = write!(line, "udp {src}:{sp} > {dst}:{dp} len={}", payload.len());
             if !quoted {
                 let _ = write!(line, " data={}", digest(payload));
@@ -199,11 +222,17 @@ fn describe_packet(view: &Ipv4View, classes: &mut Classes, quoted: bool) -> Stri
         } => {
             let _ = write!(line, "icmp {src} > {dst} type={kind}/{code}");
             if matches!(kind, 0 | 8) {
-                let id = u16::from_be_bytes([rest[0], rest[1]]);
+                let ident = u16::from_be_bytes([rest[0], rest[1]]);
                 let seq = u16::from_be_bytes([rest[2], rest[3]]);
                 // Echo identifiers are the ICMP flow's "port".
                 let (a, b) = ((src, 0), (dst, 0));
-                let class = classes.port(PROTO_ICMP, a, b, (Ipv4Addr::UNSPECIFIED, id), quoted);
+                let class = classes.port(
+                    PROTO_ICMP,
+                    (a, b),
+                    (Ipv4Addr::UNSPECIFIED, ident),
+                    quoted,
+                    id,
+                );
                 let _ = write!(line, " id={class} seq={seq} len={}", body.len());
             }
             if let Some(inner) = embedded {
