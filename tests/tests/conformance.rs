@@ -611,12 +611,15 @@ mod case {
 #[test]
 #[ignore = "privileged: run through `cargo xtask test`"]
 fn fuzz_ci() {
-    let summary = fuzz::run(fuzz::Budget {
-        seed: fuzz::DEFAULT_SEED,
-        packets: 200,
-        seconds: 40,
-        batch: 10,
-    });
+    let summary = fuzz::run(
+        fuzz::Budget {
+            seed: fuzz::DEFAULT_SEED,
+            packets: 200,
+            seconds: 40,
+            batch: 10,
+        },
+        fuzz::INTENDED,
+    );
     let report = summary.report();
     eprintln!("{report}");
     assert!(

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         "netlab-fuzz: seed {}, at most {} probes and {} s per datapath, batches of {}",
         budget.seed, budget.packets, budget.seconds, budget.batch
     );
-    let summary = fuzz::run(budget);
+    let summary = fuzz::run(budget, fuzz::INTENDED);
     print!("{}", summary.report());
     if summary.clean() {
         ExitCode::SUCCESS

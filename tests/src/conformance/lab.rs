@@ -289,10 +289,14 @@ impl ConfLab {
                 if capture.point == "outside" {
                     note_translated(&view, &mut self.at_outside);
                     for (field, addr) in lab_addresses(&view) {
-                        self.record.violations.push(format!(
+                        let violation = format!(
                             "step `{step}`: outside received a packet with lab address {addr} \
                              in its {field}: {described}"
-                        ));
+                        );
+                        // A retransmission is the same leak, reported once.
+                        if !self.record.violations.contains(&violation) {
+                            self.record.violations.push(violation);
+                        }
                     }
                 }
                 lines.insert(described);
