@@ -30,6 +30,10 @@ pub struct FuzzOptions {
     /// Probes per compared batch.
     #[arg(long, default_value_t = 20)]
     batch: u64,
+    /// Check the harness instead: run the iptables reference twice and
+    /// compare (any difference is noise, not a datapath bug).
+    #[arg(long)]
+    self_check: bool,
 }
 
 pub fn run(workspace: &Path, options: &FuzzOptions) -> Result<ExitCode> {
@@ -55,6 +59,7 @@ pub fn run(workspace: &Path, options: &FuzzOptions) -> Result<ExitCode> {
         .args(["--packets", &options.packets.to_string()])
         .args(["--seconds", &options.seconds.to_string()])
         .args(["--batch", &options.batch.to_string()])
+        .args(options.self_check.then_some("--self-check"))
         .env("NETLAB_BIN", &netlab)
         .current_dir(workspace);
     eprintln!("xtask: fuzzing: {cmd}");

@@ -772,22 +772,50 @@ impl Summary {
 /// Runs `budget` on every datapath at once and compares; differences that
 /// `intended` covers are counted apart and do not make the run unclean.
 pub fn run(budget: Budget, intended: &[FuzzIntended]) -> Summary {
+    let lanes: Vec<(&'static str, &'static str)> = DATAPATHS.iter().map(|d| (*d, *d)).collect();
+    run_lanes(budget, intended, &lanes)
+}
+
+/// The harness checked against itself: the reference datapath twice, side
+/// by side. Any difference is noise the normalisation lets through (or a
+/// reference that is not deterministic), not a datapath bug.
+pub fn self_check(budget: Budget) -> Summary {
+    run_lanes(
+        budget,
+        &[],
+        &[
+            (REFERENCE, "iptables"),
+            ("iptables (second run)", "iptables"),
+        ],
+    )
+}
+
+/// The lane every other is compared with.
+const REFERENCE: &str = "iptables";
+
+/// Runs every lane (label, datapath) at once and compares each with the
+/// lane labelled [`REFERENCE`].
+fn run_lanes(
+    budget: Budget,
+    intended: &[FuzzIntended],
+    lanes: &[(&'static str, &'static str)],
+) -> Summary {
     let start = Instant::now();
     let probes = generate(budget.seed, budget.packets);
     let runs: Vec<(&'static str, Result<Record>)> = thread::scope(|scope| {
-        let handles: Vec<_> = DATAPATHS
+        let handles: Vec<_> = lanes
             .iter()
-            .map(|d| {
+            .map(|&(label, datapath)| {
                 let probes = &probes;
-                scope.spawn(move || (*d, run_datapath(d, probes, budget)))
+                scope.spawn(move || (label, run_datapath(datapath, probes, budget)))
             })
             .collect();
         handles
             .into_iter()
-            .zip(DATAPATHS)
-            .map(|(h, d)| {
+            .zip(lanes)
+            .map(|(h, &(label, _))| {
                 h.join()
-                    .unwrap_or_else(|_| (d, Err(anyhow::anyhow!("panicked"))))
+                    .unwrap_or_else(|_| (label, Err(anyhow::anyhow!("panicked"))))
             })
             .collect()
     });
@@ -849,10 +877,10 @@ pub fn run(budget: Budget, intended: &[FuzzIntended]) -> Summary {
             )
         })
         .collect();
-    if let Some(reference) = records.get("iptables") {
+    if let Some(reference) = records.get(REFERENCE) {
         let reference = restrict(reference);
         for (datapath, record) in &records {
-            if *datapath == "iptables" {
+            if *datapath == REFERENCE {
                 continue;
             }
             for difference in observe::diff(&reference, &restrict(record)) {
