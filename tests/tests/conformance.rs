@@ -618,7 +618,7 @@ fn port_search_finds_every_free_port(datapath: &str) -> Result<Record> {
 }
 
 /// Established flows survive a SYN flood: with the smallest conntrack table
-/// netlab allows (1024), 3000 SYNs from outside to the published port must
+/// netlab allows (1024), 8000 SYNs from outside to the published port must
 /// not evict the connection that was open before them.
 fn established_flow_survives_a_syn_flood(datapath: &str) -> Result<Record> {
     let size = "conntrack_size = 65536";
@@ -644,7 +644,7 @@ fn established_flow_survives_a_syn_flood(datapath: &str) -> Result<Record> {
 
     let mac = lab.mac(None, "nl-uplink")?;
     let (out, up) = (ip(OUTSIDE), ip(UPLINK));
-    let flood: Vec<Vec<u8>> = (0..3000_u16)
+    let flood: Vec<Vec<u8>> = (0..8000_u16)
         .map(|i| {
             Ip::new(out, up, PROTO_TCP, 0x2000 + i)
                 .packet(&Tcp::new(1024 + i, 8080, TCP_SYN).segment(out, up, b""))
@@ -667,7 +667,7 @@ fn established_flow_survives_a_syn_flood(datapath: &str) -> Result<Record> {
     );
     lab.require(
         survived,
-        "the connection established before a 3000-SYN flood stopped working",
+        "the connection established before an 8000-SYN flood stopped working",
     );
     lab.observe("after the flood")?;
     Ok(lab.record)
