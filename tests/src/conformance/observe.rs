@@ -6,10 +6,13 @@
 //! quoted header of an ICMP error, checksum validity) and drops what may
 //! legitimately differ:
 //!
-//! - ports from the ephemeral and masquerade range (32768 and up) and ICMP
-//!   echo identifiers become per-flow classes (`P1`, `P2`, ...), numbered in
-//!   order of first appearance at that point: masquerade may hand out any
-//!   free port, and a client's kernel picks its own;
+//! - ports from the ephemeral and masquerade range (32768 and up), every
+//!   port of a NAT address (the uplink's and the gateway's) but the
+//!   published ones, and ICMP echo identifiers become per-flow classes
+//!   (`P1`, `P2`, ...), numbered in order of first appearance at that
+//!   point: masquerade may hand out any free port (netfilter remaps a host
+//!   socket that collides with a masqueraded flow below 32768, too), and a
+//!   client's kernel picks its own;
 //! - for packets a kernel sent (not crafted), TCP sequence numbers, window,
 //!   options and the exact flag mix are dropped (only SYN / SYN-ACK / RST /
 //!   other is kept) and payloads are kept by length, not bytes: segmenting
@@ -35,6 +38,22 @@ use super::packet::{CRAFTED_TTL, IP_MF, Ipv4View, L4, PROTO_ICMP};
 /// Ports from here on are classed (Linux's ephemeral range starts here, and
 /// so does netlab's default masquerade range).
 pub const CLASSED_PORTS: u16 = 32768;
+
+/// Addresses whose ports NAT chooses: the default lab's uplink (masquerade)
+/// and gateway (hairpin masquerade).
+pub const NAT_ADDRESSES: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(203, 0, 113, 1),
+    Ipv4Addr::new(192, 168, 15, 5),
+];
+
+/// Host ports the suite and the fuzzer publish (kept as they are: a
+/// published port is not NAT's choice).
+pub const PUBLISHED_PORTS: [u16; 3] = [8080, 5353, 5400];
+
+/// Whether `port` at `addr` is compared by class rather than by value.
+fn classed(addr: Ipv4Addr, port: u16) -> bool {
+    port >= CLASSED_PORTS || (NAT_ADDRESSES.contains(&addr) && !PUBLISHED_PORTS.contains(&port))
+}
 
 /// The lab subnet that must never be seen beyond the uplink.
 pub const LAB_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(192, 168, 15, 0), 24);
@@ -68,7 +87,7 @@ impl Classes {
         quoted: bool,
         crafted_id: Option<u16>,
     ) -> String {
-        if at.1 < CLASSED_PORTS && proto != PROTO_ICMP {
+        if !classed(at.0, at.1) && proto != PROTO_ICMP {
             return at.1.to_string();
         }
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
@@ -391,6 +410,20 @@ mod tests {
         // Same port, other flow: another class.
         let other = line(&ip.packet(&udp(UP, OUT, 40000, 54, b"x")), &mut a);
         assert!(other.contains(":P2 >"), "{other}");
+    }
+
+    #[test]
+    fn nat_addresses_have_their_ports_classed_but_published_ones() {
+        let mut c = Classes::default();
+        let mut ip = Ip::new(UP, OUT, PROTO_UDP, 1);
+        ip.ttl = 64;
+        let remapped = line(&ip.packet(&udp(UP, OUT, 1138, 9100, b"")), &mut c);
+        assert!(
+            remapped.contains("203.0.113.1:P1 > 203.0.113.2:9100"),
+            "{remapped}"
+        );
+        let published = line(&ip.packet(&udp(UP, OUT, 8080, 9100, b"")), &mut c);
+        assert!(published.contains("203.0.113.1:8080 >"), "{published}");
     }
 
     #[test]
