@@ -33,6 +33,8 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 pub use netlab::status::{HookStatus, LabStatus, LinkStatus};
 use serde_json::Value;
 
+pub mod conformance;
+
 /// Where `cargo xtask test` puts the netlab binary it built with the eBPF
 /// object embedded.
 pub const NETLAB_BIN_ENV: &str = "NETLAB_BIN";

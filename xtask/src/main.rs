@@ -1,4 +1,4 @@
-//! netlab's automation: `cargo xtask build-ebpf | build | run | test | bench`.
+//! netlab's automation: `cargo xtask build-ebpf | build | run | test | bench | fuzz`.
 //!
 //! Each command installs the tools it needs (see `toolchain`), prints every
 //! command it runs, and prints its result path on stdout (progress goes to
@@ -7,6 +7,7 @@
 mod bench;
 mod build;
 mod ebpf;
+mod fuzz;
 mod process;
 mod run;
 mod test;
@@ -66,6 +67,12 @@ enum Command {
         #[command(flatten)]
         options: bench::NatOptions,
     },
+    /// The differential fuzzer's long run: seeded probes through every
+    /// datapath, compared with the iptables reference (as root).
+    Fuzz {
+        #[command(flatten)]
+        options: fuzz::FuzzOptions,
+    },
     /// Internal: the part of `bench` that runs inside its sandbox.
     #[command(hide = true)]
     BenchSandboxed { plan: PathBuf },
@@ -99,6 +106,7 @@ fn execute(command: Command) -> Result<ExitCode> {
         Command::Test { cargo_args } => test::run(&workspace, &cargo_args)?,
         Command::Bench { what, options } => return bench::run(what, &options, &workspace),
         Command::BenchSandboxed { plan } => return bench::run_sandboxed(&plan),
+        Command::Fuzz { options } => return fuzz::run(&workspace, &options),
     }
     Ok(ExitCode::SUCCESS)
 }

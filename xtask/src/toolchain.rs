@@ -170,6 +170,9 @@ pub const TEST_TOOLS: &[Prerequisite] = &[
     deb!("curl"),
     deb!("python3"),
     deb!("util-linux"),
+    // `sysctl`: the conformance suite turns ICMP rate limits off in its
+    // namespaces, so every kernel answers every probe.
+    deb!("procps"),
     Prerequisite {
         name: "tshark",
         check: Check::DebPackage("tshark"),
@@ -518,6 +521,7 @@ mod tests {
                 "curl",
                 "python3",
                 "util-linux",
+                "procps",
                 "tshark"
             ]
         );

@@ -1,0 +1,968 @@
+//! The seeded differential fuzzer: random but valid-looking traffic, and
+//! malformed traffic, through every datapath at once, compared with the
+//! `iptables` reference batch by batch.
+//!
+//! The probes are a pure function of the seed ([`generate`]), so every
+//! datapath gets the same packets in the same order. Only ICMP errors about
+//! a live flow depend on the datapath: they quote the flow as `outside` saw
+//! it, with the port masquerade chose there.
+//!
+//! Probe classes: masqueraded UDP/TCP/ICMP from red (random ports, every
+//! TCP flag combination, IP options, reused source ports), fragments (in
+//! order, reversed, shuffled, duplicated, incomplete) both ways, malformed
+//! headers, traffic to the published ports from outside, spoofed lab
+//! sources from outside and foreign sources from red, ICMP errors about
+//! live flows (checksums right or broken), TTL expiring at the host,
+//! broadcast and multicast, and red-to-blue traffic.
+//!
+//! Bounded: at most `packets` probes and `seconds` of sending per datapath;
+//! batches that not every datapath reached are not compared.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::Ipv4Addr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{
+    DATAPATHS, Record,
+    lab::{BLUE, ConfLab, OUTSIDE, RED, UPLINK},
+    observe,
+    packet::{self, Ip, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Tcp},
+    scripts,
+};
+
+pub const DEFAULT_SEED: u64 = 9;
+
+/// How many probes a run sends, and for how long at most.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub seed: u64,
+    pub packets: usize,
+    pub seconds: u64,
+    /// Probes per compared batch.
+    pub batch: usize,
+}
+
+/// SplitMix64: small, fast and the same everywhere.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    pub fn range(&mut self, lo: u16, hi: u16) -> u16 {
+        lo + self.below(u64::from(hi - lo) + 1) as u16
+    }
+
+    pub fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// Where a probe's frame is addressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mac {
+    /// The lab's gateway (the bridge), from red or blue.
+    Gateway,
+    /// The uplink, from outside.
+    Uplink,
+    Broadcast,
+    /// The IPv4 multicast MAC of this group.
+    Multicast(Ipv4Addr),
+}
+
+/// What a probe sends.
+#[derive(Clone, Debug)]
+pub enum Body {
+    Packets(Vec<Vec<u8>>),
+    /// From outside to the uplink: an ICMP error about the packet with IP
+    /// id `opener` that red sent, quoted as outside received it.
+    IcmpErrorAbout {
+        opener: u16,
+        kind: u8,
+        code: u8,
+        break_quoted_checksum: bool,
+        id: u16,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub n: usize,
+    pub class: &'static str,
+    pub what: String,
+    pub from: &'static str,
+    pub to: Mac,
+    pub body: Body,
+}
+
+fn addr(s: &str) -> Ipv4Addr {
+    s.parse().unwrap_or(Ipv4Addr::UNSPECIFIED)
+}
+
+/// The IP id of probe `n`: names it in every capture.
+fn probe_id(n: usize) -> u16 {
+    0x1000_u16.wrapping_add(n as u16)
+}
+
+/// Random TCP options (MSS, window scale, SACK-permitted, timestamps, NOPs).
+fn tcp_options(rng: &mut Rng) -> Vec<u8> {
+    let mut o = Vec::new();
+    if rng.percent(50) {
+        o.extend_from_slice(&[2, 4, 0x05, 0xb4]);
+    }
+    if rng.percent(30) {
+        o.extend_from_slice(&[1, 3, 3, 7]);
+    }
+    if rng.percent(30) {
+        o.extend_from_slice(&[4, 2]);
+    }
+    if rng.percent(30) {
+        o.extend_from_slice(&[8, 10]);
+        o.extend_from_slice(&rng.bytes(8));
+    }
+    o
+}
+
+/// Random IP options: record route, timestamp, or NOPs.
+fn ip_options(rng: &mut Rng) -> Vec<u8> {
+    match rng.below(3) {
+        0 => vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0],
+        1 => vec![68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        _ => vec![1, 1, 1, 1],
+    }
+}
+
+struct Generator {
+    rng: Rng,
+    /// Red's probes that open a flow to outside: (id, proto).
+    openers: Vec<(u16, u8)>,
+    /// Source ports red's probes used, for reuse.
+    red_ports: Vec<u16>,
+    outside_ports: Vec<u16>,
+}
+
+impl Generator {
+    fn sport(&mut self, reuse_from_outside: bool) -> u16 {
+        let pool = if reuse_from_outside {
+            &self.outside_ports
+        } else {
+            &self.red_ports
+        };
+        if !pool.is_empty() && self.rng.percent(35) {
+            let i = self.rng.below(pool.len() as u64) as usize;
+            return pool[i];
+        }
+        // Below the classed range: a fixed port is compared as is.
+        let port = self.rng.range(1024, observe::CLASSED_PORTS - 1);
+        if reuse_from_outside {
+            self.outside_ports.push(port);
+        } else {
+            self.red_ports.push(port);
+        }
+        port
+    }
+
+    fn probe(&mut self, n: usize) -> Probe {
+        let id = probe_id(n);
+        let (red, blue, out, up) = (addr(RED), addr(BLUE), addr(OUTSIDE), addr(UPLINK));
+        let roll = self.rng.below(100);
+        let mut ip_opts = None;
+        if self.rng.percent(8) {
+            ip_opts = Some(ip_options(&mut self.rng));
+        }
+        let with = |mut ip: Ip, opts: &Option<Vec<u8>>| {
+            if let Some(o) = opts {
+                ip.options = o.clone();
+            }
+            ip
+        };
+        match roll {
+            // Masqueraded UDP.
+            0..=14 => {
+                let sport = self.sport(false);
+                let any = self.rng.range(1, 32767);
+                let dport = self.rng.pick(&[9000, 9000, 9999, 53, any]);
+                let len = self.rng.below(300) as usize;
+                let payload = self.rng.bytes(len);
+                self.openers.push((id, PROTO_UDP));
+                Probe {
+                    n,
+                    class: "masquerade udp",
+                    what: format!("red udp :{sport} > outside:{dport} len={len}"),
+                    from: "red",
+                    to: Mac::Gateway,
+                    body: Body::Packets(vec![
+                        with(Ip::new(red, out, PROTO_UDP, id), &ip_opts)
+                            .packet(&packet::udp(red, out, sport, dport, &payload)),
+                    ]),
+                }
+            }
+            // Masqueraded TCP, every flag combination.
+            15..=34 => {
+                let sport = self.sport(false);
+                let dport = self.rng.pick(&[9100, 9100, 9101]);
+                let flags = if self.rng.percent(30) {
+                    packet::TCP_SYN
+                } else {
+                    self.rng.below(256) as u8
+                };
+                let mut tcp = Tcp::new(sport, dport, flags);
+                tcp.seq = self.rng.next_u64() as u32;
+                tcp.ack = self.rng.next_u64() as u32;
+                tcp.options = tcp_options(&mut self.rng);
+                let len = if self.rng.percent(30) {
+                    self.rng.below(200) as usize
+                } else {
+                    0
+                };
+                let payload = self.rng.bytes(len);
+                if flags & packet::TCP_SYN != 0 {
+                    self.openers.push((id, PROTO_TCP));
+                }
+                Probe {
+                    n,
+                    class: "masquerade tcp flags",
+                    what: format!(
+                        "red tcp :{sport} > outside:{dport} flags={flags:#04x} len={len}"
+                    ),
+                    from: "red",
+                    to: Mac::Gateway,
+                    body: Body::Packets(vec![
+                        with(Ip::new(red, out, PROTO_TCP, id), &ip_opts)
+                            .packet(&tcp.segment(red, out, &payload)),
+                    ]),
+                }
+            }
+            // Ping through masquerade.
+            35..=39 => {
+                let ident = self.rng.range(1, 65535);
+                Probe {
+                    n,
+                    class: "masquerade icmp echo",
+                    what: format!("red echo id={ident}"),
+                    from: "red",
+                    to: Mac::Gateway,
+                    body: Body::Packets(vec![
+                        with(Ip::new(red, out, PROTO_ICMP, id), &ip_opts).packet(
+                            &packet::icmp_echo(
+                                packet::ICMP_ECHO_REQUEST,
+                                ident,
+                                1,
+                                &self.rng.bytes(24),
+                            ),
+                        ),
+                    ]),
+                }
+            }
+            // Fragments, both ways.
+            40..=51 => {
+                let inbound = self.rng.percent(40);
+                let len = self.rng.range(100, 3000) as usize;
+                let payload = self.rng.bytes(len);
+                let (src, dst, sport, dport) = if inbound {
+                    (out, up, self.sport(true), 5353)
+                } else {
+                    (red, out, self.sport(false), 9000)
+                };
+                let whole = Ip::new(src, dst, PROTO_UDP, id)
+                    .packet(&packet::udp(src, dst, sport, dport, &payload));
+                let chunk = self.rng.range(8, 1400) as usize;
+                let mut frags = packet::fragment(&whole, chunk);
+                let order = self.rng.pick(&[
+                    "in order",
+                    "reversed",
+                    "shuffled",
+                    "duplicated",
+                    "incomplete",
+                ]);
+                match order {
+                    "reversed" => frags.reverse(),
+                    "shuffled" => {
+                        for i in (1..frags.len()).rev() {
+                            let j = self.rng.below(i as u64 + 1) as usize;
+                            frags.swap(i, j);
+                        }
+                    }
+                    "duplicated" => {
+                        let i = self.rng.below(frags.len() as u64) as usize;
+                        let copy = frags[i].clone();
+                        frags.push(copy);
+                    }
+                    "incomplete" if frags.len() > 1 => {
+                        let i = self.rng.below(frags.len() as u64) as usize;
+                        frags.remove(i);
+                    }
+                    _ => {}
+                }
+                if !inbound {
+                    self.openers.push((id, PROTO_UDP));
+                }
+                Probe {
+                    n,
+                    class: if inbound {
+                        "fragments to a published port"
+                    } else {
+                        "fragments through masquerade"
+                    },
+                    what: format!(
+                        "{} udp len={len} in {} fragments of {chunk}, {order}",
+                        if inbound {
+                            "outside > uplink:5353"
+                        } else {
+                            "red > outside:9000"
+                        },
+                        frags.len()
+                    ),
+                    from: if inbound { "outside" } else { "red" },
+                    to: if inbound { Mac::Uplink } else { Mac::Gateway },
+                    body: Body::Packets(frags),
+                }
+            }
+            // Malformed L4 from red.
+            52..=59 => {
+                let proto = self.rng.pick(&[PROTO_TCP, PROTO_UDP, PROTO_ICMP]);
+                let sport = self.sport(false);
+                let full = match proto {
+                    PROTO_TCP => {
+                        let mut t = Tcp::new(sport, 9100, self.rng.below(256) as u8);
+                        if self.rng.percent(50) {
+                            t.data_offset = Some(self.rng.pick(&[0, 1, 4, 15]));
+                        }
+                        t.segment(red, out, b"malformed")
+                    }
+                    PROTO_UDP => packet::udp(red, out, sport, 9000, b"malformed"),
+                    _ => packet::icmp_echo(packet::ICMP_ECHO_REQUEST, sport, 1, b"malformed"),
+                };
+                let cut = if self.rng.percent(60) {
+                    self.rng.below(full.len().min(20) as u64) as usize
+                } else {
+                    full.len()
+                };
+                let mut l4 = full[..cut].to_vec();
+                let bad_sum = cut == full.len();
+                if bad_sum && l4.len() > 8 {
+                    // Corrupt the checksum instead.
+                    let at = match proto {
+                        PROTO_TCP => 16,
+                        PROTO_UDP => 6,
+                        _ => 2,
+                    };
+                    l4[at] ^= 0x5a;
+                }
+                Probe {
+                    n,
+                    class: "malformed l4 from red",
+                    what: format!(
+                        "red proto {proto} l4 cut to {cut} of {} bytes{}",
+                        full.len(),
+                        if bad_sum { ", checksum broken" } else { "" }
+                    ),
+                    from: "red",
+                    to: Mac::Gateway,
+                    body: Body::Packets(vec![Ip::new(red, out, proto, id).packet(&l4)]),
+                }
+            }
+            // To the published ports (and others) from outside.
+            60..=71 => {
+                let sport = self.sport(true);
+                let (proto, dport) = self.rng.pick(&[
+                    (PROTO_TCP, 8080),
+                    (PROTO_TCP, 8080),
+                    (PROTO_UDP, 5353),
+                    (PROTO_TCP, 8081),
+                    (PROTO_UDP, 9999),
+                ]);
+                let body = if proto == PROTO_TCP {
+                    let flags = if self.rng.percent(40) {
+                        packet::TCP_SYN
+                    } else {
+                        self.rng.below(256) as u8
+                    };
+                    let mut t = Tcp::new(sport, dport, flags);
+                    t.seq = self.rng.next_u64() as u32;
+                    t.options = tcp_options(&mut self.rng);
+                    t.segment(out, up, b"")
+                } else {
+                    packet::udp(out, up, sport, dport, &self.rng.bytes(40))
+                };
+                let mut ip = with(Ip::new(out, up, proto, id), &ip_opts);
+                let expiring = self.rng.percent(10);
+                if expiring {
+                    ip.ttl = 1;
+                }
+                Probe {
+                    n,
+                    class: if expiring {
+                        "ttl expiring at the host"
+                    } else {
+                        "published ports from outside"
+                    },
+                    what: format!(
+                        "outside proto {proto} :{sport} > uplink:{dport}{}",
+                        if expiring { " ttl=1" } else { "" }
+                    ),
+                    from: "outside",
+                    to: Mac::Uplink,
+                    body: Body::Packets(vec![ip.packet(&body)]),
+                }
+            }
+            // Spoofed sources.
+            72..=79 => {
+                let inbound = self.rng.percent(60);
+                let (src, dst) = if inbound {
+                    (
+                        self.rng
+                            .pick(&[red, blue, addr("192.168.15.5"), addr("192.168.15.77")]),
+                        up,
+                    )
+                } else {
+                    (self.rng.pick(&[blue, addr("10.9.8.7"), up, out]), out)
+                };
+                let sport = self.sport(inbound);
+                let (proto, dport) = self.rng.pick(&[
+                    (PROTO_TCP, 8080),
+                    (PROTO_UDP, 5353),
+                    (PROTO_TCP, 9100),
+                    (PROTO_UDP, 9000),
+                ]);
+                let l4 = if proto == PROTO_TCP {
+                    Tcp::new(sport, dport, packet::TCP_SYN).segment(src, dst, b"")
+                } else {
+                    packet::udp(src, dst, sport, dport, b"spoofed")
+                };
+                Probe {
+                    n,
+                    class: if inbound {
+                        "spoofed lab source from outside"
+                    } else {
+                        "foreign source from red"
+                    },
+                    what: format!(
+                        "{} proto {proto} {src}:{sport} > {dst}:{dport}",
+                        if inbound { "outside" } else { "red" }
+                    ),
+                    from: if inbound { "outside" } else { "red" },
+                    to: if inbound { Mac::Uplink } else { Mac::Gateway },
+                    body: Body::Packets(vec![Ip::new(src, dst, proto, id).packet(&l4)]),
+                }
+            }
+            // ICMP errors about live flows.
+            80..=89 if !self.openers.is_empty() => {
+                let i = self.rng.below(self.openers.len() as u64) as usize;
+                let (opener, _) = self.openers[i];
+                let (kind, code) = self.rng.pick(&[(3, 3), (3, 1), (3, 4), (11, 0), (12, 0)]);
+                let broken = self.rng.percent(20);
+                Probe {
+                    n,
+                    class: "icmp errors about live flows",
+                    what: format!(
+                        "outside icmp {kind}/{code} about probe id {opener:#06x}{}",
+                        if broken {
+                            ", quoted checksum broken"
+                        } else {
+                            ""
+                        }
+                    ),
+                    from: "outside",
+                    to: Mac::Uplink,
+                    body: Body::IcmpErrorAbout {
+                        opener,
+                        kind,
+                        code,
+                        break_quoted_checksum: broken,
+                        id,
+                    },
+                }
+            }
+            // Broadcast and multicast.
+            90..=93 => {
+                let (dst, to) = self.rng.pick(&[
+                    (addr("255.255.255.255"), Mac::Broadcast),
+                    (addr("192.168.15.255"), Mac::Broadcast),
+                    (addr("224.0.0.251"), Mac::Multicast(addr("224.0.0.251"))),
+                    (addr("239.7.7.7"), Mac::Multicast(addr("239.7.7.7"))),
+                ]);
+                let sport = self.sport(false);
+                Probe {
+                    n,
+                    class: "broadcast and multicast",
+                    what: format!("red udp :{sport} > {dst}:5353"),
+                    from: "red",
+                    to,
+                    body: Body::Packets(vec![
+                        Ip::new(red, dst, PROTO_UDP, id)
+                            .packet(&packet::udp(red, dst, sport, 5353, b"bcast")),
+                    ]),
+                }
+            }
+            // Inside the lab: red to blue.
+            _ => {
+                let sport = self.sport(false);
+                let (proto, dport) =
+                    self.rng
+                        .pick(&[(PROTO_TCP, 80), (PROTO_UDP, 53), (PROTO_TCP, 81)]);
+                let l4 = if proto == PROTO_TCP {
+                    Tcp::new(sport, dport, self.rng.below(256) as u8).segment(red, blue, b"")
+                } else {
+                    packet::udp(red, blue, sport, dport, b"inside")
+                };
+                Probe {
+                    n,
+                    class: "red to blue",
+                    what: format!("red proto {proto} :{sport} > blue:{dport}"),
+                    from: "red",
+                    to: Mac::Gateway,
+                    body: Body::Packets(vec![
+                        with(Ip::new(red, blue, proto, id), &ip_opts).packet(&l4),
+                    ]),
+                }
+            }
+        }
+    }
+}
+
+/// The first `count` probes of `seed`.
+pub fn generate(seed: u64, count: usize) -> Vec<Probe> {
+    let mut generator = Generator {
+        rng: Rng::new(seed),
+        openers: Vec::new(),
+        red_ports: Vec::new(),
+        outside_ports: Vec::new(),
+    };
+    (0..count).map(|n| generator.probe(n)).collect()
+}
+
+/// The frames of `probe` on this lab; None when it quotes a flow that never
+/// reached outside here.
+fn resolve(probe: &Probe, lab: &ConfLab) -> Option<Vec<Vec<u8>>> {
+    match &probe.body {
+        Body::Packets(packets) => Some(packets.clone()),
+        Body::IcmpErrorAbout {
+            opener,
+            kind,
+            code,
+            break_quoted_checksum,
+            id,
+        } => {
+            let (proto, sport, dport) = *lab.at_outside.get(opener)?;
+            let (up, out) = (addr(UPLINK), addr(OUTSIDE));
+            let mut l4 = if proto == PROTO_TCP {
+                Tcp::new(sport, dport, packet::TCP_SYN).segment(up, out, b"")
+            } else {
+                packet::udp(up, out, sport, dport, b"quoted")
+            };
+            if *break_quoted_checksum {
+                let at = if proto == PROTO_TCP { 16 } else { 6 };
+                l4[at] ^= 0xff;
+            }
+            let mut quoted_ip = Ip::new(up, out, proto, *opener);
+            quoted_ip.ttl = packet::CRAFTED_TTL - 1;
+            let quoted = quoted_ip.packet(&l4);
+            let mut rest = [0_u8; 4];
+            if *kind == 3 && *code == 4 {
+                rest[2..4].copy_from_slice(&1280_u16.to_be_bytes());
+            }
+            Some(vec![
+                Ip::new(out, up, PROTO_ICMP, *id)
+                    .packet(&packet::icmp(*kind, *code, rest, &quoted)),
+            ])
+        }
+    }
+}
+
+/// A lab ready for probes: servers on the ports the probes aim at, the
+/// published UDP port, neighbours resolved.
+fn fuzz_lab(datapath: &str) -> Result<(ConfLab, Vec<crate::Background>)> {
+    let lab = ConfLab::up(datapath)?;
+    lab.sb
+        .netlab_ok(&["publish", "add", "blue", "5353:53/udp"])?;
+    let servers = vec![
+        lab.server("outside", scripts::UDP_SERVER, &["9000"])?,
+        lab.server("outside", scripts::TCP_SERVER, &["9100"])?,
+        lab.server("blue", scripts::TCP_SERVER, &["80"])?,
+        lab.server("blue", scripts::UDP_SERVER, &["53"])?,
+    ];
+    for (netns, to) in [
+        ("red", OUTSIDE),
+        ("blue", OUTSIDE),
+        ("red", BLUE),
+        ("outside", UPLINK),
+    ] {
+        lab.sb.run(&[
+            "ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "1", to,
+        ])?;
+    }
+    Ok((lab, servers))
+}
+
+/// What one datapath did with the probes: a record with one step per batch.
+pub fn run_datapath(datapath: &str, probes: &[Probe], budget: Budget) -> Result<Record> {
+    let (mut lab, _servers) = fuzz_lab(datapath)?;
+    lab.observe("warm-up")?;
+    lab.record.seen.clear();
+    let start = Instant::now();
+    let macs = [
+        ("gateway", lab.mac(None, "v-net-0")?),
+        ("uplink", lab.mac(None, "nl-uplink")?),
+    ];
+    for (b, batch) in probes.chunks(budget.batch.max(1)).enumerate() {
+        if start.elapsed() > Duration::from_secs(budget.seconds) {
+            break;
+        }
+        for probe in batch {
+            let mac = match probe.to {
+                Mac::Gateway => macs[0].1.clone(),
+                Mac::Uplink => macs[1].1.clone(),
+                Mac::Broadcast => "ff:ff:ff:ff:ff:ff".to_owned(),
+                Mac::Multicast(group) => {
+                    let o = group.octets();
+                    format!("01:00:5e:{:02x}:{:02x}:{:02x}", o[1] & 0x7f, o[2], o[3])
+                }
+            };
+            match resolve(probe, &lab) {
+                Some(frames) => lab.send(probe.from, &mac, &frames)?,
+                None => lab.note(
+                    &format!("probe {}", probe.n),
+                    "quotes a flow that never reached outside",
+                ),
+            }
+        }
+        lab.observe(&batch_name(b))?;
+    }
+    Ok(lab.record)
+}
+
+fn batch_name(b: usize) -> String {
+    format!("batch {b:05}")
+}
+
+/// A kind of fuzz difference kept on purpose: a differing line of a probe
+/// of `class` (or "kernel responses"), at a place (`batch N @ POINT`)
+/// containing `place_contains`, that contains `line_contains`, on the
+/// `side` given ("expected": the reference had it and the datapath did not;
+/// "got": the other way round; "": either).
+pub struct FuzzIntended {
+    pub class: &'static str,
+    pub place_contains: &'static str,
+    pub line_contains: &'static str,
+    pub side: &'static str,
+    pub reason: &'static str,
+}
+
+/// Fuzz differences kept on purpose, with the reason; the CI run and the
+/// long run (`cargo xtask fuzz`) both use this list. Empty: every
+/// difference found is a bug to fix.
+pub const INTENDED: &[FuzzIntended] = &[FuzzIntended {
+    class: "broadcast and multicast",
+    place_contains: "@ red",
+    line_contains: "pkt=",
+    side: "expected",
+    reason: "the iptables datapath sets hairpin mode on the bridge ports, so the bridge floods \
+             red's broadcasts and multicasts back to red (as in the suite's \
+             broadcast_and_multicast case)",
+}];
+
+/// What a fuzz run found.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub probes_tried: usize,
+    pub frames_sent: usize,
+    /// Per eBPF datapath: differing lines by probe class.
+    pub by_class: BTreeMap<String, BTreeMap<&'static str, usize>>,
+    /// Broken invariants, per datapath (iptables included).
+    pub violations: BTreeMap<&'static str, Vec<String>>,
+    /// Per eBPF datapath: differing lines kept on purpose, by reason.
+    pub intended: BTreeMap<String, BTreeMap<&'static str, usize>>,
+    /// The first differing line per datapath and class, for the report.
+    pub examples: BTreeMap<(String, &'static str), String>,
+    pub errors: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    pub fn differences(&self) -> usize {
+        self.by_class.values().flat_map(|m| m.values()).sum()
+    }
+
+    pub fn clean(&self) -> bool {
+        self.differences() == 0
+            && self.violations.values().all(Vec::is_empty)
+            && self.errors.is_empty()
+    }
+
+    pub fn report(&self) -> String {
+        let mut r = String::new();
+        let _ = writeln!(
+            r,
+            "fuzz: {} probes tried ({} frames) per datapath in {:.1} s",
+            self.probes_tried,
+            self.frames_sent,
+            self.elapsed.as_secs_f64()
+        );
+        for e in &self.errors {
+            let _ = writeln!(r, "ERROR {e}");
+        }
+        for (datapath, violations) in &self.violations {
+            let _ = writeln!(
+                r,
+                "invariant violations on {datapath}: {}",
+                violations.len()
+            );
+            let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+            for v in violations {
+                let kind = v
+                    .split(": ")
+                    .nth(1)
+                    .unwrap_or(v)
+                    .split(" in its ")
+                    .nth(1)
+                    .unwrap_or("?");
+                *by_kind
+                    .entry(format!(
+                        "lab address in its {}",
+                        kind.split(':').next().unwrap_or(kind)
+                    ))
+                    .or_default() += 1;
+            }
+            for (kind, n) in by_kind {
+                let _ = writeln!(r, "  {n:5}  {kind}");
+            }
+            for v in violations.iter().take(3) {
+                let _ = writeln!(r, "    e.g. {v}");
+            }
+        }
+        let _ = writeln!(r, "differences from iptables: {}", self.differences());
+        for (datapath, classes) in &self.by_class {
+            let total: usize = classes.values().sum();
+            let _ = writeln!(r, "  {datapath}: {total}");
+            for (class, n) in classes {
+                let _ = writeln!(r, "    {n:5}  {class}");
+            }
+        }
+        for (datapath, reasons) in &self.intended {
+            for (reason, n) in reasons {
+                let _ = writeln!(r, "  {datapath}: {n} lines kept on purpose: {reason}");
+            }
+        }
+        if !self.examples.is_empty() {
+            let _ = writeln!(r, "one example per datapath and class:");
+            for ((datapath, class), e) in &self.examples {
+                let _ = writeln!(r, "  [{datapath}] {class}: {e}");
+            }
+        }
+        r
+    }
+}
+
+/// Runs `budget` on every datapath at once and compares; differences that
+/// `intended` covers are counted apart and do not make the run unclean.
+pub fn run(budget: Budget, intended: &[FuzzIntended]) -> Summary {
+    let lanes: Vec<(&'static str, &'static str)> = DATAPATHS.iter().map(|d| (*d, *d)).collect();
+    run_lanes(budget, intended, &lanes)
+}
+
+/// The harness checked against itself: the reference datapath twice, side
+/// by side. Any difference is noise the normalisation lets through (or a
+/// reference that is not deterministic), not a datapath bug.
+pub fn self_check(budget: Budget) -> Summary {
+    run_lanes(
+        budget,
+        &[],
+        &[
+            (REFERENCE, "iptables"),
+            ("iptables (second run)", "iptables"),
+        ],
+    )
+}
+
+/// The lane every other is compared with.
+const REFERENCE: &str = "iptables";
+
+/// Runs every lane (label, datapath) at once and compares each with the
+/// lane labelled [`REFERENCE`].
+fn run_lanes(
+    budget: Budget,
+    intended: &[FuzzIntended],
+    lanes: &[(&'static str, &'static str)],
+) -> Summary {
+    let start = Instant::now();
+    let probes = generate(budget.seed, budget.packets);
+    let runs: Vec<(&'static str, Result<Record>)> = thread::scope(|scope| {
+        let handles: Vec<_> = lanes
+            .iter()
+            .map(|&(label, datapath)| {
+                let probes = &probes;
+                scope.spawn(move || (label, run_datapath(datapath, probes, budget)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(lanes)
+            .map(|(h, &(label, _))| {
+                h.join()
+                    .unwrap_or_else(|_| (label, Err(anyhow::anyhow!("panicked"))))
+            })
+            .collect()
+    });
+    let mut summary = Summary::default();
+    let mut records = BTreeMap::new();
+    for (datapath, result) in runs {
+        match result.with_context(|| format!("fuzzing {datapath}")) {
+            Ok(record) => {
+                summary
+                    .violations
+                    .insert(datapath, record.violations.clone());
+                records.insert(datapath, record);
+            }
+            Err(e) => summary.errors.push(format!("{e:#}")),
+        }
+    }
+    // Only the batches every datapath reached are compared.
+    let steps =
+        |r: &Record| -> BTreeSet<String> { r.seen.keys().map(|(s, _)| s.clone()).collect() };
+    let mut common: Option<BTreeSet<String>> = None;
+    for record in records.values() {
+        let s = steps(record);
+        common = Some(match common {
+            None => s,
+            Some(c) => c.intersection(&s).cloned().collect(),
+        });
+    }
+    let common = common.unwrap_or_default();
+    let batches = common.len();
+    summary.probes_tried = (batches * budget.batch.max(1)).min(probes.len());
+    summary.frames_sent = probes
+        .iter()
+        .take(summary.probes_tried)
+        .map(|p| match &p.body {
+            Body::Packets(f) => f.len(),
+            Body::IcmpErrorAbout { .. } => 1,
+        })
+        .sum();
+    let restrict = |r: &Record| -> Record {
+        let mut r = r.clone();
+        r.seen.retain(|(s, _), _| common.contains(s));
+        r.notes.retain(|name, _| {
+            name.strip_prefix("probe ")
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| n < summary.probes_tried)
+        });
+        r
+    };
+    let class_of_id: BTreeMap<String, &'static str> = probes
+        .iter()
+        .map(|p| (format!("id={:#06x}", probe_id(p.n)), p.class))
+        .collect();
+    let what_of_id: BTreeMap<String, String> = probes
+        .iter()
+        .map(|p| {
+            (
+                format!("id={:#06x}", probe_id(p.n)),
+                format!("probe {}: {}", p.n, p.what),
+            )
+        })
+        .collect();
+    if let Some(reference) = records.get(REFERENCE) {
+        let reference = restrict(reference);
+        for (datapath, record) in &records {
+            if *datapath == REFERENCE {
+                continue;
+            }
+            for difference in observe::diff(&reference, &restrict(record)) {
+                let lines = difference
+                    .expected
+                    .iter()
+                    .map(|l| ("expected", l))
+                    .chain(difference.got.iter().map(|l| ("got", l)));
+                for (side, line) in lines {
+                    let id = line
+                        .split(' ')
+                        .rev()
+                        .find(|w| w.starts_with("id=0x"))
+                        .map(str::to_owned);
+                    let class = id
+                        .as_ref()
+                        .and_then(|id| class_of_id.get(id).copied())
+                        .unwrap_or("kernel responses");
+                    if let Some(kept) = intended.iter().find(|i| {
+                        i.class == class
+                            && difference.place.contains(i.place_contains)
+                            && line.contains(i.line_contains)
+                            && (i.side.is_empty() || i.side == side)
+                    }) {
+                        *summary
+                            .intended
+                            .entry((*datapath).to_owned())
+                            .or_default()
+                            .entry(kept.reason)
+                            .or_default() += 1;
+                        continue;
+                    }
+                    *summary
+                        .by_class
+                        .entry((*datapath).to_owned())
+                        .or_default()
+                        .entry(class)
+                        .or_default() += 1;
+                    summary
+                        .examples
+                        .entry(((*datapath).to_owned(), class))
+                        .or_insert_with(|| {
+                            let what = id
+                                .and_then(|id| what_of_id.get(&id))
+                                .map_or(String::new(), |w| format!("\n      ({w})"));
+                            format!("at {}: {side} {line}{what}", difference.place)
+                        });
+                }
+            }
+        }
+    }
+    summary.elapsed = start.elapsed();
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_are_a_function_of_the_seed() {
+        let a = generate(7, 200);
+        let b = generate(7, 200);
+        let c = generate(8, 200);
+        let bytes =
+            |ps: &[Probe]| -> Vec<String> { ps.iter().map(|p| format!("{:?}", p.body)).collect() };
+        assert_eq!(bytes(&a), bytes(&b));
+        assert_ne!(bytes(&a), bytes(&c));
+        let classes: BTreeSet<_> = a.iter().map(|p| p.class).collect();
+        assert!(classes.len() >= 10, "{classes:?}");
+    }
+}

@@ -1,0 +1,467 @@
+//! IPv4 packets byte by byte: a builder for crafted traffic (checksums
+//! right unless asked otherwise) and a parser for what the captures saw.
+//!
+//! Both sides work on IP packets; the Ethernet header is the sender's and
+//! the capture's business.
+
+use std::net::Ipv4Addr;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+
+/// Flags of the IP fragment field (host order).
+pub const IP_DF: u16 = 0x4000;
+pub const IP_MF: u16 = 0x2000;
+
+/// Crafted packets leave with this TTL, so a capture can tell them (TTL
+/// 77, or 76 once forwarded) from what a kernel sent (64, 63, 255).
+pub const CRAFTED_TTL: u8 = 77;
+
+/// The Internet checksum over the concatenation of `parts` (each part but
+/// the last of even length).
+pub fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for part in parts {
+        let mut chunks = part.chunks_exact(2);
+        for pair in &mut chunks {
+            sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+        }
+        if let [last] = chunks.remainder() {
+            sum += u32::from(*last) << 8;
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> [u8; 12] {
+    let mut p = [0_u8; 12];
+    p[0..4].copy_from_slice(&src.octets());
+    p[4..8].copy_from_slice(&dst.octets());
+    p[9] = proto;
+    p[10..12].copy_from_slice(&(len as u16).to_be_bytes());
+    p
+}
+
+/// The IPv4 header of a crafted packet.
+#[derive(Clone, Debug)]
+pub struct Ip {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub id: u16,
+    pub ttl: u8,
+    /// Flags and fragment offset in 8-byte units, host order.
+    pub frag: u16,
+    /// Options, padded to a multiple of 4 by [`Ip::packet`].
+    pub options: Vec<u8>,
+}
+
+impl Ip {
+    pub fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, id: u16) -> Self {
+        Self {
+            src,
+            dst,
+            proto,
+            id,
+            ttl: CRAFTED_TTL,
+            frag: 0,
+            options: Vec::new(),
+        }
+    }
+
+    /// The whole packet: this header (checksummed) then `l4`.
+    pub fn packet(&self, l4: &[u8]) -> Vec<u8> {
+        let mut options = self.options.clone();
+        while !options.len().is_multiple_of(4) {
+            options.push(0);
+        }
+        let header_len = 20 + options.len();
+        let mut p = vec![0_u8; header_len];
+        p[0] = 0x40 | (header_len / 4) as u8;
+        p[2..4].copy_from_slice(&((header_len + l4.len()) as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&self.id.to_be_bytes());
+        p[6..8].copy_from_slice(&self.frag.to_be_bytes());
+        p[8] = self.ttl;
+        p[9] = self.proto;
+        p[12..16].copy_from_slice(&self.src.octets());
+        p[16..20].copy_from_slice(&self.dst.octets());
+        p[20..].copy_from_slice(&options);
+        let sum = checksum(&[&p]);
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        p.extend_from_slice(l4);
+        p
+    }
+}
+
+/// A UDP datagram (header and payload), checksummed for `src` → `dst`.
+pub fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let len = 8 + payload.len();
+    let mut d = vec![0_u8; 8];
+    d[0..2].copy_from_slice(&sport.to_be_bytes());
+    d[2..4].copy_from_slice(&dport.to_be_bytes());
+    d[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+    d.extend_from_slice(payload);
+    let mut sum = checksum(&[&pseudo_header(src, dst, PROTO_UDP, len), &d]);
+    if sum == 0 {
+        sum = 0xffff;
+    }
+    d[6..8].copy_from_slice(&sum.to_be_bytes());
+    d
+}
+
+/// A TCP segment.
+#[derive(Clone, Debug)]
+pub struct Tcp {
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    /// The data offset field; `None`: the real header length. A value
+    /// below 5 still writes a 20-byte header (the malformed case).
+    pub data_offset: Option<u8>,
+    /// Options, padded to a multiple of 4.
+    pub options: Vec<u8>,
+}
+
+impl Tcp {
+    pub fn new(sport: u16, dport: u16, flags: u8) -> Self {
+        Self {
+            sport,
+            dport,
+            seq: 0x1000_0000,
+            ack: 0,
+            flags,
+            data_offset: None,
+            options: Vec::new(),
+        }
+    }
+
+    pub fn segment(&self, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+        let mut options = self.options.clone();
+        while !options.len().is_multiple_of(4) {
+            options.push(1);
+        }
+        let header_len = 20 + options.len();
+        let mut s = vec![0_u8; header_len];
+        s[0..2].copy_from_slice(&self.sport.to_be_bytes());
+        s[2..4].copy_from_slice(&self.dport.to_be_bytes());
+        s[4..8].copy_from_slice(&self.seq.to_be_bytes());
+        s[8..12].copy_from_slice(&self.ack.to_be_bytes());
+        s[12] = self.data_offset.unwrap_or((header_len / 4) as u8) << 4;
+        s[13] = self.flags;
+        s[14..16].copy_from_slice(&64240_u16.to_be_bytes());
+        s[20..].copy_from_slice(&options);
+        s.extend_from_slice(payload);
+        let sum = checksum(&[&pseudo_header(src, dst, PROTO_TCP, s.len()), &s]);
+        s[16..18].copy_from_slice(&sum.to_be_bytes());
+        s
+    }
+}
+
+/// An ICMP message: type, code, the 4 bytes after the checksum, then `body`.
+pub fn icmp(kind: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(body);
+    let sum = checksum(&[&m]);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    m
+}
+
+/// An echo request or reply.
+pub fn icmp_echo(kind: u8, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut rest = [0_u8; 4];
+    rest[0..2].copy_from_slice(&id.to_be_bytes());
+    rest[2..4].copy_from_slice(&seq.to_be_bytes());
+    icmp(kind, 0, rest, payload)
+}
+
+/// Splits an IP packet (without options) into fragments carrying at most
+/// `chunk` bytes of payload each (rounded down to a multiple of 8).
+pub fn fragment(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    let header_len = usize::from(packet[0] & 0x0f) * 4;
+    let payload = &packet[header_len..];
+    let chunk = (chunk / 8).max(1) * 8;
+    let src = Ipv4Addr::from([packet[12], packet[13], packet[14], packet[15]]);
+    let dst = Ipv4Addr::from([packet[16], packet[17], packet[18], packet[19]]);
+    let id = u16::from_be_bytes([packet[4], packet[5]]);
+    let mut fragments = Vec::new();
+    let mut offset = 0;
+    while offset < payload.len() {
+        let end = (offset + chunk).min(payload.len());
+        let mut ip = Ip::new(src, dst, packet[9], id);
+        ip.ttl = packet[8];
+        ip.frag = (offset / 8) as u16 | if end < payload.len() { IP_MF } else { 0 };
+        fragments.push(ip.packet(&payload[offset..end]));
+        offset = end;
+    }
+    fragments
+}
+
+/// What a capture saw, parsed as far as it goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv4View {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub id: u16,
+    pub ttl: u8,
+    pub frag: u16,
+    pub options_len: usize,
+    pub header_ok: bool,
+    /// Total length from the header.
+    pub total_len: usize,
+    pub l4: L4,
+}
+
+impl Ipv4View {
+    pub fn is_fragment(&self) -> bool {
+        self.frag & (IP_MF | 0x1fff) != 0
+    }
+
+    pub fn frag_offset(&self) -> usize {
+        usize::from(self.frag & 0x1fff) * 8
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum L4 {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        data_offset: u8,
+        payload: Vec<u8>,
+        /// None: not all of it is here (a fragment or a truncated copy).
+        csum_ok: Option<bool>,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+        payload: Vec<u8>,
+        csum_ok: Option<bool>,
+    },
+    Icmp {
+        kind: u8,
+        code: u8,
+        rest: [u8; 4],
+        body: Vec<u8>,
+        csum_ok: Option<bool>,
+        /// For an error: the packet it is about, as far as it is quoted.
+        embedded: Option<Box<Ipv4View>>,
+    },
+    /// A non-first fragment: only bytes.
+    FragmentData {
+        len: usize,
+    },
+    /// Too short for its protocol's header.
+    Truncated {
+        proto: u8,
+        len: usize,
+    },
+    Other {
+        proto: u8,
+        len: usize,
+    },
+}
+
+pub fn is_icmp_error(kind: u8) -> bool {
+    matches!(kind, 3 | 4 | 5 | 11 | 12)
+}
+
+/// Parses an Ethernet frame carrying IPv4.
+pub fn parse_frame(frame: &[u8]) -> Option<Ipv4View> {
+    if frame.len() < 14 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    parse_ipv4(&frame[14..], false)
+}
+
+/// Parses an IPv4 packet. `quoted`: it is the inside of an ICMP error, so
+/// it may be cut short, and its total length is not the bytes at hand.
+pub fn parse_ipv4(p: &[u8], quoted: bool) -> Option<Ipv4View> {
+    if p.len() < 20 || p[0] >> 4 != 4 {
+        return None;
+    }
+    let header_len = usize::from(p[0] & 0x0f) * 4;
+    if header_len < 20 || p.len() < header_len {
+        return None;
+    }
+    let total_len = usize::from(u16::from_be_bytes([p[2], p[3]]));
+    let end = if quoted {
+        p.len()
+    } else {
+        total_len.clamp(header_len, p.len())
+    };
+    let complete = total_len <= end;
+    let src = Ipv4Addr::from([p[12], p[13], p[14], p[15]]);
+    let dst = Ipv4Addr::from([p[16], p[17], p[18], p[19]]);
+    let proto = p[9];
+    let frag = u16::from_be_bytes([p[6], p[7]]);
+    let body = &p[header_len..end];
+    let first = frag & 0x1fff == 0;
+    let whole = first && frag & IP_MF == 0 && complete;
+    let l4_sum = |proto: u8| -> Option<bool> {
+        whole.then(|| checksum(&[&pseudo_header(src, dst, proto, body.len()), body]) == 0)
+    };
+    let l4 = if !first {
+        L4::FragmentData { len: body.len() }
+    } else {
+        match proto {
+            PROTO_TCP if body.len() >= 20 => {
+                let data_offset = body[12] >> 4;
+                let start = (usize::from(data_offset) * 4).clamp(20, body.len());
+                L4::Tcp {
+                    sport: u16::from_be_bytes([body[0], body[1]]),
+                    dport: u16::from_be_bytes([body[2], body[3]]),
+                    flags: body[13],
+                    data_offset,
+                    payload: body[start..].to_vec(),
+                    csum_ok: l4_sum(PROTO_TCP),
+                }
+            }
+            PROTO_UDP if body.len() >= 8 => L4::Udp {
+                sport: u16::from_be_bytes([body[0], body[1]]),
+                dport: u16::from_be_bytes([body[2], body[3]]),
+                payload: body[8..].to_vec(),
+                // A zero checksum means "none" in UDP over IPv4.
+                csum_ok: if body[6..8] == [0, 0] {
+                    Some(true)
+                } else {
+                    l4_sum(PROTO_UDP)
+                },
+            },
+            PROTO_ICMP if body.len() >= 8 => {
+                let kind = body[0];
+                let embedded = if is_icmp_error(kind) && !quoted {
+                    parse_ipv4(&body[8..], true).map(Box::new)
+                } else {
+                    None
+                };
+                L4::Icmp {
+                    kind,
+                    code: body[1],
+                    rest: [body[4], body[5], body[6], body[7]],
+                    body: body[8..].to_vec(),
+                    csum_ok: whole.then(|| checksum(&[body]) == 0),
+                    embedded,
+                }
+            }
+            PROTO_TCP | PROTO_UDP | PROTO_ICMP => L4::Truncated {
+                proto,
+                len: body.len(),
+            },
+            _ => L4::Other {
+                proto,
+                len: body.len(),
+            },
+        }
+    };
+    Some(Ipv4View {
+        src,
+        dst,
+        proto,
+        id: u16::from_be_bytes([p[4], p[5]]),
+        ttl: p[8],
+        frag,
+        options_len: header_len - 20,
+        header_ok: checksum(&[&p[..header_len]]) == 0,
+        total_len,
+        l4,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const A: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 1);
+    const B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+
+    fn frame(packet: &[u8]) -> Vec<u8> {
+        let mut f = vec![0_u8; 12];
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(packet);
+        f
+    }
+
+    #[test]
+    fn built_packets_parse_back_with_good_checksums() {
+        let p = Ip::new(A, B, PROTO_UDP, 7).packet(&udp(A, B, 1000, 53, b"hello"));
+        let v = parse_frame(&frame(&p)).unwrap();
+        assert!(v.header_ok);
+        assert_eq!(
+            v.l4,
+            L4::Udp {
+                sport: 1000,
+                dport: 53,
+                payload: b"hello".to_vec(),
+                csum_ok: Some(true)
+            }
+        );
+        let t = Ip::new(A, B, PROTO_TCP, 8).packet(&Tcp::new(1, 2, TCP_SYN).segment(A, B, b"x"));
+        match parse_frame(&frame(&t)).unwrap().l4 {
+            L4::Tcp { csum_ok, flags, .. } => {
+                assert_eq!(csum_ok, Some(true));
+                assert_eq!(flags, TCP_SYN);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn icmp_errors_quote_their_packet() {
+        let inner = Ip::new(B, A, PROTO_UDP, 9).packet(&udp(B, A, 53, 1000, b"q"));
+        let err = Ip::new(A, B, PROTO_ICMP, 10).packet(&icmp(3, 3, [0; 4], &inner));
+        let v = parse_frame(&frame(&err)).unwrap();
+        let L4::Icmp {
+            embedded: Some(e),
+            csum_ok,
+            ..
+        } = v.l4
+        else {
+            panic!("no embedded header")
+        };
+        assert_eq!(csum_ok, Some(true));
+        assert_eq!(e.src, B);
+        assert!(matches!(
+            e.l4,
+            L4::Udp {
+                csum_ok: Some(true),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn fragments_cover_the_payload() {
+        let p = Ip::new(A, B, PROTO_UDP, 11).packet(&udp(A, B, 1, 2, &[7; 100]));
+        let frags = fragment(&p, 40);
+        assert_eq!(frags.len(), 3);
+        let views: Vec<_> = frags
+            .iter()
+            .map(|f| parse_frame(&frame(f)).unwrap())
+            .collect();
+        assert!(matches!(views[0].l4, L4::Udp { csum_ok: None, .. }));
+        assert_eq!(views[1].frag_offset(), 40);
+        assert_eq!(views[2].frag & IP_MF, 0);
+        assert!(views.iter().all(|v| v.header_ok));
+    }
+}
