@@ -313,8 +313,10 @@ pub enum Stat {
     SnatNew,
     /// New hairpin flows (a namespace to its own published port).
     HairpinNew,
-    /// TCP without SYN for a flow conntrack does not know, that would need
-    /// NAT: dropped (what the kernel calls INVALID).
+    /// TCP that cannot open a flow (neither a SYN nor a plain ACK, which
+    /// nf_conntrack picks up mid-stream) for a flow conntrack does not
+    /// know: not translated, as netfilter leaves INVALID packets (on the
+    /// uplink it then counts as `untranslated_leak`).
     TcpNotSyn,
     /// No free source port in the range: new flow dropped.
     PortExhausted,
@@ -362,9 +364,13 @@ pub enum Stat {
     /// Flows that saw a reply and moved to the assured table, where new
     /// flows (a SYN flood) cannot evict them.
     CtAssured,
+    /// An ICMP error arriving on the uplink about no flow netlab tracks,
+    /// addressed into the lab: dropped (netfilter finds it INVALID; the
+    /// world reaches the lab through published ports only).
+    IcmpErrorUnrelated,
 }
 
-pub const STAT_COUNT: u32 = 27;
+pub const STAT_COUNT: u32 = 28;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -395,6 +401,7 @@ impl Stat {
         Stat::HostFlowNew,
         Stat::HostPortRemapped,
         Stat::CtAssured,
+        Stat::IcmpErrorUnrelated,
     ];
 
     pub fn name(self) -> &'static str {
@@ -426,6 +433,7 @@ impl Stat {
             Stat::HostFlowNew => "host_flow_new",
             Stat::HostPortRemapped => "host_port_remapped",
             Stat::CtAssured => "ct_assured",
+            Stat::IcmpErrorUnrelated => "icmp_error_unrelated",
         }
     }
 
@@ -433,8 +441,7 @@ impl Stat {
     pub fn is_drop(self) -> bool {
         matches!(
             self,
-            Stat::TcpNotSyn
-                | Stat::PortExhausted
+            Stat::PortExhausted
                 | Stat::CtInsertFailed
                 | Stat::CtHalfEvicted
                 | Stat::CsumL3Failed
@@ -444,6 +451,7 @@ impl Stat {
                 | Stat::UntranslatedLeak
                 | Stat::SpoofedSource
                 | Stat::FragUnknown
+                | Stat::IcmpErrorUnrelated
         )
     }
 }

@@ -295,6 +295,8 @@ pub struct Opened {
     pub apply_reply: u8,
     /// The first packet's length.
     pub len: u32,
+    /// A TCP connection picked up mid-stream (its first packet a plain ACK).
+    pub picked_up: bool,
 }
 
 /// Where a new flow's two entries are built: 144 bytes, more than the BPF
@@ -328,10 +330,12 @@ pub fn insert_flow(key: &FlowKey, flow: &Opened) -> Result<(), Stat> {
         direction: DIR_ORIGINAL,
         nat: out.nat,
         apply: flow.apply_original,
-        tcp_state: if key.proto == IPPROTO_TCP {
-            TcpState::SynSent as u8
-        } else {
+        tcp_state: if key.proto != IPPROTO_TCP {
             TcpState::None as u8
+        } else if flow.picked_up {
+            TcpState::Established as u8
+        } else {
+            TcpState::SynSent as u8
         },
         flags: 0,
         _pad: [0; 7],

@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use netlab_common::{
     Direction,
-    nat::{APPLY_EGRESS, APPLY_INGRESS, RedirectReason, Stat},
+    nat::{APPLY_EGRESS, APPLY_INGRESS, NAT_DNAT, NAT_REFLECT, ROLE_LAB, RedirectReason, Stat},
     trace::Hook,
 };
 
@@ -79,19 +79,21 @@ fn ingress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
     let verdict = match parsed {
         Parsed::Flow(pkt) => nat::translate(ctx, pkt, APPLY_INGRESS, &iface),
         Parsed::LaterFragment(frag) => nat::translate_fragment(ctx, frag, APPLY_INGRESS),
-        Parsed::IcmpError(err) => {
-            nat::icmp_error(ctx, err, APPLY_INGRESS, &iface).unwrap_or_else(|| {
-                // About no flow this hook translates: as any untranslatable packet.
-                stats::count(Stat::Unsupported);
-                Verdict::Pass
-            })
-        }
+        Parsed::IcmpError(err) => nat::icmp_error(ctx, err, APPLY_INGRESS, &iface)
+            .unwrap_or_else(|| nat::unrelated_icmp_error(&iface, err)),
         other => {
             count_untranslatable(other);
             // The stack validates what is malformed and drops it.
             Verdict::Pass
         }
     };
+    if let (Parsed::Flow(pkt), Verdict::Rewritten(out)) = (parsed, verdict)
+        && iface.role == ROLE_LAB
+        && out.nat & (NAT_DNAT | NAT_REFLECT) == NAT_DNAT
+        && let Some(bridged) = redirect::bridge_to_backend(ctx, &iface, &nat::rewritten(pkt, &out))
+    {
+        return bridged;
+    }
     if !redirect::enabled() {
         return verdict;
     }
@@ -126,13 +128,8 @@ fn egress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
     let verdict = match parsed {
         Parsed::Flow(pkt) => nat::translate(ctx, pkt, APPLY_EGRESS, &iface),
         Parsed::LaterFragment(frag) => nat::translate_fragment(ctx, frag, APPLY_EGRESS),
-        Parsed::IcmpError(err) => {
-            nat::icmp_error(ctx, err, APPLY_EGRESS, &iface).unwrap_or_else(|| {
-                // About no flow this hook translates: as any untranslatable packet.
-                stats::count(Stat::Unsupported);
-                Verdict::Pass
-            })
-        }
+        Parsed::IcmpError(err) => nat::icmp_error(ctx, err, APPLY_EGRESS, &iface)
+            .unwrap_or_else(|| nat::unrelated_icmp_error(&iface, err)),
         other => {
             count_untranslatable(other);
             Verdict::Pass

@@ -28,7 +28,7 @@ use crate::{
         ipv4::{IPV4_DADDR_OFF, IPV4_SADDR_OFF, L3_OFF},
         l4::{
             ICMP_ECHO_REQUEST, ICMP_ID_OFF, L4_DPORT_OFF, L4_SPORT_OFF, TCP_ACK, TCP_CSUM_OFF,
-            TCP_SYN, UDP_CSUM_OFF,
+            TCP_FIN, TCP_RST, TCP_SYN, UDP_CSUM_OFF,
         },
         parse::{IcmpError, LaterFragment, Packet, Parsed},
     },
@@ -274,7 +274,9 @@ fn new_ingress(ctx: &TcContext, pkt: &Packet, iface: &Iface) -> Verdict {
         return Verdict::Pass;
     };
     if !opens_flow(pkt) {
-        return Verdict::Drop(Stat::TcpNotSyn);
+        // INVALID to netfilter too: left untranslated, to the host.
+        stats::count(Stat::TcpNotSyn);
+        return Verdict::Pass;
     }
     let mut out = Rewrite {
         saddr: key.saddr,
@@ -329,9 +331,11 @@ fn new_egress(ctx: &TcContext, pkt: &Packet, iface: &Iface) -> Verdict {
             // No address to masquerade to: the uplink guard drops it.
             _ => return Verdict::Pass,
         };
-        // Anything that cannot be tracked must not leave with a lab address.
+        // What cannot be tracked stays untranslated: the uplink guard
+        // keeps it from leaving with a lab address.
         if !opens_flow(pkt) {
-            return Verdict::Drop(Stat::TcpNotSyn);
+            stats::count(Stat::TcpNotSyn);
+            return Verdict::Pass;
         }
         out.saddr = masq_addr;
         out.nat = NAT_SNAT;
@@ -364,12 +368,15 @@ fn new_egress(ctx: &TcContext, pkt: &Packet, iface: &Iface) -> Verdict {
     )
 }
 
-/// Whether a packet of an unknown flow may create one: a TCP SYN, any UDP
-/// datagram, an ICMP echo request.
+/// Whether a packet of an unknown flow may create one: a TCP SYN, or a
+/// plain ACK (nf_conntrack picks a connection up mid-stream, so one that
+/// predates the lab's conntrack keeps working); any UDP datagram; an ICMP
+/// echo request.
 #[inline(always)]
 fn opens_flow(pkt: &Packet) -> bool {
+    const OPENING: u8 = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST;
     match pkt.key.proto {
-        IPPROTO_TCP => pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        IPPROTO_TCP => matches!(pkt.tcp_flags & OPENING, TCP_SYN | TCP_ACK),
         IPPROTO_ICMP => pkt.icmp_type == ICMP_ECHO_REQUEST,
         _ => true,
     }
@@ -475,6 +482,8 @@ fn create(
         apply_original,
         apply_reply,
         len: pkt.len,
+        // A plain ACK picks an established connection up mid-stream.
+        picked_up: key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN == 0,
     };
     match conntrack::insert_flow(key, &opened) {
         Ok(()) => {
@@ -594,6 +603,19 @@ pub fn icmp_error(ctx: &TcContext, err: &IcmpError, hook: u8, iface: &Iface) -> 
             Err(reason) => Verdict::Drop(reason),
         },
     )
+}
+
+/// An ICMP error no flow of this hook claims. On the uplink, addressed
+/// into the lab, it is about nothing the lab sent out: dropped, as
+/// netfilter finds it INVALID (and no lab address crosses the uplink).
+/// Elsewhere it passes, counted as any untranslatable packet.
+#[inline(always)]
+pub fn unrelated_icmp_error(iface: &Iface, err: &IcmpError) -> Verdict {
+    if iface.role == ROLE_UPLINK && net_kind(err.ip.daddr) == NET_INTERNAL {
+        return Verdict::Drop(Stat::IcmpErrorUnrelated);
+    }
+    stats::count(Stat::Unsupported);
+    Verdict::Pass
 }
 
 #[inline(always)]

@@ -148,6 +148,34 @@ fn to_endpoint(
     Verdict::RedirectPeer(endpoint.ifindex)
 }
 
+/// A lab namespace's new or known flow, just DNATed on its way in, to a
+/// backend on the namespace's own segment: handed on as a bridge would,
+/// as br_netfilter does for iptables' DNAT. Its destination MAC becomes the
+/// backend's; it is not routed, so its TTL stays and the host sends the
+/// client no ICMP redirect ("reach 203.0.113.1 through your neighbour").
+/// `None` when the backend sits elsewhere (the packet is then routed).
+#[inline(always)]
+pub fn bridge_to_backend(ctx: &TcContext, iface: &Iface, after: &Packet) -> Option<Verdict> {
+    let endpoint = value(ENDPOINTS.get_ptr(after.key.daddr))?;
+    let eth_dst = ctx::load::<[u8; ETH_ALEN]>(ctx, ETH_DEST_OFF)?;
+    // Addressed to the gateway of the backend's segment: the same segment.
+    if eth_dst != endpoint.gateway_mac || endpoint.ifindex == iface.ifindex {
+        return None;
+    }
+    if ctx.store(ETH_DEST_OFF, &endpoint.mac, 0).is_err() {
+        return Some(Verdict::Drop(Stat::WriteFailed));
+    }
+    if !enabled() {
+        // The bridge forwards it by its new destination MAC.
+        return Some(Verdict::Pass);
+    }
+    if let Verdict::Drop(reason) = nat::translate_known(ctx, after, APPLY_EGRESS) {
+        return Some(Verdict::Drop(reason));
+    }
+    count(iface, RedirectReason::Peer);
+    Some(Verdict::RedirectPeer(endpoint.ifindex))
+}
+
 /// Performs a redirect verdict.
 #[inline(always)]
 pub fn peer(ifindex: u32) -> i32 {

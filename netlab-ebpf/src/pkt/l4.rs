@@ -20,7 +20,31 @@ pub const ICMP_ID_OFF: usize = 4;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
+pub const TCP_ECE: u8 = 0x40;
+pub const TCP_CWR: u8 = 0x80;
+
+/// Whether a TCP flag combination is one a real stack sends, as
+/// nf_conntrack's `tcp_valid_flags` (PSH, ECE and CWR left aside): what
+/// fails is INVALID there, and never translated here.
+#[inline(always)]
+pub fn tcp_flags_valid(flags: u8) -> bool {
+    const SYN: u8 = TCP_SYN;
+    const SYN_URG: u8 = TCP_SYN | TCP_URG;
+    const SYN_ACK: u8 = TCP_SYN | TCP_ACK;
+    const RST: u8 = TCP_RST;
+    const RST_ACK: u8 = TCP_RST | TCP_ACK;
+    const FIN_ACK: u8 = TCP_FIN | TCP_ACK;
+    const FIN_ACK_URG: u8 = TCP_FIN | TCP_ACK | TCP_URG;
+    const ACK: u8 = TCP_ACK;
+    const ACK_URG: u8 = TCP_ACK | TCP_URG;
+    matches!(
+        flags & !(TCP_PSH | TCP_ECE | TCP_CWR),
+        SYN | SYN_URG | SYN_ACK | RST | RST_ACK | FIN_ACK | FIN_ACK_URG | ACK | ACK_URG
+    )
+}
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;

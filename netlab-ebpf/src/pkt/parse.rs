@@ -20,6 +20,7 @@ use super::{
     l4::{
         ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID_OFF,
         ICMP_PARAMETER_PROB, ICMP_TIME_EXCEEDED, TCP_DOFF_OFF, TCP_MIN_HLEN, UDP_HLEN, UDP_LEN_OFF,
+        tcp_flags_valid,
     },
 };
 
@@ -218,7 +219,11 @@ pub fn parse(ctx: &TcContext) -> Parsed {
                 return malformed;
             };
             let doff = usize::from(doff >> 4) * 4;
-            if l4_len < TCP_MIN_HLEN || doff < TCP_MIN_HLEN || doff > l4_len {
+            if l4_len < TCP_MIN_HLEN
+                || doff < TCP_MIN_HLEN
+                || doff > l4_len
+                || !tcp_flags_valid(flags)
+            {
                 return malformed;
             }
             key.sport = ports[0];

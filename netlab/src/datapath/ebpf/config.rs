@@ -80,7 +80,7 @@ pub fn configure(pins: &Pins, topo: &Topology) -> Result<()> {
         },
         0,
     )?;
-    sync_endpoints(pins, topo, &host_links, redirect)?;
+    sync_endpoints(pins, topo, &host_links)?;
 
     // Published ports answer on every host address of the lab (Docker
     // publishes on all host addresses; netlab never claims the host's own).
@@ -211,51 +211,45 @@ pub fn unpublish_one(pins: &Pins, port: &PublishedPort) -> Result<()> {
     }
 }
 
-/// Fills the `redirect` datapath's endpoint map: every address of a
-/// namespace-side veth end whose peer is on the host. Emptied for the other
-/// datapaths, so a lab switched from `redirect` forwards normally again.
-fn sync_endpoints(
-    pins: &Pins,
-    topo: &Topology,
-    host_links: &BTreeMap<String, Link>,
-    redirect: bool,
-) -> Result<()> {
+/// Fills the endpoint map: every address of a namespace-side veth end whose
+/// peer is on the host. The `redirect` datapath hands packets to them; both
+/// eBPF datapaths bridge a lab namespace's DNATed flow on to a backend of
+/// its own segment (as br_netfilter does).
+fn sync_endpoints(pins: &Pins, topo: &Topology, host_links: &BTreeMap<String, Link>) -> Result<()> {
     let mut endpoints = maps::endpoints(pins)?;
     let mut wanted: BTreeMap<u32, Endpoint> = BTreeMap::new();
-    if redirect {
-        for veth in &topo.veths {
-            for (inner, outer) in [(&veth.a, &veth.b), (&veth.b, &veth.a)] {
-                // The uplink's peer is the world: it is reached through the
-                // uplink (and masquerade), never by a peer redirect.
-                if inner.place == Place::Host
-                    || outer.place != Place::Host
-                    || topo.nat.uplink.as_deref() == Some(outer.name.as_str())
-                {
-                    continue;
-                }
-                let Some(host_end) = host_links.get(&outer.name) else {
-                    bail!("interface {} is missing on the host", outer.name);
-                };
-                let gateway = outer.bridge.as_deref().unwrap_or(&outer.name);
-                let gateway_mac = host_links
-                    .get(gateway)
-                    .and_then(|l| l.mac)
-                    .with_context(|| format!("no MAC address on {gateway}"))?;
-                let name = inner.name.clone();
-                let mac = netlink::run_in(&inner.place, |nl| async move {
-                    Ok(nl.require_link(&name).await?.mac)
-                })?
-                .with_context(|| format!("no MAC address on {}", inner.name))?;
-                for address in &inner.addresses {
-                    wanted.insert(
-                        be(address.net.addr),
-                        Endpoint {
-                            ifindex: host_end.index,
-                            mac,
-                            gateway_mac,
-                        },
-                    );
-                }
+    for veth in &topo.veths {
+        for (inner, outer) in [(&veth.a, &veth.b), (&veth.b, &veth.a)] {
+            // The uplink's peer is the world: it is reached through the
+            // uplink (and masquerade), never by a peer redirect.
+            if inner.place == Place::Host
+                || outer.place != Place::Host
+                || topo.nat.uplink.as_deref() == Some(outer.name.as_str())
+            {
+                continue;
+            }
+            let Some(host_end) = host_links.get(&outer.name) else {
+                bail!("interface {} is missing on the host", outer.name);
+            };
+            let gateway = outer.bridge.as_deref().unwrap_or(&outer.name);
+            let gateway_mac = host_links
+                .get(gateway)
+                .and_then(|l| l.mac)
+                .with_context(|| format!("no MAC address on {gateway}"))?;
+            let name = inner.name.clone();
+            let mac = netlink::run_in(&inner.place, |nl| async move {
+                Ok(nl.require_link(&name).await?.mac)
+            })?
+            .with_context(|| format!("no MAC address on {}", inner.name))?;
+            for address in &inner.addresses {
+                wanted.insert(
+                    be(address.net.addr),
+                    Endpoint {
+                        ifindex: host_end.index,
+                        mac,
+                        gateway_mac,
+                    },
+                );
             }
         }
     }
