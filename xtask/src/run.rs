@@ -7,9 +7,12 @@ use anyhow::{Result, bail};
 use crate::{
     build::{self, Profile},
     process::{self, Cmd},
+    toolchain,
 };
 
 pub fn run(workspace: &Path, profile: Profile, args: &[OsString]) -> Result<ExitCode> {
+    // A fresh machine lacks what the README's walkthrough runs next.
+    toolchain::ensure(&[toolchain::WALKTHROUGH_TOOLS])?;
     let netlab_bin = build::build(workspace, profile)?;
     let netlab = Cmd::new(&netlab_bin).args(args);
     // netlab creates namespaces and loads eBPF: it needs root.

@@ -184,6 +184,15 @@ pub const TEST_TOOLS: &[Prerequisite] = &[
     },
 ];
 
+/// What the README's walkthrough runs after `cargo xtask run -- up`:
+/// `ip netns exec`, `ping`, `curl` and Python's `http.server`.
+pub const WALKTHROUGH_TOOLS: &[Prerequisite] = &[
+    deb!("iproute2"),
+    deb!("iputils-ping"),
+    deb!("curl"),
+    deb!("python3"),
+];
+
 /// What `cargo xtask bench` drives inside its sandbox: `unshare` (util-linux),
 /// `ip`, both iptables backends, `ethtool` for offloads, `conntrack -F`
 /// between runs and iperf3 for the bulk cross-check.
