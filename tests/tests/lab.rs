@@ -242,3 +242,33 @@ fn exec_runs_in_the_lab_namespace() {
         .unwrap();
     assert_eq!(seven.code(), Some(7), "{seven}");
 }
+
+/// Every machine-readable output ends each object with a newline, so
+/// `| tail -1 | jq` and line counters see the last one (issue 13).
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn json_outputs_end_every_object_with_a_newline() {
+    let sb = Sandbox::new().unwrap();
+    sb.netlab_ok(&["up"]).unwrap();
+    // Two flows through masquerade, so conntrack lists more than one line.
+    sb.ping(Some("red"), "203.0.113.2", 1).unwrap();
+    sb.ping(Some("blue"), "203.0.113.2", 1).unwrap();
+    let lines = sb.netlab_ok(&["conntrack", "--json"]).unwrap().stdout;
+    assert!(lines.ends_with('\n'), "conntrack --json: {lines:?}");
+    let flows: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert!(flows.len() >= 2, "two flows listed: {lines}");
+    for args in [
+        &["status", "--json"][..],
+        &["publish", "list", "--json"],
+        &["publish", "add", "blue", "9090:90/tcp", "--json"],
+        &["publish", "rm", "9090/tcp", "--json"],
+    ] {
+        let out = sb.netlab_ok(args).unwrap().stdout;
+        assert!(out.ends_with('\n'), "{args:?}: {out:?}");
+        serde_json::from_str::<serde_json::Value>(&out).expect("one JSON document");
+    }
+    sb.netlab_ok(&["down"]).unwrap();
+}
