@@ -14,6 +14,7 @@
 mod lab;
 mod nat;
 mod plot;
+mod progcost;
 mod report;
 mod results;
 mod stats;

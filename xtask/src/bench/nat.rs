@@ -25,7 +25,9 @@ use anyhow::{Context as _, Result, bail};
 use netlab::{publish::PublishOutcome, status::LabStatus};
 use serde::{Deserialize, Serialize};
 
-use super::results::{Datapath, Meta, Metric, Results, Sample, Skipped, TrafficPath, Verification};
+use super::results::{
+    Datapath, Meta, Metric, ProgramCost, Results, Sample, Skipped, TrafficPath, Verification,
+};
 
 /// The lab every datapath builds: netlab's default lab, with more published
 /// ports (see `topology`).
@@ -190,6 +192,7 @@ impl Bench {
                 skipped: Vec::new(),
                 verifications: Vec::new(),
                 samples: Vec::new(),
+                program_costs: Vec::new(),
             },
             plan,
             started: Instant::now(),
@@ -372,6 +375,11 @@ impl Bench {
             let route = route(path);
             for metric in TIMED_METRICS {
                 self.measure(round, datapath, &route, metric, ports)?;
+            }
+            if matches!(datapath, Datapath::Bridge | Datapath::Redirect)
+                && ports == self.plan.port_counts[0]
+            {
+                self.program_costs(round, datapath, &route)?;
             }
             if path == TrafficPath::Dnat && ports == self.plan.port_counts[0] {
                 self.iperf3(round, datapath, ports)?;
@@ -706,6 +714,54 @@ impl Bench {
                 seconds: None,
                 cpu_us_per_tx: None,
                 whole_ms: Some(whole_ms),
+            });
+        }
+        Ok(())
+    }
+
+    /// One more request/response run with the kernel's program accounting
+    /// on (apart from the timed runs, whose figures it would tax): each
+    /// program's ns per packet on this path.
+    fn program_costs(&mut self, round: usize, datapath: Datapath, route: &Route) -> Result<()> {
+        self.flush()?;
+        let pins = netlab::pins::Pins::of("default");
+        let seconds = (self.seconds(round) / 2.0).max(0.2);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", route.client_ns])
+            .arg(&self.plan.loadgen)
+            .args(["run", "rr", "--to", route.target])
+            .args(["--seconds", &seconds.to_string()])
+            .args(["--max-count", "20000000"])
+            .args(["--cpu", &CLIENT_CPU.to_string()]);
+        let (before, after) = {
+            let _stats = super::progcost::StatsOn::new()?;
+            let before = super::progcost::Snapshot::take(&pins)?;
+            output(&mut cmd).with_context(|| {
+                format!(
+                    "{} rr with bpf_stats through {}",
+                    path_id(route.path),
+                    datapath.label()
+                )
+            })?;
+            (before, super::progcost::Snapshot::take(&pins)?)
+        };
+        for (program, ns_per_run, runs) in before.per_run(&after) {
+            self.progress(
+                round,
+                &format!(
+                    "{} · {} {program}: {ns_per_run:.0} ns/packet over {runs} runs",
+                    datapath.label(),
+                    path_id(route.path)
+                ),
+            );
+            self.results.program_costs.push(ProgramCost {
+                round,
+                warmup: round < self.plan.warmup_rounds,
+                datapath,
+                path: route.path,
+                program: program.to_owned(),
+                ns_per_run,
+                runs,
             });
         }
         Ok(())

@@ -156,8 +156,61 @@ pub fn markdown(results: &Results) -> String {
         }
         out.push('\n');
     }
+    out.push_str(&program_costs(results));
     out.push_str(&targets(results));
     out
+}
+
+/// Each eBPF program's ns per packet during request/response, per path
+/// (the kernel's accounting; medians over the measured rounds).
+fn program_costs(results: &Results) -> String {
+    let mut out = String::new();
+    if results.program_costs.is_empty() {
+        return out;
+    }
+    let ebpf = [Datapath::Bridge, Datapath::Redirect];
+    let _ = writeln!(
+        out,
+        "### Per-program cost, TCP request/response (ns per packet, `run_time_ns / run_cnt` \
+         with kernel.bpf_stats_enabled=1; median (min–max) over rounds)\n"
+    );
+    header(&mut out, "program, path", &ebpf);
+    for path in TrafficPath::LAB {
+        for program in super::progcost::PROGRAMS {
+            let cells: Vec<String> = ebpf
+                .iter()
+                .map(|&d| {
+                    let values: Vec<f64> = results
+                        .program_costs
+                        .iter()
+                        .filter(|c| {
+                            !c.warmup && c.datapath == d && c.path == path && c.program == program
+                        })
+                        .map(|c| c.ns_per_run)
+                        .collect();
+                    match summarize(&values) {
+                        Some(s) => format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max),
+                        None => "–".to_owned(),
+                    }
+                })
+                .collect();
+            if cells.iter().all(|c| c == "–") {
+                continue;
+            }
+            row(&mut out, &format!("`{program}`, {}", path_id(path)), &cells);
+        }
+    }
+    out.push('\n');
+    out
+}
+
+fn path_id(path: TrafficPath) -> &'static str {
+    match path {
+        TrafficPath::Dnat => "outside → published port",
+        TrafficPath::Masquerade => "red → outside",
+        TrafficPath::EastWest => "red → blue",
+        TrafficPath::Direct => "direct",
+    }
 }
 
 fn short(metric: Metric) -> &'static str {
@@ -428,6 +481,7 @@ pub(super) mod tests {
                 checks: vec!["dnat tcp: server saw 203.0.113.2".into()],
             }],
             samples,
+            program_costs: Vec::new(),
         }
     }
 

@@ -229,6 +229,22 @@ pub struct Results {
     pub skipped: Vec<Skipped>,
     pub verifications: Vec<Verification>,
     pub samples: Vec<Sample>,
+    /// What each eBPF program cost per packet during a request/response run.
+    #[serde(default)]
+    pub program_costs: Vec<ProgramCost>,
+}
+
+/// One program's cost over one measured run, from the kernel's accounting
+/// (`run_time_ns / run_cnt` while `kernel.bpf_stats_enabled=1`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgramCost {
+    pub round: usize,
+    pub warmup: bool,
+    pub datapath: Datapath,
+    pub path: TrafficPath,
+    pub program: String,
+    pub ns_per_run: f64,
+    pub runs: u64,
 }
 
 impl Results {
