@@ -3,7 +3,9 @@
 //! Each scrape reads the datapath afresh ([`collect`] gives a
 //! [`Snapshot`]) and encodes it with `prometheus-client` in the OpenMetrics
 //! text format, so nothing is cached between scrapes and the encoding is
-//! unit-tested on made-up snapshots without privileges.
+//! unit-tested on made-up snapshots without privileges. A client that does
+//! not ask for OpenMetrics (curl, `promtool check metrics`) gets the
+//! classic text format, the same samples ([`to_classic`]).
 //!
 //! The HTTP side is deliberately small: one endpoint, answered one
 //! connection at a time on a plain `TcpListener` with read and write
@@ -55,8 +57,12 @@ use crate::{
 /// Loopback, on a port of its own (node_exporter has 9100).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9478";
 
-/// What `Content-Type` the exposition is served with.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The exposition's `Content-Type` for a client that asks for OpenMetrics
+/// (Prometheus does).
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The classic Prometheus text format, for everyone else (curl, promtool).
+pub const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// How long one client may take to send its request or read the answer.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
@@ -355,7 +361,8 @@ fn answer(lab: &str, mut stream: TcpStream) -> Result<()> {
     let head = read_head(&mut stream)?;
     let (status, content_type, body) = match route(&head) {
         Route::Metrics => match collect(lab).and_then(|snapshot| snapshot.encode()) {
-            Ok(text) => ("200 OK", CONTENT_TYPE, text),
+            Ok(text) if wants_openmetrics(&head) => ("200 OK", OPENMETRICS, text),
+            Ok(text) => ("200 OK", CLASSIC, to_classic(&text)),
             Err(e) => (
                 "500 Internal Server Error",
                 "text/plain; charset=utf-8",
@@ -401,6 +408,49 @@ fn read_head(stream: &mut TcpStream) -> Result<String> {
         }
     }
     Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Whether the request's `Accept` header names OpenMetrics.
+fn wants_openmetrics(head: &str) -> bool {
+    head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("accept")
+                && value.contains("application/openmetrics-text")
+        })
+    })
+}
+
+/// The classic text format (0.0.4) from OpenMetrics text: a counter
+/// family's HELP and TYPE name its samples (`x_total`, not `x`), and there
+/// is no `# EOF` or `# UNIT`. The samples are the same.
+pub fn to_classic(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::new();
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(&name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}"));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -513,6 +563,30 @@ mod tests {
         .unwrap();
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(samples, ["netlab_lab_up{lab=\"gone\"} 0"], "{text}");
+    }
+
+    #[test]
+    fn classic_format_names_counters_by_their_samples() {
+        let classic = to_classic(&snapshot().encode().unwrap());
+        assert!(classic.contains("# TYPE netlab_iface_packets_total counter\n"));
+        assert!(classic.contains("# HELP netlab_iface_packets_total Packets seen"));
+        assert!(classic.contains("# TYPE netlab_lab_up gauge\n"));
+        assert!(!classic.contains("# EOF"));
+        assert_eq!(
+            classic.lines().filter(|l| !l.starts_with('#')).count(),
+            snapshot()
+                .encode()
+                .unwrap()
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .count()
+        );
+        assert!(wants_openmetrics(
+            "GET /metrics HTTP/1.1\r\naccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n"
+        ));
+        assert!(!wants_openmetrics(
+            "GET /metrics HTTP/1.1\r\nAccept: */*\r\n"
+        ));
     }
 
     #[test]
