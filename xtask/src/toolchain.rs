@@ -170,6 +170,8 @@ pub const TEST_TOOLS: &[Prerequisite] = &[
     deb!("curl"),
     deb!("python3"),
     deb!("util-linux"),
+    // `dot` lays out `netlab graph --format svg` (and the README's picture).
+    deb!("graphviz"),
     Prerequisite {
         name: "tshark",
         check: Check::DebPackage("tshark"),
@@ -518,6 +520,7 @@ mod tests {
                 "curl",
                 "python3",
                 "util-linux",
+                "graphviz",
                 "tshark"
             ]
         );
