@@ -1,11 +1,11 @@
 //! The command line: raw flags (clap) and one function per command.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Write as _, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
-use crate::{conntrack, exec, lab, publish, state, status, sys, topology, trace};
+use crate::{conntrack, exec, graph, lab, metrics, publish, state, status, sys, topology, trace};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,6 +78,66 @@ pub enum Command {
     /// Print packets live as they cross the lab: every hop, NAT rewrite,
     /// redirect and drop, grouped by packet. Tracing is on while this runs.
     Trace(TraceArgs),
+    /// Draw the lab: namespaces, bridges, veth pairs with their addresses,
+    /// the uplink, published ports and masquerade. For a running lab (no
+    /// -f), also the datapath in use and each link's packet counters.
+    Graph {
+        /// Draw this topology file instead of the running lab (or the
+        /// embedded default lab when none is up).
+        #[arg(short, long, value_name = "TOPOLOGY", conflicts_with = "lab")]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        lab: Option<String>,
+        /// `dot` (Graphviz), `svg` (laid out by Graphviz's `dot`, which must
+        /// be installed), or `mermaid` (a ```mermaid block for Markdown).
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+        /// Write here instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Serve the lab's counters to Prometheus (text exposition at
+    /// /metrics), read from the datapath at each scrape.
+    Metrics {
+        #[arg(long)]
+        lab: Option<String>,
+        /// Address to listen on; loopback unless you say otherwise.
+        #[arg(long, value_name = "ADDR", default_value = metrics::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+    },
+    /// Print a shell completion script (e.g. `netlab completions bash >
+    /// /etc/bash_completion.d/netlab`).
+    Completions { shell: CompletionShell },
+    /// Print netlab's man page (roff), e.g. `netlab man > netlab.1`; with
+    /// --dir, write netlab.1 and one page per command there.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Svg,
+    Mermaid,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl From<CompletionShell> for clap_complete::Shell {
+    fn from(shell: CompletionShell) -> Self {
+        match shell {
+            CompletionShell::Bash => clap_complete::Shell::Bash,
+            CompletionShell::Zsh => clap_complete::Shell::Zsh,
+            CompletionShell::Fish => clap_complete::Shell::Fish,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -160,9 +220,11 @@ impl From<DatapathArg> for topology::Datapath {
 }
 
 impl Command {
-    /// The command's name as typed, for messages.
-    fn name(&self) -> &'static str {
-        match self {
+    /// The command's name as typed when it needs the kernel's privileges
+    /// (it builds or reads the lab's kernel objects); `None` for those that
+    /// only print (completions, the man page, a drawing of a file).
+    fn privileged(&self) -> Option<&'static str> {
+        Some(match self {
             Command::Up { .. } => "up",
             Command::Down { .. } => "down",
             Command::Status { .. } => "status",
@@ -170,12 +232,18 @@ impl Command {
             Command::Conntrack { .. } => "conntrack",
             Command::Exec { .. } => "exec",
             Command::Trace(_) => "trace",
-        }
+            Command::Metrics { .. } => "metrics",
+            Command::Graph { file: None, .. } => "graph",
+            Command::Graph { file: Some(_), .. }
+            | Command::Completions { .. }
+            | Command::Man { .. } => return None,
+        })
     }
 
     pub fn execute(self) -> Result<ExitCode> {
-        // Every command here builds or reads the lab's kernel objects.
-        sys::privileges::require(self.name())?;
+        if let Some(name) = self.privileged() {
+            sys::privileges::require(name)?;
+        }
         match self {
             Command::Up {
                 file,
@@ -192,8 +260,105 @@ impl Command {
                 command,
             } => run_exec(lab, &namespace, &command),
             Command::Trace(args) => run_trace(args),
+            Command::Graph {
+                file,
+                lab,
+                format,
+                output,
+            } => draw(file, lab, format, output),
+            Command::Metrics { lab, listen } => serve_metrics(lab, listen),
+            Command::Completions { shell } => {
+                let mut out = Vec::new();
+                completions(shell, &mut out);
+                std::io::stdout().write_all(&out)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man { dir } => man(dir),
         }
     }
+}
+
+/// The completion script for `shell`, generated from the clap definition.
+pub fn completions(shell: CompletionShell, out: &mut Vec<u8>) {
+    clap_complete::generate(
+        clap_complete::Shell::from(shell),
+        &mut Cli::command(),
+        "netlab",
+        out,
+    );
+}
+
+/// netlab's man page (roff), generated from the clap definition.
+pub fn man_page() -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    Ok(out)
+}
+
+fn man(dir: Option<PathBuf>) -> Result<ExitCode> {
+    match dir {
+        None => std::io::stdout().write_all(&man_page()?)?,
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages to {}", dir.display()))?;
+            eprintln!("netlab: man pages written to {}", dir.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn draw(
+    file: Option<PathBuf>,
+    lab: Option<String>,
+    format: GraphFormat,
+    output: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let record = match (&file, &lab) {
+        (Some(_), _) => None,
+        (None, Some(lab)) => {
+            Some(state::LabState::load(lab)?.with_context(|| format!("lab `{lab}` is not up"))?)
+        }
+        // No lab named: the running one if exactly one is up, else the default lab.
+        (None, None) => match state::labs().as_slice() {
+            [] => None,
+            _ => {
+                let lab = state::resolve_lab(None)?;
+                state::LabState::load(&lab)?
+            }
+        },
+    };
+    let (topo, published, live) = match (&file, record) {
+        (Some(path), _) => (topology::load(Some(path))?, None, None),
+        (None, Some(record)) => {
+            let (topo, published, live) = graph::live(&record)?;
+            (topo, Some(published), Some(live))
+        }
+        (None, None) => (topology::default_lab()?, None, None),
+    };
+    let mut picture = graph::Picture::of_topology(&topo);
+    if let Some(published) = published {
+        picture.published = published;
+    }
+    picture.live = live;
+    let bytes = match format {
+        GraphFormat::Dot => picture.render(graph::Format::Dot).into_bytes(),
+        GraphFormat::Mermaid => picture.render(graph::Format::Mermaid).into_bytes(),
+        GraphFormat::Svg => graph::svg(&picture.render(graph::Format::Dot))?,
+    };
+    match output {
+        Some(path) => {
+            std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => std::io::stdout().write_all(&bytes)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve_metrics(lab: Option<String>, listen: SocketAddr) -> Result<ExitCode> {
+    let lab = state::resolve_lab(lab.as_deref())?;
+    metrics::serve(&lab, listen)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_trace(args: TraceArgs) -> Result<ExitCode> {
@@ -376,4 +541,46 @@ fn show_conntrack(lab: Option<String>, json: bool) -> Result<ExitCode> {
         print!("{}", conntrack::render(&flows));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_know_every_command() {
+        for (shell, marker) in [
+            (CompletionShell::Bash, "complete -F _netlab"),
+            (CompletionShell::Zsh, "#compdef netlab"),
+            (CompletionShell::Fish, "complete -c netlab"),
+        ] {
+            let mut out = Vec::new();
+            completions(shell, &mut out);
+            let script = String::from_utf8(out).unwrap();
+            assert!(script.contains(marker), "{shell:?}: no {marker:?}");
+            for command in ["up", "graph", "metrics", "completions", "trace"] {
+                assert!(script.contains(command), "{shell:?} lacks {command}");
+            }
+            assert!(
+                script.contains("mermaid"),
+                "{shell:?} lacks graph's formats"
+            );
+        }
+    }
+
+    #[test]
+    fn man_page_lists_the_commands() {
+        let page = String::from_utf8(man_page().unwrap()).unwrap();
+        assert!(page.contains(".TH netlab 1"), "{page}");
+        for command in ["netlab\\-graph", "netlab\\-metrics", "netlab\\-completions"] {
+            assert!(page.contains(command), "no {command} in:\n{page}");
+        }
+    }
 }

@@ -11,14 +11,17 @@
 //!    and the iptables one (naming, planning, execution), behind one seam.
 //! 4. [`state`]: the record under `/run/netlab/` that survives a crash.
 //! 5. Commands, none importing another: [`lab`] (up/down), [`status`],
-//!    [`publish`], [`conntrack`], [`trace`], [`exec`].
+//!    [`publish`], [`conntrack`], [`trace`], [`exec`], [`graph`],
+//!    [`metrics`].
 //! 6. [`cli`]: flags, dispatch and printing.
 
 pub mod cli;
 pub mod conntrack;
 pub mod datapath;
 pub mod exec;
+pub mod graph;
 pub mod lab;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod pins;
@@ -39,7 +42,7 @@ mod layers {
     use std::{fs, path::Path};
 
     /// Each top-level module with its layer (lower imports nothing higher).
-    const LAYERS: [(&str, u8); 15] = [
+    const LAYERS: [(&str, u8); 17] = [
         ("topology", 1),
         ("sys", 2),
         ("netns", 2),
@@ -53,6 +56,8 @@ mod layers {
         ("conntrack", 5),
         ("trace", 5),
         ("exec", 5),
+        ("graph", 5),
+        ("metrics", 5),
         ("cli", 6),
         ("main", 7),
     ];

@@ -27,6 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod exposition;
 pub mod frames;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};

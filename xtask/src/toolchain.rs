@@ -173,6 +173,8 @@ pub const TEST_TOOLS: &[Prerequisite] = &[
     // `sysctl`: the conformance suite turns ICMP rate limits off in its
     // namespaces, so every kernel answers every probe.
     deb!("procps"),
+    // `dot` lays out `netlab graph --format svg` (and the README's picture).
+    deb!("graphviz"),
     Prerequisite {
         name: "tshark",
         check: Check::DebPackage("tshark"),
@@ -531,6 +533,7 @@ mod tests {
                 "python3",
                 "util-linux",
                 "procps",
+                "graphviz",
                 "tshark"
             ]
         );

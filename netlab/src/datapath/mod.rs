@@ -13,13 +13,56 @@
 pub mod ebpf;
 pub mod iptables;
 
+use std::collections::BTreeMap;
+
 use anyhow::Result;
+use netlab_common::IfaceCounters;
 
 use self::iptables::Variant;
 use crate::{
     pins::Pins,
-    topology::{Datapath, Family, PublishedPort, Topology},
+    topology::{Datapath, Family, Iface, Place, PublishedPort, Topology},
 };
+
+/// What the counting programs saw on one interface, per hook.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookCounters {
+    pub ingress: IfaceCounters,
+    pub egress: IfaceCounters,
+}
+
+/// The packet counters of the lab's veth ends, by interface: the pinned
+/// counters (kept by ifindex) joined with the interfaces as they are now
+/// (`indexes`, from [`crate::netlink::lab_indexes`]). Ends without a counter
+/// entry (no packet yet) are absent.
+pub fn iface_counters(
+    lab: &str,
+    indexes: &BTreeMap<Place, BTreeMap<String, u32>>,
+) -> Result<BTreeMap<Iface, HookCounters>> {
+    let by_index = ebpf::maps::iface_counters(&Pins::of(lab))?;
+    let mut out = BTreeMap::new();
+    for (place, links) in indexes {
+        for (name, index) in links {
+            let index = *index;
+            let ingress = by_index.get(&(index, netlab_common::Direction::Ingress as u32));
+            let egress = by_index.get(&(index, netlab_common::Direction::Egress as u32));
+            if ingress.is_none() && egress.is_none() {
+                continue;
+            }
+            out.insert(
+                Iface {
+                    place: place.clone(),
+                    name: name.clone(),
+                },
+                HookCounters {
+                    ingress: ingress.copied().unwrap_or_default(),
+                    egress: egress.copied().unwrap_or_default(),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
 
 /// Loads the eBPF object if needed and attaches the programs the topology's
 /// datapath wants (see [`ebpf::loader::plan`]).

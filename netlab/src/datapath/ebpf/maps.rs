@@ -12,7 +12,7 @@ use aya::maps::{
 use netlab_common::{
     IfaceCounters, IfaceKey, names,
     nat::{Backend, CtEntry, Endpoint, FlowKey, IfaceConfig, NatConfig, PublishKey, Stat},
-    trace::{Filter, TRACE_STAT_LOST, TraceConfig},
+    trace::{Filter, TRACE_STAT_EMITTED, TRACE_STAT_LOST, TraceConfig},
 };
 
 use crate::pins::Pins;
@@ -217,8 +217,17 @@ impl TraceStats {
 
     /// Events lost so far, summed over CPUs.
     pub fn lost(&self) -> u64 {
+        self.sum(TRACE_STAT_LOST)
+    }
+
+    /// Events put on the ring so far, summed over CPUs.
+    pub fn emitted(&self) -> u64 {
+        self.sum(TRACE_STAT_EMITTED)
+    }
+
+    fn sum(&self, slot: u32) -> u64 {
         self.0
-            .get(&TRACE_STAT_LOST, 0)
+            .get(&slot, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }
