@@ -189,6 +189,11 @@ pub struct NatConfig {
     /// [`names::LAB_NETS`](crate::names::LAB_NETS) are dropped, so the host
     /// never forwards lab traffic out of an interface that is not the lab's.
     pub closed: u32,
+    /// The uplink's subnet (network order; mask 0 when the lab has no
+    /// uplink): the kernel side tells it from the lab's own subnets without
+    /// a trie lookup, on the path of most packets.
+    pub uplink_net: u32,
+    pub uplink_mask: u32,
     pub _pad: u32,
 }
 
@@ -491,7 +496,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
 const _: () = assert!(core::mem::size_of::<PublishKey>() == 4);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
 const _: () = assert!(core::mem::size_of::<SockNat>() == 12);
 const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 8);

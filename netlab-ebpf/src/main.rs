@@ -1,7 +1,7 @@
 //! netlab's kernel side: thin program entry points over a packet-access
 //! layer ([`pkt`]: context, headers, checksums, the one parser) and
 //! datapath modules split by concern (as Cilium's `bpf/lib`):
-//! [`conntrack`], [`frag`], [`nat`], [`redirect`], [`trace`], [`kfree`],
+//! [`conntrack`], [`endpoints`], [`frag`], [`nat`], [`redirect`], [`trace`], [`kfree`],
 //! [`sock`], [`stats`], [`counters`]. Each entry point parses once, hands
 //! the result to the modules, and maps their [`Verdict`] to a TC action,
 //! counting a drop's reason there and nowhere else.
@@ -11,6 +11,7 @@
 
 mod conntrack;
 mod counters;
+mod endpoints;
 mod frag;
 mod kfree;
 mod nat;

@@ -20,7 +20,7 @@ use netlab_common::nat::{
 
 use crate::{
     conntrack::{self, Found, Rewrite, Tracked},
-    frag,
+    endpoints, frag,
     pkt::{
         csum::{self, L4Csum},
         ctx::{self, value},
@@ -126,13 +126,29 @@ pub fn admit(iface: &Iface, parsed: &Parsed) -> Result<(), Stat> {
     let Some(ip) = parsed.ip() else {
         return Ok(());
     };
+    let Some(cfg) = config() else {
+        return Ok(());
+    };
+    // The hash lookups and the uplink's subnet answer for most packets; the
+    // trie only for the rest.
+    let in_uplink_net =
+        |addr: u32| addr & cfg.uplink_mask == cfg.uplink_net && cfg.uplink_mask != 0;
+    let internal = |addr: u32| {
+        endpoints::get(addr).is_some() || (!in_uplink_net(addr) && net_kind(addr) == NET_INTERNAL)
+    };
     match iface.role {
-        ROLE_UPLINK if net_kind(ip.saddr) == NET_INTERNAL => Err(Stat::SpoofedSource),
+        ROLE_UPLINK if !in_uplink_net(ip.saddr) && internal(ip.saddr) => Err(Stat::SpoofedSource),
         ROLE_LAB => {
-            if config().is_some_and(|cfg| cfg.closed != 0) && net_kind(ip.daddr) == 0 {
+            let in_lab = |addr: u32| {
+                in_uplink_net(addr)
+                    || endpoints::get(addr).is_some()
+                    || is_local(addr)
+                    || net_kind(addr) != 0
+            };
+            if cfg.closed != 0 && !in_lab(ip.daddr) {
                 return Err(Stat::LeaveLab);
             }
-            if ip.saddr != 0 && net_kind(ip.saddr) != NET_INTERNAL {
+            if ip.saddr != 0 && !internal(ip.saddr) {
                 return Err(Stat::SpoofedSource);
             }
             Ok(())

@@ -15,7 +15,7 @@
 use aya_ebpf::{
     helpers::{bpf_redirect_neigh, bpf_redirect_peer},
     macros::map,
-    maps::{HashMap, PerCpuHashMap},
+    maps::PerCpuHashMap,
     programs::TcContext,
 };
 use netlab_common::{
@@ -24,17 +24,15 @@ use netlab_common::{
 };
 
 use crate::{
+    endpoints,
     nat::{self, Iface, Verdict},
     pkt::{
         csum,
-        ctx::{self, value, value_mut},
+        ctx::{self, value_mut},
         eth::{ETH_ALEN, ETH_DEST_OFF, ETH_SOURCE_OFF, MacPair, is_group},
         parse::Packet,
     },
 };
-
-#[map(name = "ENDPOINTS")]
-static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(4096, 0);
 
 #[map(name = "REDIRECT_STATS")]
 static REDIRECT_STATS: PerCpuHashMap<IfaceKey, u64> = PerCpuHashMap::pinned(4096 * 8, 0);
@@ -79,7 +77,7 @@ pub fn forward(ctx: &TcContext, iface: &Iface, pkt: &Packet, after: &Packet) -> 
         count(iface, RedirectReason::FallbackUnparsed);
         return Verdict::Pass;
     }
-    if let Some(endpoint) = value(ENDPOINTS.get_ptr(daddr)) {
+    if let Some(endpoint) = endpoints::get(daddr) {
         return to_endpoint(ctx, iface, pkt, after, endpoint, eth_dst);
     }
     let uplink = nat::config().map_or(0, |cfg| cfg.uplink_ifindex);
@@ -156,7 +154,7 @@ fn to_endpoint(
 /// `None` when the backend sits elsewhere (the packet is then routed).
 #[inline(always)]
 pub fn bridge_to_backend(ctx: &TcContext, iface: &Iface, after: &Packet) -> Option<Verdict> {
-    let endpoint = value(ENDPOINTS.get_ptr(after.key.daddr))?;
+    let endpoint = endpoints::get(after.key.daddr)?;
     let eth_dst = ctx::load::<[u8; ETH_ALEN]>(ctx, ETH_DEST_OFF)?;
     // Addressed to the gateway of the backend's segment: the same segment.
     if eth_dst != endpoint.gateway_mac || endpoint.ifindex == iface.ifindex {

@@ -571,27 +571,48 @@ fn a_tracked_flow_is_translated_both_ways() {
     });
 }
 
-/// Case 4: TCP that does not open a connection, to a published port, with
-/// no flow: dropped (the kernel's INVALID), untouched, nothing tracked.
+/// Case 4: TCP for an unknown flow to a published port, as nf_conntrack
+/// sees it: a plain ACK picks the connection up mid-stream (DNATed, tracked
+/// as established); what cannot open one (SYN+ACK, FIN, RST) is left
+/// untranslated for the host, counted, and nothing is tracked.
 #[test]
 #[ignore = "privileged: run through `cargo xtask test`"]
-fn tcp_without_syn_for_an_unknown_flow_is_dropped() {
+fn tcp_for_an_unknown_flow_follows_conntrack_pickup() {
     with_datapath(|dp| {
         dp.default_lab();
-        for flags in [TCP_ACK, TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK] {
+        for flags in [TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST] {
             let frame = Frame::tcp("203.0.113.2:40000", "203.0.113.1:8080", flags).bytes();
-            let out = dp.run(names::NAT_INGRESS, &frame);
-            out.expect(TC_ACT_SHOT, &[(Stat::TcpNotSyn, 1)]);
-            assert_frame_eq(&out.frame, &frame, "a dropped frame");
+            dp.expect_untouched(names::NAT_INGRESS, &frame, TCX_NEXT, Some(Stat::TcpNotSyn));
         }
         assert!(dp.conntrack().is_empty(), "nothing tracked");
 
-        // The same ACK to a port nobody published is none of NAT's business.
-        let frame = Frame::tcp("203.0.113.2:40000", "203.0.113.1:9999", TCP_ACK).bytes();
+        let ack = Frame::tcp("203.0.113.2:40000", "203.0.113.1:8080", TCP_ACK);
+        let out = dp.run(names::NAT_INGRESS, &ack.bytes());
+        out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+        assert_frame_eq(
+            &out.frame,
+            &ack.to(ep("192.168.15.2:80")).bytes(),
+            "picked up and DNATed",
+        );
+        let key = flow_key(IPPROTO_TCP, ep("203.0.113.2:40000"), ep("203.0.113.1:8080"));
+        let orig = dp.flow(&key).expect("picked-up flow tracked");
+        assert_eq!(orig.tcp_state, TcpState::Established as u8);
+
+        // An ACK to a port nobody published is none of NAT's business.
+        let frame = Frame::tcp("203.0.113.2:40001", "203.0.113.1:9999", TCP_ACK).bytes();
         dp.expect_untouched(names::NAT_INGRESS, &frame, TCX_NEXT, None);
         // Nor is one to an address that is not the host's.
-        let frame = Frame::tcp("203.0.113.2:40000", "203.0.113.9:8080", TCP_ACK).bytes();
+        let frame = Frame::tcp("203.0.113.2:40001", "203.0.113.9:8080", TCP_ACK).bytes();
         dp.expect_untouched(names::NAT_INGRESS, &frame, TCX_NEXT, None);
+        // Flags no stack sends (nf_conntrack's tcp_valid_flags) are never
+        // translated, even with SYN: counted as malformed.
+        let frame = Frame::tcp(
+            "203.0.113.2:40002",
+            "203.0.113.1:8080",
+            TCP_SYN | TCP_FIN | TCP_RST,
+        )
+        .bytes();
+        dp.expect_untouched(names::NAT_INGRESS, &frame, TCX_NEXT, Some(Stat::Malformed));
     });
 }
 

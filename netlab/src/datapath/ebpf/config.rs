@@ -61,6 +61,11 @@ pub fn configure(pins: &Pins, topo: &Topology) -> Result<()> {
             .collect())
     })?;
     let redirect = topo.datapath == Datapath::Redirect;
+    let uplink_net = topo
+        .veth_ends()
+        .find(|e| topo.nat.uplink.as_deref() == Some(e.name.as_str()))
+        .and_then(|e| e.addresses.first())
+        .map(|a| a.net);
     config.set(
         0,
         NatConfig {
@@ -70,6 +75,8 @@ pub fn configure(pins: &Pins, topo: &Topology) -> Result<()> {
             host_netns_cookie: sys::host_netns_cookie()?,
             redirect: u32::from(redirect),
             closed: 1,
+            uplink_net: uplink_net.map_or(0, |n| be(n.network().addr)),
+            uplink_mask: uplink_net.map_or(0, |n| n.mask().to_be()),
             _pad: 0,
             uplink_ifindex: topo
                 .nat
