@@ -373,9 +373,13 @@ pub enum Stat {
     /// addressed into the lab: dropped (netfilter finds it INVALID; the
     /// world reaches the lab through published ports only).
     IcmpErrorUnrelated,
+    /// A TCP flow whose first reply was a RST (a refused connection): the
+    /// RST is translated and the flow removed at once, as nf_conntrack
+    /// deletes it, so later ICMP errors about it are unrelated.
+    CtRefused,
 }
 
-pub const STAT_COUNT: u32 = 28;
+pub const STAT_COUNT: u32 = 29;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -407,6 +411,7 @@ impl Stat {
         Stat::HostPortRemapped,
         Stat::CtAssured,
         Stat::IcmpErrorUnrelated,
+        Stat::CtRefused,
     ];
 
     pub fn name(self) -> &'static str {
@@ -439,6 +444,7 @@ impl Stat {
             Stat::HostPortRemapped => "host_port_remapped",
             Stat::CtAssured => "ct_assured",
             Stat::IcmpErrorUnrelated => "icmp_error_unrelated",
+            Stat::CtRefused => "ct_refused",
         }
     }
 

@@ -172,6 +172,18 @@ pub fn track(found: Found, key: &FlowKey, pkt: &Packet) -> Tracked {
         remove_flow(table, key, &peer);
         return Tracked::Gone;
     }
+    if key.proto == IPPROTO_TCP
+        && direction != DIR_ORIGINAL
+        && orig.flags & CT_REPLIED == 0
+        && pkt.tcp_flags & TCP_RST != 0
+    {
+        // nf_conntrack (tcp_packet): "if only reply is a RST, we can
+        // consider ourselves not to have an established connection [...]
+        // delete the conntrack immediately". The RST itself is translated.
+        stats::count(Stat::CtRefused);
+        remove_flow(table, key, &peer);
+        return Tracked::Rewrite(rewrite);
+    }
     if now.wrapping_sub(orig.last_seen_ns) > REFRESH_NS {
         orig.last_seen_ns = now;
     }
@@ -269,21 +281,30 @@ fn advance_tcp(orig: &mut CtEntry, direction: u8, flags: u8) {
 pub fn key_free(key: &FlowKey, now: u64) -> bool {
     // References only: this runs in the port search's callback, whose
     // stack frame adds to the NAT program's.
-    let Some(Found { entry, table }) = lookup(key) else {
-        return true;
-    };
+    match lookup(key) {
+        None => true,
+        Some(found) => !alive(&found, key, now),
+    }
+}
+
+/// Whether the flow `found` (the entry of `key`) is alive: its original
+/// entry is there and not idle past its timeout. A dead flow is removed
+/// now (counted): nf_conntrack would not know it any more, so nothing may
+/// be translated with it (an ICMP error about it is unrelated).
+#[inline(always)]
+pub fn alive(found: &Found, key: &FlowKey, now: u64) -> bool {
+    let entry = &*found.entry;
     let peer = entry.peer;
     let alive = if entry.direction == DIR_ORIGINAL {
         !expired(entry, now)
     } else {
-        value(table.map().get_ptr(peer)).is_some_and(|orig| !expired(orig, now))
+        value(found.table.map().get_ptr(peer)).is_some_and(|orig| !expired(orig, now))
     };
-    if alive {
-        return false;
+    if !alive {
+        stats::count(Stat::CtExpired);
+        remove_flow(found.table, key, &peer);
     }
-    stats::count(Stat::CtExpired);
-    remove_flow(table, key, &peer);
-    true
+    alive
 }
 
 /// A new flow, as NAT decided it.

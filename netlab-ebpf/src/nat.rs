@@ -598,6 +598,11 @@ pub fn icmp_error(ctx: &TcContext, err: &IcmpError, hook: u8, iface: &Iface) -> 
     if found.entry.apply != hook {
         return None;
     }
+    // Entries expire lazily: an error about a flow idle past its timeout
+    // is about nothing nf_conntrack still knows, so it is unrelated.
+    if !conntrack::alive(&found, &key, conntrack::now()) {
+        return None;
+    }
     let entry = Rewrite::of(found.entry);
     // An error from a router inside a masqueraded subnet (not the flow's
     // endpoint) leaving through the uplink takes the masquerade address, as

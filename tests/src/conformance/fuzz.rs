@@ -38,6 +38,13 @@ use super::{
 
 pub const DEFAULT_SEED: u64 = 9;
 
+/// How many probes back an ICMP error's flow may have been opened: about
+/// three batches, a few seconds, well inside the shortest conntrack
+/// timeout (10 s for a TCP flow a RST closed, which most TCP openers are
+/// by then). An error about an older flow would be compared at the moment
+/// one conntrack or the other lets the flow expire, which is timing.
+const LIVE_FLOW_PROBES: usize = 30;
+
 /// How many probes a run sends, and for how long at most.
 #[derive(Clone, Copy, Debug)]
 pub struct Budget {
@@ -123,18 +130,38 @@ pub struct Probe {
     pub body: Body,
 }
 
-/// The TCP or UDP source port of an IPv4 packet that carries its L4 header.
-fn source_port(packet: &[u8]) -> Option<u16> {
+/// The TCP or UDP (source, destination) ports of an IPv4 packet that
+/// carries its L4 header.
+fn ports(packet: &[u8]) -> Option<(u16, u16)> {
     let ihl = usize::from(packet.first()? & 0x0f) * 4;
     let proto = *packet.get(9)?;
     let frag_offset = u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]) & 0x1fff;
     if !(proto == 6 || proto == 17) || frag_offset != 0 {
         return None;
     }
-    Some(u16::from_be_bytes([
-        *packet.get(ihl)?,
-        *packet.get(ihl + 1)?,
-    ]))
+    let at = |i: usize| -> Option<u16> {
+        Some(u16::from_be_bytes([
+            *packet.get(ihl + i)?,
+            *packet.get(ihl + i + 1)?,
+        ]))
+    };
+    Some((at(0)?, at(2)?))
+}
+
+/// The batch a difference's place (`step `batch N` @ POINT`) names.
+fn batch_of(place: &str) -> Option<usize> {
+    place
+        .split('`')
+        .nth(1)?
+        .strip_prefix("batch ")?
+        .parse()
+        .ok()
+}
+
+/// The one class in `classes`, if they agree.
+fn only<'a>(mut classes: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let first = classes.next()?;
+    classes.all(|c| c == first).then_some(first)
 }
 
 fn addr(s: &str) -> Ipv4Addr {
@@ -184,6 +211,17 @@ struct Generator {
 }
 
 impl Generator {
+    /// How many of the last openers were sent within LIVE_FLOW_PROBES
+    /// probes before probe `n`.
+    fn recent_openers(&self, n: usize) -> usize {
+        let since = probe_id(n.saturating_sub(LIVE_FLOW_PROBES));
+        self.openers
+            .iter()
+            .rev()
+            .take_while(|(id, _)| *id >= since)
+            .count()
+    }
+
     fn sport(&mut self, reuse_from_outside: bool) -> u16 {
         let pool = if reuse_from_outside {
             &self.outside_ports
@@ -488,9 +526,10 @@ impl Generator {
                     body: Body::Packets(vec![Ip::new(src, dst, proto, id).packet(&l4)]),
                 }
             }
-            // ICMP errors about live flows.
-            80..=89 if !self.openers.is_empty() => {
-                let i = self.rng.below(self.openers.len() as u64) as usize;
+            // ICMP errors about live flows (recent ones: see LIVE_FLOW_PROBES).
+            80..=89 if self.recent_openers(n) > 0 => {
+                let recent = self.recent_openers(n);
+                let i = self.openers.len() - 1 - self.rng.below(recent as u64) as usize;
                 let (opener, _) = self.openers[i];
                 let (kind, code) = self.rng.pick(&[(3, 3), (3, 1), (3, 4), (11, 0), (12, 0)]);
                 let broken = self.rng.percent(20);
@@ -719,7 +758,9 @@ pub const INTENDED: &[FuzzIntended] = &[
         line_contains: "",
         side: "expected",
         reason: "a lab source arriving on the uplink is spoofed: the eBPF datapaths drop it \
-                 (spoofed_source); netfilter, with rp_filter off, DNATs it",
+                 (spoofed_source); netfilter, with rp_filter off, DNATs it or hands it to the \
+                 host, so the lines are the probe at blue and what answers it (blue's reply, \
+                 the host's RST to the spoofed lab address, which reaches red)",
     },
     FuzzIntended {
         class: "fragments through masquerade",
@@ -728,7 +769,11 @@ pub const INTENDED: &[FuzzIntended] = &[
         side: "",
         reason: "netfilter reassembles before NAT; a TC program cannot hold a fragment until \
                  its first arrives, so a datagram whose first fragment comes late is lost \
-                 (frag_unknown, or untranslated_leak on the uplink), as in Cilium",
+                 (frag_unknown, or untranslated_leak on the uplink), as in Cilium. The lines: \
+                 the fragments at outside (netfilter sends the datagram whole or refragmented, \
+                 eBPF the fragments it could translate, which outside cannot reassemble), and \
+                 the consequences of a datagram that arrived on one datapath only: outside's \
+                 echo at red (and its later fragments), red's port unreachable about that echo",
     },
     FuzzIntended {
         class: "fragments to a published port",
@@ -736,7 +781,25 @@ pub const INTENDED: &[FuzzIntended] = &[
         line_contains: "",
         side: "",
         reason: "as for fragments through masquerade: out-of-order fragments cannot be \
-                 translated by a TC program",
+                 translated by a TC program. The lines: the fragments at blue, and what a \
+                 datagram that reached blue on one datapath only draws: blue's answer at outside \
+                 (and its later fragments), outside's port unreachable about it at blue",
+    },
+    FuzzIntended {
+        class: "red to blue",
+        place_contains: "@ red",
+        line_contains: "type=5/1",
+        side: "",
+        reason: "ICMP host redirects (type 5) the host sends red about red-to-blue packets \
+                 red addressed to the gateway: the kernel limits them per source with an \
+                 exponential backoff (ip_rt_redirect_load << n, at most \
+                 ip_rt_redirect_number, no sysctl lifts it), so which packet gets one depends \
+                 on when the earlier ones went out (bridge and iptables route the same packets \
+                 and still differ at the backoff's edge); and the redirect datapath hands \
+                 lab-internal packets it can parse to the peer veth without the stack's \
+                 forwarding, so only those it leaves to the stack (flags nf_conntrack finds \
+                 invalid) can draw one. Redirects are not NAT: the packet itself reaches blue \
+                 on every datapath",
     },
     FuzzIntended {
         class: "malformed l4 from red",
@@ -941,32 +1004,57 @@ fn run_lanes(
         .map(|p| (format!("id={:#06x}", probe_id(p.n)), p.class))
         .collect();
     // A kernel's answer to a probe often quotes none of its ids, but names
-    // its flow: the masquerade port named after the probe (`P#id`), or
-    // the probe's own source port when no other probe used it.
+    // its flow: the masquerade port named after the probe (`P#id`); else
+    // the ports of a probe of the same batch (both of them, or its source
+    // port alone), when they name one class; else the probe's own source
+    // port when no probe of another class used it. A reply's later
+    // fragments name their first fragment's flow (`of ...`).
     let mut class_of_port: BTreeMap<u16, Option<&'static str>> = BTreeMap::new();
+    let mut flows_of_batch: BTreeMap<usize, Vec<(u16, u16, &'static str)>> = BTreeMap::new();
     for probe in &probes {
         if let Body::Packets(packets) = &probe.body
-            && let Some(port) = packets.iter().find_map(|p| source_port(p))
+            && let Some((sport, dport)) = packets.iter().find_map(|p| ports(p))
         {
             class_of_port
-                .entry(port)
+                .entry(sport)
                 .and_modify(|c| {
                     if *c != Some(probe.class) {
                         *c = None;
                     }
                 })
                 .or_insert(Some(probe.class));
+            flows_of_batch
+                .entry(probe.n / budget.batch.max(1))
+                .or_default()
+                .push((sport, dport, probe.class));
         }
     }
-    let response_class = |line: &str| -> Option<&'static str> {
-        line.split([' ', ']', '['])
+    let response_class = |line: &str, place: &str| -> Option<&'static str> {
+        let words: Vec<&str> = line
+            .split([' ', ']', '['])
             .filter_map(|word| word.rsplit_once(':').map(|(_, port)| port))
-            .find_map(|port| match port.strip_prefix("P#") {
-                Some(id) => class_of_id.get(&format!("id=0x{id}")).copied(),
-                None => port
-                    .parse::<u16>()
-                    .ok()
-                    .and_then(|p| class_of_port.get(&p).copied().flatten()),
+            .collect();
+        if let Some(class) = words
+            .iter()
+            .filter_map(|w| w.strip_prefix("P#"))
+            .find_map(|id| class_of_id.get(&format!("id=0x{id}")).copied())
+        {
+            return Some(class);
+        }
+        let numbers: BTreeSet<u16> = words.iter().filter_map(|w| w.parse().ok()).collect();
+        let flows = batch_of(place)
+            .and_then(|b| flows_of_batch.get(&b))
+            .map_or(&[][..], Vec::as_slice);
+        let both = flows
+            .iter()
+            .filter(|(s, d, _)| numbers.contains(s) && numbers.contains(d));
+        let source = flows.iter().filter(|(s, _, _)| numbers.contains(s));
+        only(both.map(|f| f.2))
+            .or_else(|| only(source.map(|f| f.2)))
+            .or_else(|| {
+                numbers
+                    .iter()
+                    .find_map(|p| class_of_port.get(p).copied().flatten())
             })
     };
     let what_of_id: BTreeMap<String, String> = probes
@@ -1003,7 +1091,7 @@ fn run_lanes(
                     let class = id
                         .as_ref()
                         .and_then(|id| class_of_id.get(id).copied())
-                        .or_else(|| response_class(line))
+                        .or_else(|| response_class(line, &difference.place))
                         .unwrap_or("kernel responses");
                     if std::env::var_os("NETLAB_FUZZ_SHOW_ALL").is_some() {
                         eprintln!(

@@ -9,10 +9,15 @@
 //! - ports from the ephemeral and masquerade range (32768 and up), every
 //!   port of a NAT address (the uplink's and the gateway's) but the
 //!   published ones, and ICMP echo identifiers become per-flow classes
-//!   (`P1`, `P2`, ...), numbered in order of first appearance at that
-//!   point: masquerade may hand out any free port (netfilter remaps a host
-//!   socket that collides with a masqueraded flow below 32768, too), and a
-//!   client's kernel picks its own;
+//!   (`P1`, `P2`, ...; echo identifiers `E1`, `E2`, ... apart, so that an
+//!   extra TCP or UDP flow does not renumber a ping), numbered in order of
+//!   first appearance at that point: masquerade may hand out any free port
+//!   (netfilter remaps a host socket that collides with a masqueraded flow
+//!   below 32768, too), and a client's kernel picks its own;
+//! - a fragment after the first that a kernel sent (a reply too big for
+//!   the link) names the flow of its first fragment, seen earlier at that
+//!   point in that step (`of SRC:PORT > DST:PORT`): its bytes hold no
+//!   ports, and this is how a report ties it to the probe it answers;
 //! - for packets a kernel sent (not crafted), TCP sequence numbers, window,
 //!   options and the exact flag mix are dropped (only SYN / SYN-ACK / RST /
 //!   other is kept) and payloads are kept by length, not bytes: segmenting
@@ -72,6 +77,11 @@ pub struct Classes {
     /// Classes of flows only ever seen quoted in ICMP errors: numbered
     /// apart, so that an extra error does not renumber the flows after it.
     quoted: HashMap<(u8, Endpoint, Endpoint, Endpoint), String>,
+    /// Echo identifiers outside ICMP errors, numbered apart from ports.
+    echo: HashMap<(u8, Endpoint, Endpoint, Endpoint), String>,
+    /// The flow of each first fragment a kernel sent, by (source,
+    /// destination, protocol, IP id): `SRC:PORT > DST:PORT`, classed.
+    fragments: HashMap<(Ipv4Addr, Ipv4Addr, u8, u16), String>,
 }
 
 impl Classes {
@@ -108,11 +118,33 @@ impl Classes {
                 .or_insert_with(|| format!("Q{next}"))
                 .clone();
         }
+        if proto == PROTO_ICMP {
+            let next = self.echo.len() + 1;
+            return self
+                .echo
+                .entry(key)
+                .or_insert_with(|| format!("E{next}"))
+                .clone();
+        }
         let next = self.seen.len() + 1;
         self.seen
             .entry(key)
             .or_insert_with(|| format!("P{next}"))
             .clone()
+    }
+}
+
+impl Classes {
+    /// Notes the flow of a first fragment a kernel sent (`sp`, `dp`: its
+    /// ports as classed), for the fragments after it.
+    fn first_fragment(&mut self, view: &Ipv4View, crafted_or_quoted: bool, sp: &str, dp: &str) {
+        if crafted_or_quoted || !view.is_fragment() || view.frag_offset() != 0 {
+            return;
+        }
+        self.fragments.insert(
+            (view.src, view.dst, view.proto, view.id),
+            format!("{}:{sp} > {}:{dp}", view.src, view.dst),
+        );
     }
 }
 
@@ -201,6 +233,7 @@ fn describe_packet(view: &Ipv4View, classes: &mut Classes, quoted: bool) -> Stri
             let sp = classes.port(proto, (a, b), a, quoted, id);
             let dp = classes.port(proto, (a, b), b, quoted, id);
             let _ = write!(line, "tcp {src}:{sp} > {dst}:{dp}");
+            classes.first_fragment(view, crafted || quoted, &sp, &dp);
             if crafted {
                 let _ = write!(line, " flags={} doff={data_offset}", tcp_flags(*flags));
                 if !payload.is_empty() {
@@ -225,6 +258,7 @@ fn describe_packet(view: &Ipv4View, classes: &mut Classes, quoted: bool) -> Stri
             let (a, b) = ((src, *sport), (dst, *dport));
             let sp = classes.port(proto, (a, b), a, quoted, id);
             let dp = classes.port(proto, (a, b), b, quoted, id);
+            classes.first_fragment(view, crafted || quoted, &sp, &dp);
             let _ = write!(line, "udp {src}:{sp} > {dst}:{dp} len={}", payload.len());
             if !quoted {
                 let _ = write!(line, " data={}", digest(payload));
@@ -263,6 +297,9 @@ fn describe_packet(view: &Ipv4View, classes: &mut Classes, quoted: bool) -> Stri
         }
         L4::FragmentData { len } => {
             let _ = write!(line, "proto{proto} {src} > {dst} fragment-data len={len}");
+            if !crafted && let Some(flow) = classes.fragments.get(&(src, dst, proto, view.id)) {
+                let _ = write!(line, " of {flow}");
+            }
         }
         L4::Truncated { proto, len } => {
             let _ = write!(line, "proto{proto} {src} > {dst} truncated len={len}");
@@ -424,6 +461,38 @@ mod tests {
         );
         let published = line(&ip.packet(&udp(UP, OUT, 8080, 9100, b"")), &mut c);
         assert!(published.contains("203.0.113.1:8080 >"), "{published}");
+    }
+
+    #[test]
+    fn a_kernels_later_fragments_name_the_flow_of_their_first() {
+        let mut c = Classes::default();
+        let mut ip = Ip::new(OUT, RED, PROTO_UDP, 7);
+        ip.ttl = 63;
+        let whole = ip.packet(&udp(OUT, RED, 9000, 12345, &[0; 100]));
+        let lines: Vec<String> = super::super::packet::fragment(&whole, 64)
+            .iter()
+            .map(|f| line(f, &mut c))
+            .collect();
+        assert!(
+            lines[1].contains("fragment-data len=")
+                && lines[1].contains(" of 203.0.113.2:9000 > 192.168.15.1:12345"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn echo_identifiers_are_numbered_apart_from_ports() {
+        let mut c = Classes::default();
+        let mut ip = Ip::new(UP, RED, PROTO_UDP, 1);
+        ip.ttl = 64;
+        let _ = line(&ip.packet(&udp(UP, RED, 1138, 9100, b"")), &mut c);
+        let mut echo = Ip::new(OUT, RED, PROTO_ICMP, 2);
+        echo.ttl = 63;
+        let reply = line(
+            &echo.packet(&super::super::packet::icmp_echo(0, 4242, 1, b"x")),
+            &mut c,
+        );
+        assert!(reply.contains(" id=E1 "), "{reply}");
     }
 
     #[test]

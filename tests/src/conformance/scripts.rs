@@ -66,7 +66,10 @@ for line in sys.stdin:
 
 /// UDP echo server: `PORT [REPLY_SIZE]`. Prints "ready", then "from
 /// HOST:PORT LEN" per datagram; answers with the datagram, or with
-/// REPLY_SIZE bytes.
+/// REPLY_SIZE bytes. An answer that cannot be sent (a datagram from a
+/// source there is no route back to, as a spoofed one) is reported as
+/// "unanswered HOST:PORT ERROR" and the server goes on: one bad datagram
+/// must not turn every later one into a port unreachable.
 pub const UDP_SERVER: &str = r#"
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -76,7 +79,10 @@ print("ready", flush=True)
 while True:
     data, (host, port) = s.recvfrom(65535)
     print(f"from {host}:{port} {len(data)}", flush=True)
-    s.sendto(data if size is None else bytes(i % 251 for i in range(size)), (host, port))
+    try:
+        s.sendto(data if size is None else bytes(i % 251 for i in range(size)), (host, port))
+    except OSError as e:
+        print(f"unanswered {host}:{port} {e!r}", flush=True)
 "#;
 
 /// UDP client: `HOST PORT SIZE [BIND_PORT]`. Sends SIZE bytes from a
