@@ -37,6 +37,19 @@ pub const MAX_TRACE_IFACES: u32 = 4096;
 /// [`EventHeader::kind`].
 pub const EVENT_HOP: u8 = 1;
 pub const EVENT_KERNEL_DROP: u8 = 2;
+/// The journey's skb reached a socket: freed by `skb:consume_skb` after a
+/// hop, or freed by `skb:kfree_skb` after a clone of it went to a socket
+/// ([`EventHeader::reason`] is a `FATE_*`).
+pub const EVENT_DELIVERED: u8 = 3;
+
+/// [`EventHeader::reason`] of an [`EVENT_DELIVERED`]: consumed by the stack
+/// (`skb:consume_skb`, at [`EventHeader::location`]).
+pub const FATE_CONSUMED: u8 = 0;
+/// A clone of the skb went to a socket (a raw socket: `raw_local_deliver`
+/// clones for each), then the original was freed with
+/// [`EventHeader::kernel_reason`] (`NO_SOCKET` from `ping_rcv` for an echo
+/// reply), which is not a loss.
+pub const FATE_CLONED: u8 = 1;
 
 /// Which program saw the packet ([`EventHeader::hook`]).
 #[repr(u8)]
@@ -48,7 +61,7 @@ pub enum Hook {
     /// Host-side veth or uplink (`nat_ingress`/`nat_egress`).
     NatIngress = 2,
     NatEgress = 3,
-    /// Not a TC hop: `skb:kfree_skb`.
+    /// Not a TC hop: `skb:kfree_skb`, `skb:consume_skb`, `raw_rcv`.
     Kernel = 4,
 }
 
@@ -85,6 +98,8 @@ pub enum Action {
     Drop = 2,
     /// Freed by the kernel with [`EventHeader::kernel_reason`].
     KernelDrop = 3,
+    /// Delivered to a socket ([`EVENT_DELIVERED`]).
+    Delivered = 4,
 }
 
 impl Action {
@@ -94,6 +109,7 @@ impl Action {
             1 => Action::Redirect,
             2 => Action::Drop,
             3 => Action::KernelDrop,
+            4 => Action::Delivered,
             _ => return None,
         })
     }
@@ -104,6 +120,7 @@ impl Action {
             Action::Redirect => "redirect",
             Action::Drop => "drop",
             Action::KernelDrop => "kernel_drop",
+            Action::Delivered => "delivered",
         }
     }
 }
@@ -213,7 +230,9 @@ pub struct TraceConfig {
     /// between kernels: `rx_sk` was added before `protocol`).
     pub kfree_protocol_off: u32,
     pub kfree_reason_off: u32,
-    pub _pad: u32,
+    /// Bit offset of `sk_buff.cloned` (from BTF); 0: unknown, and a freed
+    /// skb whose clone reached a socket shows as a drop.
+    pub skb_cloned_bit: u32,
 }
 
 /// Literal kinds of the filter ([`Literal::kind`]).
@@ -262,7 +281,9 @@ pub struct Clause {
 
 /// The filter in disjunctive normal form: a hop matches when any clause
 /// has all its literals true for the tuple before or after the hop. No
-/// clause: everything matches ([`TRACE_FILTER`](crate::names::TRACE_FILTER), index 0).
+/// clause: everything matches. `netlab trace` writes it into the
+/// [`TRACE_FILTER`](crate::names::TRACE_FILTER) global of `trace_hop`
+/// before loading it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -276,6 +297,28 @@ pub const TRACE_STAT_EMITTED: u32 = 0;
 /// Ring buffer full: the event was lost.
 pub const TRACE_STAT_LOST: u32 = 1;
 pub const TRACE_STAT_COUNT: u32 = 2;
+
+impl Filter {
+    /// No clause: every packet.
+    pub const EMPTY: Filter = Filter {
+        clauses: [Clause {
+            literals: [Literal {
+                kind: 0,
+                negate: 0,
+                side: 0,
+                _pad: 0,
+                value: 0,
+                mask: 0,
+                port_min: 0,
+                port_max: 0,
+            }; MAX_LITERALS],
+            len: 0,
+            _pad: 0,
+        }; MAX_CLAUSES],
+        len: 0,
+        _pad: 0,
+    };
+}
 
 const _: () = assert!(core::mem::size_of::<Tuple>() == 16);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
