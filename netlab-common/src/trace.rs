@@ -190,7 +190,8 @@ pub struct EventHeader {
     pub location: u64,
 }
 
-/// One packet at one TC hop, with its first bytes.
+/// One packet at one TC hop, with its first bytes. With a snap length of
+/// 0 the record is the [`EventHeader`] alone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct HopEvent {
@@ -212,9 +213,15 @@ pub struct Journey {
     pub trace_id: u64,
     pub last_ns: u64,
     pub last_ifindex: u32,
-    pub _pad: u32,
+    /// [`JOURNEY_CLONED`] when the skb was already a clone at its last hop
+    /// (TCP sends clones of its queued segments).
+    pub flags: u32,
     pub last: Tuple,
 }
+
+/// [`Journey::flags`]: `sk_buff.cloned` was set at the last hop, so being
+/// cloned when freed says nothing about a socket having taken a copy.
+pub const JOURNEY_CLONED: u32 = 1;
 
 /// The switch ([`TRACE_CONFIG`](crate::names::TRACE_CONFIG), index 0).
 #[repr(C)]

@@ -1,21 +1,18 @@
 //! A journey's fate: the `skb:kfree_skb` tracepoint (a drop, with the
 //! kernel's reason), joined to the packet's journey by skb address;
 //! `skb:consume_skb` (delivered: freed normally after its last hop). A
-//! dropped skb that was cloned first (a raw socket got a clone, then the
-//! protocol found no socket of its own: a ping reply to a raw-socket ping)
-//! was delivered too, and says so. Both are loaded and attached by `netlab
+//! dropped skb that was cloned after its last hop (a raw socket got a
+//! clone, then the protocol found no socket of its own: a ping reply to a
+//! raw-socket ping) was delivered too, and says so. Both are loaded and attached by `netlab
 //! trace` only while it runs, and ignore every skb no hop traced.
 
-use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
 use netlab_common::trace::{
     Action, DropEvent, EVENT_DELIVERED, EVENT_KERNEL_DROP, EventHeader, FATE_CLONED, FATE_CONSUMED,
-    Hook, JOURNEY_IDLE_NS, Journey, REASON_NONE,
+    Hook, JOURNEY_CLONED, JOURNEY_IDLE_NS, Journey, REASON_NONE,
 };
 
-use crate::trace::{TRACE_EVENTS, TRACE_JOURNEYS, config, count_emitted};
+use crate::trace::{TRACE_EVENTS, TRACE_JOURNEYS, cloned, config, count_emitted};
 
 /// Offsets in the tracepoints' records (tracefs `format`): the same in
 /// every kernel with drop reasons.
@@ -55,7 +52,8 @@ pub fn kfree_skb(ctx: &TracePointContext) {
     .unwrap_or(0);
     // SAFETY: as above.
     let location = unsafe { ctx.read_at::<u64>(LOCATION_OFF) }.unwrap_or(0);
-    if cloned(skb, cfg.skb_cloned_bit) {
+    // Cloned since its last hop: a socket (raw) took a copy on the way up.
+    if journey.flags & JOURNEY_CLONED == 0 && cloned(skb, cfg.skb_cloned_bit) {
         emit_fate(
             &journey,
             now,
@@ -92,19 +90,6 @@ pub fn consume_skb(ctx: &TracePointContext) {
     // SAFETY: as above.
     let location = unsafe { ctx.read_at::<u64>(LOCATION_OFF) }.unwrap_or(0);
     deliver(skb, FATE_CONSUMED, location);
-}
-
-/// Whether `skb->cloned` is set: a clone of this skb lives on (in a raw
-/// socket's queue). `bit` is the field's bit offset from BTF; 0: unknown.
-#[inline(always)]
-fn cloned(skb: u64, bit: u32) -> bool {
-    if bit == 0 || bit >= 8 * 1024 {
-        return false;
-    }
-    let at = (skb + u64::from(bit / 8)) as *const u8;
-    // SAFETY: a kernel read the helper checks; a failure reads as "not cloned".
-    let byte = unsafe { bpf_probe_read_kernel(at) }.unwrap_or(0);
-    byte & (1 << (bit % 8)) != 0
 }
 
 /// Ends `skb`'s journey, if it has a live one, with a delivered event.

@@ -18,7 +18,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_skb_load_bytes},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::TcContext,
@@ -26,7 +26,7 @@ use aya_ebpf::{
 use netlab_common::{
     nat::{IPPROTO_TCP, IPPROTO_UDP, Stat},
     trace::{
-        Action, DEFAULT_RING_BYTES, EVENT_HOP, EventHeader, Filter, Hook, HopEvent,
+        Action, DEFAULT_RING_BYTES, EVENT_HOP, EventHeader, Filter, Hook, HopEvent, JOURNEY_CLONED,
         JOURNEY_IDLE_NS, Journey, LIT_HOST, LIT_IFACE, LIT_NETNS, LIT_PORT, LIT_PROTO, Literal,
         MAX_CLAUSES, MAX_JOURNEYS, MAX_LITERALS, MAX_TRACE_IFACES, REASON_NONE, SIDE_DST, SIDE_SRC,
         SNAP_MAX, TRACE_STAT_COUNT, TRACE_STAT_EMITTED, TRACE_STAT_LOST, TUPLE_IPV4,
@@ -266,6 +266,11 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
         && TRACE_IFACES
             .get_ptr(ifindex)
             .is_some_and(|place| value(Some(place)).is_some_and(|p| *p != 0));
+    let flags = if cloned(skb, cfg.skb_cloned_bit) {
+        JOURNEY_CLONED
+    } else {
+        0
+    };
     let mut trace_id = 0;
     let mut known = false;
     if let Some(journey) = TRACE_JOURNEYS.get_ptr_mut(skb) {
@@ -283,6 +288,7 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
                 trace_id = (*journey).trace_id;
                 (*journey).last_ns = now;
                 (*journey).last_ifindex = ifindex;
+                (*journey).flags = flags;
                 (*journey).last = *after;
             }
         }
@@ -306,12 +312,41 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
             trace_id,
             last_ns: now,
             last_ifindex: ifindex,
-            _pad: 0,
+            flags,
             last: *after,
         };
         let _ = TRACE_JOURNEYS.insert(skb, journey, 0);
     }
     if trace_id == 0 {
+        return;
+    }
+    let len = ctx.len();
+    let header = EventHeader {
+        kind: EVENT_HOP,
+        hook: *hook as u8,
+        action: *action as u8,
+        reason: *reason,
+        ifindex,
+        ts_ns: now,
+        trace_id,
+        skb_len: len,
+        cap_len: 0,
+        target_ifindex: *target_ifindex,
+        kernel_reason: 0,
+        before: *before,
+        after: *after,
+        location: 0,
+    };
+    // Without packet bytes (JSON and human output show none), a hop is
+    // its header alone: a quarter of the ring space, and no copy.
+    if cfg.snaplen == 0 {
+        let Some(mut entry) = TRACE_EVENTS.reserve::<EventHeader>(0) else {
+            count_emitted(false);
+            return;
+        };
+        count_emitted(true);
+        entry.write(header);
+        entry.submit(0);
         return;
     }
     let Some(mut entry) = TRACE_EVENTS.reserve::<HopEvent>(0) else {
@@ -320,7 +355,6 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
     };
     count_emitted(true);
     let event = entry.as_mut_ptr();
-    let len = ctx.len();
     let mut cap = cfg.snaplen.min(len).min(SNAP_MAX as u32);
     if cap > 0 && cap <= SNAP_MAX as u32 {
         // Spelled so the verifier sees 1..=SNAP_MAX in the register the
@@ -347,23 +381,24 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
     // in full, the data up to `cap`.
     unsafe {
         (*event).header = EventHeader {
-            kind: EVENT_HOP,
-            hook: *hook as u8,
-            action: *action as u8,
-            reason: *reason,
-            ifindex,
-            ts_ns: now,
-            trace_id,
-            skb_len: len,
             cap_len: cap,
-            target_ifindex: *target_ifindex,
-            kernel_reason: 0,
-            before: *before,
-            after: *after,
-            location: 0,
+            ..header
         };
     }
     entry.submit(0);
+}
+
+/// Whether `skb->cloned` is set (a clone of it exists). `bit` is the
+/// field's bit offset from BTF; 0: unknown, and the answer is no.
+#[inline(always)]
+pub fn cloned(skb: u64, bit: u32) -> bool {
+    if bit == 0 || bit >= 8 * 1024 {
+        return false;
+    }
+    let at = (skb + u64::from(bit / 8)) as *const u8;
+    // SAFETY: a kernel read the helper checks; a failure reads as "not cloned".
+    let byte = unsafe { bpf_probe_read_kernel(at) }.unwrap_or(0);
+    byte & (1 << (bit % 8)) != 0
 }
 
 /// Reads a field of [`TRACE_FILTER`] as the kernel sees it (volatile:

@@ -180,8 +180,7 @@ const WRITE_BATCH: usize = 256 << 10;
 const POLL_MS: libc::c_int = 100;
 
 enum Sink {
-    Human(output::Grouper),
-    Json,
+    Text(output::TextSink),
     Pcapng {
         writer: pcapng::PcapngWriter<BufWriter<fs::File>>,
         ids: BTreeMap<u32, u32>,
@@ -278,8 +277,7 @@ pub fn run(options: &Options) -> Result<Summary> {
                 snaplen: options.snaplen,
             }
         }
-        None if options.json => Sink::Json,
-        None => Sink::Human(output::Grouper::default()),
+        None => Sink::Text(output::TextSink::new(options.json)),
     };
 
     catch_signals();
@@ -287,7 +285,13 @@ pub fn run(options: &Options) -> Result<Summary> {
     let config = TraceConfig {
         enabled: 1,
         sample_every: sample,
-        snaplen: options.snaplen,
+        // Only pcapng shows packet bytes: the text forms take header-only
+        // records (no copy, four times as many fit in the ring).
+        snaplen: if options.pcapng.is_some() {
+            options.snaplen
+        } else {
+            0
+        },
         kfree_protocol_off: sys::tracepoint_field_offset("skb", "kfree_skb", "protocol")
             .unwrap_or(32),
         kfree_reason_off: sys::tracepoint_field_offset("skb", "kfree_skb", "reason").unwrap_or(36),
@@ -310,8 +314,6 @@ pub fn run(options: &Options) -> Result<Summary> {
     let mut reported_lost = 0;
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH + (64 << 10));
-    let mut clock = output::Clock::default();
     let fd = ring.as_raw_fd();
     let mut stopping = false;
     loop {
@@ -337,14 +339,16 @@ pub fn run(options: &Options) -> Result<Summary> {
             match output::decode(&item) {
                 Some(event) => {
                     summary.events += 1;
-                    emit(&mut sink, &mut buf, &event, &mut ctx, &mut clock, now)?;
+                    emit(&mut sink, &event, &mut ctx, now)?;
                 }
                 None => summary.malformed += 1,
             }
             drop(item);
-            if buf.len() >= WRITE_BATCH {
-                out.write_all(&buf)?;
-                buf.clear();
+            if let Sink::Text(text) = &mut sink
+                && text.buf.len() >= WRITE_BATCH
+            {
+                out.write_all(&text.buf)?;
+                text.buf.clear();
             }
             if options.count.is_some_and(|c| summary.events >= c) {
                 break;
@@ -354,28 +358,20 @@ pub fn run(options: &Options) -> Result<Summary> {
         if lost > reported_lost {
             let new = lost - reported_lost;
             reported_lost = lost;
-            match &sink {
-                Sink::Json => output::write_lost_json(&mut buf, new, lost),
-                Sink::Human(_) => {
-                    let _ = writeln!(
-                        buf,
-                        "!! {new} events lost (ring buffer full; {lost} in total)"
-                    );
-                }
+            match &mut sink {
+                Sink::Text(text) => text.lost(new, lost),
                 Sink::Pcapng { .. } => {
                     eprintln!("netlab trace: {new} events lost (ring buffer full; {lost} in total)")
                 }
             }
         }
-        if let Sink::Human(grouper) = &mut sink {
+        if let Sink::Text(text) = &mut sink {
             let quiet = if stopping { Duration::ZERO } else { QUIET };
-            grouper.take_quiet(now, quiet, |journey| {
-                output::write_journey(&mut buf, journey, &ctx, &mut clock);
-            });
-        }
-        if !buf.is_empty() {
-            out.write_all(&buf)?;
-            buf.clear();
+            text.end_batch(&ctx, now, quiet);
+            if !text.buf.is_empty() {
+                out.write_all(&text.buf)?;
+                text.buf.clear();
+            }
         }
         out.flush()?;
         if stopping {
@@ -428,18 +424,15 @@ fn load_kernel_names(ctx: &mut output::Context) {
 
 fn emit(
     sink: &mut Sink,
-    buf: &mut Vec<u8>,
     event: &output::Event,
     ctx: &mut output::Context,
-    clock: &mut output::Clock,
     now: Instant,
 ) -> Result<()> {
     if !event.is_hop() {
         load_kernel_names(ctx);
     }
     match sink {
-        Sink::Human(grouper) => grouper.push(event.header, now),
-        Sink::Json => output::write_event_json(buf, event, ctx, clock),
+        Sink::Text(text) => text.push(event, ctx, now),
         Sink::Pcapng {
             writer,
             ids,

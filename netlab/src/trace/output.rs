@@ -66,9 +66,14 @@ pub fn decode(bytes: &[u8]) -> Option<Event<'_>> {
     // valid) and `bytes` holds at least its size; read_unaligned copies.
     let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     match header.kind {
-        EVENT_HOP if bytes.len() >= size_of::<HopEvent>() => {
+        EVENT_HOP => {
             let cap = header.cap_len as usize;
-            if cap > SNAP_MAX || Hook::from_u8(header.hook).is_none() {
+            // Header-only (snap length 0) or a whole HopEvent.
+            let whole = cap > 0 || bytes.len() >= size_of::<HopEvent>();
+            if cap > SNAP_MAX
+                || (whole && bytes.len() < size_of::<HopEvent>())
+                || Hook::from_u8(header.hook).is_none()
+            {
                 return None;
             }
             Action::from_u8(header.action)?;
@@ -918,6 +923,63 @@ impl Grouper {
     }
 }
 
+/// The text forms as the reader drives them: events go in one at a time,
+/// text comes out in [`TextSink::buf`], which the reader writes out and
+/// clears (the same buffer again and again).
+pub struct TextSink {
+    /// JSON lines, or human journeys.
+    json: bool,
+    pub buf: Vec<u8>,
+    clock: Clock,
+    grouper: Grouper,
+}
+
+impl TextSink {
+    pub fn new(json: bool) -> TextSink {
+        TextSink {
+            json,
+            buf: Vec::with_capacity(1 << 20),
+            clock: Clock::default(),
+            grouper: Grouper::default(),
+        }
+    }
+
+    pub fn push(&mut self, event: &Event, ctx: &Context, now: Instant) {
+        if self.json {
+            write_event_json(&mut self.buf, event, ctx, &mut self.clock);
+        } else {
+            self.grouper.push(event.header, now);
+        }
+    }
+
+    /// Notes `count` new losses (`total` since the start).
+    pub fn lost(&mut self, count: u64, total: u64) {
+        if self.json {
+            write_lost_json(&mut self.buf, count, total);
+        } else {
+            self.buf.extend_from_slice(b"!! ");
+            put_u64(&mut self.buf, count);
+            self.buf
+                .extend_from_slice(b" events lost (ring buffer full; ");
+            put_u64(&mut self.buf, total);
+            self.buf.extend_from_slice(b" in total)\n");
+        }
+    }
+
+    /// After a batch: formats the journeys quiet for `quiet` (human form).
+    pub fn end_batch(&mut self, ctx: &Context, now: Instant, quiet: Duration) {
+        let Self {
+            buf,
+            clock,
+            grouper,
+            ..
+        } = self;
+        grouper.take_quiet(now, quiet, |journey| {
+            write_journey(buf, journey, ctx, clock)
+        });
+    }
+}
+
 fn paint_start(out: &mut Vec<u8>, ctx: &Context, code: &str) {
     if ctx.color {
         out.extend_from_slice(b"\x1b[");
@@ -1095,6 +1157,9 @@ mod tests {
         let event = decode(&bytes).unwrap();
         assert_eq!(event.data, [1, 2, 3]);
         assert!(decode(&bytes_of(&hop)[..40]).is_none());
+        assert!(decode(&bytes_of(&hop)[..100]).is_none());
+        hop.header.cap_len = 0;
+        assert!(decode(&bytes_of(&hop.header)).is_some_and(|e| e.data.is_empty()));
         hop.header.cap_len = SNAP_MAX as u32 + 1;
         assert!(decode(&bytes_of(&hop)).is_none());
         hop.header.cap_len = 0;
