@@ -244,8 +244,8 @@ pub fn run(options: &Options) -> Result<Summary> {
     // A killed reader may have left tracing on: start from a clean slot.
     loader::stop_trace(&pins)?;
     let session = loader::start_trace(&pins, &compiled)?;
-    log::debug!(
-        "trace: {} loaded in {:.1} ms",
+    log::info!(
+        "{} loaded in {:.1} ms (verifier included)",
         netlab_common::names::TRACE_HOP,
         session.hop_load.as_secs_f64() * 1e3
     );
