@@ -164,7 +164,12 @@ pub fn tail(ctx: &TcContext) -> i32 {
         2 => Hook::NatIngress,
         _ => Hook::NatEgress,
     };
-    let after = parse(ctx).tuple();
+    // The count programs only look: the packet leaves as it came, and a
+    // second parse would cost every hop (filtered out or not) for nothing.
+    let after = match hook {
+        Hook::Ingress | Hook::Egress => scratch.before,
+        _ => parse(ctx).tuple(),
+    };
     let (what, reason, target_ifindex) = match scratch.action {
         TC_ACT_SHOT => (Action::Drop, scratch.reason as u8, 0),
         TC_ACT_REDIRECT => (Action::Redirect, REASON_NONE, scratch.target_ifindex),
@@ -266,10 +271,13 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
         && TRACE_IFACES
             .get_ptr(ifindex)
             .is_some_and(|place| value(Some(place)).is_some_and(|p| *p != 0));
-    let flags = if cloned(skb, cfg.skb_cloned_bit) {
-        JOURNEY_CLONED
-    } else {
-        0
+    // Read only for hops that are traced (a helper call).
+    let flags = || {
+        if cloned(skb, cfg.skb_cloned_bit) {
+            JOURNEY_CLONED
+        } else {
+            0
+        }
     };
     let mut trace_id = 0;
     let mut known = false;
@@ -288,7 +296,7 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
                 trace_id = (*journey).trace_id;
                 (*journey).last_ns = now;
                 (*journey).last_ifindex = ifindex;
-                (*journey).flags = flags;
+                (*journey).flags = flags();
                 (*journey).last = *after;
             }
         }
@@ -312,7 +320,7 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
             trace_id,
             last_ns: now,
             last_ifindex: ifindex,
-            flags,
+            flags: flags(),
             last: *after,
         };
         let _ = TRACE_JOURNEYS.insert(skb, journey, 0);

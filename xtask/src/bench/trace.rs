@@ -135,6 +135,7 @@ pub fn bench_trace(workspace: &Path) -> Result<ExitCode> {
         .run_capturing_stdout()
         .context("running the benchmark in a private namespace")?;
 
+    fs::write(dir.join("raw.txt"), &out)?;
     // rr: rate per (round, mode), events per mode; flood: received/lost.
     let mut rates: BTreeMap<(usize, String), f64> = BTreeMap::new();
     let mut events: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
