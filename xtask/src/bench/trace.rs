@@ -51,7 +51,8 @@ done
 for round in $(seq 0 {rounds}); do
   for f in all port1 big; do
     case $f in all) expr="" ;; port1) expr="port 1" ;; big) expr="{big}" ;; esac
-    $N -v trace --json --duration 0.1 $expr 2>&1 >/dev/null | grep -o 'loaded in [0-9.]* ms' | sed "s/loaded in \([0-9.]*\) ms/hopload $round $f /"
+    v=$($N -v trace --json --duration 0.1 $expr 2>&1 >/dev/null | grep -o 'loaded in [0-9.]*' | tr -dc '0-9.')
+    echo "hopload $round $f $v"
   done
 done
 # 65,536 conntrack entries, then the time to "tracing lab".
