@@ -65,7 +65,8 @@ pub mod names {
     pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
     /// Array[1]: [`TraceConfig`](crate::trace::TraceConfig).
     pub const TRACE_CONFIG: &str = "TRACE_CONFIG";
-    /// Array[1]: [`Filter`](crate::trace::Filter).
+    /// The read-only global of `trace_hop` that holds the
+    /// [`Filter`](crate::trace::Filter), set when `netlab trace` loads it.
     pub const TRACE_FILTER: &str = "TRACE_FILTER";
     /// Hash: ifindex → namespace id, for the filter's `netns` literals.
     pub const TRACE_IFACES: &str = "TRACE_IFACES";
@@ -82,6 +83,9 @@ pub mod names {
     /// (ends a journey).
     pub const TRACE_KFREE_SKB: &str = "trace_kfree_skb";
     pub const TRACE_CONSUME_SKB: &str = "trace_consume_skb";
+    /// Per-CPU slot the TC programs hand `trace_hop` their verdict in;
+    /// pinned because `trace_hop` is loaded later, by `netlab trace`.
+    pub const TRACE_SCRATCH: &str = "TRACE_SCRATCH";
 }
 
 /// Capacity of [`names::IFACE_COUNTERS`]: lab interfaces × 2 directions.

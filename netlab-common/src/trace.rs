@@ -21,8 +21,11 @@
 /// Bytes of packet data an event can carry (`--snaplen` is capped to it).
 pub const SNAP_MAX: usize = 256;
 
-/// Default ring buffer size (bytes, a power of two multiple of the page size).
-pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+/// Default ring buffer size (bytes, a power of two multiple of the page
+/// size): about 190,000 header-only records, so a reader that loses its CPU
+/// for 100 ms under a flood of ~1.5 M events/s loses nothing (4 MiB lost a
+/// third of such a flood on a busy 2-CPU machine).
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 
 /// A journey whose skb was not seen for this long is over: the address now
 /// belongs to another packet.
@@ -37,6 +40,19 @@ pub const MAX_TRACE_IFACES: u32 = 4096;
 /// [`EventHeader::kind`].
 pub const EVENT_HOP: u8 = 1;
 pub const EVENT_KERNEL_DROP: u8 = 2;
+/// The journey's skb reached a socket: freed by `skb:consume_skb` after a
+/// hop, or freed by `skb:kfree_skb` after a clone of it went to a socket
+/// ([`EventHeader::reason`] is a `FATE_*`).
+pub const EVENT_DELIVERED: u8 = 3;
+
+/// [`EventHeader::reason`] of an [`EVENT_DELIVERED`]: consumed by the stack
+/// (`skb:consume_skb`, at [`EventHeader::location`]).
+pub const FATE_CONSUMED: u8 = 0;
+/// A clone of the skb went to a socket (a raw socket: `raw_local_deliver`
+/// clones for each), then the original was freed with
+/// [`EventHeader::kernel_reason`] (`NO_SOCKET` from `ping_rcv` for an echo
+/// reply), which is not a loss.
+pub const FATE_CLONED: u8 = 1;
 
 /// Which program saw the packet ([`EventHeader::hook`]).
 #[repr(u8)]
@@ -48,7 +64,7 @@ pub enum Hook {
     /// Host-side veth or uplink (`nat_ingress`/`nat_egress`).
     NatIngress = 2,
     NatEgress = 3,
-    /// Not a TC hop: `skb:kfree_skb`.
+    /// Not a TC hop: `skb:kfree_skb`, `skb:consume_skb`, `raw_rcv`.
     Kernel = 4,
 }
 
@@ -85,6 +101,8 @@ pub enum Action {
     Drop = 2,
     /// Freed by the kernel with [`EventHeader::kernel_reason`].
     KernelDrop = 3,
+    /// Delivered to a socket ([`EVENT_DELIVERED`]).
+    Delivered = 4,
 }
 
 impl Action {
@@ -94,6 +112,7 @@ impl Action {
             1 => Action::Redirect,
             2 => Action::Drop,
             3 => Action::KernelDrop,
+            4 => Action::Delivered,
             _ => return None,
         })
     }
@@ -104,6 +123,7 @@ impl Action {
             Action::Redirect => "redirect",
             Action::Drop => "drop",
             Action::KernelDrop => "kernel_drop",
+            Action::Delivered => "delivered",
         }
     }
 }
@@ -173,7 +193,8 @@ pub struct EventHeader {
     pub location: u64,
 }
 
-/// One packet at one TC hop, with its first bytes.
+/// One packet at one TC hop, with its first bytes. With a snap length of
+/// 0 the record is the [`EventHeader`] alone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct HopEvent {
@@ -195,9 +216,15 @@ pub struct Journey {
     pub trace_id: u64,
     pub last_ns: u64,
     pub last_ifindex: u32,
-    pub _pad: u32,
+    /// [`JOURNEY_CLONED`] when the skb was already a clone at its last hop
+    /// (TCP sends clones of its queued segments).
+    pub flags: u32,
     pub last: Tuple,
 }
+
+/// [`Journey::flags`]: `sk_buff.cloned` was set at the last hop, so being
+/// cloned when freed says nothing about a socket having taken a copy.
+pub const JOURNEY_CLONED: u32 = 1;
 
 /// The switch ([`TRACE_CONFIG`](crate::names::TRACE_CONFIG), index 0).
 #[repr(C)]
@@ -213,7 +240,9 @@ pub struct TraceConfig {
     /// between kernels: `rx_sk` was added before `protocol`).
     pub kfree_protocol_off: u32,
     pub kfree_reason_off: u32,
-    pub _pad: u32,
+    /// Bit offset of `sk_buff.cloned` (from BTF); 0: unknown, and a freed
+    /// skb whose clone reached a socket shows as a drop.
+    pub skb_cloned_bit: u32,
 }
 
 /// Literal kinds of the filter ([`Literal::kind`]).
@@ -262,7 +291,9 @@ pub struct Clause {
 
 /// The filter in disjunctive normal form: a hop matches when any clause
 /// has all its literals true for the tuple before or after the hop. No
-/// clause: everything matches ([`TRACE_FILTER`](crate::names::TRACE_FILTER), index 0).
+/// clause: everything matches. `netlab trace` writes it into the
+/// [`TRACE_FILTER`](crate::names::TRACE_FILTER) global of `trace_hop`
+/// before loading it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -276,6 +307,28 @@ pub const TRACE_STAT_EMITTED: u32 = 0;
 /// Ring buffer full: the event was lost.
 pub const TRACE_STAT_LOST: u32 = 1;
 pub const TRACE_STAT_COUNT: u32 = 2;
+
+impl Filter {
+    /// No clause: every packet.
+    pub const EMPTY: Filter = Filter {
+        clauses: [Clause {
+            literals: [Literal {
+                kind: 0,
+                negate: 0,
+                side: 0,
+                _pad: 0,
+                value: 0,
+                mask: 0,
+                port_min: 0,
+                port_max: 0,
+            }; MAX_LITERALS],
+            len: 0,
+            _pad: 0,
+        }; MAX_CLAUSES],
+        len: 0,
+        _pad: 0,
+    };
+}
 
 const _: () = assert!(core::mem::size_of::<Tuple>() == 16);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);

@@ -1,15 +1,18 @@
-//! Kernel drops of lab packets: the `skb:kfree_skb` tracepoint, joined to
-//! the packet's journey by skb address, and `skb:consume_skb`, which ends a
-//! journey when its skb is freed normally (so the address can start a new
-//! one). Both do nothing but one array lookup while tracing is off, and
-//! ignore every skb that no lab hop traced.
+//! A journey's fate: the `skb:kfree_skb` tracepoint (a drop, with the
+//! kernel's reason), joined to the packet's journey by skb address;
+//! `skb:consume_skb` (delivered: freed normally after its last hop). A
+//! dropped skb that was cloned after its last hop (a raw socket got a
+//! clone, then the protocol found no socket of its own: a ping reply to a
+//! raw-socket ping) was delivered too, and says so. Both are loaded and attached by `netlab
+//! trace` only while it runs, and ignore every skb no hop traced.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
 use netlab_common::trace::{
-    Action, DropEvent, EVENT_KERNEL_DROP, EventHeader, Hook, JOURNEY_IDLE_NS, REASON_NONE,
+    Action, DropEvent, EVENT_DELIVERED, EVENT_KERNEL_DROP, EventHeader, FATE_CLONED, FATE_CONSUMED,
+    Hook, JOURNEY_CLONED, JOURNEY_IDLE_NS, Journey, REASON_NONE,
 };
 
-use crate::trace::{TRACE_EVENTS, TRACE_JOURNEYS, config, count_emitted};
+use crate::trace::{TRACE_EVENTS, TRACE_JOURNEYS, cloned, config, count_emitted};
 
 /// Offsets in the tracepoints' records (tracefs `format`): the same in
 /// every kernel with drop reasons.
@@ -49,32 +52,32 @@ pub fn kfree_skb(ctx: &TracePointContext) {
     .unwrap_or(0);
     // SAFETY: as above.
     let location = unsafe { ctx.read_at::<u64>(LOCATION_OFF) }.unwrap_or(0);
-    let Some(mut entry) = TRACE_EVENTS.reserve::<DropEvent>(0) else {
-        count_emitted(false);
-        return;
-    };
-    count_emitted(true);
-    entry.write(DropEvent {
-        header: EventHeader {
-            kind: EVENT_KERNEL_DROP,
-            hook: Hook::Kernel as u8,
-            action: Action::KernelDrop as u8,
-            reason: REASON_NONE,
-            ifindex: journey.last_ifindex,
-            ts_ns: now,
-            trace_id: journey.trace_id,
-            skb_len: 0,
-            cap_len: 0,
-            target_ifindex: 0,
-            kernel_reason: reason,
-            before: journey.last,
-            after: journey.last,
+    // Cloned since its last hop: a socket (raw) took a copy on the way up.
+    if journey.flags & JOURNEY_CLONED == 0 && cloned(skb, cfg.skb_cloned_bit) {
+        emit_fate(
+            &journey,
+            now,
+            EVENT_DELIVERED,
+            Action::Delivered,
+            FATE_CLONED,
+            reason,
             location,
-        },
-    });
-    entry.submit(0);
+        );
+    } else {
+        emit_fate(
+            &journey,
+            now,
+            EVENT_KERNEL_DROP,
+            Action::KernelDrop,
+            REASON_NONE,
+            reason,
+            location,
+        );
+    }
 }
 
+/// `skb:consume_skb`: the skb was freed normally. A live journey ends
+/// here: delivered (the stack consumed it after its last hop).
 #[inline(always)]
 pub fn consume_skb(ctx: &TracePointContext) {
     if config().is_none() {
@@ -84,7 +87,67 @@ pub fn consume_skb(ctx: &TracePointContext) {
     let Ok(skb) = (unsafe { ctx.read_at::<u64>(SKBADDR_OFF) }) else {
         return;
     };
-    if TRACE_JOURNEYS.get_ptr(skb).is_some() {
-        let _ = TRACE_JOURNEYS.remove(skb);
+    // SAFETY: as above.
+    let location = unsafe { ctx.read_at::<u64>(LOCATION_OFF) }.unwrap_or(0);
+    deliver(skb, FATE_CONSUMED, location);
+}
+
+/// Ends `skb`'s journey, if it has a live one, with a delivered event.
+#[inline(always)]
+fn deliver(skb: u64, fate: u8, location: u64) {
+    // SAFETY: a map value pointer from a successful lookup, copied at once.
+    let Some(journey) = TRACE_JOURNEYS.get_ptr(skb).map(|j| unsafe { *j }) else {
+        return;
+    };
+    let _ = TRACE_JOURNEYS.remove(skb);
+    // SAFETY: plain helper.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if journey.trace_id == 0 || now.wrapping_sub(journey.last_ns) >= JOURNEY_IDLE_NS {
+        return;
     }
+    emit_fate(
+        &journey,
+        now,
+        EVENT_DELIVERED,
+        Action::Delivered,
+        fate,
+        0,
+        location,
+    );
+}
+
+#[inline(always)]
+fn emit_fate(
+    journey: &Journey,
+    now: u64,
+    kind: u8,
+    action: Action,
+    reason: u8,
+    kernel_reason: u32,
+    location: u64,
+) {
+    let Some(mut entry) = TRACE_EVENTS.reserve::<DropEvent>(0) else {
+        count_emitted(false);
+        return;
+    };
+    count_emitted(true);
+    entry.write(DropEvent {
+        header: EventHeader {
+            kind,
+            hook: Hook::Kernel as u8,
+            action: action as u8,
+            reason,
+            ifindex: journey.last_ifindex,
+            ts_ns: now,
+            trace_id: journey.trace_id,
+            skb_len: 0,
+            cap_len: 0,
+            target_ifindex: 0,
+            kernel_reason,
+            before: journey.last,
+            after: journey.last,
+            location,
+        },
+    });
+    entry.submit(0);
 }

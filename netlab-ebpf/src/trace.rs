@@ -18,8 +18,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
-    cty::c_void,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_skb_load_bytes},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::TcContext,
@@ -27,7 +26,7 @@ use aya_ebpf::{
 use netlab_common::{
     nat::{IPPROTO_TCP, IPPROTO_UDP, Stat},
     trace::{
-        Action, DEFAULT_RING_BYTES, EVENT_HOP, EventHeader, Filter, Hook, HopEvent,
+        Action, DEFAULT_RING_BYTES, EVENT_HOP, EventHeader, Filter, Hook, HopEvent, JOURNEY_CLONED,
         JOURNEY_IDLE_NS, Journey, LIT_HOST, LIT_IFACE, LIT_NETNS, LIT_PORT, LIT_PROTO, Literal,
         MAX_CLAUSES, MAX_JOURNEYS, MAX_LITERALS, MAX_TRACE_IFACES, REASON_NONE, SIDE_DST, SIDE_SRC,
         SNAP_MAX, TRACE_STAT_COUNT, TRACE_STAT_EMITTED, TRACE_STAT_LOST, TUPLE_IPV4,
@@ -46,8 +45,15 @@ pub(crate) static TRACE_EVENTS: RingBuf = RingBuf::pinned(DEFAULT_RING_BYTES, 0)
 #[map(name = "TRACE_CONFIG")]
 static TRACE_CONFIG: Array<TraceConfig> = Array::pinned(1, 0);
 
-#[map(name = "TRACE_FILTER")]
-static TRACE_FILTER: Array<Filter> = Array::pinned(1, 0);
+/// The filter, fixed when `netlab trace` loads `trace_hop` (it overrides
+/// this read-only global). The kernel freezes `.rodata` before the load, so
+/// the verifier reads every field of it as a constant: it follows only the
+/// branches this filter takes, and rewrites the others away. What runs is
+/// the filter compiled to straight-line code, and verifying it costs as
+/// much as the filter is long (an interpreted table made the verifier walk
+/// every kind of literal in every position: seconds).
+#[unsafe(no_mangle)]
+static TRACE_FILTER: Filter = Filter::EMPTY;
 
 /// ifindex → namespace id (0: the host), written by `netlab trace`.
 #[map(name = "TRACE_IFACES")]
@@ -72,12 +78,15 @@ struct Scratch {
     hook: u32,
 }
 
-#[map]
-static TRACE_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+/// Pinned: `trace_hop` comes from a later load of the object (`netlab
+/// trace` loads it) and must see the slot the TC programs write.
+#[map(name = "TRACE_SCRATCH")]
+static TRACE_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::pinned(1, 0);
 
-/// Slot 0: `trace_hop`, installed by userspace. Recording a hop is a tail
-/// call so that the verifier checks the journey and filter logic once, in
-/// its own program, rather than once per path through the NAT programs.
+/// Slot 0: `trace_hop`, installed by `netlab trace` while it runs (empty
+/// otherwise: the tail call fails and the program goes on). Recording a hop
+/// is a tail call so that the verifier checks the journey and filter logic
+/// once, in its own program, and only when somebody traces.
 #[map(name = "TRACE_PROGS")]
 static TRACE_PROGS: ProgramArray = ProgramArray::pinned(1, 0);
 
@@ -155,7 +164,12 @@ pub fn tail(ctx: &TcContext) -> i32 {
         2 => Hook::NatIngress,
         _ => Hook::NatEgress,
     };
-    let after = parse(ctx).tuple();
+    // The count programs only look: the packet leaves as it came, and a
+    // second parse would cost every hop (filtered out or not) for nothing.
+    let after = match hook {
+        Hook::Ingress | Hook::Egress => scratch.before,
+        _ => parse(ctx).tuple(),
+    };
     let (what, reason, target_ifindex) = match scratch.action {
         TC_ACT_SHOT => (Action::Drop, scratch.reason as u8, 0),
         TC_ACT_REDIRECT => (Action::Redirect, REASON_NONE, scratch.target_ifindex),
@@ -257,6 +271,14 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
         && TRACE_IFACES
             .get_ptr(ifindex)
             .is_some_and(|place| value(Some(place)).is_some_and(|p| *p != 0));
+    // Read only for hops that are traced (a helper call).
+    let flags = || {
+        if cloned(skb, cfg.skb_cloned_bit) {
+            JOURNEY_CLONED
+        } else {
+            0
+        }
+    };
     let mut trace_id = 0;
     let mut known = false;
     if let Some(journey) = TRACE_JOURNEYS.get_ptr_mut(skb) {
@@ -274,6 +296,7 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
                 trace_id = (*journey).trace_id;
                 (*journey).last_ns = now;
                 (*journey).last_ifindex = ifindex;
+                (*journey).flags = flags();
                 (*journey).last = *after;
             }
         }
@@ -297,12 +320,41 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
             trace_id,
             last_ns: now,
             last_ifindex: ifindex,
-            _pad: 0,
+            flags: flags(),
             last: *after,
         };
         let _ = TRACE_JOURNEYS.insert(skb, journey, 0);
     }
     if trace_id == 0 {
+        return;
+    }
+    let len = ctx.len();
+    let header = EventHeader {
+        kind: EVENT_HOP,
+        hook: *hook as u8,
+        action: *action as u8,
+        reason: *reason,
+        ifindex,
+        ts_ns: now,
+        trace_id,
+        skb_len: len,
+        cap_len: 0,
+        target_ifindex: *target_ifindex,
+        kernel_reason: 0,
+        before: *before,
+        after: *after,
+        location: 0,
+    };
+    // Without packet bytes (JSON and human output show none), a hop is
+    // its header alone: a quarter of the ring space, and no copy.
+    if cfg.snaplen == 0 {
+        let Some(mut entry) = TRACE_EVENTS.reserve::<EventHeader>(0) else {
+            count_emitted(false);
+            return;
+        };
+        count_emitted(true);
+        entry.write(header);
+        entry.submit(0);
         return;
     }
     let Some(mut entry) = TRACE_EVENTS.reserve::<HopEvent>(0) else {
@@ -311,7 +363,6 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
     };
     count_emitted(true);
     let event = entry.as_mut_ptr();
-    let len = ctx.len();
     let mut cap = cfg.snaplen.min(len).min(SNAP_MAX as u32);
     if cap > 0 && cap <= SNAP_MAX as u32 {
         // Spelled so the verifier sees 1..=SNAP_MAX in the register the
@@ -338,86 +389,70 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
     // in full, the data up to `cap`.
     unsafe {
         (*event).header = EventHeader {
-            kind: EVENT_HOP,
-            hook: *hook as u8,
-            action: *action as u8,
-            reason: *reason,
-            ifindex,
-            ts_ns: now,
-            trace_id,
-            skb_len: len,
             cap_len: cap,
-            target_ifindex: *target_ifindex,
-            kernel_reason: 0,
-            before: *before,
-            after: *after,
-            location: 0,
+            ..header
         };
     }
     entry.submit(0);
 }
 
+/// Whether `skb->cloned` is set (a clone of it exists). `bit` is the
+/// field's bit offset from BTF; 0: unknown, and the answer is no.
+#[inline(always)]
+pub fn cloned(skb: u64, bit: u32) -> bool {
+    if bit == 0 || bit >= 8 * 1024 {
+        return false;
+    }
+    let at = (skb + u64::from(bit / 8)) as *const u8;
+    // SAFETY: a kernel read the helper checks; a failure reads as "not cloned".
+    let byte = unsafe { bpf_probe_read_kernel(at) }.unwrap_or(0);
+    byte & (1 << (bit % 8)) != 0
+}
+
+/// Reads a field of [`TRACE_FILTER`] as the kernel sees it (volatile:
+/// the compiler must not fold the all-zero initial value).
+#[inline(always)]
+fn constant<T: Copy>(field: *const T) -> T {
+    // SAFETY: a field of a static, read whole.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
 /// The filter: any clause whose literals all hold. No clause: all packets.
-///
-/// Clauses are walked with `bpf_loop`, whose callback the verifier checks
-/// once: an open-coded clause × literal loop explodes its state count (the
-/// path through every early exit of every clause is a distinct state).
+/// Every bound and literal below is a constant to the verifier (see
+/// [`TRACE_FILTER`]).
 #[inline(always)]
 fn filter_matches(ifindex: u32, tuple: &Tuple) -> bool {
-    let Some(filter) = TRACE_FILTER.get(0) else {
+    let filter = &raw const TRACE_FILTER;
+    // SAFETY: field projections of a static (no reference is made).
+    let clauses = constant(unsafe { &raw const (*filter).len });
+    if clauses == 0 {
         return true;
-    };
-    if filter.len == 0 {
-        return true;
     }
-    let mut run = FilterRun {
-        tuple: *tuple,
-        ifindex,
-        matched: 0,
-    };
-    // SAFETY: the callback is a static function of the expected type and
-    // `run` outlives the call.
-    unsafe {
-        bpf_loop(
-            MAX_CLAUSES as u32,
-            clause_holds as *mut c_void,
-            (&raw mut run).cast(),
-            0,
-        );
-    }
-    run.matched != 0
-}
-
-#[repr(C)]
-struct FilterRun {
-    tuple: Tuple,
-    ifindex: u32,
-    matched: u32,
-}
-
-/// `bpf_loop` callback: whether clause `index` holds; 1 stops the loop.
-extern "C" fn clause_holds(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the FilterRun `filter_matches` passed.
-    let run = unsafe { &mut *ctx.cast::<FilterRun>() };
-    let Some(filter) = TRACE_FILTER.get(0) else {
-        return 1;
-    };
-    if index >= u64::from(filter.len) {
-        return 1;
-    }
-    let Some(clause) = filter.clauses.get(index as usize) else {
-        return 1;
-    };
-    for (l, literal) in clause.literals.iter().enumerate() {
-        if l as u32 >= clause.len || l >= MAX_LITERALS {
+    for c in 0..MAX_CLAUSES {
+        if c as u32 >= clauses {
             break;
         }
-        if !literal_holds(literal, run.ifindex, &run.tuple) {
-            return 0;
+        // SAFETY: as above; `c` is in bounds.
+        let clause = unsafe { &raw const (*filter).clauses[c] };
+        // SAFETY: as above.
+        let literals = constant(unsafe { &raw const (*clause).len });
+        let mut all = true;
+        for l in 0..MAX_LITERALS {
+            if l as u32 >= literals {
+                break;
+            }
+            // SAFETY: as above; `l` is in bounds.
+            let literal = constant(unsafe { &raw const (*clause).literals[l] });
+            if !literal_holds(&literal, ifindex, tuple) {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return true;
         }
     }
-    run.matched = 1;
-    1
+    false
 }
 
 #[inline(always)]

@@ -160,7 +160,7 @@ pub struct TraceArgs {
     /// Trace one packet in N, e.g. `1/100`.
     #[arg(long, value_name = "1/N")]
     sample: Option<String>,
-    /// Bytes of each packet to capture (at most 256).
+    /// Bytes of each packet to capture into `--pcapng` (at most 256).
     #[arg(long, default_value_t = 128)]
     snaplen: u32,
     /// Stop after this many events.

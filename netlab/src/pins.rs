@@ -76,11 +76,6 @@ impl Pins {
         self.dir.join("links").join("cgroup").join(program)
     }
 
-    /// The link of a tracepoint `program`.
-    pub fn tracepoint_link(&self, program: &str) -> PathBuf {
-        self.dir.join("links").join("trace").join(program)
-    }
-
     /// Creates the lab's directories (links' subdirectories come with
     /// [`Pins::create_parent`]).
     pub fn create(&self) -> Result<()> {
@@ -148,10 +143,6 @@ mod tests {
         assert_eq!(
             pins.cgroup_link("sock_connect4"),
             Path::new("/sys/fs/bpf/netlab/default/links/cgroup/sock_connect4")
-        );
-        assert_eq!(
-            pins.tracepoint_link("trace_kfree_skb"),
-            Path::new("/sys/fs/bpf/netlab/default/links/trace/trace_kfree_skb")
         );
     }
 }

@@ -152,7 +152,13 @@ fn published_port_shows_dnat_and_its_reverse() {
         .values()
         .find(|list| list[0]["packet"]["tcp_flags"] == "S" && list[0]["netns"] == "outside")
         .unwrap_or_else(|| panic!("no SYN journey: {events:#?}"));
-    let path: Vec<String> = syn.iter().map(|e| place(e)).collect();
+    let path: Vec<String> = syn
+        .iter()
+        .filter(|e| e["type"] == "hop")
+        .map(|e| place(e))
+        .collect();
+    // Its fate: the listening socket consumed it.
+    assert_eq!(syn.last().unwrap()["type"], "delivered", "{syn:#?}");
     assert_eq!(
         path,
         [
@@ -357,4 +363,154 @@ fn malformed_frames_give_well_formed_events() {
         events.iter().any(|e| e["packet"]["ethertype"] == 0x88b5),
         "{events:#?}"
     );
+}
+
+/// The ids of the lab's trace programs (`trace_hop` and the fate
+/// tracepoints) the kernel has loaded: the programs that use the lab's
+/// ring buffer under those names (other labs on the machine have theirs).
+fn trace_programs(sb: &Sandbox) -> Vec<(u64, String)> {
+    let map = sb
+        .ok(&[
+            "bpftool",
+            "-j",
+            "map",
+            "show",
+            "pinned",
+            "/sys/fs/bpf/netlab/default/maps/TRACE_EVENTS",
+        ])
+        .unwrap();
+    let map: Value = serde_json::from_str(&map.stdout).unwrap();
+    let ring = map["id"].as_u64().unwrap();
+    let progs = sb.ok(&["bpftool", "-j", "prog", "show"]).unwrap();
+    let progs: Vec<Value> = serde_json::from_str(&progs.stdout).unwrap();
+    progs
+        .iter()
+        .filter(|p| {
+            p["map_ids"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(|id| id.as_u64() == Some(ring)))
+        })
+        .filter_map(|p| {
+            let name = p["name"].as_str()?;
+            name.starts_with("trace_")
+                .then(|| (p["id"].as_u64().unwrap(), name.to_owned()))
+        })
+        .collect()
+}
+
+/// The entries of the lab's `TRACE_PROGS` slot array.
+fn trace_slot(sb: &Sandbox) -> Vec<Value> {
+    let out = sb
+        .ok(&[
+            "bpftool",
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            "/sys/fs/bpf/netlab/default/maps/TRACE_PROGS",
+        ])
+        .unwrap();
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// Every file under the lab's bpffs directory.
+fn pins(sb: &Sandbox) -> Vec<String> {
+    let out = sb.ok(&["find", "/sys/fs/bpf/netlab/default"]).unwrap();
+    let mut files: Vec<String> = out.stdout.lines().map(str::to_owned).collect();
+    files.sort();
+    files
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn a_lab_never_traced_has_no_trace_program() {
+    let sb = lab();
+    assert!(trace_programs(&sb).is_empty(), "{:?}", trace_programs(&sb));
+    assert!(trace_slot(&sb).is_empty());
+    assert!(
+        !pins(&sb).iter().any(|p| p.contains("trace_")),
+        "{:?}",
+        pins(&sb)
+    );
+    // Traffic flows with the slot empty (the tail call fails and returns).
+    sb.ping(Some("red"), BLUE, 1).unwrap();
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn tracing_ten_times_leaves_nothing_behind() {
+    let sb = lab();
+    let before = pins(&sb);
+    for _ in 0..10 {
+        let bg = trace(&sb, &["--json", "--duration", "0.2", "icmp"]);
+        // While it runs: trace_hop in the slot, and the fate tracepoints.
+        let loaded = trace_programs(&sb);
+        assert_eq!(trace_slot(&sb).len(), 1, "{loaded:?}");
+        let (_, stderr) = events(bg);
+        assert!(!stderr.contains("will not show"), "{stderr}");
+        assert!(loaded.iter().any(|(_, n)| n == "trace_hop"), "{loaded:?}");
+    }
+    // A killed reader: the next `trace --off` cleans up.
+    let bg = trace(&sb, &["--json", "icmp"]);
+    assert_eq!(trace_slot(&sb).len(), 1);
+    drop(bg.stop());
+    sb.netlab_ok(&["trace", "--off"]).unwrap();
+    assert!(trace_slot(&sb).is_empty());
+    // Programs are freed once their last reference goes (RCU): give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !trace_programs(&sb).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(trace_programs(&sb).is_empty(), "{:?}", trace_programs(&sb));
+    assert_eq!(pins(&sb), before, "pins changed");
+    sb.ping(Some("red"), BLUE, 1).unwrap();
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn raw_socket_ping_ends_delivered() {
+    let sb = lab();
+    let bg = trace(&sb, &["--json", "--duration", "3", "icmp"]);
+    // As root, ping uses a raw socket: the reply reaches it as a clone, and
+    // the original is freed by ping_rcv as NO_SOCKET.
+    sb.ping(Some("red"), BLUE, 1).unwrap();
+    let (events, _) = events(bg);
+    let journeys = journeys(&events);
+    assert_eq!(journeys.len(), 2, "{events:#?}");
+    for list in journeys.values() {
+        let last = list.last().unwrap();
+        assert_eq!(last["type"], "delivered", "{list:#?}");
+        assert_eq!(last["action"], "delivered", "{list:#?}");
+    }
+    let reply = journeys
+        .values()
+        .find(|list| list[0]["packet"]["icmp_type"] == 0)
+        .unwrap();
+    let fate = reply.last().unwrap();
+    assert_eq!(fate["netns"], "red", "{reply:#?}");
+    assert_eq!(fate["hook"], "kfree_skb", "{reply:#?}");
+    assert!(
+        events.iter().all(|e| e["type"] != "kernel_drop"),
+        "{events:#?}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn human_output_names_the_fate() {
+    let sb = lab();
+    let netlab = sb.netlab_path().to_string_lossy().into_owned();
+    let mut bg = sb
+        .spawn(
+            &[netlab.as_str(), "trace", "--duration", "3", "icmp"],
+            LIFETIME,
+        )
+        .unwrap();
+    bg.wait_for("tracing lab", SETTLE).unwrap();
+    sb.ping(Some("red"), BLUE, 1).unwrap();
+    let out = bg.finish(Duration::from_secs(30)).unwrap().ok().unwrap();
+    assert_eq!(out.stdout.matches("trace ").count(), 2, "{out}");
+    assert!(out.stdout.contains("4 hops"), "{out}");
+    assert!(out.stdout.contains("delivered"), "{out}");
+    assert!(!out.stdout.contains("kernel drop"), "{out}");
 }

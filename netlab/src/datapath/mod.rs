@@ -78,7 +78,13 @@ pub fn remove(lab: &str, datapath: Option<Datapath>) -> Result<()> {
     if datapath.is_some_and(|d| d.family() == Family::Iptables) {
         iptables::remove(lab)?;
     }
-    Pins::of(lab).remove()
+    let pins = Pins::of(lab);
+    // A crashed `netlab trace` may have left trace_hop in its slot; the
+    // map goes with the pins, but say so explicitly.
+    if let Err(err) = ebpf::loader::stop_trace(&pins) {
+        log::debug!("down: {err:#}");
+    }
+    pins.remove()
 }
 
 /// The iptables variant a new lab of `topo` uses: [`iptables::VARIANT_ENV`]'s,

@@ -1,6 +1,7 @@
-//! The kernel's own names for drop reasons: `enum skb_drop_reason`, read
-//! from the kernel's BTF (`/sys/kernel/btf/vmlinux`), so names follow the
-//! running kernel rather than a copy of its headers.
+//! The kernel's own names for drop reasons (`enum skb_drop_reason`) and
+//! the place of a field in its structures (`sk_buff.cloned`), read from
+//! the kernel's BTF (`/sys/kernel/btf/vmlinux`), so they follow the running
+//! kernel rather than a copy of its headers.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +25,54 @@ pub fn enum_values(btf: &[u8], name: &str, strip: &str) -> BTreeMap<u32, String>
     parse(btf, name, strip).unwrap_or_default()
 }
 
-fn parse(btf: &[u8], wanted: &str, strip: &str) -> Option<BTreeMap<u32, String>> {
+/// The bit offset of member `member` of struct `name` (a direct member,
+/// bitfield or not). `None` when absent.
+pub fn member_bit_offset(btf: &[u8], name: &str, member: &str) -> Option<u32> {
+    walk(btf, |view, kind, type_name, info, members| {
+        if kind != KIND_STRUCT || type_name != Some(name) {
+            return None;
+        }
+        let kind_flag = info >> 31 != 0;
+        for i in 0..(info & 0xffff) as usize {
+            let at = members + 12 * i;
+            if view.string(view.u32_at(at)?) == Some(member) {
+                let offset = view.u32_at(at + 8)?;
+                return Some(if kind_flag {
+                    offset & 0xff_ffff
+                } else {
+                    offset
+                });
+            }
+        }
+        None
+    })
+}
+
+struct View<'a> {
+    btf: &'a [u8],
+    strings: &'a [u8],
+}
+
+impl View<'_> {
+    fn u32_at(&self, at: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(
+            self.btf.get(at..at + 4)?.try_into().ok()?,
+        ))
+    }
+
+    fn string(&self, off: u32) -> Option<&str> {
+        let rest = self.strings.get(off as usize..)?;
+        let end = rest.iter().position(|b| *b == 0)?;
+        std::str::from_utf8(&rest[..end]).ok()
+    }
+}
+
+/// Calls `found(view, kind, name, info, first member's offset)` on every
+/// type until it returns something.
+fn walk<T>(
+    btf: &[u8],
+    mut found: impl FnMut(&View, u32, Option<&str>, u32, usize) -> Option<T>,
+) -> Option<T> {
     let u16_at = |at: usize| Some(u16::from_le_bytes(btf.get(at..at + 2)?.try_into().ok()?));
     let u32_at = |at: usize| Some(u32::from_le_bytes(btf.get(at..at + 4)?.try_into().ok()?));
     if u16_at(0)? != BTF_MAGIC {
@@ -38,11 +86,7 @@ fn parse(btf: &[u8], wanted: &str, strip: &str) -> Option<BTreeMap<u32, String>>
     let types = hdr_len.checked_add(type_off)?;
     let types_end = types.checked_add(type_len)?;
     let strings = btf.get(hdr_len + str_off..hdr_len + str_off + str_len)?;
-    let string = |off: u32| -> Option<&str> {
-        let rest = strings.get(off as usize..)?;
-        let end = rest.iter().position(|b| *b == 0)?;
-        std::str::from_utf8(&rest[..end]).ok()
-    };
+    let view = View { btf, strings };
     let mut at = types;
     while at + 12 <= types_end {
         let name_off = u32_at(at)?;
@@ -50,26 +94,35 @@ fn parse(btf: &[u8], wanted: &str, strip: &str) -> Option<BTreeMap<u32, String>>
         let vlen = (info & 0xffff) as usize;
         let kind = (info >> 24) & 0x1f;
         let members = at + 12;
-        let extra = match kind {
-            KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-            KIND_ARRAY => 12,
-            KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
-            KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
-            _ => 0,
-        };
-        if kind == KIND_ENUM && string(name_off) == Some(wanted) {
-            let mut out = BTreeMap::new();
-            for i in 0..vlen {
-                let member = members + 8 * i;
-                let name = string(u32_at(member)?)?;
-                let value = u32_at(member + 4)?;
-                out.insert(value, name.strip_prefix(strip).unwrap_or(name).to_owned());
-            }
+        if let Some(out) = found(&view, kind, view.string(name_off), info, members) {
             return Some(out);
         }
-        at = members + extra;
+        at = members
+            + match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+                _ => 0,
+            };
     }
     None
+}
+
+fn parse(btf: &[u8], wanted: &str, strip: &str) -> Option<BTreeMap<u32, String>> {
+    walk(btf, |view, kind, name, info, members| {
+        if kind != KIND_ENUM || name != Some(wanted) {
+            return None;
+        }
+        let mut out = BTreeMap::new();
+        for i in 0..(info & 0xffff) as usize {
+            let member = members + 8 * i;
+            let name = view.string(view.u32_at(member)?)?;
+            let value = view.u32_at(member + 4)?;
+            out.insert(value, name.strip_prefix(strip).unwrap_or(name).to_owned());
+        }
+        Some(out)
+    })
 }
 
 #[cfg(test)]
@@ -126,5 +179,8 @@ mod tests {
         let reasons = enum_values(&btf, "skb_drop_reason", "SKB_DROP_REASON_");
         assert_eq!(reasons.get(&2).map(String::as_str), Some("NOT_SPECIFIED"));
         assert!(reasons.values().any(|r| r == "NO_SOCKET"));
+        let cloned = member_bit_offset(&btf, "sk_buff", "cloned").unwrap();
+        let len = member_bit_offset(&btf, "sk_buff", "len").unwrap();
+        assert!(cloned > len && cloned < 8 * 256, "{cloned}");
     }
 }

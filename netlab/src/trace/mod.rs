@@ -1,12 +1,18 @@
 //! `netlab trace`: live per-packet events from the datapath's ring buffer.
 //!
-//! The programs are loaded and attached by `up` (the TC hooks always carry
-//! the trace calls; the `skb:kfree_skb`/`skb:consume_skb` tracepoints are
-//! attached and pinned by the loader, [`crate::datapath::ebpf::loader`]). Tracing itself is a switch in the
-//! pinned `TRACE_CONFIG` map: this command writes the filter, turns the
-//! switch on, reads the ring buffer until stopped, and turns it off again,
-//! without reloading anything. `netlab trace --off` turns it off after a
-//! reader was killed.
+//! `up` attaches the TC programs, which carry a tail call into the
+//! `TRACE_PROGS` slot, empty until somebody traces. This command loads
+//! `trace_hop` and the fate probes
+//! ([`loader::start_trace`](crate::datapath::ebpf::loader::start_trace)),
+//! puts `trace_hop` in the slot, writes the filter, turns the switch in the
+//! pinned `TRACE_CONFIG` map on, reads the ring buffer until stopped, then
+//! turns the switch off and unloads what it loaded. `netlab trace --off`
+//! (and the next `netlab trace`, and `down`) clean up after a reader that
+//! was killed.
+//!
+//! The reader allocates nothing per event: records are decoded in place
+//! and formatted into one reused buffer that is written out in large
+//! batches.
 //!
 //! - [`filter`]: the tcpdump-like expression and its compilation;
 //! - [`output`]: decoding, human and JSON forms;
@@ -95,13 +101,15 @@ fn build_filter(options: &Options) -> Result<Option<filter::Expr>> {
     Ok(terms.into_iter().reduce(Expr::and))
 }
 
-/// Turns tracing off (`netlab trace --off`).
+/// Turns tracing off and empties the `trace_hop` slot (`netlab trace
+/// --off`, after a reader was killed).
 pub fn switch_off(lab: &str) -> Result<()> {
-    let mut config = maps::trace_config(&Pins::of(lab))?;
+    let pins = Pins::of(lab);
+    let mut config = maps::trace_config(&pins)?;
     let mut value = config.get(&0, 0)?;
     value.enabled = 0;
     config.set(0, value, 0)?;
-    Ok(())
+    loader::stop_trace(&pins)
 }
 
 /// Turns tracing on while alive; off when dropped, whatever happened.
@@ -164,9 +172,15 @@ fn catch_signals() {
 /// How long a journey must be quiet before the human output prints it.
 const QUIET: Duration = Duration::from_millis(100);
 
+/// Formatted output is written when this much has gathered (and at the end
+/// of every drained batch).
+const WRITE_BATCH: usize = 256 << 10;
+
+/// How long the reader sleeps in poll when the ring is empty.
+const POLL_MS: libc::c_int = 100;
+
 enum Sink {
-    Human(output::Grouper),
-    Json,
+    Text(output::TextSink),
     Pcapng {
         writer: pcapng::PcapngWriter<BufWriter<fs::File>>,
         ids: BTreeMap<u32, u32>,
@@ -219,23 +233,24 @@ pub fn run(options: &Options) -> Result<Summary> {
     }
     let expr = build_filter(options)?;
     let compiled = filter::compile(expr.as_ref(), &names)?;
-    if let Ok(btf) = fs::read(btf::VMLINUX) {
-        ctx.kernel_reasons = btf::enum_values(&btf, "skb_drop_reason", "SKB_DROP_REASON_");
-    }
 
     // The datapath's maps.
-    maps::trace_filter(&pins)?.set(0, compiled, 0)?;
     let mut iface_map = maps::trace_ifaces(&pins)?;
     for (ifindex, place) in &places {
         iface_map.insert(ifindex, place, 0)?;
     }
     let stats = maps::TraceStats::open(&pins)?;
     let mut ring = maps::trace_events(&pins)?;
-    if !loader::tracepoints_attached(&pins) {
-        eprintln!(
-            "netlab trace: the kernel-drop tracepoints are not attached (see `netlab up -v`); \
-             drops by the kernel will not show"
-        );
+    // A killed reader may have left tracing on: start from a clean slot.
+    loader::stop_trace(&pins)?;
+    let session = loader::start_trace(&pins, &compiled)?;
+    log::info!(
+        "{} loaded in {:.1} ms (verifier included)",
+        netlab_common::names::TRACE_HOP,
+        session.hop_load.as_secs_f64() * 1e3
+    );
+    if let Some(why) = &session.fates_missing {
+        eprintln!("netlab trace: kernel drops and deliveries will not show: {why}");
     }
 
     let mut sink = match &options.pcapng {
@@ -262,8 +277,7 @@ pub fn run(options: &Options) -> Result<Summary> {
                 snaplen: options.snaplen,
             }
         }
-        None if options.json => Sink::Json,
-        None => Sink::Human(output::Grouper::default()),
+        None => Sink::Text(output::TextSink::new(options.json)),
     };
 
     catch_signals();
@@ -271,11 +285,20 @@ pub fn run(options: &Options) -> Result<Summary> {
     let config = TraceConfig {
         enabled: 1,
         sample_every: sample,
-        snaplen: options.snaplen,
+        // Only pcapng shows packet bytes: the text forms take header-only
+        // records (no copy, four times as many fit in the ring).
+        snaplen: if options.pcapng.is_some() {
+            options.snaplen
+        } else {
+            0
+        },
         kfree_protocol_off: sys::tracepoint_field_offset("skb", "kfree_skb", "protocol")
             .unwrap_or(32),
         kfree_reason_off: sys::tracepoint_field_offset("skb", "kfree_skb", "reason").unwrap_or(36),
-        _pad: 0,
+        skb_cloned_bit: fs::read(btf::VMLINUX)
+            .ok()
+            .and_then(|btf| btf::member_bit_offset(&btf, "sk_buff", "cloned"))
+            .unwrap_or(0),
     };
     let mut switch = Switch::on(maps::trace_config(&pins)?, config)?;
     eprintln!(
@@ -309,16 +332,23 @@ pub fn run(options: &Options) -> Result<Summary> {
                 revents: 0,
             };
             // SAFETY: one valid pollfd; EINTR (a signal) just loops.
-            unsafe { libc::poll(&mut pfd, 1, 100) };
+            unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
         }
         let now = Instant::now();
         while let Some(item) = ring.next() {
             match output::decode(&item) {
                 Some(event) => {
                     summary.events += 1;
-                    emit(&mut sink, &mut out, event, &mut ctx, now)?;
+                    emit(&mut sink, &event, &mut ctx, now)?;
                 }
                 None => summary.malformed += 1,
+            }
+            drop(item);
+            if let Sink::Text(text) = &mut sink
+                && text.buf.len() >= WRITE_BATCH
+            {
+                out.write_all(&text.buf)?;
+                text.buf.clear();
             }
             if options.count.is_some_and(|c| summary.events >= c) {
                 break;
@@ -328,21 +358,19 @@ pub fn run(options: &Options) -> Result<Summary> {
         if lost > reported_lost {
             let new = lost - reported_lost;
             reported_lost = lost;
-            match &sink {
-                Sink::Json => writeln!(out, "{}", output::lost_json(new, lost))?,
-                Sink::Human(_) => writeln!(
-                    out,
-                    "!! {new} events lost (ring buffer full; {lost} in total)"
-                )?,
+            match &mut sink {
+                Sink::Text(text) => text.lost(new, lost),
                 Sink::Pcapng { .. } => {
                     eprintln!("netlab trace: {new} events lost (ring buffer full; {lost} in total)")
                 }
             }
         }
-        if let Sink::Human(grouper) = &mut sink {
+        if let Sink::Text(text) = &mut sink {
             let quiet = if stopping { Duration::ZERO } else { QUIET };
-            for journey in grouper.take_quiet(now, quiet) {
-                write!(out, "{}", output::render_journey(&journey, &ctx))?;
+            text.end_batch(&ctx, now, quiet);
+            if !text.buf.is_empty() {
+                out.write_all(&text.buf)?;
+                text.buf.clear();
             }
         }
         out.flush()?;
@@ -351,6 +379,7 @@ pub fn run(options: &Options) -> Result<Summary> {
         }
     }
     switch.off()?;
+    drop(session);
     summary.lost = reported_lost;
     if let Sink::Pcapng { mut writer, .. } = sink {
         writer.flush()?;
@@ -382,19 +411,28 @@ fn filter_text(options: &Options) -> String {
     parts.join(" and ")
 }
 
+/// Names for kernel events, read on the first one (startup stays fast).
+fn load_kernel_names(ctx: &mut output::Context) {
+    if ctx.symbols.is_some() {
+        return;
+    }
+    ctx.symbols = Some(output::load_symbols());
+    if let Ok(btf) = fs::read(btf::VMLINUX) {
+        ctx.kernel_reasons = btf::enum_values(&btf, "skb_drop_reason", "SKB_DROP_REASON_");
+    }
+}
+
 fn emit(
     sink: &mut Sink,
-    out: &mut impl Write,
-    event: output::Event,
+    event: &output::Event,
     ctx: &mut output::Context,
     now: Instant,
 ) -> Result<()> {
-    if !event.is_hop() && ctx.symbols.is_none() {
-        ctx.symbols = Some(output::load_symbols());
+    if !event.is_hop() {
+        load_kernel_names(ctx);
     }
     match sink {
-        Sink::Human(grouper) => grouper.push(event, now),
-        Sink::Json => writeln!(out, "{}", output::event_json(&event, ctx))?,
+        Sink::Text(text) => text.push(event, ctx, now),
         Sink::Pcapng {
             writer,
             ids,
@@ -424,9 +462,9 @@ fn emit(
                 output::trace_id(h.trace_id),
                 hop,
                 ctx.iface_name(h.ifindex),
-                output::action_text(&event, ctx)
+                output::action_text(event, ctx)
             );
-            writer.packet(id, ctx.epoch_ns(h.ts_ns), &event.data, h.skb_len, &comment)?;
+            writer.packet(id, ctx.epoch_ns(h.ts_ns), event.data, h.skb_len, &comment)?;
         }
     }
     Ok(())

@@ -4,13 +4,15 @@
 //!
 //! ## JSON fields (stable)
 //!
-//! Hop and kernel-drop events: `{"type": "hop" | "kernel_drop",
+//! Hop, kernel-drop and delivered events: `{"type": "hop" | "kernel_drop" |
+//! "delivered",
 //! "time": RFC 3339 UTC with ns, "time_ns": ns since the epoch, "trace_id":
 //! 16 hex digits, "netns": namespace or "host", "iface": name, "ifindex",
-//! "direction": "ingress" | "egress" | "kernel", "hook": the program,
+//! "direction": "ingress" | "egress" | "kernel", "hook": the program
+//! (`kfree_skb` or `consume_skb` for the kernel's events),
 //! "len": bytes, "packet": TUPLE (as the packet reached the hop), "after":
 //! TUPLE (as it left the hop; kernel drops: as it left its last hop),
-//! "action": "pass" | "redirect" | "drop" | "kernel_drop", "reason":
+//! "action": "pass" | "redirect" | "drop" | "kernel_drop" | "delivered", "reason":
 //! netlab's or the kernel's drop reason or null, "redirect_to": "ns/if" or
 //! null, "nat": [{"kind": "dnat" | "snat", "from": "ADDR:PORT", "to":
 //! "ADDR:PORT"}], "location": kernel function of a kernel drop or null}.
@@ -23,32 +25,31 @@
 //! Losses: `{"type": "lost", "count": new losses, "total": since start}`.
 
 use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    net::Ipv4Addr,
+    collections::{BTreeMap, HashMap, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
     time::{Duration, Instant},
 };
 
 use netlab_common::{
     nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Stat},
     trace::{
-        Action, DropEvent, EVENT_HOP, EVENT_KERNEL_DROP, EventHeader, Hook, HopEvent, REASON_NONE,
-        SNAP_MAX, TUPLE_IPV4, TUPLE_IPV4_OTHER, TUPLE_MALFORMED, TUPLE_NOT_IPV4, Tuple,
+        Action, DropEvent, EVENT_DELIVERED, EVENT_HOP, EVENT_KERNEL_DROP, EventHeader, FATE_CLONED,
+        Hook, HopEvent, REASON_NONE, SNAP_MAX, TUPLE_IPV4, TUPLE_IPV4_OTHER, TUPLE_MALFORMED,
+        TUPLE_NOT_IPV4, Tuple,
     },
 };
-use serde_json::{Value, json};
 
 use crate::datapath::ebpf::ip_proto_name;
 
-/// One decoded record.
-#[derive(Clone, Debug)]
-pub struct Event {
+/// One decoded record, borrowing the ring's bytes (no copy, no allocation).
+#[derive(Clone, Copy, Debug)]
+pub struct Event<'a> {
     pub header: EventHeader,
     /// Packet bytes (hops only, up to the snap length).
-    pub data: Vec<u8>,
+    pub data: &'a [u8],
 }
 
-impl Event {
+impl Event<'_> {
     pub fn is_hop(&self) -> bool {
         self.header.kind == EVENT_HOP
     }
@@ -56,7 +57,7 @@ impl Event {
 
 /// Decodes one ring-buffer record; `None` for anything malformed (which
 /// the reader counts), never a guess.
-pub fn decode(bytes: &[u8]) -> Option<Event> {
+pub fn decode(bytes: &[u8]) -> Option<Event<'_>> {
     let header_len = size_of::<EventHeader>();
     if bytes.len() < header_len {
         return None;
@@ -65,21 +66,25 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     // valid) and `bytes` holds at least its size; read_unaligned copies.
     let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     match header.kind {
-        EVENT_HOP if bytes.len() >= size_of::<HopEvent>() => {
+        EVENT_HOP => {
             let cap = header.cap_len as usize;
-            if cap > SNAP_MAX || Hook::from_u8(header.hook).is_none() {
+            // Header-only (snap length 0) or a whole HopEvent.
+            let whole = cap > 0 || bytes.len() >= size_of::<HopEvent>();
+            if cap > SNAP_MAX
+                || (whole && bytes.len() < size_of::<HopEvent>())
+                || Hook::from_u8(header.hook).is_none()
+            {
                 return None;
             }
             Action::from_u8(header.action)?;
             Some(Event {
                 header,
-                data: bytes[header_len..header_len + cap].to_vec(),
+                data: &bytes[header_len..header_len + cap],
             })
         }
-        EVENT_KERNEL_DROP if bytes.len() >= size_of::<DropEvent>() => Some(Event {
-            header,
-            data: Vec::new(),
-        }),
+        EVENT_KERNEL_DROP | EVENT_DELIVERED if bytes.len() >= size_of::<DropEvent>() => {
+            Some(Event { header, data: &[] })
+        }
         _ => None,
     }
 }
@@ -108,42 +113,76 @@ impl Context {
     }
 
     pub fn iface_name(&self, ifindex: u32) -> String {
-        let (place, iface) = self.place_iface(ifindex);
-        format!("{place}/{iface}")
+        let mut out = Vec::new();
+        self.put_iface_name(&mut out, ifindex);
+        into_string(out)
+    }
+
+    /// `place/iface` (`?/ifN` for an unknown index).
+    fn put_iface_name(&self, out: &mut Vec<u8>, ifindex: u32) {
+        match self.ifaces.get(&ifindex) {
+            Some((place, iface)) => {
+                out.extend_from_slice(place.as_bytes());
+                out.push(b'/');
+                out.extend_from_slice(iface.as_bytes());
+            }
+            None => {
+                out.extend_from_slice(b"?/if");
+                put_u64(out, u64::from(ifindex));
+            }
+        }
     }
 
     pub fn epoch_ns(&self, ktime_ns: u64) -> u64 {
         (i128::from(ktime_ns) + self.realtime_offset_ns).max(0) as u64
     }
 
-    fn reason(&self, header: &EventHeader) -> Option<String> {
-        match Action::from_u8(header.action)? {
-            Action::Drop if header.reason != REASON_NONE => {
-                Some(Stat::ALL.get(usize::from(header.reason)).map_or_else(
-                    || format!("reason {}", header.reason),
-                    |s| s.name().to_owned(),
-                ))
+    /// The drop reason's name (netlab's or the kernel's), if the event is a drop.
+    fn put_reason(&self, out: &mut Vec<u8>, header: &EventHeader) -> bool {
+        match Action::from_u8(header.action) {
+            Some(Action::Drop) if header.reason != REASON_NONE => {
+                match Stat::ALL.get(usize::from(header.reason)) {
+                    Some(stat) => out.extend_from_slice(stat.name().as_bytes()),
+                    None => {
+                        out.extend_from_slice(b"reason ");
+                        put_u64(out, u64::from(header.reason));
+                    }
+                }
             }
-            Action::Drop => Some("dropped".to_owned()),
-            Action::KernelDrop => Some(
-                self.kernel_reasons
-                    .get(&header.kernel_reason)
-                    .cloned()
-                    .unwrap_or_else(|| format!("reason {}", header.kernel_reason)),
-            ),
-            _ => None,
+            Some(Action::Drop) => out.extend_from_slice(b"dropped"),
+            Some(Action::KernelDrop) => match self.kernel_reasons.get(&header.kernel_reason) {
+                Some(name) => out.extend_from_slice(name.as_bytes()),
+                None => {
+                    out.extend_from_slice(b"reason ");
+                    put_u64(out, u64::from(header.kernel_reason));
+                }
+            },
+            _ => return false,
         }
+        true
     }
 
-    fn location(&self, address: u64) -> Option<String> {
+    /// `function+0xoff` of a kernel address, if known.
+    fn put_location(&self, out: &mut Vec<u8>, address: u64) -> bool {
         if address == 0 {
-            return None;
+            return false;
         }
-        let symbols = self.symbols.as_ref()?;
+        let Some(symbols) = self.symbols.as_ref() else {
+            return false;
+        };
         let at = symbols.partition_point(|(a, _)| *a <= address);
-        let (start, name) = symbols.get(at.checked_sub(1)?)?;
-        Some(format!("{name}+{:#x}", address - start))
+        let Some((start, name)) = at.checked_sub(1).and_then(|i| symbols.get(i)) else {
+            return false;
+        };
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"+0x");
+        put_hex(out, address - start, 1);
+        true
     }
+}
+
+fn into_string(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Kernel symbols from /proc/kallsyms, sorted by address (empty when
@@ -166,152 +205,325 @@ pub fn load_symbols() -> Vec<(u64, String)> {
     symbols
 }
 
-/// The protocol's name, or its number when it has none here.
-fn proto_name(proto: u8) -> String {
-    ip_proto_name(proto).map_or_else(|| proto.to_string(), str::to_owned)
+// The writers below append to a reused buffer: no allocation per event
+// (the reader formats millions of events per second).
+
+fn put_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
-fn addr(wire: u32) -> Ipv4Addr {
-    Ipv4Addr::from(wire.to_ne_bytes())
+/// `n` with at least `width` digits (zero-padded).
+fn put_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(digits.len().saturating_sub(width));
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// Lower-case hex with at least `width` digits.
+fn put_hex(out: &mut Vec<u8>, n: u64, width: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [b'0'; 16];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = HEX[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(digits.len().saturating_sub(width));
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// An address as it is on the wire, dotted.
+fn put_ipv4(out: &mut Vec<u8>, wire: u32) {
+    for (i, octet) in wire.to_ne_bytes().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        put_u64(out, u64::from(octet));
+    }
+}
+
+/// A JSON string (names are validated, but escape anyway).
+fn put_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0..0x20 => {
+                out.extend_from_slice(b"\\u00");
+                put_hex(out, u64::from(b), 2);
+            }
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+/// The protocol's name, or its number when it has none here.
+fn put_proto(out: &mut Vec<u8>, proto: u8) {
+    match ip_proto_name(proto) {
+        Some(name) => out.extend_from_slice(name.as_bytes()),
+        None => put_u64(out, u64::from(proto)),
+    }
+}
+
+const TCP_FLAG_NAMES: [(u8, u8); 8] = [
+    (0x02, b'S'),
+    (0x10, b'A'),
+    (0x01, b'F'),
+    (0x04, b'R'),
+    (0x08, b'P'),
+    (0x20, b'U'),
+    (0x40, b'E'),
+    (0x80, b'C'),
+];
+
+fn put_tcp_flags(out: &mut Vec<u8>, flags: u8) {
+    for (bit, c) in TCP_FLAG_NAMES {
+        if flags & bit != 0 {
+            out.push(c);
+        }
+    }
 }
 
 pub fn tcp_flags(flags: u8) -> String {
-    const NAMES: [(u8, char); 8] = [
-        (0x02, 'S'),
-        (0x10, 'A'),
-        (0x01, 'F'),
-        (0x04, 'R'),
-        (0x08, 'P'),
-        (0x20, 'U'),
-        (0x40, 'E'),
-        (0x80, 'C'),
-    ];
-    NAMES
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, c)| *c)
-        .collect()
+    let mut out = Vec::new();
+    put_tcp_flags(&mut out, flags);
+    into_string(out)
 }
 
 fn has_ports(t: &Tuple) -> bool {
     t.kind == TUPLE_IPV4 && (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP)
 }
 
-fn endpoint(a: u32, port: u16, ports: bool) -> String {
+fn put_endpoint(out: &mut Vec<u8>, a: u32, port: u16, ports: bool) {
+    put_ipv4(out, a);
     if ports {
-        format!("{}:{}", addr(a), u16::from_be(port))
-    } else {
-        addr(a).to_string()
+        out.push(b':');
+        put_u64(out, u64::from(u16::from_be(port)));
+    }
+}
+
+fn put_tuple_text(out: &mut Vec<u8>, t: &Tuple) {
+    match t.kind {
+        TUPLE_NOT_IPV4 => {
+            out.extend_from_slice(b"non-IPv4 (ethertype 0x");
+            put_hex(out, u64::from(t.saddr), 4);
+            out.push(b')');
+        }
+        TUPLE_MALFORMED => out.extend_from_slice(b"malformed"),
+        TUPLE_IPV4 | TUPLE_IPV4_OTHER => {
+            let ports = has_ports(t);
+            put_endpoint(out, t.saddr, t.sport, ports);
+            out.extend_from_slice(b" > ");
+            put_endpoint(out, t.daddr, t.dport, ports);
+            out.push(b' ');
+            put_proto(out, t.proto);
+            if t.kind == TUPLE_IPV4_OTHER && (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP) {
+                out.extend_from_slice(b" (fragment)");
+            } else if t.kind == TUPLE_IPV4 && t.proto == IPPROTO_TCP {
+                out.extend_from_slice(b" [");
+                put_tcp_flags(out, t.tcp_flags);
+                out.push(b']');
+            } else if t.kind == TUPLE_IPV4 && t.proto == IPPROTO_ICMP {
+                match t.icmp_type {
+                    8 => {
+                        out.extend_from_slice(b" echo request id ");
+                        put_u64(out, u64::from(u16::from_be(t.sport)));
+                    }
+                    0 => {
+                        out.extend_from_slice(b" echo reply id ");
+                        put_u64(out, u64::from(u16::from_be(t.dport)));
+                    }
+                    other => {
+                        out.extend_from_slice(b" type ");
+                        put_u64(out, u64::from(other));
+                    }
+                }
+            }
+        }
+        _ => out.push(b'-'),
     }
 }
 
 /// `192.168.15.1:40000 > 192.168.15.2:80 tcp [S]`, `... icmp echo id 7`.
 pub fn tuple_text(t: &Tuple) -> String {
-    match t.kind {
-        TUPLE_NOT_IPV4 => format!("non-IPv4 (ethertype {:#06x})", t.saddr),
-        TUPLE_MALFORMED => "malformed".to_owned(),
-        TUPLE_IPV4 | TUPLE_IPV4_OTHER => {
-            let ports = has_ports(t);
-            let mut text = format!(
-                "{} > {} {}",
-                endpoint(t.saddr, t.sport, ports),
-                endpoint(t.daddr, t.dport, ports),
-                proto_name(t.proto)
-            );
-            if t.kind == TUPLE_IPV4_OTHER && (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP) {
-                text.push_str(" (fragment)");
-            } else if t.kind == TUPLE_IPV4 && t.proto == IPPROTO_TCP {
-                let _ = write!(text, " [{}]", tcp_flags(t.tcp_flags));
-            } else if t.kind == TUPLE_IPV4 && t.proto == IPPROTO_ICMP {
-                let _ = match t.icmp_type {
-                    8 => write!(text, " echo request id {}", u16::from_be(t.sport)),
-                    0 => write!(text, " echo reply id {}", u16::from_be(t.dport)),
-                    other => write!(text, " type {other}"),
-                };
-            }
-            text
-        }
-        _ => "-".to_owned(),
-    }
+    let mut out = Vec::new();
+    put_tuple_text(&mut out, t);
+    into_string(out)
 }
 
-fn tuple_json(t: &Tuple) -> Value {
+fn put_tuple_json(out: &mut Vec<u8>, t: &Tuple) {
     let ipv4 = t.kind == TUPLE_IPV4 || t.kind == TUPLE_IPV4_OTHER;
     let ports = has_ports(t);
     let icmp = t.kind == TUPLE_IPV4 && t.proto == IPPROTO_ICMP;
     let tcp = t.kind == TUPLE_IPV4 && t.proto == IPPROTO_TCP;
-    json!({
-        "kind": match t.kind {
-            TUPLE_IPV4 => "ipv4",
-            TUPLE_IPV4_OTHER => "ipv4_other",
-            TUPLE_NOT_IPV4 => "not_ipv4",
-            _ => "malformed",
-        },
-        "proto": if ipv4 { json!(proto_name(t.proto)) } else { Value::Null },
-        "src": if ipv4 { json!(addr(t.saddr).to_string()) } else { Value::Null },
-        "dst": if ipv4 { json!(addr(t.daddr).to_string()) } else { Value::Null },
-        "sport": if ports { json!(u16::from_be(t.sport)) } else { Value::Null },
-        "dport": if ports { json!(u16::from_be(t.dport)) } else { Value::Null },
-        "tcp_flags": if tcp { json!(tcp_flags(t.tcp_flags)) } else { Value::Null },
-        "icmp_type": if icmp { json!(t.icmp_type) } else { Value::Null },
-        "icmp_id": match (icmp, t.icmp_type) {
-            (true, 8) => json!(u16::from_be(t.sport)),
-            (true, 0) => json!(u16::from_be(t.dport)),
-            _ => Value::Null,
-        },
-        "ethertype": if t.kind == TUPLE_NOT_IPV4 { json!(t.saddr) } else { Value::Null },
-    })
+    out.extend_from_slice(match t.kind {
+        TUPLE_IPV4 => b"{\"kind\":\"ipv4\"",
+        TUPLE_IPV4_OTHER => b"{\"kind\":\"ipv4_other\"",
+        TUPLE_NOT_IPV4 => b"{\"kind\":\"not_ipv4\"",
+        _ => b"{\"kind\":\"malformed\"",
+    });
+    if ipv4 {
+        out.extend_from_slice(b",\"proto\":");
+        match ip_proto_name(t.proto) {
+            Some(name) => put_json_str(out, name),
+            None => {
+                out.push(b'"');
+                put_u64(out, u64::from(t.proto));
+                out.push(b'"');
+            }
+        }
+        out.extend_from_slice(b",\"src\":\"");
+        put_ipv4(out, t.saddr);
+        out.extend_from_slice(b"\",\"dst\":\"");
+        put_ipv4(out, t.daddr);
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(b",\"proto\":null,\"src\":null,\"dst\":null");
+    }
+    if ports {
+        out.extend_from_slice(b",\"sport\":");
+        put_u64(out, u64::from(u16::from_be(t.sport)));
+        out.extend_from_slice(b",\"dport\":");
+        put_u64(out, u64::from(u16::from_be(t.dport)));
+    } else {
+        out.extend_from_slice(b",\"sport\":null,\"dport\":null");
+    }
+    if tcp {
+        out.extend_from_slice(b",\"tcp_flags\":\"");
+        put_tcp_flags(out, t.tcp_flags);
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(b",\"tcp_flags\":null");
+    }
+    if icmp {
+        out.extend_from_slice(b",\"icmp_type\":");
+        put_u64(out, u64::from(t.icmp_type));
+    } else {
+        out.extend_from_slice(b",\"icmp_type\":null");
+    }
+    out.extend_from_slice(b",\"icmp_id\":");
+    match (icmp, t.icmp_type) {
+        (true, 8) => put_u64(out, u64::from(u16::from_be(t.sport))),
+        (true, 0) => put_u64(out, u64::from(u16::from_be(t.dport))),
+        _ => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"ethertype\":");
+    if t.kind == TUPLE_NOT_IPV4 {
+        put_u64(out, u64::from(t.saddr));
+    } else {
+        out.extend_from_slice(b"null");
+    }
+    out.push(b'}');
+}
+
+/// One side of a rewrite, as [`nat_rewrites`] names it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct End {
+    addr: u32,
+    /// A port (TCP/UDP) or an ICMP echo id, host order.
+    port: Option<u16>,
+    icmp_id: bool,
+}
+
+impl End {
+    fn put(self, out: &mut Vec<u8>) {
+        put_ipv4(out, self.addr);
+        match (self.port, self.icmp_id) {
+            (Some(port), false) => {
+                out.push(b':');
+                put_u64(out, u64::from(port));
+            }
+            (Some(id), true) => {
+                out.extend_from_slice(b" id ");
+                put_u64(out, u64::from(id));
+            }
+            (None, _) => {}
+        }
+    }
+}
+
+/// The rewrites between the tuple before and after a hop: (kind, from,
+/// to), DNAT first. At most two, so no allocation.
+fn rewrites(before: &Tuple, after: &Tuple) -> [Option<(&'static str, End, End)>; 2] {
+    let ipv4 = |t: &Tuple| t.kind == TUPLE_IPV4 || t.kind == TUPLE_IPV4_OTHER;
+    if !ipv4(before) || !ipv4(after) {
+        return [None, None];
+    }
+    let ports = has_ports(before);
+    let icmp = before.kind == TUPLE_IPV4 && before.proto == IPPROTO_ICMP;
+    let end = |addr: u32, port: u16, show: bool, icmp_id: bool| End {
+        addr,
+        port: show.then(|| u16::from_be(port)),
+        icmp_id,
+    };
+    // An ICMP echo id moves with the source (SNAT) of a request and the
+    // destination (un-SNAT) of a reply.
+    let (s_from, s_to, d_from, d_to) = if icmp {
+        let s_id = before.sport != after.sport && before.icmp_type == 8;
+        let d_id = before.dport != after.dport && before.icmp_type == 0;
+        (
+            end(before.saddr, before.sport, s_id, true),
+            end(after.saddr, after.sport, s_id, true),
+            end(before.daddr, before.dport, d_id, true),
+            end(after.daddr, after.dport, d_id, true),
+        )
+    } else {
+        (
+            end(before.saddr, before.sport, ports, false),
+            end(after.saddr, after.sport, ports, false),
+            end(before.daddr, before.dport, ports, false),
+            end(after.daddr, after.dport, ports, false),
+        )
+    };
+    let dnat = (d_from != d_to).then_some(("dnat", d_from, d_to));
+    let snat = (s_from != s_to).then_some(("snat", s_from, s_to));
+    match dnat {
+        Some(_) => [dnat, snat],
+        None => [snat, None],
+    }
 }
 
 /// The rewrites between the tuple before and after a hop.
 pub fn nat_rewrites(before: &Tuple, after: &Tuple) -> Vec<(&'static str, String, String)> {
-    let ipv4 = |t: &Tuple| t.kind == TUPLE_IPV4 || t.kind == TUPLE_IPV4_OTHER;
-    if !ipv4(before) || !ipv4(after) {
-        return Vec::new();
-    }
-    let ports = has_ports(before);
-    let icmp = before.kind == TUPLE_IPV4 && before.proto == IPPROTO_ICMP;
-    let mut out = Vec::new();
-    // An ICMP echo id moves with the source (SNAT) of a request and the
-    // destination (un-SNAT) of a reply.
-    let (s_from, s_to, d_from, d_to) = if icmp {
-        (
-            if before.sport != after.sport && before.icmp_type == 8 {
-                format!("{} id {}", addr(before.saddr), u16::from_be(before.sport))
-            } else {
-                addr(before.saddr).to_string()
-            },
-            if before.sport != after.sport && before.icmp_type == 8 {
-                format!("{} id {}", addr(after.saddr), u16::from_be(after.sport))
-            } else {
-                addr(after.saddr).to_string()
-            },
-            if before.dport != after.dport && before.icmp_type == 0 {
-                format!("{} id {}", addr(before.daddr), u16::from_be(before.dport))
-            } else {
-                addr(before.daddr).to_string()
-            },
-            if before.dport != after.dport && before.icmp_type == 0 {
-                format!("{} id {}", addr(after.daddr), u16::from_be(after.dport))
-            } else {
-                addr(after.daddr).to_string()
-            },
-        )
-    } else {
-        (
-            endpoint(before.saddr, before.sport, ports),
-            endpoint(after.saddr, after.sport, ports),
-            endpoint(before.daddr, before.dport, ports),
-            endpoint(after.daddr, after.dport, ports),
-        )
-    };
-    if d_from != d_to {
-        out.push(("dnat", d_from, d_to));
-    }
-    if s_from != s_to {
-        out.push(("snat", s_from, s_to));
-    }
-    out
+    rewrites(before, after)
+        .into_iter()
+        .flatten()
+        .map(|(kind, from, to)| {
+            let text = |e: End| {
+                let mut out = Vec::new();
+                e.put(&mut out);
+                into_string(out)
+            };
+            (kind, text(from), text(to))
+        })
+        .collect()
 }
 
 fn hook_program(hook: Hook) -> &'static str {
@@ -320,49 +532,114 @@ fn hook_program(hook: Hook) -> &'static str {
         Hook::Egress => "count_egress",
         Hook::NatIngress => "nat_ingress",
         Hook::NatEgress => "nat_egress",
-        Hook::Kernel => "kfree_skb",
+        Hook::Kernel => "kernel",
+    }
+}
+
+fn kernel_hook(header: &EventHeader) -> &'static str {
+    match (header.kind, header.reason) {
+        (EVENT_DELIVERED, FATE_CLONED) => "kfree_skb",
+        (EVENT_DELIVERED, _) => "consume_skb",
+        _ => "kfree_skb",
+    }
+}
+
+fn event_type(header: &EventHeader) -> &'static str {
+    match header.kind {
+        EVENT_HOP => "hop",
+        EVENT_DELIVERED => "delivered",
+        _ => "kernel_drop",
+    }
+}
+
+fn put_action_text(out: &mut Vec<u8>, h: &EventHeader, ctx: &Context) {
+    let action = Action::from_u8(h.action).unwrap_or(Action::Pass);
+    let mut first = true;
+    for (kind, from, to) in rewrites(&h.before, &h.after).into_iter().flatten() {
+        if !first {
+            out.extend_from_slice(b", ");
+        }
+        first = false;
+        out.extend_from_slice(if kind == "dnat" { b"DNAT " } else { b"SNAT " });
+        from.put(out);
+        out.extend_from_slice(" → ".as_bytes());
+        to.put(out);
+    }
+    let sep = |out: &mut Vec<u8>, first: bool| {
+        if !first {
+            out.extend_from_slice(b", ");
+        }
+    };
+    match action {
+        Action::Pass if first => out.extend_from_slice(b"pass"),
+        Action::Pass => {}
+        Action::Redirect => {
+            sep(out, first);
+            out.extend_from_slice(b"redirect to ");
+            ctx.put_iface_name(out, h.target_ifindex);
+        }
+        Action::Drop => {
+            sep(out, first);
+            out.extend_from_slice(b"drop (");
+            if !ctx.put_reason(out, h) {
+                out.extend_from_slice(b"dropped");
+            }
+            out.push(b')');
+        }
+        Action::KernelDrop => {
+            sep(out, first);
+            out.extend_from_slice(b"kernel drop ");
+            if !ctx.put_reason(out, h) {
+                out.push(b'?');
+            }
+            let mark = out.len();
+            out.extend_from_slice(b" at ");
+            if !ctx.put_location(out, h.location) {
+                out.truncate(mark);
+            }
+        }
+        Action::Delivered => {
+            sep(out, first);
+            if h.reason == FATE_CLONED {
+                // The original's free reason is not a loss: say what it was.
+                out.extend_from_slice(
+                    b"delivered (a clone reached a socket; the original was freed: ",
+                );
+                match ctx.kernel_reasons.get(&h.kernel_reason) {
+                    Some(name) => out.extend_from_slice(name.as_bytes()),
+                    None => {
+                        out.extend_from_slice(b"reason ");
+                        put_u64(out, u64::from(h.kernel_reason));
+                    }
+                }
+                out.push(b')');
+            } else {
+                out.extend_from_slice(b"delivered");
+                let mark = out.len();
+                out.extend_from_slice(b" at ");
+                if !ctx.put_location(out, h.location) {
+                    out.truncate(mark);
+                }
+            }
+        }
     }
 }
 
 /// What the datapath did, in words: `pass`, `DNAT a → b`, `redirect to
-/// host/x`, `drop (tcp_not_syn)`, `kernel drop NO_SOCKET at f+0x10`.
+/// host/x`, `drop (tcp_not_syn)`, `kernel drop NO_SOCKET at f+0x10`,
+/// `delivered at f+0x10`.
 pub fn action_text(event: &Event, ctx: &Context) -> String {
-    let h = &event.header;
-    let action = Action::from_u8(h.action).unwrap_or(Action::Pass);
-    let mut parts = Vec::new();
-    for (kind, from, to) in nat_rewrites(&h.before, &h.after) {
-        parts.push(format!("{} {from} → {to}", kind.to_uppercase()));
-    }
-    match action {
-        Action::Pass if parts.is_empty() => parts.push("pass".to_owned()),
-        Action::Pass => {}
-        Action::Redirect => parts.push(format!("redirect to {}", ctx.iface_name(h.target_ifindex))),
-        Action::Drop => parts.push(format!(
-            "drop ({})",
-            ctx.reason(h).unwrap_or_else(|| "dropped".into())
-        )),
-        Action::KernelDrop => {
-            let mut text = format!(
-                "kernel drop {}",
-                ctx.reason(h).unwrap_or_else(|| "?".into())
-            );
-            if let Some(location) = ctx.location(h.location) {
-                let _ = write!(text, " at {location}");
-            }
-            parts.push(text);
-        }
-    }
-    parts.join(", ")
+    let mut out = Vec::new();
+    put_action_text(&mut out, &event.header, ctx);
+    into_string(out)
 }
 
 pub fn trace_id(id: u64) -> String {
     format!("{id:016x}")
 }
 
-/// RFC 3339 UTC with nanoseconds.
-pub fn rfc3339(epoch_ns: u64) -> String {
-    let secs = (epoch_ns / 1_000_000_000) as i64;
-    let nanos = epoch_ns % 1_000_000_000;
+/// Civil date and time of day of a second since the epoch (UTC).
+fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil from days (Howard Hinnant's algorithm).
@@ -375,177 +652,463 @@ pub fn rfc3339(epoch_ns: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    (year, month, day, rem / 3600, rem / 60 % 60, rem % 60)
 }
 
-pub fn event_json(event: &Event, ctx: &Context) -> Value {
+/// RFC 3339 UTC with nanoseconds.
+pub fn rfc3339(epoch_ns: u64) -> String {
+    let mut clock = Clock::default();
+    let mut out = Vec::new();
+    clock.put_rfc3339(&mut out, epoch_ns);
+    into_string(out)
+}
+
+/// Formats times, remembering the text of the last second (events come
+/// millions per second, seconds rarely change).
+#[derive(Debug, Default)]
+pub struct Clock {
+    utc_second: Option<(u64, [u8; 20])>,
+    local_second: Option<(u64, [u8; 9])>,
+}
+
+impl Clock {
+    /// `2024-02-29T23:59:59.000000001Z`.
+    fn put_rfc3339(&mut self, out: &mut Vec<u8>, epoch_ns: u64) {
+        let secs = epoch_ns / 1_000_000_000;
+        let prefix = match self.utc_second {
+            Some((s, text)) if s == secs => text,
+            _ => {
+                let (y, mo, d, h, mi, s) = civil(secs as i64);
+                let mut text = Vec::with_capacity(20);
+                put_padded(&mut text, y.max(0) as u64, 4);
+                text.push(b'-');
+                put_padded(&mut text, mo as u64, 2);
+                text.push(b'-');
+                put_padded(&mut text, d as u64, 2);
+                text.push(b'T');
+                put_padded(&mut text, h as u64, 2);
+                text.push(b':');
+                put_padded(&mut text, mi as u64, 2);
+                text.push(b':');
+                put_padded(&mut text, s as u64, 2);
+                text.push(b'.');
+                let mut fixed = [b'0'; 20];
+                let n = text.len().min(20);
+                fixed[..n].copy_from_slice(&text[..n]);
+                self.utc_second = Some((secs, fixed));
+                fixed
+            }
+        };
+        out.extend_from_slice(&prefix);
+        put_padded(out, epoch_ns % 1_000_000_000, 9);
+        out.push(b'Z');
+    }
+
+    /// Local time of day with nanoseconds: `12:04:05.123456789`.
+    fn put_local(&mut self, out: &mut Vec<u8>, epoch_ns: u64) {
+        let secs = epoch_ns / 1_000_000_000;
+        let prefix = match self.local_second {
+            Some((s, text)) if s == secs => text,
+            _ => {
+                let t = secs as libc::time_t;
+                // SAFETY: localtime_r fills the zeroed struct from a valid time_t.
+                let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+                // SAFETY: valid pointers to locals.
+                let (h, m, s) = if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+                    let (_, _, _, h, m, s) = civil(secs as i64);
+                    (h as u64, m as u64, s as u64)
+                } else {
+                    (tm.tm_hour as u64, tm.tm_min as u64, tm.tm_sec as u64)
+                };
+                let mut text = Vec::with_capacity(9);
+                put_padded(&mut text, h, 2);
+                text.push(b':');
+                put_padded(&mut text, m, 2);
+                text.push(b':');
+                put_padded(&mut text, s, 2);
+                text.push(b'.');
+                let mut fixed = [b'0'; 9];
+                let n = text.len().min(9);
+                fixed[..n].copy_from_slice(&text[..n]);
+                self.local_second = Some((secs, fixed));
+                fixed
+            }
+        };
+        out.extend_from_slice(&prefix);
+        put_padded(out, epoch_ns % 1_000_000_000, 9);
+    }
+}
+
+/// Appends one event as a JSON object and a newline (the documented fields).
+pub fn write_event_json(out: &mut Vec<u8>, event: &Event, ctx: &Context, clock: &mut Clock) {
     let h = &event.header;
     let hook = Hook::from_u8(h.hook).unwrap_or(Hook::Kernel);
     let action = Action::from_u8(h.action).unwrap_or(Action::Pass);
-    let (netns, iface) = ctx.place_iface(h.ifindex);
     let epoch = ctx.epoch_ns(h.ts_ns);
-    let nat: Vec<Value> = nat_rewrites(&h.before, &h.after)
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(event_type(h).as_bytes());
+    out.extend_from_slice(b"\",\"time\":\"");
+    clock.put_rfc3339(out, epoch);
+    out.extend_from_slice(b"\",\"time_ns\":");
+    put_u64(out, epoch);
+    out.extend_from_slice(b",\"trace_id\":\"");
+    put_hex(out, h.trace_id, 16);
+    out.extend_from_slice(b"\",\"netns\":");
+    match ctx.ifaces.get(&h.ifindex) {
+        Some((place, iface)) => {
+            put_json_str(out, place);
+            out.extend_from_slice(b",\"iface\":");
+            put_json_str(out, iface);
+        }
+        None => {
+            out.extend_from_slice(b"\"?\",\"iface\":\"if");
+            put_u64(out, u64::from(h.ifindex));
+            out.push(b'"');
+        }
+    }
+    out.extend_from_slice(b",\"ifindex\":");
+    put_u64(out, u64::from(h.ifindex));
+    out.extend_from_slice(b",\"direction\":\"");
+    out.extend_from_slice(hook.direction().as_bytes());
+    out.extend_from_slice(b"\",\"hook\":\"");
+    out.extend_from_slice(
+        if hook == Hook::Kernel {
+            kernel_hook(h)
+        } else {
+            hook_program(hook)
+        }
+        .as_bytes(),
+    );
+    out.extend_from_slice(b"\",\"len\":");
+    put_u64(out, u64::from(h.skb_len));
+    out.extend_from_slice(b",\"packet\":");
+    put_tuple_json(out, &h.before);
+    out.extend_from_slice(b",\"after\":");
+    put_tuple_json(out, &h.after);
+    out.extend_from_slice(b",\"action\":\"");
+    out.extend_from_slice(action.name().as_bytes());
+    out.extend_from_slice(b"\",\"reason\":");
+    let mark = out.len();
+    out.push(b'"');
+    if ctx.put_reason(out, h) {
+        out.push(b'"');
+    } else {
+        out.truncate(mark);
+        out.extend_from_slice(b"null");
+    }
+    out.extend_from_slice(b",\"redirect_to\":");
+    if action == Action::Redirect {
+        out.push(b'"');
+        ctx.put_iface_name(out, h.target_ifindex);
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(b"null");
+    }
+    out.extend_from_slice(b",\"nat\":[");
+    for (i, (kind, from, to)) in rewrites(&h.before, &h.after)
         .into_iter()
-        .map(|(kind, from, to)| json!({"kind": kind, "from": from, "to": to}))
-        .collect();
-    json!({
-        "type": if event.is_hop() { "hop" } else { "kernel_drop" },
-        "time": rfc3339(epoch),
-        "time_ns": epoch,
-        "trace_id": trace_id(h.trace_id),
-        "netns": netns,
-        "iface": iface,
-        "ifindex": h.ifindex,
-        "direction": hook.direction(),
-        "hook": hook_program(hook),
-        "len": h.skb_len,
-        "packet": tuple_json(&h.before),
-        "after": tuple_json(&h.after),
-        "action": action.name(),
-        "reason": ctx.reason(h),
-        "redirect_to": (action == Action::Redirect).then(|| ctx.iface_name(h.target_ifindex)),
-        "nat": nat,
-        "location": ctx.location(h.location),
-    })
+        .flatten()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"kind\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\",\"from\":\"");
+        from.put(out);
+        out.extend_from_slice(b"\",\"to\":\"");
+        to.put(out);
+        out.extend_from_slice(b"\"}");
+    }
+    out.extend_from_slice(b"],\"location\":");
+    let mark = out.len();
+    out.push(b'"');
+    if ctx.put_location(out, h.location) {
+        out.push(b'"');
+    } else {
+        out.truncate(mark);
+        out.extend_from_slice(b"null");
+    }
+    out.extend_from_slice(b"}\n");
 }
 
-pub fn lost_json(count: u64, total: u64) -> Value {
-    json!({"type": "lost", "count": count, "total": total})
+/// Appends the loss record: `{"type":"lost","count":N,"total":T}`.
+pub fn write_lost_json(out: &mut Vec<u8>, count: u64, total: u64) {
+    out.extend_from_slice(b"{\"type\":\"lost\",\"count\":");
+    put_u64(out, count);
+    out.extend_from_slice(b",\"total\":");
+    put_u64(out, total);
+    out.extend_from_slice(b"}\n");
+}
+
+/// A hasher for trace ids, which are already random.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// Collects events by trace id until a journey has been quiet for a while,
-/// so that journeys print whole even when packets interleave.
-#[derive(Debug, Default)]
+/// so that journeys print whole even when packets interleave. Journeys'
+/// event lists are recycled, so a steady stream allocates nothing.
+#[derive(Default)]
 pub struct Grouper {
-    open: BTreeMap<u64, (Instant, Vec<Event>)>,
+    open: HashMap<u64, (Instant, Vec<EventHeader>), BuildHasherDefault<IdHasher>>,
+    /// Trace ids in the order their journeys began.
+    order: VecDeque<u64>,
+    spare: Vec<Vec<EventHeader>>,
 }
 
 impl Grouper {
-    pub fn push(&mut self, event: Event, now: Instant) {
-        let entry = self
-            .open
-            .entry(event.header.trace_id)
-            .or_insert_with(|| (now, Vec::new()));
+    pub fn push(&mut self, header: EventHeader, now: Instant) {
+        let spare = &mut self.spare;
+        let order = &mut self.order;
+        let entry = self.open.entry(header.trace_id).or_insert_with(|| {
+            order.push_back(header.trace_id);
+            (now, spare.pop().unwrap_or_default())
+        });
         entry.0 = now;
-        entry.1.push(event);
+        entry.1.push(header);
     }
 
-    /// Journeys quiet for `quiet`, oldest first (all of them when `quiet`
-    /// is zero), each with its events in time order.
-    pub fn take_quiet(&mut self, now: Instant, quiet: Duration) -> Vec<Vec<Event>> {
-        let done: Vec<u64> = self
-            .open
-            .iter()
-            .filter(|(_, (last, _))| now.saturating_duration_since(*last) >= quiet)
-            .map(|(id, _)| *id)
-            .collect();
-        let mut journeys: Vec<Vec<Event>> = done
-            .into_iter()
-            .filter_map(|id| self.open.remove(&id))
-            .map(|(_, mut events)| {
-                events.sort_by_key(|e| (e.header.ts_ns, !e.is_hop()));
-                events
-            })
-            .collect();
-        journeys.sort_by_key(|events| events.first().map(|e| e.header.ts_ns));
-        journeys
+    /// Journeys that are open.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Hands `each` the journeys quiet for `quiet` (all of them when
+    /// `quiet` is zero), in the order they began, each with its events in
+    /// time order. Stops at the first journey still active: journeys last
+    /// microseconds, so one begun later is not quiet either.
+    pub fn take_quiet(
+        &mut self,
+        now: Instant,
+        quiet: Duration,
+        mut each: impl FnMut(&[EventHeader]),
+    ) {
+        while let Some(&id) = self.order.front() {
+            let Some((last, _)) = self.open.get(&id) else {
+                self.order.pop_front();
+                continue;
+            };
+            if now.saturating_duration_since(*last) < quiet {
+                break;
+            }
+            self.order.pop_front();
+            if let Some((_, mut events)) = self.open.remove(&id) {
+                events.sort_unstable_by_key(|e| (e.ts_ns, e.kind != EVENT_HOP));
+                each(&events);
+                events.clear();
+                self.spare.push(events);
+            }
+        }
     }
 }
 
-fn paint(ctx: &Context, code: &str, text: &str) -> String {
+/// The text forms as the reader drives them: events go in one at a time,
+/// text comes out in [`TextSink::buf`], which the reader writes out and
+/// clears (the same buffer again and again).
+pub struct TextSink {
+    /// JSON lines, or human journeys.
+    json: bool,
+    pub buf: Vec<u8>,
+    clock: Clock,
+    grouper: Grouper,
+}
+
+impl TextSink {
+    pub fn new(json: bool) -> TextSink {
+        TextSink {
+            json,
+            buf: Vec::with_capacity(1 << 20),
+            clock: Clock::default(),
+            grouper: Grouper::default(),
+        }
+    }
+
+    pub fn push(&mut self, event: &Event, ctx: &Context, now: Instant) {
+        if self.json {
+            write_event_json(&mut self.buf, event, ctx, &mut self.clock);
+        } else {
+            self.grouper.push(event.header, now);
+        }
+    }
+
+    /// Notes `count` new losses (`total` since the start).
+    pub fn lost(&mut self, count: u64, total: u64) {
+        if self.json {
+            write_lost_json(&mut self.buf, count, total);
+        } else {
+            self.buf.extend_from_slice(b"!! ");
+            put_u64(&mut self.buf, count);
+            self.buf
+                .extend_from_slice(b" events lost (ring buffer full; ");
+            put_u64(&mut self.buf, total);
+            self.buf.extend_from_slice(b" in total)\n");
+        }
+    }
+
+    /// After a batch: formats the journeys quiet for `quiet` (human form).
+    pub fn end_batch(&mut self, ctx: &Context, now: Instant, quiet: Duration) {
+        let Self {
+            buf,
+            clock,
+            grouper,
+            ..
+        } = self;
+        grouper.take_quiet(now, quiet, |journey| {
+            write_journey(buf, journey, ctx, clock)
+        });
+    }
+}
+
+fn paint_start(out: &mut Vec<u8>, ctx: &Context, code: &str) {
     if ctx.color {
-        format!("\x1b[{code}m{text}\x1b[0m")
-    } else {
-        text.to_owned()
+        out.extend_from_slice(b"\x1b[");
+        out.extend_from_slice(code.as_bytes());
+        out.push(b'm');
     }
 }
 
-/// One journey, human-readable:
+fn paint_end(out: &mut Vec<u8>, ctx: &Context) {
+    if ctx.color {
+        out.extend_from_slice(b"\x1b[0m");
+    }
+}
+
+/// Pads what was written since `mark` with spaces to `width` characters.
+fn pad(out: &mut Vec<u8>, mark: usize, width: usize) {
+    let chars = out[mark..].iter().filter(|&&b| b & 0xc0 != 0x80).count();
+    out.resize(out.len() + width.saturating_sub(chars), b' ');
+}
+
+fn put_micros(out: &mut Vec<u8>, ns: u64) {
+    if ns >= 1_000_000 {
+        let t = (ns + 500) / 1000;
+        put_u64(out, t / 1000);
+        out.push(b'.');
+        put_padded(out, t % 1000, 3);
+        out.extend_from_slice(b"ms");
+    } else {
+        let t = (ns + 50) / 100;
+        put_u64(out, t / 10);
+        out.push(b'.');
+        put_u64(out, t % 10);
+        out.extend_from_slice("µs".as_bytes());
+    }
+}
+
+/// Appends one journey, human-readable:
 ///
 /// ```text
-/// trace 5f0c2a9e41d3b870  icmp 192.168.15.1 > 192.168.15.2, 4 hops, 61.2µs
-///   12:04:05.123456789  red/veth-red         egress   192.168.15.1 > 192.168.15.2 icmp echo request id 7  98 B  pass
-///   +14.1µs             host/veth-red-br     ingress  ...
+/// trace 5f0c2a9e41d3b870  192.168.15.1 > 192.168.15.2 icmp echo request id 7, 4 hops, 61.2µs
+///   12:04:05.123456789  red/veth-red             egress   192.168.15.1 > 192.168.15.2 icmp echo request id 7  98 B  pass
+///   +14.1µs             host/veth-red-br         ingress  ...
+///   +20.0µs             blue/veth-blue           kernel   ...  delivered at icmp_rcv+0x1f0
 /// ```
-pub fn render_journey(events: &[Event], ctx: &Context) -> String {
+///
+/// A journey whose last event is a pass out of a host-side interface has
+/// left the lab: a last line says so.
+pub fn write_journey(out: &mut Vec<u8>, events: &[EventHeader], ctx: &Context, clock: &mut Clock) {
     let Some(first) = events.first() else {
-        return String::new();
+        return;
     };
     let last = events.last().unwrap_or(first);
-    let hops = events.iter().filter(|e| e.is_hop()).count();
-    let span = last.header.ts_ns.saturating_sub(first.header.ts_ns);
-    let mut out = format!(
-        "{}  {}, {hops} hop{}, {}\n",
-        paint(
-            ctx,
-            "1",
-            &format!("trace {}", trace_id(first.header.trace_id))
-        ),
-        tuple_text(&first.header.before),
-        if hops == 1 { "" } else { "s" },
-        micros(span)
-    );
+    let hops = events.iter().filter(|e| e.kind == EVENT_HOP).count();
+    let span = last.ts_ns.saturating_sub(first.ts_ns);
+    paint_start(out, ctx, "1");
+    out.extend_from_slice(b"trace ");
+    put_hex(out, first.trace_id, 16);
+    paint_end(out, ctx);
+    out.extend_from_slice(b"  ");
+    put_tuple_text(out, &first.before);
+    out.extend_from_slice(b", ");
+    put_u64(out, hops as u64);
+    out.extend_from_slice(if hops == 1 { b" hop, " } else { b" hops, " });
+    put_micros(out, span);
+    out.push(b'\n');
     let mut previous: Option<u64> = None;
-    for event in events {
-        let h = &event.header;
-        let when = match previous {
-            None => clock(ctx.epoch_ns(h.ts_ns)),
-            Some(prev) => format!("+{}", micros(h.ts_ns.saturating_sub(prev))),
-        };
+    for h in events {
+        out.extend_from_slice(b"  ");
+        let mark = out.len();
+        match previous {
+            None => clock.put_local(out, ctx.epoch_ns(h.ts_ns)),
+            Some(prev) => {
+                out.push(b'+');
+                put_micros(out, h.ts_ns.saturating_sub(prev));
+            }
+        }
+        pad(out, mark, 20);
         previous = Some(h.ts_ns);
         let hook = Hook::from_u8(h.hook).unwrap_or(Hook::Kernel);
-        let action = action_text(event, ctx);
-        let action = match Action::from_u8(h.action) {
-            Some(Action::Drop | Action::KernelDrop) => paint(ctx, "31", &action),
-            Some(Action::Redirect) => paint(ctx, "35", &action),
-            _ if action != "pass" => paint(ctx, "33", &action),
-            _ => action,
+        let mark = out.len();
+        ctx.put_iface_name(out, h.ifindex);
+        pad(out, mark, 24);
+        out.push(b' ');
+        let mark = out.len();
+        out.extend_from_slice(hook.direction().as_bytes());
+        pad(out, mark, 8);
+        out.push(b' ');
+        put_tuple_text(out, &h.before);
+        out.extend_from_slice(b"  ");
+        if h.kind == EVENT_HOP {
+            put_u64(out, u64::from(h.skb_len));
+            out.extend_from_slice(b" B");
+        }
+        out.extend_from_slice(b"  ");
+        let action = Action::from_u8(h.action);
+        let colour = match action {
+            Some(Action::Drop | Action::KernelDrop) => Some("31"),
+            Some(Action::Redirect) => Some("35"),
+            Some(Action::Delivered) => Some("32"),
+            _ if rewrites(&h.before, &h.after)[0].is_some() => Some("33"),
+            _ => None,
         };
-        let len = if event.is_hop() {
-            format!("{} B", h.skb_len)
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            out,
-            "  {when:<20}{:<24} {:<8} {}  {len}  {action}",
-            ctx.iface_name(h.ifindex),
-            hook.direction(),
-            tuple_text(&h.before),
-        );
+        if let Some(code) = colour {
+            paint_start(out, ctx, code);
+        }
+        put_action_text(out, h, ctx);
+        if colour.is_some() {
+            paint_end(out, ctx);
+        }
+        out.push(b'\n');
     }
-    out
+    let left = last.kind == EVENT_HOP
+        && last.action == Action::Pass as u8
+        && Hook::from_u8(last.hook).is_some_and(|hook| hook == Hook::NatEgress);
+    if left {
+        out.extend_from_slice(b"  ");
+        let mark = out.len();
+        pad(out, mark, 20);
+        out.extend_from_slice(b"left the lab (forwarded out of ");
+        ctx.put_iface_name(out, last.ifindex);
+        out.extend_from_slice(b")\n");
+    }
 }
 
-fn micros(ns: u64) -> String {
-    if ns >= 1_000_000 {
-        format!("{:.3}ms", ns as f64 / 1e6)
-    } else {
-        format!("{:.1}µs", ns as f64 / 1e3)
-    }
-}
-
-/// Local time of day with nanoseconds.
-fn clock(epoch_ns: u64) -> String {
-    let secs = (epoch_ns / 1_000_000_000) as libc::time_t;
-    // SAFETY: localtime_r fills the zeroed struct from a valid time_t.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers to locals.
-    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
-        return rfc3339(epoch_ns);
-    }
-    format!(
-        "{:02}:{:02}:{:02}.{:09}",
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
-        epoch_ns % 1_000_000_000
-    )
+/// One journey as a string (see [`write_journey`]).
+pub fn render_journey(events: &[EventHeader], ctx: &Context) -> String {
+    let mut out = Vec::new();
+    write_journey(&mut out, events, ctx, &mut Clock::default());
+    into_string(out)
 }
 
 #[cfg(test)]
@@ -590,9 +1153,13 @@ mod tests {
             data: [0; SNAP_MAX],
         };
         hop.data[..3].copy_from_slice(&[1, 2, 3]);
-        let event = decode(&bytes_of(&hop)).unwrap();
+        let bytes = bytes_of(&hop);
+        let event = decode(&bytes).unwrap();
         assert_eq!(event.data, [1, 2, 3]);
         assert!(decode(&bytes_of(&hop)[..40]).is_none());
+        assert!(decode(&bytes_of(&hop)[..100]).is_none());
+        hop.header.cap_len = 0;
+        assert!(decode(&bytes_of(&hop.header)).is_some_and(|e| e.data.is_empty()));
         hop.header.cap_len = SNAP_MAX as u32 + 1;
         assert!(decode(&bytes_of(&hop)).is_none());
         hop.header.cap_len = 0;
@@ -636,7 +1203,7 @@ mod tests {
                 after,
                 ..EventHeader::default()
             },
-            data: Vec::new(),
+            data: &[],
         };
         assert_eq!(
             action_text(&event, &Context::default()),
@@ -666,9 +1233,12 @@ mod tests {
                 after: tcp([1, 2, 3, 4], 1, [5, 6, 7, 8], 2),
                 ..EventHeader::default()
             },
-            data: Vec::new(),
+            data: &[],
         };
-        let v = event_json(&event, &ctx);
+        let mut out = Vec::new();
+        write_event_json(&mut out, &event, &ctx, &mut Clock::default());
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["type"], "kernel_drop");
         assert_eq!(v["trace_id"], "0000000000000abc");
         assert_eq!(v["netns"], "host");
@@ -676,7 +1246,63 @@ mod tests {
         assert_eq!(v["reason"], "NO_SOCKET");
         assert_eq!(v["packet"]["dport"], 2);
         assert_eq!(v["packet"]["tcp_flags"], "S");
-        assert_eq!(v["nat"], json!([]));
+        assert_eq!(v["nat"], serde_json::json!([]));
+        assert!(v["location"].is_null() && v["redirect_to"].is_null());
+        assert_eq!(v["after"]["src"], "1.2.3.4");
+        // A rewrite, a netlab drop and a delivered event.
+        let mut hop = event;
+        hop.header.kind = EVENT_HOP;
+        hop.header.hook = Hook::NatIngress as u8;
+        hop.header.action = Action::Drop as u8;
+        hop.header.reason = Stat::ALL[0] as u8;
+        hop.header.after = tcp([1, 2, 3, 4], 1, [9, 9, 9, 9], 80);
+        let mut out = Vec::new();
+        write_event_json(&mut out, &hop, &ctx, &mut Clock::default());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["nat"][0]["to"], "9.9.9.9:80");
+        assert_eq!(v["reason"], Stat::ALL[0].name());
+        assert_eq!(v["hook"], "nat_ingress");
+        hop.header.kind = EVENT_DELIVERED;
+        hop.header.after = hop.header.before;
+        hop.header.hook = Hook::Kernel as u8;
+        hop.header.action = Action::Delivered as u8;
+        hop.header.reason = FATE_CLONED;
+        let mut out = Vec::new();
+        write_event_json(&mut out, &hop, &ctx, &mut Clock::default());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "delivered");
+        assert_eq!(v["hook"], "kfree_skb");
+        assert!(v["reason"].is_null());
+        assert_eq!(
+            action_text(&hop, &ctx),
+            "delivered (a clone reached a socket; the original was freed: NO_SOCKET)"
+        );
+    }
+
+    #[test]
+    fn numbers_and_times() {
+        let mut out = Vec::new();
+        put_u64(&mut out, 0);
+        out.push(b' ');
+        put_u64(&mut out, u64::MAX);
+        out.push(b' ');
+        put_hex(&mut out, 0xabc, 16);
+        out.push(b' ');
+        put_micros(&mut out, 14_149);
+        out.push(b' ');
+        put_micros(&mut out, 1_234_567);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "0 18446744073709551615 0000000000000abc 14.1µs 1.235ms"
+        );
+        let mut clock = Clock::default();
+        let mut out = Vec::new();
+        clock.put_rfc3339(&mut out, 1_709_251_199_000_000_001);
+        clock.put_rfc3339(&mut out, 1_709_251_199_000_000_002);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2024-02-29T23:59:59.000000001Z2024-02-29T23:59:59.000000002Z"
+        );
     }
 
     #[test]
@@ -692,24 +1318,30 @@ mod tests {
     fn grouper_orders_and_waits_for_quiet() {
         let mut g = Grouper::default();
         let start = Instant::now();
-        let ev = |id, ts| Event {
-            header: EventHeader {
-                kind: EVENT_HOP,
-                trace_id: id,
-                ts_ns: ts,
-                ..EventHeader::default()
-            },
-            data: Vec::new(),
+        let ev = |id, ts| EventHeader {
+            kind: EVENT_HOP,
+            trace_id: id,
+            ts_ns: ts,
+            ..EventHeader::default()
+        };
+        let take = |g: &mut Grouper, now, quiet| {
+            let mut journeys: Vec<Vec<EventHeader>> = Vec::new();
+            g.take_quiet(now, quiet, |events| journeys.push(events.to_vec()));
+            journeys
         };
         g.push(ev(1, 20), start);
         g.push(ev(2, 15), start);
         g.push(ev(1, 10), start);
-        assert!(g.take_quiet(start, Duration::from_millis(50)).is_empty());
+        assert!(take(&mut g, start, Duration::from_millis(50)).is_empty());
         let later = start + Duration::from_millis(60);
-        let journeys = g.take_quiet(later, Duration::from_millis(50));
+        let journeys = take(&mut g, later, Duration::from_millis(50));
         assert_eq!(journeys.len(), 2);
-        assert_eq!(journeys[0][0].header.ts_ns, 10);
-        assert_eq!(journeys[0][1].header.ts_ns, 20);
-        assert_eq!(journeys[1][0].header.trace_id, 2);
+        assert_eq!(journeys[0][0].ts_ns, 10);
+        assert_eq!(journeys[0][1].ts_ns, 20);
+        assert_eq!(journeys[1][0].trace_id, 2);
+        assert!(g.is_empty());
+        // Lists are recycled: a new journey reuses one.
+        g.push(ev(3, 30), later);
+        assert_eq!(take(&mut g, later, Duration::ZERO).len(), 1);
     }
 }

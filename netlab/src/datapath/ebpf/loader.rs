@@ -2,11 +2,18 @@
 //! (see [`Pins`] for the layout) so the lab keeps working after `up` exits.
 //!
 //! The loader owns every program of the object: the TC programs (attached
-//! with TCX to the lab's veths), the cgroup sock_addr programs (attached to
-//! the cgroup2 root), `trace_hop` (tail-called by the TC programs) and the
-//! `skb:kfree_skb`/`skb:consume_skb` tracepoints of `netlab trace`.
+//! with TCX to the lab's veths) and the cgroup sock_addr programs (attached
+//! to the cgroup2 root) at `up`; and, only while `netlab trace` runs
+//! ([`TraceSession`]), `trace_hop` (tail-called by the TC programs through
+//! the `TRACE_PROGS` slot) and the fate tracepoints (`skb:kfree_skb`,
+//! `skb:consume_skb`). `up` never pays the
+//! verifier for them, and a lab nobody traces carries none of them.
 
-use std::{collections::BTreeMap, fs};
+use std::{
+    collections::BTreeMap,
+    fs,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -17,8 +24,12 @@ use aya::{
         cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
     },
 };
-use netlab_common::{Direction, names, trace::DEFAULT_RING_BYTES};
+use netlab_common::{
+    Direction, names,
+    trace::{DEFAULT_RING_BYTES, Filter},
+};
 
+use super::maps;
 use crate::{
     netns,
     pins::Pins,
@@ -40,8 +51,7 @@ pub const HOOKS: [(Direction, TcAttachType, &str); 2] = [
     (Direction::Egress, TcAttachType::Egress, "egress"),
 ];
 
-/// Every program the object carries but the trace ones, loaded and pinned
-/// once per lab.
+/// Every program `up` loads and pins (once per lab): all but the trace ones.
 const PROGRAMS: [(&str, Kind); 8] = [
     (names::COUNT_INGRESS, Kind::Tc),
     (names::COUNT_EGRESS, Kind::Tc),
@@ -65,7 +75,7 @@ const PROGRAMS: [(&str, Kind); 8] = [
     ),
 ];
 
-/// The tracepoint programs: (program, category, event).
+/// The tracepoint programs of `netlab trace`: (program, category, event).
 const TRACEPOINTS: [(&str, &str, &str); 2] = [
     (names::TRACE_KFREE_SKB, "skb", "kfree_skb"),
     (names::TRACE_CONSUME_SKB, "skb", "consume_skb"),
@@ -238,7 +248,7 @@ fn attach_sockets(pins: &Pins) -> Result<()> {
 /// Loads the object and pins every program that is not pinned yet. Maps
 /// are pinned by name, so a later load reuses them and counters survive.
 fn ensure_loaded(pins: &Pins, conntrack_size: u32) -> Result<()> {
-    if PROGRAMS.iter().all(|(name, _)| pins.program(name).exists()) && tracepoints_attached(pins) {
+    if PROGRAMS.iter().all(|(name, _)| pins.program(name).exists()) {
         return Ok(());
     }
     if EBPF_OBJECT.is_empty() {
@@ -276,84 +286,119 @@ fn ensure_loaded(pins: &Pins, conntrack_size: u32) -> Result<()> {
             .with_context(|| format!("loading program {name} (verifier)"))?
             .with_context(|| format!("pinning {}", pin.display()))?;
     }
-    install_trace(&mut ebpf, pins)?;
     // The pins keep the programs loaded once `ebpf` is dropped.
     Ok(())
 }
 
-/// Whether `trace_hop` and the tracepoint programs are loaded and attached.
-pub fn tracepoints_attached(pins: &Pins) -> bool {
-    pins.program(names::TRACE_HOP).exists()
-        && TRACEPOINTS
-            .iter()
-            .all(|(name, _, _)| pins.program(name).exists() && pins.tracepoint_link(name).exists())
+/// What `netlab trace` loaded: `trace_hop` in the `TRACE_PROGS` slot and
+/// the fate probes, attached. Nothing of it is pinned: dropping the session
+/// empties the slot and closes the programs and links, and after a crash
+/// the kernel closes them with the process; only the slot keeps
+/// `trace_hop` alive then, until [`stop_trace`] (the next `netlab trace`,
+/// `netlab trace --off`, `down`) empties it.
+pub struct TraceSession {
+    slots: ProgramArray<MapData>,
+    /// Owns the programs and their links.
+    _ebpf: Ebpf,
+    /// How long the verifier took on `trace_hop` (`BPF_PROG_LOAD`).
+    pub hop_load: Duration,
+    /// Why kernel fates (drops, deliveries) will not show, if they will not.
+    pub fates_missing: Option<String>,
 }
 
-/// Loads and pins `trace_hop` and puts it in the `TRACE_PROGS` slot the
-/// TC programs tail-call, then loads, pins and attaches the tracepoint
-/// programs. Kernel drops are an extra: when the tracepoints cannot be
-/// attached, `up` goes on and says so.
-fn install_trace(ebpf: &mut Ebpf, pins: &Pins) -> Result<()> {
-    let hop_pin = pins.program(names::TRACE_HOP);
-    let hop_fd = if hop_pin.exists() {
-        SchedClassifier::from_pin(&hop_pin)
-            .with_context(|| format!("opening pinned program {}", hop_pin.display()))?
-            .fd()?
-            .try_clone()?
-    } else {
-        let Some(program) = ebpf.program_mut(names::TRACE_HOP) else {
-            bail!("the eBPF object has no program {}", names::TRACE_HOP);
-        };
-        let program: &mut SchedClassifier = program.try_into()?;
-        program
-            .load()
-            .with_context(|| format!("loading program {} (verifier)", names::TRACE_HOP))?;
-        program
-            .pin(&hop_pin)
-            .with_context(|| format!("pinning {}", hop_pin.display()))?;
-        program.fd()?.try_clone()?
+impl Drop for TraceSession {
+    fn drop(&mut self) {
+        if let Err(err) = self.slots.clear_index(&0) {
+            log::warn!("emptying {}: {err}", names::TRACE_PROGS);
+        }
+    }
+}
+
+/// Loads `trace_hop` from the object with `filter` built in (its maps are
+/// the lab's pinned ones; see the eBPF crate's `trace` module for why the
+/// filter is a constant), puts it in the slot the TC programs tail-call,
+/// and loads and attaches the fate probes. The probes are an extra: when they cannot be attached,
+/// [`TraceSession::fates_missing`] says why and tracing goes on.
+pub fn start_trace(pins: &Pins, filter: &Filter) -> Result<TraceSession> {
+    if EBPF_OBJECT.is_empty() {
+        bail!(
+            "this netlab binary was built without its eBPF object (plain `cargo build`); \
+             build and run it with `cargo xtask run -- ARGS`"
+        );
+    }
+    let mut slots = maps::trace_progs(pins)?;
+    // Only pinned maps are shared with the running programs; the loader
+    // creates the others (per-CPU scratch) for this load alone.
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pins.maps())
+        .override_global(names::TRACE_FILTER, filter, true)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    let Some(program) = ebpf.program_mut(names::TRACE_HOP) else {
+        bail!("the eBPF object has no program {}", names::TRACE_HOP);
     };
-    let Some(slots) = ebpf.map_mut(names::TRACE_PROGS) else {
-        bail!("the eBPF object has no map {}", names::TRACE_PROGS);
-    };
-    let mut slots: ProgramArray<&mut MapData> = ProgramArray::try_from(slots)?;
+    let program: &mut SchedClassifier = program.try_into()?;
+    let started = Instant::now();
+    program
+        .load()
+        .with_context(|| format!("loading program {} (verifier)", names::TRACE_HOP))?;
+    let hop_load = started.elapsed();
     slots
-        .set(0, &hop_fd, 0)
+        .set(0, program.fd()?, 0)
         .with_context(|| format!("installing {} in {}", names::TRACE_HOP, names::TRACE_PROGS))?;
+    let mut session = TraceSession {
+        slots,
+        _ebpf: ebpf,
+        hop_load,
+        fates_missing: None,
+    };
+    if let Err(err) = attach_fates(&mut session._ebpf) {
+        session.fates_missing = Some(format!("{err:#}"));
+    }
+    Ok(session)
+}
+
+fn attach_fates(ebpf: &mut Ebpf) -> Result<()> {
+    sys::ensure_tracefs()?;
     for (name, category, event) in TRACEPOINTS {
-        let pin = pins.program(name);
-        let link = pins.tracepoint_link(name);
         let Some(program) = ebpf.program_mut(name) else {
             bail!("the eBPF object has no program {name}");
         };
         let program: &mut TracePoint = program.try_into()?;
-        if !pin.exists() {
-            program
-                .load()
-                .with_context(|| format!("loading program {name} (verifier)"))?;
-            program
-                .pin(&pin)
-                .with_context(|| format!("pinning {}", pin.display()))?;
-        }
-        if link.exists() {
-            continue;
-        }
-        let attached = sys::ensure_tracefs().and_then(|()| {
-            let id = program
-                .attach(category, event)
-                .with_context(|| format!("attaching {name} to {category}:{event}"))?;
-            let fd_link: FdLink = program.take_link(id)?.try_into()?;
-            Pins::create_parent(&link)?;
-            fd_link
-                .pin(&link)
-                .with_context(|| format!("pinning {}", link.display()))?;
-            Ok(())
-        });
-        if let Err(err) = attached {
-            log::warn!("`netlab trace` will not show kernel drops: {err:#}");
-        }
+        program
+            .load()
+            .with_context(|| format!("loading program {name} (verifier)"))?;
+        program
+            .attach(category, event)
+            .with_context(|| format!("attaching {name} to {category}:{event}"))?;
     }
     Ok(())
+}
+
+/// Empties the `trace_hop` slot a crashed `netlab trace` left filled (no
+/// error when the lab has no such map).
+pub fn stop_trace(pins: &Pins) -> Result<()> {
+    if !pins.map(names::TRACE_PROGS).exists() {
+        return Ok(());
+    }
+    let mut slots = maps::trace_progs(pins)?;
+    match slots.clear_index(&0) {
+        Ok(()) => Ok(()),
+        // Already empty.
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(err) => Err(err).with_context(|| format!("emptying {}", names::TRACE_PROGS)),
+    }
+}
+
+/// Whether `trace_hop` sits in the slot (a `netlab trace` runs, or one crashed).
+pub fn trace_installed(pins: &Pins) -> bool {
+    maps::trace_progs(pins)
+        .ok()
+        .is_some_and(|slots| slots.indices().any(|i| matches!(i, Ok(0))))
 }
 
 /// Names of the programs attached with TCX to `iface` at `attach_type`.

@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use aya::maps::{
-    Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::LpmTrie,
+    Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+    lpm_trie::LpmTrie,
 };
 use netlab_common::{
     IfaceCounters, IfaceKey, names,
     nat::{Backend, CtEntry, Endpoint, FlowKey, IfaceConfig, NatConfig, PublishKey, Stat},
-    trace::{Filter, TRACE_STAT_EMITTED, TRACE_STAT_LOST, TraceConfig},
+    trace::{TRACE_STAT_EMITTED, TRACE_STAT_LOST, TraceConfig},
 };
 
 use crate::pins::Pins;
@@ -176,15 +177,6 @@ pub fn trace_config(pins: &Pins) -> Result<Array<MapData, TraceConfig>> {
     )?))?)
 }
 
-/// The compiled trace filter (one slot).
-pub fn trace_filter(pins: &Pins) -> Result<Array<MapData, Filter>> {
-    Ok(Array::try_from(Map::Array(open(
-        pins,
-        names::TRACE_FILTER,
-        TRACE_HINT,
-    )?))?)
-}
-
 /// ifindex → place id (0 for the host), for the `netns` filter.
 pub fn trace_ifaces(pins: &Pins) -> Result<HashMap<MapData, u32, u32>> {
     Ok(HashMap::try_from(Map::HashMap(open(
@@ -199,6 +191,15 @@ pub fn trace_events(pins: &Pins) -> Result<RingBuf<MapData>> {
     Ok(RingBuf::try_from(Map::RingBuf(open(
         pins,
         names::TRACE_EVENTS,
+        TRACE_HINT,
+    )?))?)
+}
+
+/// The program array the TC programs tail-call `trace_hop` through.
+pub fn trace_progs(pins: &Pins) -> Result<ProgramArray<MapData>> {
+    Ok(ProgramArray::try_from(Map::ProgramArray(open(
+        pins,
+        names::TRACE_PROGS,
         TRACE_HINT,
     )?))?)
 }
