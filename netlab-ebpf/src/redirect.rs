@@ -150,7 +150,7 @@ fn to_endpoint(
 /// backend on the namespace's own segment: handed on as a bridge would,
 /// as br_netfilter does for iptables' DNAT. Its destination MAC becomes the
 /// backend's; it is not routed, so its TTL stays and the host sends the
-/// client no ICMP redirect ("reach 203.0.113.1 through your neighbour").
+/// client no ICMP redirect ("reach 198.18.0.1 through your neighbour").
 /// `None` when the backend sits elsewhere (the packet is then routed).
 #[inline(always)]
 pub fn bridge_to_backend(ctx: &TcContext, iface: &Iface, after: &Packet) -> Option<Verdict> {

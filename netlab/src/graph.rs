@@ -500,7 +500,7 @@ mod tests {
         for text in [
             "192.168.15.5/24",
             "192.168.15.1/24",
-            "203.0.113.1/24",
+            "198.18.0.1/24",
             "masquerade 192.168.15.0/24",
             "route default via 192.168.15.5",
             "bridge datapath",

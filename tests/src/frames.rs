@@ -380,9 +380,9 @@ mod tests {
             ones_sum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
             0xddf2
         );
-        let frame = Frame::tcp("203.0.113.2:40000", "203.0.113.1:8080", TCP_SYN).bytes();
+        let frame = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_SYN).bytes();
         assert_checksums(&frame, false);
-        let frame = Frame::icmp("192.168.15.1", "203.0.113.2", ICMP_ECHO_REQUEST, 9)
+        let frame = Frame::icmp("192.168.15.1", "198.18.0.2", ICMP_ECHO_REQUEST, 9)
             .ip_options(&[1, 1, 1, 0])
             .bytes();
         assert_checksums(&frame, false);

@@ -87,7 +87,7 @@ fn lab_stays_closed(datapath: &str) {
         assert!(dropped >= 3, "leave_lab = {dropped}: {:#?}", status.nat);
     }
     // The lab itself still works.
-    sb.ping(Some("red"), "203.0.113.2", 1).unwrap();
+    sb.ping(Some("red"), "198.18.0.2", 1).unwrap();
     sb.ping(Some("red"), "192.168.15.2", 1).unwrap();
 }
 

@@ -280,7 +280,7 @@ fn fragments_to_published_udp(datapath: &str) -> Result<Record> {
     lab.send("outside", &mac, &fragments)?;
     lab.observe("crafted fragments in reverse order")?;
     let got = clients(&server);
-    let reassembled = got.iter().any(|c| c == "from 203.0.113.2 2000");
+    let reassembled = got.iter().any(|c| c == "from 198.18.0.2 2000");
     if datapath == "iptables" {
         lab.require(
             reassembled,
@@ -442,11 +442,11 @@ fn spoofed_lab_source_from_outside(datapath: &str) -> Result<Record> {
 fn bridge_as_uplink(datapath: &str) -> Result<Record> {
     let topology = DEFAULT_TOPOLOGY
         .replace(
-            r#"peer = { name = "nl-uplink", addresses = ["203.0.113.1/24"] }"#,
+            r#"peer = { name = "nl-uplink", addresses = ["198.18.0.1/24"] }"#,
             r#"peer = { name = "nl-uplink", bridge = "br-uplink" }"#,
         )
         .replace(r#"uplink = "nl-uplink""#, r#"uplink = "br-uplink""#)
-        + "\n[[bridge]]\nname = \"br-uplink\"\naddresses = [\"203.0.113.1/24\"]\n";
+        + "\n[[bridge]]\nname = \"br-uplink\"\naddresses = [\"198.18.0.1/24\"]\n";
     assert!(
         topology.contains(r#"bridge = "br-uplink""#),
         "the default topology changed"
@@ -472,7 +472,7 @@ fn bridge_as_uplink(datapath: &str) -> Result<Record> {
             )?;
             let seen = clients(&server);
             lab.observe("red to outside")?;
-            let works = stdout(&out).starts_with("ok") && seen == ["from 203.0.113.1"];
+            let works = stdout(&out).starts_with("ok") && seen == ["from 198.18.0.1"];
             lab.require(
                 works,
                 format!(

@@ -14,9 +14,9 @@ use netlab_tests::Sandbox;
 
 /// An address inside the default lab's uplink subnet (see
 /// netlab/src/topology/default.toml) that no lab interface holds.
-const IN_LAB_SUBNET: &str = "203.0.113.77";
+const IN_LAB_SUBNET: &str = "198.18.0.77";
 /// The first address past the default lab's uplink subnet.
-const JUST_OUTSIDE: &str = "203.0.114.1";
+const JUST_OUTSIDE: &str = "198.18.1.1";
 
 const LIFETIME: Duration = Duration::from_secs(60);
 

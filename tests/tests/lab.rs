@@ -251,8 +251,8 @@ fn json_outputs_end_every_object_with_a_newline() {
     let sb = Sandbox::new().unwrap();
     sb.netlab_ok(&["up"]).unwrap();
     // Two flows through masquerade, so conntrack lists more than one line.
-    sb.ping(Some("red"), "203.0.113.2", 1).unwrap();
-    sb.ping(Some("blue"), "203.0.113.2", 1).unwrap();
+    sb.ping(Some("red"), "198.18.0.2", 1).unwrap();
+    sb.ping(Some("blue"), "198.18.0.2", 1).unwrap();
     let lines = sb.netlab_ok(&["conntrack", "--json"]).unwrap().stdout;
     assert!(lines.ends_with('\n'), "conntrack --json: {lines:?}");
     let flows: Vec<serde_json::Value> = lines

@@ -144,7 +144,7 @@ fn counters_rise_while_traffic_flows() {
                 "20",
                 "-i",
                 "0.2",
-                "203.0.113.2",
+                "198.18.0.2",
             ],
             LIFETIME,
         )

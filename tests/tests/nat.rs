@@ -23,8 +23,8 @@ use serde_json::Value;
 const RED: &str = "192.168.15.1";
 const BLUE: &str = "192.168.15.2";
 const GATEWAY: &str = "192.168.15.5";
-const UPLINK: &str = "203.0.113.1";
-const OUTSIDE: &str = "203.0.113.2";
+const UPLINK: &str = "198.18.0.1";
+const OUTSIDE: &str = "198.18.0.2";
 
 /// Every veth of the default lab, with the namespace it is in.
 const VETHS: [(Option<&str>, &str); 6] = [

@@ -272,18 +272,18 @@ impl Datapath {
         map.insert(TEST_RUN_IFINDEX, config, 0).unwrap();
     }
 
-    /// The default lab's NAT: `203.0.113.1` is the uplink's address,
+    /// The default lab's NAT: `198.18.0.1` is the uplink's address,
     /// `192.168.15.0/24` the masqueraded lab segment, `blue` (192.168.15.2)
     /// publishes 8080/tcp → 80 and 5353/udp → 53, and the run interface is
     /// the uplink.
     fn default_lab(&mut self) {
-        self.local_addr(ip("203.0.113.1"));
+        self.local_addr(ip("198.18.0.1"));
         self.publish(IPPROTO_TCP, 8080, ep("192.168.15.2:80"));
         self.publish(IPPROTO_UDP, 5353, ep("192.168.15.2:53"));
         self.masquerade(ip("192.168.15.0"), 24);
         self.lab_net(ip("192.168.15.0"), 24, NET_INTERNAL);
-        self.lab_net(ip("203.0.113.0"), 24, NET_UPLINK);
-        self.nat_config(ip("203.0.113.1"), 40000..=40001);
+        self.lab_net(ip("198.18.0.0"), 24, NET_UPLINK);
+        self.nat_config(ip("198.18.0.1"), 40000..=40001);
         self.iface(ROLE_UPLINK, Ipv4Addr::UNSPECIFIED);
     }
 
@@ -431,19 +431,19 @@ fn rewrites_to(entry: &CtEntry) -> (SocketAddrV4, SocketAddrV4) {
 fn syn_to_a_published_port_is_dnatted_and_tracked() {
     with_datapath(|dp| {
         dp.default_lab();
-        let syn = Frame::tcp("203.0.113.2:40000", "203.0.113.1:8080", TCP_SYN);
+        let syn = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_SYN);
         let out = dp.run(names::NAT_INGRESS, &syn.bytes());
         out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
         let expected = syn.clone().to(ep("192.168.15.2:80"));
         assert_eq!(
             endpoints(&out.frame),
-            (ep("203.0.113.2:40000"), ep("192.168.15.2:80"))
+            (ep("198.18.0.2:40000"), ep("192.168.15.2:80"))
         );
         assert_checksums(&out.frame, false);
         assert_frame_eq(&out.frame, &expected.bytes(), "DNATed SYN");
 
-        let original = flow_key(IPPROTO_TCP, ep("203.0.113.2:40000"), ep("203.0.113.1:8080"));
-        let reply = flow_key(IPPROTO_TCP, ep("192.168.15.2:80"), ep("203.0.113.2:40000"));
+        let original = flow_key(IPPROTO_TCP, ep("198.18.0.2:40000"), ep("198.18.0.1:8080"));
+        let reply = flow_key(IPPROTO_TCP, ep("192.168.15.2:80"), ep("198.18.0.2:40000"));
         assert_eq!(dp.conntrack().len(), 2, "one flow, two entries");
         let orig = dp
             .flow(&original)
@@ -455,7 +455,7 @@ fn syn_to_a_published_port_is_dnatted_and_tracked() {
         assert_eq!(orig.peer, reply);
         assert_eq!(
             rewrites_to(&orig),
-            (ep("203.0.113.2:40000"), ep("192.168.15.2:80"))
+            (ep("198.18.0.2:40000"), ep("192.168.15.2:80"))
         );
         let back = dp.flow(&reply).expect("the reply direction is tracked");
         assert_eq!(back.direction, DIR_REPLY);
@@ -464,7 +464,7 @@ fn syn_to_a_published_port_is_dnatted_and_tracked() {
         assert_eq!(back.peer, original);
         assert_eq!(
             rewrites_to(&back),
-            (ep("203.0.113.1:8080"), ep("203.0.113.2:40000"))
+            (ep("198.18.0.1:8080"), ep("198.18.0.2:40000"))
         );
     });
 }
@@ -478,14 +478,14 @@ fn ip_options_move_the_ports_and_are_translated() {
         dp.default_lab();
         // NOP, NOP, NOP, End of options list.
         let options = [0x01, 0x01, 0x01, 0x00];
-        let syn = Frame::tcp("203.0.113.2:40000", "203.0.113.1:8080", TCP_SYN).ip_options(&options);
+        let syn = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_SYN).ip_options(&options);
         let input = syn.bytes();
         assert_eq!(input[14], 0x46, "IHL 6");
         let out = dp.run(names::NAT_INGRESS, &input);
         out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
         assert_eq!(
             endpoints(&out.frame),
-            (ep("203.0.113.2:40000"), ep("192.168.15.2:80"))
+            (ep("198.18.0.2:40000"), ep("192.168.15.2:80"))
         );
         assert_checksums(&out.frame, false);
         assert_frame_eq(
@@ -495,7 +495,7 @@ fn ip_options_move_the_ports_and_are_translated() {
         );
 
         // The same for UDP, whose checksum sits at another offset.
-        let udp = Frame::udp("203.0.113.2:40001", "203.0.113.1:5353").ip_options(&options);
+        let udp = Frame::udp("198.18.0.2:40001", "198.18.0.1:5353").ip_options(&options);
         let out = dp.run(names::NAT_INGRESS, &udp.bytes());
         out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
         assert_checksums(&out.frame, false);
@@ -515,8 +515,8 @@ fn ip_options_move_the_ports_and_are_translated() {
 fn a_tracked_flow_is_translated_both_ways() {
     with_datapath(|dp| {
         dp.default_lab();
-        let client = "203.0.113.2:40000";
-        let published = "203.0.113.1:8080";
+        let client = "198.18.0.2:40000";
+        let published = "198.18.0.1:8080";
         let backend = "192.168.15.2:80";
         let original = flow_key(IPPROTO_TCP, ep(client), ep(published));
         let state = |dp: &Datapath| dp.flow(&original).expect("flow tracked").tcp_state;
@@ -595,12 +595,12 @@ fn tcp_for_an_unknown_flow_follows_conntrack_pickup() {
     with_datapath(|dp| {
         dp.default_lab();
         for flags in [TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST] {
-            let frame = Frame::tcp("203.0.113.2:40000", "203.0.113.1:8080", flags).bytes();
+            let frame = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", flags).bytes();
             dp.expect_untouched(names::NAT_INGRESS, &frame, TCX_NEXT, Some(Stat::TcpNotSyn));
         }
         assert!(dp.conntrack().is_empty(), "nothing tracked");
 
-        let ack = Frame::tcp("203.0.113.2:40000", "203.0.113.1:8080", TCP_ACK);
+        let ack = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_ACK);
         let out = dp.run(names::NAT_INGRESS, &ack.bytes());
         out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
         assert_frame_eq(
@@ -608,21 +608,21 @@ fn tcp_for_an_unknown_flow_follows_conntrack_pickup() {
             &ack.to(ep("192.168.15.2:80")).bytes(),
             "picked up and DNATed",
         );
-        let key = flow_key(IPPROTO_TCP, ep("203.0.113.2:40000"), ep("203.0.113.1:8080"));
+        let key = flow_key(IPPROTO_TCP, ep("198.18.0.2:40000"), ep("198.18.0.1:8080"));
         let orig = dp.flow(&key).expect("picked-up flow tracked");
         assert_eq!(orig.tcp_state, TcpState::Established as u8);
 
         // An ACK to a port nobody published is none of NAT's business.
-        let frame = Frame::tcp("203.0.113.2:40001", "203.0.113.1:9999", TCP_ACK).bytes();
+        let frame = Frame::tcp("198.18.0.2:40001", "198.18.0.1:9999", TCP_ACK).bytes();
         dp.expect_untouched(names::NAT_INGRESS, &frame, TCX_NEXT, None);
         // Nor is one to an address that is not the host's.
-        let frame = Frame::tcp("203.0.113.2:40001", "203.0.113.9:8080", TCP_ACK).bytes();
+        let frame = Frame::tcp("198.18.0.2:40001", "198.18.0.9:8080", TCP_ACK).bytes();
         dp.expect_untouched(names::NAT_INGRESS, &frame, TCX_NEXT, None);
         // Flags no stack sends (nf_conntrack's tcp_valid_flags) are never
         // translated, even with SYN: counted as malformed.
         let frame = Frame::tcp(
-            "203.0.113.2:40002",
-            "203.0.113.1:8080",
+            "198.18.0.2:40002",
+            "198.18.0.1:8080",
             TCP_SYN | TCP_FIN | TCP_RST,
         )
         .bytes();
@@ -638,7 +638,7 @@ fn tcp_for_an_unknown_flow_follows_conntrack_pickup() {
 fn udp_checksums_survive_translation() {
     with_datapath(|dp| {
         dp.default_lab();
-        let query = Frame::udp("203.0.113.2:40000", "203.0.113.1:5353").zero_udp_checksum();
+        let query = Frame::udp("198.18.0.2:40000", "198.18.0.1:5353").zero_udp_checksum();
         let input = query.bytes();
         assert_eq!(input[40..42], [0, 0], "sent without a checksum");
         let out = dp.run(names::NAT_INGRESS, &input);
@@ -651,7 +651,7 @@ fn udp_checksums_survive_translation() {
             "DNATed UDP without checksum",
         );
 
-        let query = Frame::udp("203.0.113.2:40001", "203.0.113.1:5353");
+        let query = Frame::udp("198.18.0.2:40001", "198.18.0.1:5353");
         let out = dp.run(names::NAT_INGRESS, &query.bytes());
         out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
         assert_checksums(&out.frame, false);
@@ -663,19 +663,18 @@ fn udp_checksums_survive_translation() {
 
         // A payload word chosen so that the translated datagram sums to
         // zero: its checksum must become 0xffff, never 0 ("none").
-        let translated = Frame::udp("203.0.113.2:40002", "192.168.15.2:53").payload(&[0, 0]);
+        let translated = Frame::udp("198.18.0.2:40002", "192.168.15.2:53").payload(&[0, 0]);
         let partial = {
             let mut l4 = translated.bytes()[34..].to_vec();
             l4[6..8].copy_from_slice(&[0, 0]);
-            let pseudo =
-                pseudo_header(ip("203.0.113.2"), ip("192.168.15.2"), IPPROTO_UDP, l4.len());
+            let pseudo = pseudo_header(ip("198.18.0.2"), ip("192.168.15.2"), IPPROTO_UDP, l4.len());
             ones_sum(&[&pseudo[..], &l4].concat())
         };
         // partial + word = 0xffff: the sum is "negative zero", the checksum 0.
         let translated = translated.payload(&(!partial).to_be_bytes());
         let expected = translated.bytes();
         assert_eq!(expected[40..42], [0xff, 0xff], "the crafted sum is zero");
-        let query = translated.to(ep("203.0.113.1:5353"));
+        let query = translated.to(ep("198.18.0.1:5353"));
         let input = query.bytes();
         assert_ne!(input[40..42], [0xff, 0xff]);
         let out = dp.run(names::NAT_INGRESS, &input);
@@ -693,14 +692,14 @@ fn truncated_and_inconsistent_frames_pass_untouched() {
     with_datapath(|dp| {
         dp.default_lab();
         // Frames that would be DNATed (ingress) or masqueraded (egress).
-        let syn = Frame::tcp("203.0.113.2:40000", "203.0.113.1:8080", TCP_SYN)
+        let syn = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_SYN)
             .payload(&[0xab; 20])
             .bytes();
-        let out_syn = Frame::tcp("192.168.15.1:5000", "203.0.113.2:80", TCP_SYN)
+        let out_syn = Frame::tcp("192.168.15.1:5000", "198.18.0.2:80", TCP_SYN)
             .payload(&[0xab; 20])
             .bytes();
-        let udp = Frame::udp("203.0.113.2:40000", "203.0.113.1:5353").bytes();
-        let ping = Frame::icmp("192.168.15.1", "203.0.113.2", ICMP_ECHO_REQUEST, 7).bytes();
+        let udp = Frame::udp("198.18.0.2:40000", "198.18.0.1:5353").bytes();
+        let ping = Frame::icmp("192.168.15.1", "198.18.0.2", ICMP_ECHO_REQUEST, 7).bytes();
 
         let mut cases: Vec<(&str, &str, Vec<u8>)> = Vec::new();
         for (program, base) in [(names::NAT_INGRESS, &syn), (names::NAT_EGRESS, &out_syn)] {
@@ -805,7 +804,7 @@ fn truncated_and_inconsistent_frames_pass_untouched() {
 
         // Ethernet padding past tot_len is not an inconsistency: translated,
         // and the trailer left as it was.
-        let mut padded = Frame::udp("203.0.113.2:40000", "203.0.113.1:5353")
+        let mut padded = Frame::udp("198.18.0.2:40000", "198.18.0.1:5353")
             .payload(&[])
             .bytes();
         let unpadded_len = padded.len();
@@ -813,7 +812,7 @@ fn truncated_and_inconsistent_frames_pass_untouched() {
         let out = dp.run(names::NAT_INGRESS, &padded);
         out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
         assert_checksums(&out.frame, false);
-        let mut expected = Frame::udp("203.0.113.2:40000", "192.168.15.2:53")
+        let mut expected = Frame::udp("198.18.0.2:40000", "192.168.15.2:53")
             .payload(&[])
             .bytes();
         assert_eq!(expected.len(), unpadded_len);
@@ -829,12 +828,12 @@ fn non_ipv4_frames_pass_untouched() {
     with_datapath(|dp| {
         dp.default_lab();
         let mut arp = ethernet(0x0806);
-        // Who has 203.0.113.1? Tell 203.0.113.2.
+        // Who has 198.18.0.1? Tell 198.18.0.2.
         arp.extend([0, 1, 0x08, 0, 6, 4, 0, 1]);
         arp.extend(SRC_MAC);
-        arp.extend([203, 0, 113, 2]);
+        arp.extend([198, 18, 0, 2]);
         arp.extend([0; 6]);
-        arp.extend([203, 0, 113, 1]);
+        arp.extend([198, 18, 0, 1]);
         let mut ipv6 = ethernet(0x86dd);
         ipv6.extend([0x60, 0, 0, 0, 0, 8, 17, 64]); // payload 8, UDP, hop limit
         ipv6.extend([0xfe, 0x80].iter().chain(&[0; 13]).chain(&[2]));
@@ -843,7 +842,7 @@ fn non_ipv4_frames_pass_untouched() {
         // An IPv4 packet behind a VLAN tag is not parsed either.
         let mut vlan = ethernet(0x8100);
         vlan.extend([0, 10, 0x08, 0x00]);
-        vlan.extend(&Frame::udp("192.168.15.1:5000", "203.0.113.2:53").bytes()[14..]);
+        vlan.extend(&Frame::udp("192.168.15.1:5000", "198.18.0.2:53").bytes()[14..]);
         for frame in [&arp, &ipv6, &vlan] {
             for program in [names::NAT_INGRESS, names::NAT_EGRESS] {
                 dp.expect_untouched(program, frame, TCX_NEXT, Some(Stat::NonIpv4));
@@ -862,7 +861,7 @@ fn non_ipv4_frames_pass_untouched() {
 fn fragments_are_translated_with_their_first_fragment() {
     with_datapath(|dp| {
         dp.default_lab();
-        let to_published = Frame::tcp("203.0.113.2:40000", "203.0.113.1:8080", TCP_SYN);
+        let to_published = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_SYN);
         let first = to_published.clone().frag(IP_MF);
         let out = dp.run(names::NAT_INGRESS, &first.bytes());
         out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
@@ -886,12 +885,12 @@ fn fragments_are_translated_with_their_first_fragment() {
             assert_frame_eq(&out.frame, &expected, "DNATed later fragment");
         }
         // A later fragment of a datagram whose first never came.
-        let orphan = Frame::tcp("203.0.113.3:40000", "203.0.113.1:8080", TCP_SYN).frag(4);
+        let orphan = Frame::tcp("198.18.0.3:40000", "198.18.0.1:8080", TCP_SYN).frag(4);
         let out = dp.run(names::NAT_INGRESS, &orphan.bytes());
         out.expect(TC_ACT_SHOT, &[(Stat::FragUnknown, 1)]);
 
         // Don't-fragment is not a fragment: translated.
-        let df = Frame::tcp("203.0.113.2:40002", "203.0.113.1:8080", TCP_SYN).frag(IP_DF);
+        let df = Frame::tcp("198.18.0.2:40002", "198.18.0.1:8080", TCP_SYN).frag(IP_DF);
         let out = dp.run(names::NAT_INGRESS, &df.bytes());
         out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
         assert_frame_eq(
@@ -901,7 +900,7 @@ fn fragments_are_translated_with_their_first_fragment() {
         );
 
         // Lab fragments leaving through a lab veth: nothing to translate.
-        let outbound = Frame::udp("192.168.15.1:5000", "203.0.113.2:53").payload(&[7; 32]);
+        let outbound = Frame::udp("192.168.15.1:5000", "198.18.0.2:53").payload(&[7; 32]);
         let first = outbound.clone().frag(IP_MF).bytes();
         let later = outbound.clone().frag(4).bytes();
         dp.iface(ROLE_LAB, ip("192.168.15.1"));
@@ -910,7 +909,7 @@ fn fragments_are_translated_with_their_first_fragment() {
         }
         // Through the uplink the datagram is masqueraded whole.
         dp.iface(ROLE_UPLINK, Ipv4Addr::UNSPECIFIED);
-        let uplink = [203, 0, 113, 1];
+        let uplink = [198, 18, 0, 1];
         let out = dp.run(names::NAT_EGRESS, &first);
         out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
         assert_eq!(out.frame[26..30], uplink, "masqueraded first fragment");
@@ -922,14 +921,14 @@ fn fragments_are_translated_with_their_first_fragment() {
         fix_ip_checksum(&mut expected);
         assert_frame_eq(&out.frame, &expected, "masqueraded later fragment");
         // A lab fragment whose first never came would leak: dropped.
-        let orphan = Frame::udp("192.168.15.9:5000", "203.0.113.2:53")
+        let orphan = Frame::udp("192.168.15.9:5000", "198.18.0.2:53")
             .frag(4)
             .bytes();
         let out = dp.run(names::NAT_EGRESS, &orphan);
         out.expect(TC_ACT_SHOT, &[(Stat::UntranslatedLeak, 1)]);
         assert_frame_eq(&out.frame, &orphan, "a dropped fragment");
         // The host's own fragments leave as they are (their flow tracked).
-        let own = Frame::udp("203.0.113.1:5000", "203.0.113.2:53")
+        let own = Frame::udp("198.18.0.1:5000", "198.18.0.2:53")
             .frag(IP_MF)
             .bytes();
         dp.expect_untouched(names::NAT_EGRESS, &own, TCX_NEXT, Some(Stat::HostFlowNew));
@@ -944,8 +943,8 @@ fn fragments_are_translated_with_their_first_fragment() {
 fn lab_traffic_is_masqueraded_on_the_uplink() {
     with_datapath(|dp| {
         dp.default_lab();
-        let masq = ip("203.0.113.1");
-        let query = Frame::udp("192.168.15.1:5000", "203.0.113.2:53");
+        let masq = ip("198.18.0.1");
+        let query = Frame::udp("192.168.15.1:5000", "198.18.0.2:53");
         let out = dp.run(names::NAT_EGRESS, &query.bytes());
         out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
         let (src, dst) = endpoints(&out.frame);
@@ -955,18 +954,18 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
             "source port {} outside 40000-40001",
             src.port()
         );
-        assert_eq!(dst, ep("203.0.113.2:53"));
+        assert_eq!(dst, ep("198.18.0.2:53"));
         assert_checksums(&out.frame, false);
         assert_frame_eq(
             &out.frame,
             &query.clone().from(src).bytes(),
             "masqueraded UDP",
         );
-        let key = flow_key(IPPROTO_UDP, ep("192.168.15.1:5000"), ep("203.0.113.2:53"));
+        let key = flow_key(IPPROTO_UDP, ep("192.168.15.1:5000"), ep("198.18.0.2:53"));
         let orig = dp.flow(&key).expect("masqueraded flow tracked");
         assert_eq!((orig.nat, orig.apply), (NAT_SNAT, APPLY_EGRESS));
 
-        let answer = Frame::udp("203.0.113.2:53", &src.to_string());
+        let answer = Frame::udp("198.18.0.2:53", &src.to_string());
         let out = dp.run(names::NAT_INGRESS, &answer.bytes());
         // Its first reply makes the flow assured: out of reach of new flows.
         out.expect(TCX_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
@@ -978,7 +977,7 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
         );
 
         // A port inside the range and free is kept.
-        let in_range = Frame::udp("192.168.15.1:40001", "203.0.113.3:53");
+        let in_range = Frame::udp("192.168.15.1:40001", "198.18.0.3:53");
         let out = dp.run(names::NAT_EGRESS, &in_range.bytes());
         out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
         assert_frame_eq(
@@ -987,7 +986,7 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
             "masqueraded UDP keeping its port",
         );
 
-        let ping = Frame::icmp("192.168.15.1", "203.0.113.2", ICMP_ECHO_REQUEST, 0x0777);
+        let ping = Frame::icmp("192.168.15.1", "198.18.0.2", ICMP_ECHO_REQUEST, 0x0777);
         let out = dp.run(names::NAT_EGRESS, &ping.bytes());
         out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
         let id = icmp_id(&out.frame);
@@ -1002,7 +1001,7 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
             "masqueraded echo request",
         );
 
-        let pong = Frame::icmp("203.0.113.2", "203.0.113.1", ICMP_ECHO_REPLY, id);
+        let pong = Frame::icmp("198.18.0.2", "198.18.0.1", ICMP_ECHO_REPLY, id);
         let out = dp.run(names::NAT_INGRESS, &pong.bytes());
         out.expect(TCX_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
         assert_checksums(&out.frame, false);
@@ -1017,7 +1016,7 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
 
         // Not the uplink: no masquerade.
         dp.iface(ROLE_LAB, ip("192.168.15.1"));
-        let other = Frame::udp("192.168.15.1:6000", "203.0.113.2:53").bytes();
+        let other = Frame::udp("192.168.15.1:6000", "198.18.0.2:53").bytes();
         dp.expect_untouched(names::NAT_EGRESS, &other, TCX_NEXT, None);
     });
 }
@@ -1036,7 +1035,7 @@ fn an_exhausted_port_range_drops_only_the_new_flow() {
             "192.168.15.1:5002",
         ]
         .iter()
-        .map(|src| Frame::udp(src, "203.0.113.2:53"))
+        .map(|src| Frame::udp(src, "198.18.0.2:53"))
         .collect();
         let mut ports = Vec::new();
         for flow in &flows[..2] {
@@ -1067,7 +1066,7 @@ fn an_exhausted_port_range_drops_only_the_new_flow() {
         }
 
         // Ports are per destination, as in Linux: another one has room.
-        let elsewhere = flows[2].clone().to(ep("203.0.113.3:53"));
+        let elsewhere = flows[2].clone().to(ep("198.18.0.3:53"));
         dp.run(names::NAT_EGRESS, &elsewhere.bytes())
             .expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
     });
@@ -1082,7 +1081,7 @@ fn hairpin_is_reflected_with_the_gateway_as_source() {
     with_datapath(|dp| {
         dp.default_lab();
         dp.iface(ROLE_LAB, ip("192.168.15.1"));
-        let syn = Frame::tcp("192.168.15.2:40000", "203.0.113.1:8080", TCP_SYN);
+        let syn = Frame::tcp("192.168.15.2:40000", "198.18.0.1:8080", TCP_SYN);
         let out = dp.run(names::NAT_INGRESS, &syn.bytes());
         out.expect(TC_ACT_REDIRECT, &[(Stat::HairpinNew, 1)]);
         let (src, dst) = endpoints(&out.frame);
@@ -1093,11 +1092,7 @@ fn hairpin_is_reflected_with_the_gateway_as_source() {
         expected[..6].copy_from_slice(&SRC_MAC);
         expected[6..12].copy_from_slice(&DST_MAC);
         assert_frame_eq(&out.frame, &expected, "reflected SYN");
-        let key = flow_key(
-            IPPROTO_TCP,
-            ep("192.168.15.2:40000"),
-            ep("203.0.113.1:8080"),
-        );
+        let key = flow_key(IPPROTO_TCP, ep("192.168.15.2:40000"), ep("198.18.0.1:8080"));
         let orig = dp.flow(&key).expect("hairpin flow tracked");
         assert_eq!(orig.nat, NAT_DNAT | NAT_SNAT | NAT_REFLECT);
     });
@@ -1112,8 +1107,8 @@ fn untranslatable_protocols_never_leave_masqueraded() {
         dp.default_lab();
         const IPPROTO_GRE: u8 = 47;
         const ICMP_TIMESTAMP: u8 = 13;
-        let gre = Frame::udp("192.168.15.1:5000", "203.0.113.2:53").bytes_with_proto(IPPROTO_GRE);
-        let timestamp = Frame::icmp("192.168.15.1", "203.0.113.2", ICMP_TIMESTAMP, 0).bytes();
+        let gre = Frame::udp("192.168.15.1:5000", "198.18.0.2:53").bytes_with_proto(IPPROTO_GRE);
+        let timestamp = Frame::icmp("192.168.15.1", "198.18.0.2", ICMP_TIMESTAMP, 0).bytes();
         for frame in [&gre, &timestamp] {
             dp.iface(ROLE_LAB, ip("192.168.15.5"));
             dp.expect_untouched(names::NAT_INGRESS, frame, TCX_NEXT, Some(Stat::Unsupported));
@@ -1126,7 +1121,7 @@ fn untranslatable_protocols_never_leave_masqueraded() {
             assert_frame_eq(&out.frame, frame, "a dropped frame");
         }
         // From the host's own address they leave as they are.
-        let own = Frame::udp("203.0.113.1:5000", "203.0.113.2:53").bytes_with_proto(IPPROTO_GRE);
+        let own = Frame::udp("198.18.0.1:5000", "198.18.0.2:53").bytes_with_proto(IPPROTO_GRE);
         dp.expect_untouched(names::NAT_EGRESS, &own, TCX_NEXT, Some(Stat::Unsupported));
     });
 }
@@ -1143,7 +1138,7 @@ fn icmp_errors_about_tracked_flows_are_translated() {
         // The embedded UDP headers carry no checksum, so that the expected
         // frames need not guess whether the datapath updates one it cannot
         // verify anyway (the embedded packet is cut at 8 bytes).
-        let query = Frame::udp("192.168.15.1:5000", "203.0.113.2:53").zero_udp_checksum();
+        let query = Frame::udp("192.168.15.1:5000", "198.18.0.2:53").zero_udp_checksum();
         let out = dp.run(names::NAT_EGRESS, &query.bytes());
         out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
         let public = endpoints(&out.frame).0;
@@ -1152,7 +1147,7 @@ fn icmp_errors_about_tracked_flows_are_translated() {
         // to the masquerade address and goes to the lab host, about what the
         // lab host sent. The router keeps its own address.
         let sent = query.clone().from(public).bytes();
-        let error = Frame::icmp_error("198.51.100.1", "203.0.113.1", ICMP_DEST_UNREACH, 4, &sent);
+        let error = Frame::icmp_error("198.51.100.1", "198.18.0.1", ICMP_DEST_UNREACH, 4, &sent);
         let out = dp.run(names::NAT_INGRESS, &error.bytes());
         out.expect(TCX_NEXT, &[(Stat::IcmpErrorTranslated, 1)]);
         assert_checksums(&out.frame, false);
@@ -1167,10 +1162,10 @@ fn icmp_errors_about_tracked_flows_are_translated() {
 
         // The lab host refuses the answer: its port-unreachable leaves the
         // uplink from the masquerade address, about what the peer sent.
-        let answer = Frame::udp("203.0.113.2:53", "192.168.15.1:5000").zero_udp_checksum();
+        let answer = Frame::udp("198.18.0.2:53", "192.168.15.1:5000").zero_udp_checksum();
         let error = Frame::icmp_error(
             "192.168.15.1",
-            "203.0.113.2",
+            "198.18.0.2",
             ICMP_DEST_UNREACH,
             3,
             &answer.bytes(),
@@ -1179,7 +1174,7 @@ fn icmp_errors_about_tracked_flows_are_translated() {
         out.expect(TCX_NEXT, &[(Stat::IcmpErrorTranslated, 1)]);
         assert_checksums(&out.frame, false);
         let seen = answer.to(public).bytes();
-        let expected = Frame::icmp_error("203.0.113.1", "203.0.113.2", ICMP_DEST_UNREACH, 3, &seen);
+        let expected = Frame::icmp_error("198.18.0.1", "198.18.0.2", ICMP_DEST_UNREACH, 3, &seen);
         assert_frame_eq(
             &out.frame,
             &expected.bytes(),
@@ -1188,13 +1183,13 @@ fn icmp_errors_about_tracked_flows_are_translated() {
 
         // A published port's backend answers a client with an error: it
         // leaves from the published address, about the published port.
-        let syn = Frame::tcp("203.0.113.2:40000", "203.0.113.1:8080", TCP_SYN);
+        let syn = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_SYN);
         dp.run(names::NAT_INGRESS, &syn.bytes())
             .expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
         let delivered = syn.clone().to(ep("192.168.15.2:80")).bytes();
         let error = Frame::icmp_error(
             "192.168.15.2",
-            "203.0.113.2",
+            "198.18.0.2",
             ICMP_DEST_UNREACH,
             3,
             &delivered,
@@ -1203,8 +1198,8 @@ fn icmp_errors_about_tracked_flows_are_translated() {
         out.expect(TCX_NEXT, &[(Stat::IcmpErrorTranslated, 1)]);
         assert_checksums(&out.frame, false);
         let expected = Frame::icmp_error(
-            "203.0.113.1",
-            "203.0.113.2",
+            "198.18.0.1",
+            "198.18.0.2",
             ICMP_DEST_UNREACH,
             3,
             &syn.bytes(),
@@ -1225,12 +1220,12 @@ fn icmp_errors_about_tracked_flows_are_translated() {
         // Time exceeded for a masqueraded ping: the embedded echo gets the
         // lab host's address and identifier back. The embedded echo's own
         // checksum is part of its cut-off 8 bytes and is left as it was.
-        let ping = Frame::icmp("192.168.15.1", "203.0.113.2", ICMP_ECHO_REQUEST, 0x0777);
+        let ping = Frame::icmp("192.168.15.1", "198.18.0.2", ICMP_ECHO_REQUEST, 0x0777);
         let out = dp.run(names::NAT_EGRESS, &ping.bytes());
         out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
         let sent = out.frame.clone();
         let id = icmp_id(&sent);
-        let error = Frame::icmp_error("198.51.100.1", "203.0.113.1", TIME_EXCEEDED, 0, &sent);
+        let error = Frame::icmp_error("198.51.100.1", "198.18.0.1", TIME_EXCEEDED, 0, &sent);
         let out = dp.run(names::NAT_INGRESS, &error.bytes());
         out.expect(TCX_NEXT, &[(Stat::IcmpErrorTranslated, 1)]);
         assert_checksums(&out.frame, false);
@@ -1244,10 +1239,10 @@ fn icmp_errors_about_tracked_flows_are_translated() {
         assert_ne!(id, 0x0777, "the identifier was translated");
 
         // Errors about flows nobody tracks pass untouched on ingress.
-        let stranger = Frame::udp("203.0.113.1:6000", "203.0.113.9:53").bytes();
+        let stranger = Frame::udp("198.18.0.1:6000", "198.18.0.9:53").bytes();
         let error = Frame::icmp_error(
             "198.51.100.1",
-            "203.0.113.1",
+            "198.18.0.1",
             ICMP_DEST_UNREACH,
             3,
             &stranger,
@@ -1267,13 +1262,13 @@ fn icmp_errors_about_tracked_flows_are_translated() {
 fn a_refused_connection_is_forgotten_at_once() {
     with_datapath(|dp| {
         dp.default_lab();
-        let syn = Frame::tcp("192.168.15.1:5002", "203.0.113.2:9101", TCP_SYN);
+        let syn = Frame::tcp("192.168.15.1:5002", "198.18.0.2:9101", TCP_SYN);
         let out = dp.run(names::NAT_EGRESS, &syn.bytes());
         out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
         let public = endpoints(&out.frame).0;
         let sent = out.frame.clone();
 
-        let rst = Frame::tcp("203.0.113.2:9101", "203.0.113.1:0", TCP_RST | TCP_ACK).to(public);
+        let rst = Frame::tcp("198.18.0.2:9101", "198.18.0.1:0", TCP_RST | TCP_ACK).to(public);
         let out = dp.run(names::NAT_INGRESS, &rst.bytes());
         out.expect(TCX_NEXT, &[(Stat::Translated, 1), (Stat::CtRefused, 1)]);
         assert_checksums(&out.frame, false);
@@ -1284,7 +1279,7 @@ fn a_refused_connection_is_forgotten_at_once() {
         );
         assert!(dp.conntrack().is_empty(), "{:?}", dp.conntrack());
 
-        let error = Frame::icmp_error("198.51.100.1", "203.0.113.1", ICMP_DEST_UNREACH, 3, &sent);
+        let error = Frame::icmp_error("198.51.100.1", "198.18.0.1", ICMP_DEST_UNREACH, 3, &sent);
         let out = dp.run(names::NAT_INGRESS, &error.bytes());
         out.expect(TCX_NEXT, &[(Stat::Unsupported, 1)]);
         assert_frame_eq(&out.frame, &error.bytes(), "an error about a refused flow");
@@ -1300,17 +1295,17 @@ fn a_refused_connection_is_forgotten_at_once() {
 fn icmp_errors_about_expired_flows_are_not_translated() {
     with_datapath(|dp| {
         dp.default_lab();
-        let query = Frame::udp("192.168.15.1:5001", "203.0.113.2:53").zero_udp_checksum();
+        let query = Frame::udp("192.168.15.1:5001", "198.18.0.2:53").zero_udp_checksum();
         let out = dp.run(names::NAT_EGRESS, &query.bytes());
         out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
         let public = endpoints(&out.frame).0;
         dp.age(&flow_key(
             IPPROTO_UDP,
             ep("192.168.15.1:5001"),
-            ep("203.0.113.2:53"),
+            ep("198.18.0.2:53"),
         ));
         let sent = query.clone().from(public).bytes();
-        let error = Frame::icmp_error("198.51.100.1", "203.0.113.1", ICMP_DEST_UNREACH, 3, &sent);
+        let error = Frame::icmp_error("198.51.100.1", "198.18.0.1", ICMP_DEST_UNREACH, 3, &sent);
         let out = dp.run(names::NAT_INGRESS, &error.bytes());
         out.expect(TCX_NEXT, &[(Stat::CtExpired, 1), (Stat::Unsupported, 1)]);
         assert_frame_eq(&out.frame, &error.bytes(), "an error about an expired flow");
@@ -1337,14 +1332,8 @@ fn icmp_errors_never_leave_the_uplink_with_a_lab_address() {
         let mut leaks = Vec::new();
 
         // A lab host refuses a datagram conntrack never saw.
-        let unknown = Frame::udp("203.0.113.2:53", "192.168.15.1:7777").bytes();
-        let error = Frame::icmp_error(
-            "192.168.15.1",
-            "203.0.113.2",
-            ICMP_DEST_UNREACH,
-            3,
-            &unknown,
-        );
+        let unknown = Frame::udp("198.18.0.2:53", "192.168.15.1:7777").bytes();
+        let error = Frame::icmp_error("192.168.15.1", "198.18.0.2", ICMP_DEST_UNREACH, 3, &unknown);
         let out = dp.run(names::NAT_EGRESS, &error.bytes());
         if out.verdict != TC_ACT_SHOT && lab(*endpoints(&out.frame).0.ip()) {
             leaks.push(format!(
@@ -1357,13 +1346,13 @@ fn icmp_errors_never_leave_the_uplink_with_a_lab_address() {
 
         // A lab router (192.168.15.254) drops an answer of a masqueraded
         // flow on its way in, and tells the peer.
-        let query = Frame::udp("192.168.15.1:5000", "203.0.113.2:53").zero_udp_checksum();
+        let query = Frame::udp("192.168.15.1:5000", "198.18.0.2:53").zero_udp_checksum();
         dp.run(names::NAT_EGRESS, &query.bytes())
             .expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
-        let answer = Frame::udp("203.0.113.2:53", "192.168.15.1:5000")
+        let answer = Frame::udp("198.18.0.2:53", "192.168.15.1:5000")
             .zero_udp_checksum()
             .bytes();
-        let error = Frame::icmp_error("192.168.15.254", "203.0.113.2", TIME_EXCEEDED, 0, &answer);
+        let error = Frame::icmp_error("192.168.15.254", "198.18.0.2", TIME_EXCEEDED, 0, &answer);
         let out = dp.run(names::NAT_EGRESS, &error.bytes());
         if out.verdict != TC_ACT_SHOT && lab(*endpoints(&out.frame).0.ip()) {
             leaks.push(format!(

@@ -6,7 +6,7 @@ use netlab::topology::Datapath;
 use netlab_tests::{Sandbox, status_links};
 
 const BLUE: &str = "192.168.15.2";
-const OUTSIDE: &str = "203.0.113.2";
+const OUTSIDE: &str = "198.18.0.2";
 
 /// A test-owned nftables counter on the bridge family's forward hook: it
 /// counts exactly the IPv4 frames the bridge forwards between its ports

@@ -13,7 +13,7 @@ use netlab_tests::{Background, Sandbox};
 use serde_json::Value;
 
 const BLUE: &str = "192.168.15.2";
-const UPLINK: &str = "203.0.113.1";
+const UPLINK: &str = "198.18.0.1";
 const LIFETIME: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(10);
 
@@ -142,7 +142,7 @@ fn published_port_shows_dnat_and_its_reverse() {
     let bg = trace(&sb, &["--json", "--duration", "3", "tcp"]);
     sb.ok(&[
         "ip", "netns", "exec", "outside", "python3", "-c",
-        "import socket\ns=socket.create_connection(('203.0.113.1',8080),timeout=3)\nassert s.recv(10)==b'hi'",
+        "import socket\ns=socket.create_connection(('198.18.0.1',8080),timeout=3)\nassert s.recv(10)==b'hi'",
     ])
     .unwrap();
     let (events, _) = events(bg);
@@ -199,7 +199,7 @@ fn drop_appears_with_its_reason() {
     let out = sb
         .run(&[
             "ip", "netns", "exec", "outside", "python3", "-c",
-            "import socket\ntry:\n socket.create_connection(('203.0.113.1',9999),timeout=2)\nexcept ConnectionRefusedError:\n print('refused')",
+            "import socket\ntry:\n socket.create_connection(('198.18.0.1',9999),timeout=2)\nexcept ConnectionRefusedError:\n print('refused')",
         ])
         .unwrap();
     assert!(out.stdout.contains("refused"), "{out}");

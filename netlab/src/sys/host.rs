@@ -82,16 +82,16 @@ mod tests {
     #[test]
     fn reads_nameservers() {
         let text = "# generated\nsearch lan\nnameserver 198.51.100.53\nnameserver ::1\n\
-                    nameserver\nnameserver 203.0.113.9 # second\n";
+                    nameserver\nnameserver 198.18.0.9 # second\n";
         assert_eq!(
             nameservers(text),
-            ["198.51.100.53", "203.0.113.9"].map(|a| a.parse::<Ipv4Addr>().unwrap())
+            ["198.51.100.53", "198.18.0.9"].map(|a| a.parse::<Ipv4Addr>().unwrap())
         );
     }
 
     #[test]
     fn reads_established_and_connected_peers() {
-        // 192.0.2.10:22 <- 203.0.113.5:40000 established; a listener; a
+        // 192.0.2.10:22 <- 198.18.0.5:40000 established; a listener; a
         // loopback connection; a connected UDP socket to 198.51.100.53:53.
         let addr = |a: &str| {
             let ip: Ipv4Addr = a.parse().unwrap();
@@ -104,7 +104,7 @@ mod tests {
              2: {}:1F90 {}:9C41 01 0\n\
              3: {}:A000 {}:0035 07 0\n",
             addr("192.0.2.10"),
-            addr("203.0.113.5"),
+            addr("198.18.0.5"),
             addr("127.0.0.1"),
             addr("127.0.0.1"),
             addr("192.0.2.10"),
@@ -112,7 +112,7 @@ mod tests {
         );
         assert_eq!(
             socket_peers(&table),
-            ["203.0.113.5", "198.51.100.53"].map(|a| a.parse::<Ipv4Addr>().unwrap())
+            ["198.18.0.5", "198.51.100.53"].map(|a| a.parse::<Ipv4Addr>().unwrap())
         );
     }
 }

@@ -359,7 +359,7 @@ mod tests {
             Some(Ipv4Addr::new(192, 168, 15, 2))
         );
         assert_eq!(topo.backend_addr("nosuch"), None);
-        assert_eq!(topo.uplink_addr(), Some(Ipv4Addr::new(203, 0, 113, 1)));
+        assert_eq!(topo.uplink_addr(), Some(Ipv4Addr::new(198, 18, 0, 1)));
         let declared: Vec<String> = topo
             .published_ports()
             .iter()
@@ -420,11 +420,11 @@ mod tests {
 
         let outside = end(&topo, "veth-outside");
         assert_eq!(outside.place, Place::Netns("outside".into()));
-        assert_eq!(nets(&outside.addresses), [net("203.0.113.2/24")]);
+        assert_eq!(nets(&outside.addresses), [net("198.18.0.2/24")]);
         let uplink = end(&topo, "nl-uplink");
         assert_eq!(uplink.place, Place::Host);
         assert_eq!(uplink.bridge, None);
-        assert_eq!(nets(&uplink.addresses), [net("203.0.113.1/24")]);
+        assert_eq!(nets(&uplink.addresses), [net("198.18.0.1/24")]);
 
         assert_eq!(topo.routes.len(), 2);
         for (route, ns) in topo.routes.iter().zip(["red", "blue"]) {

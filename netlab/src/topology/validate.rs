@@ -1389,7 +1389,7 @@ peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
             }],
             addresses: vec![HostAddress {
                 dev: "nl-uplink".into(),
-                net: net("203.0.113.1/24"),
+                net: net("198.18.0.1/24"),
             }],
             in_use: Vec::new(),
         };

@@ -604,7 +604,7 @@ mod tests {
 
     const RED: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 1);
     const BLUE: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 2);
-    const OUT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+    const OUT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
     #[test]
     fn empty_filter_matches_everything() {
@@ -631,7 +631,7 @@ mod tests {
 
     #[test]
     fn src_dst_and_nets() {
-        let f = compiled("src net 192.168.15.0/24 and dst host 203.0.113.2").unwrap();
+        let f = compiled("src net 192.168.15.0/24 and dst host 198.18.0.2").unwrap();
         assert!(eval(&f, (RED, OUT, 1, 2, 1, 0, 0)));
         assert!(!eval(&f, (OUT, RED, 1, 2, 1, 0, 0)));
         let f = compiled("192.168.0.0/16").unwrap();

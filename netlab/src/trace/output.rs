@@ -1176,13 +1176,13 @@ mod tests {
 
     #[test]
     fn names_rewrites() {
-        let before = tcp([203, 0, 113, 2], 40000, [203, 0, 113, 1], 8080);
-        let after = tcp([203, 0, 113, 2], 40000, [192, 168, 15, 2], 80);
+        let before = tcp([198, 18, 0, 2], 40000, [198, 18, 0, 1], 8080);
+        let after = tcp([198, 18, 0, 2], 40000, [192, 168, 15, 2], 80);
         assert_eq!(
             nat_rewrites(&before, &after),
             [(
                 "dnat",
-                "203.0.113.1:8080".to_owned(),
+                "198.18.0.1:8080".to_owned(),
                 "192.168.15.2:80".to_owned()
             )]
         );
@@ -1191,7 +1191,7 @@ mod tests {
             [(
                 "dnat",
                 "192.168.15.2:80".to_owned(),
-                "203.0.113.1:8080".to_owned()
+                "198.18.0.1:8080".to_owned()
             )]
         );
         assert!(nat_rewrites(&before, &before).is_empty());
@@ -1207,11 +1207,11 @@ mod tests {
         };
         assert_eq!(
             action_text(&event, &Context::default()),
-            "DNAT 203.0.113.1:8080 → 192.168.15.2:80"
+            "DNAT 198.18.0.1:8080 → 192.168.15.2:80"
         );
         assert_eq!(
             tuple_text(&before),
-            "203.0.113.2:40000 > 203.0.113.1:8080 tcp [S]"
+            "198.18.0.2:40000 > 198.18.0.1:8080 tcp [S]"
         );
     }
 

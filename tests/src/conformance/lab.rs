@@ -24,8 +24,8 @@ use crate::{Background, Output, Sandbox};
 pub const RED: &str = "192.168.15.1";
 pub const BLUE: &str = "192.168.15.2";
 pub const GATEWAY: &str = "192.168.15.5";
-pub const UPLINK: &str = "203.0.113.1";
-pub const OUTSIDE: &str = "203.0.113.2";
+pub const UPLINK: &str = "198.18.0.1";
+pub const OUTSIDE: &str = "198.18.0.2";
 
 pub const DEFAULT_TOPOLOGY: &str = include_str!("../../../netlab/src/topology/default.toml");
 

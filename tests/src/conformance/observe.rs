@@ -46,10 +46,8 @@ pub const CLASSED_PORTS: u16 = 32768;
 
 /// Addresses whose ports NAT chooses: the default lab's uplink (masquerade)
 /// and gateway (hairpin masquerade).
-pub const NAT_ADDRESSES: [Ipv4Addr; 2] = [
-    Ipv4Addr::new(203, 0, 113, 1),
-    Ipv4Addr::new(192, 168, 15, 5),
-];
+pub const NAT_ADDRESSES: [Ipv4Addr; 2] =
+    [Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(192, 168, 15, 5)];
 
 /// Host ports the suite and the fuzzer publish (kept as they are: a
 /// published port is not NAT's choice).
@@ -427,8 +425,8 @@ mod tests {
     use super::*;
 
     const RED: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 1);
-    const OUT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
-    const UP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+    const OUT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    const UP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
     fn line(p: &[u8], classes: &mut Classes) -> String {
         describe(&parse_ipv4(p, false).unwrap(), classes, 0)
@@ -443,7 +441,7 @@ mod tests {
         let l_a = line(&ip.packet(&udp(UP, OUT, 40000, 53, b"x")), &mut a);
         let l_b = line(&ip.packet(&udp(UP, OUT, 51234, 53, b"x")), &mut b);
         assert_eq!(l_a, l_b);
-        assert!(l_a.contains("203.0.113.1:P1 > 203.0.113.2:53"), "{l_a}");
+        assert!(l_a.contains("198.18.0.1:P1 > 198.18.0.2:53"), "{l_a}");
         // Same port, other flow: another class.
         let other = line(&ip.packet(&udp(UP, OUT, 40000, 54, b"x")), &mut a);
         assert!(other.contains(":P2 >"), "{other}");
@@ -456,11 +454,11 @@ mod tests {
         ip.ttl = 64;
         let remapped = line(&ip.packet(&udp(UP, OUT, 1138, 9100, b"")), &mut c);
         assert!(
-            remapped.contains("203.0.113.1:P1 > 203.0.113.2:9100"),
+            remapped.contains("198.18.0.1:P1 > 198.18.0.2:9100"),
             "{remapped}"
         );
         let published = line(&ip.packet(&udp(UP, OUT, 8080, 9100, b"")), &mut c);
-        assert!(published.contains("203.0.113.1:8080 >"), "{published}");
+        assert!(published.contains("198.18.0.1:8080 >"), "{published}");
     }
 
     #[test]
@@ -475,7 +473,7 @@ mod tests {
             .collect();
         assert!(
             lines[1].contains("fragment-data len=")
-                && lines[1].contains(" of 203.0.113.2:9000 > 192.168.15.1:12345"),
+                && lines[1].contains(" of 198.18.0.2:9000 > 192.168.15.1:12345"),
             "{lines:?}"
         );
     }

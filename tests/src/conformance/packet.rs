@@ -393,7 +393,7 @@ mod tests {
     use super::*;
 
     const A: Ipv4Addr = Ipv4Addr::new(192, 168, 15, 1);
-    const B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+    const B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
     fn frame(packet: &[u8]) -> Vec<u8> {
         let mut f = vec![0_u8; 12];

@@ -102,8 +102,8 @@ fn topology(shape: &Shape) -> String {
     }
     if shape.outside {
         t.push_str(
-            "[[veth]]\nname = \"veth-outside\"\nnetns = \"outside\"\naddresses = [\"203.0.113.2/24\"]\n\
-             peer = { name = \"nl-uplink\", addresses = [\"203.0.113.1/24\"] }\n",
+            "[[veth]]\nname = \"veth-outside\"\nnetns = \"outside\"\naddresses = [\"198.18.0.2/24\"]\n\
+             peer = { name = \"nl-uplink\", addresses = [\"198.18.0.1/24\"] }\n",
         );
     }
     t
@@ -143,9 +143,9 @@ fn ip_up_script(shape: &Shape) -> String {
                 let _ = writeln!(s, "ip -n {ns} route add default via {}", shape.gateway);
             }
             None => {
-                let _ = writeln!(s, "ip addr add 203.0.113.1/24 dev {host}");
+                let _ = writeln!(s, "ip addr add 198.18.0.1/24 dev {host}");
                 let _ = writeln!(s, "ip link set {host} up");
-                let _ = writeln!(s, "ip -n {ns} addr add 203.0.113.2/24 dev {inner}");
+                let _ = writeln!(s, "ip -n {ns} addr add 198.18.0.2/24 dev {inner}");
                 let _ = writeln!(s, "ip -n {ns} link set {inner} up");
             }
         }

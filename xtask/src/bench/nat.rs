@@ -83,14 +83,14 @@ fn route(path: TrafficPath) -> Route {
         TrafficPath::Dnat => Route {
             path,
             client_ns: "outside",
-            target: "203.0.113.1:8080",
-            seen_as: "203.0.113.2",
+            target: "198.18.0.1:8080",
+            seen_as: "198.18.0.2",
         },
         TrafficPath::Masquerade => Route {
             path,
             client_ns: "red",
-            target: "203.0.113.2:80",
-            seen_as: "203.0.113.1",
+            target: "198.18.0.2:80",
+            seen_as: "198.18.0.1",
         },
         TrafficPath::EastWest => Route {
             path,
@@ -304,11 +304,11 @@ impl Bench {
     }
 
     fn measure_lab(&mut self, round: usize, datapath: Datapath, ports: u32) -> Result<()> {
+        // Written every time: a file left by an earlier run may describe
+        // another lab (an older default, say).
         let file = self.plan.work_dir.join(format!("lab-{ports}.toml"));
-        if !file.exists() {
-            fs::write(&file, topology(ports)?)
-                .with_context(|| format!("writing {}", file.display()))?;
-        }
+        fs::write(&file, topology(ports)?)
+            .with_context(|| format!("writing {}", file.display()))?;
         let (name, backend) = datapath.netlab_args().context("not a netlab datapath")?;
         self.progress(
             round,
@@ -353,7 +353,7 @@ impl Bench {
         let _outside = Server::start(&self.plan.loadgen, "outside", lifetime)?;
         // Straight to each server, without NAT, so readiness moves no counter.
         self.wait_for_server("red", "192.168.15.2:80")?;
-        self.wait_for_server("outside", "203.0.113.2:80")?;
+        self.wait_for_server("outside", "198.18.0.2:80")?;
 
         let verification = self.verify(round, datapath, ports)?;
         self.progress(
@@ -634,7 +634,7 @@ impl Bench {
                     "iperf3",
                     "-J",
                     "-c",
-                    "203.0.113.1",
+                    "198.18.0.1",
                 ])
                 .args(["-p", &IPERF_PORT.to_string(), "-A", &CLIENT_CPU.to_string()])
                 .args(["-t", &seconds.to_string()]);

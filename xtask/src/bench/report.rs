@@ -478,7 +478,7 @@ pub(super) mod tests {
                 round: 1,
                 datapath: Datapath::Bridge,
                 ports: 1,
-                checks: vec!["dnat tcp: server saw 203.0.113.2".into()],
+                checks: vec!["dnat tcp: server saw 198.18.0.2".into()],
             }],
             samples,
             program_costs: Vec::new(),

@@ -77,9 +77,9 @@ impl fmt::Display for Datapath {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TrafficPath {
-    /// outside → 203.0.113.1:8080 → blue:80 (DNAT).
+    /// outside → 198.18.0.1:8080 → blue:80 (DNAT).
     Dnat,
-    /// red → 203.0.113.2 (masquerade behind 203.0.113.1).
+    /// red → 198.18.0.2 (masquerade behind 198.18.0.1).
     Masquerade,
     /// red → blue over the bridge.
     EastWest,
@@ -97,10 +97,10 @@ impl TrafficPath {
     pub fn label(self) -> &'static str {
         match self {
             TrafficPath::Dnat => {
-                "outside → published port (DNAT: 203.0.113.2 → 203.0.113.1:8080 → blue:80)"
+                "outside → published port (DNAT: 198.18.0.2 → 198.18.0.1:8080 → blue:80)"
             }
             TrafficPath::Masquerade => {
-                "lab namespace → outside (masquerade: red → 203.0.113.2, seen as 203.0.113.1)"
+                "lab namespace → outside (masquerade: red → 198.18.0.2, seen as 198.18.0.1)"
             }
             TrafficPath::EastWest => "namespace → namespace (red → blue, 192.168.15.0/24)",
             TrafficPath::Direct => "direct veth pair (198.51.100.1 → 198.51.100.2)",
@@ -189,7 +189,7 @@ pub struct Verification {
     pub round: usize,
     pub datapath: Datapath,
     pub ports: u32,
-    /// What was checked and what was seen, e.g. "dnat tcp: server saw 203.0.113.2".
+    /// What was checked and what was seen, e.g. "dnat tcp: server saw 198.18.0.2".
     pub checks: Vec<String>,
 }
 

@@ -7,7 +7,7 @@
 //!
 //! Safety: it refuses to run in a namespace with any non-lab address (the
 //! host's), only targets the
-//! bench's lab ranges (192.168.15.0/24, 203.0.113.0/24, 198.51.100.0/24), and
+//! bench's lab ranges (192.168.15.0/24, 198.18.0.0/24, 198.51.100.0/24), and
 //! every run is bounded in time and in count; the server exits by itself.
 //!
 //! The server is one thread per protocol and handles TCP connections one
@@ -408,13 +408,13 @@ fn local_ipv4_addresses() -> Result<Vec<Ipv4Addr>> {
 /// The bench's lab ranges, and nothing else.
 fn is_lab_address(addr: Ipv4Addr) -> bool {
     let [a, b, c, _] = addr.octets();
-    matches!((a, b, c), (192, 168, 15) | (203, 0, 113) | (198, 51, 100))
+    matches!((a, b, c), (192, 168, 15) | (198, 18, 0) | (198, 51, 100))
 }
 
 fn check_target(to: SocketAddrV4) -> Result<()> {
     if !is_lab_address(*to.ip()) {
         bail!(
-            "{to} is not a lab address of the bench (192.168.15.0/24, 203.0.113.0/24, \
+            "{to} is not a lab address of the bench (192.168.15.0/24, 198.18.0.0/24, \
              198.51.100.0/24)"
         );
     }
@@ -790,7 +790,7 @@ mod tests {
 
     #[test]
     fn only_lab_ranges_are_targets() {
-        assert!(is_lab_address(Ipv4Addr::new(203, 0, 113, 1)));
+        assert!(is_lab_address(Ipv4Addr::new(198, 18, 0, 1)));
         assert!(is_lab_address(Ipv4Addr::new(192, 168, 15, 2)));
         assert!(is_lab_address(Ipv4Addr::new(198, 51, 100, 2)));
         assert!(!is_lab_address(Ipv4Addr::new(192, 0, 2, 1)));

@@ -71,10 +71,10 @@
 //! - every bridged flow costs a conntrack entry and a walk of these chains,
 //!   which the eBPF datapath does not pay: benchmarks must state the setting;
 //! - a namespace reaching *another* namespace's published port on the same
-//!   bridge (red → 203.0.113.1:8080 → blue) works only with it: blue's reply
+//!   bridge (red → 198.18.0.1:8080 → blue) works only with it: blue's reply
 //!   is bridged straight to red, and only br_netfilter lets conntrack undo
 //!   the DNAT on it (Docker loads br_netfilter for this reason);
-//! - hairpin (blue → 203.0.113.1:8080 → blue) needs the bridge port's
+//! - hairpin (blue → 198.18.0.1:8080 → blue) needs the bridge port's
 //!   hairpin mode with it: the DNAT happens while the frame is being
 //!   bridged, and the frame must leave by the port it came in on
 //!   (`ip link set dev veth-blue-br type bridge_slave hairpin on`; Docker

@@ -435,9 +435,9 @@ mod tests {
 :NL-default-DNAT - [0:0]
 :NL-default-POST - [0:0]
 -I PREROUTING -d 192.168.15.5/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
--I PREROUTING -d 203.0.113.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
+-I PREROUTING -d 198.18.0.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
 -I OUTPUT -d 192.168.15.5/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
--I OUTPUT -d 203.0.113.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
+-I OUTPUT -d 198.18.0.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
 -I OUTPUT -d 127.0.0.0/8 -j NL-default-DNAT
 -I POSTROUTING -j NL-default-POST
 -A NL-default-DNAT -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.168.15.2:80
@@ -477,7 +477,7 @@ COMMIT
         // Every DNAT entry is bound to one of the lab's host addresses.
         for line in text.lines().filter(|l| l.contains("addrtype")) {
             assert!(
-                line.contains("-d 192.168.15.5/32") || line.contains("-d 203.0.113.1/32"),
+                line.contains("-d 192.168.15.5/32") || line.contains("-d 198.18.0.1/32"),
                 "{line}"
             );
         }
@@ -512,7 +512,7 @@ COMMIT
 :DOCKER - [0:0]
 :NL-default-DNAT - [0:0]
 :NL-default-POST - [0:0]
--A PREROUTING -d 203.0.113.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
+-A PREROUTING -d 198.18.0.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
 -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
 -A PREROUTING -d 10.9.9.9/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
 -A POSTROUTING -j NL-default-POST
@@ -544,7 +544,7 @@ COMMIT
                 "-D POSTROUTING -j NL-default-POST",
                 "-I PREROUTING -d 192.168.15.5/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT",
                 "-I OUTPUT -d 192.168.15.5/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT",
-                "-I OUTPUT -d 203.0.113.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT",
+                "-I OUTPUT -d 198.18.0.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT",
                 "-I OUTPUT -d 127.0.0.0/8 -j NL-default-DNAT",
                 "-I FORWARD -j NL-default-FWD",
             ]
@@ -564,7 +564,7 @@ COMMIT
             text,
             "\
 *nat
--D PREROUTING -d 203.0.113.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
+-D PREROUTING -d 198.18.0.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
 -D PREROUTING -d 10.9.9.9/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
 -D POSTROUTING -j NL-default-POST
 -D POSTROUTING -j NL-default-POST
