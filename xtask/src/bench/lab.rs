@@ -221,7 +221,7 @@ const REPETITIONS: usize = 7;
 
 /// The driver run inside the sandbox: optionally one warm-up pair, then
 /// interleaved pairs; prints `LABEL NANOS PEAK_RSS_KB` per timed step.
-fn driver(netlab: &Path, dir: &Path, runs: usize, warm_up: bool) -> String {
+fn driver(netlab: &Path, dir: &Path, lab: &str, runs: usize, warm_up: bool) -> String {
     format!(
         r#"set -e
 mount -t tmpfs none /run
@@ -231,7 +231,7 @@ t() {{ local label=$1; shift; local a=$(date +%s%N); /usr/bin/time -f %M -o {dir
 for i in $(seq {first} {runs}); do
   t netlab-up {netlab} up -f {dir}/lab.toml
   t netlab-up-again {netlab} up -f {dir}/lab.toml
-  t netlab-down {netlab} down --lab $(sed -n 's/^name = "\(.*\)"/\1/p' {dir}/lab.toml)
+  t netlab-down {netlab} down --lab {lab}
   t ip-up bash {dir}/up.sh
   t ip-down bash {dir}/down.sh
 done
@@ -275,7 +275,7 @@ pub fn bench_up(workspace: &Path, counts: &[u32]) -> Result<ExitCode> {
         fs::write(dir.join("down.sh"), ip_down_script(&shape))?;
         let out = Cmd::new("unshare")
             .args(["--mount", "--net", "--propagation", "private", "bash", "-c"])
-            .arg(driver(&netlab, &dir, shape.runs, shape.warm_up))
+            .arg(driver(&netlab, &dir, shape.lab, shape.runs, shape.warm_up))
             .run_capturing_stdout()
             .context("running the benchmark in a private namespace")?;
         let mut samples: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
