@@ -13,6 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -103,20 +104,18 @@ fn build(topo: &Topology, origin: &str, text: &str, overlap: HostOverlap) -> Res
     state.complete = false;
     state.save()?;
 
-    let mut report = UpReport::default();
-    for ns in &topo.namespaces {
-        if netns::exists(&ns.name) {
-            report.kept.push(format!("namespace {}", ns.name));
-            continue;
-        }
-        state.note_namespace(&ns.name)?;
-        netns::create(&ns.name)?;
-        step(&format!("namespace {}", ns.name));
-        report.created.push(format!("namespace {}", ns.name));
-    }
-
-    create_links(topo, &mut report)?;
-    configure(topo)?;
+    // The verifier (most of a first `up`) needs no interface: it runs on a
+    // thread of its own while this one builds the namespaces and links.
+    let report = std::thread::scope(|s| -> Result<UpReport> {
+        let loading = s.spawn(|| datapath::load(topo));
+        let built = build_network(topo, &mut state);
+        let loaded = loading
+            .join()
+            .map_err(|_| anyhow::anyhow!("the eBPF loader panicked"))?;
+        let report = built?;
+        loaded?;
+        Ok(report)
+    })?;
 
     let ifaces: Vec<Iface> = topo
         .veth_ends()
@@ -145,6 +144,28 @@ fn build(topo: &Topology, origin: &str, text: &str, overlap: HostOverlap) -> Res
 
     state.complete = true;
     state.save()?;
+    Ok(report)
+}
+
+/// Makes the namespaces, links, addresses and routes that are missing.
+fn build_network(topo: &Topology, state: &mut LabState) -> Result<UpReport> {
+    let mut report = UpReport::default();
+    for ns in &topo.namespaces {
+        if netns::exists(&ns.name) {
+            report.kept.push(format!("namespace {}", ns.name));
+            continue;
+        }
+        // One at a time: a crash must leave no name recorded that some
+        // other owner could create meanwhile (the record is small and lives
+        // on tmpfs, so a save per namespace is cheap).
+        state.note_namespace(&ns.name)?;
+        netns::create(&ns.name)?;
+        step(&format!("namespace {}", ns.name));
+        report.created.push(format!("namespace {}", ns.name));
+    }
+
+    create_links(topo, &mut report)?;
+    configure(topo)?;
     Ok(report)
 }
 
@@ -264,14 +285,9 @@ fn index_in(
     links.get(place).and_then(|l| l.get(name)).copied()
 }
 
-fn temp_name(n: u32) -> String {
-    // 15 bytes at most: "nlt" + 6 hex digits of pid + up to 6 of a counter.
-    format!(
-        "nlt{:06x}{:x}",
-        std::process::id() & 0xff_ffff,
-        n & 0xff_ffff
-    )
-}
+/// How many netlink requests `up` keeps in flight on one socket: enough to
+/// keep the kernel busy, few enough for the socket's receive buffer.
+const PIPELINE: usize = 64;
 
 fn create_links(topo: &Topology, report: &mut UpReport) -> Result<()> {
     let lab = topo.name.as_str();
@@ -299,7 +315,8 @@ fn create_links(topo: &Topology, report: &mut UpReport) -> Result<()> {
     report.created.extend(created);
 
     let existing = netlink::indexes_by_place(topo)?;
-    for (n, veth) in (0u32..).zip(&topo.veths) {
+    let mut missing = Vec::new();
+    for veth in &topo.veths {
         let label = format!("veth {}/{}", veth.a.name, veth.b.name);
         let a = index_in(&existing, &veth.a.place, &veth.a.name);
         let b = index_in(&existing, &veth.b.place, &veth.b.name);
@@ -308,36 +325,72 @@ fn create_links(topo: &Topology, report: &mut UpReport) -> Result<()> {
                 report.kept.push(label);
                 continue;
             }
-            // Half a pair (a crash between create and move): remove our
+            // Half a pair (a crash, or an end someone deleted): remove our
             // leftover and build the pair again.
             (Some(index), None) => delete_in(&veth.a.place, index)?,
             (None, Some(index)) => delete_in(&veth.b.place, index)?,
             (None, None) => {}
         }
-        let tmp_a = temp_name(2 * n);
-        let tmp_b = temp_name(2 * n + 1);
-        let ends = [
-            (tmp_a, veth.a.place.clone(), veth.a.name.clone()),
-            (tmp_b, veth.b.place.clone(), veth.b.name.clone()),
-        ];
-        run_in(&Place::Host, |nl| async move {
-            // Created under temporary names in the host, then moved and
-            // renamed in one message each, so a lab name never collides with
-            // a host interface in transit.
-            nl.add_veth(&ends[0].0, &ends[1].0).await?;
-            for (tmp, place, name) in &ends {
-                let link = nl.require_link(tmp).await?;
-                nl.set_owner(link.index, lab).await?;
-                match place {
-                    Place::Host => nl.rename(link.index, name).await?,
-                    Place::Netns(_) => nl.move_to(link.index, place, name).await?,
-                }
-            }
-            Ok(())
-        })?;
-        step(&label);
-        report.created.push(label);
+        missing.push((veth, label));
     }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // Each pair is made with its ends already in place under their final
+    // names, PIPELINE requests in flight at a time; the host ends are then
+    // tagged (the namespace ends are tagged by `configure`). A crash before
+    // the tag leaves untagged host ends whose peers live in the lab's
+    // namespaces: `down` removes the namespaces, and the pairs go with them.
+    //
+    // The ends get consecutive ifindexes above every index the lab's places
+    // use now, as if both had been made in the host (see `add_veth_in`).
+    let first_index = existing
+        .values()
+        .flat_map(|links| links.values())
+        .max()
+        .map_or(1, |max| max + 1);
+    let labels = run_in(&Place::Host, |nl| async move {
+        let nl = &nl;
+        let mut labels = Vec::new();
+        for (c, chunk) in (0u32..).zip(missing.chunks(PIPELINE)) {
+            futures::future::try_join_all((0u32..).zip(chunk).map(|(i, (veth, _))| {
+                let a = first_index + 2 * (c * PIPELINE as u32 + i);
+                nl.add_veth_in(
+                    (&veth.a.name, &veth.a.place),
+                    (&veth.b.name, &veth.b.place),
+                    (a, a + 1),
+                    lab,
+                )
+            }))
+            .await?;
+            let host: BTreeMap<String, netlink::Link> = nl
+                .links()
+                .await?
+                .into_iter()
+                .map(|l| (l.name.clone(), l))
+                .collect();
+            let host_ends = chunk
+                .iter()
+                .flat_map(|(veth, _)| [&veth.a, &veth.b])
+                .filter(|end| end.place == Place::Host);
+            futures::future::try_join_all(host_ends.map(|end| {
+                let link = host.get(&end.name);
+                async move {
+                    let link = link.with_context(|| {
+                        format!("interface {} vanished right after it was created", end.name)
+                    })?;
+                    nl.ensure_owner(link, lab).await
+                }
+            }))
+            .await?;
+            for (_, label) in chunk {
+                step(label);
+                labels.push(label.clone());
+            }
+        }
+        Ok(labels)
+    })?;
+    report.created.extend(labels);
     Ok(())
 }
 
@@ -388,6 +441,7 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
     }
     for end in topo.veth_ends().filter(|e| e.place == place) {
         let link = nl.require_link(&end.name).await?;
+        nl.ensure_owner(&link, &topo.name).await?;
         if let Some(bridge) = &end.bridge {
             let bridge = nl.require_link(bridge).await?;
             if link.controller != Some(bridge.index) {
@@ -424,6 +478,17 @@ fn check_distinct_ifindexes(topo: &Topology, ifaces: &[Iface]) -> Result<()> {
     Ok(())
 }
 
+/// How long `down` waits at most for the kernel's namespace cleanup to
+/// take the host ends of the lab's veths.
+const CLEANUP_WAIT: Duration = Duration::from_secs(5);
+
+fn count_veths(links: &[netlink::Link], ours: &impl Fn(&netlink::Link) -> bool) -> usize {
+    links
+        .iter()
+        .filter(|l| ours(l) && l.kind.as_deref() == Some("veth"))
+        .count()
+}
+
 /// What `down` removed.
 #[derive(Debug, Default)]
 pub struct DownReport {
@@ -436,19 +501,41 @@ pub fn down(lab: &str) -> Result<DownReport> {
     let tag = owner_tag(lab);
     let mut report = DownReport::default();
 
+    // Namespaces first: their devices go in the kernel's batched namespace
+    // cleanup, taking the host ends of their veths along (measured: 1.3 ms a
+    // namespace, against 39 ms for deleting each host end, whose peer lives
+    // in another namespace, one by one).
+    log::debug!("down: removing namespaces");
+    for ns in state.iter().flat_map(|s| s.namespaces.iter()) {
+        if netns::exists(ns) {
+            netns::delete(ns)?;
+            report.removed.push(format!("namespace {ns}"));
+        }
+    }
+
     log::debug!("down: removing links");
-    // Links first: deleting a host-side veth end takes its peer in the
-    // namespace with it synchronously, whereas a namespace's devices are
-    // destroyed asynchronously after its last reference goes.
     let group = owner_group(lab);
     let removed = run_in(&Place::Host, |nl| async move {
-        let links = nl.links().await?;
         let ours = |l: &netlink::Link| l.alias.as_deref() == Some(tag.as_str());
+        let mut links = nl.links().await?;
         let removed: Vec<String> = links
             .iter()
             .filter(|l| ours(l))
             .map(|l| format!("link {}", l.name))
             .collect();
+        // The cleanup runs in the background: wait while it makes progress
+        // (bounded), so the leftovers deleted below are only those whose
+        // peers outlive it (host-to-host pairs, a namespace someone holds).
+        let deadline = Instant::now() + CLEANUP_WAIT;
+        let mut veths = count_veths(&links, &ours);
+        let mut stalled = 0;
+        while veths > 0 && stalled < 5 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            links = nl.links().await?;
+            let now = count_veths(&links, &ours);
+            stalled = if now == veths { stalled + 1 } else { 0 };
+            veths = now;
+        }
         let in_group: Vec<_> = links.iter().filter(|l| l.group == group).collect();
         if !in_group.is_empty() && in_group.iter().all(|l| ours(l)) {
             nl.del_group(group).await?;
@@ -462,14 +549,6 @@ pub fn down(lab: &str) -> Result<DownReport> {
         Ok(removed)
     })?;
     report.removed.extend(removed);
-
-    log::debug!("down: removing namespaces");
-    for ns in state.iter().flat_map(|s| s.namespaces.iter()) {
-        if netns::exists(ns) {
-            netns::delete(ns)?;
-            report.removed.push(format!("namespace {ns}"));
-        }
-    }
 
     // Unpinning last: the links' interfaces are gone by now, so releasing
     // them no longer waits for a TCX detach each.

@@ -64,11 +64,17 @@ pub fn iface_counters(
     Ok(out)
 }
 
-/// Loads the eBPF object if needed and attaches the programs the topology's
-/// datapath wants (see [`ebpf::loader::plan`]).
+/// Loads the eBPF object if the lab has not loaded it yet (the verifier's
+/// work: `up` runs it while it builds the links).
+pub fn load(topo: &Topology) -> Result<()> {
+    ebpf::loader::load(&Pins::of(&topo.name), topo.nat.conntrack_size)
+}
+
+/// Attaches the programs the topology's datapath wants (see
+/// [`ebpf::loader::plan`]), after [`load`].
 pub fn attach(topo: &Topology) -> Result<()> {
     let plan = ebpf::loader::plan(topo);
-    ebpf::loader::attach(&Pins::of(&topo.name), &plan, topo.nat.conntrack_size)
+    ebpf::loader::attach(&Pins::of(&topo.name), &plan)
 }
 
 /// Removes everything the datapath installed for lab `lab` (`datapath` as

@@ -36,12 +36,41 @@ pub fn parse(text: &str, origin: &str) -> Result<Topology, TopologyError> {
         validate::sort(&mut problems);
         TopologyError::Invalid { problems }
     })?;
-    let problems = validate::validate(&topo, &spans);
+    let problems = collapse(validate::validate(&topo, &spans));
     if problems.is_empty() {
         Ok(topo)
     } else {
         Err(TopologyError::Invalid { problems })
     }
+}
+
+/// One line for a rule broken by every member of a `[[namespace_group]]`:
+/// problems of one kind at one position (the group's pattern) are kept once,
+/// with how many more there were. Problems come sorted by position.
+fn collapse(problems: Vec<Problem>) -> Vec<Problem> {
+    let mut out: Vec<(Problem, usize)> = Vec::new();
+    for problem in problems {
+        match out
+            .iter_mut()
+            .rev()
+            .take_while(|(p, _)| p.at == problem.at)
+            .find(|(p, _)| p.kind == problem.kind)
+        {
+            Some((_, more)) => *more += 1,
+            None => out.push((problem, 0)),
+        }
+    }
+    out.into_iter()
+        .map(|(mut problem, more)| {
+            if more > 0 {
+                problem.message = format!(
+                    "{} [and {more} more like it, from the same pattern]",
+                    problem.message
+                );
+            }
+            problem
+        })
+        .collect()
 }
 
 /// The embedded default lab, parsed and validated.
@@ -169,6 +198,10 @@ pub enum ProblemKind {
     NoBackend,
     /// A lab subnet overlaps a route or address the host already has.
     HostOverlap,
+    /// A `[[namespace_group]]` whose count, patterns or ranges cannot make
+    /// its members (count out of range, a pattern without `{n}`, addresses
+    /// or host ports that run out).
+    NamespaceGroup,
 }
 
 impl ProblemKind {
@@ -196,6 +229,7 @@ impl ProblemKind {
             ProblemKind::Publish => "publish",
             ProblemKind::NoBackend => "no-backend",
             ProblemKind::HostOverlap => "host-overlap",
+            ProblemKind::NamespaceGroup => "namespace-group",
         }
     }
 }

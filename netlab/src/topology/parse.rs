@@ -35,8 +35,39 @@ struct RawLab {
     veth: Vec<RawVeth>,
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    namespace_group: Vec<RawGroup>,
     nat: Option<RawNat>,
 }
+
+/// `[[namespace_group]]`: `count` namespaces made from patterns, each on a
+/// veth whose host end is on `bridge` (see README, "Big labs").
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    /// Namespace name pattern; `{n}` is the member's number, 1..=count.
+    name: Spanned<String>,
+    count: Spanned<i64>,
+    /// Name of the veth end inside each namespace (pattern); `eth0` if absent.
+    veth: Option<Spanned<String>>,
+    /// Name of the host end (pattern).
+    host_veth: Spanned<String>,
+    bridge: Option<Spanned<String>>,
+    /// The first member's address; each next member gets the next address.
+    address: Option<Spanned<String>>,
+    /// Every member's default route goes via this gateway.
+    default_via: Option<Spanned<String>>,
+    /// `HOST:PORT[/proto]` for the first member; each next member gets the
+    /// next host port.
+    #[serde(default)]
+    publish: Vec<Spanned<String>>,
+}
+
+/// The most namespaces one `[[namespace_group]]` makes.
+pub(super) const GROUP_MAX: u32 = 10_000;
+
+/// The member-number placeholder of group patterns.
+const MEMBER: &str = "{n}";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -300,7 +331,7 @@ impl Reader<'_> {
             },
         };
 
-        let namespaces = raw
+        let namespaces: Vec<Namespace> = raw
             .namespace
             .into_iter()
             .map(|ns| self.namespace(ns))
@@ -321,7 +352,7 @@ impl Reader<'_> {
             })
             .collect();
 
-        let veths = raw
+        let veths: Vec<Veth> = raw
             .veth
             .into_iter()
             .map(|v| {
@@ -339,11 +370,16 @@ impl Reader<'_> {
             })
             .collect();
 
-        let routes = raw
+        let routes: Vec<Route> = raw
             .route
             .into_iter()
             .filter_map(|r| self.route(r, &mut spans))
             .collect();
+
+        let (mut namespaces, mut veths, mut routes) = (namespaces, veths, routes);
+        for group in raw.namespace_group {
+            self.group(group, &mut spans, &mut namespaces, &mut veths, &mut routes);
+        }
 
         let nat = match raw.nat {
             Some(nat) => self.nat(nat, &mut spans),
@@ -360,6 +396,227 @@ impl Reader<'_> {
             nat,
         };
         (topo, spans)
+    }
+
+    /// A pattern of a group checked on its own, so a bad pattern is one
+    /// problem rather than one per member.
+    fn pattern(&mut self, raw: &Spanned<String>, key: &str, count: u32, numbered: bool) -> bool {
+        let text = raw.get_ref();
+        let at = self.at(raw);
+        let rest = text.replace(MEMBER, "");
+        let why = if rest.contains('{') || rest.contains('}') {
+            Some(format!("the only placeholder is `{MEMBER}`"))
+        } else if numbered && count > 1 && !text.contains(MEMBER) {
+            Some(format!(
+                "it needs `{MEMBER}` (the member's number) to give {count} members distinct names"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = &why {
+            self.problem(
+                ProblemKind::NamespaceGroup,
+                &at,
+                format_args!("namespace_group `{key}` pattern `{text}`: {why}"),
+            );
+        }
+        why.is_none()
+    }
+
+    fn group(
+        &mut self,
+        raw: RawGroup,
+        spans: &mut Spans,
+        namespaces: &mut Vec<Namespace>,
+        veths: &mut Vec<Veth>,
+        routes: &mut Vec<Route>,
+    ) {
+        let count_at = self.at(&raw.count);
+        let count = match u32::try_from(*raw.count.get_ref()) {
+            Ok(n) if (1..=GROUP_MAX).contains(&n) => n,
+            _ => {
+                self.problem(
+                    ProblemKind::NamespaceGroup,
+                    &count_at,
+                    format_args!(
+                        "namespace_group count {} is out of range; a group has 1 to {GROUP_MAX} namespaces",
+                        raw.count.get_ref()
+                    ),
+                );
+                return;
+            }
+        };
+        let mut ok = self.pattern(&raw.name, "name", count, true);
+        ok &= self.pattern(&raw.host_veth, "host_veth", count, true);
+        if let Some(veth) = &raw.veth {
+            ok &= self.pattern(veth, "veth", count, false);
+        }
+
+        let first_addr = raw.address.as_ref().and_then(|text| {
+            let at = self.at(text);
+            match parse_cidr(text.get_ref()) {
+                Ok(net) => {
+                    let last = u32::from(net.addr).checked_add(count - 1).map(Ipv4Addr::from);
+                    let fits = last.is_some_and(|last| {
+                        net.contains(last) && (net.prefix_len > 30 || last != net.broadcast())
+                    });
+                    if fits {
+                        return Some((net, at));
+                    }
+                    self.problem(
+                        ProblemKind::NamespaceGroup,
+                        &at,
+                        format_args!(
+                            "namespace_group address {net}: {count} members from there run past                              the subnet's last host address {}; start lower or use a wider prefix",
+                            Ipv4Addr::from(u32::from(net.broadcast()).saturating_sub(1))
+                        ),
+                    );
+                }
+                Err(why) => self.problem(
+                    ProblemKind::Address,
+                    &at,
+                    format_args!(
+                        "namespace_group address `{}` is not an IPv4 CIDR like 10.200.0.2/16: {why}",
+                        text.get_ref()
+                    ),
+                ),
+            }
+            ok = false;
+            None
+        });
+
+        let via = raw.default_via.as_ref().and_then(|text| {
+            let at = self.at(text);
+            match text.get_ref().parse::<Ipv4Addr>() {
+                Ok(via) => Some((via, at)),
+                Err(_) => {
+                    self.problem(
+                        ProblemKind::Route,
+                        &at,
+                        format_args!(
+                            "namespace_group default_via `{}` is not an IPv4 address like 10.200.0.1",
+                            text.get_ref()
+                        ),
+                    );
+                    ok = false;
+                    None
+                }
+            }
+        });
+
+        let mut publish = Vec::new();
+        for spec in &raw.publish {
+            let at = self.at(spec);
+            match parse_publish(spec.get_ref()) {
+                Ok((host_port, port, proto)) if u32::from(host_port) + count - 1 <= 65535 => {
+                    publish.push((host_port, port, proto, at));
+                }
+                Ok((host_port, ..)) => {
+                    self.problem(
+                        ProblemKind::NamespaceGroup,
+                        &at,
+                        format_args!(
+                            "namespace_group publish `{}`: {count} host ports from {host_port} run past 65535",
+                            spec.get_ref()
+                        ),
+                    );
+                    ok = false;
+                }
+                Err(why) => {
+                    self.problem(
+                        ProblemKind::Publish,
+                        &at,
+                        format_args!(
+                            "namespace_group published port `{}` is not HOST:PORT[/tcp|/udp]: {why}",
+                            spec.get_ref()
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            return;
+        }
+
+        let name_at = self.at(&raw.name);
+        let host_at = self.at(&raw.host_veth);
+        let (veth_pattern, veth_at) = match &raw.veth {
+            Some(v) => (v.get_ref().clone(), self.at(v)),
+            None => ("eth0".to_owned(), name_at.clone()),
+        };
+        let bridge_at = raw
+            .bridge
+            .as_ref()
+            .map_or_else(|| host_at.clone(), |b| self.at(b));
+        let bridge = raw.bridge.map(Spanned::into_inner);
+        for n in 1..=count {
+            let number = n.to_string();
+            let member = |pattern: &str| pattern.replace(MEMBER, &number);
+            let ns = member(raw.name.get_ref());
+            let place = Place::Netns(ns.clone());
+            namespaces.push(Namespace {
+                name: ns.clone(),
+                publish: publish
+                    .iter()
+                    .map(|(host_port, port, proto, at)| Publish {
+                        // Checked above: fits in u16.
+                        host_port: u16::try_from(u32::from(*host_port) + n - 1).unwrap_or(u16::MAX),
+                        port: *port,
+                        proto: *proto,
+                        at: at.clone(),
+                    })
+                    .collect(),
+                at: name_at.clone(),
+            });
+            let addresses = first_addr
+                .iter()
+                .map(|(net, at)| Address {
+                    net: Ipv4Net {
+                        addr: Ipv4Addr::from(u32::from(net.addr) + n - 1),
+                        prefix_len: net.prefix_len,
+                    },
+                    at: at.clone(),
+                })
+                .collect();
+            veths.push(Veth {
+                a: VethEnd {
+                    name: member(&veth_pattern),
+                    place: place.clone(),
+                    bridge: None,
+                    addresses,
+                    at: veth_at.clone(),
+                },
+                b: VethEnd {
+                    name: member(raw.host_veth.get_ref()),
+                    place: Place::Host,
+                    bridge: bridge.clone(),
+                    addresses: Vec::new(),
+                    at: host_at.clone(),
+                },
+            });
+            spans.ends.push(EndSpans {
+                netns: name_at.clone(),
+                bridge: veth_at.clone(),
+            });
+            spans.ends.push(EndSpans {
+                netns: host_at.clone(),
+                bridge: bridge_at.clone(),
+            });
+            if let Some((via, at)) = &via {
+                routes.push(Route {
+                    place: place.clone(),
+                    to: Ipv4Net::DEFAULT,
+                    via: *via,
+                    at: at.clone(),
+                });
+                spans.routes.push(RouteSpans {
+                    netns: name_at.clone(),
+                    to: at.clone(),
+                    via: at.clone(),
+                });
+            }
+        }
     }
 
     fn namespace(&mut self, raw: RawNamespace) -> Namespace {
@@ -815,6 +1072,158 @@ via = "10.0.0.2"
             K::Publish,
             &["`8080:80/sctp`", "`red`", "sctp", "lab.toml:3:12"],
         );
+    }
+
+    const GROUP: &str = r#"name = "big"
+[[bridge]]
+name = "br-big"
+addresses = ["10.200.0.1/16"]
+[[namespace_group]]
+name = "c{n}"
+count = 3
+host_veth = "c{n}-br"
+bridge = "br-big"
+address = "10.200.0.2/16"
+default_via = "10.200.0.1"
+publish = ["9000:80/tcp"]
+"#;
+
+    #[test]
+    fn namespace_group_expands_into_members() {
+        let topo = parse_lab(GROUP, "lab.toml").unwrap();
+        let names: Vec<_> = topo.namespaces.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["c1", "c2", "c3"]);
+        let ends: Vec<_> = topo
+            .veth_ends()
+            .map(|e| (e.name.as_str(), e.place.to_string(), e.bridge.clone()))
+            .collect();
+        assert_eq!(ends[0], ("eth0", "c1".to_owned(), None));
+        assert_eq!(ends[5], ("c3-br", "host".to_owned(), Some("br-big".into())));
+        let addrs: Vec<_> = topo.addresses().map(|a| a.net.to_string()).collect();
+        assert_eq!(
+            addrs,
+            [
+                "10.200.0.1/16",
+                "10.200.0.2/16",
+                "10.200.0.3/16",
+                "10.200.0.4/16"
+            ]
+        );
+        assert_eq!(topo.routes.len(), 3);
+        assert_eq!(topo.routes[2].place, Place::Netns("c3".into()));
+        assert_eq!(topo.routes[2].via, Ipv4Addr::new(10, 200, 0, 1));
+        let published: Vec<_> = topo
+            .published_ports()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            published,
+            [
+                "9000/tcp -> c1:80",
+                "9001/tcp -> c2:80",
+                "9002/tcp -> c3:80"
+            ]
+        );
+        // Members point at the group's lines.
+        assert_eq!(topo.namespaces[2].at.to_string(), at(GROUP, "\"c{n}\""));
+    }
+
+    #[test]
+    fn namespace_group_of_a_thousand_is_valid() {
+        let text = GROUP.replace("count = 3", "count = 1000");
+        let topo = parse_lab(&text, "lab.toml").unwrap();
+        assert_eq!(topo.namespaces.len(), 1000);
+        assert_eq!(topo.veths[999].b.name, "c1000-br");
+        assert_eq!(
+            topo.veths[999].a.addresses[0].net.addr,
+            Ipv4Addr::new(10, 200, 3, 233)
+        );
+    }
+
+    #[test]
+    fn namespace_group_refusals_name_the_line() {
+        for (from, to, kind, needles) in [
+            (
+                "count = 3",
+                "count = 0",
+                K::NamespaceGroup,
+                &["count 0", "1 to 10000"][..],
+            ),
+            (
+                "count = 3",
+                "count = 10001",
+                K::NamespaceGroup,
+                &["count 10001"][..],
+            ),
+            (
+                "name = \"c{n}\"",
+                "name = \"c\"",
+                K::NamespaceGroup,
+                &["`c`", "{n}"][..],
+            ),
+            (
+                "\"c{n}-br\"",
+                "\"c{m}-br\"",
+                K::NamespaceGroup,
+                &["`c{m}-br`"][..],
+            ),
+            (
+                "address = \"10.200.0.2/16\"",
+                "address = \"10.200.255.253/16\"",
+                K::NamespaceGroup,
+                &["run past", "10.200.255.254"][..],
+            ),
+            (
+                "\"9000:80/tcp\"",
+                "\"65534:80/tcp\"",
+                K::NamespaceGroup,
+                &["65535"][..],
+            ),
+            (
+                "default_via = \"10.200.0.1\"",
+                "default_via = \"x\"",
+                K::Route,
+                &["`x`"][..],
+            ),
+            (
+                "bridge = \"br-big\"",
+                "bridge = \"br-big\"\nbrige = 1",
+                K::UnknownKey,
+                &["`brige`"][..],
+            ),
+        ] {
+            let text = GROUP.replace(from, to);
+            // The position of the changed value (after `key = `, if any).
+            let value = to.find(" = ").map_or(0, |i| i + 3);
+            let offset = text.find(to).unwrap() + value;
+            let pos = at(&text, &text[offset..]);
+            let mut needles = needles.to_vec();
+            if kind != K::UnknownKey {
+                needles.push(&pos);
+            }
+            only_problem(&text, kind, &needles);
+        }
+    }
+
+    #[test]
+    fn generated_interface_names_are_checked_once() {
+        // `veth-host-{n}` is 15 bytes up to n = 99999... but 16 from 1000 on
+        // with this longer prefix.
+        let text = GROUP
+            .replace("count = 3", "count = 1200")
+            .replace("c{n}-br", "c-host-ends-{n}");
+        let problem = only_problem(
+            &text,
+            K::InterfaceName,
+            &[
+                "c-host-ends-1000",
+                "16 bytes",
+                "15",
+                "[and 200 more like it",
+            ],
+        );
+        assert_eq!(problem.at.to_string(), at(&text, "\"c-host-ends-{n}\""));
     }
 
     #[test]

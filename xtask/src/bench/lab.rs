@@ -16,9 +16,9 @@ use super::stats::median_min_max;
 use crate::{build, process::Cmd};
 
 /// A lab shape both renderers understand: namespaces on one bridge, plus
-/// optionally an `outside` namespace on its own link (the default lab).
+/// optionally an `outside` namespace on its own link (the uplink).
 struct Shape {
-    name: &'static str,
+    name: String,
     lab: &'static str,
     bridge: &'static str,
     gateway: &'static str,
@@ -26,11 +26,17 @@ struct Shape {
     /// (namespace, inner veth name, host veth name, address)
     members: Vec<(String, String, String, String)>,
     outside: bool,
+    /// Written for netlab as one `[[namespace_group]]` with published ports
+    /// and masquerade (the ip script builds the same links, without NAT).
+    group: bool,
+    /// Timed runs (after one warm-up when `warm_up`).
+    runs: usize,
+    warm_up: bool,
 }
 
 fn default_lab() -> Shape {
     Shape {
-        name: "default lab (3 namespaces)",
+        name: "default lab (3 namespaces)".into(),
         lab: "default",
         bridge: "v-net-0",
         gateway: "192.168.15.5",
@@ -50,35 +56,51 @@ fn default_lab() -> Shape {
             ),
         ],
         outside: true,
+        group: false,
+        runs: REPETITIONS,
+        warm_up: true,
     }
 }
 
-fn fifty() -> Shape {
+/// `count` namespaces from one `[[namespace_group]]` on one bridge, with
+/// the uplink, published ports and masquerade on.
+fn scale(count: u32) -> Shape {
+    let (runs, warm_up) = match count {
+        0..=50 => (5, true),
+        51..=250 => (2, false),
+        _ => (1, false),
+    };
     Shape {
-        name: "50 namespaces on one bridge",
-        lab: "bench50",
-        bridge: "br-bench",
+        name: format!("{count} namespaces (group)"),
+        lab: "scale",
+        bridge: "br-scale",
         gateway: "10.200.0.1",
         prefix: 16,
-        members: (1..=50)
+        members: (1..=count)
             .map(|i| {
+                let addr = std::net::Ipv4Addr::from(u32::from_be_bytes([10, 200, 0, 1]) + i);
                 (
-                    format!("ns{i}"),
-                    format!("b{i}"),
-                    format!("b{i}-br"),
-                    format!("10.200.{}.{}", i / 250, i % 250 + 2),
+                    format!("s{i}"),
+                    "eth0".to_owned(),
+                    format!("s{i}-br"),
+                    addr.to_string(),
                 )
             })
             .collect(),
-        outside: false,
+        outside: true,
+        group: true,
+        runs,
+        warm_up,
     }
 }
 
 fn topology(shape: &Shape) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "name = \"{}\"\n", shape.lab);
-    for (ns, _, _, _) in &shape.members {
-        let _ = writeln!(t, "[[namespace]]\nname = \"{ns}\"\n");
+    if !shape.group {
+        for (ns, _, _, _) in &shape.members {
+            let _ = writeln!(t, "[[namespace]]\nname = \"{ns}\"\n");
+        }
     }
     if shape.outside {
         let _ = writeln!(t, "[[namespace]]\nname = \"outside\"\n");
@@ -88,22 +110,43 @@ fn topology(shape: &Shape) -> String {
         "[[bridge]]\nname = \"{}\"\naddresses = [\"{}/{}\"]\n",
         shape.bridge, shape.gateway, shape.prefix
     );
-    for (ns, inner, host, addr) in &shape.members {
+    if shape.group {
+        let first = shape.members.first().map_or("", |m| m.3.as_str());
         let _ = writeln!(
             t,
-            "[[veth]]\nname = \"{inner}\"\nnetns = \"{ns}\"\naddresses = [\"{addr}/{}\"]\npeer = {{ name = \"{host}\", bridge = \"{}\" }}\n",
-            shape.prefix, shape.bridge
-        );
-        let _ = writeln!(
-            t,
-            "[[route]]\nnetns = \"{ns}\"\nto = \"default\"\nvia = \"{}\"\n",
+            "[[namespace_group]]\nname = \"s{{n}}\"\ncount = {}\nhost_veth = \"s{{n}}-br\"\n\
+             bridge = \"{}\"\naddress = \"{first}/{}\"\ndefault_via = \"{}\"\npublish = [\"20000:80/tcp\"]\n",
+            shape.members.len(),
+            shape.bridge,
+            shape.prefix,
             shape.gateway
         );
+    } else {
+        for (ns, inner, host, addr) in &shape.members {
+            let _ = writeln!(
+                t,
+                "[[veth]]\nname = \"{inner}\"\nnetns = \"{ns}\"\naddresses = [\"{addr}/{}\"]\npeer = {{ name = \"{host}\", bridge = \"{}\" }}\n",
+                shape.prefix, shape.bridge
+            );
+            let _ = writeln!(
+                t,
+                "[[route]]\nnetns = \"{ns}\"\nto = \"default\"\nvia = \"{}\"\n",
+                shape.gateway
+            );
+        }
     }
     if shape.outside {
         t.push_str(
             "[[veth]]\nname = \"veth-outside\"\nnetns = \"outside\"\naddresses = [\"198.18.0.2/24\"]\n\
              peer = { name = \"nl-uplink\", addresses = [\"198.18.0.1/24\"] }\n",
+        );
+    }
+    if shape.group {
+        let _ = writeln!(
+            t,
+            "\n[nat]\nmasquerade = [\"{}/{}\"]\nuplink = \"nl-uplink\"",
+            shape.gateway.replace(".0.1", ".0.0"),
+            shape.prefix
         );
     }
     t
@@ -133,8 +176,10 @@ fn ip_up_script(shape: &Shape) -> String {
     for (ns, inner, host, addr) in members {
         let _ = writeln!(s, "ip netns add {ns}");
         let _ = writeln!(s, "ip -n {ns} link set lo up");
-        let _ = writeln!(s, "ip link add {inner} type veth peer name {host}");
-        let _ = writeln!(s, "ip link set {inner} netns {ns}");
+        let _ = writeln!(
+            s,
+            "ip link add {host} type veth peer name {inner} netns {ns}"
+        );
         match addr {
             Some(addr) => {
                 let _ = writeln!(s, "ip link set {host} master {b} up");
@@ -153,106 +198,145 @@ fn ip_up_script(shape: &Shape) -> String {
     s
 }
 
-/// Deletes host-side veth ends explicitly, as netlab does: `ip netns del`
-/// alone destroys a namespace's devices asynchronously, and the next `up`
-/// would meet the leftovers.
+/// Removes the namespaces first (their veths go with them, the host ends
+/// included, in the kernel's batched cleanup), then the bridge, as netlab
+/// does; waits for the host ends to be gone, so the next `up` never meets
+/// leftovers.
 fn ip_down_script(shape: &Shape) -> String {
     let mut s = String::from("set -e\n");
-    for (ns, _, host, _) in &shape.members {
-        let _ = writeln!(s, "ip link del {host}");
+    for (ns, _, _, _) in &shape.members {
         let _ = writeln!(s, "ip netns del {ns}");
     }
     if shape.outside {
-        s.push_str("ip link del nl-uplink\nip netns del outside\n");
+        s.push_str("ip netns del outside\n");
     }
     let _ = writeln!(s, "ip link del {}", shape.bridge);
+    s.push_str(
+        "for i in $(seq 500); do ip -o link show type veth | grep -q . || break; sleep 0.01; done\n",
+    );
     s
 }
 
 const REPETITIONS: usize = 7;
 
-/// The driver run inside the sandbox: one warm-up pair, then interleaved
-/// pairs; prints `LABEL NANOS` per timed step.
-fn driver(netlab: &Path, dir: &Path) -> String {
+/// The driver run inside the sandbox: optionally one warm-up pair, then
+/// interleaved pairs; prints `LABEL NANOS PEAK_RSS_KB` per timed step.
+fn driver(netlab: &Path, dir: &Path, lab: &str, runs: usize, warm_up: bool) -> String {
     format!(
         r#"set -e
 mount -t tmpfs none /run
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
-t() {{ local label=$1; shift; local a=$(date +%s%N); "$@" >/dev/null; local b=$(date +%s%N); echo "$label $((b - a))"; }}
-for i in $(seq 0 {reps}); do
+t() {{ local label=$1; shift; local a=$(date +%s%N); /usr/bin/time -f %M -o {dir}/rss "$@" >/dev/null; local b=$(date +%s%N); echo "$label $((b - a)) $(tail -1 {dir}/rss)"; }}
+for i in $(seq {first} {runs}); do
   t netlab-up {netlab} up -f {dir}/lab.toml
-  t netlab-down {netlab} down
+  t netlab-up-again {netlab} up -f {dir}/lab.toml
+  t netlab-down {netlab} down --lab {lab}
   t ip-up bash {dir}/up.sh
   t ip-down bash {dir}/down.sh
 done
 "#,
-        reps = REPETITIONS,
+        first = if warm_up { 0 } else { 1 },
         netlab = netlab.display(),
         dir = dir.display()
     )
 }
 
-pub fn bench_up(workspace: &Path) -> Result<ExitCode> {
+/// The namespace counts of the scale rows when none are given.
+pub const SCALE_COUNTS: [u32; 4] = [1, 50, 250, 1000];
+
+pub fn bench_up(workspace: &Path, counts: &[u32]) -> Result<ExitCode> {
     if !crate::process::is_root()? {
         bail!("bench up creates namespaces: run it as root");
+    }
+    if !Path::new("/usr/bin/time").exists() {
+        bail!("bench up measures peak memory with GNU time: install the Debian package `time`");
     }
     let netlab = build::build(workspace, build::Profile::Release)?;
     let dir = workspace.join("target").join("bench-up");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut table = String::from(
-        "| lab | step | netlab median (min–max) | ip script median (min–max) | netlab / ip |\n|---|---|---|---|---|\n",
+        "| lab | step | netlab median (min–max) | per namespace | ip script median (min–max) | per namespace | netlab / ip | netlab peak RSS |\n|---|---|---|---|---|---|---|---|\n",
     );
-    for shape in [default_lab(), fifty()] {
+    let shapes = std::iter::once(default_lab()).chain(counts.iter().map(|&n| scale(n)));
+    for shape in shapes {
         eprintln!(
-            "xtask: bench up: {} ({} interleaved runs)",
-            shape.name, REPETITIONS
+            "xtask: bench up: {} ({} interleaved runs{})",
+            shape.name,
+            shape.runs,
+            if shape.warm_up {
+                " after a warm-up"
+            } else {
+                ""
+            }
         );
         fs::write(dir.join("lab.toml"), topology(&shape))?;
         fs::write(dir.join("up.sh"), ip_up_script(&shape))?;
         fs::write(dir.join("down.sh"), ip_down_script(&shape))?;
         let out = Cmd::new("unshare")
             .args(["--mount", "--net", "--propagation", "private", "bash", "-c"])
-            .arg(driver(&netlab, &dir))
+            .arg(driver(&netlab, &dir, shape.lab, shape.runs, shape.warm_up))
             .run_capturing_stdout()
             .context("running the benchmark in a private namespace")?;
-        let mut samples: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
-        for (n, line) in out.lines().enumerate() {
-            let Some((label, nanos)) = line.split_once(' ') else {
+        let mut samples: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+        let mut rss: std::collections::BTreeMap<String, f64> = Default::default();
+        let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+        for line in out.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(label), Some(nanos)) = (fields.next(), fields.next()) else {
                 continue;
             };
-            let label = match label {
-                "netlab-up" => "netlab-up",
-                "netlab-down" => "netlab-down",
-                "ip-up" => "ip-up",
-                "ip-down" => "ip-down",
-                _ => continue,
-            };
-            // The first pair of each kind is the warm-up.
-            if n < 4 {
+            let n = seen.entry(label.to_owned()).or_default();
+            *n += 1;
+            if shape.warm_up && *n == 1 {
                 continue;
             }
-            let ms = nanos.trim().parse::<f64>().unwrap_or(f64::NAN) / 1e6;
-            samples.entry(label).or_default().push(ms);
+            let ms = nanos.parse::<f64>().unwrap_or(f64::NAN) / 1e6;
+            samples.entry(label.to_owned()).or_default().push(ms);
+            if let Some(kb) = fields.next().and_then(|f| f.parse::<f64>().ok()) {
+                let peak = rss.entry(label.to_owned()).or_default();
+                *peak = peak.max(kb);
+            }
         }
+        // The namespaces the lab has: the members, and `outside`.
+        let namespaces = (shape.members.len() + usize::from(shape.outside)) as f64;
         for (step, nl, ip) in [
-            ("up", "netlab-up", "ip-up"),
-            ("down", "netlab-down", "ip-down"),
+            ("up", "netlab-up", Some("ip-up")),
+            ("up again", "netlab-up-again", None),
+            ("down", "netlab-down", Some("ip-down")),
         ] {
             let (nm, nmin, nmax) = median_min_max(samples.get(nl).cloned().unwrap_or_default());
-            let (im, imin, imax) = median_min_max(samples.get(ip).cloned().unwrap_or_default());
+            let rss = rss
+                .get(nl)
+                .map_or("-".to_owned(), |kb| format!("{:.1} MB", kb / 1024.0));
+            let (ip_cells, ratio) = match ip {
+                Some(ip) => {
+                    let (im, imin, imax) =
+                        median_min_max(samples.get(ip).cloned().unwrap_or_default());
+                    (
+                        format!(
+                            "{im:.1} ms ({imin:.1}–{imax:.1}) | {:.2} ms",
+                            im / namespaces
+                        ),
+                        format!("{:.2}", nm / im),
+                    )
+                }
+                None => ("- | -".to_owned(), "-".to_owned()),
+            };
             let _ = writeln!(
                 table,
-                "| {} | {step} | {nm:.1} ms ({nmin:.1}–{nmax:.1}) | {im:.1} ms ({imin:.1}–{imax:.1}) | {:.2} |",
+                "| {} | {step} | {nm:.1} ms ({nmin:.1}–{nmax:.1}) | {:.2} ms | {ip_cells} | {ratio} | {rss} |",
                 shape.name,
-                nm / im
+                nm / namespaces,
             );
         }
     }
     println!("{table}");
     println!(
-        "netlab up also loads, attaches and pins its eBPF programs (counters and NAT on every veth); \
-         the ip script builds links, addresses and routes only."
+        "netlab up also loads, attaches and pins its eBPF programs (counters and NAT on every veth) \
+         and, for the groups, configures published ports and masquerade; the ip script builds the \
+         links, addresses and routes only. \"up again\" is a second `up` on the lab that is up. \
+         Peak RSS is GNU time's maximum resident set size of the netlab process."
     );
     Ok(ExitCode::SUCCESS)
 }

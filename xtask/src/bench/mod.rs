@@ -75,6 +75,10 @@ pub struct NatOptions {
     /// (default 1,1000,10000,30000; quick 1,1000).
     #[arg(long, value_delimiter = ',')]
     pub ports: Vec<u32>,
+    /// `bench up`: namespace counts of the scale rows, comma-separated
+    /// (default 1,50,250,1000; 4000 if the machine has the memory and time).
+    #[arg(long, value_delimiter = ',')]
+    pub namespaces: Vec<u32>,
 }
 
 pub fn run(kind: BenchKind, options: &NatOptions, workspace: &Path) -> Result<ExitCode> {
@@ -89,7 +93,17 @@ pub fn run(kind: BenchKind, options: &NatOptions, workspace: &Path) -> Result<Ex
             println!("{}", report::markdown(&results));
             Ok(ExitCode::SUCCESS)
         }
-        BenchKind::Up => lab::bench_up(workspace),
+        BenchKind::Up => {
+            let counts = if options.namespaces.is_empty() {
+                lab::SCALE_COUNTS.to_vec()
+            } else {
+                options.namespaces.clone()
+            };
+            if counts.iter().any(|&n| n == 0 || n > 10_000) {
+                bail!("--namespaces takes counts from 1 to 10,000 (one namespace_group's limit)");
+            }
+            lab::bench_up(workspace, &counts)
+        }
         BenchKind::Publish => lab::bench_publish(workspace),
         BenchKind::Trace => trace::bench_trace(workspace),
     }

@@ -143,11 +143,16 @@ pub fn ring_bytes() -> Result<u32> {
 }
 
 /// Loads the object once per lab (later `up`s reuse the pinned programs and
-/// maps), then makes every attachment of `plan` that has no pinned link yet.
-pub fn attach(pins: &Pins, plan: &[Attachment], conntrack_size: u32) -> Result<()> {
+/// maps). Needs no interface, so `up` runs it while it builds the links.
+pub fn load(pins: &Pins, conntrack_size: u32) -> Result<()> {
     sys::ensure_bpffs()?;
     pins.create()?;
-    ensure_loaded(pins, conntrack_size)?;
+    ensure_loaded(pins, conntrack_size)
+}
+
+/// Makes every attachment of `plan` that has no pinned link yet (after
+/// [`load`]).
+pub fn attach(pins: &Pins, plan: &[Attachment]) -> Result<()> {
     let pending: Vec<&Attachment> = plan
         .iter()
         .filter(|a| !pins.tc_link(&a.iface, a.program).exists())
@@ -264,29 +269,58 @@ fn ensure_loaded(pins: &Pins, conntrack_size: u32) -> Result<()> {
         .map_max_entries(names::TRACE_EVENTS, ring_bytes()?)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
-    for (name, kind) in PROGRAMS {
-        let pin = pins.program(name);
-        if pin.exists() {
-            continue;
-        }
-        let Some(program) = ebpf.program_mut(name) else {
-            bail!("the eBPF object has no program {name}");
-        };
-        let loaded = match kind {
-            Kind::Tc => {
-                let program: &mut SchedClassifier = program.try_into()?;
-                program.load().map(|()| program.pin(&pin))
-            }
-            Kind::Sock(_) => {
-                let program: &mut CgroupSockAddr = program.try_into()?;
-                program.load().map(|()| program.pin(&pin))
-            }
-        };
-        loaded
-            .with_context(|| format!("loading program {name} (verifier)"))?
-            .with_context(|| format!("pinning {}", pin.display()))?;
+    let wanted: BTreeMap<&str, Kind> = PROGRAMS
+        .into_iter()
+        .filter(|(name, _)| !pins.program(name).exists())
+        .collect();
+    if let Some(name) = wanted.keys().find(|name| ebpf.program(name).is_none()) {
+        bail!("the eBPF object has no program {name}");
     }
+    // One thread per program: the verifier runs on the loading thread, so
+    // the two NAT programs (most of the verifier time) are checked at once
+    // on two CPUs.
+    let pending: Vec<(&str, Kind, &mut aya::programs::Program)> = ebpf
+        .programs_mut()
+        .filter_map(|(name, program)| {
+            let (&name, &kind) = wanted.get_key_value(name)?;
+            Some((name, kind, program))
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pending
+            .into_iter()
+            .map(|(name, kind, program)| s.spawn(move || load_and_pin(pins, name, kind, program)))
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a program loader panicked"))?
+        })
+    })?;
     // The pins keep the programs loaded once `ebpf` is dropped.
+    Ok(())
+}
+
+/// Loads (verifies) one program of [`PROGRAMS`] and pins it.
+fn load_and_pin(
+    pins: &Pins,
+    name: &str,
+    kind: Kind,
+    program: &mut aya::programs::Program,
+) -> Result<()> {
+    let pin = pins.program(name);
+    let loaded = match kind {
+        Kind::Tc => {
+            let program: &mut SchedClassifier = program.try_into()?;
+            program.load().map(|()| program.pin(&pin))
+        }
+        Kind::Sock(_) => {
+            let program: &mut CgroupSockAddr = program.try_into()?;
+            program.load().map(|()| program.pin(&pin))
+        }
+    };
+    loaded
+        .with_context(|| format!("loading program {name} (verifier)"))?
+        .with_context(|| format!("pinning {}", pin.display()))?;
     Ok(())
 }
 
