@@ -28,8 +28,8 @@ publish = ["20000:80/tcp"]
 [[veth]]
 name = "veth-outside"
 netns = "outside"
-addresses = ["203.0.113.2/24"]
-peer = { name = "nl-uplink", addresses = ["203.0.113.1/24"] }
+addresses = ["198.18.0.2/24"]
+peer = { name = "nl-uplink", addresses = ["198.18.0.1/24"] }
 
 [nat]
 masquerade = ["10.200.0.0/16"]
