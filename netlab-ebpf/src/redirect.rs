@@ -86,19 +86,29 @@ pub fn forward(ctx: &TcContext, iface: &Iface, pkt: &Packet, after: &Packet) -> 
     let kind = nat::net_kind(daddr);
     let beyond = kind == 0 || kind == NET_UPLINK;
     if uplink != 0 && uplink != iface.ifindex && beyond {
-        match csum::decrement_ttl(ctx, pkt.ip.ttl, pkt.ip.proto) {
-            Ok(true) => {}
-            Ok(false) => {
-                count(iface, RedirectReason::FallbackTtl);
-                return Verdict::Pass;
-            }
-            Err(reason) => return Verdict::Drop(reason),
+        if let Some(stop) = route_hop(ctx, iface, pkt) {
+            return stop;
         }
         count(iface, RedirectReason::Uplink);
         return Verdict::RedirectNeigh(uplink);
     }
     count(iface, RedirectReason::FallbackUnknown);
     Verdict::Pass
+}
+
+/// A router hop: the TTL goes down by one. `Some` when the packet must not
+/// be redirected: its TTL would expire (the stack answers time exceeded), or
+/// the rewrite failed.
+#[inline(always)]
+fn route_hop(ctx: &TcContext, iface: &Iface, pkt: &Packet) -> Option<Verdict> {
+    match csum::decrement_ttl(ctx, pkt.ip.ttl, pkt.ip.proto) {
+        Ok(true) => None,
+        Ok(false) => {
+            count(iface, RedirectReason::FallbackTtl);
+            Some(Verdict::Pass)
+        }
+        Err(reason) => Some(Verdict::Drop(reason)),
+    }
 }
 
 #[inline(always)]
@@ -117,15 +127,8 @@ fn to_endpoint(
     // Addressed to a gateway (ours, or the uplink's MAC from outside):
     // a router hop. Otherwise the namespaces talk on one segment.
     let routed = eth_dst != endpoint.mac;
-    if routed {
-        match csum::decrement_ttl(ctx, pkt.ip.ttl, pkt.ip.proto) {
-            Ok(true) => {}
-            Ok(false) => {
-                count(iface, RedirectReason::FallbackTtl);
-                return Verdict::Pass;
-            }
-            Err(reason) => return Verdict::Drop(reason),
-        }
+    if routed && let Some(stop) = route_hop(ctx, iface, pkt) {
+        return stop;
     }
     let mut macs: MacPair = [0; 12];
     macs[..ETH_ALEN].copy_from_slice(&endpoint.mac);
