@@ -27,6 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod default_lab;
 pub mod exposition;
 pub mod frames;
 

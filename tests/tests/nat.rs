@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netlab_tests::{Background, LabStatus, Sandbox};
+use netlab_tests::{
+    Background, LabStatus, Sandbox,
+    default_lab::{self, TCP_ECHO_SERVER, in_ns},
+};
 use serde_json::Value;
 
 /// The default lab's addresses (netlab/src/topology/default.toml).
@@ -25,16 +28,6 @@ const BLUE: &str = "192.168.15.2";
 const GATEWAY: &str = "192.168.15.5";
 const UPLINK: &str = "198.18.0.1";
 const OUTSIDE: &str = "198.18.0.2";
-
-/// Every veth of the default lab, with the namespace it is in.
-const VETHS: [(Option<&str>, &str); 6] = [
-    (None, "nl-uplink"),
-    (None, "veth-red-br"),
-    (None, "veth-blue-br"),
-    (Some("red"), "veth-red"),
-    (Some("blue"), "veth-blue"),
-    (Some("outside"), "veth-outside"),
-];
 
 /// How long a background server or client may live, whatever happens.
 const LIFETIME: Duration = Duration::from_secs(120);
@@ -87,26 +80,6 @@ for item in sys.argv[5:]:
         print(f"{n} timeout", flush=True)
     except ConnectionRefusedError:
         print(f"{n} refused", flush=True)
-"#;
-
-/// Threaded TCP echo server: `PORT`. Logs "from HOST:PORT" per connection.
-const TCP_ECHO_SERVER: &str = r#"
-import socketserver, sys, threading
-log = threading.Lock()
-class Echo(socketserver.BaseRequestHandler):
-    def handle(self):
-        self.request.settimeout(60)
-        with log:
-            print(f"from {self.client_address[0]}:{self.client_address[1]}", flush=True)
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
-class Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-    request_queue_size = 1024
-server = Server(("0.0.0.0", int(sys.argv[1])), Echo)
-print("ready", flush=True)
-server.serve_forever()
 "#;
 
 /// One TCP echo round trip: `HOST PORT PAYLOAD`. Prints "ok", "refused",
@@ -188,16 +161,6 @@ for i, r in enumerate(results):
 sys.exit(0 if done == count else 1)
 "#;
 
-/// `argv` inside namespace `netns` (None: the sandbox's root namespace).
-fn in_ns<'a>(netns: Option<&'a str>, argv: &[&'a str]) -> Vec<&'a str> {
-    let mut full = Vec::new();
-    if let Some(netns) = netns {
-        full.extend(["ip", "netns", "exec", netns]);
-    }
-    full.extend_from_slice(argv);
-    full
-}
-
 /// A sandbox with the default lab up on `datapath`.
 fn lab(datapath: &str) -> Sandbox {
     let sb = Sandbox::new().unwrap();
@@ -205,23 +168,8 @@ fn lab(datapath: &str) -> Sandbox {
     sb
 }
 
-/// Turns tx and rx checksum offload off on every veth of the lab, both ends,
-/// and checks that it is off.
 fn offload_off(sb: &Sandbox) {
-    for (netns, veth) in VETHS {
-        sb.ok(&in_ns(
-            netns,
-            &["ethtool", "-K", veth, "tx", "off", "rx", "off"],
-        ))
-        .unwrap();
-        let features = sb.ok(&in_ns(netns, &["ethtool", "-k", veth])).unwrap();
-        for feature in ["rx-checksumming: off", "tx-checksumming: off"] {
-            assert!(
-                features.stdout.contains(feature),
-                "{veth}: wanted `{feature}`: {features}"
-            );
-        }
-    }
+    default_lab::offload_off(sb).unwrap();
 }
 
 /// Polls `probe` until it returns Some, for up to `timeout`.

@@ -50,25 +50,7 @@ pub const POINTS: [(&str, &str, &str); 3] = [
     ("outside", "outside", "veth-outside"),
 ];
 
-/// Every veth of the default lab, with the namespace it is in.
-const VETHS: [(Option<&str>, &str); 6] = [
-    (None, "nl-uplink"),
-    (None, "veth-red-br"),
-    (None, "veth-blue-br"),
-    (Some("red"), "veth-red"),
-    (Some("blue"), "veth-blue"),
-    (Some("outside"), "veth-outside"),
-];
-
-/// `argv` inside namespace `netns` (None: the sandbox's root namespace).
-pub fn in_ns<'a>(netns: Option<&'a str>, argv: &[&'a str]) -> Vec<&'a str> {
-    let mut full = Vec::new();
-    if let Some(netns) = netns {
-        full.extend(["ip", "netns", "exec", netns]);
-    }
-    full.extend_from_slice(argv);
-    full
-}
+pub use crate::default_lab::in_ns;
 
 /// `python3 -c SCRIPT ARGS...` in `netns` (None: the root namespace).
 pub fn python<'a>(netns: Option<&'a str>, script: &'a str, args: &[&'a str]) -> Vec<&'a str> {
@@ -147,12 +129,7 @@ impl ConfLab {
     }
 
     fn prepare(&mut self) -> Result<()> {
-        for (netns, veth) in VETHS {
-            self.sb.ok(&in_ns(
-                netns,
-                &["ethtool", "-K", veth, "tx", "off", "rx", "off"],
-            ))?;
-        }
+        crate::default_lab::offload_off(&self.sb)?;
         // Every kernel answers every packet: a rate-limited ICMP error would
         // depend on timing, not on the datapath.
         let mut places = vec![None];

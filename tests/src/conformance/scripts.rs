@@ -104,25 +104,8 @@ except ConnectionRefusedError:
     print("refused")
 "#;
 
-/// Threaded TCP echo server: `PORT`. Prints "ready", then "from HOST:PORT"
-/// per connection.
-pub const TCP_SERVER: &str = r#"
-import socketserver, sys, threading
-log = threading.Lock()
-class Echo(socketserver.BaseRequestHandler):
-    def handle(self):
-        self.request.settimeout(30)
-        with log:
-            print(f"from {self.client_address[0]}:{self.client_address[1]}", flush=True)
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
-class Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-server = Server(("0.0.0.0", int(sys.argv[1])), Echo)
-print("ready", flush=True)
-server.serve_forever()
-"#;
+/// Threaded TCP echo server: `PORT` (shared with the NAT suite).
+pub use crate::default_lab::TCP_ECHO_SERVER as TCP_SERVER;
 
 /// One TCP echo round trip: `HOST PORT PAYLOAD [BIND_ADDR BIND_PORT]`.
 /// Prints "ok from PORT", "refused", "timeout" or "error: ..." (also when
