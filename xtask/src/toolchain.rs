@@ -175,6 +175,8 @@ pub const TEST_TOOLS: &[Prerequisite] = &[
     deb!("procps"),
     // `dot` lays out `netlab graph --format svg` (and the README's picture).
     deb!("graphviz"),
+    // The trace tests list the programs and maps the kernel holds.
+    deb!("bpftool"),
     Prerequisite {
         name: "tshark",
         check: Check::DebPackage("tshark"),
@@ -197,7 +199,8 @@ pub const WALKTHROUGH_TOOLS: &[Prerequisite] = &[
 
 /// What `cargo xtask bench` drives inside its sandbox: `unshare` (util-linux),
 /// `ip`, both iptables backends, `ethtool` for offloads, `conntrack -F`
-/// between runs and iperf3 for the bulk cross-check.
+/// between runs, iperf3 for the bulk cross-check, and bpftool (`bench trace`
+/// fills netlab's conntrack map with it).
 pub const BENCH_TOOLS: &[Prerequisite] = &[
     deb!("util-linux"),
     deb!("iproute2"),
@@ -205,6 +208,7 @@ pub const BENCH_TOOLS: &[Prerequisite] = &[
     deb!("ethtool"),
     deb!("conntrack"),
     deb!("iperf3"),
+    deb!("bpftool"),
 ];
 
 /// `rustup toolchain list` names the `nightly` channel `nightly-<host>`;
@@ -534,6 +538,7 @@ mod tests {
                 "util-linux",
                 "procps",
                 "graphviz",
+                "bpftool",
                 "tshark"
             ]
         );
