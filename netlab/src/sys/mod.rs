@@ -141,3 +141,27 @@ pub fn host_netns_cookie() -> Result<u64> {
     }
     Ok(cookie)
 }
+
+/// What [`widen_pipe`] asks for: a megabyte is `fs.pipe-max-size`'s
+/// default, so an unprivileged reader gets it too.
+pub const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Grows the pipe behind `fd` to at least [`PIPE_BYTES`] (`F_SETPIPE_SZ`,
+/// never shrinking it); the pipe's size, or `None` when `fd` is no pipe.
+/// A 64 KiB pipe makes a fast writer block and wake its reader every 64
+/// KiB: measured with `netlab trace --json` into a pipe, those wakeups
+/// cost more than formatting the events.
+pub fn widen_pipe(fd: std::os::fd::BorrowedFd<'_>) -> Option<usize> {
+    use std::os::fd::AsRawFd as _;
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on a valid descriptor; both commands fail (EBADF,
+    // EINVAL) on anything that is not a pipe, and touch no memory.
+    let size = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    if size >= PIPE_BYTES {
+        return usize::try_from(size).ok();
+    }
+    // SAFETY: as above. Refused (EPERM past the user's pipe quota): the
+    // pipe keeps its size.
+    let grown = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    usize::try_from(grown.max(size)).ok()
+}

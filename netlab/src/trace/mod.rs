@@ -28,7 +28,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{self, BufWriter, IsTerminal as _, Write},
-    os::fd::AsRawFd as _,
+    os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -212,20 +212,17 @@ pub fn run(options: &Options) -> Result<Summary> {
     for (i, ns) in record.namespaces.iter().enumerate() {
         names.netns.insert(ns.clone(), i as u32 + 1);
     }
-    let mut ctx = output::Context {
-        realtime_offset_ns: sys::realtime_offset_ns(),
-        color: !options.json
-            && io::stdout().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none(),
-        ..output::Context::default()
-    };
+    let mut ctx = output::Context::default();
+    ctx.realtime_offset_ns = sys::realtime_offset_ns();
+    ctx.color =
+        !options.json && io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut places: BTreeMap<u32, u32> = BTreeMap::new();
     for (place, links) in &lab_ifaces {
         let place = place.to_string();
         let place_id = names.netns.get(&place).copied().unwrap_or(0);
         for (name, index) in links {
             names.ifaces.insert((place.clone(), name.clone()), *index);
-            ctx.ifaces.insert(*index, (place.clone(), name.clone()));
+            ctx.add_iface(*index, &place, name);
             if name != "lo" {
                 places.insert(*index, place_id);
             }
@@ -259,16 +256,16 @@ pub fn run(options: &Options) -> Result<Summary> {
                 fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
             let mut writer = pcapng::PcapngWriter::new(BufWriter::new(file))?;
             let mut ids = BTreeMap::new();
-            for (index, (place, iface)) in &ctx.ifaces {
-                if iface == "lo" {
+            for (index, names) in ctx.ifaces() {
+                if names.name == "lo" {
                     continue;
                 }
                 let id = writer.interface(
-                    &format!("{place}/{iface}"),
+                    &format!("{}/{}", names.place, names.name),
                     &format!("netlab lab {lab}, ifindex {index}"),
                     SNAP_MAX as u32,
                 )?;
-                ids.insert(*index, id);
+                ids.insert(index, id);
             }
             Sink::Pcapng {
                 writer,
@@ -313,6 +310,9 @@ pub fn run(options: &Options) -> Result<Summary> {
     let mut summary = Summary::default();
     let mut reported_lost = 0;
     let stdout = io::stdout();
+    if let Some(bytes) = sys::widen_pipe(stdout.as_fd()) {
+        log::debug!("stdout is a pipe of {bytes} bytes");
+    }
     let mut out = stdout.lock();
     let fd = ring.as_raw_fd();
     let mut stopping = false;

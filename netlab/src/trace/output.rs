@@ -89,12 +89,25 @@ pub fn decode(bytes: &[u8]) -> Option<Event<'_>> {
     }
 }
 
+/// A lab interface's names, with the text every event on it repeats
+/// rendered once.
+#[derive(Clone, Debug)]
+pub struct IfaceNames {
+    /// The namespace, or "host".
+    pub place: String,
+    pub name: String,
+    /// `place/name`.
+    path: Box<[u8]>,
+    /// `"netns":"place","iface":"name","ifindex":N` (JSON).
+    json: Box<[u8]>,
+}
+
 /// What names events need: interfaces, drop reasons, kernel symbols, and
 /// the clock.
 #[derive(Debug, Default)]
 pub struct Context {
-    /// ifindex → (namespace or "host", interface).
-    pub ifaces: BTreeMap<u32, (String, String)>,
+    /// ifindex → names ([`Context::add_iface`]).
+    ifaces: BTreeMap<u32, IfaceNames>,
     /// The kernel's `enum skb_drop_reason`, from BTF.
     pub kernel_reasons: BTreeMap<u32, String>,
     /// Sorted kernel symbols (address, name), loaded on the first drop.
@@ -105,11 +118,36 @@ pub struct Context {
 }
 
 impl Context {
+    /// Names `ifindex`: interface `name` in `place` (a namespace or "host").
+    pub fn add_iface(&mut self, ifindex: u32, place: &str, name: &str) {
+        let path = format!("{place}/{name}").into_bytes().into_boxed_slice();
+        let mut json = b"\"netns\":".to_vec();
+        put_json_str(&mut json, place);
+        json.extend_from_slice(b",\"iface\":");
+        put_json_str(&mut json, name);
+        json.extend_from_slice(b",\"ifindex\":");
+        put_u64(&mut json, u64::from(ifindex));
+        self.ifaces.insert(
+            ifindex,
+            IfaceNames {
+                place: place.to_owned(),
+                name: name.to_owned(),
+                path,
+                json: json.into_boxed_slice(),
+            },
+        );
+    }
+
+    /// The named interfaces, by ifindex.
+    pub fn ifaces(&self) -> impl Iterator<Item = (u32, &IfaceNames)> {
+        self.ifaces.iter().map(|(index, names)| (*index, names))
+    }
+
     pub fn place_iface(&self, ifindex: u32) -> (String, String) {
-        self.ifaces
-            .get(&ifindex)
-            .cloned()
-            .unwrap_or_else(|| ("?".to_owned(), format!("if{ifindex}")))
+        self.ifaces.get(&ifindex).map_or_else(
+            || ("?".to_owned(), format!("if{ifindex}")),
+            |names| (names.place.clone(), names.name.clone()),
+        )
     }
 
     pub fn iface_name(&self, ifindex: u32) -> String {
@@ -121,13 +159,22 @@ impl Context {
     /// `place/iface` (`?/ifN` for an unknown index).
     fn put_iface_name(&self, out: &mut Vec<u8>, ifindex: u32) {
         match self.ifaces.get(&ifindex) {
-            Some((place, iface)) => {
-                out.extend_from_slice(place.as_bytes());
-                out.push(b'/');
-                out.extend_from_slice(iface.as_bytes());
-            }
+            Some(names) => out.extend_from_slice(&names.path),
             None => {
                 out.extend_from_slice(b"?/if");
+                put_u64(out, u64::from(ifindex));
+            }
+        }
+    }
+
+    /// The event's `netns`, `iface` and `ifindex` fields (JSON).
+    fn put_iface_json(&self, out: &mut Vec<u8>, ifindex: u32) {
+        match self.ifaces.get(&ifindex) {
+            Some(names) => out.extend_from_slice(&names.json),
+            None => {
+                out.extend_from_slice(b"\"netns\":\"?\",\"iface\":\"if");
+                put_u64(out, u64::from(ifindex));
+                out.extend_from_slice(b"\",\"ifindex\":");
                 put_u64(out, u64::from(ifindex));
             }
         }
@@ -208,34 +255,52 @@ pub fn load_symbols() -> Vec<(u64, String)> {
 // The writers below append to a reused buffer: no allocation per event
 // (the reader formats millions of events per second).
 
-fn put_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// "00" to "99": numbers are written two digits at a time.
+const PAIRS: [u8; 200] = {
+    let mut pairs = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        pairs[2 * i] = b'0' + (i / 10) as u8;
+        pairs[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
     }
-    out.extend_from_slice(&digits[i..]);
+    pairs
+};
+
+/// The digits of `n` at the end of `digits`; returns where they start.
+fn digits_of(mut n: u64, digits: &mut [u8; 20]) -> usize {
+    let mut i = digits.len();
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
+        i -= 1;
+        digits[i] = b'0' + n as u8;
+    }
+    i
+}
+
+fn put_u64(out: &mut Vec<u8>, n: u64) {
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
+    let mut digits = [0u8; 20];
+    let start = digits_of(n, &mut digits);
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// `n` with at least `width` digits (zero-padded).
 fn put_padded(out: &mut Vec<u8>, n: u64, width: usize) {
     let mut digits = [b'0'; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let start = i.min(digits.len().saturating_sub(width));
+    let start = digits_of(n, &mut digits).min(digits.len().saturating_sub(width));
     out.extend_from_slice(&digits[start..]);
 }
 
@@ -243,28 +308,52 @@ fn put_padded(out: &mut Vec<u8>, n: u64, width: usize) {
 fn put_hex(out: &mut Vec<u8>, n: u64, width: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [b'0'; 16];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = HEX[(n & 0xf) as usize];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
+    for (i, byte) in n.to_be_bytes().into_iter().enumerate() {
+        digits[2 * i] = HEX[usize::from(byte >> 4)];
+        digits[2 * i + 1] = HEX[usize::from(byte & 0xf)];
     }
-    let start = i.min(digits.len().saturating_sub(width));
+    let significant = 16 - (n.leading_zeros() / 4) as usize;
+    let start = 16 - significant.max(width.min(16)).max(1);
     out.extend_from_slice(&digits[start..]);
 }
 
+/// Each octet's decimal digits, and how many there are.
+const OCTETS: [([u8; 3], u8); 256] = {
+    let mut octets = [([0u8; 3], 0u8); 256];
+    let mut i = 0;
+    while i < 256 {
+        octets[i] = if i >= 100 {
+            (
+                [
+                    b'0' + (i / 100) as u8,
+                    b'0' + (i / 10 % 10) as u8,
+                    b'0' + (i % 10) as u8,
+                ],
+                3,
+            )
+        } else if i >= 10 {
+            ([b'0' + (i / 10) as u8, b'0' + (i % 10) as u8, 0], 2)
+        } else {
+            ([b'0' + i as u8, 0, 0], 1)
+        };
+        i += 1;
+    }
+    octets
+};
+
 /// An address as it is on the wire, dotted.
 fn put_ipv4(out: &mut Vec<u8>, wire: u32) {
-    for (i, octet) in wire.to_ne_bytes().into_iter().enumerate() {
-        if i > 0 {
-            out.push(b'.');
-        }
-        put_u64(out, u64::from(octet));
+    let mut text = [b'.'; 16];
+    let mut len = 0;
+    for octet in wire.to_ne_bytes() {
+        let (digits, n) = OCTETS[usize::from(octet)];
+        text[len..len + 3].copy_from_slice(&digits);
+        len += usize::from(n);
+        // The dot after it (the last one is cut off below).
+        text[len] = b'.';
+        len += 1;
     }
+    out.extend_from_slice(&text[..len - 1]);
 }
 
 /// A JSON string (names are validated, but escape anyway).
@@ -390,15 +479,10 @@ fn put_tuple_json(out: &mut Vec<u8>, t: &Tuple) {
         _ => b"{\"kind\":\"malformed\"",
     });
     if ipv4 {
-        out.extend_from_slice(b",\"proto\":");
-        match ip_proto_name(t.proto) {
-            Some(name) => put_json_str(out, name),
-            None => {
-                out.push(b'"');
-                put_u64(out, u64::from(t.proto));
-                out.push(b'"');
-            }
-        }
+        out.extend_from_slice(b",\"proto\":\"");
+        // Protocol names are plain lower-case words: nothing to escape.
+        put_proto(out, t.proto);
+        out.push(b'"');
         out.extend_from_slice(b",\"src\":\"");
         put_ipv4(out, t.saddr);
         out.extend_from_slice(b"\",\"dst\":\"");
@@ -471,7 +555,7 @@ impl End {
 
 /// The rewrites between the tuple before and after a hop: (kind, from,
 /// to), DNAT first. At most two, so no allocation.
-fn rewrites(before: &Tuple, after: &Tuple) -> [Option<(&'static str, End, End)>; 2] {
+fn rewrites(before: &Tuple, after: &Tuple) -> Rewrites {
     let ipv4 = |t: &Tuple| t.kind == TUPLE_IPV4 || t.kind == TUPLE_IPV4_OTHER;
     if !ipv4(before) || !ipv4(after) {
         return [None, None];
@@ -552,10 +636,17 @@ fn event_type(header: &EventHeader) -> &'static str {
     }
 }
 
+/// A hop's rewrites, as [`rewrites`] names them.
+type Rewrites = [Option<(&'static str, End, End)>; 2];
+
 fn put_action_text(out: &mut Vec<u8>, h: &EventHeader, ctx: &Context) {
+    put_action(out, h, &rewrites(&h.before, &h.after), ctx);
+}
+
+fn put_action(out: &mut Vec<u8>, h: &EventHeader, nat: &Rewrites, ctx: &Context) {
     let action = Action::from_u8(h.action).unwrap_or(Action::Pass);
     let mut first = true;
-    for (kind, from, to) in rewrites(&h.before, &h.after).into_iter().flatten() {
+    for &(kind, from, to) in nat.iter().flatten() {
         if !first {
             out.extend_from_slice(b", ");
         }
@@ -753,21 +844,8 @@ pub fn write_event_json(out: &mut Vec<u8>, event: &Event, ctx: &Context, clock: 
     put_u64(out, epoch);
     out.extend_from_slice(b",\"trace_id\":\"");
     put_hex(out, h.trace_id, 16);
-    out.extend_from_slice(b"\",\"netns\":");
-    match ctx.ifaces.get(&h.ifindex) {
-        Some((place, iface)) => {
-            put_json_str(out, place);
-            out.extend_from_slice(b",\"iface\":");
-            put_json_str(out, iface);
-        }
-        None => {
-            out.extend_from_slice(b"\"?\",\"iface\":\"if");
-            put_u64(out, u64::from(h.ifindex));
-            out.push(b'"');
-        }
-    }
-    out.extend_from_slice(b",\"ifindex\":");
-    put_u64(out, u64::from(h.ifindex));
+    out.extend_from_slice(b"\",");
+    ctx.put_iface_json(out, h.ifindex);
     out.extend_from_slice(b",\"direction\":\"");
     out.extend_from_slice(hook.direction().as_bytes());
     out.extend_from_slice(b"\",\"hook\":\"");
@@ -782,9 +860,15 @@ pub fn write_event_json(out: &mut Vec<u8>, event: &Event, ctx: &Context, clock: 
     out.extend_from_slice(b"\",\"len\":");
     put_u64(out, u64::from(h.skb_len));
     out.extend_from_slice(b",\"packet\":");
+    let packet = out.len();
     put_tuple_json(out, &h.before);
     out.extend_from_slice(b",\"after\":");
-    put_tuple_json(out, &h.after);
+    if h.after == h.before {
+        // Most hops rewrite nothing: the same text again.
+        out.extend_from_within(packet..out.len() - b",\"after\":".len());
+    } else {
+        put_tuple_json(out, &h.after);
+    }
     out.extend_from_slice(b",\"action\":\"");
     out.extend_from_slice(action.name().as_bytes());
     out.extend_from_slice(b"\",\"reason\":");
@@ -914,7 +998,11 @@ impl Grouper {
             }
             self.order.pop_front();
             if let Some((_, mut events)) = self.open.remove(&id) {
-                events.sort_unstable_by_key(|e| (e.ts_ns, e.kind != EVENT_HOP));
+                // Almost always in order already (one CPU's ring records).
+                let order = |e: &EventHeader| (e.ts_ns, e.kind != EVENT_HOP);
+                if !events.is_sorted_by_key(order) {
+                    events.sort_unstable_by_key(order);
+                }
                 each(&events);
                 events.clear();
                 self.spare.push(events);
@@ -1075,17 +1163,18 @@ pub fn write_journey(out: &mut Vec<u8>, events: &[EventHeader], ctx: &Context, c
         }
         out.extend_from_slice(b"  ");
         let action = Action::from_u8(h.action);
+        let nat = rewrites(&h.before, &h.after);
         let colour = match action {
             Some(Action::Drop | Action::KernelDrop) => Some("31"),
             Some(Action::Redirect) => Some("35"),
             Some(Action::Delivered) => Some("32"),
-            _ if rewrites(&h.before, &h.after)[0].is_some() => Some("33"),
+            _ if nat[0].is_some() => Some("33"),
             _ => None,
         };
         if let Some(code) = colour {
             paint_start(out, ctx, code);
         }
-        put_action_text(out, h, ctx);
+        put_action(out, h, &nat, ctx);
         if colour.is_some() {
             paint_end(out, ctx);
         }
@@ -1218,8 +1307,7 @@ mod tests {
     #[test]
     fn json_has_the_documented_fields() {
         let mut ctx = Context::default();
-        ctx.ifaces
-            .insert(7, ("host".to_owned(), "nl-uplink".to_owned()));
+        ctx.add_iface(7, "host", "nl-uplink");
         ctx.kernel_reasons.insert(3, "NO_SOCKET".to_owned());
         let event = Event {
             header: EventHeader {
@@ -1291,10 +1379,33 @@ mod tests {
         put_micros(&mut out, 14_149);
         out.push(b' ');
         put_micros(&mut out, 1_234_567);
+        out.push(b' ');
+        put_padded(&mut out, 1234, 9);
+        out.push(b' ');
+        put_padded(&mut out, 0, 2);
+        for n in [9, 10, 99, 100, 101, 999_999] {
+            out.push(b' ');
+            put_u64(&mut out, n);
+        }
+        for (n, width) in [(0, 1), (0x1f, 2), (0x1f, 4), (u64::MAX, 1), (0x806, 4)] {
+            out.push(b' ');
+            put_hex(&mut out, n, width);
+        }
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "0 18446744073709551615 0000000000000abc 14.1µs 1.235ms"
+            "0 18446744073709551615 0000000000000abc 14.1µs 1.235ms 000001234 00 \
+             9 10 99 100 101 999999 0 1f 001f ffffffffffffffff 0806"
         );
+        for (octets, text) in [
+            ([0, 0, 0, 0], "0.0.0.0"),
+            ([255, 255, 255, 255], "255.255.255.255"),
+            ([10, 0, 100, 9], "10.0.100.9"),
+            ([192, 168, 15, 2], "192.168.15.2"),
+        ] {
+            let mut out = Vec::new();
+            put_ipv4(&mut out, wire(octets));
+            assert_eq!(String::from_utf8(out).unwrap(), text);
+        }
         let mut clock = Clock::default();
         let mut out = Vec::new();
         clock.put_rfc3339(&mut out, 1_709_251_199_000_000_001);

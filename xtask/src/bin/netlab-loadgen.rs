@@ -286,8 +286,7 @@ fn replay(json: bool, events: u64, cpu: Option<usize>) -> Result<(f64, f64)> {
         (5, "host", "veth-blue-br"),
         (6, "blue", "veth-blue"),
     ] {
-        ctx.ifaces
-            .insert(index, (place.to_owned(), name.to_owned()));
+        ctx.add_iface(index, place, name);
     }
     ctx.kernel_reasons.insert(3, "NO_SOCKET".to_owned());
     ctx.symbols = Some(Vec::new());
@@ -299,6 +298,8 @@ fn replay(json: bool, events: u64, cpu: Option<usize>) -> Result<(f64, f64)> {
     // SAFETY: fresh fds we own, each wrapped once.
     let (mut reader, mut writer) =
         unsafe { (fs::File::from_raw_fd(fds[0]), fs::File::from_raw_fd(fds[1])) };
+    // As `netlab trace` does with its stdout.
+    netlab::sys::widen_pipe(std::os::fd::AsFd::as_fd(&writer));
     let drain = thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
@@ -315,11 +316,18 @@ fn replay(json: bool, events: u64, cpu: Option<usize>) -> Result<(f64, f64)> {
     let cpu_started = thread_cpu_seconds();
     let started = Instant::now();
     let mut done = 0u64;
+    // Each pass over the records stands for new packets: other trace ids,
+    // later times (the human form groups events by trace id).
+    let span = records.len() as u64 * 1000;
+    let mut pass = 0u64;
     'outer: loop {
+        pass += 1;
         for batch in records.chunks(4096) {
             let now = Instant::now();
             for record in batch {
-                if let Some(event) = decode(record) {
+                if let Some(mut event) = decode(record) {
+                    event.header.trace_id ^= pass << 40;
+                    event.header.ts_ns += pass * span;
                     sink.push(&event, &ctx, now);
                 }
                 done += 1;
