@@ -72,6 +72,10 @@ pub mod names {
     pub const TRACE_IFACES: &str = "TRACE_IFACES";
     /// LRU hash: skb address → [`Journey`](crate::trace::Journey).
     pub const TRACE_JOURNEYS: &str = "TRACE_JOURNEYS";
+    /// Array[1]: when the current trace session last started a journey
+    /// (`bpf_ktime_get_ns`), 0 before its first; lets every hop and
+    /// tracepoint skip the journey lookup while none can be live.
+    pub const TRACE_LIVE: &str = "TRACE_LIVE";
     /// Per-CPU array: events emitted and lost (`TRACE_STAT_*`).
     pub const TRACE_STATS: &str = "TRACE_STATS";
     /// Program array[1]: slot 0 holds [`TRACE_HOP`], tail-called by the TC

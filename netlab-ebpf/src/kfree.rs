@@ -9,10 +9,12 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
 use netlab_common::trace::{
     Action, DropEvent, EVENT_DELIVERED, EVENT_KERNEL_DROP, EventHeader, FATE_CLONED, FATE_CONSUMED,
-    Hook, JOURNEY_CLONED, JOURNEY_IDLE_NS, Journey, REASON_NONE,
+    Hook, JOURNEY_CLONED, JOURNEY_IDLE_NS, Journey, REASON_NONE, TraceConfig,
 };
 
-use crate::trace::{TRACE_EVENTS, TRACE_JOURNEYS, cloned, config, count_emitted};
+use crate::trace::{
+    TRACE_EVENTS, TRACE_JOURNEYS, cloned, config, count_emitted, journeys_started, wakeup,
+};
 
 /// Offsets in the tracepoints' records (tracefs `format`): the same in
 /// every kernel with drop reasons.
@@ -25,7 +27,9 @@ const REASON_OFF_BEFORE_RX_SK: u32 = 28;
 
 #[inline(always)]
 pub fn kfree_skb(ctx: &TracePointContext) {
-    let Some(cfg) = config() else {
+    // Every skb the machine frees comes here: without a journey started
+    // (a filter nothing matched yet) that is one array read.
+    let Some(cfg) = config().filter(|_| journeys_started()) else {
         return;
     };
     // SAFETY: tracepoint record fields at the offsets of its format.
@@ -55,23 +59,29 @@ pub fn kfree_skb(ctx: &TracePointContext) {
     // Cloned since its last hop: a socket (raw) took a copy on the way up.
     if journey.flags & JOURNEY_CLONED == 0 && cloned(skb, cfg.skb_cloned_bit) {
         emit_fate(
-            &journey,
-            now,
-            EVENT_DELIVERED,
-            Action::Delivered,
-            FATE_CLONED,
-            reason,
-            location,
+            cfg,
+            &Fate {
+                journey,
+                now,
+                kind: EVENT_DELIVERED,
+                action: Action::Delivered,
+                reason: FATE_CLONED,
+                kernel_reason: reason,
+                location,
+            },
         );
     } else {
         emit_fate(
-            &journey,
-            now,
-            EVENT_KERNEL_DROP,
-            Action::KernelDrop,
-            REASON_NONE,
-            reason,
-            location,
+            cfg,
+            &Fate {
+                journey,
+                now,
+                kind: EVENT_KERNEL_DROP,
+                action: Action::KernelDrop,
+                reason: REASON_NONE,
+                kernel_reason: reason,
+                location,
+            },
         );
     }
 }
@@ -80,21 +90,21 @@ pub fn kfree_skb(ctx: &TracePointContext) {
 /// here: delivered (the stack consumed it after its last hop).
 #[inline(always)]
 pub fn consume_skb(ctx: &TracePointContext) {
-    if config().is_none() {
+    let Some(cfg) = config().filter(|_| journeys_started()) else {
         return;
-    }
+    };
     // SAFETY: tracepoint record field at the offset of its format.
     let Ok(skb) = (unsafe { ctx.read_at::<u64>(SKBADDR_OFF) }) else {
         return;
     };
     // SAFETY: as above.
     let location = unsafe { ctx.read_at::<u64>(LOCATION_OFF) }.unwrap_or(0);
-    deliver(skb, FATE_CONSUMED, location);
+    deliver(cfg, skb, FATE_CONSUMED, location);
 }
 
 /// Ends `skb`'s journey, if it has a live one, with a delivered event.
 #[inline(always)]
-fn deliver(skb: u64, fate: u8, location: u64) {
+fn deliver(cfg: &TraceConfig, skb: u64, fate: u8, location: u64) {
     // SAFETY: a map value pointer from a successful lookup, copied at once.
     let Some(journey) = TRACE_JOURNEYS.get_ptr(skb).map(|j| unsafe { *j }) else {
         return;
@@ -106,48 +116,55 @@ fn deliver(skb: u64, fate: u8, location: u64) {
         return;
     }
     emit_fate(
-        &journey,
-        now,
-        EVENT_DELIVERED,
-        Action::Delivered,
-        fate,
-        0,
-        location,
+        cfg,
+        &Fate {
+            journey,
+            now,
+            kind: EVENT_DELIVERED,
+            action: Action::Delivered,
+            reason: fate,
+            kernel_reason: 0,
+            location,
+        },
     );
 }
 
-#[inline(always)]
-fn emit_fate(
-    journey: &Journey,
+/// How a journey ended, as its last event says.
+struct Fate {
+    journey: Journey,
     now: u64,
     kind: u8,
     action: Action,
     reason: u8,
     kernel_reason: u32,
     location: u64,
-) {
+}
+
+#[inline(always)]
+fn emit_fate(cfg: &TraceConfig, fate: &Fate) {
     let Some(mut entry) = TRACE_EVENTS.reserve::<DropEvent>(0) else {
         count_emitted(false);
         return;
     };
     count_emitted(true);
+    let journey = &fate.journey;
     entry.write(DropEvent {
         header: EventHeader {
-            kind,
+            kind: fate.kind,
             hook: Hook::Kernel as u8,
-            action: action as u8,
-            reason,
+            action: fate.action as u8,
+            reason: fate.reason,
             ifindex: journey.last_ifindex,
-            ts_ns: now,
+            ts_ns: fate.now,
             trace_id: journey.trace_id,
             skb_len: 0,
             cap_len: 0,
             target_ifindex: 0,
-            kernel_reason,
+            kernel_reason: fate.kernel_reason,
             before: journey.last,
             after: journey.last,
-            location,
+            location: fate.location,
         },
     });
-    entry.submit(0);
+    entry.submit(wakeup(cfg));
 }

@@ -65,8 +65,9 @@ pub fn count_egress(ctx: TcContext) -> i32 {
 pub fn nat_ingress(ctx: TcContext) -> i32 {
     let parsed = parse(&ctx);
     let traced = trace::begin(&parsed);
-    let action = to_action(ingress(&ctx, &parsed));
-    trace::end(&ctx, traced, Hook::NatIngress, action)
+    let verdict = ingress(&ctx, &parsed);
+    let touched = verdict.may_rewrite();
+    trace::end(&ctx, traced, Hook::NatIngress, to_action(verdict), touched)
 }
 
 #[inline(always)]
@@ -117,8 +118,9 @@ fn ingress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
 pub fn nat_egress(ctx: TcContext) -> i32 {
     let parsed = parse(&ctx);
     let traced = trace::begin(&parsed);
-    let action = to_action(egress(&ctx, &parsed));
-    trace::end(&ctx, traced, Hook::NatEgress, action)
+    let verdict = egress(&ctx, &parsed);
+    let touched = verdict.may_rewrite();
+    trace::end(&ctx, traced, Hook::NatEgress, to_action(verdict), touched)
 }
 
 #[inline(always)]

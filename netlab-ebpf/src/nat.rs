@@ -93,6 +93,15 @@ pub enum Verdict {
     RedirectNeigh(u32),
 }
 
+impl Verdict {
+    /// Whether the packet may leave with another tuple than it came with
+    /// (a rewrite, or a redirect that may follow one).
+    #[inline(always)]
+    pub fn may_rewrite(&self) -> bool {
+        !matches!(self, Verdict::Pass | Verdict::Drop(_))
+    }
+}
+
 /// The interface a program runs on, as the lab configured it.
 #[derive(Clone, Copy)]
 pub struct Iface {

@@ -17,6 +17,7 @@
 //! See `netlab_common::trace` for how the trace id survives the hops.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_skb_load_bytes},
     macros::map,
@@ -27,10 +28,10 @@ use netlab_common::{
     nat::{IPPROTO_TCP, IPPROTO_UDP, Stat},
     trace::{
         Action, DEFAULT_RING_BYTES, EVENT_HOP, EventHeader, Filter, Hook, HopEvent, JOURNEY_CLONED,
-        JOURNEY_IDLE_NS, Journey, LIT_HOST, LIT_IFACE, LIT_NETNS, LIT_PORT, LIT_PROTO, Literal,
-        MAX_CLAUSES, MAX_JOURNEYS, MAX_LITERALS, MAX_TRACE_IFACES, REASON_NONE, SIDE_DST, SIDE_SRC,
-        SNAP_MAX, TRACE_STAT_COUNT, TRACE_STAT_EMITTED, TRACE_STAT_LOST, TUPLE_IPV4,
-        TUPLE_IPV4_OTHER, TraceConfig, Tuple,
+        JOURNEY_IDLE_NS, JOURNEYS_MAP_FLAGS, Journey, LIT_HOST, LIT_IFACE, LIT_NETNS, LIT_PORT,
+        LIT_PROTO, Literal, MAX_CLAUSES, MAX_JOURNEYS, MAX_LITERALS, MAX_TRACE_IFACES, REASON_NONE,
+        SIDE_DST, SIDE_SRC, SNAP_MAX, TRACE_STAT_COUNT, TRACE_STAT_EMITTED, TRACE_STAT_LOST,
+        TUPLE_IPV4, TUPLE_IPV4_OTHER, TraceConfig, Tuple,
     },
 };
 
@@ -60,7 +61,13 @@ static TRACE_FILTER: Filter = Filter::EMPTY;
 static TRACE_IFACES: HashMap<u32, u32> = HashMap::pinned(MAX_TRACE_IFACES, 0);
 
 #[map(name = "TRACE_JOURNEYS")]
-pub(crate) static TRACE_JOURNEYS: LruHashMap<u64, Journey> = LruHashMap::pinned(MAX_JOURNEYS, 0);
+pub(crate) static TRACE_JOURNEYS: LruHashMap<u64, Journey> =
+    LruHashMap::pinned(MAX_JOURNEYS, JOURNEYS_MAP_FLAGS);
+
+/// When a journey last started (see `netlab_common::names::TRACE_LIVE`):
+/// `netlab trace` zeroes it when it starts.
+#[map(name = "TRACE_LIVE")]
+static TRACE_LIVE: Array<u64> = Array::pinned(1, 0);
 
 #[map(name = "TRACE_STATS")]
 static TRACE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(TRACE_STAT_COUNT, 0);
@@ -76,6 +83,10 @@ struct Scratch {
     /// The TC verdict the program decided, returned by `trace_hop`.
     action: i32,
     hook: u32,
+    /// Nonzero when the program may have changed the tuple (its verdict
+    /// was not a plain pass or drop): `trace_hop` parses the packet again.
+    touched: u32,
+    _pad: u32,
 }
 
 /// Pinned: `trace_hop` comes from a later load of the object (`netlab
@@ -105,7 +116,7 @@ pub fn config() -> Option<&'static TraceConfig> {
 #[inline(always)]
 pub fn hop(ctx: &TcContext, hook: Hook) {
     if config().is_some() && begin(&parse(ctx)) {
-        let _ = end(ctx, true, hook, TCX_NEXT);
+        let _ = end(ctx, true, hook, TCX_NEXT, false);
     }
 }
 
@@ -129,8 +140,9 @@ pub fn begin(parsed: &Parsed) -> bool {
 /// End of a hop begun with [`begin`]: hands the verdict `action` to
 /// `trace_hop`, which records the hop and returns `action` as the
 /// program's verdict. Returns `action` itself when the tail call fails.
+/// `touched`: the program may have rewritten the tuple.
 #[inline(always)]
-pub fn end(ctx: &TcContext, on: bool, hook: Hook, action: i32) -> i32 {
+pub fn end(ctx: &TcContext, on: bool, hook: Hook, action: i32, touched: bool) -> i32 {
     if !on {
         return action;
     }
@@ -140,6 +152,7 @@ pub fn end(ctx: &TcContext, on: bool, hook: Hook, action: i32) -> i32 {
     // Per-CPU slot: only this program run uses it.
     scratch.action = action;
     scratch.hook = hook as u32;
+    scratch.touched = u32::from(touched);
     // SAFETY: slot 0 holds `trace_hop` or nothing; a failed call returns.
     unsafe {
         TRACE_PROGS.tail_call(ctx, 0);
@@ -164,11 +177,12 @@ pub fn tail(ctx: &TcContext) -> i32 {
         2 => Hook::NatIngress,
         _ => Hook::NatEgress,
     };
-    // The count programs only look: the packet leaves as it came, and a
-    // second parse would cost every hop (filtered out or not) for nothing.
-    let after = match hook {
-        Hook::Ingress | Hook::Egress => scratch.before,
-        _ => parse(ctx).tuple(),
+    // A packet the program passed or dropped leaves as it came: a second
+    // parse would cost every such hop (filtered out or not) for nothing.
+    let after = if scratch.touched != 0 {
+        parse(ctx).tuple()
+    } else {
+        scratch.before
     };
     let (what, reason, target_ifindex) = match scratch.action {
         TC_ACT_SHOT => (Action::Drop, scratch.reason as u8, 0),
@@ -263,14 +277,16 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
     // packet's identity across hops (see netlab_common::trace).
     let skb = ctx.skb.skb as u64;
     let ifindex = ctx::ifindex(ctx);
+    let matches =
+        || filter_matches(ifindex, before) || (after != before && filter_matches(ifindex, after));
+    // Until the session's first journey a hop is only the filter: no
+    // clock, no journey lookup (a filter that matches nothing costs this).
+    let started = last_journey_start();
+    if started == 0 && !matches() {
+        return;
+    }
     // SAFETY: plain helper.
     let now = unsafe { bpf_ktime_get_ns() };
-    // Leaving a lab namespace is where a packet's journey starts; an entry
-    // for this address belongs to an earlier packet.
-    let starts_here = matches!(*hook, Hook::Egress)
-        && TRACE_IFACES
-            .get_ptr(ifindex)
-            .is_some_and(|place| value(Some(place)).is_some_and(|p| *p != 0));
     // Read only for hops that are traced (a helper call).
     let flags = || {
         if cloned(skb, cfg.skb_cloned_bit) {
@@ -281,7 +297,17 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
     };
     let mut trace_id = 0;
     let mut known = false;
-    if let Some(journey) = TRACE_JOURNEYS.get_ptr_mut(skb) {
+    // While no journey can be live (none started lately), a hop costs no
+    // journey lookup.
+    let live = started != 0 && now.wrapping_sub(started) < JOURNEY_IDLE_NS;
+    // Leaving a lab namespace is where a packet's journey starts; an entry
+    // for this address belongs to an earlier packet.
+    let starts_here = live
+        && matches!(*hook, Hook::Egress)
+        && TRACE_IFACES
+            .get_ptr(ifindex)
+            .is_some_and(|place| value(Some(place)).is_some_and(|p| *p != 0));
+    if live && let Some(journey) = TRACE_JOURNEYS.get_ptr_mut(skb) {
         // SAFETY: a map value pointer from a successful lookup; a racing
         // update on another CPU can only make one hop's fields stale.
         unsafe {
@@ -302,7 +328,7 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
         }
     }
     if !known {
-        if !filter_matches(ifindex, before) && !filter_matches(ifindex, after) {
+        if !matches() {
             if starts_here {
                 let _ = TRACE_JOURNEYS.remove(skb);
             }
@@ -324,6 +350,7 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
             last: *after,
         };
         let _ = TRACE_JOURNEYS.insert(skb, journey, 0);
+        note_journey_started(now);
     }
     if trace_id == 0 {
         return;
@@ -354,7 +381,7 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
         };
         count_emitted(true);
         entry.write(header);
-        entry.submit(0);
+        entry.submit(wakeup(cfg));
         return;
     }
     let Some(mut entry) = TRACE_EVENTS.reserve::<HopEvent>(0) else {
@@ -393,7 +420,53 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
             ..header
         };
     }
-    entry.submit(0);
+    entry.submit(wakeup(cfg));
+}
+
+/// The flag for submitting a record: wake the reader when the ring's
+/// unread bytes have just reached the configured mark, never otherwise
+/// (see `netlab_common::trace::wakeup_bytes`). Records below the mark wait
+/// for the reader's next poll, at most `READER_POLL_MS`. Reservations of
+/// other CPUs can carry the count past the mark unseen; the poll catches
+/// that too.
+#[inline(always)]
+pub fn wakeup(cfg: &TraceConfig) -> u64 {
+    /// A record's size in the ring at most (its 8-byte header included).
+    const RECORD_MAX: u64 = core::mem::size_of::<HopEvent>() as u64 + 8;
+    let mark = u64::from(cfg.wakeup_bytes);
+    let waiting = TRACE_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    if waiting >= mark && waiting < mark + RECORD_MAX {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
+
+/// When this trace session last started a journey, 0 before its first. A
+/// journey lasts as long as its packet hops (microseconds), so none is
+/// live [`JOURNEY_IDLE_NS`] after the last start.
+#[inline(always)]
+fn last_journey_start() -> u64 {
+    value(TRACE_LIVE.get_ptr(0)).map_or(0, |&started| started)
+}
+
+/// Whether this trace session has started any journey yet (no clock read).
+#[inline(always)]
+pub fn journeys_started() -> bool {
+    last_journey_start() != 0
+}
+
+/// Notes that a journey started at `now`. The stamp is shared by all CPUs:
+/// written at most once a millisecond, so that tracing every packet does
+/// not bounce its cache line between them.
+#[inline(always)]
+fn note_journey_started(now: u64) {
+    const COARSE_NS: u64 = 1_000_000;
+    if let Some(started) = value_mut(TRACE_LIVE.get_ptr_mut(0))
+        && now.wrapping_sub(*started) >= COARSE_NS
+    {
+        *started = now;
+    }
 }
 
 /// Whether `skb->cloned` is set (a clone of it exists). `bit` is the

@@ -36,7 +36,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, MapData};
-use netlab_common::trace::{SNAP_MAX, TraceConfig};
+use netlab_common::trace::{READER_POLL_MS, SNAP_MAX, TraceConfig, wakeup_bytes};
 
 use crate::{
     datapath::ebpf::{loader, maps},
@@ -176,9 +176,6 @@ const QUIET: Duration = Duration::from_millis(100);
 /// of every drained batch).
 const WRITE_BATCH: usize = 256 << 10;
 
-/// How long the reader sleeps in poll when the ring is empty.
-const POLL_MS: libc::c_int = 100;
-
 enum Sink {
     Text(output::TextSink),
     Pcapng {
@@ -237,7 +234,11 @@ pub fn run(options: &Options) -> Result<Summary> {
         iface_map.insert(ifindex, place, 0)?;
     }
     let stats = maps::TraceStats::open(&pins)?;
-    let mut ring = maps::trace_events(&pins)?;
+    let (mut ring, ring_bytes) = maps::trace_events(&pins)?;
+    // No journey of this session is live yet (see TRACE_LIVE).
+    maps::trace_live(&pins)?
+        .set(0, 0, 0)
+        .context("resetting the journeys' stamp")?;
     // A killed reader may have left tracing on: start from a clean slot.
     loader::stop_trace(&pins)?;
     let session = loader::start_trace(&pins, &compiled)?;
@@ -296,6 +297,8 @@ pub fn run(options: &Options) -> Result<Summary> {
             .ok()
             .and_then(|btf| btf::member_bit_offset(&btf, "sk_buff", "cloned"))
             .unwrap_or(0),
+        wakeup_bytes: wakeup_bytes(ring_bytes),
+        _pad: 0,
     };
     let mut switch = Switch::on(maps::trace_config(&pins)?, config)?;
     eprintln!(
@@ -331,8 +334,11 @@ pub fn run(options: &Options) -> Result<Summary> {
                 events: libc::POLLIN,
                 revents: 0,
             };
-            // SAFETY: one valid pollfd; EINTR (a signal) just loops.
-            unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
+            // The kernel wakes the reader only once a batch has gathered
+            // (TraceConfig::wakeup_bytes); a quiet ring is looked at every
+            // READER_POLL_MS. SAFETY: one valid pollfd; EINTR (a signal)
+            // just loops.
+            unsafe { libc::poll(&mut pfd, 1, READER_POLL_MS as libc::c_int) };
         }
         let now = Instant::now();
         while let Some(item) = ring.next() {

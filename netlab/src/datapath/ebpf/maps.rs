@@ -186,11 +186,21 @@ pub fn trace_ifaces(pins: &Pins) -> Result<HashMap<MapData, u32, u32>> {
     )?))?)
 }
 
-/// The ring buffer the events arrive on.
-pub fn trace_events(pins: &Pins) -> Result<RingBuf<MapData>> {
-    Ok(RingBuf::try_from(Map::RingBuf(open(
+/// The ring buffer the events arrive on, and its size in bytes.
+pub fn trace_events(pins: &Pins) -> Result<(RingBuf<MapData>, u32)> {
+    let data = open(pins, names::TRACE_EVENTS, TRACE_HINT)?;
+    let bytes = data
+        .info()
+        .with_context(|| format!("reading {}'s size", names::TRACE_EVENTS))?
+        .max_entries();
+    Ok((RingBuf::try_from(Map::RingBuf(data))?, bytes))
+}
+
+/// When the trace session last started a journey (one slot; 0: none yet).
+pub fn trace_live(pins: &Pins) -> Result<Array<MapData, u64>> {
+    Ok(Array::try_from(Map::Array(open(
         pins,
-        names::TRACE_EVENTS,
+        names::TRACE_LIVE,
         TRACE_HINT,
     )?))?)
 }
