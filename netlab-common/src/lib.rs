@@ -9,11 +9,6 @@ pub mod trace;
 
 /// Names of maps and programs, so both sides spell them once.
 pub mod names {
-    /// Per-CPU hash: [`IfaceKey`](crate::IfaceKey) → [`IfaceCounters`](crate::IfaceCounters).
-    pub const IFACE_COUNTERS: &str = "IFACE_COUNTERS";
-    pub const COUNT_INGRESS: &str = "count_ingress";
-    pub const COUNT_EGRESS: &str = "count_egress";
-
     /// TC ingress of lab veths (host side) and of the uplink: DNAT, and the
     /// reverse of every translation whose reply enters there.
     pub const NAT_INGRESS: &str = "nat_ingress";
@@ -85,6 +80,12 @@ pub mod names {
     pub const TRACE_HOP: &str = "trace_hop";
     /// Tracepoint programs: `skb:kfree_skb` (drops) and `skb:consume_skb`
     /// (ends a journey).
+    /// TC ingress and egress of the lab's veth ends that carry no NAT
+    /// program (the namespace sides; every end in the iptables datapath),
+    /// attached by `netlab trace` for its session only: the hops where
+    /// netlab only watches.
+    pub const TRACE_INGRESS: &str = "trace_ingress";
+    pub const TRACE_EGRESS: &str = "trace_egress";
     pub const TRACE_KFREE_SKB: &str = "trace_kfree_skb";
     pub const TRACE_CONSUME_SKB: &str = "trace_consume_skb";
     /// Per-CPU slot the TC programs hand `trace_hop` their verdict in;
@@ -92,50 +93,13 @@ pub mod names {
     pub const TRACE_SCRATCH: &str = "TRACE_SCRATCH";
 }
 
-/// Capacity of [`names::IFACE_COUNTERS`]: lab interfaces × 2 directions.
-pub const MAX_COUNTED_IFACES: u32 = 4096;
-
-/// Which TC hook saw the packet.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
-    Ingress = 0,
-    Egress = 1,
-}
-
-/// Key of the per-interface counters.
-///
-/// Interfaces are keyed by ifindex. Indexes are per namespace in Linux, but
-/// netlab creates every veth in the host namespace before moving one end, so
-/// a lab's interfaces get distinct indexes; `up` checks this and refuses to
-/// attach if two lab interfaces ever share one.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct IfaceKey {
-    pub ifindex: u32,
-    /// A [`Direction`] as `u32`.
-    pub direction: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IfaceCounters {
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-const _: () = assert!(core::mem::size_of::<IfaceKey>() == 8);
-const _: () = assert!(core::mem::size_of::<IfaceCounters>() == 16);
-
 #[cfg(feature = "user")]
 mod pod {
-    use super::*;
-    // SAFETY: plain `#[repr(C)]` integers with no padding (sizes asserted above).
-    unsafe impl aya::Pod for IfaceKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for IfaceCounters {}
-    // SAFETY: as above; sizes asserted in `nat`.
+    // SAFETY: plain `#[repr(C)]` integers with no padding (sizes asserted
+    // in `nat` and `trace`).
     unsafe impl aya::Pod for crate::nat::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::RedirectKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::nat::CtEntry {}
     // SAFETY: as above.

@@ -212,9 +212,21 @@ pub struct Endpoint {
     pub gateway_mac: [u8; 6],
 }
 
-/// Why the `redirect` datapath forwarded or fell back, per interface
-/// (the `direction` field of an [`IfaceKey`](crate::IfaceKey) in
-/// [`names::REDIRECT_STATS`](crate::names::REDIRECT_STATS)).
+/// Key of [`names::REDIRECT_STATS`](crate::names::REDIRECT_STATS): what
+/// the `redirect` datapath decided on one host-side interface.
+///
+/// Interfaces are keyed by ifindex. Indexes are per namespace in Linux, but
+/// `up` gives the lab's veth ends distinct indexes and refuses to attach if
+/// two lab interfaces ever share one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RedirectKey {
+    pub ifindex: u32,
+    /// A [`RedirectReason`] as `u32`.
+    pub reason: u32,
+}
+
+/// Why the `redirect` datapath forwarded or fell back, per interface.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RedirectReason {
@@ -499,6 +511,7 @@ pub struct FragPorts {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+const _: () = assert!(core::mem::size_of::<RedirectKey>() == 8);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
 const _: () = assert!(core::mem::size_of::<PublishKey>() == 4);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);

@@ -65,7 +65,7 @@ pub const FATE_CLONED: u8 = 1;
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
-    /// Namespace-side veth (`count_ingress`/`count_egress`).
+    /// A veth end where netlab only watches (`trace_ingress`/`trace_egress`).
     Ingress = 0,
     Egress = 1,
     /// Host-side veth or uplink (`nat_ingress`/`nat_egress`).

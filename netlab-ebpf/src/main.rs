@@ -2,15 +2,17 @@
 //! layer ([`pkt`]: context, headers, checksums, the one parser) and
 //! datapath modules split by concern (as Cilium's `bpf/lib`):
 //! [`conntrack`], [`endpoints`], [`frag`], [`nat`], [`redirect`], [`trace`], [`kfree`],
-//! [`sock`], [`stats`], [`counters`]. Each entry point parses once, hands
-//! the result to the modules, and maps their [`Verdict`] to a TC action,
-//! counting a drop's reason there and nowhere else.
+//! [`sock`], [`stats`]. Each entry point parses once, hands the result to
+//! the modules, and maps their [`Verdict`] to a TC action, counting a
+//! drop's reason there and nowhere else.
+//!
+//! Packets and bytes per interface are the kernel's own counters (netlab
+//! reads them over netlink): no program counts them.
 
 #![no_std]
 #![no_main]
 
 mod conntrack;
-mod counters;
 mod endpoints;
 mod frag;
 mod kfree;
@@ -28,39 +30,34 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, TracePointContext},
 };
 use netlab_common::{
-    Direction,
     nat::{APPLY_EGRESS, APPLY_INGRESS, NAT_DNAT, NAT_REFLECT, ROLE_LAB, RedirectReason, Stat},
     trace::Hook,
 };
 
 use crate::{
     nat::{Iface, Verdict},
-    pkt::{
-        ctx,
-        parse::{Parsed, parse},
-    },
+    pkt::parse::{Parsed, parse},
 };
 
-/// TCX_NEXT: let the next program on the hook (or the stack) decide.
+/// TC_ACT_UNSPEC: let the next filter on the hook (or the stack) decide.
 const TCX_NEXT: i32 = TC_ACT_UNSPEC;
 const DROP: i32 = TC_ACT_SHOT;
 
+/// A hop where netlab only watches (see `names::TRACE_INGRESS`): attached
+/// by `netlab trace` while it runs, loaded with its filter.
 #[classifier]
-pub fn count_ingress(ctx: TcContext) -> i32 {
-    counters::count(&ctx, ctx::ifindex(&ctx), Direction::Ingress);
-    trace::hop(&ctx, Hook::Ingress);
+pub fn trace_ingress(ctx: TcContext) -> i32 {
+    trace::watch(&ctx, Hook::Ingress);
     TCX_NEXT
 }
 
 #[classifier]
-pub fn count_egress(ctx: TcContext) -> i32 {
-    counters::count(&ctx, ctx::ifindex(&ctx), Direction::Egress);
-    trace::hop(&ctx, Hook::Egress);
+pub fn trace_egress(ctx: TcContext) -> i32 {
+    trace::watch(&ctx, Hook::Egress);
     TCX_NEXT
 }
 
-/// Ingress of every lab veth's host side and of the uplink (counts too, so
-/// one program runs per hop instead of two).
+/// Ingress of every lab veth's host side and of the uplink.
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
     let parsed = parse(&ctx);
@@ -73,7 +70,6 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn ingress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
     let iface = Iface::of(ctx);
-    counters::count(ctx, iface.ifindex, Direction::Ingress);
     stats::count(Stat::Packets);
     if let Err(reason) = nat::admit(&iface, parsed) {
         return Verdict::Drop(reason);
@@ -126,7 +122,6 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn egress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
     let iface = Iface::of(ctx);
-    counters::count(ctx, iface.ifindex, Direction::Egress);
     stats::count(Stat::Packets);
     let verdict = match parsed {
         Parsed::Flow(pkt) => nat::translate(ctx, pkt, APPLY_EGRESS, &iface),

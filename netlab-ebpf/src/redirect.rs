@@ -18,10 +18,7 @@ use aya_ebpf::{
     maps::PerCpuHashMap,
     programs::TcContext,
 };
-use netlab_common::{
-    IfaceKey,
-    nat::{APPLY_EGRESS, Endpoint, NET_UPLINK, RedirectReason, Stat},
-};
+use netlab_common::nat::{APPLY_EGRESS, Endpoint, NET_UPLINK, RedirectKey, RedirectReason, Stat};
 
 use crate::{
     endpoints,
@@ -35,7 +32,7 @@ use crate::{
 };
 
 #[map(name = "REDIRECT_STATS")]
-static REDIRECT_STATS: PerCpuHashMap<IfaceKey, u64> = PerCpuHashMap::pinned(4096 * 8, 0);
+static REDIRECT_STATS: PerCpuHashMap<RedirectKey, u64> = PerCpuHashMap::pinned(4096 * 8, 0);
 
 /// Whether the lab runs the `redirect` datapath.
 #[inline(always)]
@@ -45,9 +42,9 @@ pub fn enabled() -> bool {
 
 #[inline(always)]
 pub fn count(iface: &Iface, reason: RedirectReason) {
-    let key = IfaceKey {
+    let key = RedirectKey {
         ifindex: iface.ifindex,
-        direction: reason as u32,
+        reason: reason as u32,
     };
     match value_mut(REDIRECT_STATS.get_ptr_mut(key)) {
         // Per-CPU: only this CPU writes it while we run.

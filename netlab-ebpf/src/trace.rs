@@ -1,14 +1,17 @@
 //! Per-packet trace events (`netlab trace`), streamed over a ring buffer.
 //!
-//! Every TC program calls in here: [`hop`] for the programs that only look
-//! (namespace-side veths), [`begin`] and [`end`] around the NAT programs so
-//! the event shows the tuple before and after the rewrite. With tracing off
-//! a hop costs one array lookup ([`TRACE_CONFIG`]); the NAT paths' drop and
+//! The NAT programs call [`begin`] and [`end`] around their work so the
+//! event shows the tuple before and after the rewrite. With tracing off
+//! that costs one array lookup ([`TRACE_CONFIG`]); the NAT paths' drop and
 //! redirect sites also note their reason or target in a per-CPU slot
 //! ([`note_drop`], [`note_redirect`]), which the verifier inlines to a
 //! pointer computation. With tracing on, [`end`] tail-calls the
 //! `trace_hop` program ([`tail`]), which finds the journey, applies the
 //! filter and writes the event, and returns the caller's verdict.
+//!
+//! The veth ends without a NAT program (namespace sides) carry nothing
+//! until `netlab trace` attaches `trace_ingress`/`trace_egress` ([`watch`])
+//! for its session: loaded with the filter, they record their hop directly.
 //!
 //! Which packets are traced: a hop with no live journey evaluates the
 //! filter on the tuple before and after it; a match starts a journey (one
@@ -110,14 +113,24 @@ pub fn config() -> Option<&'static TraceConfig> {
     TRACE_CONFIG.get(0).filter(|cfg| cfg.enabled != 0)
 }
 
-/// A passive hop (the program does not change the packet): when tracing is
-/// on, tail-calls `trace_hop`, which returns TCX_NEXT for the program. The
-/// packet is parsed only then.
+/// A hop where netlab only watches (`trace_ingress`/`trace_egress`): these
+/// programs are loaded by `netlab trace` with the filter, like `trace_hop`,
+/// so they record the hop themselves, with no tail call.
 #[inline(always)]
-pub fn hop(ctx: &TcContext, hook: Hook) {
-    if config().is_some() && begin(&parse(ctx)) {
-        let _ = end(ctx, true, hook, TCX_NEXT, false);
-    }
+pub fn watch(ctx: &TcContext, hook: Hook) {
+    let Some(cfg) = config() else {
+        return;
+    };
+    let tuple = parse(ctx).tuple();
+    let seen = Seen {
+        before: tuple,
+        after: tuple,
+        hook,
+        action: Action::Pass,
+        reason: REASON_NONE,
+        target_ifindex: 0,
+    };
+    record(ctx, cfg, &seen);
 }
 
 /// Start of a hop that may rewrite: remembers the tuple as it came in

@@ -23,8 +23,7 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    datapath::{self, HookCounters},
-    netlink,
+    netlink::{self, LinkCounters},
     state::LabState,
     topology::{Datapath, Iface, Place, PublishedPort, Topology, VethEnd},
 };
@@ -42,7 +41,7 @@ pub struct Live {
     /// The datapath `up` built (it may differ from the topology file's).
     pub datapath: Datapath,
     /// Counters of the lab's veth ends; absent ends have seen nothing.
-    pub counters: BTreeMap<Iface, HookCounters>,
+    pub counters: BTreeMap<Iface, LinkCounters>,
 }
 
 /// Everything drawn.
@@ -413,7 +412,7 @@ fn mermaid_text(lines: &[String]) -> String {
 /// ports in force, and its counters.
 pub fn live(state: &LabState) -> Result<(Topology, Vec<PublishedPort>, Live)> {
     let topo = state.topology()?;
-    let counters = datapath::iface_counters(&state.lab, &netlink::lab_indexes(&topo)?)?;
+    let counters = netlink::lab_counters(&topo)?;
     Ok((
         topo,
         state.published.clone(),
@@ -469,7 +468,7 @@ pub fn svg(dot: &str) -> Result<Vec<u8>, SvgError> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use netlab_common::IfaceCounters;
+    use crate::netlink::{Counter, LinkCounters};
 
     use super::*;
     use crate::topology;
@@ -522,9 +521,9 @@ mod tests {
         let mut counters = BTreeMap::new();
         counters.insert(
             iface(&Place::Netns("red".into()), "veth-red"),
-            HookCounters {
-                ingress: IfaceCounters::default(),
-                egress: IfaceCounters {
+            LinkCounters {
+                ingress: Counter::default(),
+                egress: Counter {
                     packets: 42,
                     bytes: 4200,
                 },

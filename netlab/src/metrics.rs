@@ -44,11 +44,8 @@ use prometheus_client::{
 };
 
 use crate::{
-    datapath::{
-        self, HookCounters,
-        ebpf::maps::{self, TraceStats},
-    },
-    netlink,
+    datapath::ebpf::maps::{self, TraceStats},
+    netlink::{self, Counter, LinkCounters},
     pins::Pins,
     state::LabState,
     topology::{Datapath, Family, Iface, Place, PublishedPort},
@@ -76,7 +73,7 @@ pub struct Snapshot {
     pub lab: String,
     /// `None` when the lab is not up: only `netlab_lab_up 0` is exported.
     pub datapath: Option<Datapath>,
-    pub ifaces: BTreeMap<Iface, HookCounters>,
+    pub ifaces: BTreeMap<Iface, LinkCounters>,
     /// NAT counters by reason (eBPF datapaths).
     pub nat: Vec<(&'static str, u64)>,
     /// Conntrack entries in use and the tables' capacity (eBPF datapaths).
@@ -100,7 +97,7 @@ pub fn collect(lab: &str) -> Result<Snapshot> {
     let topo = record.topology()?;
     let pins = Pins::of(lab);
     let indexes = netlink::lab_indexes(&topo)?;
-    let ifaces = datapath::iface_counters(lab, &indexes).unwrap_or_default();
+    let ifaces = netlink::lab_counters(&topo).unwrap_or_default();
     let ebpf = topo.datapath.family() == Family::Ebpf;
     let nat = if ebpf {
         maps::nat_stats(&pins).unwrap_or_default()
@@ -216,13 +213,15 @@ impl Collector for Snapshot {
         for (name, help, pick) in [
             (
                 "netlab_iface_packets",
-                "Packets seen by netlab's programs on a lab interface, per TC hook.",
-                (|c: &netlab_common::IfaceCounters| c.packets) as fn(&_) -> u64,
+                "Packets a lab interface received (hook ingress) or sent (hook egress), \
+                 as the kernel counts them.",
+                (|c: &Counter| c.packets) as fn(&_) -> u64,
             ),
             (
                 "netlab_iface_bytes",
-                "Bytes seen by netlab's programs on a lab interface, per TC hook.",
-                |c: &netlab_common::IfaceCounters| c.bytes,
+                "Bytes a lab interface received (hook ingress) or sent (hook egress), \
+                 as the kernel counts them.",
+                |c: &Counter| c.bytes,
             ),
         ] {
             family(
@@ -479,7 +478,7 @@ fn route(head: &str) -> Route {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use netlab_common::IfaceCounters;
+    use crate::netlink::{Counter, LinkCounters};
 
     use super::*;
     use crate::topology::Proto;
@@ -496,12 +495,12 @@ mod tests {
         let mut ifaces = BTreeMap::new();
         ifaces.insert(
             red,
-            HookCounters {
-                ingress: IfaceCounters {
+            LinkCounters {
+                ingress: Counter {
                     packets: 3,
                     bytes: 300,
                 },
-                egress: IfaceCounters {
+                egress: Counter {
                     packets: 4,
                     bytes: 400,
                 },
@@ -569,7 +568,7 @@ mod tests {
     fn classic_format_names_counters_by_their_samples() {
         let classic = to_classic(&snapshot().encode().unwrap());
         assert!(classic.contains("# TYPE netlab_iface_packets_total counter\n"));
-        assert!(classic.contains("# HELP netlab_iface_packets_total Packets seen"));
+        assert!(classic.contains("# HELP netlab_iface_packets_total Packets a lab interface"));
         assert!(classic.contains("# TYPE netlab_lab_up gauge\n"));
         assert!(!classic.contains("# EOF"));
         assert_eq!(

@@ -3,12 +3,13 @@
 //! `/sys/fs/bpf/netlab/<lab>/`, so it outlives `up` and later commands find it.
 //!
 //! ```text
-//! <lab>/maps/<MAP>                      maps, pinned by name (the loader reuses them)
-//! <lab>/progs/<program>                 loaded programs
-//! <lab>/links/<place>/<iface>@<program> TCX links (unpinning detaches)
-//! <lab>/links/cgroup/<program>          cgroup sock_addr links
-//! <lab>/links/trace/<program>           tracepoint links
+//! <lab>/maps/<MAP>              maps, pinned by name (the loader reuses them)
+//! <lab>/progs/<program>         loaded programs
+//! <lab>/links/cgroup/<program>  cgroup sock_addr links (unpinning detaches)
 //! ```
+//!
+//! The TC programs run as `tc` filters, which hold their programs and go
+//! with their interfaces: they have no pin.
 //!
 //! No other module joins a pin path.
 
@@ -19,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{sys::BPFFS, topology::Iface};
+use crate::sys::BPFFS;
 
 /// A lab's pins.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,14 +64,6 @@ impl Pins {
         self.dir.join("progs").join(name)
     }
 
-    /// The TCX link of `program` on `iface`.
-    pub fn tc_link(&self, iface: &Iface, program: &str) -> PathBuf {
-        self.dir
-            .join("links")
-            .join(pin_name(&iface.place.to_string()))
-            .join(format!("{}@{program}", pin_name(&iface.name)))
-    }
-
     /// The link of a cgroup sock_addr `program` on the cgroup2 root.
     pub fn cgroup_link(&self, program: &str) -> PathBuf {
         self.dir.join("links").join("cgroup").join(program)
@@ -108,17 +101,9 @@ impl Pins {
     }
 }
 
-/// bpffs reserves dots in names (lookup fails with EPERM), but interface and
-/// namespace names may hold them. Linux never allows `:` in an interface
-/// name, so mapping `.` to `:` keeps names distinct.
-fn pin_name(name: &str) -> String {
-    name.replace('.', ":")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::Place;
 
     #[test]
     fn layout() {
@@ -131,14 +116,6 @@ mod tests {
         assert_eq!(
             pins.program("nat_ingress"),
             Path::new("/sys/fs/bpf/netlab/default/progs/nat_ingress")
-        );
-        let iface = Iface {
-            place: Place::Netns("ns.1".into()),
-            name: "veth.a".into(),
-        };
-        assert_eq!(
-            pins.tc_link(&iface, "count_egress"),
-            Path::new("/sys/fs/bpf/netlab/default/links/ns:1/veth:a@count_egress")
         );
         assert_eq!(
             pins.cgroup_link("sock_connect4"),

@@ -1,5 +1,6 @@
 //! `netlab status`: what the lab is made of right now, read back from the
-//! kernel (links, addresses, routes, attached programs, packet counters).
+//! kernel (links, addresses, routes, the programs on each TC hook, and the
+//! kernel's packet counters).
 //!
 //! [`LabStatus`] is what `netlab status --json` prints; the tests and the
 //! benchmark read it back with the same types.
@@ -10,12 +11,8 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::{
-        Running,
-        ebpf::{HOOKS, loader, maps},
-        iptables,
-    },
-    netlink::{self, run_in},
+    datapath::{Running, ebpf::maps, iptables},
+    netlink::{self, TcHook, run_in},
     pins::Pins,
     state::LabState,
     topology::{Datapath, Family, Iface, Place},
@@ -76,8 +73,9 @@ pub struct LinkStatus {
 pub struct HookStatus {
     /// `ingress` or `egress`.
     pub hook: String,
-    /// Programs attached with TCX, in run order.
+    /// BPF programs on the hook (`tc` filters), in run order.
     pub programs: Vec<String>,
+    /// What the kernel counted: received (ingress) or sent (egress).
     pub packets: u64,
     pub bytes: u64,
 }
@@ -85,7 +83,6 @@ pub struct HookStatus {
 pub fn collect(state: &LabState) -> Result<LabStatus> {
     let topo = state.topology()?;
     let pins = Pins::of(&state.lab);
-    let counters = maps::iface_counters(&pins).unwrap_or_default();
     let redirects = if topo.datapath == Datapath::Redirect {
         maps::redirect_stats(&pins).unwrap_or_default()
     } else {
@@ -112,8 +109,20 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
             });
             continue;
         }
-        let (links, addresses, routes) = run_in(&place, |nl| async move {
-            Ok((nl.links().await?, nl.addresses().await?, nl.routes().await?))
+        let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
+        let (links, addresses, routes, programs) = run_in(&place, |nl| async move {
+            let links = nl.links().await?;
+            let mut programs = BTreeMap::new();
+            for link in links
+                .iter()
+                .filter(|l| l.kind.as_deref() == Some("veth") && names.contains(&l.name.as_str()))
+            {
+                for hook in TcHook::BOTH {
+                    let on_hook = nl.tc_programs(link.index, hook).await?;
+                    programs.insert((link.index, hook), on_hook);
+                }
+            }
+            Ok((links, nl.addresses().await?, nl.routes().await?, programs))
         })?;
         let name_of: BTreeMap<u32, &str> =
             links.iter().map(|l| (l.index, l.name.as_str())).collect();
@@ -127,18 +136,20 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
         for iface in &ifaces {
             let link = links.iter().find(|l| l.name == iface.name);
             let mut hooks = Vec::new();
-            if link.is_some_and(|l| l.kind.as_deref() == Some("veth")) {
-                for (direction, attach_type, hook) in HOOKS {
-                    let programs = loader::attached(iface, attach_type).unwrap_or_default();
-                    let c = link
-                        .and_then(|l| counters.get(&(l.index, direction as u32)))
-                        .copied()
-                        .unwrap_or_default();
+            if let Some(link) = link.filter(|l| l.kind.as_deref() == Some("veth")) {
+                for hook in TcHook::BOTH {
+                    let counter = match hook {
+                        TcHook::Ingress => link.counters.ingress,
+                        TcHook::Egress => link.counters.egress,
+                    };
                     hooks.push(HookStatus {
-                        hook: hook.to_owned(),
-                        programs,
-                        packets: c.packets,
-                        bytes: c.bytes,
+                        hook: hook.name().to_owned(),
+                        programs: programs
+                            .get(&(link.index, hook))
+                            .map(|on_hook| on_hook.iter().map(|p| p.name.clone()).collect())
+                            .unwrap_or_default(),
+                        packets: counter.packets,
+                        bytes: counter.bytes,
                     });
                 }
             }

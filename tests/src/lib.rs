@@ -951,8 +951,8 @@ mod tests {
             "namespaces":["red"],"nat":null,"places":[{"place":"red","present":true,"routes":[],
             "links":[{"name":"veth-red","index":2,"kind":"veth","up":true,"master":null,
             "addresses":[],"hooks":[
-                {"hook":"ingress","programs":["count_ingress"],"packets":3,"bytes":9},
-                {"hook":"egress","programs":["count_egress"],"packets":4,"bytes":8}]}]}]}"#,
+                {"hook":"ingress","programs":[],"packets":3,"bytes":9},
+                {"hook":"egress","programs":["trace_egress"],"packets":4,"bytes":8}]}]}]}"#,
         )
         .unwrap();
         assert_eq!(packets(&status, "veth-red", "ingress").unwrap(), 3);

@@ -1,77 +1,39 @@
-//! The datapaths: one seam, two implementations.
-//!
-//! Every lab gets the eBPF counters on every veth ([`attach`]); its NAT and
-//! published ports are carried by one family (see
+//! The datapaths: one seam, two implementations. A lab's NAT and published
+//! ports are carried by one family (see
 //! [`Datapath::family`](crate::topology::Datapath::family)):
 //!
 //! - [`ebpf`]: netlab's eBPF programs (`bridge`, `redirect`);
 //! - [`iptables`]: the reference, rules in the lab's own chains (`iptables`).
 //!
 //! Commands reach either through [`Running`], so no command needs to know
-//! which one a lab runs.
+//! which one a lab runs. What every lab has, whatever its family: the
+//! kernel's own packet counters on every interface
+//! ([`crate::netlink::lab_counters`]), and tracing (its maps are loaded at
+//! `up`, its programs by `netlab trace`).
 
 pub mod ebpf;
 pub mod iptables;
 
-use std::collections::BTreeMap;
-
 use anyhow::Result;
-use netlab_common::IfaceCounters;
 
 use self::iptables::Variant;
 use crate::{
     pins::Pins,
-    topology::{Datapath, Family, Iface, Place, PublishedPort, Topology},
+    topology::{Datapath, Family, PublishedPort, Topology},
 };
-
-/// What the counting programs saw on one interface, per hook.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HookCounters {
-    pub ingress: IfaceCounters,
-    pub egress: IfaceCounters,
-}
-
-/// The packet counters of the lab's veth ends, by interface: the pinned
-/// counters (kept by ifindex) joined with the interfaces as they are now
-/// (`indexes`, from [`crate::netlink::lab_indexes`]). Ends without a counter
-/// entry (no packet yet) are absent.
-pub fn iface_counters(
-    lab: &str,
-    indexes: &BTreeMap<Place, BTreeMap<String, u32>>,
-) -> Result<BTreeMap<Iface, HookCounters>> {
-    let by_index = ebpf::maps::iface_counters(&Pins::of(lab))?;
-    let mut out = BTreeMap::new();
-    for (place, links) in indexes {
-        for (name, index) in links {
-            let index = *index;
-            let ingress = by_index.get(&(index, netlab_common::Direction::Ingress as u32));
-            let egress = by_index.get(&(index, netlab_common::Direction::Egress as u32));
-            if ingress.is_none() && egress.is_none() {
-                continue;
-            }
-            out.insert(
-                Iface {
-                    place: place.clone(),
-                    name: name.clone(),
-                },
-                HookCounters {
-                    ingress: ingress.copied().unwrap_or_default(),
-                    egress: egress.copied().unwrap_or_default(),
-                },
-            );
-        }
-    }
-    Ok(out)
-}
 
 /// Loads the eBPF object if the lab has not loaded it yet (the verifier's
 /// work: `up` runs it while it builds the links).
 pub fn load(topo: &Topology) -> Result<()> {
-    ebpf::loader::load(&Pins::of(&topo.name), topo.nat.conntrack_size)
+    ebpf::loader::load(
+        &Pins::of(&topo.name),
+        topo.nat.conntrack_size,
+        topo.datapath.family(),
+    )
 }
 
-/// Attaches the programs the topology's datapath wants (see
-/// [`ebpf::loader::plan`]), after [`load`].
+/// Runs the programs the topology's datapath wants where it wants them
+/// (see [`ebpf::loader::plan`]), after [`load`].
 pub fn attach(topo: &Topology) -> Result<()> {
     let plan = ebpf::loader::plan(topo);
     ebpf::loader::attach(&Pins::of(&topo.name), &plan)
@@ -86,8 +48,9 @@ pub fn remove(lab: &str, datapath: Option<Datapath>) -> Result<()> {
     }
     let pins = Pins::of(lab);
     // A crashed `netlab trace` may have left trace_hop in its slot; the
-    // map goes with the pins, but say so explicitly.
-    if let Err(err) = ebpf::loader::stop_trace(&pins) {
+    // map goes with the pins, but say so explicitly. (Its watching filters
+    // went with the lab's interfaces.)
+    if let Err(err) = ebpf::loader::stop_trace(&pins, &[]) {
         log::debug!("down: {err:#}");
     }
     pins.remove()

@@ -1,14 +1,15 @@
 //! `netlab trace`: live per-packet events from the datapath's ring buffer.
 //!
-//! `up` attaches the TC programs, which carry a tail call into the
+//! `up` attaches the NAT programs, which carry a tail call into the
 //! `TRACE_PROGS` slot, empty until somebody traces. This command loads
-//! `trace_hop` and the fate probes
+//! `trace_hop`, the watching programs for the veth ends without a NAT
+//! program, and the fate probes, all with the filter compiled in
 //! ([`loader::start_trace`](crate::datapath::ebpf::loader::start_trace)),
-//! puts `trace_hop` in the slot, writes the filter, turns the switch in the
-//! pinned `TRACE_CONFIG` map on, reads the ring buffer until stopped, then
-//! turns the switch off and unloads what it loaded. `netlab trace --off`
-//! (and the next `netlab trace`, and `down`) clean up after a reader that
-//! was killed.
+//! puts `trace_hop` in the slot and the watchers on their hooks, turns the
+//! switch in the pinned `TRACE_CONFIG` map on, reads the ring buffer until
+//! stopped, then turns the switch off and removes what it loaded. `netlab
+//! trace --off` (and the next `netlab trace`, and `down`) clean up after a
+//! reader that was killed.
 //!
 //! The reader allocates nothing per event: records are decoded in place
 //! and formatted into one reused buffer that is written out in large
@@ -109,7 +110,8 @@ pub fn switch_off(lab: &str) -> Result<()> {
     let mut value = config.get(&0, 0)?;
     value.enabled = 0;
     config.set(0, value, 0)?;
-    loader::stop_trace(&pins)
+    let record = LabState::load(lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
+    loader::stop_trace(&pins, &loader::watch_plan(&record.topology()?))
 }
 
 /// Turns tracing on while alive; off when dropped, whatever happened.
@@ -203,7 +205,8 @@ pub fn run(options: &Options) -> Result<Summary> {
     }
 
     // Names: the lab's interfaces and namespaces, as they are now.
-    let lab_ifaces = netlink::lab_indexes(&record.topology()?)?;
+    let topo = record.topology()?;
+    let lab_ifaces = netlink::lab_indexes(&topo)?;
     let mut names = filter::Names::default();
     names.netns.insert("host".to_owned(), 0);
     for (i, ns) in record.namespaces.iter().enumerate() {
@@ -240,8 +243,9 @@ pub fn run(options: &Options) -> Result<Summary> {
         .set(0, 0, 0)
         .context("resetting the journeys' stamp")?;
     // A killed reader may have left tracing on: start from a clean slot.
-    loader::stop_trace(&pins)?;
-    let session = loader::start_trace(&pins, &compiled)?;
+    let watch = loader::watch_plan(&topo);
+    loader::stop_trace(&pins, &watch)?;
+    let session = loader::start_trace(&pins, &compiled, &watch)?;
     log::info!(
         "{} loaded in {:.1} ms (verifier included)",
         netlab_common::names::TRACE_HOP,

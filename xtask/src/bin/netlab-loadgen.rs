@@ -99,6 +99,15 @@ enum Command {
         #[arg(long)]
         cpu: Option<usize>,
     },
+    /// Load each TC program of netlab's eBPF object OBJECT once, its maps
+    /// pinned under DIR (a bpffs directory, removed afterwards), and print
+    /// one JSON line per program: the instructions the verifier processed
+    /// and how long `BPF_PROG_LOAD` took.
+    Verify {
+        object: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, Serialize)]
@@ -178,6 +187,7 @@ fn execute(command: Command) -> Result<()> {
             println!("{}", flush_map(&path)?);
             Ok(())
         }
+        Command::Verify { object, dir } => verify(&object, &dir),
         Command::Decode { json, events, cpu } => {
             let (rate, per_cpu_second) = replay(json, events.min(100_000_000), cpu)?;
             println!(
@@ -358,6 +368,45 @@ fn replay(json: bool, events: u64, cpu: Option<usize>) -> Result<(f64, f64)> {
     // Per CPU second of the formatting thread (writes to the pipe
     // included): the machine is shared, so wall time counts others' work.
     Ok((done as f64 / elapsed, done as f64 / cpu_seconds))
+}
+
+/// The verifier's work on each TC program of the object, one at a time
+/// (as `up` loads them, but not in parallel, so each time is its own).
+fn verify(object: &Path, dir: &Path) -> Result<()> {
+    use aya::{EbpfLoader, programs::SchedClassifier};
+    use netlab_common::names;
+
+    let object = fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = (|| -> Result<()> {
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(dir)
+            .load(&object)
+            .context("loading the eBPF object")?;
+        for name in [
+            names::NAT_INGRESS,
+            names::NAT_EGRESS,
+            names::TRACE_HOP,
+            names::TRACE_INGRESS,
+            names::TRACE_EGRESS,
+        ] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("the object has no program {name}"))?
+                .try_into()?;
+            let started = Instant::now();
+            program.load().with_context(|| format!("loading {name}"))?;
+            let load_ms = started.elapsed().as_secs_f64() * 1e3;
+            let verified = program.info()?.verified_instruction_count();
+            println!(
+                "{}",
+                serde_json::json!({"program": name, "verified_insns": verified, "load_ms": load_ms})
+            );
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(dir);
+    result
 }
 
 /// CPU time of the calling thread, user and system.

@@ -1,17 +1,21 @@
-//! Loads netlab's eBPF object, attaches its programs, and pins everything
-//! (see [`Pins`] for the layout) so the lab keeps working after `up` exits.
+//! Loads netlab's eBPF object, attaches its programs, and pins the programs
+//! and maps (see [`Pins`] for the layout) so the lab keeps working after
+//! `up` exits.
 //!
-//! The loader owns every program of the object: the TC programs (attached
-//! with TCX to the lab's veths) and the cgroup sock_addr programs (attached
-//! to the cgroup2 root) at `up`; and, only while `netlab trace` runs
-//! ([`TraceSession`]), `trace_hop` (tail-called by the TC programs through
-//! the `TRACE_PROGS` slot) and the fate tracepoints (`skb:kfree_skb`,
-//! `skb:consume_skb`). `up` never pays the
-//! verifier for them, and a lab nobody traces carries none of them.
+//! The loader owns every program of the object. At `up`, for the eBPF
+//! datapaths: the NAT programs, run as `tc` filters on the TC hooks of the
+//! host side of every veth (lab ends and the uplink), and the cgroup
+//! sock_addr programs on the cgroup2 root. The iptables datapath gets the
+//! maps only. Only while `netlab trace` runs ([`TraceSession`]):
+//! `trace_hop` (tail-called by the NAT programs through the `TRACE_PROGS`
+//! slot), `trace_ingress`/`trace_egress` on every veth end that carries no
+//! NAT program, and the fate tracepoints. `up` never pays the verifier for
+//! them, and a lab nobody traces carries none of them.
 
 use std::{
     collections::BTreeMap,
     fs,
+    os::fd::AsFd as _,
     time::{Duration, Instant},
 };
 
@@ -20,18 +24,18 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, ProgramArray},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, TracePoint,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TracePoint,
         cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
     },
 };
 use netlab_common::{
-    Direction, names,
+    names,
     trace::{DEFAULT_RING_BYTES, Filter},
 };
 
 use super::maps;
 use crate::{
-    netns,
+    netlink::{self, TcHook},
     pins::Pins,
     sys,
     topology::{Family, Iface, Place, Topology},
@@ -45,16 +49,14 @@ pub static EBPF_OBJECT: &[u8] =
 /// Overrides the trace ring buffer size (bytes) when `up` loads the object.
 pub const RING_BYTES_ENV: &str = "NETLAB_TRACE_RING_BYTES";
 
-/// The TCX hooks netlab reports on, with their names.
-pub const HOOKS: [(Direction, TcAttachType, &str); 2] = [
-    (Direction::Ingress, TcAttachType::Ingress, "ingress"),
-    (Direction::Egress, TcAttachType::Egress, "egress"),
-];
+/// The `tc` filter priority of the datapath's programs on a hook.
+pub const DATAPATH_PRIORITY: u16 = 0x4e4c;
+/// The `tc` filter priority of a trace session's `trace_ingress` and
+/// `trace_egress` (never on a hook that has a datapath program).
+pub const WATCH_PRIORITY: u16 = 0x4e4d;
 
-/// Every program `up` loads and pins (once per lab): all but the trace ones.
-const PROGRAMS: [(&str, Kind); 8] = [
-    (names::COUNT_INGRESS, Kind::Tc),
-    (names::COUNT_EGRESS, Kind::Tc),
+/// The programs `up` loads and pins for the eBPF datapaths (once per lab).
+const DATAPATH_PROGRAMS: [(&str, Kind); 6] = [
     (names::NAT_INGRESS, Kind::Tc),
     (names::NAT_EGRESS, Kind::Tc),
     (
@@ -83,46 +85,70 @@ const TRACEPOINTS: [(&str, &str, &str); 2] = [
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
-    /// A TC classifier, attached with TCX to interfaces.
+    /// A TC classifier, run as a `tc` filter on interfaces' hooks.
     Tc,
     /// A cgroup sock_addr program, attached to the cgroup2 root.
     Sock(CgroupSockAddrAttachType),
 }
 
 /// One program on one hook of one interface.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attachment {
     pub iface: Iface,
     pub program: &'static str,
-    pub attach_type: TcAttachType,
+    pub hook: TcHook,
 }
 
-/// What runs where: on the host side of every veth (lab ends and the
-/// uplink) the NAT programs, which also count; elsewhere the counters alone.
-/// The iptables datapath gets the counters everywhere.
+/// Where the datapath's programs run: the NAT programs on the host side of
+/// every veth (lab ends and the uplink) for the eBPF datapaths; nothing for
+/// the iptables one.
 pub fn plan(topo: &Topology) -> Vec<Attachment> {
-    let mut plan = Vec::new();
-    for end in topo.veth_ends() {
-        let iface = Iface {
-            place: end.place.clone(),
-            name: end.name.clone(),
-        };
-        let mut add = |program, attach_type| {
-            plan.push(Attachment {
+    if topo.datapath.family() != Family::Ebpf {
+        return Vec::new();
+    }
+    topo.veth_ends()
+        .filter(|end| end.place == Place::Host)
+        .flat_map(|end| {
+            let iface = Iface {
+                place: end.place.clone(),
+                name: end.name.clone(),
+            };
+            [
+                (names::NAT_INGRESS, TcHook::Ingress),
+                (names::NAT_EGRESS, TcHook::Egress),
+            ]
+            .map(|(program, hook)| Attachment {
                 iface: iface.clone(),
                 program,
-                attach_type,
+                hook,
             })
-        };
-        if end.place == Place::Host && topo.datapath.family() == Family::Ebpf {
-            add(names::NAT_INGRESS, TcAttachType::Ingress);
-            add(names::NAT_EGRESS, TcAttachType::Egress);
-        } else {
-            add(names::COUNT_INGRESS, TcAttachType::Ingress);
-            add(names::COUNT_EGRESS, TcAttachType::Egress);
-        }
-    }
-    plan
+        })
+        .collect()
+}
+
+/// Where a trace session watches: both hooks of every veth end that
+/// [`plan`] gives no program (the namespace sides; every end of an
+/// iptables lab), where the NAT programs cannot report the hop.
+pub fn watch_plan(topo: &Topology) -> Vec<Attachment> {
+    let datapath = plan(topo);
+    topo.veth_ends()
+        .map(|end| Iface {
+            place: end.place.clone(),
+            name: end.name.clone(),
+        })
+        .filter(|iface| !datapath.iter().any(|a| &a.iface == iface))
+        .flat_map(|iface| {
+            [
+                (names::TRACE_INGRESS, TcHook::Ingress),
+                (names::TRACE_EGRESS, TcHook::Egress),
+            ]
+            .map(|(program, hook)| Attachment {
+                iface: iface.clone(),
+                program,
+                hook,
+            })
+        })
+        .collect()
 }
 
 /// The trace ring buffer size for the next load: [`RING_BYTES_ENV`] or the default.
@@ -142,74 +168,141 @@ pub fn ring_bytes() -> Result<u32> {
     }
 }
 
-/// Loads the object once per lab (later `up`s reuse the pinned programs and
-/// maps). Needs no interface, so `up` runs it while it builds the links.
-pub fn load(pins: &Pins, conntrack_size: u32) -> Result<()> {
+/// Loads the object once per lab: its maps, and for the eBPF datapaths its
+/// programs (later `up`s reuse the pinned ones). Needs no interface, so
+/// `up` runs it while it builds the links.
+pub fn load(pins: &Pins, conntrack_size: u32, family: Family) -> Result<()> {
     sys::ensure_bpffs()?;
     pins.create()?;
-    ensure_loaded(pins, conntrack_size)
+    let programs: &[(&str, Kind)] = match family {
+        Family::Ebpf => &DATAPATH_PROGRAMS,
+        // Tracing needs the maps; nothing of the datapath runs in the kernel.
+        Family::Iptables => &[],
+    };
+    ensure_loaded(pins, conntrack_size, programs)
 }
 
-/// Makes every attachment of `plan` that has no pinned link yet (after
-/// [`load`]).
+/// Runs every program of `plan` where it says (after [`load`]): one netlink
+/// connection per place, the filters replaced in place where they exist, so
+/// a second `up` changes nothing. Then the socket-level programs, when the
+/// plan has the NAT.
 pub fn attach(pins: &Pins, plan: &[Attachment]) -> Result<()> {
-    let pending: Vec<&Attachment> = plan
-        .iter()
-        .filter(|a| !pins.tc_link(&a.iface, a.program).exists())
-        .collect();
-    // Every TCX attach waits for an RCU grace period. The kernel serialises
-    // most of that work, so several workers only help a little (measured:
-    // 150 attachments took 4.3 s instead of 5.0 s).
-    let workers = pending.len().div_ceil(ATTACH_WORKERS).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = pending
-            .chunks(workers)
-            .map(|chunk| s.spawn(move || attach_chunk(pins, chunk)))
-            .collect();
-        handles.into_iter().try_for_each(|h| {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("an attach worker panicked"))?
-        })
-    })?;
+    let programs = pinned_programs(pins, plan)?;
+    let programs = programs.iter().map(|(name, p)| (*name, p)).collect();
+    set_tc_programs(plan, &programs, DATAPATH_PRIORITY)?;
     if plan.iter().any(|a| a.program == names::NAT_INGRESS) {
         attach_sockets(pins)?;
     }
     Ok(())
 }
 
-/// How many threads attach TC programs at once.
-const ATTACH_WORKERS: usize = 16;
-
-/// Attaches and pins one share of the plan. The worker opens its own handles
-/// on the pinned programs and enters each interface's namespace in turn
-/// (ifindex lookup is per namespace); pins resolve in the mount namespace,
-/// which `setns(CLONE_NEWNET)` leaves alone.
-fn attach_chunk(pins: &Pins, chunk: &[&Attachment]) -> Result<()> {
-    let mut programs: BTreeMap<&str, SchedClassifier> = BTreeMap::new();
-    for Attachment {
-        iface,
-        program: name,
-        attach_type,
-    } in chunk.iter().copied()
-    {
-        if !programs.contains_key(name) {
-            let pin = pins.program(name);
-            let program = SchedClassifier::from_pin(&pin)
-                .with_context(|| format!("opening pinned program {}", pin.display()))?;
-            programs.insert(name, program);
+/// The pinned programs `plan` runs, by name.
+fn pinned_programs(
+    pins: &Pins,
+    plan: &[Attachment],
+) -> Result<BTreeMap<&'static str, SchedClassifier>> {
+    let mut programs = BTreeMap::new();
+    for attachment in plan {
+        if programs.contains_key(attachment.program) {
+            continue;
         }
-        let Some(program) = programs.get_mut(name) else {
-            bail!("TC program {name} was not loaded");
-        };
-        let pin = pins.tc_link(iface, name);
-        Pins::create_parent(&pin)?;
-        netns::enter(&iface.place)?;
-        let id = program
-            .attach(&iface.name, *attach_type)
-            .with_context(|| format!("attaching {name} to {iface}"))?;
-        let link: FdLink = program.take_link(id)?.try_into()?;
-        link.pin(&pin)
-            .with_context(|| format!("pinning {}", pin.display()))?;
+        let pin = pins.program(attachment.program);
+        let program = SchedClassifier::from_pin(&pin)
+            .with_context(|| format!("opening pinned program {}", pin.display()))?;
+        programs.insert(attachment.program, program);
+    }
+    Ok(programs)
+}
+
+/// How many netlink requests an attach keeps in flight on one socket.
+const PIPELINE: usize = 64;
+
+/// Makes every attachment of `plan` a `tc` filter of `priority`, running
+/// the program of that name in `programs`.
+fn set_tc_programs(
+    plan: &[Attachment],
+    programs: &BTreeMap<&'static str, &SchedClassifier>,
+    priority: u16,
+) -> Result<()> {
+    let mut by_place: BTreeMap<&Place, Vec<&Attachment>> = BTreeMap::new();
+    for attachment in plan {
+        by_place
+            .entry(&attachment.iface.place)
+            .or_default()
+            .push(attachment);
+    }
+    for (place, attachments) in by_place {
+        netlink::run_in(place, |nl| async move {
+            let nl = &nl;
+            let indexes: BTreeMap<String, u32> = nl
+                .links()
+                .await?
+                .into_iter()
+                .map(|l| (l.name, l.index))
+                .collect();
+            let index_of = |a: &Attachment| {
+                indexes
+                    .get(&a.iface.name)
+                    .copied()
+                    .with_context(|| format!("interface {} is missing", a.iface))
+            };
+            let mut ifaces: Vec<u32> = attachments
+                .iter()
+                .map(|a| index_of(a))
+                .collect::<Result<_>>()?;
+            ifaces.dedup();
+            for chunk in ifaces.chunks(PIPELINE) {
+                futures::future::try_join_all(chunk.iter().map(|&index| nl.add_clsact(index)))
+                    .await?;
+            }
+            for chunk in attachments.chunks(PIPELINE) {
+                futures::future::try_join_all(chunk.iter().map(|a| async move {
+                    let Some(program) = programs.get(a.program) else {
+                        bail!("program {} was not loaded", a.program);
+                    };
+                    let fd = program.fd()?;
+                    nl.set_tc_program(index_of(a)?, a.hook, priority, fd.as_fd(), a.program)
+                        .await
+                }))
+                .await?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Removes the `tc` filters of `priority` from every hook of `plan` that
+/// still exists (gone interfaces and namespaces are fine).
+fn remove_tc_programs(plan: &[Attachment], priority: u16) -> Result<()> {
+    let mut by_place: BTreeMap<&Place, Vec<&Attachment>> = BTreeMap::new();
+    for attachment in plan {
+        by_place
+            .entry(&attachment.iface.place)
+            .or_default()
+            .push(attachment);
+    }
+    for (place, attachments) in by_place {
+        if !netlink::place_exists(place) {
+            continue;
+        }
+        netlink::run_in(place, |nl| async move {
+            let nl = &nl;
+            let indexes: BTreeMap<String, u32> = nl
+                .links()
+                .await?
+                .into_iter()
+                .map(|l| (l.name, l.index))
+                .collect();
+            for chunk in attachments.chunks(PIPELINE) {
+                futures::future::try_join_all(chunk.iter().filter_map(|a| {
+                    let index = *indexes.get(&a.iface.name)?;
+                    Some(nl.del_tc_program(index, a.hook, priority))
+                }))
+                .await?;
+            }
+            Ok(())
+        })?;
     }
     Ok(())
 }
@@ -226,7 +319,7 @@ fn attach_sockets(pins: &Pins) -> Result<()> {
     };
     let cgroup =
         fs::File::open(&root).with_context(|| format!("opening cgroup {}", root.display()))?;
-    for (name, kind) in PROGRAMS {
+    for (name, kind) in DATAPATH_PROGRAMS {
         let Kind::Sock(attach_type) = kind else {
             continue;
         };
@@ -250,10 +343,13 @@ fn attach_sockets(pins: &Pins) -> Result<()> {
     Ok(())
 }
 
-/// Loads the object and pins every program that is not pinned yet. Maps
-/// are pinned by name, so a later load reuses them and counters survive.
-fn ensure_loaded(pins: &Pins, conntrack_size: u32) -> Result<()> {
-    if PROGRAMS.iter().all(|(name, _)| pins.program(name).exists()) {
+/// Loads the object (maps are pinned by name, so a later load reuses them
+/// and counters survive) and pins every program of `programs` that is not
+/// pinned yet.
+fn ensure_loaded(pins: &Pins, conntrack_size: u32, programs: &[(&str, Kind)]) -> Result<()> {
+    // Every lab has the trace maps; their pins say the object's maps exist.
+    let maps_made = pins.map(names::TRACE_CONFIG).exists();
+    if maps_made && programs.iter().all(|(name, _)| pins.program(name).exists()) {
         return Ok(());
     }
     if EBPF_OBJECT.is_empty() {
@@ -269,8 +365,9 @@ fn ensure_loaded(pins: &Pins, conntrack_size: u32) -> Result<()> {
         .map_max_entries(names::TRACE_EVENTS, ring_bytes()?)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
-    let wanted: BTreeMap<&str, Kind> = PROGRAMS
-        .into_iter()
+    let wanted: BTreeMap<&str, Kind> = programs
+        .iter()
+        .copied()
         .filter(|(name, _)| !pins.program(name).exists())
         .collect();
     if let Some(name) = wanted.keys().find(|name| ebpf.program(name).is_none()) {
@@ -296,11 +393,11 @@ fn ensure_loaded(pins: &Pins, conntrack_size: u32) -> Result<()> {
                 .map_err(|_| anyhow::anyhow!("a program loader panicked"))?
         })
     })?;
-    // The pins keep the programs loaded once `ebpf` is dropped.
+    // The pins keep the programs (and maps) once `ebpf` is dropped.
     Ok(())
 }
 
-/// Loads (verifies) one program of [`PROGRAMS`] and pins it.
+/// Loads (verifies) one program of [`DATAPATH_PROGRAMS`] and pins it.
 fn load_and_pin(
     pins: &Pins,
     name: &str,
@@ -324,14 +421,17 @@ fn load_and_pin(
     Ok(())
 }
 
-/// What `netlab trace` loaded: `trace_hop` in the `TRACE_PROGS` slot and
-/// the fate probes, attached. Nothing of it is pinned: dropping the session
-/// empties the slot and closes the programs and links, and after a crash
-/// the kernel closes them with the process; only the slot keeps
-/// `trace_hop` alive then, until [`stop_trace`] (the next `netlab trace`,
-/// `netlab trace --off`, `down`) empties it.
+/// What `netlab trace` loaded: `trace_hop` in the `TRACE_PROGS` slot,
+/// `trace_ingress`/`trace_egress` on the hooks of [`watch_plan`], and the
+/// fate probes, attached. Nothing of it is pinned: dropping the session
+/// empties the slot, removes the watching filters and closes the programs
+/// and links. After a crash the kernel closes the tracepoints with the
+/// process; the slot and the filters keep their programs alive until
+/// [`stop_trace`] (the next `netlab trace`, `netlab trace --off`) or
+/// `down`.
 pub struct TraceSession {
     slots: ProgramArray<MapData>,
+    watched: Vec<Attachment>,
     /// Owns the programs and their links.
     _ebpf: Ebpf,
     /// How long the verifier took on `trace_hop` (`BPF_PROG_LOAD`).
@@ -345,15 +445,20 @@ impl Drop for TraceSession {
         if let Err(err) = self.slots.clear_index(&0) {
             log::warn!("emptying {}: {err}", names::TRACE_PROGS);
         }
+        if let Err(err) = remove_tc_programs(&self.watched, WATCH_PRIORITY) {
+            log::warn!("removing the trace programs: {err:#}; run `netlab trace --off`");
+        }
     }
 }
 
-/// Loads `trace_hop` from the object with `filter` built in (its maps are
-/// the lab's pinned ones; see the eBPF crate's `trace` module for why the
-/// filter is a constant), puts it in the slot the TC programs tail-call,
-/// and loads and attaches the fate probes. The probes are an extra: when they cannot be attached,
+/// Loads `trace_hop` and the watching programs from the object with
+/// `filter` built in (their maps are the lab's pinned ones; see the eBPF
+/// crate's `trace` module for why the filter is a constant), puts
+/// `trace_hop` in the slot the NAT programs tail-call, runs the watching
+/// programs on `watch` (from [`watch_plan`]), and loads and attaches the
+/// fate probes. The probes are an extra: when they cannot be attached,
 /// [`TraceSession::fates_missing`] says why and tracing goes on.
-pub fn start_trace(pins: &Pins, filter: &Filter) -> Result<TraceSession> {
+pub fn start_trace(pins: &Pins, filter: &Filter, watch: &[Attachment]) -> Result<TraceSession> {
     if EBPF_OBJECT.is_empty() {
         bail!(
             "this netlab binary was built without its eBPF object (plain `cargo build`); \
@@ -368,28 +473,54 @@ pub fn start_trace(pins: &Pins, filter: &Filter) -> Result<TraceSession> {
         .override_global(names::TRACE_FILTER, filter, true)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
-    let Some(program) = ebpf.program_mut(names::TRACE_HOP) else {
+    let started = Instant::now();
+    load_classifier(&mut ebpf, names::TRACE_HOP)?;
+    let hop_load = started.elapsed();
+    let Some(hop) = ebpf.program(names::TRACE_HOP) else {
         bail!("the eBPF object has no program {}", names::TRACE_HOP);
     };
-    let program: &mut SchedClassifier = program.try_into()?;
-    let started = Instant::now();
-    program
-        .load()
-        .with_context(|| format!("loading program {} (verifier)", names::TRACE_HOP))?;
-    let hop_load = started.elapsed();
+    let hop: &SchedClassifier = hop.try_into()?;
     slots
-        .set(0, program.fd()?, 0)
+        .set(0, hop.fd()?, 0)
         .with_context(|| format!("installing {} in {}", names::TRACE_HOP, names::TRACE_PROGS))?;
     let mut session = TraceSession {
         slots,
+        watched: Vec::new(),
         _ebpf: ebpf,
         hop_load,
         fates_missing: None,
     };
+    if !watch.is_empty() {
+        const WATCHERS: [&str; 2] = [names::TRACE_INGRESS, names::TRACE_EGRESS];
+        for name in WATCHERS {
+            load_classifier(&mut session._ebpf, name)?;
+        }
+        let mut programs = BTreeMap::new();
+        for name in WATCHERS {
+            let Some(program) = session._ebpf.program(name) else {
+                bail!("the eBPF object has no program {name}");
+            };
+            programs.insert(name, <&SchedClassifier>::try_from(program)?);
+        }
+        // Whatever fails half way, the session's drop removes.
+        session.watched = watch.to_vec();
+        set_tc_programs(watch, &programs, WATCH_PRIORITY)?;
+    }
     if let Err(err) = attach_fates(&mut session._ebpf) {
         session.fates_missing = Some(format!("{err:#}"));
     }
     Ok(session)
+}
+
+/// Loads (verifies) the TC program `name` of a loaded object.
+fn load_classifier(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let Some(program) = ebpf.program_mut(name) else {
+        bail!("the eBPF object has no program {name}");
+    };
+    let program: &mut SchedClassifier = program.try_into()?;
+    program
+        .load()
+        .with_context(|| format!("loading program {name} (verifier)"))
 }
 
 fn attach_fates(ebpf: &mut Ebpf) -> Result<()> {
@@ -409,9 +540,11 @@ fn attach_fates(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
-/// Empties the `trace_hop` slot a crashed `netlab trace` left filled (no
-/// error when the lab has no such map).
-pub fn stop_trace(pins: &Pins) -> Result<()> {
+/// Cleans up after a `netlab trace` that crashed: empties the `trace_hop`
+/// slot and removes the watching filters from `watch` (no error when the
+/// lab has no such map, or nothing is left).
+pub fn stop_trace(pins: &Pins, watch: &[Attachment]) -> Result<()> {
+    remove_tc_programs(watch, WATCH_PRIORITY)?;
     if !pins.map(names::TRACE_PROGS).exists() {
         return Ok(());
     }
@@ -433,15 +566,4 @@ pub fn trace_installed(pins: &Pins) -> bool {
     maps::trace_progs(pins)
         .ok()
         .is_some_and(|slots| slots.indices().any(|i| matches!(i, Ok(0))))
-}
-
-/// Names of the programs attached with TCX to `iface` at `attach_type`.
-pub fn attached(iface: &Iface, attach_type: TcAttachType) -> Result<Vec<String>> {
-    netns::on_thread(&iface.place, || -> Result<Vec<String>> {
-        let (_, infos) = SchedClassifier::query_tcx(&iface.name, attach_type)?;
-        Ok(infos
-            .iter()
-            .map(|i| i.name_as_str().unwrap_or("?").to_owned())
-            .collect())
-    })?
 }

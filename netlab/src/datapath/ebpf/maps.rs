@@ -11,8 +11,10 @@ use aya::maps::{
     lpm_trie::LpmTrie,
 };
 use netlab_common::{
-    IfaceCounters, IfaceKey, names,
-    nat::{Backend, CtEntry, Endpoint, FlowKey, IfaceConfig, NatConfig, PublishKey, Stat},
+    names,
+    nat::{
+        Backend, CtEntry, Endpoint, FlowKey, IfaceConfig, NatConfig, PublishKey, RedirectKey, Stat,
+    },
     trace::{TRACE_STAT_EMITTED, TRACE_STAT_LOST, TraceConfig},
 };
 
@@ -90,36 +92,16 @@ pub fn endpoints(pins: &Pins) -> Result<HashMap<MapData, u32, Endpoint>> {
 
 // Readers.
 
-/// Packet counters per (ifindex, direction), summed over CPUs.
-pub fn iface_counters(pins: &Pins) -> Result<BTreeMap<(u32, u32), IfaceCounters>> {
-    let data = open(pins, names::IFACE_COUNTERS, "is the lab up?")?;
-    let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> =
-        PerCpuHashMap::try_from(Map::PerCpuHashMap(data))?;
-    let mut out = BTreeMap::new();
-    for entry in map.iter() {
-        let (key, per_cpu) = entry?;
-        let mut sum = IfaceCounters::default();
-        for c in per_cpu.iter() {
-            sum.packets += c.packets;
-            sum.bytes += c.bytes;
-        }
-        out.insert((key.ifindex, key.direction), sum);
-    }
-    Ok(out)
-}
-
 /// Forwarding decisions of the `redirect` datapath per (ifindex, reason),
 /// summed over CPUs.
 pub fn redirect_stats(pins: &Pins) -> Result<BTreeMap<(u32, u32), u64>> {
-    let map: PerCpuHashMap<_, IfaceKey, u64> = PerCpuHashMap::try_from(Map::PerCpuHashMap(open(
-        pins,
-        names::REDIRECT_STATS,
-        NAT_HINT,
-    )?))?;
+    let map: PerCpuHashMap<_, RedirectKey, u64> = PerCpuHashMap::try_from(Map::PerCpuHashMap(
+        open(pins, names::REDIRECT_STATS, NAT_HINT)?,
+    ))?;
     let mut out = BTreeMap::new();
     for entry in map.iter() {
         let (key, values) = entry?;
-        out.insert((key.ifindex, key.direction), values.iter().sum());
+        out.insert((key.ifindex, key.reason), values.iter().sum());
     }
     Ok(out)
 }

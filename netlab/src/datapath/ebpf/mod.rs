@@ -2,7 +2,8 @@
 //! `netlab-ebpf`, driven from here.
 //!
 //! - [`loader`]: loads the object, attaches and pins every program of it
-//!   (TC, cgroup sock_addr, trace tail call and tracepoints);
+//!   (TC filters, cgroup sock_addr, the trace session's programs and
+//!   tracepoints);
 //! - [`maps`]: typed openers and readers of the pinned maps;
 //! - [`config`]: fills the configuration maps from the topology and the
 //!   published ports.
@@ -11,7 +12,7 @@ pub mod config;
 pub mod loader;
 pub mod maps;
 
-pub use loader::{EBPF_OBJECT, HOOKS};
+pub use loader::EBPF_OBJECT;
 
 use netlab_common::nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
