@@ -19,7 +19,7 @@ use netlab_common::nat::{
 };
 
 use crate::{
-    conntrack::{self, Found, Rewrite, Tracked},
+    conntrack::{self, Known, Rewrite},
     endpoints, frag,
     pkt::{
         csum::{self, L4Csum},
@@ -192,9 +192,7 @@ pub fn translate(ctx: &TcContext, pkt: &Packet, hook: u8, iface: &Iface) -> Verd
             pkt.key.dport,
         );
     }
-    if let Some(found) = conntrack::lookup(&pkt.key)
-        && let Some(verdict) = apply_found(ctx, pkt, found, hook)
-    {
+    if let Some(verdict) = known(ctx, pkt, hook) {
         return verdict;
     }
     if hook == APPLY_INGRESS {
@@ -204,21 +202,19 @@ pub fn translate(ctx: &TcContext, pkt: &Packet, hook: u8, iface: &Iface) -> Verd
     }
 }
 
-/// A known flow's verdict at `hook`; `None` when the flow is gone and the
-/// packet is to be handled as new.
+/// A known flow's verdict at `hook`; `None` when no live flow has the
+/// packet's key and the packet is to be handled as new.
 #[inline(always)]
-fn apply_found(ctx: &TcContext, pkt: &Packet, found: Found, hook: u8) -> Option<Verdict> {
-    if found.entry.apply != hook {
+fn known(ctx: &TcContext, pkt: &Packet, hook: u8) -> Option<Verdict> {
+    match conntrack::track(&pkt.key, hook, pkt.tcp_flags, pkt.len) {
+        Known::None => None,
         // Another hook translates this flow (masquerade waits for egress).
-        return Some(Verdict::Pass);
-    }
-    match conntrack::track(found, &pkt.key, pkt) {
-        Tracked::Rewrite(rewrite) => {
+        Known::OtherHook => Some(Verdict::Pass),
+        Known::Rewrite(rewrite) => {
             stats::count(Stat::Translated);
             Some(finish(ctx, pkt, rewrite))
         }
-        Tracked::Gone => None,
-        Tracked::HalfEvicted => Some(Verdict::Drop(Stat::CtHalfEvicted)),
+        Known::HalfEvicted => Some(Verdict::Drop(Stat::CtHalfEvicted)),
     }
 }
 
@@ -248,10 +244,7 @@ pub fn rewritten(pkt: &Packet, out: &Rewrite) -> Packet {
 /// stand-in for the egress hook a peer redirect skips.
 #[inline(always)]
 pub fn translate_known(ctx: &TcContext, pkt: &Packet, hook: u8) -> Verdict {
-    match conntrack::lookup(&pkt.key) {
-        Some(found) => apply_found(ctx, pkt, found, hook).unwrap_or(Verdict::Pass),
-        None => Verdict::Pass,
-    }
+    known(ctx, pkt, hook).unwrap_or(Verdict::Pass)
 }
 
 /// A fragment after the first: translated with the ports of its first
@@ -266,13 +259,9 @@ pub fn translate_fragment(ctx: &TcContext, frag: &LaterFragment, hook: u8) -> Ve
         }
         return Verdict::Pass;
     };
-    let Some(found) = conntrack::lookup(&key) else {
+    let Some(rewrite) = conntrack::peek(&key, hook, false) else {
         return Verdict::Pass;
     };
-    if found.entry.apply != hook {
-        return Verdict::Pass;
-    }
-    let rewrite = Rewrite::of(found.entry);
     stats::count(Stat::Fragment);
     if let Err(reason) = rewrite_addrs(ctx, &key, &rewrite, None) {
         return Verdict::Drop(reason);
@@ -309,6 +298,7 @@ fn new_ingress(ctx: &TcContext, pkt: &Packet, iface: &Iface) -> Verdict {
         sport: key.sport,
         dport: backend.port,
         nat: NAT_DNAT,
+        _pad: [0; 3],
     };
     if key.saddr == backend.addr {
         // A namespace reaching its own published port: the backend would see
@@ -349,6 +339,7 @@ fn new_egress(ctx: &TcContext, pkt: &Packet, iface: &Iface) -> Verdict {
         sport: key.sport,
         dport: key.dport,
         nat: 0,
+        _pad: [0; 3],
     };
     if is_masqueraded(key.saddr) {
         let masq_addr = match config() {
@@ -376,7 +367,7 @@ fn new_egress(ctx: &TcContext, pkt: &Packet, iface: &Iface) -> Verdict {
     // taken for a new flow to a published port, and moved to another port
     // when a masqueraded flow already holds its tuple (netfilter's
     // implicit source NAT).
-    if !conntrack::key_free(&reply_key(key.proto, &out), conntrack::now()) {
+    if !conntrack::key_free(&reply_key(key.proto, &out)) {
         out.nat = NAT_SNAT;
         if let Err(reason) = allocate_port(key, &mut out) {
             return Verdict::Drop(reason);
@@ -483,7 +474,7 @@ extern "C" fn try_port(i: u64, ctx: *mut c_void) -> i64 {
     let search = unsafe { &mut *ctx.cast::<PortSearch>() };
     let offset = (u64::from(search.start) + i) % u64::from(search.span.max(1));
     search.reply.dport = ((search.min + offset as u32) as u16).to_be();
-    if conntrack::key_free(&search.reply, conntrack::now()) {
+    if conntrack::key_free(&search.reply) {
         search.found = 1;
         return 1;
     }
@@ -504,11 +495,12 @@ fn create(
     let key = &pkt.key;
     let opened = conntrack::Opened {
         out,
+        len: pkt.len,
         apply_original,
         apply_reply,
-        len: pkt.len,
         // A plain ACK picks an established connection up mid-stream.
-        picked_up: key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN == 0,
+        picked_up: u8::from(key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN == 0),
+        _pad: 0,
     };
     match conntrack::insert_flow(key, &opened) {
         Ok(()) => {
@@ -518,11 +510,7 @@ fn create(
         // Another CPU opened this very flow first: follow its entry.
         Err(Stat::CtInsertRace) => {
             stats::count(Stat::CtInsertRace);
-            match conntrack::lookup(key) {
-                Some(found) => apply_found(ctx, pkt, found, apply_original)
-                    .unwrap_or(Verdict::Drop(Stat::CtInsertFailed)),
-                None => Verdict::Drop(Stat::CtInsertFailed),
-            }
+            known(ctx, pkt, apply_original).unwrap_or(Verdict::Drop(Stat::CtInsertFailed))
         }
         Err(reason) => Verdict::Drop(reason),
     }
@@ -603,16 +591,9 @@ fn rewrite(ctx: &TcContext, pkt: &Packet, out: &Rewrite) -> csum::Rewrite {
 #[inline(always)]
 pub fn icmp_error(ctx: &TcContext, err: &IcmpError, hook: u8, iface: &Iface) -> Option<Verdict> {
     let key = err.inner.reversed();
-    let found = conntrack::lookup(&key)?;
-    if found.entry.apply != hook {
-        return None;
-    }
     // Entries expire lazily: an error about a flow idle past its timeout
     // is about nothing nf_conntrack still knows, so it is unrelated.
-    if !conntrack::alive(&found, &key, conntrack::now()) {
-        return None;
-    }
-    let entry = Rewrite::of(found.entry);
+    let entry = conntrack::peek(&key, hook, true)?;
     // An error from a router inside a masqueraded subnet (not the flow's
     // endpoint) leaving through the uplink takes the masquerade address, as
     // netfilter does for related ICMP errors: no lab address leaves.
