@@ -96,35 +96,21 @@ impl TcpState {
 
 const SEC: u64 = 1_000_000_000;
 
-/// nf_conntrack's TCP timeouts in seconds, by [`TcpState`].
-const TCP_TIMEOUT_S: [u32; 7] = [
-    10,      // None
-    120,     // SynSent
-    60,      // SynRecv
-    432_000, // Established (5 days)
-    120,     // FinWait
-    120,     // TimeWait
-    10,      // Close
-];
-
 /// Idle time after which a flow is dead (nf_conntrack's defaults).
-///
-/// A table, not a `match`: every branch here is a path the verifier walks
-/// through the rest of each NAT program, and this runs on several of them
-/// (measured: the `match` cost 90,000 of nat_egress's 273,000 verified
-/// instructions).
 pub fn timeout_ns(proto: u8, tcp_state: u8, flags: u8) -> u64 {
-    let secs = if proto == IPPROTO_TCP {
-        TCP_TIMEOUT_S
-            .get(usize::from(tcp_state))
-            .copied()
-            .unwrap_or(10)
-    } else if proto == IPPROTO_UDP && flags & CT_REPLIED != 0 {
-        120
-    } else {
-        30
-    };
-    u64::from(secs) * SEC
+    match proto {
+        IPPROTO_TCP => match TcpState::from_u8(tcp_state) {
+            TcpState::SynSent => 120 * SEC,
+            TcpState::SynRecv => 60 * SEC,
+            TcpState::Established => 432_000 * SEC,
+            TcpState::FinWait => 120 * SEC,
+            TcpState::TimeWait => 120 * SEC,
+            TcpState::Close | TcpState::None => 10 * SEC,
+        },
+        IPPROTO_UDP if flags & CT_REPLIED != 0 => 120 * SEC,
+        IPPROTO_UDP => 30 * SEC,
+        _ => 30 * SEC,
+    }
 }
 
 /// Bits of [`CtEntry::flags`] (kept on the original entry).
