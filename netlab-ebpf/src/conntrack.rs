@@ -20,6 +20,8 @@
 //! values, as global functions need; what they return is a code the
 //! wrappers turn back into Rust types.
 
+use core::hint::black_box;
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
@@ -166,13 +168,16 @@ const TRACK_HALF_EVICTED: u32 = 3;
 #[inline(always)]
 pub fn track(key: &FlowKey, hook: u8, tcp_flags: u8, len: u32) -> Known {
     let mut out = Rewrite::NONE;
-    match netlab_ct_track(
+    // Through black_box, as every global function's result (see
+    // `pkt::csum::decode`): the verifier knows nothing of it, LLVM must not
+    // either.
+    match black_box(netlab_ct_track(
         key,
         u32::from(hook),
         u32::from(tcp_flags),
         len,
         &raw mut out,
-    ) {
+    )) {
         TRACK_OTHER_HOOK => Known::OtherHook,
         TRACK_REWRITE => Known::Rewrite(out),
         TRACK_HALF_EVICTED => Known::HalfEvicted,
@@ -217,7 +222,13 @@ pub extern "C" fn netlab_ct_track(
 #[inline(always)]
 pub fn peek(key: &FlowKey, hook: u8, alive: bool) -> Option<Rewrite> {
     let mut out = Rewrite::NONE;
-    (netlab_ct_peek(key, u32::from(hook), u32::from(alive), &raw mut out) != 0).then_some(out)
+    (black_box(netlab_ct_peek(
+        key,
+        u32::from(hook),
+        u32::from(alive),
+        &raw mut out,
+    )) != 0)
+        .then_some(out)
 }
 
 /// [`peek`], verified once.
@@ -404,7 +415,7 @@ fn advance_tcp(orig: &mut CtEntry, direction: u8, flags: u8) {
 /// flow, which is removed now).
 #[inline(always)]
 pub fn key_free(key: &FlowKey) -> bool {
-    netlab_ct_key_free(key) != 0
+    black_box(netlab_ct_key_free(key)) != 0
 }
 
 /// [`key_free`], verified once. It runs in the port search's callback too,
@@ -469,7 +480,7 @@ static CT_SCRATCH: PerCpuArray<[CtEntry; 2]> = PerCpuArray::with_max_entries(1, 
 /// of ours stays and [`Stat::CtInsertRace`] says to use the winner's.
 #[inline(always)]
 pub fn insert_flow(key: &FlowKey, flow: &Opened) -> Result<(), Stat> {
-    match netlab_ct_insert(key, flow) {
+    match black_box(netlab_ct_insert(key, flow)) {
         INSERTED => Ok(()),
         INSERT_RACE => Err(Stat::CtInsertRace),
         _ => Err(Stat::CtInsertFailed),

@@ -134,7 +134,12 @@ fn egress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
         }
     };
     // What NAT could not translate must not leave with a lab address.
-    nat::guard_uplink(&iface, parsed, verdict)
+    if let Verdict::Pass = verdict
+        && let Some(reason) = nat::uplink_leak(&iface, parsed)
+    {
+        return Verdict::Drop(reason);
+    }
+    verdict
 }
 
 /// Records one hop while tracing is on: tail-called by the programs above

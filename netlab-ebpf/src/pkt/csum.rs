@@ -25,6 +25,33 @@ const FIELD_4: u64 = 4;
 
 pub type Rewrite = Result<(), Stat>;
 
+/// A [`Rewrite`] as a global BPF function returns it: 0 when it was done,
+/// else 1 + the index of the reason it failed (see [`decode`]).
+#[inline(always)]
+pub fn encode(result: Rewrite) -> u32 {
+    match result {
+        Ok(()) => 0,
+        Err(reason) => reason as u32 + 1,
+    }
+}
+
+/// The [`Rewrite`] a global BPF function returned with [`encode`].
+///
+/// The code passes through `black_box` first: LLVM sees the function's
+/// body and would drop the bounds check on the reason's index (it knows
+/// the codes it can return), but the verifier takes a global function's
+/// result for any value, and refuses an unchecked index.
+#[inline(always)]
+pub fn decode(code: u32) -> Rewrite {
+    match core::hint::black_box(code).checked_sub(1) {
+        None => Ok(()),
+        Some(index) => Err(Stat::ALL
+            .get(index as usize)
+            .copied()
+            .unwrap_or(Stat::WriteFailed)),
+    }
+}
+
 /// Where an L4 checksum sits and how the helpers must treat it.
 #[derive(Clone, Copy)]
 pub struct L4Csum {
