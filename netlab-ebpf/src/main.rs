@@ -40,7 +40,7 @@ use crate::{
 };
 
 /// TC_ACT_UNSPEC: let the next filter on the hook (or the stack) decide.
-const TCX_NEXT: i32 = TC_ACT_UNSPEC;
+const TC_NEXT: i32 = TC_ACT_UNSPEC;
 const DROP: i32 = TC_ACT_SHOT;
 
 /// A hop where netlab only watches (see `names::TRACE_INGRESS`): attached
@@ -48,13 +48,13 @@ const DROP: i32 = TC_ACT_SHOT;
 #[classifier]
 pub fn trace_ingress(ctx: TcContext) -> i32 {
     trace::watch(&ctx, Hook::Ingress);
-    TCX_NEXT
+    TC_NEXT
 }
 
 #[classifier]
 pub fn trace_egress(ctx: TcContext) -> i32 {
     trace::watch(&ctx, Hook::Egress);
-    TCX_NEXT
+    TC_NEXT
 }
 
 /// Ingress of every lab veth's host side and of the uplink.
@@ -205,7 +205,7 @@ fn count_untranslatable(parsed: &Parsed) {
 #[inline(always)]
 fn to_action(verdict: Verdict) -> i32 {
     match verdict {
-        Verdict::Pass | Verdict::Rewritten(_) => TCX_NEXT,
+        Verdict::Pass | Verdict::Rewritten(_) => TC_NEXT,
         Verdict::Drop(reason) => {
             stats::count(reason);
             trace::note_drop(reason);

@@ -104,8 +104,8 @@ static TRACE_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::pinned(1, 0);
 #[map(name = "TRACE_PROGS")]
 static TRACE_PROGS: ProgramArray = ProgramArray::pinned(1, 0);
 
-/// The TC verdict "next program / the stack decides".
-const TCX_NEXT: i32 = -1;
+/// The TC verdict "next filter / the stack decides" (TC_ACT_UNSPEC).
+const TC_NEXT: i32 = -1;
 
 /// The configuration when tracing is on.
 #[inline(always)]
@@ -179,7 +179,7 @@ pub fn end(ctx: &TcContext, on: bool, hook: Hook, action: i32, touched: bool) ->
 pub fn tail(ctx: &TcContext) -> i32 {
     // Per-CPU slot written by the caller on this CPU.
     let Some(&scratch) = value(TRACE_SCRATCH.get_ptr(0)) else {
-        return TCX_NEXT;
+        return TC_NEXT;
     };
     let Some(cfg) = config() else {
         return scratch.action;

@@ -461,8 +461,8 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
     Ok(())
 }
 
-/// The counters are keyed by ifindex (see `netlab_common::IfaceKey`); refuse
-/// to attach rather than mix two interfaces' counts.
+/// The datapath's maps key interfaces by ifindex (the redirect decisions,
+/// the trace's places); refuse to attach rather than mix two interfaces.
 fn check_distinct_ifindexes(topo: &Topology, ifaces: &[Iface]) -> Result<()> {
     let links = netlink::indexes_by_place(topo)?;
     let mut seen: BTreeMap<u32, &Iface> = BTreeMap::new();
@@ -550,8 +550,7 @@ pub fn down(lab: &str) -> Result<DownReport> {
     })?;
     report.removed.extend(removed);
 
-    // Unpinning last: the links' interfaces are gone by now, so releasing
-    // them no longer waits for a TCX detach each.
+    // Unpinning last (the programs' filters went with their interfaces).
     log::debug!("down: removing the datapath's rules and pins");
     datapath::remove(lab, state.as_ref().map(|s| s.datapath))?;
     log::debug!("down: done");

@@ -321,7 +321,7 @@ impl Netlink {
     ///
     /// `indexes` are the ends' ifindexes: an end made inside a namespace
     /// would otherwise get that namespace's next index (2 in a fresh one),
-    /// and the lab's counters need an index per interface, lab-wide.
+    /// and the datapath keys interfaces by ifindex, lab-wide.
     pub async fn add_veth_in(
         &self,
         a: (&str, &Place),

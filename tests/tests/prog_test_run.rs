@@ -48,7 +48,7 @@ use netlab_common::{
 use netlab_tests::frames::*;
 
 /// TC verdicts as the programs return them.
-const TCX_NEXT: i32 = -1;
+const TC_NEXT: i32 = -1;
 const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
 
@@ -433,7 +433,7 @@ fn syn_to_a_published_port_is_dnatted_and_tracked() {
         dp.default_lab();
         let syn = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_SYN);
         let out = dp.run(names::NAT_INGRESS, &syn.bytes());
-        out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
         let expected = syn.clone().to(ep("192.168.15.2:80"));
         assert_eq!(
             endpoints(&out.frame),
@@ -482,7 +482,7 @@ fn ip_options_move_the_ports_and_are_translated() {
         let input = syn.bytes();
         assert_eq!(input[14], 0x46, "IHL 6");
         let out = dp.run(names::NAT_INGRESS, &input);
-        out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
         assert_eq!(
             endpoints(&out.frame),
             (ep("198.18.0.2:40000"), ep("192.168.15.2:80"))
@@ -497,7 +497,7 @@ fn ip_options_move_the_ports_and_are_translated() {
         // The same for UDP, whose checksum sits at another offset.
         let udp = Frame::udp("198.18.0.2:40001", "198.18.0.1:5353").ip_options(&options);
         let out = dp.run(names::NAT_INGRESS, &udp.bytes());
-        out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
         assert_checksums(&out.frame, false);
         assert_frame_eq(
             &out.frame,
@@ -525,13 +525,13 @@ fn a_tracked_flow_is_translated_both_ways() {
             names::NAT_INGRESS,
             &Frame::tcp(client, published, TCP_SYN).bytes(),
         )
-        .expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+        .expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
 
         // The backend's SYN-ACK leaves through the uplink: the reply entry is
         // applied there, before masquerade could claim the lab source.
         let syn_ack = Frame::tcp(backend, client, TCP_SYN | TCP_ACK);
         let out = dp.run(names::NAT_EGRESS, &syn_ack.bytes());
-        out.expect(TCX_NEXT, &[(Stat::Translated, 1)]);
+        out.expect(TC_NEXT, &[(Stat::Translated, 1)]);
         assert_eq!(endpoints(&out.frame), (ep(published), ep(client)));
         assert_checksums(&out.frame, false);
         assert_frame_eq(
@@ -543,13 +543,13 @@ fn a_tracked_flow_is_translated_both_ways() {
 
         // The same reply entering from the lab is not that hook's to translate.
         dp.iface(ROLE_LAB, ip("192.168.15.5"));
-        dp.expect_untouched(names::NAT_INGRESS, &syn_ack.bytes(), TCX_NEXT, None);
+        dp.expect_untouched(names::NAT_INGRESS, &syn_ack.bytes(), TC_NEXT, None);
         dp.iface(ROLE_UPLINK, Ipv4Addr::UNSPECIFIED);
 
         let ack = Frame::tcp(client, published, TCP_ACK).payload(b"GET / HTTP/1.0\r\n\r\n");
         let out = dp.run(names::NAT_INGRESS, &ack.bytes());
         // Established: the flow moves to the assured table.
-        out.expect(TCX_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
+        out.expect(TC_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
         assert_checksums(&out.frame, false);
         assert_frame_eq(
             &out.frame,
@@ -560,7 +560,7 @@ fn a_tracked_flow_is_translated_both_ways() {
 
         let data = Frame::tcp(backend, client, TCP_ACK).payload(b"HTTP/1.0 200 OK\r\n");
         let out = dp.run(names::NAT_EGRESS, &data.bytes());
-        out.expect(TCX_NEXT, &[(Stat::Translated, 1)]);
+        out.expect(TC_NEXT, &[(Stat::Translated, 1)]);
         assert_checksums(&out.frame, false);
         assert_frame_eq(
             &out.frame,
@@ -570,7 +570,7 @@ fn a_tracked_flow_is_translated_both_ways() {
 
         let fin = Frame::tcp(client, published, TCP_FIN | TCP_ACK);
         dp.run(names::NAT_INGRESS, &fin.bytes())
-            .expect(TCX_NEXT, &[(Stat::Translated, 1)]);
+            .expect(TC_NEXT, &[(Stat::Translated, 1)]);
         assert_eq!(state(dp), TcpState::FinWait as u8);
         let orig = dp.flow(&original).unwrap();
         assert_eq!(
@@ -596,13 +596,13 @@ fn tcp_for_an_unknown_flow_follows_conntrack_pickup() {
         dp.default_lab();
         for flags in [TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST] {
             let frame = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", flags).bytes();
-            dp.expect_untouched(names::NAT_INGRESS, &frame, TCX_NEXT, Some(Stat::TcpNotSyn));
+            dp.expect_untouched(names::NAT_INGRESS, &frame, TC_NEXT, Some(Stat::TcpNotSyn));
         }
         assert!(dp.conntrack().is_empty(), "nothing tracked");
 
         let ack = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_ACK);
         let out = dp.run(names::NAT_INGRESS, &ack.bytes());
-        out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
         assert_frame_eq(
             &out.frame,
             &ack.to(ep("192.168.15.2:80")).bytes(),
@@ -614,10 +614,10 @@ fn tcp_for_an_unknown_flow_follows_conntrack_pickup() {
 
         // An ACK to a port nobody published is none of NAT's business.
         let frame = Frame::tcp("198.18.0.2:40001", "198.18.0.1:9999", TCP_ACK).bytes();
-        dp.expect_untouched(names::NAT_INGRESS, &frame, TCX_NEXT, None);
+        dp.expect_untouched(names::NAT_INGRESS, &frame, TC_NEXT, None);
         // Nor is one to an address that is not the host's.
         let frame = Frame::tcp("198.18.0.2:40001", "198.18.0.9:8080", TCP_ACK).bytes();
-        dp.expect_untouched(names::NAT_INGRESS, &frame, TCX_NEXT, None);
+        dp.expect_untouched(names::NAT_INGRESS, &frame, TC_NEXT, None);
         // Flags no stack sends (nf_conntrack's tcp_valid_flags) are never
         // translated, even with SYN: counted as malformed.
         let frame = Frame::tcp(
@@ -626,7 +626,7 @@ fn tcp_for_an_unknown_flow_follows_conntrack_pickup() {
             TCP_SYN | TCP_FIN | TCP_RST,
         )
         .bytes();
-        dp.expect_untouched(names::NAT_INGRESS, &frame, TCX_NEXT, Some(Stat::Malformed));
+        dp.expect_untouched(names::NAT_INGRESS, &frame, TC_NEXT, Some(Stat::Malformed));
     });
 }
 
@@ -642,7 +642,7 @@ fn udp_checksums_survive_translation() {
         let input = query.bytes();
         assert_eq!(input[40..42], [0, 0], "sent without a checksum");
         let out = dp.run(names::NAT_INGRESS, &input);
-        out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
         assert_eq!(out.frame[40..42], [0, 0], "no checksum stays no checksum");
         assert_checksums(&out.frame, true);
         assert_frame_eq(
@@ -653,7 +653,7 @@ fn udp_checksums_survive_translation() {
 
         let query = Frame::udp("198.18.0.2:40001", "198.18.0.1:5353");
         let out = dp.run(names::NAT_INGRESS, &query.bytes());
-        out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
         assert_checksums(&out.frame, false);
         assert_frame_eq(
             &out.frame,
@@ -678,7 +678,7 @@ fn udp_checksums_survive_translation() {
         let input = query.bytes();
         assert_ne!(input[40..42], [0xff, 0xff]);
         let out = dp.run(names::NAT_INGRESS, &input);
-        out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
         assert_checksums(&out.frame, false);
         assert_frame_eq(&out.frame, &expected, "DNATed UDP whose checksum is 0xffff");
     });
@@ -774,7 +774,7 @@ fn truncated_and_inconsistent_frames_pass_untouched() {
             } else {
                 &[(Stat::Malformed.name(), 1)]
             };
-            let verdict = if leaks { TC_ACT_SHOT } else { TCX_NEXT };
+            let verdict = if leaks { TC_ACT_SHOT } else { TC_NEXT };
             assert_eq!(
                 (out.verdict, &out.moved[..]),
                 (verdict, expected),
@@ -810,7 +810,7 @@ fn truncated_and_inconsistent_frames_pass_untouched() {
         let unpadded_len = padded.len();
         padded.resize(60, 0xee);
         let out = dp.run(names::NAT_INGRESS, &padded);
-        out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
         assert_checksums(&out.frame, false);
         let mut expected = Frame::udp("198.18.0.2:40000", "192.168.15.2:53")
             .payload(&[])
@@ -845,7 +845,7 @@ fn non_ipv4_frames_pass_untouched() {
         vlan.extend(&Frame::udp("192.168.15.1:5000", "198.18.0.2:53").bytes()[14..]);
         for frame in [&arp, &ipv6, &vlan] {
             for program in [names::NAT_INGRESS, names::NAT_EGRESS] {
-                dp.expect_untouched(program, frame, TCX_NEXT, Some(Stat::NonIpv4));
+                dp.expect_untouched(program, frame, TC_NEXT, Some(Stat::NonIpv4));
             }
         }
     });
@@ -864,7 +864,7 @@ fn fragments_are_translated_with_their_first_fragment() {
         let to_published = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_SYN);
         let first = to_published.clone().frag(IP_MF);
         let out = dp.run(names::NAT_INGRESS, &first.bytes());
-        out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
         assert_frame_eq(
             &out.frame,
             &first.clone().to(ep("192.168.15.2:80")).bytes(),
@@ -878,7 +878,7 @@ fn fragments_are_translated_with_their_first_fragment() {
         ] {
             let frame = later.bytes();
             let out = dp.run(names::NAT_INGRESS, &frame);
-            out.expect(TCX_NEXT, &[(Stat::Fragment, 1)]);
+            out.expect(TC_NEXT, &[(Stat::Fragment, 1)]);
             let mut expected = frame.clone();
             expected[30..34].copy_from_slice(&blue);
             fix_ip_checksum(&mut expected);
@@ -892,7 +892,7 @@ fn fragments_are_translated_with_their_first_fragment() {
         // Don't-fragment is not a fragment: translated.
         let df = Frame::tcp("198.18.0.2:40002", "198.18.0.1:8080", TCP_SYN).frag(IP_DF);
         let out = dp.run(names::NAT_INGRESS, &df.bytes());
-        out.expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
         assert_frame_eq(
             &out.frame,
             &df.to(ep("192.168.15.2:80")).bytes(),
@@ -905,17 +905,17 @@ fn fragments_are_translated_with_their_first_fragment() {
         let later = outbound.clone().frag(4).bytes();
         dp.iface(ROLE_LAB, ip("192.168.15.1"));
         for frame in [&first, &later] {
-            dp.expect_untouched(names::NAT_EGRESS, frame, TCX_NEXT, None);
+            dp.expect_untouched(names::NAT_EGRESS, frame, TC_NEXT, None);
         }
         // Through the uplink the datagram is masqueraded whole.
         dp.iface(ROLE_UPLINK, Ipv4Addr::UNSPECIFIED);
         let uplink = [198, 18, 0, 1];
         let out = dp.run(names::NAT_EGRESS, &first);
-        out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
         assert_eq!(out.frame[26..30], uplink, "masqueraded first fragment");
         assert_checksums(&out.frame, false);
         let out = dp.run(names::NAT_EGRESS, &later);
-        out.expect(TCX_NEXT, &[(Stat::Fragment, 1)]);
+        out.expect(TC_NEXT, &[(Stat::Fragment, 1)]);
         let mut expected = later.clone();
         expected[26..30].copy_from_slice(&uplink);
         fix_ip_checksum(&mut expected);
@@ -931,7 +931,7 @@ fn fragments_are_translated_with_their_first_fragment() {
         let own = Frame::udp("198.18.0.1:5000", "198.18.0.2:53")
             .frag(IP_MF)
             .bytes();
-        dp.expect_untouched(names::NAT_EGRESS, &own, TCX_NEXT, Some(Stat::HostFlowNew));
+        dp.expect_untouched(names::NAT_EGRESS, &own, TC_NEXT, Some(Stat::HostFlowNew));
     });
 }
 
@@ -946,7 +946,7 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
         let masq = ip("198.18.0.1");
         let query = Frame::udp("192.168.15.1:5000", "198.18.0.2:53");
         let out = dp.run(names::NAT_EGRESS, &query.bytes());
-        out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
         let (src, dst) = endpoints(&out.frame);
         assert_eq!(*src.ip(), masq);
         assert!(
@@ -968,7 +968,7 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
         let answer = Frame::udp("198.18.0.2:53", &src.to_string());
         let out = dp.run(names::NAT_INGRESS, &answer.bytes());
         // Its first reply makes the flow assured: out of reach of new flows.
-        out.expect(TCX_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
+        out.expect(TC_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
         assert_checksums(&out.frame, false);
         assert_frame_eq(
             &out.frame,
@@ -979,7 +979,7 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
         // A port inside the range and free is kept.
         let in_range = Frame::udp("192.168.15.1:40001", "198.18.0.3:53");
         let out = dp.run(names::NAT_EGRESS, &in_range.bytes());
-        out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
         assert_frame_eq(
             &out.frame,
             &in_range.from(SocketAddrV4::new(masq, 40001)).bytes(),
@@ -988,7 +988,7 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
 
         let ping = Frame::icmp("192.168.15.1", "198.18.0.2", ICMP_ECHO_REQUEST, 0x0777);
         let out = dp.run(names::NAT_EGRESS, &ping.bytes());
-        out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
         let id = icmp_id(&out.frame);
         assert!(
             (40000..=40001).contains(&id),
@@ -1003,7 +1003,7 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
 
         let pong = Frame::icmp("198.18.0.2", "198.18.0.1", ICMP_ECHO_REPLY, id);
         let out = dp.run(names::NAT_INGRESS, &pong.bytes());
-        out.expect(TCX_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
+        out.expect(TC_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
         assert_checksums(&out.frame, false);
         assert_frame_eq(
             &out.frame,
@@ -1017,7 +1017,7 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
         // Not the uplink: no masquerade.
         dp.iface(ROLE_LAB, ip("192.168.15.1"));
         let other = Frame::udp("192.168.15.1:6000", "198.18.0.2:53").bytes();
-        dp.expect_untouched(names::NAT_EGRESS, &other, TCX_NEXT, None);
+        dp.expect_untouched(names::NAT_EGRESS, &other, TC_NEXT, None);
     });
 }
 
@@ -1040,7 +1040,7 @@ fn an_exhausted_port_range_drops_only_the_new_flow() {
         let mut ports = Vec::new();
         for flow in &flows[..2] {
             let out = dp.run(names::NAT_EGRESS, &flow.bytes());
-            out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
+            out.expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
             ports.push(endpoints(&out.frame).0.port());
         }
         ports.sort_unstable();
@@ -1054,7 +1054,7 @@ fn an_exhausted_port_range_drops_only_the_new_flow() {
 
         for flow in &flows[..2] {
             let out = dp.run(names::NAT_EGRESS, &flow.bytes());
-            out.expect(TCX_NEXT, &[(Stat::Translated, 1)]);
+            out.expect(TC_NEXT, &[(Stat::Translated, 1)]);
             let src = endpoints(&out.frame).0;
             assert!(ports.contains(&src.port()));
             assert_checksums(&out.frame, false);
@@ -1068,7 +1068,7 @@ fn an_exhausted_port_range_drops_only_the_new_flow() {
         // Ports are per destination, as in Linux: another one has room.
         let elsewhere = flows[2].clone().to(ep("198.18.0.3:53"));
         dp.run(names::NAT_EGRESS, &elsewhere.bytes())
-            .expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
+            .expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
     });
 }
 
@@ -1111,7 +1111,7 @@ fn untranslatable_protocols_never_leave_masqueraded() {
         let timestamp = Frame::icmp("192.168.15.1", "198.18.0.2", ICMP_TIMESTAMP, 0).bytes();
         for frame in [&gre, &timestamp] {
             dp.iface(ROLE_LAB, ip("192.168.15.5"));
-            dp.expect_untouched(names::NAT_INGRESS, frame, TCX_NEXT, Some(Stat::Unsupported));
+            dp.expect_untouched(names::NAT_INGRESS, frame, TC_NEXT, Some(Stat::Unsupported));
             dp.iface(ROLE_UPLINK, Ipv4Addr::UNSPECIFIED);
             let out = dp.run(names::NAT_EGRESS, frame);
             out.expect(
@@ -1122,7 +1122,7 @@ fn untranslatable_protocols_never_leave_masqueraded() {
         }
         // From the host's own address they leave as they are.
         let own = Frame::udp("198.18.0.1:5000", "198.18.0.2:53").bytes_with_proto(IPPROTO_GRE);
-        dp.expect_untouched(names::NAT_EGRESS, &own, TCX_NEXT, Some(Stat::Unsupported));
+        dp.expect_untouched(names::NAT_EGRESS, &own, TC_NEXT, Some(Stat::Unsupported));
     });
 }
 
@@ -1140,7 +1140,7 @@ fn icmp_errors_about_tracked_flows_are_translated() {
         // verify anyway (the embedded packet is cut at 8 bytes).
         let query = Frame::udp("192.168.15.1:5000", "198.18.0.2:53").zero_udp_checksum();
         let out = dp.run(names::NAT_EGRESS, &query.bytes());
-        out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
         let public = endpoints(&out.frame).0;
 
         // A router on the way cannot take the datagram: its error comes back
@@ -1149,7 +1149,7 @@ fn icmp_errors_about_tracked_flows_are_translated() {
         let sent = query.clone().from(public).bytes();
         let error = Frame::icmp_error("198.51.100.1", "198.18.0.1", ICMP_DEST_UNREACH, 4, &sent);
         let out = dp.run(names::NAT_INGRESS, &error.bytes());
-        out.expect(TCX_NEXT, &[(Stat::IcmpErrorTranslated, 1)]);
+        out.expect(TC_NEXT, &[(Stat::IcmpErrorTranslated, 1)]);
         assert_checksums(&out.frame, false);
         let expected = Frame::icmp_error(
             "198.51.100.1",
@@ -1171,7 +1171,7 @@ fn icmp_errors_about_tracked_flows_are_translated() {
             &answer.bytes(),
         );
         let out = dp.run(names::NAT_EGRESS, &error.bytes());
-        out.expect(TCX_NEXT, &[(Stat::IcmpErrorTranslated, 1)]);
+        out.expect(TC_NEXT, &[(Stat::IcmpErrorTranslated, 1)]);
         assert_checksums(&out.frame, false);
         let seen = answer.to(public).bytes();
         let expected = Frame::icmp_error("198.18.0.1", "198.18.0.2", ICMP_DEST_UNREACH, 3, &seen);
@@ -1185,7 +1185,7 @@ fn icmp_errors_about_tracked_flows_are_translated() {
         // leaves from the published address, about the published port.
         let syn = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_SYN);
         dp.run(names::NAT_INGRESS, &syn.bytes())
-            .expect(TCX_NEXT, &[(Stat::DnatNew, 1)]);
+            .expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
         let delivered = syn.clone().to(ep("192.168.15.2:80")).bytes();
         let error = Frame::icmp_error(
             "192.168.15.2",
@@ -1195,7 +1195,7 @@ fn icmp_errors_about_tracked_flows_are_translated() {
             &delivered,
         );
         let out = dp.run(names::NAT_EGRESS, &error.bytes());
-        out.expect(TCX_NEXT, &[(Stat::IcmpErrorTranslated, 1)]);
+        out.expect(TC_NEXT, &[(Stat::IcmpErrorTranslated, 1)]);
         assert_checksums(&out.frame, false);
         let expected = Frame::icmp_error(
             "198.18.0.1",
@@ -1212,7 +1212,7 @@ fn icmp_errors_about_tracked_flows_are_translated() {
         dp.expect_untouched(
             names::NAT_INGRESS,
             &error.bytes(),
-            TCX_NEXT,
+            TC_NEXT,
             Some(Stat::Unsupported),
         );
         dp.iface(ROLE_UPLINK, Ipv4Addr::UNSPECIFIED);
@@ -1222,12 +1222,12 @@ fn icmp_errors_about_tracked_flows_are_translated() {
         // checksum is part of its cut-off 8 bytes and is left as it was.
         let ping = Frame::icmp("192.168.15.1", "198.18.0.2", ICMP_ECHO_REQUEST, 0x0777);
         let out = dp.run(names::NAT_EGRESS, &ping.bytes());
-        out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
         let sent = out.frame.clone();
         let id = icmp_id(&sent);
         let error = Frame::icmp_error("198.51.100.1", "198.18.0.1", TIME_EXCEEDED, 0, &sent);
         let out = dp.run(names::NAT_INGRESS, &error.bytes());
-        out.expect(TCX_NEXT, &[(Stat::IcmpErrorTranslated, 1)]);
+        out.expect(TC_NEXT, &[(Stat::IcmpErrorTranslated, 1)]);
         assert_checksums(&out.frame, false);
         let mut original = ping.bytes();
         let echo_checksum = 14 + 20 + 2;
@@ -1248,7 +1248,7 @@ fn icmp_errors_about_tracked_flows_are_translated() {
             &stranger,
         );
         let out = dp.run(names::NAT_INGRESS, &error.bytes());
-        assert_eq!(out.verdict, TCX_NEXT);
+        assert_eq!(out.verdict, TC_NEXT);
         assert_frame_eq(&out.frame, &error.bytes(), "an error about an unknown flow");
     });
 }
@@ -1264,13 +1264,13 @@ fn a_refused_connection_is_forgotten_at_once() {
         dp.default_lab();
         let syn = Frame::tcp("192.168.15.1:5002", "198.18.0.2:9101", TCP_SYN);
         let out = dp.run(names::NAT_EGRESS, &syn.bytes());
-        out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
         let public = endpoints(&out.frame).0;
         let sent = out.frame.clone();
 
         let rst = Frame::tcp("198.18.0.2:9101", "198.18.0.1:0", TCP_RST | TCP_ACK).to(public);
         let out = dp.run(names::NAT_INGRESS, &rst.bytes());
-        out.expect(TCX_NEXT, &[(Stat::Translated, 1), (Stat::CtRefused, 1)]);
+        out.expect(TC_NEXT, &[(Stat::Translated, 1), (Stat::CtRefused, 1)]);
         assert_checksums(&out.frame, false);
         assert_frame_eq(
             &out.frame,
@@ -1281,7 +1281,7 @@ fn a_refused_connection_is_forgotten_at_once() {
 
         let error = Frame::icmp_error("198.51.100.1", "198.18.0.1", ICMP_DEST_UNREACH, 3, &sent);
         let out = dp.run(names::NAT_INGRESS, &error.bytes());
-        out.expect(TCX_NEXT, &[(Stat::Unsupported, 1)]);
+        out.expect(TC_NEXT, &[(Stat::Unsupported, 1)]);
         assert_frame_eq(&out.frame, &error.bytes(), "an error about a refused flow");
     });
 }
@@ -1297,7 +1297,7 @@ fn icmp_errors_about_expired_flows_are_not_translated() {
         dp.default_lab();
         let query = Frame::udp("192.168.15.1:5001", "198.18.0.2:53").zero_udp_checksum();
         let out = dp.run(names::NAT_EGRESS, &query.bytes());
-        out.expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
+        out.expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
         let public = endpoints(&out.frame).0;
         dp.age(&flow_key(
             IPPROTO_UDP,
@@ -1307,7 +1307,7 @@ fn icmp_errors_about_expired_flows_are_not_translated() {
         let sent = query.clone().from(public).bytes();
         let error = Frame::icmp_error("198.51.100.1", "198.18.0.1", ICMP_DEST_UNREACH, 3, &sent);
         let out = dp.run(names::NAT_INGRESS, &error.bytes());
-        out.expect(TCX_NEXT, &[(Stat::CtExpired, 1), (Stat::Unsupported, 1)]);
+        out.expect(TC_NEXT, &[(Stat::CtExpired, 1), (Stat::Unsupported, 1)]);
         assert_frame_eq(&out.frame, &error.bytes(), "an error about an expired flow");
         assert!(
             dp.conntrack().is_empty(),
@@ -1348,7 +1348,7 @@ fn icmp_errors_never_leave_the_uplink_with_a_lab_address() {
         // flow on its way in, and tells the peer.
         let query = Frame::udp("192.168.15.1:5000", "198.18.0.2:53").zero_udp_checksum();
         dp.run(names::NAT_EGRESS, &query.bytes())
-            .expect(TCX_NEXT, &[(Stat::SnatNew, 1)]);
+            .expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
         let answer = Frame::udp("198.18.0.2:53", "192.168.15.1:5000")
             .zero_udp_checksum()
             .bytes();

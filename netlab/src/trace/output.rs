@@ -612,8 +612,8 @@ pub fn nat_rewrites(before: &Tuple, after: &Tuple) -> Vec<(&'static str, String,
 
 fn hook_program(hook: Hook) -> &'static str {
     match hook {
-        Hook::Ingress => "count_ingress",
-        Hook::Egress => "count_egress",
+        Hook::Ingress => "trace_ingress",
+        Hook::Egress => "trace_egress",
         Hook::NatIngress => "nat_ingress",
         Hook::NatEgress => "nat_egress",
         Hook::Kernel => "kernel",

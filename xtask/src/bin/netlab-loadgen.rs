@@ -121,6 +121,11 @@ enum Metric {
     Stream,
     /// Small UDP datagrams, one way, counted by the server.
     Udp,
+    /// Small UDP datagrams, one way, in batches of 64 per `sendmmsg`, to a
+    /// port nobody listens on (the receiving kernel drops them: NO_SOCKET):
+    /// the cheapest packets a socket can send through the lab, for `bench
+    /// trace`'s flood. `count` is what was sent.
+    Flood,
 }
 
 /// What a client run prints.
@@ -663,6 +668,20 @@ fn run(metric: Metric, to: SocketAddrV4, budget: Duration, max_count: u64) -> Re
             sent = written;
             u64::from_le_bytes(count)
         }
+        Metric::Flood => {
+            let socket = udp_socket(to)?;
+            let sent = flood(&socket, deadline, max_count);
+            let seconds = start.elapsed().as_secs_f64();
+            let (busy_after, _) = cpu_seconds()?;
+            return Ok(Outcome {
+                metric,
+                count: sent,
+                sent,
+                seconds,
+                rate: sent as f64 / seconds,
+                cpu_busy_seconds: busy_after - busy_before,
+            });
+        }
         Metric::Udp => {
             let socket = udp_socket(to)?;
             udp_ask(&socket, b"R")?;
@@ -704,6 +723,43 @@ fn run(metric: Metric, to: SocketAddrV4, budget: Duration, max_count: u64) -> Re
         rate: count as f64 / seconds,
         cpu_busy_seconds: busy_after - busy_before,
     })
+}
+
+/// Sends datagrams of [`UDP_PAYLOAD`] bytes on the connected `socket`,
+/// [`FLOOD_BATCH`] per `sendmmsg`, until `deadline` or `max_count`; returns
+/// how many the kernel took.
+fn flood(socket: &UdpSocket, deadline: Instant, max_count: u64) -> u64 {
+    use std::os::fd::AsRawFd as _;
+    const FLOOD_BATCH: usize = 64;
+    let payload = [b'f'; UDP_PAYLOAD];
+    // SAFETY: plain-data structs, zeroed, then pointed at live locals.
+    let mut iov: [libc::iovec; FLOOD_BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut msgs: [libc::mmsghdr; FLOOD_BATCH] = unsafe { std::mem::zeroed() };
+    for (v, m) in iov.iter_mut().zip(msgs.iter_mut()) {
+        v.iov_base = payload.as_ptr() as *mut libc::c_void;
+        v.iov_len = payload.len();
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    let mut sent = 0u64;
+    while sent < max_count && Instant::now() < deadline {
+        // SAFETY: `msgs` points at FLOOD_BATCH valid headers and iovecs,
+        // which outlive the call; the socket is connected.
+        let n = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                FLOOD_BATCH as libc::c_uint,
+                0,
+            )
+        };
+        // A full queue (ENOBUFS) is a lost batch, as on the wire.
+        if n > 0 {
+            sent += n as u64;
+        }
+    }
+    sent
 }
 
 fn udp_socket(to: SocketAddrV4) -> Result<UdpSocket> {
