@@ -333,12 +333,68 @@ pub fn bench_up(workspace: &Path, counts: &[u32]) -> Result<ExitCode> {
     }
     println!("{table}");
     println!(
-        "netlab up also loads, attaches and pins its eBPF programs (counters and NAT on every veth) \
-         and, for the groups, configures published ports and masquerade; the ip script builds the \
-         links, addresses and routes only. \"up again\" is a second `up` on the lab that is up. \
-         Peak RSS is GNU time's maximum resident set size of the netlab process."
+        "netlab up also loads, attaches and pins its eBPF programs (the NAT programs on the host \
+         side of every veth, as tc filters; the cgroup programs) and, for the groups, configures \
+         published ports and masquerade; the ip script builds the links, addresses and routes \
+         only. \"up again\" is a second `up` on the lab that is up. Peak RSS is GNU time's \
+         maximum resident set size of the netlab process.\n"
     );
+    println!("{}", verifier_table(workspace)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// How many times `verifier_table` loads each program.
+const VERIFY_RUNS: usize = 5;
+
+/// The verifier's work on each TC program, loaded one at a time in a
+/// private bpffs and network namespace (`netlab up` verifies the two NAT
+/// programs at once, on two threads, while it builds the links; `netlab
+/// trace` the trace programs).
+fn verifier_table(workspace: &Path) -> Result<String> {
+    let loadgen = super::build_loadgen(workspace, build::Profile::Release)?;
+    let object = crate::ebpf::object_path(workspace);
+    let script = format!(
+        "set -e\nmount -t bpf bpf /sys/fs/bpf\nfor i in $(seq {VERIFY_RUNS}); do {} verify {} --dir /sys/fs/bpf/verify; done\n",
+        loadgen.display(),
+        object.display()
+    );
+    let out = Cmd::new("unshare")
+        .args(["--mount", "--net", "--propagation", "private", "bash", "-c"])
+        .arg(script)
+        .run_capturing_stdout()
+        .context("loading the programs in a private bpffs")?;
+    let mut runs: std::collections::BTreeMap<String, (f64, Vec<f64>)> = Default::default();
+    let mut order = Vec::new();
+    for line in out.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(name), Some(insns), Some(ms)) = (
+            v["program"].as_str(),
+            v["verified_insns"].as_f64(),
+            v["load_ms"].as_f64(),
+        ) else {
+            continue;
+        };
+        if !runs.contains_key(name) {
+            order.push(name.to_owned());
+        }
+        let entry = runs.entry(name.to_owned()).or_default();
+        entry.0 = insns;
+        entry.1.push(ms);
+    }
+    let mut table = format!(
+        "| program | instructions the verifier processed | BPF_PROG_LOAD, median of {VERIFY_RUNS} (min–max) |\n|---|---|---|\n"
+    );
+    for name in order {
+        let (insns, times) = runs.remove(&name).unwrap_or_default();
+        let (m, lo, hi) = median_min_max(times);
+        let _ = writeln!(
+            table,
+            "| `{name}` | {insns:.0} | {m:.1} ms ({lo:.1}–{hi:.1}) |"
+        );
+    }
+    Ok(table)
 }
 
 /// Published ports installed before the timed add/remove.
