@@ -24,8 +24,7 @@ pub mod names {
     pub const SOCK_NAT: &str = "SOCK_NAT";
     /// Hash: lab address (network order) → [`Endpoint`](crate::nat::Endpoint).
     pub const ENDPOINTS: &str = "ENDPOINTS";
-    /// Per-CPU hash: [`IfaceKey`](crate::IfaceKey) with a
-    /// [`RedirectReason`](crate::nat::RedirectReason) as direction → packets.
+    /// Per-CPU hash: [`RedirectKey`](crate::nat::RedirectKey) → packets.
     pub const REDIRECT_STATS: &str = "REDIRECT_STATS";
 
     /// Array[1]: [`NatConfig`](crate::nat::NatConfig).
@@ -67,9 +66,9 @@ pub mod names {
     pub const TRACE_IFACES: &str = "TRACE_IFACES";
     /// LRU hash: skb address → [`Journey`](crate::trace::Journey).
     pub const TRACE_JOURNEYS: &str = "TRACE_JOURNEYS";
-    /// Array[1]: when the current trace session last started a journey
-    /// (`bpf_ktime_get_ns`), 0 before its first; lets every hop and
-    /// tracepoint skip the journey lookup while none can be live.
+    /// Array[1]: when a journey of the current trace session last started
+    /// or hopped (`bpf_ktime_get_ns`), 0 before the first; lets every hop
+    /// and tracepoint skip the journey lookup while none can be live.
     pub const TRACE_LIVE: &str = "TRACE_LIVE";
     /// Per-CPU array: events emitted and lost (`TRACE_STAT_*`).
     pub const TRACE_STATS: &str = "TRACE_STATS";
@@ -78,14 +77,14 @@ pub mod names {
     pub const TRACE_PROGS: &str = "TRACE_PROGS";
     /// TC program that records a hop (only ever tail-called).
     pub const TRACE_HOP: &str = "trace_hop";
-    /// Tracepoint programs: `skb:kfree_skb` (drops) and `skb:consume_skb`
-    /// (ends a journey).
     /// TC ingress and egress of the lab's veth ends that carry no NAT
     /// program (the namespace sides; every end in the iptables datapath),
     /// attached by `netlab trace` for its session only: the hops where
     /// netlab only watches.
     pub const TRACE_INGRESS: &str = "trace_ingress";
     pub const TRACE_EGRESS: &str = "trace_egress";
+    /// Tracepoint programs: `skb:kfree_skb` (drops) and `skb:consume_skb`
+    /// (ends a journey).
     pub const TRACE_KFREE_SKB: &str = "trace_kfree_skb";
     pub const TRACE_CONSUME_SKB: &str = "trace_consume_skb";
     /// Per-CPU slot the TC programs hand `trace_hop` their verdict in;

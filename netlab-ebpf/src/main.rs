@@ -85,6 +85,10 @@ fn ingress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
             Verdict::Pass
         }
     };
+    // What follows may hand the rewritten packet on as a plain pass.
+    if verdict.may_rewrite() {
+        trace::note_rewrite();
+    }
     if let (Parsed::Flow(pkt), Verdict::Rewritten(out)) = (parsed, verdict)
         && iface.role == ROLE_LAB
         && out.nat & (NAT_DNAT | NAT_REFLECT) == NAT_DNAT

@@ -86,8 +86,9 @@ struct Scratch {
     /// The TC verdict the program decided, returned by `trace_hop`.
     action: i32,
     hook: u32,
-    /// Nonzero when the program may have changed the tuple (its verdict
-    /// was not a plain pass or drop): `trace_hop` parses the packet again.
+    /// Nonzero when the program may have changed the tuple (NAT rewrote
+    /// it, or the verdict was neither a plain pass nor a drop): `trace_hop`
+    /// parses the packet again.
     touched: u32,
     _pad: u32,
 }
@@ -147,13 +148,15 @@ pub fn begin(parsed: &Parsed) -> bool {
     scratch.before = parsed.tuple();
     scratch.target_ifindex = 0;
     scratch.reason = u32::from(REASON_NONE);
+    scratch.touched = 0;
     true
 }
 
 /// End of a hop begun with [`begin`]: hands the verdict `action` to
 /// `trace_hop`, which records the hop and returns `action` as the
 /// program's verdict. Returns `action` itself when the tail call fails.
-/// `touched`: the program may have rewritten the tuple.
+/// `touched`: the program's verdict may follow a rewrite of the tuple
+/// (besides what [`note_rewrite`] said).
 #[inline(always)]
 pub fn end(ctx: &TcContext, on: bool, hook: Hook, action: i32, touched: bool) -> i32 {
     if !on {
@@ -165,7 +168,7 @@ pub fn end(ctx: &TcContext, on: bool, hook: Hook, action: i32, touched: bool) ->
     // Per-CPU slot: only this program run uses it.
     scratch.action = action;
     scratch.hook = hook as u32;
-    scratch.touched = u32::from(touched);
+    scratch.touched |= u32::from(touched);
     // SAFETY: slot 0 holds `trace_hop` or nothing; a failed call returns.
     unsafe {
         TRACE_PROGS.tail_call(ctx, 0);
@@ -220,6 +223,16 @@ pub fn note_drop(stat: Stat) {
     // Per-CPU slot: only this program run uses it.
     if let Some(scratch) = value_mut(TRACE_SCRATCH.get_ptr_mut(0)) {
         scratch.reason = stat as u32;
+    }
+}
+
+/// Notes that NAT rewrote the packet's tuple, whatever verdict follows
+/// (a redirect's fallback, a bridged hairpin pass the packet on as is).
+#[inline(always)]
+pub fn note_rewrite() {
+    // Per-CPU slot: only this program run uses it.
+    if let Some(scratch) = value_mut(TRACE_SCRATCH.get_ptr_mut(0)) {
+        scratch.touched = 1;
     }
 }
 
@@ -294,8 +307,8 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
         || filter_matches(ifindex, before) || (after != before && filter_matches(ifindex, after));
     // Until the session's first journey a hop is only the filter: no
     // clock, no journey lookup (a filter that matches nothing costs this).
-    let started = last_journey_start();
-    if started == 0 && !matches() {
+    let stamp = last_journey_stamp();
+    if stamp == 0 && !matches() {
         return;
     }
     // SAFETY: plain helper.
@@ -312,7 +325,7 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
     let mut known = false;
     // While no journey can be live (none started lately), a hop costs no
     // journey lookup.
-    let live = started != 0 && now.wrapping_sub(started) < JOURNEY_IDLE_NS;
+    let live = stamp != 0 && now.wrapping_sub(stamp) < JOURNEY_IDLE_NS;
     // Leaving a lab namespace is where a packet's journey starts; an entry
     // for this address belongs to an earlier packet.
     let starts_here = live
@@ -333,6 +346,7 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
             {
                 known = true;
                 trace_id = (*journey).trace_id;
+                note_journey_active(now);
                 (*journey).last_ns = now;
                 (*journey).last_ifindex = ifindex;
                 (*journey).flags = flags();
@@ -363,7 +377,7 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
             last: *after,
         };
         let _ = TRACE_JOURNEYS.insert(skb, journey, 0);
-        note_journey_started(now);
+        note_journey_active(now);
     }
     if trace_id == 0 {
         return;
@@ -455,25 +469,24 @@ pub fn wakeup(cfg: &TraceConfig) -> u64 {
     }
 }
 
-/// When this trace session last started a journey, 0 before its first. A
-/// journey lasts as long as its packet hops (microseconds), so none is
-/// live [`JOURNEY_IDLE_NS`] after the last start.
+/// When a journey of this trace session last started or hopped, 0 before
+/// the first: none is live [`JOURNEY_IDLE_NS`] after that.
 #[inline(always)]
-fn last_journey_start() -> u64 {
+fn last_journey_stamp() -> u64 {
     value(TRACE_LIVE.get_ptr(0)).map_or(0, |&started| started)
 }
 
 /// Whether this trace session has started any journey yet (no clock read).
 #[inline(always)]
 pub fn journeys_started() -> bool {
-    last_journey_start() != 0
+    last_journey_stamp() != 0
 }
 
-/// Notes that a journey started at `now`. The stamp is shared by all CPUs:
-/// written at most once a millisecond, so that tracing every packet does
-/// not bounce its cache line between them.
+/// Notes that a journey started or hopped at `now`. The stamp is shared by
+/// all CPUs: written at most once a millisecond, so that tracing every
+/// packet does not bounce its cache line between them.
 #[inline(always)]
-fn note_journey_started(now: u64) {
+fn note_journey_active(now: u64) {
     const COARSE_NS: u64 = 1_000_000;
     if let Some(started) = value_mut(TRACE_LIVE.get_ptr_mut(0))
         && now.wrapping_sub(*started) >= COARSE_NS

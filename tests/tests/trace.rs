@@ -125,6 +125,58 @@ fn ping_shows_every_hop_in_order() {
     assert_eq!(lost_total(&stderr), 0);
 }
 
+/// A namespace reaching a published port on its own segment: DNATed on
+/// its veth's host side, then bridged on to the backend as it is (the
+/// program passes it), so the hop must show the rewrite it made, and the
+/// journey go on in one piece.
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn a_bridged_hairpin_shows_its_dnat() {
+    let sb = lab();
+    let mut server = sb
+        .spawn(
+            &[
+                "ip", "netns", "exec", "blue", "python3", "-c",
+                "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',80))\ns.listen()\nprint('ready',flush=True)\nc,_=s.accept()\nc.sendall(b'hi')\nc.close()",
+            ],
+            LIFETIME,
+        )
+        .unwrap();
+    server.wait_for("ready", SETTLE).unwrap();
+    let bg = trace(&sb, &["--json", "--duration", "3", "tcp"]);
+    sb.ok(&[
+        "ip", "netns", "exec", "red", "python3", "-c",
+        "import socket\ns=socket.create_connection(('192.168.15.5',8080),timeout=3)\nassert s.recv(10)==b'hi'",
+    ])
+    .unwrap();
+    let (events, _) = events(bg);
+    let journeys = journeys(&events);
+    let syn = journeys
+        .values()
+        .find(|list| list[0]["packet"]["tcp_flags"] == "S" && list[0]["netns"] == "red")
+        .unwrap_or_else(|| panic!("no SYN journey from red: {events:#?}"));
+    let hops: Vec<&&Value> = syn.iter().filter(|e| e["type"] == "hop").collect();
+    let path: Vec<String> = hops.iter().map(|e| place(e)).collect();
+    assert_eq!(
+        path,
+        [
+            "red/veth-red egress",
+            "host/veth-red-br ingress",
+            "host/veth-blue-br egress",
+            "blue/veth-blue ingress"
+        ],
+        "{syn:#?}"
+    );
+    let dnat = &hops[1]["nat"][0];
+    assert_eq!(dnat["kind"], "dnat", "{syn:#?}");
+    assert_eq!(dnat["from"], "192.168.15.5:8080", "{syn:#?}");
+    assert_eq!(dnat["to"], format!("{BLUE}:80"), "{syn:#?}");
+    assert_eq!(hops[1]["action"], "pass", "{syn:#?}");
+    assert_eq!(hops[2]["packet"]["dst"], BLUE, "{syn:#?}");
+    assert_eq!(syn.last().unwrap()["type"], "delivered", "{syn:#?}");
+    drop(server);
+}
+
 #[test]
 #[ignore = "privileged: run through `cargo xtask test`"]
 fn published_port_shows_dnat_and_its_reverse() {
