@@ -40,7 +40,7 @@ pub enum Format {
 pub struct Live {
     /// The datapath `up` built (it may differ from the topology file's).
     pub datapath: Datapath,
-    /// Counters of the lab's veth ends; absent ends have seen nothing.
+    /// The kernel's counters of the lab's interfaces (an end missing here is gone).
     pub counters: BTreeMap<Iface, LinkCounters>,
 }
 

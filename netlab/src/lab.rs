@@ -97,6 +97,7 @@ fn build(topo: &Topology, origin: &str, text: &str, overlap: HostOverlap) -> Res
 
     check_host(topo, &tag, overlap)?;
     check_ownership(topo, &state, &tag)?;
+    datapath::check(topo)?;
 
     state.origin = origin.to_owned();
     state.topology = text.to_owned();

@@ -236,7 +236,6 @@ pub fn owner_group(lab: &str) -> u32 {
 }
 
 const EEXIST: i32 = -libc::EEXIST;
-const EINVAL: i32 = -libc::EINVAL;
 const ENODEV: i32 = -libc::ENODEV;
 const ENOENT: i32 = -libc::ENOENT;
 const ESRCH: i32 = -libc::ESRCH;
@@ -612,8 +611,8 @@ impl Netlink {
                         out.push(program);
                     }
                 }
-                // No qdisc: no hook, no program.
-                NetlinkPayload::Error(err) if matches!(err.raw_code(), EINVAL | ENOENT) => {}
+                // The end of the dump.
+                NetlinkPayload::Error(err) if err.raw_code() == 0 => {}
                 NetlinkPayload::Error(err) => {
                     return Err(rtnetlink::Error::NetlinkError(err)).with_context(|| {
                         format!("listing TC filters of link {index} in {}", self.place)
@@ -625,8 +624,8 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Removes the filter of `priority` from `hook` of link `index`;
-    /// already gone (or no qdisc at all) is fine.
+    /// Removes the filter of `priority` from `hook` of link `index`
+    /// (listed by [`Netlink::tc_programs`]); already gone is fine.
     pub async fn del_tc_program(&self, index: u32, hook: TcHook, priority: u16) -> Result<()> {
         let mut msg = TcMessage::with_index(index as i32);
         msg.header.parent = hook.parent();
@@ -637,7 +636,7 @@ impl Netlink {
             .await
             .with_context(|| format!("removing a TC filter from link {index} in {}", self.place))?
         {
-            0 | ENOENT | EINVAL | ENODEV => Ok(()),
+            0 | ENOENT | ENODEV => Ok(()),
             code => Err(std::io::Error::from_raw_os_error(-code)).with_context(|| {
                 format!("removing a TC filter from link {index} in {}", self.place)
             }),

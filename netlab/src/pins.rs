@@ -46,6 +46,14 @@ impl Pins {
         }
     }
 
+    /// The lab's name.
+    pub fn lab(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     /// The lab's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -108,6 +116,7 @@ mod tests {
     #[test]
     fn layout() {
         let pins = Pins::of("default");
+        assert_eq!(pins.lab(), "default");
         assert_eq!(pins.dir(), Path::new("/sys/fs/bpf/netlab/default"));
         assert_eq!(
             pins.map("CONNTRACK"),

@@ -254,3 +254,42 @@ fn without_privileges_up_says_what_it_needs_in_one_line() {
     }
     sb.assert_no_lab_traces("default").unwrap();
 }
+
+/// A lab an older netlab brought up (its programs TCX links, its maps of
+/// other layouts: here, its trace switch without the journeys' stamp
+/// beside it) is not taken over: a second datapath beside the old one
+/// would translate every packet twice. The error says what to run.
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn a_lab_of_an_older_netlab_is_not_taken_over() {
+    let sb = Sandbox::new().unwrap();
+    sb.ok(&["mkdir", "-p", "/sys/fs/bpf/netlab/default/maps"])
+        .unwrap();
+    sb.ok(&[
+        "bpftool",
+        "map",
+        "create",
+        "/sys/fs/bpf/netlab/default/maps/TRACE_CONFIG",
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "24",
+        "entries",
+        "1",
+        "name",
+        "TRACE_CONFIG",
+    ])
+    .unwrap();
+    let before = NetState::capture(&sb, Detail::Full).unwrap();
+    let out = sb.netlab(&["up"]).unwrap().failed().unwrap();
+    assert!(
+        out.stderr.contains("older netlab") && out.stderr.contains("netlab down"),
+        "{out}"
+    );
+    NetState::capture(&sb, Detail::Full)
+        .unwrap()
+        .same_as(&before, "after the refused `up`")
+        .unwrap();
+}

@@ -22,6 +22,12 @@ use crate::{
     topology::{Datapath, Family, PublishedPort, Topology},
 };
 
+/// What must hold before `up` changes anything: the lab's pins, if any,
+/// are this netlab's.
+pub fn check(topo: &Topology) -> Result<()> {
+    ebpf::loader::check_pins(&Pins::of(&topo.name))
+}
+
 /// Loads the eBPF object if the lab has not loaded it yet (the verifier's
 /// work: `up` runs it while it builds the links).
 pub fn load(topo: &Topology) -> Result<()> {

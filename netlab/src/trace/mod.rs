@@ -102,16 +102,22 @@ fn build_filter(options: &Options) -> Result<Option<filter::Expr>> {
     Ok(terms.into_iter().reduce(Expr::and))
 }
 
-/// Turns tracing off and empties the `trace_hop` slot (`netlab trace
-/// --off`, after a reader was killed).
+/// Turns tracing off, empties the `trace_hop` slot and removes the
+/// watching programs' filters (`netlab trace --off`, after a reader was
+/// killed).
 pub fn switch_off(lab: &str) -> Result<()> {
     let pins = Pins::of(lab);
     let mut config = maps::trace_config(&pins)?;
     let mut value = config.get(&0, 0)?;
     value.enabled = 0;
     config.set(0, value, 0)?;
-    let record = LabState::load(lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
-    loader::stop_trace(&pins, &loader::watch_plan(&record.topology()?))
+    // Without its record the lab's interfaces are unknown: their filters
+    // go with them at `down`.
+    let watch = match LabState::load(lab)? {
+        Some(record) => loader::watch_plan(&record.topology()?),
+        None => Vec::new(),
+    };
+    loader::stop_trace(&pins, &watch)
 }
 
 /// Turns tracing on while alive; off when dropped, whatever happened.

@@ -168,6 +168,21 @@ pub fn ring_bytes() -> Result<u32> {
     }
 }
 
+/// Refuses the pins of a lab an older netlab brought up: its programs are
+/// TCX links and its maps have other layouts, and a second datapath beside
+/// them would translate every packet twice. (Its trace switch is there,
+/// the journeys' stamp that came with this layout is not.)
+pub fn check_pins(pins: &Pins) -> Result<()> {
+    if pins.map(names::TRACE_CONFIG).exists() && !pins.map(names::TRACE_LIVE).exists() {
+        bail!(
+            "lab `{}` was brought up by an older netlab, whose programs and maps differ from \
+             this one's; run `netlab down` (with this netlab) first, then `netlab up`",
+            pins.lab()
+        );
+    }
+    Ok(())
+}
+
 /// Loads the object once per lab: its maps, and for the eBPF datapaths its
 /// programs (later `up`s reuse the pinned ones). Needs no interface, so
 /// `up` runs it while it builds the links.
@@ -272,8 +287,10 @@ fn set_tc_programs(
     Ok(())
 }
 
-/// Removes the `tc` filters of `priority` from every hook of `plan` that
-/// still exists (gone interfaces and namespaces are fine).
+/// Removes the `tc` filters of `priority` running `plan`'s programs from
+/// every hook of `plan` that still exists (gone interfaces and namespaces
+/// are fine). Only filters the hook lists under that priority and name are
+/// removed, so a failure to remove one is an error.
 fn remove_tc_programs(plan: &[Attachment], priority: u16) -> Result<()> {
     let mut by_place: BTreeMap<&Place, Vec<&Attachment>> = BTreeMap::new();
     for attachment in plan {
@@ -297,7 +314,17 @@ fn remove_tc_programs(plan: &[Attachment], priority: u16) -> Result<()> {
             for chunk in attachments.chunks(PIPELINE) {
                 futures::future::try_join_all(chunk.iter().filter_map(|a| {
                     let index = *indexes.get(&a.iface.name)?;
-                    Some(nl.del_tc_program(index, a.hook, priority))
+                    Some(async move {
+                        let ours = nl
+                            .tc_programs(index, a.hook)
+                            .await?
+                            .into_iter()
+                            .any(|p| p.priority == priority && p.name == a.program);
+                        if ours {
+                            nl.del_tc_program(index, a.hook, priority).await?;
+                        }
+                        anyhow::Ok(())
+                    })
                 }))
                 .await?;
             }
@@ -344,8 +371,8 @@ fn attach_sockets(pins: &Pins) -> Result<()> {
 }
 
 /// Loads the object (maps are pinned by name, so a later load reuses them
-/// and counters survive) and pins every program of `programs` that is not
-/// pinned yet.
+/// and NAT's state and counters survive) and pins every program of
+/// `programs` that is not pinned yet.
 fn ensure_loaded(pins: &Pins, conntrack_size: u32, programs: &[(&str, Kind)]) -> Result<()> {
     // Every lab has the trace maps; their pins say the object's maps exist.
     let maps_made = pins.map(names::TRACE_CONFIG).exists();
@@ -559,11 +586,4 @@ pub fn stop_trace(pins: &Pins, watch: &[Attachment]) -> Result<()> {
         }
         Err(err) => Err(err).with_context(|| format!("emptying {}", names::TRACE_PROGS)),
     }
-}
-
-/// Whether `trace_hop` sits in the slot (a `netlab trace` runs, or one crashed).
-pub fn trace_installed(pins: &Pins) -> bool {
-    maps::trace_progs(pins)
-        .ok()
-        .is_some_and(|slots| slots.indices().any(|i| matches!(i, Ok(0))))
 }
