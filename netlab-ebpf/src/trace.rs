@@ -303,16 +303,17 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
     // packet's identity across hops (see netlab_common::trace).
     let skb = ctx.skb.skb as u64;
     let ifindex = ctx::ifindex(ctx);
-    let matches =
-        || filter_matches(ifindex, before) || (after != before && filter_matches(ifindex, after));
-    // Until the session's first journey a hop is only the filter: no
-    // clock, no journey lookup (a filter that matches nothing costs this).
+    // While no journey can be live (none started or hopped lately), a hop
+    // costs no journey lookup, and until the session's first journey no
+    // clock either: a filter that matches nothing costs the filter.
     let stamp = last_journey_stamp();
-    if stamp == 0 && !matches() {
-        return;
+    let mut now = 0;
+    let mut live = false;
+    if stamp != 0 {
+        // SAFETY: plain helper.
+        now = unsafe { bpf_ktime_get_ns() };
+        live = now.wrapping_sub(stamp) < JOURNEY_IDLE_NS;
     }
-    // SAFETY: plain helper.
-    let now = unsafe { bpf_ktime_get_ns() };
     // Read only for hops that are traced (a helper call).
     let flags = || {
         if cloned(skb, cfg.skb_cloned_bit) {
@@ -323,9 +324,6 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
     };
     let mut trace_id = 0;
     let mut known = false;
-    // While no journey can be live (none started lately), a hop costs no
-    // journey lookup.
-    let live = stamp != 0 && now.wrapping_sub(stamp) < JOURNEY_IDLE_NS;
     // Leaving a lab namespace is where a packet's journey starts; an entry
     // for this address belongs to an earlier packet.
     let starts_here = live
@@ -355,11 +353,19 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
         }
     }
     if !known {
-        if !matches() {
+        // The filter is evaluated here only: each place it is written is
+        // straight-line code the verifier checks (see `TRACE_FILTER`).
+        let matches =
+            filter_matches(ifindex, before) || (after != before && filter_matches(ifindex, after));
+        if !matches {
             if starts_here {
                 let _ = TRACE_JOURNEYS.remove(skb);
             }
             return;
+        }
+        if now == 0 {
+            // SAFETY: plain helper.
+            now = unsafe { bpf_ktime_get_ns() };
         }
         let every = cfg.sample_every.max(1);
         // SAFETY: plain helpers.

@@ -12,7 +12,9 @@
 //!   CPU second of the formatting thread, JSON and human;
 //! - TCP request/response rate red → blue with tracing off, on with a filter
 //!   nothing matches (`port 1`), and on for every packet, interleaved by
-//!   round, ratios to "off" taken round by round;
+//!   round, ratios to "off" taken round by round; then, with the kernel's
+//!   program accounting on, the time netlab's programs take per
+//!   transaction, off and with the filter that matches nothing;
 //! - a UDP flood red → blue with tracing on for every packet: datagrams
 //!   sent 64 per `sendmmsg` to a port nobody listens on (blue's kernel
 //!   drops them, NO_SOCKET: four hops and a fate each), the sender and the
@@ -105,6 +107,32 @@ for round in $(seq 0 {rounds}); do
   wait $tracer || true
   echo "flood $round all $(echo "$out" | grep -o '"sent":[0-9]*' | cut -d: -f2) $(events)"
 done
+# The kernel's own accounting of netlab's programs (NAT, watchers, trace_hop
+# through the tail call, fate tracepoints) over request/response, tracing
+# off and with a filter that matches nothing: less noisy than the rates.
+progns() {{ bpftool -j prog show | python3 -c '
+import json, sys
+print(sum(p.get("run_time_ns", 0) for p in json.load(sys.stdin)
+          if p.get("name", "").startswith(("nat_", "trace_"))))'; }}
+stats_was=$(cat /proc/sys/kernel/bpf_stats_enabled)
+trap 'echo $stats_was > /proc/sys/kernel/bpf_stats_enabled' EXIT
+echo 1 > /proc/sys/kernel/bpf_stats_enabled
+for round in $(seq 0 {rounds}); do
+  for mode in off nomatch; do
+    tracer=""
+    if [ $mode = nomatch ]; then
+      taskset -c 1 $N trace --json --duration {trace_s} port 1 >/dev/null 2>{dir}/trace.err & tracer=$!
+      sleep 0.5
+    fi
+    before=$(progns)
+    out=$($E red $L run rr --to 192.168.15.2:9000 --seconds {seconds} --max-count 50000000 --cpu 0)
+    after=$(progns)
+    [ -n "$tracer" ] && {{ wait $tracer || true; }}
+    echo "progns $round $mode $(echo "$out" | grep -o '"count":[0-9]*' | cut -d: -f2) $(echo "$out" | grep -o '"seconds":[0-9.e+]*' | cut -d: -f2) $((after - before))"
+  done
+done
+echo $stats_was > /proc/sys/kernel/bpf_stats_enabled
+trap - EXIT
 kill $server 2>/dev/null || true
 $N down >/dev/null
 "#,
@@ -141,6 +169,8 @@ pub fn bench_trace(workspace: &Path) -> Result<ExitCode> {
     let mut rates: BTreeMap<(usize, String), f64> = BTreeMap::new();
     let mut events: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut flood: Vec<(f64, f64, f64)> = Vec::new();
+    // progns: mode → (transactions, seconds, ns in netlab's programs).
+    let mut progns: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
     // Other figures: (kind, variant) → samples.
     let mut samples: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     for line in out.lines() {
@@ -161,6 +191,14 @@ pub fn bench_trace(workspace: &Path) -> Result<ExitCode> {
                 }
                 if let (Some(received), Some(lost)) = (num(4), num(5)) {
                     events.entry(mode).or_default().push((received, lost));
+                }
+            }
+            "progns" => {
+                if let (Some(count), Some(seconds), Some(ns)) = (num(3), num(4), num(5)) {
+                    progns
+                        .entry(mode.clone())
+                        .or_default()
+                        .push((count, seconds, ns));
                 }
             }
             "flood" => {
@@ -264,6 +302,27 @@ pub fn bench_trace(workspace: &Path) -> Result<ExitCode> {
             "| {label} | {m:.0} ({lo:.0}–{hi:.0}) | {r:.3} | {received} | {lost} |"
         );
     }
+    // Per transaction: ns in netlab's programs, and their share of the
+    // transaction's time.
+    let per_transaction = |mode: &str| {
+        let samples = progns.get(mode).cloned().unwrap_or_default();
+        let ns = median_min_max(samples.iter().map(|(n, _, ns)| ns / n).collect()).0;
+        let share = median_min_max(samples.iter().map(|(_, s, ns)| ns / (s * 1e9)).collect()).0;
+        (ns, share)
+    };
+    let (off_ns, off_share) = per_transaction("off");
+    let (nomatch_ns, nomatch_share) = per_transaction("nomatch");
+    let _ = writeln!(
+        table,
+        "\nKernel time in netlab's programs per request/response transaction (bpf_stats, median \
+         of {ROUNDS} pairs): tracing off {off_ns:.0} ns ({:.2}% of the transaction), a filter \
+         that matches nothing (`port 1`) {nomatch_ns:.0} ns ({:.2}%): tracing costs {:.0} ns, \
+         {:.2}% of a transaction.",
+        off_share * 100.0,
+        nomatch_share * 100.0,
+        nomatch_ns - off_ns,
+        (nomatch_share - off_share) * 100.0
+    );
     let per_s = |v: f64| v / f64::from(SECONDS);
     let (received, rlo, rhi) = median_min_max(flood.iter().map(|f| per_s(f.1)).collect());
     let (lost, llo, lhi) = median_min_max(flood.iter().map(|f| per_s(f.2)).collect());
