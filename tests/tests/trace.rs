@@ -129,6 +129,36 @@ fn ping_shows_every_hop_in_order() {
 /// its veth's host side, then bridged on to the backend as it is (the
 /// program passes it), so the hop must show the rewrite it made, and the
 /// journey go on in one piece.
+/// The filter chooses in the kernel: of datagrams red sends blue to two
+/// ports, only the journeys of the filtered one arrive, whole, and the
+/// other port's never (a four-clause filter, each clause of another kind
+/// of literal, so that every kind is compiled into the programs).
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn the_filter_chooses_in_the_kernel() {
+    let sb = lab();
+    let filter = "udp and dst port 7001 and src host 192.168.15.1 \
+                  or icmp and netns outside \
+                  or net 10.99.0.0/16 \
+                  or tcp and portrange 60000-60010";
+    let bg = trace(&sb, &["--json", "--duration", "3", filter]);
+    sb.ok(&[
+        "ip", "netns", "exec", "red", "python3", "-c",
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor p in (7001,7002,7001,7002): s.sendto(b'x',('192.168.15.2',p))",
+    ])
+    .unwrap();
+    let (events, _) = events(bg);
+    let journeys = journeys(&events);
+    assert_eq!(journeys.len(), 2, "two datagrams to 7001: {events:#?}");
+    for journey in journeys.values() {
+        let hops: Vec<&&Value> = journey.iter().filter(|e| e["type"] == "hop").collect();
+        assert_eq!(hops.len(), 4, "{journey:#?}");
+        for hop in hops {
+            assert_eq!(hop["packet"]["dport"], 7001, "{journey:#?}");
+        }
+    }
+}
+
 #[test]
 #[ignore = "privileged: run through `cargo xtask test`"]
 fn a_bridged_hairpin_shows_its_dnat() {
