@@ -483,13 +483,6 @@ fn check_distinct_ifindexes(topo: &Topology, ifaces: &[Iface]) -> Result<()> {
 /// take the host ends of the lab's veths.
 const CLEANUP_WAIT: Duration = Duration::from_secs(5);
 
-fn count_veths(links: &[netlink::Link], ours: &impl Fn(&netlink::Link) -> bool) -> usize {
-    links
-        .iter()
-        .filter(|l| ours(l) && l.kind.as_deref() == Some("veth"))
-        .count()
-}
-
 /// What `down` removed.
 #[derive(Debug, Default)]
 pub struct DownReport {
@@ -502,41 +495,20 @@ pub fn down(lab: &str) -> Result<DownReport> {
     let tag = owner_tag(lab);
     let mut report = DownReport::default();
 
-    // Namespaces first: their devices go in the kernel's batched namespace
-    // cleanup, taking the host ends of their veths along (measured: 1.3 ms a
-    // namespace, against 39 ms for deleting each host end, whose peer lives
-    // in another namespace, one by one).
-    log::debug!("down: removing namespaces");
-    for ns in state.iter().flat_map(|s| s.namespaces.iter()) {
-        if netns::exists(ns) {
-            netns::delete(ns)?;
-            report.removed.push(format!("namespace {ns}"));
-        }
-    }
-
+    // Links first, in one request: deleting the lab's link group is one
+    // batched unregister of the bridges and the host ends, and each veth
+    // takes its peer in the lab's namespaces along. (Namespaces first made
+    // the kernel's background cleanup do it, and `down` waited for that.)
     log::debug!("down: removing links");
     let group = owner_group(lab);
+    let ours = |l: &netlink::Link| l.alias.as_deref() == Some(tag.as_str());
     let removed = run_in(&Place::Host, |nl| async move {
-        let ours = |l: &netlink::Link| l.alias.as_deref() == Some(tag.as_str());
-        let mut links = nl.links().await?;
+        let links = nl.links().await?;
         let removed: Vec<String> = links
             .iter()
             .filter(|l| ours(l))
             .map(|l| format!("link {}", l.name))
             .collect();
-        // The cleanup runs in the background: wait while it makes progress
-        // (bounded), so the leftovers deleted below are only those whose
-        // peers outlive it (host-to-host pairs, a namespace someone holds).
-        let deadline = Instant::now() + CLEANUP_WAIT;
-        let mut veths = count_veths(&links, &ours);
-        let mut stalled = 0;
-        while veths > 0 && stalled < 5 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            links = nl.links().await?;
-            let now = count_veths(&links, &ours);
-            stalled = if now == veths { stalled + 1 } else { 0 };
-            veths = now;
-        }
         let in_group: Vec<_> = links.iter().filter(|l| l.group == group).collect();
         if !in_group.is_empty() && in_group.iter().all(|l| ours(l)) {
             nl.del_group(group).await?;
@@ -550,6 +522,35 @@ pub fn down(lab: &str) -> Result<DownReport> {
         Ok(removed)
     })?;
     report.removed.extend(removed);
+
+    log::debug!("down: removing namespaces");
+    for ns in state.iter().flat_map(|s| s.namespaces.iter()) {
+        if netns::exists(ns) {
+            netns::delete(ns)?;
+            report.removed.push(format!("namespace {ns}"));
+        }
+    }
+    // Host ends that were never tagged (an `up` killed right after making
+    // them) go with their namespaces, in the kernel's background cleanup:
+    // wait while it makes progress (bounded), so the next `up` meets none.
+    run_in(&Place::Host, |nl| async move {
+        let leftover = |links: &[netlink::Link]| {
+            links
+                .iter()
+                .filter(|l| l.kind.as_deref() == Some("veth") && (l.group == group || ours(l)))
+                .count()
+        };
+        let deadline = Instant::now() + CLEANUP_WAIT;
+        let mut veths = leftover(&nl.links().await?);
+        let mut stalled = 0;
+        while veths > 0 && stalled < 5 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let now = leftover(&nl.links().await?);
+            stalled = if now == veths { stalled + 1 } else { 0 };
+            veths = now;
+        }
+        Ok(())
+    })?;
 
     // Unpinning last (the programs' filters went with their interfaces).
     log::debug!("down: removing the datapath's rules and pins");
