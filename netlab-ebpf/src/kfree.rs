@@ -57,33 +57,24 @@ pub fn kfree_skb(ctx: &TracePointContext) {
     // SAFETY: as above.
     let location = unsafe { ctx.read_at::<u64>(LOCATION_OFF) }.unwrap_or(0);
     // Cloned since its last hop: a socket (raw) took a copy on the way up.
-    if journey.flags & JOURNEY_CLONED == 0 && cloned(skb, cfg.skb_cloned_bit) {
-        emit_fate(
-            cfg,
-            &Fate {
-                journey,
-                now,
-                kind: EVENT_DELIVERED,
-                action: Action::Delivered,
-                reason: FATE_CLONED,
-                kernel_reason: reason,
-                location,
-            },
-        );
-    } else {
-        emit_fate(
-            cfg,
-            &Fate {
-                journey,
-                now,
-                kind: EVENT_KERNEL_DROP,
-                action: Action::KernelDrop,
-                reason: REASON_NONE,
-                kernel_reason: reason,
-                location,
-            },
-        );
-    }
+    let (kind, action, fate) =
+        if journey.flags & JOURNEY_CLONED == 0 && cloned(skb, cfg.skb_cloned_bit) {
+            (EVENT_DELIVERED, Action::Delivered, FATE_CLONED)
+        } else {
+            (EVENT_KERNEL_DROP, Action::KernelDrop, REASON_NONE)
+        };
+    emit_fate(
+        cfg,
+        &Fate {
+            journey,
+            now,
+            kind,
+            action,
+            reason: fate,
+            kernel_reason: reason,
+            location,
+        },
+    );
 }
 
 /// `skb:consume_skb`: the skb was freed normally. A live journey ends

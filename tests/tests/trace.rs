@@ -44,6 +44,29 @@ fn events(bg: Background) -> (Vec<Value>, String) {
     (events, out.stderr)
 }
 
+/// The events of `netlab trace tcp` while a client in `client` connects to
+/// `addr`:8080 (blue's port 80, published) and reads what a one-shot
+/// server in blue sends.
+fn traced_connection(sb: &Sandbox, client: &str, addr: &str) -> Vec<Value> {
+    let mut server = sb
+        .spawn(
+            &[
+                "ip", "netns", "exec", "blue", "python3", "-c",
+                "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',80))\ns.listen()\nprint('ready',flush=True)\nc,_=s.accept()\nc.sendall(b'hi')\nc.close()",
+            ],
+            LIFETIME,
+        )
+        .unwrap();
+    server.wait_for("ready", SETTLE).unwrap();
+    let bg = trace(sb, &["--json", "--duration", "3", "tcp"]);
+    let connect = format!(
+        "import socket\ns=socket.create_connection(('{addr}',8080),timeout=3)\nassert s.recv(10)==b'hi'"
+    );
+    sb.ok(&["ip", "netns", "exec", client, "python3", "-c", &connect])
+        .unwrap();
+    events(bg).0
+}
+
 fn hops(events: &[Value]) -> Vec<&Value> {
     events.iter().filter(|e| e["type"] == "hop").collect()
 }
@@ -163,23 +186,7 @@ fn the_filter_chooses_in_the_kernel() {
 #[ignore = "privileged: run through `cargo xtask test`"]
 fn a_bridged_hairpin_shows_its_dnat() {
     let sb = lab();
-    let mut server = sb
-        .spawn(
-            &[
-                "ip", "netns", "exec", "blue", "python3", "-c",
-                "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',80))\ns.listen()\nprint('ready',flush=True)\nc,_=s.accept()\nc.sendall(b'hi')\nc.close()",
-            ],
-            LIFETIME,
-        )
-        .unwrap();
-    server.wait_for("ready", SETTLE).unwrap();
-    let bg = trace(&sb, &["--json", "--duration", "3", "tcp"]);
-    sb.ok(&[
-        "ip", "netns", "exec", "red", "python3", "-c",
-        "import socket\ns=socket.create_connection(('192.168.15.5',8080),timeout=3)\nassert s.recv(10)==b'hi'",
-    ])
-    .unwrap();
-    let (events, _) = events(bg);
+    let events = traced_connection(&sb, "red", "192.168.15.5");
     let journeys = journeys(&events);
     let syn = journeys
         .values()
@@ -204,30 +211,13 @@ fn a_bridged_hairpin_shows_its_dnat() {
     assert_eq!(hops[1]["action"], "pass", "{syn:#?}");
     assert_eq!(hops[2]["packet"]["dst"], BLUE, "{syn:#?}");
     assert_eq!(syn.last().unwrap()["type"], "delivered", "{syn:#?}");
-    drop(server);
 }
 
 #[test]
 #[ignore = "privileged: run through `cargo xtask test`"]
 fn published_port_shows_dnat_and_its_reverse() {
     let sb = lab();
-    let mut server = sb
-        .spawn(
-            &[
-                "ip", "netns", "exec", "blue", "python3", "-c",
-                "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',80))\ns.listen()\nprint('ready',flush=True)\nc,_=s.accept()\nc.sendall(b'hi')\nc.close()",
-            ],
-            LIFETIME,
-        )
-        .unwrap();
-    server.wait_for("ready", SETTLE).unwrap();
-    let bg = trace(&sb, &["--json", "--duration", "3", "tcp"]);
-    sb.ok(&[
-        "ip", "netns", "exec", "outside", "python3", "-c",
-        "import socket\ns=socket.create_connection(('198.18.0.1',8080),timeout=3)\nassert s.recv(10)==b'hi'",
-    ])
-    .unwrap();
-    let (events, _) = events(bg);
+    let events = traced_connection(&sb, "outside", UPLINK);
     let journeys = journeys(&events);
     // The SYN: DNAT on the uplink's ingress, after the hop before it.
     let syn = journeys
@@ -269,7 +259,6 @@ fn published_port_shows_dnat_and_its_reverse() {
     assert_eq!(place(rewrite), "host/nl-uplink egress");
     assert_eq!(rewrite["nat"][0]["from"], format!("{BLUE}:80"));
     assert_eq!(rewrite["nat"][0]["to"], format!("{UPLINK}:8080"));
-    drop(server);
 }
 
 #[test]

@@ -106,24 +106,8 @@ pub fn plan(topo: &Topology) -> Vec<Attachment> {
     if topo.datapath.family() != Family::Ebpf {
         return Vec::new();
     }
-    topo.veth_ends()
-        .filter(|end| end.place == Place::Host)
-        .flat_map(|end| {
-            let iface = Iface {
-                place: end.place.clone(),
-                name: end.name.clone(),
-            };
-            [
-                (names::NAT_INGRESS, TcHook::Ingress),
-                (names::NAT_EGRESS, TcHook::Egress),
-            ]
-            .map(|(program, hook)| Attachment {
-                iface: iface.clone(),
-                program,
-                hook,
-            })
-        })
-        .collect()
+    let host_ends = lab_ends(topo).filter(|iface| iface.place == Place::Host);
+    on_both_hooks(host_ends, names::NAT_INGRESS, names::NAT_EGRESS)
 }
 
 /// Where a trace session watches: both hooks of every veth end that
@@ -131,21 +115,33 @@ pub fn plan(topo: &Topology) -> Vec<Attachment> {
 /// iptables lab), where the NAT programs cannot report the hop.
 pub fn watch_plan(topo: &Topology) -> Vec<Attachment> {
     let datapath = plan(topo);
-    topo.veth_ends()
-        .map(|end| Iface {
-            place: end.place.clone(),
-            name: end.name.clone(),
-        })
-        .filter(|iface| !datapath.iter().any(|a| &a.iface == iface))
+    let bare = lab_ends(topo).filter(|iface| !datapath.iter().any(|a| &a.iface == iface));
+    on_both_hooks(bare, names::TRACE_INGRESS, names::TRACE_EGRESS)
+}
+
+/// Every veth end of the lab.
+fn lab_ends(topo: &Topology) -> impl Iterator<Item = Iface> + '_ {
+    topo.veth_ends().map(|end| Iface {
+        place: end.place.clone(),
+        name: end.name.clone(),
+    })
+}
+
+/// `ingress` on the ingress hook and `egress` on the egress hook of each of
+/// `ifaces`.
+fn on_both_hooks(
+    ifaces: impl Iterator<Item = Iface>,
+    ingress: &'static str,
+    egress: &'static str,
+) -> Vec<Attachment> {
+    ifaces
         .flat_map(|iface| {
-            [
-                (names::TRACE_INGRESS, TcHook::Ingress),
-                (names::TRACE_EGRESS, TcHook::Egress),
-            ]
-            .map(|(program, hook)| Attachment {
-                iface: iface.clone(),
-                program,
-                hook,
+            [(ingress, TcHook::Ingress), (egress, TcHook::Egress)].map(|(program, hook)| {
+                Attachment {
+                    iface: iface.clone(),
+                    program,
+                    hook,
+                }
             })
         })
         .collect()
