@@ -55,7 +55,8 @@ pub mod names {
     pub const NAT_STATS: &str = "NAT_STATS";
 
     /// Ring buffer of [`HopEvent`](crate::trace::HopEvent)s and
-    /// [`DropEvent`](crate::trace::DropEvent)s; its size is set at load.
+    /// [`DropEvent`](crate::trace::DropEvent)s. Not pinned: each
+    /// `netlab trace` makes its own, of the size it is told.
     pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
     /// Array[1]: [`TraceConfig`](crate::trace::TraceConfig).
     pub const TRACE_CONFIG: &str = "TRACE_CONFIG";
@@ -64,7 +65,8 @@ pub mod names {
     pub const TRACE_FILTER: &str = "TRACE_FILTER";
     /// Hash: ifindex → namespace id, for the filter's `netns` literals.
     pub const TRACE_IFACES: &str = "TRACE_IFACES";
-    /// LRU hash: skb address → [`Journey`](crate::trace::Journey).
+    /// LRU hash: skb address → [`Journey`](crate::trace::Journey). Not
+    /// pinned: each `netlab trace` makes its own.
     pub const TRACE_JOURNEYS: &str = "TRACE_JOURNEYS";
     /// Array[1]: when a journey of the current trace session last started
     /// or hopped (`bpf_ktime_get_ns`), 0 before the first; lets every hop

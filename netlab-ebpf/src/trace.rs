@@ -43,8 +43,11 @@ use crate::pkt::{
     parse::{Parsed, parse},
 };
 
+/// The events, to the reader. Not pinned: each `netlab trace` makes its
+/// own, of the size it is told, and only its programs write it (`up` makes
+/// a placeholder of one page and drops it).
 #[map(name = "TRACE_EVENTS")]
-pub(crate) static TRACE_EVENTS: RingBuf = RingBuf::pinned(DEFAULT_RING_BYTES, 0);
+pub(crate) static TRACE_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 #[map(name = "TRACE_CONFIG")]
 static TRACE_CONFIG: Array<TraceConfig> = Array::pinned(1, 0);
@@ -63,9 +66,11 @@ static TRACE_FILTER: Filter = Filter::EMPTY;
 #[map(name = "TRACE_IFACES")]
 static TRACE_IFACES: HashMap<u32, u32> = HashMap::pinned(MAX_TRACE_IFACES, 0);
 
+/// The journeys in flight. Not pinned, like [`TRACE_EVENTS`]: a session
+/// starts with none.
 #[map(name = "TRACE_JOURNEYS")]
 pub(crate) static TRACE_JOURNEYS: LruHashMap<u64, Journey> =
-    LruHashMap::pinned(MAX_JOURNEYS, JOURNEYS_MAP_FLAGS);
+    LruHashMap::with_max_entries(MAX_JOURNEYS, JOURNEYS_MAP_FLAGS);
 
 /// When a journey last started (see `netlab_common::names::TRACE_LIVE`):
 /// `netlab trace` zeroes it when it starts.

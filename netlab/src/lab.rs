@@ -65,7 +65,9 @@ pub enum HostOverlap {
 }
 
 pub fn up(topo: &Topology, origin: &str, text: &str, overlap: HostOverlap) -> Result<UpReport> {
-    let result = build(topo, origin, text, overlap);
+    // Started before the checks, so aya's BTF parse runs beside them.
+    let early = datapath::EarlyLoader::start();
+    let result = build(topo, origin, text, overlap, early);
     if result.is_err() && matches!(LabState::load(&topo.name), Ok(None)) {
         // Refused before anything was recorded: leave no lock file behind.
         remove_lock_file(&topo.name);
@@ -78,7 +80,13 @@ fn remove_lock_file(lab: &str) {
     let _ = std::fs::remove_dir(STATE_DIR);
 }
 
-fn build(topo: &Topology, origin: &str, text: &str, overlap: HostOverlap) -> Result<UpReport> {
+fn build(
+    topo: &Topology,
+    origin: &str,
+    text: &str,
+    overlap: HostOverlap,
+    early: datapath::EarlyLoader,
+) -> Result<UpReport> {
     let _lock = LabLock::acquire(&topo.name)?;
     let tag = owner_tag(&topo.name);
     let mut state = match LabState::load(&topo.name)? {
@@ -108,7 +116,7 @@ fn build(topo: &Topology, origin: &str, text: &str, overlap: HostOverlap) -> Res
     // The verifier (most of a first `up`) needs no interface: it runs on a
     // thread of its own while this one builds the namespaces and links.
     let report = std::thread::scope(|s| -> Result<UpReport> {
-        let loading = s.spawn(|| datapath::load(topo));
+        let loading = s.spawn(|| datapath::load(topo, early));
         let built = build_network(topo, &mut state);
         let loaded = loading
             .join()

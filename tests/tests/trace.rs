@@ -7,7 +7,10 @@
 //! reads the JSON events once it exits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use netlab_tests::{Background, Sandbox};
 use serde_json::Value;
@@ -351,15 +354,14 @@ fn pcapng_is_read_by_tshark() {
 fn tiny_ring_buffer_counts_what_it_loses() {
     let sb = Sandbox::new().unwrap();
     // One page: about a dozen events fit.
-    sb.netlab_env(&[("NETLAB_TRACE_RING_BYTES", "4096")], &["up"])
-        .unwrap()
-        .ok()
-        .unwrap();
+    sb.netlab(&["up"]).unwrap().ok().unwrap();
     let netlab = sb.netlab_path().to_string_lossy().into_owned();
     // The reader stalls on a full pipe (nothing reads it for 4 s) while
     // the flood fills the ring.
-    let script =
-        format!("{netlab} trace --json --duration 6 udp and dst port 9999 | (sleep 4; cat)");
+    let script = format!(
+        "NETLAB_TRACE_RING_BYTES=4096 {netlab} trace --json --duration 6 udp and dst port 9999 \
+         | (sleep 4; cat)"
+    );
     let mut bg = sb.spawn(&["sh", "-c", &script], LIFETIME).unwrap();
     bg.wait_for("tracing lab", SETTLE).unwrap();
     const SENT: u64 = 2000;
@@ -437,8 +439,9 @@ fn malformed_frames_give_well_formed_events() {
 }
 
 /// The ids of the lab's trace programs (`trace_hop` and the fate
-/// tracepoints) the kernel has loaded: the programs that use the lab's
-/// ring buffer under those names (other labs on the machine have theirs).
+/// tracepoints) the kernel has loaded: the programs under those names that
+/// count into the lab's trace counters (other labs on the machine have
+/// theirs).
 fn trace_programs(sb: &Sandbox) -> Vec<(u64, String)> {
     let map = sb
         .ok(&[
@@ -447,11 +450,11 @@ fn trace_programs(sb: &Sandbox) -> Vec<(u64, String)> {
             "map",
             "show",
             "pinned",
-            "/sys/fs/bpf/netlab/default/maps/TRACE_EVENTS",
+            "/sys/fs/bpf/netlab/default/maps/TRACE_STATS",
         ])
         .unwrap();
     let map: Value = serde_json::from_str(&map.stdout).unwrap();
-    let ring = map["id"].as_u64().unwrap();
+    let stats = map["id"].as_u64().unwrap();
     let progs = sb.ok(&["bpftool", "-j", "prog", "show"]).unwrap();
     let progs: Vec<Value> = serde_json::from_str(&progs.stdout).unwrap();
     progs
@@ -459,7 +462,7 @@ fn trace_programs(sb: &Sandbox) -> Vec<(u64, String)> {
         .filter(|p| {
             p["map_ids"]
                 .as_array()
-                .is_some_and(|ids| ids.iter().any(|id| id.as_u64() == Some(ring)))
+                .is_some_and(|ids| ids.iter().any(|id| id.as_u64() == Some(stats)))
         })
         .filter_map(|p| {
             let name = p["name"].as_str()?;
@@ -503,8 +506,47 @@ fn a_lab_never_traced_has_no_trace_program() {
         "{:?}",
         pins(&sb)
     );
+    // Nor a ring buffer: each trace session makes its own.
+    let kinds = datapath_map_types(&sb);
+    assert!(kinds.contains(&"lru_hash".to_owned()), "{kinds:?}");
+    assert!(!kinds.contains(&"ringbuf".to_owned()), "{kinds:?}");
     // Traffic flows with the slot empty (the tail call fails and returns).
     sb.ping(Some("red"), BLUE, 1).unwrap();
+}
+
+/// The types of the maps the lab keeps: those it pins and those its pinned
+/// programs use.
+fn datapath_map_types(sb: &Sandbox) -> Vec<String> {
+    let mut ids = BTreeSet::new();
+    for (kind, dir) in [("map", "maps"), ("prog", "progs")] {
+        let out = sb
+            .ok(&[
+                "find",
+                &format!("/sys/fs/bpf/netlab/default/{dir}"),
+                "-type",
+                "f",
+            ])
+            .unwrap();
+        for pin in out.stdout.lines() {
+            let shown = sb
+                .ok(&["bpftool", "-j", kind, "show", "pinned", pin])
+                .unwrap();
+            let shown: Value = serde_json::from_str(&shown.stdout).unwrap();
+            if kind == "map" {
+                ids.insert(shown["id"].as_u64().unwrap());
+            } else {
+                let used = shown["map_ids"].as_array().unwrap();
+                ids.extend(used.iter().map(|id| id.as_u64().unwrap()));
+            }
+        }
+    }
+    assert!(!ids.is_empty(), "the lab keeps no map");
+    let maps = sb.ok(&["bpftool", "-j", "map", "show"]).unwrap();
+    let maps: Vec<Value> = serde_json::from_str(&maps.stdout).unwrap();
+    maps.iter()
+        .filter(|m| m["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .map(|m| m["type"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[test]

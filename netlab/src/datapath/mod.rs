@@ -16,6 +16,7 @@ pub mod iptables;
 
 use anyhow::Result;
 
+pub use self::ebpf::loader::EarlyLoader;
 use self::iptables::Variant;
 use crate::{
     pins::Pins,
@@ -29,12 +30,14 @@ pub fn check(topo: &Topology) -> Result<()> {
 }
 
 /// Loads the eBPF object if the lab has not loaded it yet (the verifier's
-/// work: `up` runs it while it builds the links).
-pub fn load(topo: &Topology) -> Result<()> {
+/// work: `up` runs it while it builds the links), with the loader `up`
+/// started first thing.
+pub fn load(topo: &Topology, early: EarlyLoader) -> Result<()> {
     ebpf::loader::load(
         &Pins::of(&topo.name),
         topo.nat.conntrack_size,
         topo.datapath.family(),
+        early,
     )
 }
 

@@ -2,7 +2,7 @@
 //! nameservers and the peers of its connections (`topology::check_host`
 //! refuses a lab subnet that would capture them).
 
-use std::{fs, net::Ipv4Addr};
+use std::{fs, io::Read as _, net::Ipv4Addr};
 
 use crate::topology::AddressInUse;
 
@@ -29,7 +29,7 @@ pub fn addresses_in_use() -> Vec<AddressInUse> {
         }
     }
     for (path, why) in SOCKET_TABLES {
-        if let Ok(text) = fs::read_to_string(path) {
+        if let Ok(text) = read_table(path) {
             used.extend(socket_peers(&text).into_iter().map(|addr| AddressInUse {
                 addr,
                 why: why.to_owned(),
@@ -39,6 +39,16 @@ pub fn addresses_in_use() -> Vec<AddressInUse> {
     used.sort_by_key(|u| u.addr);
     used.dedup_by_key(|u| u.addr);
     used
+}
+
+/// A kernel socket table, in as few reads as it can: every read of one
+/// walks the kernel's whole socket hash (about 1 ms each on the development
+/// machine), and `fs::read_to_string`, told the file is empty, starts with
+/// reads of 32 bytes.
+fn read_table(path: &str) -> std::io::Result<String> {
+    let mut text = String::with_capacity(64 << 10);
+    fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// `nameserver A.B.C.D` lines (IPv6 and malformed ones skipped).

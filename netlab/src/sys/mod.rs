@@ -40,6 +40,35 @@ pub fn mount(source: &CStr, target: &Path, fstype: &CStr, flags: libc::c_ulong) 
     Ok(())
 }
 
+/// Where the kernel publishes its BTF (`vmlinux`, and one file per module).
+pub const KERNEL_BTF_DIR: &str = "/sys/kernel/btf";
+
+/// Gives the calling thread a mount namespace of its own in which
+/// [`KERNEL_BTF_DIR`] is an empty directory (a tmpfs over it). Nothing else
+/// sees the change: not the process's other threads, not the host; the
+/// namespace ends with the thread. Files the thread makes elsewhere (bpffs
+/// pins) are the same files for everyone.
+pub fn hide_kernel_btf_from_this_thread() -> io::Result<()> {
+    // SAFETY: plain syscall; CLONE_FS (which CLONE_NEWNS implies) detaches
+    // only this thread's root, cwd and umask from the others'.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_FS) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Private first, so the tmpfs propagates to no other namespace.
+    mount(
+        c"none",
+        Path::new("/"),
+        c"",
+        libc::MS_REC | libc::MS_PRIVATE,
+    )?;
+    mount(
+        c"none",
+        Path::new(KERNEL_BTF_DIR),
+        c"tmpfs",
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    )
+}
+
 pub fn cstring(path: &Path) -> CString {
     use std::os::unix::ffi::OsStrExt;
     // Paths netlab builds never hold NUL; an empty string fails the syscall cleanly.

@@ -196,6 +196,8 @@ enum Sink {
 
 /// Runs `netlab trace` until a signal, `--count` events or `--duration`.
 pub fn run(options: &Options) -> Result<Summary> {
+    // Its BTF parse runs beside the netlink dump and the filter's compiling.
+    let early = loader::EarlyLoader::start();
     let lab = state::resolve_lab(options.lab.as_deref())?;
     let pins = Pins::of(&lab);
     let record = LabState::load(&lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
@@ -243,7 +245,6 @@ pub fn run(options: &Options) -> Result<Summary> {
         iface_map.insert(ifindex, place, 0)?;
     }
     let stats = maps::TraceStats::open(&pins)?;
-    let (mut ring, ring_bytes) = maps::trace_events(&pins)?;
     // No journey of this session is live yet (see TRACE_LIVE).
     maps::trace_live(&pins)?
         .set(0, 0, 0)
@@ -251,7 +252,9 @@ pub fn run(options: &Options) -> Result<Summary> {
     // A killed reader may have left tracing on: start from a clean slot.
     let watch = loader::watch_plan(&topo);
     loader::stop_trace(&pins, &watch)?;
-    let session = loader::start_trace(&pins, &compiled, &watch)?;
+    let mut session = loader::start_trace(&pins, &compiled, &watch, early)?;
+    let mut ring = session.take_events()?;
+    let ring_bytes = session.ring_bytes;
     log::info!(
         "{} loaded in {:.1} ms (verifier included)",
         netlab_common::names::TRACE_HOP,

@@ -16,13 +16,14 @@ use std::{
     collections::BTreeMap,
     fs,
     os::fd::AsFd as _,
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, ProgramArray},
+    maps::{Map, MapData, ProgramArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TracePoint,
         cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
@@ -46,7 +47,7 @@ use crate::{
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netlab-ebpf.o"));
 
-/// Overrides the trace ring buffer size (bytes) when `up` loads the object.
+/// Overrides the trace ring buffer size (bytes) of a `netlab trace`.
 pub const RING_BYTES_ENV: &str = "NETLAB_TRACE_RING_BYTES";
 
 /// The `tc` filter priority of the datapath's programs on a hook.
@@ -54,6 +55,44 @@ pub const DATAPATH_PRIORITY: u16 = 0x4e4c;
 /// The `tc` filter priority of a trace session's `trace_ingress` and
 /// `trace_egress` (never on a hook that has a datapath program).
 pub const WATCH_PRIORITY: u16 = 0x4e4d;
+
+/// An aya loader in the making, on a thread of its own.
+///
+/// `EbpfLoader::new` reads and parses the kernel's BTF
+/// (`/sys/kernel/btf/vmlinux`, 5.5 MB: 16 ms on the development machine,
+/// more beside `up`'s other work) for CO-RE relocations, and aya 0.14 offers
+/// no way to skip that (aya-rs/aya#1172). netlab's object has no CO-RE
+/// relocation (a test says so), so the parse is wasted: the thread that
+/// makes the loader hides the kernel's BTF from itself first
+/// ([`sys::hide_kernel_btf_from_this_thread`]), and aya finds none. Where
+/// that is refused, aya parses it, and the thread still runs beside the
+/// command's checks and netlink work.
+pub struct EarlyLoader(Option<JoinHandle<EbpfLoader<'static>>>);
+
+impl EarlyLoader {
+    /// Starts making the loader. Dropping the result unused leaves the
+    /// thread to finish (or to end with the process).
+    pub fn start() -> EarlyLoader {
+        let thread = std::thread::Builder::new().name("loader".into()).spawn(|| {
+            if let Err(err) = sys::hide_kernel_btf_from_this_thread() {
+                log::debug!("aya will parse the kernel's BTF: hiding it failed: {err}");
+            }
+            EbpfLoader::new()
+        });
+        // Without a thread, `finish` makes the loader itself.
+        EarlyLoader(thread.ok())
+    }
+
+    /// The loader, once its BTF is parsed.
+    fn finish(self) -> Result<EbpfLoader<'static>> {
+        match self.0 {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("making the eBPF loader panicked")),
+            None => Ok(EbpfLoader::new()),
+        }
+    }
+}
 
 /// The programs `up` loads and pins for the eBPF datapaths (once per lab).
 const DATAPATH_PROGRAMS: [(&str, Kind); 6] = [
@@ -147,14 +186,13 @@ fn on_both_hooks(
         .collect()
 }
 
-/// The trace ring buffer size for the next load: [`RING_BYTES_ENV`] or the default.
+/// The trace ring buffer size of a session: [`RING_BYTES_ENV`] or the default.
 pub fn ring_bytes() -> Result<u32> {
     let Some(value) = std::env::var_os(RING_BYTES_ENV) else {
         return Ok(DEFAULT_RING_BYTES);
     };
     let value = value.to_string_lossy();
-    // SAFETY: sysconf has no preconditions.
-    let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let page = page_size();
     match value.parse::<u32>() {
         Ok(bytes) if bytes.is_power_of_two() && bytes >= page => Ok(bytes),
         _ => bail!(
@@ -162,6 +200,12 @@ pub fn ring_bytes() -> Result<u32> {
              the page size ({page} bytes)"
         ),
     }
+}
+
+/// The smallest ring buffer.
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
 /// Refuses the pins of a lab an older netlab brought up: its programs are
@@ -182,7 +226,7 @@ pub fn check_pins(pins: &Pins) -> Result<()> {
 /// Loads the object once per lab: its maps, and for the eBPF datapaths its
 /// programs (later `up`s reuse the pinned ones). Needs no interface, so
 /// `up` runs it while it builds the links.
-pub fn load(pins: &Pins, conntrack_size: u32, family: Family) -> Result<()> {
+pub fn load(pins: &Pins, conntrack_size: u32, family: Family, early: EarlyLoader) -> Result<()> {
     sys::ensure_bpffs()?;
     pins.create()?;
     let programs: &[(&str, Kind)] = match family {
@@ -190,7 +234,7 @@ pub fn load(pins: &Pins, conntrack_size: u32, family: Family) -> Result<()> {
         // Tracing needs the maps; nothing of the datapath runs in the kernel.
         Family::Iptables => &[],
     };
-    ensure_loaded(pins, conntrack_size, programs)
+    ensure_loaded(pins, conntrack_size, programs, early)
 }
 
 /// Runs every program of `plan` where it says (after [`load`]): one netlink
@@ -369,7 +413,12 @@ fn attach_sockets(pins: &Pins) -> Result<()> {
 /// Loads the object (maps are pinned by name, so a later load reuses them
 /// and NAT's state and counters survive) and pins every program of
 /// `programs` that is not pinned yet.
-fn ensure_loaded(pins: &Pins, conntrack_size: u32, programs: &[(&str, Kind)]) -> Result<()> {
+fn ensure_loaded(
+    pins: &Pins,
+    conntrack_size: u32,
+    programs: &[(&str, Kind)],
+    early: EarlyLoader,
+) -> Result<()> {
     // Every lab has the trace maps; their pins say the object's maps exist.
     let maps_made = pins.map(names::TRACE_CONFIG).exists();
     if maps_made && programs.iter().all(|(name, _)| pins.program(name).exists()) {
@@ -381,11 +430,16 @@ fn ensure_loaded(pins: &Pins, conntrack_size: u32, programs: &[(&str, Kind)]) ->
              build and run it with `cargo xtask run -- ARGS`"
         );
     }
-    let mut ebpf = EbpfLoader::new()
+    let mut ebpf = early
+        .finish()?
         .default_map_pin_directory(pins.maps())
         .map_max_entries(names::CONNTRACK, conntrack_size)
         .map_max_entries(names::CONNTRACK_NEW, conntrack_size)
-        .map_max_entries(names::TRACE_EVENTS, ring_bytes()?)
+        // Only a trace session's programs use these, and each session
+        // makes its own (start_trace): here they are placeholders, made at
+        // their smallest and dropped with `ebpf`.
+        .map_max_entries(names::TRACE_EVENTS, page_size())
+        .map_max_entries(names::TRACE_JOURNEYS, 1)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let wanted: BTreeMap<&str, Kind> = programs
@@ -454,6 +508,10 @@ fn load_and_pin(
 /// `down`.
 pub struct TraceSession {
     slots: ProgramArray<MapData>,
+    /// The session's ring buffer, until [`TraceSession::take_events`].
+    events: Option<RingBuf<MapData>>,
+    /// Its size.
+    pub ring_bytes: u32,
     watched: Vec<Attachment>,
     /// Owns the programs and their links.
     _ebpf: Ebpf,
@@ -461,6 +519,15 @@ pub struct TraceSession {
     pub hop_load: Duration,
     /// Why kernel fates (drops, deliveries) will not show, if they will not.
     pub fates_missing: Option<String>,
+}
+
+impl TraceSession {
+    /// The ring buffer the session's programs write (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        self.events
+            .take()
+            .context("the trace session's ring buffer was taken already")
+    }
 }
 
 impl Drop for TraceSession {
@@ -481,7 +548,12 @@ impl Drop for TraceSession {
 /// programs on `watch` (from [`watch_plan`]), and loads and attaches the
 /// fate probes. The probes are an extra: when they cannot be attached,
 /// [`TraceSession::fates_missing`] says why and tracing goes on.
-pub fn start_trace(pins: &Pins, filter: &Filter, watch: &[Attachment]) -> Result<TraceSession> {
+pub fn start_trace(
+    pins: &Pins,
+    filter: &Filter,
+    watch: &[Attachment],
+    early: EarlyLoader,
+) -> Result<TraceSession> {
     if EBPF_OBJECT.is_empty() {
         bail!(
             "this netlab binary was built without its eBPF object (plain `cargo build`); \
@@ -491,11 +563,21 @@ pub fn start_trace(pins: &Pins, filter: &Filter, watch: &[Attachment]) -> Result
     let mut slots = maps::trace_progs(pins)?;
     // Only pinned maps are shared with the running programs; the loader
     // creates the others (per-CPU scratch) for this load alone.
-    let mut ebpf = EbpfLoader::new()
+    let mut ebpf = early
+        .finish()?
         .default_map_pin_directory(pins.maps())
         .override_global(names::TRACE_FILTER, filter, true)
+        .map_max_entries(names::TRACE_EVENTS, ring_bytes()?)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
+    let Some(Map::RingBuf(events)) = ebpf.take_map(names::TRACE_EVENTS) else {
+        bail!("the eBPF object has no ring buffer {}", names::TRACE_EVENTS);
+    };
+    let ring_bytes = events
+        .info()
+        .with_context(|| format!("reading {}'s size", names::TRACE_EVENTS))?
+        .max_entries();
+    let events = RingBuf::try_from(Map::RingBuf(events))?;
     let started = Instant::now();
     load_classifier(&mut ebpf, names::TRACE_HOP)?;
     let hop_load = started.elapsed();
@@ -508,6 +590,8 @@ pub fn start_trace(pins: &Pins, filter: &Filter, watch: &[Attachment]) -> Result
         .with_context(|| format!("installing {} in {}", names::TRACE_HOP, names::TRACE_PROGS))?;
     let mut session = TraceSession {
         slots,
+        events: Some(events),
+        ring_bytes,
         watched: Vec::new(),
         _ebpf: ebpf,
         hop_load,

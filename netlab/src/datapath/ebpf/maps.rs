@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use aya::maps::{
-    Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
-    lpm_trie::LpmTrie,
+    Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, lpm_trie::LpmTrie,
 };
 use netlab_common::{
     names,
@@ -166,16 +165,6 @@ pub fn trace_ifaces(pins: &Pins) -> Result<HashMap<MapData, u32, u32>> {
         names::TRACE_IFACES,
         TRACE_HINT,
     )?))?)
-}
-
-/// The ring buffer the events arrive on, and its size in bytes.
-pub fn trace_events(pins: &Pins) -> Result<(RingBuf<MapData>, u32)> {
-    let data = open(pins, names::TRACE_EVENTS, TRACE_HINT)?;
-    let bytes = data
-        .info()
-        .with_context(|| format!("reading {}'s size", names::TRACE_EVENTS))?
-        .max_entries();
-    Ok((RingBuf::try_from(Map::RingBuf(data))?, bytes))
 }
 
 /// When the trace session last started a journey (one slot; 0: none yet).
