@@ -37,6 +37,7 @@ use netlab_common::{
 use crate::{
     nat::{Iface, Verdict},
     pkt::parse::{Parsed, parse},
+    redirect::Hop,
 };
 
 /// TC_ACT_UNSPEC: let the next filter on the hook (or the stack) decide.
@@ -89,26 +90,36 @@ fn ingress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
     if verdict.may_rewrite() {
         trace::note_rewrite();
     }
-    if let (Parsed::Flow(pkt), Verdict::Rewritten(out)) = (parsed, verdict)
-        && iface.role == ROLE_LAB
-        && out.nat & (NAT_DNAT | NAT_REFLECT) == NAT_DNAT
-        && let Some(bridged) = redirect::bridge_to_backend(ctx, &iface, &nat::rewritten(pkt, &out))
-    {
-        return bridged;
-    }
-    if !redirect::enabled() {
+    if !matches!(verdict, Verdict::Pass | Verdict::Rewritten(_)) {
         return verdict;
     }
-    match (parsed, verdict) {
-        (Parsed::Flow(pkt), Verdict::Pass) => redirect::forward(ctx, &iface, pkt, pkt),
-        (Parsed::Flow(pkt), Verdict::Rewritten(out)) => {
-            redirect::forward(ctx, &iface, pkt, &nat::rewritten(pkt, &out))
-        }
-        (_, Verdict::Pass | Verdict::Rewritten(_)) => {
+    let Parsed::Flow(pkt) = parsed else {
+        if redirect::enabled() {
             redirect::count(&iface, RedirectReason::FallbackUnparsed);
-            verdict
         }
-        _ => verdict,
+        return verdict;
+    };
+    let (after, dnat) = match verdict {
+        Verdict::Rewritten(out) => (
+            nat::rewritten(pkt, &out),
+            out.nat & (NAT_DNAT | NAT_REFLECT) == NAT_DNAT,
+        ),
+        _ => (*pkt, false),
+    };
+    let bridged = if iface.role == ROLE_LAB && dnat {
+        redirect::bridge_to_backend(ctx, &iface, &after)
+    } else {
+        None
+    };
+    let hop = match bridged {
+        Some(hop) => hop,
+        None if !redirect::enabled() => return verdict,
+        None => redirect::forward(ctx, &iface, pkt, &after),
+    };
+    // One place applies a peer redirect's egress NAT, for both ways in.
+    match hop {
+        Hop::Done(verdict) => verdict,
+        Hop::Peer(ifindex) => redirect::into_peer(ctx, &iface, &after, ifindex),
     }
 }
 
