@@ -208,17 +208,56 @@ fn page_size() -> u32 {
     u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
+/// The pinned maps whose layout both sides of this netlab assume, with the
+/// key and value sizes of this build. A lab whose pin has other sizes was
+/// brought up by another netlab.
+fn layouts() -> [(&'static str, usize, usize); 7] {
+    use core::mem::size_of;
+    use netlab_common::{nat::*, trace::TraceConfig};
+    [
+        (names::TRACE_CONFIG, 4, size_of::<TraceConfig>()),
+        (names::NAT_CONFIG, 4, size_of::<NatConfig>()),
+        (names::IFACE_CONFIG, 4, size_of::<IfaceConfig>()),
+        (names::CONNTRACK, size_of::<FlowKey>(), size_of::<CtEntry>()),
+        (
+            names::CONNTRACK_NEW,
+            size_of::<FlowKey>(),
+            size_of::<CtEntry>(),
+        ),
+        (
+            names::PUBLISHED,
+            size_of::<PublishKey>(),
+            size_of::<Backend>(),
+        ),
+        (names::ENDPOINTS, 4, size_of::<Endpoint>()),
+    ]
+}
+
 /// Refuses the pins of a lab an older netlab brought up: its programs are
-/// TCX links and its maps have other layouts, and a second datapath beside
-/// them would translate every packet twice. (Its trace switch is there,
-/// the journeys' stamp that came with this layout is not.)
+/// other programs and its maps have other layouts, and a second datapath
+/// beside them would translate every packet twice. A lab whose `up` was
+/// killed half way has some of this netlab's maps pinned, not all: that is
+/// no refusal, the next `up` makes the rest.
 pub fn check_pins(pins: &Pins) -> Result<()> {
-    if pins.map(names::TRACE_CONFIG).exists() && !pins.map(names::TRACE_LIVE).exists() {
-        bail!(
-            "lab `{}` was brought up by an older netlab, whose programs and maps differ from \
-             this one's; run `netlab down` (with this netlab) first, then `netlab up`",
-            pins.lab()
-        );
+    for (name, key, value) in layouts() {
+        let pin = pins.map(name);
+        if !pin.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&pin)
+            .and_then(|map| map.info())
+            .with_context(|| format!("reading {}", pin.display()))?;
+        let found = (info.key_size() as usize, info.value_size() as usize);
+        if found != (key, value) {
+            bail!(
+                "lab `{}` was brought up by an older netlab, whose programs and maps differ from \
+                 this one's ({name}: {}-byte keys and {}-byte values, not {key} and {value}); \
+                 run `netlab down` (with this netlab) first, then `netlab up`",
+                pins.lab(),
+                found.0,
+                found.1,
+            );
+        }
     }
     Ok(())
 }
