@@ -91,6 +91,7 @@ fn elf_section<'a>(elf: &'a [u8], name: &str) -> Option<&'a [u8]> {
 /// The loader hides the kernel's BTF from aya (`loader::EarlyLoader`): aya
 /// needs it only for CO-RE relocations, and the object must have none.
 #[test]
+#[ignore = "needs the eBPF object: run through `cargo xtask test`"]
 fn the_object_has_no_core_relocation() {
     let object = netlab::datapath::ebpf::EBPF_OBJECT;
     assert!(!object.is_empty(), "built without the eBPF object");

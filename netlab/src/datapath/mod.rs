@@ -8,8 +8,9 @@
 //! Commands reach either through [`Running`], so no command needs to know
 //! which one a lab runs. What every lab has, whatever its family: the
 //! kernel's own packet counters on every interface
-//! ([`crate::netlink::lab_counters`]), and tracing (its maps are loaded at
-//! `up`, its programs by `netlab trace`).
+//! ([`crate::netlink::lab_counters`]), and tracing (its shared maps are
+//! loaded at `up`; its programs, ring buffer and journeys by `netlab
+//! trace`).
 
 pub mod ebpf;
 pub mod iptables;

@@ -1,4 +1,4 @@
-//! `netlab trace`: live per-packet events from the datapath's ring buffer.
+//! `netlab trace`: live per-packet events from the session's ring buffer.
 //!
 //! `up` attaches the NAT programs, which carry a tail call into the
 //! `TRACE_PROGS` slot, empty until somebody traces. This command loads

@@ -83,7 +83,7 @@ impl EarlyLoader {
         EarlyLoader(thread.ok())
     }
 
-    /// The loader, once its BTF is parsed.
+    /// The loader, once the thread has made it.
     fn finish(self) -> Result<EbpfLoader<'static>> {
         match self.0 {
             Some(thread) => thread
@@ -581,8 +581,9 @@ impl Drop for TraceSession {
 }
 
 /// Loads `trace_hop` and the watching programs from the object with
-/// `filter` built in (their maps are the lab's pinned ones; see the eBPF
-/// crate's `trace` module for why the filter is a constant), puts
+/// `filter` built in (their maps are the lab's pinned ones, but for the
+/// session's own ring buffer and journeys; see the eBPF crate's `trace`
+/// module for why the filter is a constant), puts
 /// `trace_hop` in the slot the NAT programs tail-call, runs the watching
 /// programs on `watch` (from [`watch_plan`]), and loads and attaches the
 /// fate probes. The probes are an extra: when they cannot be attached,
