@@ -318,14 +318,7 @@ fn set_tc_programs(
     programs: &BTreeMap<&'static str, &SchedClassifier>,
     priority: u16,
 ) -> Result<()> {
-    let mut by_place: BTreeMap<&Place, Vec<&Attachment>> = BTreeMap::new();
-    for attachment in plan {
-        by_place
-            .entry(&attachment.iface.place)
-            .or_default()
-            .push(attachment);
-    }
-    for (place, attachments) in by_place {
+    for (place, attachments) in by_place(plan) {
         netlink::run_in(place, |nl| async move {
             let nl = &nl;
             let indexes: BTreeMap<String, u32> = nl
@@ -366,19 +359,25 @@ fn set_tc_programs(
     Ok(())
 }
 
+/// `plan`'s attachments by the place their interface is in (one netlink
+/// connection each).
+fn by_place(plan: &[Attachment]) -> BTreeMap<&Place, Vec<&Attachment>> {
+    let mut places: BTreeMap<&Place, Vec<&Attachment>> = BTreeMap::new();
+    for attachment in plan {
+        places
+            .entry(&attachment.iface.place)
+            .or_default()
+            .push(attachment);
+    }
+    places
+}
+
 /// Removes the `tc` filters of `priority` running `plan`'s programs from
 /// every hook of `plan` that still exists (gone interfaces and namespaces
 /// are fine). Only filters the hook lists under that priority and name are
 /// removed, so a failure to remove one is an error.
 fn remove_tc_programs(plan: &[Attachment], priority: u16) -> Result<()> {
-    let mut by_place: BTreeMap<&Place, Vec<&Attachment>> = BTreeMap::new();
-    for attachment in plan {
-        by_place
-            .entry(&attachment.iface.place)
-            .or_default()
-            .push(attachment);
-    }
-    for (place, attachments) in by_place {
+    for (place, attachments) in by_place(plan) {
         if !netlink::place_exists(place) {
             continue;
         }
