@@ -393,6 +393,16 @@ pub enum Stat {
 
 pub const STAT_COUNT: u32 = 29;
 
+// A reason's index in `Stat::ALL` is its value: global BPF functions return
+// a reason as `reason as u32`, and their callers look it up there.
+const _: () = {
+    let mut i = 0;
+    while i < Stat::ALL.len() {
+        assert!(Stat::ALL[i] as usize == i, "Stat::ALL is out of order");
+        i += 1;
+    }
+};
+
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
         Stat::Packets,

@@ -41,10 +41,10 @@ pub fn addresses_in_use() -> Vec<AddressInUse> {
     used
 }
 
-/// A kernel socket table, in as few reads as it can: every read of one
-/// walks the kernel's whole socket hash (about 1 ms each on the development
-/// machine), and `fs::read_to_string`, told the file is empty, starts with
-/// reads of 32 bytes.
+/// A kernel socket table, in fewer reads: every read of one walks the
+/// kernel's whole socket hash (about 1 ms each on the development machine),
+/// and `fs::read_to_string`, told the file is empty, starts with reads of
+/// 32 bytes and grows them one at a time.
 fn read_table(path: &str) -> std::io::Result<String> {
     let mut text = String::with_capacity(64 << 10);
     fs::File::open(path)?.read_to_string(&mut text)?;

@@ -199,6 +199,8 @@ pub fn run(options: &Options) -> Result<Summary> {
     // Its BTF parse runs beside the netlink dump and the filter's compiling.
     let early = loader::EarlyLoader::start();
     let lab = state::resolve_lab(options.lab.as_deref())?;
+    // Checked before anything changes.
+    let ring_bytes = loader::ring_bytes()?;
     let pins = Pins::of(&lab);
     let record = LabState::load(&lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
     let sample = match &options.sample {
@@ -252,9 +254,8 @@ pub fn run(options: &Options) -> Result<Summary> {
     // A killed reader may have left tracing on: start from a clean slot.
     let watch = loader::watch_plan(&topo);
     loader::stop_trace(&pins, &watch)?;
-    let mut session = loader::start_trace(&pins, &compiled, &watch, early)?;
+    let mut session = loader::start_trace(&pins, &compiled, &watch, ring_bytes, early)?;
     let mut ring = session.take_events()?;
-    let ring_bytes = session.ring_bytes;
     log::info!(
         "{} loaded in {:.1} ms (verifier included)",
         netlab_common::names::TRACE_HOP,

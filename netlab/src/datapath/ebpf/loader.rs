@@ -34,7 +34,7 @@ use netlab_common::{
     trace::{DEFAULT_RING_BYTES, Filter},
 };
 
-use super::maps;
+use super::{maps, object};
 use crate::{
     netlink::{self, TcHook},
     pins::Pins,
@@ -62,23 +62,22 @@ pub const WATCH_PRIORITY: u16 = 0x4e4d;
 /// (`/sys/kernel/btf/vmlinux`, 5.5 MB: 16 ms on the development machine,
 /// more beside `up`'s other work) for CO-RE relocations, and aya 0.14 offers
 /// no way to skip that (aya-rs/aya#1172). netlab's object has no CO-RE
-/// relocation (a test says so), so the parse is wasted: the thread that
-/// makes the loader hides the kernel's BTF from itself first
-/// ([`sys::hide_kernel_btf_from_this_thread`]), and aya finds none. Where
-/// that is refused, aya parses it, and the thread still runs beside the
-/// command's checks and netlink work.
+/// relocation (checked here with [`object::core_relocation_bytes`], and by
+/// a test), so the parse is wasted: the thread that makes the loader hides
+/// the kernel's BTF from itself first
+/// ([`sys::hide_kernel_btf_from_this_thread`]), and aya finds none. An
+/// object with CO-RE relocations, or a refusal to hide, leaves aya to parse
+/// it; the thread still runs beside the command's checks and netlink work.
+#[must_use = "the loader is made for `finish`"]
 pub struct EarlyLoader(Option<JoinHandle<EbpfLoader<'static>>>);
 
 impl EarlyLoader {
     /// Starts making the loader. Dropping the result unused leaves the
     /// thread to finish (or to end with the process).
     pub fn start() -> EarlyLoader {
-        let thread = std::thread::Builder::new().name("loader".into()).spawn(|| {
-            if let Err(err) = sys::hide_kernel_btf_from_this_thread() {
-                log::debug!("aya will parse the kernel's BTF: hiding it failed: {err}");
-            }
-            EbpfLoader::new()
-        });
+        let thread = std::thread::Builder::new()
+            .name("loader".into())
+            .spawn(loader_without_kernel_btf);
         // Without a thread, `finish` makes the loader itself.
         EarlyLoader(thread.ok())
     }
@@ -92,6 +91,20 @@ impl EarlyLoader {
             None => Ok(EbpfLoader::new()),
         }
     }
+}
+
+/// An aya loader made, when the object needs no CO-RE relocation, with the
+/// kernel's BTF hidden from this thread (see [`EarlyLoader`]).
+fn loader_without_kernel_btf() -> EbpfLoader<'static> {
+    match object::core_relocation_bytes(EBPF_OBJECT) {
+        Some(0) => {
+            if let Err(err) = sys::hide_kernel_btf_from_this_thread() {
+                log::debug!("aya parses the kernel's BTF: hiding it failed: {err}");
+            }
+        }
+        other => log::debug!("aya parses the kernel's BTF: CO-RE relocation bytes {other:?}"),
+    }
+    EbpfLoader::new()
 }
 
 /// The programs `up` loads and pins for the eBPF datapaths (once per lab).
@@ -548,8 +561,6 @@ pub struct TraceSession {
     slots: ProgramArray<MapData>,
     /// The session's ring buffer, until [`TraceSession::take_events`].
     events: Option<RingBuf<MapData>>,
-    /// Its size.
-    pub ring_bytes: u32,
     watched: Vec<Attachment>,
     /// Owns the programs and their links.
     _ebpf: Ebpf,
@@ -581,8 +592,8 @@ impl Drop for TraceSession {
 
 /// Loads `trace_hop` and the watching programs from the object with
 /// `filter` built in (their maps are the lab's pinned ones, but for the
-/// session's own ring buffer and journeys; see the eBPF crate's `trace`
-/// module for why the filter is a constant), puts
+/// session's own ring buffer of `ring_bytes` and journeys; see the eBPF
+/// crate's `trace` module for why the filter is a constant), puts
 /// `trace_hop` in the slot the NAT programs tail-call, runs the watching
 /// programs on `watch` (from [`watch_plan`]), and loads and attaches the
 /// fate probes. The probes are an extra: when they cannot be attached,
@@ -591,6 +602,7 @@ pub fn start_trace(
     pins: &Pins,
     filter: &Filter,
     watch: &[Attachment],
+    ring_bytes: u32,
     early: EarlyLoader,
 ) -> Result<TraceSession> {
     if EBPF_OBJECT.is_empty() {
@@ -601,21 +613,18 @@ pub fn start_trace(
     }
     let mut slots = maps::trace_progs(pins)?;
     // Only pinned maps are shared with the running programs; the loader
-    // creates the others (per-CPU scratch) for this load alone.
+    // creates the others (the session's ring buffer and journeys, per-CPU
+    // scratch) for this load alone.
     let mut ebpf = early
         .finish()?
         .default_map_pin_directory(pins.maps())
         .override_global(names::TRACE_FILTER, filter, true)
-        .map_max_entries(names::TRACE_EVENTS, ring_bytes()?)
+        .map_max_entries(names::TRACE_EVENTS, ring_bytes)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let Some(Map::RingBuf(events)) = ebpf.take_map(names::TRACE_EVENTS) else {
         bail!("the eBPF object has no ring buffer {}", names::TRACE_EVENTS);
     };
-    let ring_bytes = events
-        .info()
-        .with_context(|| format!("reading {}'s size", names::TRACE_EVENTS))?
-        .max_entries();
     let events = RingBuf::try_from(Map::RingBuf(events))?;
     let started = Instant::now();
     load_classifier(&mut ebpf, names::TRACE_HOP)?;
@@ -630,7 +639,6 @@ pub fn start_trace(
     let mut session = TraceSession {
         slots,
         events: Some(events),
-        ring_bytes,
         watched: Vec::new(),
         _ebpf: ebpf,
         hop_load,

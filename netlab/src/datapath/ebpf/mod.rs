@@ -6,11 +6,14 @@
 //!   tracepoints);
 //! - [`maps`]: typed openers and readers of the pinned maps;
 //! - [`config`]: fills the configuration maps from the topology and the
-//!   published ports.
+//!   published ports;
+//! - [`object`]: what the loader reads of the object itself (its CO-RE
+//!   relocations).
 
 pub mod config;
 pub mod loader;
 pub mod maps;
+pub mod object;
 
 pub use loader::EBPF_OBJECT;
 
