@@ -20,11 +20,19 @@ pub mod names {
     pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
     pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
     pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
-    /// LRU hash: socket cookie → [`SockNat`](crate::nat::SockNat).
+    /// The same for `AF_INET6` sockets talking to IPv4-mapped addresses
+    /// (`::ffff:a.b.c.d`, the default of many runtimes).
+    pub const SOCK_CONNECT6: &str = "sock_connect6";
+    pub const SOCK_SENDMSG6: &str = "sock_sendmsg6";
+    pub const SOCK_RECVMSG6: &str = "sock_recvmsg6";
+    pub const SOCK_GETPEERNAME6: &str = "sock_getpeername6";
+    /// LRU hash: [`SockKey`](crate::nat::SockKey) → [`SockNat`](crate::nat::SockNat).
     pub const SOCK_NAT: &str = "SOCK_NAT";
     /// Hash: lab address (network order) → [`Endpoint`](crate::nat::Endpoint).
     pub const ENDPOINTS: &str = "ENDPOINTS";
-    /// Per-CPU hash: [`RedirectKey`](crate::nat::RedirectKey) → packets.
+    /// Per-CPU array: packets per (interface slot, reason), at
+    /// [`redirect_stat_index`](crate::nat::redirect_stat_index); sized for
+    /// the lab's interfaces at load.
     pub const REDIRECT_STATS: &str = "REDIRECT_STATS";
 
     /// Array[1]: [`NatConfig`](crate::nat::NatConfig).
@@ -39,14 +47,24 @@ pub mod names {
     /// the uplink's, multicast and broadcast) → its kind (`nat::NET_*`); see
     /// `NatConfig::closed`. Also tells which sources may arrive where.
     pub const LAB_NETS: &str = "LAB_NETS";
-    /// Hash: ifindex → [`IfaceConfig`](crate::nat::IfaceConfig).
+    /// Hash: ifindex → [`IfaceConfig`](crate::nat::IfaceConfig), every
+    /// host-side interface of the lab.
     pub const IFACE_CONFIG: &str = "IFACE_CONFIG";
-    /// LRU hash: [`FlowKey`](crate::nat::FlowKey) → [`CtEntry`](crate::nat::CtEntry),
-    /// flows that have seen a reply (assured, in nf_conntrack's words).
+    /// Array, indexed by [`iface_slot`](crate::nat::iface_slot) of the
+    /// ifindex: the same configurations, each in its interface's slot
+    /// unless another took it first (its `ifindex` says whose it is). The
+    /// programs look here first: an array slot costs no hash lookup.
+    pub const IFACES: &str = "IFACES";
+    /// Hash (no LRU, not preallocated): [`FlowKey`](crate::nat::FlowKey) →
+    /// [`CtEntry`](crate::nat::CtEntry), assured flows (in nf_conntrack's
+    /// words), both halves of each. Nothing evicts them: they leave in
+    /// pairs, when they end, expire or are swept.
     pub const CONNTRACK: &str = "CONNTRACK";
-    /// LRU hash of the same form: flows that have not seen a reply yet. New
-    /// flows (a SYN flood) evict each other here, never an assured flow.
+    /// LRU hash of the same form: flows not assured yet. New flows (a SYN
+    /// flood) evict each other here, never an assured flow.
     pub const CONNTRACK_NEW: &str = "CONNTRACK_NEW";
+    /// Array[1]: when the assured table was last swept (see `Stat::CtSwept`).
+    pub const CT_SWEPT: &str = "CT_SWEPT";
     /// LRU hash: [`FragKey`](crate::nat::FragKey) →
     /// [`FragPorts`](crate::nat::FragPorts), the ports of datagrams whose
     /// first fragment was seen, for their later fragments.
@@ -100,8 +118,6 @@ mod pod {
     // in `nat` and `trace`).
     unsafe impl aya::Pod for crate::nat::FlowKey {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for crate::nat::RedirectKey {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for crate::nat::CtEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::nat::PublishKey {}
@@ -113,6 +129,12 @@ mod pod {
     unsafe impl aya::Pod for crate::nat::IfaceConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::nat::SockNat {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::NetSet {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::Net {}
     // SAFETY: as above; sizes asserted in `trace`.
     unsafe impl aya::Pod for crate::trace::TraceConfig {}
     // SAFETY: as above.

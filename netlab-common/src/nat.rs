@@ -14,21 +14,30 @@ pub struct FlowKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Padding as scalars, not a byte array: the BPF build zeroes an array
+    /// with a call to a byte-by-byte `memset`, on every packet.
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 
 impl FlowKey {
+    #[inline(always)]
+    pub fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
+
     /// The key of packets flowing the other way.
     #[inline(always)]
     pub fn reversed(&self) -> FlowKey {
-        FlowKey {
-            saddr: self.daddr,
-            daddr: self.saddr,
-            sport: self.dport,
-            dport: self.sport,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        FlowKey::new(self.daddr, self.saddr, self.dport, self.sport, self.proto)
     }
 }
 
@@ -94,60 +103,134 @@ impl TcpState {
     }
 }
 
-const SEC: u64 = 1_000_000_000;
+const SEC: u32 = 1;
 
-/// Idle time after which a flow is dead (nf_conntrack's defaults).
-pub fn timeout_ns(proto: u8, tcp_state: u8, flags: u8) -> u64 {
+/// The idle timeouts, in seconds, nf_conntrack's defaults
+/// (`nf_conntrack_tcp_timeout_*`, `nf_conntrack_udp_timeout*`,
+/// `nf_conntrack_icmp_timeout`).
+pub mod timeouts {
+    use super::SEC;
+    pub const TCP_SYN_SENT: u32 = 120 * SEC;
+    pub const TCP_SYN_RECV: u32 = 60 * SEC;
+    pub const TCP_ESTABLISHED: u32 = 432_000 * SEC;
+    /// An established flow that has seen no reply (picked up mid-stream):
+    /// `nf_conntrack_tcp_timeout_unacknowledged`.
+    pub const TCP_UNACK: u32 = 300 * SEC;
+    pub const TCP_FIN_WAIT: u32 = 120 * SEC;
+    pub const TCP_TIME_WAIT: u32 = 120 * SEC;
+    pub const TCP_CLOSE: u32 = 10 * SEC;
+    /// UDP until it is a stream (replied, and still active 2 s after its
+    /// first packet).
+    pub const UDP: u32 = 30 * SEC;
+    pub const UDP_STREAM: u32 = 120 * SEC;
+    pub const ICMP: u32 = 30 * SEC;
+    /// A flow whose first packet has not been seen leaving yet: created on
+    /// TC ingress, it waits for the packet to survive the stack (nf_conntrack
+    /// confirms a flow only then; a packet the stack drops, its TTL expiring
+    /// say, leaves no flow behind). Long enough for the ICMP error the stack
+    /// may send back about the packet to be translated with it.
+    pub const UNCONFIRMED: u32 = 2 * SEC;
+    /// How long after its first packet a replied UDP flow must still be
+    /// active to be a stream (nf_conntrack: `stream_ts`).
+    pub const UDP_STREAM_AFTER: u32 = 2 * SEC;
+}
+
+/// The idle time (seconds) after which a flow in this state is dead, as
+/// nf_conntrack times it out.
+pub fn timeout_s(proto: u8, tcp_state: u8, flags: u8) -> u32 {
+    use timeouts::*;
+    if flags & CT_CONFIRMED == 0 {
+        return UNCONFIRMED;
+    }
     match proto {
         IPPROTO_TCP => match TcpState::from_u8(tcp_state) {
-            TcpState::SynSent => 120 * SEC,
-            TcpState::SynRecv => 60 * SEC,
-            TcpState::Established => 432_000 * SEC,
-            TcpState::FinWait => 120 * SEC,
-            TcpState::TimeWait => 120 * SEC,
-            TcpState::Close | TcpState::None => 10 * SEC,
+            TcpState::SynSent => TCP_SYN_SENT,
+            TcpState::SynRecv => TCP_SYN_RECV,
+            TcpState::Established if flags & CT_REPLIED == 0 => TCP_UNACK,
+            TcpState::Established => TCP_ESTABLISHED,
+            TcpState::FinWait => TCP_FIN_WAIT,
+            TcpState::TimeWait => TCP_TIME_WAIT,
+            TcpState::Close | TcpState::None => TCP_CLOSE,
         },
-        IPPROTO_UDP if flags & CT_REPLIED != 0 => 120 * SEC,
-        IPPROTO_UDP => 30 * SEC,
-        _ => 30 * SEC,
+        IPPROTO_UDP if flags & CT_ASSURED != 0 => UDP_STREAM,
+        IPPROTO_UDP => UDP,
+        _ => ICMP,
     }
 }
 
-/// Bits of [`CtEntry::flags`] (kept on the original entry).
+/// Bits of [`CtEntry::flags`], the same in both halves of a flow.
+/// The flow has seen a packet in its reply direction.
 pub const CT_REPLIED: u8 = 1;
 pub const CT_FIN_ORIGINAL: u8 = 2;
 pub const CT_FIN_REPLY: u8 = 4;
+/// Assured, as nf_conntrack says: a TCP connection established after a
+/// reply, a UDP stream. Assured flows live in
+/// [`CONNTRACK`](crate::names::CONNTRACK), where new flows never evict them.
+pub const CT_ASSURED: u8 = 8;
+/// The flow's first packet survived the stack (see
+/// [`timeouts::UNCONFIRMED`]).
+pub const CT_CONFIRMED: u8 = 16;
+/// A TCP connection picked up mid-stream (its first packet a plain ACK).
+pub const CT_PICKED_UP: u8 = 32;
 
-/// One direction of a tracked flow: how to rewrite packets matching its key.
+/// One half of a tracked flow, keyed by one direction's tuple: how to
+/// rewrite the packets of that direction, and the flow's state.
 ///
-/// The flow's state, timestamps and the flags live in the ORIGINAL entry;
-/// the REPLY entry's rewrite restores the original tuple reversed.
+/// Each half keeps its own direction's counters and last-seen time, so a
+/// packet of either direction reads and writes only its own half: one map
+/// lookup per packet. The state, flags and timeout are the flow's, the same
+/// in both halves; whatever changes them (a TCP flag, the first reply, a
+/// timeout to recompute) looks the other half up and writes both. `pair`
+/// ties the two halves together: a half whose peer is missing or carries
+/// another `pair` is an orphan (an LRU evicted its peer) and is removed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
+    /// When the flow was created (`bpf_ktime_get_coarse_ns`: the clock of
+    /// `CLOCK_MONOTONIC_COARSE`).
     pub created_ns: u64,
-    /// Last packet in either direction (original entry).
+    /// This direction's last packet (same clock), refreshed at most once
+    /// a second.
     pub last_seen_ns: u64,
+    /// This direction's packets and bytes.
     pub packets: u64,
     pub bytes: u64,
+    /// The key of the other direction.
+    pub peer: FlowKey,
     /// The tuple packets matching the key leave with.
     pub saddr: u32,
     pub daddr: u32,
     pub sport: u16,
     pub dport: u16,
-    /// The key of the other direction.
-    pub peer: FlowKey,
+    /// The same random value in both halves of one flow.
+    pub pair: u32,
+    /// The flow's idle timeout in its current state ([`timeout_s`]).
+    pub timeout_s: u32,
     /// [`DIR_ORIGINAL`] or [`DIR_REPLY`].
     pub direction: u8,
-    /// [`NAT_SNAT`] | [`NAT_DNAT`].
+    /// [`NAT_SNAT`] | [`NAT_DNAT`] | [`NAT_REFLECT`].
     pub nat: u8,
     /// [`APPLY_INGRESS`] or [`APPLY_EGRESS`].
     pub apply: u8,
-    /// A [`TcpState`] (original entry).
+    /// A [`TcpState`].
     pub tcp_state: u8,
-    /// `CT_*` bits (original entry).
+    /// `CT_*` bits.
     pub flags: u8,
-    pub _pad: [u8; 7],
+    /// The other half's `apply`, so a half can restore its peer when an
+    /// LRU evicted it.
+    pub peer_apply: u8,
+    /// Scalars, not an array (see [`FlowKey`]).
+    pub _pad0: u16,
+    pub _pad1: u32,
+}
+
+impl CtEntry {
+    /// Whether the flow is idle past its timeout at `now_ns`, as far as
+    /// this half knows (its peer may have seen a packet since).
+    #[inline(always)]
+    pub fn idle_past_timeout(&self, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) > u64::from(self.timeout_s) * 1_000_000_000
+    }
 }
 
 /// A published port: `PROTO/port` on the host's published addresses.
@@ -170,6 +253,41 @@ pub struct Backend {
     pub _pad: u16,
 }
 
+/// A subnet as the datapath compares it: `addr & mask == net`, both in
+/// network order. A mask of 0 matches nothing (an unused slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net {
+    pub net: u32,
+    pub mask: u32,
+}
+
+impl Net {
+    #[inline(always)]
+    pub fn contains(&self, addr: u32) -> bool {
+        self.mask != 0 && addr & self.mask == self.net
+    }
+}
+
+/// How many subnets a [`NetSet`] holds inline.
+pub const NET_SET_INLINE: usize = 8;
+
+/// A set of subnets the datapath asks about on most packets: the first
+/// [`NET_SET_INLINE`] are compared inline (no map lookup); a lab with more
+/// sets `overflow`, and the rest are asked of the set's LPM trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetSet {
+    pub nets: [Net; NET_SET_INLINE],
+    /// How many of `nets` are used (at most [`NET_SET_INLINE`]).
+    pub count: u32,
+    /// Nonzero: the set has more subnets than fit inline, all of them in
+    /// its trie.
+    pub overflow: u32,
+}
+
+/// The lab's NAT configuration ([`names::NAT_CONFIG`](crate::names::NAT_CONFIG)),
+/// read once per packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatConfig {
@@ -185,16 +303,23 @@ pub struct NatConfig {
     pub redirect: u32,
     /// ifindex of the uplink (host side), 0 when the lab has none.
     pub uplink_ifindex: u32,
-    /// 1: the lab is closed: packets from a lab veth to a destination outside
-    /// [`names::LAB_NETS`](crate::names::LAB_NETS) are dropped, so the host
-    /// never forwards lab traffic out of an interface that is not the lab's.
+    /// 1: the lab is closed: packets from a lab veth to a destination
+    /// outside the lab are dropped, and so is what arrives on the uplink
+    /// for neither the lab's host addresses nor a subnet routed into it.
     pub closed: u32,
-    /// The uplink's subnet (network order; mask 0 when the lab has no
-    /// uplink): the kernel side tells it from the lab's own subnets without
-    /// a trie lookup, on the path of most packets.
-    pub uplink_net: u32,
-    pub uplink_mask: u32,
     pub _pad: u32,
+    /// The uplink's subnet: it stands for the world beyond the host.
+    pub uplink: Net,
+    /// The lab's host addresses (as /32s): published ports answer there,
+    /// and only flows to them are translated on the way in. Overflow:
+    /// [`names::LOCAL_ADDRS`](crate::names::LOCAL_ADDRS).
+    pub local: NetSet,
+    /// The subnets behind the lab's own veths (namespaces, bridges).
+    /// Overflow: [`names::LAB_NETS`](crate::names::LAB_NETS).
+    pub internal: NetSet,
+    /// The subnets masqueraded out of the uplink. Overflow:
+    /// [`names::MASQ_SUBNETS`](crate::names::MASQ_SUBNETS).
+    pub masquerade: NetSet,
 }
 
 /// A lab namespace's address, for the `redirect` datapath: where to hand
@@ -212,18 +337,15 @@ pub struct Endpoint {
     pub gateway_mac: [u8; 6],
 }
 
-/// Key of [`names::REDIRECT_STATS`](crate::names::REDIRECT_STATS): what
-/// the `redirect` datapath decided on one host-side interface.
-///
-/// Interfaces are keyed by ifindex. Indexes are per namespace in Linux, but
-/// `up` gives the lab's veth ends distinct indexes and refuses to attach if
-/// two lab interfaces ever share one.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct RedirectKey {
-    pub ifindex: u32,
-    /// A [`RedirectReason`] as `u32`.
-    pub reason: u32,
+/// How many [`RedirectReason`]s each interface's slot of
+/// [`names::REDIRECT_STATS`](crate::names::REDIRECT_STATS) has room for.
+pub const REDIRECT_REASON_SLOTS: u32 = 8;
+
+/// The index in [`names::REDIRECT_STATS`](crate::names::REDIRECT_STATS) of
+/// `reason` on the interface whose [`IfaceConfig::slot`] is `slot`.
+#[inline(always)]
+pub fn redirect_stat_index(slot: u32, reason: u32) -> u32 {
+    slot * REDIRECT_REASON_SLOTS + reason
 }
 
 /// Why the `redirect` datapath forwarded or fell back, per interface.
@@ -270,17 +392,29 @@ impl RedirectReason {
     }
 }
 
-/// What the socket-level programs remember per socket (by socket cookie):
-/// the published address the application asked for and the backend it got,
-/// so replies and `getpeername` show the published address.
+/// Key of [`names::SOCK_NAT`](crate::names::SOCK_NAT): a socket (by
+/// cookie) and the backend the socket-level programs pointed it at. An
+/// unconnected UDP socket that sends to two published ports has one key
+/// for each, so each reply shows the address it answers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub cookie: u64,
+    /// Network order.
+    pub backend_addr: u32,
+    pub backend_port: u16,
+    pub _pad: u16,
+}
+
+/// The published address a socket asked for, shown back to it by
+/// `recvmsg()` and `getpeername()` instead of the backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockNat {
     /// Network order.
     pub published_addr: u32,
-    pub backend_addr: u32,
     pub published_port: u16,
-    pub backend_port: u16,
+    pub _pad: u16,
 }
 
 /// [`IfaceConfig::role`]: a host-side lab veth end.
@@ -297,6 +431,22 @@ pub struct IfaceConfig {
     pub gateway: u32,
     /// `ROLE_*`.
     pub role: u32,
+    /// This interface's row of per-interface counters
+    /// ([`names::REDIRECT_STATS`](crate::names::REDIRECT_STATS)), 1 and up;
+    /// 0 counts nowhere.
+    pub slot: u32,
+    /// The interface's ifindex: in [`names::IFACES`](crate::names::IFACES),
+    /// which slot of the array holds whose configuration.
+    pub ifindex: u32,
+}
+
+/// Slots of [`names::IFACES`](crate::names::IFACES), a power of two.
+pub const IFACE_SLOTS: u32 = 4096;
+
+/// The slot of [`names::IFACES`](crate::names::IFACES) an ifindex maps to.
+#[inline(always)]
+pub fn iface_slot(ifindex: u32) -> u32 {
+    ifindex & (IFACE_SLOTS - 1)
 }
 
 /// Counters of what the NAT datapath did and why; index of
@@ -341,7 +491,9 @@ pub enum Stat {
     CtInsertFailed,
     /// A flow found idle past its timeout and removed.
     CtExpired,
-    /// One half of a flow found without its other half (LRU evicted it).
+    /// One half of a flow found without its other half (an LRU evicted
+    /// it): removed, and the packet evaluated as a new flow's, as
+    /// nf_conntrack would find no flow.
     CtHalfEvicted,
     /// The IP header checksum could not be updated: dropped.
     CsumL3Failed,
@@ -389,9 +541,31 @@ pub enum Stat {
     /// RST is translated and the flow removed at once, as nf_conntrack
     /// deletes it, so later ICMP errors about it are unrelated.
     CtRefused,
+    /// Arriving on the uplink for an address inside a masqueraded lab
+    /// subnet (routed to the lab, not through a published port): dropped,
+    /// as Docker 28 drops routed access to a NAT network's unpublished
+    /// ports.
+    RoutedIntoLab,
+    /// Arriving on the uplink for neither the lab's host addresses nor the
+    /// lab's subnets (the world routing through the host to its other
+    /// networks): dropped.
+    WorldTransit,
+    /// The port search for a new masqueraded flow gave up after its bound
+    /// of probes (nf_nat gives up likewise): the flow's packet is dropped.
+    PortSearchLimit,
+    /// A frame addressed to another host's MAC: left to the stack, which
+    /// drops it; no flow is created for it.
+    OtherHost,
+    /// A flow earned assurance but the assured table was full (and a sweep
+    /// of dead flows freed nothing): it stays with the new flows.
+    CtAssuredFull,
+    /// Flows removed by a sweep of the assured table when it was full
+    /// (idle past their timeout, or TCP closing), as nf_conntrack's early
+    /// drop takes closing connections.
+    CtSwept,
 }
 
-pub const STAT_COUNT: u32 = 29;
+pub const STAT_COUNT: u32 = 35;
 
 // A reason's index in `Stat::ALL` is its value: global BPF functions return
 // a reason as `reason as u32`, and their callers look it up there.
@@ -434,6 +608,12 @@ impl Stat {
         Stat::CtAssured,
         Stat::IcmpErrorUnrelated,
         Stat::CtRefused,
+        Stat::RoutedIntoLab,
+        Stat::WorldTransit,
+        Stat::PortSearchLimit,
+        Stat::OtherHost,
+        Stat::CtAssuredFull,
+        Stat::CtSwept,
     ];
 
     pub fn name(self) -> &'static str {
@@ -467,6 +647,12 @@ impl Stat {
             Stat::CtAssured => "ct_assured",
             Stat::IcmpErrorUnrelated => "icmp_error_unrelated",
             Stat::CtRefused => "ct_refused",
+            Stat::RoutedIntoLab => "routed_into_lab",
+            Stat::WorldTransit => "world_transit",
+            Stat::PortSearchLimit => "port_search_limit",
+            Stat::OtherHost => "other_host",
+            Stat::CtAssuredFull => "ct_assured_full",
+            Stat::CtSwept => "ct_swept",
         }
     }
 
@@ -476,7 +662,6 @@ impl Stat {
             self,
             Stat::PortExhausted
                 | Stat::CtInsertFailed
-                | Stat::CtHalfEvicted
                 | Stat::CsumL3Failed
                 | Stat::CsumL4Failed
                 | Stat::WriteFailed
@@ -485,6 +670,9 @@ impl Stat {
                 | Stat::SpoofedSource
                 | Stat::FragUnknown
                 | Stat::IcmpErrorUnrelated
+                | Stat::RoutedIntoLab
+                | Stat::WorldTransit
+                | Stat::PortSearchLimit
         )
     }
 }
@@ -521,14 +709,15 @@ pub struct FragPorts {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
-const _: () = assert!(core::mem::size_of::<RedirectKey>() == 8);
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
 const _: () = assert!(core::mem::size_of::<PublishKey>() == 4);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 256);
+const _: () = assert!(core::mem::size_of::<NetSet>() == 72);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
-const _: () = assert!(core::mem::size_of::<SockNat>() == 12);
-const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<SockNat>() == 8);
+const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
+const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 16);
 const _: () = assert!(Stat::ALL.len() == STAT_COUNT as usize);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FragPorts>() == 4);

@@ -1,61 +1,105 @@
-//! netlab's own conntrack: two entries per flow, keyed by each direction's
-//! tuple (see `netlab_common::nat::CtEntry`), in one of two LRU tables:
+//! netlab's own conntrack, as nf_conntrack keeps it: a flow is two halves,
+//! one keyed by each direction's tuple (`netlab_common::nat::CtEntry`),
+//! always in the same one of two tables:
 //!
-//! - [`CONNTRACK_NEW`] holds flows that are not assured yet (no reply, or a
-//!   TCP handshake not complete). New flows evict each other here, so a SYN
-//!   flood cannot push out an established connection, as nf_conntrack's
-//!   early drop only takes unassured entries.
-//! - [`CONNTRACK`] holds assured flows: a TCP flow once established, any
-//!   other once it has seen a reply. Both halves move together.
+//! - [`NEW`] (an LRU hash) holds flows not assured yet: a TCP handshake
+//!   not complete or not replied, UDP before it is a stream, ICMP, a flow
+//!   whose first packet has not been confirmed. New flows evict each other
+//!   here, so a flood of them cannot push out an established connection,
+//!   as nf_conntrack's early drop only takes unassured flows.
+//! - [`ASSURED`] (a plain hash, not preallocated) holds assured flows: a
+//!   TCP connection established with a reply, a UDP stream. Nothing evicts
+//!   them; both halves arrive together (promotion) and leave together (the
+//!   flow ends, expires, or a sweep of dead flows takes it when the table
+//!   is full).
 //!
-//! Entries expire lazily: a lookup that finds a flow idle past its timeout
-//! removes it (counted), and the LRU bound evicts the coldest entries when a
-//! table is full. The table size is set by userspace at load time.
+//! **The fast path.** Each half keeps its own direction's counters and
+//! last-seen time, and a copy of the flow's state, flags and timeout, so a
+//! packet of an established flow costs one lookup and writes only its own
+//! half ([`steady`]). Whatever can change the flow (a TCP SYN, FIN or RST,
+//! the first reply, UDP becoming a stream, the once-a-second refresh of
+//! the last-seen time) takes the slow path, which looks the other half up,
+//! checks that it is this flow's (`pair`), and writes both ([`advance`]).
 //!
-//! The operations ([`track`], [`peek`], [`key_free`], [`insert_flow`]) are
-//! global BPF functions behind inline wrappers: the verifier checks each
-//! once, on its own, instead of once for every path of the NAT programs
-//! that reaches it (measured: this halved the NAT programs' verification).
-//! Their arguments are plain integers and pointers to `#[repr(C)]`
-//! values, as global functions need; what they return is a code the
-//! wrappers turn back into Rust types.
-
-use core::hint::black_box;
+//! **Pairs.** The LRU can evict one half of a new flow: the other half
+//! finds it missing at its next slow path (at most a second later) and
+//! restores it, as Cilium's SNAT restores a missing reverse entry; if its
+//! key belongs to another flow by then, the orphan is removed and its
+//! packet evaluated as new. Halves are inserted reply first, both with
+//! `BPF_NOEXIST`, and a half whose peer is missing is left alone while it
+//! is younger than [`PENDING_NS`] (its creator is inserting the peer), so
+//! two CPUs opening one flow never remove each other's halves.
+//!
+//! **Time** is `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE, which
+//! userspace reads too): the flow timeouts are seconds, and the precise
+//! clock (`read_tsc` in a VM) cost every packet.
+//!
+//! The operations are global BPF functions behind inline wrappers (see
+//! [`crate::global`]): the verifier checks each once, on its own, instead
+//! of on every path of the NAT programs that reaches it.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_ns,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    cty::c_void,
+    helpers::{bpf_for_each_map_elem, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use netlab_common::nat::{
-    CT_FIN_ORIGINAL, CT_FIN_REPLY, CT_REPLIED, CtEntry, DIR_ORIGINAL, DIR_REPLY, FlowKey,
-    IPPROTO_TCP, Stat, TcpState, timeout_ns,
+    CT_ASSURED, CT_CONFIRMED, CT_FIN_ORIGINAL, CT_FIN_REPLY, CT_PICKED_UP, CT_REPLIED, CtEntry,
+    DIR_ORIGINAL, DIR_REPLY, FlowKey, IPPROTO_TCP, IPPROTO_UDP, Stat, TcpState, timeout_s,
+    timeouts,
 };
 
 use crate::{
+    global,
     pkt::{
-        ctx::{value, value_mut},
+        ctx::{array_value_mut, value_mut},
         l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     },
     stats,
+    verdict::Rewrite,
 };
 
+/// Assured flows. Sized by userspace (`nat.conntrack_size`) at load.
 #[map(name = "CONNTRACK")]
-static CONNTRACK: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(65536, 0);
+static ASSURED: HashMap<FlowKey, CtEntry> = HashMap::pinned(65536, BPF_F_NO_PREALLOC);
 
+/// Flows not assured yet. Sized as [`ASSURED`].
 #[map(name = "CONNTRACK_NEW")]
-static CONNTRACK_NEW: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(65536, 0);
+static NEW: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(65536, 0);
 
-/// How stale `last_seen_ns` may get before a packet refreshes it: far
-/// below the shortest timeout (10 s), and it saves a write to a line the
-/// other direction's CPU reads on almost every packet.
+/// When [`ASSURED`] was last found full, and whether a sweep is due.
+#[map(name = "CT_SWEPT")]
+static SWEPT: Array<SweepState> = Array::pinned(1, 0);
+
+#[repr(C)]
+struct SweepState {
+    last_ns: u64,
+    wanted: u64,
+}
+
+/// Where a new or restored half is built: a `CtEntry` is 80 bytes, more
+/// than the BPF stack can spare beside the rest of the NAT path.
+#[map]
+static CT_SCRATCH: PerCpuArray<[CtEntry; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// How stale a half's `last_seen_ns` may get before a packet refreshes it
+/// (the slow path): far below the shortest confirmed timeout (10 s).
 const REFRESH_NS: u64 = 1_000_000_000;
+/// A half younger than this whose peer is missing is being inserted (its
+/// creator inserts the peer right after it): nobody else removes it.
+/// Several ticks of the coarse clock.
+const PENDING_NS: u64 = 50_000_000;
+/// How often a full [`ASSURED`] may be swept.
+const SWEEP_EVERY_NS: u64 = 1_000_000_000;
+const SEC_NS: u64 = 1_000_000_000;
 
+/// The conntrack clock (see the module's documentation).
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Which table a flow lives in.
@@ -67,320 +111,471 @@ enum Table {
 
 impl Table {
     #[inline(always)]
-    fn map(self) -> &'static LruHashMap<FlowKey, CtEntry> {
+    fn get(self, key: &FlowKey) -> Option<&'static mut CtEntry> {
+        let ptr = match self {
+            Table::Assured => ASSURED.get_ptr_mut(key),
+            Table::New => NEW.get_ptr_mut(key),
+        };
+        // SAFETY: entries are read and written as `value_mut` allows: a
+        // racing delete makes one packet's counters or state stale.
+        unsafe { value_mut(ptr) }
+    }
+
+    #[inline(always)]
+    fn insert(self, key: &FlowKey, entry: &CtEntry) -> bool {
+        let flags = u64::from(BPF_NOEXIST);
         match self {
-            Table::Assured => &CONNTRACK,
-            Table::New => &CONNTRACK_NEW,
+            Table::Assured => ASSURED.insert(key, entry, flags).is_ok(),
+            Table::New => NEW.insert(key, entry, flags).is_ok(),
         }
+    }
+
+    #[inline(always)]
+    fn remove(self, key: &FlowKey) {
+        let _ = match self {
+            Table::Assured => ASSURED.remove(key),
+            Table::New => NEW.remove(key),
+        };
+    }
+
+    /// Removes a flow: both halves.
+    #[inline(always)]
+    fn remove_flow(self, key: &FlowKey, peer: &FlowKey) {
+        self.remove(key);
+        self.remove(peer);
     }
 }
 
-/// A flow's entry for one key, and where it lives.
+/// A flow's half for one key, and where it lives.
 struct Found {
     entry: &'static mut CtEntry,
     table: Table,
 }
 
-/// The entry of `key`, assured flows first (the hot path is one lookup).
+/// The half at `key`, assured flows first (an established flow's packet
+/// finds its half in one lookup).
 #[inline(always)]
 fn lookup(key: &FlowKey) -> Option<Found> {
-    if let Some(entry) = value_mut(CONNTRACK.get_ptr_mut(key)) {
+    if let Some(entry) = Table::Assured.get(key) {
         return Some(Found {
             entry,
             table: Table::Assured,
         });
     }
-    value_mut(CONNTRACK_NEW.get_ptr_mut(key)).map(|entry| Found {
+    Table::New.get(key).map(|entry| Found {
         entry,
         table: Table::New,
     })
 }
 
-#[inline(always)]
-fn expired(orig: &CtEntry, now: u64) -> bool {
-    now.saturating_sub(orig.last_seen_ns) > timeout_ns(orig.peer.proto, orig.tcp_state, orig.flags)
-}
-
-/// Removes a flow: the entry at `key` and its peer.
-#[inline(always)]
-fn remove_flow(table: Table, key: &FlowKey, peer: &FlowKey) {
-    let _ = table.map().remove(key);
-    let _ = table.map().remove(peer);
-}
-
-/// How packets matching an entry leave.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Rewrite {
-    pub saddr: u32,
-    pub daddr: u32,
-    pub sport: u16,
-    pub dport: u16,
-    /// `NAT_*` bits.
-    pub nat: u8,
-    pub _pad: [u8; 3],
-}
-
-impl Rewrite {
-    pub const NONE: Rewrite = Rewrite {
-        saddr: 0,
-        daddr: 0,
-        sport: 0,
-        dport: 0,
-        nat: 0,
-        _pad: [0; 3],
-    };
-
-    #[inline(always)]
-    pub fn of(entry: &CtEntry) -> Rewrite {
-        Rewrite {
-            saddr: entry.saddr,
-            daddr: entry.daddr,
-            sport: entry.sport,
-            dport: entry.dport,
-            nat: entry.nat,
-            _pad: [0; 3],
-        }
-    }
-}
-
-/// What a packet's flow entry says at a hook ([`track`]).
+/// What a packet's flow says at a hook ([`track`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Known {
     /// No live flow has this key: the packet may open one.
     None,
     /// Another hook translates this direction (masquerade waits for egress).
     OtherHook,
-    /// Rewrite the packet as this says.
-    Rewrite(Rewrite),
-    /// The other half of the flow was evicted: drop (cannot translate).
-    HalfEvicted,
+    /// Rewrite the packet as [`Tracked::rewrite`] says.
+    Rewrite,
 }
 
-/// [`track`]'s answers, as the global function returns them.
-const TRACK_NONE: u32 = 0;
-const TRACK_OTHER_HOOK: u32 = 1;
-const TRACK_REWRITE: u32 = 2;
-const TRACK_HALF_EVICTED: u32 = 3;
+/// [`track`]'s answer. Not an enum with a payload: LLVM moved the payload
+/// of such an answer (undefined in its other variants) from a register a
+/// call had clobbered, which the verifier refuses (`!read_ok`); here every
+/// byte is defined on every path.
+#[derive(Clone, Copy)]
+pub struct Tracked {
+    pub known: Known,
+    /// Meaningful when `known` is [`Known::Rewrite`].
+    pub rewrite: Rewrite,
+}
+
+global::codes! {
+    /// [`track`]'s answers.
+    enum TrackCode { None = 0, OtherHook = 1, Rewrite = 2 }
+}
 
 /// Looks up the flow of a packet with `key` seen at `hook` (`APPLY_*`) and,
-/// when this hook translates it, updates the flow with the packet (state,
-/// counters, timestamps, promotion to the assured table).
+/// when this hook translates it, updates the flow with the packet.
 #[inline(always)]
-pub fn track(key: &FlowKey, hook: u8, tcp_flags: u8, len: u32) -> Known {
-    let mut out = Rewrite::NONE;
-    // Through black_box, as every global function's result (see
-    // `pkt::csum::decode`): the verifier knows nothing of it, LLVM must not
-    // either.
-    match black_box(netlab_ct_track(
+pub fn track(key: &FlowKey, hook: u8, tcp_flags: u8, len: u32) -> Tracked {
+    // Initialized from the key, not zeroed: a constant zero becomes a call
+    // to a byte-by-byte memset in the BPF build, on every packet. (Nor may
+    // it stay uninitialized: LLVM then moves its undefined bytes into the
+    // answer's other variants, which the verifier refuses.)
+    let mut out = Rewrite::identity(key);
+    let code = netlab_ct_track(
         key,
         u32::from(hook),
         u32::from(tcp_flags),
         len,
         &raw mut out,
-    )) {
-        TRACK_OTHER_HOOK => Known::OtherHook,
-        TRACK_REWRITE => Known::Rewrite(out),
-        TRACK_HALF_EVICTED => Known::HalfEvicted,
+    );
+    let known = match TrackCode::decode(code) {
+        Some(TrackCode::OtherHook) => Known::OtherHook,
+        Some(TrackCode::Rewrite) => Known::Rewrite,
         _ => Known::None,
+    };
+    Tracked {
+        known,
+        rewrite: out,
     }
 }
 
-/// [`track`], verified once (see the module's documentation).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn netlab_ct_track(
-    key: *const FlowKey,
-    hook: u32,
-    tcp_flags: u32,
-    len: u32,
-    out: *mut Rewrite,
-) -> u32 {
-    // SAFETY: the verifier checks both pointers' memory; null is refused here.
-    let (Some(key), Some(out)) = (unsafe { key.as_ref() }, unsafe { out.as_mut() }) else {
-        return TRACK_NONE;
-    };
-    let Some(found) = lookup(key) else {
-        return TRACK_NONE;
-    };
-    if u32::from(found.entry.apply) != hook {
-        return TRACK_OTHER_HOOK;
-    }
-    match advance(found, key, tcp_flags as u8, len) {
-        Tracked::Rewrite(rewrite) => {
-            *out = rewrite;
-            TRACK_REWRITE
+global::function! {
+    /// [`track`], verified once.
+    fn netlab_ct_track(key: *const FlowKey, hook: u32, tcp_flags: u32, len: u32, out: *mut Rewrite) -> u32 {
+        // SAFETY: the verifier checks the pointers' memory; null is refused.
+        let (Some(key), Some(out)) = (unsafe { key.as_ref() }, unsafe { out.as_mut() }) else {
+            return TrackCode::None as u32;
+        };
+        let Some(found) = lookup(key) else {
+            return TrackCode::None as u32;
+        };
+        if u32::from(found.entry.apply) != hook {
+            return TrackCode::OtherHook as u32;
         }
-        Tracked::Gone => TRACK_NONE,
-        Tracked::HalfEvicted => TRACK_HALF_EVICTED,
+        let now = now();
+        let tcp_flags = tcp_flags as u8;
+        if steady(found.entry, key.proto, tcp_flags, now) {
+            found.entry.packets += 1;
+            found.entry.bytes += u64::from(len);
+            *out = Rewrite::of(found.entry);
+            return TrackCode::Rewrite as u32;
+        }
+        match advance(found, key, tcp_flags, len, now) {
+            Some(rewrite) => {
+                *out = rewrite;
+                TrackCode::Rewrite as u32
+            }
+            None => TrackCode::None as u32,
+        }
     }
 }
 
-/// The rewrite of a live flow's direction `key` at `hook`, without
-/// counting the packet as the flow's (fragments after the first, ICMP
-/// errors about the flow). `alive`: first check that the flow is not idle
-/// past its timeout (removing it if it is).
+/// Whether a packet with `tcp_flags` changes nothing of the flow but its
+/// own half's counters: the fast path. The slow path takes a packet that
+/// may change the flow's state or flags, and one whose half was last
+/// refreshed a second ago or more (it refreshes it, checks the peer, and
+/// times the flow out).
 #[inline(always)]
-pub fn peek(key: &FlowKey, hook: u8, alive: bool) -> Option<Rewrite> {
-    let mut out = Rewrite::NONE;
-    (black_box(netlab_ct_peek(
-        key,
-        u32::from(hook),
-        u32::from(alive),
-        &raw mut out,
-    )) != 0)
-        .then_some(out)
-}
-
-/// [`peek`], verified once.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn netlab_ct_peek(
-    key: *const FlowKey,
-    hook: u32,
-    check_alive: u32,
-    out: *mut Rewrite,
-) -> u32 {
-    // SAFETY: as in `netlab_ct_track`.
-    let (Some(key), Some(out)) = (unsafe { key.as_ref() }, unsafe { out.as_mut() }) else {
-        return 0;
-    };
-    let Some(found) = lookup(key) else {
-        return 0;
-    };
-    if u32::from(found.entry.apply) != hook {
-        return 0;
+fn steady(half: &CtEntry, proto: u8, tcp_flags: u8, now: u64) -> bool {
+    if now.wrapping_sub(half.last_seen_ns) >= REFRESH_NS || half.flags & CT_CONFIRMED == 0 {
+        return false;
     }
-    if check_alive != 0 && !alive(&found, key, now()) {
-        return 0;
-    }
-    *out = Rewrite::of(found.entry);
-    1
-}
-
-/// What tracking a packet of a known flow decided.
-enum Tracked {
-    /// Rewrite the packet as this says.
-    Rewrite(Rewrite),
-    /// The flow is gone (expired, or a SYN reopened a closed one): handle
-    /// the packet as a new flow.
-    Gone,
-    /// The other half of the flow was evicted: drop (cannot translate).
-    HalfEvicted,
-}
-
-/// Updates a known flow's state with a packet of `tcp_flags` and `len`.
-#[inline(always)]
-fn advance(found: Found, key: &FlowKey, tcp_flags: u8, len: u32) -> Tracked {
-    let Found { entry, table } = found;
-    let now = now();
-    let rewrite = Rewrite::of(entry);
-    let direction = entry.direction;
-    let peer = entry.peer;
-    entry.packets += 1;
-    entry.bytes += u64::from(len);
-    let orig_key = if direction == DIR_ORIGINAL {
-        *key
-    } else {
-        peer
-    };
-    let orig = if direction == DIR_ORIGINAL {
-        entry
-    } else {
-        match value_mut(table.map().get_ptr_mut(peer)) {
-            Some(orig) => orig,
-            None => {
-                let _ = table.map().remove(key);
-                return Tracked::HalfEvicted;
+    let replied = half.flags & CT_REPLIED != 0;
+    let original = half.direction == DIR_ORIGINAL;
+    let assured = half.flags & CT_ASSURED != 0;
+    match proto {
+        IPPROTO_TCP => {
+            tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+                && half.tcp_state == TcpState::Established as u8
+                && if replied { assured } else { original }
+        }
+        IPPROTO_UDP => {
+            if replied {
+                assured || now.wrapping_sub(half.created_ns) < stream_after_ns()
+            } else {
+                original
             }
         }
-    };
-    if expired(orig, now) {
+        // ICMP: nothing changes once replied (nf_conntrack never assures it).
+        _ => replied || original,
+    }
+}
+
+#[inline(always)]
+fn stream_after_ns() -> u64 {
+    u64::from(timeouts::UDP_STREAM_AFTER) * SEC_NS
+}
+
+/// The slow path: updates the flow `found` (the half at `key`) with a
+/// packet. The rewrite for the packet, or `None` when the flow is gone
+/// (expired, reopened by a SYN, or a half without its peer): the packet is
+/// then evaluated as a new flow's.
+#[inline(always)]
+fn advance(found: Found, key: &FlowKey, tcp_flags: u8, len: u32, now: u64) -> Option<Rewrite> {
+    let Found { entry, table } = found;
+    let peer = peer_of(table, entry, key, now)?;
+    let peer_key = entry.peer;
+    if idle(entry, peer, now) {
         stats::count(Stat::CtExpired);
-        remove_flow(table, key, &peer);
-        return Tracked::Gone;
+        table.remove_flow(key, &peer_key);
+        return None;
     }
-    if key.proto == IPPROTO_TCP && reopens(orig, direction, tcp_flags) {
-        // nf_conntrack: a SYN on a closed connection is a new connection,
-        // evaluated afresh (a published port may be gone since).
-        stats::count(Stat::CtReopened);
-        remove_flow(table, key, &peer);
-        return Tracked::Gone;
-    }
-    if key.proto == IPPROTO_TCP
-        && direction != DIR_ORIGINAL
-        && orig.flags & CT_REPLIED == 0
-        && tcp_flags & TCP_RST != 0
-    {
-        // nf_conntrack (tcp_packet): "if only reply is a RST, we can
-        // consider ourselves not to have an established connection [...]
-        // delete the conntrack immediately". The RST itself is translated.
-        stats::count(Stat::CtRefused);
-        remove_flow(table, key, &peer);
-        return Tracked::Rewrite(rewrite);
-    }
-    if now.wrapping_sub(orig.last_seen_ns) > REFRESH_NS {
-        orig.last_seen_ns = now;
-    }
-    if direction != DIR_ORIGINAL && orig.flags & CT_REPLIED == 0 {
-        orig.flags |= CT_REPLIED;
-    }
+    let direction = entry.direction;
+    let rewrite = Rewrite::of(entry);
     if key.proto == IPPROTO_TCP {
-        advance_tcp(orig, direction, tcp_flags);
+        if reopens(entry.tcp_state, direction, tcp_flags) {
+            // nf_conntrack: a SYN on a closed connection is a new
+            // connection, evaluated afresh (a published port may be gone).
+            stats::count(Stat::CtReopened);
+            table.remove_flow(key, &peer_key);
+            return None;
+        }
+        if direction != DIR_ORIGINAL && entry.flags & CT_REPLIED == 0 && tcp_flags & TCP_RST != 0 {
+            // nf_conntrack (tcp_packet): "if only reply is a RST, we can
+            // consider ourselves not to have an established connection
+            // [...] delete the conntrack immediately". The RST itself is
+            // translated.
+            stats::count(Stat::CtRefused);
+            table.remove_flow(key, &peer_key);
+            return Some(rewrite);
+        }
     }
-    if table == Table::New && assured(orig) {
-        promote(&orig_key, &orig.peer);
+    entry.last_seen_ns = now;
+    entry.packets += 1;
+    entry.bytes += u64::from(len);
+    let mut flags = entry.flags;
+    if direction != DIR_ORIGINAL {
+        flags |= CT_REPLIED;
     }
-    Tracked::Rewrite(rewrite)
+    let mut state = entry.tcp_state;
+    if key.proto == IPPROTO_TCP {
+        state = next_tcp_state(state, &mut flags, direction, tcp_flags);
+    }
+    let newly_assured = flags & CT_ASSURED == 0
+        && earns_assurance(key.proto, state, flags, now.wrapping_sub(entry.created_ns));
+    if newly_assured {
+        flags |= CT_ASSURED;
+    }
+    set_state(entry, peer, state, flags, key.proto);
+    if newly_assured {
+        if table == Table::New {
+            promote(key, &peer_key, now);
+        } else {
+            stats::count(Stat::CtAssured);
+        }
+    }
+    Some(rewrite)
 }
 
-/// Whether a flow has earned protection from new flows.
+/// Whether the flow of halves `a` and `b` is idle past its timeout.
 #[inline(always)]
-fn assured(orig: &CtEntry) -> bool {
-    if orig.peer.proto == IPPROTO_TCP {
-        orig.tcp_state == TcpState::Established as u8
+fn idle(a: &CtEntry, b: &CtEntry, now: u64) -> bool {
+    let last = a.last_seen_ns.max(b.last_seen_ns);
+    now.saturating_sub(last) > u64::from(a.timeout_s) * SEC_NS
+}
+
+/// Writes the flow's state, flags and timeout into both halves (only
+/// what changed: the halves are on two CPUs' paths).
+#[inline(always)]
+fn set_state(a: &mut CtEntry, b: &mut CtEntry, state: u8, flags: u8, proto: u8) {
+    if a.tcp_state == state && a.flags == flags {
+        return;
+    }
+    let timeout = timeout_s(proto, state, flags);
+    for half in [a, b] {
+        half.tcp_state = state;
+        half.flags = flags;
+        half.timeout_s = timeout;
+    }
+}
+
+/// Whether a flow has earned assurance, as nf_conntrack gives it: a TCP
+/// connection established after a reply (a handshake, or a reply to a
+/// connection picked up mid-stream); a UDP flow that has seen a reply and
+/// is still active two seconds after its first packet. ICMP never is.
+#[inline(always)]
+fn earns_assurance(proto: u8, state: u8, flags: u8, age_ns: u64) -> bool {
+    if flags & CT_REPLIED == 0 || flags & CT_CONFIRMED == 0 {
+        return false;
+    }
+    match proto {
+        IPPROTO_TCP => state == TcpState::Established as u8,
+        IPPROTO_UDP => age_ns >= stream_after_ns(),
+        _ => false,
+    }
+}
+
+/// The other half of the flow whose half `entry` sits at `key` in `table`.
+/// A peer the LRU evicted is restored; `None` when the flow cannot go on:
+/// the peer is being inserted by another CPU, or its key belongs to another
+/// flow now (this half, an orphan, is then removed).
+#[inline(always)]
+fn peer_of(table: Table, entry: &CtEntry, key: &FlowKey, now: u64) -> Option<&'static mut CtEntry> {
+    if let Some(peer) = table.get(&entry.peer) {
+        if peer.pair == entry.pair && peer.peer == *key {
+            return Some(peer);
+        }
+    } else if now.wrapping_sub(entry.created_ns) < PENDING_NS {
+        return None;
+    } else if let Some(restored) = mirror(entry, key)
+        && table.insert(&entry.peer, restored)
+    {
+        stats::count(Stat::CtHalfEvicted);
+        return table.get(&entry.peer);
+    }
+    stats::count(Stat::CtHalfEvicted);
+    table.remove(key);
+    None
+}
+
+/// The other half of `entry` (at `key`), rebuilt in the per-CPU scratch
+/// space: its key is `entry.peer`, its rewrite restores `key` reversed.
+#[inline(always)]
+fn mirror(entry: &CtEntry, key: &FlowKey) -> Option<&'static CtEntry> {
+    // SAFETY: a per-CPU array slot, only this program run uses it.
+    let scratch = unsafe { value_mut(CT_SCRATCH.get_ptr_mut(0)) }?;
+    let half = &mut scratch[0];
+    *half = *entry;
+    half.packets = 0;
+    half.bytes = 0;
+    half.peer = *key;
+    half.saddr = key.daddr;
+    half.daddr = key.saddr;
+    half.sport = key.dport;
+    half.dport = key.sport;
+    half.direction = if entry.direction == DIR_ORIGINAL {
+        DIR_REPLY
     } else {
-        orig.flags & CT_REPLIED != 0
-    }
+        DIR_ORIGINAL
+    };
+    half.apply = entry.peer_apply;
+    half.peer_apply = entry.apply;
+    Some(half)
 }
 
-/// Moves both halves of a flow to the assured table.
+/// Moves both halves of a flow from [`NEW`] to [`ASSURED`]. When that is
+/// full, the flow stays where it is, assured all the same (counted), and a
+/// sweep of the assured table's dead flows is asked for, to make room for
+/// the next ones.
 #[inline(always)]
-fn promote(orig_key: &FlowKey, reply_key: &FlowKey) {
-    let (Some(orig), Some(reply)) = (
-        value_mut(CONNTRACK_NEW.get_ptr_mut(orig_key)),
-        value_mut(CONNTRACK_NEW.get_ptr_mut(reply_key)),
-    ) else {
+fn promote(key: &FlowKey, peer: &FlowKey, now: u64) {
+    let (Some(a), Some(b)) = (Table::New.get(key), Table::New.get(peer)) else {
         return;
     };
-    // Straight from the new table's values (by reference): a copy would
-    // cost 144 bytes of the BPF stack.
-    let (orig, reply): (&CtEntry, &CtEntry) = (orig, reply);
-    if CONNTRACK.insert(reply_key, reply, 0).is_err() {
+    // Straight from the new table's values, by reference: copies would
+    // cost the BPF stack 160 bytes.
+    let (a, b): (&CtEntry, &CtEntry) = (a, b);
+    if !Table::Assured.insert(key, a) {
+        stats::count(Stat::CtAssuredFull);
+        want_sweep(now);
         return;
     }
-    if CONNTRACK.insert(orig_key, orig, 0).is_err() {
-        let _ = CONNTRACK.remove(reply_key);
+    if !Table::Assured.insert(peer, b) {
+        Table::Assured.remove(key);
+        stats::count(Stat::CtAssuredFull);
         return;
     }
-    let _ = CONNTRACK_NEW.remove(orig_key);
-    let _ = CONNTRACK_NEW.remove(reply_key);
+    Table::New.remove_flow(key, peer);
     stats::count(Stat::CtAssured);
+}
+
+/// What a sweep's callback shares with its caller. `removed` is only ever
+/// set to 1 (the flows are counted in `NAT_STATS`): a count on the stack
+/// would take a value of its own on every iteration the verifier walks,
+/// and the callback's states would never converge.
+#[repr(C)]
+struct Sweep {
+    now: u64,
+    removed: u64,
+}
+
+/// Asks for a sweep of [`ASSURED`] (see [`sweep_if_wanted`]), at most once
+/// every [`SWEEP_EVERY_NS`].
+#[inline(always)]
+fn want_sweep(now: u64) {
+    let Some(sweep) = array_value_mut(SWEPT.get_ptr_mut(0)) else {
+        return;
+    };
+    if sweep.last_ns == 0 || now.wrapping_sub(sweep.last_ns) >= SWEEP_EVERY_NS {
+        sweep.last_ns = now;
+        sweep.wanted = 1;
+    }
+}
+
+/// Runs the sweep a full assured table asked for, if any. Called by the
+/// NAT programs once their packet is handled, not from where the table was
+/// found full: the callback's frame would not fit under conntrack's on
+/// the BPF stack.
+#[inline(always)]
+pub fn sweep_if_wanted() {
+    if array_value_mut(SWEPT.get_ptr_mut(0)).is_some_and(|sweep| sweep.wanted != 0) {
+        netlab_ct_sweep(now());
+    }
+}
+
+global::function! {
+    /// Removes the dead flows of [`ASSURED`] (idle past their timeout, or
+    /// TCP closed or in TIME_WAIT, which nf_conntrack's early drop takes
+    /// too). Nonzero when it removed any. Verified on its own: the
+    /// callback's paths would multiply the caller's.
+    fn netlab_ct_sweep(now: u64) -> u32 {
+        let Some(sweep) = array_value_mut(SWEPT.get_ptr_mut(0)) else {
+            return 0;
+        };
+        if sweep.wanted == 0 {
+            return 0;
+        }
+        sweep.wanted = 0;
+        let mut state = Sweep { now, removed: 0 };
+        // SAFETY: the map is a map of this object, the callback a static
+        // function of the helper's callback type, and `state` outlives the
+        // call.
+        unsafe {
+            bpf_for_each_map_elem(
+                (&raw const ASSURED).cast_mut().cast(),
+                sweep_one as *mut c_void,
+                (&raw mut state).cast(),
+                0,
+            );
+        }
+        u32::from(state.removed != 0)
+    }
+}
+
+/// `bpf_for_each_map_elem` callback of [`sweep`]: removes the flow of this
+/// half when it is dead. Returns 0: go on.
+extern "C" fn sweep_one(
+    _map: *mut c_void,
+    key: *const FlowKey,
+    half: *const CtEntry,
+    state: *mut c_void,
+) -> i64 {
+    // SAFETY: the helper hands the element's key and value and our state.
+    let (Some(key), Some(half), Some(state)) =
+        (unsafe { key.as_ref() }, unsafe { half.as_ref() }, unsafe {
+            state.cast::<Sweep>().as_mut()
+        })
+    else {
+        return 0;
+    };
+    let closing =
+        half.tcp_state == TcpState::TimeWait as u8 || half.tcp_state == TcpState::Close as u8;
+    let mut dead = closing;
+    if !dead && half.idle_past_timeout(state.now) {
+        dead = match Table::Assured.get(&half.peer) {
+            Some(peer) => peer.idle_past_timeout(state.now),
+            None => true,
+        };
+    }
+    if dead {
+        let peer = half.peer;
+        Table::Assured.remove_flow(key, &peer);
+        stats::count(Stat::CtSwept);
+        state.removed = 1;
+    }
+    0
 }
 
 /// A SYN without ACK from the original side of a closed flow.
 #[inline(always)]
-fn reopens(orig: &CtEntry, direction: u8, flags: u8) -> bool {
+fn reopens(state: u8, direction: u8, flags: u8) -> bool {
     direction == DIR_ORIGINAL
         && flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
         && matches!(
-            TcpState::from_u8(orig.tcp_state),
+            TcpState::from_u8(state),
             TcpState::Close | TcpState::TimeWait
         )
 }
 
+/// The TCP state after a segment with `flags` in `direction` (netlab
+/// tracks states, not sequence windows, as Cilium does). FIN bits are kept
+/// in `ct_flags`.
 #[inline(always)]
-fn advance_tcp(orig: &mut CtEntry, direction: u8, flags: u8) {
-    let state = TcpState::from_u8(orig.tcp_state);
+fn next_tcp_state(state: u8, ct_flags: &mut u8, direction: u8, flags: u8) -> u8 {
+    let state = TcpState::from_u8(state);
     let next = if flags & TCP_RST != 0 {
         TcpState::Close
     } else if flags & TCP_SYN != 0 {
@@ -390,13 +585,12 @@ fn advance_tcp(orig: &mut CtEntry, direction: u8, flags: u8) {
             _ => state,
         }
     } else if flags & TCP_FIN != 0 {
-        let fin = if direction == DIR_ORIGINAL {
+        *ct_flags |= if direction == DIR_ORIGINAL {
             CT_FIN_ORIGINAL
         } else {
             CT_FIN_REPLY
         };
-        orig.flags |= fin;
-        if orig.flags & (CT_FIN_ORIGINAL | CT_FIN_REPLY) == CT_FIN_ORIGINAL | CT_FIN_REPLY {
+        if *ct_flags & (CT_FIN_ORIGINAL | CT_FIN_REPLY) == CT_FIN_ORIGINAL | CT_FIN_REPLY {
             TcpState::TimeWait
         } else {
             TcpState::FinWait
@@ -406,51 +600,128 @@ fn advance_tcp(orig: &mut CtEntry, direction: u8, flags: u8) {
     } else {
         state
     };
-    if next != state {
-        orig.tcp_state = next as u8;
+    next as u8
+}
+
+/// The rewrite of a live flow's direction `key` at `hook`, without
+/// counting the packet as the flow's (fragments after the first, ICMP
+/// errors about the flow). `alive`: first check that the flow is whole and
+/// not idle past its timeout (removing it if it is not).
+#[inline(always)]
+pub fn peek(key: &FlowKey, hook: u8, alive: bool) -> Option<Rewrite> {
+    // Initialized as in `track`.
+    let mut out = Rewrite::identity(key);
+    let found = global::returned(netlab_ct_peek(
+        key,
+        u32::from(hook),
+        u32::from(alive),
+        &raw mut out,
+    )) != 0;
+    found.then_some(out)
+}
+
+global::function! {
+    /// [`peek`], verified once.
+    fn netlab_ct_peek(key: *const FlowKey, hook: u32, check_alive: u32, out: *mut Rewrite) -> u32 {
+        // SAFETY: as in `netlab_ct_track`.
+        let (Some(key), Some(out)) = (unsafe { key.as_ref() }, unsafe { out.as_mut() }) else {
+            return 0;
+        };
+        let Some(found) = lookup(key) else {
+            return 0;
+        };
+        if u32::from(found.entry.apply) != hook {
+            return 0;
+        }
+        if check_alive != 0 && !alive(&found, key, now()) {
+            return 0;
+        }
+        *out = Rewrite::of(found.entry);
+        1
     }
 }
 
-/// Whether `key` is free for a new flow's entry (absent, or part of a dead
-/// flow, which is removed now).
+/// Whether `key` is free for a new flow's half: absent, or part of a dead
+/// flow, which is removed now.
 #[inline(always)]
 pub fn key_free(key: &FlowKey) -> bool {
-    black_box(netlab_ct_key_free(key)) != 0
+    global::returned(netlab_ct_key_free(key)) != 0
 }
 
-/// [`key_free`], verified once. It runs in the port search's callback too,
-/// whose stack frame adds to the NAT program's: references only.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn netlab_ct_key_free(key: *const FlowKey) -> u32 {
-    // SAFETY: as in `netlab_ct_track`.
-    let Some(key) = (unsafe { key.as_ref() }) else {
-        return 0;
-    };
-    u32::from(match lookup(key) {
-        None => true,
-        Some(found) => !alive(&found, key, now()),
-    })
+global::function! {
+    /// [`key_free`], verified once. It runs in the port search's callback
+    /// too, whose stack frame adds to the NAT program's: references only.
+    fn netlab_ct_key_free(key: *const FlowKey) -> u32 {
+        // SAFETY: as in `netlab_ct_track`.
+        let Some(key) = (unsafe { key.as_ref() }) else {
+            return 0;
+        };
+        u32::from(match lookup(key) {
+            None => true,
+            Some(found) => !alive(&found, key, now()),
+        })
+    }
 }
 
-/// Whether the flow `found` (the entry of `key`) is alive: its original
-/// entry is there and not idle past its timeout. A dead flow is removed
-/// now (counted): nf_conntrack would not know it any more, so nothing may
-/// be translated with it (an ICMP error about it is unrelated).
+/// Whether the flow `found` (the half at `key`) is alive: its other half is
+/// there and its own, and the flow is not idle past its timeout. A dead
+/// flow is removed now (counted): nf_conntrack would not know it any more,
+/// so nothing may be translated with it (an ICMP error about it is
+/// unrelated). A half whose peer is being inserted counts as alive.
 #[inline(always)]
 fn alive(found: &Found, key: &FlowKey, now: u64) -> bool {
     let entry = &*found.entry;
-    let peer = entry.peer;
-    let alive = if entry.direction == DIR_ORIGINAL {
-        !expired(entry, now)
-    } else {
-        value(found.table.map().get_ptr(peer)).is_some_and(|orig| !expired(orig, now))
-    };
-    if !alive {
-        stats::count(Stat::CtExpired);
-        remove_flow(found.table, key, &peer);
+    let peer_key = entry.peer;
+    match found.table.get(&peer_key) {
+        Some(peer) if peer.pair == entry.pair && peer.peer == *key => {
+            if idle(entry, peer, now) {
+                stats::count(Stat::CtExpired);
+                found.table.remove_flow(key, &peer_key);
+                return false;
+            }
+            true
+        }
+        None if now.wrapping_sub(entry.created_ns) < PENDING_NS => true,
+        _ => {
+            stats::count(Stat::CtHalfEvicted);
+            found.table.remove(key);
+            false
+        }
     }
-    alive
+}
+
+/// Confirms the flow whose reply half is at `reply_key`: its first packet
+/// has left (nf_conntrack confirms a flow when its packet survives the
+/// stack). Until then the flow has [`timeouts::UNCONFIRMED`] to live.
+#[inline(always)]
+pub fn confirm(reply_key: &FlowKey) {
+    netlab_ct_confirm(reply_key);
+}
+
+global::function! {
+    /// [`confirm`], verified once.
+    fn netlab_ct_confirm(reply_key: *const FlowKey) -> u32 {
+        // SAFETY: as in `netlab_ct_track`.
+        let Some(reply_key) = (unsafe { reply_key.as_ref() }) else {
+            return 0;
+        };
+        let Some(found) = lookup(reply_key) else {
+            return 0;
+        };
+        let entry = found.entry;
+        if entry.flags & CT_CONFIRMED != 0 {
+            return 0;
+        }
+        let Some(peer) = found.table.get(&entry.peer) else {
+            return 0;
+        };
+        if peer.pair != entry.pair {
+            return 0;
+        }
+        let flags = entry.flags | CT_CONFIRMED;
+        set_state(entry, peer, entry.tcp_state, flags, reply_key.proto);
+        1
+    }
 }
 
 /// A new flow, as NAT decided it.
@@ -466,108 +737,116 @@ pub struct Opened {
     /// Nonzero: a TCP connection picked up mid-stream (its first packet a
     /// plain ACK).
     pub picked_up: u8,
-    pub _pad: u8,
+    /// Nonzero: the first packet is leaving now (a flow opened on egress),
+    /// so the flow is confirmed from the start.
+    pub confirmed: u8,
 }
 
-/// Where a new flow's two entries are built: 144 bytes, more than the BPF
-/// stack can spare next to the rest of the NAT path.
-#[map]
-static CT_SCRATCH: PerCpuArray<[CtEntry; 2]> = PerCpuArray::with_max_entries(1, 0);
+global::codes! {
+    /// [`netlab_ct_insert`]'s answers.
+    enum InsertCode { Inserted = 0, Race = 1, Failed = 2 }
+}
 
-/// Inserts both entries of a new flow into the new-flow table. The reply
-/// key must be unique (it is how replies find their way back), and so must
-/// the original key: when another CPU opened the same flow first, nothing
-/// of ours stays and [`Stat::CtInsertRace`] says to use the winner's.
+/// Inserts both halves of a new flow into [`NEW`]. The reply key must be
+/// free (it is how replies find their way back: the caller asked
+/// [`key_free`], which also looks in [`ASSURED`]), and so must the original
+/// key: when another CPU opened the same flow first, nothing of ours stays
+/// and [`Stat::CtInsertRace`] says to use the winner's. (Called from a
+/// program, not from another global function: the BPF stack of a chain of
+/// calls is 512 bytes in all.)
 #[inline(always)]
 pub fn insert_flow(key: &FlowKey, flow: &Opened) -> Result<(), Stat> {
-    match black_box(netlab_ct_insert(key, flow)) {
-        INSERTED => Ok(()),
-        INSERT_RACE => Err(Stat::CtInsertRace),
+    match InsertCode::decode(netlab_ct_insert(key, flow)) {
+        Some(InsertCode::Inserted) => Ok(()),
+        Some(InsertCode::Race) => Err(Stat::CtInsertRace),
         _ => Err(Stat::CtInsertFailed),
     }
 }
 
-/// [`netlab_ct_insert`]'s answers.
-const INSERTED: u32 = 0;
-const INSERT_RACE: u32 = 1;
-const INSERT_FAILED: u32 = 2;
-
-/// [`insert_flow`], verified once.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn netlab_ct_insert(key: *const FlowKey, flow: *const Opened) -> u32 {
-    // SAFETY: as in `netlab_ct_track`.
-    let (Some(key), Some(flow)) = (unsafe { key.as_ref() }, unsafe { flow.as_ref() }) else {
-        return INSERT_FAILED;
-    };
-    match insert(key, flow) {
-        Ok(()) => INSERTED,
-        Err(Stat::CtInsertRace) => INSERT_RACE,
-        Err(_) => INSERT_FAILED,
+global::function! {
+    /// [`insert_flow`], verified once.
+    fn netlab_ct_insert(key: *const FlowKey, flow: *const Opened) -> u32 {
+        // SAFETY: as in `netlab_ct_track`.
+        let (Some(key), Some(flow)) = (unsafe { key.as_ref() }, unsafe { flow.as_ref() }) else {
+            return InsertCode::Failed as u32;
+        };
+        (match insert(key, flow) {
+            Ok(()) => InsertCode::Inserted,
+            Err(Stat::CtInsertRace) => InsertCode::Race,
+            Err(_) => InsertCode::Failed,
+        }) as u32
     }
 }
 
 #[inline(always)]
 fn insert(key: &FlowKey, flow: &Opened) -> Result<(), Stat> {
-    let Some(scratch) = value_mut(CT_SCRATCH.get_ptr_mut(0)) else {
+    let out = &flow.out;
+    let reply_key = out.reply_key(key.proto);
+    // SAFETY: a per-CPU array slot, only this program run uses it.
+    let Some(scratch) = (unsafe { value_mut(CT_SCRATCH.get_ptr_mut(0)) }) else {
         return Err(Stat::CtInsertFailed);
     };
     let [original, reply] = scratch;
     let now = now();
-    let out = &flow.out;
-    let reply_key = crate::nat::reply_key(key.proto, out);
-    *original = CtEntry {
-        created_ns: now,
-        last_seen_ns: now,
-        packets: 1,
-        bytes: u64::from(flow.len),
-        saddr: out.saddr,
-        daddr: out.daddr,
-        sport: out.sport,
-        dport: out.dport,
-        peer: reply_key,
-        direction: DIR_ORIGINAL,
-        nat: out.nat,
-        apply: flow.apply_original,
-        tcp_state: if key.proto != IPPROTO_TCP {
-            TcpState::None as u8
-        } else if flow.picked_up != 0 {
-            TcpState::Established as u8
-        } else {
-            TcpState::SynSent as u8
-        },
-        flags: 0,
-        _pad: [0; 7],
-    };
+    let mut flags = if flow.confirmed != 0 { CT_CONFIRMED } else { 0 };
+    let tcp_state = if key.proto != IPPROTO_TCP {
+        TcpState::None
+    } else if flow.picked_up != 0 {
+        flags |= CT_PICKED_UP;
+        TcpState::Established
+    } else {
+        TcpState::SynSent
+    } as u8;
+    // SAFETY: plain helper.
+    let pair = unsafe { bpf_get_prandom_u32() };
+    // Field by field, in place: a `CtEntry` value built on the stack and
+    // copied in cost this function's frame 160 bytes, more than the chain
+    // of calls under a NAT program can spare.
+    let timeout = timeout_s(key.proto, tcp_state, flags);
+    for half in [&mut *original, &mut *reply] {
+        half.created_ns = now;
+        half.last_seen_ns = now;
+        half.pair = pair;
+        half.timeout_s = timeout;
+        half.nat = out.nat;
+        half.tcp_state = tcp_state;
+        half.flags = flags;
+        half._pad0 = 0;
+        half._pad1 = 0;
+    }
+    original.packets = 1;
+    original.bytes = u64::from(flow.len);
+    original.peer = reply_key;
+    original.saddr = out.saddr;
+    original.daddr = out.daddr;
+    original.sport = out.sport;
+    original.dport = out.dport;
+    original.direction = DIR_ORIGINAL;
+    original.apply = flow.apply_original;
+    original.peer_apply = flow.apply_reply;
     // Replies are restored to the original tuple, reversed.
-    *reply = CtEntry {
-        created_ns: now,
-        last_seen_ns: now,
-        packets: 0,
-        bytes: 0,
-        saddr: key.daddr,
-        daddr: key.saddr,
-        sport: key.dport,
-        dport: key.sport,
-        peer: *key,
-        direction: DIR_REPLY,
-        nat: out.nat,
-        apply: flow.apply_reply,
-        tcp_state: 0,
-        flags: 0,
-        _pad: [0; 7],
-    };
-    let noexist = u64::from(BPF_NOEXIST);
-    if CONNTRACK_NEW.insert(reply_key, reply, noexist).is_err() {
+    reply.packets = 0;
+    reply.bytes = 0;
+    reply.peer = *key;
+    reply.saddr = key.daddr;
+    reply.daddr = key.saddr;
+    reply.sport = key.dport;
+    reply.dport = key.sport;
+    reply.direction = DIR_REPLY;
+    reply.apply = flow.apply_reply;
+    reply.peer_apply = flow.apply_original;
+    // Reply first: while its original is missing, it is young, and nobody
+    // takes it for an orphan (see PENDING_NS).
+    if !Table::New.insert(&reply_key, reply) {
+        return Err(Stat::CtInsertFailed);
+    }
+    if !Table::New.insert(key, original) {
+        Table::New.remove(&reply_key);
         return Err(if lookup(key).is_some() {
             Stat::CtInsertRace
         } else {
             Stat::CtInsertFailed
         });
-    }
-    if CONNTRACK_NEW.insert(key, original, noexist).is_err() {
-        let _ = CONNTRACK_NEW.remove(reply_key);
-        return Err(Stat::CtInsertRace);
     }
     Ok(())
 }

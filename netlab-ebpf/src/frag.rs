@@ -39,13 +39,16 @@ pub fn remember(pkt: &Packet, saddr: u32, daddr: u32, sport: u16, dport: u16) {
 /// The flow key of a later fragment, when its first fragment was seen.
 #[inline(always)]
 pub fn flow_key(ip: &Ip) -> Option<FlowKey> {
-    let ports = value(FRAGMENTS.get_ptr(key_of(ip, ip.saddr, ip.daddr)))?;
+    // SAFETY: copied at once; a racing eviction makes one fragment's
+    // ports another datagram's, and conntrack then finds no flow for it.
+    let ports = unsafe { value(FRAGMENTS.get_ptr(key_of(ip, ip.saddr, ip.daddr))) }.copied()?;
     Some(FlowKey {
         saddr: ip.saddr,
         daddr: ip.daddr,
         sport: ports.sport,
         dport: ports.dport,
         proto: ip.proto,
-        _pad: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
     })
 }

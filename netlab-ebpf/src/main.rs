@@ -1,10 +1,18 @@
-//! netlab's kernel side: thin program entry points over a packet-access
-//! layer ([`pkt`]: context, headers, checksums, the one parser) and
-//! datapath modules split by concern (as Cilium's `bpf/lib`):
-//! [`conntrack`], [`endpoints`], [`frag`], [`nat`], [`redirect`], [`trace`], [`kfree`],
-//! [`sock`], [`stats`]. Each entry point parses once, hands the result to
-//! the modules, and maps their [`Verdict`] to a TC action, counting a
-//! drop's reason there and nowhere else.
+//! netlab's kernel side: thin program entry points over layers that import
+//! only downward (ARCHITECTURE.md draws them), as Cilium's `bpf/lib`:
+//!
+//! - the packet-access layer, [`pkt`] (context and mark, headers,
+//!   checksums, the one parser), with [`global`] (the shape of a global BPF
+//!   function);
+//! - below the features: [`lab`] (the configuration, the interface, the
+//!   questions asked of an address), [`verdict`], [`fib`];
+//! - the state: [`conntrack`], [`frag`], [`endpoints`], [`stats`];
+//! - the features: [`admit`], [`nat`], then [`redirect`] on top of NAT;
+//! - observing: [`trace`], [`kfree`]; the host's sockets: [`sock`].
+//!
+//! Each entry point parses once, hands the result to the modules, and maps
+//! their [`Verdict`] to a TC action, counting a drop's reason there and
+//! nowhere else.
 //!
 //! Packets and bytes per interface are the kernel's own counters (netlab
 //! reads them over netlink): no program counts them.
@@ -12,16 +20,21 @@
 #![no_std]
 #![no_main]
 
+mod admit;
 mod conntrack;
 mod endpoints;
+mod fib;
 mod frag;
+mod global;
 mod kfree;
+mod lab;
 mod nat;
 mod pkt;
 mod redirect;
 mod sock;
 mod stats;
 mod trace;
+mod verdict;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -35,9 +48,14 @@ use netlab_common::{
 };
 
 use crate::{
-    nat::{Iface, Verdict},
-    pkt::parse::{Parsed, parse},
+    lab::{Iface, Lab},
+    pkt::{
+        ctx,
+        parse::{Parsed, parse},
+    },
     redirect::Hop,
+    sock::Family,
+    verdict::{Action, Verdict},
 };
 
 /// TC_ACT_UNSPEC: let the next filter on the hook (or the stack) decide.
@@ -64,62 +82,76 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
     let parsed = parse(&ctx);
     let traced = trace::begin(&parsed);
     let verdict = ingress(&ctx, &parsed);
+    conntrack::sweep_if_wanted();
     let touched = verdict.may_rewrite();
-    trace::end(&ctx, traced, Hook::NatIngress, to_action(verdict), touched)
+    trace::end(
+        &ctx,
+        traced,
+        Hook::NatIngress,
+        to_action(&ctx, verdict),
+        touched,
+    )
 }
 
 #[inline(always)]
 fn ingress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
+    let Some(lab) = Lab::get() else {
+        return Verdict::PASS;
+    };
     let iface = Iface::of(ctx);
     stats::count(Stat::Packets);
-    if let Err(reason) = nat::admit(&iface, parsed) {
-        return Verdict::Drop(reason);
+    if let Err(reason) = admit::admit(ctx, &lab, &iface, parsed) {
+        return Verdict::drop(reason);
     }
     let verdict = match parsed {
-        Parsed::Flow(pkt) => nat::translate(ctx, pkt, APPLY_INGRESS, &iface),
-        Parsed::LaterFragment(frag) => nat::translate_fragment(ctx, frag, APPLY_INGRESS),
-        Parsed::IcmpError(err) => nat::icmp_error(ctx, err, APPLY_INGRESS, &iface)
-            .unwrap_or_else(|| nat::unrelated_icmp_error(&iface, err)),
+        Parsed::Flow(pkt) => nat::translate(ctx, &lab, &iface, pkt, APPLY_INGRESS),
+        Parsed::LaterFragment(frag) => nat::translate_fragment(ctx, &lab, frag, APPLY_INGRESS),
+        Parsed::IcmpError(err) => nat::icmp_error(ctx, &lab, err, APPLY_INGRESS, &iface)
+            .unwrap_or_else(|| nat::unrelated_icmp_error(&lab, &iface, err)),
         other => {
             count_untranslatable(other);
             // The stack validates what is malformed and drops it.
-            Verdict::Pass
+            Verdict::PASS
         }
     };
     // What follows may hand the rewritten packet on as a plain pass.
     if verdict.may_rewrite() {
         trace::note_rewrite();
     }
-    if !matches!(verdict, Verdict::Pass | Verdict::Rewritten(_)) {
+    if !matches!(verdict.action, Action::Pass | Action::Rewritten) {
         return verdict;
     }
     let Parsed::Flow(pkt) = parsed else {
-        if redirect::enabled() {
+        if lab.redirect() {
             redirect::count(&iface, RedirectReason::FallbackUnparsed);
         }
         return verdict;
     };
-    let (after, dnat) = match verdict {
-        Verdict::Rewritten(out) => (
-            nat::rewritten(pkt, &out),
-            out.nat & (NAT_DNAT | NAT_REFLECT) == NAT_DNAT,
-        ),
-        _ => (*pkt, false),
+    let dnat = verdict.action == Action::Rewritten
+        && verdict.rewrite.nat & (NAT_DNAT | NAT_REFLECT) == NAT_DNAT;
+    // The bridge and the stack take it from here (most packets of the
+    // `bridge` datapath): no need to know how it looks now.
+    if !lab.redirect() && !(dnat && iface.role == ROLE_LAB) {
+        return verdict;
+    }
+    let after = match verdict.rewrite() {
+        Some(out) => nat::rewritten(pkt, &out),
+        None => *pkt,
     };
     let bridged = if iface.role == ROLE_LAB && dnat {
-        redirect::bridge_to_backend(ctx, &iface, &after)
+        redirect::bridge_to_backend(ctx, &lab, &iface, &after)
     } else {
         None
     };
     let hop = match bridged {
         Some(hop) => hop,
-        None if !redirect::enabled() => return verdict,
+        None if !lab.redirect() => return verdict,
         None => redirect::forward(ctx, &iface, pkt, &after),
     };
     // One place applies a peer redirect's egress NAT, for both ways in.
     match hop {
         Hop::Done(verdict) => verdict,
-        Hop::Peer(ifindex) => redirect::into_peer(ctx, &iface, &after, ifindex),
+        Hop::Peer(ifindex) => redirect::into_peer(ctx, &lab, &iface, &after, ifindex),
     }
 }
 
@@ -130,29 +162,49 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
     let parsed = parse(&ctx);
     let traced = trace::begin(&parsed);
     let verdict = egress(&ctx, &parsed);
+    conntrack::sweep_if_wanted();
     let touched = verdict.may_rewrite();
-    trace::end(&ctx, traced, Hook::NatEgress, to_action(verdict), touched)
+    trace::end(
+        &ctx,
+        traced,
+        Hook::NatEgress,
+        to_action(&ctx, verdict),
+        touched,
+    )
 }
 
 #[inline(always)]
 fn egress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
+    let Some(lab) = Lab::get() else {
+        return Verdict::PASS;
+    };
     let iface = Iface::of(ctx);
     stats::count(Stat::Packets);
-    let verdict = match parsed {
-        Parsed::Flow(pkt) => nat::translate(ctx, pkt, APPLY_EGRESS, &iface),
-        Parsed::LaterFragment(frag) => nat::translate_fragment(ctx, frag, APPLY_EGRESS),
-        Parsed::IcmpError(err) => nat::icmp_error(ctx, err, APPLY_EGRESS, &iface)
-            .unwrap_or_else(|| nat::unrelated_icmp_error(&iface, err)),
-        other => {
-            count_untranslatable(other);
-            Verdict::Pass
+    let verdict = if let Some(handoff) = ctx::take_handoff(ctx) {
+        // An ingress hook translated this packet: nothing is left here.
+        let pkt = match parsed {
+            Parsed::Flow(pkt) => Some(pkt),
+            _ => None,
+        };
+        nat::handed_off(handoff, pkt);
+        Verdict::PASS
+    } else {
+        match parsed {
+            Parsed::Flow(pkt) => nat::translate(ctx, &lab, &iface, pkt, APPLY_EGRESS),
+            Parsed::LaterFragment(frag) => nat::translate_fragment(ctx, &lab, frag, APPLY_EGRESS),
+            Parsed::IcmpError(err) => nat::icmp_error(ctx, &lab, err, APPLY_EGRESS, &iface)
+                .unwrap_or_else(|| nat::unrelated_icmp_error(&lab, &iface, err)),
+            other => {
+                count_untranslatable(other);
+                Verdict::PASS
+            }
         }
     };
     // What NAT could not translate must not leave with a lab address.
-    if let Verdict::Pass = verdict
-        && let Some(reason) = nat::uplink_leak(&iface, parsed)
+    if verdict.is_pass()
+        && let Some(reason) = admit::uplink_leak(&lab, &iface, parsed)
     {
-        return Verdict::Drop(reason);
+        return Verdict::drop(reason);
     }
     verdict
 }
@@ -184,25 +236,49 @@ const SOCK_ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    sock::to_backend(&ctx);
+    sock::to_backend(&ctx, Family::V4);
     SOCK_ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::to_backend(&ctx);
+    sock::to_backend(&ctx, Family::V4);
     SOCK_ALLOW
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::from_backend(&ctx);
+    sock::from_backend(&ctx, Family::V4);
     SOCK_ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock::from_backend(&ctx);
+    sock::from_backend(&ctx, Family::V4);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx, Family::V6Mapped);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx, Family::V6Mapped);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::from_backend(&ctx, Family::V6Mapped);
+    SOCK_ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::from_backend(&ctx, Family::V6Mapped);
     SOCK_ALLOW
 }
 
@@ -218,28 +294,36 @@ fn count_untranslatable(parsed: &Parsed) {
 /// The one place a verdict becomes a TC action: a drop's reason is counted
 /// and named for the trace here.
 #[inline(always)]
-fn to_action(verdict: Verdict) -> i32 {
-    match verdict {
-        Verdict::Pass | Verdict::Rewritten(_) => TC_NEXT,
-        Verdict::Drop(reason) => {
-            stats::count(reason);
-            trace::note_drop(reason);
-            DROP
-        }
-        Verdict::Reflect(ifindex) => {
+fn to_action(ctx: &TcContext, verdict: Verdict) -> i32 {
+    match verdict.action {
+        Action::Reflected => {
+            // The peer becomes the destination, the gateway the source.
+            if let Err(reason) = pkt::eth::swap_addrs(ctx) {
+                return drop(reason);
+            }
+            let ifindex = ctx::ifindex(ctx);
             trace::note_redirect(ifindex);
             // SAFETY: plain helper; redirects to this interface's egress.
             unsafe { bpf_redirect(ifindex, 0) as i32 }
         }
-        Verdict::RedirectPeer(ifindex) => {
-            trace::note_redirect(ifindex);
-            redirect::peer(ifindex)
+        Action::Pass | Action::Rewritten => TC_NEXT,
+        Action::Drop => drop(verdict.dropped().unwrap_or(Stat::WriteFailed)),
+        Action::RedirectPeer => {
+            trace::note_redirect(verdict.arg);
+            redirect::peer(verdict.arg)
         }
-        Verdict::RedirectNeigh(ifindex) => {
-            trace::note_redirect(ifindex);
-            redirect::neigh(ifindex)
+        Action::RedirectNeigh => {
+            trace::note_redirect(verdict.arg);
+            redirect::neigh(verdict.arg)
         }
     }
+}
+
+#[inline(always)]
+fn drop(reason: Stat) -> i32 {
+    stats::count(reason);
+    trace::note_drop(reason);
+    DROP
 }
 
 #[cfg(not(test))]

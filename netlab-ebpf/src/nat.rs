@@ -1,43 +1,43 @@
 //! Address and port translation, as netfilter does it: destination
 //! rewrites (DNAT to published ports, un-SNAT of replies) on ingress before
 //! routing, source rewrites (masquerade, un-DNAT of replies) on egress after
-//! it. Also the checks that keep the lab honest on the way in (the lab is
-//! closed, sources are what the interface can carry) and on the way out of
-//! the uplink (no masqueraded address leaves untranslated).
+//! it. Built on [`conntrack`] (the flows), [`frag`] (later fragments) and
+//! the lab's configuration ([`Lab`]).
+//!
+//! What a packet of an established flow costs, per hook (ARCHITECTURE.md
+//! draws it): on ingress, a flow can only be translated when it is
+//! addressed to one of the lab's host addresses (a published port, the
+//! masquerade address, a hairpin gateway, the host itself), so other
+//! packets cost no conntrack lookup there. A packet translated on ingress
+//! tells its egress hook so ([`Handoff`]), which then looks nothing up.
+//! Every other packet meets one conntrack lookup at its egress hook. So an
+//! established flow's packet costs one lookup and its rewrite.
 
-use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_NO_PREALLOC},
-    cty::c_void,
-    helpers::bpf_loop,
-    macros::map,
-    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::__sk_buff, cty::c_void, helpers::bpf_loop, programs::TcContext};
 use netlab_common::nat::{
     APPLY_EGRESS, APPLY_INGRESS, Backend, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    IfaceConfig, NAT_DNAT, NAT_REFLECT, NAT_SNAT, NET_INTERNAL, NatConfig, PublishKey, ROLE_LAB,
-    ROLE_UPLINK, Stat,
+    NAT_DNAT, NAT_REFLECT, NAT_SNAT, PublishKey, ROLE_LAB, ROLE_UPLINK, Stat,
 };
 
 use crate::{
-    conntrack::{self, Known, Rewrite},
-    endpoints, frag,
+    conntrack::{self, Known},
+    frag, global,
+    lab::{Iface, Lab},
     pkt::{
         csum::{self, L4Csum},
-        ctx::{self, value},
-        eth::{ETH_DEST_OFF, MacPair},
+        ctx::{self, Handoff, value},
         ipv4::{IPV4_DADDR_OFF, IPV4_SADDR_OFF, L3_OFF},
         l4::{
-            ICMP_ECHO_REQUEST, ICMP_ID_OFF, L4_DPORT_OFF, L4_SPORT_OFF, TCP_ACK, TCP_CSUM_OFF,
-            TCP_FIN, TCP_RST, TCP_SYN, UDP_CSUM_OFF,
+            ICMP_CSUM_OFF, ICMP_ID_OFF, L4_DPORT_OFF, L4_SPORT_OFF, TCP_ACK, TCP_CSUM_OFF, TCP_FIN,
+            TCP_RST, TCP_SYN, UDP_CSUM_OFF,
         },
-        parse::{IcmpError, LaterFragment, Packet, Parsed},
+        parse::{IcmpError, LaterFragment, Packet},
     },
     stats,
+    verdict::{Rewrite, Verdict},
 };
 
-#[map(name = "NAT_CONFIG")]
-static NAT_CONFIG: Array<NatConfig> = Array::pinned(1, 0);
+use aya_ebpf::{bindings::BPF_F_NO_PREALLOC, macros::map, maps::HashMap};
 
 /// Not preallocated (`BPF_F_NO_PREALLOC`): a lab publishes a few ports,
 /// and preallocating room for every one took 4 ms of every `up`.
@@ -45,149 +45,25 @@ static NAT_CONFIG: Array<NatConfig> = Array::pinned(1, 0);
 pub(crate) static PUBLISHED: HashMap<PublishKey, Backend> =
     HashMap::pinned(65536 * 2, BPF_F_NO_PREALLOC);
 
-#[map(name = "LOCAL_ADDRS")]
-static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::pinned(256, 0);
-
-#[map(name = "MASQ_SUBNETS")]
-static MASQ_SUBNETS: LpmTrie<u32, u32> = LpmTrie::pinned(256, 0);
-
-#[map(name = "LAB_NETS")]
-static LAB_NETS: LpmTrie<u32, u32> = LpmTrie::pinned(1024, 0);
-
-#[map(name = "IFACE_CONFIG")]
-static IFACE_CONFIG: HashMap<u32, IfaceConfig> = HashMap::pinned(4096, 0);
-
-/// The lab's NAT configuration.
+/// The backend of a published port.
 #[inline(always)]
-pub fn config() -> Option<&'static NatConfig> {
-    NAT_CONFIG.get(0)
-}
-
-/// Whether `addr` is one of the lab's host addresses (published ports
-/// answer there; the host's own sockets use them).
-#[inline(always)]
-pub fn is_local(addr: u32) -> bool {
-    LOCAL_ADDRS.get_ptr(addr).is_some()
-}
-
-#[inline(always)]
-fn is_masqueraded(addr: u32) -> bool {
-    MASQ_SUBNETS.get(Key::new(32, addr)).is_some()
-}
-
-/// The kind of lab network `addr` is in (`NET_*`), 0 when none.
-#[inline(always)]
-pub fn net_kind(addr: u32) -> u32 {
-    LAB_NETS.get(Key::new(32, addr)).copied().unwrap_or(0)
-}
-
-/// What to do with a packet once NAT has looked at it.
-#[derive(Clone, Copy)]
-pub enum Verdict {
-    /// Untouched: the next program or the stack decides.
-    Pass,
-    /// Rewritten as this says; then as [`Verdict::Pass`].
-    Rewritten(Rewrite),
-    Drop(Stat),
-    /// Sent back out of this ifindex (a reflected hairpin flow).
-    Reflect(u32),
-    /// `redirect` datapath: into the namespace behind this host-side veth.
-    RedirectPeer(u32),
-    /// `redirect` datapath: out of this interface, next hop from the FIB.
-    RedirectNeigh(u32),
-}
-
-impl Verdict {
-    /// Whether the packet may leave with another tuple than it came with
-    /// (a rewrite, or a redirect that may follow one).
-    #[inline(always)]
-    pub fn may_rewrite(&self) -> bool {
-        !matches!(self, Verdict::Pass | Verdict::Drop(_))
+pub fn published(port: u16, proto: u8) -> Option<Backend> {
+    // SAFETY: copied at once; a racing `publish rm` makes this one
+    // packet's backend the removed one's.
+    unsafe {
+        value(PUBLISHED.get_ptr(PublishKey {
+            port,
+            proto,
+            _pad: 0,
+        }))
     }
-}
-
-/// The interface a program runs on, as the lab configured it.
-#[derive(Clone, Copy)]
-pub struct Iface {
-    pub ifindex: u32,
-    /// `ROLE_*`, 0 for an interface the lab did not describe.
-    pub role: u32,
-    /// The address hairpin traffic is SNATed to, 0 when none.
-    pub gateway: u32,
-}
-
-impl Iface {
-    #[inline(always)]
-    pub fn of(ctx: &TcContext) -> Iface {
-        let ifindex = ctx::ifindex(ctx);
-        let cfg = value(IFACE_CONFIG.get_ptr(ifindex));
-        Iface {
-            ifindex,
-            role: cfg.map_or(0, |c| c.role),
-            gateway: cfg.map_or(0, |c| c.gateway),
-        }
-    }
-}
-
-/// The checks of a packet coming in, before any translation:
-/// - on the uplink, a source inside the lab's subnets is spoofed (they
-///   live behind lab veths), as rp_filter would say;
-/// - from a lab namespace, the source must be a lab subnet's, and when the
-///   lab is closed the destination too (or the uplink's, the world's).
-#[inline(always)]
-pub fn admit(iface: &Iface, parsed: &Parsed) -> Result<(), Stat> {
-    let Some(ip) = parsed.ip() else {
-        return Ok(());
-    };
-    let Some(cfg) = config() else {
-        return Ok(());
-    };
-    // The hash lookups and the uplink's subnet answer for most packets; the
-    // trie only for the rest.
-    let in_uplink_net =
-        |addr: u32| addr & cfg.uplink_mask == cfg.uplink_net && cfg.uplink_mask != 0;
-    let internal = |addr: u32| {
-        endpoints::get(addr).is_some() || (!in_uplink_net(addr) && net_kind(addr) == NET_INTERNAL)
-    };
-    match iface.role {
-        ROLE_UPLINK if !in_uplink_net(ip.saddr) && internal(ip.saddr) => Err(Stat::SpoofedSource),
-        ROLE_LAB => {
-            let in_lab = |addr: u32| {
-                in_uplink_net(addr)
-                    || endpoints::get(addr).is_some()
-                    || is_local(addr)
-                    || net_kind(addr) != 0
-            };
-            if cfg.closed != 0 && !in_lab(ip.daddr) {
-                return Err(Stat::LeaveLab);
-            }
-            if ip.saddr != 0 && !internal(ip.saddr) {
-                return Err(Stat::SpoofedSource);
-            }
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
-/// The uplink's last word on a packet leaving it untouched (`Pass`): a
-/// masqueraded lab source that NAT left untranslated (it could not
-/// translate it) must not leave. The reason to drop it, if so.
-#[inline(always)]
-pub fn uplink_leak(iface: &Iface, parsed: &Parsed) -> Option<Stat> {
-    if iface.role != ROLE_UPLINK {
-        return None;
-    }
-    parsed
-        .saddr()
-        .filter(|&saddr| is_masqueraded(saddr))
-        .map(|_| Stat::UntranslatedLeak)
+    .copied()
 }
 
 /// Translates a packet of a flow at `hook`: a known flow's rewrite when
 /// this hook owns it, else what a new flow gets here.
 #[inline(always)]
-pub fn translate(ctx: &TcContext, pkt: &Packet, hook: u8, iface: &Iface) -> Verdict {
+pub fn translate(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet, hook: u8) -> Verdict {
     if pkt.ip.first_fragment {
         frag::remember(
             pkt,
@@ -197,29 +73,36 @@ pub fn translate(ctx: &TcContext, pkt: &Packet, hook: u8, iface: &Iface) -> Verd
             pkt.key.dport,
         );
     }
-    if let Some(verdict) = known(ctx, pkt, hook) {
+    // Every flow translated on the way in is addressed to a host address
+    // of the lab (see the module's documentation).
+    if hook == APPLY_INGRESS && !lab.is_local(pkt.key.daddr) {
+        return Verdict::PASS;
+    }
+    if let Some(verdict) = known(ctx, lab, pkt, hook) {
         return verdict;
     }
     if hook == APPLY_INGRESS {
-        new_ingress(ctx, pkt, iface)
+        new_ingress(ctx, lab, iface, pkt)
     } else {
-        new_egress(ctx, pkt, iface)
+        new_egress(ctx, lab, iface, pkt)
     }
 }
 
 /// A known flow's verdict at `hook`; `None` when no live flow has the
 /// packet's key and the packet is to be handled as new.
 #[inline(always)]
-fn known(ctx: &TcContext, pkt: &Packet, hook: u8) -> Option<Verdict> {
-    match conntrack::track(&pkt.key, hook, pkt.tcp_flags, pkt.len) {
+fn known(ctx: &TcContext, lab: &Lab, pkt: &Packet, hook: u8) -> Option<Verdict> {
+    let tracked = conntrack::track(&pkt.key, hook, pkt.tcp_flags, pkt.len);
+    match tracked.known {
         Known::None => None,
         // Another hook translates this flow (masquerade waits for egress).
-        Known::OtherHook => Some(Verdict::Pass),
-        Known::Rewrite(rewrite) => {
+        Known::OtherHook => Some(Verdict::PASS),
+        // A flow tracked but not translated (the host's own).
+        Known::Rewrite if tracked.rewrite.nat == 0 => Some(Verdict::PASS),
+        Known::Rewrite => {
             stats::count(Stat::Translated);
-            Some(finish(ctx, pkt, rewrite))
+            Some(finish(ctx, lab, pkt, tracked.rewrite, hook))
         }
-        Known::HalfEvicted => Some(Verdict::Drop(Stat::CtHalfEvicted)),
     }
 }
 
@@ -232,8 +115,8 @@ pub fn rewritten(pkt: &Packet, out: &Rewrite) -> Packet {
     after.key.saddr = out.saddr;
     after.key.daddr = out.daddr;
     if pkt.key.proto == IPPROTO_ICMP {
-        // The echo identifier sits in the request's sport, the reply's dport.
-        if pkt.icmp_type == ICMP_ECHO_REQUEST {
+        // The identifier sits in the request's sport, the reply's dport.
+        if pkt.icmp_request {
             after.key.sport = out.sport;
         } else {
             after.key.dport = out.dport;
@@ -245,176 +128,150 @@ pub fn rewritten(pkt: &Packet, out: &Rewrite) -> Packet {
     after
 }
 
-/// A known flow's rewrite only (no new flow): the `redirect` datapath's
-/// stand-in for the egress hook a peer redirect skips.
+/// The egress rewrite of a known flow only (no new flow): the `redirect`
+/// datapath's stand-in for the egress hook a peer redirect skips.
 #[inline(always)]
-pub fn translate_known(ctx: &TcContext, pkt: &Packet, hook: u8) -> Verdict {
-    known(ctx, pkt, hook).unwrap_or(Verdict::Pass)
+pub fn translate_known_egress(ctx: &TcContext, lab: &Lab, pkt: &Packet) -> Verdict {
+    known(ctx, lab, pkt, APPLY_EGRESS).unwrap_or(Verdict::PASS)
 }
 
 /// A fragment after the first: translated with the ports of its first
 /// fragment (addresses only; its bytes hold no L4 header).
 #[inline(always)]
-pub fn translate_fragment(ctx: &TcContext, frag: &LaterFragment, hook: u8) -> Verdict {
+pub fn translate_fragment(ctx: &TcContext, lab: &Lab, frag: &LaterFragment, hook: u8) -> Verdict {
+    if hook == APPLY_INGRESS && !lab.is_local(frag.ip.daddr) {
+        return Verdict::PASS;
+    }
     let Some(key) = frag::flow_key(&frag.ip) else {
         // Only a destination rewrite (ingress) needs to know the flow for
         // sure; a masqueraded source stays off the uplink anyway.
-        if hook == APPLY_INGRESS && is_local(frag.ip.daddr) {
-            return Verdict::Drop(Stat::FragUnknown);
+        if hook == APPLY_INGRESS {
+            return Verdict::drop(Stat::FragUnknown);
         }
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
     let Some(rewrite) = conntrack::peek(&key, hook, false) else {
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
+    if rewrite.nat == 0 {
+        return Verdict::PASS;
+    }
     stats::count(Stat::Fragment);
     if let Err(reason) = rewrite_addrs(ctx, &key, &rewrite, None) {
-        return Verdict::Drop(reason);
+        return Verdict::drop(reason);
     }
-    after_rewrite(ctx, rewrite)
+    after_rewrite(ctx, lab, rewrite, hook)
 }
 
-/// A new flow entering on a lab veth or the uplink: DNAT when it is for a
-/// published port on one of the host's published addresses.
+/// A new flow entering on a lab veth or the uplink (already known to be
+/// addressed to a host address of the lab): DNAT when it is for a published
+/// port.
 #[inline(always)]
-fn new_ingress(ctx: &TcContext, pkt: &Packet, iface: &Iface) -> Verdict {
+fn new_ingress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdict {
     let key = &pkt.key;
     if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
-        return Verdict::Pass;
+        return Verdict::PASS;
     }
-    if !is_local(key.daddr) {
-        return Verdict::Pass;
-    }
-    let Some(backend) = value(PUBLISHED.get_ptr(PublishKey {
-        port: key.dport,
-        proto: key.proto,
-        _pad: 0,
-    })) else {
-        return Verdict::Pass;
+    let Some(backend) = published(key.dport, key.proto) else {
+        return Verdict::PASS;
     };
     if !opens_flow(pkt) {
         // INVALID to netfilter too: left untranslated, to the host.
         stats::count(Stat::TcpNotSyn);
-        return Verdict::Pass;
+        return Verdict::PASS;
+    }
+    if iface.role == ROLE_UPLINK && ctx::for_other_host(ctx) {
+        // Dropped by the stack; nf_conntrack never sees it.
+        stats::count(Stat::OtherHost);
+        return Verdict::PASS;
     }
     let mut out = Rewrite {
-        saddr: key.saddr,
         daddr: backend.addr,
-        sport: key.sport,
         dport: backend.port,
         nat: NAT_DNAT,
-        _pad: [0; 3],
+        ..Rewrite::identity(key)
     };
     if key.saddr == backend.addr {
         // A namespace reaching its own published port: the backend would see
         // its own address as the source and drop the packet as a martian, so
         // the source becomes the segment's gateway (Docker's hairpin NAT).
         if iface.gateway == 0 {
-            return Verdict::Pass;
+            return Verdict::PASS;
         }
         out.saddr = iface.gateway;
-        if let Err(reason) = allocate_port(key, &mut out) {
-            return Verdict::Drop(reason);
+        if let Err(reason) = allocate_port(lab, key, &mut out) {
+            return Verdict::drop(reason);
         }
         out.nat |= NAT_SNAT | NAT_REFLECT;
-        return create(
-            ctx,
-            pkt,
-            out,
-            APPLY_INGRESS,
-            APPLY_INGRESS,
-            Stat::HairpinNew,
-        );
+        return create(ctx, lab, pkt, out, Opening::HAIRPIN);
     }
-    create(ctx, pkt, out, APPLY_INGRESS, APPLY_EGRESS, Stat::DnatNew)
+    create(ctx, lab, pkt, out, Opening::DNAT)
 }
 
-/// A new flow leaving through the uplink: masquerade when its source is a
-/// masqueraded lab subnet; tracked (and given another port when its own is
-/// taken) when it is the host's own connection.
+/// A new flow leaving through one of the lab's host-side interfaces:
+/// masquerade out of the uplink when its source is a masqueraded lab
+/// subnet; the host's own connection, tracked (and given another port when
+/// its own is taken) on the uplink and into the lab alike.
 #[inline(always)]
-fn new_egress(ctx: &TcContext, pkt: &Packet, iface: &Iface) -> Verdict {
-    if iface.role != ROLE_UPLINK {
-        return Verdict::Pass;
-    }
+fn new_egress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdict {
     let key = &pkt.key;
-    let mut out = Rewrite {
-        saddr: key.saddr,
-        daddr: key.daddr,
-        sport: key.sport,
-        dport: key.dport,
-        nat: 0,
-        _pad: [0; 3],
-    };
-    if is_masqueraded(key.saddr) {
-        let masq_addr = match config() {
-            Some(cfg) if cfg.masq_addr != 0 => cfg.masq_addr,
+    let mut out = Rewrite::identity(key);
+    if iface.role == ROLE_UPLINK && lab.is_masqueraded(key.saddr) {
+        if lab.cfg.masq_addr == 0 {
             // No address to masquerade to: the uplink guard drops it.
-            _ => return Verdict::Pass,
-        };
+            return Verdict::PASS;
+        }
         // What cannot be tracked stays untranslated: the uplink guard
         // keeps it from leaving with a lab address.
         if !opens_flow(pkt) {
             stats::count(Stat::TcpNotSyn);
-            return Verdict::Pass;
+            return Verdict::PASS;
         }
-        out.saddr = masq_addr;
+        out.saddr = lab.cfg.masq_addr;
         out.nat = NAT_SNAT;
-        if let Err(reason) = allocate_port(key, &mut out) {
-            return Verdict::Drop(reason);
+        if let Err(reason) = allocate_port(lab, key, &mut out) {
+            return Verdict::drop(reason);
         }
-        return create(ctx, pkt, out, APPLY_EGRESS, APPLY_INGRESS, Stat::SnatNew);
+        return create(ctx, lab, pkt, out, Opening::MASQUERADE);
     }
-    if !is_local(key.saddr) || !opens_flow(pkt) {
-        return Verdict::Pass;
+    if (iface.role != ROLE_UPLINK && iface.role != ROLE_LAB)
+        || !lab.is_local(key.saddr)
+        || !opens_flow(pkt)
+    {
+        return Verdict::PASS;
     }
     // The host's own connection: tracked so that its replies are never
     // taken for a new flow to a published port, and moved to another port
-    // when a masqueraded flow already holds its tuple (netfilter's
-    // implicit source NAT).
-    if !conntrack::key_free(&reply_key(key.proto, &out)) {
+    // when a translated flow already holds its tuple (netfilter's implicit
+    // source NAT).
+    if !conntrack::key_free(&out.reply_key(key.proto)) {
         out.nat = NAT_SNAT;
-        if let Err(reason) = allocate_port(key, &mut out) {
-            return Verdict::Drop(reason);
+        if let Err(reason) = allocate_port(lab, key, &mut out) {
+            return Verdict::drop(reason);
         }
         stats::count(Stat::HostPortRemapped);
     }
-    create(
-        ctx,
-        pkt,
-        out,
-        APPLY_EGRESS,
-        APPLY_INGRESS,
-        Stat::HostFlowNew,
-    )
+    create(ctx, lab, pkt, out, Opening::HOST)
 }
 
 /// Whether a packet of an unknown flow may create one: a TCP SYN, or a
 /// plain ACK (nf_conntrack picks a connection up mid-stream, so one that
 /// predates the lab's conntrack keeps working); any UDP datagram; an ICMP
-/// echo request.
+/// query request.
 #[inline(always)]
 fn opens_flow(pkt: &Packet) -> bool {
     const OPENING: u8 = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST;
     match pkt.key.proto {
         IPPROTO_TCP => matches!(pkt.tcp_flags & OPENING, TCP_SYN | TCP_ACK),
-        IPPROTO_ICMP => pkt.icmp_type == ICMP_ECHO_REQUEST,
+        IPPROTO_ICMP => pkt.icmp_request,
         _ => true,
     }
 }
 
-/// The key replies to a flow leaving as `out` arrive with.
-#[inline(always)]
-pub fn reply_key(proto: u8, out: &Rewrite) -> FlowKey {
-    FlowKey {
-        saddr: out.daddr,
-        daddr: out.saddr,
-        sport: out.dport,
-        dport: out.sport,
-        proto,
-        _pad: [0; 3],
-    }
-}
+/// How many ports a new flow's search probes at most, as nf_nat bounds its
+/// own (128 attempts, then a few halving rounds): every probe is a lookup
+/// in softirq, and a SYN retransmit searches again.
+const PORT_PROBES: u32 = 128;
 
 /// The port search's state, shared with its `bpf_loop` callback. Kept
 /// small: the callback's frame and this add to the NAT program's stack.
@@ -428,17 +285,18 @@ struct PortSearch {
     found: u32,
 }
 
-/// Picks the SNAT source port (ICMP: echo identifier) for `out`: the
+/// Picks the SNAT source port (ICMP: query identifier) for `out`: the
 /// original one when it is inside the configured range and free, else the
-/// next free one after a hash-chosen start. The search covers the whole
-/// range, so it fails only when every port is taken (`port_exhausted`).
+/// next free one after a hash-chosen start, probing at most
+/// [`PORT_PROBES`] ports. Fails with `port_exhausted` when the probes
+/// covered the range, `port_search_limit` when the bound stopped them.
 #[inline(always)]
-fn allocate_port(key: &FlowKey, out: &mut Rewrite) -> Result<(), Stat> {
-    let (min, max) = match config() {
-        Some(cfg) if cfg.port_min != 0 && cfg.port_max >= cfg.port_min => {
-            (u32::from(cfg.port_min), u32::from(cfg.port_max))
-        }
-        _ => (32768, 60999),
+fn allocate_port(lab: &Lab, key: &FlowKey, out: &mut Rewrite) -> Result<(), Stat> {
+    let cfg = lab.cfg;
+    let (min, max) = if cfg.port_min != 0 && cfg.port_max >= cfg.port_min {
+        (u32::from(cfg.port_min), u32::from(cfg.port_max))
+    } else {
+        (32768, 60999)
     };
     // Never zero (max >= min above); `max(1)` lets the compiler see it, so
     // no divide-by-zero panic path reaches the verifier.
@@ -455,7 +313,7 @@ fn allocate_port(key: &FlowKey, out: &mut Rewrite) -> Result<(), Stat> {
         (mix >> 8) % span
     };
     let mut search = PortSearch {
-        reply: reply_key(key.proto, out),
+        reply: out.reply_key(key.proto),
         min,
         span,
         start,
@@ -464,10 +322,19 @@ fn allocate_port(key: &FlowKey, out: &mut Rewrite) -> Result<(), Stat> {
     // SAFETY: the callback is a static function of the expected type and
     // `search` outlives the call.
     unsafe {
-        bpf_loop(span, try_port as *mut c_void, (&raw mut search).cast(), 0);
+        bpf_loop(
+            span.min(PORT_PROBES),
+            try_port as *mut c_void,
+            (&raw mut search).cast(),
+            0,
+        );
     }
     if search.found == 0 {
-        return Err(Stat::PortExhausted);
+        return Err(if span > PORT_PROBES {
+            Stat::PortSearchLimit
+        } else {
+            Stat::PortExhausted
+        });
     }
     out.sport = search.reply.dport;
     Ok(())
@@ -486,71 +353,123 @@ extern "C" fn try_port(i: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Opens a flow: both conntrack entries, then the rewrite. `counter` names
-/// the kind of flow.
-#[inline(always)]
-fn create(
-    ctx: &TcContext,
-    pkt: &Packet,
-    out: Rewrite,
+/// How a new flow is opened: the hooks that rewrite each direction, whether
+/// its first packet is already leaving, and how it is counted.
+#[derive(Clone, Copy)]
+struct Opening {
     apply_original: u8,
     apply_reply: u8,
+    /// Opened on egress: the packet is leaving, so the flow is confirmed.
+    confirmed: bool,
     counter: Stat,
-) -> Verdict {
+}
+
+impl Opening {
+    const DNAT: Opening = Opening {
+        apply_original: APPLY_INGRESS,
+        apply_reply: APPLY_EGRESS,
+        confirmed: false,
+        counter: Stat::DnatNew,
+    };
+    const HAIRPIN: Opening = Opening {
+        apply_original: APPLY_INGRESS,
+        apply_reply: APPLY_INGRESS,
+        confirmed: false,
+        counter: Stat::HairpinNew,
+    };
+    const MASQUERADE: Opening = Opening {
+        apply_original: APPLY_EGRESS,
+        apply_reply: APPLY_INGRESS,
+        confirmed: true,
+        counter: Stat::SnatNew,
+    };
+    const HOST: Opening = Opening {
+        apply_original: APPLY_EGRESS,
+        apply_reply: APPLY_INGRESS,
+        confirmed: true,
+        counter: Stat::HostFlowNew,
+    };
+}
+
+/// Opens a flow: both conntrack halves, then the rewrite.
+#[inline(always)]
+fn create(ctx: &TcContext, lab: &Lab, pkt: &Packet, out: Rewrite, how: Opening) -> Verdict {
     let key = &pkt.key;
+    // Replies find their way back by the reply key: it must be free (the
+    // port search and the host's flows asked already; DNAT keeps the
+    // client's tuple, which another flow may hold).
+    if how.counter == Stat::DnatNew && !conntrack::key_free(&out.reply_key(key.proto)) {
+        return Verdict::drop(Stat::CtInsertFailed);
+    }
     let opened = conntrack::Opened {
         out,
         len: pkt.len,
-        apply_original,
-        apply_reply,
+        apply_original: how.apply_original,
+        apply_reply: how.apply_reply,
         // A plain ACK picks an established connection up mid-stream.
         picked_up: u8::from(key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN == 0),
-        _pad: 0,
+        confirmed: u8::from(how.confirmed),
     };
     match conntrack::insert_flow(key, &opened) {
         Ok(()) => {
-            stats::count(counter);
-            finish(ctx, pkt, out)
+            stats::count(how.counter);
+            if out.nat == 0 {
+                return Verdict::PASS;
+            }
+            let out = Rewrite {
+                opened: u8::from(!how.confirmed),
+                ..out
+            };
+            finish(ctx, lab, pkt, out, how.apply_original)
         }
         // Another CPU opened this very flow first: follow its entry.
         Err(Stat::CtInsertRace) => {
             stats::count(Stat::CtInsertRace);
-            known(ctx, pkt, apply_original).unwrap_or(Verdict::Drop(Stat::CtInsertFailed))
+            known(ctx, lab, pkt, how.apply_original).unwrap_or(Verdict::drop(Stat::CtInsertFailed))
         }
-        Err(reason) => Verdict::Drop(reason),
+        Err(reason) => Verdict::drop(reason),
     }
 }
 
-/// Rewrites the packet to `out`; a reflected flow then goes straight back out.
+/// Rewrites the packet to `out` at `hook`; a reflected flow then goes
+/// straight back out.
 #[inline(always)]
-fn finish(ctx: &TcContext, pkt: &Packet, out: Rewrite) -> Verdict {
+fn finish(ctx: &TcContext, lab: &Lab, pkt: &Packet, out: Rewrite, hook: u8) -> Verdict {
     if let Err(reason) = rewrite(ctx, pkt, &out) {
-        return Verdict::Drop(reason);
+        return Verdict::drop(reason);
     }
     if pkt.ip.first_fragment {
         frag::remember(pkt, out.saddr, out.daddr, out.sport, out.dport);
     }
-    after_rewrite(ctx, out)
+    after_rewrite(ctx, lab, out, hook)
 }
 
-/// A reflected flow swaps its MAC addresses (the peer becomes the
-/// destination, the gateway the source) and goes back out of its veth.
+/// After a rewrite on ingress, tells the egress hook the packet is done
+/// with (unless it is for the host itself, which has no egress hook; a
+/// reflected flow goes back out of its veth, egress included).
 #[inline(always)]
-fn after_rewrite(ctx: &TcContext, out: Rewrite) -> Verdict {
-    if out.nat & NAT_REFLECT == 0 {
-        return Verdict::Rewritten(out);
+fn after_rewrite(ctx: &TcContext, lab: &Lab, out: Rewrite, hook: u8) -> Verdict {
+    if hook == APPLY_INGRESS && (out.nat & NAT_REFLECT != 0 || !lab.is_local(out.daddr)) {
+        let handoff = if out.opened != 0 {
+            Handoff::Opened
+        } else {
+            Handoff::Translated
+        };
+        ctx::hand_off(ctx, handoff);
     }
-    let Some(macs) = ctx::load::<MacPair>(ctx, ETH_DEST_OFF) else {
-        return Verdict::Drop(Stat::WriteFailed);
-    };
-    let swapped = [
-        macs[6], macs[7], macs[8], macs[9], macs[10], macs[11], macs[0], macs[1], macs[2], macs[3],
-        macs[4], macs[5],
-    ];
-    if ctx.store(ETH_DEST_OFF, &swapped, 0).is_err() {
-        return Verdict::Drop(Stat::WriteFailed);
+    if out.nat & NAT_REFLECT != 0 {
+        return Verdict::reflected(out);
     }
-    Verdict::Reflect(ctx::ifindex(ctx))
+    Verdict::rewritten(out)
+}
+
+/// What the egress hook does with a packet an ingress hook translated:
+/// nothing, but confirm the flow the packet opened (it survived the stack).
+#[inline(always)]
+pub fn handed_off(handoff: Handoff, pkt: Option<&Packet>) {
+    if let (Handoff::Opened, Some(pkt)) = (handoff, pkt) {
+        conntrack::confirm(&pkt.key.reversed());
+    }
 }
 
 /// Rewrites both addresses of the IPv4 header (and, given one, the L4
@@ -566,47 +485,29 @@ fn rewrite_addrs(
     csum::set_addr(ctx, L3_OFF, IPV4_DADDR_OFF, key.daddr, out.daddr, l4)
 }
 
-/// Rewrites addresses and ports (ICMP: the echo identifier) to `out`.
+/// Rewrites addresses and ports (ICMP: the query identifier) to `out`.
 #[inline(always)]
 fn rewrite(ctx: &TcContext, pkt: &Packet, out: &Rewrite) -> csum::Rewrite {
     csum::decode(netlab_nat_rewrite(ctx.skb.skb, pkt, out))
 }
 
-/// [`rewrite`] as a global BPF function, verified once (as conntrack's
-/// operations are): each checksum helper's failure is a path of its own,
-/// which every rewriting path of the NAT programs walked again (measured:
-/// nat_ingress 51k → 24k verified instructions).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn netlab_nat_rewrite(
-    skb: *mut __sk_buff,
-    pkt: *const Packet,
-    out: *const Rewrite,
-) -> u32 {
-    // SAFETY: the verifier checks both pointers' memory; null is refused here.
-    let (Some(pkt), Some(out)) = (unsafe { pkt.as_ref() }, unsafe { out.as_ref() }) else {
-        return csum::encode(Err(Stat::WriteFailed));
-    };
-    csum::encode(rewrite_packet(&TcContext::new(skb), pkt, out))
+global::function! {
+    /// [`rewrite`], verified once (as conntrack's operations are): each
+    /// checksum helper's failure is a path of its own, which every
+    /// rewriting path of the NAT programs walked again (measured:
+    /// nat_ingress 51k → 24k verified instructions).
+    fn netlab_nat_rewrite(skb: *mut __sk_buff, pkt: *const Packet, out: *const Rewrite) -> u32 {
+        // SAFETY: the verifier checks both pointers' memory; null is refused here.
+        let (Some(pkt), Some(out)) = (unsafe { pkt.as_ref() }, unsafe { out.as_ref() }) else {
+            return csum::encode(Err(Stat::WriteFailed));
+        };
+        csum::encode(rewrite_packet(&TcContext::new(skb), pkt, out))
+    }
 }
 
 #[inline(always)]
 fn rewrite_packet(ctx: &TcContext, pkt: &Packet, out: &Rewrite) -> csum::Rewrite {
-    let key = &pkt.key;
-    let l4 = usize::from(pkt.l4);
-    let csum = L4Csum::of(key.proto, l4);
-    rewrite_addrs(ctx, key, out, Some(csum))?;
-    if key.proto == IPPROTO_ICMP {
-        // The echo identifier is the request's sport and the reply's dport.
-        let (old, new) = if pkt.icmp_type == ICMP_ECHO_REQUEST {
-            (key.sport, out.sport)
-        } else {
-            (key.dport, out.dport)
-        };
-        return csum::set_port(ctx, l4 + ICMP_ID_OFF, old, new, csum);
-    }
-    csum::set_port(ctx, l4 + L4_SPORT_OFF, key.sport, out.sport, csum)?;
-    csum::set_port(ctx, l4 + L4_DPORT_OFF, key.dport, out.dport, csum)
+    csum::rewrite_tuple(ctx, usize::from(pkt.l4), &pkt.key, out, pkt.icmp_request)
 }
 
 /// Translates an ICMP error about a tracked flow, so it reaches the right
@@ -617,55 +518,68 @@ fn rewrite_packet(ctx: &TcContext, pkt: &Packet, out: &Rewrite) -> csum::Rewrite
 /// Returns `None` when no flow of this hook matches (the caller then treats
 /// the error as any untranslatable packet).
 #[inline(always)]
-pub fn icmp_error(ctx: &TcContext, err: &IcmpError, hook: u8, iface: &Iface) -> Option<Verdict> {
+pub fn icmp_error(
+    ctx: &TcContext,
+    lab: &Lab,
+    err: &IcmpError,
+    hook: u8,
+    iface: &Iface,
+) -> Option<Verdict> {
     let key = err.inner.reversed();
+    if hook == APPLY_INGRESS && !lab.is_local(err.ip.daddr) {
+        return None;
+    }
     // Entries expire lazily: an error about a flow idle past its timeout
     // is about nothing nf_conntrack still knows, so it is unrelated.
     let entry = conntrack::peek(&key, hook, true)?;
+    if entry.nat == 0 {
+        return Some(Verdict::PASS);
+    }
     // An error from a router inside a masqueraded subnet (not the flow's
     // endpoint) leaving through the uplink takes the masquerade address, as
     // netfilter does for related ICMP errors: no lab address leaves.
     let mut outer_saddr = entry.saddr;
     if err.ip.saddr != key.saddr {
         outer_saddr = err.ip.saddr;
-        if hook == APPLY_EGRESS && iface.role == ROLE_UPLINK && is_masqueraded(err.ip.saddr) {
-            outer_saddr = match config() {
-                Some(cfg) if cfg.masq_addr != 0 => cfg.masq_addr,
-                _ => return Some(Verdict::Drop(Stat::UntranslatedLeak)),
-            };
+        if hook == APPLY_EGRESS && iface.role == ROLE_UPLINK && lab.is_masqueraded(err.ip.saddr) {
+            if lab.cfg.masq_addr == 0 {
+                return Some(Verdict::drop(Stat::UntranslatedLeak));
+            }
+            outer_saddr = lab.cfg.masq_addr;
         }
     }
     stats::count(Stat::IcmpErrorTranslated);
-    Some(
-        match csum::decode(netlab_nat_icmp_error(ctx.skb.skb, err, &entry, outer_saddr)) {
-            Ok(()) => Verdict::Rewritten(entry),
-            Err(reason) => Verdict::Drop(reason),
-        },
-    )
+    if let Err(reason) = csum::decode(netlab_nat_icmp_error(ctx.skb.skb, err, &entry, outer_saddr))
+    {
+        return Some(Verdict::drop(reason));
+    }
+    // The error goes where the flow's packets go: a hairpin flow's back
+    // out of the veth it came in on.
+    Some(after_rewrite(ctx, lab, entry, hook))
 }
 
-/// [`rewrite_icmp_error`] as a global BPF function, verified once (see
-/// [`netlab_nat_rewrite`]).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn netlab_nat_icmp_error(
-    skb: *mut __sk_buff,
-    err: *const IcmpError,
-    entry: *const Rewrite,
-    outer_saddr: u32,
-) -> u32 {
-    // SAFETY: as in `netlab_nat_rewrite`.
-    let (Some(err), Some(entry)) = (unsafe { err.as_ref() }, unsafe { entry.as_ref() }) else {
-        return csum::encode(Err(Stat::WriteFailed));
-    };
-    let key = err.inner.reversed();
-    csum::encode(rewrite_icmp_error(
-        &TcContext::new(skb),
-        err,
-        &key,
-        entry,
-        outer_saddr,
-    ))
+global::function! {
+    /// [`rewrite_icmp_error`] as a global BPF function, verified once (see
+    /// [`netlab_nat_rewrite`]).
+    fn netlab_nat_icmp_error(
+        skb: *mut __sk_buff,
+        err: *const IcmpError,
+        entry: *const Rewrite,
+        outer_saddr: u32,
+    ) -> u32 {
+        // SAFETY: as in `netlab_nat_rewrite`.
+        let (Some(err), Some(entry)) = (unsafe { err.as_ref() }, unsafe { entry.as_ref() }) else {
+            return csum::encode(Err(Stat::WriteFailed));
+        };
+        let key = err.inner.reversed();
+        csum::encode(rewrite_icmp_error(
+            &TcContext::new(skb),
+            err,
+            &key,
+            entry,
+            outer_saddr,
+        ))
+    }
 }
 
 /// An ICMP error no flow of this hook claims. On the uplink, addressed
@@ -673,12 +587,15 @@ pub extern "C" fn netlab_nat_icmp_error(
 /// netfilter finds it INVALID (and no lab address crosses the uplink).
 /// Elsewhere it passes, counted as any untranslatable packet.
 #[inline(always)]
-pub fn unrelated_icmp_error(iface: &Iface, err: &IcmpError) -> Verdict {
-    if iface.role == ROLE_UPLINK && net_kind(err.ip.daddr) == NET_INTERNAL {
-        return Verdict::Drop(Stat::IcmpErrorUnrelated);
+pub fn unrelated_icmp_error(lab: &Lab, iface: &Iface, err: &IcmpError) -> Verdict {
+    if iface.role == ROLE_UPLINK
+        && !lab.in_uplink_net(err.ip.daddr)
+        && lab.is_internal(err.ip.daddr)
+    {
+        return Verdict::drop(Stat::IcmpErrorUnrelated);
     }
     stats::count(Stat::Unsupported);
-    Verdict::Pass
+    Verdict::PASS
 }
 
 #[inline(always)]
@@ -719,16 +636,41 @@ fn rewrite_icmp_error(
     )?;
     let inner_l4 = usize::from(err.inner_l4);
     if inner.proto == IPPROTO_ICMP {
-        let (old, new) = if err.inner_echo_request {
+        let (old, new) = if err.inner_request {
             (inner.sport, entry.dport)
         } else {
             (inner.dport, entry.sport)
         };
-        return csum::set_port(ctx, inner_l4 + ICMP_ID_OFF, old, new, icmp);
+        return restore_embedded_id(ctx, inner_l4, old, new, usize::from(err.l4));
     }
     fix_embedded_l4_csum(ctx, err, entry)?;
     csum::set_port(ctx, inner_l4 + L4_SPORT_OFF, inner.sport, entry.dport, icmp)?;
     csum::set_port(ctx, inner_l4 + L4_DPORT_OFF, inner.dport, entry.sport, icmp)
+}
+
+/// Restores the identifier of an embedded ICMP query, and the embedded
+/// message's own checksum with it (always quoted: it is in the first 8
+/// bytes). The two changes cancel in the outer ICMP checksum.
+#[inline(always)]
+fn restore_embedded_id(
+    ctx: &TcContext,
+    inner_l4: usize,
+    old: u16,
+    new: u16,
+    outer_l4: usize,
+) -> csum::Rewrite {
+    if old == new {
+        return Ok(());
+    }
+    let icmp = L4Csum::of(IPPROTO_ICMP, outer_l4);
+    csum::set_port(ctx, inner_l4 + ICMP_ID_OFF, old, new, icmp)?;
+    // Type and code, then the checksum: one 4-byte read from the header's
+    // start, which the verifier can bound (a 2-byte read at +2 it could not).
+    let Some([_, quoted]) = ctx::load::<[u16; 2]>(ctx, inner_l4) else {
+        return Ok(());
+    };
+    let fixed = csum::fold16(quoted, old, new);
+    csum::replace_embedded16(ctx, inner_l4 + ICMP_CSUM_OFF, quoted, fixed, outer_l4)
 }
 
 /// The embedded TCP/UDP checksum covers the embedded addresses (through

@@ -13,49 +13,43 @@
 //!   interface.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_NO_PREALLOC},
+    bindings::__sk_buff,
     helpers::{bpf_redirect_neigh, bpf_redirect_peer},
     macros::map,
-    maps::PerCpuHashMap,
+    maps::PerCpuArray,
     programs::TcContext,
 };
-use netlab_common::nat::{APPLY_EGRESS, Endpoint, NET_UPLINK, RedirectKey, RedirectReason, Stat};
+use netlab_common::nat::{Endpoint, RedirectReason, Stat, redirect_stat_index};
 
 use crate::{
-    endpoints,
-    nat::{self, Iface, Verdict},
+    endpoints, global,
+    lab::{Iface, Lab},
+    nat,
     pkt::{
         csum,
-        ctx::{self, value_mut},
-        eth::{ETH_ALEN, ETH_DEST_OFF, ETH_SOURCE_OFF, MacPair, is_group},
+        ctx::{self, array_value_mut},
+        eth::{self, ETH_ALEN, is_group},
         parse::Packet,
     },
+    verdict::{Action, Verdict},
 };
 
-/// Not preallocated (`BPF_F_NO_PREALLOC`): a few keys per interface are
-/// used, and preallocating 32,768 per-CPU values took 19 ms of every `up`.
+/// Per-CPU counters, a row of `REDIRECT_REASON_SLOTS` per interface slot
+/// (`IfaceConfig::slot`): an array index, where a hash of (ifindex,
+/// reason) cost a lookup per redirected packet. Sized for the lab's
+/// interfaces at load.
 #[map(name = "REDIRECT_STATS")]
-static REDIRECT_STATS: PerCpuHashMap<RedirectKey, u64> =
-    PerCpuHashMap::pinned(4096 * 8, BPF_F_NO_PREALLOC);
-
-/// Whether the lab runs the `redirect` datapath.
-#[inline(always)]
-pub fn enabled() -> bool {
-    nat::config().is_some_and(|cfg| cfg.redirect != 0)
-}
+static REDIRECT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(8, 0);
 
 #[inline(always)]
 pub fn count(iface: &Iface, reason: RedirectReason) {
-    let key = RedirectKey {
-        ifindex: iface.ifindex,
-        reason: reason as u32,
-    };
-    match value_mut(REDIRECT_STATS.get_ptr_mut(key)) {
-        // Per-CPU: only this CPU writes it while we run.
-        Some(n) => *n += 1,
-        None => {
-            let _ = REDIRECT_STATS.insert(key, 1, 0);
-        }
+    if iface.slot == 0 {
+        return;
+    }
+    let index = redirect_stat_index(iface.slot, reason as u32);
+    // Per-CPU: only this CPU writes it while we run.
+    if let Some(n) = array_value_mut(REDIRECT_STATS.get_ptr_mut(index)) {
+        *n += 1;
     }
 }
 
@@ -76,27 +70,28 @@ pub fn forward(ctx: &TcContext, iface: &Iface, pkt: &Packet, after: &Packet) -> 
     decode(netlab_redirect_forward(ctx.skb.skb, iface, pkt, after))
 }
 
-/// [`forward`] as a global BPF function, verified once: its endpoint,
-/// uplink and fallback paths, each with a TTL rewrite, multiplied every
-/// path NAT left (measured, with `ingress` calling it once where it made
-/// two inlined calls and the egress NAT a peer redirect needs moved out to
-/// [`into_peer`]: nat_ingress 26k → 20k verified instructions).
-/// It calls no other global function, so its stack does not add to
-/// conntrack's under the program's.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn netlab_redirect_forward(
-    skb: *mut __sk_buff,
-    iface: *const Iface,
-    pkt: *const Packet,
-    after: *const Packet,
-) -> u64 {
-    // SAFETY: the verifier checks the pointers' memory; null is refused here.
-    let refs = unsafe { (iface.as_ref(), pkt.as_ref(), after.as_ref()) };
-    let (Some(iface), Some(pkt), Some(after)) = refs else {
-        return encode(Hop::Done(Verdict::Drop(Stat::WriteFailed)));
-    };
-    encode(forward_packet(&TcContext::new(skb), iface, pkt, after))
+global::function! {
+    /// [`forward`] as a global BPF function, verified once: its endpoint,
+    /// uplink and fallback paths, each with a TTL rewrite, multiplied every
+    /// path NAT left (measured, with `ingress` calling it once where it
+    /// made two inlined calls and the egress NAT a peer redirect needs
+    /// moved out to [`into_peer`]: nat_ingress 26k → 20k verified
+    /// instructions). It calls no other global function, so its stack does
+    /// not add to conntrack's under the program's.
+    fn netlab_redirect_forward(
+        skb: *mut __sk_buff,
+        iface: *const Iface,
+        pkt: *const Packet,
+        after: *const Packet,
+    ) -> u64 {
+        // SAFETY: the verifier checks the pointers' memory; null is refused here.
+        let refs = unsafe { (iface.as_ref(), pkt.as_ref(), after.as_ref()) };
+        let (Some(iface), Some(pkt), Some(after), Some(lab)) = (refs.0, refs.1, refs.2, Lab::get())
+        else {
+            return encode(Hop::Done(Verdict::drop(Stat::WriteFailed)));
+        };
+        encode(forward_packet(&TcContext::new(skb), &lab, iface, pkt, after))
+    }
 }
 
 /// How [`netlab_redirect_forward`] returns a [`Hop`]: its kind in the high
@@ -109,11 +104,13 @@ const HOP_PEER: u64 = 3;
 #[inline(always)]
 fn encode(hop: Hop) -> u64 {
     let (kind, value) = match hop {
-        Hop::Done(Verdict::Drop(reason)) => (HOP_DROP, reason as u32),
-        Hop::Done(Verdict::RedirectNeigh(ifindex)) => (HOP_NEIGH, ifindex),
+        Hop::Done(verdict) => match verdict.action {
+            Action::Drop => (HOP_DROP, verdict.reason as u32),
+            Action::RedirectNeigh => (HOP_NEIGH, verdict.arg),
+            // forward_packet decides nothing else.
+            _ => (HOP_PASS, 0),
+        },
         Hop::Peer(ifindex) => (HOP_PEER, ifindex),
-        // forward_packet decides nothing else.
-        Hop::Done(_) => (HOP_PASS, 0),
     };
     (kind << 32) | u64::from(value)
 }
@@ -122,13 +119,13 @@ fn encode(hop: Hop) -> u64 {
 /// verifier takes a global function's result for any value).
 #[inline(always)]
 fn decode(code: u64) -> Hop {
-    let code = core::hint::black_box(code);
+    let code = global::returned(code);
     let value = code as u32;
     match code >> 32 {
-        HOP_PASS => Hop::Done(Verdict::Pass),
-        HOP_NEIGH => Hop::Done(Verdict::RedirectNeigh(value)),
+        HOP_PASS => Hop::Done(Verdict::PASS),
+        HOP_NEIGH => Hop::Done(Verdict::neigh(value)),
         HOP_PEER => Hop::Peer(value),
-        _ => Hop::Done(Verdict::Drop(
+        _ => Hop::Done(Verdict::drop(
             Stat::ALL
                 .get(value as usize)
                 .copied()
@@ -138,39 +135,38 @@ fn decode(code: u64) -> Hop {
 }
 
 #[inline(always)]
-fn forward_packet(ctx: &TcContext, iface: &Iface, pkt: &Packet, after: &Packet) -> Hop {
+fn forward_packet(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet, after: &Packet) -> Hop {
     let daddr = after.key.daddr;
-    if nat::is_local(daddr) {
+    if lab.is_local(daddr) {
         count(iface, RedirectReason::FallbackLocal);
-        return Hop::Done(Verdict::Pass);
+        return Hop::Done(Verdict::PASS);
     }
-    let Some(eth_dst) = ctx::load::<[u8; ETH_ALEN]>(ctx, ETH_DEST_OFF) else {
+    let Some(eth_dst) = eth::load_daddr(ctx) else {
         count(iface, RedirectReason::FallbackUnparsed);
-        return Hop::Done(Verdict::Pass);
+        return Hop::Done(Verdict::PASS);
     };
     if is_group(&eth_dst) || pkt.ip.first_fragment {
         // Broadcast and multicast are the bridge's to flood; fragments
         // leave in order through the stack.
         count(iface, RedirectReason::FallbackUnparsed);
-        return Hop::Done(Verdict::Pass);
+        return Hop::Done(Verdict::PASS);
     }
     if let Some(endpoint) = endpoints::get(daddr) {
-        return to_endpoint(ctx, iface, pkt, endpoint, eth_dst);
+        return to_endpoint(ctx, iface, pkt, &endpoint, eth_dst);
     }
-    let uplink = nat::config().map_or(0, |cfg| cfg.uplink_ifindex);
+    let uplink = lab.cfg.uplink_ifindex;
     // Only what lies beyond the uplink goes out of it: an address of a lab
     // subnet that no namespace holds (a subnet broadcast, say) stays here.
-    let kind = nat::net_kind(daddr);
-    let beyond = kind == 0 || kind == NET_UPLINK;
+    let beyond = lab.in_uplink_net(daddr) || !lab.is_internal(daddr);
     if uplink != 0 && uplink != iface.ifindex && beyond {
         if let Some(stop) = route_hop(ctx, iface, pkt) {
             return Hop::Done(stop);
         }
         count(iface, RedirectReason::Uplink);
-        return Hop::Done(Verdict::RedirectNeigh(uplink));
+        return Hop::Done(Verdict::neigh(uplink));
     }
     count(iface, RedirectReason::FallbackUnknown);
-    Hop::Done(Verdict::Pass)
+    Hop::Done(Verdict::PASS)
 }
 
 /// A router hop: the TTL goes down by one. `Some` when the packet must not
@@ -182,9 +178,9 @@ fn route_hop(ctx: &TcContext, iface: &Iface, pkt: &Packet) -> Option<Verdict> {
         Ok(true) => None,
         Ok(false) => {
             count(iface, RedirectReason::FallbackTtl);
-            Some(Verdict::Pass)
+            Some(Verdict::PASS)
         }
-        Err(reason) => Some(Verdict::Drop(reason)),
+        Err(reason) => Some(Verdict::drop(reason)),
     }
 }
 
@@ -198,7 +194,7 @@ fn to_endpoint(
 ) -> Hop {
     if endpoint.ifindex == iface.ifindex {
         count(iface, RedirectReason::FallbackSameIface);
-        return Hop::Done(Verdict::Pass);
+        return Hop::Done(Verdict::PASS);
     }
     // Addressed to a gateway (ours, or the uplink's MAC from outside):
     // a router hop. Otherwise the namespaces talk on one segment.
@@ -206,15 +202,13 @@ fn to_endpoint(
     if routed && let Some(stop) = route_hop(ctx, iface, pkt) {
         return Hop::Done(stop);
     }
-    let mut macs: MacPair = [0; 12];
-    macs[..ETH_ALEN].copy_from_slice(&endpoint.mac);
-    if routed {
-        macs[ETH_ALEN..].copy_from_slice(&endpoint.gateway_mac);
-    } else if let Some(src) = ctx::load::<[u8; ETH_ALEN]>(ctx, ETH_SOURCE_OFF) {
-        macs[ETH_ALEN..].copy_from_slice(&src);
-    }
-    if ctx.store(ETH_DEST_OFF, &macs, 0).is_err() {
-        return Hop::Done(Verdict::Drop(Stat::WriteFailed));
+    let stored = if routed {
+        eth::store_addrs(ctx, &endpoint.mac, &endpoint.gateway_mac)
+    } else {
+        eth::store_daddr(ctx, &endpoint.mac)
+    };
+    if let Err(reason) = stored {
+        return Hop::Done(Verdict::drop(reason));
     }
     Hop::Peer(endpoint.ifindex)
 }
@@ -226,33 +220,46 @@ fn to_endpoint(
 /// client no ICMP redirect ("reach 198.18.0.1 through your neighbour").
 /// `None` when the backend sits elsewhere (the packet is then routed).
 #[inline(always)]
-pub fn bridge_to_backend(ctx: &TcContext, iface: &Iface, after: &Packet) -> Option<Hop> {
+pub fn bridge_to_backend(ctx: &TcContext, lab: &Lab, iface: &Iface, after: &Packet) -> Option<Hop> {
     let endpoint = endpoints::get(after.key.daddr)?;
-    let eth_dst = ctx::load::<[u8; ETH_ALEN]>(ctx, ETH_DEST_OFF)?;
+    let eth_dst = eth::load_daddr(ctx)?;
     // Addressed to the gateway of the backend's segment: the same segment.
     if eth_dst != endpoint.gateway_mac || endpoint.ifindex == iface.ifindex {
         return None;
     }
-    if ctx.store(ETH_DEST_OFF, &endpoint.mac, 0).is_err() {
-        return Some(Hop::Done(Verdict::Drop(Stat::WriteFailed)));
+    if let Err(reason) = eth::store_daddr(ctx, &endpoint.mac) {
+        return Some(Hop::Done(Verdict::drop(reason)));
     }
-    if !enabled() {
+    if !lab.redirect() {
         // The bridge forwards it by its new destination MAC.
-        return Some(Hop::Done(Verdict::Pass));
+        return Some(Hop::Done(Verdict::PASS));
     }
     Some(Hop::Peer(endpoint.ifindex))
 }
 
 /// The peer redirect of a [`Hop::Peer`]: the target veth's egress hook is
-/// skipped by it, so the source rewrite that hook would have made (replies
-/// to published ports) is applied here, to `after`.
+/// skipped by it, so what that hook would have done is done here: confirm
+/// the flow the packet opened, or, for a packet ingress did not translate,
+/// the source rewrite of its flow (replies to published ports), to `after`.
 #[inline(always)]
-pub fn into_peer(ctx: &TcContext, iface: &Iface, after: &Packet, ifindex: u32) -> Verdict {
-    if let Verdict::Drop(reason) = nat::translate_known(ctx, after, APPLY_EGRESS) {
-        return Verdict::Drop(reason);
+pub fn into_peer(
+    ctx: &TcContext,
+    lab: &Lab,
+    iface: &Iface,
+    after: &Packet,
+    ifindex: u32,
+) -> Verdict {
+    match ctx::take_handoff(ctx) {
+        Some(handoff) => nat::handed_off(handoff, Some(after)),
+        None => {
+            let verdict = nat::translate_known_egress(ctx, lab, after);
+            if verdict.dropped().is_some() {
+                return verdict;
+            }
+        }
     }
     count(iface, RedirectReason::Peer);
-    Verdict::RedirectPeer(ifindex)
+    Verdict::peer(ifindex)
 }
 
 /// Performs a redirect verdict.

@@ -39,7 +39,7 @@ use netlab_common::{
 };
 
 use crate::pkt::{
-    ctx::{self, value, value_mut},
+    ctx::{self, array_value, array_value_mut, value},
     parse::{Parsed, parse},
 };
 
@@ -146,7 +146,7 @@ pub fn begin(parsed: &Parsed) -> bool {
     if config().is_none() {
         return false;
     }
-    let Some(scratch) = value_mut(TRACE_SCRATCH.get_ptr_mut(0)) else {
+    let Some(scratch) = array_value_mut(TRACE_SCRATCH.get_ptr_mut(0)) else {
         return false;
     };
     // Per-CPU slot: only this program run uses it.
@@ -167,7 +167,7 @@ pub fn end(ctx: &TcContext, on: bool, hook: Hook, action: i32, touched: bool) ->
     if !on {
         return action;
     }
-    let Some(scratch) = value_mut(TRACE_SCRATCH.get_ptr_mut(0)) else {
+    let Some(scratch) = array_value_mut(TRACE_SCRATCH.get_ptr_mut(0)) else {
         return action;
     };
     // Per-CPU slot: only this program run uses it.
@@ -186,7 +186,7 @@ pub fn end(ctx: &TcContext, on: bool, hook: Hook, action: i32, touched: bool) ->
 #[inline(always)]
 pub fn tail(ctx: &TcContext) -> i32 {
     // Per-CPU slot written by the caller on this CPU.
-    let Some(&scratch) = value(TRACE_SCRATCH.get_ptr(0)) else {
+    let Some(&scratch) = array_value(TRACE_SCRATCH.get_ptr(0)) else {
         return TC_NEXT;
     };
     let Some(cfg) = config() else {
@@ -226,7 +226,7 @@ pub fn tail(ctx: &TcContext) -> i32 {
 #[inline(always)]
 pub fn note_drop(stat: Stat) {
     // Per-CPU slot: only this program run uses it.
-    if let Some(scratch) = value_mut(TRACE_SCRATCH.get_ptr_mut(0)) {
+    if let Some(scratch) = array_value_mut(TRACE_SCRATCH.get_ptr_mut(0)) {
         scratch.reason = stat as u32;
     }
 }
@@ -236,7 +236,7 @@ pub fn note_drop(stat: Stat) {
 #[inline(always)]
 pub fn note_rewrite() {
     // Per-CPU slot: only this program run uses it.
-    if let Some(scratch) = value_mut(TRACE_SCRATCH.get_ptr_mut(0)) {
+    if let Some(scratch) = array_value_mut(TRACE_SCRATCH.get_ptr_mut(0)) {
         scratch.touched = 1;
     }
 }
@@ -245,7 +245,7 @@ pub fn note_rewrite() {
 #[inline(always)]
 pub fn note_redirect(ifindex: u32) {
     // Per-CPU slot: only this program run uses it.
-    if let Some(scratch) = value_mut(TRACE_SCRATCH.get_ptr_mut(0)) {
+    if let Some(scratch) = array_value_mut(TRACE_SCRATCH.get_ptr_mut(0)) {
         scratch.target_ifindex = ifindex;
     }
 }
@@ -253,7 +253,7 @@ pub fn note_redirect(ifindex: u32) {
 #[inline(always)]
 fn count(slot: u32) {
     // Per-CPU: only this CPU writes the slot while we run.
-    if let Some(counter) = value_mut(TRACE_STATS.get_ptr_mut(slot)) {
+    if let Some(counter) = array_value_mut(TRACE_STATS.get_ptr_mut(slot)) {
         *counter += 1;
     }
 }
@@ -333,9 +333,11 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
     // for this address belongs to an earlier packet.
     let starts_here = live
         && matches!(*hook, Hook::Egress)
-        && TRACE_IFACES
-            .get_ptr(ifindex)
-            .is_some_and(|place| value(Some(place)).is_some_and(|p| *p != 0));
+        && TRACE_IFACES.get_ptr(ifindex).is_some_and(|place| {
+            // SAFETY: read at once; `netlab trace` writes the map
+            // before it turns tracing on.
+            unsafe { value(Some(place)) }.is_some_and(|p| *p != 0)
+        });
     if live && let Some(journey) = TRACE_JOURNEYS.get_ptr_mut(skb) {
         // SAFETY: a map value pointer from a successful lookup; a racing
         // update on another CPU can only make one hop's fields stale.
@@ -484,7 +486,7 @@ pub fn wakeup(cfg: &TraceConfig) -> u64 {
 /// the first: none is live [`JOURNEY_IDLE_NS`] after that.
 #[inline(always)]
 fn last_journey_stamp() -> u64 {
-    value(TRACE_LIVE.get_ptr(0)).map_or(0, |&started| started)
+    array_value(TRACE_LIVE.get_ptr(0)).map_or(0, |&started| started)
 }
 
 /// Whether this trace session has started any journey yet (no clock read).
@@ -499,7 +501,7 @@ pub fn journeys_started() -> bool {
 #[inline(always)]
 fn note_journey_active(now: u64) {
     const COARSE_NS: u64 = 1_000_000;
-    if let Some(started) = value_mut(TRACE_LIVE.get_ptr_mut(0))
+    if let Some(started) = array_value_mut(TRACE_LIVE.get_ptr_mut(0))
         && now.wrapping_sub(*started) >= COARSE_NS
     {
         *started = now;
@@ -608,7 +610,10 @@ fn literal_holds(literal: &Literal, ifindex: u32, t: &Tuple) -> bool {
         }
         LIT_PROTO => ipv4 && u32::from(t.proto) == literal.value,
         LIT_IFACE => ifindex == literal.value,
-        LIT_NETNS => value(TRACE_IFACES.get_ptr(ifindex)).is_some_and(|p| *p == literal.value),
+        // SAFETY: as in `record`.
+        LIT_NETNS => {
+            unsafe { value(TRACE_IFACES.get_ptr(ifindex)) }.is_some_and(|p| *p == literal.value)
+        }
         _ => false,
     };
     holds != (literal.negate != 0)

@@ -5,10 +5,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context, Result, bail};
 use netlab_common::nat::{
-    CT_REPLIED, DIR_ORIGINAL, FlowKey, IPPROTO_TCP, NAT_DNAT, NAT_REFLECT, NAT_SNAT, TcpState,
-    timeout_ns,
+    CT_ASSURED, CT_CONFIRMED, CT_REPLIED, DIR_ORIGINAL, FlowKey, IPPROTO_TCP, NAT_DNAT,
+    NAT_REFLECT, NAT_SNAT, TcpState,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::ebpf::{ip_proto_name, maps},
@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// The addresses and ports of one direction of a flow, as they appear on the wire.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FlowEnds {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
@@ -38,13 +38,16 @@ impl From<&FlowKey> for FlowEnds {
     }
 }
 
-/// A tracked flow, as `netlab conntrack` shows it.
-#[derive(Clone, Debug, Serialize)]
+/// A tracked flow, as `netlab conntrack` shows it (`--json` prints these,
+/// and the tests read them back).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Flow {
-    pub proto: &'static str,
+    pub proto: String,
     /// TCP state, or empty for UDP and ICMP.
-    pub state: &'static str,
-    pub nat: &'static str,
+    pub state: String,
+    /// `dnat`, `snat`, `hairpin`, or `-` (tracked, not translated: the
+    /// host's own connections).
+    pub nat: String,
     /// How the flow's first packet looked.
     pub original: FlowEnds,
     /// How its replies look on the wire (before they are translated back).
@@ -53,6 +56,12 @@ pub struct Flow {
     /// Seconds of idleness left before the flow expires.
     pub expires_in_s: u64,
     pub replied: bool,
+    /// Assured, as nf_conntrack says (kept in the table new flows never
+    /// evict).
+    pub assured: bool,
+    /// Its first packet has not been seen leaving yet (a flow opened on
+    /// the way in waits for that, as nf_conntrack confirms a flow).
+    pub unconfirmed: bool,
     pub packets: u64,
     pub bytes: u64,
     pub reply_packets: u64,
@@ -69,7 +78,7 @@ pub fn flows(lab: &str) -> Result<Vec<Flow>> {
              run `conntrack -L` (Debian package conntrack)"
         );
     }
-    let now = sys::monotonic_ns();
+    let now = sys::monotonic_coarse_ns();
     let mut entries = BTreeMap::new();
     for (key, entry) in maps::conntrack_entries(&Pins::of(lab))? {
         entries.insert(
@@ -92,18 +101,20 @@ pub fn flows(lab: &str) -> Result<Vec<Flow>> {
             ))
             .map(|(_, e)| *e)
             .unwrap_or_default();
-        let timeout = timeout_ns(key.proto, entry.tcp_state, entry.flags);
-        let idle = now.saturating_sub(entry.last_seen_ns);
+        // Each half keeps its own direction's last packet.
+        let timeout = u64::from(entry.timeout_s) * 1_000_000_000;
+        let idle = now.saturating_sub(entry.last_seen_ns.max(reply.last_seen_ns));
         if idle > timeout {
             continue;
         }
         flows.push(Flow {
-            proto: ip_proto_name(key.proto).unwrap_or("?"),
+            proto: ip_proto_name(key.proto).unwrap_or("?").to_owned(),
             state: if key.proto == IPPROTO_TCP {
                 TcpState::from_u8(entry.tcp_state).name()
             } else {
                 ""
-            },
+            }
+            .to_owned(),
             nat: if entry.nat & NAT_REFLECT != 0 {
                 "hairpin"
             } else if entry.nat & NAT_DNAT != 0 {
@@ -112,12 +123,15 @@ pub fn flows(lab: &str) -> Result<Vec<Flow>> {
                 "snat"
             } else {
                 "-"
-            },
+            }
+            .to_owned(),
             original: FlowEnds::from(key),
             reply: FlowEnds::from(&entry.peer),
             age_s: now.saturating_sub(entry.created_ns) / 1_000_000_000,
             expires_in_s: (timeout - idle) / 1_000_000_000,
             replied: entry.flags & CT_REPLIED != 0,
+            assured: entry.flags & CT_ASSURED != 0,
+            unconfirmed: entry.flags & CT_CONFIRMED == 0,
             packets: entry.packets,
             bytes: entry.bytes,
             reply_packets: reply.packets,
@@ -144,7 +158,7 @@ pub fn render(flows: &[Flow]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<4} {:>6}s {:<11} {} packets={} bytes={} {} packets={} bytes={} {}[{}] age={}s",
+            "{:<4} {:>6}s {:<11} {} packets={} bytes={} {} packets={} bytes={} {}{}{}[{}] age={}s",
             f.proto,
             f.expires_in_s,
             f.state,
@@ -155,6 +169,8 @@ pub fn render(flows: &[Flow]) -> String {
             f.reply_packets,
             f.reply_bytes,
             if f.replied { "" } else { "[UNREPLIED] " },
+            if f.assured { "[ASSURED] " } else { "" },
+            if f.unconfirmed { "[UNCONFIRMED] " } else { "" },
             f.nat,
             f.age_s,
         );

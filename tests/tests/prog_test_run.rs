@@ -30,18 +30,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
-    maps::{
-        Array, HashMap, Map, PerCpuArray,
-        lpm_trie::{Key, LpmTrie},
-    },
+    maps::{Array, HashMap, Map, PerCpuArray},
     programs::SchedClassifier,
 };
 use netlab_common::{
     names,
     nat::{
-        APPLY_EGRESS, APPLY_INGRESS, Backend, CtEntry, DIR_ORIGINAL, DIR_REPLY, FlowKey,
-        IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NAT_DNAT, NAT_REFLECT, NAT_SNAT, NET_INTERNAL,
-        NET_UPLINK, NatConfig, PublishKey, ROLE_LAB, ROLE_UPLINK, STAT_COUNT, Stat, TcpState,
+        APPLY_EGRESS, APPLY_INGRESS, Backend, CT_ASSURED, CT_CONFIRMED, CtEntry, DIR_ORIGINAL,
+        DIR_REPLY, FlowKey, IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NAT_DNAT, NAT_REFLECT, NAT_SNAT,
+        NET_INTERNAL, NET_UPLINK, NatConfig, Net, NetSet, PublishKey, ROLE_LAB, ROLE_UPLINK,
+        STAT_COUNT, Stat, TcpState, timeouts,
     },
 };
 
@@ -185,6 +183,8 @@ impl Stats {
 struct Outcome {
     verdict: i32,
     frame: Vec<u8>,
+    /// `skb->mark` after the run: what the hook left for the next one.
+    mark: u32,
     /// NAT_STATS counters that moved (other than `packets`), by name.
     moved: Vec<(&'static str, u64)>,
 }
@@ -204,6 +204,8 @@ impl Outcome {
 
 struct Datapath {
     ebpf: Ebpf,
+    /// What the tests configured so far (written whole on every change).
+    config: NatConfig,
 }
 
 impl Datapath {
@@ -222,7 +224,16 @@ impl Datapath {
                 .load()
                 .unwrap_or_else(|e| panic!("loading {name}: {e}"));
         }
-        Datapath { ebpf }
+        Datapath {
+            ebpf,
+            config: NatConfig::default(),
+        }
+    }
+
+    fn write_config(&mut self) {
+        let config = self.config;
+        let mut map: Array<_, NatConfig> = Array::try_from(self.map(names::NAT_CONFIG)).unwrap();
+        map.set(0, config, 0).unwrap();
     }
 
     fn map(&mut self, name: &str) -> &mut Map {
@@ -248,35 +259,32 @@ impl Datapath {
         map.insert(key, value, 0).unwrap();
     }
 
+    /// One of the lab's host addresses (published ports answer there).
     fn local_addr(&mut self, addr: Ipv4Addr) {
-        let mut map: HashMap<_, u32, u32> =
-            HashMap::try_from(self.map(names::LOCAL_ADDRS)).unwrap();
-        map.insert(be(addr), 1, 0).unwrap();
+        push(&mut self.config.local, addr, 32);
+        self.write_config();
     }
 
     fn masquerade(&mut self, network: Ipv4Addr, prefix_len: u32) {
-        let mut map: LpmTrie<_, u32, u32> =
-            LpmTrie::try_from(self.map(names::MASQ_SUBNETS)).unwrap();
-        map.insert(&Key::new(prefix_len, be(network)), 1, 0)
-            .unwrap();
+        push(&mut self.config.masquerade, network, prefix_len);
+        self.write_config();
     }
 
-    /// Declares a lab network and its kind (`NET_*`).
+    /// Declares a lab network and its kind (`NET_INTERNAL` or `NET_UPLINK`).
     fn lab_net(&mut self, network: Ipv4Addr, prefix_len: u32, kind: u32) {
-        let mut map: LpmTrie<_, u32, u32> = LpmTrie::try_from(self.map(names::LAB_NETS)).unwrap();
-        map.insert(&Key::new(prefix_len, be(network)), kind, 0)
-            .unwrap();
+        if kind == NET_UPLINK {
+            self.config.uplink = net(network, prefix_len);
+        } else {
+            push(&mut self.config.internal, network, prefix_len);
+        }
+        self.write_config();
     }
 
     fn nat_config(&mut self, masq_addr: Ipv4Addr, ports: RangeInclusive<u16>) {
-        let mut map: Array<_, NatConfig> = Array::try_from(self.map(names::NAT_CONFIG)).unwrap();
-        let config = NatConfig {
-            masq_addr: be(masq_addr),
-            port_min: *ports.start(),
-            port_max: *ports.end(),
-            ..NatConfig::default()
-        };
-        map.set(0, config, 0).unwrap();
+        self.config.masq_addr = be(masq_addr);
+        self.config.port_min = *ports.start();
+        self.config.port_max = *ports.end();
+        self.write_config();
     }
 
     /// Configures the interface test runs happen on.
@@ -286,6 +294,8 @@ impl Datapath {
         let config = IfaceConfig {
             gateway: be(gateway),
             role,
+            slot: 1,
+            ifindex: TEST_RUN_IFINDEX,
         };
         map.insert(TEST_RUN_IFINDEX, config, 0).unwrap();
     }
@@ -332,14 +342,40 @@ impl Datapath {
         entries
     }
 
-    /// Makes the flow whose original entry is at `key` idle since boot.
+    /// Makes the flow with a half at `key` idle since boot (both halves:
+    /// each keeps its own direction's last packet).
     fn age(&mut self, key: &FlowKey) {
         for name in [names::CONNTRACK, names::CONNTRACK_NEW] {
             let mut table: HashMap<_, FlowKey, CtEntry> =
                 HashMap::try_from(self.map(name)).unwrap();
             if let Ok(mut entry) = table.get(key, 0) {
+                let peer = entry.peer;
                 entry.last_seen_ns = 0;
+                entry.created_ns = 0;
                 table.insert(key, entry, 0).unwrap();
+                let mut other = table.get(&peer, 0).expect("the flow's other half");
+                other.last_seen_ns = 0;
+                other.created_ns = 0;
+                table.insert(peer, other, 0).unwrap();
+                return;
+            }
+        }
+        panic!("no flow at {key:?}");
+    }
+
+    /// Makes the flow with a half at `key` `secs` older (its creation; its
+    /// last packets stay where they were).
+    fn created_earlier(&mut self, key: &FlowKey, secs: u64) {
+        for name in [names::CONNTRACK, names::CONNTRACK_NEW] {
+            let mut table: HashMap<_, FlowKey, CtEntry> =
+                HashMap::try_from(self.map(name)).unwrap();
+            if let Ok(mut entry) = table.get(key, 0) {
+                let peer = entry.peer;
+                entry.created_ns -= secs * 1_000_000_000;
+                table.insert(key, entry, 0).unwrap();
+                let mut other = table.get(&peer, 0).expect("the flow's other half");
+                other.created_ns -= secs * 1_000_000_000;
+                table.insert(peer, other, 0).unwrap();
                 return;
             }
         }
@@ -365,6 +401,24 @@ impl Datapath {
 
     /// Runs `program` once on `frame`, or says why the kernel refused to.
     fn try_run(&self, program: &str, frame: &[u8]) -> io::Result<Outcome> {
+        self.try_run_marked(program, frame, 0)
+    }
+
+    /// As the packet that came out of `out` goes on to its egress hook:
+    /// runs `nat_egress` on it with the mark the earlier hook left. A
+    /// packet an ingress hook translated passes untouched (and confirms
+    /// the flow it opened), counting nothing else.
+    #[track_caller]
+    fn leave(&self, out: &Outcome) {
+        let left = self
+            .try_run_marked(names::NAT_EGRESS, &out.frame, out.mark)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of nat_egress: {e}"));
+        left.expect(TC_NEXT, &[]);
+        assert_eq!(left.mark, 0, "the egress hook clears netlab's mark");
+        assert_frame_eq(&left.frame, &out.frame, "a packet leaving after ingress");
+    }
+
+    fn try_run_marked(&self, program: &str, frame: &[u8], mark: u32) -> io::Result<Outcome> {
         let before = self.stats();
         let classifier: &SchedClassifier = self
             .ebpf
@@ -374,10 +428,17 @@ impl Datapath {
             .unwrap();
         // The programs never grow a frame; the slack would show it if they did.
         let mut out = vec![0; frame.len() + 64];
+        // A `__sk_buff` up to its `mark` (offset 8), the one field set.
+        let mut ctx_in = [0u8; 12];
+        ctx_in[8..12].copy_from_slice(&mark.to_ne_bytes());
+        // Room for the whole `__sk_buff` (the kernel refuses a shorter buffer).
+        let mut ctx_out = [0u8; 512];
         let result = classifier
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
                 ..TestRunOptions::new()
             })
             .map_err(|e| match e {
@@ -391,9 +452,11 @@ impl Datapath {
             1,
             "{program} counts every packet it sees"
         );
+        let mark = u32::from_ne_bytes([ctx_out[8], ctx_out[9], ctx_out[10], ctx_out[11]]);
         Ok(Outcome {
             verdict: result.return_value as i32,
             frame: out,
+            mark,
             moved: after.moved_since(&before),
         })
     }
@@ -413,6 +476,26 @@ impl Datapath {
 // `netlab_tests::frames`)
 // ---------------------------------------------------------------------------
 
+fn net(network: Ipv4Addr, prefix_len: u32) -> Net {
+    let mask = if prefix_len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix_len)
+    };
+    Net {
+        net: (u32::from(network) & mask).to_be(),
+        mask: mask.to_be(),
+    }
+}
+
+/// Adds a subnet to one of the configuration's inline sets.
+fn push(set: &mut NetSet, network: Ipv4Addr, prefix_len: u32) {
+    let slot = set.count as usize;
+    assert!(slot < set.nets.len(), "the tests use few subnets");
+    set.nets[slot] = net(network, prefix_len);
+    set.count += 1;
+}
+
 fn flow_key(proto: u8, src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
     FlowKey {
         saddr: be(*src.ip()),
@@ -420,7 +503,8 @@ fn flow_key(proto: u8, src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
         sport: src.port().to_be(),
         dport: dst.port().to_be(),
         proto,
-        _pad: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
     }
 }
 
@@ -539,11 +623,20 @@ fn a_tracked_flow_is_translated_both_ways() {
         let original = flow_key(IPPROTO_TCP, ep(client), ep(published));
         let state = |dp: &Datapath| dp.flow(&original).expect("flow tracked").tcp_state;
 
-        dp.run(
+        let out = dp.run(
             names::NAT_INGRESS,
             &Frame::tcp(client, published, TCP_SYN).bytes(),
-        )
-        .expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
+        );
+        out.expect(TC_NEXT, &[(Stat::DnatNew, 1)]);
+        let unconfirmed = dp.flow(&original).expect("flow tracked");
+        assert_eq!(unconfirmed.flags & CT_CONFIRMED, 0, "not confirmed yet");
+        assert_eq!(unconfirmed.timeout_s, timeouts::UNCONFIRMED);
+        // The SYN leaves through the backend's veth: the flow is confirmed,
+        // with the SYN_SENT timeout.
+        dp.leave(&out);
+        let confirmed = dp.flow(&original).expect("flow tracked");
+        assert_ne!(confirmed.flags & CT_CONFIRMED, 0, "confirmed");
+        assert_eq!(confirmed.timeout_s, timeouts::TCP_SYN_SENT);
 
         // The backend's SYN-ACK leaves through the uplink: the reply entry is
         // applied there, before masquerade could claim the lab source.
@@ -985,14 +1078,25 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
 
         let answer = Frame::udp("198.18.0.2:53", &src.to_string());
         let out = dp.run(names::NAT_INGRESS, &answer.bytes());
-        // Its first reply makes the flow assured: out of reach of new flows.
-        out.expect(TC_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
+        // Replied, but not assured: nf_conntrack assures a UDP flow that is
+        // still active two seconds after its first packet.
+        out.expect(TC_NEXT, &[(Stat::Translated, 1)]);
         assert_checksums(&out.frame, false);
         assert_frame_eq(
             &out.frame,
-            &answer.to(ep("192.168.15.1:5000")).bytes(),
+            &answer.clone().to(ep("192.168.15.1:5000")).bytes(),
             "un-masqueraded answer",
         );
+        assert_eq!(out.mark, 0x0010_0000, "the egress hook has nothing to do");
+        dp.leave(&out);
+        assert_eq!(dp.flow(&key).unwrap().timeout_s, timeouts::UDP);
+        dp.created_earlier(&key, 3);
+        let out = dp.run(names::NAT_INGRESS, &answer.bytes());
+        // Now a stream: assured, out of reach of new flows, 120 s.
+        out.expect(TC_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
+        let stream = dp.flow(&key).unwrap();
+        assert_eq!(stream.timeout_s, timeouts::UDP_STREAM);
+        assert_ne!(stream.flags & CT_ASSURED, 0);
 
         // A port inside the range and free is kept.
         let in_range = Frame::udp("192.168.15.1:40001", "198.18.0.3:53");
@@ -1021,7 +1125,8 @@ fn lab_traffic_is_masqueraded_on_the_uplink() {
 
         let pong = Frame::icmp("198.18.0.2", "198.18.0.1", ICMP_ECHO_REPLY, id);
         let out = dp.run(names::NAT_INGRESS, &pong.bytes());
-        out.expect(TC_NEXT, &[(Stat::Translated, 1), (Stat::CtAssured, 1)]);
+        // ICMP is never assured (nf_conntrack neither).
+        out.expect(TC_NEXT, &[(Stat::Translated, 1)]);
         assert_checksums(&out.frame, false);
         assert_frame_eq(
             &out.frame,
@@ -1124,10 +1229,11 @@ fn untranslatable_protocols_never_leave_masqueraded() {
     with_datapath(|dp| {
         dp.default_lab();
         const IPPROTO_GRE: u8 = 47;
-        const ICMP_TIMESTAMP: u8 = 13;
+        const ICMP_ROUTER_ADVERTISEMENT: u8 = 9;
         let gre = Frame::udp("192.168.15.1:5000", "198.18.0.2:53").bytes_with_proto(IPPROTO_GRE);
-        let timestamp = Frame::icmp("192.168.15.1", "198.18.0.2", ICMP_TIMESTAMP, 0).bytes();
-        for frame in [&gre, &timestamp] {
+        let advert =
+            Frame::icmp("192.168.15.1", "198.18.0.2", ICMP_ROUTER_ADVERTISEMENT, 0).bytes();
+        for frame in [&gre, &advert] {
             dp.iface(ROLE_LAB, ip("192.168.15.5"));
             dp.expect_untouched(names::NAT_INGRESS, frame, TC_NEXT, Some(Stat::Unsupported));
             dp.iface(ROLE_UPLINK, Ipv4Addr::UNSPECIFIED);
@@ -1236,8 +1342,8 @@ fn icmp_errors_about_tracked_flows_are_translated() {
         dp.iface(ROLE_UPLINK, Ipv4Addr::UNSPECIFIED);
 
         // Time exceeded for a masqueraded ping: the embedded echo gets the
-        // lab host's address and identifier back. The embedded echo's own
-        // checksum is part of its cut-off 8 bytes and is left as it was.
+        // lab host's address and identifier back, and its own checksum
+        // with them (it is in the 8 bytes every error quotes).
         let ping = Frame::icmp("192.168.15.1", "198.18.0.2", ICMP_ECHO_REQUEST, 0x0777);
         let out = dp.run(names::NAT_EGRESS, &ping.bytes());
         out.expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
@@ -1247,12 +1353,13 @@ fn icmp_errors_about_tracked_flows_are_translated() {
         let out = dp.run(names::NAT_INGRESS, &error.bytes());
         out.expect(TC_NEXT, &[(Stat::IcmpErrorTranslated, 1)]);
         assert_checksums(&out.frame, false);
-        let mut original = ping.bytes();
-        let echo_checksum = 14 + 20 + 2;
-        original[echo_checksum..echo_checksum + 2]
-            .copy_from_slice(&sent[echo_checksum..echo_checksum + 2]);
-        let expected =
-            Frame::icmp_error("198.51.100.1", "192.168.15.1", TIME_EXCEEDED, 0, &original);
+        let expected = Frame::icmp_error(
+            "198.51.100.1",
+            "192.168.15.1",
+            TIME_EXCEEDED,
+            0,
+            &ping.bytes(),
+        );
         assert_frame_eq(&out.frame, &expected.bytes(), "time-exceeded for a ping");
         assert_ne!(id, 0x0777, "the identifier was translated");
 

@@ -85,12 +85,18 @@ fn bpf_target_arch() -> &'static str {
 }
 
 /// aya-build's rustflags, in cargo's encoding: separated by 0x1f, so a flag
-/// may contain spaces.
+/// may contain spaces. Plus one of netlab's own: bpf-linker's default
+/// `--bpf-expand-memcpy-in-order` turns LLVM's inline expansion of memset
+/// off (it keeps only memcpy's, in order), so every zeroed struct and
+/// padding array became a call to a byte-by-byte `memset`, on every
+/// packet; `--disable-expand-memcpy-in-order` lets LLVM expand both into
+/// plain stores.
 fn encoded_rustflags(bpf_target_arch: &str) -> String {
     [
         format!("--cfg=bpf_target_arch=\"{bpf_target_arch}\""),
         "-Cdebuginfo=2".to_owned(),
         "-Clink-arg=--btf".to_owned(),
+        "-Clink-arg=--disable-expand-memcpy-in-order".to_owned(),
     ]
     .join("\x1f")
 }
@@ -145,7 +151,8 @@ mod tests {
     fn rustflags_match_aya_build() {
         assert_eq!(
             encoded_rustflags("x86_64"),
-            "--cfg=bpf_target_arch=\"x86_64\"\u{1f}-Cdebuginfo=2\u{1f}-Clink-arg=--btf"
+            "--cfg=bpf_target_arch=\"x86_64\"\u{1f}-Cdebuginfo=2\u{1f}-Clink-arg=--btf\u{1f}\
+             -Clink-arg=--disable-expand-memcpy-in-order"
         );
     }
 

@@ -11,12 +11,12 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use netlab_common::nat::{IPPROTO_TCP, IPPROTO_UDP, Stat};
+use netlab_common::nat::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, Stat};
 
 use super::{
     ctx,
-    ipv4::{IPV4_CSUM_OFF, IPV4_TTL_OFF, L3_OFF},
-    l4::{ICMP_CSUM_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
+    ipv4::{IPV4_CSUM_OFF, IPV4_MIN_HLEN, IPV4_SADDR_OFF, IPV4_TTL_OFF, L3_OFF},
+    l4::{ICMP_CSUM_OFF, ICMP_ID_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
 };
 
 /// The helpers' field-size flags.
@@ -209,4 +209,92 @@ pub fn replace_embedded16(
 #[inline(always)]
 pub fn read16(ctx: &TcContext, offset: usize) -> Option<u16> {
     ctx::load::<u16>(ctx, offset)
+}
+
+/// One's complement addition of two 32-bit partial sums (end-around carry).
+#[inline(always)]
+fn csum_add(a: u32, b: u32) -> u32 {
+    let (sum, carry) = a.overflowing_add(b);
+    sum.wrapping_add(u32::from(carry))
+}
+
+/// The partial sum that turns a checksum over `old` into one over `new`
+/// (both 32-bit words as they sit in the packet).
+#[inline(always)]
+fn diff32(acc: u32, old: u32, new: u32) -> u32 {
+    csum_add(csum_add(acc, !old), new)
+}
+
+/// [`diff32`] for a 16-bit word.
+#[inline(always)]
+fn diff16(acc: u32, old: u16, new: u16) -> u32 {
+    csum_add(csum_add(acc, u32::from(!old)), u32::from(new))
+}
+
+/// Rewrites a packet's addresses and ports from `key` to `new` with the
+/// fewest helper calls: one IP checksum update for both addresses, one L4
+/// update for the addresses (they enter its pseudo-header) and one for the
+/// ports (they do not, which matters when the L4 checksum is offloaded),
+/// and one store of the whole tuple when it is contiguous (no IP options).
+/// Measured against a call per field: a DNAT or SNAT took five helper
+/// calls, a rewrite of both ends seven. For ICMP the identifier is the
+/// request's `sport` and the reply's `dport` (`icmp_request`), and sits in
+/// the ICMP header.
+#[inline(always)]
+pub fn rewrite_tuple(
+    ctx: &TcContext,
+    l4: usize,
+    key: &FlowKey,
+    new: &crate::verdict::Rewrite,
+    icmp_request: bool,
+) -> Rewrite {
+    let addrs_changed = key.saddr != new.saddr || key.daddr != new.daddr;
+    let csum = L4Csum::of(key.proto, l4);
+    if addrs_changed {
+        let diff = diff32(diff32(0, key.saddr, new.saddr), key.daddr, new.daddr);
+        if csum.covers_addresses() {
+            ctx.l4_csum_replace(csum.offset, 0, u64::from(diff), csum.flags)
+                .map_err(|_| Stat::CsumL4Failed)?;
+        }
+        ctx.l3_csum_replace(L3_OFF + IPV4_CSUM_OFF, 0, u64::from(diff), 0)
+            .map_err(|_| Stat::CsumL3Failed)?;
+    }
+    if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
+        let (old_id, new_id) = if icmp_request {
+            (key.sport, new.sport)
+        } else {
+            (key.dport, new.dport)
+        };
+        if addrs_changed {
+            ctx.store(L3_OFF + IPV4_SADDR_OFF, &[new.saddr, new.daddr], 0)
+                .map_err(|_| Stat::WriteFailed)?;
+        }
+        return set_port(ctx, l4 + ICMP_ID_OFF, old_id, new_id, csum);
+    }
+    let ports_changed = key.sport != new.sport || key.dport != new.dport;
+    if ports_changed {
+        let diff = diff16(diff16(0, key.sport, new.sport), key.dport, new.dport);
+        ctx.l4_csum_replace(csum.offset, 0, u64::from(diff), csum.port_flags())
+            .map_err(|_| Stat::CsumL4Failed)?;
+    }
+    if l4 == L3_OFF + IPV4_MIN_HLEN && (addrs_changed || ports_changed) {
+        // saddr, daddr, sport, dport: 12 contiguous bytes.
+        let tuple: [u32; 3] = [
+            new.saddr,
+            new.daddr,
+            u32::from(new.sport) | (u32::from(new.dport) << 16),
+        ];
+        return ctx
+            .store(L3_OFF + IPV4_SADDR_OFF, &tuple, 0)
+            .map_err(|_| Stat::WriteFailed);
+    }
+    if addrs_changed {
+        ctx.store(L3_OFF + IPV4_SADDR_OFF, &[new.saddr, new.daddr], 0)
+            .map_err(|_| Stat::WriteFailed)?;
+    }
+    if ports_changed {
+        ctx.store(l4, &[new.sport, new.dport], 0)
+            .map_err(|_| Stat::WriteFailed)?;
+    }
+    Ok(())
 }

@@ -51,3 +51,23 @@ pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETER_PROB: u8 = 12;
+pub const ICMP_TIMESTAMP: u8 = 13;
+pub const ICMP_TIMESTAMP_REPLY: u8 = 14;
+pub const ICMP_INFO_REQUEST: u8 = 15;
+pub const ICMP_INFO_REPLY: u8 = 16;
+pub const ICMP_ADDRESS: u8 = 17;
+pub const ICMP_ADDRESS_REPLY: u8 = 18;
+
+/// Whether an ICMP type is a query that nf_conntrack tracks by its
+/// identifier (echo, timestamp, information, address mask): `Some(true)`
+/// for a request, `Some(false)` for a reply.
+#[inline(always)]
+pub fn icmp_query(kind: u8) -> Option<bool> {
+    match kind {
+        ICMP_ECHO_REQUEST | ICMP_TIMESTAMP | ICMP_INFO_REQUEST | ICMP_ADDRESS => Some(true),
+        ICMP_ECHO_REPLY | ICMP_TIMESTAMP_REPLY | ICMP_INFO_REPLY | ICMP_ADDRESS_REPLY => {
+            Some(false)
+        }
+        _ => None,
+    }
+}

@@ -18,9 +18,8 @@ use super::{
     eth::{ETH_P_IP, ETH_PROTO_OFF},
     ipv4::{IPV4_MIN_HLEN, Ipv4Hdr, L3_OFF},
     l4::{
-        ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID_OFF,
-        ICMP_PARAMETER_PROB, ICMP_TIME_EXCEEDED, TCP_DOFF_OFF, TCP_MIN_HLEN, UDP_HLEN, UDP_LEN_OFF,
-        tcp_flags_valid,
+        ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_ID_OFF, ICMP_PARAMETER_PROB, ICMP_TIME_EXCEEDED,
+        TCP_DOFF_OFF, TCP_MIN_HLEN, UDP_HLEN, UDP_LEN_OFF, icmp_query, tcp_flags_valid,
     },
 };
 
@@ -48,6 +47,9 @@ pub struct Packet {
     pub key: FlowKey,
     pub tcp_flags: u8,
     pub icmp_type: u8,
+    /// For ICMP: a query request (its identifier is the key's `sport`; a
+    /// reply's is its `dport`).
+    pub icmp_request: bool,
     /// `skb->len`.
     pub len: u32,
 }
@@ -72,8 +74,8 @@ pub struct IcmpError {
     pub end: u16,
     /// The embedded packet's flow key (it travelled the other way).
     pub inner: FlowKey,
-    /// For an embedded ICMP echo: whether it was a request (id in `sport`).
-    pub inner_echo_request: bool,
+    /// For an embedded ICMP query: whether it was a request (id in `sport`).
+    pub inner_request: bool,
 }
 
 /// What a frame is, as far as the datapath cares.
@@ -203,10 +205,12 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         sport: 0,
         dport: 0,
         proto: ip.proto,
-        _pad: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
     };
     let mut tcp_flags = 0;
     let mut icmp_type = 0;
+    let mut icmp_request = false;
     let malformed = Parsed::Untranslatable(ip, Stat::Malformed);
     match ip.proto {
         IPPROTO_TCP => {
@@ -247,10 +251,13 @@ pub fn parse(ctx: &TcContext) -> Parsed {
             key.dport = ports[1];
         }
         IPPROTO_ICMP => {
-            let (Some([kind, _code]), Some(id)) = (
-                ctx::load::<[u8; 2]>(ctx, l4),
-                ctx::load::<u16>(ctx, l4 + ICMP_ID_OFF),
-            ) else {
+            // One read at a time: with both in one pattern, LLVM matched on
+            // a type it had not loaded yet (undefined when the read failed),
+            // from whatever register held it, which the verifier refuses.
+            let Some([kind, _code]) = ctx::load::<[u8; 2]>(ctx, l4) else {
+                return malformed;
+            };
+            let Some(id) = ctx::load::<u16>(ctx, l4 + ICMP_ID_OFF) else {
                 return malformed;
             };
             if l4_len < ICMP_HLEN {
@@ -258,8 +265,6 @@ pub fn parse(ctx: &TcContext) -> Parsed {
             }
             icmp_type = kind;
             match icmp_type {
-                ICMP_ECHO_REQUEST => key.sport = id,
-                ICMP_ECHO_REPLY => key.dport = id,
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROB => {
                     if ip.first_fragment {
                         // An error is never fragmented by a sane sender.
@@ -267,7 +272,14 @@ pub fn parse(ctx: &TcContext) -> Parsed {
                     }
                     return parse_icmp_error(ctx, ip, l4, end, kind);
                 }
-                _ => return Parsed::Untranslatable(ip, Stat::Unsupported),
+                _ => match icmp_query(kind) {
+                    Some(true) => {
+                        key.sport = id;
+                        icmp_request = true;
+                    }
+                    Some(false) => key.dport = id,
+                    None => return Parsed::Untranslatable(ip, Stat::Unsupported),
+                },
             }
         }
         _ => return Parsed::Untranslatable(ip, Stat::Unsupported),
@@ -278,6 +290,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         key,
         tcp_flags,
         icmp_type,
+        icmp_request,
         len,
     })
 }
@@ -306,9 +319,10 @@ fn parse_icmp_error(ctx: &TcContext, ip: Ip, l4: usize, end: usize, kind: u8) ->
         sport: 0,
         dport: 0,
         proto: inner.proto,
-        _pad: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
     };
-    let mut inner_echo_request = false;
+    let mut inner_request = false;
     match inner.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let Some(ports) = ctx::load::<[u16; 2]>(ctx, inner_l4) else {
@@ -318,19 +332,20 @@ fn parse_icmp_error(ctx: &TcContext, ip: Ip, l4: usize, end: usize, kind: u8) ->
             key.dport = ports[1];
         }
         IPPROTO_ICMP => {
-            let (Some([inner_type, _code]), Some(id)) = (
-                ctx::load::<[u8; 2]>(ctx, inner_l4),
-                ctx::load::<u16>(ctx, inner_l4 + ICMP_ID_OFF),
-            ) else {
+            // One read at a time (see the outer ICMP header's).
+            let Some([inner_type, _code]) = ctx::load::<[u8; 2]>(ctx, inner_l4) else {
                 return malformed;
             };
-            match inner_type {
-                ICMP_ECHO_REQUEST => {
+            let Some(id) = ctx::load::<u16>(ctx, inner_l4 + ICMP_ID_OFF) else {
+                return malformed;
+            };
+            match icmp_query(inner_type) {
+                Some(true) => {
                     key.sport = id;
-                    inner_echo_request = true;
+                    inner_request = true;
                 }
-                ICMP_ECHO_REPLY => key.dport = id,
-                _ => return Parsed::Untranslatable(ip, Stat::Unsupported),
+                Some(false) => key.dport = id,
+                None => return Parsed::Untranslatable(ip, Stat::Unsupported),
             }
         }
         _ => return Parsed::Untranslatable(ip, Stat::Unsupported),
@@ -341,7 +356,7 @@ fn parse_icmp_error(ctx: &TcContext, ip: Ip, l4: usize, end: usize, kind: u8) ->
         inner_l4: inner_l4 as u16,
         end: end as u16,
         inner: key,
-        inner_echo_request,
+        inner_request,
         kind,
     })
 }

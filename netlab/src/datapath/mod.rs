@@ -34,12 +34,11 @@ pub fn check(topo: &Topology) -> Result<()> {
 /// work: `up` runs it while it builds the links), with the loader `up`
 /// started first thing.
 pub fn load(topo: &Topology, early: EarlyLoader) -> Result<()> {
-    ebpf::loader::load(
-        &Pins::of(&topo.name),
-        topo.nat.conntrack_size,
-        topo.datapath.family(),
-        early,
-    )
+    let sizes = ebpf::loader::Sizes {
+        conntrack: topo.nat.conntrack_size,
+        iface_slots: ebpf::config::iface_slots(topo),
+    };
+    ebpf::loader::load(&Pins::of(&topo.name), &sizes, topo.datapath.family(), early)
 }
 
 /// Runs the programs the topology's datapath wants where it wants them

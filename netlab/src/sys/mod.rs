@@ -142,6 +142,12 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
 }
 
+/// CLOCK_MONOTONIC_COARSE in ns: the clock `bpf_ktime_get_coarse_ns`
+/// reads (conntrack's).
+pub fn monotonic_coarse_ns() -> u64 {
+    u64::try_from(clock_ns(libc::CLOCK_MONOTONIC_COARSE)).unwrap_or(0)
+}
+
 /// CLOCK_REALTIME − CLOCK_MONOTONIC, in ns: turns the programs' timestamps
 /// into wall-clock time.
 pub fn realtime_offset_ns() -> i128 {

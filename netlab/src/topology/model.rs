@@ -368,6 +368,22 @@ impl Topology {
             .and_then(|u| self.host_iface_addr(u))
     }
 
+    /// Whether the interface called `name` is the lab's uplink.
+    pub fn is_uplink(&self, name: &str) -> bool {
+        self.nat.uplink.as_deref() == Some(name)
+    }
+
+    /// The uplink's veth end (on the host), if the lab has one.
+    pub fn uplink_end(&self) -> Option<&VethEnd> {
+        self.host_ends().find(|e| self.is_uplink(&e.name))
+    }
+
+    /// The veth ends on the host, in declaration order: where the eBPF
+    /// datapath runs.
+    pub fn host_ends(&self) -> impl Iterator<Item = &VethEnd> {
+        self.veth_ends().filter(|e| e.place == Place::Host)
+    }
+
     /// The published ports the topology declares.
     pub fn published_ports(&self) -> Vec<PublishedPort> {
         self.namespaces

@@ -1,6 +1,9 @@
-//! Writes the eBPF datapath's configuration maps from the topology and the
-//! published ports (idempotent: every sync makes a map hold exactly what is
-//! wanted, so a rerun converges).
+//! The eBPF datapath's configuration maps: [`plan`] says what they must
+//! hold for a topology and the links the kernel has (pure, unit-tested, as
+//! `iptables/plan.rs` is for the rules), [`apply`] makes the pinned maps
+//! hold exactly that (idempotent: a rerun converges). Published ports are
+//! kept apart ([`sync_published`], [`publish_one`], [`unpublish_one`]):
+//! they change at run time, one map update each.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,13 +13,14 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::maps::lpm_trie::Key;
 use netlab_common::nat::{
-    Backend, Endpoint, IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NET_GROUP, NET_INTERNAL, NET_UPLINK,
-    NatConfig, PublishKey, ROLE_LAB, ROLE_UPLINK,
+    Backend, Endpoint, IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NET_GROUP, NET_INTERNAL,
+    NET_SET_INLINE, NET_UPLINK, NatConfig, Net, NetSet, PublishKey, ROLE_LAB, ROLE_UPLINK,
+    iface_slot,
 };
 
 use super::maps;
 use crate::{
-    netlink::{self, Link},
+    netlink,
     pins::Pins,
     sys,
     topology::{Datapath, Ipv4Net, Place, Proto, PublishedPort, Topology},
@@ -25,6 +29,14 @@ use crate::{
 /// An address as the maps hold it (network byte order).
 fn be(addr: Ipv4Addr) -> u32 {
     u32::from(addr).to_be()
+}
+
+/// A subnet as the datapath compares it.
+fn net(net: Ipv4Net) -> Net {
+    Net {
+        net: be(net.network().addr),
+        mask: net.mask().to_be(),
+    }
 }
 
 /// The IP protocol number of a published port.
@@ -43,77 +55,149 @@ fn publish_key(port: &PublishedPort) -> PublishKey {
     }
 }
 
-/// Writes the NAT configuration maps from the topology (idempotent).
-pub fn configure(pins: &Pins, topo: &Topology) -> Result<()> {
-    let mut config = maps::nat_config(pins)?;
+/// What the kernel says of the lab's links, as [`plan`] needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabLinks {
+    /// The host's links by name: ifindex and MAC.
+    pub host: BTreeMap<String, (u32, Option<[u8; 6]>)>,
+    /// MACs of the namespace-side veth ends, by (namespace, name).
+    pub inner_macs: BTreeMap<(Place, String), [u8; 6]>,
+    /// The cookie of the lab's host network namespace.
+    pub host_netns_cookie: u64,
+}
+
+impl LabLinks {
+    /// Reads them from the kernel.
+    pub fn read(topo: &Topology) -> Result<LabLinks> {
+        let host = netlink::run_in(&Place::Host, |nl| async move {
+            Ok(nl
+                .links()
+                .await?
+                .into_iter()
+                .map(|l| (l.name.clone(), (l.index, l.mac)))
+                .collect())
+        })?;
+        let mut inner_macs = BTreeMap::new();
+        for (inner, _) in endpoint_ends(topo) {
+            let name = inner.name.clone();
+            let mac = netlink::run_in(&inner.place, |nl| async move {
+                Ok(nl.require_link(&name).await?.mac)
+            })?
+            .with_context(|| format!("no MAC address on {}", inner.name))?;
+            inner_macs.insert((inner.place.clone(), inner.name.clone()), mac);
+        }
+        Ok(LabLinks {
+            host,
+            inner_macs,
+            host_netns_cookie: sys::host_netns_cookie()?,
+        })
+    }
+
+    fn index(&self, name: &str) -> Result<u32> {
+        self.host
+            .get(name)
+            .map(|(index, _)| *index)
+            .with_context(|| format!("interface {name} is missing on the host"))
+    }
+}
+
+/// Every pair (namespace-side end, host-side end) of a veth whose
+/// namespace side is reached through its host side: the lab's endpoints.
+/// The uplink's peer is the world, reached through the uplink (and
+/// masquerade), never by a peer redirect.
+fn endpoint_ends(
+    topo: &Topology,
+) -> impl Iterator<Item = (&crate::topology::VethEnd, &crate::topology::VethEnd)> {
+    topo.veths
+        .iter()
+        .flat_map(|v| [(&v.a, &v.b), (&v.b, &v.a)])
+        .filter(|(inner, outer)| {
+            inner.place != Place::Host && outer.place == Place::Host && !topo.is_uplink(&outer.name)
+        })
+}
+
+/// Everything the configuration maps must hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapContents {
+    pub nat: NatConfig,
+    /// `LOCAL_ADDRS`: every host address of the lab (the first eight are
+    /// also inline in `nat.local`).
+    pub local: BTreeSet<u32>,
+    /// `LAB_NETS`: (prefix length, network) → kind (`NET_*`).
+    pub lab_nets: BTreeMap<(u32, u32), u32>,
+    /// `MASQ_SUBNETS`: (prefix length, network).
+    pub masquerade: BTreeSet<(u32, u32)>,
+    /// `IFACE_CONFIG`: ifindex → the interface's configuration.
+    pub ifaces: BTreeMap<u32, IfaceConfig>,
+    /// `IFACES`: slot → the configuration of the interface that has it
+    /// (the lowest ifindex of those that map to it).
+    pub iface_slots: BTreeMap<u32, IfaceConfig>,
+    /// `ENDPOINTS`: namespace address → where it is reached.
+    pub endpoints: BTreeMap<u32, Endpoint>,
+}
+
+/// How many rows of per-interface counters a lab of `topo` needs: one per
+/// host-side veth end, and row 0 (which counts nothing).
+pub fn iface_slots(topo: &Topology) -> u32 {
+    topo.host_ends().count() as u32 + 1
+}
+
+/// Fills a [`NetSet`] with `nets`: inline when they fit, else flagged to
+/// be asked of its map (which always holds them all).
+fn net_set(nets: &[Net]) -> NetSet {
+    let mut set = NetSet {
+        count: nets.len().min(NET_SET_INLINE) as u32,
+        ..NetSet::default()
+    };
+    if nets.len() > NET_SET_INLINE {
+        set.overflow = 1;
+    }
+    for (slot, n) in set.nets.iter_mut().zip(nets) {
+        *slot = *n;
+    }
+    set
+}
+
+/// What the maps must hold for `topo` on the kernel's `links` (pure).
+pub fn plan(topo: &Topology, links: &LabLinks) -> Result<MapContents> {
     let (port_min, port_max) = topo.nat.port_range;
     let masq_addr = if topo.nat.masquerade.is_empty() {
         0
     } else {
         topo.uplink_addr().map(be).unwrap_or(0)
     };
-    let host_links: BTreeMap<String, Link> = netlink::run_in(&Place::Host, |nl| async move {
-        Ok(nl
-            .links()
-            .await?
-            .into_iter()
-            .map(|l| (l.name.clone(), l))
-            .collect())
-    })?;
-    let redirect = topo.datapath == Datapath::Redirect;
     let uplink_net = topo
-        .veth_ends()
-        .find(|e| topo.nat.uplink.as_deref() == Some(e.name.as_str()))
+        .uplink_end()
         .and_then(|e| e.addresses.first())
         .map(|a| a.net);
-    config.set(
-        0,
-        NatConfig {
-            masq_addr,
-            port_min,
-            port_max,
-            host_netns_cookie: sys::host_netns_cookie()?,
-            redirect: u32::from(redirect),
-            closed: 1,
-            uplink_net: uplink_net.map_or(0, |n| be(n.network().addr)),
-            uplink_mask: uplink_net.map_or(0, |n| n.mask().to_be()),
-            _pad: 0,
-            uplink_ifindex: topo
-                .nat
-                .uplink
-                .as_deref()
-                .and_then(|u| host_links.get(u))
-                .map_or(0, |l| l.index),
-        },
-        0,
-    )?;
-    sync_endpoints(pins, topo, &host_links)?;
+    let uplink_nets: BTreeSet<Ipv4Net> = topo
+        .uplink_end()
+        .into_iter()
+        .flat_map(|e| e.addresses.iter().map(|a| a.net.network()))
+        .collect();
 
     // Published ports answer on every host address of the lab (Docker
     // publishes on all host addresses; netlab never claims the host's own).
-    let mut local = maps::local_addrs(pins)?;
-    let wanted: BTreeSet<u32> = topo.host_addresses().map(|(_, a)| be(a.net.addr)).collect();
-    let stale: Vec<u32> = local
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| !wanted.contains(k))
-        .collect();
-    for key in stale {
-        local.remove(&key)?;
-    }
-    for addr in &wanted {
-        local.insert(addr, 1, 0)?;
-    }
+    let local: BTreeSet<u32> = topo.host_addresses().map(|(_, a)| be(a.net.addr)).collect();
+    let local_nets: Vec<Net> = local.iter().map(|&a| Net { net: a, mask: !0 }).collect();
 
-    // The lab is closed: its namespaces reach the lab's own subnets (the
-    // uplink's included, which stands for the world) and nothing else, so
-    // the host never forwards lab traffic out of one of its own interfaces.
-    let mut lab_nets = maps::lab_nets(pins)?;
-    let stale: Vec<Key<u32>> = lab_nets.keys().filter_map(|k| k.ok()).collect();
-    for key in stale {
-        lab_nets.remove(&key)?;
+    // The uplink's subnet stands for the world; every other subnet lives
+    // behind the lab's own veths (and so may never arrive on the uplink).
+    let mut lab_nets = BTreeMap::new();
+    let mut internal = Vec::new();
+    for address in topo.addresses() {
+        let network = address.net.network();
+        let kind = if uplink_nets.contains(&network) {
+            NET_UPLINK
+        } else {
+            NET_INTERNAL
+        };
+        let key = (u32::from(network.prefix_len), be(network.addr));
+        if lab_nets.insert(key, kind).is_none() && kind == NET_INTERNAL {
+            internal.push(net(network));
+        }
     }
-    let multicast_and_broadcast = [
+    for group in [
         Ipv4Net {
             addr: Ipv4Addr::new(224, 0, 0, 0),
             prefix_len: 4,
@@ -122,25 +206,132 @@ pub fn configure(pins: &Pins, topo: &Topology) -> Result<()> {
             addr: Ipv4Addr::BROADCAST,
             prefix_len: 32,
         },
-    ];
-    // The uplink's subnet stands for the world; every other subnet lives
-    // behind the lab's own veths (and so may never arrive on the uplink).
-    let uplink_nets: BTreeSet<Ipv4Net> = topo
-        .veth_ends()
-        .filter(|e| topo.nat.uplink.as_deref() == Some(e.name.as_str()))
-        .flat_map(|e| e.addresses.iter().map(|a| a.net.network()))
+    ] {
+        lab_nets.insert((u32::from(group.prefix_len), be(group.addr)), NET_GROUP);
+    }
+    let masquerade: BTreeSet<(u32, u32)> = topo
+        .nat
+        .masquerade
+        .iter()
+        .map(|n| (u32::from(n.prefix_len), be(n.network().addr)))
         .collect();
-    let kinds = topo.addresses().map(|a| {
-        let net = a.net.network();
-        let kind = if uplink_nets.contains(&net) {
-            NET_UPLINK
-        } else {
-            NET_INTERNAL
+    let masq_nets: Vec<Net> = topo.nat.masquerade.iter().map(|n| net(*n)).collect();
+
+    let nat = NatConfig {
+        masq_addr,
+        port_min,
+        port_max,
+        host_netns_cookie: links.host_netns_cookie,
+        redirect: u32::from(topo.datapath == Datapath::Redirect),
+        uplink_ifindex: match topo.nat.uplink.as_deref() {
+            Some(name) => links.index(name)?,
+            None => 0,
+        },
+        // The lab is closed: its namespaces reach the lab's own subnets (the
+        // uplink's included, which stands for the world) and nothing else,
+        // so the host never forwards lab traffic out of one of its own
+        // interfaces; and the world reaches the lab only through published
+        // ports and the replies of masquerade.
+        closed: 1,
+        _pad: 0,
+        uplink: uplink_net.map(net).unwrap_or_default(),
+        local: net_set(&local_nets),
+        internal: net_set(&internal),
+        masquerade: net_set(&masq_nets),
+    };
+
+    let mut ifaces = BTreeMap::new();
+    for (slot, end) in (1..).zip(topo.host_ends()) {
+        let gateway = match &end.bridge {
+            Some(bridge) => topo.host_iface_addr(bridge),
+            None => end.addresses.first().map(|a| a.net.addr),
         };
-        (net, kind)
-    });
-    for (net, kind) in kinds.chain(multicast_and_broadcast.map(|net| (net, NET_GROUP))) {
-        lab_nets.insert(&Key::new(u32::from(net.prefix_len), be(net.addr)), kind, 0)?;
+        let role = if topo.is_uplink(&end.name) {
+            ROLE_UPLINK
+        } else {
+            ROLE_LAB
+        };
+        let ifindex = links.index(&end.name)?;
+        ifaces.insert(
+            ifindex,
+            IfaceConfig {
+                gateway: gateway.map(be).unwrap_or(0),
+                role,
+                slot,
+                ifindex,
+            },
+        );
+    }
+    let mut iface_slots = BTreeMap::new();
+    for (ifindex, config) in &ifaces {
+        iface_slots.entry(iface_slot(*ifindex)).or_insert(*config);
+    }
+
+    // The `redirect` datapath hands packets to the endpoints; both eBPF
+    // datapaths bridge a lab namespace's DNATed flow on to a backend of its
+    // own segment (as br_netfilter does).
+    let mut endpoints = BTreeMap::new();
+    for (inner, outer) in endpoint_ends(topo) {
+        let host_end = links.index(&outer.name)?;
+        let gateway = outer.bridge.as_deref().unwrap_or(&outer.name);
+        let gateway_mac = links
+            .host
+            .get(gateway)
+            .and_then(|(_, mac)| *mac)
+            .with_context(|| format!("no MAC address on {gateway}"))?;
+        let Some(mac) = links
+            .inner_macs
+            .get(&(inner.place.clone(), inner.name.clone()))
+        else {
+            bail!("no MAC address on {}", inner.name);
+        };
+        for address in &inner.addresses {
+            endpoints.insert(
+                be(address.net.addr),
+                Endpoint {
+                    ifindex: host_end,
+                    mac: *mac,
+                    gateway_mac,
+                },
+            );
+        }
+    }
+
+    Ok(MapContents {
+        nat,
+        local,
+        lab_nets,
+        masquerade,
+        ifaces,
+        iface_slots,
+        endpoints,
+    })
+}
+
+/// Makes the pinned configuration maps hold exactly `plan`.
+pub fn apply(pins: &Pins, plan: &MapContents) -> Result<()> {
+    maps::nat_config(pins)?.set(0, plan.nat, 0)?;
+
+    let mut local = maps::local_addrs(pins)?;
+    let stale: Vec<u32> = local
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !plan.local.contains(k))
+        .collect();
+    for key in stale {
+        local.remove(&key)?;
+    }
+    for addr in &plan.local {
+        local.insert(addr, 1, 0)?;
+    }
+
+    let mut lab_nets = maps::lab_nets(pins)?;
+    let stale: Vec<Key<u32>> = lab_nets.keys().filter_map(|k| k.ok()).collect();
+    for key in stale {
+        lab_nets.remove(&key)?;
+    }
+    for (&(prefix_len, addr), kind) in &plan.lab_nets {
+        lab_nets.insert(&Key::new(prefix_len, addr), kind, 0)?;
     }
 
     let mut masq = maps::masq_subnets(pins)?;
@@ -148,42 +339,51 @@ pub fn configure(pins: &Pins, topo: &Topology) -> Result<()> {
     for key in stale {
         masq.remove(&key)?;
     }
-    for net in &topo.nat.masquerade {
-        masq.insert(
-            &Key::new(u32::from(net.prefix_len), be(net.network().addr)),
-            1,
-            0,
-        )?;
+    for &(prefix_len, addr) in &plan.masquerade {
+        masq.insert(&Key::new(prefix_len, addr), 1, 0)?;
     }
 
-    let host_ends: Vec<(String, u32, u32)> = topo
-        .veth_ends()
-        .filter(|e| e.place == Place::Host)
-        .map(|e| {
-            let gateway = match &e.bridge {
-                Some(bridge) => topo.host_iface_addr(bridge),
-                None => e.addresses.first().map(|a| a.net.addr),
-            };
-            let role = if topo.nat.uplink.as_deref() == Some(e.name.as_str()) {
-                ROLE_UPLINK
-            } else {
-                ROLE_LAB
-            };
-            (e.name.clone(), gateway.map(be).unwrap_or(0), role)
-        })
-        .collect();
-    let indexes: BTreeMap<String, u32> = host_links
-        .iter()
-        .map(|(name, link)| (name.clone(), link.index))
-        .collect();
     let mut ifaces = maps::iface_config(pins)?;
-    for (name, gateway, role) in host_ends {
-        let index = *indexes
-            .get(&name)
-            .with_context(|| format!("interface {name} is missing on the host"))?;
-        ifaces.insert(index, IfaceConfig { gateway, role }, 0)?;
+    let mut slots = maps::ifaces(pins)?;
+    let stale: Vec<u32> = ifaces
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !plan.ifaces.contains_key(k))
+        .collect();
+    for key in stale {
+        ifaces.remove(&key)?;
+        // The slots of interfaces gone, unless another has them now.
+        let slot = iface_slot(key);
+        if !plan.iface_slots.contains_key(&slot) {
+            slots.set(slot, IfaceConfig::default(), 0)?;
+        }
+    }
+    for (index, config) in &plan.ifaces {
+        ifaces.insert(index, config, 0)?;
+    }
+    for (slot, config) in &plan.iface_slots {
+        slots.set(*slot, config, 0)?;
+    }
+
+    let mut endpoints = maps::endpoints(pins)?;
+    let stale: Vec<u32> = endpoints
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !plan.endpoints.contains_key(k))
+        .collect();
+    for key in stale {
+        endpoints.remove(&key)?;
+    }
+    for (addr, endpoint) in &plan.endpoints {
+        endpoints.insert(addr, endpoint, 0)?;
     }
     Ok(())
+}
+
+/// Writes the configuration maps for `topo` (idempotent).
+pub fn configure(pins: &Pins, topo: &Topology) -> Result<()> {
+    let links = LabLinks::read(topo)?;
+    apply(pins, &plan(topo, &links)?)
 }
 
 fn publish_entry(topo: &Topology, port: &PublishedPort) -> Result<(PublishKey, Backend)> {
@@ -208,70 +408,13 @@ pub fn publish_one(pins: &Pins, topo: &Topology, port: &PublishedPort) -> Result
     Ok(())
 }
 
-/// Removes one published port: one map delete. Established flows keep
-/// their conntrack entries and finish normally.
+/// Removes one published port: one map delete.
 pub fn unpublish_one(pins: &Pins, port: &PublishedPort) -> Result<()> {
     let mut published = maps::published(pins)?;
     match published.remove(&publish_key(port)) {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Fills the endpoint map: every address of a namespace-side veth end whose
-/// peer is on the host. The `redirect` datapath hands packets to them; both
-/// eBPF datapaths bridge a lab namespace's DNATed flow on to a backend of
-/// its own segment (as br_netfilter does).
-fn sync_endpoints(pins: &Pins, topo: &Topology, host_links: &BTreeMap<String, Link>) -> Result<()> {
-    let mut endpoints = maps::endpoints(pins)?;
-    let mut wanted: BTreeMap<u32, Endpoint> = BTreeMap::new();
-    for veth in &topo.veths {
-        for (inner, outer) in [(&veth.a, &veth.b), (&veth.b, &veth.a)] {
-            // The uplink's peer is the world: it is reached through the
-            // uplink (and masquerade), never by a peer redirect.
-            if inner.place == Place::Host
-                || outer.place != Place::Host
-                || topo.nat.uplink.as_deref() == Some(outer.name.as_str())
-            {
-                continue;
-            }
-            let Some(host_end) = host_links.get(&outer.name) else {
-                bail!("interface {} is missing on the host", outer.name);
-            };
-            let gateway = outer.bridge.as_deref().unwrap_or(&outer.name);
-            let gateway_mac = host_links
-                .get(gateway)
-                .and_then(|l| l.mac)
-                .with_context(|| format!("no MAC address on {gateway}"))?;
-            let name = inner.name.clone();
-            let mac = netlink::run_in(&inner.place, |nl| async move {
-                Ok(nl.require_link(&name).await?.mac)
-            })?
-            .with_context(|| format!("no MAC address on {}", inner.name))?;
-            for address in &inner.addresses {
-                wanted.insert(
-                    be(address.net.addr),
-                    Endpoint {
-                        ifindex: host_end.index,
-                        mac,
-                        gateway_mac,
-                    },
-                );
-            }
-        }
-    }
-    let stale: Vec<u32> = endpoints
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| !wanted.contains_key(k))
-        .collect();
-    for key in stale {
-        endpoints.remove(&key)?;
-    }
-    for (addr, endpoint) in &wanted {
-        endpoints.insert(addr, endpoint, 0)?;
-    }
-    Ok(())
 }
 
 /// Makes the PUBLISHED map hold exactly `records`.
@@ -294,4 +437,130 @@ pub fn sync_published(pins: &Pins, topo: &Topology, ports: &[PublishedPort]) -> 
         published.insert(key, backend, 0)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology;
+
+    fn links(topo: &Topology) -> LabLinks {
+        let mut links = LabLinks {
+            host_netns_cookie: 7,
+            ..LabLinks::default()
+        };
+        let mut index = 100;
+        for bridge in &topo.bridges {
+            links.host.insert(
+                bridge.name.clone(),
+                (index, Some([2, 0, 0, 0, 0, index as u8])),
+            );
+            index += 1;
+        }
+        for end in topo.veth_ends() {
+            if end.place == Place::Host {
+                links.host.insert(
+                    end.name.clone(),
+                    (index, Some([2, 0, 0, 0, 1, index as u8])),
+                );
+            } else {
+                links.inner_macs.insert(
+                    (end.place.clone(), end.name.clone()),
+                    [2, 0, 0, 0, 2, index as u8],
+                );
+            }
+            index += 1;
+        }
+        links
+    }
+
+    fn v4(text: &str) -> u32 {
+        be(text.parse().unwrap_or(Ipv4Addr::UNSPECIFIED))
+    }
+
+    #[test]
+    fn the_default_lab_fills_every_map() {
+        let topo = topology::default_lab().unwrap_or_else(|e| panic!("{e}"));
+        let links = links(&topo);
+        let plan = plan(&topo, &links).unwrap_or_else(|e| panic!("{e:#}"));
+        let nat = &plan.nat;
+        assert_eq!(nat.masq_addr, v4("198.18.0.1"));
+        assert_eq!((nat.port_min, nat.port_max), (32768, 60999));
+        assert_eq!(nat.host_netns_cookie, 7);
+        assert_eq!(nat.redirect, 0);
+        assert_eq!(nat.closed, 1);
+        assert_eq!(nat.uplink_ifindex, links.host["nl-uplink"].0);
+        assert!(nat.uplink.contains(v4("198.18.0.77")));
+        assert!(!nat.uplink.contains(v4("192.168.15.2")));
+        // The bridge's and the uplink's addresses, inline.
+        assert_eq!(plan.local, [v4("192.168.15.5"), v4("198.18.0.1")].into());
+        assert_eq!(nat.local.overflow, 0);
+        assert!(nat.local.nets.iter().any(|n| n.contains(v4("198.18.0.1"))));
+        assert!(!nat.local.nets.iter().any(|n| n.contains(v4("198.18.0.2"))));
+        // One internal subnet (the bridge's), masqueraded.
+        assert_eq!(nat.internal.nets.iter().filter(|n| n.mask != 0).count(), 1);
+        assert!(nat.internal.nets[0].contains(v4("192.168.15.200")));
+        assert!(nat.masquerade.nets[0].contains(v4("192.168.15.1")));
+        assert_eq!(plan.lab_nets[&(24, v4("198.18.0.0"))], NET_UPLINK);
+        assert_eq!(plan.lab_nets[&(24, v4("192.168.15.0"))], NET_INTERNAL);
+        assert_eq!(plan.lab_nets[&(4, v4("224.0.0.0"))], NET_GROUP);
+        // Every host end has a role and its own counters' row.
+        let uplink = plan.ifaces[&links.host["nl-uplink"].0];
+        assert_eq!(
+            (uplink.role, uplink.gateway),
+            (ROLE_UPLINK, v4("198.18.0.1"))
+        );
+        let red = plan.ifaces[&links.host["veth-red-br"].0];
+        assert_eq!((red.role, red.gateway), (ROLE_LAB, v4("192.168.15.5")));
+        let slots: BTreeSet<u32> = plan.ifaces.values().map(|c| c.slot).collect();
+        assert_eq!(slots, (1..iface_slots(&topo)).collect());
+        // Each in its array slot too, tagged with its ifindex.
+        for (ifindex, config) in &plan.ifaces {
+            assert_eq!(plan.iface_slots[&iface_slot(*ifindex)], *config);
+            assert_eq!(config.ifindex, *ifindex);
+        }
+        // red and blue are endpoints, behind their host ends, with the
+        // bridge as their gateway; outside (the world) is not.
+        assert_eq!(plan.endpoints.len(), 2);
+        let blue = plan.endpoints[&v4("192.168.15.2")];
+        assert_eq!(blue.ifindex, links.host["veth-blue-br"].0);
+        assert_eq!(Some(blue.gateway_mac), links.host["v-net-0"].1);
+        assert!(!plan.endpoints.contains_key(&v4("198.18.0.2")));
+    }
+
+    #[test]
+    fn more_subnets_than_fit_inline_overflow_to_their_maps() {
+        let mut text = String::from("name = \"wide\"\n");
+        for i in 0..10 {
+            text.push_str(&format!(
+                "[[namespace]]\nname = \"n{i}\"\n[[veth]]\nname = \"v{i}\"\nnetns = \"n{i}\"\n\
+                 addresses = [\"10.{i}.0.2/24\"]\npeer = {{ name = \"v{i}-h\", addresses = [\"10.{i}.0.1/24\"] }}\n"
+            ));
+        }
+        let topo = topology::parse(&text, "wide.toml").unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan(&topo, &links(&topo)).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(plan.nat.local.overflow, 1);
+        assert_eq!(plan.local.len(), 10);
+        assert_eq!(plan.nat.internal.overflow, 1);
+        assert_eq!(
+            plan.lab_nets
+                .values()
+                .filter(|k| **k == NET_INTERNAL)
+                .count(),
+            10
+        );
+        assert_eq!(plan.nat.masq_addr, 0, "no masquerade, no uplink");
+    }
+
+    #[test]
+    fn a_missing_link_is_named() {
+        let topo = topology::default_lab().unwrap_or_else(|e| panic!("{e}"));
+        let mut links = links(&topo);
+        links.host.remove("veth-blue-br");
+        let err = plan(&topo, &links).err().map(|e| format!("{e:#}"));
+        assert_eq!(
+            err.as_deref(),
+            Some("interface veth-blue-br is missing on the host")
+        );
+    }
 }

@@ -108,7 +108,7 @@ fn loader_without_kernel_btf() -> EbpfLoader<'static> {
 }
 
 /// The programs `up` loads and pins for the eBPF datapaths (once per lab).
-const DATAPATH_PROGRAMS: [(&str, Kind); 6] = [
+const DATAPATH_PROGRAMS: [(&str, Kind); 10] = [
     (names::NAT_INGRESS, Kind::Tc),
     (names::NAT_EGRESS, Kind::Tc),
     (
@@ -126,6 +126,22 @@ const DATAPATH_PROGRAMS: [(&str, Kind); 6] = [
     (
         names::SOCK_GETPEERNAME4,
         Kind::Sock(CgroupSockAddrAttachType::GetPeerName4),
+    ),
+    (
+        names::SOCK_CONNECT6,
+        Kind::Sock(CgroupSockAddrAttachType::Connect6),
+    ),
+    (
+        names::SOCK_SENDMSG6,
+        Kind::Sock(CgroupSockAddrAttachType::UDPSendMsg6),
+    ),
+    (
+        names::SOCK_RECVMSG6,
+        Kind::Sock(CgroupSockAddrAttachType::UDPRecvMsg6),
+    ),
+    (
+        names::SOCK_GETPEERNAME6,
+        Kind::Sock(CgroupSockAddrAttachType::GetPeerName6),
     ),
 ];
 
@@ -224,7 +240,7 @@ fn page_size() -> u32 {
 /// The pinned maps whose layout both sides of this netlab assume, with the
 /// key and value sizes of this build. A lab whose pin has other sizes was
 /// brought up by another netlab.
-fn layouts() -> [(&'static str, usize, usize); 7] {
+fn layouts() -> [(&'static str, usize, usize); 8] {
     use core::mem::size_of;
     use netlab_common::{nat::*, trace::TraceConfig};
     [
@@ -243,6 +259,7 @@ fn layouts() -> [(&'static str, usize, usize); 7] {
             size_of::<Backend>(),
         ),
         (names::ENDPOINTS, 4, size_of::<Endpoint>()),
+        (names::SOCK_NAT, size_of::<SockKey>(), size_of::<SockNat>()),
     ]
 }
 
@@ -278,7 +295,7 @@ pub fn check_pins(pins: &Pins) -> Result<()> {
 /// Loads the object once per lab: its maps, and for the eBPF datapaths its
 /// programs (later `up`s reuse the pinned ones). Needs no interface, so
 /// `up` runs it while it builds the links.
-pub fn load(pins: &Pins, conntrack_size: u32, family: Family, early: EarlyLoader) -> Result<()> {
+pub fn load(pins: &Pins, sizes: &Sizes, family: Family, early: EarlyLoader) -> Result<()> {
     sys::ensure_bpffs()?;
     pins.create()?;
     let programs: &[(&str, Kind)] = match family {
@@ -286,7 +303,16 @@ pub fn load(pins: &Pins, conntrack_size: u32, family: Family, early: EarlyLoader
         // Tracing needs the maps; nothing of the datapath runs in the kernel.
         Family::Iptables => &[],
     };
-    ensure_loaded(pins, conntrack_size, programs, early)
+    ensure_loaded(pins, sizes, programs, early)
+}
+
+/// The sizes of the maps a lab's topology decides.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    /// Flows each conntrack table holds (`nat.conntrack_size`).
+    pub conntrack: u32,
+    /// Rows of per-interface counters (`config::iface_slots`).
+    pub iface_slots: u32,
 }
 
 /// Runs every program of `plan` where it says (after [`load`]): one netlink
@@ -466,7 +492,7 @@ fn attach_sockets(pins: &Pins) -> Result<()> {
 /// `programs` that is not pinned yet.
 fn ensure_loaded(
     pins: &Pins,
-    conntrack_size: u32,
+    sizes: &Sizes,
     programs: &[(&str, Kind)],
     early: EarlyLoader,
 ) -> Result<()> {
@@ -484,8 +510,12 @@ fn ensure_loaded(
     let mut ebpf = early
         .finish()?
         .default_map_pin_directory(pins.maps())
-        .map_max_entries(names::CONNTRACK, conntrack_size)
-        .map_max_entries(names::CONNTRACK_NEW, conntrack_size)
+        .map_max_entries(names::CONNTRACK, sizes.conntrack)
+        .map_max_entries(names::CONNTRACK_NEW, sizes.conntrack)
+        .map_max_entries(
+            names::REDIRECT_STATS,
+            sizes.iface_slots.max(1) * netlab_common::nat::REDIRECT_REASON_SLOTS,
+        )
         // Only a trace session's programs use these, and each session
         // makes its own (start_trace): here they are placeholders, made at
         // their smallest and dropped with `ebpf`.

@@ -6,13 +6,12 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use aya::maps::{
-    Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, lpm_trie::LpmTrie,
-};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, ProgramArray, lpm_trie::LpmTrie};
 use netlab_common::{
     names,
     nat::{
-        Backend, CtEntry, Endpoint, FlowKey, IfaceConfig, NatConfig, PublishKey, RedirectKey, Stat,
+        Backend, CtEntry, Endpoint, FlowKey, IfaceConfig, NatConfig, PublishKey,
+        REDIRECT_REASON_SLOTS, Stat, redirect_stat_index,
     },
     trace::{TRACE_STAT_EMITTED, TRACE_STAT_LOST, TraceConfig},
 };
@@ -71,6 +70,15 @@ pub fn iface_config(pins: &Pins) -> Result<HashMap<MapData, u32, IfaceConfig>> {
     )?))?)
 }
 
+/// The same configurations, by slot of the ifindex (see `names::IFACES`).
+pub fn ifaces(pins: &Pins) -> Result<Array<MapData, IfaceConfig>> {
+    Ok(Array::try_from(Map::Array(open(
+        pins,
+        names::IFACES,
+        NAT_HINT,
+    )?))?)
+}
+
 /// Published ports: (host port, protocol) → the backend they forward to.
 pub fn published(pins: &Pins) -> Result<HashMap<MapData, PublishKey, Backend>> {
     Ok(HashMap::try_from(Map::HashMap(open(
@@ -92,15 +100,28 @@ pub fn endpoints(pins: &Pins) -> Result<HashMap<MapData, u32, Endpoint>> {
 // Readers.
 
 /// Forwarding decisions of the `redirect` datapath per (ifindex, reason),
-/// summed over CPUs.
+/// summed over CPUs (the counters are kept per interface slot; the
+/// interfaces' configuration says which slot is whose).
 pub fn redirect_stats(pins: &Pins) -> Result<BTreeMap<(u32, u32), u64>> {
-    let map: PerCpuHashMap<_, RedirectKey, u64> = PerCpuHashMap::try_from(Map::PerCpuHashMap(
-        open(pins, names::REDIRECT_STATS, NAT_HINT)?,
-    ))?;
+    let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(
+        pins,
+        names::REDIRECT_STATS,
+        NAT_HINT,
+    )?))?;
+    let rows = counters.len() / REDIRECT_REASON_SLOTS;
     let mut out = BTreeMap::new();
-    for entry in map.iter() {
-        let (key, values) = entry?;
-        out.insert((key.ifindex, key.reason), values.iter().sum());
+    for entry in iface_config(pins)?.iter() {
+        let (ifindex, config) = entry?;
+        if config.slot == 0 || config.slot >= rows {
+            continue;
+        }
+        for reason in 0..REDIRECT_REASON_SLOTS {
+            let values = counters.get(&redirect_stat_index(config.slot, reason), 0)?;
+            let n: u64 = values.iter().sum();
+            if n != 0 {
+                out.insert((ifindex, reason), n);
+            }
+        }
     }
     Ok(out)
 }
@@ -119,30 +140,38 @@ pub fn nat_stats(pins: &Pins) -> Result<Vec<(&'static str, u64)>> {
 }
 
 /// The conntrack tables: assured flows, then flows not assured yet (a
-/// flow's two entries are always in the same one).
+/// flow's two halves are always in the same one).
 pub const CONNTRACK_TABLES: [&str; 2] = [names::CONNTRACK, names::CONNTRACK_NEW];
 
-/// Every entry of the conntrack tables (two per flow, expired ones included).
+/// One conntrack table, whichever kind of hash it is (the assured table
+/// is a plain hash, the new one an LRU).
+pub fn conntrack_table(pins: &Pins, name: &str) -> Result<HashMap<MapData, FlowKey, CtEntry>> {
+    let data = open(pins, name, NAT_HINT)?;
+    let map = if name == names::CONNTRACK {
+        Map::HashMap(data)
+    } else {
+        Map::LruHashMap(data)
+    };
+    Ok(HashMap::try_from(map)?)
+}
+
+/// Every half in the conntrack tables (two per flow, expired ones included).
 pub fn conntrack_entries(pins: &Pins) -> Result<Vec<(FlowKey, CtEntry)>> {
     let mut entries = Vec::new();
     for name in CONNTRACK_TABLES {
-        let table: HashMap<_, FlowKey, CtEntry> =
-            HashMap::try_from(Map::LruHashMap(open(pins, name, NAT_HINT)?))?;
-        for item in table.iter() {
+        for item in conntrack_table(pins, name)?.iter() {
             entries.push(item?);
         }
     }
     Ok(entries)
 }
 
-/// Entries in the conntrack tables (two per flow) and their capacity.
+/// Halves in the conntrack tables (two per flow) and their capacity.
 pub fn conntrack_usage(pins: &Pins) -> Result<(usize, u32)> {
     let (mut used, mut max) = (0, 0);
     for name in CONNTRACK_TABLES {
-        let data = open(pins, name, NAT_HINT)?;
-        max += data.info()?.max_entries();
-        let table: HashMap<_, FlowKey, CtEntry> = HashMap::try_from(Map::LruHashMap(data))?;
-        used += table.keys().count();
+        max += open(pins, name, NAT_HINT)?.info()?.max_entries();
+        used += conntrack_table(pins, name)?.keys().count();
     }
     Ok((used, max))
 }

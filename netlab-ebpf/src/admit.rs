@@ -1,0 +1,91 @@
+//! What may enter the lab's datapath and what may leave it: the checks
+//! that keep the lab closed and its addresses honest, before NAT on the
+//! way in and after it on the way out of the uplink.
+//!
+//! - A lab namespace may only send from a lab subnet, and (the lab is
+//!   closed) only to the lab: its subnets, its host addresses, the
+//!   uplink's subnet (the world), multicast and broadcast.
+//! - The uplink may only bring sources from beyond the lab (a lab subnet
+//!   arriving there is spoofed, as rp_filter would say), and only to the
+//!   lab's host addresses (published ports, replies to masquerade), the
+//!   uplink's own subnet, or subnets the lab routes without masquerade.
+//!   Routed access into a masqueraded subnet (a world host routing the lab
+//!   subnet via the uplink) is dropped, as Docker 28 drops routed access
+//!   to a NAT network's unpublished ports; so is transit through the host
+//!   to anywhere else (the routing table says which packets the host
+//!   would forward; its own other addresses answer as they would without
+//!   the lab).
+//! - On the way out of the uplink, a masqueraded source NAT left
+//!   untranslated (it could not translate it) is dropped: no lab address
+//!   leaves.
+
+use aya_ebpf::programs::TcContext;
+use netlab_common::nat::{ROLE_LAB, ROLE_UPLINK, Stat};
+
+use crate::{
+    fib,
+    lab::{Iface, Lab, is_group},
+    pkt::parse::Parsed,
+};
+
+/// The checks of a packet coming in, before any translation.
+#[inline(always)]
+pub fn admit(ctx: &TcContext, lab: &Lab, iface: &Iface, parsed: &Parsed) -> Result<(), Stat> {
+    let Some(ip) = parsed.ip() else {
+        return Ok(());
+    };
+    // The uplink's subnet is the world's; any other lab subnet lives
+    // behind the lab's own veths.
+    let internal = |addr: u32| !lab.in_uplink_net(addr) && lab.is_internal(addr);
+    match iface.role {
+        ROLE_UPLINK => {
+            if internal(ip.saddr) {
+                return Err(Stat::SpoofedSource);
+            }
+            if lab.cfg.closed == 0
+                || lab.is_local(ip.daddr)
+                || lab.in_uplink_net(ip.daddr)
+                || is_group(ip.daddr)
+            {
+                return Ok(());
+            }
+            if lab.is_masqueraded(ip.daddr) {
+                return Err(Stat::RoutedIntoLab);
+            }
+            if internal(ip.daddr) {
+                // A subnet the lab routes as it is (no masquerade).
+                return Ok(());
+            }
+            // The host's own other addresses answer the world as they
+            // would without the lab; forwarding beyond is transit.
+            if fib::forwards(ctx, &ip, ctx.len()) {
+                return Err(Stat::WorldTransit);
+            }
+            Ok(())
+        }
+        ROLE_LAB => {
+            if lab.cfg.closed != 0 && !lab.in_lab(ip.daddr) {
+                return Err(Stat::LeaveLab);
+            }
+            if ip.saddr != 0 && !internal(ip.saddr) {
+                return Err(Stat::SpoofedSource);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The uplink's last word on a packet leaving it untouched (`Pass`): a
+/// masqueraded lab source that NAT left untranslated must not leave. The
+/// reason to drop it, if so.
+#[inline(always)]
+pub fn uplink_leak(lab: &Lab, iface: &Iface, parsed: &Parsed) -> Option<Stat> {
+    if iface.role != ROLE_UPLINK {
+        return None;
+    }
+    parsed
+        .saddr()
+        .filter(|&saddr| lab.is_masqueraded(saddr))
+        .map(|_| Stat::UntranslatedLeak)
+}

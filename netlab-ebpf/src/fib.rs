@@ -1,0 +1,37 @@
+//! The host's routing table, asked from a TC program (`bpf_fib_lookup`).
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibLookup},
+    helpers::bpf_fib_lookup,
+    programs::TcContext,
+};
+
+use crate::pkt::parse::Ip;
+
+/// `AF_INET`.
+const AF_INET: u8 = 2;
+
+/// Whether the host would forward a packet with `ip`'s addresses, arriving
+/// on the program's interface, out of another interface (rather than
+/// deliver it to itself, or drop it).
+#[inline(always)]
+pub fn forwards(ctx: &TcContext, ip: &Ip, len: u32) -> bool {
+    // SAFETY: plain data, all zero is a valid lookup request.
+    let mut params: FibLookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = ip.proto;
+    params.ifindex = crate::pkt::ctx::ifindex(ctx);
+    params.__bindgen_anon_1.tot_len = len.min(u32::from(u16::MAX)) as u16;
+    params.__bindgen_anon_3.ipv4_src = ip.saddr;
+    params.__bindgen_anon_4.ipv4_dst = ip.daddr;
+    // SAFETY: the helper reads and writes `params` only, within its size.
+    let ret = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            &raw mut params,
+            core::mem::size_of::<FibLookup>() as i32,
+            0,
+        )
+    };
+    ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH)
+}

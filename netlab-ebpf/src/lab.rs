@@ -1,0 +1,181 @@
+//! The lab as the programs see it, below every feature: its NAT
+//! configuration (one array slot, read once per packet and handed down),
+//! the interface a program runs on, and the questions every feature asks
+//! of an address (a host address of the lab? behind the lab's veths?
+//! masqueraded? the world's?).
+//!
+//! The sets of addresses most packets are asked about live inline in the
+//! configuration (`NetSet`): up to eight subnets each, compared without a
+//! map lookup. A lab with more sets the set's overflow flag, and the rest
+//! are asked of the set's map.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    programs::TcContext,
+};
+use netlab_common::nat::{IFACE_SLOTS, IfaceConfig, NET_INTERNAL, NatConfig, NetSet, iface_slot};
+
+use crate::pkt::ctx::{self, array_value, value};
+
+#[map(name = "NAT_CONFIG")]
+static NAT_CONFIG: Array<NatConfig> = Array::pinned(1, 0);
+
+/// The lab's host addresses beyond the eight of `NatConfig::local`.
+#[map(name = "LOCAL_ADDRS")]
+static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::pinned(4096, 0);
+
+/// Every subnet masqueraded out of the uplink (asked only when
+/// `NatConfig::masquerade` overflows).
+#[map(name = "MASQ_SUBNETS")]
+static MASQ_SUBNETS: LpmTrie<u32, u32> = LpmTrie::pinned(256, 0);
+
+/// Every lab subnet and its kind (`NET_*`), asked only when
+/// `NatConfig::internal` overflows.
+#[map(name = "LAB_NETS")]
+static LAB_NETS: LpmTrie<u32, u32> = LpmTrie::pinned(16384, 0);
+
+#[map(name = "IFACE_CONFIG")]
+static IFACE_CONFIG: HashMap<u32, IfaceConfig> = HashMap::pinned(16384, 0);
+
+#[map(name = "IFACES")]
+static IFACES: Array<IfaceConfig> = Array::pinned(IFACE_SLOTS, 0);
+
+/// The lab's configuration, as userspace wrote it.
+#[derive(Clone, Copy)]
+pub struct Lab {
+    pub cfg: &'static NatConfig,
+}
+
+impl Lab {
+    /// The configuration; `None` before `up` wrote it (every packet then
+    /// passes untouched).
+    #[inline(always)]
+    pub fn get() -> Option<Lab> {
+        NAT_CONFIG.get(0).map(|cfg| Lab { cfg })
+    }
+
+    /// Whether the `redirect` datapath runs.
+    #[inline(always)]
+    pub fn redirect(&self) -> bool {
+        self.cfg.redirect != 0
+    }
+
+    /// Whether `addr` is one of the lab's host addresses: published ports
+    /// answer there, and every flow translated on the way in is addressed
+    /// to one (DNAT, the replies of masquerade and hairpin SNAT, the host's
+    /// own flows).
+    #[inline(always)]
+    pub fn is_local(&self, addr: u32) -> bool {
+        in_set(&self.cfg.local, addr) || (overflows(&self.cfg.local) && local_overflow(addr))
+    }
+
+    /// Whether `addr` lies behind the lab's own veths (a namespace's or a
+    /// bridge's subnet).
+    #[inline(always)]
+    pub fn is_internal(&self, addr: u32) -> bool {
+        in_set(&self.cfg.internal, addr)
+            || (overflows(&self.cfg.internal) && internal_overflow(addr))
+    }
+
+    /// Whether traffic from `addr` is masqueraded out of the uplink.
+    #[inline(always)]
+    pub fn is_masqueraded(&self, addr: u32) -> bool {
+        in_set(&self.cfg.masquerade, addr)
+            || (overflows(&self.cfg.masquerade) && masq_overflow(addr))
+    }
+
+    /// Whether `addr` is in the uplink's subnet (the world's side).
+    #[inline(always)]
+    pub fn in_uplink_net(&self, addr: u32) -> bool {
+        self.cfg.uplink.contains(addr)
+    }
+
+    /// Whether lab traffic may be addressed to `addr`: the lab's own
+    /// subnets and host addresses, the world beyond the uplink, and
+    /// multicast and broadcast (which the bridges flood).
+    #[inline(always)]
+    pub fn in_lab(&self, addr: u32) -> bool {
+        self.in_uplink_net(addr) || is_group(addr) || self.is_internal(addr) || self.is_local(addr)
+    }
+}
+
+/// Whether `addr` (network order) is multicast or the limited broadcast.
+#[inline(always)]
+pub fn is_group(addr: u32) -> bool {
+    addr == u32::MAX || u32::from_be(addr) >> 28 == 0xe
+}
+
+#[inline(always)]
+fn overflows(set: &NetSet) -> bool {
+    set.overflow != 0
+}
+
+/// Whether one of the set's inline subnets holds `addr` (only the used
+/// ones are compared: most sets hold one or two).
+#[inline(always)]
+fn in_set(set: &NetSet, addr: u32) -> bool {
+    let count = set.count as usize;
+    let mut i = 0;
+    while i < set.nets.len() {
+        if i >= count {
+            return false;
+        }
+        let net = &set.nets[i];
+        if addr & net.mask == net.net {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn local_overflow(addr: u32) -> bool {
+    LOCAL_ADDRS.get_ptr(addr).is_some()
+}
+
+#[inline(always)]
+fn internal_overflow(addr: u32) -> bool {
+    LAB_NETS.get(Key::new(32, addr)).copied() == Some(NET_INTERNAL)
+}
+
+#[inline(always)]
+fn masq_overflow(addr: u32) -> bool {
+    MASQ_SUBNETS.get(Key::new(32, addr)).is_some()
+}
+
+/// The interface a program runs on, as the lab configured it.
+#[derive(Clone, Copy)]
+pub struct Iface {
+    pub ifindex: u32,
+    /// `ROLE_*`, 0 for an interface the lab did not describe.
+    pub role: u32,
+    /// The address hairpin traffic is SNATed to, 0 when none.
+    pub gateway: u32,
+    /// Its row of per-interface counters, 0 for none.
+    pub slot: u32,
+}
+
+impl Iface {
+    /// The interface's configuration: from its slot of `IFACES` (an
+    /// array read), else from `IFACE_CONFIG` when another interface has
+    /// the slot.
+    #[inline(always)]
+    pub fn of(ctx: &TcContext) -> Iface {
+        let ifindex = ctx::ifindex(ctx);
+        let mut cfg = array_value(IFACES.get_ptr(iface_slot(ifindex)))
+            .filter(|c| c.ifindex == ifindex && c.role != 0);
+        if cfg.is_none() {
+            // SAFETY: copied at once; userspace replaces an interface's
+            // configuration only when the lab changes.
+            cfg = unsafe { value(IFACE_CONFIG.get_ptr(ifindex)) };
+        }
+        Iface {
+            ifindex,
+            role: cfg.map_or(0, |c| c.role),
+            gateway: cfg.map_or(0, |c| c.gateway),
+            slot: cfg.map_or(0, |c| c.slot),
+        }
+    }
+}
