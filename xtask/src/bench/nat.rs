@@ -48,8 +48,8 @@ const IPERF_PORT: u16 = 5201;
 /// The direct veth pair, the limit: no bridge, no NAT, no program.
 const DIRECT_CLIENT_NS: &str = "nlb-direct-a";
 const DIRECT_SERVER_NS: &str = "nlb-direct-b";
-const DIRECT_CLIENT: &str = "198.51.100.1";
-const DIRECT_SERVER: &str = "198.51.100.2";
+const DIRECT_CLIENT: &str = "198.19.0.1";
+const DIRECT_SERVER: &str = "198.19.0.2";
 
 /// What the outer xtask asks the sandboxed one to do.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -101,13 +101,35 @@ fn route(path: TrafficPath) -> Route {
         TrafficPath::Direct => Route {
             path,
             client_ns: DIRECT_CLIENT_NS,
-            target: "198.51.100.2:80",
+            target: "198.19.0.2:80",
             seen_as: DIRECT_CLIENT,
         },
     }
 }
 
-const TIMED_METRICS: [Metric; 4] = [Metric::Rr, Metric::Crr, Metric::Stream, Metric::Udp];
+const TIMED_METRICS: [Metric; 5] = [
+    Metric::Rr,
+    Metric::Crr,
+    Metric::CrrPar,
+    Metric::Stream,
+    Metric::Udp,
+];
+
+/// The rule that makes the kernel's conntrack active in a lab's namespace
+/// for the `*-host-ct` datapaths, as Docker's rules make it on any host
+/// that runs it: a masquerade for a subnet nothing in the lab uses.
+const HOST_CONNTRACK_RULE: [&str; 10] = [
+    "iptables-nft",
+    "-w",
+    "-t",
+    "nat",
+    "-A",
+    "POSTROUTING",
+    "-s",
+    "198.19.255.0/24",
+    "-j",
+    "MASQUERADE",
+];
 
 /// The default lab with `ports` published ports: fillers first, then the
 /// ones the traffic uses, so a linear rule list walks all the fillers.
@@ -231,6 +253,11 @@ impl Bench {
             for (i, &ports) in counts.iter().enumerate() {
                 let mut still = Vec::new();
                 for &datapath in &datapaths {
+                    // The sweep over port counts is the plain datapaths'.
+                    if i > 0 && datapath.host_conntrack() {
+                        still.push(datapath);
+                        continue;
+                    }
                     let outcome = if datapath == Datapath::Direct {
                         if i == 0 {
                             self.measure_direct(round)
@@ -304,6 +331,13 @@ impl Bench {
     }
 
     fn measure_lab(&mut self, round: usize, datapath: Datapath, ports: u32) -> Result<()> {
+        // Every lab gets a network namespace of its own for its host side:
+        // what an earlier datapath left there (iptables' tables, with the
+        // conntrack they keep active) never taxes a later one.
+        fresh_host_namespace()?;
+        if datapath.host_conntrack() {
+            sh(&HOST_CONNTRACK_RULE)?;
+        }
         // Written every time: a file left by an earlier run may describe
         // another lab (an older default, say).
         let file = self.plan.work_dir.join(format!("lab-{ports}.toml"));
@@ -327,7 +361,7 @@ impl Bench {
         };
         if let Err(err) = outcome {
             drop(lab);
-            if datapath == Datapath::Redirect {
+            if matches!(datapath, Datapath::Redirect | Datapath::RedirectHostCt) {
                 return Err(err.context(Unavailable));
             }
             return Err(err);
@@ -376,10 +410,10 @@ impl Bench {
             for metric in TIMED_METRICS {
                 self.measure(round, datapath, &route, metric, ports)?;
             }
-            if matches!(datapath, Datapath::Bridge | Datapath::Redirect)
-                && ports == self.plan.port_counts[0]
-            {
-                self.program_costs(round, datapath, &route)?;
+            if datapath.is_ebpf() && ports == self.plan.port_counts[0] {
+                for load in ProgramLoad::ALL {
+                    self.program_costs(round, datapath, &route, load)?;
+                }
             }
             if path == TrafficPath::Dnat && ports == self.plan.port_counts[0] {
                 self.iperf3(round, datapath, ports)?;
@@ -452,7 +486,7 @@ impl Bench {
             );
         }
         checks.push(format!("{} DNAT +{dnat}, SNAT +{snat}", after.source));
-        if datapath == Datapath::Redirect {
+        if matches!(datapath, Datapath::Redirect | Datapath::RedirectHostCt) {
             // Each probe's packets must be redirected, not left to the
             // bridge and the host stack (a silent fallback to `bridge`).
             let redirected = after.redirected.saturating_sub(before.redirected);
@@ -551,6 +585,7 @@ impl Bench {
             Metric::Rr => ("rr", 20_000_000u64),
             // Below the client's port range, so no run reuses a port.
             Metric::Crr => ("crr", 60_000),
+            Metric::CrrPar => ("crr-par", 60_000),
             Metric::Stream => ("stream", 200_000_000_000),
             Metric::Udp => ("udp", 50_000_000),
             _ => bail!("{metric:?} is not a load"),
@@ -719,27 +754,44 @@ impl Bench {
         Ok(())
     }
 
-    /// One more request/response run with the kernel's program accounting
-    /// on (apart from the timed runs, whose figures it would tax): each
-    /// program's ns per packet on this path.
-    fn program_costs(&mut self, round: usize, datapath: Datapath, route: &Route) -> Result<()> {
+    /// One more run with the kernel's program accounting on (apart from
+    /// the timed runs, whose figures it would tax): each program's ns per
+    /// packet on this path under `load`.
+    fn program_costs(
+        &mut self,
+        round: usize,
+        datapath: Datapath,
+        route: &Route,
+        load: ProgramLoad,
+    ) -> Result<()> {
         self.flush()?;
         let pins = netlab::pins::Pins::of("default");
         let seconds = (self.seconds(round) / 2.0).max(0.2);
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", route.client_ns])
-            .arg(&self.plan.loadgen)
-            .args(["run", "rr", "--to", route.target])
-            .args(["--seconds", &seconds.to_string()])
-            .args(["--max-count", "20000000"])
-            .args(["--cpu", &CLIENT_CPU.to_string()]);
+        cmd.args(["netns", "exec", route.client_ns]);
+        match load {
+            ProgramLoad::Rr | ProgramLoad::Udp => {
+                let metric = if load == ProgramLoad::Rr { "rr" } else { "udp" };
+                cmd.arg(&self.plan.loadgen)
+                    .args(["run", metric, "--to", route.target])
+                    .args(["--seconds", &seconds.to_string()])
+                    .args(["--max-count", "20000000"])
+                    .args(["--cpu", &CLIENT_CPU.to_string()]);
+            }
+            ProgramLoad::Ping => {
+                let host = route.target.split(':').next().unwrap_or(route.target);
+                // Bounded in count and time: `-c` packets, `-w` seconds.
+                cmd.args(["ping", "-q", "-f", "-c", "20000", "-w", "5", host]);
+            }
+        }
         let (before, after) = {
             let _stats = super::progcost::StatsOn::new()?;
             let before = super::progcost::Snapshot::take(&pins)?;
             output(&mut cmd).with_context(|| {
                 format!(
-                    "{} rr with bpf_stats through {}",
+                    "{} {} with bpf_stats through {}",
                     path_id(route.path),
+                    load.id(),
                     datapath.label()
                 )
             })?;
@@ -749,9 +801,10 @@ impl Bench {
             self.progress(
                 round,
                 &format!(
-                    "{} · {} {program}: {ns_per_run:.0} ns/packet over {runs} runs",
+                    "{} · {} {} {program}: {ns_per_run:.0} ns/packet over {runs} runs",
                     datapath.label(),
-                    path_id(route.path)
+                    path_id(route.path),
+                    load.id()
                 ),
             );
             self.results.program_costs.push(ProgramCost {
@@ -759,6 +812,7 @@ impl Bench {
                 warmup: round < self.plan.warmup_rounds,
                 datapath,
                 path: route.path,
+                load: load.id().to_owned(),
                 program: program.to_owned(),
                 ns_per_run,
                 runs,
@@ -770,6 +824,40 @@ impl Bench {
     fn push(&mut self, sample: Sample) {
         self.results.samples.push(sample);
     }
+}
+
+/// What runs while the kernel accounts the programs' time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ProgramLoad {
+    /// TCP request/response: every packet finds cold caches.
+    Rr,
+    /// The UDP flood: warm.
+    Udp,
+    /// `ping -f`: ICMP echo, one packet in flight.
+    Ping,
+}
+
+impl ProgramLoad {
+    pub const ALL: [ProgramLoad; 3] = [ProgramLoad::Rr, ProgramLoad::Udp, ProgramLoad::Ping];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            ProgramLoad::Rr => "rr",
+            ProgramLoad::Udp => "udp",
+            ProgramLoad::Ping => "ping",
+        }
+    }
+}
+
+/// Moves this thread (and what it starts from now on) into a new network
+/// namespace with its loopback up: the host side of the next lab.
+fn fresh_host_namespace() -> Result<()> {
+    // SAFETY: unshare has no memory preconditions; it affects this thread
+    // (the bench's main thread, which starts every command).
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
+    }
+    sh(&["ip", "link", "set", "lo", "up"])
 }
 
 /// The error context that marks a datapath netlab cannot build yet.

@@ -20,6 +20,8 @@ fn color(datapath: Datapath) -> RGBColor {
         Datapath::IptablesLegacy => RGBColor(255, 127, 14),
         Datapath::Bridge => RGBColor(31, 119, 180),
         Datapath::Redirect => RGBColor(44, 160, 44),
+        Datapath::BridgeHostCt => RGBColor(148, 103, 189),
+        Datapath::RedirectHostCt => RGBColor(140, 86, 75),
         Datapath::Direct => RGBColor(90, 90, 90),
     }
 }

@@ -18,18 +18,42 @@ pub enum Datapath {
     Bridge,
     /// netlab's eBPF NAT with redirects past the bridge and host stack.
     Redirect,
+    /// `bridge` on a host whose own conntrack is active in the lab's
+    /// namespace (as on any machine running Docker): one unrelated
+    /// masquerade rule there.
+    BridgeHostCt,
+    /// `redirect` on such a host.
+    RedirectHostCt,
     /// The limit: a veth pair between two namespaces; no bridge, NAT or program.
     Direct,
 }
 
 impl Datapath {
-    pub const ALL: [Datapath; 5] = [
+    pub const ALL: [Datapath; 7] = [
         Datapath::IptablesNft,
         Datapath::IptablesLegacy,
         Datapath::Bridge,
         Datapath::Redirect,
+        Datapath::BridgeHostCt,
+        Datapath::RedirectHostCt,
         Datapath::Direct,
     ];
+
+    /// netlab's eBPF datapaths (whatever the host's conntrack does).
+    pub fn is_ebpf(self) -> bool {
+        matches!(
+            self,
+            Datapath::Bridge
+                | Datapath::Redirect
+                | Datapath::BridgeHostCt
+                | Datapath::RedirectHostCt
+        )
+    }
+
+    /// Whether the host's conntrack is made active in the lab's namespace.
+    pub fn host_conntrack(self) -> bool {
+        matches!(self, Datapath::BridgeHostCt | Datapath::RedirectHostCt)
+    }
 
     pub fn id(self) -> &'static str {
         match self {
@@ -37,6 +61,8 @@ impl Datapath {
             Datapath::IptablesLegacy => "iptables-legacy",
             Datapath::Bridge => "bridge",
             Datapath::Redirect => "redirect",
+            Datapath::BridgeHostCt => "bridge-host-ct",
+            Datapath::RedirectHostCt => "redirect-host-ct",
             Datapath::Direct => "direct",
         }
     }
@@ -47,6 +73,8 @@ impl Datapath {
             Datapath::IptablesLegacy => "iptables (legacy)",
             Datapath::Bridge => "netlab bridge",
             Datapath::Redirect => "netlab redirect",
+            Datapath::BridgeHostCt => "netlab bridge, host conntrack on",
+            Datapath::RedirectHostCt => "netlab redirect, host conntrack on",
             Datapath::Direct => "direct veth (limit)",
         }
     }
@@ -60,8 +88,8 @@ impl Datapath {
         match self {
             Datapath::IptablesNft => Some(("iptables", Some("nft"))),
             Datapath::IptablesLegacy => Some(("iptables", Some("legacy"))),
-            Datapath::Bridge => Some(("bridge", None)),
-            Datapath::Redirect => Some(("redirect", None)),
+            Datapath::Bridge | Datapath::BridgeHostCt => Some(("bridge", None)),
+            Datapath::Redirect | Datapath::RedirectHostCt => Some(("redirect", None)),
             Datapath::Direct => None,
         }
     }
@@ -103,7 +131,7 @@ impl TrafficPath {
                 "lab namespace → outside (masquerade: red → 198.18.0.2, seen as 198.18.0.1)"
             }
             TrafficPath::EastWest => "namespace → namespace (red → blue, 192.168.15.0/24)",
-            TrafficPath::Direct => "direct veth pair (198.51.100.1 → 198.51.100.2)",
+            TrafficPath::Direct => "direct veth pair (198.19.0.1 → 198.19.0.2)",
         }
     }
 }
@@ -116,6 +144,9 @@ pub enum Metric {
     Rr,
     /// TCP connect/request/close, connections/s.
     Crr,
+    /// The same with 16 connections in flight, connections/s: the sender's
+    /// CPU saturates.
+    CrrPar,
     /// TCP bulk, Gbit/s (netlab-loadgen).
     Stream,
     /// iperf3's TCP bulk over the same path, Gbit/s (the cross-check).
@@ -134,7 +165,7 @@ impl Metric {
     pub fn unit(self) -> &'static str {
         match self {
             Metric::Rr => "tx/s",
-            Metric::Crr => "conn/s",
+            Metric::Crr | Metric::CrrPar => "conn/s",
             Metric::Stream | Metric::Iperf3 => "Gbit/s",
             Metric::Udp => "pkt/s",
             Metric::Install => "ms",
@@ -145,10 +176,11 @@ impl Metric {
     pub fn label(self) -> &'static str {
         match self {
             Metric::Rr => "TCP request/response (1 byte, one connection)",
-            Metric::Crr => "TCP connect/request/close",
+            Metric::Crr => "TCP connect/request/close, one at a time",
+            Metric::CrrPar => "TCP connect/request/close, 16 in parallel",
             Metric::Stream => "TCP bulk (loadgen)",
             Metric::Iperf3 => "TCP bulk (iperf3 cross-check)",
-            Metric::Udp => "UDP 18-byte packets received",
+            Metric::Udp => "UDP 18-byte packets received (64 per sendmmsg)",
             Metric::Install => "`netlab up` with N published ports",
             Metric::Add => "add 1 port with N present (datapath update)",
             Metric::Rm => "remove 1 port with N present (datapath update)",
@@ -242,9 +274,17 @@ pub struct ProgramCost {
     pub warmup: bool,
     pub datapath: Datapath,
     pub path: TrafficPath,
+    /// The load it was measured under: request/response (`rr`, cold
+    /// caches), the UDP flood (`udp`, warm), `ping -f` (`ping`).
+    #[serde(default = "rr")]
+    pub load: String,
     pub program: String,
     pub ns_per_run: f64,
     pub runs: u64,
+}
+
+fn rr() -> String {
+    "rr".to_owned()
 }
 
 impl Results {

@@ -7,13 +7,14 @@
 //!
 //! Safety: it refuses to run in a namespace with any non-lab address (the
 //! host's), only targets the
-//! bench's lab ranges (192.168.15.0/24, 198.18.0.0/24, 198.51.100.0/24), and
+//! bench's lab ranges (192.168.15.0/24, 198.18.0.0/24, 198.19.0.0/24), and
 //! every run is bounded in time and in count; the server exits by itself.
 //!
-//! The server is one thread per protocol and handles TCP connections one
-//! after the other: the client runs one connection at a time, and a
-//! sequential server costs no thread start per connection (which would
-//! dominate the connection rate). Its first byte names the mode:
+//! The server handles TCP connections on a fixed pool of threads, each
+//! accepting and serving one connection after the other: no thread start
+//! per connection (which would dominate the connection rate), and enough
+//! of them for `crr-par`'s connections in flight. A connection's first
+//! byte names the mode:
 //! `E` echo (request/response), `C` one 1-byte exchange then wait for the
 //! client's close (connection rate; the client closes first, so TIME_WAIT
 //! stays in the client's namespace), `S` sink (bulk; answers the byte count),
@@ -41,6 +42,10 @@ const MAX_SERVE: Duration = Duration::from_secs(4 * 3600);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Datagram payload of the UDP metric (a small packet).
 const UDP_PAYLOAD: usize = 18;
+/// `crr-par`'s client threads, each with one connection in flight.
+const PARALLEL_CONNECTIONS: usize = 16;
+/// The server's TCP threads: room for every `crr-par` connection.
+const SERVER_THREADS: usize = 2 * PARALLEL_CONNECTIONS;
 
 #[derive(Parser)]
 #[command(
@@ -117,9 +122,14 @@ enum Metric {
     Rr,
     /// New TCP connection per 1-byte request/response, client closes first.
     Crr,
+    /// As `crr`, with [`PARALLEL_CONNECTIONS`] client threads, each with a
+    /// connection in flight: the sender's CPU saturates on connections,
+    /// not on waiting for the other CPU.
+    CrrPar,
     /// Bulk TCP transfer.
     Stream,
-    /// Small UDP datagrams, one way, counted by the server.
+    /// Small UDP datagrams, one way, in batches of 64 per `sendmmsg`,
+    /// counted by the server: the sender's CPU saturates on the datapath.
     Udp,
     /// Small UDP datagrams, one way, in batches of 64 per `sendmmsg`, to a
     /// port nobody listens on (the receiving kernel drops them: NO_SOCKET):
@@ -470,14 +480,14 @@ fn local_ipv4_addresses() -> Result<Vec<Ipv4Addr>> {
 /// The bench's lab ranges, and nothing else.
 fn is_lab_address(addr: Ipv4Addr) -> bool {
     let [a, b, c, _] = addr.octets();
-    matches!((a, b, c), (192, 168, 15) | (198, 18, 0) | (198, 51, 100))
+    matches!((a, b, c), (192, 168, 15) | (198, 18, 0) | (198, 19, 0))
 }
 
 fn check_target(to: SocketAddrV4) -> Result<()> {
     if !is_lab_address(*to.ip()) {
         bail!(
             "{to} is not a lab address of the bench (192.168.15.0/24, 198.18.0.0/24, \
-             198.51.100.0/24)"
+             198.19.0.0/24)"
         );
     }
     Ok(())
@@ -531,11 +541,22 @@ fn serve(port: u16, lifetime: Duration) -> Result<()> {
     });
     thread::spawn(move || serve_udp(&udp));
     eprintln!("netlab-loadgen: serving TCP and UDP port {port}");
-    for stream in tcp.incoming() {
-        let Ok(stream) = stream else { continue };
-        if let Err(err) = serve_connection(stream) {
-            eprintln!("netlab-loadgen: connection: {err:#}");
-        }
+    let tcp = std::sync::Arc::new(tcp);
+    let workers: Vec<_> = (0..SERVER_THREADS)
+        .map(|_| {
+            let tcp = std::sync::Arc::clone(&tcp);
+            thread::spawn(move || {
+                for stream in tcp.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    if let Err(err) = serve_connection(stream) {
+                        eprintln!("netlab-loadgen: connection: {err:#}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
     }
     Ok(())
 }
@@ -636,18 +657,17 @@ fn run(metric: Metric, to: SocketAddrV4, budget: Duration, max_count: u64) -> Re
             }
             n
         }
-        Metric::Crr => {
+        Metric::Crr => connections(to, deadline, max_count)?,
+        Metric::CrrPar => {
+            let share = max_count.div_ceil(PARALLEL_CONNECTIONS as u64);
+            let clients: Vec<_> = (0..PARALLEL_CONNECTIONS)
+                .map(|_| thread::spawn(move || connections(to, deadline, share)))
+                .collect();
             let mut n = 0;
-            let mut byte = [0u8];
-            while n < max_count && Instant::now() < deadline {
-                let mut stream = connect(to).with_context(|| format!("connection {}", n + 1))?;
-                stream.write_all(b"C")?;
-                stream
-                    .read_exact(&mut byte)
-                    .context("waiting for the response")?;
-                // Dropping closes: the client sends the first FIN.
-                drop(stream);
-                n += 1;
+            for client in clients {
+                n += client
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
             }
             n
         }
@@ -685,14 +705,8 @@ fn run(metric: Metric, to: SocketAddrV4, budget: Duration, max_count: u64) -> Re
         Metric::Udp => {
             let socket = udp_socket(to)?;
             udp_ask(&socket, b"R")?;
-            let payload = [b'u'; UDP_PAYLOAD];
             let started = Instant::now();
-            while sent < max_count && Instant::now() < deadline {
-                // A full queue (ENOBUFS) is a lost datagram, as on the wire.
-                if socket.send(&payload).is_ok() {
-                    sent += 1;
-                }
-            }
+            sent = flood(&socket, deadline, max_count);
             let elapsed = started.elapsed();
             let reply = udp_ask(&socket, b"Q")?;
             let received = u64::from_le_bytes(
@@ -723,6 +737,24 @@ fn run(metric: Metric, to: SocketAddrV4, budget: Duration, max_count: u64) -> Re
         rate: count as f64 / seconds,
         cpu_busy_seconds: busy_after - busy_before,
     })
+}
+
+/// Sequential connections to `to` (connect, 1-byte exchange, close from
+/// this side), until `deadline` or `max_count`; how many completed.
+fn connections(to: SocketAddrV4, deadline: Instant, max_count: u64) -> Result<u64> {
+    let mut n = 0;
+    let mut byte = [0u8];
+    while n < max_count && Instant::now() < deadline {
+        let mut stream = connect(to).with_context(|| format!("connection {}", n + 1))?;
+        stream.write_all(b"C")?;
+        stream
+            .read_exact(&mut byte)
+            .context("waiting for the response")?;
+        // Dropping closes: the client sends the first FIN.
+        drop(stream);
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Sends datagrams of [`UDP_PAYLOAD`] bytes on the connected `socket`,
@@ -905,7 +937,7 @@ mod tests {
     fn only_lab_ranges_are_targets() {
         assert!(is_lab_address(Ipv4Addr::new(198, 18, 0, 1)));
         assert!(is_lab_address(Ipv4Addr::new(192, 168, 15, 2)));
-        assert!(is_lab_address(Ipv4Addr::new(198, 51, 100, 2)));
+        assert!(is_lab_address(Ipv4Addr::new(198, 19, 0, 2)));
         assert!(!is_lab_address(Ipv4Addr::new(192, 0, 2, 1)));
         assert!(!is_lab_address(Ipv4Addr::new(127, 0, 0, 1)));
         assert!(!is_lab_address(Ipv4Addr::new(192, 168, 1, 1)));
