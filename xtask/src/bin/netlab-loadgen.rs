@@ -610,20 +610,97 @@ fn serve_udp(socket: &UdpSocket) {
         let Ok((n, peer)) = socket.recv_from(&mut buf) else {
             continue;
         };
-        let reply: Option<Vec<u8>> = match &buf[..n] {
+        match &buf[..n] {
             b"R" => {
-                received = 0;
-                Some(b"R".to_vec())
+                let _ = socket.send_to(b"R", peer);
+                // A flood follows: count it without sleeping between
+                // datagrams, so the sender's CPU pays for the datapath,
+                // not for waking this thread up.
+                received = count_flood(socket);
             }
-            b"Q" => Some(received.to_le_bytes().to_vec()),
-            b"W" => Some(format!("{}\n", peer.ip()).into_bytes()),
-            _ => {
-                received += 1;
-                None
+            b"Q" => {
+                let _ = socket.send_to(&received.to_le_bytes(), peer);
             }
+            b"W" => {
+                let _ = socket.send_to(format!("{}\n", peer.ip()).as_bytes(), peer);
+            }
+            _ => received += 1,
+        }
+    }
+}
+
+/// How long a flood's count may spin without a `Q` closing it.
+const MAX_SPIN: Duration = Duration::from_secs(120);
+/// Datagrams taken per `recvmmsg` while spinning.
+const SPIN_BATCH: usize = 64;
+
+/// Counts the datagrams of a flood with non-blocking `recvmmsg` on this
+/// (pinned) thread, never sleeping, until the client's `Q` (answered with
+/// the count) or [`MAX_SPIN`]. Returns the count, for a late `Q`.
+fn count_flood(socket: &UdpSocket) -> u64 {
+    use std::os::fd::AsRawFd as _;
+    let deadline = Instant::now() + MAX_SPIN;
+    let mut received: u64 = 0;
+    let mut bufs = vec![[0u8; 64]; SPIN_BATCH];
+    // SAFETY: plain-data structs, zeroed, then pointed at live locals.
+    let mut iov: [libc::iovec; SPIN_BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut names: [libc::sockaddr_in; SPIN_BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut msgs: [libc::mmsghdr; SPIN_BATCH] = unsafe { std::mem::zeroed() };
+    let mut spins: u32 = 0;
+    loop {
+        spins = spins.wrapping_add(1);
+        if spins % 1024 == 0 && Instant::now() >= deadline {
+            return received;
+        }
+        for ((v, m), (b, name)) in iov
+            .iter_mut()
+            .zip(msgs.iter_mut())
+            .zip(bufs.iter_mut().zip(names.iter_mut()))
+        {
+            v.iov_base = b.as_mut_ptr().cast();
+            v.iov_len = b.len();
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+            m.msg_hdr.msg_name = (name as *mut libc::sockaddr_in).cast();
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        }
+        // SAFETY: `msgs` points at SPIN_BATCH valid headers, buffers and
+        // names, which outlive the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                SPIN_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
-        if let Some(reply) = reply {
-            let _ = socket.send_to(&reply, peer);
+        if n <= 0 {
+            std::hint::spin_loop();
+            continue;
+        }
+        for (m, (b, name)) in msgs.iter().zip(bufs.iter().zip(names.iter())).take(n as usize) {
+            let data = &b[..(m.msg_len as usize).min(b.len())];
+            let peer = SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
+                u16::from_be(name.sin_port),
+            );
+            match data {
+                b"Q" => {
+                    let _ = socket.send_to(&received.to_le_bytes(), peer);
+                    return received;
+                }
+                b"R" => {
+                    received = 0;
+                    let _ = socket.send_to(b"R", peer);
+                }
+                b"W" => {
+                    let _ = socket.send_to(format!("{}\n", peer.ip()).as_bytes(), peer);
+                }
+                _ => received += 1,
+            }
         }
     }
 }
