@@ -7,6 +7,22 @@ use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::{conntrack, exec, graph, lab, metrics, publish, state, status, sys, topology, trace};
 
+/// `println!` that returns the write's error instead of panicking on it: a
+/// reader that closed the pipe (`netlab conntrack | head`) ends the command
+/// as a clean exit (see `main`), not a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
+
+/// `print!` likewise (see [`outln!`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "netlab",
@@ -365,7 +381,7 @@ fn run_trace(args: TraceArgs) -> Result<ExitCode> {
     if args.off {
         let lab = state::resolve_lab(args.lab.as_deref())?;
         trace::switch_off(&lab)?;
-        println!("tracing is off in lab {lab}");
+        outln!("tracing is off in lab {lab}");
         return Ok(ExitCode::SUCCESS);
     }
     let duration = match args.duration {
@@ -425,7 +441,7 @@ fn up(file: Option<PathBuf>, datapath: Option<DatapathArg>, force: bool) -> Resu
         lab::HostOverlap::Refuse
     };
     let report = lab::up(&topo, &origin, &text, overlap)?;
-    println!(
+    outln!(
         "lab {} is up ({} datapath): {} created, {} already there",
         topo.name,
         topo.datapath,
@@ -433,7 +449,7 @@ fn up(file: Option<PathBuf>, datapath: Option<DatapathArg>, force: bool) -> Resu
         report.kept.len()
     );
     for item in &report.created {
-        println!("  + {item}");
+        outln!("  + {item}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -444,16 +460,16 @@ fn down(lab: Option<String>) -> Result<ExitCode> {
         None => match state::resolve_lab(None) {
             Ok(lab) => lab,
             Err(err) if state::labs().is_empty() => {
-                println!("{err}; nothing to remove");
+                outln!("{err}; nothing to remove");
                 return Ok(ExitCode::SUCCESS);
             }
             Err(err) => return Err(err),
         },
     };
     let report = lab::down(&lab)?;
-    println!("lab {lab} is down: {} removed", report.removed.len());
+    outln!("lab {lab} is down: {} removed", report.removed.len());
     for item in &report.removed {
-        println!("  - {item}");
+        outln!("  - {item}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -465,9 +481,9 @@ fn show_status(lab: Option<String>, json: bool) -> Result<ExitCode> {
     };
     let status = status::collect(&record)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print!("{}", status::render(&status));
+        out!("{}", status::render(&status));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -498,19 +514,20 @@ fn publish(lab: Option<String>, action: PublishAction) -> Result<ExitCode> {
         } => {
             let outcome = publish::add(&lab, namespace, &mapping)?;
             if json {
-                println!("{}", serde_json::to_string(&outcome)?);
+                outln!("{}", serde_json::to_string(&outcome)?);
             } else {
-                println!("published {}", outcome.port);
+                outln!("published {}", outcome.port);
             }
         }
         PublishAction::Rm { port, json } => {
             let outcome = publish::remove(&lab, &port)?;
             if json {
-                println!("{}", serde_json::to_string(&outcome)?);
+                outln!("{}", serde_json::to_string(&outcome)?);
             } else {
-                println!(
+                outln!(
                     "unpublished {}/{}",
-                    outcome.port.host_port, outcome.port.proto
+                    outcome.port.host_port,
+                    outcome.port.proto
                 );
             }
         }
@@ -518,11 +535,11 @@ fn publish(lab: Option<String>, action: PublishAction) -> Result<ExitCode> {
             let ports = publish::list(&lab)?;
             if json {
                 let records: Vec<_> = ports.iter().map(|(p, _)| p).collect();
-                println!("{}", serde_json::to_string_pretty(&records)?);
+                outln!("{}", serde_json::to_string_pretty(&records)?);
             } else {
                 for (port, backend) in &ports {
                     let backend = backend.map_or_else(|| "?".to_owned(), |a| a.to_string());
-                    println!("{port}  ({backend}:{})", port.port);
+                    outln!("{port}  ({backend}:{})", port.port);
                 }
             }
         }
@@ -535,10 +552,10 @@ fn show_conntrack(lab: Option<String>, json: bool) -> Result<ExitCode> {
     let flows = conntrack::flows(&lab)?;
     if json {
         for flow in &flows {
-            println!("{}", serde_json::to_string(flow)?);
+            outln!("{}", serde_json::to_string(flow)?);
         }
     } else {
-        print!("{}", conntrack::render(&flows));
+        out!("{}", conntrack::render(&flows));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,9 +16,14 @@ fn main() -> ExitCode {
     match cli.command.execute() {
         Ok(code) => code,
         Err(err) => {
-            if let Some(io) = err.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::BrokenPipe
-            {
+            // A reader that closed the pipe (`netlab conntrack | head`)
+            // wanted no more: a clean exit, as ripgrep and `cat` make it.
+            let closed_pipe = err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if closed_pipe {
                 return ExitCode::SUCCESS;
             }
             eprintln!("netlab: {err:#}");
