@@ -10,11 +10,21 @@ pub mod trace;
 /// Names of maps and programs, so both sides spell them once.
 pub mod names {
     /// TC ingress of lab veths (host side) and of the uplink: DNAT, and the
-    /// reverse of every translation whose reply enters there.
+    /// reverse of every translation whose reply enters there. The fast
+    /// path; it tail-calls [`NAT_INGRESS_FULL`] for everything else.
     pub const NAT_INGRESS: &str = "nat_ingress";
     /// TC egress of lab veths (host side) and the uplink: masquerade and
-    /// the source rewrite of replies.
+    /// the source rewrite of replies. The fast path; it tail-calls
+    /// [`NAT_EGRESS_FULL`] for everything else.
     pub const NAT_EGRESS: &str = "nat_egress";
+    /// The full paths of the NAT programs (only ever tail-called).
+    pub const NAT_INGRESS_FULL: &str = "nat_ingress_full";
+    pub const NAT_EGRESS_FULL: &str = "nat_egress_full";
+    /// Program array[2]: the full paths, in slots [`NAT_FULL_INGRESS`] and
+    /// [`NAT_FULL_EGRESS`], filled when the programs are loaded.
+    pub const NAT_FULL: &str = "NAT_FULL";
+    pub const NAT_FULL_INGRESS: u32 = 0;
+    pub const NAT_FULL_EGRESS: u32 = 1;
     /// cgroup sock_addr programs: the host's own connections to published ports.
     pub const SOCK_CONNECT4: &str = "sock_connect4";
     pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";

@@ -454,14 +454,15 @@ pub fn iface_slot(ifindex: u32) -> u32 {
 ///
 /// Every drop the datapath makes has one of these as its reason: the
 /// kernel side returns it from the helper that failed, counts it once and
-/// hands it to the trace event, and `netlab status` names it.
+/// hands it to the trace event, and `netlab status` names it. Packets that
+/// go their way are not counted here (the established-flow fast path
+/// counts nothing but its flow's own packets): the kernel counts them per
+/// interface, conntrack per flow.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
-    /// Packets seen by the NAT programs.
-    Packets = 0,
     /// ARP, IPv6...: passed untouched.
-    NonIpv4,
+    NonIpv4 = 0,
     /// Truncated or inconsistent headers: passed untouched when nothing
     /// needs translating (the kernel validates and drops them on local
     /// delivery), never translated.
@@ -472,8 +473,6 @@ pub enum Stat {
     /// Protocols other than TCP, UDP, ICMP echo and ICMP errors: passed
     /// untouched.
     Unsupported,
-    /// Packets rewritten from an existing conntrack entry.
-    Translated,
     /// New flows to a published port.
     DnatNew,
     /// New flows masqueraded out of the uplink.
@@ -565,7 +564,7 @@ pub enum Stat {
     CtSwept,
 }
 
-pub const STAT_COUNT: u32 = 35;
+pub const STAT_COUNT: u32 = 33;
 
 // A reason's index in `Stat::ALL` is its value: global BPF functions return
 // a reason as `reason as u32`, and their callers look it up there.
@@ -579,12 +578,10 @@ const _: () = {
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
-        Stat::Packets,
         Stat::NonIpv4,
         Stat::Malformed,
         Stat::Fragment,
         Stat::Unsupported,
-        Stat::Translated,
         Stat::DnatNew,
         Stat::SnatNew,
         Stat::HairpinNew,
@@ -618,12 +615,10 @@ impl Stat {
 
     pub fn name(self) -> &'static str {
         match self {
-            Stat::Packets => "packets",
             Stat::NonIpv4 => "non_ipv4",
             Stat::Malformed => "malformed",
             Stat::Fragment => "fragment",
             Stat::Unsupported => "unsupported_proto",
-            Stat::Translated => "translated",
             Stat::DnatNew => "dnat_new",
             Stat::SnatNew => "snat_new",
             Stat::HairpinNew => "hairpin_new",

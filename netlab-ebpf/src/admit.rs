@@ -34,40 +34,53 @@ pub fn admit(ctx: &TcContext, lab: &Lab, iface: &Iface, parsed: &Parsed) -> Resu
     let Some(ip) = parsed.ip() else {
         return Ok(());
     };
+    admit_addrs(ctx, lab, iface, ip.saddr, ip.daddr, ip.proto)
+}
+
+/// [`admit`] for a packet from `saddr` to `daddr`.
+#[inline(always)]
+pub fn admit_addrs(
+    ctx: &TcContext,
+    lab: &Lab,
+    iface: &Iface,
+    saddr: u32,
+    daddr: u32,
+    proto: u8,
+) -> Result<(), Stat> {
     // The uplink's subnet is the world's; any other lab subnet lives
     // behind the lab's own veths.
     let internal = |addr: u32| !lab.in_uplink_net(addr) && lab.is_internal(addr);
     match iface.role {
         ROLE_UPLINK => {
-            if internal(ip.saddr) {
+            if internal(saddr) {
                 return Err(Stat::SpoofedSource);
             }
             if lab.cfg.closed == 0
-                || lab.is_local(ip.daddr)
-                || lab.in_uplink_net(ip.daddr)
-                || is_group(ip.daddr)
+                || lab.is_local(daddr)
+                || lab.in_uplink_net(daddr)
+                || is_group(daddr)
             {
                 return Ok(());
             }
-            if lab.is_masqueraded(ip.daddr) {
+            if lab.is_masqueraded(daddr) {
                 return Err(Stat::RoutedIntoLab);
             }
-            if internal(ip.daddr) {
+            if internal(daddr) {
                 // A subnet the lab routes as it is (no masquerade).
                 return Ok(());
             }
             // The host's own other addresses answer the world as they
             // would without the lab; forwarding beyond is transit.
-            if fib::forwards(ctx, &ip, ctx.len()) {
+            if fib::forwards(ctx, saddr, daddr, proto, ctx.len()) {
                 return Err(Stat::WorldTransit);
             }
             Ok(())
         }
         ROLE_LAB => {
-            if lab.cfg.closed != 0 && !lab.in_lab(ip.daddr) {
+            if lab.cfg.closed != 0 && !lab.in_lab(daddr) {
                 return Err(Stat::LeaveLab);
             }
-            if ip.saddr != 0 && !internal(ip.saddr) {
+            if saddr != 0 && !internal(saddr) {
                 return Err(Stat::SpoofedSource);
             }
             Ok(())

@@ -39,7 +39,7 @@
 //! of on every path of the NAT programs that reaches it.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::BPF_NOEXIST,
     cty::c_void,
     helpers::{bpf_for_each_map_elem, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     macros::map,
@@ -63,7 +63,7 @@ use crate::{
 
 /// Assured flows. Sized by userspace (`nat.conntrack_size`) at load.
 #[map(name = "CONNTRACK")]
-static ASSURED: HashMap<FlowKey, CtEntry> = HashMap::pinned(65536, BPF_F_NO_PREALLOC);
+static ASSURED: HashMap<FlowKey, CtEntry> = HashMap::pinned(65536, 0);
 
 /// Flows not assured yet. Sized as [`ASSURED`].
 #[map(name = "CONNTRACK_NEW")]
@@ -138,11 +138,46 @@ impl Table {
         };
     }
 
-    /// Removes a flow: both halves.
+    /// The other table.
     #[inline(always)]
-    fn remove_flow(self, key: &FlowKey, peer: &FlowKey) {
-        self.remove(key);
-        self.remove(peer);
+    fn other(self) -> Table {
+        match self {
+            Table::Assured => Table::New,
+            Table::New => Table::Assured,
+        }
+    }
+}
+
+/// The other half of the flow whose half `half` sits at `key`, wherever it
+/// is: the same table, or the other one while a promotion moves the flow.
+/// Only a half that names `key` as its peer and carries the same `pair`
+/// is the flow's own.
+#[inline(always)]
+fn find_peer(table: Table, half: &CtEntry, key: &FlowKey) -> Option<&'static mut CtEntry> {
+    for t in [table, table.other()] {
+        if let Some(peer) = t.get(&half.peer)
+            && peer.pair == half.pair
+            && peer.peer == *key
+        {
+            return Some(peer);
+        }
+    }
+    None
+}
+
+/// Removes the flow whose half `half` sits at `key` in `table`: that half,
+/// and its peer only where the peer is still this flow's (another flow may
+/// hold its key by now: nobody removes a half it does not own).
+#[inline(always)]
+fn remove_flow(table: Table, key: &FlowKey, half: &CtEntry) {
+    let (peer_key, pair) = (half.peer, half.pair);
+    table.remove(key);
+    for t in [Table::Assured, Table::New] {
+        if t.get(&peer_key)
+            .is_some_and(|peer| peer.pair == pair && peer.peer == *key)
+        {
+            t.remove(&peer_key);
+        }
     }
 }
 
@@ -166,6 +201,45 @@ fn lookup(key: &FlowKey) -> Option<Found> {
         entry,
         table: Table::New,
     })
+}
+
+/// What the fast path ([`crate::fast`]) finds for a packet's key at a hook.
+pub enum Fast {
+    /// No flow has the key.
+    Miss,
+    /// A flow this packet may change, or another hook's: the full path's.
+    Slow,
+    /// An established flow's half, which this hook applies and this packet
+    /// leaves as it is: [`fast_count`] it once the packet is on its way.
+    Hit(&'static mut CtEntry),
+}
+
+/// The fast path's lookup: one (two for a flow not assured yet), no call,
+/// nothing written. Whatever may change the flow is the full path's.
+#[inline(always)]
+pub fn fast_lookup(key: &FlowKey, hook: u8, tcp_flags: u8) -> Fast {
+    let Some(found) = lookup(key) else {
+        return Fast::Miss;
+    };
+    let entry = found.entry;
+    if entry.apply != hook || !steady(entry, key.proto, tcp_flags, now()) {
+        return Fast::Slow;
+    }
+    // The new flows' table is an LRU, which evicts one half at a time: a
+    // half whose peer is gone goes to the full path at once, which
+    // restores the peer or removes the orphan before its reply key can
+    // be handed to another flow. Assured flows are never evicted.
+    if found.table == Table::New && find_peer(found.table, entry, key).is_none() {
+        return Fast::Slow;
+    }
+    Fast::Hit(entry)
+}
+
+/// Counts a packet of `len` bytes on the half [`fast_lookup`] found.
+#[inline(always)]
+pub fn fast_count(half: &mut CtEntry, len: u32) {
+    half.packets += 1;
+    half.bytes += u64::from(len);
 }
 
 /// What a packet's flow says at a hook ([`track`]).
@@ -300,7 +374,7 @@ fn advance(found: Found, key: &FlowKey, tcp_flags: u8, len: u32, now: u64) -> Op
     let peer_key = entry.peer;
     if idle(entry, peer, now) {
         stats::count(Stat::CtExpired);
-        table.remove_flow(key, &peer_key);
+        remove_flow(table, key, entry);
         return None;
     }
     let direction = entry.direction;
@@ -310,7 +384,7 @@ fn advance(found: Found, key: &FlowKey, tcp_flags: u8, len: u32, now: u64) -> Op
             // nf_conntrack: a SYN on a closed connection is a new
             // connection, evaluated afresh (a published port may be gone).
             stats::count(Stat::CtReopened);
-            table.remove_flow(key, &peer_key);
+            remove_flow(table, key, entry);
             return None;
         }
         if direction != DIR_ORIGINAL && entry.flags & CT_REPLIED == 0 && tcp_flags & TCP_RST != 0 {
@@ -319,7 +393,7 @@ fn advance(found: Found, key: &FlowKey, tcp_flags: u8, len: u32, now: u64) -> Op
             // [...] delete the conntrack immediately". The RST itself is
             // translated.
             stats::count(Stat::CtRefused);
-            table.remove_flow(key, &peer_key);
+            remove_flow(table, key, entry);
             return Some(rewrite);
         }
     }
@@ -361,7 +435,7 @@ fn idle(a: &CtEntry, b: &CtEntry, now: u64) -> bool {
 /// what changed: the halves are on two CPUs' paths).
 #[inline(always)]
 fn set_state(a: &mut CtEntry, b: &mut CtEntry, state: u8, flags: u8, proto: u8) {
-    if a.tcp_state == state && a.flags == flags {
+    if a.tcp_state == state && a.flags == flags && b.tcp_state == state && b.flags == flags {
         return;
     }
     let timeout = timeout_s(proto, state, flags);
@@ -394,18 +468,22 @@ fn earns_assurance(proto: u8, state: u8, flags: u8, age_ns: u64) -> bool {
 /// flow now (this half, an orphan, is then removed).
 #[inline(always)]
 fn peer_of(table: Table, entry: &CtEntry, key: &FlowKey, now: u64) -> Option<&'static mut CtEntry> {
-    if let Some(peer) = table.get(&entry.peer) {
-        if peer.pair == entry.pair && peer.peer == *key {
-            return Some(peer);
-        }
-    } else if now.wrapping_sub(entry.created_ns) < PENDING_NS {
-        return None;
-    } else if let Some(restored) = mirror(entry, key)
-        && table.insert(&entry.peer, restored)
-    {
-        stats::count(Stat::CtHalfEvicted);
-        return table.get(&entry.peer);
+    if let Some(peer) = find_peer(table, entry, key) {
+        return Some(peer);
     }
+    let taken = Table::Assured.get(&entry.peer).is_some() || Table::New.get(&entry.peer).is_some();
+    if !taken {
+        if now.wrapping_sub(entry.created_ns) < PENDING_NS {
+            return None;
+        }
+        if let Some(restored) = mirror(entry, key)
+            && table.insert(&entry.peer, restored)
+        {
+            stats::count(Stat::CtHalfEvicted);
+            return table.get(&entry.peer);
+        }
+    }
+    // Its peer's key belongs to another flow now: this half is an orphan.
     stats::count(Stat::CtHalfEvicted);
     table.remove(key);
     None
@@ -436,15 +514,20 @@ fn mirror(entry: &CtEntry, key: &FlowKey) -> Option<&'static CtEntry> {
     Some(half)
 }
 
-/// Moves both halves of a flow from [`NEW`] to [`ASSURED`]. When that is
-/// full, the flow stays where it is, assured all the same (counted), and a
-/// sweep of the assured table's dead flows is asked for, to make room for
-/// the next ones.
+/// Moves both halves of a flow from [`NEW`] to [`ASSURED`]: both are
+/// inserted there, then both removed here. Meanwhile a packet of the flow
+/// finds its halves split across the tables, which [`find_peer`] allows
+/// for. When the assured table is full, the flow stays where it is,
+/// assured all the same (counted), and a sweep of the assured table's dead
+/// flows is asked for, to make room for the next ones.
 #[inline(always)]
 fn promote(key: &FlowKey, peer: &FlowKey, now: u64) {
     let (Some(a), Some(b)) = (Table::New.get(key), Table::New.get(peer)) else {
         return;
     };
+    if a.pair != b.pair {
+        return;
+    }
     // Straight from the new table's values, by reference: copies would
     // cost the BPF stack 160 bytes.
     let (a, b): (&CtEntry, &CtEntry) = (a, b);
@@ -456,9 +539,11 @@ fn promote(key: &FlowKey, peer: &FlowKey, now: u64) {
     if !Table::Assured.insert(peer, b) {
         Table::Assured.remove(key);
         stats::count(Stat::CtAssuredFull);
+        want_sweep(now);
         return;
     }
-    Table::New.remove_flow(key, peer);
+    Table::New.remove(key);
+    Table::New.remove(peer);
     stats::count(Stat::CtAssured);
 }
 
@@ -545,14 +630,13 @@ extern "C" fn sweep_one(
         half.tcp_state == TcpState::TimeWait as u8 || half.tcp_state == TcpState::Close as u8;
     let mut dead = closing;
     if !dead && half.idle_past_timeout(state.now) {
-        dead = match Table::Assured.get(&half.peer) {
+        dead = match find_peer(Table::Assured, half, key) {
             Some(peer) => peer.idle_past_timeout(state.now),
             None => true,
         };
     }
     if dead {
-        let peer = half.peer;
-        Table::Assured.remove_flow(key, &peer);
+        remove_flow(Table::Assured, key, half);
         stats::count(Stat::CtSwept);
         state.removed = 1;
     }
@@ -671,23 +755,21 @@ global::function! {
 #[inline(always)]
 fn alive(found: &Found, key: &FlowKey, now: u64) -> bool {
     let entry = &*found.entry;
-    let peer_key = entry.peer;
-    match found.table.get(&peer_key) {
-        Some(peer) if peer.pair == entry.pair && peer.peer == *key => {
-            if idle(entry, peer, now) {
-                stats::count(Stat::CtExpired);
-                found.table.remove_flow(key, &peer_key);
-                return false;
-            }
-            true
+    if let Some(peer) = find_peer(found.table, entry, key) {
+        if idle(entry, peer, now) {
+            stats::count(Stat::CtExpired);
+            remove_flow(found.table, key, entry);
+            return false;
         }
-        None if now.wrapping_sub(entry.created_ns) < PENDING_NS => true,
-        _ => {
-            stats::count(Stat::CtHalfEvicted);
-            found.table.remove(key);
-            false
-        }
+        return true;
     }
+    let taken = Table::Assured.get(&entry.peer).is_some() || Table::New.get(&entry.peer).is_some();
+    if !taken && now.wrapping_sub(entry.created_ns) < PENDING_NS {
+        return true;
+    }
+    stats::count(Stat::CtHalfEvicted);
+    found.table.remove(key);
+    false
 }
 
 /// Confirms the flow whose reply half is at `reply_key`: its first packet
@@ -712,12 +794,9 @@ global::function! {
         if entry.flags & CT_CONFIRMED != 0 {
             return 0;
         }
-        let Some(peer) = found.table.get(&entry.peer) else {
+        let Some(peer) = find_peer(found.table, entry, reply_key) else {
             return 0;
         };
-        if peer.pair != entry.pair {
-            return 0;
-        }
         let flags = entry.flags | CT_CONFIRMED;
         set_state(entry, peer, entry.tcp_state, flags, reply_key.proto);
         1
@@ -838,7 +917,15 @@ fn insert(key: &FlowKey, flow: &Opened) -> Result<(), Stat> {
     // Reply first: while its original is missing, it is young, and nobody
     // takes it for an orphan (see PENDING_NS).
     if !Table::New.insert(&reply_key, reply) {
-        return Err(Stat::CtInsertFailed);
+        // Another CPU opened this very flow (the same reply key, naming
+        // this key as its peer): the winner's entries stand. Any other
+        // holder is another flow, which this one must not clash with.
+        let same = lookup(&reply_key).is_some_and(|found| found.entry.peer == *key);
+        return Err(if same {
+            Stat::CtInsertRace
+        } else {
+            Stat::CtInsertFailed
+        });
     }
     if !Table::New.insert(key, original) {
         Table::New.remove(&reply_key);

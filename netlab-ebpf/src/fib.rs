@@ -6,24 +6,22 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::pkt::parse::Ip;
-
 /// `AF_INET`.
 const AF_INET: u8 = 2;
 
-/// Whether the host would forward a packet with `ip`'s addresses, arriving
-/// on the program's interface, out of another interface (rather than
-/// deliver it to itself, or drop it).
+/// Whether the host would forward a packet of `proto` from `saddr` to
+/// `daddr`, arriving on the program's interface, out of another interface
+/// (rather than deliver it to itself, or drop it).
 #[inline(always)]
-pub fn forwards(ctx: &TcContext, ip: &Ip, len: u32) -> bool {
+pub fn forwards(ctx: &TcContext, saddr: u32, daddr: u32, proto: u8, len: u32) -> bool {
     // SAFETY: plain data, all zero is a valid lookup request.
     let mut params: FibLookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = ip.proto;
+    params.l4_protocol = proto;
     params.ifindex = crate::pkt::ctx::ifindex(ctx);
     params.__bindgen_anon_1.tot_len = len.min(u32::from(u16::MAX)) as u16;
-    params.__bindgen_anon_3.ipv4_src = ip.saddr;
-    params.__bindgen_anon_4.ipv4_dst = ip.daddr;
+    params.__bindgen_anon_3.ipv4_src = saddr;
+    params.__bindgen_anon_4.ipv4_dst = daddr;
     // SAFETY: the helper reads and writes `params` only, within its size.
     let ret = unsafe {
         bpf_fib_lookup(

@@ -23,6 +23,7 @@
 mod admit;
 mod conntrack;
 mod endpoints;
+mod fast;
 mod fib;
 mod frag;
 mod global;
@@ -43,6 +44,7 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, TracePointContext},
 };
 use netlab_common::{
+    names,
     nat::{APPLY_EGRESS, APPLY_INGRESS, NAT_DNAT, NAT_REFLECT, ROLE_LAB, RedirectReason, Stat},
     trace::Hook,
 };
@@ -76,9 +78,21 @@ pub fn trace_egress(ctx: TcContext) -> i32 {
     TC_NEXT
 }
 
-/// Ingress of every lab veth's host side and of the uplink.
+/// Ingress of every lab veth's host side and of the uplink: the fast path
+/// ([`fast`]), else the full path, tail-called.
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
+    if let Some(action) = fast::ingress(&ctx) {
+        return action;
+    }
+    fast::full_path(&ctx, names::NAT_FULL_INGRESS)
+}
+
+/// The full path of `nat_ingress`, a program of its own: tail-called, it
+/// has the whole BPF stack for itself (the fast path's frame and its own
+/// would not fit together), and the fast path's program stays small.
+#[classifier]
+pub fn nat_ingress_full(ctx: TcContext) -> i32 {
     let parsed = parse(&ctx);
     let traced = trace::begin(&parsed);
     let verdict = ingress(&ctx, &parsed);
@@ -99,7 +113,6 @@ fn ingress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
         return Verdict::PASS;
     };
     let iface = Iface::of(ctx);
-    stats::count(Stat::Packets);
     if let Err(reason) = admit::admit(ctx, &lab, &iface, parsed) {
         return Verdict::drop(reason);
     }
@@ -156,9 +169,19 @@ fn ingress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
 }
 
 /// Egress of every lab veth's host side and of the uplink: masquerade (on
-/// the uplink) and the source rewrite of replies to published ports.
+/// the uplink) and the source rewrite of replies to published ports. The
+/// fast path, else the full path, tail-called.
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
+    if let Some(action) = fast::egress(&ctx) {
+        return action;
+    }
+    fast::full_path(&ctx, names::NAT_FULL_EGRESS)
+}
+
+/// The full path of `nat_egress` (see [`nat_ingress_full`]).
+#[classifier]
+pub fn nat_egress_full(ctx: TcContext) -> i32 {
     let parsed = parse(&ctx);
     let traced = trace::begin(&parsed);
     let verdict = egress(&ctx, &parsed);
@@ -179,7 +202,6 @@ fn egress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
         return Verdict::PASS;
     };
     let iface = Iface::of(ctx);
-    stats::count(Stat::Packets);
     let verdict = if let Some(handoff) = ctx::take_handoff(ctx) {
         // An ingress hook translated this packet: nothing is left here.
         let pkt = match parsed {

@@ -13,7 +13,12 @@
 //! Every other packet meets one conntrack lookup at its egress hook. So an
 //! established flow's packet costs one lookup and its rewrite.
 
-use aya_ebpf::{bindings::__sk_buff, cty::c_void, helpers::bpf_loop, programs::TcContext};
+use aya_ebpf::{
+    bindings::__sk_buff,
+    cty::c_void,
+    helpers::{bpf_get_prandom_u32, bpf_loop},
+    programs::TcContext,
+};
 use netlab_common::nat::{
     APPLY_EGRESS, APPLY_INGRESS, Backend, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     NAT_DNAT, NAT_REFLECT, NAT_SNAT, PublishKey, ROLE_LAB, ROLE_UPLINK, Stat,
@@ -99,10 +104,7 @@ fn known(ctx: &TcContext, lab: &Lab, pkt: &Packet, hook: u8) -> Option<Verdict> 
         Known::OtherHook => Some(Verdict::PASS),
         // A flow tracked but not translated (the host's own).
         Known::Rewrite if tracked.rewrite.nat == 0 => Some(Verdict::PASS),
-        Known::Rewrite => {
-            stats::count(Stat::Translated);
-            Some(finish(ctx, lab, pkt, tracked.rewrite, hook))
-        }
+        Known::Rewrite => Some(finish(ctx, lab, pkt, tracked.rewrite, hook)),
     }
 }
 
@@ -268,10 +270,12 @@ fn opens_flow(pkt: &Packet) -> bool {
     }
 }
 
-/// How many ports a new flow's search probes at most, as nf_nat bounds its
-/// own (128 attempts, then a few halving rounds): every probe is a lookup
-/// in softirq, and a SYN retransmit searches again.
-const PORT_PROBES: u32 = 128;
+/// How many ports a new flow's search probes, round by round, as nf_nat's
+/// `nf_nat_l4proto_unique_tuple` does: 128 from the preferred start, then
+/// rounds of 64, 32 and 16 from random offsets, so that a SYN retransmit
+/// (which searches again) does not probe the same taken ports, and no
+/// packet probes more than 240 (every probe is a lookup, in softirq).
+const PORT_ROUNDS: [u32; 4] = [128, 64, 32, 16];
 
 /// The port search's state, shared with its `bpf_loop` callback. Kept
 /// small: the callback's frame and this add to the NAT program's stack.
@@ -287,9 +291,9 @@ struct PortSearch {
 
 /// Picks the SNAT source port (ICMP: query identifier) for `out`: the
 /// original one when it is inside the configured range and free, else the
-/// next free one after a hash-chosen start, probing at most
-/// [`PORT_PROBES`] ports. Fails with `port_exhausted` when the probes
-/// covered the range, `port_search_limit` when the bound stopped them.
+/// next free one after a hash-chosen start, in the rounds of
+/// [`PORT_ROUNDS`]. Fails with `port_exhausted` when the probes covered
+/// the range, `port_search_limit` when the rounds ended first.
 #[inline(always)]
 fn allocate_port(lab: &Lab, key: &FlowKey, out: &mut Rewrite) -> Result<(), Stat> {
     let cfg = lab.cfg;
@@ -319,25 +323,35 @@ fn allocate_port(lab: &Lab, key: &FlowKey, out: &mut Rewrite) -> Result<(), Stat
         start,
         found: 0,
     };
-    // SAFETY: the callback is a static function of the expected type and
-    // `search` outlives the call.
-    unsafe {
-        bpf_loop(
-            span.min(PORT_PROBES),
-            try_port as *mut c_void,
-            (&raw mut search).cast(),
-            0,
-        );
+    for (round, probes) in PORT_ROUNDS.iter().enumerate() {
+        if round > 0 {
+            // nf_nat stops where a round would cover the range again.
+            if span <= PORT_ROUNDS[0] {
+                break;
+            }
+            // SAFETY: plain helper.
+            search.start = unsafe { bpf_get_prandom_u32() } % span;
+        }
+        // SAFETY: the callback is a static function of the expected type
+        // and `search` outlives the call.
+        unsafe {
+            bpf_loop(
+                span.min(*probes),
+                try_port as *mut c_void,
+                (&raw mut search).cast(),
+                0,
+            );
+        }
+        if search.found != 0 {
+            out.sport = search.reply.dport;
+            return Ok(());
+        }
     }
-    if search.found == 0 {
-        return Err(if span > PORT_PROBES {
-            Stat::PortSearchLimit
-        } else {
-            Stat::PortExhausted
-        });
-    }
-    out.sport = search.reply.dport;
-    Ok(())
+    Err(if span > PORT_ROUNDS[0] {
+        Stat::PortSearchLimit
+    } else {
+        Stat::PortExhausted
+    })
 }
 
 /// `bpf_loop` callback: whether candidate `i` of the search is free; 1 stops.
@@ -422,10 +436,20 @@ fn create(ctx: &TcContext, lab: &Lab, pkt: &Packet, out: Rewrite, how: Opening) 
             };
             finish(ctx, lab, pkt, out, how.apply_original)
         }
-        // Another CPU opened this very flow first: follow its entry.
+        // Another CPU opened this very flow first: follow its entry. While
+        // the winner is still inserting its original half, the flow is
+        // known by its reply key alone, which is this packet's own: the
+        // rewrite is the one computed here (a tuple and its reply key
+        // determine each other).
         Err(Stat::CtInsertRace) => {
             stats::count(Stat::CtInsertRace);
-            known(ctx, lab, pkt, how.apply_original).unwrap_or(Verdict::drop(Stat::CtInsertFailed))
+            known(ctx, lab, pkt, how.apply_original).unwrap_or_else(|| {
+                if out.nat == 0 {
+                    Verdict::PASS
+                } else {
+                    finish(ctx, lab, pkt, out, how.apply_original)
+                }
+            })
         }
         Err(reason) => Verdict::drop(reason),
     }

@@ -46,7 +46,8 @@ impl Verdict {
     pub const PASS: Verdict = Verdict {
         action: Action::Pass,
         arg: 0,
-        reason: Stat::Packets,
+        // Read only for `Drop`.
+        reason: Stat::WriteFailed,
         rewrite: Rewrite::ZERO,
     };
 

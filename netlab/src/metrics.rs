@@ -512,7 +512,7 @@ mod tests {
             lab: "default".into(),
             datapath: Some(Datapath::Redirect),
             ifaces,
-            nat: vec![("packets", 10), ("snat_new", 2)],
+            nat: vec![("dnat_new", 10), ("snat_new", 2)],
             conntrack: Some((4, 65536)),
             published: vec![PublishedPort {
                 host_port: 8080,

@@ -159,8 +159,6 @@ fn counters_rise_while_traffic_flows() {
         ("netlab_iface_packets_total", &red_out[..]),
         ("netlab_iface_bytes_total", &red_out[..]),
         ("netlab_iface_packets_total", &uplink_out[..]),
-        ("netlab_nat_events_total", &[("reason", "packets")][..]),
-        ("netlab_nat_events_total", &[("reason", "translated")][..]),
     ] {
         let (start, mid, end) = (
             at_start(name, labels),

@@ -96,6 +96,17 @@ pub fn hand_off(ctx: &TcContext, handoff: Handoff) {
     }
 }
 
+/// What an earlier hook left for this one, left in the mark.
+#[inline(always)]
+pub fn peek_handoff(ctx: &TcContext) -> Option<Handoff> {
+    // SAFETY: as in `hand_off`.
+    match unsafe { (*ctx.skb.skb).mark } & MARK_MASK {
+        MARK_TRANSLATED => Some(Handoff::Translated),
+        MARK_OPENED => Some(Handoff::Opened),
+        _ => None,
+    }
+}
+
 /// What an earlier hook left for this one, cleared from the mark.
 #[inline(always)]
 pub fn take_handoff(ctx: &TcContext) -> Option<Handoff> {

@@ -6,6 +6,8 @@
 //! - [`eth`], [`ipv4`], [`l4`]: header layouts and named field offsets.
 //! - [`csum`]: field rewrites with their checksum fix-ups, each failing
 //!   with a typed drop reason.
+//! - [`plain`]: the fast path's view of a plain TCP/UDP packet, read and
+//!   written back whole (a subset of what the parser accepts, by its rules).
 //! - [`parse`]: the one parser. Its [`Parsed`](parse::Parsed) result feeds
 //!   NAT, redirect, trace and the trace filter; nobody else reads headers.
 //!
@@ -18,3 +20,4 @@ pub mod eth;
 pub mod ipv4;
 pub mod l4;
 pub mod parse;
+pub mod plain;

@@ -401,6 +401,8 @@ fn verify(object: &Path, dir: &Path) -> Result<()> {
         for name in [
             names::NAT_INGRESS,
             names::NAT_EGRESS,
+            names::NAT_INGRESS_FULL,
+            names::NAT_EGRESS_FULL,
             names::TRACE_HOP,
             names::TRACE_INGRESS,
             names::TRACE_EGRESS,
@@ -651,7 +653,7 @@ fn count_flood(socket: &UdpSocket) -> u64 {
     let mut spins: u32 = 0;
     loop {
         spins = spins.wrapping_add(1);
-        if spins % 1024 == 0 && Instant::now() >= deadline {
+        if spins.is_multiple_of(1024) && Instant::now() >= deadline {
             return received;
         }
         for ((v, m), (b, name)) in iov
@@ -681,7 +683,11 @@ fn count_flood(socket: &UdpSocket) -> u64 {
             std::hint::spin_loop();
             continue;
         }
-        for (m, (b, name)) in msgs.iter().zip(bufs.iter().zip(names.iter())).take(n as usize) {
+        for (m, (b, name)) in msgs
+            .iter()
+            .zip(bufs.iter().zip(names.iter()))
+            .take(n as usize)
+        {
             let data = &b[..(m.msg_len as usize).min(b.len())];
             let peer = SocketAddrV4::new(
                 Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),

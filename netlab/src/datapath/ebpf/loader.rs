@@ -108,9 +108,11 @@ fn loader_without_kernel_btf() -> EbpfLoader<'static> {
 }
 
 /// The programs `up` loads and pins for the eBPF datapaths (once per lab).
-const DATAPATH_PROGRAMS: [(&str, Kind); 10] = [
+const DATAPATH_PROGRAMS: [(&str, Kind); 12] = [
     (names::NAT_INGRESS, Kind::Tc),
     (names::NAT_EGRESS, Kind::Tc),
+    (names::NAT_INGRESS_FULL, Kind::Tc),
+    (names::NAT_EGRESS_FULL, Kind::Tc),
     (
         names::SOCK_CONNECT4,
         Kind::Sock(CgroupSockAddrAttachType::Connect4),
@@ -499,6 +501,10 @@ fn ensure_loaded(
     // Every lab has the trace maps; their pins say the object's maps exist.
     let maps_made = pins.map(names::TRACE_CONFIG).exists();
     if maps_made && programs.iter().all(|(name, _)| pins.program(name).exists()) {
+        // An `up` killed before it filled the slots left them empty.
+        if programs.iter().any(|(name, _)| *name == names::NAT_INGRESS) {
+            fill_full_paths(pins)?;
+        }
         return Ok(());
     }
     if EBPF_OBJECT.is_empty() {
@@ -552,6 +558,29 @@ fn ensure_loaded(
         })
     })?;
     // The pins keep the programs (and maps) once `ebpf` is dropped.
+    drop(ebpf);
+    if programs.iter().any(|(name, _)| *name == names::NAT_INGRESS) {
+        fill_full_paths(pins)?;
+    }
+    Ok(())
+}
+
+/// Puts the NAT programs' full paths in the slots their fast paths
+/// tail-call (`NAT_FULL`), before any interface runs them: an empty slot
+/// drops the packets the fast path leaves.
+fn fill_full_paths(pins: &Pins) -> Result<()> {
+    let mut slots = maps::nat_full(pins)?;
+    for (slot, name) in [
+        (names::NAT_FULL_INGRESS, names::NAT_INGRESS_FULL),
+        (names::NAT_FULL_EGRESS, names::NAT_EGRESS_FULL),
+    ] {
+        let pin = pins.program(name);
+        let program = SchedClassifier::from_pin(&pin)
+            .with_context(|| format!("opening pinned program {}", pin.display()))?;
+        slots
+            .set(slot, program.fd()?, 0)
+            .with_context(|| format!("installing {name} in {}", names::NAT_FULL))?;
+    }
     Ok(())
 }
 

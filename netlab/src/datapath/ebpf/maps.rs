@@ -214,6 +214,16 @@ pub fn trace_progs(pins: &Pins) -> Result<ProgramArray<MapData>> {
     )?))?)
 }
 
+/// The program array the NAT programs' fast paths tail-call their full
+/// paths through.
+pub fn nat_full(pins: &Pins) -> Result<ProgramArray<MapData>> {
+    Ok(ProgramArray::try_from(Map::ProgramArray(open(
+        pins,
+        names::NAT_FULL,
+        "the NAT programs' full paths",
+    )?))?)
+}
+
 /// The trace statistics (events lost to a full ring, ...).
 pub struct TraceStats(PerCpuArray<MapData, u64>);
 

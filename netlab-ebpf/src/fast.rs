@@ -1,0 +1,238 @@
+//! The fast path: what a packet of an established flow takes, and the
+//! plain passes around it. ARCHITECTURE.md draws what it touches per hook.
+//!
+//! It is the full path's decision, taken with the least work: the headers
+//! read once ([`Plain`]), one conntrack lookup (two for a flow not assured
+//! yet), no global function, no counter but the flow's own, every changed
+//! header byte written in one store. What it cannot decide exactly as the
+//! full path would, it leaves to it (`None`), having changed nothing:
+//! tracing on, anything but plain TCP and UDP, a packet that may change
+//! its flow (SYN, FIN, RST, the first reply, the once-a-second refresh),
+//! a new flow, a drop, a hairpin flow, the host's own destinations.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::map,
+    maps::ProgramArray,
+    programs::TcContext,
+};
+use netlab_common::nat::{
+    APPLY_EGRESS, APPLY_INGRESS, CtEntry, NAT_DNAT, NAT_REFLECT, ROLE_LAB, ROLE_UPLINK,
+    RedirectReason,
+};
+
+use crate::{
+    admit,
+    conntrack::{self, Fast},
+    endpoints,
+    lab::{Iface, Lab},
+    pkt::{
+        ctx::{self, Handoff},
+        eth,
+        plain::{self, Plain},
+    },
+    redirect, stats, trace,
+};
+
+const TC_NEXT: i32 = TC_ACT_UNSPEC;
+
+/// The full paths, tail-called when the fast path leaves a packet: slot
+/// `NAT_FULL_INGRESS` and `NAT_FULL_EGRESS`, filled by the loader before
+/// any program runs on an interface.
+#[map(name = "NAT_FULL")]
+static NAT_FULL: ProgramArray = ProgramArray::pinned(2, 0);
+
+/// Hands the packet to the full path in `slot`. Should the slot be empty
+/// the packet is dropped: passing it would let it past NAT and the
+/// uplink's guard.
+#[inline(always)]
+pub fn full_path(ctx: &TcContext, slot: u32) -> i32 {
+    // SAFETY: the slot holds a TC program of this object, or nothing (the
+    // call then fails and returns).
+    unsafe {
+        NAT_FULL.tail_call(ctx, slot);
+    }
+    TC_ACT_SHOT
+}
+
+/// TC ingress of a host-side veth: the action, or `None` for the full path.
+#[inline(always)]
+pub fn ingress(ctx: &TcContext) -> Option<i32> {
+    fast_ingress(ctx)
+}
+
+/// TC egress of a host-side veth: the action, or `None` for the full path.
+#[inline(always)]
+pub fn egress(ctx: &TcContext) -> Option<i32> {
+    fast_egress(ctx)
+}
+
+/// The lab's configuration, when the fast path may run: the lab is up and
+/// nobody traces (a traced hop is recorded by the full path).
+#[inline(always)]
+fn lab() -> Option<Lab> {
+    if trace::config().is_some() {
+        return None;
+    }
+    Lab::get()
+}
+
+/// Writes what changed in `pkt`; a failed write drops the packet,
+/// counted as the full path counts it.
+#[inline(always)]
+fn write(ctx: &TcContext, pkt: &mut Plain) -> bool {
+    match plain::write(ctx, pkt) {
+        Ok(()) => true,
+        Err(reason) => {
+            stats::count(reason);
+            false
+        }
+    }
+}
+
+/// Makes `pkt` leave as its flow's half says.
+#[inline(always)]
+fn translate(pkt: &mut Plain, half: &CtEntry) {
+    if half.nat != 0 {
+        pkt.translate(half.saddr, half.daddr, half.sport, half.dport);
+    }
+}
+
+/// TC ingress of a host-side veth: destination rewrites, then (`redirect`)
+/// the hop.
+#[inline(always)]
+fn fast_ingress(ctx: &TcContext) -> Option<i32> {
+    let lab = lab()?;
+    let mut pkt = Plain::read(ctx)?;
+    let iface = Iface::of(ctx);
+    let key = pkt.key;
+    admit::admit_addrs(ctx, &lab, &iface, key.saddr, key.daddr, key.proto).ok()?;
+    let mut half = None;
+    // Only flows to the lab's host addresses are translated on the way in.
+    if lab.is_local(key.daddr) {
+        let Fast::Hit(found) = conntrack::fast_lookup(&key, APPLY_INGRESS, pkt.tcp_flags) else {
+            return None;
+        };
+        // A hairpin flow goes back out of its veth; a lab client's DNAT
+        // to a backend on its own segment is bridged: the full path's.
+        if found.nat & NAT_REFLECT != 0 || (found.nat & NAT_DNAT != 0 && iface.role == ROLE_LAB) {
+            return None;
+        }
+        translate(&mut pkt, found);
+        half = Some(found);
+    }
+    let action = if lab.redirect() {
+        hop(&lab, &iface, &mut pkt, half.is_some())?
+    } else {
+        TC_NEXT
+    };
+    if !write(ctx, &mut pkt) {
+        return Some(TC_ACT_SHOT);
+    }
+    if let Some(half) = half {
+        conntrack::fast_count(half, pkt.len);
+        if !lab.is_local(pkt.hdr.ip.daddr) {
+            // The egress hook has nothing left to do (see `nat`).
+            ctx::hand_off(ctx, Handoff::Translated);
+        }
+    }
+    Some(action)
+}
+
+/// The `redirect` datapath's hop for a packet ingress has decided (and
+/// perhaps translated, `translated`): into a lab namespace's veth, or out
+/// of the uplink, with the MACs and TTL that takes. `None` when the full
+/// path decides (the host, the bridge's floods, an expiring TTL, an
+/// address no namespace holds, a reply whose flow the peer redirect's
+/// skipped egress hook would have to change).
+#[inline(always)]
+fn hop(lab: &Lab, iface: &Iface, pkt: &mut Plain, translated: bool) -> Option<i32> {
+    let daddr = pkt.hdr.ip.daddr;
+    if lab.is_local(daddr) || eth::is_group(&pkt.hdr.dmac) || pkt.hdr.ip.ttl <= 1 {
+        return None;
+    }
+    if let Some(endpoint) = endpoints::get(daddr) {
+        if endpoint.ifindex == iface.ifindex {
+            return None;
+        }
+        // Addressed to a gateway: a router hop. Otherwise one segment.
+        pkt.routed = pkt.hdr.dmac != endpoint.mac;
+        let smac = if pkt.routed {
+            endpoint.gateway_mac
+        } else {
+            pkt.hdr.smac
+        };
+        pkt.set_macs(endpoint.mac, smac);
+        if !translated && !egress_of_peer(pkt)? {
+            return None;
+        }
+        redirect::count(iface, RedirectReason::Peer);
+        return Some(redirect::peer(endpoint.ifindex));
+    }
+    let uplink = lab.cfg.uplink_ifindex;
+    let beyond = lab.in_uplink_net(daddr) || !lab.is_internal(daddr);
+    if uplink == 0 || uplink == iface.ifindex || !beyond {
+        return None;
+    }
+    pkt.routed = true;
+    redirect::count(iface, RedirectReason::Uplink);
+    Some(redirect::neigh(uplink))
+}
+
+/// What the egress hook a peer redirect skips would do to `pkt`: the
+/// source rewrite of a reply, when its flow has one. `Some(false)` when
+/// the full path must decide.
+#[inline(always)]
+fn egress_of_peer(pkt: &mut Plain) -> Option<bool> {
+    match conntrack::fast_lookup(&pkt.after(), APPLY_EGRESS, pkt.tcp_flags) {
+        Fast::Miss => Some(true),
+        Fast::Slow => Some(false),
+        Fast::Hit(half) => {
+            translate(pkt, half);
+            conntrack::fast_count(half, pkt.len);
+            Some(true)
+        }
+    }
+}
+
+/// TC egress of a host-side veth: source rewrites (masquerade on the
+/// uplink, replies to published ports), nothing for a packet an ingress
+/// hook translated.
+#[inline(always)]
+fn fast_egress(ctx: &TcContext) -> Option<i32> {
+    let lab = lab()?;
+    match ctx::peek_handoff(ctx) {
+        Some(Handoff::Translated) => {
+            ctx::take_handoff(ctx);
+            return Some(TC_NEXT);
+        }
+        // The flow waits for this packet to be confirmed.
+        Some(Handoff::Opened) => return None,
+        None => {}
+    }
+    let mut pkt = Plain::read(ctx)?;
+    let key = pkt.key;
+    match conntrack::fast_lookup(&key, APPLY_EGRESS, pkt.tcp_flags) {
+        Fast::Hit(half) => {
+            translate(&mut pkt, half);
+            if !write(ctx, &mut pkt) {
+                return Some(TC_ACT_SHOT);
+            }
+            conntrack::fast_count(half, pkt.len);
+            Some(TC_NEXT)
+        }
+        Fast::Miss => {
+            // No flow, and none opens here unless the source is a host
+            // address, or masqueraded out of the uplink (which must not
+            // leave untranslated).
+            let saddr = key.saddr;
+            let passes = match Iface::of(ctx).role {
+                ROLE_LAB => !lab.is_local(saddr),
+                ROLE_UPLINK => !lab.is_local(saddr) && !lab.is_masqueraded(saddr),
+                _ => false,
+            };
+            passes.then_some(TC_NEXT)
+        }
+        Fast::Slow => None,
+    }
+}
