@@ -156,8 +156,8 @@ fn hop(lab: &Lab, iface: &Iface, pkt: &mut Plain, translated: bool) -> Option<i3
             return None;
         }
         // Addressed to a gateway: a router hop. Otherwise one segment.
-        pkt.routed = pkt.hdr.dmac != endpoint.mac;
-        let smac = if pkt.routed {
+        pkt.routed = u8::from(pkt.hdr.dmac != endpoint.mac);
+        let smac = if pkt.routed != 0 {
             endpoint.gateway_mac
         } else {
             pkt.hdr.smac
@@ -174,7 +174,7 @@ fn hop(lab: &Lab, iface: &Iface, pkt: &mut Plain, translated: bool) -> Option<i3
     if uplink == 0 || uplink == iface.ifindex || !beyond {
         return None;
     }
-    pkt.routed = true;
+    pkt.routed = 1;
     redirect::count(iface, RedirectReason::Uplink);
     Some(redirect::neigh(uplink))
 }

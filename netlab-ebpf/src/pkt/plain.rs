@@ -9,8 +9,10 @@
 
 use core::{ffi::c_void, mem::offset_of};
 
-use aya_ebpf::{helpers::bpf_skb_store_bytes, programs::TcContext};
+use aya_ebpf::{bindings::__sk_buff, helpers::bpf_skb_store_bytes, programs::TcContext};
 use netlab_common::nat::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, Stat};
+
+use crate::global;
 
 use super::{
     csum::{self, L4Csum},
@@ -47,6 +49,7 @@ const CHECK_OFF: usize = L3_OFF + offset_of!(Ipv4Hdr, check);
 /// A plain TCP or UDP packet whose flow it cannot change: no TCP SYN, FIN
 /// or RST (those may open, close or reopen a flow). Its headers are a
 /// copy the datapath changes; [`write`] puts what changed back.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Plain {
     /// The headers, as they are to leave.
@@ -54,11 +57,12 @@ pub struct Plain {
     /// The tuple as it came (its conntrack key).
     pub key: FlowKey,
     pub tcp_flags: u8,
-    /// A router hop: [`write`] takes the TTL down by one (the caller
-    /// checked it is above 1).
-    pub routed: bool,
-    /// The MACs in `hdr` changed.
-    pub macs: bool,
+    /// Nonzero: a router hop; [`write`] takes the TTL down by one (the
+    /// caller checked it is above 1). (Integers, not `bool`: the struct
+    /// crosses a global function's boundary.)
+    pub routed: u8,
+    /// Nonzero: the MACs in `hdr` changed.
+    pub macs: u8,
     /// `skb->len`.
     pub len: u32,
 }
@@ -114,8 +118,8 @@ impl Plain {
             },
             hdr,
             tcp_flags,
-            routed: false,
-            macs: false,
+            routed: 0,
+            macs: 0,
             len,
         })
     }
@@ -146,7 +150,7 @@ impl Plain {
     pub fn set_macs(&mut self, dmac: [u8; ETH_ALEN], smac: [u8; ETH_ALEN]) {
         self.hdr.dmac = dmac;
         self.hdr.smac = smac;
-        self.macs = true;
+        self.macs = 1;
     }
 }
 
@@ -156,6 +160,24 @@ impl Plain {
 /// store from the first one, the IP checksum computed here.
 #[inline(always)]
 pub fn write(ctx: &TcContext, pkt: &mut Plain) -> Result<(), Stat> {
+    csum::decode(netlab_plain_write(ctx.skb.skb, pkt))
+}
+
+global::function! {
+    /// [`write`], verified once: its cases (addresses, ports, a router
+    /// hop, new MACs) would multiply every path of the fast path that
+    /// reaches it.
+    fn netlab_plain_write(skb: *mut __sk_buff, pkt: *mut Plain) -> u32 {
+        // SAFETY: the verifier checks the pointer's memory; null is refused here.
+        let Some(pkt) = (unsafe { pkt.as_mut() }) else {
+            return csum::encode(Err(Stat::WriteFailed));
+        };
+        csum::encode(write_headers(&TcContext::new(skb), pkt))
+    }
+}
+
+#[inline(always)]
+fn write_headers(ctx: &TcContext, pkt: &mut Plain) -> Result<(), Stat> {
     let key = pkt.key;
     let ip = pkt.hdr.ip;
     let (saddr, daddr) = (ip.saddr, ip.daddr);
@@ -172,7 +194,7 @@ pub fn write(ctx: &TcContext, pkt: &mut Plain) -> Result<(), Stat> {
         let diff = csum::diff16(csum::diff16(0, key.sport, sport), key.dport, dport);
         csum::l4_by_diff(ctx, l4, diff, false)?;
     }
-    if pkt.routed {
+    if pkt.routed != 0 {
         // TTL and protocol share one 16-bit word of the checksum.
         let old = u16::from_be_bytes([ip.ttl, ip.proto]).to_be();
         let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]).to_be();
@@ -180,9 +202,9 @@ pub fn write(ctx: &TcContext, pkt: &mut Plain) -> Result<(), Stat> {
         ip_diff = csum::diff16(ip_diff, old, new);
     }
     pkt.hdr.ip.check = csum::apply_diff(ip.check, ip_diff);
-    let from = if pkt.macs {
+    let from = if pkt.macs != 0 {
         0
-    } else if pkt.routed {
+    } else if pkt.routed != 0 {
         TTL_OFF
     } else if addrs || ports {
         CHECK_OFF
