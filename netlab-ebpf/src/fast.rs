@@ -24,7 +24,7 @@ use netlab_common::nat::{
 use crate::{
     admit,
     conntrack::{self, Fast},
-    endpoints,
+    endpoints, fib,
     lab::{Iface, Lab},
     pkt::{
         ctx::{self, Handoff},
@@ -122,7 +122,7 @@ fn fast_ingress(ctx: &TcContext) -> Option<i32> {
         half = Some(found);
     }
     let action = if lab.redirect() {
-        hop(&lab, &iface, &mut pkt, half.is_some())?
+        hop(ctx, &lab, &iface, &mut pkt, half.is_some())?
     } else {
         TC_NEXT
     };
@@ -140,43 +140,84 @@ fn fast_ingress(ctx: &TcContext) -> Option<i32> {
 }
 
 /// The `redirect` datapath's hop for a packet ingress has decided (and
-/// perhaps translated, `translated`): into a lab namespace's veth, or out
-/// of the uplink, with the MACs and TTL that takes. `None` when the full
+/// perhaps translated, `translated`): into a lab namespace's veth, or
+/// into the uplink's peer, with the MACs and TTL that takes, and the
+/// rewrite of the egress hook a peer redirect skips. `None` when the full
 /// path decides (the host, the bridge's floods, an expiring TTL, an
-/// address no namespace holds, a reply whose flow the peer redirect's
-/// skipped egress hook would have to change).
+/// address no namespace holds, a new flow, a next hop the kernel has not
+/// resolved).
 #[inline(always)]
-fn hop(lab: &Lab, iface: &Iface, pkt: &mut Plain, translated: bool) -> Option<i32> {
+fn hop(
+    ctx: &TcContext,
+    lab: &Lab,
+    iface: &Iface,
+    pkt: &mut Plain,
+    translated: bool,
+) -> Option<i32> {
     let daddr = pkt.hdr.ip.daddr;
     if lab.is_local(daddr) || eth::is_group(&pkt.hdr.dmac) || pkt.hdr.ip.ttl <= 1 {
         return None;
     }
-    if let Some(endpoint) = endpoints::get(daddr) {
-        if endpoint.ifindex == iface.ifindex {
-            return None;
-        }
-        // Addressed to a gateway: a router hop. Otherwise one segment.
-        pkt.routed = u8::from(pkt.hdr.dmac != endpoint.mac);
-        let smac = if pkt.routed != 0 {
-            endpoint.gateway_mac
-        } else {
-            pkt.hdr.smac
-        };
-        pkt.set_macs(endpoint.mac, smac);
-        if !translated && !egress_of_peer(pkt)? {
-            return None;
-        }
-        redirect::count(iface, RedirectReason::Peer);
-        return Some(redirect::peer(endpoint.ifindex));
+    // Beyond the uplink: no namespace holds it, so no endpoint lookup.
+    if lab.in_uplink_net(daddr) || !lab.is_internal(daddr) {
+        return to_uplink(ctx, lab, iface, pkt, translated);
     }
-    let uplink = lab.cfg.uplink_ifindex;
-    let beyond = lab.in_uplink_net(daddr) || !lab.is_internal(daddr);
-    if uplink == 0 || uplink == iface.ifindex || !beyond {
+    let endpoint = endpoints::get(daddr)?;
+    if endpoint.ifindex == iface.ifindex {
         return None;
     }
+    // Addressed to a gateway: a router hop. Otherwise one segment.
+    pkt.routed = u8::from(pkt.hdr.dmac != endpoint.mac);
+    let smac = if pkt.routed != 0 {
+        endpoint.gateway_mac
+    } else {
+        pkt.hdr.smac
+    };
+    pkt.set_macs(endpoint.mac, smac);
+    if !translated && !egress_of_peer(pkt)? {
+        return None;
+    }
+    redirect::count(iface, RedirectReason::Peer);
+    Some(redirect::peer(endpoint.ifindex))
+}
+
+/// Out of the uplink, straight into its peer (the world's side of the
+/// veth): what the uplink's egress hook would do (masquerade, the source
+/// rewrite of replies to published ports) is done here, the next hop's
+/// MAC comes from the kernel's FIB and neighbour tables, and the packet
+/// skips the uplink's egress hook and the host's neighbour output. A new
+/// flow, or a next hop not resolved yet, takes the full path (which hands
+/// the packet to the uplink with `bpf_redirect_neigh`).
+#[inline(always)]
+fn to_uplink(
+    ctx: &TcContext,
+    lab: &Lab,
+    iface: &Iface,
+    pkt: &mut Plain,
+    translated: bool,
+) -> Option<i32> {
+    let uplink = lab.cfg.uplink_ifindex;
+    if uplink == 0 || uplink == iface.ifindex || translated {
+        return None;
+    }
+    let half = match conntrack::fast_lookup(&pkt.key, APPLY_EGRESS, pkt.tcp_flags) {
+        Fast::Hit(half) => {
+            translate(pkt, half);
+            Some(half)
+        }
+        // No flow: one opens here if the source is masqueraded or the
+        // host's; anything else leaves as it is.
+        Fast::Miss if !lab.is_masqueraded(pkt.key.saddr) && !lab.is_local(pkt.key.saddr) => None,
+        _ => return None,
+    };
+    let (dmac, smac) = fib::next_hop(ctx, uplink, &pkt.after(), pkt.len)?;
+    if let Some(half) = half {
+        conntrack::fast_count(half, pkt.len);
+    }
     pkt.routed = 1;
+    pkt.set_macs(dmac, smac);
     redirect::count(iface, RedirectReason::Uplink);
-    Some(redirect::neigh(uplink))
+    Some(redirect::peer(uplink))
 }
 
 /// What the egress hook a peer redirect skips would do to `pkt`: the
