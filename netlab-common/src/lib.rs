@@ -49,6 +49,10 @@ pub mod names {
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     /// Hash: [`PublishKey`](crate::nat::PublishKey) → [`Backend`](crate::nat::Backend).
     pub const PUBLISHED: &str = "PUBLISHED";
+    /// Array of [`BACKEND_PORT_WORDS`](crate::nat::BACKEND_PORT_WORDS)
+    /// `u64`s: bit `port` is set when some published port forwards to a
+    /// backend on `port` (host order), whatever the protocol.
+    pub const BACKEND_PORTS: &str = "BACKEND_PORTS";
     /// Hash: IPv4 address (network order) → 1. Addresses published ports answer on.
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     /// LPM trie: lab subnets whose traffic to the uplink is masqueraded.

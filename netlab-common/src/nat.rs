@@ -233,6 +233,17 @@ impl CtEntry {
     }
 }
 
+/// Words of [`names::BACKEND_PORTS`](crate::names::BACKEND_PORTS): one bit
+/// per port.
+pub const BACKEND_PORT_WORDS: u32 = 65536 / 64;
+
+/// Where `port` (host order) sits in [`names::BACKEND_PORTS`](crate::names::BACKEND_PORTS):
+/// its word and the bit in it.
+#[inline(always)]
+pub fn backend_port_bit(port: u16) -> (u32, u64) {
+    (u32::from(port >> 6), 1u64 << (port & 63))
+}
+
 /// A published port: `PROTO/port` on the host's published addresses.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

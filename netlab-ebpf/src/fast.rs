@@ -25,7 +25,7 @@ use crate::{
     admit,
     conntrack::{self, Fast},
     endpoints, fib,
-    lab::{Iface, Lab},
+    lab::{self, Iface, Lab},
     pkt::{
         ctx::{self, Handoff},
         eth,
@@ -253,6 +253,13 @@ fn fast_egress(ctx: &TcContext) -> Option<i32> {
     }
     let mut pkt = Plain::read(ctx)?;
     let key = pkt.key;
+    let role = Iface::of(ctx).role;
+    // On a lab veth, only the host's own flows and replies from a
+    // published port's backend can have a flow this hook translates: the
+    // rest (east-west traffic) passes without a lookup.
+    if role == ROLE_LAB && !lab::is_backend_port(key.sport) && !lab.is_local(key.saddr) {
+        return Some(TC_NEXT);
+    }
     match conntrack::fast_lookup(&key, APPLY_EGRESS, pkt.tcp_flags) {
         Fast::Hit(half) => {
             translate(&mut pkt, half);
@@ -267,7 +274,7 @@ fn fast_egress(ctx: &TcContext) -> Option<i32> {
             // address, or masqueraded out of the uplink (which must not
             // leave untranslated).
             let saddr = key.saddr;
-            let passes = match Iface::of(ctx).role {
+            let passes = match role {
                 ROLE_LAB => !lab.is_local(saddr),
                 ROLE_UPLINK => !lab.is_local(saddr) && !lab.is_masqueraded(saddr),
                 _ => false,

@@ -14,7 +14,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
     programs::TcContext,
 };
-use netlab_common::nat::{IFACE_SLOTS, IfaceConfig, NET_INTERNAL, NatConfig, NetSet, iface_slot};
+use netlab_common::nat::{
+    BACKEND_PORT_WORDS, IFACE_SLOTS, IfaceConfig, NET_INTERNAL, NatConfig, NetSet,
+    backend_port_bit, iface_slot,
+};
 
 use crate::pkt::ctx::{self, array_value, value};
 
@@ -34,6 +37,19 @@ static MASQ_SUBNETS: LpmTrie<u32, u32> = LpmTrie::pinned(256, 0);
 /// `NatConfig::internal` overflows.
 #[map(name = "LAB_NETS")]
 static LAB_NETS: LpmTrie<u32, u32> = LpmTrie::pinned(16384, 0);
+
+/// Which ports published ports forward to (see `names::BACKEND_PORTS`).
+#[map(name = "BACKEND_PORTS")]
+static BACKEND_PORTS: Array<u64> = Array::pinned(BACKEND_PORT_WORDS, 0);
+
+/// Whether some published port forwards to a backend on `port` (network
+/// order): only such a source port can carry a reply a lab veth's egress
+/// hook translates (besides the host's own flows).
+#[inline(always)]
+pub fn is_backend_port(port: u16) -> bool {
+    let (word, bit) = backend_port_bit(u16::from_be(port));
+    array_value(BACKEND_PORTS.get_ptr(word)).is_some_and(|w| w & bit != 0)
+}
 
 #[map(name = "IFACE_CONFIG")]
 static IFACE_CONFIG: HashMap<u32, IfaceConfig> = HashMap::pinned(16384, 0);

@@ -82,6 +82,24 @@ for item in sys.argv[5:]:
         print(f"{n} refused", flush=True)
 "#;
 
+/// One UDP socket held open: `HOST PORT`. Sends each stdin line from the
+/// same connected socket and prints "reply LINE" or "timeout LINE".
+const UDP_LONG_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+for line in sys.stdin:
+    message = line.strip()
+    try:
+        s.send(message.encode())
+        data = s.recv(65535)
+        print(f"reply {data.decode(errors='replace')}", flush=True)
+    except (socket.timeout, ConnectionRefusedError):
+        print(f"timeout {message}", flush=True)
+"#;
+
 /// One TCP echo round trip: `HOST PORT PAYLOAD`. Prints "ok", "refused",
 /// "timeout" or "error: ..."; exits 0 only on "ok".
 const TCP_ECHO_ONCE: &str = r#"
@@ -613,6 +631,45 @@ fn publish_at_run_time(datapath: &str) {
     );
 }
 
+/// 8b. Removing a published port cuts the flows it opened (issue 21,
+///     item 6): a UDP client that keeps sending from one socket, after
+///     the port is removed and published to another namespace, reaches
+///     the new backend, never the old one (Docker and kube-proxy flush
+///     the kernel's conntrack entries of a removed port for this reason).
+fn publish_rm_cuts_its_flows(datapath: &str) {
+    let sb = lab(datapath);
+    offload_off(&sb);
+    let blue = start_server(&sb, "blue", UDP_ECHO_SERVER, 53);
+    let red = start_server(&sb, "red", UDP_ECHO_SERVER, 53);
+    sb.netlab_ok(&["publish", "add", "blue", "5353:53/udp"])
+        .unwrap();
+    let mut client = sb
+        .spawn(
+            &python("outside", UDP_LONG_CLIENT, &[UPLINK, "5353"]),
+            LIFETIME,
+        )
+        .unwrap();
+    client.wait_for("ready", SETTLE).unwrap();
+    client.send_line("to-blue").unwrap();
+    client.wait_for("reply to-blue", SETTLE).unwrap();
+
+    sb.netlab_ok(&["publish", "rm", "5353/udp"]).unwrap();
+    sb.netlab_ok(&["publish", "add", "red", "5353:53/udp"])
+        .unwrap();
+    client.send_line("to-red").unwrap();
+    client.wait_for("reply to-red", SETTLE).unwrap();
+    let blue_log = blue.stdout();
+    let red_log = red.stdout();
+    assert!(
+        !blue_log.contains("to-red"),
+        "the old backend still got the flow's datagram after `publish rm`:\n{blue_log}"
+    );
+    assert!(
+        red_log.contains(&format!("from {OUTSIDE}:")) && red_log.contains("to-red"),
+        "the new backend did not get the datagram:\n{red_log}"
+    );
+}
+
 /// 9. ICMP errors about translated flows reach the right socket: a
 ///    connected UDP socket hears "port unreachable" as ECONNREFUSED.
 fn icmp_errors_reach_the_client(datapath: &str) {
@@ -825,6 +882,7 @@ per_datapath!(
     hairpin_reaches_published_port,
     host_reaches_published_port,
     publish_at_run_time,
+    publish_rm_cuts_its_flows,
     icmp_errors_reach_the_client,
     source_ports_run_out,
 );

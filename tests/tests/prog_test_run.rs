@@ -274,6 +274,10 @@ impl Datapath {
             _pad: 0,
         };
         map.insert(key, value, 0).unwrap();
+        let (word, bit) = netlab_common::nat::backend_port_bit(backend.port());
+        let mut ports: Array<_, u64> = Array::try_from(self.map(names::BACKEND_PORTS)).unwrap();
+        let old = ports.get(&word, 0).unwrap();
+        ports.set(word, old | bit, 0).unwrap();
     }
 
     /// One of the lab's host addresses (published ports answer there).

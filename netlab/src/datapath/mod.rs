@@ -131,16 +131,26 @@ impl<'a> Running<'a> {
     /// chain, as iptables must.
     pub fn publish(&self, published: &[PublishedPort], new: &PublishedPort) -> Result<()> {
         match self {
-            Running::Ebpf { topo, pins } => ebpf::config::publish_one(pins, topo, new),
+            Running::Ebpf { topo, pins } => ebpf::config::publish_one(pins, topo, published, new),
             Running::Iptables { .. } => self.sync_published(published),
         }
     }
 
-    /// Removes `old` (no longer in `published`, the ports still in force).
+    /// Removes `old` (no longer in `published`, the ports still in force),
+    /// and cuts the flows it opened: a client that keeps sending to it
+    /// (UDP) must not reach the old backend forever.
     pub fn unpublish(&self, published: &[PublishedPort], old: &PublishedPort) -> Result<()> {
         match self {
-            Running::Ebpf { pins, .. } => ebpf::config::unpublish_one(pins, old),
-            Running::Iptables { .. } => self.sync_published(published),
+            Running::Ebpf { pins, .. } => {
+                ebpf::config::unpublish_one(pins, published, old)?;
+                let cut = ebpf::config::cut_flows(pins, old)?;
+                log::debug!("cut {cut} flows of {}/{}", old.host_port, old.proto);
+                Ok(())
+            }
+            Running::Iptables { topo, .. } => {
+                self.sync_published(published)?;
+                iptables::cut_flows(topo, old)
+            }
         }
     }
 }

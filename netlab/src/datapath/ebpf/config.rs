@@ -13,9 +13,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::maps::lpm_trie::Key;
 use netlab_common::nat::{
-    Backend, Endpoint, IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NET_GROUP, NET_INTERNAL,
-    NET_SET_INLINE, NET_UPLINK, NatConfig, Net, NetSet, PublishKey, ROLE_LAB, ROLE_UPLINK,
-    iface_slot,
+    BACKEND_PORT_WORDS, Backend, DIR_ORIGINAL, Endpoint, FlowKey, IPPROTO_TCP, IPPROTO_UDP,
+    IfaceConfig, NAT_DNAT, NET_GROUP, NET_INTERNAL, NET_SET_INLINE, NET_UPLINK, NatConfig, Net,
+    NetSet, PublishKey, ROLE_LAB, ROLE_UPLINK, backend_port_bit, iface_slot,
 };
 
 use super::maps;
@@ -400,21 +400,86 @@ fn publish_entry(topo: &Topology, port: &PublishedPort) -> Result<(PublishKey, B
     ))
 }
 
-/// Adds one published port: one map update, whatever the number present.
-pub fn publish_one(pins: &Pins, topo: &Topology, port: &PublishedPort) -> Result<()> {
-    let mut published = maps::published(pins)?;
-    let (key, backend) = publish_entry(topo, port)?;
-    published.insert(key, backend, 0)?;
+/// The words of `BACKEND_PORTS` for the backends of `ports`.
+fn backend_port_words(ports: &[PublishedPort]) -> BTreeMap<u32, u64> {
+    let mut words = BTreeMap::new();
+    for port in ports {
+        let (word, bit) = backend_port_bit(port.port);
+        *words.entry(word).or_insert(0) |= bit;
+    }
+    words
+}
+
+/// Writes the word of `BACKEND_PORTS` that holds `port`'s bit, as the
+/// backends of `published` (the ports in force) make it.
+fn set_backend_port_word(pins: &Pins, published: &[PublishedPort], port: u16) -> Result<()> {
+    let (word, _) = backend_port_bit(port);
+    let value = backend_port_words(published)
+        .get(&word)
+        .copied()
+        .unwrap_or(0);
+    maps::backend_ports(pins)?.set(word, value, 0)?;
     Ok(())
 }
 
-/// Removes one published port: one map delete.
-pub fn unpublish_one(pins: &Pins, port: &PublishedPort) -> Result<()> {
-    let mut published = maps::published(pins)?;
-    match published.remove(&publish_key(port)) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(e) => Err(e.into()),
+/// Adds one published port (already in `published`, the ports in force):
+/// one map update, whatever the number present, and its backend port's
+/// bit.
+pub fn publish_one(
+    pins: &Pins,
+    topo: &Topology,
+    published: &[PublishedPort],
+    port: &PublishedPort,
+) -> Result<()> {
+    let (key, backend) = publish_entry(topo, port)?;
+    // The bit first: a reply from the backend may follow the first packet.
+    set_backend_port_word(pins, published, port.port)?;
+    maps::published(pins)?.insert(key, backend, 0)?;
+    Ok(())
+}
+
+/// Removes one published port (no longer in `published`): one map delete,
+/// and its backend port's bit unless another published port still uses it.
+pub fn unpublish_one(pins: &Pins, published: &[PublishedPort], port: &PublishedPort) -> Result<()> {
+    match maps::published(pins)?.remove(&publish_key(port)) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+        Err(e) => return Err(e.into()),
     }
+    set_backend_port_word(pins, published, port.port)
+}
+
+/// Cuts the flows a published port opened (`port` was removed): both
+/// halves of every DNAT flow whose original destination port is
+/// `port.host_port`, in both conntrack tables, so a client that keeps
+/// sending (UDP) is evaluated afresh (as Docker and kube-proxy flush the
+/// kernel's conntrack entries of a removed port). Returns how many flows.
+pub fn cut_flows(pins: &Pins, port: &PublishedPort) -> Result<usize> {
+    let (dport, proto) = (port.host_port.to_be(), ip_proto(port.proto));
+    let mut cut = 0;
+    for name in maps::CONNTRACK_TABLES {
+        let mut table = maps::conntrack_table(pins, name)?;
+        let doomed: Vec<(FlowKey, FlowKey)> = table
+            .iter()
+            .filter_map(|item| item.ok())
+            .filter(|(key, half)| {
+                half.direction == DIR_ORIGINAL
+                    && half.nat & NAT_DNAT != 0
+                    && key.dport == dport
+                    && key.proto == proto
+            })
+            .map(|(key, half)| (key, half.peer))
+            .collect();
+        for (key, peer) in doomed {
+            for half in [key, peer] {
+                match table.remove(&half) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            cut += 1;
+        }
+    }
+    Ok(cut)
 }
 
 /// Makes the PUBLISHED map hold exactly `records`.
@@ -432,6 +497,14 @@ pub fn sync_published(pins: &Pins, topo: &Topology, ports: &[PublishedPort]) -> 
         .collect();
     for key in stale {
         published.remove(&key)?;
+    }
+    let mut words = maps::backend_ports(pins)?;
+    let wanted_words = backend_port_words(ports);
+    for word in 0..BACKEND_PORT_WORDS {
+        let value = wanted_words.get(&word).copied().unwrap_or(0);
+        if words.get(&word, 0)? != value {
+            words.set(word, value, 0)?;
+        }
     }
     for (key, backend) in wanted.values() {
         published.insert(key, backend, 0)?;

@@ -88,6 +88,15 @@ pub fn published(pins: &Pins) -> Result<HashMap<MapData, PublishKey, Backend>> {
     )?))?)
 }
 
+/// The ports published ports forward to, one bit each.
+pub fn backend_ports(pins: &Pins) -> Result<Array<MapData, u64>> {
+    Ok(Array::try_from(Map::Array(open(
+        pins,
+        names::BACKEND_PORTS,
+        NAT_HINT,
+    )?))?)
+}
+
 /// The `redirect` datapath's endpoints: lab address → where to send it.
 pub fn endpoints(pins: &Pins) -> Result<HashMap<MapData, u32, Endpoint>> {
     Ok(HashMap::try_from(Map::HashMap(open(

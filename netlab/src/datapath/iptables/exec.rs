@@ -243,6 +243,49 @@ pub fn sync_published(
         .with_context(|| format!("updating lab `{lab}`'s published ports ({variant} backend)"))
 }
 
+/// Cuts the kernel's conntrack entries that a removed published port's
+/// DNAT made (`conntrack -D`, from conntrack-tools, for each of the lab's
+/// host addresses), so a client that keeps sending is evaluated afresh, as
+/// Docker and kube-proxy do. Without the `conntrack` binary the flows run
+/// until they expire: said as a warning.
+pub fn cut_flows(topo: &Topology, port: &PublishedPort) -> Result<()> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    let Some(binary) = env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join("conntrack"))
+        .find(|candidate| candidate.is_file())
+    else {
+        log::warn!(
+            "conntrack (conntrack-tools) is not installed: flows already open to {}/{} keep              going until they expire (Debian: `apt-get install conntrack`)",
+            port.host_port,
+            port.proto
+        );
+        return Ok(());
+    };
+    let proto = port.proto.to_string();
+    let host_port = port.host_port.to_string();
+    for (_, address) in topo.host_addresses() {
+        let addr = address.net.addr.to_string();
+        // Exit status 1 when nothing matched: not an error.
+        let status = Command::new(&binary)
+            .args([
+                "-D",
+                "-p",
+                &proto,
+                "--orig-dst",
+                &addr,
+                "--orig-port-dst",
+                &host_port,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        log::debug!("conntrack -D {proto} {addr}:{host_port}: {status}");
+    }
+    Ok(())
+}
+
 /// Removes the jumps and the lab's chains from every variant whose binaries
 /// are installed; fine if they are already gone (`down` after a crash).
 pub fn remove(lab: &str) -> Result<()> {
