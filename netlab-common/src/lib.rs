@@ -17,6 +17,8 @@ pub mod names {
     /// the source rewrite of replies. The fast path; it tail-calls
     /// [`NAT_EGRESS_FULL`] for everything else.
     pub const NAT_EGRESS: &str = "nat_egress";
+    /// XDP program on the uplink's host end, with `entry = "xdp"`.
+    pub const XDP_UPLINK: &str = "xdp_uplink";
     /// The full paths of the NAT programs (only ever tail-called).
     pub const NAT_INGRESS_FULL: &str = "nat_ingress_full";
     pub const NAT_EGRESS_FULL: &str = "nat_egress_full";

@@ -573,9 +573,16 @@ pub enum Stat {
     /// (idle past their timeout, or TCP closing), as nf_conntrack's early
     /// drop takes closing connections.
     CtSwept,
+    /// An IPv4 header that is not one (version, header or total length)
+    /// arriving on the uplink: dropped at the XDP entry, where the host's
+    /// stack would drop it later.
+    BadHeader,
+    /// Established flows to a published port translated at the XDP entry
+    /// and handed to their backend's veth (`XDP_REDIRECT`).
+    XdpRedirected,
 }
 
-pub const STAT_COUNT: u32 = 33;
+pub const STAT_COUNT: u32 = 35;
 
 // A reason's index in `Stat::ALL` is its value: global BPF functions return
 // a reason as `reason as u32`, and their callers look it up there.
@@ -622,6 +629,8 @@ impl Stat {
         Stat::OtherHost,
         Stat::CtAssuredFull,
         Stat::CtSwept,
+        Stat::BadHeader,
+        Stat::XdpRedirected,
     ];
 
     pub fn name(self) -> &'static str {
@@ -659,6 +668,8 @@ impl Stat {
             Stat::OtherHost => "other_host",
             Stat::CtAssuredFull => "ct_assured_full",
             Stat::CtSwept => "ct_swept",
+            Stat::BadHeader => "bad_header",
+            Stat::XdpRedirected => "xdp_redirected",
         }
     }
 
@@ -679,6 +690,7 @@ impl Stat {
                 | Stat::RoutedIntoLab
                 | Stat::WorldTransit
                 | Stat::PortSearchLimit
+                | Stat::BadHeader
         )
     }
 }

@@ -23,7 +23,7 @@ use aya_ebpf::programs::TcContext;
 use netlab_common::nat::{ROLE_LAB, ROLE_UPLINK, Stat};
 
 use crate::{
-    fib,
+    fib::{self, Asker},
     lab::{Iface, Lab, is_group},
     pkt::parse::Parsed,
 };
@@ -34,13 +34,13 @@ pub fn admit(ctx: &TcContext, lab: &Lab, iface: &Iface, parsed: &Parsed) -> Resu
     let Some(ip) = parsed.ip() else {
         return Ok(());
     };
-    admit_addrs(ctx, lab, iface, ip.saddr, ip.daddr, ip.proto)
+    admit_addrs(Asker::tc(ctx), lab, iface, ip.saddr, ip.daddr, ip.proto)
 }
 
 /// [`admit`] for a packet from `saddr` to `daddr`.
 #[inline(always)]
 pub fn admit_addrs(
-    ctx: &TcContext,
+    asker: Asker,
     lab: &Lab,
     iface: &Iface,
     saddr: u32,
@@ -71,7 +71,7 @@ pub fn admit_addrs(
             }
             // The host's own other addresses answer the world as they
             // would without the lab; forwarding beyond is transit.
-            if fib::forwards(ctx, saddr, daddr, proto, ctx.len()) {
+            if fib::forwards(asker, saddr, daddr, proto) {
                 return Err(Stat::WorldTransit);
             }
             Ok(())

@@ -106,7 +106,15 @@ fn fast_ingress(ctx: &TcContext) -> Option<i32> {
     let mut pkt = Plain::read(ctx)?;
     let iface = Iface::of(ctx);
     let key = pkt.key;
-    admit::admit_addrs(ctx, &lab, &iface, key.saddr, key.daddr, key.proto).ok()?;
+    admit::admit_addrs(
+        fib::Asker::tc(ctx),
+        &lab,
+        &iface,
+        key.saddr,
+        key.daddr,
+        key.proto,
+    )
+    .ok()?;
     let mut half = None;
     // Only flows to the lab's host addresses are translated on the way in.
     if lab.is_local(key.daddr) {

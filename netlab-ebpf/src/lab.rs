@@ -179,7 +179,12 @@ impl Iface {
     /// the slot.
     #[inline(always)]
     pub fn of(ctx: &TcContext) -> Iface {
-        let ifindex = ctx::ifindex(ctx);
+        Iface::of_index(ctx::ifindex(ctx))
+    }
+
+    /// The configuration of interface `ifindex`.
+    #[inline(always)]
+    pub fn of_index(ifindex: u32) -> Iface {
         let mut cfg = array_value(IFACES.get_ptr(iface_slot(ifindex)))
             .filter(|c| c.ifindex == ifindex && c.role != 0);
         if cfg.is_none() {

@@ -23,6 +23,7 @@
 mod admit;
 mod conntrack;
 mod endpoints;
+mod entry;
 mod fast;
 mod fib;
 mod frag;
@@ -40,8 +41,8 @@ mod verdict;
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_redirect,
-    macros::{cgroup_sock_addr, classifier, tracepoint},
-    programs::{SockAddrContext, TcContext, TracePointContext},
+    macros::{cgroup_sock_addr, classifier, tracepoint, xdp},
+    programs::{SockAddrContext, TcContext, TracePointContext, XdpContext},
 };
 use netlab_common::{
     names,
@@ -236,6 +237,14 @@ fn egress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
 #[classifier]
 pub fn trace_hop(ctx: TcContext) -> i32 {
     trace::tail(&ctx)
+}
+
+/// The XDP entry on the uplink's host end (`entry = "xdp"`): early drops,
+/// and (`redirect`) established flows to published ports handed to their
+/// backend's veth (see [`entry`]).
+#[xdp]
+pub fn xdp_uplink(ctx: XdpContext) -> u32 {
+    entry::uplink(&ctx)
 }
 
 /// `skb:kfree_skb`: the kernel dropped a packet; traced when it is a lab

@@ -2,7 +2,7 @@
 
 use std::{io::Write as _, net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::{conntrack, exec, graph, lab, metrics, publish, state, status, sys, topology, trace};
@@ -47,6 +47,10 @@ pub enum Command {
         /// Override the topology's datapath.
         #[arg(long)]
         datapath: Option<DatapathArg>,
+        /// Override where the world's traffic enters the eBPF datapath on
+        /// the uplink (the topology's `nat.entry`): its TC hook or XDP.
+        #[arg(long)]
+        entry: Option<EntryArg>,
         /// Build even when a lab subnet overlaps what the host uses (its
         /// routes, addresses, nameservers, connections), with a warning.
         #[arg(long)]
@@ -225,6 +229,21 @@ pub enum DatapathArg {
     Iptables,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum EntryArg {
+    Tc,
+    Xdp,
+}
+
+impl From<EntryArg> for topology::Entry {
+    fn from(arg: EntryArg) -> Self {
+        match arg {
+            EntryArg::Tc => topology::Entry::Tc,
+            EntryArg::Xdp => topology::Entry::Xdp,
+        }
+    }
+}
+
 impl From<DatapathArg> for topology::Datapath {
     fn from(arg: DatapathArg) -> Self {
         match arg {
@@ -264,8 +283,9 @@ impl Command {
             Command::Up {
                 file,
                 datapath,
+                entry,
                 force,
-            } => up(file, datapath, force),
+            } => up(file, datapath, entry, force),
             Command::Down { lab } => down(lab),
             Command::Status { lab, json } => show_status(lab, json),
             Command::Publish { lab, action } => publish(lab, action),
@@ -422,7 +442,12 @@ fn run_trace(args: TraceArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn up(file: Option<PathBuf>, datapath: Option<DatapathArg>, force: bool) -> Result<ExitCode> {
+fn up(
+    file: Option<PathBuf>,
+    datapath: Option<DatapathArg>,
+    entry: Option<EntryArg>,
+    force: bool,
+) -> Result<ExitCode> {
     let (text, origin) = match &file {
         Some(path) => (
             std::fs::read_to_string(path)
@@ -434,6 +459,20 @@ fn up(file: Option<PathBuf>, datapath: Option<DatapathArg>, force: bool) -> Resu
     let mut topo = topology::parse(&text, &origin)?;
     if let Some(datapath) = datapath {
         topo.datapath = datapath.into();
+    }
+    if let Some(entry) = entry {
+        topo.nat.entry = entry.into();
+    }
+    if topo.nat.entry == topology::Entry::Xdp {
+        if topo.datapath.family() != topology::Family::Ebpf {
+            bail!(
+                "entry `xdp` is an entry of the eBPF datapaths, not of `{}`",
+                topo.datapath
+            );
+        }
+        if topo.uplink_end().is_none() {
+            bail!("entry `xdp` runs on the uplink: the topology names none (nat.uplink)");
+        }
     }
     let overlap = if force {
         lab::HostOverlap::Warn

@@ -9,7 +9,7 @@ use std::{
     future::Future,
     net::IpAddr,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsRawFd, BorrowedFd, RawFd},
 };
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -23,7 +23,9 @@ use rtnetlink::{
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
         address::AddressAttribute,
-        link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+        link::{
+            InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp,
+        },
         route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
         tc::{
             TcAttribute, TcBpfFlags, TcFilterBpf, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
@@ -155,7 +157,13 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     pub up: bool,
     pub counters: LinkCounters,
+    /// The id of the XDP program attached in driver (native) mode, if any.
+    pub xdp_prog: Option<u32>,
 }
+
+/// `XDP_FLAGS_DRV_MODE` (linux/if_link.h): native XDP, in the driver (veth
+/// runs it in its NAPI poll), never the generic skb mode.
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
 /// One of an interface's two TC hooks (the `clsact` qdisc's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -427,6 +435,22 @@ impl Netlink {
             .with_context(|| format!("setting hairpin mode on port {index} in {}", self.place))
     }
 
+    /// Runs the XDP program `fd` on link `index` in driver (native) mode,
+    /// replacing whatever XDP program it had; `None` removes it. The
+    /// program stays attached after netlab exits and goes with the link.
+    pub async fn set_xdp(&self, index: u32, fd: Option<RawFd>) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .append_extra_attribute(LinkAttribute::Xdp(vec![
+                    LinkXdp::Fd(fd.unwrap_or(-1)),
+                    LinkXdp::Flags(XDP_FLAGS_DRV_MODE),
+                ]))
+                .build(),
+        )
+        .await
+        .with_context(|| format!("setting the XDP program of link {index} in {}", self.place))
+    }
+
     pub async fn set_up(&self, index: u32) -> Result<()> {
         self.set(LinkUnspec::new_with_index(index).up().build())
             .await
@@ -689,6 +713,7 @@ fn parse_link(msg: &LinkMessage) -> Link {
         mac: None,
         up: msg.header.flags.contains(LinkFlags::Up),
         counters: LinkCounters::default(),
+        xdp_prog: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -703,6 +728,12 @@ fn parse_link(msg: &LinkMessage) -> Link {
                         bytes: stats.tx_bytes,
                     },
                 };
+            }
+            LinkAttribute::Xdp(xdp) => {
+                link.xdp_prog = xdp.iter().find_map(|x| match x {
+                    LinkXdp::DrvProgId(id) | LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+                    _ => None,
+                });
             }
             LinkAttribute::IfName(name) => link.name = name.clone(),
             LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),

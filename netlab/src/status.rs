@@ -147,12 +147,21 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
                         TcHook::Ingress => link.counters.ingress,
                         TcHook::Egress => link.counters.egress,
                     };
+                    let mut on_hook: Vec<String> = Vec::new();
+                    // An XDP program runs before the ingress hook's filters.
+                    if let (TcHook::Ingress, Some(id)) = (hook, link.xdp_prog) {
+                        on_hook.push(format!("{} (xdp)", program_name(id)));
+                    }
+                    on_hook.extend(
+                        programs
+                            .get(&(link.index, hook))
+                            .into_iter()
+                            .flatten()
+                            .map(|p| p.name.clone()),
+                    );
                     hooks.push(HookStatus {
                         hook: hook.name().to_owned(),
-                        programs: programs
-                            .get(&(link.index, hook))
-                            .map(|on_hook| on_hook.iter().map(|p| p.name.clone()).collect())
-                            .unwrap_or_default(),
+                        programs: on_hook,
                         packets: counter.packets,
                         bytes: counter.bytes,
                     });
@@ -357,4 +366,13 @@ pub fn render(status: &LabStatus) -> String {
         }
     }
     out
+}
+
+/// The name of BPF program `id` as the kernel knows it, else `#ID`.
+fn program_name(id: u32) -> String {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|info| info.id() == id)
+        .and_then(|info| info.name_as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("#{id}"))
 }

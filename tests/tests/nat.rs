@@ -887,6 +887,96 @@ per_datapath!(
     source_ports_run_out,
 );
 
+/// 13. The XDP entry (`up --entry xdp`, eBPF datapaths only): published
+///     ports still answer the world over TCP and UDP (with `redirect`,
+///     established flows are handed to the backend at the XDP entry),
+///     routed access into the lab is dropped there, and an `up` back to
+///     the TC entry removes the XDP program.
+fn xdp_entry(datapath: &str) {
+    let sb = Sandbox::new().unwrap();
+    sb.netlab_ok(&["up", "--datapath", datapath, "--entry", "xdp"])
+        .unwrap();
+    let status = sb.status().unwrap();
+    let ingress = netlab_tests::status_hook(&status, "nl-uplink", "ingress").unwrap();
+    assert_eq!(
+        ingress.programs.first().map(String::as_str),
+        Some("xdp_uplink (xdp)"),
+        "{ingress:?}"
+    );
+    let (server, body) = http_server(&sb, "blue", 80);
+    fetch(
+        &sb,
+        Some("outside"),
+        &format!("http://{UPLINK}:8080/"),
+        &body,
+    );
+    assert_eq!(wait_http_clients(&server, 1), [OUTSIDE]);
+
+    sb.netlab_ok(&["publish", "add", "blue", "5353:53/udp"])
+        .unwrap();
+    let blue = start_server(&sb, "blue", UDP_ECHO_SERVER, 53);
+    let replies = udp_client(
+        &sb,
+        "outside",
+        (UPLINK, 5353),
+        "connect",
+        "3",
+        &["1:first", "1:second", "1:third"],
+    );
+    assert_eq!(
+        replies,
+        ["first", "second", "third"].map(|p| format!("1 reply {p} from {UPLINK}:5353")),
+        "blue's log: {}",
+        blue.stdout()
+    );
+    if datapath == "redirect" {
+        assert!(
+            nat_counter(&sb.status().unwrap(), "xdp_redirected") >= 2,
+            "established datagrams went through the XDP entry's redirect"
+        );
+    }
+
+    sb.ok(&[
+        "ip",
+        "-n",
+        "outside",
+        "route",
+        "add",
+        "192.168.15.0/24",
+        "via",
+        UPLINK,
+    ])
+    .unwrap();
+    let before = nat_counter(&sb.status().unwrap(), "routed_into_lab");
+    let routed = udp_client(&sb, "outside", (BLUE, 53), "connect", "1", &["1:routed"]);
+    assert_eq!(
+        routed,
+        ["1 timeout"],
+        "routed access into the lab must fail"
+    );
+    assert!(nat_counter(&sb.status().unwrap(), "routed_into_lab") > before);
+
+    sb.netlab_ok(&["up", "--datapath", datapath]).unwrap();
+    let status = sb.status().unwrap();
+    let ingress = netlab_tests::status_hook(&status, "nl-uplink", "ingress").unwrap();
+    assert!(
+        !ingress.programs.iter().any(|p| p.contains("xdp")),
+        "{ingress:?}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn bridge_xdp_entry() {
+    xdp_entry("bridge");
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn redirect_xdp_entry() {
+    xdp_entry("redirect");
+}
+
 /// 11 reads netlab's own conntrack, so it is for netlab's datapath only (the
 /// iptables reference keeps its flows in the kernel's).
 #[test]

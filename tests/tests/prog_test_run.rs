@@ -31,16 +31,17 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
     maps::{Array, HashMap, Map, PerCpuArray, ProgramArray},
-    programs::SchedClassifier,
+    programs::{SchedClassifier, Xdp},
 };
 use netlab_common::{
     names,
     nat::{
         APPLY_EGRESS, APPLY_INGRESS, Backend, CT_ASSURED, CT_CONFIRMED, CtEntry, DIR_ORIGINAL,
-        DIR_REPLY, FlowKey, IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NAT_DNAT, NAT_REFLECT, NAT_SNAT,
-        NET_INTERNAL, NET_UPLINK, NatConfig, Net, NetSet, PublishKey, ROLE_LAB, ROLE_UPLINK,
-        STAT_COUNT, Stat, TcpState, timeouts,
+        DIR_REPLY, Endpoint, FlowKey, IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NAT_DNAT, NAT_REFLECT,
+        NAT_SNAT, NET_INTERNAL, NET_UPLINK, NatConfig, Net, NetSet, PublishKey, ROLE_LAB,
+        ROLE_UPLINK, STAT_COUNT, Stat, TcpState, timeouts,
     },
+    trace::TraceConfig,
 };
 
 use netlab_tests::frames::*;
@@ -228,6 +229,13 @@ impl Datapath {
                 .load()
                 .unwrap_or_else(|e| panic!("loading {name}: {e}"));
         }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(names::XDP_UPLINK)
+            .expect("the object has the XDP entry")
+            .try_into()
+            .unwrap();
+        xdp.load()
+            .unwrap_or_else(|e| panic!("loading {}: {e}", names::XDP_UPLINK));
         let full = [
             (names::NAT_FULL_INGRESS, names::NAT_INGRESS_FULL),
             (names::NAT_FULL_EGRESS, names::NAT_EGRESS_FULL),
@@ -403,6 +411,19 @@ impl Datapath {
         panic!("no flow at {key:?}");
     }
 
+    /// Overwrites the half at `key` (wherever it is) with `entry`.
+    fn set_flow(&mut self, key: &FlowKey, entry: CtEntry) {
+        for name in [names::CONNTRACK, names::CONNTRACK_NEW] {
+            let mut table: HashMap<_, FlowKey, CtEntry> =
+                HashMap::try_from(self.map(name)).unwrap();
+            if table.get(key, 0).is_ok() {
+                table.insert(key, entry, 0).unwrap();
+                return;
+            }
+        }
+        panic!("no flow at {key:?}");
+    }
+
     fn flow(&self, key: &FlowKey) -> Option<CtEntry> {
         self.conntrack()
             .into_iter()
@@ -475,6 +496,58 @@ impl Datapath {
             mark,
             moved: after.moved_since(&before),
         })
+    }
+
+    /// Runs the XDP entry once on `frame`: its verdict, the frame as it
+    /// left, and the counters that moved.
+    fn run_xdp(&self, frame: &[u8]) -> Outcome {
+        let before = self.stats();
+        let program: &Xdp = self
+            .ebpf
+            .program(names::XDP_UPLINK)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut out = vec![0; frame.len() + 64];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {}: {e}", names::XDP_UPLINK));
+        out.truncate(result.data_size_out as usize);
+        Outcome {
+            verdict: result.return_value as i32,
+            frame: out,
+            mark: 0,
+            moved: self.stats().moved_since(&before),
+        }
+    }
+
+    /// The `redirect` datapath, with `addr` reached through the host-side
+    /// veth `ifindex` (MACs: the namespace's `mac`, its gateway's
+    /// `gateway_mac`).
+    fn redirect_to(&mut self, addr: Ipv4Addr, ifindex: u32, mac: [u8; 6], gateway_mac: [u8; 6]) {
+        self.config.redirect = 1;
+        self.write_config();
+        let mut map: HashMap<_, u32, Endpoint> =
+            HashMap::try_from(self.map(names::ENDPOINTS)).unwrap();
+        let endpoint = Endpoint {
+            ifindex,
+            mac,
+            gateway_mac,
+        };
+        map.insert(be(addr), endpoint, 0).unwrap();
+    }
+
+    /// Turns the tracing switch on (nothing records: no trace_hop).
+    fn tracing_on(&mut self) {
+        let mut map: Array<_, TraceConfig> =
+            Array::try_from(self.map(names::TRACE_CONFIG)).unwrap();
+        let mut config = map.get(&0, 0).unwrap();
+        config.enabled = 1;
+        map.set(0, config, 0).unwrap();
     }
 
     /// Runs `frame` and asserts that it passes untouched, counted as `stat`.
@@ -1509,5 +1582,101 @@ fn icmp_errors_never_leave_the_uplink_with_a_lab_address() {
             "ICMP errors leave the uplink with a lab source:\n  {}",
             leaks.join("\n  ")
         );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The XDP entry (`entry = "xdp"`)
+// ---------------------------------------------------------------------------
+
+const XDP_DROP: i32 = 1;
+const XDP_PASS: i32 = 2;
+const XDP_REDIRECT: i32 = 4;
+
+/// The XDP entry drops on the uplink what the TC programs drop there, with
+/// the same reasons, and what is no IPv4 header at all; it leaves new
+/// flows, ICMP and everything while a trace runs to the TC programs.
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn the_xdp_entry_drops_what_tc_would_and_passes_the_rest() {
+    with_datapath(|dp| {
+        dp.default_lab();
+        let spoofed = Frame::udp("192.168.15.7:5000", "198.18.0.1:5353").bytes();
+        dp.run_xdp(&spoofed)
+            .expect(XDP_DROP, &[(Stat::SpoofedSource, 1)]);
+        // A closed lab (as `up` makes every lab).
+        dp.config.closed = 1;
+        dp.write_config();
+        let routed = Frame::udp("198.18.0.2:5000", "192.168.15.2:53").bytes();
+        dp.run_xdp(&routed)
+            .expect(XDP_DROP, &[(Stat::RoutedIntoLab, 1)]);
+        let mut bad = Frame::udp("198.18.0.2:5000", "198.18.0.1:5353").bytes();
+        bad[14] = 0x44; // IHL 4: not an IPv4 header
+        dp.run_xdp(&bad).expect(XDP_DROP, &[(Stat::BadHeader, 1)]);
+
+        let new = Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_SYN).bytes();
+        let out = dp.run_xdp(&new);
+        out.expect(XDP_PASS, &[]);
+        assert_frame_eq(&out.frame, &new, "a new flow left to TC");
+        let ping = Frame::icmp("198.18.0.2", "198.18.0.1", ICMP_ECHO_REQUEST, 7).bytes();
+        dp.run_xdp(&ping).expect(XDP_PASS, &[]);
+
+        dp.tracing_on();
+        dp.run_xdp(&spoofed).expect(XDP_PASS, &[]);
+    });
+}
+
+/// With `redirect`, a packet of an established flow to a published port is
+/// translated at the XDP entry and handed to its backend's veth, with the
+/// router hop's MACs and TTL and checksums that verify (it updates the L4
+/// checksum as a complete one: netlab turns transmit checksum offload off
+/// on the uplink's peer). The flow's packets are counted in conntrack.
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn the_xdp_entry_redirects_an_established_flow_to_its_backend() {
+    with_datapath(|dp| {
+        dp.default_lab();
+        let blue_mac = [0x02, 0, 0, 0, 0, 0x0b];
+        let gateway_mac = [0x02, 0, 0, 0, 0, 0x01];
+        dp.redirect_to(ip("192.168.15.2"), 77, blue_mac, gateway_mac);
+        for (first, next) in [
+            (
+                Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_SYN),
+                Frame::tcp("198.18.0.2:40000", "198.18.0.1:8080", TCP_ACK),
+            ),
+            (
+                Frame::udp("198.18.0.2:40001", "198.18.0.1:5353"),
+                Frame::udp("198.18.0.2:40001", "198.18.0.1:5353"),
+            ),
+        ] {
+            // The flow opens through TC (which the XDP entry passes it to).
+            dp.run_xdp(&first.bytes()).expect(XDP_PASS, &[]);
+            let opened = dp.run(names::NAT_INGRESS, &first.bytes());
+            dp.leave(&opened);
+            let key = flow_key(next.proto(), next.src, next.dst);
+            if next.proto() == IPPROTO_TCP {
+                // Established: the backend answered, the client acked.
+                let mut entry = dp.flow(&key).unwrap();
+                entry.tcp_state = TcpState::Established as u8;
+                entry.flags |= CT_CONFIRMED;
+                dp.set_flow(&key, entry);
+            }
+            let packets = dp.flow(&key).unwrap().packets;
+            let out = dp.run_xdp(&next.bytes());
+            out.expect(XDP_REDIRECT, &[(Stat::XdpRedirected, 1)]);
+            assert_checksums(&out.frame, false);
+            let backend = if next.proto() == IPPROTO_TCP {
+                "192.168.15.2:80"
+            } else {
+                "192.168.15.2:53"
+            };
+            let mut expected = next.clone().to(ep(backend)).bytes();
+            expected[..6].copy_from_slice(&blue_mac);
+            expected[6..12].copy_from_slice(&gateway_mac);
+            expected[22] -= 1; // TTL
+            fix_ip_checksum(&mut expected);
+            assert_frame_eq(&out.frame, &expected, "redirected at the XDP entry");
+            assert_eq!(dp.flow(&key).unwrap().packets, packets + 1);
+        }
     });
 }

@@ -8,6 +8,7 @@
 //!   with a typed drop reason.
 //! - [`plain`]: the fast path's view of a plain TCP/UDP packet, read and
 //!   written back whole (a subset of what the parser accepts, by its rules).
+//! - [`xdp`]: the XDP entry's bounds-checked reads and writes.
 //! - [`parse`]: the one parser. Its [`Parsed`](parse::Parsed) result feeds
 //!   NAT, redirect, trace and the trace filter; nobody else reads headers.
 //!
@@ -21,3 +22,4 @@ pub mod ipv4;
 pub mod l4;
 pub mod parse;
 pub mod plain;
+pub mod xdp;

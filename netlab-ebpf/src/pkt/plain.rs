@@ -9,7 +9,11 @@
 
 use core::{ffi::c_void, mem::offset_of};
 
-use aya_ebpf::{bindings::__sk_buff, helpers::bpf_skb_store_bytes, programs::TcContext};
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::bpf_skb_store_bytes,
+    programs::{TcContext, XdpContext},
+};
 use netlab_common::nat::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, Stat};
 
 use crate::global;
@@ -23,6 +27,7 @@ use super::{
         TCP_DOFF_OFF, TCP_FIN, TCP_MIN_HLEN, TCP_RST, TCP_SYN, UDP_HLEN, UDP_LEN_OFF,
         tcp_flags_valid,
     },
+    xdp,
 };
 
 /// Where L4 starts (no IP options).
@@ -68,12 +73,26 @@ pub struct Plain {
 }
 
 impl Plain {
-    /// The packet, when it is one.
+    /// The packet a TC program runs on, when it is one.
     #[inline(always)]
     pub fn read(ctx: &TcContext) -> Option<Plain> {
         let hdr = ctx::load::<Headers>(ctx, 0)?;
+        Plain::check(hdr, ctx.len(), |offset| ctx::load::<[u8; 2]>(ctx, offset))
+    }
+
+    /// The frame an XDP program runs on, when it is one.
+    #[inline(always)]
+    pub fn read_xdp(ctx: &XdpContext) -> Option<Plain> {
+        let hdr = xdp::load::<Headers>(ctx, 0)?;
+        let len = (ctx.data_end() - ctx.data()) as u32;
+        Plain::check(hdr, len, |offset| xdp::load::<[u8; 2]>(ctx, offset))
+    }
+
+    /// `hdr` of a packet of `len` bytes as a plain packet, if it is one;
+    /// `word` reads two bytes at an offset (the TCP flags, the UDP length).
+    #[inline(always)]
+    fn check(hdr: Headers, len: u32, word: impl Fn(usize) -> Option<[u8; 2]>) -> Option<Plain> {
         let ip = hdr.ip;
-        let len = ctx.len();
         let tot_len = ip.total_len();
         if u16::from_be(hdr.ethertype) != ETH_P_IP
             || ip.ver_ihl != 0x45
@@ -87,7 +106,7 @@ impl Plain {
         let mut tcp_flags = 0;
         match ip.proto {
             IPPROTO_TCP => {
-                let [doff, flags] = ctx::load::<[u8; 2]>(ctx, L4_OFF + TCP_DOFF_OFF)?;
+                let [doff, flags] = word(L4_OFF + TCP_DOFF_OFF)?;
                 let doff = usize::from(doff >> 4) * 4;
                 if doff < TCP_MIN_HLEN
                     || doff > l4_len
@@ -99,8 +118,8 @@ impl Plain {
                 tcp_flags = flags;
             }
             IPPROTO_UDP => {
-                let udp_len = u16::from_be(ctx::load::<u16>(ctx, L4_OFF + UDP_LEN_OFF)?);
-                if usize::from(udp_len) < UDP_HLEN || usize::from(udp_len) > l4_len {
+                let udp_len = usize::from(u16::from_be_bytes(word(L4_OFF + UDP_LEN_OFF)?));
+                if udp_len < UDP_HLEN || udp_len > l4_len {
                     return None;
                 }
             }

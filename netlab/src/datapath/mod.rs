@@ -38,14 +38,22 @@ pub fn load(topo: &Topology, early: EarlyLoader) -> Result<()> {
         conntrack: topo.nat.conntrack_size,
         iface_slots: ebpf::config::iface_slots(topo),
     };
-    ebpf::loader::load(&Pins::of(&topo.name), &sizes, topo.datapath.family(), early)
+    ebpf::loader::load(
+        &Pins::of(&topo.name),
+        &sizes,
+        topo.datapath.family(),
+        topo.nat.entry,
+        early,
+    )
 }
 
 /// Runs the programs the topology's datapath wants where it wants them
 /// (see [`ebpf::loader::plan`]), after [`load`].
 pub fn attach(topo: &Topology) -> Result<()> {
     let plan = ebpf::loader::plan(topo);
-    ebpf::loader::attach(&Pins::of(&topo.name), &plan)
+    let pins = Pins::of(&topo.name);
+    ebpf::loader::attach(&pins, &plan)?;
+    ebpf::loader::set_entry(&pins, topo)
 }
 
 /// Removes everything the datapath installed for lab `lab` (`datapath` as

@@ -2,6 +2,7 @@
 //! sysctls, mounts (bpffs, tracefs), clocks, the cgroup2 root, socket
 //! options. Thin wrappers, one place per syscall.
 
+pub mod ethtool;
 pub mod host;
 pub mod privileges;
 pub mod sysctl;

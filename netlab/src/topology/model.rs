@@ -142,6 +142,32 @@ impl Datapath {
     }
 }
 
+/// Where the world's traffic first meets the eBPF datapath on the uplink:
+/// its TC ingress hook (the default), or an XDP program before the host
+/// builds a socket buffer (README: "XDP or TC at the lab's entry").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Entry {
+    #[default]
+    Tc,
+    Xdp,
+}
+
+impl Entry {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entry::Tc => "tc",
+            Entry::Xdp => "xdp",
+        }
+    }
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The implementations behind [`Datapath`]: `netlab::datapath::ebpf` or
 /// `netlab::datapath::iptables`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -285,6 +311,8 @@ pub struct Nat {
     pub port_range: (u16, u16),
     /// Maximum conntrack entries (each flow uses two: one per direction).
     pub conntrack_size: u32,
+    /// Where the world's traffic enters the eBPF datapath on the uplink.
+    pub entry: Entry,
 }
 
 impl Default for Nat {
@@ -294,6 +322,7 @@ impl Default for Nat {
             uplink: None,
             port_range: (32768, 60999),
             conntrack_size: 65536,
+            entry: Entry::Tc,
         }
     }
 }
@@ -376,6 +405,19 @@ impl Topology {
     /// The uplink's veth end (on the host), if the lab has one.
     pub fn uplink_end(&self) -> Option<&VethEnd> {
         self.host_ends().find(|e| self.is_uplink(&e.name))
+    }
+
+    /// The other end of the uplink's veth: the world's side.
+    pub fn uplink_peer(&self) -> Option<&VethEnd> {
+        self.veths.iter().find_map(|v| {
+            if v.a.place == Place::Host && self.is_uplink(&v.a.name) {
+                Some(&v.b)
+            } else if v.b.place == Place::Host && self.is_uplink(&v.b.name) {
+                Some(&v.a)
+            } else {
+                None
+            }
+        })
     }
 
     /// The veth ends on the host, in declaration order: where the eBPF

@@ -14,8 +14,8 @@ use toml::Spanned;
 use super::{
     Problem, ProblemKind,
     model::{
-        Address, Bridge, Datapath, Ipv4Net, Namespace, Nat, Place, Pos, Proto, Publish, Route,
-        Topology, Veth, VethEnd,
+        Address, Bridge, Datapath, Entry, Ipv4Net, Namespace, Nat, Place, Pos, Proto, Publish,
+        Route, Topology, Veth, VethEnd,
     },
 };
 
@@ -123,6 +123,7 @@ struct RawNat {
     uplink: Option<Spanned<String>>,
     port_range: Option<Spanned<String>>,
     conntrack_size: Option<Spanned<i64>>,
+    entry: Option<Spanned<String>>,
 }
 
 /// Positions of things the model has no `at` for; indexes follow the model.
@@ -160,6 +161,7 @@ pub(super) struct NatSpans {
     pub masquerade: Vec<Pos>,
     pub port_range: Pos,
     pub conntrack_size: Pos,
+    pub entry: Pos,
 }
 
 /// Read `text` into the model. `Err` holds every problem found (at least one).
@@ -798,6 +800,21 @@ impl Reader<'_> {
                 ),
             }
             spans.nat.conntrack_size = at;
+        }
+        if let Some(entry) = raw.entry {
+            spans.nat.entry = self.at(&entry);
+            match entry.get_ref().as_str() {
+                "tc" => nat.entry = Entry::Tc,
+                "xdp" => nat.entry = Entry::Xdp,
+                other => {
+                    let at = self.at(&entry);
+                    self.problem(
+                        ProblemKind::NatSetting,
+                        &at,
+                        format_args!("nat.entry `{other}` is not `tc` or `xdp`"),
+                    );
+                }
+            }
         }
         nat
     }

@@ -12,7 +12,7 @@ use std::{
 
 use super::{
     HostNetwork, Problem, ProblemKind as K,
-    model::{Ipv4Net, Place, Pos, Proto, Topology},
+    model::{Entry, Family, Ipv4Net, Place, Pos, Proto, Topology},
     parse::Spans,
 };
 
@@ -609,6 +609,25 @@ fn nat(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
             &spans.conntrack_size,
             conntrack_size_text(nat.conntrack_size),
         ));
+    }
+    if nat.entry == Entry::Xdp {
+        if nat.uplink.is_none() {
+            problems.push(Problem::new(
+                K::NatSetting,
+                &spans.entry,
+                "nat.entry `xdp` runs on the uplink: name one with nat.uplink",
+            ));
+        }
+        if lab.topo.datapath.family() != Family::Ebpf {
+            problems.push(Problem::new(
+                K::NatSetting,
+                &spans.entry,
+                format_args!(
+                    "nat.entry `xdp` is an entry of the eBPF datapaths, not of `{}`",
+                    lab.topo.datapath
+                ),
+            ));
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! The loader owns every program of the object. At `up`, for the eBPF
 //! datapaths: the NAT programs, run as `tc` filters on the TC hooks of the
 //! host side of every veth (lab ends and the uplink), and the cgroup
-//! sock_addr programs on the cgroup2 root. The iptables datapath gets the
+//! sock_addr programs on the cgroup2 root, and with `entry = "xdp"` the
+//! XDP entry on the uplink's host end. The iptables datapath gets the
 //! maps only. Only while `netlab trace` runs ([`TraceSession`]):
 //! `trace_hop` (tail-called by the NAT programs through the `TRACE_PROGS`
 //! slot), `trace_ingress`/`trace_egress` on every veth end that carries no
@@ -15,7 +16,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, AsRawFd as _},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -25,10 +26,11 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData, ProgramArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TracePoint,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TracePoint, Xdp,
         cgroup_sock_addr::CgroupSockAddrAttachType, links::FdLink,
     },
 };
+use aya_obj::programs::XdpAttachType;
 use netlab_common::{
     names,
     trace::{DEFAULT_RING_BYTES, Filter},
@@ -37,9 +39,13 @@ use netlab_common::{
 use super::{maps, object};
 use crate::{
     netlink::{self, TcHook},
+    netns,
     pins::Pins,
-    sys,
-    topology::{Family, Iface, Place, Topology},
+    sys::{
+        self,
+        ethtool::{self, Offload},
+    },
+    topology::{Datapath, Entry, Family, Iface, Place, Topology},
 };
 
 /// The object `cargo xtask` built, or an empty placeholder (see build.rs).
@@ -157,6 +163,8 @@ const TRACEPOINTS: [(&str, &str, &str); 2] = [
 enum Kind {
     /// A TC classifier, run as a `tc` filter on interfaces' hooks.
     Tc,
+    /// The XDP entry, run in driver mode on the uplink's host end.
+    Xdp,
     /// A cgroup sock_addr program, attached to the cgroup2 root.
     Sock(CgroupSockAddrAttachType),
 }
@@ -297,15 +305,24 @@ pub fn check_pins(pins: &Pins) -> Result<()> {
 /// Loads the object once per lab: its maps, and for the eBPF datapaths its
 /// programs (later `up`s reuse the pinned ones). Needs no interface, so
 /// `up` runs it while it builds the links.
-pub fn load(pins: &Pins, sizes: &Sizes, family: Family, early: EarlyLoader) -> Result<()> {
+pub fn load(
+    pins: &Pins,
+    sizes: &Sizes,
+    family: Family,
+    entry: Entry,
+    early: EarlyLoader,
+) -> Result<()> {
     sys::ensure_bpffs()?;
     pins.create()?;
-    let programs: &[(&str, Kind)] = match family {
-        Family::Ebpf => &DATAPATH_PROGRAMS,
+    let mut programs: Vec<(&str, Kind)> = match family {
+        Family::Ebpf => DATAPATH_PROGRAMS.to_vec(),
         // Tracing needs the maps; nothing of the datapath runs in the kernel.
-        Family::Iptables => &[],
+        Family::Iptables => Vec::new(),
     };
-    ensure_loaded(pins, sizes, programs, early)
+    if family == Family::Ebpf && entry == Entry::Xdp {
+        programs.push((names::XDP_UPLINK, Kind::Xdp));
+    }
+    ensure_loaded(pins, sizes, &programs, early)
 }
 
 /// The sizes of the maps a lab's topology decides.
@@ -327,6 +344,62 @@ pub fn attach(pins: &Pins, plan: &[Attachment]) -> Result<()> {
     set_tc_programs(plan, &programs, DATAPATH_PRIORITY)?;
     if plan.iter().any(|a| a.program == names::NAT_INGRESS) {
         attach_sockets(pins)?;
+    }
+    Ok(())
+}
+
+/// Puts the world's traffic through the entry `topo` asks for on its
+/// uplink (after [`attach`]): for `xdp`, the XDP entry in driver mode on
+/// the uplink's host end, transmit checksum offload off on its peer (the
+/// program updates L4 checksums as complete ones), and for `redirect` GRO
+/// on every namespace end (the NAPI an `XDP_REDIRECT` into a veth needs).
+/// For `tc`, an XDP entry left by an earlier `up` goes, and the offloads
+/// it set are restored.
+pub fn set_entry(pins: &Pins, topo: &Topology) -> Result<()> {
+    let Some(uplink) = topo.uplink_end() else {
+        return Ok(());
+    };
+    let host = uplink.place.clone();
+    let peer = topo.uplink_peer();
+    let xdp = topo.nat.entry == Entry::Xdp && topo.datapath.family() == Family::Ebpf;
+    let fd = if xdp {
+        let pin = pins.program(names::XDP_UPLINK);
+        let program = Xdp::from_pin(&pin, XdpAttachType::Interface)
+            .with_context(|| format!("opening pinned program {}", pin.display()))?;
+        Some(program)
+    } else {
+        None
+    };
+    let name = uplink.name.clone();
+    let had_xdp = netlink::run_in(&host, |nl| async move {
+        let link = nl.require_link(&name).await?;
+        let raw = fd
+            .as_ref()
+            .map(|p| p.fd().map(|fd| fd.as_fd().as_raw_fd()))
+            .transpose()?;
+        let had = link.xdp_prog.is_some();
+        if raw.is_some() || had {
+            nl.set_xdp(link.index, raw).await?;
+        }
+        Ok(had)
+    })?;
+    if !xdp && !had_xdp {
+        return Ok(());
+    }
+    if let Some(peer) = peer {
+        let name = peer.name.clone();
+        netns::on_thread(&peer.place, move || {
+            ethtool::set(&name, Offload::TxChecksum, !xdp)
+                .with_context(|| format!("transmit checksum offload on {name}"))
+        })??;
+    }
+    if topo.datapath == Datapath::Redirect || !xdp {
+        for end in topo.veth_ends().filter(|e| e.place != Place::Host) {
+            let name = end.name.clone();
+            netns::on_thread(&end.place, move || {
+                ethtool::set(&name, Offload::Gro, xdp).with_context(|| format!("GRO on {name}"))
+            })??;
+        }
     }
     Ok(())
 }
@@ -599,6 +672,10 @@ fn load_and_pin(
         }
         Kind::Sock(_) => {
             let program: &mut CgroupSockAddr = program.try_into()?;
+            program.load().map(|()| program.pin(&pin))
+        }
+        Kind::Xdp => {
+            let program: &mut Xdp = program.try_into()?;
             program.load().map(|()| program.pin(&pin))
         }
     };
