@@ -350,6 +350,9 @@ impl Bench {
         );
         let mut up = Command::new(&self.plan.netlab);
         up.args(["up", "-f"]).arg(&file).args(["--datapath", name]);
+        if datapath.xdp_entry() {
+            up.args(["--entry", "xdp"]);
+        }
         if let Some(backend) = backend {
             up.env("NETLAB_IPTABLES", backend);
         }
@@ -361,7 +364,11 @@ impl Bench {
         };
         if let Err(err) = outcome {
             drop(lab);
-            if matches!(datapath, Datapath::Redirect | Datapath::RedirectHostCt) {
+            if matches!(
+                datapath,
+                Datapath::Redirect | Datapath::RedirectHostCt | Datapath::RedirectXdp
+            ) || datapath.xdp_entry()
+            {
                 return Err(err.context(Unavailable));
             }
             return Err(err);
@@ -400,7 +407,8 @@ impl Bench {
         );
         self.results.verifications.push(verification);
 
-        let paths: &[TrafficPath] = if ports == self.plan.port_counts[0] {
+        // The XDP entry sees only what the world sends: the DNAT path.
+        let paths: &[TrafficPath] = if ports == self.plan.port_counts[0] && !datapath.xdp_entry() {
             &TrafficPath::LAB
         } else {
             &[TrafficPath::Dnat]
@@ -417,6 +425,9 @@ impl Bench {
             }
             if path == TrafficPath::Dnat && ports == self.plan.port_counts[0] {
                 self.iperf3(round, datapath, ports)?;
+                if datapath.is_ebpf() {
+                    self.dropped_flood(round, datapath, ports)?;
+                }
             }
         }
         for _ in 0..self.plan.edits {
@@ -486,7 +497,10 @@ impl Bench {
             );
         }
         checks.push(format!("{} DNAT +{dnat}, SNAT +{snat}", after.source));
-        if matches!(datapath, Datapath::Redirect | Datapath::RedirectHostCt) {
+        if matches!(
+            datapath,
+            Datapath::Redirect | Datapath::RedirectHostCt | Datapath::RedirectXdp
+        ) {
             // Each probe's packets must be redirected, not left to the
             // bridge and the host stack (a silent fallback to `bridge`).
             let redirected = after.redirected.saturating_sub(before.redirected);
@@ -499,7 +513,26 @@ impl Bench {
             }
             checks.push(format!("redirected +{redirected}"));
         }
-        offloads(&lab_ifaces(), true)?;
+        // Back to the veth default, but for what the XDP entry needs off:
+        // transmit checksum offload on the uplink's peer (netlab set it).
+        let timed: Vec<Iface> = lab_ifaces()
+            .into_iter()
+            .filter(|(_, dev)| !(datapath.xdp_entry() && *dev == "veth-outside"))
+            .collect();
+        offloads(&timed, true)?;
+        if datapath.xdp_entry() {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                "outside",
+                "ethtool",
+                "-K",
+                "veth-outside",
+                "rx",
+                "on",
+            ])?;
+        }
         Ok(Verification {
             round,
             datapath,
@@ -618,8 +651,13 @@ impl Bench {
             Metric::Stream => outcome.count as f64 * 8.0 / outcome.seconds / 1e9,
             _ => outcome.rate,
         };
-        let cpu_us_per_tx = (metric != Metric::Stream)
-            .then(|| outcome.cpu_busy_seconds * 1e6 / outcome.count as f64);
+        // Bulk: per megabyte (so µs per MB, which is ms per GB).
+        let per = if metric == Metric::Stream {
+            outcome.count as f64 / 1e6
+        } else {
+            outcome.count as f64
+        };
+        let cpu_us_per_tx = Some(outcome.cpu_busy_seconds * 1e6 / per);
         self.progress(
             round,
             &format!(
@@ -641,6 +679,60 @@ impl Bench {
             count: Some(outcome.count),
             seconds: Some(outcome.seconds),
             cpu_us_per_tx,
+            whole_ms: None,
+        });
+        Ok(())
+    }
+
+    /// A UDP flood from the world routed into the lab (`outside` routes the
+    /// lab's subnet via the uplink, as a world host could), which netlab
+    /// drops on the uplink (`routed_into_lab`): the TC entry's cost of a
+    /// drop against the XDP entry's.
+    fn dropped_flood(&mut self, round: usize, datapath: Datapath, ports: u32) -> Result<()> {
+        self.flush()?;
+        let route = [
+            "ip",
+            "-n",
+            "outside",
+            "route",
+            "replace",
+            "192.168.15.0/24",
+            "via",
+            "198.18.0.1",
+        ];
+        sh(&route)?;
+        let seconds = self.seconds(round);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", "outside"])
+            .arg(&self.plan.loadgen)
+            .args(["run", "flood", "--to", "192.168.15.2:9"])
+            .args(["--seconds", &seconds.to_string()])
+            .args(["--max-count", "50000000"])
+            .args(["--cpu", &CLIENT_CPU.to_string()]);
+        let out = output(&mut cmd);
+        sh(&["ip", "-n", "outside", "route", "del", "192.168.15.0/24"])?;
+        let out = out.with_context(|| format!("the dropped flood through {}", datapath.label()))?;
+        let outcome: LoadOutcome = serde_json::from_str(out.trim())
+            .with_context(|| format!("parsing the load generator's output `{}`", out.trim()))?;
+        self.progress(
+            round,
+            &format!(
+                "{} {ports} ports · dropped flood: {} pkt/s sent",
+                datapath.label(),
+                super::stats::human(outcome.rate)
+            ),
+        );
+        self.push(Sample {
+            round,
+            warmup: round < self.plan.warmup_rounds,
+            datapath,
+            path: TrafficPath::Dnat,
+            metric: Metric::Drop,
+            ports,
+            value: outcome.rate,
+            count: Some(outcome.count),
+            seconds: Some(outcome.seconds),
+            cpu_us_per_tx: Some(outcome.cpu_busy_seconds * 1e6 / outcome.count.max(1) as f64),
             whole_ms: None,
         });
         Ok(())
@@ -984,7 +1076,8 @@ fn direct_ifaces() -> Vec<Iface> {
 }
 
 /// Checksum offload off for verification (BENCHMARKING.md), back on (the
-/// veth default) for timing, the same for every datapath.
+/// veth default) for timing, the same for every datapath (but what the
+/// XDP entry needs: see `verify`).
 fn offloads(ifaces: &[Iface], on: bool) -> Result<()> {
     let state = if on { "on" } else { "off" };
     for (ns, dev) in ifaces {

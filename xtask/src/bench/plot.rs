@@ -22,6 +22,8 @@ fn color(datapath: Datapath) -> RGBColor {
         Datapath::Redirect => RGBColor(44, 160, 44),
         Datapath::BridgeHostCt => RGBColor(148, 103, 189),
         Datapath::RedirectHostCt => RGBColor(140, 86, 75),
+        Datapath::BridgeXdp => RGBColor(23, 190, 207),
+        Datapath::RedirectXdp => RGBColor(188, 189, 34),
         Datapath::Direct => RGBColor(90, 90, 90),
     }
 }

@@ -9,9 +9,10 @@ use anyhow::{Context as _, Result};
 use aya::programs::ProgramInfo;
 use netlab_common::names;
 
-/// The TC programs a packet of the lab crosses (nothing else runs on a
-/// hop while nobody traces).
-pub const PROGRAMS: [&str; 2] = [names::NAT_INGRESS, names::NAT_EGRESS];
+/// The programs a packet of the lab crosses (nothing else runs on a hop
+/// while nobody traces): the XDP entry where the lab has one, and the TC
+/// programs (their full paths are tail calls, accounted to them).
+pub const PROGRAMS: [&str; 3] = [names::XDP_UPLINK, names::NAT_INGRESS, names::NAT_EGRESS];
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 

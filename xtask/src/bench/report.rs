@@ -93,7 +93,13 @@ pub fn markdown(results: &Results) -> String {
                 &cells,
             );
         }
-        for metric in [Metric::Udp, Metric::CrrPar, Metric::Crr, Metric::Rr] {
+        for metric in [
+            Metric::Udp,
+            Metric::CrrPar,
+            Metric::Crr,
+            Metric::Rr,
+            Metric::Stream,
+        ] {
             let cells: Vec<String> = datapaths
                 .iter()
                 .map(|&d| {
@@ -111,11 +117,12 @@ pub fn markdown(results: &Results) -> String {
             if cells.iter().all(|c| c == "–") {
                 continue;
             }
-            row(
-                &mut out,
-                &format!("CPU µs per {} (machine, /proc/stat)", short(metric)),
-                &cells,
-            );
+            let what = if metric == Metric::Stream {
+                "CPU ms per GB of TCP bulk (machine, /proc/stat)".to_owned()
+            } else {
+                format!("CPU µs per {} (machine, /proc/stat)", short(metric))
+            };
+            row(&mut out, &what, &cells);
         }
         out.push('\n');
     }
@@ -162,6 +169,7 @@ pub fn markdown(results: &Results) -> String {
         out.push('\n');
     }
     out.push_str(&overhead(results));
+    out.push_str(&entries(results));
     out.push_str(&program_costs(results));
     out.push_str(&targets(results));
     out
@@ -240,6 +248,53 @@ fn overhead(results: &Results) -> String {
                 &cells,
             );
         }
+    }
+    out.push('\n');
+    out
+}
+
+/// The XDP entry against the TC entry of the same datapath, on the path
+/// the world's traffic takes, and for a flood the uplink drops; ratios
+/// paired by round to the TC entry.
+fn entries(results: &Results) -> String {
+    let mut out = String::new();
+    let datapaths = results.datapaths();
+    let pairs: Vec<(Datapath, Datapath)> = datapaths
+        .iter()
+        .filter(|d| d.xdp_entry() && datapaths.contains(&d.tc_entry()))
+        .map(|&d| (d.tc_entry(), d))
+        .collect();
+    if pairs.is_empty() {
+        return out;
+    }
+    let base = results.meta.port_counts.first().copied().unwrap_or(1);
+    let _ = writeln!(
+        out,
+        "### XDP entry against TC entry ({}; after ×, the ratio to the TC entry, paired by round)\n",
+        TrafficPath::Dnat.label()
+    );
+    let columns: Vec<Datapath> = pairs.iter().flat_map(|&(tc, xdp)| [tc, xdp]).collect();
+    header(&mut out, "metric", &columns);
+    for metric in [Metric::Udp, Metric::CrrPar, Metric::Stream, Metric::Drop] {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|&d| {
+                let path = TrafficPath::Dnat;
+                if d.xdp_entry() {
+                    cell(results, (d, path), (d.tc_entry(), path), metric, base)
+                } else {
+                    cell(results, (d, path), (d, path), metric, base)
+                }
+            })
+            .collect();
+        if cells.iter().all(|c| c == "–") {
+            continue;
+        }
+        row(
+            &mut out,
+            &format!("{} ({})", metric.label(), metric.unit()),
+            &cells,
+        );
     }
     out.push('\n');
     out
@@ -330,6 +385,7 @@ fn short(metric: Metric) -> &'static str {
         Metric::Stream => "TCP bulk",
         Metric::Iperf3 => "iperf3",
         Metric::Udp => "UDP",
+        Metric::Drop => "dropped flood",
         Metric::Install => "up",
         Metric::Add => "add 1",
         Metric::Rm => "rm 1",

@@ -24,16 +24,22 @@ pub enum Datapath {
     BridgeHostCt,
     /// `redirect` on such a host.
     RedirectHostCt,
+    /// `bridge` with the XDP entry on the uplink (`up --entry xdp`).
+    BridgeXdp,
+    /// `redirect` with the XDP entry.
+    RedirectXdp,
     /// The limit: a veth pair between two namespaces; no bridge, NAT or program.
     Direct,
 }
 
 impl Datapath {
-    pub const ALL: [Datapath; 7] = [
+    pub const ALL: [Datapath; 9] = [
         Datapath::IptablesNft,
         Datapath::IptablesLegacy,
         Datapath::Bridge,
         Datapath::Redirect,
+        Datapath::BridgeXdp,
+        Datapath::RedirectXdp,
         Datapath::BridgeHostCt,
         Datapath::RedirectHostCt,
         Datapath::Direct,
@@ -47,7 +53,24 @@ impl Datapath {
                 | Datapath::Redirect
                 | Datapath::BridgeHostCt
                 | Datapath::RedirectHostCt
+                | Datapath::BridgeXdp
+                | Datapath::RedirectXdp
         )
+    }
+
+    /// Whether the world enters through the XDP entry (`--entry xdp`).
+    pub fn xdp_entry(self) -> bool {
+        matches!(self, Datapath::BridgeXdp | Datapath::RedirectXdp)
+    }
+
+    /// The same datapath with the TC entry: what the XDP entry is
+    /// compared with.
+    pub fn tc_entry(self) -> Datapath {
+        match self {
+            Datapath::BridgeXdp => Datapath::Bridge,
+            Datapath::RedirectXdp => Datapath::Redirect,
+            other => other,
+        }
     }
 
     /// Whether the host's conntrack is made active in the lab's namespace.
@@ -63,6 +86,8 @@ impl Datapath {
             Datapath::Redirect => "redirect",
             Datapath::BridgeHostCt => "bridge-host-ct",
             Datapath::RedirectHostCt => "redirect-host-ct",
+            Datapath::BridgeXdp => "bridge-xdp",
+            Datapath::RedirectXdp => "redirect-xdp",
             Datapath::Direct => "direct",
         }
     }
@@ -75,6 +100,8 @@ impl Datapath {
             Datapath::Redirect => "netlab redirect",
             Datapath::BridgeHostCt => "netlab bridge, host conntrack on",
             Datapath::RedirectHostCt => "netlab redirect, host conntrack on",
+            Datapath::BridgeXdp => "netlab bridge, XDP entry",
+            Datapath::RedirectXdp => "netlab redirect, XDP entry",
             Datapath::Direct => "direct veth (limit)",
         }
     }
@@ -88,8 +115,12 @@ impl Datapath {
         match self {
             Datapath::IptablesNft => Some(("iptables", Some("nft"))),
             Datapath::IptablesLegacy => Some(("iptables", Some("legacy"))),
-            Datapath::Bridge | Datapath::BridgeHostCt => Some(("bridge", None)),
-            Datapath::Redirect | Datapath::RedirectHostCt => Some(("redirect", None)),
+            Datapath::Bridge | Datapath::BridgeHostCt | Datapath::BridgeXdp => {
+                Some(("bridge", None))
+            }
+            Datapath::Redirect | Datapath::RedirectHostCt | Datapath::RedirectXdp => {
+                Some(("redirect", None))
+            }
             Datapath::Direct => None,
         }
     }
@@ -153,6 +184,10 @@ pub enum Metric {
     Iperf3,
     /// 18-byte UDP datagrams received, packets/s.
     Udp,
+    /// The same flood from the world routed into the lab, which netlab
+    /// drops on the uplink: datagrams sent per second (the sender's CPU
+    /// also runs the drop).
+    Drop,
     /// `netlab up` with N published ports, ms.
     Install,
     /// Publish one more port with N present: the datapath update, µs.
@@ -167,7 +202,7 @@ impl Metric {
             Metric::Rr => "tx/s",
             Metric::Crr | Metric::CrrPar => "conn/s",
             Metric::Stream | Metric::Iperf3 => "Gbit/s",
-            Metric::Udp => "pkt/s",
+            Metric::Udp | Metric::Drop => "pkt/s",
             Metric::Install => "ms",
             Metric::Add | Metric::Rm => "µs",
         }
@@ -181,6 +216,7 @@ impl Metric {
             Metric::Stream => "TCP bulk (loadgen)",
             Metric::Iperf3 => "TCP bulk (iperf3 cross-check)",
             Metric::Udp => "UDP 18-byte packets received (64 per sendmmsg)",
+            Metric::Drop => "UDP flood routed into the lab, dropped: packets sent",
             Metric::Install => "`netlab up` with N published ports",
             Metric::Add => "add 1 port with N present (datapath update)",
             Metric::Rm => "remove 1 port with N present (datapath update)",

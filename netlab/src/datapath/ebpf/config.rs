@@ -13,9 +13,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::maps::lpm_trie::Key;
 use netlab_common::nat::{
-    BACKEND_PORT_WORDS, Backend, DIR_ORIGINAL, Endpoint, FlowKey, IPPROTO_TCP, IPPROTO_UDP,
-    IfaceConfig, NAT_DNAT, NET_GROUP, NET_INTERNAL, NET_SET_INLINE, NET_UPLINK, NatConfig, Net,
-    NetSet, PublishKey, ROLE_LAB, ROLE_UPLINK, backend_port_bit, iface_slot,
+    Backend, DIR_ORIGINAL, Endpoint, FlowKey, IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NAT_DNAT,
+    NET_GROUP, NET_INTERNAL, NET_SET_INLINE, NET_UPLINK, NatConfig, Net, NetSet, PublishKey,
+    ROLE_LAB, ROLE_UPLINK, backend_port_bit, iface_slot,
 };
 
 use super::maps;
@@ -490,17 +490,23 @@ pub fn sync_published(pins: &Pins, topo: &Topology, ports: &[PublishedPort]) -> 
         let (key, backend) = publish_entry(topo, port)?;
         wanted.insert((key.port, key.proto), (key, backend));
     }
-    let stale: Vec<PublishKey> = published
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| !wanted.contains_key(&(k.port, k.proto)))
-        .collect();
-    for key in stale {
-        published.remove(&key)?;
+    let present: Vec<(PublishKey, Backend)> = published.iter().filter_map(|e| e.ok()).collect();
+    for (key, _) in &present {
+        if !wanted.contains_key(&(key.port, key.proto)) {
+            published.remove(key)?;
+        }
     }
+    // The bitmap's words that the ports present or wanted touch: only
+    // those can differ from what they should be (one lookup per port, not
+    // one per word of the map).
     let mut words = maps::backend_ports(pins)?;
     let wanted_words = backend_port_words(ports);
-    for word in 0..BACKEND_PORT_WORDS {
+    let touched: BTreeSet<u32> = present
+        .iter()
+        .map(|(_, backend)| backend_port_bit(u16::from_be(backend.port)).0)
+        .chain(wanted_words.keys().copied())
+        .collect();
+    for word in touched {
         let value = wanted_words.get(&word).copied().unwrap_or(0);
         if words.get(&word, 0)? != value {
             words.set(word, value, 0)?;
