@@ -51,6 +51,11 @@ pub mod names {
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     /// Hash: [`PublishKey`](crate::nat::PublishKey) → [`Backend`](crate::nat::Backend).
     pub const PUBLISHED: &str = "PUBLISHED";
+    /// Array of [`PUBLISH_EPOCH_SLOTS`](crate::nat::PUBLISH_EPOCH_SLOTS)
+    /// `u32`s: each published host port's epoch, which `publish rm` moves
+    /// on, so the flows the port opened die at their next packet (see
+    /// [`CtEntry::epoch`](crate::nat::CtEntry::epoch)).
+    pub const PUBLISH_EPOCH: &str = "PUBLISH_EPOCH";
     /// Array of [`BACKEND_PORT_WORDS`](crate::nat::BACKEND_PORT_WORDS)
     /// `u64`s: bit `port` is set when some published port forwards to a
     /// backend on `port` (host order), whatever the protocol.

@@ -219,9 +219,12 @@ pub struct CtEntry {
     /// The other half's `apply`, so a half can restore its peer when an
     /// LRU evicted it.
     pub peer_apply: u8,
-    /// Scalars, not an array (see [`FlowKey`]).
-    pub _pad0: u16,
-    pub _pad1: u32,
+    /// For a flow a published port opened: that host port (network order)
+    /// and its epoch when the flow opened ([`names::PUBLISH_EPOCH`]). When
+    /// the port is removed its epoch moves on, and the flow dies at its
+    /// next packet. 0 for every other flow.
+    pub published: u16,
+    pub epoch: u32,
 }
 
 impl CtEntry {
@@ -242,6 +245,20 @@ pub const BACKEND_PORT_WORDS: u32 = 65536 / 64;
 #[inline(always)]
 pub fn backend_port_bit(port: u16) -> (u32, u64) {
     (u32::from(port >> 6), 1u64 << (port & 63))
+}
+
+/// Slots of [`names::PUBLISH_EPOCH`]: one per TCP port, then one per UDP port.
+pub const PUBLISH_EPOCH_SLOTS: u32 = 2 * 65536;
+
+/// The slot of [`names::PUBLISH_EPOCH`] of host port `port` (host order)
+/// for `proto`; `None` for protocols ports are not published for.
+#[inline(always)]
+pub fn publish_epoch_slot(proto: u8, port: u16) -> Option<u32> {
+    match proto {
+        IPPROTO_TCP => Some(u32::from(port)),
+        IPPROTO_UDP => Some(65536 + u32::from(port)),
+        _ => None,
+    }
 }
 
 /// A published port: `PROTO/port` on the host's published addresses.
@@ -580,9 +597,17 @@ pub enum Stat {
     /// Established flows to a published port translated at the XDP entry
     /// and handed to their backend's veth (`XDP_REDIRECT`).
     XdpRedirected,
+    /// Flows of a published port that was removed (or moved to another
+    /// namespace) since they opened: removed at their next packet, which
+    /// is evaluated afresh, as `conntrack -D` does for iptables.
+    CtUnpublished,
+    /// IPv6 crossing a lab veth to a destination beyond its link: dropped
+    /// (netlab carries no IPv6 yet, and the lab is closed for it too);
+    /// link-local unicast and multicast, neighbour discovery's, pass.
+    Ipv6Closed,
 }
 
-pub const STAT_COUNT: u32 = 35;
+pub const STAT_COUNT: u32 = 37;
 
 // A reason's index in `Stat::ALL` is its value: global BPF functions return
 // a reason as `reason as u32`, and their callers look it up there.
@@ -631,6 +656,8 @@ impl Stat {
         Stat::CtSwept,
         Stat::BadHeader,
         Stat::XdpRedirected,
+        Stat::CtUnpublished,
+        Stat::Ipv6Closed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -670,6 +697,8 @@ impl Stat {
             Stat::CtSwept => "ct_swept",
             Stat::BadHeader => "bad_header",
             Stat::XdpRedirected => "xdp_redirected",
+            Stat::CtUnpublished => "ct_unpublished",
+            Stat::Ipv6Closed => "ipv6_closed",
         }
     }
 
@@ -691,6 +720,7 @@ impl Stat {
                 | Stat::WorldTransit
                 | Stat::PortSearchLimit
                 | Stat::BadHeader
+                | Stat::Ipv6Closed
         )
     }
 }

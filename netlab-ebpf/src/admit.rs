@@ -25,12 +25,16 @@ use netlab_common::nat::{ROLE_LAB, ROLE_UPLINK, Stat};
 use crate::{
     fib::{self, Asker},
     lab::{Iface, Lab, is_group},
-    pkt::parse::Parsed,
+    pkt::{
+        ipv6::{self, ETH_P_IPV6},
+        parse::Parsed,
+    },
 };
 
 /// The checks of a packet coming in, before any translation.
 #[inline(always)]
 pub fn admit(ctx: &TcContext, lab: &Lab, iface: &Iface, parsed: &Parsed) -> Result<(), Stat> {
+    ipv6_closed(ctx, lab, iface, parsed)?;
     let Some(ip) = parsed.ip() else {
         return Ok(());
     };
@@ -87,6 +91,23 @@ pub fn admit_addrs(
         }
         _ => Ok(()),
     }
+}
+
+/// IPv6 on a lab veth, either way: netlab carries none yet, so in a closed
+/// lab only what stays on its link passes (link-local unicast, and
+/// multicast: neighbour discovery); anything the host could route
+/// (between namespaces, or beyond the lab) is dropped, so the lab is as
+/// closed for IPv6 as for IPv4.
+#[inline(always)]
+pub fn ipv6_closed(ctx: &TcContext, lab: &Lab, iface: &Iface, parsed: &Parsed) -> Result<(), Stat> {
+    if lab.cfg.closed != 0
+        && iface.role == ROLE_LAB
+        && matches!(parsed, Parsed::NotIpv4(ETH_P_IPV6))
+        && !ipv6::to_link(ctx)
+    {
+        return Err(Stat::Ipv6Closed);
+    }
+    Ok(())
 }
 
 /// The uplink's last word on a packet leaving it untouched (`Pass`): a

@@ -52,7 +52,7 @@ use netlab_common::nat::{
 };
 
 use crate::{
-    global,
+    global, lab,
     pkt::{
         ctx::{array_value_mut, value_mut},
         l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -222,7 +222,10 @@ pub fn fast_lookup(key: &FlowKey, hook: u8, tcp_flags: u8) -> Fast {
         return Fast::Miss;
     };
     let entry = found.entry;
-    if entry.apply != hook || !steady(entry, key.proto, tcp_flags, now()) {
+    if entry.apply != hook
+        || !steady(entry, key.proto, tcp_flags, now())
+        || unpublished(entry, key.proto)
+    {
         return Fast::Slow;
     }
     // The new flows' table is an LRU, which evicts one half at a time: a
@@ -311,7 +314,7 @@ global::function! {
         }
         let now = now();
         let tcp_flags = tcp_flags as u8;
-        if steady(found.entry, key.proto, tcp_flags, now) {
+        if steady(found.entry, key.proto, tcp_flags, now) && !unpublished(found.entry, key.proto) {
             found.entry.packets += 1;
             found.entry.bytes += u64::from(len);
             *out = Rewrite::of(found.entry);
@@ -325,6 +328,14 @@ global::function! {
             None => TrackCode::None as u32,
         }
     }
+}
+
+/// Whether the flow of `half` was opened by a published port that has
+/// been removed since (its epoch moved on): the flow is dead, as
+/// `conntrack -D` makes it for iptables.
+#[inline(always)]
+fn unpublished(half: &CtEntry, proto: u8) -> bool {
+    half.published != 0 && lab::publish_epoch(proto, half.published) != half.epoch
 }
 
 /// Whether a packet with `tcp_flags` changes nothing of the flow but its
@@ -370,6 +381,11 @@ fn stream_after_ns() -> u64 {
 #[inline(always)]
 fn advance(found: Found, key: &FlowKey, tcp_flags: u8, len: u32, now: u64) -> Option<Rewrite> {
     let Found { entry, table } = found;
+    if unpublished(entry, key.proto) {
+        stats::count(Stat::CtUnpublished);
+        remove_flow(table, key, entry);
+        return None;
+    }
     let peer = peer_of(table, entry, key, now)?;
     let peer_key = entry.peer;
     if idle(entry, peer, now) {
@@ -755,6 +771,11 @@ global::function! {
 #[inline(always)]
 fn alive(found: &Found, key: &FlowKey, now: u64) -> bool {
     let entry = &*found.entry;
+    if unpublished(entry, key.proto) {
+        stats::count(Stat::CtUnpublished);
+        remove_flow(found.table, key, entry);
+        return false;
+    }
     if let Some(peer) = find_peer(found.table, entry, key) {
         if idle(entry, peer, now) {
             stats::count(Stat::CtExpired);
@@ -819,6 +840,11 @@ pub struct Opened {
     /// Nonzero: the first packet is leaving now (a flow opened on egress),
     /// so the flow is confirmed from the start.
     pub confirmed: u8,
+    /// The published host port that opened it (network order), and the
+    /// port's epoch then; 0 for a flow no published port opened.
+    pub published: u16,
+    pub _pad: u16,
+    pub epoch: u32,
 }
 
 global::codes! {
@@ -890,8 +916,8 @@ fn insert(key: &FlowKey, flow: &Opened) -> Result<(), Stat> {
         half.nat = out.nat;
         half.tcp_state = tcp_state;
         half.flags = flags;
-        half._pad0 = 0;
-        half._pad1 = 0;
+        half.published = flow.published;
+        half.epoch = flow.epoch;
     }
     original.packets = 1;
     original.bytes = u64::from(flow.len);

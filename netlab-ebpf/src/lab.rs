@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use netlab_common::nat::{
     BACKEND_PORT_WORDS, IFACE_SLOTS, IfaceConfig, NET_INTERNAL, NatConfig, NetSet,
-    backend_port_bit, iface_slot,
+    PUBLISH_EPOCH_SLOTS, backend_port_bit, iface_slot, publish_epoch_slot,
 };
 
 use crate::pkt::ctx::{self, array_value, value};
@@ -49,6 +49,18 @@ static BACKEND_PORTS: Array<u64> = Array::pinned(BACKEND_PORT_WORDS, 0);
 pub fn is_backend_port(port: u16) -> bool {
     let (word, bit) = backend_port_bit(u16::from_be(port));
     array_value(BACKEND_PORTS.get_ptr(word)).is_some_and(|w| w & bit != 0)
+}
+
+/// Each published host port's epoch (see `names::PUBLISH_EPOCH`).
+#[map(name = "PUBLISH_EPOCH")]
+static PUBLISH_EPOCH: Array<u32> = Array::pinned(PUBLISH_EPOCH_SLOTS, 0);
+
+/// The epoch of host port `port` (network order) for `proto`.
+#[inline(always)]
+pub fn publish_epoch(proto: u8, port: u16) -> u32 {
+    publish_epoch_slot(proto, u16::from_be(port))
+        .and_then(|slot| array_value(PUBLISH_EPOCH.get_ptr(slot)).copied())
+        .unwrap_or(0)
 }
 
 #[map(name = "IFACE_CONFIG")]

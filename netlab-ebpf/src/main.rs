@@ -203,6 +203,9 @@ fn egress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
         return Verdict::PASS;
     };
     let iface = Iface::of(ctx);
+    if let Err(reason) = admit::ipv6_closed(ctx, &lab, &iface, parsed) {
+        return Verdict::drop(reason);
+    }
     let verdict = if let Some(handoff) = ctx::take_handoff(ctx) {
         // An ingress hook translated this packet: nothing is left here.
         let pkt = match parsed {

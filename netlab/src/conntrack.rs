@@ -79,8 +79,10 @@ pub fn flows(lab: &str) -> Result<Vec<Flow>> {
         );
     }
     let now = sys::monotonic_coarse_ns();
+    let pins = Pins::of(lab);
+    let epochs = maps::publish_epochs(&pins)?;
     let mut entries = BTreeMap::new();
-    for (key, entry) in maps::conntrack_entries(&Pins::of(lab))? {
+    for (key, entry) in maps::conntrack_entries(&pins)? {
         entries.insert(
             (key.saddr, key.daddr, key.sport, key.dport, key.proto),
             (key, entry),
@@ -89,6 +91,15 @@ pub fn flows(lab: &str) -> Result<Vec<Flow>> {
     let mut flows = Vec::new();
     for (key, entry) in entries.values() {
         if entry.direction != DIR_ORIGINAL {
+            continue;
+        }
+        // A removed published port's flows are dead: the datapath removes
+        // them at their next packet.
+        if entry.published != 0
+            && let Some(slot) =
+                netlab_common::nat::publish_epoch_slot(key.proto, u16::from_be(entry.published))
+            && epochs.get(&slot, 0).is_ok_and(|epoch| epoch != entry.epoch)
+        {
             continue;
         }
         let reply = entries

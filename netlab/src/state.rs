@@ -12,7 +12,7 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, Write},
+    io::{self, Read, Write},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
@@ -165,6 +165,58 @@ impl LabLock {
                 .with_context(|| format!("locking {}", path.display()));
         }
         Ok(LabLock { _file: file })
+    }
+}
+
+/// The one `netlab trace` session of a lab: held while it runs, so a second
+/// one is refused with a clear error instead of silently taking the
+/// first's slot (whose events would then stop, with no loss counted).
+pub struct TraceLock {
+    _file: File,
+}
+
+/// Another session holds the trace lock of the lab.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "lab `{lab}` is already being traced by another `netlab trace` (pid {pid}): a lab has one \
+     trace session at a time, with its own filter and ring; stop that one first, or give it \
+     a filter that covers both (`or`), or read its --json output with several readers"
+)]
+pub struct AlreadyTraced {
+    pub lab: String,
+    pub pid: String,
+}
+
+impl TraceLock {
+    /// Takes the lock, or says which process holds it.
+    pub fn acquire(lab: &str) -> Result<TraceLock> {
+        fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+        let path = Path::new(STATE_DIR).join(format!("{lab}.trace.lock"));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: plain syscall on an fd we own; released when the file
+        // closes, also when the process dies.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Err(AlreadyTraced {
+                    lab: lab.to_owned(),
+                    pid: pid.trim().to_owned(),
+                }
+                .into());
+            }
+            return Err(err).with_context(|| format!("locking {}", path.display()));
+        }
+        file.set_len(0)?;
+        file.write_all(std::process::id().to_string().as_bytes())?;
+        Ok(TraceLock { _file: file })
     }
 }
 

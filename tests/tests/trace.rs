@@ -151,6 +151,37 @@ fn ping_shows_every_hop_in_order() {
     assert_eq!(lost_total(&stderr), 0);
 }
 
+/// A second `netlab trace` of a lab that is traced is refused with a clear
+/// error, and the first session goes on: its events keep arriving and its
+/// summary is true (issue 21, item 10). So is `trace --off`.
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn a_second_session_is_refused_and_the_first_goes_on() {
+    let sb = lab();
+    let first = trace(&sb, &["--json", "--duration", "4", "icmp"]);
+    let second = sb
+        .netlab(&["trace", "--json", "--duration", "1", "icmp"])
+        .unwrap()
+        .failed()
+        .unwrap();
+    assert!(
+        second.stderr.contains("already being traced") && second.stderr.contains("pid"),
+        "the second session should be refused, naming the first: {second}"
+    );
+    let off = sb.netlab(&["trace", "--off"]).unwrap().failed().unwrap();
+    assert!(off.stderr.contains("already being traced"), "{off}");
+    sb.ping(Some("red"), BLUE, 1).unwrap();
+    let (seen, stderr) = events(first);
+    assert!(
+        hops(&seen).len() >= 8,
+        "the first session lost its events after the refusal: {seen:#?}"
+    );
+    assert_eq!(lost_total(&stderr), 0);
+    // Once the first has ended, a new one may start.
+    let again = trace(&sb, &["--json", "--duration", "1", "icmp"]);
+    let _ = events(again);
+}
+
 /// A namespace reaching a published port on its own segment: DNATed on
 /// its veth's host side, then bridged on to the backend as it is (the
 /// program passes it), so the hop must show the rewrite it made, and the

@@ -3,7 +3,8 @@
 //!
 //! - [`ctx`]: the TC context (ifindex, bounds-checked direct packet reads)
 //!   and the one place a map value pointer becomes a reference.
-//! - [`eth`], [`ipv4`], [`l4`]: header layouts and named field offsets.
+//! - [`eth`], [`ipv4`], [`ipv6`], [`l4`]: header layouts and named field
+//!   offsets.
 //! - [`csum`]: field rewrites with their checksum fix-ups, each failing
 //!   with a typed drop reason.
 //! - [`plain`]: the fast path's view of a plain TCP/UDP packet, read and
@@ -19,6 +20,7 @@ pub mod csum;
 pub mod ctx;
 pub mod eth;
 pub mod ipv4;
+pub mod ipv6;
 pub mod l4;
 pub mod parse;
 pub mod plain;

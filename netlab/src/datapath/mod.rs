@@ -151,9 +151,7 @@ impl<'a> Running<'a> {
         match self {
             Running::Ebpf { pins, .. } => {
                 ebpf::config::unpublish_one(pins, published, old)?;
-                let cut = ebpf::config::cut_flows(pins, old)?;
-                log::debug!("cut {cut} flows of {}/{}", old.host_port, old.proto);
-                Ok(())
+                ebpf::config::cut_flows(pins, old)
             }
             Running::Iptables { topo, .. } => {
                 self.sync_published(published)?;

@@ -106,6 +106,8 @@ fn build_filter(options: &Options) -> Result<Option<filter::Expr>> {
 /// watching programs' filters (`netlab trace --off`, after a reader was
 /// killed).
 pub fn switch_off(lab: &str) -> Result<()> {
+    // A live session is not torn down under its reader.
+    let _session = state::TraceLock::acquire(lab)?;
     let pins = Pins::of(lab);
     let mut config = maps::trace_config(&pins)?;
     let mut value = config.get(&0, 0)?;
@@ -201,6 +203,7 @@ pub fn run(options: &Options) -> Result<Summary> {
     let lab = state::resolve_lab(options.lab.as_deref())?;
     // Checked before anything changes.
     let ring_bytes = loader::ring_bytes()?;
+    let _session = state::TraceLock::acquire(&lab)?;
     let pins = Pins::of(&lab);
     let record = LabState::load(&lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
     let sample = match &options.sample {

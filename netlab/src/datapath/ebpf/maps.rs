@@ -88,6 +88,15 @@ pub fn published(pins: &Pins) -> Result<HashMap<MapData, PublishKey, Backend>> {
     )?))?)
 }
 
+/// Each published host port's epoch (see `config::cut_flows`).
+pub fn publish_epochs(pins: &Pins) -> Result<Array<MapData, u32>> {
+    Ok(Array::try_from(Map::Array(open(
+        pins,
+        names::PUBLISH_EPOCH,
+        NAT_HINT,
+    )?))?)
+}
+
 /// The ports published ports forward to, one bit each.
 pub fn backend_ports(pins: &Pins) -> Result<Array<MapData, u64>> {
     Ok(Array::try_from(Map::Array(open(

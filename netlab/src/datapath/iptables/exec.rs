@@ -75,7 +75,7 @@ impl Variant {
 
     /// `iptables-nft`, `iptables-legacy-restore`, ...
     fn binary_name(self, tool: Tool) -> String {
-        format!("iptables-{}{}", self.as_str(), tool.suffix())
+        format!("{}-{}{}", tool.family(), self.as_str(), tool.suffix())
     }
 
     /// The binary's path, when it is installed.
@@ -111,14 +111,24 @@ enum Tool {
     Iptables,
     Save,
     Restore,
+    /// ip6tables' save and restore.
+    Save6,
+    Restore6,
 }
 
 impl Tool {
     fn suffix(self) -> &'static str {
         match self {
             Tool::Iptables => "",
-            Tool::Save => "-save",
-            Tool::Restore => "-restore",
+            Tool::Save | Tool::Save6 => "-save",
+            Tool::Restore | Tool::Restore6 => "-restore",
+        }
+    }
+
+    fn family(self) -> &'static str {
+        match self {
+            Tool::Save6 | Tool::Restore6 => "ip6tables",
+            _ => "iptables",
         }
     }
 }
@@ -211,7 +221,17 @@ pub fn install(
     let plans = plan::plan(lab, topo, published);
     let edits = plan::jump_edits(&plans, &saved, &ours);
     restore(variant, &plan::render(&plans, &edits))
-        .with_context(|| format!("installing lab `{lab}`'s iptables rules ({variant} backend)"))
+        .with_context(|| format!("installing lab `{lab}`'s iptables rules ({variant} backend)"))?;
+    let saved6 = plan::parse_save(&run(variant, Tool::Save6, &[], None)?);
+    let text = plan::ruleset6(lab, topo, !plan::has_jump6(&saved6, lab));
+    run(
+        variant,
+        Tool::Restore6,
+        &["--noflush", "-w", LOCK_WAIT_SECONDS],
+        Some(&text),
+    )
+    .with_context(|| format!("installing lab `{lab}`'s ip6tables rules ({variant} backend)"))
+    .map(drop)
 }
 
 /// Replaces the DNAT rules so they are exactly `published` (with the hairpin
@@ -301,6 +321,24 @@ pub fn remove(lab: &str) -> Result<()> {
         });
         if let Err(e) = result {
             errors.push(format!("{variant} backend: {e:#}"));
+        }
+        if variant.find(Tool::Save6).is_none() || variant.find(Tool::Restore6).is_none() {
+            continue;
+        }
+        let result6 = run(variant, Tool::Save6, &[], None).and_then(|text| {
+            match plan::removal6(&plan::parse_save(&text), lab) {
+                Some(text) => run(
+                    variant,
+                    Tool::Restore6,
+                    &["--noflush", "-w", LOCK_WAIT_SECONDS],
+                    Some(&text),
+                )
+                .map(drop),
+                None => Ok(()),
+            }
+        });
+        if let Err(e) = result6 {
+            errors.push(format!("{variant} backend (ip6tables): {e:#}"));
         }
     }
     if !errors.is_empty() {

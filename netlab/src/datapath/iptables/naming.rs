@@ -12,6 +12,9 @@ pub struct Chains {
     pub post: String,
     /// `filter`: forwarding for the lab.
     pub fwd: String,
+    /// ip6tables' `filter`: the lab closed for IPv6, which netlab does not
+    /// carry yet.
+    pub fwd6: String,
 }
 
 impl Chains {
@@ -58,6 +61,7 @@ pub fn chains(lab: &str) -> Chains {
         dnat: format!("{base}-DNAT"),
         post: format!("{base}-POST"),
         fwd: format!("{base}-FWD"),
+        fwd6: format!("{base}-FWD6"),
     }
 }
 
@@ -84,7 +88,7 @@ mod tests {
             "abcdefghijklmnopqrstu",
         ] {
             let c = chains(lab);
-            for name in [&c.dnat, &c.post, &c.fwd] {
+            for name in [&c.dnat, &c.post, &c.fwd, &c.fwd6] {
                 assert!(
                     name.len() <= MAX_CHAIN_NAME,
                     "{name} is {} bytes",

@@ -244,6 +244,26 @@ pub(super) fn plan(lab: &str, topo: &Topology, published: &[PublishedPort]) -> [
         }
         fwd_body.push(Rule::new(&names.fwd, format!("-s {subnet} -j DROP")));
     }
+    // Closed inbound too, as the eBPF datapaths (and Docker 28 for routed
+    // access to a NAT network's unpublished ports): what the world routes
+    // through the uplink reaches a lab subnet only as a flow the lab
+    // opened or a published port's (accepted above), unless the subnet is
+    // routed as it is (not masqueraded); and nothing transits the host.
+    if let Some(uplink) = uplink {
+        let masqueraded: Vec<Ipv4Net> = topo.nat.masquerade.iter().map(|n| n.network()).collect();
+        for subnet in &lab_subnets {
+            let verdict = if masqueraded.contains(subnet) {
+                "DROP"
+            } else {
+                "ACCEPT"
+            };
+            fwd_body.push(Rule::new(
+                &names.fwd,
+                format!("-i {uplink} -d {subnet} -j {verdict}"),
+            ));
+        }
+        fwd_body.push(Rule::new(&names.fwd, format!("-i {uplink} -j DROP")));
+    }
 
     [
         TablePlan {
@@ -259,6 +279,74 @@ pub(super) fn plan(lab: &str, topo: &Topology, published: &[PublishedPort]) -> [
             body: fwd_body,
         },
     ]
+}
+
+/// The ip6tables input that closes the lab for IPv6, as the eBPF datapaths
+/// do (netlab carries no IPv6 yet): nothing is forwarded into or out of
+/// the lab's interfaces (bridged traffic included, through br_netfilter)
+/// but what stays on its link, link-local unicast and multicast
+/// (neighbour discovery). `jump`: whether FORWARD's jump into the chain
+/// must be inserted.
+pub(super) fn ruleset6(lab: &str, topo: &Topology, jump: bool) -> String {
+    let fwd6 = chains(lab).fwd6;
+    let uplink = topo.nat.uplink.as_deref();
+    let mut out = format!("*filter\n:{fwd6} - [0:0]\n");
+    if jump {
+        out.push_str(&format!("-I FORWARD -j {fwd6}\n"));
+    }
+    out.push_str(&format!("-A {fwd6} -d fe80::/10 -j ACCEPT\n"));
+    out.push_str(&format!("-A {fwd6} -d ff00::/8 -j ACCEPT\n"));
+    let mut ifaces: Vec<&str> = Vec::new();
+    for name in topo
+        .bridges
+        .iter()
+        .map(|b| b.name.as_str())
+        .chain(topo.host_ends().map(|e| e.name.as_str()))
+        .filter(|name| Some(*name) != uplink)
+    {
+        push_unique(&mut ifaces, name);
+    }
+    for name in ifaces {
+        out.push_str(&format!("-A {fwd6} -i {name} -j DROP\n"));
+        out.push_str(&format!("-A {fwd6} -o {name} -j DROP\n"));
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// The ip6tables input that removes the lab's chain and FORWARD's jump
+/// into it, when the saved rule set has either.
+pub(super) fn removal6(saved: &[SavedTable], lab: &str) -> Option<String> {
+    let fwd6 = chains(lab).fwd6;
+    let table = saved_table(saved, "filter")?;
+    let jumps: Vec<&Rule> = table
+        .rules
+        .iter()
+        .filter(|r| r.chain != fwd6 && r.target() == Some(fwd6.as_str()))
+        .collect();
+    let has_chain = table.chains.contains(&fwd6);
+    if jumps.is_empty() && !has_chain {
+        return None;
+    }
+    let mut out = String::from("*filter\n");
+    for rule in jumps {
+        out.push_str(&format!("-D {} {}\n", rule.chain, rule.spec));
+    }
+    if has_chain {
+        out.push_str(&format!("-F {fwd6}\n-X {fwd6}\n"));
+    }
+    out.push_str("COMMIT\n");
+    Some(out)
+}
+
+/// Whether FORWARD already jumps into the lab's IPv6 chain.
+pub(super) fn has_jump6(saved: &[SavedTable], lab: &str) -> bool {
+    let fwd6 = chains(lab).fwd6;
+    saved_table(saved, "filter").is_some_and(|t| {
+        t.rules
+            .iter()
+            .any(|r| r.chain == "FORWARD" && r.target() == Some(fwd6.as_str()))
+    })
 }
 
 /// Jump changes for one table: rules to delete (as saved) and to insert.
@@ -459,6 +547,8 @@ COMMIT
 -A NL-default-FWD -s 192.168.15.0/24 -o v-net-0 -j ACCEPT
 -A NL-default-FWD -s 192.168.15.0/24 -o nl-uplink -j ACCEPT
 -A NL-default-FWD -s 192.168.15.0/24 -j DROP
+-A NL-default-FWD -i nl-uplink -d 192.168.15.0/24 -j DROP
+-A NL-default-FWD -i nl-uplink -j DROP
 COMMIT
 ";
 
