@@ -855,12 +855,14 @@ global::codes! {
 /// Inserts both halves of a new flow into [`NEW`]. The reply key must be
 /// free (it is how replies find their way back: the caller asked
 /// [`key_free`], which also looks in [`ASSURED`]), and so must the original
-/// key: when another CPU opened the same flow first, nothing of ours stays
-/// and [`Stat::CtInsertRace`] says to use the winner's. (Called from a
-/// program, not from another global function: the BPF stack of a chain of
-/// calls is 512 bytes in all.)
+/// key: when another CPU opened the same flow first, nothing of ours stays,
+/// `flow.out` becomes the winner's rewrite, and [`Stat::CtInsertRace`] says
+/// to translate the packet with it (as nf_conntrack resolves a clash: the
+/// loser's packet takes the winner's mapping). (Called from a program, not
+/// from another global function: the BPF stack of a chain of calls is 512
+/// bytes in all.)
 #[inline(always)]
-pub fn insert_flow(key: &FlowKey, flow: &Opened) -> Result<(), Stat> {
+pub fn insert_flow(key: &FlowKey, flow: &mut Opened) -> Result<(), Stat> {
     match InsertCode::decode(netlab_ct_insert(key, flow)) {
         Some(InsertCode::Inserted) => Ok(()),
         Some(InsertCode::Race) => Err(Stat::CtInsertRace),
@@ -870,9 +872,10 @@ pub fn insert_flow(key: &FlowKey, flow: &Opened) -> Result<(), Stat> {
 
 global::function! {
     /// [`insert_flow`], verified once.
-    fn netlab_ct_insert(key: *const FlowKey, flow: *const Opened) -> u32 {
-        // SAFETY: as in `netlab_ct_track`.
-        let (Some(key), Some(flow)) = (unsafe { key.as_ref() }, unsafe { flow.as_ref() }) else {
+    fn netlab_ct_insert(key: *const FlowKey, flow: *mut Opened) -> u32 {
+        // SAFETY: as in `netlab_ct_track`; `flow` is the caller's, on its
+        // stack, and nothing else refers to it during the call.
+        let (Some(key), Some(flow)) = (unsafe { key.as_ref() }, unsafe { flow.as_mut() }) else {
             return InsertCode::Failed as u32;
         };
         (match insert(key, flow) {
@@ -884,7 +887,7 @@ global::function! {
 }
 
 #[inline(always)]
-fn insert(key: &FlowKey, flow: &Opened) -> Result<(), Stat> {
+fn insert(key: &FlowKey, flow: &mut Opened) -> Result<(), Stat> {
     let out = &flow.out;
     let reply_key = out.reply_key(key.proto);
     // SAFETY: a per-CPU array slot, only this program run uses it.
@@ -955,11 +958,22 @@ fn insert(key: &FlowKey, flow: &Opened) -> Result<(), Stat> {
     }
     if !Table::New.insert(key, original) {
         Table::New.remove(&reply_key);
-        return Err(if lookup(key).is_some() {
-            Stat::CtInsertRace
-        } else {
-            Stat::CtInsertFailed
-        });
+        // Another CPU opened this flow first, having searched while our
+        // reply key was held, so with another port: its rewrite stands.
+        let Some(winner) = lookup(key) else {
+            return Err(Stat::CtInsertFailed);
+        };
+        let e = winner.entry;
+        flow.out = Rewrite {
+            saddr: e.saddr,
+            daddr: e.daddr,
+            sport: e.sport,
+            dport: e.dport,
+            nat: e.nat,
+            opened: 0,
+            _pad: 0,
+        };
+        return Err(Stat::CtInsertRace);
     }
     Ok(())
 }

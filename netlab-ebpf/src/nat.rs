@@ -425,7 +425,7 @@ fn create(ctx: &TcContext, lab: &Lab, pkt: &Packet, out: Rewrite, how: Opening) 
     if how.counter == Stat::DnatNew && !conntrack::key_free(&out.reply_key(key.proto)) {
         return Verdict::drop(Stat::CtInsertFailed);
     }
-    let opened = conntrack::Opened {
+    let mut opened = conntrack::Opened {
         out,
         len: pkt.len,
         apply_original: how.apply_original,
@@ -441,7 +441,7 @@ fn create(ctx: &TcContext, lab: &Lab, pkt: &Packet, out: Rewrite, how: Opening) 
             0
         },
     };
-    let out = match conntrack::insert_flow(key, &opened) {
+    let out = match conntrack::insert_flow(key, &mut opened) {
         Ok(()) => {
             stats::count(how.counter);
             Rewrite {
@@ -449,17 +449,22 @@ fn create(ctx: &TcContext, lab: &Lab, pkt: &Packet, out: Rewrite, how: Opening) 
                 ..out
             }
         }
-        // Another CPU opened this very flow first, with the same reply key
-        // (the port search is deterministic but for its random second
-        // round): the winner's rewrite is this one, since a tuple and its
-        // reply key determine each other, so the packet is translated as
-        // computed here. (Following the winner's entry instead, found by a
-        // lookup, cost the verifier 5,000 instructions in nat_ingress_full
-        // and 26,000 in nat_egress_full, measured, for the rare race whose
-        // two CPUs both reached that random round.)
+        // Another CPU opened this very flow first: the packet takes the
+        // winner's addresses and ports, which the insert put in
+        // `opened.out` (its search may have found another port: ours was
+        // held by then). The kind of translation is the one computed here:
+        // the same tuple at the same hook gets the same kind. (Taking the
+        // winner's `nat` bits too cost the verifier 12,000 instructions.)
         Err(Stat::CtInsertRace) => {
             stats::count(Stat::CtInsertRace);
-            out
+            let won = opened.out;
+            Rewrite {
+                saddr: won.saddr,
+                daddr: won.daddr,
+                sport: won.sport,
+                dport: won.dport,
+                ..out
+            }
         }
         Err(reason) => return Verdict::drop(reason),
     };
