@@ -148,6 +148,17 @@ fn ports(packet: &[u8]) -> Option<(u16, u16)> {
     Some((at(0)?, at(2)?))
 }
 
+/// The UDP payload length a probe's first (or only) fragment declares.
+fn udp_payload_len(packet: &[u8]) -> Option<usize> {
+    let ihl = usize::from(packet.first()? & 0x0f) * 4;
+    let frag_offset = u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]) & 0x1fff;
+    if *packet.get(9)? != 17 || frag_offset != 0 {
+        return None;
+    }
+    let len = u16::from_be_bytes([*packet.get(ihl + 4)?, *packet.get(ihl + 5)?]);
+    usize::from(len).checked_sub(8)
+}
+
 /// The batch a difference's place (`step `batch N` @ POINT`) names.
 fn batch_of(place: &str) -> Option<usize> {
     place
@@ -452,13 +463,15 @@ impl Generator {
                     (PROTO_TCP, 8081),
                     (PROTO_UDP, 9999),
                 ]);
+                let mut flags = None;
                 let body = if proto == PROTO_TCP {
-                    let flags = if self.rng.percent(40) {
+                    let f = if self.rng.percent(40) {
                         packet::TCP_SYN
                     } else {
                         self.rng.below(256) as u8
                     };
-                    let mut t = Tcp::new(sport, dport, flags);
+                    flags = Some(f).filter(|f| *f != packet::TCP_SYN);
+                    let mut t = Tcp::new(sport, dport, f);
                     t.seq = self.rng.next_u64() as u32;
                     t.options = tcp_options(&mut self.rng);
                     t.segment(out, up, b"")
@@ -472,13 +485,14 @@ impl Generator {
                 }
                 Probe {
                     n,
-                    class: if expiring {
-                        "ttl expiring at the host"
-                    } else {
-                        "published ports from outside"
+                    class: match (expiring, flags) {
+                        (true, _) => "ttl expiring at the host",
+                        (false, Some(_)) => "published ports tcp flags",
+                        (false, None) => "published ports from outside",
                     },
                     what: format!(
-                        "outside proto {proto} :{sport} > uplink:{dport}{}",
+                        "outside proto {proto} :{sport} > uplink:{dport}{}{}",
+                        flags.map_or(String::new(), |f| format!(" flags={f:#04x}")),
                         if expiring { " ttl=1" } else { "" }
                     ),
                     from: "outside",
@@ -651,6 +665,10 @@ fn resolve(probe: &Probe, lab: &ConfLab) -> Option<Vec<Vec<u8>>> {
     }
 }
 
+/// The fuzz lab's published ports and their backends' at blue: the default
+/// lab's `8080:80/tcp` and the `5353:53/udp` [`fuzz_lab`] adds.
+const PUBLISHED: [(u16, u16); 2] = [(8080, 80), (5353, 53)];
+
 /// A lab ready for probes: servers on the ports the probes aim at, the
 /// published UDP port, neighbours resolved.
 fn fuzz_lab(datapath: &str) -> Result<(ConfLab, Vec<crate::Background>)> {
@@ -716,6 +734,19 @@ pub fn run_datapath(datapath: &str, probes: &[Probe], budget: Budget) -> Result<
 fn batch_name(b: usize) -> String {
     format!("batch {b:05}")
 }
+
+/// The class of a line about a flow a probe of fragments or malformed L4
+/// opened on one datapath only (see `label_class` in [`run_lanes`]).
+const REUSED_FLOW: &str = "a flow only one side opened";
+
+/// Why random TCP flags on a reused flow differ from netfilter, through
+/// masquerade and to a published port alike.
+const NO_TCP_WINDOWS: &str = "nf_conntrack tracks TCP sequence windows: it finds some \
+     segments of a closed or reused flow (random flags, an old sequence number) INVALID and \
+     leaves them untranslated (the host answers them itself) or unanswered, and resolves a \
+     new SYN on a TIME_WAIT flow by its window; netlab, as Cilium, tracks TCP states, not \
+     windows, so it translates such segments (and the receiver answers them with a RST) and \
+     reopens the flow with the port it had";
 
 /// A kind of fuzz difference kept on purpose: a differing line of a probe
 /// of `class` (or "kernel responses"), at a place (`batch N @ POINT`)
@@ -800,6 +831,30 @@ pub const INTENDED: &[FuzzIntended] = &[
                  forwarding, so only those it leaves to the stack (flags nf_conntrack finds \
                  invalid) can draw one. Redirects are not NAT: the packet itself reaches blue \
                  on every datapath",
+    },
+    FuzzIntended {
+        class: "masquerade tcp flags",
+        place_contains: "",
+        line_contains: "",
+        side: "",
+        reason: NO_TCP_WINDOWS,
+    },
+    FuzzIntended {
+        class: REUSED_FLOW,
+        place_contains: "",
+        line_contains: "",
+        side: "",
+        reason: "the flow of a datagram only one side passed (fragments only netfilter \
+                 reassembled, a bad checksum only netlab translated) reused by a later probe \
+                 with the same ports: the answers to it, and the port the later probe kept \
+                 (netlab's existing flow) or got anew (netfilter's)",
+    },
+    FuzzIntended {
+        class: "published ports tcp flags",
+        place_contains: "",
+        line_contains: "",
+        side: "",
+        reason: NO_TCP_WINDOWS,
     },
     FuzzIntended {
         class: "malformed l4 from red",
@@ -1011,10 +1066,19 @@ fn run_lanes(
     // fragments name their first fragment's flow (`of ...`).
     let mut class_of_port: BTreeMap<u16, Option<&'static str>> = BTreeMap::new();
     let mut flows_of_batch: BTreeMap<usize, Vec<(u16, u16, &'static str)>> = BTreeMap::new();
+    // A UDP probe's datagram length, with its ports: an echo of the same
+    // length names the probe even where other probes shared its ports.
+    let mut datagrams: BTreeMap<usize, Vec<(u16, u16, usize, &'static str)>> = BTreeMap::new();
     for probe in &probes {
         if let Body::Packets(packets) = &probe.body
             && let Some((sport, dport)) = packets.iter().find_map(|p| ports(p))
         {
+            if let Some(len) = packets.iter().find_map(|p| udp_payload_len(p)) {
+                datagrams
+                    .entry(probe.n / budget.batch.max(1))
+                    .or_default()
+                    .push((sport, dport, len, probe.class));
+            }
             class_of_port
                 .entry(sport)
                 .and_modify(|c| {
@@ -1029,25 +1093,126 @@ fn run_lanes(
                 .push((sport, dport, probe.class));
         }
     }
+    // A note about probe N is about its class; an error N crafted about a
+    // flow of fragments, about the fragments' (only the datapath that let
+    // them through has the flow).
+    let note_class = |place: &str| -> Option<&'static str> {
+        let n: usize = place
+            .strip_prefix("note `probe ")?
+            .trim_end_matches('`')
+            .parse()
+            .ok()?;
+        let probe = probes.get(n)?;
+        if let Body::IcmpErrorAbout { opener, .. } = probe.body
+            && let Some(class) = class_of_id.get(&format!("id={opener:#06x}")).copied()
+            && class.starts_with("fragments")
+        {
+            return Some(class);
+        }
+        Some(probe.class)
+    };
+    // The masquerade port a line names after a probe (`P#id`): the class of
+    // that probe, unless a probe whose translation differs on purpose
+    // (fragments, malformed L4) opened its flow, or shared it shortly
+    // before. Then a line other than that probe's own packet is about a
+    // flow only one side had (a datagram only netfilter reassembled, or one
+    // only netlab passed): its answers, or the port a later probe reused.
+    let divergent = |class: &str| class.starts_with("fragments") || class.starts_with("malformed");
+    let label_class = |line: &str| -> Option<&'static str> {
+        let words = || line.split([' ', ']', '[']);
+        let n = words()
+            .map(|word| word.rsplit_once(':').map_or(word, |(_, port)| port))
+            .filter_map(|w| w.trim_start_matches("id=").strip_prefix("P#"))
+            .filter_map(|id| u16::from_str_radix(id, 16).ok())
+            .map(|id| usize::from(id.wrapping_sub(probe_id(0))))
+            .find(|n| probes.get(*n).is_some())?;
+        let probe = &probes[n];
+        let own = format!("id={:#06x}", probe_id(n));
+        if divergent(probe.class) {
+            return Some(if words().any(|w| w == own) {
+                probe.class
+            } else {
+                REUSED_FLOW
+            });
+        }
+        let b = n / budget.batch.max(1);
+        let shared = match &probe.body {
+            Body::Packets(packets) => packets.iter().find_map(|p| ports(p)),
+            _ => None,
+        }
+        .is_some_and(|(sport, dport)| {
+            [b.checked_sub(1), Some(b)]
+                .into_iter()
+                .flatten()
+                .filter_map(|b| flows_of_batch.get(&b))
+                .flatten()
+                .any(|(s, d, c)| (*s, *d) == (sport, dport) && divergent(c))
+        });
+        Some(if shared { REUSED_FLOW } else { probe.class })
+    };
     let response_class = |line: &str, place: &str| -> Option<&'static str> {
         let words: Vec<&str> = line
             .split([' ', ']', '['])
             .filter_map(|word| word.rsplit_once(':').map(|(_, port)| port))
             .collect();
-        if let Some(class) = words
-            .iter()
-            .filter_map(|w| w.strip_prefix("P#"))
-            .find_map(|id| class_of_id.get(&format!("id=0x{id}")).copied())
-        {
+        if let Some(class) = label_class(line) {
             return Some(class);
         }
         let numbers: BTreeSet<u16> = words.iter().filter_map(|w| w.parse().ok()).collect();
-        let flows = batch_of(place)
-            .and_then(|b| flows_of_batch.get(&b))
-            .map_or(&[][..], Vec::as_slice);
-        let both = flows
-            .iter()
-            .filter(|(s, d, _)| numbers.contains(s) && numbers.contains(d));
+        let lens: Vec<usize> = line
+            .split(' ')
+            .filter_map(|w| w.strip_prefix("len="))
+            .filter_map(|n| n.trim_end_matches(']').parse::<usize>().ok())
+            .collect();
+        let recent = |b: usize| {
+            [b.checked_sub(2), b.checked_sub(1), Some(b)]
+                .into_iter()
+                .flatten()
+        };
+        if let Some(b) = batch_of(place) {
+            // The probe's own datagram, or an echo or error about it (a
+            // published port's backend answers from another port).
+            let same = recent(b)
+                .filter_map(|b| datagrams.get(&b))
+                .flatten()
+                .filter(|(s, _, l, _)| lens.contains(l) && numbers.contains(s));
+            if let Some(class) = only(same.map(|f| f.3)) {
+                return Some(class);
+            }
+            // A fragment of an answer, to a probe that sent fragments.
+            if line.contains("frag@") || line.contains("fragment-data") {
+                let fragments = recent(b)
+                    .filter_map(|b| datagrams.get(&b))
+                    .flatten()
+                    .filter(|(s, _, _, c)| numbers.contains(s) && c.starts_with("fragments"));
+                if let Some(class) = only(fragments.map(|f| f.3)) {
+                    return Some(class);
+                }
+            }
+        }
+        // A kernel's answer may come a batch late (a datagram reassembled
+        // from fragments sent at the end of the previous one).
+        let flows: Vec<(u16, u16, &'static str)> = batch_of(place)
+            .map(|b| {
+                [b.checked_sub(1), Some(b)]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| flows_of_batch.get(&b))
+                    .flatten()
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        // At blue, a probe to a published port shows its backend's port.
+        let seen_as = |d: u16| {
+            PUBLISHED
+                .iter()
+                .find(|(port, _)| *port == d)
+                .map_or(d, |(_, backend)| *backend)
+        };
+        let both = flows.iter().filter(|(s, d, _)| {
+            numbers.contains(s) && (numbers.contains(d) || numbers.contains(&seen_as(*d)))
+        });
         let source = flows.iter().filter(|(s, _, _)| numbers.contains(s));
         only(both.map(|f| f.2))
             .or_else(|| only(source.map(|f| f.2)))
@@ -1079,6 +1244,14 @@ fn run_lanes(
                     .map(|l| ("expected", l))
                     .chain(difference.got.iter().map(|l| ("got", l)));
                 for (side, line) in lines {
+                    // An error a probe crafted about a flow of fragments
+                    // belongs to the fragments' class: only the datapath
+                    // that let the fragments through has the flow.
+                    let quoted_fragments = line
+                        .split([' ', ']'])
+                        .filter(|w| w.starts_with("id=0x"))
+                        .filter_map(|w| class_of_id.get(w).copied())
+                        .find(|class| class.starts_with("fragments"));
                     // The line's own id when it is a probe's, else the id of
                     // a probe it quotes (an ICMP error about it): a kernel's
                     // answer to a probe belongs to that probe's class.
@@ -1088,9 +1261,10 @@ fn run_lanes(
                         .filter(|w| w.starts_with("id=0x"))
                         .find(|w| class_of_id.contains_key(*w))
                         .map(str::to_owned);
-                    let class = id
-                        .as_ref()
-                        .and_then(|id| class_of_id.get(id).copied())
+                    let class = quoted_fragments
+                        .or_else(|| note_class(&difference.place))
+                        .or_else(|| label_class(line).filter(|c| divergent(c) || *c == REUSED_FLOW))
+                        .or_else(|| id.as_ref().and_then(|id| class_of_id.get(id).copied()))
                         .or_else(|| response_class(line, &difference.place))
                         .unwrap_or("kernel responses");
                     if std::env::var_os("NETLAB_FUZZ_SHOW_ALL").is_some() {

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
 use super::{
-    observe::{Classes, Record, describe, lab_addresses},
+    observe::{Classes, Record, describe, lab_addresses, register_crafted},
     packet::{CRAFTED_TTL, Ipv4View, L4, parse_frame},
     scripts,
 };
@@ -251,6 +251,17 @@ impl ConfLab {
                 .seen
                 .entry((step.to_owned(), capture.point.to_owned()))
                 .or_default();
+            // Crafted frames' flows are named first (see `register_crafted`).
+            for line in all[capture.consumed..end].lines() {
+                if let Some(view) = line
+                    .split_once(' ')
+                    .and_then(|(_, hex)| unhex(hex))
+                    .as_deref()
+                    .and_then(parse_frame)
+                {
+                    register_crafted(&view, &mut capture.classes);
+                }
+            }
             for line in all[capture.consumed..end].lines() {
                 let Some((pkttype, hex)) = line.split_once(' ') else {
                     continue;
