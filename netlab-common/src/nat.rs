@@ -45,6 +45,17 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
+/// The name of an IP protocol number the datapath reports (conntrack
+/// entries, trace events); `None` for one it does not know by name.
+pub const fn ip_proto_name(proto: u8) -> Option<&'static str> {
+    match proto {
+        IPPROTO_TCP => Some("tcp"),
+        IPPROTO_UDP => Some("udp"),
+        IPPROTO_ICMP => Some("icmp"),
+        _ => None,
+    }
+}
+
 /// Which side of a flow an entry describes.
 pub const DIR_ORIGINAL: u8 = 0;
 pub const DIR_REPLY: u8 = 1;

@@ -54,7 +54,7 @@ use netlab_common::nat::{
 use crate::{
     global, lab,
     pkt::{
-        ctx::{array_value_mut, value_mut},
+        ctx::{array_value, array_value_mut, value_mut},
         l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     },
     stats,
@@ -577,7 +577,9 @@ struct Sweep {
 /// every [`SWEEP_EVERY_NS`].
 #[inline(always)]
 fn want_sweep(now: u64) {
-    let Some(sweep) = array_value_mut(SWEPT.get_ptr_mut(0)) else {
+    // SAFETY: racing CPUs set the same fields to the same ends: a sweep
+    // wanted, from about now (last writer wins).
+    let Some(sweep) = (unsafe { array_value_mut(SWEPT.get_ptr_mut(0)) }) else {
         return;
     };
     if sweep.last_ns == 0 || now.wrapping_sub(sweep.last_ns) >= SWEEP_EVERY_NS {
@@ -592,7 +594,7 @@ fn want_sweep(now: u64) {
 /// the BPF stack.
 #[inline(always)]
 pub fn sweep_if_wanted() {
-    if array_value_mut(SWEPT.get_ptr_mut(0)).is_some_and(|sweep| sweep.wanted != 0) {
+    if array_value(SWEPT.get_ptr(0)).is_some_and(|sweep| sweep.wanted != 0) {
         netlab_ct_sweep(now());
     }
 }
@@ -603,7 +605,9 @@ global::function! {
     /// too). Nonzero when it removed any. Verified on its own: the
     /// callback's paths would multiply the caller's.
     fn netlab_ct_sweep(now: u64) -> u32 {
-        let Some(sweep) = array_value_mut(SWEPT.get_ptr_mut(0)) else {
+        // SAFETY: two CPUs may both see `wanted` and sweep: each removal
+        // is of a dead flow, whoever makes it.
+        let Some(sweep) = (unsafe { array_value_mut(SWEPT.get_ptr_mut(0)) }) else {
             return 0;
         };
         if sweep.wanted == 0 {

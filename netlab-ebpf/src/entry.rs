@@ -24,7 +24,7 @@ use aya_ebpf::{
     helpers::bpf_redirect,
     programs::XdpContext,
 };
-use netlab_common::nat::{APPLY_INGRESS, IPPROTO_UDP, NAT_DNAT, RedirectReason, Stat};
+use netlab_common::nat::{APPLY_INGRESS, NAT_DNAT, RedirectReason, Stat};
 
 use crate::{
     admit,
@@ -33,12 +33,8 @@ use crate::{
     fib::Asker,
     lab::{Iface, Lab},
     pkt::{
-        csum,
-        eth::ETH_P_IP,
-        ipv4::{Ipv4Hdr, L3_OFF},
-        l4::{TCP_CSUM_OFF, UDP_CSUM_OFF},
-        plain::{Headers, L4_OFF, Plain},
-        xdp,
+        plain::{self, Plain},
+        xdp::{self, L3},
     },
     redirect, stats, trace,
 };
@@ -67,19 +63,11 @@ pub fn uplink(ctx: &XdpContext) -> u32 {
 /// Why the frame is dropped here, if it is.
 #[inline(always)]
 fn refused(ctx: &XdpContext, lab: &Lab) -> Option<Stat> {
-    let ethertype = xdp::load::<u16>(ctx, crate::pkt::eth::ETH_PROTO_OFF)?;
-    if u16::from_be(ethertype) != ETH_P_IP {
-        return None;
-    }
-    let Some(hdr) = xdp::load::<Ipv4Hdr>(ctx, L3_OFF) else {
-        return Some(Stat::BadHeader);
+    let hdr = match xdp::l3(ctx) {
+        L3::NotIpv4 => return None,
+        L3::Bad => return Some(Stat::BadHeader),
+        L3::Ipv4(hdr) => hdr,
     };
-    let len = ctx.data_end() - ctx.data();
-    let ihl = hdr.header_len();
-    let tot_len = hdr.total_len();
-    if hdr.version() != 4 || ihl < 20 || tot_len < ihl || L3_OFF + tot_len > len {
-        return Some(Stat::BadHeader);
-    }
     let iface = Iface::of_index(ctx.ingress_ifindex() as u32);
     admit::admit_addrs(
         Asker::xdp(ctx),
@@ -111,7 +99,7 @@ fn to_backend(ctx: &XdpContext, lab: &Lab) -> Option<u32> {
     pkt.translate(half.saddr, half.daddr, half.sport, half.dport);
     pkt.routed = 1;
     pkt.set_macs(endpoint.mac, endpoint.gateway_mac);
-    if !write(ctx, &pkt) {
+    if !plain::write_xdp(ctx, &pkt) {
         return None;
     }
     conntrack::fast_count(half, pkt.len);
@@ -122,41 +110,4 @@ fn to_backend(ctx: &XdpContext, lab: &Lab) -> Option<u32> {
     );
     // SAFETY: plain helper; the target is a veth of the lab.
     Some(unsafe { bpf_redirect(endpoint.ifindex, 0) } as u32)
-}
-
-/// Writes `pkt`'s changed headers into the frame: the IP and L4 checksums
-/// updated as complete ones (see the module's documentation), a UDP
-/// checksum of zero left zero.
-#[inline(always)]
-fn write(ctx: &XdpContext, pkt: &Plain) -> bool {
-    let key = pkt.key;
-    let mut hdr: Headers = pkt.hdr;
-    let (saddr, daddr, sport, dport) = (hdr.ip.saddr, hdr.ip.daddr, hdr.sport, hdr.dport);
-    let addrs = csum::diff32(csum::diff32(0, key.saddr, saddr), key.daddr, daddr);
-    let ports = csum::diff16(csum::diff16(0, key.sport, sport), key.dport, dport);
-    let field = L4_OFF
-        + if key.proto == IPPROTO_UDP {
-            UDP_CSUM_OFF
-        } else {
-            TCP_CSUM_OFF
-        };
-    let Some(l4_check) = xdp::load::<u16>(ctx, field) else {
-        return false;
-    };
-    if !(key.proto == IPPROTO_UDP && l4_check == 0) {
-        // The addresses enter the pseudo-header; the ports the header.
-        let mut new = csum::apply_diff(csum::apply_diff(l4_check, addrs), ports);
-        if key.proto == IPPROTO_UDP && new == 0 {
-            new = 0xffff;
-        }
-        if !xdp::store(ctx, field, &new) {
-            return false;
-        }
-    }
-    let ip = hdr.ip;
-    let old = u16::from_be_bytes([ip.ttl, ip.proto]).to_be();
-    hdr.ip.ttl = ip.ttl - 1;
-    let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]).to_be();
-    hdr.ip.check = csum::apply_diff(ip.check, csum::diff16(addrs, old, new));
-    xdp::store(ctx, 0, &hdr)
 }

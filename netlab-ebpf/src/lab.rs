@@ -10,13 +10,14 @@
 //! are asked of the set's map.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
     programs::TcContext,
 };
 use netlab_common::nat::{
-    BACKEND_PORT_WORDS, IFACE_SLOTS, IfaceConfig, NET_INTERNAL, NatConfig, NetSet,
-    PUBLISH_EPOCH_SLOTS, backend_port_bit, iface_slot, publish_epoch_slot,
+    BACKEND_PORT_WORDS, Backend, IFACE_SLOTS, IfaceConfig, NET_INTERNAL, NatConfig, NetSet,
+    PUBLISH_EPOCH_SLOTS, PublishKey, backend_port_bit, iface_slot, publish_epoch_slot,
 };
 
 use crate::pkt::ctx::{self, array_value, value};
@@ -49,6 +50,26 @@ static BACKEND_PORTS: Array<u64> = Array::pinned(BACKEND_PORT_WORDS, 0);
 pub fn is_backend_port(port: u16) -> bool {
     let (word, bit) = backend_port_bit(u16::from_be(port));
     array_value(BACKEND_PORTS.get_ptr(word)).is_some_and(|w| w & bit != 0)
+}
+
+/// Not preallocated (`BPF_F_NO_PREALLOC`): a lab publishes a few ports,
+/// and preallocating room for every one took 4 ms of every `up`.
+#[map(name = "PUBLISHED")]
+static PUBLISHED: HashMap<PublishKey, Backend> = HashMap::pinned(65536 * 2, BPF_F_NO_PREALLOC);
+
+/// The backend of a published port.
+#[inline(always)]
+pub fn published(port: u16, proto: u8) -> Option<Backend> {
+    // SAFETY: copied at once; a racing `publish rm` makes this one
+    // packet's backend the removed one's.
+    unsafe {
+        value(PUBLISHED.get_ptr(PublishKey {
+            port,
+            proto,
+            _pad: 0,
+        }))
+    }
+    .copied()
 }
 
 /// Each published host port's epoch (see `names::PUBLISH_EPOCH`).

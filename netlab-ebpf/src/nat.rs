@@ -20,8 +20,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netlab_common::nat::{
-    APPLY_EGRESS, APPLY_INGRESS, Backend, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    NAT_DNAT, NAT_REFLECT, NAT_SNAT, PublishKey, ROLE_LAB, ROLE_UPLINK, Stat,
+    APPLY_EGRESS, APPLY_INGRESS, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_DNAT,
+    NAT_REFLECT, NAT_SNAT, ROLE_LAB, ROLE_UPLINK, Stat,
 };
 
 use crate::{
@@ -30,40 +30,17 @@ use crate::{
     lab::{Iface, Lab},
     pkt::{
         csum::{self, L4Csum},
-        ctx::{self, Handoff, value},
+        ctx::{self, Handoff},
         ipv4::{IPV4_DADDR_OFF, IPV4_SADDR_OFF, L3_OFF},
         l4::{
-            ICMP_CSUM_OFF, ICMP_ID_OFF, L4_DPORT_OFF, L4_SPORT_OFF, TCP_ACK, TCP_CSUM_OFF, TCP_FIN,
-            TCP_RST, TCP_SYN, UDP_CSUM_OFF,
+            L4_DPORT_OFF, L4_SPORT_OFF, TCP_ACK, TCP_CSUM_OFF, TCP_FIN, TCP_RST, TCP_SYN,
+            UDP_CSUM_OFF,
         },
         parse::{IcmpError, LaterFragment, Packet},
     },
     stats,
     verdict::{Rewrite, Verdict},
 };
-
-use aya_ebpf::{bindings::BPF_F_NO_PREALLOC, macros::map, maps::HashMap};
-
-/// Not preallocated (`BPF_F_NO_PREALLOC`): a lab publishes a few ports,
-/// and preallocating room for every one took 4 ms of every `up`.
-#[map(name = "PUBLISHED")]
-pub(crate) static PUBLISHED: HashMap<PublishKey, Backend> =
-    HashMap::pinned(65536 * 2, BPF_F_NO_PREALLOC);
-
-/// The backend of a published port.
-#[inline(always)]
-pub fn published(port: u16, proto: u8) -> Option<Backend> {
-    // SAFETY: copied at once; a racing `publish rm` makes this one
-    // packet's backend the removed one's.
-    unsafe {
-        value(PUBLISHED.get_ptr(PublishKey {
-            port,
-            proto,
-            _pad: 0,
-        }))
-    }
-    .copied()
-}
 
 /// Translates a packet of a flow at `hook`: a known flow's rewrite when
 /// this hook owns it, else what a new flow gets here.
@@ -174,7 +151,7 @@ fn new_ingress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdi
     if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
         return Verdict::PASS;
     }
-    let Some(backend) = published(key.dport, key.proto) else {
+    let Some(backend) = lab::published(key.dport, key.proto) else {
         return Verdict::PASS;
     };
     if !opens_flow(pkt) {
@@ -550,7 +527,14 @@ global::function! {
 
 #[inline(always)]
 fn rewrite_packet(ctx: &TcContext, pkt: &Packet, out: &Rewrite) -> csum::Rewrite {
-    csum::rewrite_tuple(ctx, usize::from(pkt.l4), &pkt.key, out, pkt.icmp_request)
+    let after = FlowKey {
+        saddr: out.saddr,
+        daddr: out.daddr,
+        sport: out.sport,
+        dport: out.dport,
+        ..pkt.key
+    };
+    csum::rewrite_tuple(ctx, usize::from(pkt.l4), &pkt.key, &after, pkt.icmp_request)
 }
 
 /// Translates an ICMP error about a tracked flow, so it reaches the right
@@ -684,36 +668,11 @@ fn rewrite_icmp_error(
         } else {
             (inner.dport, entry.sport)
         };
-        return restore_embedded_id(ctx, inner_l4, old, new, usize::from(err.l4));
+        return csum::restore_embedded_id(ctx, inner_l4, old, new, usize::from(err.l4));
     }
     fix_embedded_l4_csum(ctx, err, entry)?;
     csum::set_port(ctx, inner_l4 + L4_SPORT_OFF, inner.sport, entry.dport, icmp)?;
     csum::set_port(ctx, inner_l4 + L4_DPORT_OFF, inner.dport, entry.sport, icmp)
-}
-
-/// Restores the identifier of an embedded ICMP query, and the embedded
-/// message's own checksum with it (always quoted: it is in the first 8
-/// bytes). The two changes cancel in the outer ICMP checksum.
-#[inline(always)]
-fn restore_embedded_id(
-    ctx: &TcContext,
-    inner_l4: usize,
-    old: u16,
-    new: u16,
-    outer_l4: usize,
-) -> csum::Rewrite {
-    if old == new {
-        return Ok(());
-    }
-    let icmp = L4Csum::of(IPPROTO_ICMP, outer_l4);
-    csum::set_port(ctx, inner_l4 + ICMP_ID_OFF, old, new, icmp)?;
-    // Type and code, then the checksum: one 4-byte read from the header's
-    // start, which the verifier can bound (a 2-byte read at +2 it could not).
-    let Some([_, quoted]) = ctx::load::<[u16; 2]>(ctx, inner_l4) else {
-        return Ok(());
-    };
-    let fixed = csum::fold16(quoted, old, new);
-    csum::replace_embedded16(ctx, inner_l4 + ICMP_CSUM_OFF, quoted, fixed, outer_l4)
 }
 
 /// The embedded TCP/UDP checksum covers the embedded addresses (through

@@ -27,7 +27,7 @@ use crate::{
     nat,
     pkt::{
         csum,
-        ctx::{self, array_value_mut},
+        ctx::{self, per_cpu_value_mut},
         eth::{self, ETH_ALEN, is_group},
         parse::Packet,
     },
@@ -48,7 +48,7 @@ pub fn count(iface: &Iface, reason: RedirectReason) {
     }
     let index = redirect_stat_index(iface.slot, reason as u32);
     // Per-CPU: only this CPU writes it while we run.
-    if let Some(n) = array_value_mut(REDIRECT_STATS.get_ptr_mut(index)) {
+    if let Some(n) = per_cpu_value_mut(&REDIRECT_STATS, index) {
         *n += 1;
     }
 }

@@ -21,7 +21,10 @@ use aya_ebpf::{
 };
 use netlab_common::nat::{IPPROTO_TCP, IPPROTO_UDP, SockKey, SockNat};
 
-use crate::{lab::Lab, nat, pkt::ctx::value};
+use crate::{
+    lab::{self, Lab},
+    pkt::ctx::value,
+};
 
 #[map(name = "SOCK_NAT")]
 static SOCK_NAT: LruHashMap<SockKey, SockNat> = LruHashMap::pinned(65536, 0);
@@ -97,7 +100,7 @@ pub fn to_backend(ctx: &SockAddrContext, family: Family) {
     if !loopback && !lab.is_local(addr) {
         return;
     }
-    let Some(backend) = nat::published(port, proto) else {
+    let Some(backend) = lab::published(port, proto) else {
         return;
     };
     let key = SockKey {

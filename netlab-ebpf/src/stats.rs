@@ -3,7 +3,7 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use netlab_common::nat::{STAT_COUNT, Stat};
 
-use crate::pkt::ctx::array_value_mut;
+use crate::pkt::ctx::per_cpu_value_mut;
 
 #[map(name = "NAT_STATS")]
 static NAT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
@@ -16,7 +16,7 @@ pub fn count(stat: Stat) {
 #[inline(always)]
 pub fn add(stat: Stat, n: u64) {
     // Per-CPU: only this CPU writes the slot while we run.
-    if let Some(slot) = array_value_mut(NAT_STATS.get_ptr_mut(stat as u32)) {
+    if let Some(slot) = per_cpu_value_mut(&NAT_STATS, stat as u32) {
         *slot += n;
     }
 }

@@ -38,9 +38,12 @@ use netlab_common::{
     },
 };
 
-use crate::pkt::{
-    ctx::{self, array_value, array_value_mut, value},
-    parse::{Parsed, parse},
+use crate::{
+    global,
+    pkt::{
+        ctx::{self, array_value, array_value_mut, per_cpu_value_mut, value},
+        parse::{Parsed, parse},
+    },
 };
 
 /// The events, to the reader. Not pinned: each `netlab trace` makes its
@@ -146,7 +149,7 @@ pub fn begin(parsed: &Parsed) -> bool {
     if config().is_none() {
         return false;
     }
-    let Some(scratch) = array_value_mut(TRACE_SCRATCH.get_ptr_mut(0)) else {
+    let Some(scratch) = per_cpu_value_mut(&TRACE_SCRATCH, 0) else {
         return false;
     };
     // Per-CPU slot: only this program run uses it.
@@ -167,7 +170,7 @@ pub fn end(ctx: &TcContext, on: bool, hook: Hook, action: i32, touched: bool) ->
     if !on {
         return action;
     }
-    let Some(scratch) = array_value_mut(TRACE_SCRATCH.get_ptr_mut(0)) else {
+    let Some(scratch) = per_cpu_value_mut(&TRACE_SCRATCH, 0) else {
         return action;
     };
     // Per-CPU slot: only this program run uses it.
@@ -226,7 +229,7 @@ pub fn tail(ctx: &TcContext) -> i32 {
 #[inline(always)]
 pub fn note_drop(stat: Stat) {
     // Per-CPU slot: only this program run uses it.
-    if let Some(scratch) = array_value_mut(TRACE_SCRATCH.get_ptr_mut(0)) {
+    if let Some(scratch) = per_cpu_value_mut(&TRACE_SCRATCH, 0) {
         scratch.reason = stat as u32;
     }
 }
@@ -236,7 +239,7 @@ pub fn note_drop(stat: Stat) {
 #[inline(always)]
 pub fn note_rewrite() {
     // Per-CPU slot: only this program run uses it.
-    if let Some(scratch) = array_value_mut(TRACE_SCRATCH.get_ptr_mut(0)) {
+    if let Some(scratch) = per_cpu_value_mut(&TRACE_SCRATCH, 0) {
         scratch.touched = 1;
     }
 }
@@ -245,7 +248,7 @@ pub fn note_rewrite() {
 #[inline(always)]
 pub fn note_redirect(ifindex: u32) {
     // Per-CPU slot: only this program run uses it.
-    if let Some(scratch) = array_value_mut(TRACE_SCRATCH.get_ptr_mut(0)) {
+    if let Some(scratch) = per_cpu_value_mut(&TRACE_SCRATCH, 0) {
         scratch.target_ifindex = ifindex;
     }
 }
@@ -253,7 +256,7 @@ pub fn note_redirect(ifindex: u32) {
 #[inline(always)]
 fn count(slot: u32) {
     // Per-CPU: only this CPU writes the slot while we run.
-    if let Some(counter) = array_value_mut(TRACE_STATS.get_ptr_mut(slot)) {
+    if let Some(counter) = per_cpu_value_mut(&TRACE_STATS, slot) {
         *counter += 1;
     }
 }
@@ -501,7 +504,8 @@ pub fn journeys_started() -> bool {
 #[inline(always)]
 fn note_journey_active(now: u64) {
     const COARSE_NS: u64 = 1_000_000;
-    if let Some(started) = array_value_mut(TRACE_LIVE.get_ptr_mut(0))
+    // SAFETY: a racing CPU's stamp is as good as ours (last writer wins).
+    if let Some(started) = unsafe { array_value_mut(TRACE_LIVE.get_ptr_mut(0)) }
         && now.wrapping_sub(*started) >= COARSE_NS
     {
         *started = now;
@@ -532,22 +536,23 @@ fn constant<T: Copy>(field: *const T) -> T {
 /// Whether the filter holds for `tuple` seen on `ifindex`.
 #[inline(always)]
 fn filter_matches(ifindex: u32, tuple: &Tuple) -> bool {
-    core::hint::black_box(netlab_trace_filter(ifindex, tuple)) != 0
+    global::returned(netlab_trace_filter(ifindex, tuple)) != 0
 }
 
-/// The filter as a global BPF function (see `conntrack`'s documentation):
-/// the verifier walks its branches once, and the hop that asks learns only
-/// the answer. Inlined, each way through a four-clause filter left
-/// something else known about the tuple, and every one of them walked the
-/// rest of the hop again (92,000 verified instructions for `trace_hop`).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn netlab_trace_filter(ifindex: u32, tuple: *const Tuple) -> u32 {
-    // SAFETY: the verifier checks the pointer's memory; null is refused here.
-    let Some(tuple) = (unsafe { tuple.as_ref() }) else {
-        return 0;
-    };
-    u32::from(filter_holds(ifindex, tuple))
+global::function! {
+    /// The filter as a global BPF function (see `conntrack`'s
+    /// documentation): the verifier walks its branches once, and the hop
+    /// that asks learns only the answer. Inlined, each way through a
+    /// four-clause filter left something else known about the tuple, and
+    /// every one of them walked the rest of the hop again (92,000 verified
+    /// instructions for `trace_hop`).
+    fn netlab_trace_filter(ifindex: u32, tuple: *const Tuple) -> u32 {
+        // SAFETY: the verifier checks the pointer's memory; null is refused here.
+        let Some(tuple) = (unsafe { tuple.as_ref() }) else {
+            return 0;
+        };
+        u32::from(filter_holds(ifindex, tuple))
+    }
 }
 
 /// The filter: any clause whose literals all hold. No clause: all packets.

@@ -192,6 +192,10 @@ pub struct TraceArgs {
     /// Switch tracing off (after a reader was killed) and exit.
     #[arg(long, conflicts_with_all = ["json", "pcapng"])]
     off: bool,
+    /// Say when tracing starts and what the session saw as JSON lines on
+    /// stderr (`netlab::trace::Notice`), for programs that drive netlab.
+    #[arg(long)]
+    notices_json: bool,
     /// Filter, tcpdump-like: host/net/port/portrange/tcp/udp/icmp/iface/netns,
     /// with and/or/not and parentheses.
     filter: Vec<String>,
@@ -420,8 +424,13 @@ fn run_trace(args: TraceArgs) -> Result<ExitCode> {
         snaplen: args.snaplen,
         count: args.count,
         duration,
+        notices_json: args.notices_json,
     };
     let summary = trace::run(&options)?;
+    if args.notices_json {
+        eprintln!("{}", trace::Notice::Summary(summary).to_line());
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(path) = &args.pcapng {
         eprintln!(
             "netlab trace: {} packets written to {}",
@@ -601,7 +610,6 @@ fn show_conntrack(lab: Option<String>, json: bool) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
 

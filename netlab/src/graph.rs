@@ -466,7 +466,6 @@ pub fn svg(dot: &str) -> Result<Vec<u8>, SvgError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use crate::netlink::{Counter, LinkCounters};
 

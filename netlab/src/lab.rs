@@ -24,7 +24,7 @@ use crate::{
     netns,
     state::{self, LabLock, LabState, STATE_DIR},
     sys::{self, sysctl},
-    topology::{self, Family, HostAddress, HostNetwork, HostRoute, Iface, Place, Topology},
+    topology::{self, HostAddress, HostNetwork, HostRoute, Iface, Place, Topology},
 };
 
 /// Test hook: `NETLAB_FAULT_AFTER_STEPS=N` aborts `up` right after its N-th
@@ -430,13 +430,14 @@ fn configure(topo: &Topology) -> Result<()> {
 
 async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
     let place = nl.place().clone();
+    let settings = datapath::link_settings(topo);
     if place != Place::Host {
         let lo = nl.require_link("lo").await?;
         nl.set_up(lo.index).await?;
     }
     if place == Place::Host {
         for bridge in &topo.bridges {
-            if topo.datapath.family() == Family::Iptables {
+            if settings.bridge_route_localnet {
                 // netfilter's DNAT of `localhost:PORT` routes a 127/8 source
                 // out of the bridge (Docker does the same without its proxy).
                 sysctl::write_iface(&bridge.name, "route_localnet", "1")?;
@@ -456,7 +457,7 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
             if link.controller != Some(bridge.index) {
                 nl.set_controller(link.index, bridge.index).await?;
             }
-            if topo.datapath.family() == Family::Iptables {
+            if settings.port_hairpin {
                 // netfilter's hairpin NAT sends a namespace's packets back
                 // out of the port they came in on (Docker does the same).
                 nl.set_hairpin(link.index).await?;

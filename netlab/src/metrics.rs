@@ -44,11 +44,11 @@ use prometheus_client::{
 };
 
 use crate::{
-    datapath::ebpf::maps::{self, TraceStats},
+    datapath::{Running, tracing},
     netlink::{self, Counter, LinkCounters},
     pins::Pins,
     state::LabState,
-    topology::{Datapath, Family, Iface, Place, PublishedPort},
+    topology::{Datapath, Iface, Place, PublishedPort},
 };
 
 /// Loopback, on a port of its own (node_exporter has 9100).
@@ -79,8 +79,9 @@ pub struct Snapshot {
     /// Conntrack entries in use and the tables' capacity (eBPF datapaths).
     pub conntrack: Option<(usize, u32)>,
     pub published: Vec<PublishedPort>,
-    /// `redirect` datapath: (host-side interface, reason) → packets.
-    pub redirect: BTreeMap<(Iface, &'static str), u64>,
+    /// (host-side interface, reason) → packets, for a datapath that makes
+    /// forwarding decisions (`redirect`); `None` for the others.
+    pub redirect: Option<BTreeMap<(Iface, &'static str), u64>>,
     /// Trace events put on the ring, and lost to a full ring.
     pub trace: Option<(u64, u64)>,
 }
@@ -98,38 +99,33 @@ pub fn collect(lab: &str) -> Result<Snapshot> {
     let pins = Pins::of(lab);
     let indexes = netlink::lab_indexes(&topo)?;
     let ifaces = netlink::lab_counters(&topo).unwrap_or_default();
-    let ebpf = topo.datapath.family() == Family::Ebpf;
-    let nat = if ebpf {
-        maps::nat_stats(&pins).unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let conntrack = ebpf.then(|| maps::conntrack_usage(&pins).ok()).flatten();
-    let mut redirect = BTreeMap::new();
-    if topo.datapath == Datapath::Redirect {
-        let stats = maps::redirect_stats(&pins).unwrap_or_default();
+    let running = Running::new(&topo, record.iptables);
+    let report = running.nat_report();
+    let redirect = running.redirects().map(|stats| {
         let host = indexes.get(&Place::Host).cloned().unwrap_or_default();
+        let mut by_iface = BTreeMap::new();
         for (name, index) in host {
             for reason in netlab_common::nat::REDIRECT_REASONS {
-                if let Some(n) = stats.get(&(index, reason as u32)) {
+                if let Some(n) = stats.get(&(index, reason.name())) {
                     let iface = Iface {
                         place: Place::Host,
                         name: name.clone(),
                     };
-                    redirect.insert((iface, reason.name()), *n);
+                    by_iface.insert((iface, reason.name()), *n);
                 }
             }
         }
-    }
-    let trace = TraceStats::open(&pins)
+        by_iface
+    });
+    let trace = tracing::Counts::open(&pins)
         .ok()
         .map(|stats| (stats.emitted(), stats.lost()));
     Ok(Snapshot {
         lab: lab.to_owned(),
         datapath: Some(record.datapath),
         ifaces,
-        nat,
-        conntrack,
+        nat: report.counters,
+        conntrack: report.conntrack,
         published: record.published,
         redirect,
         trace,
@@ -294,13 +290,13 @@ impl Collector for Snapshot {
                 )
             }),
         )?;
-        if datapath == Datapath::Redirect {
+        if let Some(redirect) = &self.redirect {
             family(
                 e,
                 "netlab_redirect_decisions",
                 "Packets the redirect datapath forwarded itself or left to the stack, by reason.",
                 MetricType::Counter,
-                self.redirect.iter().map(|((iface, reason), n)| {
+                redirect.iter().map(|((iface, reason), n)| {
                     let [netns, name] = iface_labels(iface);
                     (
                         self.labels(&[netns, name, ("reason", (*reason).to_owned())]),
@@ -476,7 +472,6 @@ fn route(head: &str) -> Route {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use crate::netlink::{Counter, LinkCounters};
 
@@ -520,7 +515,7 @@ mod tests {
                 namespace: "blue".into(),
                 port: 80,
             }],
-            redirect,
+            redirect: Some(redirect),
             trace: Some((5, 1)),
         }
     }

@@ -154,7 +154,6 @@ pub fn list(lab: &str) -> Result<Vec<(PublishedPort, Option<std::net::Ipv4Addr>)
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

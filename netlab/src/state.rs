@@ -222,7 +222,6 @@ impl TraceLock {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::topology::Proto;
 

@@ -11,11 +11,10 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::{Running, ebpf::maps, iptables},
+    datapath::{self, Running},
     netlink::{self, TcHook, run_in},
-    pins::Pins,
     state::LabState,
-    topology::{Datapath, Family, Iface, Place},
+    topology::{Datapath, Iface, Place},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,12 +81,8 @@ pub struct HookStatus {
 
 pub fn collect(state: &LabState) -> Result<LabStatus> {
     let topo = state.topology()?;
-    let pins = Pins::of(&state.lab);
-    let redirects = if topo.datapath == Datapath::Redirect {
-        maps::redirect_stats(&pins).unwrap_or_default()
-    } else {
-        BTreeMap::new()
-    };
+    let running = Running::new(&topo, state.iptables);
+    let redirects = running.redirects().unwrap_or_default();
 
     let mut by_place: BTreeMap<Place, Vec<Iface>> = BTreeMap::new();
     by_place.entry(Place::Host).or_default();
@@ -191,7 +186,7 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
                         netlab_common::nat::REDIRECT_REASONS
                             .iter()
                             .filter_map(|r| {
-                                let n = *redirects.get(&(l.index, *r as u32))?;
+                                let n = *redirects.get(&(l.index, r.name()))?;
                                 Some((r.name().to_owned(), n))
                             })
                             .collect()
@@ -228,31 +223,19 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
         .uplink_addr()
         .map(|a| format!("{} ({a})", topo.nat.uplink.as_deref().unwrap_or("?")));
     let published = state.published.iter().map(|p| p.to_string()).collect();
-    let nat = match Running::new(&topo, state.iptables) {
-        Running::Iptables { variant, .. } => NatStatus {
-            uplink,
-            published,
-            conntrack_entries: 0,
-            conntrack_capacity: 0,
-            counters: BTreeMap::new(),
-            iptables_rules: iptables::rules(&state.lab, variant).unwrap_or_default(),
-        },
-        Running::Ebpf { pins, .. } => {
-            let (conntrack_entries, conntrack_capacity) =
-                maps::conntrack_usage(&pins).unwrap_or((0, 0));
-            NatStatus {
-                uplink,
-                published,
-                conntrack_entries,
-                conntrack_capacity,
-                counters: maps::nat_stats(&pins)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect(),
-                iptables_rules: Vec::new(),
-            }
-        }
+    let report = running.nat_report();
+    let (conntrack_entries, conntrack_capacity) = report.conntrack.unwrap_or((0, 0));
+    let nat = NatStatus {
+        uplink,
+        published,
+        conntrack_entries,
+        conntrack_capacity,
+        counters: report
+            .counters
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        iptables_rules: report.rules,
     };
     Ok(LabStatus {
         nat: Some(nat),
@@ -356,7 +339,7 @@ pub fn render(status: &LabStatus) -> String {
             .filter(|(_, v)| **v != 0)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        if status.datapath.family() == Family::Iptables {
+        if datapath::shows_rules(status.datapath) {
             let _ = writeln!(out, "  rules (iptables, netlab's own chains):");
             for rule in &nat.iptables_rules {
                 let _ = writeln!(out, "    {rule}");

@@ -221,7 +221,6 @@ pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Result<
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
 

@@ -904,7 +904,6 @@ fn accumulate<R: Read + Send + 'static>(mut pipe: R, into: SharedOutput) -> thre
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

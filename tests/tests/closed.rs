@@ -1,7 +1,11 @@
 //! The lab is closed: traffic from its namespaces to an address outside the
 //! lab (neither a lab subnet nor the uplink's) is dropped before the host
 //! could forward it out of one of its own interfaces, on every datapath.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 
 use netlab_tests::{Sandbox, nat_counter};
 

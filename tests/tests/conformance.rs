@@ -12,7 +12,11 @@
 //!
 //! The seeded fuzzer's CI run is `fuzz_ci` at the end; the long run is
 //! `cargo xtask fuzz`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 
 use std::net::Ipv4Addr;
 

@@ -1,7 +1,11 @@
 //! `up` killed part way (netlab's NETLAB_FAULT_AFTER_STEPS hook aborts it
 //! like a kill -9 right after its N-th kernel change): `down` must still
 //! remove everything, and a plain `up` must finish the job.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 
 use netlab_tests::{Detail, FAULT_ENV, NetState, Output, Sandbox};
 

@@ -1,7 +1,11 @@
 //! `netlab graph` (issue 15): the default lab laid out by Graphviz holds
 //! every namespace and link of the topology, and a running lab's picture
 //! carries its datapath and counters.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 
 use std::collections::BTreeSet;
 

@@ -6,7 +6,11 @@
 //! Everything lives in the test's sandbox: its root namespace plays the
 //! host, and a namespace `far`, reached through the host's default route,
 //! plays the rest of the world.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 
 use std::time::Duration;
 

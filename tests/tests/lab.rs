@@ -1,6 +1,10 @@
 //! The default lab end to end: up, connectivity, idempotency, down, packet
 //! counters and exec. Each test runs in its own sandbox (see the harness).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 
 use netlab_tests::{
     Detail, LabStatus, NetState, Sandbox, netns_names, packets, status_hook, status_links,

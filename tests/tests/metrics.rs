@@ -1,7 +1,11 @@
 //! `netlab metrics` (issue 15): scraped inside the sandbox while traffic
 //! flows, its counters rise; both formats it serves are well formed
 //! (checked by the harness's reader, and by `promtool` when installed).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 
 use std::{thread, time::Duration};
 

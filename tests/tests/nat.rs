@@ -9,7 +9,11 @@
 //! the lab's own addresses. Tests that rewrite packets turn checksum offload
 //! off on every lab veth first, so that a wrong checksum breaks the
 //! connection instead of being hidden by the veth.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 
 use std::{
     thread,
@@ -38,7 +42,7 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// Where the tests write files inside the sandbox.
 const SCRATCH: &str = "/run/netlab-tests";
 
-const DEFAULT_TOPOLOGY: &str = include_str!("../../netlab/src/topology/default.toml");
+const DEFAULT_TOPOLOGY: &str = netlab::topology::DEFAULT_LAB;
 
 /// UDP echo server: `PORT`. Logs "from HOST:PORT PAYLOAD" per datagram.
 const UDP_ECHO_SERVER: &str = r#"

@@ -1,4 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 //! netlab's NAT datapath, proven on crafted frames with the kernel's
 //! `BPF_PROG_TEST_RUN`: no interfaces, no lab, just the real object, the
 //! verifier, and frames whose every byte the test knows.

@@ -1,6 +1,10 @@
 //! The `redirect` datapath (issue 4) skips the bridge and the host's stack:
 //! what proves it, beside the NAT suite that runs on it too (`nat.rs`).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 
 use netlab::topology::Datapath;
 use netlab_tests::{Sandbox, status_links};

@@ -1,6 +1,10 @@
 //! What `up` must refuse, and how: bad topologies are rejected before any
 //! kernel change, and netlab never adopts or deletes what it did not create.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 
 use netlab_tests::{Detail, NetState, Sandbox};
 

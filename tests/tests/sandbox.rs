@@ -1,6 +1,10 @@
 //! The harness itself: sandboxes are isolated from the host and from each
 //! other, leave nothing behind, and privileged tests fail without root.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 
 use std::{path::Path, process::Command, time::Duration};
 

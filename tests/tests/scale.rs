@@ -1,7 +1,11 @@
 //! A generated lab: 250 namespaces from one `[[namespace_group]]`, with
 //! published ports and masquerade, built, converged and torn down inside a
 //! sandbox, leaving nothing behind.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 
 use netlab_tests::{Detail, NetState, Sandbox, netns_names};
 

@@ -5,7 +5,11 @@
 //! Each test runs `netlab trace --json --duration N` in the background in
 //! its own sandbox, waits for its "tracing lab" line, makes traffic, and
 //! reads the JSON events once it exits.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
 
 use std::{
     collections::{BTreeMap, BTreeSet},

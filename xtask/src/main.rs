@@ -76,6 +76,9 @@ enum Command {
     /// Internal: the part of `bench` that runs inside its sandbox.
     #[command(hide = true)]
     BenchSandboxed { plan: PathBuf },
+    /// Internal: the part of `bench trace` that runs inside its sandbox.
+    #[command(hide = true)]
+    BenchTraceSandboxed { plan: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -106,6 +109,7 @@ fn execute(command: Command) -> Result<ExitCode> {
         Command::Test { cargo_args } => test::run(&workspace, &cargo_args)?,
         Command::Bench { what, options } => return bench::run(what, &options, &workspace),
         Command::BenchSandboxed { plan } => return bench::run_sandboxed(&plan),
+        Command::BenchTraceSandboxed { plan } => return bench::run_trace_sandboxed(&plan),
         Command::Fuzz { options } => return fuzz::run(&workspace, &options),
     }
     Ok(ExitCode::SUCCESS)

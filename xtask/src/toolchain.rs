@@ -197,10 +197,10 @@ pub const WALKTHROUGH_TOOLS: &[Prerequisite] = &[
     deb!("python3"),
 ];
 
-/// What `cargo xtask bench` drives inside its sandbox: `unshare` (util-linux),
-/// `ip`, both iptables backends, `ethtool` for offloads, `conntrack -F`
-/// between runs, iperf3 for the bulk cross-check, and bpftool (`bench trace`
-/// fills netlab's conntrack map with it).
+/// What `cargo xtask bench` drives inside its sandbox: `unshare` and
+/// `taskset` (util-linux), `ip`, both iptables backends, `ethtool` for
+/// offloads, `conntrack -F` between runs, and iperf3 for the bulk
+/// cross-check.
 pub const BENCH_TOOLS: &[Prerequisite] = &[
     deb!("util-linux"),
     deb!("iproute2"),
@@ -208,7 +208,6 @@ pub const BENCH_TOOLS: &[Prerequisite] = &[
     deb!("ethtool"),
     deb!("conntrack"),
     deb!("iperf3"),
-    deb!("bpftool"),
 ];
 
 /// `rustup toolchain list` names the `nightly` channel `nightly-<host>`;

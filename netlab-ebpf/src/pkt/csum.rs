@@ -11,7 +11,7 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use netlab_common::nat::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, Stat};
+use netlab_common::nat::{FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Stat};
 
 use super::{
     ctx,
@@ -43,7 +43,7 @@ pub fn encode(result: Rewrite) -> u32 {
 /// result for any value, and refuses an unchecked index.
 #[inline(always)]
 pub fn decode(code: u32) -> Rewrite {
-    match core::hint::black_box(code).checked_sub(1) {
+    match crate::global::returned(code).checked_sub(1) {
         None => Ok(()),
         Some(index) => Err(Stat::ALL
             .get(index as usize)
@@ -285,7 +285,7 @@ pub fn rewrite_tuple(
     ctx: &TcContext,
     l4: usize,
     key: &FlowKey,
-    new: &crate::verdict::Rewrite,
+    new: &FlowKey,
     icmp_request: bool,
 ) -> Rewrite {
     let addrs_changed = key.saddr != new.saddr || key.daddr != new.daddr;
@@ -336,4 +336,29 @@ pub fn rewrite_tuple(
             .map_err(|_| Stat::WriteFailed)?;
     }
     Ok(())
+}
+
+/// Restores the identifier of an embedded ICMP query, and the embedded
+/// message's own checksum with it (always quoted: it is in the first 8
+/// bytes). The two changes cancel in the outer ICMP checksum.
+#[inline(always)]
+pub fn restore_embedded_id(
+    ctx: &TcContext,
+    inner_l4: usize,
+    old: u16,
+    new: u16,
+    outer_l4: usize,
+) -> Rewrite {
+    if old == new {
+        return Ok(());
+    }
+    let icmp = L4Csum::of(IPPROTO_ICMP, outer_l4);
+    set_port(ctx, inner_l4 + ICMP_ID_OFF, old, new, icmp)?;
+    // Type and code, then the checksum: one 4-byte read from the header's
+    // start, which the verifier can bound (a 2-byte read at +2 it could not).
+    let Some([_, quoted]) = ctx::load::<[u16; 2]>(ctx, inner_l4) else {
+        return Ok(());
+    };
+    let fixed = fold16(quoted, old, new);
+    replace_embedded16(ctx, inner_l4 + ICMP_CSUM_OFF, quoted, fixed, outer_l4)
 }

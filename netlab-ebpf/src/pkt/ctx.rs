@@ -1,7 +1,7 @@
 //! The TC context: interface, length, packet type and mark, bounds-checked
 //! packet reads, and map value access.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{maps::PerCpuArray, programs::TcContext};
 
 /// The interface the program runs on.
 #[inline(always)]
@@ -166,9 +166,23 @@ pub fn array_value<V>(ptr: Option<*const V>) -> Option<&'static V> {
     unsafe { value(ptr) }
 }
 
-/// [`array_value`], writable: per-CPU slots and counters.
+/// [`array_value`], writable, of an array every CPU shares.
+///
+/// # Safety
+///
+/// Other CPUs may hold the same slot at once: see [`value_mut`] on which
+/// writes that allows.
 #[inline(always)]
-pub fn array_value_mut<V>(ptr: Option<*mut V>) -> Option<&'static mut V> {
-    // SAFETY: as for `array_value`; see `value_mut` on concurrent writes.
+pub unsafe fn array_value_mut<V>(ptr: Option<*mut V>) -> Option<&'static mut V> {
+    // SAFETY: as for `array_value`; the caller's for concurrent writes.
     unsafe { value_mut(ptr) }
+}
+
+/// This CPU's slot `index` of a per-CPU array, writable: slots and
+/// counters no other CPU touches, and a program run is not preempted on
+/// its CPU.
+#[inline(always)]
+pub fn per_cpu_value_mut<V>(map: &PerCpuArray<V>, index: u32) -> Option<&'static mut V> {
+    // SAFETY: the slot is this CPU's alone, and lives as long as the map.
+    unsafe { value_mut(map.get_ptr_mut(index)) }
 }

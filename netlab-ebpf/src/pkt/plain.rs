@@ -24,8 +24,8 @@ use super::{
     eth::{ETH_ALEN, ETH_P_IP},
     ipv4::{IP_MF, IP_OFFSET, IPV4_MIN_HLEN, Ipv4Hdr, L3_OFF},
     l4::{
-        TCP_DOFF_OFF, TCP_FIN, TCP_MIN_HLEN, TCP_RST, TCP_SYN, UDP_HLEN, UDP_LEN_OFF,
-        tcp_flags_valid,
+        TCP_CSUM_OFF, TCP_DOFF_OFF, TCP_FIN, TCP_MIN_HLEN, TCP_RST, TCP_SYN, UDP_CSUM_OFF,
+        UDP_HLEN, UDP_LEN_OFF, tcp_flags_valid,
     },
     xdp,
 };
@@ -260,4 +260,41 @@ fn store(ctx: &TcContext, hdr: &Headers, from: usize) -> Result<(), Stat> {
     } else {
         Err(Stat::WriteFailed)
     }
+}
+
+/// Writes `pkt`'s changed headers into an XDP frame: the IP and L4
+/// checksums updated as complete ones (see `entry`), a UDP checksum of
+/// zero left zero.
+#[inline(always)]
+pub fn write_xdp(ctx: &XdpContext, pkt: &Plain) -> bool {
+    let key = pkt.key;
+    let mut hdr: Headers = pkt.hdr;
+    let (saddr, daddr, sport, dport) = (hdr.ip.saddr, hdr.ip.daddr, hdr.sport, hdr.dport);
+    let addrs = csum::diff32(csum::diff32(0, key.saddr, saddr), key.daddr, daddr);
+    let ports = csum::diff16(csum::diff16(0, key.sport, sport), key.dport, dport);
+    let field = L4_OFF
+        + if key.proto == IPPROTO_UDP {
+            UDP_CSUM_OFF
+        } else {
+            TCP_CSUM_OFF
+        };
+    let Some(l4_check) = xdp::load::<u16>(ctx, field) else {
+        return false;
+    };
+    if !(key.proto == IPPROTO_UDP && l4_check == 0) {
+        // The addresses enter the pseudo-header; the ports the header.
+        let mut new = csum::apply_diff(csum::apply_diff(l4_check, addrs), ports);
+        if key.proto == IPPROTO_UDP && new == 0 {
+            new = 0xffff;
+        }
+        if !xdp::store(ctx, field, &new) {
+            return false;
+        }
+    }
+    let ip = hdr.ip;
+    let old = u16::from_be_bytes([ip.ttl, ip.proto]).to_be();
+    hdr.ip.ttl = ip.ttl - 1;
+    let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]).to_be();
+    hdr.ip.check = csum::apply_diff(ip.check, csum::diff16(addrs, old, new));
+    xdp::store(ctx, 0, &hdr)
 }

@@ -4,7 +4,40 @@
 
 use aya_ebpf::programs::XdpContext;
 
-use super::ctx::MAX_HEADERS;
+use super::{
+    ctx::MAX_HEADERS,
+    eth::{ETH_P_IP, ETH_PROTO_OFF},
+    ipv4::{Ipv4Hdr, L3_OFF},
+};
+
+/// What a frame carries at layer 3, as the XDP entry sees it.
+pub enum L3 {
+    NotIpv4,
+    /// An IPv4 header that is not one (version, lengths).
+    Bad,
+    Ipv4(Ipv4Hdr),
+}
+
+/// The frame's IPv4 header, checked as the stack would.
+#[inline(always)]
+pub fn l3(ctx: &XdpContext) -> L3 {
+    let Some(ethertype) = load::<u16>(ctx, ETH_PROTO_OFF) else {
+        return L3::NotIpv4;
+    };
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return L3::NotIpv4;
+    }
+    let Some(hdr) = load::<Ipv4Hdr>(ctx, L3_OFF) else {
+        return L3::Bad;
+    };
+    let len = ctx.data_end() - ctx.data();
+    let ihl = hdr.header_len();
+    let tot_len = hdr.total_len();
+    if hdr.version() != 4 || ihl < 20 || tot_len < ihl || L3_OFF + tot_len > len {
+        return L3::Bad;
+    }
+    L3::Ipv4(hdr)
+}
 
 /// Reads a `T` at `offset` in the frame; `None` when the frame is shorter.
 #[inline(always)]

@@ -5,24 +5,60 @@
 //! - [`ebpf`]: netlab's eBPF programs (`bridge`, `redirect`);
 //! - [`iptables`]: the reference, rules in the lab's own chains (`iptables`).
 //!
-//! Commands reach either through [`Running`], so no command needs to know
-//! which one a lab runs. What every lab has, whatever its family: the
-//! kernel's own packet counters on every interface
-//! ([`crate::netlink::lab_counters`]), and tracing (its shared maps are
-//! loaded at `up`; its programs, ring buffer and journeys by `netlab
-//! trace`).
+//! Commands reach either through [`Running`], for what they change
+//! (published ports) and for what they read (the NAT's [`NatReport`], the
+//! [`Flows`], the [`Redirects`]), and through [`tracing`] for a trace
+//! session, so no command needs to know which one a lab runs: adding a
+//! family touches this module and its folder. What every lab has,
+//! whatever its family: the kernel's own packet counters on every
+//! interface ([`crate::netlink::lab_counters`]), and tracing (its shared
+//! maps are loaded at `up`; its programs, ring buffer and journeys by
+//! `netlab trace`).
 
 pub mod ebpf;
 pub mod iptables;
+mod report;
+pub mod tracing;
 
 use anyhow::Result;
+use netlab_common::nat::REDIRECT_REASONS;
 
 pub use self::ebpf::loader::EarlyLoader;
 use self::iptables::Variant;
+pub use self::report::{Flow, FlowEnds, Flows, NatReport, Redirects};
 use crate::{
     pins::Pins,
+    sys,
     topology::{Datapath, Family, PublishedPort, Topology},
 };
+
+/// How the lab's links must be set for a datapath of `topo`'s family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// `route_localnet` on the lab's bridges, so the host reaches a
+    /// published port through `localhost` (the iptables datapath DNATs it
+    /// in OUTPUT; the eBPF one does it at the socket, and needs nothing).
+    pub bridge_route_localnet: bool,
+    /// Hairpin mode on bridge ports, so a namespace reaches its own
+    /// published port through the bridge (iptables DNAT sends it back out
+    /// of the port it came in by; the eBPF datapath reflects it itself).
+    pub port_hairpin: bool,
+}
+
+/// The link settings `topo`'s datapath needs.
+pub fn link_settings(topo: &Topology) -> LinkSettings {
+    let iptables = topo.datapath.family() == Family::Iptables;
+    LinkSettings {
+        bridge_route_localnet: iptables,
+        port_hairpin: iptables,
+    }
+}
+
+/// Whether `datapath` is made of rules, which a report shows (rather than
+/// counters by reason).
+pub fn shows_rules(datapath: Datapath) -> bool {
+    datapath.family() == Family::Iptables
+}
 
 /// What must hold before `up` changes anything: the lab's pins, if any,
 /// are this netlab's.
@@ -71,6 +107,28 @@ pub fn remove(lab: &str, datapath: Option<Datapath>) -> Result<()> {
         log::debug!("down: {err:#}");
     }
     pins.remove()
+}
+
+/// Forgets every flow netlab's conntrack holds for lab `lab` (the bench,
+/// between runs: a run must inherit no flow); a datapath without netlab's
+/// conntrack has none. The number of halves removed.
+pub fn flush_flows(lab: &str) -> Result<u64> {
+    let pins = Pins::of(lab);
+    let mut removed = 0;
+    for table in ebpf::maps::CONNTRACK_TABLES {
+        if !pins.map(table).exists() {
+            continue;
+        }
+        let mut map = ebpf::maps::conntrack_table(&pins, table)?;
+        let keys: Vec<_> = map.keys().collect::<Result<_, _>>()?;
+        for key in keys {
+            // A key gone meanwhile (expired, or its flow removed) is fine.
+            if map.remove(&key).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// The iptables variant a new lab of `topo` uses: [`iptables::VARIANT_ENV`]'s,
@@ -141,6 +199,52 @@ impl<'a> Running<'a> {
         match self {
             Running::Ebpf { topo, pins } => ebpf::config::publish_one(pins, topo, published, new),
             Running::Iptables { .. } => self.sync_published(published),
+        }
+    }
+
+    /// The NAT's state and counters. What cannot be read is left empty.
+    pub fn nat_report(&self) -> NatReport {
+        match self {
+            Running::Ebpf { pins, .. } => NatReport {
+                conntrack: ebpf::maps::conntrack_usage(pins).ok(),
+                counters: ebpf::maps::nat_stats(pins).unwrap_or_default(),
+                rules: Vec::new(),
+            },
+            Running::Iptables { topo, variant } => NatReport {
+                conntrack: None,
+                counters: Vec::new(),
+                rules: iptables::rules(&topo.name, *variant).unwrap_or_default(),
+            },
+        }
+    }
+
+    /// The forwarding decisions of a datapath that makes them (`redirect`),
+    /// by host-side ifindex and reason; `None` for the others.
+    pub fn redirects(&self) -> Option<Redirects> {
+        match self {
+            Running::Ebpf { topo, pins } if topo.datapath == Datapath::Redirect => {
+                let stats = ebpf::maps::redirect_stats(pins).unwrap_or_default();
+                Some(
+                    stats
+                        .into_iter()
+                        .filter_map(|((ifindex, reason), n)| {
+                            let reason = REDIRECT_REASONS.iter().find(|r| **r as u32 == reason)?;
+                            Some(((ifindex, reason.name()), n))
+                        })
+                        .collect(),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    /// The flows the datapath tracks now.
+    pub fn flows(&self) -> Result<Flows> {
+        match self {
+            Running::Ebpf { pins, .. } => {
+                ebpf::flows::read(pins, sys::monotonic_coarse_ns()).map(Flows::Listed)
+            }
+            Running::Iptables { .. } => Ok(Flows::InKernelConntrack),
         }
     }
 

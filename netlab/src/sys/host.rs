@@ -85,7 +85,6 @@ fn socket_peers(table: &str) -> Vec<Ipv4Addr> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -3,7 +3,7 @@
 //! Everything here is about reading: TOML syntax, unknown or missing keys,
 //! types, and strings that must spell a value (CIDR, IPv4 address, published
 //! port, port range, datapath). The rules between values are in
-//! [`super::validate`], which also gets the [`Spans`] of items the model does
+//! the rules of `validate`, which also get the [`Spans`] of items the model does
 //! not carry a position for.
 
 use std::{net::Ipv4Addr, ops::Range};
@@ -12,11 +12,12 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Problem, ProblemKind,
     model::{
         Address, Bridge, Datapath, Entry, Ipv4Net, Namespace, Nat, Place, Pos, Proto, Publish,
         Route, Topology, Veth, VethEnd,
     },
+    problem::{Problem, ProblemKind, conntrack_size_text},
+    spans::{EndSpans, RouteSpans, Spans},
 };
 
 /// Lab name when the file has no `name`.
@@ -124,44 +125,6 @@ struct RawNat {
     port_range: Option<Spanned<String>>,
     conntrack_size: Option<Spanned<i64>>,
     entry: Option<Spanned<String>>,
-}
-
-/// Positions of things the model has no `at` for; indexes follow the model.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Spans {
-    /// The lab `name` value (line 0 when the file has none).
-    pub name: Pos,
-    /// One per veth end, in [`Topology::veth_ends`] order.
-    pub ends: Vec<EndSpans>,
-    /// One per route, in order.
-    pub routes: Vec<RouteSpans>,
-    pub nat: NatSpans,
-}
-
-#[derive(Clone, Debug, Default)]
-pub(super) struct EndSpans {
-    /// The `netns` value, or the end's name when it has none.
-    pub netns: Pos,
-    /// The `bridge` value, or the end's name when it has none.
-    pub bridge: Pos,
-}
-
-#[derive(Clone, Debug, Default)]
-pub(super) struct RouteSpans {
-    /// The `netns` value, or the `[[route]]` header when it has none.
-    pub netns: Pos,
-    pub to: Pos,
-    pub via: Pos,
-}
-
-#[derive(Clone, Debug, Default)]
-pub(super) struct NatSpans {
-    pub uplink: Pos,
-    /// One per `masquerade` entry.
-    pub masquerade: Vec<Pos>,
-    pub port_range: Pos,
-    pub conntrack_size: Pos,
-    pub entry: Pos,
 }
 
 /// Read `text` into the model. `Err` holds every problem found (at least one).
@@ -796,7 +759,7 @@ impl Reader<'_> {
                 Err(_) => self.problem(
                     ProblemKind::NatSetting,
                     &at,
-                    super::validate::conntrack_size_text(size.get_ref()),
+                    conntrack_size_text(size.get_ref()),
                 ),
             }
             spans.nat.conntrack_size = at;
@@ -877,7 +840,6 @@ fn parse_port_range(text: &str) -> Option<(u16, u16)> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::topology::{

@@ -11,9 +11,10 @@ use std::{
 };
 
 use super::{
-    HostNetwork, Problem, ProblemKind as K,
+    host::HostNetwork,
     model::{Entry, Family, Ipv4Net, Place, Pos, Proto, Topology},
-    parse::Spans,
+    problem::{CONNTRACK_MAX, CONNTRACK_MIN, Problem, ProblemKind as K, conntrack_size_text, sort},
+    spans::Spans,
 };
 
 /// Linux's IFNAMSIZ (16) minus the terminating NUL.
@@ -22,15 +23,6 @@ const IFNAME_MAX: usize = 15;
 const NETNS_NAME_MAX: usize = 64;
 /// The lab name goes into link tags and pin paths; keep it short and tame.
 const LAB_NAME_MAX: usize = 32;
-pub(super) const CONNTRACK_MIN: u32 = 1024;
-pub(super) const CONNTRACK_MAX: u32 = 16 * 1024 * 1024;
-
-/// The message for a `conntrack_size` outside its range (also used by the
-/// parser for values that do not even fit a u32).
-pub(super) fn conntrack_size_text(value: impl fmt::Display) -> String {
-    format!("nat.conntrack_size {value} is outside {CONNTRACK_MIN}..={CONNTRACK_MAX}")
-}
-
 /// Every rule over a parsed lab; the problems come back in file order.
 pub(super) fn validate(topo: &Topology, spans: &Spans) -> Vec<Problem> {
     let mut problems = Vec::new();
@@ -45,12 +37,6 @@ pub(super) fn validate(topo: &Topology, spans: &Spans) -> Vec<Problem> {
     nat(&lab, &mut problems);
     sort(&mut problems);
     problems
-}
-
-/// File order: by line and column (problems without a position first),
-/// keeping the rule order for problems at the same place.
-pub(super) fn sort(problems: &mut [Problem]) {
-    problems.sort_by_key(|p| (p.at.line, p.at.column));
 }
 
 /// "namespace `red`" or "the host namespace".
@@ -697,7 +683,6 @@ pub(super) fn check_host(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::topology::{

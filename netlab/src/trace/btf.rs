@@ -126,7 +126,6 @@ fn parse(btf: &[u8], wanted: &str, strip: &str) -> Option<BTreeMap<u32, String>>
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -547,7 +547,6 @@ impl fmt::Display for Primitive {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

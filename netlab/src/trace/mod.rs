@@ -4,7 +4,7 @@
 //! `TRACE_PROGS` slot, empty until somebody traces. This command loads
 //! `trace_hop`, the watching programs for the veth ends without a NAT
 //! program, and the fate probes, all with the filter compiled in
-//! ([`loader::start_trace`](crate::datapath::ebpf::loader::start_trace)),
+//! ([`tracing::start`]),
 //! puts `trace_hop` in the slot and the watchers on their hooks, turns the
 //! switch in the pinned `TRACE_CONFIG` map on, reads the ring buffer until
 //! stopped, then turns the switch off and removes what it loaded. `netlab
@@ -36,11 +36,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{Array, MapData};
 use netlab_common::trace::{READER_POLL_MS, SNAP_MAX, TraceConfig, wakeup_bytes};
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::ebpf::{loader, maps},
+    datapath::{
+        EarlyLoader,
+        tracing::{self, Switch},
+    },
     netlink,
     pins::Pins,
     state::{self, LabState},
@@ -62,15 +65,47 @@ pub struct Options {
     pub snaplen: u32,
     pub count: Option<u64>,
     pub duration: Option<Duration>,
+    /// Say when tracing starts, and what the session saw, as [`Notice`]
+    /// JSON lines on stderr instead of sentences (for programs: the bench).
+    pub notices_json: bool,
 }
 
 /// What a finished trace saw.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub events: u64,
     pub lost: u64,
     pub malformed: u64,
     pub packets_written: u64,
+}
+
+/// A session that has started tracing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    pub lab: String,
+    /// The filter, as given; `None` traces every packet.
+    pub filter: Option<String>,
+    /// trace_hop's load time, the verifier's work included (µs).
+    pub hop_load_us: u64,
+    /// Why kernel drops and deliveries will not show, if they will not.
+    pub fates_missing: Option<String>,
+}
+
+/// What `netlab trace --notices-json` says on stderr, one JSON object per
+/// line: the contract the bench reads (the sentences are for people, and
+/// may change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "notice", rename_all = "snake_case")]
+pub enum Notice {
+    Started(Started),
+    Summary(Summary),
+}
+
+impl Notice {
+    /// The notice as one JSON line.
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 fn parse_sample(text: &str) -> Result<u32> {
@@ -109,57 +144,12 @@ pub fn switch_off(lab: &str) -> Result<()> {
     // A live session is not torn down under its reader.
     let _session = state::TraceLock::acquire(lab)?;
     let pins = Pins::of(lab);
-    let mut config = maps::trace_config(&pins)?;
-    let mut value = config.get(&0, 0)?;
-    value.enabled = 0;
-    config.set(0, value, 0)?;
+    tracing::switch_off(&pins)?;
     // Without its record the lab's interfaces are unknown: their filters
     // go with them at `down`.
-    let watch = match LabState::load(lab)? {
-        Some(record) => loader::watch_plan(&record.topology()?),
-        None => Vec::new(),
-    };
-    loader::stop_trace(&pins, &watch)
-}
-
-/// Turns tracing on while alive; off when dropped, whatever happened.
-struct Switch {
-    config: Array<MapData, TraceConfig>,
-    value: TraceConfig,
-    on: bool,
-}
-
-impl Switch {
-    fn on(mut config: Array<MapData, TraceConfig>, value: TraceConfig) -> Result<Switch> {
-        config.set(0, value, 0).context("enabling tracing")?;
-        Ok(Switch {
-            config,
-            value,
-            on: true,
-        })
-    }
-
-    fn off(&mut self) -> Result<()> {
-        if !self.on {
-            return Ok(());
-        }
-        let off = TraceConfig {
-            enabled: 0,
-            ..self.value
-        };
-        self.config
-            .set(0, off, 0)
-            .context("switching tracing off; run `netlab trace --off`")?;
-        self.on = false;
-        Ok(())
-    }
-}
-
-impl Drop for Switch {
-    fn drop(&mut self) {
-        if let Err(err) = self.off() {
-            eprintln!("netlab trace: {err:#}");
-        }
+    match LabState::load(lab)? {
+        Some(record) => tracing::stop(&pins, &tracing::watch(&record.topology()?)),
+        None => tracing::stop(&pins, &tracing::Watch::none()),
     }
 }
 
@@ -199,10 +189,10 @@ enum Sink {
 /// Runs `netlab trace` until a signal, `--count` events or `--duration`.
 pub fn run(options: &Options) -> Result<Summary> {
     // Its BTF parse runs beside the netlink dump and the filter's compiling.
-    let early = loader::EarlyLoader::start();
+    let early = EarlyLoader::start();
     let lab = state::resolve_lab(options.lab.as_deref())?;
     // Checked before anything changes.
-    let ring_bytes = loader::ring_bytes()?;
+    let ring_bytes = tracing::ring_bytes()?;
     let _session = state::TraceLock::acquire(&lab)?;
     let pins = Pins::of(&lab);
     let record = LabState::load(&lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
@@ -245,26 +235,21 @@ pub fn run(options: &Options) -> Result<Summary> {
     let compiled = filter::compile(expr.as_ref(), &names)?;
 
     // The datapath's maps.
-    let mut iface_map = maps::trace_ifaces(&pins)?;
-    for (ifindex, place) in &places {
-        iface_map.insert(ifindex, place, 0)?;
-    }
-    let stats = maps::TraceStats::open(&pins)?;
+    tracing::set_places(&pins, &places)?;
+    let stats = tracing::Counts::open(&pins)?;
     // No journey of this session is live yet (see TRACE_LIVE).
-    maps::trace_live(&pins)?
-        .set(0, 0, 0)
-        .context("resetting the journeys' stamp")?;
+    tracing::reset_journeys(&pins)?;
     // A killed reader may have left tracing on: start from a clean slot.
-    let watch = loader::watch_plan(&topo);
-    loader::stop_trace(&pins, &watch)?;
-    let mut session = loader::start_trace(&pins, &compiled, &watch, ring_bytes, early)?;
+    let watch = tracing::watch(&topo);
+    tracing::stop(&pins, &watch)?;
+    let mut session = tracing::start(&pins, &compiled, &watch, ring_bytes, early)?;
     let mut ring = session.take_events()?;
     log::info!(
         "{} loaded in {:.1} ms (verifier included)",
         netlab_common::names::TRACE_HOP,
         session.hop_load.as_secs_f64() * 1e3
     );
-    if let Some(why) = &session.fates_missing {
+    if let (Some(why), false) = (&session.fates_missing, options.notices_json) {
         eprintln!("netlab trace: kernel drops and deliveries will not show: {why}");
     }
 
@@ -317,14 +302,24 @@ pub fn run(options: &Options) -> Result<Summary> {
         wakeup_bytes: wakeup_bytes(ring_bytes),
         _pad: 0,
     };
-    let mut switch = Switch::on(maps::trace_config(&pins)?, config)?;
-    eprintln!(
-        "netlab trace: tracing lab {lab}{}; Ctrl-C to stop",
-        match &expr {
-            Some(_) => format!(" (filter: {})", filter_text(options)),
-            None => String::new(),
-        }
-    );
+    let mut switch = Switch::on(&pins, config)?;
+    if options.notices_json {
+        let started = Started {
+            lab: lab.clone(),
+            filter: expr.as_ref().map(|_| filter_text(options)),
+            hop_load_us: u64::try_from(session.hop_load.as_micros()).unwrap_or(u64::MAX),
+            fates_missing: session.fates_missing.clone(),
+        };
+        eprintln!("{}", Notice::Started(started).to_line());
+    } else {
+        eprintln!(
+            "netlab trace: tracing lab {lab}{}; Ctrl-C to stop",
+            match &expr {
+                Some(_) => format!(" (filter: {})", filter_text(options)),
+                None => String::new(),
+            }
+        );
+    }
 
     let started = Instant::now();
     let mut summary = Summary::default();
@@ -494,7 +489,6 @@ fn emit(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

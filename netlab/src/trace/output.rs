@@ -31,15 +31,13 @@ use std::{
 };
 
 use netlab_common::{
-    nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Stat},
+    nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Stat, ip_proto_name},
     trace::{
         Action, DropEvent, EVENT_DELIVERED, EVENT_HOP, EVENT_KERNEL_DROP, EventHeader, FATE_CLONED,
         Hook, HopEvent, REASON_NONE, SNAP_MAX, TUPLE_IPV4, TUPLE_IPV4_OTHER, TUPLE_MALFORMED,
         TUPLE_NOT_IPV4, Tuple,
     },
 };
-
-use crate::datapath::ebpf::ip_proto_name;
 
 /// One decoded record, borrowing the ring's bytes (no copy, no allocation).
 #[derive(Clone, Copy, Debug)]
@@ -1201,7 +1199,6 @@ pub fn render_journey(events: &[EventHeader], ctx: &Context) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -129,7 +129,6 @@ fn block<W: Write>(out: &mut W, kind: u32, body: &[u8]) -> io::Result<()> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

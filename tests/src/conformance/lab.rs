@@ -27,7 +27,7 @@ pub const GATEWAY: &str = "192.168.15.5";
 pub const UPLINK: &str = "198.18.0.1";
 pub const OUTSIDE: &str = "198.18.0.2";
 
-pub const DEFAULT_TOPOLOGY: &str = include_str!("../../../netlab/src/topology/default.toml");
+pub const DEFAULT_TOPOLOGY: &str = netlab::topology::DEFAULT_LAB;
 
 /// Where the harness writes files inside a sandbox.
 pub const SCRATCH: &str = "/run/netlab-conformance";

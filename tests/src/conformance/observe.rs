@@ -447,7 +447,6 @@ pub fn diff(reference: &Record, got: &Record) -> Vec<Difference> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::packet::{Ip, PROTO_UDP, parse_ipv4, udp};
     use super::*;

@@ -388,7 +388,6 @@ pub fn parse_ipv4(p: &[u8], quoted: bool) -> Option<Ipv4View> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

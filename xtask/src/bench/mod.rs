@@ -17,6 +17,7 @@ mod plot;
 mod progcost;
 mod report;
 mod results;
+mod sandbox;
 mod stats;
 mod trace;
 
@@ -249,6 +250,11 @@ pub fn run_sandboxed(plan_file: &Path) -> Result<ExitCode> {
     let plan: Plan = serde_json::from_str(&text).context("parsing the bench plan")?;
     nat::run_sandboxed(&plan)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Inside the sandbox of `bench trace` (`xtask bench-trace-sandboxed PLAN`).
+pub fn run_trace_sandboxed(plan_file: &Path) -> Result<ExitCode> {
+    trace::run_sandboxed(plan_file)
 }
 
 /// `cargo xtask test`'s last step: a quick run with the given netlab, then

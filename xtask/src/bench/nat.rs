@@ -23,15 +23,17 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use netlab::{publish::PublishOutcome, status::LabStatus};
+use netlab_common::nat::{RedirectReason, Stat};
 use serde::{Deserialize, Serialize};
 
 use super::results::{
     Datapath, Meta, Metric, ProgramCost, Results, Sample, Skipped, TrafficPath, Verification,
 };
+use super::sandbox::{self, output, sh};
 
 /// The lab every datapath builds: netlab's default lab, with more published
 /// ports (see `topology`).
-const DEFAULT_LAB: &str = include_str!("../../../netlab/src/topology/default.toml");
+const DEFAULT_LAB: &str = netlab::topology::DEFAULT_LAB;
 const DEFAULT_PUBLISH: &str = "publish = [\"8080:80/tcp\"]";
 /// The ports the traffic uses, published after the fillers: last in any list.
 const USED_PORTS: [&str; 3] = ["8080:80/tcp", "8080:80/udp", "5201:5201/tcp"];
@@ -157,10 +159,7 @@ pub fn run_sandboxed(plan: &Plan) -> Result<()> {
 }
 
 fn setup_sandbox() -> Result<()> {
-    // The host's /run and bpffs stay untouched: these mounts are private.
-    sh(&["mount", "-t", "tmpfs", "none", "/run"])?;
-    sh(&["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"])?;
-    sh(&["ip", "link", "set", "lo", "up"])?;
+    sandbox::enter()?;
     for ns in [DIRECT_CLIENT_NS, DIRECT_SERVER_NS] {
         sh(&["ip", "netns", "add", ns])?;
         sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
@@ -582,8 +581,8 @@ impl Bench {
                         .with_context(|| format!("no NAT counter `{name}` in `netlab status`"))
                 };
                 Ok(Counters {
-                    dnat: counter("dnat_new")?,
-                    snat: counter("snat_new")?,
+                    dnat: counter(Stat::DnatNew.name())?,
+                    snat: counter(Stat::SnatNew.name())?,
                     redirected: redirected_packets(&status),
                     source: "netlab NAT counters:".to_owned(),
                 })
@@ -595,13 +594,7 @@ impl Bench {
     fn flush(&self) -> Result<()> {
         // Fails harmlessly when no rule ever loaded conntrack here.
         let _ = output(Command::new("conntrack").arg("-F"));
-        let pins = netlab::pins::Pins::of("default");
-        for table in netlab::datapath::ebpf::maps::CONNTRACK_TABLES {
-            let map = pins.map(table);
-            if map.exists() {
-                output(Command::new(&self.plan.loadgen).arg("flush-map").arg(&map))?;
-            }
-        }
+        netlab::datapath::flush_flows("default")?;
         Ok(())
     }
 
@@ -982,7 +975,7 @@ pub fn redirected_packets(status: &LabStatus) -> u64 {
         .iter()
         .flat_map(|place| &place.links)
         .map(|link| {
-            ["redirect_peer", "redirect_uplink"]
+            [RedirectReason::Peer.name(), RedirectReason::Uplink.name()]
                 .iter()
                 .filter_map(|reason| link.redirect.get(*reason))
                 .sum::<u64>()
@@ -1130,27 +1123,6 @@ impl Server {
             format!("starting the load generator's server in {ns}")
         })?))
     }
-}
-
-/// Runs a command; its stdout, or an error with its stderr.
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn sh(argv: &[&str]) -> Result<()> {
-    let (program, args) = argv.split_first().context("empty command")?;
-    output(Command::new(program).args(args)).map(|_| ())
 }
 
 fn meta(plan: &Plan) -> Result<Meta> {

@@ -2,8 +2,7 @@
 //!
 //! One small program for every datapath, so the traffic is the same for all
 //! of them: a server (`serve`) and a client per metric (`run rr|crr|stream|
-//! udp`), plus `whoami` (the source address the server sees, to verify NAT)
-//! and `flush-map` (empties netlab's pinned conntrack map between runs).
+//! udp`), plus `whoami` (the source address the server sees, to verify NAT).
 //!
 //! Safety: it refuses to run in a namespace with any non-lab address (the
 //! host's), only targets the
@@ -89,8 +88,6 @@ enum Command {
         #[arg(long)]
         udp: bool,
     },
-    /// Delete every entry of a pinned BPF hash map; prints how many.
-    FlushMap { path: PathBuf },
     /// Replay EVENTS trace records (UDP journeys: four hops and a kernel
     /// event each) through `netlab trace`'s decoder and formatter, writing
     /// to a pipe that another thread drains; prints one JSON line with the
@@ -196,10 +193,6 @@ fn execute(command: Command) -> Result<()> {
                     whoami_tcp(to)?
                 }
             );
-            Ok(())
-        }
-        Command::FlushMap { path } => {
-            println!("{}", flush_map(&path)?);
             Ok(())
         }
         Command::Verify { object, dir } => verify(&object, &dir),
@@ -911,105 +904,6 @@ fn whoami_udp(to: SocketAddrV4) -> Result<String> {
     let socket = udp_socket(to)?;
     let answer = udp_ask(&socket, b"W")?;
     Ok(String::from_utf8_lossy(&answer).trim().to_owned())
-}
-
-/// `union bpf_attr` for BPF_OBJ_GET.
-#[repr(C)]
-#[derive(Default)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    _pad: [u32; 27],
-}
-
-/// `union bpf_attr` for the BPF_MAP_* element commands.
-#[repr(C)]
-#[derive(Default)]
-struct MapElemAttr {
-    map_fd: u32,
-    _pad0: u32,
-    key: u64,
-    value_or_next_key: u64,
-    flags: u64,
-    _pad: [u32; 24],
-}
-
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-const BPF_OBJ_GET: libc::c_long = 7;
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, properly sized `union bpf_attr` variant; the
-    // kernel reads (and for some commands writes) at most size_of::<T>() bytes.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(result)
-    }
-}
-
-/// Empties a pinned hash map (netlab's conntrack), so a run starts with no
-/// flow left by the previous one. Returns the number of entries deleted.
-fn flush_map(path: &Path) -> Result<u64> {
-    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let mut get = ObjGetAttr {
-        pathname: c_path.as_ptr() as u64,
-        ..Default::default()
-    };
-    let fd = bpf(BPF_OBJ_GET, &mut get).with_context(|| format!("opening {}", path.display()))?;
-    let fd = i32::try_from(fd)?;
-    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let key_size: usize = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?
-        .lines()
-        .find_map(|line| line.strip_prefix("key_size:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no key_size in the map's fdinfo")?;
-    let max_entries: u64 = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?
-        .lines()
-        .find_map(|line| line.strip_prefix("max_entries:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(1 << 20);
-    let mut key = vec![0u8; key_size];
-    let mut deleted = 0;
-    // Always delete the first key: deleting while walking with a cursor would
-    // restart the walk anyway. Bounded by the map's size.
-    while deleted <= max_entries {
-        let mut next = MapElemAttr {
-            map_fd: fd as u32,
-            key: 0,
-            value_or_next_key: key.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        match bpf(BPF_MAP_GET_NEXT_KEY, &mut next) {
-            Ok(_) => {}
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(err) => return Err(err).context("walking the map"),
-        }
-        let mut delete = MapElemAttr {
-            map_fd: fd as u32,
-            key: key.as_ptr() as u64,
-            ..Default::default()
-        };
-        match bpf(BPF_MAP_DELETE_ELEM, &mut delete) {
-            Ok(_) => deleted += 1,
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(err) => return Err(err).context("deleting an entry"),
-        }
-    }
-    drop(owned);
-    Ok(deleted)
 }
 
 #[cfg(test)]

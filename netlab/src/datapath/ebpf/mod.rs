@@ -7,25 +7,14 @@
 //! - [`maps`]: typed openers and readers of the pinned maps;
 //! - [`config`]: fills the configuration maps from the topology and the
 //!   published ports;
+//! - [`flows`]: the conntrack tables read back as flows;
 //! - [`object`]: what the loader reads of the object itself (its CO-RE
 //!   relocations).
 
 pub mod config;
+pub mod flows;
 pub mod loader;
 pub mod maps;
 pub mod object;
 
 pub use loader::EBPF_OBJECT;
-
-use netlab_common::nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
-
-/// The name of an IP protocol number the datapath reports (conntrack
-/// entries, trace events); `None` for one it does not know by name.
-pub fn ip_proto_name(proto: u8) -> Option<&'static str> {
-    match proto {
-        IPPROTO_TCP => Some("tcp"),
-        IPPROTO_UDP => Some("udp"),
-        IPPROTO_ICMP => Some("icmp"),
-        _ => None,
-    }
-}

@@ -393,7 +393,6 @@ pub fn rules(lab: &str, variant: Variant) -> Result<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

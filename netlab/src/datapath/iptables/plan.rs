@@ -499,7 +499,6 @@ pub(super) fn removal(saved: &[SavedTable], ours: &Chains) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn record(host_port: u16, proto: Proto, namespace: &str, port: u16) -> PublishedPort {

@@ -1,0 +1,42 @@
+//! Positions the model does not carry: the parser records them, the rules
+//! quote them in their problems.
+
+use super::model::Pos;
+
+/// Positions of things the model has no `at` for; indexes follow the model.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Spans {
+    /// The lab `name` value (line 0 when the file has none).
+    pub name: Pos,
+    /// One per veth end, in [`Topology::veth_ends`] order.
+    pub ends: Vec<EndSpans>,
+    /// One per route, in order.
+    pub routes: Vec<RouteSpans>,
+    pub nat: NatSpans,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct EndSpans {
+    /// The `netns` value, or the end's name when it has none.
+    pub netns: Pos,
+    /// The `bridge` value, or the end's name when it has none.
+    pub bridge: Pos,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct RouteSpans {
+    /// The `netns` value, or the `[[route]]` header when it has none.
+    pub netns: Pos,
+    pub to: Pos,
+    pub via: Pos,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct NatSpans {
+    pub uplink: Pos,
+    /// One per `masquerade` entry.
+    pub masquerade: Vec<Pos>,
+    pub port_range: Pos,
+    pub conntrack_size: Pos,
+    pub entry: Pos,
+}
