@@ -95,6 +95,7 @@ impl<'a> Picture<'a> {
         let mut lines = vec![match place {
             Place::Host => "host (root namespace)".to_owned(),
             Place::Netns(name) => format!("netns {name}"),
+            Place::Path(path) => format!("netns {}", path.display()),
         }];
         for route in self.topo.routes.iter().filter(|r| &r.place == place) {
             let to = if route.to.prefix_len == 0 {

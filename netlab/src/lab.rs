@@ -12,7 +12,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -23,29 +22,9 @@ use crate::{
     netlink::{self, Netlink, owner_group, owner_tag, run_in},
     netns,
     state::{self, LabLock, LabState, STATE_DIR},
-    sys::{self, sysctl},
+    sys::{self, fault::step, sysctl},
     topology::{self, HostAddress, HostNetwork, HostRoute, Iface, Place, Topology},
 };
-
-/// Test hook: `NETLAB_FAULT_AFTER_STEPS=N` aborts `up` right after its N-th
-/// change to the kernel, as a `kill -9` would, so tests can prove that `down`
-/// cleans up a half-built lab. Unset in normal use.
-const FAULT_ENV: &str = "NETLAB_FAULT_AFTER_STEPS";
-
-static STEPS: AtomicU32 = AtomicU32::new(0);
-
-fn step(what: &str) {
-    let n = STEPS.fetch_add(1, Ordering::SeqCst) + 1;
-    log::debug!("step {n}: {what}");
-    if let Some(limit) = std::env::var(FAULT_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        && n >= limit
-    {
-        eprintln!("netlab: {FAULT_ENV}={limit}: aborting after step {n} ({what})");
-        std::process::abort();
-    }
-}
 
 /// What `up` did, for its summary line.
 #[derive(Debug, Default)]
@@ -147,7 +126,7 @@ fn build(
         state.iptables = Some(variant);
         state.save()?;
     }
-    Running::new(topo, state.iptables).install(&state.published)?;
+    Running::new(topo, state.iptables).install(&state.published, &state.pods)?;
     enable_forwarding(topo, &mut state)?;
     step("nat configured");
 

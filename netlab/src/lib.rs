@@ -12,10 +12,11 @@
 //! 4. [`state`]: the record under `/run/netlab/` that survives a crash.
 //! 5. Commands, none importing another: [`lab`] (up/down), [`status`],
 //!    [`publish`], [`conntrack`], [`trace`], [`exec`], [`graph`],
-//!    [`metrics`].
+//!    [`metrics`], and [`cni`] (the CNI plugin, another front end).
 //! 6. [`cli`]: flags, dispatch and printing.
 
 pub mod cli;
+pub mod cni;
 pub mod conntrack;
 pub mod datapath;
 pub mod exec;
@@ -45,7 +46,7 @@ mod layers {
     };
 
     /// Each top-level module with its layer (lower imports nothing higher).
-    const LAYERS: [(&str, u8); 17] = [
+    const LAYERS: [(&str, u8); 18] = [
         ("topology", 1),
         ("sys", 2),
         ("netns", 2),
@@ -61,6 +62,7 @@ mod layers {
         ("exec", 5),
         ("graph", 5),
         ("metrics", 5),
+        ("cni", 5),
         ("cli", 6),
         ("main", 7),
     ];

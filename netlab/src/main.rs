@@ -4,6 +4,12 @@ use clap::Parser;
 use netlab::cli::Cli;
 
 fn main() -> ExitCode {
+    // A container runtime runs netlab as its CNI plugin: the command is in
+    // the environment, and there are no arguments.
+    if std::env::var_os(netlab::cni::COMMAND_ENV).is_some() && std::env::args_os().len() == 1 {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+        return netlab::cni::main();
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",

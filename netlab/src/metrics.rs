@@ -514,6 +514,7 @@ mod tests {
                 proto: Proto::Tcp,
                 namespace: "blue".into(),
                 port: 80,
+                addr: None,
             }],
             redirect: Some(redirect),
             trace: Some((5, 1)),

@@ -64,6 +64,7 @@ pub fn place_exists(place: &Place) -> bool {
     match place {
         Place::Host => true,
         Place::Netns(name) => netns::exists(name),
+        Place::Path(path) => path.exists(),
     }
 }
 

@@ -84,6 +84,15 @@ pub fn open(place: &Place) -> Result<OwnedFd, NetnsError> {
                     _ => io_err(name, "open")(source),
                 })
         }
+        Place::Path(path) => {
+            let name = path.display().to_string();
+            File::open(path)
+                .map(OwnedFd::from)
+                .map_err(|source| match source.kind() {
+                    io::ErrorKind::NotFound => NetnsError::Missing(name),
+                    _ => io_err(&name, "open")(source),
+                })
+        }
     }
 }
 
@@ -165,7 +174,7 @@ where
 {
     std::thread::scope(|s| {
         s.spawn(|| -> Result<T, NetnsError> {
-            if let Place::Netns(_) = place {
+            if *place != Place::Host {
                 enter(place)?;
             }
             Ok(work())

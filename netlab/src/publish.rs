@@ -97,6 +97,7 @@ pub fn add(lab: &str, namespace: String, mapping: &str) -> Result<PublishOutcome
         proto,
         namespace,
         port,
+        addr: None,
     };
     check_new(&topo, &record.published, &new)?;
     record.published.push(new.clone());
@@ -146,7 +147,7 @@ pub fn list(lab: &str) -> Result<Vec<(PublishedPort, Option<std::net::Ipv4Addr>)
         .published
         .into_iter()
         .map(|p| {
-            let backend = topo.backend_addr(&p.namespace);
+            let backend = p.backend(&topo);
             (p, backend)
         })
         .collect())
@@ -180,12 +181,14 @@ mod tests {
             proto: Proto::Tcp,
             namespace: "blue".into(),
             port: 80,
+            addr: None,
         }];
         let same_port = PublishedPort {
             host_port: 8080,
             proto: Proto::Tcp,
             namespace: "red".into(),
             port: 81,
+            addr: None,
         };
         let err = check_new(&topo, &current, &same_port).unwrap_err();
         assert!(err.to_string().contains("already published"), "{err}");

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::iptables::Variant,
-    topology::{self, Datapath, PublishedPort, Topology},
+    topology::{self, Datapath, Pod, PublishedPort, Topology},
 };
 
 pub const STATE_DIR: &str = "/run/netlab";
@@ -51,6 +51,13 @@ pub struct LabState {
     /// The iptables variant (`nft` or `legacy`) of an `iptables` lab.
     #[serde(default, rename = "iptables_backend")]
     pub iptables: Option<Variant>,
+    /// Pods the CNI plugin attached (`[pod_network]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<Pod>,
+    /// The last address handed to a pod: the next search starts after it,
+    /// so a freed address is not reused at once (as host-local does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_last: Option<std::net::Ipv4Addr>,
 }
 
 pub fn path(lab: &str) -> PathBuf {

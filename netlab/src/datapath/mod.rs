@@ -20,16 +20,17 @@ pub mod iptables;
 mod report;
 pub mod tracing;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, bail};
 use netlab_common::nat::REDIRECT_REASONS;
 
 pub use self::ebpf::loader::EarlyLoader;
 use self::iptables::Variant;
 pub use self::report::{Flow, FlowEnds, Flows, NatReport, Redirects};
 use crate::{
+    netlink,
     pins::Pins,
     sys,
-    topology::{Datapath, Family, PublishedPort, Topology},
+    topology::{Datapath, Family, Place, Pod, PublishedPort, Topology},
 };
 
 /// How the lab's links must be set for a datapath of `topo`'s family.
@@ -169,11 +170,12 @@ impl<'a> Running<'a> {
         }
     }
 
-    /// Installs the NAT (idempotent) with exactly `published`.
-    pub fn install(&self, published: &[PublishedPort]) -> Result<()> {
+    /// Installs the NAT (idempotent) with exactly `published`, for the
+    /// topology and the `pods` attached since.
+    pub fn install(&self, published: &[PublishedPort], pods: &[Pod]) -> Result<()> {
         match self {
             Running::Ebpf { topo, pins } => {
-                ebpf::config::configure(pins, topo)?;
+                ebpf::config::configure(pins, topo, pods)?;
                 ebpf::config::sync_published(pins, topo, published)
             }
             Running::Iptables { topo, variant } => {
@@ -200,6 +202,47 @@ impl<'a> Running<'a> {
             Running::Ebpf { topo, pins } => ebpf::config::publish_one(pins, topo, published, new),
             Running::Iptables { .. } => self.sync_published(published),
         }
+    }
+
+    /// Takes a pod into the datapath: its rows (configuration, endpoint),
+    /// then the NAT programs on its host end, so its first packet finds
+    /// them. Only the eBPF datapaths take pods.
+    pub fn attach_pod(&self, pod: &Pod) -> Result<()> {
+        let Running::Ebpf { topo, pins } = self else {
+            bail!("pods need an eBPF datapath (`bridge` or `redirect`)");
+        };
+        let bridge = topo
+            .pod_network
+            .as_ref()
+            .map(|p| p.bridge.clone())
+            .context("the lab has no [pod_network]")?;
+        let mac = netlink::run_in(&Place::Host, |nl| async move {
+            Ok(nl.require_link(&bridge).await?.mac)
+        })?
+        .context("the pod network's bridge has no MAC address")?;
+        ebpf::config::attach_pod(pins, topo, pod, mac)?;
+        ebpf::loader::attach_host_end(pins, &pod.host_veth)
+    }
+
+    /// Lets a pod go: its rows (its programs go with its host end).
+    pub fn detach_pod(&self, pod: &Pod) -> Result<()> {
+        match self {
+            Running::Ebpf { pins, .. } => ebpf::config::detach_pod(pins, pod),
+            Running::Iptables { .. } => Ok(()),
+        }
+    }
+
+    /// What of a pod's place in the datapath is missing (CHECK), one line
+    /// each: its rows, and the programs on its host end.
+    pub fn pod_missing(&self, pod: &Pod) -> Result<Vec<String>> {
+        let Running::Ebpf { pins, .. } = self else {
+            return Ok(vec!["the lab's datapath takes no pods".to_owned()]);
+        };
+        let mut missing = ebpf::config::pod_missing(pins, pod)?;
+        if !ebpf::loader::host_end_attached(pod.host_ifindex)? {
+            missing.push(format!("{} runs no NAT program", pod.host_veth));
+        }
+        Ok(missing)
     }
 
     /// The NAT's state and counters. What cannot be read is left empty.

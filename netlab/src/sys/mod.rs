@@ -3,6 +3,7 @@
 //! options. Thin wrappers, one place per syscall.
 
 pub mod ethtool;
+pub mod fault;
 pub mod host;
 pub mod privileges;
 pub mod sysctl;

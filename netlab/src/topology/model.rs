@@ -4,7 +4,7 @@
 //! default), which has already checked every rule in [`super::validate`]; the
 //! netlink builder can therefore take them at their word.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{fmt, net::Ipv4Addr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +15,10 @@ pub enum Place {
     Host,
     /// A named namespace that the lab owns, mounted at `/run/netns/NAME`.
     Netns(String),
+    /// A namespace the lab does not own, by path: a container's, as a
+    /// runtime names it to the CNI plugin (`CNI_NETNS`). Never parsed from
+    /// a topology.
+    Path(PathBuf),
 }
 
 impl Place {
@@ -22,6 +26,7 @@ impl Place {
         match self {
             Place::Host => None,
             Place::Netns(name) => Some(name),
+            Place::Path(_) => None,
         }
     }
 }
@@ -31,6 +36,7 @@ impl fmt::Display for Place {
         match self {
             Place::Host => f.write_str("host"),
             Place::Netns(name) => f.write_str(name),
+            Place::Path(path) => write!(f, "{}", path.display()),
         }
     }
 }
@@ -225,6 +231,49 @@ pub struct PublishedPort {
     pub proto: Proto,
     pub namespace: String,
     pub port: u16,
+    /// The backend's address, for a backend the topology does not know (a
+    /// pod's: `namespace` then names the pod); `None`: the namespace's lab
+    /// address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<Ipv4Addr>,
+}
+
+impl PublishedPort {
+    /// Where the port forwards to.
+    pub fn backend(&self, topo: &Topology) -> Option<Ipv4Addr> {
+        self.addr.or_else(|| topo.backend_addr(&self.namespace))
+    }
+}
+
+/// A pod the CNI plugin attached to the lab's pod network: a runtime
+/// record, as published ports are (the lab record keeps both).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    /// The CNI network (the configuration's `name`), container and
+    /// interface: together they name the attachment.
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    /// `CNI_NETNS` at ADD (shown only: DEL never needs it).
+    pub netns: String,
+    /// The host end of the pod's veth.
+    pub host_veth: String,
+    /// The host end's ifindex (0 until it exists).
+    pub host_ifindex: u32,
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The pod end's MAC (read at ADD, so no later command enters the pod).
+    pub mac: Option<[u8; 6]>,
+    /// Set once ADD finished; a record without it is a half-done ADD that
+    /// DEL or GC finishes removing.
+    pub ready: bool,
+}
+
+impl Pod {
+    /// The name published ports use for the pod (`cni:NETWORK/ID/IF`).
+    pub fn key(&self) -> String {
+        format!("cni:{}/{}/{}", self.network, self.container_id, self.ifname)
+    }
 }
 
 impl fmt::Display for PublishedPort {
@@ -248,6 +297,20 @@ pub struct Topology {
     pub veths: Vec<Veth>,
     pub routes: Vec<Route>,
     pub nat: Nat,
+    /// `[pod_network]`: the pods a container runtime attaches at run time
+    /// through netlab's CNI plugin (none: the lab takes no pods).
+    pub pod_network: Option<PodNetwork>,
+}
+
+/// Where pods go: a bridge of the lab, whose first address is their
+/// gateway and whose subnet they get addresses from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodNetwork {
+    pub bridge: String,
+    /// The addresses handed out, both ends included; `None`: every host
+    /// address of the subnet.
+    pub range: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub at: Pos,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -389,6 +452,31 @@ impl Topology {
             .next()
     }
 
+    /// The pods' subnet, with their gateway as its address: the pod
+    /// network bridge's first address.
+    pub fn pod_gateway(&self) -> Option<Ipv4Net> {
+        let pods = self.pod_network.as_ref()?;
+        self.bridges
+            .iter()
+            .find(|b| b.name == pods.bridge)?
+            .addresses
+            .first()
+            .map(|a| a.net)
+    }
+
+    /// The addresses pods may get, both ends included: the configured
+    /// range, else every host address of the pod subnet.
+    pub fn pod_pool(&self) -> Option<(Ipv4Addr, Ipv4Addr)> {
+        let gateway = self.pod_gateway()?;
+        if let Some(range) = self.pod_network.as_ref()?.range {
+            return Some(range);
+        }
+        let network = u32::from(gateway.network().addr);
+        let broadcast = u32::from(gateway.broadcast());
+        (broadcast > network + 1)
+            .then(|| (Ipv4Addr::from(network + 1), Ipv4Addr::from(broadcast - 1)))
+    }
+
     /// The address published ports answer on from the world, and masquerade uses.
     pub fn uplink_addr(&self) -> Option<Ipv4Addr> {
         self.nat
@@ -436,6 +524,7 @@ impl Topology {
                     proto: p.proto,
                     namespace: ns.name.clone(),
                     port: p.port,
+                    addr: None,
                 })
             })
             .collect()

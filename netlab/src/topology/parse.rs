@@ -13,8 +13,8 @@ use toml::Spanned;
 
 use super::{
     model::{
-        Address, Bridge, Datapath, Entry, Ipv4Net, Namespace, Nat, Place, Pos, Proto, Publish,
-        Route, Topology, Veth, VethEnd,
+        Address, Bridge, Datapath, Entry, Ipv4Net, Namespace, Nat, Place, PodNetwork, Pos, Proto,
+        Publish, Route, Topology, Veth, VethEnd,
     },
     problem::{Problem, ProblemKind, conntrack_size_text},
     spans::{EndSpans, RouteSpans, Spans},
@@ -39,6 +39,16 @@ struct RawLab {
     #[serde(default)]
     namespace_group: Vec<RawGroup>,
     nat: Option<RawNat>,
+    pod_network: Option<Spanned<RawPodNetwork>>,
+}
+
+/// `[pod_network]`: where the CNI plugin attaches pods.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPodNetwork {
+    bridge: Spanned<String>,
+    /// `FIRST-LAST` addresses handed to pods.
+    range: Option<Spanned<String>>,
 }
 
 /// `[[namespace_group]]`: `count` namespaces made from patterns, each on a
@@ -351,6 +361,7 @@ impl Reader<'_> {
             None => Nat::default(),
         };
 
+        let pod_network = raw.pod_network.map(|pods| self.pod_network(pods));
         let topo = Topology {
             name,
             datapath,
@@ -359,6 +370,7 @@ impl Reader<'_> {
             veths,
             routes,
             nat,
+            pod_network,
         };
         (topo, spans)
     }
@@ -712,6 +724,33 @@ impl Reader<'_> {
             via,
             at,
         })
+    }
+
+    fn pod_network(&mut self, raw: Spanned<RawPodNetwork>) -> PodNetwork {
+        let at = self.at(&raw);
+        let raw = raw.into_inner();
+        let range = raw.range.and_then(|range| {
+            let parsed = range.get_ref().split_once('-').and_then(|(a, b)| {
+                Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+            });
+            if parsed.is_none() {
+                let at = self.at(&range);
+                self.problem(
+                    ProblemKind::PodNetwork,
+                    &at,
+                    format_args!(
+                        "pod_network.range `{}` is not FIRST-LAST with two IPv4 addresses, like \"10.77.0.10-10.77.0.250\"",
+                        range.get_ref()
+                    ),
+                );
+            }
+            parsed
+        });
+        PodNetwork {
+            bridge: raw.bridge.into_inner(),
+            range,
+            at,
+        }
     }
 
     fn nat(&mut self, raw: RawNat, spans: &mut Spans) -> Nat {

@@ -64,6 +64,9 @@ pub enum ProblemKind {
     /// its members (count out of range, a pattern without `{n}`, addresses
     /// or host ports that run out).
     NamespaceGroup,
+    /// `[pod_network]` names no bridge with an address, a range outside
+    /// its subnet, or a datapath that cannot take pods.
+    PodNetwork,
 }
 
 impl ProblemKind {
@@ -92,6 +95,7 @@ impl ProblemKind {
             ProblemKind::NoBackend => "no-backend",
             ProblemKind::HostOverlap => "host-overlap",
             ProblemKind::NamespaceGroup => "namespace-group",
+            ProblemKind::PodNetwork => "pod-network",
         }
     }
 }

@@ -35,8 +35,51 @@ pub(super) fn validate(topo: &Topology, spans: &Spans) -> Vec<Problem> {
     routes(&lab, &mut problems);
     publish(&lab, &mut problems);
     nat(&lab, &mut problems);
+    pod_network(topo, &mut problems);
     sort(&mut problems);
     problems
+}
+
+/// `[pod_network]`: a declared bridge with an address (the pods' gateway
+/// and subnet), a range inside that subnet, and an eBPF datapath (the CNI
+/// plugin writes the pods into its maps).
+fn pod_network(topo: &Topology, problems: &mut Vec<Problem>) {
+    let Some(pods) = &topo.pod_network else {
+        return;
+    };
+    let mut problem = |text: String| problems.push(Problem::new(K::PodNetwork, &pods.at, text));
+    if topo.datapath.family() != Family::Ebpf {
+        problem(format!(
+            "pod_network needs an eBPF datapath (`bridge` or `redirect`), not `{}`",
+            topo.datapath
+        ));
+    }
+    if !topo.bridges.iter().any(|b| b.name == pods.bridge) {
+        problem(format!(
+            "pod_network.bridge `{}` is not a bridge of the lab",
+            pods.bridge
+        ));
+        return;
+    }
+    let Some(gateway) = topo.pod_gateway() else {
+        problem(format!(
+            "pod_network.bridge `{}` has no address: pods need its subnet and a gateway",
+            pods.bridge
+        ));
+        return;
+    };
+    if let Some((first, last)) = pods.range {
+        let inside = |a: Ipv4Addr| {
+            gateway.contains(a) && a != gateway.network().addr && a != gateway.broadcast()
+        };
+        if !inside(first) || !inside(last) || u32::from(first) > u32::from(last) {
+            problem(format!(
+                "pod_network.range {first}-{last} is not an ascending range of host addresses \
+                 of {}",
+                gateway.network()
+            ));
+        }
+    }
 }
 
 /// "namespace `red`" or "the host namespace".
@@ -47,6 +90,7 @@ impl fmt::Display for Where<'_> {
         match self.0 {
             Place::Host => f.write_str("the host namespace"),
             Place::Netns(name) => write!(f, "namespace `{name}`"),
+            Place::Path(path) => write!(f, "namespace {}", path.display()),
         }
     }
 }
@@ -164,6 +208,7 @@ impl<'t> Lab<'t> {
         match place {
             Place::Host => true,
             Place::Netns(name) => self.namespaces.contains(name.as_str()),
+            Place::Path(_) => false,
         }
     }
 }

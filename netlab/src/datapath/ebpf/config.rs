@@ -23,7 +23,7 @@ use crate::{
     netlink,
     pins::Pins,
     sys,
-    topology::{Datapath, Ipv4Net, Place, Proto, PublishedPort, Topology},
+    topology::{Datapath, Ipv4Net, Place, Pod, Proto, PublishedPort, Topology},
 };
 
 /// An address as the maps hold it (network byte order).
@@ -158,8 +158,36 @@ fn net_set(nets: &[Net]) -> NetSet {
     set
 }
 
-/// What the maps must hold for `topo` on the kernel's `links` (pure).
-pub fn plan(topo: &Topology, links: &LabLinks) -> Result<MapContents> {
+/// The rows a pod takes: its host end's configuration (a lab interface
+/// whose gateway is the pod network's, counted in no row of redirect
+/// decisions) and its endpoint (reached through its host end, from the
+/// pod network's bridge). `None` for a pod not attached yet.
+pub fn pod_rows(
+    topo: &Topology,
+    pod: &Pod,
+    bridge_mac: [u8; 6],
+) -> Option<(IfaceConfig, Endpoint)> {
+    let gateway = topo.pod_gateway()?;
+    let mac = pod.mac?;
+    (pod.host_ifindex != 0).then_some((
+        IfaceConfig {
+            gateway: be(gateway.addr),
+            role: ROLE_LAB,
+            slot: 0,
+            ifindex: pod.host_ifindex,
+        },
+        Endpoint {
+            ifindex: pod.host_ifindex,
+            mac,
+            gateway_mac: bridge_mac,
+        },
+    ))
+}
+
+/// What the maps must hold for `topo` and its `pods` on the kernel's
+/// `links` (pure). A pod whose host end is gone (its namespace went) has
+/// no rows.
+pub fn plan(topo: &Topology, links: &LabLinks, pods: &[Pod]) -> Result<MapContents> {
     let (port_min, port_max) = topo.nat.port_range;
     let masq_addr = if topo.nat.masquerade.is_empty() {
         0
@@ -262,6 +290,22 @@ pub fn plan(topo: &Topology, links: &LabLinks) -> Result<MapContents> {
             },
         );
     }
+    let mut pod_endpoints = BTreeMap::new();
+    let bridge_mac = topo
+        .pod_network
+        .as_ref()
+        .and_then(|p| links.host.get(&p.bridge))
+        .and_then(|(_, mac)| *mac);
+    for pod in pods {
+        let present = links.host.get(&pod.host_veth).map(|(index, _)| *index);
+        if present != Some(pod.host_ifindex) {
+            continue;
+        }
+        if let Some((config, endpoint)) = bridge_mac.and_then(|mac| pod_rows(topo, pod, mac)) {
+            ifaces.insert(pod.host_ifindex, config);
+            pod_endpoints.insert(be(pod.addr), endpoint);
+        }
+    }
     let mut iface_slots = BTreeMap::new();
     for (ifindex, config) in &ifaces {
         iface_slots.entry(iface_slot(*ifindex)).or_insert(*config);
@@ -297,6 +341,8 @@ pub fn plan(topo: &Topology, links: &LabLinks) -> Result<MapContents> {
         }
     }
 
+    endpoints.extend(pod_endpoints);
+
     Ok(MapContents {
         nat,
         local,
@@ -306,6 +352,62 @@ pub fn plan(topo: &Topology, links: &LabLinks) -> Result<MapContents> {
         iface_slots,
         endpoints,
     })
+}
+
+/// Writes one pod's rows (see [`pod_rows`]): its host end's configuration,
+/// the interface slot when no other interface holds it, its endpoint.
+pub fn attach_pod(pins: &Pins, topo: &Topology, pod: &Pod, bridge_mac: [u8; 6]) -> Result<()> {
+    let (config, endpoint) = pod_rows(topo, pod, bridge_mac)
+        .with_context(|| format!("pod {} has no host end or MAC yet", pod.key()))?;
+    maps::iface_config(pins)?.insert(pod.host_ifindex, config, 0)?;
+    let mut slots = maps::ifaces(pins)?;
+    let slot = iface_slot(pod.host_ifindex);
+    let held = slots.get(&slot, 0)?;
+    if held.role == 0 || held.ifindex == pod.host_ifindex {
+        slots.set(slot, config, 0)?;
+    }
+    maps::endpoints(pins)?.insert(be(pod.addr), endpoint, 0)?;
+    Ok(())
+}
+
+/// Removes one pod's rows, those that are still its own; rows already gone
+/// are fine (a second DEL).
+pub fn detach_pod(pins: &Pins, pod: &Pod) -> Result<()> {
+    if pod.host_ifindex == 0 {
+        return Ok(());
+    }
+    let mut endpoints = maps::endpoints(pins)?;
+    if endpoints
+        .get(&be(pod.addr), 0)
+        .is_ok_and(|e| e.ifindex == pod.host_ifindex)
+    {
+        endpoints.remove(&be(pod.addr))?;
+    }
+    match maps::iface_config(pins)?.remove(&pod.host_ifindex) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut slots = maps::ifaces(pins)?;
+    let slot = iface_slot(pod.host_ifindex);
+    if slots.get(&slot, 0)?.ifindex == pod.host_ifindex {
+        slots.set(slot, IfaceConfig::default(), 0)?;
+    }
+    Ok(())
+}
+
+/// What of a pod's rows is missing, for CHECK: one line each.
+pub fn pod_missing(pins: &Pins, pod: &Pod) -> Result<Vec<String>> {
+    let mut missing = Vec::new();
+    if maps::iface_config(pins)?.get(&pod.host_ifindex, 0).is_err() {
+        missing.push(format!("{} has no datapath configuration", pod.host_veth));
+    }
+    if !maps::endpoints(pins)?
+        .get(&be(pod.addr), 0)
+        .is_ok_and(|e| e.ifindex == pod.host_ifindex)
+    {
+        missing.push(format!("{} is not the datapath's endpoint", pod.addr));
+    }
+    Ok(missing)
 }
 
 /// Makes the pinned configuration maps hold exactly `plan`.
@@ -380,15 +482,15 @@ pub fn apply(pins: &Pins, plan: &MapContents) -> Result<()> {
     Ok(())
 }
 
-/// Writes the configuration maps for `topo` (idempotent).
-pub fn configure(pins: &Pins, topo: &Topology) -> Result<()> {
+/// Writes the configuration maps for `topo` and its `pods` (idempotent).
+pub fn configure(pins: &Pins, topo: &Topology, pods: &[Pod]) -> Result<()> {
     let links = LabLinks::read(topo)?;
-    apply(pins, &plan(topo, &links)?)
+    apply(pins, &plan(topo, &links, pods)?)
 }
 
 fn publish_entry(topo: &Topology, port: &PublishedPort) -> Result<(PublishKey, Backend)> {
-    let addr = topo
-        .backend_addr(&port.namespace)
+    let addr = port
+        .backend(topo)
         .with_context(|| format!("namespace `{}` has no lab address", port.namespace))?;
     Ok((
         publish_key(port),
@@ -552,7 +654,7 @@ mod tests {
     fn the_default_lab_fills_every_map() {
         let topo = topology::default_lab().unwrap_or_else(|e| panic!("{e}"));
         let links = links(&topo);
-        let plan = plan(&topo, &links).unwrap_or_else(|e| panic!("{e:#}"));
+        let plan = plan(&topo, &links, &[]).unwrap_or_else(|e| panic!("{e:#}"));
         let nat = &plan.nat;
         assert_eq!(nat.masq_addr, v4("198.18.0.1"));
         assert_eq!((nat.port_min, nat.port_max), (32768, 60999));
@@ -608,7 +710,7 @@ mod tests {
             ));
         }
         let topo = topology::parse(&text, "wide.toml").unwrap_or_else(|e| panic!("{e}"));
-        let plan = plan(&topo, &links(&topo)).unwrap_or_else(|e| panic!("{e:#}"));
+        let plan = plan(&topo, &links(&topo), &[]).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(plan.nat.local.overflow, 1);
         assert_eq!(plan.local.len(), 10);
         assert_eq!(plan.nat.internal.overflow, 1);
@@ -627,7 +729,7 @@ mod tests {
         let topo = topology::default_lab().unwrap_or_else(|e| panic!("{e}"));
         let mut links = links(&topo);
         links.host.remove("veth-blue-br");
-        let err = plan(&topo, &links).err().map(|e| format!("{e:#}"));
+        let err = plan(&topo, &links, &[]).err().map(|e| format!("{e:#}"));
         assert_eq!(
             err.as_deref(),
             Some("interface veth-blue-br is missing on the host")

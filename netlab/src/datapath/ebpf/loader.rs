@@ -348,6 +348,42 @@ pub fn attach(pins: &Pins, plan: &[Attachment]) -> Result<()> {
     Ok(())
 }
 
+/// Runs the NAT programs on a host-side interface made after `up` (a pod's
+/// host end), as [`attach`] does for the topology's.
+pub fn attach_host_end(pins: &Pins, name: &str) -> Result<()> {
+    let iface = Iface {
+        place: Place::Host,
+        name: name.to_owned(),
+    };
+    attach(
+        pins,
+        &on_both_hooks(
+            std::iter::once(iface),
+            names::NAT_INGRESS,
+            names::NAT_EGRESS,
+        ),
+    )
+}
+
+/// Whether both NAT programs run on host-side interface `index`.
+pub fn host_end_attached(index: u32) -> Result<bool> {
+    netlink::run_in(&Place::Host, |nl| async move {
+        for (hook, program) in [
+            (TcHook::Ingress, names::NAT_INGRESS),
+            (TcHook::Egress, names::NAT_EGRESS),
+        ] {
+            let programs = nl.tc_programs(index, hook).await.unwrap_or_default();
+            if !programs
+                .iter()
+                .any(|p| p.priority == DATAPATH_PRIORITY && p.name.starts_with(program))
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+}
+
 /// Puts the world's traffic through the entry `topo` asks for on its
 /// uplink (after [`attach`]): for `xdp`, the XDP entry in driver mode on
 /// the uplink's host end, transmit checksum offload off on its peer (the

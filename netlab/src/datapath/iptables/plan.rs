@@ -65,7 +65,7 @@ fn resolve(topo: &Topology, published: &[PublishedPort]) -> Vec<Published> {
             Some(Published {
                 proto: r.proto,
                 host_port: r.host_port,
-                backend: topo.backend_addr(&r.namespace)?,
+                backend: r.backend(topo)?,
                 port: r.port,
             })
         })
@@ -75,7 +75,7 @@ fn resolve(topo: &Topology, published: &[PublishedPort]) -> Vec<Published> {
 
 pub(super) fn check_published(topo: &Topology, published: &[PublishedPort]) -> Result<()> {
     for r in published {
-        if topo.backend_addr(&r.namespace).is_none() {
+        if r.backend(topo).is_none() {
             bail!(
                 "published port {r}: namespace `{}` has no address in lab `{}` to forward to",
                 r.namespace,
@@ -507,6 +507,7 @@ mod tests {
             proto,
             namespace: namespace.into(),
             port,
+            addr: None,
         }
     }
 
