@@ -15,7 +15,7 @@
 use std::{
     collections::BTreeMap,
     env, fmt, fs,
-    io::{self, BufRead as _, BufReader, Read},
+    io::{self, BufRead as _, BufReader, Read, Write as _},
     os::unix::process::{CommandExt as _, ExitStatusExt as _},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
@@ -248,6 +248,34 @@ impl Sandbox {
         self.netlab(args)?.ok()
     }
 
+    /// netlab as a CNI plugin, as a runtime runs it: `vars` (`CNI_COMMAND`,
+    /// `CNI_CONTAINERID`, ...) in its environment, `config` on stdin, no
+    /// arguments. Any `NETLAB_FAULT_AFTER_STEPS` of the test's own
+    /// environment is dropped.
+    pub fn cni(&self, vars: &[(&str, &str)], config: &str) -> Result<Output> {
+        let netlab = self.netlab.to_string_lossy().into_owned();
+        let mut cmd = self.command(&[&netlab]);
+        cmd.env_remove(FAULT_ENV);
+        for var in [
+            "CNI_COMMAND",
+            "CNI_CONTAINERID",
+            "CNI_NETNS",
+            "CNI_IFNAME",
+            "CNI_ARGS",
+            "CNI_PATH",
+        ] {
+            cmd.env_remove(var);
+        }
+        let mut shown = String::new();
+        for (key, value) in vars {
+            cmd.env(key, value);
+            shown.push_str(&format!("{key}={value} "));
+        }
+        shown.push_str("netlab (CNI)");
+        run_with_input(cmd, &shown, COMMAND_TIMEOUT, Some(config.as_bytes()))
+            .with_context(|| format!("in {}", self.label))
+    }
+
     /// Packets counted by the `counter` rules of a test-owned nftables
     /// chain in the sandbox (`nft -j list chain FAMILY TABLE CHAIN`).
     pub fn nft_counted(&self, family: &str, table: &str, chain: &str) -> Result<u64> {
@@ -444,15 +472,38 @@ fn describe_status(status: ExitStatus) -> String {
 
 /// Runs `cmd` with piped output, in its own process group so that a
 /// deadline kills its descendants too.
-pub fn run_with_timeout(mut cmd: Command, shown: &str, timeout: Duration) -> Result<Output> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+pub fn run_with_timeout(cmd: Command, shown: &str, timeout: Duration) -> Result<Output> {
+    run_with_input(cmd, shown, timeout, None)
+}
+
+/// [`run_with_timeout`], with `input` on the command's stdin (closed once
+/// written; no input: stdin is `/dev/null`).
+pub fn run_with_input(
+    mut cmd: Command,
+    shown: &str,
+    timeout: Duration,
+    input: Option<&[u8]>,
+) -> Result<Output> {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
     let start = Instant::now();
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start `{shown}`"))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        let input = input.to_vec();
+        // A writer of its own: a command that does not read cannot block
+        // the test.
+        thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
     let stdout = collect(child.stdout.take());
     let stderr = collect(child.stderr.take());
     let mut timed_out = false;
@@ -781,7 +832,6 @@ impl Background {
 
     /// Writes `line` and a newline to its stdin.
     pub fn send_line(&mut self, line: &str) -> Result<()> {
-        use std::io::Write as _;
         let stdin = self
             .stdin
             .as_mut()

@@ -177,6 +177,14 @@ pub const TEST_TOOLS: &[Prerequisite] = &[
     deb!("graphviz"),
     // The trace tests list the programs and maps the kernel holds.
     deb!("bpftool"),
+    // The CNI plugin's tests: the runtimes that run it (containerd's
+    // `ctr`, podman with its CNI backend), a busybox root filesystem for
+    // their containers, and the reference plugins (delegated IPAM).
+    deb!("containerd"),
+    deb!("runc"),
+    deb!("podman"),
+    deb!("busybox-static"),
+    deb!("containernetworking-plugins"),
     Prerequisite {
         name: "tshark",
         check: Check::DebPackage("tshark"),
@@ -538,6 +546,11 @@ mod tests {
                 "procps",
                 "graphviz",
                 "bpftool",
+                "containerd",
+                "runc",
+                "podman",
+                "busybox-static",
+                "containernetworking-plugins",
                 "tshark"
             ]
         );

@@ -332,9 +332,10 @@ fn attach_pod(
     attach::set_host_up(pod)?;
     step("cni: pod's host end up");
     for port in ports {
+        // Recorded first, so a DEL after a crash here unpublishes it.
         state.published.push(port.clone());
-        running.publish(&state.published, &port)?;
         state.save()?;
+        running.publish(&state.published, &port)?;
         step("cni: pod port published");
     }
     pod.ready = true;

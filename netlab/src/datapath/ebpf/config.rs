@@ -383,9 +383,9 @@ pub fn detach_pod(pins: &Pins, pod: &Pod) -> Result<()> {
     {
         endpoints.remove(&be(pod.addr))?;
     }
-    match maps::iface_config(pins)?.remove(&pod.host_ifindex) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-        Err(e) => return Err(e.into()),
+    let mut configs = maps::iface_config(pins)?;
+    if configs.get(&pod.host_ifindex, 0).is_ok() {
+        configs.remove(&pod.host_ifindex)?;
     }
     let mut slots = maps::ifaces(pins)?;
     let slot = iface_slot(pod.host_ifindex);
@@ -546,9 +546,12 @@ pub fn publish_one(
 /// Removes one published port (no longer in `published`): one map delete,
 /// and its backend port's bit unless another published port still uses it.
 pub fn unpublish_one(pins: &Pins, published: &[PublishedPort], port: &PublishedPort) -> Result<()> {
-    match maps::published(pins)?.remove(&publish_key(port)) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-        Err(e) => return Err(e.into()),
+    // Gone already is fine (a DEL after an ADD that recorded the port and
+    // died before publishing it).
+    let mut map = maps::published(pins)?;
+    let key = publish_key(port);
+    if map.get(&key, 0).is_ok() {
+        map.remove(&key)?;
     }
     set_backend_port_word(pins, published, port.port)
 }
