@@ -79,6 +79,9 @@ enum Command {
     /// Internal: the part of `bench trace` that runs inside its sandbox.
     #[command(hide = true)]
     BenchTraceSandboxed { plan: PathBuf },
+    /// Internal: the part of `bench cni` that runs inside its sandbox.
+    #[command(hide = true)]
+    BenchCniSandboxed { plan: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -110,6 +113,7 @@ fn execute(command: Command) -> Result<ExitCode> {
         Command::Bench { what, options } => return bench::run(what, &options, &workspace),
         Command::BenchSandboxed { plan } => return bench::run_sandboxed(&plan),
         Command::BenchTraceSandboxed { plan } => return bench::run_trace_sandboxed(&plan),
+        Command::BenchCniSandboxed { plan } => return bench::run_cni_sandboxed(&plan),
         Command::Fuzz { options } => return fuzz::run(&workspace, &options),
     }
     Ok(ExitCode::SUCCESS)

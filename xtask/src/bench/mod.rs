@@ -11,6 +11,7 @@
 //! (`unshare`), so it never touches the host's network, iptables or a user's
 //! lab; its loads target only the addresses of the namespaces it made.
 
+mod cni;
 mod lab;
 mod nat;
 mod plot;
@@ -50,6 +51,9 @@ pub enum BenchKind {
     Publish,
     /// What `netlab trace` costs the datapath, and its reader's decode rate.
     Trace,
+    /// A pod's ADD and DEL with netlab's CNI plugin against the reference
+    /// bridge + portmap plugins, at 1, 100 and 1,000 pods.
+    Cni,
 }
 
 /// Options of `bench nat`.
@@ -63,7 +67,8 @@ pub struct NatOptions {
     #[arg(long)]
     pub netlab: Option<PathBuf>,
     /// Datapaths, comma-separated, in round order (default: all of
-    /// iptables-nft, iptables-legacy, bridge, redirect, direct).
+    /// iptables-nft, iptables-legacy, bridge, redirect, bridge-xdp,
+    /// redirect-xdp, bridge-host-ct, redirect-host-ct, direct).
     #[arg(long, value_delimiter = ',')]
     pub datapaths: Vec<String>,
     /// Timed rounds (default 5; quick 1).
@@ -107,6 +112,7 @@ pub fn run(kind: BenchKind, options: &NatOptions, workspace: &Path) -> Result<Ex
         }
         BenchKind::Publish => lab::bench_publish(workspace),
         BenchKind::Trace => trace::bench_trace(workspace),
+        BenchKind::Cni => cni::bench_cni(workspace),
     }
 }
 
@@ -250,6 +256,11 @@ pub fn run_sandboxed(plan_file: &Path) -> Result<ExitCode> {
     let plan: Plan = serde_json::from_str(&text).context("parsing the bench plan")?;
     nat::run_sandboxed(&plan)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Inside the sandbox of `bench cni` (`xtask bench-cni-sandboxed PLAN`).
+pub fn run_cni_sandboxed(plan_file: &Path) -> Result<ExitCode> {
+    cni::run_sandboxed(plan_file)
 }
 
 /// Inside the sandbox of `bench trace` (`xtask bench-trace-sandboxed PLAN`).
