@@ -1052,6 +1052,13 @@ fn hostile_load_spares_idle_flows(datapath: &str) -> Result<Record> {
         netlab_tests::conformance::lab::LIFETIME,
     )?;
     tcp.wait_for("connected from", std::time::Duration::from_secs(10))?;
+    // The idle connection's own port (ephemeral: it may fall among the
+    // flood's ports below).
+    let idle_port: u64 = tcp
+        .stdout()
+        .lines()
+        .find_map(|line| line.strip_prefix("connected from ")?.trim().parse().ok())
+        .unwrap_or(0);
     tcp.send_line("before")?;
     tcp.wait_for("echo before", std::time::Duration::from_secs(10))?;
     let udp = lab.py(
@@ -1125,7 +1132,11 @@ fn hostile_load_spares_idle_flows(datapath: &str) -> Result<Record> {
                 line.contains("\"ttl1\"") || {
                     let flow: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
                     let sport = flow["original"]["sport"].as_u64().unwrap_or(0);
-                    flow["original"]["src"] == OUTSIDE && (30000..41000).contains(&sport)
+                    // The flood's TCP pickups (30000-32999) and UDP
+                    // (40000-40999), not the idle connection.
+                    flow["original"]["src"] == OUTSIDE
+                        && sport != idle_port
+                        && ((30000..33000).contains(&sport) || (40000..41000).contains(&sport))
                 }
             })
             .collect();
