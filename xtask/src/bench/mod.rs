@@ -13,6 +13,7 @@
 
 mod cni;
 mod lab;
+mod loadgen;
 mod nat;
 mod plot;
 mod progcost;

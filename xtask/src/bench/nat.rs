@@ -16,7 +16,7 @@ use std::{
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant, SystemTime},
 };
@@ -29,7 +29,10 @@ use serde::{Deserialize, Serialize};
 use super::results::{
     Datapath, Meta, Metric, ProgramCost, Results, Sample, Skipped, TrafficPath, Verification,
 };
-use super::sandbox::{self, output, sh};
+use super::{
+    loadgen::{self, CLIENT_CPU, SERVER_CPU, Spawned},
+    sandbox::{self, output, sh},
+};
 
 /// The lab every datapath builds: netlab's default lab, with more published
 /// ports (see `topology`).
@@ -42,9 +45,6 @@ const FILLER_BASE: u32 = 1100;
 /// The port `publish add`/`rm` times with N present.
 const EDIT_PORT: u32 = 32000;
 
-const CLIENT_CPU: usize = 0;
-const SERVER_CPU: usize = 1;
-const SERVER_PORT: u16 = 80;
 const IPERF_PORT: u16 = 5201;
 
 /// The direct veth pair, the limit: no bridge, no NAT, no program.
@@ -299,7 +299,7 @@ impl Bench {
     }
 
     fn measure_direct(&mut self, round: usize) -> Result<()> {
-        let _server = Server::start(&self.plan.loadgen, DIRECT_SERVER_NS, self.server_lifetime())?;
+        let _server = loadgen::serve(&self.plan.loadgen, DIRECT_SERVER_NS, self.server_lifetime())?;
         let route = route(TrafficPath::Direct);
         self.wait_for_server(route.client_ns, route.target)?;
         offloads(&direct_ifaces(), false)?;
@@ -317,7 +317,7 @@ impl Bench {
             ports: 0,
             checks: vec![format!("direct tcp: server saw {seen}")],
         });
-        client_sysctls(DIRECT_CLIENT_NS)?;
+        loadgen::client_sysctls(DIRECT_CLIENT_NS)?;
         for metric in TIMED_METRICS {
             self.measure(round, Datapath::Direct, &route, metric, 0)?;
         }
@@ -386,11 +386,11 @@ impl Bench {
             whole_ms: None,
         });
         for ns in ["outside", "red"] {
-            client_sysctls(ns)?;
+            loadgen::client_sysctls(ns)?;
         }
         let lifetime = self.server_lifetime();
-        let _blue = Server::start(&self.plan.loadgen, "blue", lifetime)?;
-        let _outside = Server::start(&self.plan.loadgen, "outside", lifetime)?;
+        let _blue = loadgen::serve(&self.plan.loadgen, "blue", lifetime)?;
+        let _outside = loadgen::serve(&self.plan.loadgen, "outside", lifetime)?;
         // Straight to each server, without NAT, so readiness moves no counter.
         self.wait_for_server("red", "192.168.15.2:80")?;
         self.wait_for_server("outside", "198.18.0.2:80")?;
@@ -437,21 +437,7 @@ impl Bench {
     }
 
     fn wait_for_server(&self, client_ns: &str, target: &str) -> Result<()> {
-        let mut last = None;
-        for _ in 0..100 {
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", client_ns])
-                .arg(&self.plan.loadgen)
-                .args(["whoami", "--to", target]);
-            match output(&mut cmd) {
-                Ok(_) => return Ok(()),
-                Err(err) => last = Some(err),
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        Err(last
-            .unwrap_or_else(|| anyhow::anyhow!("no attempt"))
-            .context(format!("the server at {target} did not answer within 5 s")))
+        loadgen::wait_for_server(&self.plan.loadgen, client_ns, target)
     }
 
     /// Proves the datapath under test carries the traffic: every path's
@@ -617,22 +603,21 @@ impl Bench {
             _ => bail!("{metric:?} is not a load"),
         };
         let seconds = self.seconds(round);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", route.client_ns])
-            .arg(&self.plan.loadgen)
-            .args(["run", name, "--to", route.target])
-            .args(["--seconds", &seconds.to_string()])
-            .args(["--max-count", &max_count.to_string()])
-            .args(["--cpu", &CLIENT_CPU.to_string()]);
-        let out = output(&mut cmd).with_context(|| {
+        let outcome = loadgen::run(
+            &self.plan.loadgen,
+            route.client_ns,
+            name,
+            route.target,
+            seconds,
+            max_count,
+        )
+        .with_context(|| {
             format!(
                 "{} {name} through {}",
                 path_id(route.path),
                 datapath.label()
             )
         })?;
-        let outcome: LoadOutcome = serde_json::from_str(out.trim())
-            .with_context(|| format!("parsing the load generator's output `{}`", out.trim()))?;
         if outcome.count == 0 {
             bail!(
                 "{} {name} through {}: no transaction completed",
@@ -695,18 +680,17 @@ impl Bench {
         ];
         sh(&route)?;
         let seconds = self.seconds(round);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", "outside"])
-            .arg(&self.plan.loadgen)
-            .args(["run", "flood", "--to", "192.168.15.2:9"])
-            .args(["--seconds", &seconds.to_string()])
-            .args(["--max-count", "50000000"])
-            .args(["--cpu", &CLIENT_CPU.to_string()]);
-        let out = output(&mut cmd);
+        let outcome = loadgen::run(
+            &self.plan.loadgen,
+            "outside",
+            "flood",
+            "192.168.15.2:9",
+            seconds,
+            50_000_000,
+        );
         sh(&["ip", "-n", "outside", "route", "del", "192.168.15.0/24"])?;
-        let out = out.with_context(|| format!("the dropped flood through {}", datapath.label()))?;
-        let outcome: LoadOutcome = serde_json::from_str(out.trim())
-            .with_context(|| format!("parsing the load generator's output `{}`", out.trim()))?;
+        let outcome =
+            outcome.with_context(|| format!("the dropped flood through {}", datapath.label()))?;
         self.progress(
             round,
             &format!(
@@ -983,14 +967,6 @@ pub fn redirected_packets(status: &LabStatus) -> u64 {
         .sum()
 }
 
-#[derive(Deserialize)]
-struct LoadOutcome {
-    count: u64,
-    seconds: f64,
-    rate: f64,
-    cpu_busy_seconds: f64,
-}
-
 fn path_id(path: TrafficPath) -> &'static str {
     match path {
         TrafficPath::Dnat => "dnat",
@@ -1009,42 +985,8 @@ pub fn rule_packets(listing: &str) -> u64 {
 }
 
 fn whoami(loadgen: &Path, route: &Route, udp: bool) -> Result<String> {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", route.client_ns])
-        .arg(loadgen)
-        .args(["whoami", "--to", route.target]);
-    if udp {
-        cmd.arg("--udp");
-    }
-    Ok(output(&mut cmd)
-        .with_context(|| format!("{} whoami to {}", path_id(route.path), route.target))?
-        .trim()
-        .to_owned())
-}
-
-/// TIME_WAIT: the client closes first, so its namespace keeps them; there,
-/// reuse them for new outgoing connections and use the widest port range.
-fn client_sysctls(ns: &str) -> Result<()> {
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "sysctl",
-        "-q",
-        "-w",
-        "net.ipv4.tcp_tw_reuse=1",
-    ])?;
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "sysctl",
-        "-q",
-        "-w",
-        "net.ipv4.ip_local_port_range=1024 65535",
-    ])
+    loadgen::whoami(loadgen, route.client_ns, route.target, udp)
+        .with_context(|| path_id(route.path).to_owned())
 }
 
 /// (namespace, interface): None is the sandbox's own namespace.
@@ -1094,34 +1036,6 @@ impl Drop for Lab {
         if let Err(err) = output(Command::new(&self.netlab).arg("down")) {
             eprintln!("bench: netlab down: {err:#}");
         }
-    }
-}
-
-/// A child process we started, killed (by its pid) and reaped when dropped.
-struct Spawned(Child);
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Server;
-
-impl Server {
-    fn start(loadgen: &Path, ns: &str, lifetime: u64) -> Result<Spawned> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns])
-            .arg(loadgen)
-            .args(["serve", "--port", &SERVER_PORT.to_string()])
-            .args(["--seconds", &lifetime.to_string()])
-            .args(["--cpu", &SERVER_CPU.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        Ok(Spawned(cmd.spawn().with_context(|| {
-            format!("starting the load generator's server in {ns}")
-        })?))
     }
 }
 
