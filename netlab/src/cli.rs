@@ -356,9 +356,7 @@ fn draw(
 ) -> Result<ExitCode> {
     let record = match (&file, &lab) {
         (Some(_), _) => None,
-        (None, Some(lab)) => {
-            Some(state::LabState::load(lab)?.with_context(|| format!("lab `{lab}` is not up"))?)
-        }
+        (None, Some(lab)) => Some(state::LabState::require(lab)?),
         // No lab named: the running one if exactly one is up, else the default lab.
         (None, None) => match state::labs().as_slice() {
             [] => None,
@@ -524,9 +522,7 @@ fn down(lab: Option<String>) -> Result<ExitCode> {
 
 fn show_status(lab: Option<String>, json: bool) -> Result<ExitCode> {
     let lab = state::resolve_lab(lab.as_deref())?;
-    let Some(record) = state::LabState::load(&lab)? else {
-        anyhow::bail!("lab `{lab}` is not up");
-    };
+    let record = state::LabState::require(&lab)?;
     let status = status::collect(&record)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&status)?);
@@ -538,7 +534,7 @@ fn show_status(lab: Option<String>, json: bool) -> Result<ExitCode> {
 
 fn run_exec(lab: Option<String>, namespace: &str, command: &[String]) -> Result<ExitCode> {
     let lab = state::resolve_lab(lab.as_deref())?;
-    let record = state::LabState::load(&lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
+    let record = state::LabState::require(&lab)?;
     if !record.namespaces.iter().any(|n| n == namespace) {
         anyhow::bail!(
             "`{namespace}` is not a namespace of lab `{lab}` (it has: {})",

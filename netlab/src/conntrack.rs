@@ -1,7 +1,7 @@
 //! `netlab conntrack`: the eBPF datapath's conntrack table, as
 //! `conntrack -L` shows the kernel's.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 pub use crate::datapath::{Flow, FlowEnds};
 use crate::{
@@ -12,7 +12,7 @@ use crate::{
 /// Every live flow in the lab's conntrack (expired ones are skipped; the
 /// datapath removes them when it meets them).
 pub fn flows(lab: &str) -> Result<Vec<Flow>> {
-    let record = LabState::load(lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
+    let record = LabState::require(lab)?;
     let topo = record.topology()?;
     match Running::new(&topo, record.iptables).flows()? {
         Flows::Listed(flows) => Ok(flows),

@@ -33,6 +33,36 @@ pub struct UpReport {
     pub kept: Vec<String>,
 }
 
+/// Why `up` refuses a lab: something it would touch belongs to another
+/// owner. Callers (and tests) decide on the variant; the text is what
+/// users read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(
+        "lab `{lab}` is already up from {origin} with a different topology; run `netlab down \
+         --lab {lab}` first"
+    )]
+    DifferentTopology { lab: String, origin: String },
+    #[error(
+        "namespace `{ns}` already exists and lab `{lab}` did not create it; remove it or rename \
+         the namespace in the topology"
+    )]
+    ForeignNamespace { ns: String, lab: String },
+    #[error(
+        "interface `{name}` already exists on the host and lab `{lab}` did not create it; \
+         netlab never modifies interfaces it did not create"
+    )]
+    ForeignLink { name: String, lab: String },
+}
+
+/// What exists of the names a topology uses: namespaces, and host links
+/// with their alias (netlab's owner tag on the links it made).
+#[derive(Debug, Default)]
+struct Found {
+    namespaces: BTreeSet<String>,
+    host_links: BTreeMap<String, Option<String>>,
+}
+
 /// How `up` treats a lab subnet that would capture traffic the host uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum HostOverlap {
@@ -69,12 +99,13 @@ fn build(
     let _lock = LabLock::acquire(&topo.name)?;
     let tag = owner_tag(&topo.name);
     let mut state = match LabState::load(&topo.name)? {
-        Some(state) if state.complete && state.topology != text => bail!(
-            "lab `{}` is already up from {} with a different topology; run `netlab down --lab {}` first",
-            topo.name,
-            state.origin,
-            topo.name
-        ),
+        Some(state) if state.complete && state.topology != text => {
+            return Err(Refused::DifferentTopology {
+                lab: topo.name.clone(),
+                origin: state.origin,
+            }
+            .into());
+        }
         Some(state) => state,
         None => LabState {
             lab: topo.name.clone(),
@@ -233,36 +264,55 @@ fn check_host(topo: &Topology, tag: &str, overlap: HostOverlap) -> Result<()> {
 
 /// Refuses to adopt a namespace or host link that some other owner made.
 fn check_ownership(topo: &Topology, state: &LabState, tag: &str) -> Result<()> {
-    for ns in &topo.namespaces {
-        if netns::exists(&ns.name) && !state.namespaces.contains(&ns.name) {
-            bail!(
-                "namespace `{}` already exists and lab `{}` did not create it; \
-                 remove it or rename the namespace in the topology",
-                ns.name,
-                topo.name
-            );
-        }
-    }
+    let mut found = Found {
+        namespaces: topo
+            .namespaces
+            .iter()
+            .filter(|ns| netns::exists(&ns.name))
+            .map(|ns| ns.name.clone())
+            .collect(),
+        ..Found::default()
+    };
     let host_names: Vec<String> = topo
         .ifaces()
         .filter(|i| i.place == Place::Host)
         .map(|i| i.name)
         .collect();
-    let tag = tag.to_owned();
-    let lab = topo.name.clone();
-    run_in(&Place::Host, |nl| async move {
-        for name in &host_names {
-            if let Some(link) = nl.link(name).await?
-                && link.alias.as_deref() != Some(tag.as_str())
-            {
-                bail!(
-                    "interface `{name}` already exists on the host and lab `{lab}` did not create it; \
-                     netlab never modifies interfaces it did not create"
-                );
+    found.host_links = run_in(&Place::Host, |nl| async move {
+        let mut links = BTreeMap::new();
+        for name in host_names {
+            if let Some(link) = nl.link(&name).await? {
+                links.insert(name, link.alias);
             }
         }
-        Ok(())
-    })
+        Ok(links)
+    })?;
+    Ok(ownership(topo, state, tag, &found)?)
+}
+
+/// The ownership rules (module docs) on what exists.
+fn ownership(topo: &Topology, state: &LabState, tag: &str, found: &Found) -> Result<(), Refused> {
+    if let Some(ns) = topo
+        .namespaces
+        .iter()
+        .find(|ns| found.namespaces.contains(&ns.name) && !state.namespaces.contains(&ns.name))
+    {
+        return Err(Refused::ForeignNamespace {
+            ns: ns.name.clone(),
+            lab: topo.name.clone(),
+        });
+    }
+    match found
+        .host_links
+        .iter()
+        .find(|(_, alias)| alias.as_deref() != Some(tag))
+    {
+        Some((name, _)) => Err(Refused::ForeignLink {
+            name: name.clone(),
+            lab: topo.name.clone(),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn index_in(
@@ -407,6 +457,7 @@ fn configure(topo: &Topology) -> Result<()> {
     Ok(())
 }
 
+
 async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
     let place = nl.place().clone();
     let settings = datapath::link_settings(topo);
@@ -549,4 +600,63 @@ pub fn down(lab: &str) -> Result<DownReport> {
     drop(lock);
     remove_lock_file(lab);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_lab() -> Topology {
+        topology::parse(topology::DEFAULT_LAB, "default").expect("the default lab parses")
+    }
+
+    #[test]
+    fn ownership_refuses_what_another_owner_made() {
+        let topo = default_lab();
+        let tag = owner_tag(&topo.name);
+        let mut state = LabState::default();
+        let mut found = Found::default();
+        assert_eq!(ownership(&topo, &state, &tag, &found), Ok(()));
+        // A namespace of the lab's that the record does not list.
+        found.namespaces.insert("red".to_owned());
+        assert_eq!(
+            ownership(&topo, &state, &tag, &found),
+            Err(Refused::ForeignNamespace {
+                ns: "red".to_owned(),
+                lab: topo.name.clone()
+            })
+        );
+        // Recorded: ours, kept.
+        state.namespaces.push("red".to_owned());
+        assert_eq!(ownership(&topo, &state, &tag, &found), Ok(()));
+        // A host link by a lab name, tagged by us: ours; untagged or
+        // another lab's: not.
+        found
+            .host_links
+            .insert("v-net-0".to_owned(), Some(tag.clone()));
+        assert_eq!(ownership(&topo, &state, &tag, &found), Ok(()));
+        for alias in [None, Some(owner_tag("another"))] {
+            found.host_links.insert("v-net-0".to_owned(), alias);
+            assert_eq!(
+                ownership(&topo, &state, &tag, &found),
+                Err(Refused::ForeignLink {
+                    name: "v-net-0".to_owned(),
+                    lab: topo.name.clone()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        let refused = Refused::DifferentTopology {
+            lab: "default".to_owned(),
+            origin: "lab.toml".to_owned(),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "lab `default` is already up from lab.toml with a different topology; run `netlab \
+             down --lab default` first"
+        );
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -78,7 +78,7 @@ pub fn check_new(topo: &Topology, current: &[PublishedPort], new: &PublishedPort
 }
 
 fn load(lab: &str) -> Result<(LabState, Topology)> {
-    let record = LabState::load(lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
+    let record = LabState::require(lab)?;
     let topo = record.topology()?;
     Ok((record, topo))
 }

@@ -69,7 +69,17 @@ pub fn lock_path(lab: &str) -> PathBuf {
     Path::new(STATE_DIR).join(format!("{lab}.lock"))
 }
 
+/// A command for a lab that is not up.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("lab `{0}` is not up")]
+pub struct NotUp(pub String);
+
 impl LabState {
+    /// The lab's record; [`NotUp`] when there is none.
+    pub fn require(lab: &str) -> Result<LabState> {
+        LabState::load(lab)?.ok_or_else(|| NotUp(lab.to_owned()).into())
+    }
+
     pub fn load(lab: &str) -> Result<Option<LabState>> {
         let path = path(lab);
         match fs::read_to_string(&path) {

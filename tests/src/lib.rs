@@ -792,6 +792,23 @@ impl Background {
         text_of(&self.stderr)
     }
 
+    /// Waits until `netlab trace --notices-json` says it is tracing: its
+    /// typed `started` notice on stderr (the contract; the sentences for
+    /// people may change).
+    pub fn wait_for_trace_start(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_for("\"notice\":\"started\"", timeout)?;
+        let started = self.stderr().lines().any(|line| {
+            matches!(
+                serde_json::from_str(line),
+                Ok(netlab::trace::Notice::Started(_))
+            )
+        });
+        if !started {
+            bail!("no `started` notice parses in:\n{}", self.stderr());
+        }
+        Ok(())
+    }
+
     /// Waits until its stdout or stderr contains `needle`. Fails, showing
     /// the output, if the process ends first or `timeout` passes.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<()> {

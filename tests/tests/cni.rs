@@ -580,6 +580,7 @@ fn containerd_runs_containers_on_netlab() {
                 &sb.netlab_path().to_string_lossy(),
                 "trace",
                 "--json",
+                "--notices-json",
                 "--count",
                 "4",
                 "host",
@@ -588,9 +589,7 @@ fn containerd_runs_containers_on_netlab() {
             Duration::from_secs(30),
         )
         .unwrap();
-    trace
-        .wait_for("tracing lab", Duration::from_secs(10))
-        .unwrap();
+    trace.wait_for_trace_start(Duration::from_secs(10)).unwrap();
     let client_argv = ctr(&[
         "client",
         "/bin/sh",

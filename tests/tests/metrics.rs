@@ -205,13 +205,19 @@ fn redirect_decisions_and_trace_events_are_counted() {
     let netlab = sb.netlab_path().to_string_lossy().into_owned();
     let mut trace = sb
         .spawn(
-            &[&netlab, "trace", "--json", "--duration", "3", "icmp"],
+            &[
+                &netlab,
+                "trace",
+                "--json",
+                "--notices-json",
+                "--duration",
+                "3",
+                "icmp",
+            ],
             LIFETIME,
         )
         .unwrap();
-    trace
-        .wait_for("tracing lab", Duration::from_secs(10))
-        .unwrap();
+    trace.wait_for_trace_start(Duration::from_secs(10)).unwrap();
     sb.ping(Some("red"), "192.168.15.2", 3).unwrap();
     trace.finish(Duration::from_secs(30)).unwrap().ok().unwrap();
 

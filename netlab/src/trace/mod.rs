@@ -195,7 +195,7 @@ pub fn run(options: &Options) -> Result<Summary> {
     let ring_bytes = tracing::ring_bytes()?;
     let _session = state::TraceLock::acquire(&lab)?;
     let pins = Pins::of(&lab);
-    let record = LabState::load(&lab)?.with_context(|| format!("lab `{lab}` is not up"))?;
+    let record = LabState::require(&lab)?;
     let sample = match &options.sample {
         Some(text) => parse_sample(text)?,
         None => 1,

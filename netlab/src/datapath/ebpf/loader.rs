@@ -48,6 +48,32 @@ use crate::{
     topology::{Datapath, Entry, Family, Iface, Place, Topology},
 };
 
+/// Why the loader will not load a lab's datapath.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(
+        "this netlab binary was built without its eBPF object (plain `cargo build`); build and \
+         run it with `cargo xtask run -- ARGS`"
+    )]
+    NoObject,
+    #[error(
+        "lab `{lab}` was brought up by an older netlab, whose programs and maps differ from this \
+         one's ({map}: {}-byte keys and {}-byte values, not {} and {}); run `netlab down` (with \
+         this netlab) first, then `netlab up`",
+        found.0,
+        found.1,
+        expected.0,
+        expected.1
+    )]
+    OlderNetlab {
+        lab: String,
+        map: String,
+        /// Key and value sizes of the pinned map, and this netlab's.
+        found: (usize, usize),
+        expected: (usize, usize),
+    },
+}
+
 /// The object `cargo xtask` built, or an empty placeholder (see build.rs).
 /// Public so that tests can load the same object into a private bpffs.
 pub static EBPF_OBJECT: &[u8] =
@@ -289,14 +315,13 @@ pub fn check_pins(pins: &Pins) -> Result<()> {
             .with_context(|| format!("reading {}", pin.display()))?;
         let found = (info.key_size() as usize, info.value_size() as usize);
         if found != (key, value) {
-            bail!(
-                "lab `{}` was brought up by an older netlab, whose programs and maps differ from \
-                 this one's ({name}: {}-byte keys and {}-byte values, not {key} and {value}); \
-                 run `netlab down` (with this netlab) first, then `netlab up`",
-                pins.lab(),
-                found.0,
-                found.1,
-            );
+            return Err(Refused::OlderNetlab {
+                lab: pins.lab().to_owned(),
+                map: name.to_string(),
+                found,
+                expected: (key, value),
+            }
+            .into());
         }
     }
     Ok(())
@@ -617,10 +642,7 @@ fn ensure_loaded(
         return Ok(());
     }
     if EBPF_OBJECT.is_empty() {
-        bail!(
-            "this netlab binary was built without its eBPF object (plain `cargo build`); \
-             build and run it with `cargo xtask run -- ARGS`"
-        );
+        return Err(Refused::NoObject.into());
     }
     let mut ebpf = early
         .finish()?
@@ -778,10 +800,7 @@ pub fn start_trace(
     early: EarlyLoader,
 ) -> Result<TraceSession> {
     if EBPF_OBJECT.is_empty() {
-        bail!(
-            "this netlab binary was built without its eBPF object (plain `cargo build`); \
-             build and run it with `cargo xtask run -- ARGS`"
-        );
+        return Err(Refused::NoObject.into());
     }
     let mut slots = maps::trace_progs(pins)?;
     // Only pinned maps are shared with the running programs; the loader
