@@ -359,6 +359,10 @@ pub struct NatConfig {
     /// The subnets masqueraded out of the uplink. Overflow:
     /// [`names::MASQ_SUBNETS`](crate::names::MASQ_SUBNETS).
     pub masquerade: NetSet,
+    /// Other nodes' pod subnets (`[[pod_network.peer]]`): lab namespaces
+    /// reach them and are reached from them with their own addresses,
+    /// never masqueraded. Inline only (no overflow).
+    pub peers: NetSet,
 }
 
 /// A lab namespace's address, for the `redirect` datapath: where to hand
@@ -399,7 +403,8 @@ pub enum RedirectReason {
     FallbackLocal,
     /// Not a parsed IPv4 packet (ARP, fragment, ICMP error...): left to the stack.
     FallbackUnparsed,
-    /// Destination neither a lab namespace nor beyond the uplink.
+    /// Destination neither a lab namespace nor beyond the uplink (another
+    /// node's pods included: the host routes them).
     FallbackUnknown,
     /// TTL would expire: left to the stack, which answers time exceeded.
     FallbackTtl,
@@ -771,7 +776,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
 const _: () = assert!(core::mem::size_of::<PublishKey>() == 4);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 256);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 328);
 const _: () = assert!(core::mem::size_of::<NetSet>() == 72);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
 const _: () = assert!(core::mem::size_of::<SockNat>() == 8);

@@ -4,20 +4,23 @@
 //!
 //! - A lab namespace may only send from a lab subnet, and (the lab is
 //!   closed) only to the lab: its subnets, its host addresses, the
-//!   uplink's subnet (the world), multicast and broadcast.
+//!   uplink's subnet (the world), multicast and broadcast, and the pods of
+//!   the cluster's other nodes (peers).
 //! - The uplink may only bring sources from beyond the lab (a lab subnet
 //!   arriving there is spoofed, as rp_filter would say), and only to the
 //!   lab's host addresses (published ports, replies to masquerade), the
 //!   uplink's own subnet, or subnets the lab routes without masquerade.
-//!   Routed access into a masqueraded subnet (a world host routing the lab
-//!   subnet via the uplink) is dropped, as Docker 28 drops routed access
+//!   A peer node's pod may reach the lab's subnets, masqueraded or not
+//!   (pod to pod keeps its addresses in a cluster, as kindnet routes it).
+//!   Any other routed access into a masqueraded subnet (a world host
+//!   routing the lab subnet via the uplink) is dropped, as Docker 28 drops routed access
 //!   to a NAT network's unpublished ports; so is transit through the host
 //!   to anywhere else (the routing table says which packets the host
 //!   would forward; its own other addresses answer as they would without
 //!   the lab).
 //! - On the way out of the uplink, a masqueraded source NAT left
 //!   untranslated (it could not translate it) is dropped: no lab address
-//!   leaves.
+//!   leaves, but toward a peer node's pods, which see it as it is.
 
 use aya_ebpf::programs::TcContext;
 use netlab_common::nat::{ROLE_LAB, ROLE_UPLINK, Stat};
@@ -64,6 +67,10 @@ pub fn admit_addrs(
                 || lab.in_uplink_net(daddr)
                 || is_group(daddr)
             {
+                return Ok(());
+            }
+            if lab.is_peer(saddr) && internal(daddr) {
+                // Another node's pod, routed over the cluster's underlay.
                 return Ok(());
             }
             if lab.is_masqueraded(daddr) {
@@ -118,8 +125,9 @@ pub fn uplink_leak(lab: &Lab, iface: &Iface, parsed: &Parsed) -> Option<Stat> {
     if iface.role != ROLE_UPLINK {
         return None;
     }
+    let to_peer = parsed.ip().is_some_and(|ip| lab.is_peer(ip.daddr));
     parsed
         .saddr()
-        .filter(|&saddr| lab.is_masqueraded(saddr))
+        .filter(|&saddr| lab.is_masqueraded(saddr) && !to_peer)
         .map(|_| Stat::UntranslatedLeak)
 }

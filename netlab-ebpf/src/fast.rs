@@ -166,6 +166,11 @@ fn hop(
     if lab.is_local(daddr) || eth::is_group(&pkt.hdr.dmac) || pkt.hdr.ip.ttl <= 1 {
         return None;
     }
+    // Another node's pods: wherever the host routes them (the full path
+    // passes them to the stack).
+    if lab.is_peer(daddr) {
+        return None;
+    }
     // Beyond the uplink: no namespace holds it, so no endpoint lookup.
     if lab.in_uplink_net(daddr) || !lab.is_internal(daddr) {
         return to_uplink(ctx, lab, iface, pkt, translated);
@@ -280,11 +285,13 @@ fn fast_egress(ctx: &TcContext) -> Option<i32> {
         Fast::Miss => {
             // No flow, and none opens here unless the source is a host
             // address, or masqueraded out of the uplink (which must not
-            // leave untranslated).
+            // leave untranslated) to anywhere but a peer node's pods.
             let saddr = key.saddr;
             let passes = match role {
                 ROLE_LAB => !lab.is_local(saddr),
-                ROLE_UPLINK => !lab.is_local(saddr) && !lab.is_masqueraded(saddr),
+                ROLE_UPLINK => {
+                    !lab.is_local(saddr) && (!lab.is_masqueraded(saddr) || lab.is_peer(key.daddr))
+                }
                 _ => false,
             };
             passes.then_some(TC_NEXT)

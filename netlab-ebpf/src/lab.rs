@@ -134,6 +134,13 @@ impl Lab {
             || (overflows(&self.cfg.masquerade) && masq_overflow(addr))
     }
 
+    /// Whether `addr` is in another node's pod subnet (a peer of the
+    /// cluster): reached and reaching the lab unmasqueraded.
+    #[inline(always)]
+    pub fn is_peer(&self, addr: u32) -> bool {
+        in_set(&self.cfg.peers, addr)
+    }
+
     /// Whether `addr` is in the uplink's subnet (the world's side).
     #[inline(always)]
     pub fn in_uplink_net(&self, addr: u32) -> bool {
@@ -141,11 +148,16 @@ impl Lab {
     }
 
     /// Whether lab traffic may be addressed to `addr`: the lab's own
-    /// subnets and host addresses, the world beyond the uplink, and
-    /// multicast and broadcast (which the bridges flood).
+    /// subnets and host addresses, the world beyond the uplink, multicast
+    /// and broadcast (which the bridges flood), and the cluster's other
+    /// nodes' pods.
     #[inline(always)]
     pub fn in_lab(&self, addr: u32) -> bool {
-        self.in_uplink_net(addr) || is_group(addr) || self.is_internal(addr) || self.is_local(addr)
+        self.in_uplink_net(addr)
+            || is_group(addr)
+            || self.is_internal(addr)
+            || self.is_local(addr)
+            || self.is_peer(addr)
     }
 }
 

@@ -189,13 +189,14 @@ fn new_ingress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdi
 
 /// A new flow leaving through one of the lab's host-side interfaces:
 /// masquerade out of the uplink when its source is a masqueraded lab
-/// subnet; the host's own connection, tracked (and given another port when
-/// its own is taken) on the uplink and into the lab alike.
+/// subnet (but not toward a peer node's pods); the host's own connection,
+/// tracked (and given another port when its own is taken) on the uplink
+/// and into the lab alike.
 #[inline(always)]
 fn new_egress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdict {
     let key = &pkt.key;
     let mut out = Rewrite::identity(key);
-    if iface.role == ROLE_UPLINK && lab.is_masqueraded(key.saddr) {
+    if iface.role == ROLE_UPLINK && lab.is_masqueraded(key.saddr) && !lab.is_peer(key.daddr) {
         if lab.cfg.masq_addr == 0 {
             // No address to masquerade to: the uplink guard drops it.
             return Verdict::PASS;
@@ -568,7 +569,11 @@ pub fn icmp_error(
     let mut outer_saddr = entry.saddr;
     if err.ip.saddr != key.saddr {
         outer_saddr = err.ip.saddr;
-        if hook == APPLY_EGRESS && iface.role == ROLE_UPLINK && lab.is_masqueraded(err.ip.saddr) {
+        if hook == APPLY_EGRESS
+            && iface.role == ROLE_UPLINK
+            && lab.is_masqueraded(err.ip.saddr)
+            && !lab.is_peer(err.ip.daddr)
+        {
             if lab.cfg.masq_addr == 0 {
                 return Some(Verdict::drop(Stat::UntranslatedLeak));
             }

@@ -9,8 +9,8 @@
 //!   masquerades.
 //! - Anything else (the host itself, non-IPv4, fragments, broadcast and
 //!   multicast, an address of a lab subnet no namespace holds, an expiring
-//!   TTL) is left to the stack and the bridge, counted by reason per
-//!   interface.
+//!   TTL, another node's pods, which the host routes) is left to the stack
+//!   and the bridge, counted by reason per interface.
 
 use aya_ebpf::{
     bindings::__sk_buff,
@@ -153,6 +153,10 @@ fn forward_packet(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet, after
     }
     if let Some(endpoint) = endpoints::get(daddr) {
         return to_endpoint(ctx, iface, pkt, &endpoint, eth_dst);
+    }
+    if lab.is_peer(daddr) {
+        count(iface, RedirectReason::FallbackUnknown);
+        return Hop::Done(Verdict::PASS);
     }
     let uplink = lab.cfg.uplink_ifindex;
     // Only what lies beyond the uplink goes out of it: an address of a lab

@@ -450,6 +450,16 @@ fn configure(topo: &Topology) -> Result<()> {
             for route in topo.routes.iter().filter(|r| &r.place == nl.place()) {
                 nl.add_route(route.to, route.via).await?;
             }
+            if nl.place() == &Place::Host {
+                for peer in peers(topo) {
+                    nl.add_route(peer.subnet, peer.via).await.with_context(|| {
+                        format!(
+                            "routing the peer node's pods {} via {}: is the node's underlay up?",
+                            peer.subnet, peer.via
+                        )
+                    })?;
+                }
+            }
             Ok(())
         })?;
         step(&format!("routes in {place}"));
@@ -457,6 +467,10 @@ fn configure(topo: &Topology) -> Result<()> {
     Ok(())
 }
 
+/// The cluster's other nodes, whose pod subnets the host routes.
+fn peers(topo: &Topology) -> impl Iterator<Item = &topology::Peer> {
+    topo.pod_network.iter().flat_map(|p| p.peers.iter())
+}
 
 async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
     let place = nl.place().clone();
@@ -561,6 +575,28 @@ pub fn down(lab: &str) -> Result<DownReport> {
         Ok(removed)
     })?;
     report.removed.extend(removed);
+
+    // Routes to peer nodes' pods go with the uplink when it carries them;
+    // through an underlay netlab did not make, they are removed here.
+    if let Some(topo) = state.as_ref().and_then(|s| s.topology().ok()) {
+        let wanted: Vec<(topology::Ipv4Net, std::net::Ipv4Addr)> =
+            peers(&topo).map(|p| (p.subnet, p.via)).collect();
+        if !wanted.is_empty() {
+            let removed = run_in(&Place::Host, |nl| async move {
+                let mut removed = Vec::new();
+                for route in nl.routes().await? {
+                    if let Some(gw) = route.gateway
+                        && wanted.contains(&(route.dst, gw))
+                    {
+                        nl.del_route(&route).await?;
+                        removed.push(format!("route {} via {gw}", route.dst));
+                    }
+                }
+                Ok(removed)
+            })?;
+            report.removed.extend(removed);
+        }
+    }
 
     log::debug!("down: removing namespaces");
     for ns in state.iter().flat_map(|s| s.namespaces.iter()) {

@@ -1648,6 +1648,47 @@ fn icmp_errors_never_leave_the_uplink_with_a_lab_address() {
     });
 }
 
+/// Another node's pods (`[[pod_network.peer]]`), reached over the uplink's
+/// own subnet: they enter a closed lab's masqueraded subnet, where the
+/// world may not route, and the lab's pods reach them unmasqueraded (no
+/// flow, nothing dropped as a leak); the world's routed access is still
+/// dropped, and the world is still masqueraded.
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn peer_nodes_pods_cross_the_uplink_with_their_own_addresses() {
+    with_datapath(|dp| {
+        dp.default_lab();
+        dp.config.closed = 1;
+        push(&mut dp.config.peers, ip("10.78.0.0"), 24);
+        dp.write_config();
+        // In, from a peer's pod, on the uplink: passed as it is, untracked.
+        let inbound = Frame::udp("10.78.0.10:5000", "192.168.15.2:53").bytes();
+        dp.expect_untouched(names::NAT_INGRESS, &inbound, TC_NEXT, None);
+        let out = dp.run_xdp(&inbound);
+        out.expect(XDP_PASS, &[]);
+        // From the world, routed: dropped as before.
+        let routed = Frame::udp("198.18.0.2:5000", "192.168.15.2:53").bytes();
+        dp.run(names::NAT_INGRESS, &routed)
+            .expect(TC_ACT_SHOT, &[(Stat::RoutedIntoLab, 1)]);
+        // Out of the uplink to a peer's pod: no masquerade, no leak.
+        let outbound = Frame::udp("192.168.15.2:53", "10.78.0.10:5000").bytes();
+        dp.expect_untouched(names::NAT_EGRESS, &outbound, TC_NEXT, None);
+        assert!(dp.conntrack().is_empty(), "{:?}", dp.conntrack());
+        // To the world: masqueraded.
+        let world = Frame::udp("192.168.15.2:53", "198.18.0.2:5000").bytes();
+        dp.run(names::NAT_EGRESS, &world)
+            .expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
+        // From a lab namespace, to a peer's pod: admitted (the closed lab
+        // lets it go); elsewhere beyond the lab: dropped.
+        dp.iface(ROLE_LAB, ip("192.168.15.5"));
+        let to_peer = Frame::udp("192.168.15.2:6000", "10.78.0.10:53").bytes();
+        dp.expect_untouched(names::NAT_INGRESS, &to_peer, TC_NEXT, None);
+        let away = Frame::udp("192.168.15.2:6000", "10.99.0.10:53").bytes();
+        dp.run(names::NAT_INGRESS, &away)
+            .expect(TC_ACT_SHOT, &[(Stat::LeaveLab, 1)]);
+    });
+}
+
 // ---------------------------------------------------------------------------
 // The XDP entry (`entry = "xdp"`)
 // ---------------------------------------------------------------------------

@@ -310,8 +310,25 @@ pub struct PodNetwork {
     /// The addresses handed out, both ends included; `None`: every host
     /// address of the subnet.
     pub range: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// The cluster's other nodes (`[[pod_network.peer]]`).
+    pub peers: Vec<Peer>,
     pub at: Pos,
 }
+
+/// Another node of the cluster: its pod subnet, routed through its
+/// underlay address. Pods reach it and it reaches them with their own
+/// addresses (no masquerade); the world beyond the uplink still cannot
+/// route into the pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub subnet: Ipv4Net,
+    pub via: Ipv4Addr,
+    pub at: Pos,
+}
+
+/// At most this many peers: the datapath holds them inline in its
+/// configuration (`NetSet`), with no trie behind them.
+pub const MAX_PEERS: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Namespace {

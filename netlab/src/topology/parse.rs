@@ -13,8 +13,8 @@ use toml::Spanned;
 
 use super::{
     model::{
-        Address, Bridge, Datapath, Entry, Ipv4Net, Namespace, Nat, Place, PodNetwork, Pos, Proto,
-        Publish, Route, Topology, Veth, VethEnd,
+        Address, Bridge, Datapath, Entry, Ipv4Net, Namespace, Nat, Peer, Place, PodNetwork, Pos,
+        Proto, Publish, Route, Topology, Veth, VethEnd,
     },
     problem::{Problem, ProblemKind, conntrack_size_text},
     spans::{EndSpans, RouteSpans, Spans},
@@ -49,6 +49,17 @@ struct RawPodNetwork {
     bridge: Spanned<String>,
     /// `FIRST-LAST` addresses handed to pods.
     range: Option<Spanned<String>>,
+    /// `[[pod_network.peer]]`: the cluster's other nodes.
+    #[serde(default)]
+    peer: Vec<Spanned<RawPeer>>,
+}
+
+/// `[[pod_network.peer]]`: another node's pod subnet and underlay address.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    subnet: Spanned<String>,
+    via: Spanned<String>,
 }
 
 /// `[[namespace_group]]`: `count` namespaces made from patterns, each on a
@@ -746,11 +757,53 @@ impl Reader<'_> {
             }
             parsed
         });
+        let peers = raw.peer.into_iter().filter_map(|p| self.peer(p)).collect();
         PodNetwork {
             bridge: raw.bridge.into_inner(),
             range,
+            peers,
             at,
         }
+    }
+
+    fn peer(&mut self, raw: Spanned<RawPeer>) -> Option<Peer> {
+        let at = self.at(&raw);
+        let raw = raw.into_inner();
+        let subnet = match parse_cidr(raw.subnet.get_ref()) {
+            Ok(net) => Some(net),
+            Err(why) => {
+                let place = self.at(&raw.subnet);
+                self.problem(
+                    ProblemKind::PodNetwork,
+                    &place,
+                    format_args!(
+                        "pod_network.peer subnet `{}` is not an IPv4 CIDR like 10.78.0.0/24: {why}",
+                        raw.subnet.get_ref()
+                    ),
+                );
+                None
+            }
+        };
+        let via = match raw.via.get_ref().parse::<Ipv4Addr>() {
+            Ok(via) => Some(via),
+            Err(_) => {
+                let place = self.at(&raw.via);
+                self.problem(
+                    ProblemKind::PodNetwork,
+                    &place,
+                    format_args!(
+                        "pod_network.peer via `{}` is not an IPv4 address like 198.18.1.2",
+                        raw.via.get_ref()
+                    ),
+                );
+                None
+            }
+        };
+        Some(Peer {
+            subnet: subnet?,
+            via: via?,
+            at,
+        })
     }
 
     fn nat(&mut self, raw: RawNat, spans: &mut Spans) -> Nat {

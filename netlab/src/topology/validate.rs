@@ -12,7 +12,7 @@ use std::{
 
 use super::{
     host::HostNetwork,
-    model::{Entry, Family, Ipv4Net, Place, Pos, Proto, Topology},
+    model::{Entry, Family, Ipv4Net, MAX_PEERS, Peer, Place, Pos, Proto, Topology},
     problem::{CONNTRACK_MAX, CONNTRACK_MIN, Problem, ProblemKind as K, conntrack_size_text, sort},
     spans::Spans,
 };
@@ -77,6 +77,62 @@ fn pod_network(topo: &Topology, problems: &mut Vec<Problem>) {
                 "pod_network.range {first}-{last} is not an ascending range of host addresses \
                  of {}",
                 gateway.network()
+            ));
+        }
+    }
+    peers(topo, &pods.peers, problems);
+}
+
+/// `[[pod_network.peer]]`: other nodes' pod subnets, apart from the lab's
+/// own subnets and from each other, each through an address outside
+/// every subnet behind the lab's veths (the underlay, or the uplink's
+/// subnet), at most [`MAX_PEERS`].
+fn peers(topo: &Topology, peers: &[Peer], problems: &mut Vec<Problem>) {
+    if let Some(extra) = peers.get(MAX_PEERS) {
+        problems.push(Problem::new(
+            K::PodNetwork,
+            &extra.at,
+            format!(
+                "pod_network has {} peers; the datapath holds at most {MAX_PEERS}",
+                peers.len()
+            ),
+        ));
+    }
+    let uplink_net = topo
+        .uplink_end()
+        .and_then(|end| end.addresses.first())
+        .map(|a| a.net.network());
+    let lab_nets: Vec<Ipv4Net> = topo.addresses().map(|a| a.net.network()).collect();
+    for (i, peer) in peers.iter().enumerate() {
+        let mut problem = |text: String| problems.push(Problem::new(K::PodNetwork, &peer.at, text));
+        if let Some(net) = lab_nets.iter().find(|net| net.overlaps(peer.subnet)) {
+            problem(format!(
+                "pod_network.peer subnet {} overlaps the lab's subnet {net}: a peer's pods live \
+                 on another node",
+                peer.subnet
+            ));
+        }
+        if let Some(other) = peers[..i].iter().find(|p| p.subnet.overlaps(peer.subnet)) {
+            problem(format!(
+                "pod_network.peer subnet {} overlaps the peer subnet {}",
+                peer.subnet, other.subnet
+            ));
+        }
+        if peer.subnet.contains(peer.via) {
+            problem(format!(
+                "pod_network.peer via {} lies inside its own subnet {}: it is the node's \
+                 underlay address",
+                peer.via, peer.subnet
+            ));
+        }
+        let behind_lab = lab_nets
+            .iter()
+            .find(|net| net.contains(peer.via) && Some(**net) != uplink_net);
+        if let Some(net) = behind_lab {
+            problem(format!(
+                "pod_network.peer via {} lies in the lab's subnet {net}: a node is reached over \
+                 the underlay or the uplink's subnet",
+                peer.via
             ));
         }
     }
@@ -1469,6 +1525,91 @@ peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
             "--force",
         ] {
             assert!(message.contains(needle), "`{message}` lacks `{needle}`");
+        }
+    }
+
+    /// A node: pods on `nl-pods`, the world beyond `nl-uplink`.
+    const NODE: &str = include_str!("../../../docs/cni/node.toml");
+
+    #[test]
+    fn the_node_and_its_peers_are_valid() {
+        let text = format!(
+            "{NODE}\n[[pod_network.peer]]\nsubnet = \"10.78.0.0/24\"\nvia = \"198.18.1.2\"\n\n\
+             [[pod_network.peer]]\nsubnet = \"10.79.0.0/24\"\nvia = \"198.18.0.3\"\n"
+        );
+        let topo = parse(&text, "lab.toml").unwrap();
+        let peers = &topo.pod_network.unwrap().peers;
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[0].subnet.to_string(), "10.78.0.0/24");
+        assert_eq!(peers[1].via, Ipv4Addr::new(198, 18, 0, 3));
+    }
+
+    #[test]
+    fn pod_network_problems() {
+        let peer = |subnet: &str, via: &str| {
+            format!("\n[[pod_network.peer]]\nsubnet = \"{subnet}\"\nvia = \"{via}\"\n")
+        };
+        let cases: Vec<(String, &[&str])> = vec![
+            (
+                NODE.replace("datapath = \"bridge\"", "datapath = \"iptables\""),
+                &["needs an eBPF datapath", "iptables"],
+            ),
+            (
+                NODE.replace("bridge = \"nl-pods\"", "bridge = \"nl-none\""),
+                &["`nl-none` is not a bridge of the lab"],
+            ),
+            (
+                NODE.replace("10.77.0.10-10.77.0.250", "10.77.0.250-10.77.0.10"),
+                &["not an ascending range", "10.77.0.0/24"],
+            ),
+            (
+                NODE.replace("10.77.0.10-10.77.0.250", "10.77.0.10-10.78.0.5"),
+                &["not an ascending range"],
+            ),
+            (
+                NODE.replace("10.77.0.10-10.77.0.250", "ten to twenty"),
+                &["is not FIRST-LAST"],
+            ),
+            (
+                format!("{NODE}{}", peer("10.77.0.128/25", "198.18.1.2")),
+                &["10.77.0.128/25 overlaps the lab's subnet 10.77.0.0/24"],
+            ),
+            (
+                format!(
+                    "{NODE}{}{}",
+                    peer("10.78.0.0/16", "198.18.1.2"),
+                    peer("10.78.5.0/24", "198.18.1.3")
+                ),
+                &["10.78.5.0/24 overlaps the peer subnet 10.78.0.0/16"],
+            ),
+            (
+                format!("{NODE}{}", peer("10.78.0.0/24", "10.78.0.1")),
+                &["inside its own subnet"],
+            ),
+            (
+                format!("{NODE}{}", peer("10.78.0.0/24", "10.77.0.5")),
+                &["lies in the lab's subnet 10.77.0.0/24"],
+            ),
+            (
+                format!("{NODE}{}", peer("10.78.0.0/24", "not-an-address")),
+                &["via `not-an-address` is not an IPv4 address"],
+            ),
+            (
+                format!("{NODE}{}", peer("10.78.0.0/33", "198.18.1.2")),
+                &["subnet `10.78.0.0/33` is not an IPv4 CIDR"],
+            ),
+            (
+                format!(
+                    "{NODE}{}",
+                    (0..=MAX_PEERS)
+                        .map(|i| peer(&format!("10.{}.0.0/24", 100 + i), "198.18.1.2"))
+                        .collect::<String>()
+                ),
+                &["has 9 peers; the datapath holds at most 8"],
+            ),
+        ];
+        for (text, needles) in cases {
+            only_problem(&text, K::PodNetwork, needles);
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     netlink,
     pins::Pins,
     sys,
-    topology::{Datapath, Ipv4Net, Place, Pod, Proto, PublishedPort, Topology},
+    topology::{Datapath, Ipv4Net, MAX_PEERS, Place, Pod, Proto, PublishedPort, Topology},
 };
 
 /// An address as the maps hold it (network byte order).
@@ -244,6 +244,13 @@ pub fn plan(topo: &Topology, links: &LabLinks, pods: &[Pod]) -> Result<MapConten
         .map(|n| (u32::from(n.prefix_len), be(n.network().addr)))
         .collect();
     let masq_nets: Vec<Net> = topo.nat.masquerade.iter().map(|n| net(*n)).collect();
+    // Validation keeps them within the set's inline room (no trie).
+    const _: () = assert!(MAX_PEERS <= NET_SET_INLINE);
+    let peer_nets: Vec<Net> = topo
+        .pod_network
+        .iter()
+        .flat_map(|p| p.peers.iter().map(|peer| net(peer.subnet)))
+        .collect();
 
     let nat = NatConfig {
         masq_addr,
@@ -266,6 +273,7 @@ pub fn plan(topo: &Topology, links: &LabLinks, pods: &[Pod]) -> Result<MapConten
         local: net_set(&local_nets),
         internal: net_set(&internal),
         masquerade: net_set(&masq_nets),
+        peers: net_set(&peer_nets),
     };
 
     let mut ifaces = BTreeMap::new();
@@ -676,6 +684,7 @@ mod tests {
         assert_eq!(nat.internal.nets.iter().filter(|n| n.mask != 0).count(), 1);
         assert!(nat.internal.nets[0].contains(v4("192.168.15.200")));
         assert!(nat.masquerade.nets[0].contains(v4("192.168.15.1")));
+        assert_eq!(nat.peers.count, 0);
         assert_eq!(plan.lab_nets[&(24, v4("198.18.0.0"))], NET_UPLINK);
         assert_eq!(plan.lab_nets[&(24, v4("192.168.15.0"))], NET_INTERNAL);
         assert_eq!(plan.lab_nets[&(4, v4("224.0.0.0"))], NET_GROUP);
@@ -736,6 +745,37 @@ mod tests {
         assert_eq!(
             err.as_deref(),
             Some("interface veth-blue-br is missing on the host")
+        );
+    }
+
+    #[test]
+    fn a_node_s_peers_are_inline() {
+        let text = format!(
+            "{}\n[[pod_network.peer]]\nsubnet = \"10.78.0.0/24\"\nvia = \"198.18.1.2\"\n",
+            include_str!("../../../../docs/cni/node.toml")
+        );
+        let topo = topology::parse(&text, "node.toml").unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan(&topo, &links(&topo), &[]).unwrap_or_else(|e| panic!("{e:#}"));
+        let peers = plan.nat.peers;
+        assert_eq!((peers.count, peers.overflow), (1, 0));
+        assert!(peers.nets[0].contains(v4("10.78.0.9")));
+        assert!(!peers.nets[0].contains(v4("10.77.0.9")));
+        // Peers are neither the lab's own subnets nor masqueraded.
+        assert!(
+            !plan
+                .nat
+                .internal
+                .nets
+                .iter()
+                .any(|n| n.mask != 0 && n.contains(v4("10.78.0.9")))
+        );
+        assert!(
+            !plan
+                .nat
+                .masquerade
+                .nets
+                .iter()
+                .any(|n| n.mask != 0 && n.contains(v4("10.78.0.9")))
         );
     }
 }

@@ -1,0 +1,326 @@
+//! Two nodes of a cluster, simulated as Kubernetes cannot run here: each
+//! node is a network namespace with a mount namespace of its own (its own
+//! bpffs pins and lab record), running its own netlab datapath, with pods
+//! attached by the CNI plugin. The nodes share an underlay (a veth pair in
+//! 198.18.1.0/24) and route each other's pod subnet over it
+//! (`[[pod_network.peer]]`), as kindnet does. Node A runs `bridge`, node B
+//! `redirect`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test fails by panicking, helpers included"
+)]
+
+use std::time::Duration;
+
+use netlab::{cni::spec::AddResult, status::LabStatus};
+use netlab_tests::{Background, COMMAND_TIMEOUT, Output, Sandbox, nat_counter, run_with_input};
+
+const NODE: &str = include_str!("../../docs/cni/node.toml");
+const LIFETIME: Duration = Duration::from_secs(60);
+
+/// One node: its name (lab and network namespace), its pod subnet's
+/// second octet, its underlay address, and the process that holds its
+/// mount namespace (with a bpffs and a /run/netlab of its own).
+struct Node<'s> {
+    sb: &'s Sandbox,
+    name: &'static str,
+    octet: u8,
+    underlay: &'static str,
+    holder: Option<(Background, String)>,
+}
+
+impl<'s> Node<'s> {
+    fn new(sb: &'s Sandbox, name: &'static str, octet: u8, underlay: &'static str) -> Node<'s> {
+        sb.ok(&["ip", "netns", "add", name]).unwrap();
+        // Held by a process rather than a bind mount of the namespace: the
+        // kernel refuses that bind when namespace ids (allocated per CPU)
+        // look out of order.
+        let mut holder = sb
+            .spawn(
+                &[
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    "mount -t bpf bpf /sys/fs/bpf && mkdir -p /run/netlab && \
+                     mount -t tmpfs node /run/netlab && echo \"holder $$\" && exec sleep 600",
+                ],
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        holder.wait_for("holder ", Duration::from_secs(10)).unwrap();
+        let pid = holder
+            .stdout()
+            .lines()
+            .find_map(|l| l.strip_prefix("holder ").map(str::to_owned))
+            .unwrap();
+        Node {
+            sb,
+            name,
+            octet,
+            underlay,
+            holder: Some((holder, pid)),
+        }
+    }
+
+    /// `argv` inside the node: its mount namespace, then its network
+    /// namespace.
+    fn argv(&self, argv: &[&str]) -> Vec<String> {
+        let pid = self
+            .holder
+            .as_ref()
+            .map(|(_, pid)| pid.as_str())
+            .unwrap_or("0");
+        let mut full = vec![
+            "nsenter".to_owned(),
+            "-t".to_owned(),
+            pid.to_owned(),
+            "-m".to_owned(),
+            format!("--net=/run/netns/{}", self.name),
+            "--".to_owned(),
+        ];
+        full.extend(argv.iter().map(|a| (*a).to_owned()));
+        full
+    }
+
+    fn run(&self, argv: &[&str]) -> Output {
+        let argv = self.argv(argv);
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.sb.run(&refs).unwrap()
+    }
+
+    fn ok(&self, argv: &[&str]) -> Output {
+        self.run(argv).ok().unwrap()
+    }
+
+    fn spawn(&self, argv: &[&str]) -> Background {
+        let argv = self.argv(argv);
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.sb.spawn(&refs, LIFETIME).unwrap()
+    }
+
+    fn netlab(&self, args: &[&str]) -> Output {
+        let netlab = self.sb.netlab_path().to_string_lossy().into_owned();
+        let mut argv = vec![netlab.as_str()];
+        argv.extend_from_slice(args);
+        self.ok(&argv)
+    }
+
+    fn pods(&self) -> String {
+        format!("10.{}.0.0/24", self.octet)
+    }
+
+    /// The node's lab: `docs/cni/node.toml` with this node's names, pod
+    /// subnet and datapath, and `peer` as its one peer.
+    fn topology(&self, datapath: &str, peer: &Node) -> String {
+        let octet = self.octet.to_string();
+        NODE.replace("name = \"node\"", &format!("name = \"{}\"", self.name))
+            .replace(
+                "datapath = \"bridge\"",
+                &format!("datapath = \"{datapath}\""),
+            )
+            .replace("\"outside\"", &format!("\"outside-{}\"", self.name))
+            .replace("10.77.", &format!("10.{octet}."))
+            + &format!(
+                "\n[[pod_network.peer]]\nsubnet = \"{}\"\nvia = \"{}\"\n",
+                peer.pods(),
+                peer.underlay
+            )
+    }
+
+    /// A pod: its namespace (made inside the node), attached by the CNI
+    /// plugin; its address.
+    fn pod(&self, name: &str) -> String {
+        self.ok(&["ip", "netns", "add", name]);
+        let netlab = self.sb.netlab_path().to_string_lossy().into_owned();
+        let argv = self.argv(&[&netlab]);
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut cmd = self.sb.command(&refs);
+        cmd.env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", name)
+            .env("CNI_NETNS", format!("/run/netns/{name}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni");
+        let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "pods",
+            "type": "netlab", "lab": self.name})
+        .to_string();
+        let out = run_with_input(
+            cmd,
+            "netlab (CNI) ADD",
+            COMMAND_TIMEOUT,
+            Some(conf.as_bytes()),
+        )
+        .unwrap()
+        .ok()
+        .unwrap();
+        let result: AddResult = serde_json::from_str(&out.stdout).unwrap();
+        let cidr = &result.ips[0].address;
+        cidr.split('/').next().unwrap().to_owned()
+    }
+
+    fn status(&self) -> LabStatus {
+        serde_json::from_str(&self.netlab(&["status", "--json"]).stdout).unwrap()
+    }
+
+    fn routes(&self) -> String {
+        self.ok(&["ip", "route"]).stdout
+    }
+}
+
+/// A TCP server in `netns` of `node` on port 80 that answers each client
+/// with the address it sees, once.
+fn whoami_server(node: &Node, netns: &str) -> Background {
+    node.spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "python3",
+        "-c",
+        "import socket\n\
+         s = socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('0.0.0.0', 80))\n\
+         s.listen()\n\
+         print('listening', flush=True)\n\
+         c, a = s.accept()\n\
+         c.sendall(a[0].encode())\n\
+         c.close()\n",
+    ])
+}
+
+/// What the server at `to`:80 saw, from a client in `netns` of `node`.
+fn whoami(node: &Node, netns: &str, to: &str) -> Output {
+    node.run(&[
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "python3",
+        "-c",
+        &format!(
+            "import socket\n\
+             s = socket.create_connection(('{to}', 80), timeout=5)\n\
+             print(s.recv(64).decode())\n"
+        ),
+    ])
+}
+
+fn seen_by(node: &Node, server_netns: &str, client: &Node, client_netns: &str, to: &str) -> String {
+    let mut server = whoami_server(node, server_netns);
+    server
+        .wait_for("listening", Duration::from_secs(10))
+        .unwrap();
+    let out = whoami(client, client_netns, to).ok().unwrap();
+    server.finish(Duration::from_secs(10)).unwrap();
+    out.stdout.trim().to_owned()
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn pods_on_two_nodes_reach_each_other_with_their_own_addresses() {
+    let sb = Sandbox::new().unwrap();
+    let a = Node::new(&sb, "node-a", 77, "198.18.1.1");
+    let b = Node::new(&sb, "node-b", 78, "198.18.1.2");
+    // The underlay between them.
+    sb.ok(&[
+        "ip", "link", "add", "ul", "netns", "node-a", "type", "veth", "peer", "name", "ul",
+        "netns", "node-b",
+    ])
+    .unwrap();
+    for node in [&a, &b] {
+        node.ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", node.underlay),
+            "dev",
+            "ul",
+        ]);
+        node.ok(&["ip", "link", "set", "ul", "up"]);
+        node.ok(&["ip", "link", "set", "lo", "up"]);
+    }
+    // Each node's datapath, then a pod on each.
+    for (node, datapath, peer) in [(&a, "bridge", &b), (&b, "redirect", &a)] {
+        let file = format!("/run/{}.toml", node.name);
+        sb.write_file(&file, &node.topology(datapath, peer))
+            .unwrap();
+        node.netlab(&["up", "-f", &file]);
+        assert!(
+            node.routes()
+                .contains(&format!("{} via {} dev ul", peer.pods(), peer.underlay)),
+            "{}",
+            node.routes()
+        );
+    }
+    let pod_a = a.pod("pod-a");
+    let pod_b = b.pod("pod-b");
+    assert!(pod_a.starts_with("10.77.0."), "{pod_a}");
+    assert!(pod_b.starts_with("10.78.0."), "{pod_b}");
+
+    // Pod to pod across the underlay, both ways, with their own addresses.
+    for (node, netns, to) in [(&a, "pod-a", &pod_b), (&b, "pod-b", &pod_a)] {
+        node.ok(&[
+            "ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "5", to,
+        ]);
+    }
+    assert_eq!(seen_by(&b, "pod-b", &a, "pod-a", &pod_b), pod_a);
+    assert_eq!(seen_by(&a, "pod-a", &b, "pod-b", &pod_a), pod_b);
+
+    // netlab trace on node B shows node A's pod arriving.
+    let netlab = sb.netlab_path().to_string_lossy().into_owned();
+    let mut trace = b.spawn(&[
+        &netlab,
+        "trace",
+        "--json",
+        "--notices-json",
+        "--count",
+        "2",
+        "host",
+        &pod_a,
+    ]);
+    trace.wait_for_trace_start(Duration::from_secs(10)).unwrap();
+    a.ok(&[
+        "ip", "netns", "exec", "pod-a", "ping", "-c", "2", "-W", "5", &pod_b,
+    ]);
+    let traced = trace.finish(Duration::from_secs(10)).unwrap();
+    assert!(traced.stdout.contains(&pod_a), "{traced}");
+
+    // The world still sees each node's pods masqueraded, and cannot route
+    // into them.
+    for node in [&a, &b] {
+        let world = format!("outside-{}", node.name);
+        let pod = if node.name == "node-a" {
+            "pod-a"
+        } else {
+            "pod-b"
+        };
+        let pod_addr = if node.name == "node-a" {
+            &pod_a
+        } else {
+            &pod_b
+        };
+        assert_eq!(seen_by(node, &world, node, pod, "198.18.0.2"), "198.18.0.1");
+        // `outside` routes the pod subnet via the uplink (node.toml).
+        let routed = node.run(&[
+            "ip", "netns", "exec", &world, "ping", "-c", "1", "-W", "1", pod_addr,
+        ]);
+        assert!(!routed.success(), "{routed}");
+        let dropped = nat_counter(&node.status(), "routed_into_lab").unwrap_or(0);
+        assert!(dropped >= 1, "{}: routed_into_lab {dropped}", node.name);
+    }
+
+    // `down` takes the routes to the peers along.
+    for node in [&a, &b] {
+        node.netlab(&["down"]);
+        assert!(!node.routes().contains("10.7"), "{}", node.routes());
+    }
+    for mut node in [a, b] {
+        if let Some((holder, _)) = node.holder.take() {
+            holder.stop();
+        }
+    }
+}
