@@ -173,13 +173,8 @@ impl<'s> Node<'s> {
 /// A TCP server in `netns` of `node` on port 80 that answers each client
 /// with the address it sees, once.
 fn whoami_server(node: &Node, netns: &str) -> Background {
-    node.spawn(&[
-        "ip",
-        "netns",
-        "exec",
+    node.spawn(&python_in(
         netns,
-        "python3",
-        "-c",
         "import socket\n\
          s = socket.socket()\n\
          s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
@@ -189,24 +184,22 @@ fn whoami_server(node: &Node, netns: &str) -> Background {
          c, a = s.accept()\n\
          c.sendall(a[0].encode())\n\
          c.close()\n",
-    ])
+    ))
+}
+
+/// `python3 -c SCRIPT` in `netns`.
+fn python_in<'a>(netns: &'a str, script: &'a str) -> [&'a str; 7] {
+    ["ip", "netns", "exec", netns, "python3", "-c", script]
 }
 
 /// What the server at `to`:80 saw, from a client in `netns` of `node`.
 fn whoami(node: &Node, netns: &str, to: &str) -> Output {
-    node.run(&[
-        "ip",
-        "netns",
-        "exec",
-        netns,
-        "python3",
-        "-c",
-        &format!(
-            "import socket\n\
-             s = socket.create_connection(('{to}', 80), timeout=5)\n\
-             print(s.recv(64).decode())\n"
-        ),
-    ])
+    let script = format!(
+        "import socket\n\
+         s = socket.create_connection(('{to}', 80), timeout=5)\n\
+         print(s.recv(64).decode())\n"
+    );
+    node.run(&python_in(netns, &script))
 }
 
 fn seen_by(node: &Node, server_netns: &str, client: &Node, client_netns: &str, to: &str) -> String {

@@ -159,16 +159,7 @@ pub fn bench_cni(workspace: &Path) -> Result<ExitCode> {
 /// Inside the sandbox: measures, and writes samples.json (also after a
 /// failure, with what was measured).
 pub fn run_sandboxed(plan_file: &Path) -> Result<ExitCode> {
-    let plan: Plan = serde_json::from_str(&fs::read_to_string(plan_file)?)?;
-    sandbox::enter()?;
-    let mut samples = Samples::default();
-    let result = measure(&plan, &mut samples);
-    fs::write(
-        plan.dir.join("samples.json"),
-        serde_json::to_string_pretty(&samples)?,
-    )?;
-    result?;
-    Ok(ExitCode::SUCCESS)
+    sandbox::measure_into(plan_file, |plan: &Plan| plan.dir.clone(), measure)
 }
 
 /// The node, widened to 10.77.0.0/20 for a thousand pods and more.

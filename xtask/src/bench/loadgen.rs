@@ -108,24 +108,11 @@ pub fn wait_for_server(loadgen: &Path, ns: &str, target: &str) -> Result<()> {
 /// TIME_WAIT: the client closes first, so its namespace keeps them; there,
 /// reuse them for new outgoing connections and use the widest port range.
 pub fn client_sysctls(ns: &str) -> Result<()> {
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "sysctl",
-        "-q",
-        "-w",
+    for setting in [
         "net.ipv4.tcp_tw_reuse=1",
-    ])?;
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "sysctl",
-        "-q",
-        "-w",
         "net.ipv4.ip_local_port_range=1024 65535",
-    ])
+    ] {
+        sh(&["ip", "netns", "exec", ns, "sysctl", "-q", "-w", setting])?;
+    }
+    Ok(())
 }

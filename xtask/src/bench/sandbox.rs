@@ -3,15 +3,47 @@
 //! `unshare --mount --net --propagation private` made the namespaces; the
 //! host's `/run`, bpffs and network stay untouched.
 
-use std::process::{Command, Stdio};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
+use serde::{Serialize, de::DeserializeOwned};
 
 /// Mounts a private `/run` and bpffs, and brings loopback up.
 pub fn enter() -> Result<()> {
     sh(&["mount", "-t", "tmpfs", "none", "/run"])?;
     sh(&["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"])?;
     sh(&["ip", "link", "set", "lo", "up"])
+}
+
+/// The body of a sandboxed driver (`xtask bench-*-sandboxed PLAN`): reads
+/// the plan, enters the sandbox, measures, and writes the samples to
+/// `samples.json` in the plan's directory, also what was measured before
+/// a failure.
+pub fn measure_into<P, S>(
+    plan_file: &Path,
+    dir: impl FnOnce(&P) -> PathBuf,
+    measure: impl FnOnce(&P, &mut S) -> Result<()>,
+) -> Result<ExitCode>
+where
+    P: DeserializeOwned,
+    S: Default + Serialize,
+{
+    let text = fs::read_to_string(plan_file)
+        .with_context(|| format!("reading {}", plan_file.display()))?;
+    let plan: P = serde_json::from_str(&text).context("parsing the bench plan")?;
+    enter()?;
+    let mut samples = S::default();
+    let result = measure(&plan, &mut samples);
+    fs::write(
+        dir(&plan).join("samples.json"),
+        serde_json::to_string_pretty(&samples)?,
+    )?;
+    result?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs a command; its stdout, or an error with its stderr.

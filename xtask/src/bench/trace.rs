@@ -178,21 +178,10 @@ pub fn bench_trace(workspace: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Inside the sandbox (`xtask bench-trace-sandboxed PLAN`): measures, and
-/// writes samples.json, also what was measured before a failure.
+/// Inside the sandbox: measures, and writes samples.json (also after a
+/// failure, with what was measured).
 pub fn run_sandboxed(plan_file: &Path) -> Result<ExitCode> {
-    let text = fs::read_to_string(plan_file)
-        .with_context(|| format!("reading {}", plan_file.display()))?;
-    let plan: Plan = serde_json::from_str(&text).context("parsing the bench plan")?;
-    sandbox::enter()?;
-    let mut samples = Samples::default();
-    let result = measure(&plan, &mut samples);
-    fs::write(
-        plan.dir.join("samples.json"),
-        serde_json::to_string_pretty(&samples)?,
-    )?;
-    result?;
-    Ok(ExitCode::SUCCESS)
+    sandbox::measure_into(plan_file, |plan: &Plan| plan.dir.clone(), measure)
 }
 
 fn measure(plan: &Plan, samples: &mut Samples) -> Result<()> {
