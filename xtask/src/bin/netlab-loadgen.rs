@@ -473,17 +473,23 @@ fn local_ipv4_addresses() -> Result<Vec<Ipv4Addr>> {
 }
 
 /// The bench's lab ranges, and nothing else.
+/// The subnets the benches' sandboxes make: the default lab and its world,
+/// the bare veth pair, and `bench cni`'s pods (netlab's node and the
+/// reference plugins') and the reference's uplink.
+const LAB_SUBNETS: &str =
+    "192.168.15.0/24, 198.18.0.0/24, 198.19.0.0/23, 10.77.0.0/20, 10.88.0.0/20";
+
 fn is_lab_address(addr: Ipv4Addr) -> bool {
     let [a, b, c, _] = addr.octets();
-    matches!((a, b, c), (192, 168, 15) | (198, 18, 0) | (198, 19, 0))
+    matches!(
+        (a, b, c),
+        (192, 168, 15) | (198, 18, 0) | (198, 19, 0..=1) | (10, 77 | 88, 0..=15)
+    )
 }
 
 fn check_target(to: SocketAddrV4) -> Result<()> {
     if !is_lab_address(*to.ip()) {
-        bail!(
-            "{to} is not a lab address of the bench (192.168.15.0/24, 198.18.0.0/24, \
-             198.19.0.0/24)"
-        );
+        bail!("{to} is not a lab address of the bench ({LAB_SUBNETS})");
     }
     Ok(())
 }
@@ -918,6 +924,13 @@ mod tests {
         assert!(!is_lab_address(Ipv4Addr::new(192, 0, 2, 1)));
         assert!(!is_lab_address(Ipv4Addr::new(127, 0, 0, 1)));
         assert!(!is_lab_address(Ipv4Addr::new(192, 168, 1, 1)));
+        // bench cni's pods and the reference's uplink; nothing around them.
+        assert!(is_lab_address(Ipv4Addr::new(10, 77, 15, 250)));
+        assert!(is_lab_address(Ipv4Addr::new(10, 88, 0, 2)));
+        assert!(is_lab_address(Ipv4Addr::new(198, 19, 1, 2)));
+        assert!(!is_lab_address(Ipv4Addr::new(10, 77, 16, 1)));
+        assert!(!is_lab_address(Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(!is_lab_address(Ipv4Addr::new(198, 19, 2, 1)));
     }
 
     #[test]
