@@ -13,8 +13,8 @@
 //!
 //! Then, at 100 and 1,000 pods, traffic through the pods each set made:
 //! the world to a pod's mapped port (netlab's eBPF DNAT on its uplink;
-//! portmap's iptables DNAT on an uplink of the reference's own, with no
-//! netlab program) and pod to pod on each set's bridge, with the
+//! portmap's iptables DNAT on the reference's node, a network namespace of
+//! its own with its own uplink) and pod to pod on each set's bridge, with the
 //! saturating metrics of `bench` (UDP datagrams, parallel connections) in
 //! interleaved rounds.
 
@@ -53,6 +53,8 @@ const SECONDS: f64 = 1.0;
 /// The reference's own uplink: the host's end, and the world's namespace
 /// and address beyond it.
 const REFERENCE_UPLINK: &str = "ref-uplink";
+/// The reference's node (see [`reference_node`]).
+const REFERENCE_NODE: &str = "ref-node";
 const REFERENCE_HOST: &str = "198.19.1.1";
 const REFERENCE_WORLD_NS: &str = "ref-outside";
 const REFERENCE_WORLD: &str = "198.19.1.2";
@@ -188,8 +190,23 @@ trait Plugins {
 /// Runs a plugin binary with the CNI environment and `config` on stdin.
 /// Each set's pods live in namespaces of their own (`ns` is the set's
 /// prefix), so the two sets never meet.
-fn plugin(binary: &Path, command: &str, ns: &str, pod: usize, config: &str) -> Result<String> {
-    let mut child = Command::new(binary)
+fn plugin(
+    node: Option<&str>,
+    binary: &Path,
+    command: &str,
+    ns: &str,
+    pod: usize,
+    config: &str,
+) -> Result<String> {
+    let mut cmd = match node {
+        Some(node) => {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net=/run/netns/{node}")).arg(binary);
+            cmd
+        }
+        None => Command::new(binary),
+    };
+    let mut child = cmd
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", format!("{ns}{pod}"))
         .env("CNI_NETNS", format!("/run/netns/{ns}{pod}"))
@@ -256,10 +273,17 @@ impl Plugins for Netlab {
         NETLAB_NS
     }
     fn add(&self, pod: usize) -> Result<Ipv4Addr> {
-        result_address(&plugin(&self.0, "ADD", NETLAB_NS, pod, &Self::conf(pod))?)
+        result_address(&plugin(
+            None,
+            &self.0,
+            "ADD",
+            NETLAB_NS,
+            pod,
+            &Self::conf(pod),
+        )?)
     }
     fn del(&self, pod: usize) -> Result<()> {
-        plugin(&self.0, "DEL", NETLAB_NS, pod, &Self::conf(pod)).map(|_| ())
+        plugin(None, &self.0, "DEL", NETLAB_NS, pod, &Self::conf(pod)).map(|_| ())
     }
     fn world(&self) -> (&'static str, String) {
         ("outside", format!("198.18.0.1:{NETLAB_PORTS}"))
@@ -276,7 +300,7 @@ struct Reference;
 impl Reference {
     fn bridge() -> String {
         serde_json::json!({"cniVersion": "1.0.0", "name": "ref", "type": "bridge",
-            "bridge": "cni-ref0", "isGateway": true, "ipMasq": true,
+            "bridge": "cni-ref0", "isGateway": true, "isDefaultGateway": true, "ipMasq": true,
             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/20"}]],
                      "dataDir": "/run/cni-ref"}})
         .to_string()
@@ -302,6 +326,7 @@ impl Plugins for Reference {
     fn add(&self, pod: usize) -> Result<Ipv4Addr> {
         let dir = Path::new(REFERENCE_DIR);
         let result = plugin(
+            Some(REFERENCE_NODE),
             &dir.join("bridge"),
             "ADD",
             REFERENCE_NS,
@@ -310,6 +335,7 @@ impl Plugins for Reference {
         )?;
         let prev: serde_json::Value = serde_json::from_str(&result)?;
         plugin(
+            Some(REFERENCE_NODE),
             &dir.join("portmap"),
             "ADD",
             REFERENCE_NS,
@@ -321,6 +347,7 @@ impl Plugins for Reference {
     fn del(&self, pod: usize) -> Result<()> {
         let dir = Path::new(REFERENCE_DIR);
         plugin(
+            Some(REFERENCE_NODE),
             &dir.join("portmap"),
             "DEL",
             REFERENCE_NS,
@@ -328,6 +355,7 @@ impl Plugins for Reference {
             &Self::portmap(pod, None),
         )?;
         plugin(
+            Some(REFERENCE_NODE),
             &dir.join("bridge"),
             "DEL",
             REFERENCE_NS,
@@ -347,15 +375,23 @@ impl Plugins for Reference {
     }
 }
 
-/// The reference's world: a namespace beyond an uplink of its own, which
-/// no netlab program is attached to.
-fn reference_world() -> Result<()> {
-    sandbox::sh(&["ip", "netns", "add", REFERENCE_WORLD_NS])?;
+/// The reference's node: a network namespace of its own (as a machine
+/// running the reference plugins would be), so neither set's host pays
+/// for the other's rules or programs: netfilter's hooks and conntrack,
+/// which portmap's rules load, run only on the reference's node, and
+/// netlab's programs only on netlab's. Its world is a namespace beyond an
+/// uplink of its own.
+fn reference_node() -> Result<()> {
+    for ns in [REFERENCE_NODE, REFERENCE_WORLD_NS] {
+        sandbox::sh(&["ip", "netns", "add", ns])?;
+    }
     sandbox::sh(&[
         "ip",
         "link",
         "add",
         REFERENCE_UPLINK,
+        "netns",
+        REFERENCE_NODE,
         "type",
         "veth",
         "peer",
@@ -364,37 +400,38 @@ fn reference_world() -> Result<()> {
         "netns",
         REFERENCE_WORLD_NS,
     ])?;
+    let host = format!("{REFERENCE_HOST}/24");
+    let world = format!("{REFERENCE_WORLD}/24");
+    for (ns, args) in [
+        (
+            REFERENCE_NODE,
+            &["addr", "add", &host, "dev", REFERENCE_UPLINK][..],
+        ),
+        (REFERENCE_NODE, &["link", "set", REFERENCE_UPLINK, "up"]),
+        (REFERENCE_NODE, &["link", "set", "lo", "up"]),
+        (REFERENCE_WORLD_NS, &["addr", "add", &world, "dev", "eth0"]),
+        (REFERENCE_WORLD_NS, &["link", "set", "eth0", "up"]),
+        (REFERENCE_WORLD_NS, &["link", "set", "lo", "up"]),
+    ] {
+        sandbox::sh(&[&["ip", "-n", ns][..], args].concat())?;
+    }
     sandbox::sh(&[
         "ip",
-        "addr",
-        "add",
-        &format!("{REFERENCE_HOST}/24"),
-        "dev",
-        REFERENCE_UPLINK,
-    ])?;
-    sandbox::sh(&["ip", "link", "set", REFERENCE_UPLINK, "up"])?;
-    let world = ["ip", "-n", REFERENCE_WORLD_NS];
-    for args in [
-        &[
-            "addr",
-            "add",
-            &format!("{REFERENCE_WORLD}/24"),
-            "dev",
-            "eth0",
-        ][..],
-        &["link", "set", "eth0", "up"],
-        &["link", "set", "lo", "up"],
-    ] {
-        sandbox::sh(&[&world[..], args].concat())?;
-    }
-    Ok(())
+        "netns",
+        "exec",
+        REFERENCE_NODE,
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_forward=1",
+    ])
 }
 
 fn measure(plan: &Plan, samples: &mut Samples) -> Result<()> {
     let topology = plan.dir.join("node.toml");
     fs::write(&topology, node_topology())?;
     sandbox::output(Command::new(&plan.netlab).args(["up", "-f"]).arg(&topology))?;
-    reference_world()?;
+    reference_node()?;
     let sets: [Box<dyn Plugins>; 2] = [Box::new(Netlab(plan.netlab.clone())), Box::new(Reference)];
     let largest = COUNTS.iter().copied().max().unwrap_or(1);
     // Namespaces for every pod, the timed ones included.
@@ -505,7 +542,12 @@ fn traffic(
         for (set, addrs) in sets.iter().zip(addrs) {
             for traffic in Traffic::ALL {
                 for (metric, _, max_count) in METRICS {
+                    // Both nodes' kernel conntrack (fails harmlessly
+                    // where no rule loaded it) and netlab's.
                     let _ = Command::new("conntrack").arg("-F").output();
+                    let _ = Command::new("ip")
+                        .args(["netns", "exec", REFERENCE_NODE, "conntrack", "-F"])
+                        .output();
                     netlab::datapath::flush_flows("node")?;
                     let (ns, target) = route(set.as_ref(), addrs, traffic);
                     let outcome =
@@ -589,10 +631,12 @@ fn report(samples: &Samples) -> String {
         table,
         "\nTraffic: {ROUNDS} interleaved rounds after a warm-up, {SECONDS} s per run, client \
          pinned to CPU 0 and server to CPU 1, both conntrack tables flushed before every run. \
-         netlab's pods are reached from `outside` through netlab's uplink (eBPF DNAT); the \
-         reference's from a namespace beyond an uplink of its own (portmap's iptables DNAT, no \
-         netlab program). The host's conntrack runs for both (portmap's rules load it), and \
-         br_netfilter is on as on the host."
+         Each set has a node of its own (netlab's: the sandbox's namespace; the reference's: \
+         a network namespace): netlab's pods are reached from `outside` through netlab's \
+         uplink (eBPF DNAT), the reference's from a namespace beyond its node's uplink \
+         (portmap's iptables DNAT). Netfilter's conntrack runs on the reference's node \
+         (portmap's rules load it) and not on netlab's; br_netfilter is on in both, as on \
+         the host."
     );
     table
 }
