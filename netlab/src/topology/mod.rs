@@ -170,6 +170,18 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
+    /// README's topology example is a lab `up` would take.
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("## Topology files").expect("the section")..];
+        let start = section.find("```toml\n").expect("a TOML block") + "```toml\n".len();
+        let end = start + section[start..].find("```").expect("its end");
+        let topo = parse(&section[start..end], "README.md").unwrap_or_else(|e| panic!("{e}"));
+        assert!(topo.pod_network.is_some());
+        assert_eq!(topo.nat.uplink.as_deref(), Some("up0"));
+    }
+
     fn net(s: &str) -> Ipv4Net {
         let (a, p) = s.split_once('/').unwrap();
         Ipv4Net {
