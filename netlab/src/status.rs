@@ -27,6 +27,22 @@ pub struct LabStatus {
     pub namespaces: Vec<String>,
     pub places: Vec<PlaceStatus>,
     pub nat: Option<NatStatus>,
+    /// Pods the CNI plugin attached (`[pod_network]`).
+    #[serde(default)]
+    pub pods: Vec<PodStatus>,
+}
+
+/// A pod the CNI plugin attached, as the lab record has it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodStatus {
+    /// `cni:NETWORK/CONTAINER/IFNAME`, the name its published ports carry.
+    pub key: String,
+    pub address: String,
+    pub host_veth: String,
+    /// The runtime's `CNI_NETNS`.
+    pub netns: String,
+    /// False while its ADD runs, or after one was interrupted.
+    pub ready: bool,
 }
 
 /// What the NAT holds and has done.
@@ -245,6 +261,17 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
         complete: state.complete,
         namespaces: topo.namespaces.iter().map(|n| n.name.clone()).collect(),
         places,
+        pods: state
+            .pods
+            .iter()
+            .map(|pod| PodStatus {
+                key: pod.key(),
+                address: format!("{}/{}", pod.addr, pod.prefix_len),
+                host_veth: pod.host_veth.clone(),
+                netns: pod.netns.clone(),
+                ready: pod.ready,
+            })
+            .collect(),
     })
 }
 
@@ -308,6 +335,28 @@ pub fn render(status: &LabStatus) -> String {
         }
         for route in &place.routes {
             let _ = writeln!(out, "  route {route}");
+        }
+    }
+    if !status.pods.is_empty() {
+        let _ = writeln!(out, "\n[pods]");
+        for pod in &status.pods {
+            let _ = writeln!(
+                out,
+                "  {:<18} {:<14} {}  netns {}{}",
+                pod.address,
+                pod.host_veth,
+                pod.key,
+                if pod.netns.is_empty() {
+                    "-"
+                } else {
+                    &pod.netns
+                },
+                if pod.ready {
+                    ""
+                } else {
+                    "  (ADD did not finish; DEL or GC removes it)"
+                }
+            );
         }
     }
     if let Some(nat) = &status.nat {

@@ -202,6 +202,15 @@ fn add_check_del_at_every_version() {
         // The pod reaches its gateway and the world (masqueraded).
         sb.ping(Some(&ns), "10.77.0.1", 1).unwrap();
         sb.ping(Some(&ns), "198.18.0.2", 1).unwrap();
+        // `netlab status` lists it, ready, on its host end.
+        let listed = sb.status().unwrap().pods;
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].address, ip.address);
+        assert_eq!(listed[0].key, format!("cni:pods/{id}/eth0"));
+        assert!(listed[0].ready);
+        assert_eq!(listed[0].host_veth, result.interfaces[0].name);
+        let shown = sb.netlab_ok(&["status"]).unwrap();
+        assert!(shown.stdout.contains("[pods]"), "{shown}");
 
         let with_prev = |conf: &str| {
             let mut value: serde_json::Value = serde_json::from_str(conf).unwrap();
