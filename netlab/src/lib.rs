@@ -133,25 +133,38 @@ mod layers {
         }
     }
 
-    #[test]
-    fn modules_import_only_downward() {
+    /// Every source file of this crate but `lib.rs`: its path below
+    /// `src/`, the top-level module it belongs to, and its text.
+    fn module_files() -> Vec<(String, String, String)> {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut files = Vec::new();
         sources(&src, &mut files);
+        files
+            .iter()
+            .filter_map(|file| {
+                let relative = file.strip_prefix(&src).unwrap();
+                let first = relative.components().next().unwrap();
+                let module = first.as_os_str().to_str().unwrap().trim_end_matches(".rs");
+                (module != "lib").then(|| {
+                    (
+                        relative.display().to_string(),
+                        module.to_owned(),
+                        fs::read_to_string(file).unwrap(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn modules_import_only_downward() {
         let mut wrong = Vec::new();
-        for file in &files {
-            let relative = file.strip_prefix(&src).unwrap();
-            let first = relative.components().next().unwrap();
-            let module = first.as_os_str().to_str().unwrap().trim_end_matches(".rs");
-            if module == "lib" {
-                continue;
-            }
-            let text = fs::read_to_string(file).unwrap();
+        for (relative, module, text) in module_files() {
             for import in imports(&text) {
-                let (from, to) = (layer(module), layer(&import));
+                let (from, to) = (layer(&module), layer(&import));
                 let sibling_command = from == COMMANDS && to == COMMANDS && import != module;
                 if to > from || sibling_command {
-                    wrong.push(format!("{} imports crate::{import}", relative.display()));
+                    wrong.push(format!("{relative} imports crate::{import}"));
                 }
             }
         }
@@ -258,26 +271,20 @@ mod layers {
 
     #[test]
     fn commands_reach_the_datapath_through_the_seam() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut files = Vec::new();
-        sources(&src, &mut files);
         let mut wrong = Vec::new();
-        for file in &files {
-            let relative = file.strip_prefix(&src).unwrap();
-            let first = relative.components().next().unwrap();
-            let module = first.as_os_str().to_str().unwrap().trim_end_matches(".rs");
-            if module == "lib" || layer(module) != COMMANDS {
+        for (relative, module, text) in module_files() {
+            if layer(&module) != COMMANDS {
                 continue;
             }
-            let code = code(&fs::read_to_string(file).unwrap());
+            let code = code(&text);
             for path in paths(&code, "crate::") {
                 if FAMILY_PATHS.iter().any(|f| path.starts_with(f)) {
-                    wrong.push(format!("{} names crate::{path}", relative.display()));
+                    wrong.push(format!("{relative} names crate::{path}"));
                 }
             }
             for variant in VARIANTS {
                 if code.contains(variant) {
-                    wrong.push(format!("{} matches on {variant}", relative.display()));
+                    wrong.push(format!("{relative} matches on {variant}"));
                 }
             }
         }

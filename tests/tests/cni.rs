@@ -51,6 +51,16 @@ fn config(version: &str, extra: serde_json::Value) -> String {
     conf.to_string()
 }
 
+/// A 1.0.0 configuration with the port mapping 8080 → 80 over `protocol`,
+/// on every host address (`hostIP` empty), as podman's `-p 8080:80` sends.
+fn mapping_8080(protocol: &str) -> String {
+    config(
+        "1.0.0",
+        serde_json::json!({"runtimeConfig": {"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": protocol, "hostIP": ""}]}}),
+    )
+}
+
 /// The plugin for container `id` (interface eth0) in `/run/netns/NETNS`.
 fn call(sb: &Sandbox, command: &str, id: &str, netns: &str, conf: &str) -> Output {
     let path = if netns.is_empty() {
@@ -160,11 +170,7 @@ fn version_status_and_errors_follow_the_spec() {
     );
     assert_eq!(missing.code, 4);
     assert!(missing.msg.contains("CNI_CONTAINERID"), "{missing:?}");
-    let sctp = config(
-        "1.0.0",
-        serde_json::json!({"runtimeConfig": {"portMappings": [
-            {"hostPort": 8080, "containerPort": 80, "protocol": "sctp"}]}}),
-    );
+    let sctp = mapping_8080("sctp");
     let unsupported = error(call(&sb, "ADD", "c1", "p1", &sctp));
     assert_eq!(unsupported.code, 2);
     assert!(unsupported.msg.contains("sctp"), "{unsupported:?}");
@@ -274,11 +280,7 @@ fn del_is_idempotent_and_frees_the_address() {
 #[ignore = "privileged: run through `cargo xtask test`"]
 fn a_half_done_add_is_undone_by_del() {
     let sb = node(None);
-    let conf = config(
-        "1.0.0",
-        serde_json::json!({"runtimeConfig": {"portMappings": [
-            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}),
-    );
+    let conf = mapping_8080("tcp");
     netns(&sb, "p1");
     // ADD aborts after each of its kernel changes in turn, as a kill -9
     // would; DEL then removes whatever it made.
@@ -398,11 +400,7 @@ fn parallel_adds_get_distinct_addresses() {
 #[ignore = "privileged: run through `cargo xtask test`"]
 fn port_mappings_are_published_ports_in_ebpf() {
     let sb = node(None);
-    let conf = config(
-        "1.0.0",
-        serde_json::json!({"runtimeConfig": {"portMappings": [
-            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}]}}),
-    );
+    let conf = mapping_8080("tcp");
     netns(&sb, "p1");
     let result = add(&sb, "c1", "p1", &conf);
     let addr = result.ips[0].address.split('/').next().unwrap().to_owned();
