@@ -351,6 +351,9 @@ fn create_links(topo: &Topology, report: &mut UpReport) -> Result<()> {
             .filter(|b| !created.contains(b)),
     );
     report.created.extend(created);
+    if let Some(vxlan) = topo.vxlan() {
+        create_vxlan(topo, vxlan, report)?;
+    }
 
     let existing = netlink::indexes_by_place(topo)?;
     let mut missing = Vec::new();
@@ -397,6 +400,7 @@ fn create_links(topo: &Topology, report: &mut UpReport) -> Result<()> {
                     (&veth.a.name, &veth.a.place),
                     (&veth.b.name, &veth.b.place),
                     (a, a + 1),
+                    None,
                     lab,
                 )
             }))
@@ -432,6 +436,34 @@ fn create_links(topo: &Topology, report: &mut UpReport) -> Result<()> {
     Ok(())
 }
 
+/// The overlay's device, made once: its VTEP MAC is the node's own
+/// (derived from its pod subnet), so the peers need not learn it.
+fn create_vxlan(topo: &Topology, vxlan: &topology::Vxlan, report: &mut UpReport) -> Result<()> {
+    let label = format!("vxlan {}", vxlan.name);
+    let Some(pods) = topo.pod_gateway() else {
+        bail!("the overlay {} needs the pod network's subnet", vxlan.name);
+    };
+    let lab = topo.name.as_str();
+    let created = run_in(&Place::Host, |nl| async move {
+        if nl.link(&vxlan.name).await?.is_some() {
+            return Ok(false);
+        }
+        let mac = topology::Vtep::of(pods).mac;
+        nl.add_vxlan(&vxlan.name, vxlan.vni, vxlan.port, vxlan.mtu, mac, lab)
+            .await?;
+        let link = nl.require_link(&vxlan.name).await?;
+        nl.set_owner(link.index, lab).await?;
+        Ok(true)
+    })?;
+    if created {
+        step(&label);
+        report.created.push(label);
+    } else {
+        report.kept.push(label);
+    }
+    Ok(())
+}
+
 fn delete_in(place: &Place, index: u32) -> Result<()> {
     run_in(place, |nl| async move { nl.del_link(index).await })
 }
@@ -451,18 +483,49 @@ fn configure(topo: &Topology) -> Result<()> {
                 nl.add_route(route.to, route.via).await?;
             }
             if nl.place() == &Place::Host {
-                for peer in peers(topo) {
-                    nl.add_route(peer.subnet, peer.via).await.with_context(|| {
-                        format!(
-                            "routing the peer node's pods {} via {}: is the node's underlay up?",
-                            peer.subnet, peer.via
-                        )
-                    })?;
-                }
+                route_peers(&nl, topo).await?;
             }
             Ok(())
         })?;
         step(&format!("routes in {place}"));
+    }
+    Ok(())
+}
+
+/// Routes the peers' pod subnets: over the underlay to each peer's
+/// address, or through the overlay's device to each peer's VTEP, which
+/// the device's neighbour and forwarding tables map to the peer's address.
+async fn route_peers(nl: &Netlink, topo: &Topology) -> Result<()> {
+    let Some(vxlan) = topo.vxlan() else {
+        for peer in peers(topo) {
+            nl.add_route(peer.subnet, peer.via).await.with_context(|| {
+                format!(
+                    "routing the peer node's pods {} via {}: is the node's underlay up?",
+                    peer.subnet, peer.via
+                )
+            })?;
+        }
+        return Ok(());
+    };
+    let dev = nl.require_link(&vxlan.name).await?;
+    if let Some(pods) = topo.pod_gateway() {
+        let own = topology::Vtep::of(pods);
+        nl.add_address(
+            dev.index,
+            topology::Ipv4Net {
+                addr: own.addr,
+                prefix_len: 32,
+            },
+        )
+        .await?;
+    }
+    nl.set_up(dev.index).await?;
+    for peer in peers(topo) {
+        let vtep = topology::Vtep::of(peer.subnet);
+        nl.add_vtep(dev.index, vtep.addr, vtep.mac, peer.via)
+            .await?;
+        nl.add_route_onlink(peer.subnet, vtep.addr, dev.index)
+            .await?;
     }
     Ok(())
 }

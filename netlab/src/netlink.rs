@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use futures::{StreamExt as _, TryStreamExt};
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
     packet_core::{
         NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
         NetlinkMessage, NetlinkPayload,
@@ -26,6 +26,7 @@ use rtnetlink::{
         link::{
             InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp,
         },
+        neighbour::NeighbourFlags,
         route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
         tc::{
             TcAttribute, TcBpfFlags, TcFilterBpf, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
@@ -329,26 +330,32 @@ impl Netlink {
     ///
     /// `indexes` are the ends' ifindexes: an end made inside a namespace
     /// would otherwise get that namespace's next index (2 in a fresh one),
-    /// and the datapath keys interfaces by ifindex, lab-wide.
+    /// and the datapath keys interfaces by ifindex, lab-wide. `mtu`, if
+    /// given, is both ends' (the kernel's default 1500 otherwise).
     pub async fn add_veth_in(
         &self,
         a: (&str, &Place),
         b: (&str, &Place),
         indexes: (u32, u32),
+        mtu: Option<u32>,
         lab: &str,
     ) -> Result<()> {
         let fd_a = netns::open(a.1)?;
         let fd_b = netns::open(b.1)?;
-        let peer = LinkUnspec::new_with_index(indexes.1)
+        let mut peer = LinkUnspec::new_with_index(indexes.1)
             .name(b.0.to_owned())
             .setns_by_fd(fd_b.as_raw_fd())
-            .link_group(owner_group(lab))
-            .build();
-        let msg = LinkVeth::new(a.0, b.0)
+            .link_group(owner_group(lab));
+        let mut msg = LinkVeth::new(a.0, b.0)
             .index(indexes.0)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .setns_by_fd(fd_a.as_raw_fd())
-            .link_group(owner_group(lab))
+            .link_group(owner_group(lab));
+        if let Some(mtu) = mtu {
+            peer = peer.mtu(mtu);
+            msg = msg.mtu(mtu);
+        }
+        let msg = msg
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .build();
         self.handle
             .link()
@@ -544,6 +551,87 @@ impl Netlink {
                 Err(e).with_context(|| format!("adding route {to} via {via} in {}", self.place))
             }
         }
+    }
+
+    /// Adds a route through a device to a gateway that is on its link
+    /// whatever its addresses say (`onlink`), as an overlay's routes are;
+    /// an identical route already present is fine.
+    pub async fn add_route_onlink(&self, to: Ipv4Net, via: Ipv4Addr, dev: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(to.addr, to.prefix_len)
+            .gateway(via)
+            .output_interface(dev)
+            .onlink()
+            .build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(netlink_code(&e), Some(EEXIST)) => Ok(()),
+            Err(e) => Err(e)
+                .with_context(|| format!("adding route {to} via {via} onlink in {}", self.place)),
+        }
+    }
+
+    /// Creates a VXLAN device (`ip link add NAME type vxlan id VNI dstport
+    /// PORT nolearning`) with its MAC and MTU, in the lab's link group.
+    /// Its forwarding table is filled by [`Netlink::add_vtep`], not learnt.
+    pub async fn add_vxlan(
+        &self,
+        name: &str,
+        vni: u32,
+        port: u16,
+        mtu: u32,
+        mac: [u8; 6],
+        lab: &str,
+    ) -> Result<()> {
+        let msg = LinkVxlan::new(name, vni)
+            .port(port)
+            .learning(false)
+            .mtu(mtu)
+            .address(mac.to_vec())
+            .link_group(owner_group(lab))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .with_context(|| format!("creating VXLAN device {name} in {}", self.place))
+    }
+
+    /// Tells the VXLAN device `dev` where a peer's tunnel end is: the
+    /// neighbour entry for its address (`ip neigh replace ADDR lladdr MAC
+    /// dev DEV nud permanent`) and the forwarding entry that sends its MAC
+    /// to its underlay address (`bridge fdb replace MAC dev DEV dst
+    /// UNDERLAY self permanent`). Both are replaced if present.
+    pub async fn add_vtep(
+        &self,
+        dev: u32,
+        addr: Ipv4Addr,
+        mac: [u8; 6],
+        underlay: Ipv4Addr,
+    ) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(dev, IpAddr::V4(addr))
+            .link_layer_address(&mac)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding the neighbour {addr} in {}", self.place))?;
+        self.handle
+            .neighbours()
+            .add_bridge(dev, &mac)
+            .flags(NeighbourFlags::Own)
+            .destination(IpAddr::V4(underlay))
+            .replace()
+            .execute()
+            .await
+            .with_context(|| {
+                format!(
+                    "adding the forwarding entry to {underlay} in {}",
+                    self.place
+                )
+            })
     }
 
     /// Adds the `clsact` qdisc that carries an interface's two TC hooks;

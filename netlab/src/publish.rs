@@ -61,6 +61,14 @@ pub fn check_new(topo: &Topology, current: &[PublishedPort], new: &PublishedPort
             new.proto
         );
     }
+    if let Some(vxlan) = topo.tunnel_on(new.proto, new.host_port) {
+        bail!(
+            "host port {}/{} carries the overlay {}'s tunnel; publish another port",
+            new.host_port,
+            new.proto,
+            vxlan.name
+        );
+    }
     if !topo.namespaces.iter().any(|n| n.name == new.namespace) {
         bail!(
             "backend `{}` is not a namespace of lab `{}`: published ports forward into the lab only",
@@ -204,5 +212,26 @@ mod tests {
         };
         let err = check_new(&topo, &current, &outside_lab).unwrap_err();
         assert!(err.to_string().contains("not a namespace"), "{err}");
+    }
+
+    #[test]
+    fn the_overlay_tunnel_port_is_refused() {
+        let text = include_str!("../../docs/cni/node.toml").to_owned()
+            + "\n[pod_network.vxlan]\nname = \"nl-vx\"\nvni = 42\n";
+        let topo = crate::topology::parse(&text, "node.toml").unwrap();
+        let tunnel = PublishedPort {
+            host_port: 4789,
+            proto: Proto::Udp,
+            namespace: "outside".into(),
+            port: 53,
+            addr: None,
+        };
+        let err = check_new(&topo, &[], &tunnel).unwrap_err();
+        assert!(err.to_string().contains("overlay nl-vx's tunnel"), "{err}");
+        let tcp = PublishedPort {
+            proto: Proto::Tcp,
+            ..tunnel
+        };
+        check_new(&topo, &[], &tcp).unwrap();
     }
 }

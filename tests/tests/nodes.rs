@@ -3,8 +3,9 @@
 //! bpffs pins and lab record), running its own netlab datapath, with pods
 //! attached by the CNI plugin. The nodes share an underlay (a veth pair in
 //! 198.18.1.0/24) and route each other's pod subnet over it
-//! (`[[pod_network.peer]]`), as kindnet does. Node A runs `bridge`, node B
-//! `redirect`.
+//! (`[[pod_network.peer]]`), as kindnet does, or reach it through a VXLAN
+//! overlay (`[pod_network.vxlan]`), as flannel and Cilium's tunnel mode
+//! do. Node A runs `bridge`, node B `redirect`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -114,10 +115,12 @@ impl<'s> Node<'s> {
     }
 
     /// The node's lab: `docs/cni/node.toml` with this node's names, pod
-    /// subnet and datapath, and `peer` as its one peer.
-    fn topology(&self, datapath: &str, peer: &Node) -> String {
+    /// subnet and datapath, and `peer` as its one peer, through the
+    /// overlay `nl-vx` if `overlay`.
+    fn topology(&self, datapath: &str, peer: &Node, overlay: bool) -> String {
         let octet = self.octet.to_string();
-        NODE.replace("name = \"node\"", &format!("name = \"{}\"", self.name))
+        let mut text = NODE
+            .replace("name = \"node\"", &format!("name = \"{}\"", self.name))
             .replace(
                 "datapath = \"bridge\"",
                 &format!("datapath = \"{datapath}\""),
@@ -128,7 +131,11 @@ impl<'s> Node<'s> {
                 "\n[[pod_network.peer]]\nsubnet = \"{}\"\nvia = \"{}\"\n",
                 peer.pods(),
                 peer.underlay
-            )
+            );
+        if overlay {
+            text += "\n[pod_network.vxlan]\nname = \"nl-vx\"\nvni = 42\n";
+        }
+        text
     }
 
     /// A pod: its namespace (made inside the node), attached by the CNI
@@ -215,6 +222,30 @@ fn seen_by(node: &Node, server_netns: &str, client: &Node, client_netns: &str, t
 #[test]
 #[ignore = "privileged: run through `cargo xtask test`"]
 fn pods_on_two_nodes_reach_each_other_with_their_own_addresses() {
+    two_nodes(false);
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn pods_on_two_nodes_reach_each_other_over_a_vxlan_overlay() {
+    two_nodes(true);
+}
+
+/// The status of `link` in the host namespace of `node`.
+fn host_link(node: &Node, link: &str) -> netlab::status::LinkStatus {
+    node.status()
+        .places
+        .into_iter()
+        .find(|p| p.place == "host")
+        .and_then(|p| p.links.into_iter().find(|l| l.name == link))
+        .unwrap_or_else(|| panic!("{}: no link {link}", node.name))
+}
+
+/// Two nodes with a pod each, joined by routes over the underlay or, with
+/// `overlay`, by VXLAN: pod to pod both ways with their own addresses, a
+/// trace across, the world kept out, one node's `down` and `up` leaving
+/// the other alone, and `down` leaving nothing behind.
+fn two_nodes(overlay: bool) {
     let sb = Sandbox::new().unwrap();
     let a = Node::new(&sb, "node-a", 77, "198.18.1.1");
     let b = Node::new(&sb, "node-b", 78, "198.18.1.2");
@@ -237,22 +268,43 @@ fn pods_on_two_nodes_reach_each_other_with_their_own_addresses() {
         node.ok(&["ip", "link", "set", "lo", "up"]);
     }
     // Each node's datapath, then a pod on each.
-    for (node, datapath, peer) in [(&a, "bridge", &b), (&b, "redirect", &a)] {
+    let up = |node: &Node, datapath: &str, peer: &Node| {
         let file = format!("/run/{}.toml", node.name);
-        sb.write_file(&file, &node.topology(datapath, peer))
+        sb.write_file(&file, &node.topology(datapath, peer, overlay))
             .unwrap();
         node.netlab(&["up", "-f", &file]);
+        // The overlay routes to the peer's VTEP (its pod subnet's network
+        // address) through the device; the underlay, to its address.
+        let (route, onlink) = if overlay {
+            let vtep = peer.pods().trim_end_matches("/24").to_owned();
+            (format!("{} via {vtep} dev nl-vx", peer.pods()), true)
+        } else {
+            (
+                format!("{} via {} dev ul", peer.pods(), peer.underlay),
+                false,
+            )
+        };
+        let routes = node.routes();
+        let line = routes.lines().find(|l| l.starts_with(&route));
         assert!(
-            node.routes()
-                .contains(&format!("{} via {} dev ul", peer.pods(), peer.underlay)),
-            "{}",
-            node.routes()
+            line.is_some_and(|l| l.contains("onlink") == onlink),
+            "{routes}"
         );
-    }
+    };
+    up(&a, "bridge", &b);
+    up(&b, "redirect", &a);
     let pod_a = a.pod("pod-a");
     let pod_b = b.pod("pod-b");
     assert!(pod_a.starts_with("10.77.0."), "{pod_a}");
     assert!(pod_b.starts_with("10.78.0."), "{pod_b}");
+    if overlay {
+        // The pods' packets fit the tunnel: their MTU is the device's.
+        let link = a.ok(&["ip", "netns", "exec", "pod-a", "ip", "link", "show", "eth0"]);
+        assert!(link.stdout.contains("mtu 1450"), "{link}");
+        let vx = host_link(&b, "nl-vx");
+        assert_eq!(vx.kind.as_deref(), Some("vxlan"), "{vx:?}");
+        assert!(vx.addresses.iter().any(|a| a == "10.78.0.0/32"), "{vx:?}");
+    }
 
     // Pod to pod across the underlay, both ways, with their own addresses.
     for (node, netns, to) in [(&a, "pod-a", &pod_b), (&b, "pod-b", &pod_a)] {
@@ -263,7 +315,8 @@ fn pods_on_two_nodes_reach_each_other_with_their_own_addresses() {
     assert_eq!(seen_by(&b, "pod-b", &a, "pod-a", &pod_b), pod_a);
     assert_eq!(seen_by(&a, "pod-a", &b, "pod-b", &pod_a), pod_b);
 
-    // netlab trace on node B shows node A's pod arriving.
+    // netlab trace on node B shows node A's pod arriving (over the
+    // overlay: out of its device, decapsulated).
     let netlab = sb.netlab_path().to_string_lossy().into_owned();
     let mut trace = b.spawn(&[
         &netlab,
@@ -281,21 +334,23 @@ fn pods_on_two_nodes_reach_each_other_with_their_own_addresses() {
     ]);
     let traced = trace.finish(Duration::from_secs(10)).unwrap();
     assert!(traced.stdout.contains(&pod_a), "{traced}");
+    if overlay {
+        assert!(traced.stdout.contains("nl-vx"), "{traced}");
+        // What crossed went through the tunnel, on both nodes.
+        for node in [&a, &b] {
+            let vx = host_link(node, "nl-vx");
+            assert!(vx.up, "{vx:?}");
+        }
+        let ul = a.ok(&["ip", "-s", "-j", "link", "show", "nl-vx"]);
+        let stats: serde_json::Value = serde_json::from_str(&ul.stdout).unwrap();
+        let tx = stats[0]["stats64"]["tx"]["packets"].as_u64().unwrap();
+        assert!(tx >= 4, "{ul}");
+    }
 
     // The world still sees each node's pods masqueraded, and cannot route
     // into them.
-    for node in [&a, &b] {
+    for (node, pod, pod_addr) in [(&a, "pod-a", &pod_a), (&b, "pod-b", &pod_b)] {
         let world = format!("outside-{}", node.name);
-        let pod = if node.name == "node-a" {
-            "pod-a"
-        } else {
-            "pod-b"
-        };
-        let pod_addr = if node.name == "node-a" {
-            &pod_a
-        } else {
-            &pod_b
-        };
         assert_eq!(seen_by(node, &world, node, pod, "198.18.0.2"), "198.18.0.1");
         // `outside` routes the pod subnet via the uplink (node.toml).
         let routed = node.run(&[
@@ -306,10 +361,37 @@ fn pods_on_two_nodes_reach_each_other_with_their_own_addresses() {
         assert!(dropped >= 1, "{}: routed_into_lab {dropped}", node.name);
     }
 
-    // `down` takes the routes to the peers along.
+    // Node A's datapath down and up again leaves node B's alone: its pod,
+    // its routes, its datapath. A's pod went with A's links; a new one
+    // reaches B's.
+    let routes_b = b.routes();
+    a.netlab(&["down"]);
+    assert_eq!(b.routes(), routes_b);
+    let status_b = b.status();
+    assert_eq!(status_b.pods.len(), 1, "{status_b:?}");
+    assert!(status_b.complete, "{status_b:?}");
+    b.ok(&[
+        "ip",
+        "netns",
+        "exec",
+        "pod-b",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "5",
+        "10.78.0.1",
+    ]);
+    up(&a, "bridge", &b);
+    let pod_a2 = a.pod("pod-a2");
+    assert_eq!(seen_by(&b, "pod-b", &a, "pod-a2", &pod_b), pod_a2);
+
+    // `down` takes the routes to the peers along, and the overlay's device.
     for node in [&a, &b] {
         node.netlab(&["down"]);
         assert!(!node.routes().contains("10.7"), "{}", node.routes());
+        let left = node.run(&["ip", "link", "show", "nl-vx"]);
+        assert!(!left.success(), "{left}");
     }
     for mut node in [a, b] {
         if let Some((holder, _)) = node.holder.take() {

@@ -39,13 +39,16 @@ pub fn host_link(topo: &Topology, name: &str) -> Result<Option<(u32, bool)>> {
 }
 
 /// Makes the pod's veth, both ends in place, in the lab's link group (so
-/// `down` removes it); the host end's ifindex and MAC.
+/// `down` removes it), with the overlay's MTU if there is one; the host
+/// end's ifindex and MAC.
 pub fn create_link(topo: &Topology, pod: &Pod, netns: &Path) -> Result<(u32, Option<[u8; 6]>)> {
     let (host, inside, lab) = (pod.host_veth.clone(), pod.ifname.clone(), topo.name.clone());
     let place = sandbox(netns);
+    // Over an overlay, the pod's packets must fit the tunnel's device.
+    let mtu = topo.vxlan().map(|v| v.mtu);
     netlink::run_in(&Place::Host, |nl| async move {
         // Both indexes chosen by the kernel, each in its namespace.
-        nl.add_veth_in((&host, &Place::Host), (&inside, &place), (0, 0), &lab)
+        nl.add_veth_in((&host, &Place::Host), (&inside, &place), (0, 0), mtu, &lab)
             .await?;
         let link = nl.require_link(&host).await?;
         nl.set_owner(link.index, &lab).await?;

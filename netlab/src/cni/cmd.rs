@@ -244,6 +244,18 @@ fn add(env: &Env, conf: &NetConf, raw: &str) -> Result<String, CniError> {
             ),
         ));
     }
+    if let Some((new, vxlan)) = ports
+        .iter()
+        .find_map(|new| Some((new, topo.tunnel_on(new.proto, new.host_port)?)))
+    {
+        return Err(CniError::new(
+            code::PORT_TAKEN,
+            format!(
+                "host port {}/{} carries the overlay {}'s tunnel",
+                new.host_port, new.proto, vxlan.name
+            ),
+        ));
+    }
     // The record first: a crash from here on leaves what DEL or GC finds.
     state.pods.push(pod.clone());
     state.save()?;

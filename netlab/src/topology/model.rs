@@ -312,7 +312,58 @@ pub struct PodNetwork {
     pub range: Option<(Ipv4Addr, Ipv4Addr)>,
     /// The cluster's other nodes (`[[pod_network.peer]]`).
     pub peers: Vec<Peer>,
+    /// `[pod_network.vxlan]`: reach the peers through a VXLAN overlay
+    /// rather than by routing their pod subnets over the underlay.
+    pub vxlan: Option<Vxlan>,
     pub at: Pos,
+}
+
+/// The overlay: a VXLAN device netlab makes in the host namespace. Each
+/// node's end of the tunnel (its VTEP) is named by its pod subnet
+/// ([`Vtep::of`]), so a node knows every peer's VTEP from the peer's
+/// subnet and underlay address alone, with no learning and no flooding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vxlan {
+    /// The device's name.
+    pub name: String,
+    /// The VXLAN network identifier, the same on every node.
+    pub vni: u32,
+    /// The UDP port, the same on every node (IANA's 4789 by default).
+    pub port: u16,
+    /// The device's MTU, and the pods' (the underlay's less the 50 bytes
+    /// of VXLAN over IPv4, 1450 by default).
+    pub mtu: u32,
+    pub at: Pos,
+}
+
+impl Vxlan {
+    pub const DEFAULT_PORT: u16 = 4789;
+    pub const DEFAULT_MTU: u32 = 1450;
+    /// The largest VNI: 24 bits.
+    pub const VNI_MAX: u32 = (1 << 24) - 1;
+}
+
+/// A node's end of the overlay, derived from its pod subnet: the subnet's
+/// network address (as flannel gives its `flannel.1` device), and a
+/// locally administered MAC made of it (`0a:58:` and the four bytes, as
+/// Kubernetes plugins derive pod MACs). The peers' VTEPs go into the
+/// kernel's neighbour table and the device's forwarding table as
+/// permanent entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vtep {
+    pub addr: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+impl Vtep {
+    pub fn of(pods: Ipv4Net) -> Vtep {
+        let addr = pods.network().addr;
+        let [a, b, c, d] = addr.octets();
+        Vtep {
+            addr,
+            mac: [0x0a, 0x58, a, b, c, d],
+        }
+    }
 }
 
 /// Another node of the cluster: its pod subnet, routed through its
@@ -426,13 +477,16 @@ impl Topology {
         self.veths.iter().flat_map(|v| [&v.a, &v.b])
     }
 
-    /// Every interface netlab creates, bridges first.
+    /// Every interface netlab creates, bridges first, then the overlay's
+    /// device.
     pub fn ifaces(&self) -> impl Iterator<Item = Iface> + '_ {
         self.bridges
             .iter()
-            .map(|b| Iface {
+            .map(|b| &b.name)
+            .chain(self.vxlan().map(|v| &v.name))
+            .map(|name| Iface {
                 place: Place::Host,
-                name: b.name.clone(),
+                name: name.clone(),
             })
             .chain(self.veth_ends().map(|e| Iface {
                 place: e.place.clone(),
@@ -479,6 +533,18 @@ impl Topology {
             .addresses
             .first()
             .map(|a| a.net)
+    }
+
+    /// The overlay to the peers, if the pod network has one.
+    pub fn vxlan(&self) -> Option<&Vxlan> {
+        self.pod_network.as_ref()?.vxlan.as_ref()
+    }
+
+    /// The overlay whose tunnel takes host port `port`/`proto`, which no
+    /// published port may then take: its packets are the host's.
+    pub fn tunnel_on(&self, proto: Proto, port: u16) -> Option<&Vxlan> {
+        self.vxlan()
+            .filter(|v| proto == Proto::Udp && v.port == port)
     }
 
     /// The addresses pods may get, both ends included: the configured

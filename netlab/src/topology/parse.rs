@@ -14,7 +14,7 @@ use toml::Spanned;
 use super::{
     model::{
         Address, Bridge, Datapath, Entry, Ipv4Net, Namespace, Nat, Peer, Place, PodNetwork, Pos,
-        Proto, Publish, Route, Topology, Veth, VethEnd,
+        Proto, Publish, Route, Topology, Veth, VethEnd, Vxlan,
     },
     problem::{Problem, ProblemKind, conntrack_size_text},
     spans::{EndSpans, RouteSpans, Spans},
@@ -52,6 +52,19 @@ struct RawPodNetwork {
     /// `[[pod_network.peer]]`: the cluster's other nodes.
     #[serde(default)]
     peer: Vec<Spanned<RawPeer>>,
+    /// `[pod_network.vxlan]`: the peers through an overlay.
+    vxlan: Option<Spanned<RawVxlan>>,
+}
+
+/// `[pod_network.vxlan]`: the overlay's device, VNI, and optionally its
+/// UDP port and MTU.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVxlan {
+    name: String,
+    vni: Spanned<i64>,
+    port: Option<Spanned<i64>>,
+    mtu: Option<Spanned<i64>>,
 }
 
 /// `[[pod_network.peer]]`: another node's pod subnet and underlay address.
@@ -758,11 +771,53 @@ impl Reader<'_> {
             parsed
         });
         let peers = raw.peer.into_iter().filter_map(|p| self.peer(p)).collect();
+        let vxlan = raw.vxlan.and_then(|v| self.vxlan(v));
         PodNetwork {
             bridge: raw.bridge.into_inner(),
             range,
             peers,
+            vxlan,
             at,
+        }
+    }
+
+    fn vxlan(&mut self, raw: Spanned<RawVxlan>) -> Option<Vxlan> {
+        let at = self.at(&raw);
+        let raw = raw.into_inner();
+        let vni = self.number(&raw.vni, 1, Vxlan::VNI_MAX, "pod_network.vxlan.vni");
+        let port = match &raw.port {
+            Some(port) => self.number(port, 1, u32::from(u16::MAX), "pod_network.vxlan.port"),
+            None => Some(u32::from(Vxlan::DEFAULT_PORT)),
+        };
+        // 68: the least MTU IPv4 allows; 65485: the most a VXLAN device
+        // takes (its lower device's 65535 less the encapsulation).
+        let mtu = match &raw.mtu {
+            Some(mtu) => self.number(mtu, 68, 65485, "pod_network.vxlan.mtu"),
+            None => Some(Vxlan::DEFAULT_MTU),
+        };
+        Some(Vxlan {
+            name: raw.name,
+            vni: vni?,
+            port: u16::try_from(port?).ok()?,
+            mtu: mtu?,
+            at,
+        })
+    }
+
+    /// A whole number in `min..=max`, or a problem saying which.
+    fn number(&mut self, raw: &Spanned<i64>, min: u32, max: u32, what: &str) -> Option<u32> {
+        let n = *raw.get_ref();
+        match u32::try_from(n) {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                let at = self.at(raw);
+                self.problem(
+                    ProblemKind::PodNetwork,
+                    &at,
+                    format_args!("{what} {n} is out of range: it is {min}..={max}"),
+                );
+                None
+            }
         }
     }
 

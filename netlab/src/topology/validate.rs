@@ -12,7 +12,7 @@ use std::{
 
 use super::{
     host::HostNetwork,
-    model::{Entry, Family, Ipv4Net, MAX_PEERS, Peer, Place, Pos, Proto, Topology},
+    model::{Entry, Family, Ipv4Net, MAX_PEERS, Peer, Place, Pos, Proto, Topology, Vxlan},
     problem::{CONNTRACK_MAX, CONNTRACK_MIN, Problem, ProblemKind as K, conntrack_size_text, sort},
     spans::Spans,
 };
@@ -81,6 +81,55 @@ fn pod_network(topo: &Topology, problems: &mut Vec<Problem>) {
         }
     }
     peers(topo, &pods.peers, problems);
+    if let Some(vxlan) = &pods.vxlan {
+        overlay(topo, vxlan, problems);
+    }
+}
+
+/// `[pod_network.vxlan]`: a device name free in the host namespace, and a
+/// UDP port no published port takes (the host's VXLAN socket must get
+/// the tunnel's packets).
+fn overlay(topo: &Topology, vxlan: &Vxlan, problems: &mut Vec<Problem>) {
+    let mut problem = |kind: K, text: String| problems.push(Problem::new(kind, &vxlan.at, text));
+    if let Some(why) = ifname_problem(&vxlan.name) {
+        problem(
+            K::InterfaceName,
+            format!("pod_network.vxlan name `{}` {why}", vxlan.name),
+        );
+    }
+    let taken = topo
+        .bridges
+        .iter()
+        .map(|b| (&b.name, &b.at))
+        .chain(
+            topo.veth_ends()
+                .filter(|e| e.place == Place::Host)
+                .map(|e| (&e.name, &e.at)),
+        )
+        .find(|(name, _)| **name == vxlan.name);
+    if let Some((name, at)) = taken {
+        problem(
+            K::DuplicateName,
+            format!(
+                "pod_network.vxlan name `{name}` is used twice in the host namespace; the first \
+                 is at {at}"
+            ),
+        );
+    }
+    let published = topo
+        .published_ports()
+        .into_iter()
+        .find(|p| topo.tunnel_on(p.proto, p.host_port).is_some());
+    if let Some(p) = published {
+        problem(
+            K::DuplicatePort,
+            format!(
+                "pod_network.vxlan port {} is published as UDP host port {} of `{}`: the \
+                 tunnel's packets would go to the namespace",
+                vxlan.port, p.host_port, p.namespace
+            ),
+        );
+    }
 }
 
 /// `[[pod_network.peer]]`: other nodes' pod subnets, apart from the lab's
@@ -1542,6 +1591,96 @@ peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
         assert_eq!(peers.len(), 2);
         assert_eq!(peers[0].subnet.to_string(), "10.78.0.0/24");
         assert_eq!(peers[1].via, Ipv4Addr::new(198, 18, 0, 3));
+    }
+
+    const VXLAN: &str = "\n[pod_network.vxlan]\nname = \"nl-vx\"\nvni = 42\n";
+
+    #[test]
+    fn the_overlay_is_parsed_with_its_defaults() {
+        let text = format!(
+            "{NODE}\n[[pod_network.peer]]\nsubnet = \"10.78.0.0/24\"\nvia = \"198.18.1.2\"\n{VXLAN}"
+        );
+        let topo = parse(&text, "lab.toml").unwrap();
+        let vxlan = topo.vxlan().unwrap();
+        assert_eq!(
+            (vxlan.name.as_str(), vxlan.vni, vxlan.port, vxlan.mtu),
+            ("nl-vx", 42, Vxlan::DEFAULT_PORT, Vxlan::DEFAULT_MTU)
+        );
+        // The device is the lab's: status, metrics and the trace name it.
+        assert!(topo.ifaces().any(|i| i.name == "nl-vx"));
+        assert!(topo.tunnel_on(Proto::Udp, 4789).is_some());
+        assert!(topo.tunnel_on(Proto::Tcp, 4789).is_none());
+        let full = NODE.to_owned() + &VXLAN.replace("vni = 42", "vni = 7\nport = 8472\nmtu = 1400");
+        let topo = parse(&full, "lab.toml").unwrap();
+        let vxlan = topo.vxlan().unwrap();
+        assert_eq!((vxlan.vni, vxlan.port, vxlan.mtu), (7, 8472, 1400));
+    }
+
+    #[test]
+    fn a_vtep_is_named_by_its_pod_subnet() {
+        let net = |addr: [u8; 4]| Ipv4Net {
+            addr: Ipv4Addr::from(addr),
+            prefix_len: 24,
+        };
+        let vtep = crate::topology::Vtep::of(net([10, 78, 0, 0]));
+        assert_eq!(vtep.addr, Ipv4Addr::new(10, 78, 0, 0));
+        assert_eq!(vtep.mac, [0x0a, 0x58, 10, 78, 0, 0]);
+        // Locally administered, unicast.
+        assert_eq!(vtep.mac[0] & 0b11, 0b10);
+        // Host bits of the subnet do not matter.
+        assert_eq!(crate::topology::Vtep::of(net([10, 78, 0, 1])), vtep);
+    }
+
+    #[test]
+    fn overlay_problems() {
+        let published = NODE.replace(
+            "[[namespace]]\nname = \"outside\"",
+            "[[namespace]]\nname = \"outside\"\npublish = [\"4789:4789/udp\"]",
+        );
+        assert_ne!(published, NODE);
+        let cases: Vec<(String, K, &[&str])> = vec![
+            (
+                format!("{NODE}{}", VXLAN.replace("vni = 42", "vni = 0")),
+                K::PodNetwork,
+                &["pod_network.vxlan.vni 0 is out of range", "1..=16777215"],
+            ),
+            (
+                format!("{NODE}{}", VXLAN.replace("vni = 42", "vni = 16777216")),
+                K::PodNetwork,
+                &["vni 16777216 is out of range"],
+            ),
+            (
+                format!(
+                    "{NODE}{}",
+                    VXLAN.replace("vni = 42", "vni = 1\nport = 70000")
+                ),
+                K::PodNetwork,
+                &["pod_network.vxlan.port 70000 is out of range"],
+            ),
+            (
+                format!("{NODE}{}", VXLAN.replace("vni = 42", "vni = 1\nmtu = 20")),
+                K::PodNetwork,
+                &["pod_network.vxlan.mtu 20 is out of range"],
+            ),
+            (
+                format!("{NODE}{}", VXLAN.replace("nl-vx", "nl-vxlan-overlay")),
+                K::InterfaceName,
+                &["pod_network.vxlan name `nl-vxlan-overlay` is 16 bytes"],
+            ),
+            (
+                format!("{NODE}{}", VXLAN.replace("nl-vx", "nl-uplink")),
+                K::DuplicateName,
+                &["`nl-uplink` is used twice in the host namespace"],
+            ),
+            (
+                format!("{published}{VXLAN}"),
+                K::DuplicatePort,
+                &["port 4789 is published as UDP host port 4789 of `outside`"],
+            ),
+        ];
+        for (text, kind, needles) in cases {
+            only_problem(&text, kind, needles);
+        }
     }
 
     #[test]

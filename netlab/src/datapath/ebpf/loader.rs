@@ -216,10 +216,18 @@ pub fn plan(topo: &Topology) -> Vec<Attachment> {
 
 /// Where a trace session watches: both hooks of every veth end that
 /// [`plan`] gives no program (the namespace sides; every end of an
-/// iptables lab), where the NAT programs cannot report the hop.
+/// iptables lab), where the NAT programs cannot report the hop, and of
+/// the overlay's device (a packet about to be encapsulated, or just
+/// decapsulated, shown as its inner packet).
 pub fn watch_plan(topo: &Topology) -> Vec<Attachment> {
     let datapath = plan(topo);
-    let bare = lab_ends(topo).filter(|iface| !datapath.iter().any(|a| &a.iface == iface));
+    let overlay = topo.vxlan().map(|v| Iface {
+        place: Place::Host,
+        name: v.name.clone(),
+    });
+    let bare = lab_ends(topo)
+        .filter(|iface| !datapath.iter().any(|a| &a.iface == iface))
+        .chain(overlay);
     on_both_hooks(bare, names::TRACE_INGRESS, names::TRACE_EGRESS)
 }
 
