@@ -82,6 +82,9 @@ enum Command {
     /// Internal: the part of `bench cni` that runs inside its sandbox.
     #[command(hide = true)]
     BenchCniSandboxed { plan: PathBuf },
+    /// Internal: the part of `bench nodes` that runs inside its sandbox.
+    #[command(hide = true)]
+    BenchNodesSandboxed { plan: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -114,6 +117,7 @@ fn execute(command: Command) -> Result<ExitCode> {
         Command::BenchSandboxed { plan } => return bench::run_sandboxed(&plan),
         Command::BenchTraceSandboxed { plan } => return bench::run_trace_sandboxed(&plan),
         Command::BenchCniSandboxed { plan } => return bench::run_cni_sandboxed(&plan),
+        Command::BenchNodesSandboxed { plan } => return bench::run_nodes_sandboxed(&plan),
         Command::Fuzz { options } => return fuzz::run(&workspace, &options),
     }
     Ok(ExitCode::SUCCESS)

@@ -6,6 +6,9 @@
 //!   ports (`nat`, run inside the sandbox; `report` and `plot` afterwards).
 //! - `bench up`, `bench publish`: the cost of building a lab and of changing
 //!   its published ports (`lab`).
+//! - `bench trace`, `bench cni`, `bench nodes`: what tracing costs, the CNI
+//!   plugin against the reference plugins, and pod to pod across nodes
+//!   over routes against VXLAN.
 //!
 //! Every benchmark runs inside a private mount + network namespace
 //! (`unshare`), so it never touches the host's network, iptables or a user's
@@ -15,6 +18,7 @@ mod cni;
 mod lab;
 mod loadgen;
 mod nat;
+mod nodes;
 mod plot;
 mod progcost;
 mod report;
@@ -55,6 +59,8 @@ pub enum BenchKind {
     /// A pod's ADD and DEL with netlab's CNI plugin against the reference
     /// bridge + portmap plugins, at 1, 100 and 1,000 pods.
     Cni,
+    /// Pod to pod across two nodes: routes against a VXLAN overlay.
+    Nodes,
 }
 
 /// Options of `bench nat`.
@@ -114,6 +120,7 @@ pub fn run(kind: BenchKind, options: &NatOptions, workspace: &Path) -> Result<Ex
         BenchKind::Publish => lab::bench_publish(workspace),
         BenchKind::Trace => trace::bench_trace(workspace),
         BenchKind::Cni => cni::bench_cni(workspace),
+        BenchKind::Nodes => nodes::bench_nodes(workspace),
     }
 }
 
@@ -262,6 +269,11 @@ pub fn run_sandboxed(plan_file: &Path) -> Result<ExitCode> {
 /// Inside the sandbox of `bench cni` (`xtask bench-cni-sandboxed PLAN`).
 pub fn run_cni_sandboxed(plan_file: &Path) -> Result<ExitCode> {
     cni::run_sandboxed(plan_file)
+}
+
+/// Inside the sandbox of `bench nodes` (`xtask bench-nodes-sandboxed PLAN`).
+pub fn run_nodes_sandboxed(plan_file: &Path) -> Result<ExitCode> {
+    nodes::run_sandboxed(plan_file)
 }
 
 /// Inside the sandbox of `bench trace` (`xtask bench-trace-sandboxed PLAN`).
