@@ -56,6 +56,15 @@ pub mod names {
     /// on, so the flows the port opened die at their next packet (see
     /// [`CtEntry::epoch`](crate::nat::CtEntry::epoch)).
     pub const PUBLISH_EPOCH: &str = "PUBLISH_EPOCH";
+    /// Hash: [`ServiceKey`](crate::nat::ServiceKey) →
+    /// [`Service`](crate::nat::Service): the Services' virtual addresses.
+    pub const SERVICES: &str = "SERVICES";
+    /// Hash: a Service's id (`u32`) → its
+    /// [`MaglevTable`](crate::nat::MaglevTable).
+    pub const MAGLEV: &str = "MAGLEV";
+    /// Hash: a Service backend's id (`u32`) →
+    /// [`Backend`](crate::nat::Backend).
+    pub const SERVICE_BACKENDS: &str = "SERVICE_BACKENDS";
     /// Array of [`BACKEND_PORT_WORDS`](crate::nat::BACKEND_PORT_WORDS)
     /// `u64`s: bit `port` is set when some published port forwards to a
     /// backend on `port` (host order), whatever the protocol.
@@ -168,4 +177,10 @@ mod pod {
     unsafe impl aya::Pod for crate::nat::FragKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::nat::FragPorts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::ServiceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::Service {}
+    // SAFETY: as above (251 u16s and one of padding: 504 bytes).
+    unsafe impl aya::Pod for crate::nat::MaglevTable {}
 }

@@ -183,6 +183,9 @@ pub const CT_ASSURED: u8 = 8;
 pub const CT_CONFIRMED: u8 = 16;
 /// A TCP connection picked up mid-stream (its first packet a plain ACK).
 pub const CT_PICKED_UP: u8 = 32;
+/// A flow a Service opened: its `published` is the id of the backend it
+/// was sent to, whose epoch it keeps ([`service_epoch_slot`]).
+pub const CT_SERVICE: u8 = 64;
 
 /// One half of a tracked flow, keyed by one direction's tuple: how to
 /// rewrite the packets of that direction, and the flow's state.
@@ -233,7 +236,9 @@ pub struct CtEntry {
     /// For a flow a published port opened: that host port (network order)
     /// and its epoch when the flow opened ([`names::PUBLISH_EPOCH`]). When
     /// the port is removed its epoch moves on, and the flow dies at its
-    /// next packet. 0 for every other flow.
+    /// next packet. For a flow a Service opened ([`CT_SERVICE`]): the id of
+    /// its backend (host order), whose epoch moves on when the backend is
+    /// removed. 0 for every other flow.
     pub published: u16,
     pub epoch: u32,
 }
@@ -258,8 +263,15 @@ pub fn backend_port_bit(port: u16) -> (u32, u64) {
     (u32::from(port >> 6), 1u64 << (port & 63))
 }
 
-/// Slots of [`names::PUBLISH_EPOCH`]: one per TCP port, then one per UDP port.
-pub const PUBLISH_EPOCH_SLOTS: u32 = 2 * 65536;
+/// Slots of [`names::PUBLISH_EPOCH`]: one per TCP port, one per UDP port,
+/// then one per Service backend id.
+pub const PUBLISH_EPOCH_SLOTS: u32 = 3 * 65536;
+
+/// The slot of [`names::PUBLISH_EPOCH`] of Service backend `id`.
+#[inline(always)]
+pub fn service_epoch_slot(id: u16) -> u32 {
+    2 * 65536 + u32::from(id)
+}
 
 /// The slot of [`names::PUBLISH_EPOCH`] of host port `port` (host order)
 /// for `proto`; `None` for protocols ports are not published for.
@@ -282,6 +294,8 @@ pub struct PublishKey {
     pub _pad: u8,
 }
 
+/// Where a published port forwards to, or a Service's backend
+/// ([`names::SERVICE_BACKENDS`](crate::names::SERVICE_BACKENDS)).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
@@ -289,7 +303,85 @@ pub struct Backend {
     pub addr: u32,
     /// Network order.
     pub port: u16,
+    /// A published port that is a Service's NodePort: the Service's id
+    /// (its backend is chosen as a ClusterIP's is; `addr` and `port` are
+    /// unused). 0: a plain published port.
+    pub service: u16,
+}
+
+/// A Service's virtual address and port
+/// ([`names::SERVICES`](crate::names::SERVICES)'s key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Network order.
+    pub vip: u32,
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// A Service: the key of its backend table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// 1..=65535, the key of its [`MaglevTable`].
+    pub id: u16,
     pub _pad: u16,
+}
+
+/// Session affinity (`ClientIP`): a client's flows all go to one backend,
+/// chosen by its address alone.
+pub const SERVICE_AFFINITY: u16 = 1;
+
+/// The slots of a Service's Maglev table: a prime (Maglev's table size
+/// must be), about a hundred times the backends a Service is expected to
+/// have, so each backend's share stays within a few percent of even.
+pub const MAGLEV_SLOTS: usize = 251;
+
+/// The most backends one Service may have: past this, Maglev's table of
+/// [`MAGLEV_SLOTS`] slots shares them unevenly.
+pub const MAX_SERVICE_BACKENDS: usize = 64;
+
+/// A Service's Maglev lookup table
+/// ([`names::MAGLEV`](crate::names::MAGLEV)): the backend id of each slot.
+/// A flow's hash picks the slot, so a flow goes to the same backend on
+/// every node, and a change of backends moves few flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevTable {
+    pub backends: [u16; MAGLEV_SLOTS],
+    /// The Service's `SERVICE_*` bits.
+    pub flags: u16,
+}
+
+impl Default for MaglevTable {
+    fn default() -> Self {
+        MaglevTable {
+            backends: [0; MAGLEV_SLOTS],
+            flags: 0,
+        }
+    }
+}
+
+/// The hash of a flow that picks its Maglev slot: its 5-tuple, or with
+/// session affinity its source address alone. The same on every node
+/// (userspace and kernel compute it with this function).
+#[inline(always)]
+pub fn service_hash(key: &FlowKey, affinity: bool) -> u32 {
+    let mut h = key.saddr;
+    if !affinity {
+        h ^= key.daddr.rotate_left(7)
+            ^ (u32::from(key.sport) << 16 | u32::from(key.dport)).rotate_left(13)
+            ^ u32::from(key.proto) << 3;
+    }
+    // murmur3's finalizer: every input bit moves every output bit.
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// A subnet as the datapath compares it: `addr & mask == net`, both in
@@ -363,6 +455,9 @@ pub struct NatConfig {
     /// reach them and are reached from them with their own addresses,
     /// never masqueraded. Inline only (no overflow).
     pub peers: NetSet,
+    /// The Services' virtual addresses (`[nat] service_range`): flows to
+    /// them are translated on the way in, as flows to host addresses are.
+    pub services: Net,
 }
 
 /// A lab namespace's address, for the `redirect` datapath: where to hand
@@ -621,9 +716,15 @@ pub enum Stat {
     /// (netlab carries no IPv6 yet, and the lab is closed for it too);
     /// link-local unicast and multicast, neighbour discovery's, pass.
     Ipv6Closed,
+    /// New flows to a Service (a ClusterIP, or a NodePort), sent to a
+    /// backend its Maglev table chose.
+    ServiceNew,
+    /// A new flow to a Service address and port no Service has, or to a
+    /// Service without backends: dropped (kube-proxy rejects the latter).
+    ServiceNoBackend,
 }
 
-pub const STAT_COUNT: u32 = 37;
+pub const STAT_COUNT: u32 = 39;
 
 // A reason's index in `Stat::ALL` is its value: global BPF functions return
 // a reason as `reason as u32`, and their callers look it up there.
@@ -674,6 +775,8 @@ impl Stat {
         Stat::XdpRedirected,
         Stat::CtUnpublished,
         Stat::Ipv6Closed,
+        Stat::ServiceNew,
+        Stat::ServiceNoBackend,
     ];
 
     pub fn name(self) -> &'static str {
@@ -715,6 +818,8 @@ impl Stat {
             Stat::XdpRedirected => "xdp_redirected",
             Stat::CtUnpublished => "ct_unpublished",
             Stat::Ipv6Closed => "ipv6_closed",
+            Stat::ServiceNew => "service_new",
+            Stat::ServiceNoBackend => "service_no_backend",
         }
     }
 
@@ -737,6 +842,7 @@ impl Stat {
                 | Stat::PortSearchLimit
                 | Stat::BadHeader
                 | Stat::Ipv6Closed
+                | Stat::ServiceNoBackend
         )
     }
 }
@@ -776,7 +882,10 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
 const _: () = assert!(core::mem::size_of::<PublishKey>() == 4);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 328);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 336);
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Service>() == 4);
+const _: () = assert!(core::mem::size_of::<MaglevTable>() == 2 * (MAGLEV_SLOTS + 1));
 const _: () = assert!(core::mem::size_of::<NetSet>() == 72);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
 const _: () = assert!(core::mem::size_of::<SockNat>() == 8);

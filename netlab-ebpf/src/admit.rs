@@ -69,6 +69,12 @@ pub fn admit_addrs(
             {
                 return Ok(());
             }
+            if lab.is_service(daddr) {
+                // ClusterIPs serve the lab and the cluster's nodes, each
+                // at its own node; the world reaches a Service through a
+                // NodePort.
+                return Err(Stat::RoutedIntoLab);
+            }
             if lab.is_peer(saddr) && internal(daddr) {
                 // Another node's pod, routed over the cluster's underlay.
                 return Ok(());

@@ -46,8 +46,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use netlab_common::nat::{
-    CT_ASSURED, CT_CONFIRMED, CT_FIN_ORIGINAL, CT_FIN_REPLY, CT_PICKED_UP, CT_REPLIED, CtEntry,
-    DIR_ORIGINAL, DIR_REPLY, FlowKey, IPPROTO_TCP, IPPROTO_UDP, Stat, TcpState, timeout_s,
+    CT_ASSURED, CT_CONFIRMED, CT_FIN_ORIGINAL, CT_FIN_REPLY, CT_PICKED_UP, CT_REPLIED, CT_SERVICE,
+    CtEntry, DIR_ORIGINAL, DIR_REPLY, FlowKey, IPPROTO_TCP, IPPROTO_UDP, Stat, TcpState, timeout_s,
     timeouts,
 };
 
@@ -331,11 +331,20 @@ global::function! {
 }
 
 /// Whether the flow of `half` was opened by a published port that has
-/// been removed since (its epoch moved on): the flow is dead, as
-/// `conntrack -D` makes it for iptables.
+/// been removed since, or sent to a Service backend removed since (its
+/// epoch moved on): the flow is dead, as `conntrack -D` makes it for
+/// iptables.
 #[inline(always)]
 fn unpublished(half: &CtEntry, proto: u8) -> bool {
-    half.published != 0 && lab::publish_epoch(proto, half.published) != half.epoch
+    if half.published == 0 {
+        return false;
+    }
+    let epoch = if half.flags & CT_SERVICE != 0 {
+        lab::backend_epoch(half.published)
+    } else {
+        lab::publish_epoch(proto, half.published)
+    };
+    epoch != half.epoch
 }
 
 /// Whether a packet with `tcp_flags` changes nothing of the flow but its
@@ -844,10 +853,12 @@ pub struct Opened {
     /// Nonzero: the first packet is leaving now (a flow opened on egress),
     /// so the flow is confirmed from the start.
     pub confirmed: u8,
-    /// The published host port that opened it (network order), and the
-    /// port's epoch then; 0 for a flow no published port opened.
+    /// The published host port that opened it (network order), or with
+    /// `service` the id of the Service backend it goes to, and that one's
+    /// epoch then; 0 for a flow neither opened.
     pub published: u16,
-    pub _pad: u16,
+    /// Nonzero: a Service opened it ([`CT_SERVICE`]).
+    pub service: u16,
     pub epoch: u32,
 }
 
@@ -901,6 +912,9 @@ fn insert(key: &FlowKey, flow: &mut Opened) -> Result<(), Stat> {
     let [original, reply] = scratch;
     let now = now();
     let mut flags = if flow.confirmed != 0 { CT_CONFIRMED } else { 0 };
+    if flow.service != 0 {
+        flags |= CT_SERVICE;
+    }
     let tcp_state = if key.proto != IPPROTO_TCP {
         TcpState::None
     } else if flow.picked_up != 0 {

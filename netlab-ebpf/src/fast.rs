@@ -116,8 +116,9 @@ fn fast_ingress(ctx: &TcContext) -> Option<i32> {
     )
     .ok()?;
     let mut half = None;
-    // Only flows to the lab's host addresses are translated on the way in.
-    if lab.is_local(key.daddr) {
+    // Only flows to the lab's host addresses and Services are translated
+    // on the way in.
+    if lab.is_local(key.daddr) || lab.is_service(key.daddr) {
         let Fast::Hit(found) = conntrack::fast_lookup(&key, APPLY_INGRESS, pkt.tcp_flags) else {
             return None;
         };

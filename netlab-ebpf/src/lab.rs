@@ -16,8 +16,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netlab_common::nat::{
-    BACKEND_PORT_WORDS, Backend, IFACE_SLOTS, IfaceConfig, NET_INTERNAL, NatConfig, NetSet,
-    PUBLISH_EPOCH_SLOTS, PublishKey, backend_port_bit, iface_slot, publish_epoch_slot,
+    BACKEND_PORT_WORDS, Backend, IFACE_SLOTS, IfaceConfig, MAGLEV_SLOTS, MaglevTable, NET_INTERNAL,
+    NatConfig, NetSet, PUBLISH_EPOCH_SLOTS, PublishKey, Service, ServiceKey, backend_port_bit,
+    iface_slot, publish_epoch_slot, service_epoch_slot,
 };
 
 use crate::pkt::ctx::{self, array_value, value};
@@ -84,6 +85,73 @@ pub fn publish_epoch(proto: u8, port: u16) -> u32 {
         .unwrap_or(0)
 }
 
+/// The epoch of Service backend `id` (see `names::PUBLISH_EPOCH`).
+#[inline(always)]
+pub fn backend_epoch(id: u16) -> u32 {
+    array_value(PUBLISH_EPOCH.get_ptr(service_epoch_slot(id)))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The most Services, and Service backends, a lab holds: ids are 16 bits.
+const SERVICE_IDS: u32 = 65536;
+
+/// The Services by virtual address and port. Not preallocated, as
+/// `PUBLISHED`.
+#[map(name = "SERVICES")]
+static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(SERVICE_IDS, BPF_F_NO_PREALLOC);
+
+/// Each Service's Maglev table, by the Service's id.
+#[map(name = "MAGLEV")]
+static MAGLEV: HashMap<u32, MaglevTable> = HashMap::pinned(SERVICE_IDS, BPF_F_NO_PREALLOC);
+
+/// Each Service backend, by its id.
+#[map(name = "SERVICE_BACKENDS")]
+static SERVICE_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(SERVICE_IDS, BPF_F_NO_PREALLOC);
+
+/// The Service at `vip`:`port` (network order) for `proto`.
+#[inline(always)]
+pub fn service(vip: u32, port: u16, proto: u8) -> Option<Service> {
+    // SAFETY: copied at once; a racing `service rm` makes this one packet
+    // see the removed Service.
+    unsafe {
+        value(SERVICES.get_ptr(ServiceKey {
+            vip,
+            port,
+            proto,
+            _pad: 0,
+        }))
+    }
+    .copied()
+}
+
+/// Service `id`'s `SERVICE_*` bits; `None` when it has no table.
+#[inline(always)]
+pub fn maglev_flags(id: u16) -> Option<u16> {
+    // SAFETY: one field copied at once.
+    unsafe { value(MAGLEV.get_ptr(u32::from(id))) }.map(|t| t.flags)
+}
+
+/// The backend in the slot `hash` picks of Service `id`'s table, with
+/// its id.
+#[inline(always)]
+pub fn maglev_backend(id: u16, hash: u32) -> Option<(u16, Backend)> {
+    // SAFETY: one slot copied at once; a racing update makes this one
+    // packet take the old table's backend, whose epoch then says whether
+    // its flow lives.
+    let table = unsafe { value(MAGLEV.get_ptr(u32::from(id))) }?;
+    // `hash * slots / 2^32`: a slot below MAGLEV_SLOTS, as the verifier
+    // can see (a modulo compiles to a multiply and shift it cannot bound).
+    let slot = (u64::from(hash) * MAGLEV_SLOTS as u64) >> 32;
+    let backend_id = *table.backends.get(slot as usize)?;
+    if backend_id == 0 {
+        return None;
+    }
+    // SAFETY: copied at once, as above.
+    let backend = unsafe { value(SERVICE_BACKENDS.get_ptr(u32::from(backend_id))) }?;
+    Some((backend_id, *backend))
+}
+
 #[map(name = "IFACE_CONFIG")]
 static IFACE_CONFIG: HashMap<u32, IfaceConfig> = HashMap::pinned(16384, 0);
 
@@ -141,6 +209,12 @@ impl Lab {
         in_set(&self.cfg.peers, addr)
     }
 
+    /// Whether `addr` is in the Services' range (a ClusterIP's).
+    #[inline(always)]
+    pub fn is_service(&self, addr: u32) -> bool {
+        self.cfg.services.contains(addr)
+    }
+
     /// Whether `addr` is in the uplink's subnet (the world's side).
     #[inline(always)]
     pub fn in_uplink_net(&self, addr: u32) -> bool {
@@ -149,8 +223,8 @@ impl Lab {
 
     /// Whether lab traffic may be addressed to `addr`: the lab's own
     /// subnets and host addresses, the world beyond the uplink, multicast
-    /// and broadcast (which the bridges flood), and the cluster's other
-    /// nodes' pods.
+    /// and broadcast (which the bridges flood), the cluster's other
+    /// nodes' pods, and the Services.
     #[inline(always)]
     pub fn in_lab(&self, addr: u32) -> bool {
         self.in_uplink_net(addr)
@@ -158,6 +232,7 @@ impl Lab {
             || self.is_internal(addr)
             || self.is_local(addr)
             || self.is_peer(addr)
+            || self.is_service(addr)
     }
 }
 

@@ -30,6 +30,7 @@ mod frag;
 mod global;
 mod kfree;
 mod lab;
+mod lb;
 mod nat;
 mod pkt;
 mod redirect;

@@ -28,6 +28,7 @@ use crate::{
     conntrack::{self, Known},
     frag, global, lab,
     lab::{Iface, Lab},
+    lb,
     pkt::{
         csum::{self, L4Csum},
         ctx::{self, Handoff},
@@ -56,8 +57,8 @@ pub fn translate(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet, hook: 
         );
     }
     // Every flow translated on the way in is addressed to a host address
-    // of the lab (see the module's documentation).
-    if hook == APPLY_INGRESS && !lab.is_local(pkt.key.daddr) {
+    // of the lab or a Service (see the module's documentation).
+    if hook == APPLY_INGRESS && !lab.is_local(pkt.key.daddr) && !lab.is_service(pkt.key.daddr) {
         return Verdict::PASS;
     }
     if let Some(verdict) = known(ctx, lab, pkt, hook) {
@@ -118,7 +119,7 @@ pub fn translate_known_egress(ctx: &TcContext, lab: &Lab, pkt: &Packet) -> Verdi
 /// fragment (addresses only; its bytes hold no L4 header).
 #[inline(always)]
 pub fn translate_fragment(ctx: &TcContext, lab: &Lab, frag: &LaterFragment, hook: u8) -> Verdict {
-    if hook == APPLY_INGRESS && !lab.is_local(frag.ip.daddr) {
+    if hook == APPLY_INGRESS && !lab.is_local(frag.ip.daddr) && !lab.is_service(frag.ip.daddr) {
         return Verdict::PASS;
     }
     let Some(key) = frag::flow_key(&frag.ip) else {
@@ -143,16 +144,30 @@ pub fn translate_fragment(ctx: &TcContext, lab: &Lab, frag: &LaterFragment, hook
 }
 
 /// A new flow entering on a lab veth or the uplink (already known to be
-/// addressed to a host address of the lab): DNAT when it is for a published
-/// port.
+/// addressed to a host address of the lab or a Service): DNAT when it is
+/// for a published port or a Service.
 #[inline(always)]
 fn new_ingress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdict {
     let key = &pkt.key;
     if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
         return Verdict::PASS;
     }
-    let Some(backend) = lab::published(key.dport, key.proto) else {
-        return Verdict::PASS;
+    // A ClusterIP; a NodePort (a published port whose backend a Service
+    // chooses); a published port.
+    let (backend, keeps) = if lab.is_service(key.daddr) {
+        match lab::service(key.daddr, key.dport, key.proto).and_then(|s| lb::choose(s.id, key)) {
+            Some((id, backend)) => (backend, Keeps::Backend(id)),
+            None => return Verdict::drop(Stat::ServiceNoBackend),
+        }
+    } else {
+        match lab::published(key.dport, key.proto) {
+            None => return Verdict::PASS,
+            Some(port) if port.service != 0 => match lb::choose(port.service, key) {
+                Some((id, backend)) => (backend, Keeps::Backend(id)),
+                None => return Verdict::drop(Stat::ServiceNoBackend),
+            },
+            Some(backend) => (backend, Keeps::Port),
+        }
     };
     if !opens_flow(pkt) {
         // INVALID to netfilter too: left untranslated, to the host.
@@ -182,9 +197,13 @@ fn new_ingress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdi
             return Verdict::drop(reason);
         }
         out.nat |= NAT_SNAT | NAT_REFLECT;
-        return create(ctx, lab, pkt, out, Opening::HAIRPIN);
+        return create(ctx, lab, pkt, out, Opening::HAIRPIN, keeps);
     }
-    create(ctx, lab, pkt, out, Opening::DNAT)
+    let how = match keeps {
+        Keeps::Backend(_) => Opening::SERVICE,
+        _ => Opening::DNAT,
+    };
+    create(ctx, lab, pkt, out, how, keeps)
 }
 
 /// A new flow leaving through one of the lab's host-side interfaces:
@@ -212,7 +231,7 @@ fn new_egress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdic
         if let Err(reason) = allocate_port(lab, key, &mut out) {
             return Verdict::drop(reason);
         }
-        return create(ctx, lab, pkt, out, Opening::MASQUERADE);
+        return create(ctx, lab, pkt, out, Opening::MASQUERADE, Keeps::Nothing);
     }
     if (iface.role != ROLE_UPLINK && iface.role != ROLE_LAB)
         || !lab.is_local(key.saddr)
@@ -231,7 +250,7 @@ fn new_egress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdic
         }
         stats::count(Stat::HostPortRemapped);
     }
-    create(ctx, lab, pkt, out, Opening::HOST)
+    create(ctx, lab, pkt, out, Opening::HOST, Keeps::Nothing)
 }
 
 /// Whether a packet of an unknown flow may create one: a TCP SYN, or a
@@ -357,8 +376,6 @@ struct Opening {
     apply_reply: u8,
     /// Opened on egress: the packet is leaving, so the flow is confirmed.
     confirmed: bool,
-    /// Opened by a published port (its epoch is kept).
-    published: bool,
     counter: Stat,
 }
 
@@ -367,42 +384,66 @@ impl Opening {
         apply_original: APPLY_INGRESS,
         apply_reply: APPLY_EGRESS,
         confirmed: false,
-        published: true,
         counter: Stat::DnatNew,
+    };
+    const SERVICE: Opening = Opening {
+        counter: Stat::ServiceNew,
+        ..Opening::DNAT
     };
     const HAIRPIN: Opening = Opening {
         apply_original: APPLY_INGRESS,
         apply_reply: APPLY_INGRESS,
         confirmed: false,
-        published: true,
         counter: Stat::HairpinNew,
     };
     const MASQUERADE: Opening = Opening {
         apply_original: APPLY_EGRESS,
         apply_reply: APPLY_INGRESS,
         confirmed: true,
-        published: false,
         counter: Stat::SnatNew,
     };
     const HOST: Opening = Opening {
         apply_original: APPLY_EGRESS,
         apply_reply: APPLY_INGRESS,
         confirmed: true,
-        published: false,
         counter: Stat::HostFlowNew,
     };
 }
 
+/// Whose epoch a new flow keeps, so that it dies when that goes.
+#[derive(Clone, Copy)]
+enum Keeps {
+    Nothing,
+    /// The published port it was addressed to.
+    Port,
+    /// The Service backend it was sent to, by id.
+    Backend(u16),
+}
+
 /// Opens a flow: both conntrack halves, then the rewrite.
 #[inline(always)]
-fn create(ctx: &TcContext, lab: &Lab, pkt: &Packet, out: Rewrite, how: Opening) -> Verdict {
+fn create(
+    ctx: &TcContext,
+    lab: &Lab,
+    pkt: &Packet,
+    out: Rewrite,
+    how: Opening,
+    keeps: Keeps,
+) -> Verdict {
     let key = &pkt.key;
     // Replies find their way back by the reply key: it must be free (the
     // port search and the host's flows asked already; DNAT keeps the
     // client's tuple, which another flow may hold).
-    if how.counter == Stat::DnatNew && !conntrack::key_free(&out.reply_key(key.proto)) {
+    if matches!(how.counter, Stat::DnatNew | Stat::ServiceNew)
+        && !conntrack::key_free(&out.reply_key(key.proto))
+    {
         return Verdict::drop(Stat::CtInsertFailed);
     }
+    let (published, service, epoch) = match keeps {
+        Keeps::Nothing => (0, 0, 0),
+        Keeps::Port => (key.dport, 0, lab::publish_epoch(key.proto, key.dport)),
+        Keeps::Backend(id) => (id, 1, lab::backend_epoch(id)),
+    };
     let mut opened = conntrack::Opened {
         out,
         len: pkt.len,
@@ -411,13 +452,9 @@ fn create(ctx: &TcContext, lab: &Lab, pkt: &Packet, out: Rewrite, how: Opening) 
         // A plain ACK picks an established connection up mid-stream.
         picked_up: u8::from(key.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN == 0),
         confirmed: u8::from(how.confirmed),
-        published: if how.published { key.dport } else { 0 },
-        _pad: 0,
-        epoch: if how.published {
-            lab::publish_epoch(key.proto, key.dport)
-        } else {
-            0
-        },
+        published,
+        service,
+        epoch,
     };
     let out = match conntrack::insert_flow(key, &mut opened) {
         Ok(()) => {

@@ -5,7 +5,9 @@ use std::{io::Write as _, net::SocketAddr, path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
-use crate::{conntrack, exec, graph, lab, metrics, publish, state, status, sys, topology, trace};
+use crate::{
+    conntrack, exec, graph, lab, metrics, publish, service, state, status, sys, topology, trace,
+};
 
 /// `println!` that returns the write's error instead of panicking on it: a
 /// reader that closed the pipe (`netlab conntrack | head`) ends the command
@@ -76,6 +78,14 @@ pub enum Command {
         lab: Option<String>,
         #[command(subcommand)]
         action: PublishAction,
+    },
+    /// Add a Service (a ClusterIP load-balanced over backends, as
+    /// Kubernetes'), change one's backends, remove one, or list them.
+    Service {
+        #[arg(long, global = true)]
+        lab: Option<String>,
+        #[command(subcommand)]
+        action: ServiceAction,
     },
     /// List netlab's conntrack table (as `conntrack -L`).
     Conntrack {
@@ -226,6 +236,42 @@ pub enum PublishAction {
     },
 }
 
+#[derive(Clone, Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Serve VIP:PORT over BACKENDs (a new Service, or new backends for the
+    /// one of NAME: flows to the backends kept go on, the others' are cut).
+    Add {
+        name: String,
+        /// VIP:PORT[/tcp|/udp], the VIP inside `[nat] service_range`.
+        address: String,
+        /// ADDRESS:PORT or NAMESPACE:PORT, each.
+        backends: Vec<String>,
+        /// Also serve it on this port of the uplink's address, to this
+        /// node's backends (Kubernetes' NodePort, externalTrafficPolicy
+        /// Local).
+        #[arg(long)]
+        node_port: Option<u16>,
+        /// Send each client's flows to one backend (sessionAffinity:
+        /// ClientIP).
+        #[arg(long)]
+        affinity: bool,
+        /// Print what was done as JSON (with the datapath's update time).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop serving Service NAME; its flows are cut.
+    Rm {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the Services.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum DatapathArg {
     Bridge,
@@ -268,6 +314,7 @@ impl Command {
             Command::Down { .. } => "down",
             Command::Status { .. } => "status",
             Command::Publish { .. } => "publish",
+            Command::Service { .. } => "service",
             Command::Conntrack { .. } => "conntrack",
             Command::Exec { .. } => "exec",
             Command::Trace(_) => "trace",
@@ -293,6 +340,7 @@ impl Command {
             Command::Down { lab } => down(lab),
             Command::Status { lab, json } => show_status(lab, json),
             Command::Publish { lab, action } => publish(lab, action),
+            Command::Service { lab, action } => service(lab, action),
             Command::Conntrack { lab, json } => show_conntrack(lab, json),
             Command::Exec {
                 lab,
@@ -587,6 +635,67 @@ fn publish(lab: Option<String>, action: PublishAction) -> Result<ExitCode> {
                 }
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn service(lab: Option<String>, action: ServiceAction) -> Result<ExitCode> {
+    let lab = state::resolve_lab(lab.as_deref())?;
+    let (outcome, json) = match action {
+        ServiceAction::Add {
+            name,
+            address,
+            backends,
+            node_port,
+            affinity,
+            json,
+        } => {
+            let spec = service::ServiceSpec {
+                name,
+                address,
+                backends,
+                node_port,
+                affinity,
+            };
+            (service::add(&lab, &spec)?, json)
+        }
+        ServiceAction::Rm { name, json } => (service::remove(&lab, &name)?, json),
+        ServiceAction::List { json } => {
+            let services = service::list(&lab)?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&services)?);
+            } else {
+                for s in &services {
+                    let backends: Vec<String> =
+                        s.backends.iter().map(ToString::to_string).collect();
+                    let node_port = s
+                        .node_port
+                        .map(|p| format!("  node port {p}"))
+                        .unwrap_or_default();
+                    let affinity = if s.affinity {
+                        "  affinity client_ip"
+                    } else {
+                        ""
+                    };
+                    outln!("{s}  -> {}{node_port}{affinity}", backends.join(" "));
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if json {
+        outln!("{}", serde_json::to_string(&outcome)?);
+    } else {
+        outln!(
+            "{} {} ({} backends)",
+            match outcome.action.as_str() {
+                "rm" => "removed",
+                "update" => "updated",
+                _ => "added",
+            },
+            outcome.service,
+            outcome.service.backends.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -157,7 +157,12 @@ fn build(
         state.iptables = Some(variant);
         state.save()?;
     }
-    Running::new(topo, state.iptables).install(&state.published, &state.pods)?;
+    if !state.complete && state.services.is_empty() {
+        for service in &topo.services {
+            state.put_service(service.clone())?;
+        }
+    }
+    Running::new(topo, state.iptables).install(&state.in_force(), &state.pods)?;
     enable_forwarding(topo, &mut state)?;
     step("nat configured");
 

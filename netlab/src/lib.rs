@@ -27,6 +27,7 @@ pub mod netlink;
 pub mod netns;
 pub mod pins;
 pub mod publish;
+pub mod service;
 pub mod state;
 pub mod status;
 pub mod sys;
@@ -46,7 +47,7 @@ mod layers {
     };
 
     /// Each top-level module with its layer (lower imports nothing higher).
-    const LAYERS: [(&str, u8); 18] = [
+    const LAYERS: [(&str, u8); 19] = [
         ("topology", 1),
         ("sys", 2),
         ("netns", 2),
@@ -57,6 +58,7 @@ mod layers {
         ("lab", 5),
         ("status", 5),
         ("publish", 5),
+        ("service", 5),
         ("conntrack", 5),
         ("trace", 5),
         ("exec", 5),

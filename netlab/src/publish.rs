@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     datapath::Running,
     state::{LabLock, LabState},
-    topology::{Proto, PublishedPort, Topology},
+    topology::{Proto, PublishedPort, Service, Topology},
 };
 
 /// What `publish add` or `publish rm` did; `--json` prints it.
@@ -85,6 +85,14 @@ pub fn check_new(topo: &Topology, current: &[PublishedPort], new: &PublishedPort
     Ok(())
 }
 
+/// The Service whose NodePort is `port`/`proto`, if any.
+fn node_port_of(record: &LabState, port: u16, proto: Proto) -> Option<&Service> {
+    record
+        .services
+        .iter()
+        .find(|s| s.node_port == Some(port) && s.proto == proto)
+}
+
 fn load(lab: &str) -> Result<(LabState, Topology)> {
     let record = LabState::require(lab)?;
     let topo = record.topology()?;
@@ -108,9 +116,17 @@ pub fn add(lab: &str, namespace: String, mapping: &str) -> Result<PublishOutcome
         addr: None,
     };
     check_new(&topo, &record.published, &new)?;
+    if let Some(service) = node_port_of(&record, new.host_port, new.proto) {
+        bail!(
+            "host port {}/{} is service `{}`'s node port",
+            new.host_port,
+            new.proto,
+            service.name
+        );
+    }
     record.published.push(new.clone());
     let started = Instant::now();
-    Running::new(&topo, record.iptables).publish(&record.published, &new)?;
+    Running::new(&topo, record.iptables).publish(&record.in_force(), &new)?;
     let datapath_update_us = elapsed_us(started);
     log::info!("datapath updated in {datapath_update_us} us");
     record.save()?;
@@ -136,7 +152,7 @@ pub fn remove(lab: &str, spec: &str) -> Result<PublishOutcome> {
     };
     let removed = record.published.remove(at);
     let started = Instant::now();
-    Running::new(&topo, record.iptables).unpublish(&record.published, &removed)?;
+    Running::new(&topo, record.iptables).unpublish(&record.in_force(), &removed)?;
     let datapath_update_us = elapsed_us(started);
     log::info!("datapath updated in {datapath_update_us} us");
     record.save()?;

@@ -11,6 +11,7 @@
 //! it described.
 
 use std::{
+    collections::BTreeSet,
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
     os::fd::AsRawFd,
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::iptables::Variant,
-    topology::{self, Datapath, Pod, PublishedPort, Topology},
+    topology::{self, Datapath, InForce, Pod, PublishedPort, Service, Topology},
 };
 
 pub const STATE_DIR: &str = "/run/netlab";
@@ -45,6 +46,10 @@ pub struct LabState {
     /// changed by `netlab publish add|rm`.
     #[serde(default)]
     pub published: Vec<PublishedPort>,
+    /// Services in force: the topology's at first `up`, then as changed by
+    /// `netlab service add|rm`, with their datapath ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
     /// `net.ipv4.ip_forward` before this lab switched it on, restored by `down`.
     #[serde(default)]
     pub ip_forward_was: Option<String>,
@@ -108,6 +113,66 @@ impl LabState {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).context("removing the lab record"),
+        }
+    }
+
+    /// Puts `service` in force, replacing the Service of its name if there
+    /// is one (returned), with the datapath's ids: what it keeps of the
+    /// one it replaces (its tables, and each backend it still has) keeps
+    /// its id, so the flows of the backends it keeps go on.
+    pub fn put_service(&mut self, mut service: Service) -> Result<Option<Service>> {
+        let at = self.services.iter().position(|s| s.name == service.name);
+        let old = at.map(|at| self.services.remove(at));
+        let mut used: BTreeSet<u16> = self
+            .services
+            .iter()
+            .flat_map(|s| {
+                [s.ids.cluster, s.ids.node]
+                    .into_iter()
+                    .chain(s.ids.backends.iter().copied())
+            })
+            .collect();
+        let mut next = |keep: Option<u16>| -> Result<u16> {
+            if let Some(id) = keep.filter(|id| *id != 0 && !used.contains(id)) {
+                used.insert(id);
+                return Ok(id);
+            }
+            let id = (1..=u16::MAX).find(|id| !used.contains(id)).context(
+                "every Service id is taken: a lab holds at most 65,535 Service tables and backends",
+            )?;
+            used.insert(id);
+            Ok(id)
+        };
+        let kept = |addr: &std::net::SocketAddrV4| {
+            old.as_ref().and_then(|old| {
+                old.backends
+                    .iter()
+                    .position(|b| b == addr)
+                    .and_then(|i| old.ids.backends.get(i).copied())
+            })
+        };
+        service.ids.cluster = next(old.as_ref().map(|o| o.ids.cluster))?;
+        service.ids.node = match service.node_port {
+            Some(_) => next(old.as_ref().map(|o| o.ids.node))?,
+            None => 0,
+        };
+        service.ids.backends = service
+            .backends
+            .iter()
+            .map(|addr| next(kept(addr)))
+            .collect::<Result<_>>()?;
+        match at {
+            Some(at) => self.services.insert(at, service),
+            None => self.services.push(service),
+        }
+        Ok(old)
+    }
+
+    /// The published ports and Services in force.
+    pub fn in_force(&self) -> InForce<'_> {
+        InForce {
+            published: &self.published,
+            services: &self.services,
         }
     }
 

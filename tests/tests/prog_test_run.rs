@@ -283,7 +283,7 @@ impl Datapath {
         let value = Backend {
             addr: be(*backend.ip()),
             port: backend.port().to_be(),
-            _pad: 0,
+            service: 0,
         };
         map.insert(key, value, 0).unwrap();
         let (word, bit) = netlab_common::nat::backend_port_bit(backend.port());

@@ -244,6 +244,21 @@ fn add(env: &Env, conf: &NetConf, raw: &str) -> Result<String, CniError> {
             ),
         ));
     }
+    if let Some((new, service)) = ports.iter().find_map(|new| {
+        let service = state
+            .services
+            .iter()
+            .find(|s| s.node_port == Some(new.host_port) && s.proto == new.proto)?;
+        Some((new, service))
+    }) {
+        return Err(CniError::new(
+            code::PORT_TAKEN,
+            format!(
+                "host port {}/{} is service `{}`'s node port",
+                new.host_port, new.proto, service.name
+            ),
+        ));
+    }
     if let Some((new, vxlan)) = ports
         .iter()
         .find_map(|new| Some((new, topo.tunnel_on(new.proto, new.host_port)?)))
@@ -347,7 +362,7 @@ fn attach_pod(
         // Recorded first, so a DEL after a crash here unpublishes it.
         state.published.push(port.clone());
         state.save()?;
-        running.publish(&state.published, &port)?;
+        running.publish(&state.in_force(), &port)?;
         step("cni: pod port published");
     }
     pod.ready = true;
@@ -362,7 +377,7 @@ fn detach(topo: &Topology, state: &mut LabState, pod: &Pod) -> Result<(), CniErr
     let key = pod.key();
     while let Some(at) = state.published.iter().position(|p| p.namespace == key) {
         let old = state.published.remove(at);
-        running.unpublish(&state.published, &old)?;
+        running.unpublish(&state.in_force(), &old)?;
         state.save()?;
     }
     running.detach_pod(pod)?;

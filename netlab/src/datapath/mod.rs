@@ -6,7 +6,7 @@
 //! - [`iptables`]: the reference, rules in the lab's own chains (`iptables`).
 //!
 //! Commands reach either through [`Running`], for what they change
-//! (published ports) and for what they read (the NAT's [`NatReport`], the
+//! (published ports, Services) and for what they read (the NAT's [`NatReport`], the
 //! [`Flows`], the [`Redirects`]), and through [`tracing`] for a trace
 //! session, so no command needs to know which one a lab runs: adding a
 //! family touches this module and its folder. What every lab has,
@@ -30,7 +30,7 @@ use crate::{
     netlink,
     pins::Pins,
     sys,
-    topology::{Datapath, Family, Place, Pod, PublishedPort, Topology},
+    topology::{Datapath, Family, InForce, Place, Pod, PublishedPort, Service, Topology},
 };
 
 /// How the lab's links must be set for a datapath of `topo`'s family.
@@ -170,37 +170,81 @@ impl<'a> Running<'a> {
         }
     }
 
-    /// Installs the NAT (idempotent) with exactly `published`, for the
-    /// topology and the `pods` attached since.
-    pub fn install(&self, published: &[PublishedPort], pods: &[Pod]) -> Result<()> {
+    /// Installs the NAT (idempotent) with exactly the published ports and
+    /// Services `in_force`, for the topology and the `pods` attached since.
+    pub fn install(&self, in_force: &InForce<'_>, pods: &[Pod]) -> Result<()> {
         match self {
             Running::Ebpf { topo, pins } => {
                 ebpf::config::configure(pins, topo, pods)?;
-                ebpf::config::sync_published(pins, topo, published)
+                ebpf::config::sync_published(pins, topo, in_force)?;
+                for service in in_force.services {
+                    ebpf::services::set(pins, topo, in_force, service, None)?;
+                }
+                Ok(())
             }
             Running::Iptables { topo, variant } => {
-                iptables::install(&topo.name, topo, published, *variant)
+                iptables::install(&topo.name, topo, in_force, *variant)
             }
         }
     }
 
-    /// Makes the datapath forward exactly `published`.
-    pub fn sync_published(&self, published: &[PublishedPort]) -> Result<()> {
+    /// Makes the datapath forward exactly the published ports in force.
+    pub fn sync_published(&self, in_force: &InForce<'_>) -> Result<()> {
         match self {
-            Running::Ebpf { topo, pins } => ebpf::config::sync_published(pins, topo, published),
+            Running::Ebpf { topo, pins } => ebpf::config::sync_published(pins, topo, in_force),
             Running::Iptables { topo, variant } => {
-                iptables::sync_published(&topo.name, topo, published, *variant)
+                iptables::sync_published(&topo.name, topo, in_force, *variant)
             }
         }
     }
 
-    /// Adds `new` (already in `published`, the ports now in force). The eBPF
-    /// datapath does one map update; the iptables one rewrites its DNAT
-    /// chain, as iptables must.
-    pub fn publish(&self, published: &[PublishedPort], new: &PublishedPort) -> Result<()> {
+    /// Adds `new` (already in `in_force`). The eBPF datapath does one map
+    /// update; the iptables one rewrites its DNAT chain, as iptables must.
+    pub fn publish(&self, in_force: &InForce<'_>, new: &PublishedPort) -> Result<()> {
         match self {
-            Running::Ebpf { topo, pins } => ebpf::config::publish_one(pins, topo, published, new),
-            Running::Iptables { .. } => self.sync_published(published),
+            Running::Ebpf { topo, pins } => ebpf::config::publish_one(pins, topo, in_force, new),
+            Running::Iptables { .. } => self.sync_published(in_force),
+        }
+    }
+
+    /// Serves `service` (already in `in_force`, its ids assigned), which
+    /// replaces `old` if given: the backends `old` had and `service` has
+    /// not are removed and their flows cut; the others' flows go on. The
+    /// eBPF datapath writes the Service's rows; the iptables one rewrites
+    /// its Service chains, as kube-proxy does.
+    pub fn service_set(
+        &self,
+        in_force: &InForce<'_>,
+        service: &Service,
+        old: Option<&Service>,
+    ) -> Result<()> {
+        match self {
+            Running::Ebpf { topo, pins } => ebpf::services::set(pins, topo, in_force, service, old),
+            Running::Iptables { topo, .. } => {
+                self.sync_published(in_force)?;
+                if let Some(old) = old {
+                    let gone: Vec<_> = old
+                        .backends
+                        .iter()
+                        .filter(|b| !service.backends.contains(b))
+                        .copied()
+                        .collect();
+                    iptables::cut_service_flows(topo, old, &gone)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops serving `service` (no longer in `in_force`), and cuts its
+    /// flows.
+    pub fn service_rm(&self, in_force: &InForce<'_>, service: &Service) -> Result<()> {
+        match self {
+            Running::Ebpf { pins, .. } => ebpf::services::remove(pins, in_force, service),
+            Running::Iptables { topo, .. } => {
+                self.sync_published(in_force)?;
+                iptables::cut_service_flows(topo, service, &service.backends)
+            }
         }
     }
 
@@ -291,17 +335,17 @@ impl<'a> Running<'a> {
         }
     }
 
-    /// Removes `old` (no longer in `published`, the ports still in force),
-    /// and cuts the flows it opened: a client that keeps sending to it
-    /// (UDP) must not reach the old backend forever.
-    pub fn unpublish(&self, published: &[PublishedPort], old: &PublishedPort) -> Result<()> {
+    /// Removes `old` (no longer in `in_force`), and cuts the flows it
+    /// opened: a client that keeps sending to it (UDP) must not reach the
+    /// old backend forever.
+    pub fn unpublish(&self, in_force: &InForce<'_>, old: &PublishedPort) -> Result<()> {
         match self {
             Running::Ebpf { pins, .. } => {
-                ebpf::config::unpublish_one(pins, published, old)?;
+                ebpf::config::unpublish_one(pins, in_force, old)?;
                 ebpf::config::cut_flows(pins, old)
             }
             Running::Iptables { topo, .. } => {
-                self.sync_published(published)?;
+                self.sync_published(in_force)?;
                 iptables::cut_flows(topo, old)
             }
         }

@@ -21,7 +21,9 @@ mod validate;
 
 pub use host::{AddressInUse, HostAddress, HostNetwork, HostRoute};
 pub use model::*;
+pub use parse::service_backend;
 pub use problem::{Problem, ProblemKind, TopologyError};
+pub use validate::service_problems;
 
 use std::path::Path;
 

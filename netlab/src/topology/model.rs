@@ -4,7 +4,11 @@
 //! default), which has already checked every rule in [`super::validate`]; the
 //! netlink builder can therefore take them at their word.
 
-use std::{fmt, net::Ipv4Addr, path::PathBuf};
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -300,6 +304,74 @@ pub struct Topology {
     /// `[pod_network]`: the pods a container runtime attaches at run time
     /// through netlab's CNI plugin (none: the lab takes no pods).
     pub pod_network: Option<PodNetwork>,
+    /// `[[service]]`: the Services `up` installs (more come and go with
+    /// `netlab service`).
+    pub services: Vec<Service>,
+}
+
+/// A Service, as Kubernetes has them: a virtual address and port (its
+/// ClusterIP, inside `[nat] service_range`) load-balanced over backends
+/// on any node, and optionally a NodePort: a host port of the uplink's
+/// address that the world reaches it on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+    /// Where its flows go: pods or namespaces of this node, or pods of
+    /// peer nodes, at their own port.
+    pub backends: Vec<SocketAddrV4>,
+    /// The NodePort, if any: the world's flows to it go to the backends
+    /// on this node only, and keep their source address (Kubernetes'
+    /// `externalTrafficPolicy: Local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+    /// Session affinity (`ClientIP`): a client's flows all go to one
+    /// backend.
+    #[serde(default)]
+    pub affinity: bool,
+    /// The eBPF datapath's ids of its tables and backends, kept in the
+    /// lab's record so a change of backends keeps the others' ids (and
+    /// their flows).
+    #[serde(default)]
+    pub ids: ServiceIds,
+}
+
+/// What a lab forwards beyond what its topology builds: the published
+/// ports and the Services in force (its record's).
+#[derive(Clone, Copy, Debug)]
+pub struct InForce<'a> {
+    pub published: &'a [PublishedPort],
+    pub services: &'a [Service],
+}
+
+impl InForce<'_> {
+    /// The ports backends answer from: published ports' and Services'.
+    pub fn backend_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.published.iter().map(|p| p.port).chain(
+            self.services
+                .iter()
+                .flat_map(|s| s.backends.iter().map(|b| b.port())),
+        )
+    }
+}
+
+/// See [`Service::ids`]: 0 is no id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceIds {
+    /// The ClusterIP's backend table.
+    pub cluster: u16,
+    /// The NodePort's table (this node's backends only).
+    pub node: u16,
+    /// Each backend's id, in [`Service::backends`]'s order.
+    pub backends: Vec<u16>,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}:{}/{}", self.name, self.vip, self.port, self.proto)
+    }
 }
 
 /// Where pods go: a bridge of the lab, whose first address is their
@@ -444,6 +516,8 @@ pub struct Nat {
     pub conntrack_size: u32,
     /// Where the world's traffic enters the eBPF datapath on the uplink.
     pub entry: Entry,
+    /// The Services' virtual addresses (Kubernetes' service CIDR).
+    pub service_range: Option<Ipv4Net>,
 }
 
 impl Default for Nat {
@@ -454,6 +528,7 @@ impl Default for Nat {
             port_range: (32768, 60999),
             conntrack_size: 65536,
             entry: Entry::Tc,
+            service_range: None,
         }
     }
 }
@@ -533,6 +608,32 @@ impl Topology {
             .addresses
             .first()
             .map(|a| a.net)
+    }
+
+    /// `service`'s backends on this node (in a subnet of the lab's own
+    /// interfaces, not a peer's nor the world's beyond the uplink), with
+    /// their ids.
+    pub fn local_backends<'s>(
+        &self,
+        service: &'s Service,
+    ) -> impl Iterator<Item = (u16, SocketAddrV4)> + 's {
+        let lab: Vec<Ipv4Net> = {
+            let uplink = self
+                .uplink_end()
+                .and_then(|e| e.addresses.first())
+                .map(|a| a.net.network());
+            self.addresses()
+                .map(|a| a.net.network())
+                .filter(|net| Some(*net) != uplink)
+                .collect()
+        };
+        service
+            .ids
+            .backends
+            .iter()
+            .copied()
+            .zip(service.backends.iter().copied())
+            .filter(move |(_, addr)| lab.iter().any(|net| net.contains(*addr.ip())))
     }
 
     /// The overlay to the peers, if the pod network has one.

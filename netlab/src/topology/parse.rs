@@ -6,7 +6,10 @@
 //! the rules of `validate`, which also get the [`Spans`] of items the model does
 //! not carry a position for.
 
-use std::{net::Ipv4Addr, ops::Range};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    ops::Range,
+};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -14,7 +17,7 @@ use toml::Spanned;
 use super::{
     model::{
         Address, Bridge, Datapath, Entry, Ipv4Net, Namespace, Nat, Peer, Place, PodNetwork, Pos,
-        Proto, Publish, Route, Topology, Veth, VethEnd, Vxlan,
+        Proto, Publish, Route, Service, ServiceIds, Topology, Veth, VethEnd, Vxlan,
     },
     problem::{Problem, ProblemKind, conntrack_size_text},
     spans::{EndSpans, RouteSpans, Spans},
@@ -40,6 +43,25 @@ struct RawLab {
     namespace_group: Vec<RawGroup>,
     nat: Option<RawNat>,
     pod_network: Option<Spanned<RawPodNetwork>>,
+    #[serde(default)]
+    service: Vec<Spanned<RawService>>,
+}
+
+/// `[[service]]`: a ClusterIP and its backends.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    /// The ClusterIP.
+    address: Spanned<String>,
+    port: Spanned<i64>,
+    proto: Option<Spanned<String>>,
+    /// `NAMESPACE:PORT` or `ADDRESS:PORT`.
+    #[serde(default)]
+    backends: Vec<Spanned<String>>,
+    node_port: Option<Spanned<i64>>,
+    /// `none` or `client_ip`.
+    affinity: Option<Spanned<String>>,
 }
 
 /// `[pod_network]`: where the CNI plugin attaches pods.
@@ -159,6 +181,7 @@ struct RawNat {
     port_range: Option<Spanned<String>>,
     conntrack_size: Option<Spanned<i64>>,
     entry: Option<Spanned<String>>,
+    service_range: Option<Spanned<String>>,
 }
 
 /// Read `text` into the model. `Err` holds every problem found (at least one).
@@ -386,7 +409,7 @@ impl Reader<'_> {
         };
 
         let pod_network = raw.pod_network.map(|pods| self.pod_network(pods));
-        let topo = Topology {
+        let mut topo = Topology {
             name,
             datapath,
             namespaces,
@@ -395,7 +418,16 @@ impl Reader<'_> {
             routes,
             nat,
             pod_network,
+            services: Vec::new(),
         };
+        // Backends may name a namespace: read once the namespaces are.
+        for service in raw.service {
+            let at = self.at(&service);
+            if let Some(service) = self.service(service, &topo) {
+                topo.services.push(service);
+                spans.services.push(at);
+            }
+        }
         (topo, spans)
     }
 
@@ -804,15 +836,113 @@ impl Reader<'_> {
         })
     }
 
+    fn service(&mut self, raw: Spanned<RawService>, topo: &Topology) -> Option<Service> {
+        let raw = raw.into_inner();
+        let what = format!("service `{}`", raw.name);
+        let vip = match raw.address.get_ref().parse::<Ipv4Addr>() {
+            Ok(vip) => Some(vip),
+            Err(_) => {
+                let at = self.at(&raw.address);
+                self.problem(
+                    ProblemKind::Service,
+                    &at,
+                    format_args!(
+                        "{what}: address `{}` is not an IPv4 address like 10.96.0.10",
+                        raw.address.get_ref()
+                    ),
+                );
+                None
+            }
+        };
+        let port = self.number_of(
+            &raw.port,
+            1,
+            65535,
+            &format!("{what}: port"),
+            ProblemKind::Service,
+        );
+        let node_port = match &raw.node_port {
+            Some(p) => Some(self.number_of(
+                p,
+                1,
+                65535,
+                &format!("{what}: node_port"),
+                ProblemKind::Service,
+            )?),
+            None => None,
+        };
+        let proto = match raw.proto.as_ref().map(|p| (p.get_ref().as_str(), p)) {
+            None | Some(("tcp", _)) => Some(Proto::Tcp),
+            Some(("udp", _)) => Some(Proto::Udp),
+            Some((other, p)) => {
+                let at = self.at(p);
+                self.problem(
+                    ProblemKind::Service,
+                    &at,
+                    format_args!("{what}: proto `{other}` is not `tcp` or `udp`"),
+                );
+                None
+            }
+        };
+        let affinity = match raw.affinity.as_ref().map(|a| (a.get_ref().as_str(), a)) {
+            None | Some(("none", _)) => Some(false),
+            Some(("client_ip", _)) => Some(true),
+            Some((other, a)) => {
+                let at = self.at(a);
+                self.problem(
+                    ProblemKind::Service,
+                    &at,
+                    format_args!("{what}: affinity `{other}` is not `none` or `client_ip`"),
+                );
+                None
+            }
+        };
+        let mut backends = Vec::new();
+        for backend in &raw.backends {
+            match service_backend(backend.get_ref(), topo) {
+                Ok(addr) => backends.push(addr),
+                Err(why) => {
+                    let at = self.at(backend);
+                    self.problem(
+                        ProblemKind::Service,
+                        &at,
+                        format_args!("{what}: backend `{}` {why}", backend.get_ref()),
+                    );
+                }
+            }
+        }
+        Some(Service {
+            name: raw.name,
+            vip: vip?,
+            port: u16::try_from(port?).ok()?,
+            proto: proto?,
+            backends,
+            node_port: node_port.and_then(|p| u16::try_from(p).ok()),
+            affinity: affinity?,
+            ids: ServiceIds::default(),
+        })
+    }
+
     /// A whole number in `min..=max`, or a problem saying which.
     fn number(&mut self, raw: &Spanned<i64>, min: u32, max: u32, what: &str) -> Option<u32> {
+        self.number_of(raw, min, max, what, ProblemKind::PodNetwork)
+    }
+
+    fn number_of(
+        &mut self,
+        raw: &Spanned<i64>,
+        min: u32,
+        max: u32,
+        what: &str,
+        kind: ProblemKind,
+    ) -> Option<u32> {
         let n = *raw.get_ref();
         match u32::try_from(n) {
             Ok(n) if (min..=max).contains(&n) => Some(n),
             _ => {
                 let at = self.at(raw);
                 self.problem(
-                    ProblemKind::PodNetwork,
+                    kind,
                     &at,
                     format_args!("{what} {n} is out of range: it is {min}..={max}"),
                 );
@@ -911,6 +1041,21 @@ impl Reader<'_> {
             }
             spans.nat.conntrack_size = at;
         }
+        if let Some(range) = raw.service_range {
+            let at = self.at(&range);
+            spans.nat.service_range = at.clone();
+            match parse_cidr(range.get_ref()) {
+                Ok(net) => nat.service_range = Some(net),
+                Err(why) => self.problem(
+                    ProblemKind::NatSetting,
+                    &at,
+                    format_args!(
+                        "nat.service_range `{}` is not an IPv4 CIDR like 10.96.0.0/24: {why}",
+                        range.get_ref()
+                    ),
+                ),
+            }
+        }
         if let Some(entry) = raw.entry {
             spans.nat.entry = self.at(&entry);
             match entry.get_ref().as_str() {
@@ -927,6 +1072,30 @@ impl Reader<'_> {
             }
         }
         nat
+    }
+}
+
+/// A Service backend, `ADDRESS:PORT` or `NAMESPACE:PORT` (the namespace's
+/// lab address); why not, if it is neither.
+pub fn service_backend(text: &str, topo: &Topology) -> Result<SocketAddrV4, String> {
+    if let Ok(addr) = text.parse::<SocketAddrV4>() {
+        return Ok(addr);
+    }
+    let Some((name, port)) = text.rsplit_once(':') else {
+        return Err("is not ADDRESS:PORT or NAMESPACE:PORT".to_owned());
+    };
+    let port = match port.parse::<u16>() {
+        Ok(p) if p != 0 => p,
+        _ => return Err(format!("has port `{port}`; ports are 1..=65535")),
+    };
+    match topo.backend_addr(name) {
+        Some(addr) => Ok(SocketAddrV4::new(addr, port)),
+        None if topo.namespaces.iter().any(|n| n.name == name) => Err(format!(
+            "names namespace `{name}`, which has no lab address"
+        )),
+        None => Err(format!(
+            "names no address and no namespace of the lab (`{name}`)"
+        )),
     }
 }
 

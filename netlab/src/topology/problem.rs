@@ -67,6 +67,9 @@ pub enum ProblemKind {
     /// `[pod_network]` names no bridge with an address, a range outside
     /// its subnet, or a datapath that cannot take pods.
     PodNetwork,
+    /// A `[[service]]` that is malformed, outside `[nat] service_range`,
+    /// or clashes with another Service or a published port.
+    Service,
 }
 
 impl ProblemKind {
@@ -96,6 +99,7 @@ impl ProblemKind {
             ProblemKind::HostOverlap => "host-overlap",
             ProblemKind::NamespaceGroup => "namespace-group",
             ProblemKind::PodNetwork => "pod-network",
+            ProblemKind::Service => "service",
         }
     }
 }

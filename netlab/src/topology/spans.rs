@@ -13,6 +13,8 @@ pub(super) struct Spans {
     /// One per route, in order.
     pub routes: Vec<RouteSpans>,
     pub nat: NatSpans,
+    /// One per `[[service]]` that parsed, in order.
+    pub services: Vec<Pos>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -39,4 +41,5 @@ pub(super) struct NatSpans {
     pub port_range: Pos,
     pub conntrack_size: Pos,
     pub entry: Pos,
+    pub service_range: Pos,
 }

@@ -10,9 +10,11 @@ use std::{
     net::Ipv4Addr,
 };
 
+use netlab_common::nat::MAX_SERVICE_BACKENDS;
+
 use super::{
     host::HostNetwork,
-    model::{Entry, Family, Ipv4Net, MAX_PEERS, Peer, Place, Pos, Proto, Topology, Vxlan},
+    model::{Entry, Family, Ipv4Net, MAX_PEERS, Peer, Place, Pos, Proto, Service, Topology, Vxlan},
     problem::{CONNTRACK_MAX, CONNTRACK_MIN, Problem, ProblemKind as K, conntrack_size_text, sort},
     spans::Spans,
 };
@@ -36,6 +38,11 @@ pub(super) fn validate(topo: &Topology, spans: &Spans) -> Vec<Problem> {
     publish(&lab, &mut problems);
     nat(&lab, &mut problems);
     pod_network(topo, &mut problems);
+    for (i, (service, at)) in topo.services.iter().zip(&spans.services).enumerate() {
+        for text in service_problems(topo, &topo.services[..i], service) {
+            problems.push(Problem::new(K::Service, at, text));
+        }
+    }
     sort(&mut problems);
     problems
 }
@@ -83,6 +90,122 @@ fn pod_network(topo: &Topology, problems: &mut Vec<Problem>) {
     peers(topo, &pods.peers, problems);
     if let Some(vxlan) = &pods.vxlan {
         overlay(topo, vxlan, problems);
+    }
+}
+
+/// What is wrong with Service `new` beside `others` in `topo` (the
+/// topology's, or those in force for `netlab service add`), one sentence
+/// each: its address inside `[nat] service_range`, its name, address and
+/// NodePort free, its backends at most [`MAX_SERVICE_BACKENDS`] and
+/// distinct.
+pub fn service_problems(topo: &Topology, others: &[Service], new: &Service) -> Vec<String> {
+    let mut problems = Vec::new();
+    let what = format!("service `{}`", new.name);
+    match topo.nat.service_range {
+        None => problems.push(format!(
+            "{what} needs `[nat] service_range`, the range ClusterIPs come from"
+        )),
+        Some(range) if !range.contains(new.vip) => problems.push(format!(
+            "{what}: address {} lies outside the service range {range}",
+            new.vip
+        )),
+        Some(range) if new.vip == range.network().addr || new.vip == range.broadcast() => problems
+            .push(format!(
+                "{what}: address {} is the service range's network or broadcast address",
+                new.vip
+            )),
+        Some(_) => {}
+    }
+    if new.name.is_empty()
+        || new.name.len() > 63
+        || !new
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        problems.push(format!(
+            "{what}: a Service's name is 1 to 63 letters, digits and '-'"
+        ));
+    }
+    if new.port == 0 {
+        problems.push(format!("{what} has port 0; ports are 1..=65535"));
+    }
+    for other in others {
+        if other.name == new.name {
+            problems.push(format!("{what} is declared twice"));
+        }
+        if other.vip == new.vip && other.port == new.port && other.proto == new.proto {
+            problems.push(format!(
+                "{what}: {}:{}/{} is service `{}`'s already",
+                new.vip, new.port, new.proto, other.name
+            ));
+        }
+        if new.node_port.is_some() && other.node_port == new.node_port && other.proto == new.proto {
+            problems.push(format!(
+                "{what}: node port {}/{} is service `{}`'s already",
+                new.node_port.unwrap_or(0),
+                new.proto,
+                other.name
+            ));
+        }
+    }
+    if let Some(node_port) = new.node_port {
+        if topo
+            .published_ports()
+            .iter()
+            .any(|p| p.host_port == node_port && p.proto == new.proto)
+        {
+            problems.push(format!(
+                "{what}: node port {node_port}/{} is a published port's",
+                new.proto
+            ));
+        }
+        if let Some(vxlan) = topo.tunnel_on(new.proto, node_port) {
+            problems.push(format!(
+                "{what}: node port {node_port}/{} carries the overlay {}'s tunnel",
+                new.proto, vxlan.name
+            ));
+        }
+        if topo.uplink_addr().is_none() {
+            problems.push(format!(
+                "{what}: a node port needs `[nat] uplink`, whose address the world reaches"
+            ));
+        }
+    }
+    if new.backends.len() > MAX_SERVICE_BACKENDS {
+        problems.push(format!(
+            "{what} has {} backends; a Service holds at most {MAX_SERVICE_BACKENDS}",
+            new.backends.len()
+        ));
+    }
+    for (i, backend) in new.backends.iter().enumerate() {
+        if new.backends[..i].contains(backend) {
+            problems.push(format!("{what}: backend {backend} is listed twice"));
+        }
+        if backend.port() == 0 {
+            problems.push(format!("{what}: backend {backend} has port 0"));
+        }
+    }
+    problems
+}
+
+/// `[nat] service_range`: apart from every subnet of the lab and of its
+/// peers.
+fn service_range(topo: &Topology, problems: &mut Vec<Problem>, at: &Pos) {
+    let Some(range) = topo.nat.service_range else {
+        return;
+    };
+    let lab = topo.addresses().map(|a| a.net.network());
+    let peers = topo
+        .pod_network
+        .iter()
+        .flat_map(|p| p.peers.iter().map(|p| p.subnet));
+    if let Some(net) = lab.chain(peers).find(|net| net.overlaps(range)) {
+        problems.push(Problem::new(
+            K::NatSetting,
+            at,
+            format!("nat.service_range {range} overlaps the lab's subnet {net}: ClusterIPs are nobody's address"),
+        ));
     }
 }
 
@@ -676,6 +799,7 @@ fn publish(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
 fn nat(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
     let nat = &lab.topo.nat;
     let spans = &lab.spans.nat;
+    service_range(lab.topo, problems, &spans.service_range);
     if let Some(uplink) = &nat.uplink {
         let node = lab
             .nodes

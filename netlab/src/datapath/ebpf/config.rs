@@ -23,11 +23,13 @@ use crate::{
     netlink,
     pins::Pins,
     sys,
-    topology::{Datapath, Ipv4Net, MAX_PEERS, Place, Pod, Proto, PublishedPort, Topology},
+    topology::{
+        Datapath, InForce, Ipv4Net, MAX_PEERS, Place, Pod, Proto, PublishedPort, Service, Topology,
+    },
 };
 
 /// An address as the maps hold it (network byte order).
-fn be(addr: Ipv4Addr) -> u32 {
+pub(super) fn be(addr: Ipv4Addr) -> u32 {
     u32::from(addr).to_be()
 }
 
@@ -40,7 +42,7 @@ fn net(net: Ipv4Net) -> Net {
 }
 
 /// The IP protocol number of a published port.
-fn ip_proto(proto: Proto) -> u8 {
+pub(super) fn ip_proto(proto: Proto) -> u8 {
     match proto {
         Proto::Tcp => IPPROTO_TCP,
         Proto::Udp => IPPROTO_UDP,
@@ -274,6 +276,7 @@ pub fn plan(topo: &Topology, links: &LabLinks, pods: &[Pod]) -> Result<MapConten
         internal: net_set(&internal),
         masquerade: net_set(&masq_nets),
         peers: net_set(&peer_nets),
+        services: topo.nat.service_range.map(net).unwrap_or_default(),
     };
 
     let mut ifaces = BTreeMap::new();
@@ -505,30 +508,47 @@ fn publish_entry(topo: &Topology, port: &PublishedPort) -> Result<(PublishKey, B
         Backend {
             addr: be(addr),
             port: port.port.to_be(),
-            _pad: 0,
+            service: 0,
         },
     ))
 }
 
-/// The words of `BACKEND_PORTS` for the backends of `ports`.
-fn backend_port_words(ports: &[PublishedPort]) -> BTreeMap<u32, u64> {
+/// The `PUBLISHED` row of `service`'s NodePort, if it has one.
+pub fn node_port_entry(service: &Service) -> Option<(PublishKey, Backend)> {
+    let port = service.node_port?;
+    Some((
+        PublishKey {
+            port: port.to_be(),
+            proto: ip_proto(service.proto),
+            _pad: 0,
+        },
+        Backend {
+            addr: 0,
+            port: 0,
+            service: service.ids.node,
+        },
+    ))
+}
+
+/// The words of `BACKEND_PORTS` for the backends in force.
+fn backend_port_words(in_force: &InForce<'_>) -> BTreeMap<u32, u64> {
     let mut words = BTreeMap::new();
-    for port in ports {
-        let (word, bit) = backend_port_bit(port.port);
+    for port in in_force.backend_ports() {
+        let (word, bit) = backend_port_bit(port);
         *words.entry(word).or_insert(0) |= bit;
     }
     words
 }
 
 /// Writes the word of `BACKEND_PORTS` that holds `port`'s bit, as the
-/// backends of `published` (the ports in force) make it.
+/// backends in force make it.
 /// One pass over the ports, nothing allocated: with 30,000 ports, building
 /// every word first took 200 µs of a `publish add`, measured.
-fn set_backend_port_word(pins: &Pins, published: &[PublishedPort], port: u16) -> Result<()> {
+pub fn set_backend_port_word(pins: &Pins, in_force: &InForce<'_>, port: u16) -> Result<()> {
     let (word, _) = backend_port_bit(port);
-    let value = published
-        .iter()
-        .map(|p| backend_port_bit(p.port))
+    let value = in_force
+        .backend_ports()
+        .map(backend_port_bit)
         .filter(|(w, _)| *w == word)
         .fold(0, |value, (_, bit)| value | bit);
     maps::backend_ports(pins)?.set(word, value, 0)?;
@@ -541,19 +561,19 @@ fn set_backend_port_word(pins: &Pins, published: &[PublishedPort], port: u16) ->
 pub fn publish_one(
     pins: &Pins,
     topo: &Topology,
-    published: &[PublishedPort],
+    in_force: &InForce<'_>,
     port: &PublishedPort,
 ) -> Result<()> {
     let (key, backend) = publish_entry(topo, port)?;
     // The bit first: a reply from the backend may follow the first packet.
-    set_backend_port_word(pins, published, port.port)?;
+    set_backend_port_word(pins, in_force, port.port)?;
     maps::published(pins)?.insert(key, backend, 0)?;
     Ok(())
 }
 
 /// Removes one published port (no longer in `published`): one map delete,
 /// and its backend port's bit unless another published port still uses it.
-pub fn unpublish_one(pins: &Pins, published: &[PublishedPort], port: &PublishedPort) -> Result<()> {
+pub fn unpublish_one(pins: &Pins, in_force: &InForce<'_>, port: &PublishedPort) -> Result<()> {
     // Gone already is fine (a DEL after an ADD that recorded the port and
     // died before publishing it).
     let mut map = maps::published(pins)?;
@@ -561,7 +581,7 @@ pub fn unpublish_one(pins: &Pins, published: &[PublishedPort], port: &PublishedP
     if map.get(&key, 0).is_ok() {
         map.remove(&key)?;
     }
-    set_backend_port_word(pins, published, port.port)
+    set_backend_port_word(pins, in_force, port.port)
 }
 
 /// Cuts the flows a published port opened (`port` was removed), as
@@ -580,13 +600,20 @@ pub fn cut_flows(pins: &Pins, port: &PublishedPort) -> Result<()> {
     Ok(())
 }
 
-/// Makes the PUBLISHED map hold exactly `records`.
-pub fn sync_published(pins: &Pins, topo: &Topology, ports: &[PublishedPort]) -> Result<()> {
+/// Makes the PUBLISHED map hold exactly the published ports in force
+/// and the Services' NodePorts, and the bitmap of backend ports their
+/// backends'.
+pub fn sync_published(pins: &Pins, topo: &Topology, in_force: &InForce<'_>) -> Result<()> {
     let mut published = maps::published(pins)?;
     let mut wanted = BTreeMap::new();
-    for port in ports {
+    for port in in_force.published {
         let (key, backend) = publish_entry(topo, port)?;
         wanted.insert((key.port, key.proto), (key, backend));
+    }
+    for service in in_force.services {
+        if let Some((key, backend)) = node_port_entry(service) {
+            wanted.insert((key.port, key.proto), (key, backend));
+        }
     }
     let present: Vec<(PublishKey, Backend)> = published.iter().filter_map(|e| e.ok()).collect();
     let mut epochs = maps::publish_epochs(pins)?;
@@ -604,9 +631,10 @@ pub fn sync_published(pins: &Pins, topo: &Topology, ports: &[PublishedPort]) -> 
     // those can differ from what they should be (one lookup per port, not
     // one per word of the map).
     let mut words = maps::backend_ports(pins)?;
-    let wanted_words = backend_port_words(ports);
+    let wanted_words = backend_port_words(in_force);
     let touched: BTreeSet<u32> = present
         .iter()
+        .filter(|(_, backend)| backend.service == 0)
         .map(|(_, backend)| backend_port_bit(u16::from_be(backend.port)).0)
         .chain(wanted_words.keys().copied())
         .collect();

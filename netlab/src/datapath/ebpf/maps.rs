@@ -10,8 +10,8 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, ProgramArray, lpm_tri
 use netlab_common::{
     names,
     nat::{
-        Backend, CtEntry, Endpoint, FlowKey, IfaceConfig, NatConfig, PublishKey,
-        REDIRECT_REASON_SLOTS, Stat, redirect_stat_index,
+        Backend, CtEntry, Endpoint, FlowKey, IfaceConfig, MaglevTable, NatConfig, PublishKey,
+        REDIRECT_REASON_SLOTS, Service, ServiceKey, Stat, redirect_stat_index,
     },
     trace::{TRACE_STAT_EMITTED, TRACE_STAT_LOST, TraceConfig},
 };
@@ -93,6 +93,33 @@ pub fn publish_epochs(pins: &Pins) -> Result<Array<MapData, u32>> {
     Ok(Array::try_from(Map::Array(open(
         pins,
         names::PUBLISH_EPOCH,
+        NAT_HINT,
+    )?))?)
+}
+
+/// The Services by virtual address and port.
+pub fn services(pins: &Pins) -> Result<HashMap<MapData, ServiceKey, Service>> {
+    Ok(HashMap::try_from(Map::HashMap(open(
+        pins,
+        names::SERVICES,
+        NAT_HINT,
+    )?))?)
+}
+
+/// Each Service table's Maglev lookup table, by id.
+pub fn maglev(pins: &Pins) -> Result<HashMap<MapData, u32, MaglevTable>> {
+    Ok(HashMap::try_from(Map::HashMap(open(
+        pins,
+        names::MAGLEV,
+        NAT_HINT,
+    )?))?)
+}
+
+/// Each Service backend, by id.
+pub fn service_backends(pins: &Pins) -> Result<HashMap<MapData, u32, Backend>> {
+    Ok(HashMap::try_from(Map::HashMap(open(
+        pins,
+        names::SERVICE_BACKENDS,
         NAT_HINT,
     )?))?)
 }

@@ -7,6 +7,8 @@
 //! - [`maps`]: typed openers and readers of the pinned maps;
 //! - [`config`]: fills the configuration maps from the topology and the
 //!   published ports;
+//! - [`services`]: Services in the maps (address, Maglev tables, backends),
+//!   with `maglev` filling the tables;
 //! - [`flows`]: the conntrack tables read back as flows;
 //! - [`object`]: what the loader reads of the object itself (its CO-RE
 //!   relocations).
@@ -14,7 +16,9 @@
 pub mod config;
 pub mod flows;
 pub mod loader;
+mod maglev;
 pub mod maps;
 pub mod object;
+pub mod services;
 
 pub use loader::EBPF_OBJECT;

@@ -15,7 +15,7 @@ use super::{
     naming::chains,
     plan::{self, SavedTable},
 };
-use crate::topology::{PublishedPort, Topology};
+use crate::topology::{InForce, PublishedPort, Service, Topology};
 
 /// Chooses the iptables variant: `nft` (the default) or `legacy`.
 pub const VARIANT_ENV: &str = "NETLAB_IPTABLES";
@@ -198,13 +198,8 @@ fn restore(variant: Variant, text: &str) -> Result<()> {
 
 /// Installs (idempotently: rerunning converges, no duplicate rules) the lab's
 /// chains and the jumps into them.
-pub fn install(
-    lab: &str,
-    topo: &Topology,
-    published: &[PublishedPort],
-    variant: Variant,
-) -> Result<()> {
-    plan::check_published(topo, published)?;
+pub fn install(lab: &str, topo: &Topology, in_force: &InForce<'_>, variant: Variant) -> Result<()> {
+    plan::check_published(topo, in_force.published)?;
     let ours = chains(lab);
     let other = variant.other();
     if other.find(Tool::Save).is_some() {
@@ -218,7 +213,10 @@ pub fn install(
         }
     }
     let saved = save(variant)?;
-    let plans = plan::plan(lab, topo, published);
+    let mut plans = plan::plan(lab, topo, in_force);
+    for plan in &mut plans {
+        plan.find_stale(&saved, &ours);
+    }
     let edits = plan::jump_edits(&plans, &saved, &ours);
     restore(variant, &plan::render(&plans, &edits))
         .with_context(|| format!("installing lab `{lab}`'s iptables rules ({variant} backend)"))?;
@@ -239,12 +237,13 @@ pub fn install(
 pub fn sync_published(
     lab: &str,
     topo: &Topology,
-    published: &[PublishedPort],
+    in_force: &InForce<'_>,
     variant: Variant,
 ) -> Result<()> {
-    plan::check_published(topo, published)?;
+    plan::check_published(topo, in_force.published)?;
     let ours = chains(lab);
-    let found = plan::present(&save(variant)?, &ours);
+    let saved = save(variant)?;
+    let found = plan::present(&saved, &ours);
     let missing: Vec<&str> = ours
         .all()
         .into_iter()
@@ -258,7 +257,10 @@ pub fn sync_published(
             missing.join(", ")
         );
     }
-    let plans = plan::plan(lab, topo, published);
+    let mut plans = plan::plan(lab, topo, in_force);
+    for plan in &mut plans {
+        plan.find_stale(&saved, &ours);
+    }
     restore(variant, &plan::render(&plans, &[]))
         .with_context(|| format!("updating lab `{lab}`'s published ports ({variant} backend)"))
 }
@@ -269,12 +271,7 @@ pub fn sync_published(
 /// Docker and kube-proxy do. Without the `conntrack` binary the flows run
 /// until they expire: said as a warning.
 pub fn cut_flows(topo: &Topology, port: &PublishedPort) -> Result<()> {
-    let path = env::var_os("PATH").unwrap_or_default();
-    let Some(binary) = env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join("conntrack"))
-        .find(|candidate| candidate.is_file())
-    else {
+    let Some(binary) = conntrack_binary() else {
         log::warn!(
             "conntrack (conntrack-tools) is not installed: flows already open to {}/{} keep              going until they expire (Debian: `apt-get install conntrack`)",
             port.host_port,
@@ -304,6 +301,63 @@ pub fn cut_flows(topo: &Topology, port: &PublishedPort) -> Result<()> {
         log::debug!("conntrack -D {proto} {addr}:{host_port}: {status}");
     }
     Ok(())
+}
+
+/// Cuts the kernel's conntrack entries of `service`'s flows to `gone` (its
+/// backends removed, or all of them), as kube-proxy does for UDP; here for
+/// TCP too, as the eBPF datapath cuts every flow of a removed backend.
+pub fn cut_service_flows(
+    _topo: &Topology,
+    service: &Service,
+    gone: &[std::net::SocketAddrV4],
+) -> Result<()> {
+    let Some(binary) = conntrack_binary() else {
+        log::warn!(
+            "conntrack (conntrack-tools) is not installed: flows already open to service {service} \
+             keep going until they expire (Debian: `apt-get install conntrack`)"
+        );
+        return Ok(());
+    };
+    let proto = service.proto.to_string();
+    for backend in gone {
+        let (addr, port) = (backend.ip().to_string(), backend.port().to_string());
+        for (dst, dport) in [(service.vip.to_string(), service.port.to_string())]
+            .into_iter()
+            .chain(service.node_port.map(|p| (String::new(), p.to_string())))
+        {
+            let mut args = vec![
+                "-D",
+                "-p",
+                &proto,
+                "--reply-src",
+                &addr,
+                "--reply-port-src",
+                &port,
+            ];
+            if !dst.is_empty() {
+                args.extend(["--orig-dst", &dst]);
+            }
+            args.extend(["--orig-port-dst", &dport]);
+            // Exit status 1 when nothing matched: not an error.
+            let status = Command::new(&binary)
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .with_context(|| format!("starting {}", binary.display()))?;
+            log::debug!("conntrack {args:?}: {status}");
+        }
+    }
+    Ok(())
+}
+
+/// The `conntrack` binary of conntrack-tools, if installed.
+fn conntrack_binary() -> Option<PathBuf> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join("conntrack"))
+        .find(|candidate| candidate.is_file())
 }
 
 /// Removes the jumps and the lab's chains from every variant whose binaries

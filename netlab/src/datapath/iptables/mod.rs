@@ -100,6 +100,8 @@ mod exec;
 mod naming;
 mod plan;
 
-pub use exec::{VARIANT_ENV, Variant, cut_flows, install, remove, rules, sync_published};
+pub use exec::{
+    VARIANT_ENV, Variant, cut_flows, cut_service_flows, install, remove, rules, sync_published,
+};
 pub use naming::{Chains, MAX_CHAIN_NAME, chains};
 pub use plan::ruleset;

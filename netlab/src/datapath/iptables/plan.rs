@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 use anyhow::{Result, bail};
 
 use super::naming::{Chains, chains};
-use crate::topology::{Ipv4Net, Proto, PublishedPort, Topology};
+use crate::topology::{InForce, Ipv4Net, Proto, PublishedPort, Service, Topology};
 
 /// One rule: `-A chain spec` in iptables-save form.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +45,23 @@ pub(super) struct TablePlan {
     jumps: Vec<Rule>,
     /// The lab's chains' contents.
     body: Vec<Rule>,
+    /// Chains of the lab's that exist and are no longer wanted (a removed
+    /// Service's), emptied and deleted after the body.
+    pub stale: Vec<String>,
+}
+
+impl TablePlan {
+    /// Marks the lab's chains of `saved` this plan no longer has as stale.
+    pub(super) fn find_stale(&mut self, saved: &[SavedTable], ours: &Chains) {
+        if let Some(table) = saved_table(saved, self.table) {
+            self.stale = table
+                .chains
+                .iter()
+                .filter(|c| ours.is_service_chain(c) && !self.chains.contains(c))
+                .cloned()
+                .collect();
+        }
+    }
 }
 
 /// A published port, resolved against the topology.
@@ -100,9 +117,10 @@ fn push_unique<T: PartialEq>(list: &mut Vec<T>, item: T) {
     }
 }
 
-pub(super) fn plan(lab: &str, topo: &Topology, published: &[PublishedPort]) -> [TablePlan; 2] {
+pub(super) fn plan(lab: &str, topo: &Topology, in_force: &InForce<'_>) -> [TablePlan; 2] {
     let names = chains(lab);
-    let published = resolve(topo, published);
+    let published = resolve(topo, in_force.published);
+    let services = in_force.services;
     let ifaces = host_ifaces(topo);
     let uplink = topo.nat.uplink.as_deref();
 
@@ -145,6 +163,11 @@ pub(super) fn plan(lab: &str, topo: &Topology, published: &[PublishedPort]) -> [
         format!("-d 127.0.0.0/8 -j {}", names.dnat),
     ));
     nat_jumps.push(Rule::new("POSTROUTING", format!("-j {}", names.post)));
+    if let Some(range) = topo.nat.service_range {
+        for builtin in ["PREROUTING", "OUTPUT"] {
+            nat_jumps.push(Rule::new(builtin, format!("-d {range} -j {}", names.svc)));
+        }
+    }
 
     let mut nat_body = Vec::new();
     for p in &published {
@@ -159,6 +182,8 @@ pub(super) fn plan(lab: &str, topo: &Topology, published: &[PublishedPort]) -> [
             ),
         ));
     }
+    let mut service_chains = Vec::new();
+    service_rules(topo, &names, services, &mut nat_body, &mut service_chains);
     if !published.is_empty() {
         nat_body.push(Rule::new(
             &names.post,
@@ -188,6 +213,16 @@ pub(super) fn plan(lab: &str, topo: &Topology, published: &[PublishedPort]) -> [
     for p in &published {
         push_unique(&mut hairpins, (p.backend, p.proto, p.port));
     }
+    // A Service's backends on this node, as published ports' backends:
+    // reached from the world (a NodePort) and from themselves.
+    for service in services {
+        for (_, backend) in topo.local_backends(service) {
+            push_unique(
+                &mut hairpins,
+                (*backend.ip(), service.proto, backend.port()),
+            );
+        }
+    }
     for (backend, proto, port) in &hairpins {
         nat_body.push(Rule::new(
             &names.post,
@@ -198,6 +233,17 @@ pub(super) fn plan(lab: &str, topo: &Topology, published: &[PublishedPort]) -> [
     }
 
     let mut fwd_body = Vec::new();
+    // ClusterIPs serve the lab, not the world (which has NodePorts); and a
+    // ClusterIP no backend took is nobody's (kube-proxy rejects it).
+    if let Some(range) = topo.nat.service_range {
+        if let Some(uplink) = topo.nat.uplink.as_deref() {
+            fwd_body.push(Rule::new(
+                &names.fwd,
+                format!("-i {uplink} -m conntrack --ctstate DNAT --ctorigdst {range} -j DROP"),
+            ));
+        }
+        fwd_body.push(Rule::new(&names.fwd, format!("-d {range} -j DROP")));
+    }
     // conntrack marks what it cannot track (malformed L4, ICMP errors about
     // no flow) INVALID, MASQUERADE skips it, and it would leave the uplink
     // with its lab source (kube-proxy drops INVALID for the same leak).
@@ -265,20 +311,117 @@ pub(super) fn plan(lab: &str, topo: &Topology, published: &[PublishedPort]) -> [
         fwd_body.push(Rule::new(&names.fwd, format!("-i {uplink} -j DROP")));
     }
 
+    let mut nat_chains = vec![names.dnat.clone(), names.post.clone(), names.svc.clone()];
+    nat_chains.extend(service_chains);
     [
         TablePlan {
             table: "nat",
-            chains: vec![names.dnat.clone(), names.post.clone()],
+            chains: nat_chains,
             jumps: nat_jumps,
             body: nat_body,
+            stale: Vec::new(),
         },
         TablePlan {
             table: "filter",
             chains: vec![names.fwd.clone()],
             jumps: vec![Rule::new("FORWARD", format!("-j {}", names.fwd))],
             body: fwd_body,
+            stale: Vec::new(),
         },
     ]
+}
+
+/// The Services as kube-proxy's iptables mode writes them: one rule per
+/// ClusterIP in the Services chain (so a new flow's cost grows with the
+/// Services), one chain per backend table choosing a backend with
+/// `statistic --mode random` (each with the probability that leaves the
+/// rest an even share), one chain per backend doing its DNAT, `recent`
+/// for session affinity (kube-proxy's default timeout, 3 hours), and a
+/// NodePort's chain over this node's backends only. The chains they use
+/// go to `chains`.
+fn service_rules(
+    topo: &Topology,
+    names: &Chains,
+    services: &[Service],
+    body: &mut Vec<Rule>,
+    chains: &mut Vec<String>,
+) {
+    const AFFINITY_SECONDS: u32 = 10800;
+    for service in services {
+        let proto = service.proto;
+        body.push(Rule::new(
+            &names.svc,
+            format!(
+                "-d {}/32 -p {proto} -m {proto} --dport {} -j {}",
+                service.vip,
+                service.port,
+                names.table(service.ids.cluster)
+            ),
+        ));
+        if let Some(node_port) = service.node_port {
+            body.push(Rule::new(
+                &names.dnat,
+                format!(
+                    "-p {proto} -m {proto} --dport {node_port} -j {}",
+                    names.table(service.ids.node)
+                ),
+            ));
+        }
+        let all: Vec<(u16, std::net::SocketAddrV4)> = service
+            .ids
+            .backends
+            .iter()
+            .copied()
+            .zip(service.backends.iter().copied())
+            .collect();
+        let local: Vec<_> = topo.local_backends(service).collect();
+        let mut tables = vec![(service.ids.cluster, all.as_slice())];
+        if service.node_port.is_some() {
+            tables.push((service.ids.node, local.as_slice()));
+        }
+        for (table, backends) in tables {
+            let chain = names.table(table);
+            chains.push(chain.clone());
+            if service.affinity {
+                for (id, _) in backends {
+                    let backend = names.backend(*id);
+                    body.push(Rule::new(
+                        &chain,
+                        format!(
+                            "-m recent --rcheck --seconds {AFFINITY_SECONDS} --reap --name {backend} --mask 255.255.255.255 --rsource -j {backend}"
+                        ),
+                    ));
+                }
+            }
+            let n = backends.len();
+            for (i, (id, _)) in backends.iter().enumerate() {
+                let backend = names.backend(*id);
+                let spec = if i + 1 == n {
+                    format!("-j {backend}")
+                } else {
+                    format!(
+                        "-m statistic --mode random --probability {:.11} -j {backend}",
+                        1.0 / (n - i) as f64
+                    )
+                };
+                body.push(Rule::new(&chain, spec));
+            }
+        }
+        for (id, addr) in &all {
+            let chain = names.backend(*id);
+            chains.push(chain.clone());
+            if service.affinity {
+                body.push(Rule::new(
+                    &chain,
+                    format!("-m recent --set --name {chain} --mask 255.255.255.255 --rsource"),
+                ));
+            }
+            body.push(Rule::new(
+                &chain,
+                format!("-p {proto} -m {proto} -j DNAT --to-destination {addr}"),
+            ));
+        }
+    }
 }
 
 /// The ip6tables input that closes the lab for IPv6, as the eBPF datapaths
@@ -374,6 +517,12 @@ pub(super) fn render(plans: &[TablePlan], edits: &[JumpEdits<'_>]) -> String {
         for rule in &plan.body {
             out.push_str(&format!("-A {} {}\n", rule.chain, rule.spec));
         }
+        for chain in &plan.stale {
+            out.push_str(&format!("-F {chain}\n"));
+        }
+        for chain in &plan.stale {
+            out.push_str(&format!("-X {chain}\n"));
+        }
         out.push_str("COMMIT\n");
     }
     out
@@ -383,7 +532,11 @@ pub(super) fn render(plans: &[TablePlan], edits: &[JumpEdits<'_>]) -> String {
 /// without the lab's jumps (on a rerun it leaves out the jumps already there).
 /// Published records it cannot resolve are left out; `install` refuses them.
 pub fn ruleset(lab: &str, topo: &Topology, published: &[PublishedPort]) -> String {
-    let plans = plan(lab, topo, published);
+    let in_force = InForce {
+        published,
+        services: &topo.services,
+    };
+    let plans = plan(lab, topo, &in_force);
     let edits: Vec<JumpEdits<'_>> = plans
         .iter()
         .map(|p| JumpEdits {
@@ -522,6 +675,7 @@ mod tests {
 *nat
 :NL-default-DNAT - [0:0]
 :NL-default-POST - [0:0]
+:NL-default-SVC - [0:0]
 -I PREROUTING -d 192.168.15.5/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
 -I PREROUTING -d 198.18.0.1/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
 -I OUTPUT -d 192.168.15.5/32 -m addrtype --dst-type LOCAL -j NL-default-DNAT
@@ -619,7 +773,12 @@ COMMIT
     #[test]
     fn rerun_inserts_only_missing_jumps_and_drops_strays() {
         let topo = crate::topology::default_lab().unwrap();
-        let plans = plan("default", &topo, &default_published());
+        let published = default_published();
+        let in_force = InForce {
+            published: &published,
+            services: &[],
+        };
+        let plans = plan("default", &topo, &in_force);
         let saved = parse_save(SAVED);
         let edits = jump_edits(&plans, &saved, &chains("default"));
         let text = render(&plans, &edits);
