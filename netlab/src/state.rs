@@ -132,17 +132,6 @@ impl LabState {
                     .chain(s.ids.backends.iter().copied())
             })
             .collect();
-        let mut next = |keep: Option<u16>| -> Result<u16> {
-            if let Some(id) = keep.filter(|id| *id != 0 && !used.contains(id)) {
-                used.insert(id);
-                return Ok(id);
-            }
-            let id = (1..=u16::MAX).find(|id| !used.contains(id)).context(
-                "every Service id is taken: a lab holds at most 65,535 Service tables and backends",
-            )?;
-            used.insert(id);
-            Ok(id)
-        };
         let kept = |addr: &std::net::SocketAddrV4| {
             old.as_ref().and_then(|old| {
                 old.backends
@@ -151,15 +140,38 @@ impl LabState {
                     .and_then(|i| old.ids.backends.get(i).copied())
             })
         };
-        service.ids.cluster = next(old.as_ref().map(|o| o.ids.cluster))?;
+        // What is kept first, so no new id takes a kept one.
+        let keep_cluster = old.as_ref().map(|o| o.ids.cluster);
+        let keep_node = old
+            .as_ref()
+            .filter(|_| service.node_port.is_some())
+            .map(|o| o.ids.node);
+        let keep_backends: Vec<Option<u16>> = service.backends.iter().map(kept).collect();
+        used.extend(
+            [keep_cluster, keep_node]
+                .iter()
+                .chain(&keep_backends)
+                .flatten()
+                .filter(|id| **id != 0),
+        );
+        let mut next = |keep: Option<u16>| -> Result<u16> {
+            if let Some(id) = keep.filter(|id| *id != 0) {
+                return Ok(id);
+            }
+            let id = (1..=u16::MAX).find(|id| !used.contains(id)).context(
+                "every Service id is taken: a lab holds at most 65,535 Service tables and backends",
+            )?;
+            used.insert(id);
+            Ok(id)
+        };
+        service.ids.cluster = next(keep_cluster)?;
         service.ids.node = match service.node_port {
-            Some(_) => next(old.as_ref().map(|o| o.ids.node))?,
+            Some(_) => next(keep_node)?,
             None => 0,
         };
-        service.ids.backends = service
-            .backends
-            .iter()
-            .map(|addr| next(kept(addr)))
+        service.ids.backends = keep_backends
+            .into_iter()
+            .map(&mut next)
             .collect::<Result<_>>()?;
         match at {
             Some(at) => self.services.insert(at, service),
@@ -306,6 +318,62 @@ impl TraceLock {
 mod tests {
     use super::*;
     use crate::topology::Proto;
+
+    fn web(backends: &[&str], node_port: Option<u16>) -> Service {
+        Service {
+            name: "web".into(),
+            vip: "10.96.0.10".parse().unwrap(),
+            port: 80,
+            proto: Proto::Tcp,
+            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+            node_port,
+            affinity: false,
+            ids: topology::ServiceIds::default(),
+        }
+    }
+
+    #[test]
+    fn a_service_keeps_the_ids_of_what_it_keeps() {
+        let mut state = LabState::default();
+        assert!(
+            state
+                .put_service(web(&["10.0.0.1:80", "10.0.0.2:80"], None))
+                .unwrap()
+                .is_none()
+        );
+        let first = state.services[0].ids.clone();
+        assert_eq!(first.node, 0, "no node port, no node table");
+        let all = [first.cluster, first.backends[0], first.backends[1]];
+        assert!(all.iter().all(|id| *id != 0));
+        assert_eq!(all.iter().collect::<BTreeSet<_>>().len(), 3, "{all:?}");
+
+        // One backend kept, one replaced, a node port added.
+        let old = state
+            .put_service(web(&["10.0.0.3:80", "10.0.0.2:80"], Some(30080)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(old.ids, first);
+        let ids = state.services[0].ids.clone();
+        assert_eq!(ids.cluster, first.cluster);
+        assert_eq!(ids.backends[1], first.backends[1], "the kept backend's id");
+        assert!(
+            !first.backends.contains(&ids.backends[0]),
+            "a new backend, a new id"
+        );
+        assert!(ids.node != 0 && ids.node != ids.cluster);
+        assert_eq!(state.services.len(), 1);
+
+        // Another Service takes none of these ids.
+        let mut other = web(&["10.0.0.2:80"], None);
+        other.name = "other".into();
+        state.put_service(other).unwrap();
+        let taken: BTreeSet<u16> = [ids.cluster, ids.node]
+            .into_iter()
+            .chain(ids.backends.iter().copied())
+            .collect();
+        let second = &state.services[1].ids;
+        assert!(!taken.contains(&second.cluster) && !taken.contains(&second.backends[0]));
+    }
 
     /// A record as an older netlab wrote it (strings throughout) still reads.
     #[test]

@@ -1807,6 +1807,100 @@ peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
         }
     }
 
+    /// The default lab with a service range and `service` (a TOML table body).
+    fn with_service(service: &str) -> String {
+        format!(
+            "{}\nservice_range = \"10.96.0.0/24\"\n\n[[service]]\n{service}\n",
+            include_str!("default.toml")
+        )
+    }
+
+    #[test]
+    fn services_parse_with_their_defaults() {
+        let text = with_service(
+            "name = \"web\"\naddress = \"10.96.0.10\"\nport = 80\nbackends = [\"red:8000\", \"10.78.0.5:80\"]",
+        );
+        let topo = parse(&text, "lab.toml").unwrap();
+        let web = &topo.services[0];
+        assert_eq!(
+            (web.port, web.proto, web.node_port, web.affinity),
+            (80, Proto::Tcp, None, false)
+        );
+        assert_eq!(
+            web.backends
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["192.168.15.1:8000", "10.78.0.5:80"],
+            "a namespace's backend is its lab address"
+        );
+        assert_eq!(topo.nat.service_range.unwrap().to_string(), "10.96.0.0/24");
+    }
+
+    #[test]
+    fn service_problems_are_named() {
+        let base = "name = \"web\"\naddress = \"10.96.0.10\"\nport = 80\nbackends = [\"red:8000\"]";
+        let cases: Vec<(String, &[&str])> = vec![
+            (
+                with_service(&base.replace("10.96.0.10", "10.97.0.10")),
+                &["service `web`: address 10.97.0.10 lies outside the service range 10.96.0.0/24"],
+            ),
+            (
+                with_service(&base.replace("red:8000", "nosuch:8000")),
+                &["backend `nosuch:8000` names no address and no namespace"],
+            ),
+            (
+                with_service(&base.replace("red:8000", "red:0")),
+                &["backend `red:0` has port `0`"],
+            ),
+            (
+                with_service(&base.replace("port = 80", "port = 80\nproto = \"sctp\"")),
+                &["proto `sctp` is not `tcp` or `udp`"],
+            ),
+            (
+                with_service(&base.replace("port = 80", "port = 80\naffinity = \"cookie\"")),
+                &["affinity `cookie` is not `none` or `client_ip`"],
+            ),
+            (
+                with_service(&base.replace("port = 80", "port = 80\nnode_port = 8080")),
+                &["node port 8080/tcp is a published port's"],
+            ),
+            (
+                format!("{}\n[[service]]\n{base}\n", with_service(base)),
+                &["service `web` is declared twice"],
+            ),
+            (
+                with_service(&base.replace("name = \"web\"", "name = \"web server\"")),
+                &["a Service's name is 1 to 63 letters, digits and '-'"],
+            ),
+            (
+                with_service(&format!(
+                    "{}{}]",
+                    base.replace("\"red:8000\"]", ""),
+                    (1..=65)
+                        .map(|i| format!("\"10.78.0.{i}:80\", "))
+                        .collect::<String>()
+                )),
+                &["has 65 backends; a Service holds at most 64"],
+            ),
+        ];
+        for (text, needles) in cases {
+            only_problem(&text, K::Service, needles);
+        }
+        // Without a service range.
+        let text = format!("{}\n[[service]]\n{base}\n", include_str!("default.toml"));
+        only_problem(&text, K::Service, &["needs `[nat] service_range`"]);
+        // A service range over a lab subnet.
+        let text = with_service(base)
+            .replace("10.96.0.0/24", "192.168.15.0/25")
+            .replace("10.96.0.10", "192.168.15.10");
+        let problems = parse(&text, "lab.toml").unwrap_err().to_string();
+        assert!(
+            problems.contains("overlaps the lab's subnet 192.168.15.0/24"),
+            "{problems}"
+        );
+    }
+
     #[test]
     fn pod_network_problems() {
         let peer = |subnet: &str, via: &str| {

@@ -671,6 +671,72 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn services_are_kube_proxys_chains() {
+        let text = format!(
+            "{}\nservice_range = \"10.96.0.0/24\"\n\n[[service]]\nname = \"web\"\naddress = \"10.96.0.10\"\nport = 80\nbackends = [\"red:8000\", \"blue:8000\", \"10.78.0.5:8000\"]\nnode_port = 30080\naffinity = \"client_ip\"\n",
+            include_str!("../../topology/default.toml")
+        );
+        let topo = crate::topology::parse(&text, "lab.toml").unwrap();
+        let mut web = topo.services[0].clone();
+        web.ids = crate::topology::ServiceIds {
+            cluster: 1,
+            node: 2,
+            backends: vec![3, 4, 5],
+        };
+        let ids = web.ids.clone();
+        let services = [web];
+        let in_force = InForce {
+            published: &[],
+            services: &services,
+        };
+        let plans = plan("default", &topo, &in_force);
+        let rules = render(&plans, &[]);
+        let c = chains("default");
+        let (svc, node) = (c.table(ids.cluster), c.table(ids.node));
+        let e: Vec<String> = ids.backends.iter().map(|id| c.backend(*id)).collect();
+        for line in [
+            format!("-A NL-default-SVC -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j {svc}"),
+            format!("-A NL-default-DNAT -p tcp -m tcp --dport 30080 -j {node}"),
+            // Three backends: a third, then half the rest, then the last.
+            format!("-A {svc} -m statistic --mode random --probability 0.33333333333 -j {}", e[0]),
+            format!("-A {svc} -m statistic --mode random --probability 0.50000000000 -j {}", e[1]),
+            format!("-A {svc} -j {}", e[2]),
+            // The node port: this node's two backends only.
+            format!("-A {node} -m statistic --mode random --probability 0.50000000000 -j {}", e[0]),
+            format!("-A {node} -j {}", e[1]),
+            format!(
+                "-A {svc} -m recent --rcheck --seconds 10800 --reap --name {0} --mask 255.255.255.255 --rsource -j {0}",
+                e[2]
+            ),
+            format!("-A {} -m recent --set --name {0} --mask 255.255.255.255 --rsource", e[0]),
+            format!("-A {} -p tcp -m tcp -j DNAT --to-destination 10.78.0.5:8000", e[2]),
+            "-A NL-default-FWD -i nl-uplink -m conntrack --ctstate DNAT --ctorigdst 10.96.0.0/24 -j DROP".to_owned(),
+            "-A NL-default-FWD -d 10.96.0.0/24 -j DROP".to_owned(),
+        ] {
+            assert!(rules.lines().any(|l| l == line), "no `{line}` in:\n{rules}");
+        }
+        assert!(
+            !rules.contains(&format!("-A {node} -j {}", e[2])),
+            "a peer's backend is not the node port's"
+        );
+        // A Service gone: its chains are stale, emptied and deleted.
+        let saved = parse_save(&rules);
+        let none = InForce {
+            published: &[],
+            services: &[],
+        };
+        let mut plans = plan("default", &topo, &none);
+        for plan in &mut plans {
+            plan.find_stale(&saved, &c);
+        }
+        let stale: BTreeSet<&String> = plans.iter().flat_map(|p| p.stale.iter()).collect();
+        assert!(
+            stale.contains(&svc) && stale.contains(&e[0]) && !stale.contains(&c.svc),
+            "{stale:?}"
+        );
+    }
+
     const DEFAULT_RULESET: &str = "\
 *nat
 :NL-default-DNAT - [0:0]
