@@ -30,6 +30,7 @@ use std::{
 pub mod default_lab;
 pub mod exposition;
 pub mod frames;
+pub mod scripts;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 pub use netlab::status::{HookStatus, LabStatus, LinkStatus};

@@ -15,7 +15,10 @@
 use std::time::Duration;
 
 use netlab::{cni::spec::AddResult, status::LabStatus};
-use netlab_tests::{Background, COMMAND_TIMEOUT, Output, Sandbox, nat_counter, run_with_input};
+use netlab_tests::{
+    Background, COMMAND_TIMEOUT, Output, Sandbox, nat_counter, run_with_input,
+    scripts::{ASK_MANY, WHOAMI_SERVER},
+};
 
 const NODE: &str = include_str!("../../docs/cni/node.toml");
 const LIFETIME: Duration = Duration::from_secs(60);
@@ -127,6 +130,10 @@ impl<'s> Node<'s> {
             )
             .replace("\"outside\"", &format!("\"outside-{}\"", self.name))
             .replace("10.77.", &format!("10.{octet}."))
+            .replace(
+                "uplink = \"nl-uplink\"",
+                "uplink = \"nl-uplink\"\nservice_range = \"10.96.0.0/24\"",
+            )
             + &format!(
                 "\n[[pod_network.peer]]\nsubnet = \"{}\"\nvia = \"{}\"\n",
                 peer.pods(),
@@ -345,6 +352,74 @@ fn two_nodes(overlay: bool) {
         let stats: serde_json::Value = serde_json::from_str(&ul.stdout).unwrap();
         let tx = stats[0]["stats64"]["tx"]["packets"].as_u64().unwrap();
         assert!(tx >= 4, "{ul}");
+    }
+
+    // A Service with a backend on each node, declared on both (as
+    // kube-proxy runs on every node): from a pod on either node, every
+    // backend answers over a bounded run, each request exactly once, and
+    // each backend sees the client pod's own address.
+    let _servers: Vec<Background> = [(&a, "pod-a"), (&b, "pod-b")]
+        .into_iter()
+        .map(|(node, pod)| {
+            let mut server = node.spawn(&[
+                "ip",
+                "netns",
+                "exec",
+                pod,
+                "python3",
+                "-u",
+                "-c",
+                WHOAMI_SERVER,
+                pod,
+            ]);
+            server.wait_for("ready", Duration::from_secs(10)).unwrap();
+            server
+        })
+        .collect();
+    let backends = [format!("{pod_a}:8000"), format!("{pod_b}:8000")];
+    for node in [&a, &b] {
+        node.netlab(&[
+            "service",
+            "add",
+            "web",
+            "10.96.0.10:80",
+            &backends[0],
+            &backends[1],
+        ]);
+    }
+    for (node, pod, addr) in [(&a, "pod-a", &pod_a), (&b, "pod-b", &pod_b)] {
+        let out = node.ok(&[
+            "ip",
+            "netns",
+            "exec",
+            pod,
+            "python3",
+            "-u",
+            "-c",
+            ASK_MANY,
+            "10.96.0.10",
+            "80",
+            "30",
+            "tcp",
+        ]);
+        let mut seen = std::collections::BTreeMap::new();
+        for line in out.stdout.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            assert!(
+                words.len() == 2 && ["pod-a", "pod-b"].contains(&words[0]),
+                "{line}\n{out}"
+            );
+            // A pod reaching itself through the Service sees its gateway.
+            if words[0] != pod {
+                assert_eq!(words[1], addr.as_str(), "{line}");
+            }
+            *seen.entry(words[0].to_owned()).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 2, "from {pod}: {seen:?}");
+        assert_eq!(seen.values().sum::<u32>(), 30, "from {pod}: {seen:?}");
+    }
+    for node in [&a, &b] {
+        node.netlab(&["service", "rm", "web"]);
     }
 
     // The world still sees each node's pods masqueraded, and cannot route
