@@ -123,9 +123,13 @@ impl LabState {
     pub fn put_service(&mut self, mut service: Service) -> Result<Option<Service>> {
         let at = self.services.iter().position(|s| s.name == service.name);
         let old = at.map(|at| self.services.remove(at));
+        // The ids of every Service, the replaced one's included: an id it
+        // drops is not handed out in the same change, or a new backend
+        // would take a removed one's id (and its flows).
         let mut used: BTreeSet<u16> = self
             .services
             .iter()
+            .chain(old.as_ref())
             .flat_map(|s| {
                 [s.ids.cluster, s.ids.node]
                     .into_iter()
@@ -356,11 +360,14 @@ mod tests {
         let ids = state.services[0].ids.clone();
         assert_eq!(ids.cluster, first.cluster);
         assert_eq!(ids.backends[1], first.backends[1], "the kept backend's id");
-        assert!(
-            !first.backends.contains(&ids.backends[0]),
-            "a new backend, a new id"
-        );
-        assert!(ids.node != 0 && ids.node != ids.cluster);
+        // New ids are none of the old Service's: a new backend taking a
+        // dropped one's id would keep the dropped one's flows alive.
+        for new in [ids.backends[0], ids.node] {
+            assert!(
+                new != 0 && !all.contains(&new),
+                "{new} was the old Service's: {all:?}"
+            );
+        }
         assert_eq!(state.services.len(), 1);
 
         // Another Service takes none of these ids.

@@ -1236,6 +1236,220 @@ fn racing_inserts_of_one_flow(datapath: &str) -> Result<Record> {
     Ok(lab.record)
 }
 
+// ---------------------------------------------------------------------------
+// Services, against kube-proxy's iptables rules
+// ---------------------------------------------------------------------------
+
+/// The default lab with a service range and `services` (TOML
+/// `[[service]]` tables).
+fn with_services(services: &str) -> String {
+    format!("{DEFAULT_TOPOLOGY}\nservice_range = \"10.96.0.0/24\"\n{services}")
+}
+
+/// `[[service]]` NAME at 10.96.0.10:PORT/PROTO over BACKENDS, with
+/// NODE_PORT and affinity if given.
+fn service(
+    name: &str,
+    port: u16,
+    proto: &str,
+    backends: &[&str],
+    node_port: Option<u16>,
+    affinity: bool,
+) -> String {
+    let backends: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    let mut text = format!(
+        "\n[[service]]\nname = \"{name}\"\naddress = \"10.96.0.10\"\nport = {port}\nproto = \"{proto}\"\nbackends = [{}]\n",
+        backends.join(", ")
+    );
+    if let Some(node_port) = node_port {
+        text += &format!("node_port = {node_port}\n");
+    }
+    if affinity {
+        text += "affinity = \"client_ip\"\n";
+    }
+    text
+}
+
+/// A ClusterIP with one backend, TCP and UDP, from a lab namespace and
+/// from the backend itself (hairpin), and a NodePort from the world:
+/// packet for packet as kube-proxy's rules.
+fn service_with_one_backend(datapath: &str) -> Result<Record> {
+    let topology = with_services(&format!(
+        "{}{}",
+        service("web", 80, "tcp", &["blue:80"], Some(30080), false),
+        service("dns", 53, "udp", &["blue:53"], None, false)
+    ));
+    let mut lab = ConfLab::up_with(datapath, Some(&topology))?;
+    let tcp = lab.server("blue", scripts::TCP_SERVER, &["80"])?;
+    let _udp = lab.server("blue", scripts::UDP_SERVER, &["53"])?;
+    lab.observe("servers up")?;
+    for (step, netns, to) in [
+        ("red to the ClusterIP", "red", ("10.96.0.10", "80")),
+        ("blue to its own ClusterIP", "blue", ("10.96.0.10", "80")),
+        ("outside to the NodePort", "outside", (UPLINK, "30080")),
+    ] {
+        let out = lab.py(Some(netns), scripts::TCP_ONCE, &[to.0, to.1, step])?;
+        lab.note(step, out.stdout.split(" from").next().unwrap_or("").trim());
+        lab.observe(step)?;
+    }
+    let out = lab.py(
+        Some("red"),
+        scripts::UDP_CLIENT,
+        &["10.96.0.10", "53", "64"],
+    )?;
+    lab.note("red udp to the ClusterIP", stdout(&out));
+    lab.observe("red udp to the ClusterIP")?;
+    // An address and port no Service has: nothing answers.
+    let out = lab.py(
+        Some("red"),
+        scripts::TCP_ONCE,
+        &["10.96.0.10", "81", "none"],
+    )?;
+    lab.note(
+        "red to a port no Service has answered",
+        stdout(&out).starts_with("ok").to_string(),
+    );
+    lab.note("blue's clients", clients(&tcp).join(", "));
+    Ok(lab.record)
+}
+
+/// Two backends: every one is chosen over a bounded run, each connection
+/// answered once; with session affinity, one client's connections all go
+/// to one. Which backend a connection gets is random in kube-proxy's rules
+/// and hashed in netlab's, so only these outcomes are compared, not the
+/// packets each backend saw.
+fn service_over_two_backends(datapath: &str) -> Result<Record> {
+    let topology = with_services(&format!(
+        "{}{}",
+        service("web", 80, "tcp", &["red:80", "blue:80"], Some(30080), false),
+        service(
+            "sticky",
+            81,
+            "tcp",
+            &["red:80", "blue:80"],
+            Some(30081),
+            true
+        )
+    ));
+    let mut lab = ConfLab::up_with(datapath, Some(&topology))?;
+    let red = lab.server("red", scripts::TCP_SERVER, &["80"])?;
+    let blue = lab.server("blue", scripts::TCP_SERVER, &["80"])?;
+    lab.observe("servers up")?;
+    let counted = |lab: &mut ConfLab, port: &str| -> Result<(usize, usize)> {
+        let before = (clients(&red).len(), clients(&blue).len());
+        let mut ok = 0;
+        for i in 0..20 {
+            let out = lab.py(
+                Some("outside"),
+                scripts::TCP_ONCE,
+                &[UPLINK, port, &format!("c{i}")],
+            )?;
+            ok += usize::from(out.stdout.starts_with("ok"));
+        }
+        lab.observe(&format!("20 connections to {port}"))?;
+        let to_red = clients(&red).len() - before.0;
+        let to_blue = clients(&blue).len() - before.1;
+        lab.note(
+            &format!("{port}: answered"),
+            format!("{ok} of 20, {} served", to_red + to_blue),
+        );
+        Ok((to_red, to_blue))
+    };
+    let (to_red, to_blue) = counted(&mut lab, "30080")?;
+    lab.note(
+        "30080: every backend chosen",
+        (to_red > 0 && to_blue > 0).to_string(),
+    );
+    let (to_red, to_blue) = counted(&mut lab, "30081")?;
+    lab.note(
+        "30081 (affinity): one backend",
+        (to_red == 0 || to_blue == 0).to_string(),
+    );
+    lab.record
+        .seen
+        .retain(|(step, _), _| !step.starts_with("20 connections"));
+    Ok(lab.record)
+}
+
+/// A backend replaced while a UDP flow and a TCP connection run through
+/// the NodePort: their next packets are evaluated afresh and go to the
+/// new backend (the TCP connection is reset there), as kube-proxy's
+/// `conntrack -D` of a removed endpoint makes them.
+fn service_backend_replaced(datapath: &str) -> Result<Record> {
+    let topology = with_services(&format!(
+        "{}{}",
+        service("web", 80, "tcp", &["blue:80"], Some(30080), false),
+        service("dns", 53, "udp", &["blue:53"], Some(30053), false)
+    ));
+    let mut lab = ConfLab::up_with(datapath, Some(&topology))?;
+    let _blue_tcp = lab.server("blue", scripts::TCP_SERVER, &["80"])?;
+    let blue_udp = lab.server("blue", scripts::UDP_SERVER, &["53"])?;
+    let red_udp = lab.server("red", scripts::UDP_SERVER, &["53"])?;
+    let _red_tcp = lab.server("red", scripts::TCP_SERVER, &["80"])?;
+    lab.observe("servers up")?;
+    let mut held = lab.sb.spawn(
+        &netlab_tests::conformance::lab::python(
+            Some("outside"),
+            scripts::TCP_HOLD,
+            &[UPLINK, "30080"],
+        ),
+        std::time::Duration::from_secs(60),
+    )?;
+    held.wait_for("connected from", std::time::Duration::from_secs(10))?;
+    held.send_line("before")?;
+    held.wait_for("echo before", std::time::Duration::from_secs(10))?;
+    let out = lab.py(
+        Some("outside"),
+        scripts::UDP_CLIENT,
+        &[UPLINK, "30053", "64", "21053"],
+    )?;
+    lab.note("udp before", stdout(&out));
+    lab.observe("before the change")?;
+
+    for (name, port, node_port) in [("web", "80", "30080"), ("dns", "53", "30053")] {
+        let address = if name == "dns" {
+            format!("10.96.0.10:{port}/udp")
+        } else {
+            format!("10.96.0.10:{port}")
+        };
+        lab.sb.netlab_ok(&[
+            "service",
+            "add",
+            name,
+            &address,
+            &format!("red:{port}"),
+            "--node-port",
+            node_port,
+        ])?;
+    }
+    let out = lab.py(
+        Some("outside"),
+        scripts::UDP_CLIENT,
+        &[UPLINK, "30053", "64", "21053"],
+    )?;
+    lab.note("udp after", stdout(&out));
+    held.send_line("after")?;
+    let start = std::time::Instant::now();
+    let answer = loop {
+        let out = held.stdout();
+        if out.contains("echo after") {
+            break "echoed";
+        }
+        if out.contains("failed") {
+            break "failed";
+        }
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            break "no answer";
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    lab.note("tcp after", answer);
+    lab.observe("after the change")?;
+    lab.note("udp to blue", clients(&blue_udp).len().to_string());
+    lab.note("udp to red", clients(&red_udp).len().to_string());
+    Ok(lab.record)
+}
+
 macro_rules! cases {
     ($($name:ident: $reference:expr),* $(,)?) => {
         $(
@@ -1276,6 +1490,9 @@ mod case {
         icmp_timestamp_through_masquerade: Reference::Iptables,
         hostile_load_spares_idle_flows: Reference::Iptables,
         racing_inserts_of_one_flow: Reference::Absolute,
+        service_with_one_backend: Reference::Iptables,
+        service_over_two_backends: Reference::Iptables,
+        service_backend_replaced: Reference::Iptables,
     );
 }
 
