@@ -1,8 +1,9 @@
-//! The host's own connections to published ports, at the socket level (as
-//! Cilium's socket load balancer): `connect()`/`sendmsg()` to a published
-//! port on a lab host address or on 127.0.0.0/8 are pointed at the backend
-//! before any packet exists, and `recvmsg()`/`getpeername()` show the
-//! published address back. `AF_INET6` sockets are handled when they talk
+//! The host's own connections to published ports and Services, at the
+//! socket level (as Cilium's socket load balancer): `connect()`/`sendmsg()`
+//! to a published port on a lab host address or on 127.0.0.0/8, or to a
+//! ClusterIP, are pointed at the backend before any packet exists, and
+//! `recvmsg()`/`getpeername()` show the address the socket asked for
+//! back. `AF_INET6` sockets are handled when they talk
 //! to an IPv4-mapped address (`::ffff:198.18.0.1`). Only sockets of the
 //! lab's host namespace are touched (the programs are attached to the
 //! whole cgroup tree).
@@ -19,10 +20,11 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::SockAddrContext,
 };
-use netlab_common::nat::{IPPROTO_TCP, IPPROTO_UDP, SockKey, SockNat};
+use netlab_common::nat::{Backend, FlowKey, IPPROTO_TCP, IPPROTO_UDP, SockKey, SockNat};
 
 use crate::{
     lab::{self, Lab},
+    lb,
     pkt::ctx::value,
 };
 
@@ -95,17 +97,30 @@ pub fn to_backend(ctx: &SockAddrContext, family: Family) {
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return;
     }
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // Network order: the first byte in memory is the low byte here.
     let loopback = addr & 0xff == 127;
-    if !loopback && !lab.is_local(addr) {
-        return;
-    }
-    let Some(backend) = lab::published(port, proto) else {
+    let backend = if lab.is_service(addr) {
+        // A ClusterIP.
+        let Some(service) = lab::service(addr, port, proto) else {
+            return;
+        };
+        service_backend(service.id, cookie, addr, port, proto)
+    } else if loopback || lab.is_local(addr) {
+        // A published port, or a NodePort.
+        match lab::published(port, proto) {
+            Some(p) if p.service != 0 => service_backend(p.service, cookie, addr, port, proto),
+            found => found,
+        }
+    } else {
+        None
+    };
+    let Some(backend) = backend else {
         return;
     };
     let key = SockKey {
-        // SAFETY: helper on the program's own context.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        cookie,
         backend_addr: backend.addr,
         backend_port: backend.port,
         _pad: 0,
@@ -117,6 +132,17 @@ pub fn to_backend(ctx: &SockAddrContext, family: Family) {
     };
     let _ = SOCK_NAT.insert(key, published, 0);
     set_addr(sa, family, backend.addr, backend.port);
+}
+
+/// The backend Service `id` gives a socket connecting to `addr`:`port`.
+/// No packet exists yet: the host is the client (source 0), and the
+/// socket's cookie stands for its source port, so sockets spread over the
+/// backends, and with session affinity (a hash of the source alone) all go
+/// to one.
+#[inline(always)]
+fn service_backend(id: u16, cookie: u64, addr: u32, port: u16, proto: u8) -> Option<Backend> {
+    let key = FlowKey::new(0, addr, cookie as u16, port, proto);
+    lb::choose(id, &key).map(|(_, backend)| backend)
 }
 
 /// `recvmsg` / `getpeername`: show the published address, not the backend.

@@ -489,6 +489,7 @@ fn configure(topo: &Topology) -> Result<()> {
             }
             if nl.place() == &Place::Host {
                 route_peers(&nl, topo).await?;
+                route_services(&nl, topo).await?;
             }
             Ok(())
         })?;
@@ -533,6 +534,28 @@ async fn route_peers(nl: &Netlink, topo: &Topology) -> Result<()> {
             .await?;
     }
     Ok(())
+}
+
+/// Routes the Services' range into the lab (its pod bridge, else its
+/// first bridge): the host's own connections to a ClusterIP then find a
+/// route (iptables translates them after routing; the eBPF datapath at the
+/// socket, before), and a ClusterIP nothing serves stays in the lab rather
+/// than following the host's default route out. The route goes with the
+/// bridge at `down`.
+async fn route_services(nl: &Netlink, topo: &Topology) -> Result<()> {
+    let Some(range) = topo.nat.service_range else {
+        return Ok(());
+    };
+    let bridge = topo
+        .pod_network
+        .as_ref()
+        .map(|p| p.bridge.as_str())
+        .or_else(|| topo.bridges.first().map(|b| b.name.as_str()));
+    let Some(bridge) = bridge else {
+        return Ok(());
+    };
+    let link = nl.require_link(bridge).await?;
+    nl.add_route_dev(range, link.index).await
 }
 
 /// The cluster's other nodes, whose pod subnets the host routes.

@@ -571,6 +571,23 @@ impl Netlink {
         }
     }
 
+    /// Adds a route to `to` out of device `dev` with no gateway (`ip route
+    /// add TO dev DEV`); an identical route already present is fine.
+    pub async fn add_route_dev(&self, to: Ipv4Net, dev: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(to.addr, to.prefix_len)
+            .output_interface(dev)
+            .scope(rtnetlink::packet_route::route::RouteScope::Link)
+            .build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(netlink_code(&e), Some(EEXIST)) => Ok(()),
+            Err(e) => {
+                Err(e).with_context(|| format!("adding route {to} dev {dev} in {}", self.place))
+            }
+        }
+    }
+
     /// Creates a VXLAN device (`ip link add NAME type vxlan id VNI dstport
     /// PORT nolearning`) with its MAC and MTU, in the lab's link group.
     /// Its forwarding table is filled by [`Netlink::add_vtep`], not learnt.

@@ -142,6 +142,19 @@ fn cluster_ip_spreads_over_every_backend(datapath: &str) {
     }
     let answered = ask(&sb, "red", (VIP, "80"), 40, "tcp", Some("192.168.15.1"));
     assert_eq!(answered.len(), 2, "from a backend itself: {answered:?}");
+    // The host's own sockets (the eBPF datapaths translate them at
+    // connect(); iptables in OUTPUT, routed by the lab's route to the
+    // service range).
+    let out = sb
+        .ok(&["python3", "-u", "-c", ASK_MANY, VIP, "80", "20", "tcp"])
+        .unwrap();
+    for backend in ["red", "blue"] {
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with(backend)),
+            "from the host: {out}"
+        );
+    }
+    assert_eq!(out.stdout.lines().count(), 20, "{out}");
     if datapath != "iptables" {
         let status = sb.status().unwrap();
         // Each flow opened by the Service, hairpinned or not.
