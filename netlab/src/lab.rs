@@ -158,9 +158,7 @@ fn build(
         state.save()?;
     }
     if !state.complete && state.services.is_empty() {
-        for service in &topo.services {
-            state.put_service(service.clone())?;
-        }
+        state.put_services(&topo.services)?;
     }
     Running::new(topo, state.iptables).install(&state.in_force(), &state.pods)?;
     enable_forwarding(topo, &mut state)?;

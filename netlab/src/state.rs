@@ -65,6 +65,17 @@ pub struct LabState {
     pub pod_last: Option<std::net::Ipv4Addr>,
 }
 
+/// Why a Service cannot be put in force when its ids run out.
+const NO_ID: &str =
+    "every Service id is taken: a lab holds at most 65,535 Service tables and backends";
+
+/// Every id `service` holds (0s included).
+fn service_ids(service: &Service) -> impl Iterator<Item = u16> + '_ {
+    [service.ids.cluster, service.ids.node]
+        .into_iter()
+        .chain(service.ids.backends.iter().copied())
+}
+
 pub fn path(lab: &str) -> PathBuf {
     Path::new(STATE_DIR).join(format!("{lab}.json"))
 }
@@ -116,6 +127,36 @@ impl LabState {
         }
     }
 
+    /// Puts the topology's `services` in force (a lab's first `up`), with
+    /// ids handed out in one pass.
+    pub fn put_services(&mut self, services: &[Service]) -> Result<()> {
+        let mut used: BTreeSet<u16> = self.services.iter().flat_map(service_ids).collect();
+        let mut cursor = 1u16;
+        let mut next = || -> Result<u16> {
+            while used.contains(&cursor) {
+                cursor = cursor.checked_add(1).context(NO_ID)?;
+            }
+            used.insert(cursor);
+            Ok(cursor)
+        };
+        for service in services {
+            let mut service = service.clone();
+            service.ids.cluster = next()?;
+            service.ids.node = if service.node_port.is_some() {
+                next()?
+            } else {
+                0
+            };
+            service.ids.backends = service
+                .backends
+                .iter()
+                .map(|_| next())
+                .collect::<Result<_>>()?;
+            self.services.push(service);
+        }
+        Ok(())
+    }
+
     /// Puts `service` in force, replacing the Service of its name if there
     /// is one (returned), with the datapath's ids: what it keeps of the
     /// one it replaces (its tables, and each backend it still has) keeps
@@ -162,9 +203,9 @@ impl LabState {
             if let Some(id) = keep.filter(|id| *id != 0) {
                 return Ok(id);
             }
-            let id = (1..=u16::MAX).find(|id| !used.contains(id)).context(
-                "every Service id is taken: a lab holds at most 65,535 Service tables and backends",
-            )?;
+            let id = (1..=u16::MAX)
+                .find(|id| !used.contains(id))
+                .context(NO_ID)?;
             used.insert(id);
             Ok(id)
         };

@@ -85,6 +85,9 @@ enum Command {
     /// Internal: the part of `bench nodes` that runs inside its sandbox.
     #[command(hide = true)]
     BenchNodesSandboxed { plan: PathBuf },
+    /// Internal: the part of `bench services` that runs inside its sandbox.
+    #[command(hide = true)]
+    BenchServicesSandboxed { plan: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -118,6 +121,7 @@ fn execute(command: Command) -> Result<ExitCode> {
         Command::BenchTraceSandboxed { plan } => return bench::run_trace_sandboxed(&plan),
         Command::BenchCniSandboxed { plan } => return bench::run_cni_sandboxed(&plan),
         Command::BenchNodesSandboxed { plan } => return bench::run_nodes_sandboxed(&plan),
+        Command::BenchServicesSandboxed { plan } => return bench::run_services_sandboxed(&plan),
         Command::Fuzz { options } => return fuzz::run(&workspace, &options),
     }
     Ok(ExitCode::SUCCESS)

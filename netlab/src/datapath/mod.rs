@@ -178,7 +178,7 @@ impl<'a> Running<'a> {
                 ebpf::config::configure(pins, topo, pods)?;
                 ebpf::config::sync_published(pins, topo, in_force)?;
                 for service in in_force.services {
-                    ebpf::services::set(pins, topo, in_force, service, None)?;
+                    ebpf::services::write(pins, topo, service)?;
                 }
                 Ok(())
             }

@@ -70,8 +70,8 @@ pub struct Flow {
     pub proto: String,
     /// TCP state, or empty for UDP and ICMP.
     pub state: String,
-    /// `dnat`, `snat`, `hairpin`, or `-` (tracked, not translated: the
-    /// host's own connections).
+    /// `service` (a Service opened it), `dnat`, `snat`, `hairpin`, or `-`
+    /// (tracked, not translated: the host's own connections).
     pub nat: String,
     /// How the flow's first packet looked.
     pub original: FlowEnds,

@@ -38,11 +38,7 @@ pub(super) fn validate(topo: &Topology, spans: &Spans) -> Vec<Problem> {
     publish(&lab, &mut problems);
     nat(&lab, &mut problems);
     pod_network(topo, &mut problems);
-    for (i, (service, at)) in topo.services.iter().zip(&spans.services).enumerate() {
-        for text in service_problems(topo, &topo.services[..i], service) {
-            problems.push(Problem::new(K::Service, at, text));
-        }
-    }
+    services(topo, spans, &mut problems);
     sort(&mut problems);
     problems
 }
@@ -187,6 +183,41 @@ pub fn service_problems(topo: &Topology, others: &[Service], new: &Service) -> V
         }
     }
     problems
+}
+
+/// `[[service]]`: each on its own ([`service_problems`]), and no two with
+/// one name, address and port, or NodePort (looked up, not compared pair
+/// by pair: a lab may declare ten thousand).
+fn services(topo: &Topology, spans: &Spans, problems: &mut Vec<Problem>) {
+    let mut names = HashSet::new();
+    let mut addresses = HashMap::new();
+    let mut node_ports = HashMap::new();
+    for (service, at) in topo.services.iter().zip(&spans.services) {
+        let mut texts = service_problems(topo, &[], service);
+        let what = format!("service `{}`", service.name);
+        if !names.insert(service.name.as_str()) {
+            texts.push(format!("{what} is declared twice"));
+        }
+        if let Some(other) =
+            addresses.insert((service.vip, service.port, service.proto), &service.name)
+        {
+            texts.push(format!(
+                "{what}: {}:{}/{} is service `{other}`'s already",
+                service.vip, service.port, service.proto
+            ));
+        }
+        if let Some(node_port) = service.node_port
+            && let Some(other) = node_ports.insert((node_port, service.proto), &service.name)
+        {
+            texts.push(format!(
+                "{what}: node port {node_port}/{} is service `{other}`'s already",
+                service.proto
+            ));
+        }
+        for text in texts {
+            problems.push(Problem::new(K::Service, at, text));
+        }
+    }
 }
 
 /// `[nat] service_range`: apart from every subnet of the lab and of its

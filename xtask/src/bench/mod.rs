@@ -6,9 +6,10 @@
 //!   ports (`nat`, run inside the sandbox; `report` and `plot` afterwards).
 //! - `bench up`, `bench publish`: the cost of building a lab and of changing
 //!   its published ports (`lab`).
-//! - `bench trace`, `bench cni`, `bench nodes`: what tracing costs, the CNI
-//!   plugin against the reference plugins, and pod to pod across nodes
-//!   over routes against VXLAN.
+//! - `bench trace`, `bench cni`, `bench nodes`, `bench services`: what
+//!   tracing costs, the CNI plugin against the reference plugins, pod to
+//!   pod across nodes over routes against VXLAN, and ClusterIPs against
+//!   kube-proxy's iptables rules.
 //!
 //! Every benchmark runs inside a private mount + network namespace
 //! (`unshare`), so it never touches the host's network, iptables or a user's
@@ -24,6 +25,7 @@ mod progcost;
 mod report;
 mod results;
 mod sandbox;
+mod services;
 mod stats;
 mod trace;
 
@@ -61,6 +63,9 @@ pub enum BenchKind {
     Cni,
     /// Pod to pod across two nodes: routes against a VXLAN overlay.
     Nodes,
+    /// Connections to a ClusterIP with 1, 1,000 and 10,000 Services, against
+    /// kube-proxy-style iptables rules; one endpoint's update time.
+    Services,
 }
 
 /// Options of `bench nat`.
@@ -121,6 +126,7 @@ pub fn run(kind: BenchKind, options: &NatOptions, workspace: &Path) -> Result<Ex
         BenchKind::Trace => trace::bench_trace(workspace),
         BenchKind::Cni => cni::bench_cni(workspace),
         BenchKind::Nodes => nodes::bench_nodes(workspace),
+        BenchKind::Services => services::bench_services(workspace),
     }
 }
 
@@ -269,6 +275,11 @@ pub fn run_sandboxed(plan_file: &Path) -> Result<ExitCode> {
 /// Inside the sandbox of `bench cni` (`xtask bench-cni-sandboxed PLAN`).
 pub fn run_cni_sandboxed(plan_file: &Path) -> Result<ExitCode> {
     cni::run_sandboxed(plan_file)
+}
+
+/// Inside the sandbox of `bench services` (`xtask bench-services-sandboxed PLAN`).
+pub fn run_services_sandboxed(plan_file: &Path) -> Result<ExitCode> {
+    services::run_sandboxed(plan_file)
 }
 
 /// Inside the sandbox of `bench nodes` (`xtask bench-nodes-sandboxed PLAN`).

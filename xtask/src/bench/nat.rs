@@ -333,7 +333,7 @@ impl Bench {
         // Every lab gets a network namespace of its own for its host side:
         // what an earlier datapath left there (iptables' tables, with the
         // conntrack they keep active) never taxes a later one.
-        fresh_host_namespace()?;
+        sandbox::fresh_host_namespace()?;
         if datapath.host_conntrack() {
             sh(&HOST_CONNTRACK_RULE)?;
         }
@@ -916,17 +916,6 @@ impl ProgramLoad {
             ProgramLoad::Ping => "ping",
         }
     }
-}
-
-/// Moves this thread (and what it starts from now on) into a new network
-/// namespace with its loopback up: the host side of the next lab.
-fn fresh_host_namespace() -> Result<()> {
-    // SAFETY: unshare has no memory preconditions; it affects this thread
-    // (the bench's main thread, which starts every command).
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
-    }
-    sh(&["ip", "link", "set", "lo", "up"])
 }
 
 /// The error context that marks a datapath netlab cannot build yet.

@@ -67,3 +67,16 @@ pub fn sh(argv: &[&str]) -> Result<()> {
     let (program, args) = argv.split_first().context("empty command")?;
     output(Command::new(program).args(args)).map(|_| ())
 }
+
+/// Moves this thread (and what it starts from now on) into a new network
+/// namespace with its loopback up: the host side of the next lab, so what
+/// an earlier lab left there (iptables' tables, with the conntrack they
+/// keep active) never taxes a later one.
+pub fn fresh_host_namespace() -> Result<()> {
+    // SAFETY: unshare has no memory preconditions; it affects this thread
+    // (the bench's main thread, which starts every command).
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
+    }
+    sh(&["ip", "link", "set", "lo", "up"])
+}

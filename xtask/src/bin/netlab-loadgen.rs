@@ -474,16 +474,17 @@ fn local_ipv4_addresses() -> Result<Vec<Ipv4Addr>> {
 
 /// The bench's lab ranges, and nothing else.
 /// The subnets the benches' sandboxes make: the default lab and its world,
-/// the bare veth pair, and `bench cni`'s pods (netlab's node and the
-/// reference plugins') and the reference's uplink.
+/// the bare veth pair, `bench cni`'s pods (netlab's node and the
+/// reference plugins') and the reference's uplink, and `bench services`'
+/// ClusterIPs.
 const LAB_SUBNETS: &str =
-    "192.168.15.0/24, 198.18.0.0/24, 198.19.0.0/23, 10.77.0.0/20, 10.88.0.0/20";
+    "192.168.15.0/24, 198.18.0.0/24, 198.19.0.0/23, 10.77.0.0/20, 10.88.0.0/20, 10.96.0.0/18";
 
 fn is_lab_address(addr: Ipv4Addr) -> bool {
     let [a, b, c, _] = addr.octets();
     matches!(
         (a, b, c),
-        (192, 168, 15) | (198, 18, 0) | (198, 19, 0..=1) | (10, 77 | 88, 0..=15)
+        (192, 168, 15) | (198, 18, 0) | (198, 19, 0..=1) | (10, 77 | 88, 0..=15) | (10, 96, 0..=63)
     )
 }
 

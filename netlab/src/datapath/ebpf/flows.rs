@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use netlab_common::nat::{
-    CT_ASSURED, CT_CONFIRMED, CT_REPLIED, DIR_ORIGINAL, IPPROTO_TCP, NAT_DNAT, NAT_REFLECT,
-    NAT_SNAT, TcpState, ip_proto_name, publish_epoch_slot,
+    CT_ASSURED, CT_CONFIRMED, CT_REPLIED, CT_SERVICE, DIR_ORIGINAL, IPPROTO_TCP, NAT_DNAT,
+    NAT_REFLECT, NAT_SNAT, TcpState, ip_proto_name, publish_epoch_slot,
 };
 
 use super::maps;
@@ -64,7 +64,10 @@ pub fn read(pins: &Pins, now: u64) -> Result<Vec<Flow>> {
                 ""
             }
             .to_owned(),
-            nat: if entry.nat & NAT_REFLECT != 0 {
+            // A Service's flow says so, hairpinned or not.
+            nat: if entry.flags & CT_SERVICE != 0 {
+                "service"
+            } else if entry.nat & NAT_REFLECT != 0 {
                 "hairpin"
             } else if entry.nat & NAT_DNAT != 0 {
                 "dnat"

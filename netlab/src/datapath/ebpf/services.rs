@@ -78,6 +78,21 @@ pub fn set(
     service: &Service,
     old: Option<&Service>,
 ) -> Result<()> {
+    // Replies come from the backends' ports: their bits first.
+    for addr in &service.backends {
+        set_backend_port_word(pins, in_force, addr.port())?;
+    }
+    write(pins, topo, service)?;
+    if let Some(old) = old {
+        retire(pins, in_force, old, Some(service))?;
+    }
+    Ok(())
+}
+
+/// Writes `service`'s rows: its backends, then its tables, then its
+/// address and NodePort. (`up` writes every Service's after the bitmap of
+/// backend ports, which it fills for all of them at once.)
+pub fn write(pins: &Pins, topo: &Topology, service: &Service) -> Result<()> {
     let mut backends = maps::service_backends(pins)?;
     for (id, addr) in with_ids(topo, service, false) {
         let row = Backend {
@@ -86,8 +101,6 @@ pub fn set(
             service: 0,
         };
         backends.insert(u32::from(id), row, 0)?;
-        // Replies come from the backend's port: its bit first.
-        set_backend_port_word(pins, in_force, addr.port())?;
     }
     let mut tables = maps::maglev(pins)?;
     tables.insert(
@@ -112,9 +125,6 @@ pub fn set(
     )?;
     if let Some((key, row)) = node_port_entry(service) {
         maps::published(pins)?.insert(key, row, 0)?;
-    }
-    if let Some(old) = old {
-        retire(pins, in_force, old, Some(service))?;
     }
     Ok(())
 }
