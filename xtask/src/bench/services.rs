@@ -128,11 +128,11 @@ fn measured(count: u32) -> u32 {
 /// over red and blue.
 fn topology(count: u32) -> String {
     let mut text = include_str!("../../../netlab/src/topology/default.toml").to_owned();
+    // `[nat]` is the file's last table: the range goes in it.
+    text += "service_range = \"10.96.0.0/18\"\n";
     text += "\n[[namespace]]\nname = \"green\"\n\n[[veth]]\nname = \"veth-green\"\nnetns = \"green\"\n\
              addresses = [\"192.168.15.3/24\"]\npeer = { name = \"veth-green-br\", bridge = \"v-net-0\" }\n\n\
              [[route]]\nnetns = \"green\"\nto = \"default\"\nvia = \"192.168.15.5\"\n";
-    // `[nat]` is the file's last table: the range goes in it.
-    text += "service_range = \"10.96.0.0/18\"\n";
     for i in 0..count {
         let _ = write!(
             text,
