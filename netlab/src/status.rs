@@ -45,11 +45,19 @@ pub struct PodStatus {
     pub ready: bool,
 }
 
+/// How many Services the human status lists (all of them are in
+/// `--json` and `netlab service list`).
+const SERVICES_SHOWN: usize = 10;
+
 /// What the NAT holds and has done.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NatStatus {
     pub uplink: Option<String>,
     pub published: Vec<String>,
+    /// The Services in force, one line each (`NAME VIP:PORT/PROTO ->
+    /// BACKEND...`).
+    #[serde(default)]
+    pub services: Vec<String>,
     /// Conntrack entries in use (two per flow) and the table's capacity.
     pub conntrack_entries: usize,
     pub conntrack_capacity: u32,
@@ -239,11 +247,24 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
         .uplink_addr()
         .map(|a| format!("{} ({a})", topo.nat.uplink.as_deref().unwrap_or("?")));
     let published = state.published.iter().map(|p| p.to_string()).collect();
+    let services = state
+        .services
+        .iter()
+        .map(|s| {
+            let backends: Vec<String> = s.backends.iter().map(ToString::to_string).collect();
+            let node_port = s
+                .node_port
+                .map(|p| format!(" (node port {p})"))
+                .unwrap_or_default();
+            format!("{s} -> {}{node_port}", backends.join(" "))
+        })
+        .collect();
     let report = running.nat_report();
     let (conntrack_entries, conntrack_capacity) = report.conntrack.unwrap_or((0, 0));
     let nat = NatStatus {
         uplink,
         published,
+        services,
         conntrack_entries,
         conntrack_capacity,
         counters: report
@@ -377,6 +398,19 @@ pub fn render(status: &LabStatus) -> String {
                 nat.published.join(", ")
             }
         );
+        if !nat.services.is_empty() {
+            let _ = writeln!(out, "  services: {}", nat.services.len());
+            for line in nat.services.iter().take(SERVICES_SHOWN) {
+                let _ = writeln!(out, "    {line}");
+            }
+            if nat.services.len() > SERVICES_SHOWN {
+                let _ = writeln!(
+                    out,
+                    "    ... and {} more (`netlab service list`)",
+                    nat.services.len() - SERVICES_SHOWN
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "  conntrack (netlab's): {} of {} entries (two per flow)",

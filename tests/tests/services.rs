@@ -155,8 +155,14 @@ fn cluster_ip_spreads_over_every_backend(datapath: &str) {
         );
     }
     assert_eq!(out.stdout.lines().count(), 20, "{out}");
+    let status = sb.status().unwrap();
+    let services = &status.nat.as_ref().unwrap().services;
+    assert_eq!(services.len(), 2, "{services:?}");
+    assert!(
+        services[0].starts_with("web 10.96.0.10:80/tcp -> 192.168.15.1:8000 192.168.15.2:8000"),
+        "{services:?}"
+    );
     if datapath != "iptables" {
-        let status = sb.status().unwrap();
         // Each flow opened by the Service, hairpinned or not.
         let opened = nat_counter(&status, "service_new").unwrap_or(0)
             + nat_counter(&status, "hairpin_new").unwrap_or(0);
