@@ -170,6 +170,10 @@ fn batch_of(place: &str) -> Option<usize> {
 }
 
 /// The one class in `classes`, if they agree.
+/// A probe's flow: its source and destination ports, class and source
+/// address.
+type Flow = (u16, u16, &'static str, Ipv4Addr);
+
 fn only<'a>(mut classes: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let first = classes.next()?;
     classes.all(|c| c == first).then_some(first)
@@ -791,7 +795,7 @@ pub const INTENDED: &[FuzzIntended] = &[
         reason: "a lab source arriving on the uplink is spoofed: the eBPF datapaths drop it \
                  (spoofed_source); netfilter, with rp_filter off, DNATs it or hands it to the \
                  host, so the lines are the probe at blue and what answers it (blue's reply, \
-                 the host's RST to the spoofed lab address, which reaches red)",
+                 the host's RST to the spoofed lab address, which reaches the namespace it names)",
     },
     FuzzIntended {
         class: "fragments through masquerade",
@@ -1065,7 +1069,7 @@ fn run_lanes(
     // port when no probe of another class used it. A reply's later
     // fragments name their first fragment's flow (`of ...`).
     let mut class_of_port: BTreeMap<u16, Option<&'static str>> = BTreeMap::new();
-    let mut flows_of_batch: BTreeMap<usize, Vec<(u16, u16, &'static str)>> = BTreeMap::new();
+    let mut flows_of_batch: BTreeMap<usize, Vec<Flow>> = BTreeMap::new();
     // A UDP probe's datagram length, with its ports: an echo of the same
     // length names the probe even where other probes shared its ports.
     let mut datagrams: BTreeMap<usize, Vec<(u16, u16, usize, &'static str)>> = BTreeMap::new();
@@ -1087,10 +1091,14 @@ fn run_lanes(
                     }
                 })
                 .or_insert(Some(probe.class));
+            let source = packets
+                .first()
+                .and_then(|p| <[u8; 4]>::try_from(p.get(12..16)?).ok())
+                .map_or(Ipv4Addr::UNSPECIFIED, Ipv4Addr::from);
             flows_of_batch
                 .entry(probe.n / budget.batch.max(1))
                 .or_default()
-                .push((sport, dport, probe.class));
+                .push((sport, dport, probe.class, source));
         }
     }
     // A note about probe N is about its class; an error N crafted about a
@@ -1146,7 +1154,7 @@ fn run_lanes(
                 .flatten()
                 .filter_map(|b| flows_of_batch.get(&b))
                 .flatten()
-                .any(|(s, d, c)| (*s, *d) == (sport, dport) && divergent(c))
+                .any(|(s, d, c, _)| (*s, *d) == (sport, dport) && divergent(c))
         });
         Some(if shared { REUSED_FLOW } else { probe.class })
     };
@@ -1192,7 +1200,7 @@ fn run_lanes(
         }
         // A kernel's answer may come a batch late (a datagram reassembled
         // from fragments sent at the end of the previous one).
-        let flows: Vec<(u16, u16, &'static str)> = batch_of(place)
+        let flows: Vec<Flow> = batch_of(place)
             .map(|b| {
                 [b.checked_sub(1), Some(b)]
                     .into_iter()
@@ -1210,12 +1218,16 @@ fn run_lanes(
                 .find(|(port, _)| *port == d)
                 .map_or(d, |(_, backend)| *backend)
         };
-        let both = flows.iter().filter(|(s, d, _)| {
+        let both = flows.iter().filter(|(s, d, _, _)| {
             numbers.contains(s) && (numbers.contains(d) || numbers.contains(&seen_as(*d)))
         });
-        let source = flows.iter().filter(|(s, _, _)| numbers.contains(s));
+        let source = || flows.iter().filter(|(s, _, _, _)| numbers.contains(s));
+        // Probes of two classes may share a source port by chance; the
+        // address beside it (a spoofed blue, or outside) tells them apart.
+        let named = source().filter(|(s, _, _, a)| line.contains(&format!("{a}:{s}")));
         only(both.map(|f| f.2))
-            .or_else(|| only(source.map(|f| f.2)))
+            .or_else(|| only(named.map(|f| f.2)))
+            .or_else(|| only(source().map(|f| f.2)))
             .or_else(|| {
                 numbers
                     .iter()
