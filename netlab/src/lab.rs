@@ -143,7 +143,7 @@ fn build(
             name: e.name.clone(),
         })
         .collect();
-    check_distinct_ifindexes(topo, &ifaces)?;
+    state.ifindex_ceiling = check_distinct_ifindexes(topo, &ifaces)?;
     log::debug!("attaching the datapath");
     datapath::attach(topo)?;
     step("datapath attached");
@@ -606,8 +606,15 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
 
 /// The datapath's maps key interfaces by ifindex (the redirect decisions,
 /// the trace's places); refuse to attach rather than mix two interfaces.
-fn check_distinct_ifindexes(topo: &Topology, ifaces: &[Iface]) -> Result<()> {
+/// The highest ifindex the lab's places use.
+fn check_distinct_ifindexes(topo: &Topology, ifaces: &[Iface]) -> Result<u32> {
     let links = netlink::indexes_by_place(topo)?;
+    let ceiling = links
+        .values()
+        .flat_map(|l| l.values())
+        .copied()
+        .max()
+        .unwrap_or(1);
     let mut seen: BTreeMap<u32, &Iface> = BTreeMap::new();
     for iface in ifaces {
         let index = index_in(&links, &iface.place, &iface.name)
@@ -618,7 +625,7 @@ fn check_distinct_ifindexes(topo: &Topology, ifaces: &[Iface]) -> Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(ceiling)
 }
 
 /// How long `down` waits at most for the kernel's namespace cleanup to

@@ -59,6 +59,11 @@ pub struct LabState {
     /// Pods the CNI plugin attached (`[pod_network]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<Pod>,
+    /// The highest ifindex of the lab's places after `up`. The datapath and
+    /// the tracer key interfaces by ifindex lab-wide, so a pod's host end
+    /// is made above it (0 in a record from before: ADD reads the places).
+    #[serde(default)]
+    pub ifindex_ceiling: u32,
     /// The last address handed to a pod: the next search starts after it,
     /// so a freed address is not reused at once (as host-local does).
     #[serde(default, skip_serializing_if = "Option::is_none")]

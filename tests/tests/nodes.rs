@@ -341,6 +341,13 @@ fn two_nodes(overlay: bool) {
     ]);
     let traced = trace.finish(Duration::from_secs(10)).unwrap();
     assert!(traced.stdout.contains(&pod_a), "{traced}");
+    // Its hops on node B are named: the pod's host end, on the host (not
+    // an interface of a lab namespace that shares its ifindex).
+    assert!(
+        traced.stdout.contains(r#""netns":"host","iface":"nlp"#),
+        "{traced}"
+    );
+    assert!(!traced.stdout.contains("outside-node-b"), "{traced}");
     if overlay {
         assert!(traced.stdout.contains("nl-vx"), "{traced}");
         // What crossed went through the tunnel, on both nodes.

@@ -41,15 +41,42 @@ pub fn host_link(topo: &Topology, name: &str) -> Result<Option<(u32, bool)>> {
 /// Makes the pod's veth, both ends in place, in the lab's link group (so
 /// `down` removes it), with the overlay's MTU if there is one; the host
 /// end's ifindex and MAC.
-pub fn create_link(topo: &Topology, pod: &Pod, netns: &Path) -> Result<(u32, Option<[u8; 6]>)> {
+///
+/// The host end's ifindex is above `ceiling` (the highest the lab's places
+/// used at `up`, 0 if unknown) and every index the host uses: the kernel
+/// would pick the host's next one, which a lab namespace's interface may
+/// hold, and the datapath and the tracer key interfaces by ifindex.
+pub fn create_link(
+    topo: &Topology,
+    pod: &Pod,
+    netns: &Path,
+    ceiling: u32,
+) -> Result<(u32, Option<[u8; 6]>)> {
     let (host, inside, lab) = (pod.host_veth.clone(), pod.ifname.clone(), topo.name.clone());
     let place = sandbox(netns);
     // Over an overlay, the pod's packets must fit the tunnel's device.
     let mtu = topo.vxlan().map(|v| v.mtu);
+    let ceiling = match ceiling {
+        0 => netlink::indexes_by_place(topo)?
+            .values()
+            .flat_map(|l| l.values())
+            .copied()
+            .max()
+            .unwrap_or(1),
+        known => known,
+    };
     netlink::run_in(&Place::Host, |nl| async move {
-        // Both indexes chosen by the kernel, each in its namespace.
-        nl.add_veth_in((&host, &Place::Host), (&inside, &place), (0, 0), mtu, &lab)
-            .await?;
+        let host_max = nl.links().await?.iter().map(|l| l.index).max().unwrap_or(1);
+        let index = host_max.max(ceiling) + 1;
+        // The pod's end: the kernel's choice in the pod's namespace.
+        nl.add_veth_in(
+            (&host, &Place::Host),
+            (&inside, &place),
+            (index, 0),
+            mtu,
+            &lab,
+        )
+        .await?;
         let link = nl.require_link(&host).await?;
         nl.set_owner(link.index, &lab).await?;
         Ok((link.index, link.mac))

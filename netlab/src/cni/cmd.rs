@@ -336,7 +336,7 @@ fn attach_pod(
         state.save()?;
         Ok(())
     };
-    let (host_ifindex, host_mac) = attach::create_link(topo, pod, netns)?;
+    let (host_ifindex, host_mac) = attach::create_link(topo, pod, netns, state.ifindex_ceiling)?;
     pod.host_ifindex = host_ifindex;
     save(state, pod)?;
     step("cni: pod veth");

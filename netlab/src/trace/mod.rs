@@ -231,6 +231,15 @@ pub fn run(options: &Options) -> Result<Summary> {
             }
         }
     }
+    // Pods' host ends (CNI): on the host, where their programs run.
+    for pod in record.pods.iter().filter(|p| p.host_ifindex != 0) {
+        let (index, name) = (pod.host_ifindex, &pod.host_veth);
+        names
+            .ifaces
+            .insert(("host".to_owned(), name.clone()), index);
+        ctx.add_iface(index, "host", name);
+        places.insert(index, 0);
+    }
     let expr = build_filter(options)?;
     let compiled = filter::compile(expr.as_ref(), &names)?;
 
