@@ -1,6 +1,7 @@
 #!/bin/sh
 # A simulated node of a cluster: a network namespace with a mount namespace
-# of its own (its own bpffs pins and /run/netlab), as a machine would have.
+# of its own (its own bpffs pins, /run/netlab and /run/netns, so the
+# namespaces made on the node go when it stops), as a machine would have.
 #
 #   node.sh start NAME      make node NAME (network namespace node-NAME)
 #   node.sh NAME CMD...     run CMD on node NAME
@@ -18,7 +19,8 @@ start)
     ip -n "node-$name" link set lo up
     unshare --mount --propagation private sh -c \
         'mount -t bpf bpf /sys/fs/bpf && mkdir -p /run/netlab &&
-         mount -t tmpfs node /run/netlab && exec sleep infinity' &
+         mount -t tmpfs node /run/netlab && mount -t tmpfs node /run/netns &&
+         exec sleep infinity' &
     echo $! >"$dir/$name.pid"
     sleep 0.2
     ;;
@@ -31,6 +33,6 @@ stop)
 *)
     name=$1
     shift
-    exec nsenter -t "$(cat "$dir/$name.pid")" -m --net="/run/netns/node-$name" -- "$@"
+    exec nsenter -t "$(cat "$dir/$name.pid")" -m --net="/run/netns/node-$name" --wd="$PWD" -- "$@"
     ;;
 esac
