@@ -417,6 +417,48 @@ pub struct NetSet {
     pub overflow: u32,
 }
 
+/// An IPv6 subnet: address and mask as four 32-bit words each, network
+/// order (the words as they sit in the header). A zero mask matches
+/// nothing (an unused slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net6 {
+    pub net: [u32; 4],
+    pub mask: [u32; 4],
+}
+
+impl Net6 {
+    #[inline(always)]
+    pub fn contains(&self, addr: &[u32; 4]) -> bool {
+        self.mask[0] != 0
+            && addr[0] & self.mask[0] == self.net[0]
+            && addr[1] & self.mask[1] == self.net[1]
+            && addr[2] & self.mask[2] == self.net[2]
+            && addr[3] & self.mask[3] == self.net[3]
+    }
+}
+
+/// How many IPv6 subnets a lab may have (its [`Net6Set`] holds them all
+/// inline).
+pub const NET6_INLINE: usize = 4;
+
+/// The lab's IPv6 subnets, compared inline.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net6Set {
+    pub nets: [Net6; NET6_INLINE],
+}
+
+impl Net6Set {
+    #[inline(always)]
+    pub fn contains(&self, addr: &[u32; 4]) -> bool {
+        self.nets[0].contains(addr)
+            || self.nets[1].contains(addr)
+            || self.nets[2].contains(addr)
+            || self.nets[3].contains(addr)
+    }
+}
+
 /// The lab's NAT configuration ([`names::NAT_CONFIG`](crate::names::NAT_CONFIG)),
 /// read once per packet.
 #[repr(C)]
@@ -458,6 +500,10 @@ pub struct NatConfig {
     /// The Services' virtual addresses (`[nat] service_range`): flows to
     /// them are translated on the way in, as flows to host addresses are.
     pub services: Net,
+    /// The lab's IPv6 subnets: IPv6 is bridged, never routed or
+    /// translated, so the closed lab lets through only what goes from one
+    /// of them to another (and what stays on its link).
+    pub internal6: Net6Set,
 }
 
 /// A lab namespace's address, for the `redirect` datapath: where to hand
@@ -882,7 +928,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
 const _: () = assert!(core::mem::size_of::<PublishKey>() == 4);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 336);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 464);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Service>() == 4);
 const _: () = assert!(core::mem::size_of::<MaglevTable>() == 2 * (MAGLEV_SLOTS + 1));

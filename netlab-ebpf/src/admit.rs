@@ -106,17 +106,19 @@ pub fn admit_addrs(
     }
 }
 
-/// IPv6 on a lab veth, either way: netlab carries none yet, so in a closed
-/// lab only what stays on its link passes (link-local unicast, and
-/// multicast: neighbour discovery); anything the host could route
-/// (between namespaces, or beyond the lab) is dropped, so the lab is as
-/// closed for IPv6 as for IPv4.
+/// IPv6 on a lab veth, either way: netlab bridges it and neither routes
+/// nor translates it yet, so in a closed lab only what stays on its link
+/// (link-local unicast, and multicast: neighbour discovery) or goes from
+/// one of the lab's IPv6 subnets to another passes; anything bound beyond
+/// the lab, or from beyond it, is dropped, so the lab is as closed for
+/// IPv6 as for IPv4.
 #[inline(always)]
 pub fn ipv6_closed(ctx: &TcContext, lab: &Lab, iface: &Iface, parsed: &Parsed) -> Result<(), Stat> {
     if lab.cfg.closed != 0
         && iface.role == ROLE_LAB
         && matches!(parsed, Parsed::NotIpv4(ETH_P_IPV6))
         && !ipv6::to_link(ctx)
+        && !ipv6::within(ctx, &lab.cfg.internal6)
     {
         return Err(Stat::Ipv6Closed);
     }

@@ -116,6 +116,7 @@ impl<'a> Picture<'a> {
             for bridge in &self.topo.bridges {
                 let mut label = vec![bridge.name.clone(), "bridge".to_owned()];
                 label.extend(bridge.addresses.iter().map(|a| a.net.to_string()));
+                label.extend(bridge.addresses6.iter().map(|a| a.net.to_string()));
                 nodes.push(Node {
                     iface: iface(place, &bridge.name),
                     label,
@@ -126,6 +127,7 @@ impl<'a> Picture<'a> {
         for end in self.topo.veth_ends().filter(|e| &e.place == place) {
             let mut label = vec![end.name.clone()];
             label.extend(end.addresses.iter().map(|a| a.net.to_string()));
+            label.extend(end.addresses6.iter().map(|a| a.net.to_string()));
             let uplink = *place == Place::Host && self.topo.nat.uplink.as_ref() == Some(&end.name);
             if uplink {
                 label.push("uplink".to_owned());

@@ -23,7 +23,9 @@ use crate::{
     netns,
     state::{self, LabLock, LabState, STATE_DIR},
     sys::{self, fault::step, sysctl},
-    topology::{self, HostAddress, HostNetwork, HostRoute, Iface, Place, Topology},
+    topology::{
+        self, HostAddress, HostAddress6, HostNetwork, HostRoute, HostRoute6, Iface, Place, Topology,
+    },
 };
 
 /// What `up` did, for its summary line.
@@ -228,9 +230,11 @@ fn check_host(topo: &Topology, tag: &str, overlap: HostOverlap) -> Result<()> {
         let links = nl.links().await?;
         let addresses = nl.addresses().await?;
         let routes = nl.routes().await?;
-        Ok((links, addresses, routes))
+        let addresses6 = nl.addresses6().await?;
+        let routes6 = nl.routes6().await?;
+        Ok((links, addresses, routes, addresses6, routes6))
     })?;
-    let (links, addresses, routes) = host;
+    let (links, addresses, routes, addresses6, routes6) = host;
     let name_of: BTreeMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
     let own_links: Vec<String> = links
         .iter()
@@ -249,6 +253,24 @@ fn check_host(topo: &Topology, tag: &str, overlap: HostOverlap) -> Result<()> {
             .iter()
             .filter_map(|a| {
                 Some(HostAddress {
+                    dev: name_of.get(&a.index)?.clone(),
+                    net: a.net,
+                })
+            })
+            .collect(),
+        routes6: routes6
+            .iter()
+            .filter(|r| !topology::is_link_local(r.dst.addr))
+            .map(|r| HostRoute6 {
+                dst: r.dst,
+                dev: r.oif.and_then(|i| name_of.get(&i).cloned()),
+            })
+            .collect(),
+        addresses6: addresses6
+            .iter()
+            .filter(|a| !topology::is_link_local(a.net.addr))
+            .filter_map(|a| {
+                Some(HostAddress6 {
                     dev: name_of.get(&a.index)?.clone(),
                     net: a.net,
                 })
@@ -485,6 +507,9 @@ fn configure(topo: &Topology) -> Result<()> {
             for route in topo.routes.iter().filter(|r| &r.place == nl.place()) {
                 nl.add_route(route.to, route.via).await?;
             }
+            for route in topo.routes6.iter().filter(|r| &r.place == nl.place()) {
+                nl.add_route6(route.to, route.via).await?;
+            }
             if nl.place() == &Place::Host {
                 route_peers(&nl, topo).await?;
                 route_services(&nl, topo).await?;
@@ -579,6 +604,9 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
             for address in &bridge.addresses {
                 nl.add_address(link.index, address.net).await?;
             }
+            for address in &bridge.addresses6 {
+                nl.add_address6(link.index, address.net).await?;
+            }
             nl.set_up(link.index).await?;
         }
     }
@@ -598,6 +626,9 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
         }
         for address in &end.addresses {
             nl.add_address(link.index, address.net).await?;
+        }
+        for address in &end.addresses6 {
+            nl.add_address6(link.index, address.net).await?;
         }
         nl.set_up(link.index).await?;
     }

@@ -8,7 +8,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
     net::IpAddr,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, BorrowedFd, RawFd},
 };
 
@@ -22,7 +22,7 @@ use rtnetlink::{
     },
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
         link::{
             InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp,
         },
@@ -36,7 +36,7 @@ use rtnetlink::{
 
 use crate::{
     netns,
-    topology::{Iface, Ipv4Net, Place, Topology},
+    topology::{Iface, Ipv4Net, Ipv6Net, Place, Topology},
 };
 
 /// Runs `work` with a netlink connection inside `place` (on a thread of its
@@ -224,6 +224,20 @@ pub struct Route {
 pub struct Address {
     pub index: u32,
     pub net: Ipv4Net,
+}
+
+/// An IPv6 address of an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address6 {
+    pub index: u32,
+    pub net: Ipv6Net,
+}
+
+/// An IPv6 route of the main table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route6 {
+    pub dst: Ipv6Net,
+    pub oif: Option<u32>,
 }
 
 /// The alias netlab writes on every link it creates for lab `lab`: the kernel
@@ -518,6 +532,110 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(e) if matches!(netlink_code(&e), Some(EEXIST)) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("adding {net} in {}", self.place)),
+        }
+    }
+
+    /// Adds an IPv6 address without duplicate address detection (the lab
+    /// made the link, nothing else on it can hold the address, and DAD
+    /// would keep it unusable for a second or more); one already there is
+    /// fine.
+    pub async fn add_address6(&self, index: u32, net: Ipv6Net) -> Result<()> {
+        let mut request = self
+            .handle
+            .address()
+            .add(index, IpAddr::V6(net.addr), net.prefix_len);
+        let message = request.message_mut();
+        message.header.flags = AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        match request.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(netlink_code(&e), Some(EEXIST)) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding {net} in {}", self.place)),
+        }
+    }
+
+    /// IPv6 addresses of every interface (link-local ones included).
+    pub async fn addresses6(&self) -> Result<Vec<Address6>> {
+        let mut stream = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .with_context(|| format!("listing addresses in {}", self.place))?
+        {
+            if msg.header.family != AddressFamily::Inet6 {
+                continue;
+            }
+            let addr = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(addr) = addr {
+                out.push(Address6 {
+                    index: msg.header.index,
+                    net: Ipv6Net {
+                        addr,
+                        prefix_len: msg.header.prefix_len,
+                    },
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// IPv6 unicast routes of the main table (what `ip -6 route` shows).
+    pub async fn routes6(&self) -> Result<Vec<Route6>> {
+        let filter = RouteMessageBuilder::<Ipv6Addr>::new().build();
+        let mut stream = self.handle.route().get(filter).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .with_context(|| format!("listing IPv6 routes in {}", self.place))?
+        {
+            if msg.header.address_family != AddressFamily::Inet6
+                || msg.header.kind != RouteType::Unicast
+            {
+                continue;
+            }
+            let mut table = u32::from(msg.header.table);
+            let (mut dst, mut oif) = (Ipv6Addr::UNSPECIFIED, None);
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = *ip,
+                    RouteAttribute::Oif(index) => oif = Some(*index),
+                    RouteAttribute::Table(t) => table = *t,
+                    _ => {}
+                }
+            }
+            if table == u32::from(RouteHeader::RT_TABLE_MAIN) {
+                out.push(Route6 {
+                    dst: Ipv6Net {
+                        addr: dst,
+                        prefix_len: msg.header.destination_prefix_length,
+                    },
+                    oif,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds an IPv6 route through a gateway; an identical route already
+    /// present is fine.
+    pub async fn add_route6(&self, to: Ipv6Net, via: Ipv6Addr) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(to.addr, to.prefix_len)
+            .gateway(via)
+            .build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(netlink_code(&e), Some(EEXIST)) => Ok(()),
+            Err(e) => {
+                Err(e).with_context(|| format!("adding route {to} via {via} in {}", self.place))
+            }
         }
     }
 

@@ -14,7 +14,7 @@ use crate::{
     datapath::{self, Running},
     netlink::{self, TcHook, run_in},
     state::LabState,
-    topology::{Datapath, Iface, Place},
+    topology::{self, Datapath, Iface, Place},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +129,7 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
             continue;
         }
         let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
-        let (links, addresses, routes, programs) = run_in(&place, |nl| async move {
+        let (links, addresses, addresses6, routes, programs) = run_in(&place, |nl| async move {
             let links = nl.links().await?;
             let mut programs = BTreeMap::new();
             for link in links
@@ -146,7 +146,14 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
                     programs.insert((link.index, hook), on_hook.unwrap_or_default());
                 }
             }
-            Ok((links, nl.addresses().await?, nl.routes().await?, programs))
+            let addresses6 = nl.addresses6().await?;
+            Ok((
+                links,
+                nl.addresses().await?,
+                addresses6,
+                nl.routes().await?,
+                programs,
+            ))
         })?;
         let name_of: BTreeMap<u32, &str> =
             links.iter().map(|l| (l.index, l.name.as_str())).collect();
@@ -196,10 +203,16 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
                     .and_then(|i| name_of.get(&i).map(|n| (*n).to_owned())),
                 addresses: link
                     .map(|l| {
+                        // IPv6 after IPv4, the kernel's link-local ones left out.
+                        let v6 = addresses6
+                            .iter()
+                            .filter(|a| a.index == l.index && !topology::is_link_local(a.net.addr))
+                            .map(|a| a.net.to_string());
                         addresses
                             .iter()
                             .filter(|a| a.index == l.index)
                             .map(|a| a.net.to_string())
+                            .chain(v6)
                             .collect()
                     })
                     .unwrap_or_default(),

@@ -19,7 +19,7 @@ mod problem;
 mod spans;
 mod validate;
 
-pub use host::{AddressInUse, HostAddress, HostNetwork, HostRoute};
+pub use host::{AddressInUse, HostAddress, HostAddress6, HostNetwork, HostRoute, HostRoute6};
 pub use model::*;
 pub use parse::service_backend;
 pub use problem::{Problem, ProblemKind, TopologyError};

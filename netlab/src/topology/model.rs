@@ -6,7 +6,7 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
     path::PathBuf,
 };
 
@@ -66,7 +66,7 @@ impl fmt::Display for Pos {
     }
 }
 
-/// An IPv4 network (address with its prefix length). netlab labs are IPv4-only.
+/// An IPv4 network (address with its prefix length).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Net {
     pub addr: Ipv4Addr,
@@ -117,6 +117,62 @@ impl fmt::Display for Ipv4Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix_len)
     }
+}
+
+/// An IPv6 network (address with its prefix length). A lab's IPv6
+/// addresses and routes sit beside its IPv4 ones, each family in lists of
+/// its own, as the kernel keeps them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv6Net {
+    pub addr: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv6Net {
+    pub const DEFAULT: Ipv6Net = Ipv6Net {
+        addr: Ipv6Addr::UNSPECIFIED,
+        prefix_len: 0,
+    };
+
+    pub fn mask(self) -> u128 {
+        match self.prefix_len {
+            0 => 0,
+            n => u128::MAX << (128 - u32::from(n.min(128))),
+        }
+    }
+
+    /// The network this address sits in (interface bits cleared).
+    pub fn network(self) -> Ipv6Net {
+        Ipv6Net {
+            addr: Ipv6Addr::from(u128::from(self.addr) & self.mask()),
+            prefix_len: self.prefix_len,
+        }
+    }
+
+    pub fn contains(self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & self.mask() == u128::from(self.addr) & self.mask()
+    }
+
+    pub fn overlaps(self, other: Ipv6Net) -> bool {
+        let shorter = Ipv6Net {
+            addr: Ipv6Addr::UNSPECIFIED,
+            prefix_len: self.prefix_len.min(other.prefix_len),
+        }
+        .mask();
+        u128::from(self.addr) & shorter == u128::from(other.addr) & shorter
+    }
+}
+
+impl fmt::Display for Ipv6Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// Whether `addr` is link-local (fe80::/10): every IPv6 interface has one
+/// of its own.
+pub fn is_link_local(addr: Ipv6Addr) -> bool {
+    addr.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// Which datapath carries the lab's traffic and NAT. Stored in the lab
@@ -300,6 +356,8 @@ pub struct Topology {
     pub bridges: Vec<Bridge>,
     pub veths: Vec<Veth>,
     pub routes: Vec<Route>,
+    /// IPv6 routes (`to`/`via` IPv6 in `[[route]]`).
+    pub routes6: Vec<Route6>,
     pub nat: Nat,
     /// `[pod_network]`: the pods a container runtime attaches at run time
     /// through netlab's CNI plugin (none: the lab takes no pods).
@@ -466,6 +524,7 @@ pub struct Namespace {
 pub struct Bridge {
     pub name: String,
     pub addresses: Vec<Address>,
+    pub addresses6: Vec<Address6>,
     pub at: Pos,
 }
 
@@ -483,6 +542,7 @@ pub struct VethEnd {
     /// Bridge this end is enslaved to (host ends only).
     pub bridge: Option<String>,
     pub addresses: Vec<Address>,
+    pub addresses6: Vec<Address6>,
     pub at: Pos,
 }
 
@@ -490,6 +550,22 @@ pub struct VethEnd {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Address {
     pub net: Ipv4Net,
+    pub at: Pos,
+}
+
+/// An IPv6 address on an interface, with its prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address6 {
+    pub net: Ipv6Net,
+    pub at: Pos,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route6 {
+    pub place: Place,
+    /// `::/0` for `to = "default"`.
+    pub to: Ipv6Net,
+    pub via: Ipv6Addr,
     pub at: Pos,
 }
 
@@ -721,5 +797,30 @@ impl Topology {
             .iter()
             .flat_map(|b| b.addresses.iter())
             .chain(self.veth_ends().flat_map(|e| e.addresses.iter()))
+    }
+
+    /// Every IPv6 address the lab puts on an interface.
+    pub fn addresses6(&self) -> impl Iterator<Item = &Address6> {
+        self.bridges
+            .iter()
+            .flat_map(|b| b.addresses6.iter())
+            .chain(self.veth_ends().flat_map(|e| e.addresses6.iter()))
+    }
+
+    /// The lab's own IPv6 subnets, in declaration order, each once: those
+    /// of its interfaces but the uplink's, which stands for the world.
+    pub fn internal_subnets6(&self) -> Vec<Ipv6Net> {
+        let world: Vec<Ipv6Net> = self
+            .uplink_end()
+            .into_iter()
+            .flat_map(|e| e.addresses6.iter().map(|a| a.net.network()))
+            .collect();
+        let mut subnets: Vec<Ipv6Net> = Vec::new();
+        for net in self.addresses6().map(|a| a.net.network()) {
+            if net.prefix_len > 0 && !world.contains(&net) && !subnets.contains(&net) {
+                subnets.push(net);
+            }
+        }
+        subnets
     }
 }

@@ -7,7 +7,7 @@
 //! not carry a position for.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
     ops::Range,
 };
 
@@ -16,8 +16,9 @@ use toml::Spanned;
 
 use super::{
     model::{
-        Address, Bridge, Datapath, Entry, Ipv4Net, Namespace, Nat, Peer, Place, PodNetwork, Pos,
-        Proto, Publish, Route, Service, ServiceIds, Topology, Veth, VethEnd, Vxlan,
+        Address, Address6, Bridge, Datapath, Entry, Ipv4Net, Ipv6Net, Namespace, Nat, Peer, Place,
+        PodNetwork, Pos, Proto, Publish, Route, Route6, Service, ServiceIds, Topology, Veth,
+        VethEnd, Vxlan,
     },
     problem::{Problem, ProblemKind, conntrack_size_text},
     spans::{EndSpans, RouteSpans, Spans},
@@ -365,10 +366,11 @@ impl Reader<'_> {
             .map(|br| {
                 let at = self.at(&br.name);
                 let name = br.name.into_inner();
-                let addresses = self.addresses(&name, br.addresses);
+                let (addresses, addresses6) = self.addresses(&name, br.addresses);
                 Bridge {
                     name,
                     addresses,
+                    addresses6,
                     at,
                 }
             })
@@ -392,13 +394,16 @@ impl Reader<'_> {
             })
             .collect();
 
-        let routes: Vec<Route> = raw
-            .route
-            .into_iter()
-            .filter_map(|r| self.route(r, &mut spans))
-            .collect();
+        let (mut routes, mut routes6) = (Vec::new(), Vec::new());
+        for route in raw.route {
+            match self.route(route, &mut spans) {
+                Some(Routed::V4(route)) => routes.push(route),
+                Some(Routed::V6(route)) => routes6.push(route),
+                None => {}
+            }
+        }
 
-        let (mut namespaces, mut veths, mut routes) = (namespaces, veths, routes);
+        let (mut namespaces, mut veths) = (namespaces, veths);
         for group in raw.namespace_group {
             self.group(group, &mut spans, &mut namespaces, &mut veths, &mut routes);
         }
@@ -416,6 +421,7 @@ impl Reader<'_> {
             bridges,
             veths,
             routes,
+            routes6,
             nat,
             pod_network,
             services: Vec::new(),
@@ -618,6 +624,7 @@ impl Reader<'_> {
                     place: place.clone(),
                     bridge: None,
                     addresses,
+                    addresses6: Vec::new(),
                     at: veth_at.clone(),
                 },
                 b: VethEnd {
@@ -625,6 +632,7 @@ impl Reader<'_> {
                     place: Place::Host,
                     bridge: bridge.clone(),
                     addresses: Vec::new(),
+                    addresses6: Vec::new(),
                     at: host_at.clone(),
                 },
             });
@@ -699,39 +707,58 @@ impl Reader<'_> {
             netns: netns_at,
             bridge: bridge_at,
         });
-        let addresses = self.addresses(&name, raw.addresses);
+        let (addresses, addresses6) = self.addresses(&name, raw.addresses);
         VethEnd {
             name,
             place: place(raw.netns.map(Spanned::into_inner)),
             bridge: raw.bridge.map(Spanned::into_inner),
             addresses,
+            addresses6,
             at,
         }
     }
 
-    fn addresses(&mut self, owner: &str, raw: Vec<Spanned<String>>) -> Vec<Address> {
-        raw.into_iter()
-            .filter_map(|text| {
-                let at = self.at(&text);
-                match parse_cidr(text.get_ref()) {
-                    Ok(net) => Some(Address { net, at }),
-                    Err(why) => {
-                        self.problem(
-                            ProblemKind::Address,
-                            &at,
-                            format_args!(
-                                "address `{}` of `{owner}` is not an IPv4 CIDR like 192.168.15.1/24: {why}",
-                                text.get_ref()
-                            ),
-                        );
-                        None
-                    }
-                }
-            })
-            .collect()
+    /// An interface's addresses, IPv4 and IPv6 apart (an IPv6 one has a
+    /// `:`).
+    fn addresses(
+        &mut self,
+        owner: &str,
+        raw: Vec<Spanned<String>>,
+    ) -> (Vec<Address>, Vec<Address6>) {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for text in raw {
+            let at = self.at(&text);
+            let parsed = if text.get_ref().contains(':') {
+                parse_cidr6(text.get_ref()).map(|net| {
+                    v6.push(Address6 {
+                        net,
+                        at: at.clone(),
+                    })
+                })
+            } else {
+                parse_cidr(text.get_ref()).map(|net| {
+                    v4.push(Address {
+                        net,
+                        at: at.clone(),
+                    })
+                })
+            };
+            if let Err(why) = parsed {
+                self.problem(
+                    ProblemKind::Address,
+                    &at,
+                    format_args!(
+                        "address `{}` of `{owner}` is not a CIDR like 192.168.15.1/24 or fd00:15::1/64: {why}",
+                        text.get_ref()
+                    ),
+                );
+            }
+        }
+        (v4, v6)
     }
 
-    fn route(&mut self, raw: Spanned<RawRoute>, spans: &mut Spans) -> Option<Route> {
+    /// A `[[route]]`: IPv6 when its gateway is an IPv6 address.
+    fn route(&mut self, raw: Spanned<RawRoute>, spans: &mut Spans) -> Option<Routed> {
         let at = self.at(&raw);
         let raw = raw.into_inner();
         let route_spans = RouteSpans {
@@ -742,7 +769,12 @@ impl Reader<'_> {
             to: self.at(&raw.to),
             via: self.at(&raw.via),
         };
-        let to = match raw.to.get_ref().as_str() {
+        let place = place(raw.netns.map(Spanned::into_inner));
+        let (to, via) = (raw.to.get_ref().as_str(), raw.via.get_ref().as_str());
+        if via.contains(':') {
+            return self.route6(to, via, place, at, route_spans, spans);
+        }
+        let to = match to {
             "default" => Some(Ipv4Net::DEFAULT),
             text => match parse_cidr(text) {
                 Ok(net) => Some(net),
@@ -751,22 +783,21 @@ impl Reader<'_> {
                         ProblemKind::Route,
                         &route_spans.to,
                         format_args!(
-                            "route destination `{text}` is not `default` or an IPv4 CIDR like 10.0.0.0/8: {why}"
+                            "route destination `{text}` is not `default` or an IPv4 CIDR like 10.0.0.0/8 (the gateway is IPv4): {why}"
                         ),
                     );
                     None
                 }
             },
         };
-        let via = match raw.via.get_ref().parse::<Ipv4Addr>() {
+        let via = match via.parse::<Ipv4Addr>() {
             Ok(via) => Some(via),
             Err(_) => {
                 self.problem(
                     ProblemKind::Route,
                     &route_spans.via,
                     format_args!(
-                        "route gateway `{}` is not an IPv4 address like 192.168.15.5",
-                        raw.via.get_ref()
+                        "route gateway `{via}` is not an IPv4 address like 192.168.15.5 or an IPv6 one like fd00:15::5"
                     ),
                 );
                 None
@@ -774,12 +805,48 @@ impl Reader<'_> {
         };
         let (to, via) = (to?, via?);
         spans.routes.push(route_spans);
-        Some(Route {
-            place: place(raw.netns.map(Spanned::into_inner)),
-            to,
-            via,
-            at,
-        })
+        Some(Routed::V4(Route { place, to, via, at }))
+    }
+
+    fn route6(
+        &mut self,
+        to: &str,
+        via: &str,
+        place: Place,
+        at: Pos,
+        route_spans: RouteSpans,
+        spans: &mut Spans,
+    ) -> Option<Routed> {
+        let to = match to {
+            "default" => Some(Ipv6Net::DEFAULT),
+            text => match parse_cidr6(text) {
+                Ok(net) => Some(net),
+                Err(why) => {
+                    self.problem(
+                        ProblemKind::Route,
+                        &route_spans.to,
+                        format_args!(
+                            "route destination `{text}` is not `default` or an IPv6 CIDR like fd00:16::/64 (the gateway is IPv6): {why}"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let via = match via.parse::<Ipv6Addr>() {
+            Ok(via) => Some(via),
+            Err(_) => {
+                self.problem(
+                    ProblemKind::Route,
+                    &route_spans.via,
+                    format_args!("route gateway `{via}` is not an IPv6 address like fd00:15::5"),
+                );
+                None
+            }
+        };
+        let (to, via) = (to?, via?);
+        spans.routes6.push(route_spans);
+        Some(Routed::V6(Route6 { place, to, via, at }))
     }
 
     fn pod_network(&mut self, raw: Spanned<RawPodNetwork>) -> PodNetwork {
@@ -1113,6 +1180,27 @@ fn is_number(text: &str) -> bool {
 }
 
 /// `A.B.C.D/N` with N in 0..=32 (prefix 0 is refused later, by the rules).
+/// A `[[route]]` of either family.
+enum Routed {
+    V4(Route),
+    V6(Route6),
+}
+
+fn parse_cidr6(text: &str) -> Result<Ipv6Net, String> {
+    let Some((addr, prefix)) = text.split_once('/') else {
+        return Err("the /prefix is missing".to_owned());
+    };
+    let addr: Ipv6Addr = addr
+        .parse()
+        .map_err(|_| format!("`{addr}` is not an IPv6 address"))?;
+    let prefix_len = Some(prefix)
+        .filter(|p| is_number(p))
+        .and_then(|p| p.parse::<u8>().ok())
+        .filter(|&n| n <= 128)
+        .ok_or_else(|| format!("`/{prefix}` is not a prefix length 0..=128"))?;
+    Ok(Ipv6Net { addr, prefix_len })
+}
+
 fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
     let Some((addr, prefix)) = text.split_once('/') else {
         return Err("the /prefix is missing".to_owned());

@@ -10,8 +10,10 @@ pub(super) struct Spans {
     pub name: Pos,
     /// One per veth end, in [`Topology::veth_ends`] order.
     pub ends: Vec<EndSpans>,
-    /// One per route, in order.
+    /// One per IPv4 route, in order.
     pub routes: Vec<RouteSpans>,
+    /// One per IPv6 route, in order.
+    pub routes6: Vec<RouteSpans>,
     pub nat: NatSpans,
     /// One per `[[service]]` that parsed, in order.
     pub services: Vec<Pos>,

@@ -7,14 +7,17 @@
 use std::{
     collections::{HashMap, HashSet},
     fmt,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
-use netlab_common::nat::MAX_SERVICE_BACKENDS;
+use netlab_common::nat::{MAX_SERVICE_BACKENDS, NET6_INLINE};
 
 use super::{
     host::HostNetwork,
-    model::{Entry, Family, Ipv4Net, MAX_PEERS, Peer, Place, Pos, Proto, Service, Topology, Vxlan},
+    model::{
+        Entry, Family, Ipv4Net, Ipv6Net, MAX_PEERS, Peer, Place, Pos, Proto, Service, Topology,
+        Vxlan, is_link_local,
+    },
     problem::{CONNTRACK_MAX, CONNTRACK_MIN, Problem, ProblemKind as K, conntrack_size_text, sort},
     spans::Spans,
 };
@@ -34,7 +37,9 @@ pub(super) fn validate(topo: &Topology, spans: &Spans) -> Vec<Problem> {
     interfaces(&lab, &mut problems);
     references(&lab, &mut problems);
     addresses(&lab, &mut problems);
+    addresses6(&lab, &mut problems);
     routes(&lab, &mut problems);
+    routes6(&lab, &mut problems);
     publish(&lab, &mut problems);
     nat(&lab, &mut problems);
     pod_network(topo, &mut problems);
@@ -370,6 +375,13 @@ struct Addressed<'t> {
     at: &'t Pos,
 }
 
+/// One IPv6 address with its interface.
+struct Addressed6<'t> {
+    node: usize,
+    net: Ipv6Net,
+    at: &'t Pos,
+}
+
 /// The lab seen as interfaces, segments and addresses.
 struct Lab<'t> {
     topo: &'t Topology,
@@ -377,6 +389,7 @@ struct Lab<'t> {
     /// Bridges first, then veth ends in [`Topology::veth_ends`] order.
     nodes: Vec<Node<'t>>,
     addresses: Vec<Addressed<'t>>,
+    addresses6: Vec<Addressed6<'t>>,
     namespaces: HashSet<&'t str>,
     bridges: HashSet<&'t str>,
     /// Segments with an end whose `bridge` could not be followed (already a
@@ -446,12 +459,27 @@ impl<'t> Lab<'t> {
                 })
             })
             .collect();
+        let addresses6 = topo
+            .bridges
+            .iter()
+            .map(|b| &b.addresses6)
+            .chain(topo.veth_ends().map(|e| &e.addresses6))
+            .enumerate()
+            .flat_map(|(node, list)| {
+                list.iter().map(move |a| Addressed6 {
+                    node,
+                    net: a.net,
+                    at: &a.at,
+                })
+            })
+            .collect();
 
         Lab {
             topo,
             spans,
             nodes,
             addresses,
+            addresses6,
             namespaces: topo.namespaces.iter().map(|n| n.name.as_str()).collect(),
             bridges: topo.bridges.iter().map(|b| b.name.as_str()).collect(),
             broken,
@@ -724,6 +752,159 @@ fn addresses(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
     }
 }
 
+/// The IPv6 addresses, by the IPv4 rules where they carry over: a usable
+/// unicast address with a prefix, none twice, no overlap between subnets
+/// of different L2 segments; and no more subnets than the datapath holds.
+fn addresses6(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
+    let subnets = lab.topo.internal_subnets6();
+    if subnets.len() > NET6_INLINE
+        && let Some(a) = lab
+            .addresses6
+            .iter()
+            .find(|a| a.net.network() == subnets[NET6_INLINE])
+    {
+        problems.push(Problem::new(
+            K::Address,
+            a.at,
+            format_args!(
+                "subnet {} is the lab's IPv6 subnet number {}: a lab holds at most {NET6_INLINE} \
+                 (the uplink's aside)",
+                subnets[NET6_INLINE],
+                NET6_INLINE + 1
+            ),
+        ));
+    }
+    let mut seen: HashMap<Ipv6Addr, &Addressed6<'_>> = HashMap::new();
+    for (i, a) in lab.addresses6.iter().enumerate() {
+        let (net, owner) = (a.net, &lab.nodes[a.node]);
+        let why = if net.prefix_len == 0 {
+            Some("has prefix /0; a lab subnet needs a prefix of 1 to 128".to_owned())
+        } else if is_link_local(net.addr) {
+            Some(
+                "is link-local: the kernel gives every interface its own fe80:: address; \
+                 use a unique local (fd00::/8) or global one"
+                    .to_owned(),
+            )
+        } else if net.addr.is_multicast() || net.addr.is_loopback() || net.addr.is_unspecified() {
+            Some("is not a unicast address".to_owned())
+        } else if net.prefix_len <= 126 && net.addr == net.network().addr {
+            Some(format!(
+                "is the subnet-router anycast address of {}; use a host address such as {}/{}",
+                net.network(),
+                Ipv6Addr::from(u128::from(net.addr) + 1),
+                net.prefix_len
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            problems.push(Problem::new(
+                K::Address,
+                a.at,
+                format_args!("address {net} of `{}` {why}", owner.name),
+            ));
+        }
+        if let Some(first) = seen.get(&net.addr) {
+            problems.push(Problem::new(
+                K::DuplicateAddress,
+                a.at,
+                format_args!(
+                    "address {} of `{}` is already on `{}` at {}",
+                    net.addr, owner.name, lab.nodes[first.node].name, first.at
+                ),
+            ));
+        } else {
+            seen.insert(net.addr, a);
+        }
+        let clash = lab.addresses6[..i].iter().find(|b| {
+            let other = lab.nodes[b.node].segment;
+            b.net.addr != net.addr
+                && other != owner.segment
+                && !lab.broken.contains(&other)
+                && !lab.broken.contains(&owner.segment)
+                && net.prefix_len > 0
+                && b.net.prefix_len > 0
+                && net.overlaps(b.net)
+        });
+        if let Some(b) = clash {
+            problems.push(Problem::new(
+                K::SubnetOverlap,
+                a.at,
+                format_args!(
+                    "subnet {} of `{}` overlaps subnet {} of `{}` ({}), which is on another L2 segment; give each segment its own subnet",
+                    net.network(),
+                    owner.name,
+                    b.net.network(),
+                    lab.nodes[b.node].name,
+                    b.at
+                ),
+            ));
+        }
+    }
+}
+
+/// The IPv6 routes, by the IPv4 rules.
+fn routes6(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
+    let mut seen: HashMap<(&Place, Ipv6Net), &Pos> = HashMap::new();
+    for (route, spans) in lab.topo.routes6.iter().zip(&lab.spans.routes6) {
+        let to = if route.to == Ipv6Net::DEFAULT {
+            "default".to_owned()
+        } else {
+            route.to.to_string()
+        };
+        if !lab.has_place(&route.place) {
+            problems.push(Problem::new(
+                K::UnknownNamespace,
+                &spans.netns,
+                format_args!(
+                    "route to {to} is in namespace `{}`, which no [[namespace]] declares",
+                    route.place
+                ),
+            ));
+        }
+        if route.to != route.to.network() {
+            problems.push(Problem::new(
+                K::Route,
+                &spans.to,
+                format_args!(
+                    "route destination {} has interface bits set; write {}",
+                    route.to,
+                    route.to.network()
+                ),
+            ));
+        }
+        let on_link = lab.addresses6.iter().any(|a| {
+            lab.nodes[a.node].place == &route.place
+                && a.net.prefix_len > 0
+                && a.net.contains(route.via)
+        });
+        if !on_link {
+            problems.push(Problem::new(
+                K::Gateway,
+                &spans.via,
+                format_args!(
+                    "gateway {} of the route to {to} is not in any IPv6 subnet of {}; a gateway must be on a subnet of an interface there",
+                    route.via,
+                    Where(&route.place)
+                ),
+            ));
+        }
+        let key = (&route.place, route.to.network());
+        if let Some(first) = seen.get(&key) {
+            problems.push(Problem::new(
+                K::DuplicateRoute,
+                &route.at,
+                format_args!(
+                    "route to {to} in {} is declared twice; the first is at {first}",
+                    Where(&route.place)
+                ),
+            ));
+        } else {
+            seen.insert(key, &route.at);
+        }
+    }
+}
+
 fn routes(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
     let mut seen: HashMap<(&Place, Ipv4Net), &Pos> = HashMap::new();
     for (route, spans) in lab.topo.routes.iter().zip(&lab.spans.routes) {
@@ -984,6 +1165,59 @@ pub(super) fn check_host(
             });
         }
     }
+    problems.extend(check_host6(topo, host, &own));
+    problems
+}
+
+/// [`check_host`] for the lab's IPv6 subnets.
+fn check_host6(topo: &Topology, host: &HostNetwork, own: &dyn Fn(&str) -> bool) -> Vec<Problem> {
+    let owned = topo
+        .bridges
+        .iter()
+        .map(|b| (&b.name, &b.addresses6))
+        .chain(topo.veth_ends().map(|e| (&e.name, &e.addresses6)));
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    for (owner, addresses) in owned {
+        for a in addresses {
+            let subnet = a.net.network();
+            if subnet.prefix_len == 0 || !seen.insert(subnet) {
+                continue;
+            }
+            let route = host.routes6.iter().find(|r| {
+                r.dst.prefix_len != 0
+                    && !r.dev.as_deref().is_some_and(own)
+                    && r.dst.overlaps(subnet)
+            });
+            let text = if let Some(r) = route {
+                let dev = r
+                    .dev
+                    .as_deref()
+                    .map(|d| format!(" dev {d}"))
+                    .unwrap_or_default();
+                format!(
+                    "the host route {}{dev}; pick a subnet clear of the host's routes",
+                    r.dst
+                )
+            } else if let Some(h) = host
+                .addresses6
+                .iter()
+                .find(|h| !own(&h.dev) && h.net.overlaps(subnet))
+            {
+                format!(
+                    "the host address {} on {}; pick a subnet clear of the host's addresses",
+                    h.net, h.dev
+                )
+            } else {
+                continue;
+            };
+            problems.push(Problem {
+                kind: K::HostOverlap,
+                at: a.at.clone(),
+                message: format!("subnet {subnet} of `{owner}` ({}) overlaps {text}", a.at),
+            });
+        }
+    }
     problems
 }
 
@@ -991,7 +1225,7 @@ pub(super) fn check_host(
 mod tests {
     use super::*;
     use crate::topology::{
-        HostAddress, HostRoute, TopologyError, parse,
+        HostAddress, HostAddress6, HostRoute, HostRoute6, TopologyError, parse,
         testutil::{at, at_nth, only_problem, value_at},
     };
 
@@ -1597,7 +1831,7 @@ peer = { name = "green0-br", bridge = "br0" }
                     net: net(a),
                 })
                 .collect(),
-            in_use: Vec::new(),
+            ..HostNetwork::default()
         }
     }
 
@@ -1700,7 +1934,7 @@ peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
                 dev: "nl-uplink".into(),
                 net: net("198.18.0.1/24"),
             }],
-            in_use: Vec::new(),
+            ..HostNetwork::default()
         };
         let own = ["v-net-0".to_owned(), "nl-uplink".to_owned()];
         assert!(check_host(&topo, &host, &own).is_empty());
@@ -1999,5 +2233,158 @@ peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
         for (text, needles) in cases {
             only_problem(&text, K::PodNetwork, needles);
         }
+    }
+
+    // IPv6 beside IPv4.
+
+    /// BASE with IPv6 on the bridge segment (br0, red0) and blue's pair.
+    fn dual() -> String {
+        BASE.replace(r#"["10.0.0.1/24"]"#, r#"["10.0.0.1/24", "fd00:10::1/64"]"#)
+            .replace(r#"["10.0.0.2/24"]"#, r#"["10.0.0.2/24", "fd00:10::2/64"]"#)
+            .replace(r#"["10.1.0.2/24"]"#, r#"["10.1.0.2/24", "fd00:11::2/64"]"#)
+            .replace(r#"["10.1.0.1/24"]"#, r#"["10.1.0.1/24", "fd00:11::1/64"]"#)
+            + "\n[[route]]\nnetns = \"red\"\nto = \"default\"\nvia = \"fd00:10::1\"\n"
+    }
+
+    fn net6(s: &str) -> Ipv6Net {
+        let (a, p) = s.split_once('/').unwrap();
+        Ipv6Net {
+            addr: a.parse().unwrap(),
+            prefix_len: p.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn ipv6_addresses_and_routes_sit_beside_ipv4() {
+        let topo = ok(&dual());
+        let red = topo.veth_ends().find(|e| e.name == "red0").unwrap();
+        assert_eq!(red.addresses.len(), 1);
+        assert_eq!(red.addresses6[0].net, net6("fd00:10::2/64"));
+        assert_eq!(topo.bridges[0].addresses6[0].net, net6("fd00:10::1/64"));
+        assert_eq!(topo.routes.len(), 1);
+        assert_eq!(topo.routes6.len(), 1);
+        assert_eq!(topo.routes6[0].to, Ipv6Net::DEFAULT);
+        assert_eq!(
+            topo.routes6[0].via,
+            "fd00:10::1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(topo.routes6[0].place, Place::Netns("red".to_owned()));
+        // An IPv4-only lab has no IPv6 at all.
+        let topo = ok(BASE);
+        assert!(topo.routes6.is_empty());
+        assert!(topo.veth_ends().all(|e| e.addresses6.is_empty()));
+    }
+
+    #[test]
+    fn ipv6_address_rules() {
+        // (blue0's IPv6 address, what the message must say)
+        for (address, says) in [
+            ("fd00:11::2/0", "/0"),
+            ("fe80::2/64", "link-local"),
+            ("ff02::2/64", "not a unicast"),
+            ("fd00:11::/64", "subnet-router anycast"),
+        ] {
+            let text = dual().replace("fd00:11::2/64", address);
+            only_problem(
+                &text,
+                K::Address,
+                &[
+                    address,
+                    "`blue0`",
+                    says,
+                    &at(&text, &format!("\"{address}\"")),
+                ],
+            );
+        }
+        for (address, says) in [
+            ("fd00:10::2/129", "0..=128"),
+            ("fd00:10:::2/64", "not an IPv6 address"),
+            ("fd00:10::2", "/prefix is missing"),
+        ] {
+            let text = dual().replace("fd00:11::2/64", address);
+            only_problem(&text, K::Address, &[address, "`blue0`", says]);
+        }
+        // Twice, and the same subnet on two segments.
+        let text = dual().replace("fd00:10::2/64", "fd00:10::1/64");
+        only_problem(
+            &text,
+            K::DuplicateAddress,
+            &["fd00:10::1", "`red0`", "`br0`"],
+        );
+        let text = dual().replace("fd00:11::2/64", "fd00:10::7/64");
+        only_problem(
+            &text,
+            K::SubnetOverlap,
+            &["fd00:10::/64", "`blue0`", "`br0`"],
+        );
+    }
+
+    #[test]
+    fn ipv6_route_rules() {
+        // A gateway off every IPv6 subnet of the namespace.
+        let text = dual().replace("via = \"fd00:10::1\"", "via = \"fd00:99::1\"");
+        only_problem(&text, K::Gateway, &["fd00:99::1", "IPv6 subnet", "`red`"]);
+        // Families mixed: an IPv4 destination through an IPv6 gateway.
+        let text = dual().replace(
+            "to = \"default\"\nvia = \"fd00:10::1\"",
+            "to = \"10.9.0.0/16\"\nvia = \"fd00:10::1\"",
+        );
+        only_problem(&text, K::Route, &["`10.9.0.0/16`", "the gateway is IPv6"]);
+        // Interface bits in a destination; a route declared twice.
+        let text = dual().replace(
+            "to = \"default\"\nvia = \"fd00:10::1\"",
+            "to = \"fd00:20::1/64\"\nvia = \"fd00:10::1\"",
+        );
+        only_problem(&text, K::Route, &["fd00:20::1/64", "write fd00:20::/64"]);
+        let text = dual() + "\n[[route]]\nnetns = \"red\"\nto = \"::/0\"\nvia = \"fd00:10::1\"\n";
+        only_problem(&text, K::DuplicateRoute, &["declared twice"]);
+    }
+
+    #[test]
+    fn ipv6_subnets_clear_of_the_host() {
+        let topo = ok(&dual());
+        // This machine's own eth0: fd00::2/64, a default route.
+        let mut host = HostNetwork {
+            routes6: vec![
+                HostRoute6 {
+                    dst: net6("fd00::/64"),
+                    dev: Some("eth0".into()),
+                },
+                HostRoute6 {
+                    dst: net6("::/0"),
+                    dev: Some("eth0".into()),
+                },
+            ],
+            addresses6: vec![HostAddress6 {
+                dev: "eth0".into(),
+                net: net6("fd00::2/64"),
+            }],
+            ..HostNetwork::default()
+        };
+        assert!(check_host(&topo, &host, &[]).is_empty());
+        // A host route over the bridge's subnet; then a host address in it.
+        host.routes6.push(HostRoute6 {
+            dst: net6("fd00:10::/48"),
+            dev: Some("eth1".into()),
+        });
+        let problems = check_host(&topo, &host, &[]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains("fd00:10::/48 dev eth1"),
+            "{problems:?}"
+        );
+        host.routes6.pop();
+        host.addresses6.push(HostAddress6 {
+            dev: "eth1".into(),
+            net: net6("fd00:11::9/64"),
+        });
+        let problems = check_host(&topo, &host, &[]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains("fd00:11::9/64 on eth1"),
+            "{problems:?}"
+        );
+        // Its own links are the lab's.
+        assert!(check_host(&topo, &host, &["eth1".to_owned()]).is_empty());
     }
 }

@@ -14,8 +14,8 @@ use anyhow::{Context, Result, bail};
 use aya::maps::lpm_trie::Key;
 use netlab_common::nat::{
     Backend, Endpoint, IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NET_GROUP, NET_INTERNAL,
-    NET_SET_INLINE, NET_UPLINK, NatConfig, Net, NetSet, PublishKey, ROLE_LAB, ROLE_UPLINK,
-    backend_port_bit, iface_slot, publish_epoch_slot,
+    NET_SET_INLINE, NET_UPLINK, NatConfig, Net, Net6, Net6Set, NetSet, PublishKey, ROLE_LAB,
+    ROLE_UPLINK, backend_port_bit, iface_slot, publish_epoch_slot,
 };
 
 use super::maps;
@@ -24,7 +24,8 @@ use crate::{
     pins::Pins,
     sys,
     topology::{
-        Datapath, InForce, Ipv4Net, MAX_PEERS, Place, Pod, Proto, PublishedPort, Service, Topology,
+        Datapath, InForce, Ipv4Net, Ipv6Net, MAX_PEERS, Place, Pod, Proto, PublishedPort, Service,
+        Topology,
     },
 };
 
@@ -146,6 +147,31 @@ pub fn iface_slots(topo: &Topology) -> u32 {
 
 /// Fills a [`NetSet`] with `nets`: inline when they fit, else flagged to
 /// be asked of its map (which always holds them all).
+/// An IPv6 subnet as the datapath compares it: words as they sit in the
+/// header.
+fn net6(net: Ipv6Net) -> Net6 {
+    let words = |bytes: [u8; 16]| -> [u32; 4] {
+        let mut out = [0; 4];
+        for (word, chunk) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        out
+    };
+    Net6 {
+        net: words(net.network().addr.octets()),
+        mask: words(net.mask().to_be_bytes()),
+    }
+}
+
+/// The lab's IPv6 subnets (validation keeps them within the inline room).
+fn net6_set(nets: &[Ipv6Net]) -> Net6Set {
+    let mut set = Net6Set::default();
+    for (slot, n) in set.nets.iter_mut().zip(nets) {
+        *slot = net6(*n);
+    }
+    set
+}
+
 fn net_set(nets: &[Net]) -> NetSet {
     let mut set = NetSet {
         count: nets.len().min(NET_SET_INLINE) as u32,
@@ -277,6 +303,7 @@ pub fn plan(topo: &Topology, links: &LabLinks, pods: &[Pod]) -> Result<MapConten
         masquerade: net_set(&masq_nets),
         peers: net_set(&peer_nets),
         services: topo.nat.service_range.map(net).unwrap_or_default(),
+        internal6: net6_set(&topo.internal_subnets6()),
     };
 
     let mut ifaces = BTreeMap::new();
@@ -774,6 +801,48 @@ mod tests {
             err.as_deref(),
             Some("interface veth-blue-br is missing on the host")
         );
+    }
+
+    /// An IPv6 address as the datapath reads it from a header.
+    fn v6(text: &str) -> [u32; 4] {
+        let octets = text
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED)
+            .octets();
+        let mut words = [0; 4];
+        for (word, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
+            *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        words
+    }
+
+    #[test]
+    fn the_lab_s_ipv6_subnets_are_inline_and_the_world_s_is_not() {
+        let text = include_str!("../../topology/default.toml")
+            .replace(
+                r#""192.168.15.5/24""#,
+                r#""192.168.15.5/24", "fd00:15::5/64""#,
+            )
+            .replace(
+                r#""192.168.15.1/24""#,
+                r#""192.168.15.1/24", "fd00:15::1/64""#,
+            )
+            .replace(r#""198.18.0.1/24""#, r#""198.18.0.1/24", "2001:2::1/64""#)
+            .replace(r#""198.18.0.2/24""#, r#""198.18.0.2/24", "2001:2::2/64""#);
+        let topo = topology::parse(&text, "dual.toml").unwrap_or_else(|e| panic!("{e}"));
+        let dual = plan(&topo, &links(&topo), &[]).unwrap_or_else(|e| panic!("{e:#}"));
+        let set = dual.nat.internal6;
+        assert!(set.contains(&v6("fd00:15::1")));
+        assert!(set.contains(&v6("fd00:15::ffff:1")));
+        assert!(!set.contains(&v6("fd00:16::1")));
+        assert!(!set.contains(&v6("2001:2::2")));
+        assert!(!set.contains(&v6("fe80::1")));
+        assert_eq!(set.nets.iter().filter(|n| n.mask[0] != 0).count(), 1);
+        // An IPv4-only lab has none: only its link's IPv6 passes.
+        let topo = topology::default_lab().unwrap_or_else(|e| panic!("{e}"));
+        let v4_only = plan(&topo, &links(&topo), &[]).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(!v4_only.nat.internal6.contains(&v6("::")));
+        assert_eq!(v4_only.nat.internal6, Net6Set::default());
     }
 
     #[test]

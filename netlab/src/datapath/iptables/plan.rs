@@ -425,10 +425,11 @@ fn service_rules(
 }
 
 /// The ip6tables input that closes the lab for IPv6, as the eBPF datapaths
-/// do (netlab carries no IPv6 yet): nothing is forwarded into or out of
-/// the lab's interfaces (bridged traffic included, through br_netfilter)
-/// but what stays on its link, link-local unicast and multicast
-/// (neighbour discovery). `jump`: whether FORWARD's jump into the chain
+/// do (netlab bridges IPv6 and neither routes nor translates it yet):
+/// nothing is forwarded into or out of the lab's interfaces (bridged
+/// traffic included, through br_netfilter) but what stays on its link,
+/// link-local unicast and multicast (neighbour discovery), and what goes
+/// from one of the lab's IPv6 subnets to another. `jump`: whether FORWARD's jump into the chain
 /// must be inserted.
 pub(super) fn ruleset6(lab: &str, topo: &Topology, jump: bool) -> String {
     let fwd6 = chains(lab).fwd6;
@@ -439,6 +440,13 @@ pub(super) fn ruleset6(lab: &str, topo: &Topology, jump: bool) -> String {
     }
     out.push_str(&format!("-A {fwd6} -d fe80::/10 -j ACCEPT\n"));
     out.push_str(&format!("-A {fwd6} -d ff00::/8 -j ACCEPT\n"));
+    // IPv6 is bridged: from one of the lab's IPv6 subnets to another.
+    let subnets = topo.internal_subnets6();
+    for from in &subnets {
+        for to in &subnets {
+            out.push_str(&format!("-A {fwd6} -s {from} -d {to} -j ACCEPT\n"));
+        }
+    }
     let mut ifaces: Vec<&str> = Vec::new();
     for name in topo
         .bridges
