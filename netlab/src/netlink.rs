@@ -271,6 +271,14 @@ fn netlink_code(err: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
+/// Whether a link request failed because the ifindex it asked for is
+/// taken (the kernel's `dev_index_reserve` answers `EBUSY`).
+pub fn index_taken(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<rtnetlink::Error>()
+        .and_then(netlink_code)
+        == Some(-libc::EBUSY)
+}
+
 pub struct Netlink {
     handle: Handle,
     place: Place,

@@ -42,21 +42,23 @@ pub fn host_link(topo: &Topology, name: &str) -> Result<Option<(u32, bool)>> {
 /// `down` removes it), with the overlay's MTU if there is one; the host
 /// end's ifindex and MAC.
 ///
-/// The host end's ifindex is above `ceiling` (the highest the lab's places
-/// used at `up`, 0 if unknown) and every index the host uses: the kernel
+/// The host end's ifindex is above `floor`: the highest the lab's places
+/// used at `up` and its pods' host ends since (0 if unknown). The kernel
 /// would pick the host's next one, which a lab namespace's interface may
-/// hold, and the datapath and the tracer key interfaces by ifindex.
+/// hold, and the datapath and the tracer key interfaces by ifindex. When
+/// something else took that index, the host's links are listed for a
+/// free one (a dump per ADD costs tens of milliseconds with 1,000 pods).
 pub fn create_link(
     topo: &Topology,
     pod: &Pod,
     netns: &Path,
-    ceiling: u32,
+    floor: u32,
 ) -> Result<(u32, Option<[u8; 6]>)> {
     let (host, inside, lab) = (pod.host_veth.clone(), pod.ifname.clone(), topo.name.clone());
     let place = sandbox(netns);
     // Over an overlay, the pod's packets must fit the tunnel's device.
     let mtu = topo.vxlan().map(|v| v.mtu);
-    let ceiling = match ceiling {
+    let floor = match floor {
         0 => netlink::indexes_by_place(topo)?
             .values()
             .flat_map(|l| l.values())
@@ -66,17 +68,23 @@ pub fn create_link(
         known => known,
     };
     netlink::run_in(&Place::Host, |nl| async move {
-        let host_max = nl.links().await?.iter().map(|l| l.index).max().unwrap_or(1);
-        let index = host_max.max(ceiling) + 1;
         // The pod's end: the kernel's choice in the pod's namespace.
-        nl.add_veth_in(
-            (&host, &Place::Host),
-            (&inside, &place),
-            (index, 0),
-            mtu,
-            &lab,
-        )
-        .await?;
+        let add = |index: u32| {
+            nl.add_veth_in(
+                (&host, &Place::Host),
+                (&inside, &place),
+                (index, 0),
+                mtu,
+                &lab,
+            )
+        };
+        match add(floor + 1).await {
+            Err(e) if netlink::index_taken(&e) => {
+                let host_max = nl.links().await?.iter().map(|l| l.index).max().unwrap_or(1);
+                add(host_max.max(floor) + 1).await?;
+            }
+            other => other?,
+        }
         let link = nl.require_link(&host).await?;
         nl.set_owner(link.index, &lab).await?;
         Ok((link.index, link.mac))

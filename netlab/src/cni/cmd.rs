@@ -336,7 +336,17 @@ fn attach_pod(
         state.save()?;
         Ok(())
     };
-    let (host_ifindex, host_mac) = attach::create_link(topo, pod, netns, state.ifindex_ceiling)?;
+    // Above every index the lab's places and pods took (see create_link;
+    // 0, unknown, in a record from before the ceiling was kept).
+    let floor = match state.ifindex_ceiling {
+        0 => 0,
+        ceiling => state
+            .pods
+            .iter()
+            .map(|p| p.host_ifindex)
+            .fold(ceiling, u32::max),
+    };
+    let (host_ifindex, host_mac) = attach::create_link(topo, pod, netns, floor)?;
     pod.host_ifindex = host_ifindex;
     save(state, pod)?;
     step("cni: pod veth");
