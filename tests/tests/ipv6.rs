@@ -86,6 +86,56 @@ fn dual_stack_lab(datapath: &str) {
     // route both, the datapath drops them (nothing translates IPv6 yet).
     assert!(!answers(&sb, "outside", "fd00:15::1"));
     assert!(!answers(&sb, "red", "2001:2::2"));
+    // A world host that sends from a lab address (spoofed) still does not
+    // get in: red never sees it.
+    sb.ok(&[
+        "ip",
+        "-n",
+        "outside",
+        "addr",
+        "add",
+        "fd00:15::77/128",
+        "dev",
+        "veth-outside",
+        "nodad",
+    ])
+    .unwrap();
+    let nft = |rule: &str| {
+        sb.ok(&[
+            "ip",
+            "netns",
+            "exec",
+            "red",
+            "sh",
+            "-c",
+            &format!("nft {rule}"),
+        ])
+        .unwrap()
+    };
+    nft("add table inet spoof");
+    nft("'add chain inet spoof in { type filter hook input priority 0 ; }'");
+    nft("add rule inet spoof in ip6 saddr fd00:15::77 counter");
+    let spoofed = sb
+        .run(&[
+            "ip",
+            "netns",
+            "exec",
+            "outside",
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "2",
+            "-W",
+            "1",
+            "-I",
+            "fd00:15::77",
+            "fd00:15::1",
+        ])
+        .unwrap();
+    assert!(!spoofed.success(), "{spoofed}");
+    let counted = nft("list chain inet spoof in");
+    assert!(counted.stdout.contains("packets 0 "), "{counted}");
     if datapath != "iptables" {
         let status = sb.status().unwrap();
         assert!(

@@ -12,6 +12,13 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 const IPV6_SADDR_OFF: usize = 8;
 const IPV6_DADDR_OFF: usize = 24;
 
+/// Whether the IPv6 packet of the frame comes from a subnet of `set`.
+/// `false` for a frame too short to say.
+#[inline(always)]
+pub fn from(ctx: &TcContext, set: &Net6Set) -> bool {
+    ctx::load::<[u32; 4]>(ctx, ETH_HLEN + IPV6_SADDR_OFF).is_some_and(|saddr| set.contains(&saddr))
+}
+
 /// Whether the IPv6 packet of the frame goes from one subnet of `set` to
 /// one of `set` (both addresses in it). `false` for a frame too short to
 /// say.

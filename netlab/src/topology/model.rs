@@ -808,16 +808,21 @@ impl Topology {
     }
 
     /// The lab's own IPv6 subnets, in declaration order, each once: those
-    /// of its interfaces but the uplink's, which stands for the world.
+    /// of its interfaces but what overlaps a subnet of either end of the
+    /// uplink's veth, which stands for the world.
     pub fn internal_subnets6(&self) -> Vec<Ipv6Net> {
         let world: Vec<Ipv6Net> = self
             .uplink_end()
             .into_iter()
+            .chain(self.uplink_peer())
             .flat_map(|e| e.addresses6.iter().map(|a| a.net.network()))
             .collect();
         let mut subnets: Vec<Ipv6Net> = Vec::new();
         for net in self.addresses6().map(|a| a.net.network()) {
-            if net.prefix_len > 0 && !world.contains(&net) && !subnets.contains(&net) {
+            if net.prefix_len > 0
+                && !world.iter().any(|w| w.overlaps(net))
+                && !subnets.contains(&net)
+            {
                 subnets.push(net);
             }
         }

@@ -776,6 +776,16 @@ impl Reader<'_> {
         }
         let to = match to {
             "default" => Some(Ipv4Net::DEFAULT),
+            text if text.contains(':') => {
+                self.problem(
+                    ProblemKind::Route,
+                    &route_spans.to,
+                    format_args!(
+                        "route destination `{text}` is IPv6, but its gateway `{via}` is not an IPv6 address; a route's destination and gateway are of one family"
+                    ),
+                );
+                None
+            }
             text => match parse_cidr(text) {
                 Ok(net) => Some(net),
                 Err(why) => {
@@ -1179,13 +1189,14 @@ fn is_number(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// `A.B.C.D/N` with N in 0..=32 (prefix 0 is refused later, by the rules).
 /// A `[[route]]` of either family.
 enum Routed {
     V4(Route),
     V6(Route6),
 }
 
+/// `ADDR/N` with an IPv6 address and N in 0..=128 (prefix 0 is refused
+/// later, by the rules).
 fn parse_cidr6(text: &str) -> Result<Ipv6Net, String> {
     let Some((addr, prefix)) = text.split_once('/') else {
         return Err("the /prefix is missing".to_owned());
@@ -1201,6 +1212,7 @@ fn parse_cidr6(text: &str) -> Result<Ipv6Net, String> {
     Ok(Ipv6Net { addr, prefix_len })
 }
 
+/// `A.B.C.D/N` with N in 0..=32 (prefix 0 is refused later, by the rules).
 fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
     let Some((addr, prefix)) = text.split_once('/') else {
         return Err("the /prefix is missing".to_owned());

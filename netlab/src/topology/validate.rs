@@ -2338,6 +2338,27 @@ peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
         only_problem(&text, K::Route, &["fd00:20::1/64", "write fd00:20::/64"]);
         let text = dual() + "\n[[route]]\nnetns = \"red\"\nto = \"::/0\"\nvia = \"fd00:10::1\"\n";
         only_problem(&text, K::DuplicateRoute, &["declared twice"]);
+        // An IPv6 destination through an IPv4 gateway; an unknown namespace.
+        let text =
+            dual() + "\n[[route]]\nnetns = \"red\"\nto = \"fd00:30::/64\"\nvia = \"10.0.0.1\"\n";
+        only_problem(&text, K::Route, &["`fd00:30::/64` is IPv6", "`10.0.0.1`"]);
+        let text = dual()
+            + "\n[[route]]\nnetns = \"green\"\nto = \"fd00:30::/64\"\nvia = \"fd00:10::1\"\n";
+        let err = parse(&text, "lab.toml").unwrap_err();
+        assert!(err.kinds().contains(&K::UnknownNamespace), "{err}");
+    }
+
+    #[test]
+    fn at_most_four_ipv6_subnets() {
+        let bridges: String = (0..5)
+            .map(|i| format!("\n[[bridge]]\nname = \"b{i}\"\naddresses = [\"fd00:4{i}::1/64\"]\n"))
+            .collect();
+        let text = lab(&bridges);
+        only_problem(&text, K::Address, &["fd00:44::/64", "at most 4"]);
+        let four: String = (0..4)
+            .map(|i| format!("\n[[bridge]]\nname = \"b{i}\"\naddresses = [\"fd00:4{i}::1/64\"]\n"))
+            .collect();
+        ok(&lab(&four));
     }
 
     #[test]

@@ -145,8 +145,6 @@ pub fn iface_slots(topo: &Topology) -> u32 {
     topo.host_ends().count() as u32 + 1
 }
 
-/// Fills a [`NetSet`] with `nets`: inline when they fit, else flagged to
-/// be asked of its map (which always holds them all).
 /// An IPv6 subnet as the datapath compares it: words as they sit in the
 /// header.
 fn net6(net: Ipv6Net) -> Net6 {
@@ -172,6 +170,8 @@ fn net6_set(nets: &[Ipv6Net]) -> Net6Set {
     set
 }
 
+/// Fills a [`NetSet`] with `nets`: inline when they fit, else flagged to
+/// be asked of its map (which always holds them all).
 fn net_set(nets: &[Net]) -> NetSet {
     let mut set = NetSet {
         count: nets.len().min(NET_SET_INLINE) as u32,
@@ -828,7 +828,11 @@ mod tests {
                 r#""192.168.15.1/24", "fd00:15::1/64""#,
             )
             .replace(r#""198.18.0.1/24""#, r#""198.18.0.1/24", "2001:2::1/64""#)
-            .replace(r#""198.18.0.2/24""#, r#""198.18.0.2/24", "2001:2::2/64""#);
+            // The world's end: another prefix length, and a second prefix.
+            .replace(
+                r#""198.18.0.2/24""#,
+                r#""198.18.0.2/24", "2001:2::2/56", "2001:db8:1::2/64""#,
+            );
         let topo = topology::parse(&text, "dual.toml").unwrap_or_else(|e| panic!("{e}"));
         let dual = plan(&topo, &links(&topo), &[]).unwrap_or_else(|e| panic!("{e:#}"));
         let set = dual.nat.internal6;
@@ -836,6 +840,8 @@ mod tests {
         assert!(set.contains(&v6("fd00:15::ffff:1")));
         assert!(!set.contains(&v6("fd00:16::1")));
         assert!(!set.contains(&v6("2001:2::2")));
+        assert!(!set.contains(&v6("2001:2:0:7::2")));
+        assert!(!set.contains(&v6("2001:db8:1::9")));
         assert!(!set.contains(&v6("fe80::1")));
         assert_eq!(set.nets.iter().filter(|n| n.mask[0] != 0).count(), 1);
         // An IPv4-only lab has none: only its link's IPv6 passes.

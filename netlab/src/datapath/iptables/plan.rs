@@ -440,8 +440,15 @@ pub(super) fn ruleset6(lab: &str, topo: &Topology, jump: bool) -> String {
     }
     out.push_str(&format!("-A {fwd6} -d fe80::/10 -j ACCEPT\n"));
     out.push_str(&format!("-A {fwd6} -d ff00::/8 -j ACCEPT\n"));
-    // IPv6 is bridged: from one of the lab's IPv6 subnets to another.
+    // IPv6 is bridged: from one of the lab's IPv6 subnets to another, and
+    // none of them through the uplink (spoofed in, leaking out).
     let subnets = topo.internal_subnets6();
+    if let Some(uplink) = uplink {
+        for from in &subnets {
+            out.push_str(&format!("-A {fwd6} -i {uplink} -s {from} -j DROP\n"));
+            out.push_str(&format!("-A {fwd6} -o {uplink} -s {from} -j DROP\n"));
+        }
+    }
     for from in &subnets {
         for to in &subnets {
             out.push_str(&format!("-A {fwd6} -s {from} -d {to} -j ACCEPT\n"));
@@ -779,6 +786,44 @@ COMMIT
 -A NL-default-FWD -i nl-uplink -j DROP
 COMMIT
 ";
+
+    #[test]
+    fn ipv6_is_bridged_between_the_lab_s_subnets_only() {
+        let text = include_str!("../../topology/default.toml")
+            .replace(
+                r#""192.168.15.5/24""#,
+                r#""192.168.15.5/24", "fd00:15::5/64""#,
+            )
+            .replace(r#""198.18.0.1/24""#, r#""198.18.0.1/24", "2001:2::1/64""#)
+            .replace(r#""198.18.0.2/24""#, r#""198.18.0.2/24", "2001:2::2/56""#);
+        let topo = crate::topology::parse(&text, "lab.toml").unwrap();
+        let rules = ruleset6("default", &topo, true);
+        let lines: Vec<&str> = rules.lines().collect();
+        let at = |line: &str| {
+            lines
+                .iter()
+                .position(|l| *l == line)
+                .unwrap_or_else(|| panic!("no `{line}` in\n{rules}"))
+        };
+        let fwd6 = "NL-default-FWD6";
+        // Nothing of the lab's through the uplink, before any ACCEPT of it.
+        let spoofed = at(&format!("-A {fwd6} -i nl-uplink -s fd00:15::/64 -j DROP"));
+        let leaking = at(&format!("-A {fwd6} -o nl-uplink -s fd00:15::/64 -j DROP"));
+        let within = at(&format!(
+            "-A {fwd6} -s fd00:15::/64 -d fd00:15::/64 -j ACCEPT"
+        ));
+        let closed = at(&format!("-A {fwd6} -i v-net-0 -j DROP"));
+        assert!(
+            spoofed < within && leaking < within && within < closed,
+            "{rules}"
+        );
+        // The world's subnets, either end of the uplink's veth and any
+        // prefix, are never the lab's.
+        assert!(!rules.contains("2001:2::"), "{rules}");
+        // An IPv4-only lab has no subnet rule at all.
+        let topo = crate::topology::default_lab().unwrap();
+        assert!(!ruleset6("default", &topo, true).contains("-s "));
+    }
 
     #[test]
     fn default_lab_ruleset_is_exactly_dockers_model() {
