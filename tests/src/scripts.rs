@@ -38,10 +38,12 @@ threading.Event().wait(110)
 
 /// `HOST PORT COUNT PROTO`: COUNT connections (or datagrams, each from a
 /// socket of its own), one line each: the first line the server sent, or
-/// `error ...`.
+/// `error ...`. The sockets stay open until the last answer, so each
+/// request is a flow of its own (its own source port).
 pub const ASK_MANY: &str = r#"
 import socket, sys
 host, port, count, proto = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+held = []
 for _ in range(count):
     try:
         if proto == "tcp":
@@ -60,7 +62,11 @@ for _ in range(count):
             except socket.timeout:
                 pass
         print(line, flush=True)
-        s.close()
+        # Held open to the end, so no two requests share a source port
+        # (a reused one would be the same flow, already load-balanced).
+        held.append(s)
     except OSError as e:
         print(f"error {e}", flush=True)
+for s in held:
+    s.close()
 "#;
