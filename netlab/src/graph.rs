@@ -134,6 +134,9 @@ impl<'a> Picture<'a> {
                 for net in &self.topo.nat.masquerade {
                     label.push(format!("masquerade {net}"));
                 }
+                for net in &self.topo.nat.masquerade6 {
+                    label.push(format!("masquerade {net}"));
+                }
             }
             nodes.push(Node {
                 iface: iface(place, &end.name),

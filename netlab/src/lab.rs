@@ -194,30 +194,51 @@ fn build_network(topo: &Topology, state: &mut LabState) -> Result<UpReport> {
 }
 
 /// Traffic between the lab and its uplink is routed by the host, as Docker
-/// does: switch IPv4 forwarding on, remembering the value to restore.
+/// does: switch IPv4 forwarding on, and IPv6's for a lab that masquerades
+/// IPv6, remembering the values to restore.
 fn enable_forwarding(topo: &Topology, state: &mut LabState) -> Result<()> {
     if topo.nat.uplink.is_none() {
         return Ok(());
     }
-    let current = sysctl::read(sysctl::IP_FORWARD)?;
-    if current != "1" {
-        if state.ip_forward_was.is_none() {
-            state.ip_forward_was = Some(current);
-            state.save()?;
-        }
-        sysctl::write(sysctl::IP_FORWARD, "1")?;
+    switch_on(sysctl::IP_FORWARD, |s| &mut s.ip_forward_was, state)?;
+    if !topo.nat.masquerade6.is_empty() {
+        switch_on(sysctl::IP6_FORWARD, |s| &mut s.ip6_forward_was, state)?;
     }
     Ok(())
 }
 
-/// Puts `ip_forward` back as it was, unless another lab still needs it.
+/// Writes 1 to `sysctl`, first recording in `was` what it held.
+fn switch_on(
+    sysctl: &str,
+    was: impl Fn(&mut LabState) -> &mut Option<String>,
+    state: &mut LabState,
+) -> Result<()> {
+    let current = sysctl::read(sysctl)?;
+    if current != "1" {
+        if was(state).is_none() {
+            *was(state) = Some(current);
+            state.save()?;
+        }
+        sysctl::write(sysctl, "1")?;
+    }
+    Ok(())
+}
+
+/// Puts the forwarding switches back as they were, unless another lab
+/// still needs them.
 fn restore_forwarding(lab: &str, state: Option<&LabState>) -> Result<()> {
-    let Some(was) = state.and_then(|s| s.ip_forward_was.as_deref()) else {
+    let Some(state) = state else {
         return Ok(());
     };
     let others_up = state::labs().iter().any(|other| other != lab);
-    if !others_up {
+    if others_up {
+        return Ok(());
+    }
+    if let Some(was) = state.ip_forward_was.as_deref() {
         sysctl::write(sysctl::IP_FORWARD, was)?;
+    }
+    if let Some(was) = state.ip6_forward_was.as_deref() {
+        sysctl::write(sysctl::IP6_FORWARD, was)?;
     }
     Ok(())
 }

@@ -53,6 +53,10 @@ pub struct LabState {
     /// `net.ipv4.ip_forward` before this lab switched it on, restored by `down`.
     #[serde(default)]
     pub ip_forward_was: Option<String>,
+    /// `net.ipv6.conf.all.forwarding` before this lab switched it on (a lab
+    /// that masquerades IPv6), restored by `down`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6_forward_was: Option<String>,
     /// The iptables variant (`nft` or `legacy`) of an `iptables` lab.
     #[serde(default, rename = "iptables_backend")]
     pub iptables: Option<Variant>,

@@ -256,9 +256,18 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
             routes,
         });
     }
-    let uplink = topo
-        .uplink_addr()
-        .map(|a| format!("{} ({a})", topo.nat.uplink.as_deref().unwrap_or("?")));
+    // The IPv6 address where the lab translates IPv6 (masquerades it).
+    let uplink6 = topo
+        .uplink_addr6()
+        .filter(|_| !topo.nat.masquerade6.is_empty())
+        .map(|a| format!(", {a}"))
+        .unwrap_or_default();
+    let uplink = topo.uplink_addr().map(|a| {
+        format!(
+            "{} ({a}{uplink6})",
+            topo.nat.uplink.as_deref().unwrap_or("?")
+        )
+    });
     let published = state.published.iter().map(|p| p.to_string()).collect();
     let services = state
         .services

@@ -1,13 +1,18 @@
 //! IPv6 beside IPv4: a dual-stack topology's IPv6 addresses and routes come
 //! up with the lab on every datapath, namespaces reach each other over
-//! IPv6, and the lab's IPv6 stays inside it (netlab bridges IPv6 and
-//! neither routes nor translates it yet): even where the host routes IPv6,
-//! the datapath keeps the lab closed, either way.
+//! IPv6, and the lab's IPv6 stays inside it (the eBPF datapaths bridge
+//! IPv6 and translate none yet): even where the host routes IPv6, the
+//! datapath keeps the lab closed, either way. Where `[nat] masquerade`
+//! lists an IPv6 subnet, the `iptables` datapath translates it as Docker's
+//! ip6tables rules do (published ports and masquerade), and the eBPF
+//! datapaths refuse the lab.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     reason = "an integration test fails by panicking, helpers included"
 )]
+
+use std::time::Duration;
 
 use netlab_tests::{Sandbox, nat_counter};
 
@@ -166,4 +171,160 @@ fn dual_stack_lab_on_redirect() {
 #[ignore = "privileged: run through `cargo xtask test`"]
 fn dual_stack_lab_on_iptables() {
     dual_stack_lab("iptables");
+}
+
+/// `PORT`: a TCP server on every IPv6 address of its namespace that
+/// answers each connection with the address it came from.
+const PEER6_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(sys.argv[1])))
+s.listen(16)
+print("ready", flush=True)
+while True:
+    c, a = s.accept()
+    c.sendall((a[0] + "\n").encode())
+    c.close()
+"#;
+
+/// `HOST PORT`: what the server there says the connection came from.
+const ASK6: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+print(s.makefile().readline().strip())
+"#;
+
+/// The dual-stack lab with its IPv6 subnet masqueraded too, and blue's
+/// IPv6 default route (a published port's replies go to the world).
+fn nat66_lab() -> String {
+    dual_stack().replace(
+        r#"masquerade = ["192.168.15.0/24"]"#,
+        r#"masquerade = ["192.168.15.0/24", "fd00:15::/64"]"#,
+    ) + r#"
+[[route]]
+netns = "blue"
+to = "default"
+via = "fd00:15::5"
+"#
+}
+
+/// Whom `netns` is seen as by the server at `[host]:port`.
+fn seen_as(sb: &Sandbox, netns: &str, host: &str, port: &str) -> String {
+    let out = sb
+        .ok(&[
+            "ip", "netns", "exec", netns, "python3", "-c", ASK6, host, port,
+        ])
+        .unwrap();
+    out.stdout.trim().to_owned()
+}
+
+/// Whether `netns` can connect to `[host]:port` at all.
+fn connects(sb: &Sandbox, netns: &str, host: &str, port: &str) -> bool {
+    sb.run(&[
+        "ip", "netns", "exec", netns, "python3", "-c", ASK6, host, port,
+    ])
+    .unwrap()
+    .success()
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn iptables_translates_ipv6_as_docker_does() {
+    let sb = Sandbox::new().unwrap();
+    sb.write_file("/run/nat66.toml", &nat66_lab()).unwrap();
+    sb.netlab_ok(&["up", "-f", "/run/nat66.toml", "--datapath", "iptables"])
+        .unwrap();
+    let forwarding = |value: &str| {
+        let out = sb
+            .ok(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"])
+            .unwrap();
+        assert_eq!(out.stdout.trim(), value, "{out}");
+    };
+    // `up` routes IPv6 for the lab, as Docker with ip6tables does.
+    forwarding("1");
+    let life = Duration::from_secs(60);
+    let mut blue = sb
+        .spawn(
+            &[
+                "ip",
+                "netns",
+                "exec",
+                "blue",
+                "python3",
+                "-u",
+                "-c",
+                PEER6_SERVER,
+                "80",
+            ],
+            life,
+        )
+        .unwrap();
+    blue.wait_for("ready", Duration::from_secs(10)).unwrap();
+    let mut world = sb
+        .spawn(
+            &[
+                "ip",
+                "netns",
+                "exec",
+                "outside",
+                "python3",
+                "-u",
+                "-c",
+                PEER6_SERVER,
+                "9000",
+            ],
+            life,
+        )
+        .unwrap();
+    world.wait_for("ready", Duration::from_secs(10)).unwrap();
+
+    // `docker run -p 8080:80` over IPv6: the world reaches blue through
+    // the uplink's IPv6 address, and blue sees the world's own address.
+    assert_eq!(seen_as(&sb, "outside", "2001:2::1", "8080"), "2001:2::2");
+    // red reaches the world masqueraded to the uplink's IPv6 address.
+    assert_eq!(seen_as(&sb, "red", "2001:2::2", "9000"), "2001:2::1");
+    // A namespace reaches its own published port (hairpin, seen as the
+    // bridge's address), and a neighbour's directly.
+    assert_eq!(seen_as(&sb, "blue", "fd00:15::5", "8080"), "fd00:15::5");
+    assert_eq!(seen_as(&sb, "red", "fd00:15::2", "80"), "fd00:15::1");
+    // Routed access to the masqueraded subnet stays closed (the world
+    // routes it via the uplink), and so does an unpublished port.
+    assert!(!connects(&sb, "outside", "fd00:15::2", "80"));
+    assert!(!answers(&sb, "outside", "fd00:15::1"));
+    assert!(!connects(&sb, "outside", "2001:2::1", "8081"));
+
+    // Published ports change at run time, for both families.
+    sb.netlab_ok(&["publish", "add", "blue", "8081:80/tcp"])
+        .unwrap();
+    assert_eq!(seen_as(&sb, "outside", "2001:2::1", "8081"), "2001:2::2");
+    sb.netlab_ok(&["publish", "rm", "8080/tcp"]).unwrap();
+    assert!(!connects(&sb, "outside", "2001:2::1", "8080"));
+
+    drop(blue.stop());
+    drop(world.stop());
+    sb.netlab_ok(&["down"]).unwrap();
+    forwarding("0");
+    sb.assert_no_lab_traces("default").unwrap();
+    let rules = sb.ok(&["ip6tables-save"]).unwrap();
+    assert!(!rules.stdout.contains("NL-default"), "{rules}");
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn ebpf_datapaths_refuse_ipv6_masquerade() {
+    let sb = Sandbox::new().unwrap();
+    sb.write_file("/run/nat66.toml", &nat66_lab()).unwrap();
+    for datapath in ["bridge", "redirect"] {
+        let out = sb
+            .netlab(&["up", "-f", "/run/nat66.toml", "--datapath", datapath])
+            .unwrap();
+        assert!(!out.success(), "{out}");
+        assert!(
+            out.stderr
+                .contains("the eBPF datapaths translate no IPv6 yet"),
+            "{out}"
+        );
+        sb.assert_no_lab_traces("default").unwrap();
+    }
 }

@@ -61,9 +61,19 @@ pub fn shows_rules(datapath: Datapath) -> bool {
     datapath.family() == Family::Iptables
 }
 
-/// What must hold before `up` changes anything: the lab's pins, if any,
-/// are this netlab's.
+/// What must hold before `up` changes anything: the datapath does what
+/// the topology asks (IPv6 NAT is the `iptables` datapath's alone, so
+/// far), and the lab's pins, if any, are this netlab's.
 pub fn check(topo: &Topology) -> Result<()> {
+    if topo.datapath.family() == Family::Ebpf
+        && let Some(net) = topo.nat.masquerade6.first()
+    {
+        bail!(
+            "nat.masquerade lists the IPv6 subnet {net}: the eBPF datapaths translate no IPv6 yet \
+             (they bridge it inside the lab and keep it from the world); use `--datapath iptables` \
+             for IPv6 masquerade and published ports, or leave IPv6 subnets out of nat.masquerade"
+        );
+    }
     ebpf::loader::check_pins(&Pins::of(&topo.name))
 }
 
@@ -348,6 +358,34 @@ impl<'a> Running<'a> {
                 self.sync_published(in_force)?;
                 iptables::cut_flows(topo, old)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// IPv6 NAT is the `iptables` datapath's alone: the eBPF ones refuse
+    /// it before `up` changes anything, rather than leave it untranslated.
+    #[test]
+    fn ebpf_datapaths_refuse_ipv6_masquerade() {
+        let text = include_str!("../topology/default.toml")
+            .replace(
+                r#""192.168.15.5/24""#,
+                r#""192.168.15.5/24", "fd00:15::5/64""#,
+            )
+            .replace(r#""198.18.0.1/24""#, r#""198.18.0.1/24", "2001:2::1/64""#)
+            .replace(
+                r#"masquerade = ["192.168.15.0/24"]"#,
+                r#"masquerade = ["192.168.15.0/24", "fd00:15::/64"]"#,
+            );
+        let mut topo = crate::topology::parse(&text, "lab.toml").unwrap();
+        for datapath in [Datapath::Bridge, Datapath::Redirect] {
+            topo.datapath = datapath;
+            let err = check(&topo).unwrap_err().to_string();
+            assert!(err.contains("fd00:15::/64"), "{err}");
+            assert!(err.contains("--datapath iptables"), "{err}");
         }
     }
 }

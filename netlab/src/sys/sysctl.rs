@@ -21,6 +21,9 @@ pub fn write(name: &str, value: &str) -> Result<()> {
 }
 
 pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
+/// IPv6 forwarding on every interface (it also stops the host taking
+/// router advertisements where `accept_ra` is 1, as on any IPv6 router).
+pub const IP6_FORWARD: &str = "net.ipv6.conf.all.forwarding";
 
 /// Sets `net.ipv4.conf.IFACE.KEY` (interface names may hold dots, so the
 /// path is built from parts).

@@ -583,6 +583,10 @@ pub struct Route {
 pub struct Nat {
     /// Lab subnets whose traffic to the uplink leaves with the uplink's address.
     pub masquerade: Vec<Ipv4Net>,
+    /// The same for IPv6 (NAT66, as Docker's ip6tables rules do for a
+    /// unique local subnet): the uplink's first IPv6 address. Published
+    /// ports reach a namespace's address in one of these too.
+    pub masquerade6: Vec<Ipv6Net>,
     /// Host interface toward the world; its first address is the masquerade
     /// address and the address published ports answer on.
     pub uplink: Option<String>,
@@ -600,6 +604,7 @@ impl Default for Nat {
     fn default() -> Self {
         Nat {
             masquerade: Vec::new(),
+            masquerade6: Vec::new(),
             uplink: None,
             port_range: (32768, 60999),
             conntrack_size: 65536,
@@ -743,6 +748,36 @@ impl Topology {
             .uplink
             .as_deref()
             .and_then(|u| self.host_iface_addr(u))
+    }
+
+    /// The uplink's first IPv6 address: what IPv6 masquerade uses and
+    /// IPv6 published ports answer on from the world.
+    pub fn uplink_addr6(&self) -> Option<Ipv6Addr> {
+        self.uplink_end()?.addresses6.first().map(|a| a.net.addr)
+    }
+
+    /// The address a namespace's published ports forward to over IPv6:
+    /// its first address in a subnet the lab masquerades (IPv6 is
+    /// translated only there; elsewhere it is bridged).
+    pub fn backend_addr6(&self, namespace: &str) -> Option<Ipv6Addr> {
+        self.veth_ends()
+            .filter(|e| e.place.netns() == Some(namespace))
+            .flat_map(|e| e.addresses6.iter())
+            .map(|a| a.net.addr)
+            .find(|addr| self.nat.masquerade6.iter().any(|m| m.contains(*addr)))
+    }
+
+    /// The lab's IPv6 addresses on the host (bridges, host ends), with
+    /// their interfaces.
+    pub fn host_addresses6(&self) -> impl Iterator<Item = (&str, &Address6)> {
+        self.bridges
+            .iter()
+            .flat_map(|b| b.addresses6.iter().map(move |a| (b.name.as_str(), a)))
+            .chain(
+                self.veth_ends()
+                    .filter(|e| e.place == Place::Host)
+                    .flat_map(|e| e.addresses6.iter().map(move |a| (e.name.as_str(), a))),
+            )
     }
 
     /// Whether the interface called `name` is the lab's uplink.

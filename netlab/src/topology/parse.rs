@@ -1072,6 +1072,23 @@ impl Reader<'_> {
         let mut nat = Nat::default();
         for entry in raw.masquerade {
             let at = self.at(&entry);
+            if entry.get_ref().contains(':') {
+                match parse_cidr6(entry.get_ref()) {
+                    Ok(net) => {
+                        nat.masquerade6.push(net);
+                        spans.nat.masquerade6.push(at);
+                    }
+                    Err(why) => self.problem(
+                        ProblemKind::NatSetting,
+                        &at,
+                        format_args!(
+                            "nat.masquerade entry `{}` is not an IPv6 CIDR like fd00:15::/64: {why}",
+                            entry.get_ref()
+                        ),
+                    ),
+                }
+                continue;
+            }
             match parse_cidr(entry.get_ref()) {
                 Ok(net) => {
                     nat.masquerade.push(net);

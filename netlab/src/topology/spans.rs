@@ -38,8 +38,10 @@ pub(super) struct RouteSpans {
 #[derive(Clone, Debug, Default)]
 pub(super) struct NatSpans {
     pub uplink: Pos,
-    /// One per `masquerade` entry.
+    /// One per IPv4 `masquerade` entry.
     pub masquerade: Vec<Pos>,
+    /// One per IPv6 `masquerade` entry.
+    pub masquerade6: Vec<Pos>,
     pub port_range: Pos,
     pub conntrack_size: Pos,
     pub entry: Pos,

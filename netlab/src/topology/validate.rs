@@ -1065,6 +1065,30 @@ fn nat(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
             ));
         }
     }
+    let uplink6 = lab.topo.uplink_addr6();
+    for (net, at) in nat.masquerade6.iter().zip(&spans.masquerade6) {
+        let mut problem = |text: String| problems.push(Problem::new(K::NatSetting, at, text));
+        if *net != net.network() {
+            problem(format!(
+                "nat.masquerade entry {net} has host bits set; write {}",
+                net.network()
+            ));
+        }
+        match &nat.uplink {
+            None => problem(format!(
+                "nat.masquerade entry {net} needs a nat.uplink to masquerade to"
+            )),
+            Some(uplink) if uplink6.is_none() => problem(format!(
+                "nat.masquerade entry {net} is IPv6: nat.uplink `{uplink}` needs an IPv6 address to masquerade to"
+            )),
+            Some(_) => {}
+        }
+        if !lab.topo.internal_subnets6().contains(&net.network()) {
+            problem(format!(
+                "nat.masquerade entry {net} is no IPv6 subnet of the lab's (the world's side of the uplink aside)"
+            ));
+        }
+    }
     let (first, last) = nat.port_range;
     if first == 0 || first > last {
         problems.push(Problem::new(
@@ -1697,6 +1721,57 @@ peer = { name = "green0-br", bridge = "br0" }
             &text,
             K::NatSetting,
             &["`10.0.0/24`", &at(&text, "\"10.0.0/24\"")],
+        );
+    }
+
+    #[test]
+    fn nat_masquerade_ipv6_entries() {
+        let dual = BASE
+            .replace(
+                r#"addresses = ["10.0.0.1/24"]"#,
+                r#"addresses = ["10.0.0.1/24", "fd00:10::1/64"]"#,
+            )
+            .replace(
+                r#"addresses = ["10.1.0.1/24"]"#,
+                r#"addresses = ["10.1.0.1/24", "2001:2::1/64"]"#,
+            );
+        let topo = ok(&format!(
+            "{dual}\n[nat]\nuplink = \"blue0-host\"\nmasquerade = [\"10.0.0.0/24\", \"fd00:10::/64\"]\n"
+        ));
+        assert_eq!(topo.nat.masquerade, [net("10.0.0.0/24")]);
+        assert_eq!(topo.nat.masquerade6.len(), 1);
+        assert_eq!(topo.uplink_addr6(), Some("2001:2::1".parse().unwrap()));
+        let text =
+            format!("{dual}\n[nat]\nuplink = \"blue0-host\"\nmasquerade = [\"fd00:10::1/64\"]\n");
+        only_problem(
+            &text,
+            K::NatSetting,
+            &["fd00:10::1/64", "host bits", "fd00:10::/64"],
+        );
+        // The world's subnet is no lab subnet to masquerade.
+        let text =
+            format!("{dual}\n[nat]\nuplink = \"blue0-host\"\nmasquerade = [\"2001:2::/64\"]\n");
+        only_problem(
+            &text,
+            K::NatSetting,
+            &["2001:2::/64", "no IPv6 subnet of the lab"],
+        );
+        // An uplink without an IPv6 address has nothing to masquerade to.
+        let v4_uplink = dual.replace(r#", "2001:2::1/64""#, "");
+        let text = format!(
+            "{v4_uplink}\n[nat]\nuplink = \"blue0-host\"\nmasquerade = [\"fd00:10::/64\"]\n"
+        );
+        only_problem(
+            &text,
+            K::NatSetting,
+            &["fd00:10::/64", "needs an IPv6 address"],
+        );
+        let text =
+            format!("{dual}\n[nat]\nuplink = \"blue0-host\"\nmasquerade = [\"fd00:10::/6x\"]\n");
+        only_problem(
+            &text,
+            K::NatSetting,
+            &["`fd00:10::/6x`", "not an IPv6 CIDR"],
         );
     }
 

@@ -220,15 +220,25 @@ pub fn install(lab: &str, topo: &Topology, in_force: &InForce<'_>, variant: Vari
     let edits = plan::jump_edits(&plans, &saved, &ours);
     restore(variant, &plan::render(&plans, &edits))
         .with_context(|| format!("installing lab `{lab}`'s iptables rules ({variant} backend)"))?;
-    let saved6 = plan::parse_save(&run(variant, Tool::Save6, &[], None)?);
-    let text = plan::ruleset6(lab, topo, !plan::has_jump6(&saved6, lab));
+    let saved6 = save6(variant)?;
+    let plans6 = plan::plan6(lab, topo, in_force.published);
+    let edits6 = plan::jump_edits(&plans6, &saved6, &ours);
+    restore6(variant, &plan::render(&plans6, &edits6))
+        .with_context(|| format!("installing lab `{lab}`'s ip6tables rules ({variant} backend)"))
+}
+
+fn save6(variant: Variant) -> Result<Vec<SavedTable>> {
+    Ok(plan::parse_save(&run(variant, Tool::Save6, &[], None)?))
+}
+
+fn restore6(variant: Variant, text: &str) -> Result<()> {
+    log::debug!("ip6tables-{variant}-restore --noflush:\n{text}");
     run(
         variant,
         Tool::Restore6,
         &["--noflush", "-w", LOCK_WAIT_SECONDS],
-        Some(&text),
+        Some(text),
     )
-    .with_context(|| format!("installing lab `{lab}`'s ip6tables rules ({variant} backend)"))
     .map(drop)
 }
 
@@ -262,7 +272,17 @@ pub fn sync_published(
         plan.find_stale(&saved, &ours);
     }
     restore(variant, &plan::render(&plans, &[]))
-        .with_context(|| format!("updating lab `{lab}`'s published ports ({variant} backend)"))
+        .with_context(|| format!("updating lab `{lab}`'s published ports ({variant} backend)"))?;
+    if topo.nat.masquerade6.is_empty() {
+        return Ok(());
+    }
+    restore6(
+        variant,
+        &plan::render(&plan::plan6(lab, topo, in_force.published), &[]),
+    )
+    .with_context(|| {
+        format!("updating lab `{lab}`'s published ports over IPv6 ({variant} backend)")
+    })
 }
 
 /// Cuts the kernel's conntrack entries that a removed published port's
@@ -273,7 +293,8 @@ pub fn sync_published(
 pub fn cut_flows(topo: &Topology, port: &PublishedPort) -> Result<()> {
     let Some(binary) = conntrack_binary() else {
         log::warn!(
-            "conntrack (conntrack-tools) is not installed: flows already open to {}/{} keep              going until they expire (Debian: `apt-get install conntrack`)",
+            "conntrack (conntrack-tools) is not installed: flows already open to {}/{} keep \
+             going until they expire (Debian: `apt-get install conntrack`)",
             port.host_port,
             port.proto
         );
@@ -281,12 +302,21 @@ pub fn cut_flows(topo: &Topology, port: &PublishedPort) -> Result<()> {
     };
     let proto = port.proto.to_string();
     let host_port = port.host_port.to_string();
-    for (_, address) in topo.host_addresses() {
-        let addr = address.net.addr.to_string();
+    let v4 = topo
+        .host_addresses()
+        .map(|(_, a)| ("ipv4", a.net.addr.to_string()));
+    // A lab that masquerades IPv6 publishes its ports over IPv6 too.
+    let v6 = topo
+        .host_addresses6()
+        .filter(|_| !topo.nat.masquerade6.is_empty())
+        .map(|(_, a)| ("ipv6", a.net.addr.to_string()));
+    for (family, addr) in v4.chain(v6) {
         // Exit status 1 when nothing matched: not an error.
         let status = Command::new(&binary)
             .args([
                 "-D",
+                "-f",
+                family,
                 "-p",
                 &proto,
                 "--orig-dst",
@@ -379,17 +409,9 @@ pub fn remove(lab: &str) -> Result<()> {
         if variant.find(Tool::Save6).is_none() || variant.find(Tool::Restore6).is_none() {
             continue;
         }
-        let result6 = run(variant, Tool::Save6, &[], None).and_then(|text| {
-            match plan::removal6(&plan::parse_save(&text), lab) {
-                Some(text) => run(
-                    variant,
-                    Tool::Restore6,
-                    &["--noflush", "-w", LOCK_WAIT_SECONDS],
-                    Some(&text),
-                )
-                .map(drop),
-                None => Ok(()),
-            }
+        let result6 = save6(variant).and_then(|saved| match plan::removal(&saved, &ours) {
+            Some(text) => restore6(variant, &text),
+            None => Ok(()),
         });
         if let Err(e) = result6 {
             errors.push(format!("{variant} backend (ip6tables): {e:#}"));

@@ -12,8 +12,8 @@ pub struct Chains {
     pub post: String,
     /// `filter`: forwarding for the lab.
     pub fwd: String,
-    /// ip6tables' `filter`: the lab closed for IPv6, which netlab does not
-    /// carry yet.
+    /// ip6tables' `filter`: the lab closed for IPv6 (ip6tables' `nat`
+    /// reuses `dnat` and `post`).
     pub fwd6: String,
     /// `nat`: the Services' ClusterIPs (kube-proxy's `KUBE-SERVICES`).
     pub svc: String,
@@ -43,10 +43,12 @@ impl Chains {
         format!("{}-E{id}", self.base)
     }
 
-    /// Whether `chain` is one of the lab's: a fixed one, or a Service
-    /// table's or backend's.
+    /// Whether `chain` is one of the lab's, in iptables or ip6tables: a
+    /// fixed one, or a Service table's or backend's.
     pub(super) fn contains(&self, chain: &str) -> bool {
-        self.all().iter().any(|(_, c)| *c == chain) || self.is_service_chain(chain)
+        self.all().iter().any(|(_, c)| *c == chain)
+            || chain == self.fwd6
+            || self.is_service_chain(chain)
     }
 
     /// Whether `chain` is a Service table's or backend's chain of the lab.

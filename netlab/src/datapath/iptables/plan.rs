@@ -2,7 +2,10 @@
 //! set there, and the `iptables-restore` input that applies them. No
 //! process runs here; [`super::exec`] feeds the result to iptables.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Result, bail};
 
@@ -424,34 +427,63 @@ fn service_rules(
     }
 }
 
-/// The ip6tables input that closes the lab for IPv6, as the eBPF datapaths
-/// do (netlab bridges IPv6 and neither routes nor translates it yet):
-/// nothing is forwarded into or out of the lab's interfaces (bridged
-/// traffic included, through br_netfilter) but what stays on its link,
-/// link-local unicast and multicast (neighbour discovery), and what goes
-/// from one of the lab's IPv6 subnets to another. `jump`: whether FORWARD's jump into the chain
-/// must be inserted.
-pub(super) fn ruleset6(lab: &str, topo: &Topology, jump: bool) -> String {
-    let fwd6 = chains(lab).fwd6;
+/// What the lab wants of ip6tables, `filter` then `nat`. The lab is closed
+/// for IPv6 as the eBPF datapaths close it: nothing is forwarded into or
+/// out of the lab's interfaces (bridged traffic included, through
+/// br_netfilter) but what stays on its link (link-local unicast and
+/// multicast: neighbour discovery), what goes from one of the lab's IPv6
+/// subnets to another, and, for the subnets `[nat] masquerade` lists,
+/// what Docker's ip6tables rules let through: the subnet's own flows out
+/// of the uplink (masqueraded to the uplink's IPv6 address), their
+/// replies, and published ports to its namespaces (DNAT to their address
+/// there). Nothing from one of the lab's subnets passes the uplink
+/// otherwise, either way.
+pub(super) fn plan6(lab: &str, topo: &Topology, published: &[PublishedPort]) -> [TablePlan; 2] {
+    let names = chains(lab);
+    let fwd6 = names.fwd6.as_str();
     let uplink = topo.nat.uplink.as_deref();
-    let mut out = format!("*filter\n:{fwd6} - [0:0]\n");
-    if jump {
-        out.push_str(&format!("-I FORWARD -j {fwd6}\n"));
-    }
-    out.push_str(&format!("-A {fwd6} -d fe80::/10 -j ACCEPT\n"));
-    out.push_str(&format!("-A {fwd6} -d ff00::/8 -j ACCEPT\n"));
-    // IPv6 is bridged: from one of the lab's IPv6 subnets to another, and
-    // none of them through the uplink (spoofed in, leaking out).
     let subnets = topo.internal_subnets6();
+    let masqueraded = &topo.nat.masquerade6;
+    let published = resolve6(topo, published);
+    let rule = |spec: String| Rule::new(fwd6, spec);
+
+    let mut fwd = vec![
+        rule("-d fe80::/10 -j ACCEPT".to_owned()),
+        rule("-d ff00::/8 -j ACCEPT".to_owned()),
+    ];
     if let Some(uplink) = uplink {
         for from in &subnets {
-            out.push_str(&format!("-A {fwd6} -i {uplink} -s {from} -j DROP\n"));
-            out.push_str(&format!("-A {fwd6} -o {uplink} -s {from} -j DROP\n"));
+            fwd.push(rule(format!("-i {uplink} -s {from} -j DROP")));
+        }
+        // What conntrack cannot track would leave unmasqueraded.
+        for from in masqueraded {
+            fwd.push(rule(format!(
+                "-s {from} -o {uplink} -m conntrack --ctstate INVALID -j DROP"
+            )));
+        }
+        for to in masqueraded {
+            fwd.push(rule(format!(
+                "-d {to} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+            )));
+        }
+        for p in &published {
+            fwd.push(rule(format!(
+                "-d {backend}/128 -p {proto} -m conntrack --ctstate DNAT -m {proto} --dport {port} -j ACCEPT",
+                backend = p.backend,
+                proto = p.proto,
+                port = p.port
+            )));
+        }
+        for from in masqueraded {
+            fwd.push(rule(format!("-s {from} -o {uplink} -j ACCEPT")));
+        }
+        for from in &subnets {
+            fwd.push(rule(format!("-s {from} -o {uplink} -j DROP")));
         }
     }
     for from in &subnets {
         for to in &subnets {
-            out.push_str(&format!("-A {fwd6} -s {from} -d {to} -j ACCEPT\n"));
+            fwd.push(rule(format!("-s {from} -d {to} -j ACCEPT")));
         }
     }
     let mut ifaces: Vec<&str> = Vec::new();
@@ -465,46 +497,132 @@ pub(super) fn ruleset6(lab: &str, topo: &Topology, jump: bool) -> String {
         push_unique(&mut ifaces, name);
     }
     for name in ifaces {
-        out.push_str(&format!("-A {fwd6} -i {name} -j DROP\n"));
-        out.push_str(&format!("-A {fwd6} -o {name} -j DROP\n"));
+        fwd.push(rule(format!("-i {name} -j DROP")));
+        fwd.push(rule(format!("-o {name} -j DROP")));
     }
-    out.push_str("COMMIT\n");
-    out
+
+    // NAT66 only where the lab masquerades an IPv6 subnet (and so has an
+    // uplink with an IPv6 address: `validate` sees to it).
+    let mut nat_chains = Vec::new();
+    let mut nat_jumps = Vec::new();
+    let mut nat_body = Vec::new();
+    if let (Some(uplink), false) = (uplink, masqueraded.is_empty()) {
+        nat_chains = vec![names.dnat.clone(), names.post.clone()];
+        let mut local = Vec::new();
+        for (_, a) in topo.host_addresses6() {
+            push_unique(&mut local, a.net.addr);
+        }
+        for builtin in ["PREROUTING", "OUTPUT"] {
+            for addr in &local {
+                nat_jumps.push(Rule::new(
+                    builtin,
+                    format!(
+                        "-d {addr}/128 -m addrtype --dst-type LOCAL -j {}",
+                        names.dnat
+                    ),
+                ));
+            }
+        }
+        nat_jumps.push(Rule::new("POSTROUTING", format!("-j {}", names.post)));
+        for p in &published {
+            nat_body.push(Rule::new(
+                &names.dnat,
+                format!(
+                    "-p {proto} -m {proto} --dport {host_port} -j DNAT --to-destination [{backend}]:{port}",
+                    proto = p.proto,
+                    host_port = p.host_port,
+                    backend = p.backend,
+                    port = p.port
+                ),
+            ));
+        }
+        let (port_min, port_max) = topo.nat.port_range;
+        for subnet in masqueraded {
+            for proto in ["tcp", "udp"] {
+                nat_body.push(Rule::new(
+                    &names.post,
+                    format!(
+                        "-s {subnet} -o {uplink} -p {proto} -j MASQUERADE --to-ports {port_min}-{port_max}"
+                    ),
+                ));
+            }
+            nat_body.push(Rule::new(
+                &names.post,
+                format!("-s {subnet} -o {uplink} -p ipv6-icmp -j MASQUERADE"),
+            ));
+        }
+        let mut hairpins = Vec::new();
+        for p in &published {
+            push_unique(&mut hairpins, (p.backend, p.proto, p.port));
+        }
+        for (backend, proto, port) in &hairpins {
+            nat_body.push(Rule::new(
+                &names.post,
+                format!(
+                    "-s {backend}/128 -d {backend}/128 -p {proto} -m {proto} --dport {port} -j MASQUERADE"
+                ),
+            ));
+        }
+    }
+    [
+        TablePlan {
+            table: "filter",
+            chains: vec![names.fwd6.clone()],
+            jumps: vec![Rule::new("FORWARD", format!("-j {}", names.fwd6))],
+            body: fwd,
+            stale: Vec::new(),
+        },
+        TablePlan {
+            table: "nat",
+            chains: nat_chains,
+            jumps: nat_jumps,
+            body: nat_body,
+            stale: Vec::new(),
+        },
+    ]
 }
 
-/// The ip6tables input that removes the lab's chain and FORWARD's jump
-/// into it, when the saved rule set has either.
-pub(super) fn removal6(saved: &[SavedTable], lab: &str) -> Option<String> {
-    let fwd6 = chains(lab).fwd6;
-    let table = saved_table(saved, "filter")?;
-    let jumps: Vec<&Rule> = table
-        .rules
+/// A published port over IPv6, resolved against the topology.
+struct Published6 {
+    proto: Proto,
+    host_port: u16,
+    backend: Ipv6Addr,
+    port: u16,
+}
+
+/// The published ports that reach a namespace over IPv6: those whose
+/// namespace has an address in a subnet the lab masquerades (a port
+/// published to an explicit IPv4 address stays IPv4's).
+fn resolve6(topo: &Topology, published: &[PublishedPort]) -> Vec<Published6> {
+    let mut seen = BTreeSet::new();
+    published
         .iter()
-        .filter(|r| r.chain != fwd6 && r.target() == Some(fwd6.as_str()))
-        .collect();
-    let has_chain = table.chains.contains(&fwd6);
-    if jumps.is_empty() && !has_chain {
-        return None;
-    }
-    let mut out = String::from("*filter\n");
-    for rule in jumps {
-        out.push_str(&format!("-D {} {}\n", rule.chain, rule.spec));
-    }
-    if has_chain {
-        out.push_str(&format!("-F {fwd6}\n-X {fwd6}\n"));
-    }
-    out.push_str("COMMIT\n");
-    Some(out)
+        .filter(|r| r.addr.is_none())
+        .filter_map(|r| {
+            Some(Published6 {
+                proto: r.proto,
+                host_port: r.host_port,
+                backend: topo.backend_addr6(&r.namespace)?,
+                port: r.port,
+            })
+        })
+        .filter(|p| seen.insert((p.proto, p.host_port)))
+        .collect()
 }
 
-/// Whether FORWARD already jumps into the lab's IPv6 chain.
-pub(super) fn has_jump6(saved: &[SavedTable], lab: &str) -> bool {
-    let fwd6 = chains(lab).fwd6;
-    saved_table(saved, "filter").is_some_and(|t| {
-        t.rules
-            .iter()
-            .any(|r| r.chain == "FORWARD" && r.target() == Some(fwd6.as_str()))
-    })
+/// The `ip6tables-restore --noflush` input for a host without the lab's
+/// jumps, as [`ruleset`] for iptables (the tests read it).
+#[cfg(test)]
+fn ruleset6(lab: &str, topo: &Topology, published: &[PublishedPort]) -> String {
+    let plans = plan6(lab, topo, published);
+    let edits: Vec<JumpEdits<'_>> = plans
+        .iter()
+        .map(|p| JumpEdits {
+            delete: Vec::new(),
+            insert: p.jumps.iter().collect(),
+        })
+        .collect();
+    render(&plans, &edits)
 }
 
 /// Jump changes for one table: rules to delete (as saved) and to insert.
@@ -518,6 +636,12 @@ pub(super) fn render(plans: &[TablePlan], edits: &[JumpEdits<'_>]) -> String {
     let mut out = String::new();
     for (i, plan) in plans.iter().enumerate() {
         let edit = edits.get(i);
+        let edits_nothing = edit.is_none_or(|e| e.delete.is_empty() && e.insert.is_empty());
+        if plan.chains.is_empty() && plan.stale.is_empty() && edits_nothing {
+            // A table the lab has nothing in (ip6tables' nat without
+            // IPv6 masquerade): not even loaded.
+            continue;
+        }
         out.push_str(&format!("*{}\n", plan.table));
         // Declaring a chain under --noflush creates it or empties it.
         for chain in &plan.chains {
@@ -797,7 +921,7 @@ COMMIT
             .replace(r#""198.18.0.1/24""#, r#""198.18.0.1/24", "2001:2::1/64""#)
             .replace(r#""198.18.0.2/24""#, r#""198.18.0.2/24", "2001:2::2/56""#);
         let topo = crate::topology::parse(&text, "lab.toml").unwrap();
-        let rules = ruleset6("default", &topo, true);
+        let rules = ruleset6("default", &topo, &[]);
         let lines: Vec<&str> = rules.lines().collect();
         let at = |line: &str| {
             lines
@@ -808,7 +932,7 @@ COMMIT
         let fwd6 = "NL-default-FWD6";
         // Nothing of the lab's through the uplink, before any ACCEPT of it.
         let spoofed = at(&format!("-A {fwd6} -i nl-uplink -s fd00:15::/64 -j DROP"));
-        let leaking = at(&format!("-A {fwd6} -o nl-uplink -s fd00:15::/64 -j DROP"));
+        let leaking = at(&format!("-A {fwd6} -s fd00:15::/64 -o nl-uplink -j DROP"));
         let within = at(&format!(
             "-A {fwd6} -s fd00:15::/64 -d fd00:15::/64 -j ACCEPT"
         ));
@@ -822,7 +946,76 @@ COMMIT
         assert!(!rules.contains("2001:2::"), "{rules}");
         // An IPv4-only lab has no subnet rule at all.
         let topo = crate::topology::default_lab().unwrap();
-        assert!(!ruleset6("default", &topo, true).contains("-s "));
+        assert!(!ruleset6("default", &topo, &[]).contains("-s "));
+    }
+
+    #[test]
+    fn nat66_follows_dockers_ip6tables_rules() {
+        let text = include_str!("../../topology/default.toml")
+            .replace(
+                r#""192.168.15.5/24""#,
+                r#""192.168.15.5/24", "fd00:15::5/64""#,
+            )
+            .replace(
+                r#""192.168.15.2/24""#,
+                r#""192.168.15.2/24", "fd00:15::2/64""#,
+            )
+            .replace(r#""198.18.0.1/24""#, r#""198.18.0.1/24", "2001:2::1/64""#)
+            .replace(
+                r#"masquerade = ["192.168.15.0/24"]"#,
+                r#"masquerade = ["192.168.15.0/24", "fd00:15::/64"]"#,
+            );
+        let topo = crate::topology::parse(&text, "lab.toml").unwrap();
+        let published = default_published();
+        let rules = ruleset6("default", &topo, &published);
+        let lines: Vec<&str> = rules.lines().collect();
+        let at = |line: &str| {
+            lines
+                .iter()
+                .position(|l| *l == line)
+                .unwrap_or_else(|| panic!("no `{line}` in\n{rules}"))
+        };
+        // The published port goes to blue's IPv6 address, from the lab's
+        // IPv6 host addresses only.
+        at("-I PREROUTING -d 2001:2::1/128 -m addrtype --dst-type LOCAL -j NL-default-DNAT");
+        at("-I OUTPUT -d fd00:15::5/128 -m addrtype --dst-type LOCAL -j NL-default-DNAT");
+        at(
+            "-A NL-default-DNAT -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:15::2]:80",
+        );
+        at("-A NL-default-POST -s fd00:15::/64 -o nl-uplink -p ipv6-icmp -j MASQUERADE");
+        at(
+            "-A NL-default-POST -s fd00:15::2/128 -d fd00:15::2/128 -p tcp -m tcp --dport 80 -j MASQUERADE",
+        );
+        assert!(!rules.contains("192.168.15"), "{rules}");
+        // A spoofed lab source is dropped before anything is accepted, and
+        // the subnet leaves the uplink only masqueraded, untracked
+        // packets excepted.
+        let fwd6 = "NL-default-FWD6";
+        let spoofed = at(&format!("-A {fwd6} -i nl-uplink -s fd00:15::/64 -j DROP"));
+        let invalid = at(&format!(
+            "-A {fwd6} -s fd00:15::/64 -o nl-uplink -m conntrack --ctstate INVALID -j DROP"
+        ));
+        let replies = at(&format!(
+            "-A {fwd6} -d fd00:15::/64 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        ));
+        let dnat = at(&format!(
+            "-A {fwd6} -d fd00:15::2/128 -p tcp -m conntrack --ctstate DNAT -m tcp --dport 80 -j ACCEPT"
+        ));
+        let out = at(&format!("-A {fwd6} -s fd00:15::/64 -o nl-uplink -j ACCEPT"));
+        let closed = at(&format!("-A {fwd6} -o v-net-0 -j DROP"));
+        assert!(spoofed < invalid && invalid < replies, "{rules}");
+        assert!(
+            replies < closed && dnat < closed && invalid < out,
+            "{rules}"
+        );
+        // A port published to an explicit IPv4 address stays IPv4's, and a
+        // lab that masquerades no IPv6 has no ip6tables nat table at all.
+        let mut pinned = record(9000, Proto::Udp, "blue", 53);
+        pinned.addr = Some(Ipv4Addr::new(192, 168, 15, 2));
+        assert!(!ruleset6("default", &topo, &[pinned]).contains("--dport 9000"));
+        let bridged =
+            crate::topology::parse(&text.replace(r#", "fd00:15::/64"]"#, "]"), "lab.toml").unwrap();
+        assert!(!ruleset6("default", &bridged, &published).contains("*nat"));
     }
 
     #[test]
