@@ -46,6 +46,11 @@ pub enum Command {
         /// Topology file (TOML). Without it, the embedded default lab.
         #[arg(short, long)]
         file: Option<PathBuf>,
+        /// The embedded default lab with IPv6 beside IPv4 (a unique local
+        /// subnet, masqueraded; on the `iptables` datapath, the one that
+        /// translates IPv6 so far).
+        #[arg(long, conflicts_with = "file")]
+        dual_stack: bool,
         /// Override the topology's datapath.
         #[arg(long)]
         datapath: Option<DatapathArg>,
@@ -333,10 +338,11 @@ impl Command {
         match self {
             Command::Up {
                 file,
+                dual_stack,
                 datapath,
                 entry,
                 force,
-            } => up(file, datapath, entry, force),
+            } => up(file, dual_stack, datapath, entry, force),
             Command::Down { lab } => down(lab),
             Command::Status { lab, json } => show_status(lab, json),
             Command::Publish { lab, action } => publish(lab, action),
@@ -499,6 +505,7 @@ fn run_trace(args: TraceArgs) -> Result<ExitCode> {
 
 fn up(
     file: Option<PathBuf>,
+    dual_stack: bool,
     datapath: Option<DatapathArg>,
     entry: Option<EntryArg>,
     force: bool,
@@ -509,7 +516,14 @@ fn up(
                 .with_context(|| format!("reading topology {}", path.display()))?,
             path.display().to_string(),
         ),
-        None => (topology::DEFAULT_LAB.to_owned(), "<default lab>".to_owned()),
+        None if dual_stack => (
+            topology::DEFAULT_LAB_DUAL_STACK.to_owned(),
+            topology::DEFAULT_LAB_DUAL_STACK_ORIGIN.to_owned(),
+        ),
+        None => (
+            topology::DEFAULT_LAB.to_owned(),
+            topology::DEFAULT_LAB_ORIGIN.to_owned(),
+        ),
     };
     let mut topo = topology::parse(&text, &origin)?;
     if let Some(datapath) = datapath {

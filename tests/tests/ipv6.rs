@@ -16,38 +16,25 @@ use std::time::Duration;
 
 use netlab_tests::{Sandbox, nat_counter};
 
-/// The default lab with IPv6 beside IPv4: a unique local subnet on the
-/// bridge, RFC 5180's benchmarking prefix for the world.
+/// `netlab up --dual-stack`'s lab with IPv6 bridged (its IPv6 subnet
+/// taken out of nat.masquerade, as the eBPF datapaths need), and the
+/// world routing the lab's IPv6 subnet to the host, as a careless upstream
+/// would: the host still must not forward it.
 fn dual_stack() -> String {
-    let lab = include_str!("../../netlab/src/topology/default.toml")
-        .replace(
-            r#""192.168.15.5/24""#,
-            r#""192.168.15.5/24", "fd00:15::5/64""#,
-        )
-        .replace(
-            r#""192.168.15.1/24""#,
-            r#""192.168.15.1/24", "fd00:15::1/64""#,
-        )
-        .replace(
-            r#""192.168.15.2/24""#,
-            r#""192.168.15.2/24", "fd00:15::2/64""#,
-        )
-        .replace(r#""198.18.0.2/24""#, r#""198.18.0.2/24", "2001:2::2/64""#)
-        .replace(r#""198.18.0.1/24""#, r#""198.18.0.1/24", "2001:2::1/64""#);
-    lab + r#"
-[[route]]
-netns = "red"
-to = "default"
-via = "fd00:15::5"
+    let lab = netlab::topology::DEFAULT_LAB_DUAL_STACK;
+    assert_eq!(lab.matches(MASQUERADE6).count(), 1);
+    lab.replace(MASQUERADE6, "]") + CARELESS_UPSTREAM
+}
 
-# The world routes the lab's IPv6 subnet to the host, as a careless
-# upstream would: the host still must not forward it.
+/// The IPv6 subnet in the dual-stack lab's nat.masquerade.
+const MASQUERADE6: &str = r#", "fd00:15::/64"]"#;
+
+const CARELESS_UPSTREAM: &str = r#"
 [[route]]
 netns = "outside"
 to = "fd00:15::/64"
 via = "2001:2::1"
-"#
-}
+"#;
 
 /// Whether `from` gets any answer from `to` (one ping, one second).
 fn answers(sb: &Sandbox, from: &str, to: &str) -> bool {
@@ -195,20 +182,6 @@ s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
 print(s.makefile().readline().strip())
 "#;
 
-/// The dual-stack lab with its IPv6 subnet masqueraded too, and blue's
-/// IPv6 default route (a published port's replies go to the world).
-fn nat66_lab() -> String {
-    dual_stack().replace(
-        r#"masquerade = ["192.168.15.0/24"]"#,
-        r#"masquerade = ["192.168.15.0/24", "fd00:15::/64"]"#,
-    ) + r#"
-[[route]]
-netns = "blue"
-to = "default"
-via = "fd00:15::5"
-"#
-}
-
 /// Whom `netns` is seen as by the server at `[host]:port`.
 fn seen_as(sb: &Sandbox, netns: &str, host: &str, port: &str) -> String {
     let out = sb
@@ -232,9 +205,28 @@ fn connects(sb: &Sandbox, netns: &str, host: &str, port: &str) -> bool {
 #[ignore = "privileged: run through `cargo xtask test`"]
 fn iptables_translates_ipv6_as_docker_does() {
     let sb = Sandbox::new().unwrap();
-    sb.write_file("/run/nat66.toml", &nat66_lab()).unwrap();
-    sb.netlab_ok(&["up", "-f", "/run/nat66.toml", "--datapath", "iptables"])
-        .unwrap();
+    // The embedded dual-stack lab runs on `iptables` without being told.
+    sb.netlab_ok(&["up", "--dual-stack"]).unwrap();
+    let status = sb.status().unwrap();
+    assert_eq!(
+        status.nat.as_ref().and_then(|n| n.uplink.as_deref()),
+        Some("nl-uplink (198.18.0.1, 2001:2::1)"),
+        "{status:?}"
+    );
+    // The world routes the lab's IPv6 subnet to the host (a careless
+    // upstream): routed access must stay closed all the same.
+    sb.ok(&[
+        "ip",
+        "-n",
+        "outside",
+        "-6",
+        "route",
+        "add",
+        "fd00:15::/64",
+        "via",
+        "2001:2::1",
+    ])
+    .unwrap();
     let forwarding = |value: &str| {
         let out = sb
             .ok(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"])
@@ -314,10 +306,9 @@ fn iptables_translates_ipv6_as_docker_does() {
 #[ignore = "privileged: run through `cargo xtask test`"]
 fn ebpf_datapaths_refuse_ipv6_masquerade() {
     let sb = Sandbox::new().unwrap();
-    sb.write_file("/run/nat66.toml", &nat66_lab()).unwrap();
     for datapath in ["bridge", "redirect"] {
         let out = sb
-            .netlab(&["up", "-f", "/run/nat66.toml", "--datapath", datapath])
+            .netlab(&["up", "--dual-stack", "--datapath", datapath])
             .unwrap();
         assert!(!out.success(), "{out}");
         assert!(

@@ -370,17 +370,11 @@ mod tests {
     /// it before `up` changes anything, rather than leave it untranslated.
     #[test]
     fn ebpf_datapaths_refuse_ipv6_masquerade() {
-        let text = include_str!("../topology/default.toml")
-            .replace(
-                r#""192.168.15.5/24""#,
-                r#""192.168.15.5/24", "fd00:15::5/64""#,
-            )
-            .replace(r#""198.18.0.1/24""#, r#""198.18.0.1/24", "2001:2::1/64""#)
-            .replace(
-                r#"masquerade = ["192.168.15.0/24"]"#,
-                r#"masquerade = ["192.168.15.0/24", "fd00:15::/64"]"#,
-            );
-        let mut topo = crate::topology::parse(&text, "lab.toml").unwrap();
+        let mut topo = crate::topology::parse(
+            crate::topology::DEFAULT_LAB_DUAL_STACK,
+            crate::topology::DEFAULT_LAB_DUAL_STACK_ORIGIN,
+        )
+        .unwrap();
         for datapath in [Datapath::Bridge, Datapath::Redirect] {
             topo.datapath = datapath;
             let err = check(&topo).unwrap_err().to_string();

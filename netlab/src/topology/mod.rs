@@ -33,6 +33,15 @@ pub const DEFAULT_LAB: &str = include_str!("default.toml");
 /// The origin shown in error positions for [`DEFAULT_LAB`].
 pub const DEFAULT_LAB_ORIGIN: &str = "<default lab>";
 
+/// The tutorial lab with IPv6 beside IPv4 (`up --dual-stack`): the IPv4 of
+/// [`DEFAULT_LAB`], a unique local IPv6 subnet masqueraded to the world's
+/// `2001:2::/64`, on the `iptables` datapath (the one that translates
+/// IPv6 so far).
+pub const DEFAULT_LAB_DUAL_STACK: &str = include_str!("default-dual-stack.toml");
+
+/// The origin shown in error positions for [`DEFAULT_LAB_DUAL_STACK`].
+pub const DEFAULT_LAB_DUAL_STACK_ORIGIN: &str = "<default dual-stack lab>";
+
 /// Parse and validate; `origin` is the file name shown in errors
 /// (`"<default lab>"` for the embedded one).
 pub fn parse(text: &str, origin: &str) -> Result<Topology, TopologyError> {
@@ -215,6 +224,52 @@ mod tests {
 
     fn nets(addresses: &[Address]) -> Vec<Ipv4Net> {
         addresses.iter().map(|a| a.net).collect()
+    }
+
+    /// The dual-stack lab is the default lab plus IPv6: same names, same
+    /// IPv4, same published port; only its datapath and IPv6 differ.
+    #[test]
+    fn the_dual_stack_lab_is_the_default_lab_plus_ipv6() {
+        let dual = parse(DEFAULT_LAB_DUAL_STACK, DEFAULT_LAB_DUAL_STACK_ORIGIN).unwrap();
+        let v4 = default_lab().unwrap();
+        assert_eq!(dual.datapath, Datapath::Iptables);
+        assert_eq!(dual.name, v4.name);
+        let names =
+            |t: &Topology| -> Vec<String> { t.namespaces.iter().map(|n| n.name.clone()).collect() };
+        assert_eq!(names(&dual), names(&v4));
+        let shape = |t: &Topology| {
+            let bridges: Vec<(String, Vec<Ipv4Net>)> = t
+                .bridges
+                .iter()
+                .map(|b| (b.name.clone(), b.addresses.iter().map(|a| a.net).collect()))
+                .collect();
+            let ends: Vec<(String, Place, Vec<Ipv4Net>)> = t
+                .veth_ends()
+                .map(|e| {
+                    (
+                        e.name.clone(),
+                        e.place.clone(),
+                        e.addresses.iter().map(|a| a.net).collect(),
+                    )
+                })
+                .collect();
+            let routes: Vec<(Place, Ipv4Net, std::net::Ipv4Addr)> = t
+                .routes
+                .iter()
+                .map(|r| (r.place.clone(), r.to, r.via))
+                .collect();
+            (
+                bridges,
+                ends,
+                routes,
+                t.published_ports(),
+                t.nat.masquerade.clone(),
+            )
+        };
+        assert_eq!(shape(&dual), shape(&v4));
+        assert_eq!(dual.nat.uplink, v4.nat.uplink);
+        assert_eq!(dual.nat.masquerade6, dual.internal_subnets6());
+        assert_eq!(dual.routes6.len(), 2);
     }
 
     #[test]

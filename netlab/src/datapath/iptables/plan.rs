@@ -951,21 +951,8 @@ COMMIT
 
     #[test]
     fn nat66_follows_dockers_ip6tables_rules() {
-        let text = include_str!("../../topology/default.toml")
-            .replace(
-                r#""192.168.15.5/24""#,
-                r#""192.168.15.5/24", "fd00:15::5/64""#,
-            )
-            .replace(
-                r#""192.168.15.2/24""#,
-                r#""192.168.15.2/24", "fd00:15::2/64""#,
-            )
-            .replace(r#""198.18.0.1/24""#, r#""198.18.0.1/24", "2001:2::1/64""#)
-            .replace(
-                r#"masquerade = ["192.168.15.0/24"]"#,
-                r#"masquerade = ["192.168.15.0/24", "fd00:15::/64"]"#,
-            );
-        let topo = crate::topology::parse(&text, "lab.toml").unwrap();
+        let text = crate::topology::DEFAULT_LAB_DUAL_STACK;
+        let topo = crate::topology::parse(text, "lab.toml").unwrap();
         let published = default_published();
         let rules = ruleset6("default", &topo, &published);
         let lines: Vec<&str> = rules.lines().collect();
