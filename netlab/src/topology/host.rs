@@ -24,7 +24,7 @@ pub struct HostNetwork {
 /// An address the host is using, and why it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AddressInUse {
-    pub addr: std::net::Ipv4Addr,
+    pub addr: std::net::IpAddr,
     /// E.g. "a nameserver in /etc/resolv.conf".
     pub why: String,
 }

@@ -6,7 +6,7 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
     path::PathBuf,
 };
 
@@ -116,6 +116,53 @@ impl Ipv4Net {
 impl fmt::Display for Ipv4Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// What the checks that hold for both families ask of a subnet (the host
+/// check, for one): each family's network type answers them.
+pub trait Subnet: Copy + Eq + std::hash::Hash + fmt::Display {
+    /// The network this address sits in (host bits cleared).
+    fn network(self) -> Self;
+    fn prefix_len(self) -> u8;
+    fn overlaps(self, other: Self) -> bool;
+    /// Whether `ip` is inside (never, for an address of the other family).
+    fn holds(self, ip: IpAddr) -> bool;
+}
+
+impl Subnet for Ipv4Net {
+    fn network(self) -> Self {
+        Ipv4Net::network(self)
+    }
+
+    fn prefix_len(self) -> u8 {
+        self.prefix_len
+    }
+
+    fn overlaps(self, other: Self) -> bool {
+        Ipv4Net::overlaps(self, other)
+    }
+
+    fn holds(self, ip: IpAddr) -> bool {
+        matches!(ip, IpAddr::V4(ip) if self.contains(ip))
+    }
+}
+
+impl Subnet for Ipv6Net {
+    fn network(self) -> Self {
+        Ipv6Net::network(self)
+    }
+
+    fn prefix_len(self) -> u8 {
+        self.prefix_len
+    }
+
+    fn overlaps(self, other: Self) -> bool {
+        Ipv6Net::overlaps(self, other)
+    }
+
+    fn holds(self, ip: IpAddr) -> bool {
+        matches!(ip, IpAddr::V6(ip) if self.contains(ip))
     }
 }
 

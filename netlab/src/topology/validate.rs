@@ -13,10 +13,10 @@ use std::{
 use netlab_common::nat::{MAX_SERVICE_BACKENDS, NET6_INLINE};
 
 use super::{
-    host::HostNetwork,
+    host::{AddressInUse, HostNetwork},
     model::{
-        Entry, Family, Ipv4Net, Ipv6Net, MAX_PEERS, Peer, Place, Pos, Proto, Service, Topology,
-        Vxlan, is_link_local,
+        Entry, Family, Ipv4Net, Ipv6Net, MAX_PEERS, Peer, Place, Pos, Proto, Service, Subnet,
+        Topology, Vxlan, is_link_local,
     },
     problem::{CONNTRACK_MAX, CONNTRACK_MIN, Problem, ProblemKind as K, conntrack_size_text, sort},
     spans::Spans,
@@ -1128,119 +1128,111 @@ fn nat(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
 }
 
 /// Every lab subnet against the host's routes and addresses, except default
-/// routes and whatever sits on `own_links`. One line per lab subnet.
+/// routes and whatever sits on `own_links`, and against the addresses the
+/// host is using. One line per lab subnet.
 pub(super) fn check_host(
     topo: &Topology,
     host: &HostNetwork,
     own_links: &[String],
 ) -> Vec<Problem> {
     let own = |dev: &str| own_links.iter().any(|l| l == dev);
-    let owned = topo
+    let v4 = topo
         .bridges
         .iter()
         .map(|b| (&b.name, &b.addresses))
-        .chain(topo.veth_ends().map(|e| (&e.name, &e.addresses)));
-    let mut problems = Vec::new();
-    let mut seen = HashSet::new();
-    for (owner, addresses) in owned {
-        for a in addresses {
-            let subnet = a.net.network();
-            if subnet.prefix_len == 0 || !seen.insert(subnet) {
-                continue;
-            }
-            let route = host.routes.iter().find(|r| {
-                r.dst.prefix_len != 0
-                    && !r.dev.as_deref().is_some_and(own)
-                    && r.dst.overlaps(subnet)
-            });
-            let text = if let Some(r) = route {
-                let dev = r
-                    .dev
-                    .as_deref()
-                    .map(|d| format!(" dev {d}"))
-                    .unwrap_or_default();
-                format!(
-                    "the host route {}{dev}; pick a subnet clear of the host's routes",
-                    r.dst
-                )
-            } else if let Some(h) = host
-                .addresses
-                .iter()
-                .find(|h| !own(&h.dev) && h.net.overlaps(subnet))
-            {
-                format!(
-                    "the host address {} on {}; pick a subnet clear of the host's addresses",
-                    h.net, h.dev
-                )
-            } else if let Some(used) = host.in_use.iter().find(|u| subnet.contains(u.addr)) {
-                format!(
-                    "{}, which the host is using ({}); the lab would capture that traffic. \
-                     Pick a subnet clear of it (RFC 2544's 198.18.0.0/15 exists for labs), \
-                     or pass --force",
-                    used.addr, used.why
-                )
-            } else {
-                continue;
-            };
-            problems.push(Problem {
-                kind: K::HostOverlap,
-                at: a.at.clone(),
-                message: format!("subnet {subnet} of `{owner}` ({}) overlaps {text}", a.at),
-            });
-        }
-    }
-    problems.extend(check_host6(topo, host, &own));
-    problems
-}
-
-/// [`check_host`] for the lab's IPv6 subnets.
-fn check_host6(topo: &Topology, host: &HostNetwork, own: &dyn Fn(&str) -> bool) -> Vec<Problem> {
-    let owned = topo
+        .chain(topo.veth_ends().map(|e| (&e.name, &e.addresses)))
+        .flat_map(|(owner, list)| list.iter().map(move |a| (owner.as_str(), a.net, &a.at)));
+    let v6 = topo
         .bridges
         .iter()
         .map(|b| (&b.name, &b.addresses6))
-        .chain(topo.veth_ends().map(|e| (&e.name, &e.addresses6)));
-    let mut problems = Vec::new();
-    let mut seen = HashSet::new();
-    for (owner, addresses) in owned {
-        for a in addresses {
-            let subnet = a.net.network();
-            if subnet.prefix_len == 0 || !seen.insert(subnet) {
-                continue;
-            }
-            let route = host.routes6.iter().find(|r| {
-                r.dst.prefix_len != 0
-                    && !r.dev.as_deref().is_some_and(own)
-                    && r.dst.overlaps(subnet)
-            });
-            let text = if let Some(r) = route {
-                let dev = r
-                    .dev
-                    .as_deref()
-                    .map(|d| format!(" dev {d}"))
-                    .unwrap_or_default();
-                format!(
-                    "the host route {}{dev}; pick a subnet clear of the host's routes",
-                    r.dst
-                )
-            } else if let Some(h) = host
+        .chain(topo.veth_ends().map(|e| (&e.name, &e.addresses6)))
+        .flat_map(|(owner, list)| list.iter().map(move |a| (owner.as_str(), a.net, &a.at)));
+    let mut problems = host_overlaps(
+        v4,
+        &Host {
+            routes: host
+                .routes
+                .iter()
+                .map(|r| (r.dst, r.dev.as_deref()))
+                .collect(),
+            addresses: host
+                .addresses
+                .iter()
+                .map(|h| (h.net, h.dev.as_str()))
+                .collect(),
+            in_use: &host.in_use,
+        },
+        &own,
+    );
+    problems.extend(host_overlaps(
+        v6,
+        &Host {
+            routes: host
+                .routes6
+                .iter()
+                .map(|r| (r.dst, r.dev.as_deref()))
+                .collect(),
+            addresses: host
                 .addresses6
                 .iter()
-                .find(|h| !own(&h.dev) && h.net.overlaps(subnet))
-            {
-                format!(
-                    "the host address {} on {}; pick a subnet clear of the host's addresses",
-                    h.net, h.dev
-                )
-            } else {
-                continue;
-            };
-            problems.push(Problem {
-                kind: K::HostOverlap,
-                at: a.at.clone(),
-                message: format!("subnet {subnet} of `{owner}` ({}) overlaps {text}", a.at),
-            });
+                .map(|h| (h.net, h.dev.as_str()))
+                .collect(),
+            in_use: &host.in_use,
+        },
+        &own,
+    ));
+    problems
+}
+
+/// One family's side of the host: its routes (with their interfaces) and
+/// addresses (with theirs), and the addresses it is using.
+struct Host<'a, N> {
+    routes: Vec<(N, Option<&'a str>)>,
+    addresses: Vec<(N, &'a str)>,
+    in_use: &'a [AddressInUse],
+}
+
+/// [`check_host`] for one family's subnets, each `(owner, net, at)`.
+fn host_overlaps<'a, N: Subnet>(
+    owned: impl Iterator<Item = (&'a str, N, &'a Pos)>,
+    host: &Host<'_, N>,
+    own: &dyn Fn(&str) -> bool,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    for (owner, net, at) in owned {
+        let subnet = net.network();
+        if subnet.prefix_len() == 0 || !seen.insert(subnet) {
+            continue;
         }
+        let route = host.routes.iter().find(|(dst, dev)| {
+            dst.prefix_len() != 0 && !dev.is_some_and(own) && dst.overlaps(subnet)
+        });
+        let text = if let Some((dst, dev)) = route {
+            let dev = dev.map(|d| format!(" dev {d}")).unwrap_or_default();
+            format!("the host route {dst}{dev}; pick a subnet clear of the host's routes")
+        } else if let Some((net, dev)) = host
+            .addresses
+            .iter()
+            .find(|(net, dev)| !own(dev) && net.overlaps(subnet))
+        {
+            format!("the host address {net} on {dev}; pick a subnet clear of the host's addresses")
+        } else if let Some(used) = host.in_use.iter().find(|u| subnet.holds(u.addr)) {
+            format!(
+                "{}, which the host is using ({}); the lab would capture that traffic. \
+                 Pick a subnet clear of it (RFC 2544's 198.18.0.0/15 exists for labs), \
+                 or pass --force",
+                used.addr, used.why
+            )
+        } else {
+            continue;
+        };
+        problems.push(Problem {
+            kind: K::HostOverlap,
+            at: at.clone(),
+            message: format!("subnet {subnet} of `{owner}` ({at}) overlaps {text}"),
+        });
     }
     problems
 }
@@ -2025,7 +2017,7 @@ peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
         // Reached through the default route today: no route names it.
         let peer = std::net::Ipv4Addr::from(u32::from(uplink) + 7);
         host.in_use.push(crate::topology::AddressInUse {
-            addr: peer,
+            addr: peer.into(),
             why: "the peer of an established TCP connection".into(),
         });
         let problems = check_host(&topo, &host, &[]);
@@ -2037,6 +2029,25 @@ peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
             "198.18.0.0/15",
             "--force",
         ] {
+            assert!(message.contains(needle), "`{message}` lacks `{needle}`");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_subnet_holding_an_address_the_host_uses_is_refused() {
+        let topo = parse(crate::topology::DEFAULT_LAB_DUAL_STACK, "dual.toml")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut host = host(&[("0.0.0.0/0", Some("eth0"))], &[("eth0", "192.0.2.10/24")]);
+        assert!(check_host(&topo, &host, &[]).is_empty());
+        // A nameserver reached over the host's IPv6 default route.
+        host.in_use.push(crate::topology::AddressInUse {
+            addr: "fd00:15::53".parse().unwrap(),
+            why: "a nameserver in /etc/resolv.conf".into(),
+        });
+        let problems = check_host(&topo, &host, &[]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let message = &problems[0].message;
+        for needle in ["fd00:15::/64", "fd00:15::53", "nameserver", "--force"] {
             assert!(message.contains(needle), "`{message}` lacks `{needle}`");
         }
     }
