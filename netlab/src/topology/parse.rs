@@ -115,6 +115,11 @@ struct RawGroup {
     address: Option<Spanned<String>>,
     /// Every member's default route goes via this gateway.
     default_via: Option<Spanned<String>>,
+    /// The first member's IPv6 address, beside `address`; each next
+    /// member gets the next one.
+    address6: Option<Spanned<String>>,
+    /// Every member's IPv6 default route goes via this gateway.
+    default_via6: Option<Spanned<String>>,
     /// `HOST:PORT[/proto]` for the first member; each next member gets the
     /// next host port.
     #[serde(default)]
@@ -405,7 +410,13 @@ impl Reader<'_> {
 
         let (mut namespaces, mut veths) = (namespaces, veths);
         for group in raw.namespace_group {
-            self.group(group, &mut spans, &mut namespaces, &mut veths, &mut routes);
+            self.group(
+                group,
+                &mut spans,
+                &mut namespaces,
+                &mut veths,
+                (&mut routes, &mut routes6),
+            );
         }
 
         let nat = match raw.nat {
@@ -468,7 +479,7 @@ impl Reader<'_> {
         spans: &mut Spans,
         namespaces: &mut Vec<Namespace>,
         veths: &mut Vec<Veth>,
-        routes: &mut Vec<Route>,
+        (routes, routes6): (&mut Vec<Route>, &mut Vec<Route6>),
     ) {
         let count_at = self.at(&raw.count);
         let count = match u32::try_from(*raw.count.get_ref()) {
@@ -506,7 +517,8 @@ impl Reader<'_> {
                         ProblemKind::NamespaceGroup,
                         &at,
                         format_args!(
-                            "namespace_group address {net}: {count} members from there run past                              the subnet's last host address {}; start lower or use a wider prefix",
+                            "namespace_group address {net}: {count} members from there run past \
+                             the subnet's last host address {}; start lower or use a wider prefix",
                             Ipv4Addr::from(u32::from(net.broadcast()).saturating_sub(1))
                         ),
                     );
@@ -534,6 +546,57 @@ impl Reader<'_> {
                         &at,
                         format_args!(
                             "namespace_group default_via `{}` is not an IPv4 address like 10.200.0.1",
+                            text.get_ref()
+                        ),
+                    );
+                    ok = false;
+                    None
+                }
+            }
+        });
+
+        let first_addr6 = raw.address6.as_ref().and_then(|text| {
+            let at = self.at(text);
+            match parse_cidr6(text.get_ref()) {
+                Ok(net) => {
+                    let last = u128::from(net.addr)
+                        .checked_add(u128::from(count - 1))
+                        .map(Ipv6Addr::from);
+                    if last.is_some_and(|last| net.contains(last)) {
+                        return Some((net, at));
+                    }
+                    self.problem(
+                        ProblemKind::NamespaceGroup,
+                        &at,
+                        format_args!(
+                            "namespace_group address6 {net}: {count} members from there run past \
+                             the subnet's end; start lower or use a wider prefix"
+                        ),
+                    );
+                }
+                Err(why) => self.problem(
+                    ProblemKind::Address,
+                    &at,
+                    format_args!(
+                        "namespace_group address6 `{}` is not an IPv6 CIDR like fd00:200::2/64: {why}",
+                        text.get_ref()
+                    ),
+                ),
+            }
+            ok = false;
+            None
+        });
+
+        let via6 = raw.default_via6.as_ref().and_then(|text| {
+            let at = self.at(text);
+            match text.get_ref().parse::<Ipv6Addr>() {
+                Ok(via) => Some((via, at)),
+                Err(_) => {
+                    self.problem(
+                        ProblemKind::Route,
+                        &at,
+                        format_args!(
+                            "namespace_group default_via6 `{}` is not an IPv6 address like fd00:200::1",
                             text.get_ref()
                         ),
                     );
@@ -618,13 +681,23 @@ impl Reader<'_> {
                     at: at.clone(),
                 })
                 .collect();
+            let addresses6 = first_addr6
+                .iter()
+                .map(|(net, at)| Address6 {
+                    net: Ipv6Net {
+                        addr: Ipv6Addr::from(u128::from(net.addr) + u128::from(n - 1)),
+                        prefix_len: net.prefix_len,
+                    },
+                    at: at.clone(),
+                })
+                .collect();
             veths.push(Veth {
                 a: VethEnd {
                     name: member(&veth_pattern),
                     place: place.clone(),
                     bridge: None,
                     addresses,
-                    addresses6: Vec::new(),
+                    addresses6,
                     at: veth_at.clone(),
                 },
                 b: VethEnd {
@@ -652,6 +725,19 @@ impl Reader<'_> {
                     at: at.clone(),
                 });
                 spans.routes.push(RouteSpans {
+                    netns: name_at.clone(),
+                    to: at.clone(),
+                    via: at.clone(),
+                });
+            }
+            if let Some((via, at)) = &via6 {
+                routes6.push(Route6 {
+                    place: place.clone(),
+                    to: Ipv6Net::DEFAULT,
+                    via: *via,
+                    at: at.clone(),
+                });
+                spans.routes6.push(RouteSpans {
                     netns: name_at.clone(),
                     to: at.clone(),
                     via: at.clone(),
@@ -1539,6 +1625,46 @@ publish = ["9000:80/tcp"]
         );
         // Members point at the group's lines.
         assert_eq!(topo.namespaces[2].at.to_string(), at(GROUP, "\"c{n}\""));
+    }
+
+    #[test]
+    fn namespace_group_takes_ipv6_beside_ipv4() {
+        let text = GROUP
+            .replace(
+                r#"addresses = ["10.200.0.1/16"]"#,
+                r#"addresses = ["10.200.0.1/16", "fd00:200::1/64"]"#,
+            )
+            .replace(
+                "publish = [",
+                "address6 = \"fd00:200::a/64\"\ndefault_via6 = \"fd00:200::1\"\npublish = [",
+            );
+        let topo = parse_lab(&text, "lab.toml").unwrap();
+        let addrs: Vec<_> = topo.addresses6().map(|a| a.net.to_string()).collect();
+        assert_eq!(
+            addrs,
+            [
+                "fd00:200::1/64",
+                "fd00:200::a/64",
+                "fd00:200::b/64",
+                "fd00:200::c/64"
+            ]
+        );
+        assert_eq!(topo.routes6.len(), 3);
+        assert_eq!(topo.routes6[2].place, Place::Netns("c3".into()));
+        assert_eq!(topo.routes6[2].to, Ipv6Net::DEFAULT);
+        // Members past the subnet's end, and a gateway that is no address.
+        let past = text.replace("fd00:200::a/64", "fd00:200::ffff:ffff:ffff:fffe/64");
+        let err = parse_lab(&past, "lab.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("address6") && err.contains("run past"),
+            "{err}"
+        );
+        let bad = text.replace(
+            "default_via6 = \"fd00:200::1\"",
+            "default_via6 = \"fd00:200::x\"",
+        );
+        let err = parse_lab(&bad, "lab.toml").unwrap_err().to_string();
+        assert!(err.contains("default_via6 `fd00:200::x`"), "{err}");
     }
 
     #[test]

@@ -207,7 +207,8 @@ fn overhead(results: &Results) -> String {
     }
     let _ = writeln!(
         out,
-        "### CPU above the direct veth (machine CPU per transaction minus the direct pair's;          after /, as a share of iptables (nft)'s own)
+        "### CPU above the direct veth (machine CPU per transaction minus the direct pair's; \
+         after /, as a share of iptables (nft)'s own)
 "
     );
     header(&mut out, "metric, path", &datapaths);
