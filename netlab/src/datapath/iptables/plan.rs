@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeSet,
+    fmt,
     net::{Ipv4Addr, Ipv6Addr},
 };
 
@@ -67,11 +68,12 @@ impl TablePlan {
     }
 }
 
-/// A published port, resolved against the topology.
-struct Published {
+/// A published port, resolved against the topology to a backend address
+/// of one family.
+struct Published<A = Ipv4Addr> {
     proto: Proto,
     host_port: u16,
-    backend: Ipv4Addr,
+    backend: A,
     port: u16,
 }
 
@@ -146,18 +148,7 @@ pub(super) fn plan(lab: &str, topo: &Topology, in_force: &InForce<'_>) -> [Table
         push_unique(&mut lab_subnets, net.network());
     }
 
-    let mut nat_jumps = Vec::new();
-    for builtin in ["PREROUTING", "OUTPUT"] {
-        for addr in &local {
-            nat_jumps.push(Rule::new(
-                builtin,
-                format!(
-                    "-d {addr}/32 -m addrtype --dst-type LOCAL -j {}",
-                    names.dnat
-                ),
-            ));
-        }
-    }
+    let mut nat_jumps = dnat_jumps(Ip::V4, &local, &names.dnat);
     // `localhost:PORT` from the host, as Docker without its userland proxy:
     // DNAT from OUTPUT, `route_localnet` on the lab's bridges (set by `up`)
     // so a 127/8 source may be routed there, and masquerade of that source.
@@ -172,19 +163,10 @@ pub(super) fn plan(lab: &str, topo: &Topology, in_force: &InForce<'_>) -> [Table
         }
     }
 
-    let mut nat_body = Vec::new();
-    for p in &published {
-        nat_body.push(Rule::new(
-            &names.dnat,
-            format!(
-                "-p {proto} -m {proto} --dport {host_port} -j DNAT --to-destination {backend}:{port}",
-                proto = p.proto,
-                host_port = p.host_port,
-                backend = p.backend,
-                port = p.port
-            ),
-        ));
-    }
+    let mut nat_body: Vec<Rule> = published
+        .iter()
+        .map(|p| dnat_rule(Ip::V4, &names.dnat, p))
+        .collect();
     let mut service_chains = Vec::new();
     service_rules(topo, &names, services, &mut nat_body, &mut service_chains);
     if !published.is_empty() {
@@ -193,22 +175,14 @@ pub(super) fn plan(lab: &str, topo: &Topology, in_force: &InForce<'_>) -> [Table
             "-s 127.0.0.0/8 ! -o lo -j MASQUERADE".to_owned(),
         ));
     }
-    // Masquerade out of the uplink only (Docker writes `! -o BRIDGE`, which
-    // would also cover the host's own interfaces; the lab is closed).
     if let (Some(uplink), Some(_)) = (topo.nat.uplink.as_deref(), topo.uplink_addr()) {
-        let (port_min, port_max) = topo.nat.port_range;
         for subnet in topo.nat.masquerade.iter().map(|n| n.network()) {
-            for proto in ["tcp", "udp"] {
-                nat_body.push(Rule::new(
-                    &names.post,
-                    format!(
-                        "-s {subnet} -o {uplink} -p {proto} -j MASQUERADE --to-ports {port_min}-{port_max}"
-                    ),
-                ));
-            }
-            nat_body.push(Rule::new(
+            nat_body.extend(masquerade_rules(
+                Ip::V4,
                 &names.post,
-                format!("-s {subnet} -o {uplink} -p icmp -j MASQUERADE"),
+                subnet,
+                uplink,
+                topo.nat.port_range,
             ));
         }
     }
@@ -227,12 +201,7 @@ pub(super) fn plan(lab: &str, topo: &Topology, in_force: &InForce<'_>) -> [Table
         }
     }
     for (backend, proto, port) in &hairpins {
-        nat_body.push(Rule::new(
-            &names.post,
-            format!(
-                "-s {backend}/32 -d {backend}/32 -p {proto} -m {proto} --dport {port} -j MASQUERADE"
-            ),
-        ));
+        nat_body.push(hairpin_rule(Ip::V4, &names.post, backend, *proto, *port));
     }
 
     let mut fwd_body = Vec::new();
@@ -247,30 +216,16 @@ pub(super) fn plan(lab: &str, topo: &Topology, in_force: &InForce<'_>) -> [Table
         }
         fwd_body.push(Rule::new(&names.fwd, format!("-d {range} -j DROP")));
     }
-    // conntrack marks what it cannot track (malformed L4, ICMP errors about
-    // no flow) INVALID, MASQUERADE skips it, and it would leave the uplink
-    // with its lab source (kube-proxy drops INVALID for the same leak).
     if let Some(uplink) = topo.nat.uplink.as_deref() {
         for subnet in topo.nat.masquerade.iter().map(|n| n.network()) {
-            fwd_body.push(Rule::new(
-                &names.fwd,
-                format!("-s {subnet} -o {uplink} -m conntrack --ctstate INVALID -j DROP"),
-            ));
+            fwd_body.push(invalid_drop(&names.fwd, subnet, uplink));
         }
     }
     for subnet in &lab_subnets {
-        fwd_body.push(Rule::new(
-            &names.fwd,
-            format!("-d {subnet} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
-        ));
+        fwd_body.push(replies_accept(&names.fwd, subnet));
     }
     for (backend, proto, port) in &hairpins {
-        fwd_body.push(Rule::new(
-            &names.fwd,
-            format!(
-                "-d {backend}/32 -p {proto} -m conntrack --ctstate DNAT -m {proto} --dport {port} -j ACCEPT"
-            ),
-        ));
+        fwd_body.push(dnat_accept(Ip::V4, &names.fwd, backend, *proto, *port));
     }
     // The lab is closed, as in the eBPF datapaths: its namespaces reach the
     // lab's own interfaces and the uplink, and nothing the host could
@@ -332,6 +287,139 @@ pub(super) fn plan(lab: &str, topo: &Topology, in_force: &InForce<'_>) -> [Table
             stale: Vec::new(),
         },
     ]
+}
+
+/// The family a rule is written for: what iptables and ip6tables spell
+/// differently in rules that mean the same.
+#[derive(Clone, Copy)]
+enum Ip {
+    V4,
+    V6,
+}
+
+impl Ip {
+    /// One host's prefix length.
+    fn host(self) -> u8 {
+        match self {
+            Ip::V4 => 32,
+            Ip::V6 => 128,
+        }
+    }
+
+    /// ICMP's protocol name.
+    fn icmp(self) -> &'static str {
+        match self {
+            Ip::V4 => "icmp",
+            Ip::V6 => "ipv6-icmp",
+        }
+    }
+
+    /// `ADDR:PORT`, the address bracketed for IPv6.
+    fn socket(self, addr: impl fmt::Display, port: u16) -> String {
+        match self {
+            Ip::V4 => format!("{addr}:{port}"),
+            Ip::V6 => format!("[{addr}]:{port}"),
+        }
+    }
+}
+
+/// From PREROUTING and OUTPUT into the DNAT chain, for packets to one of
+/// the lab's host addresses `local`.
+fn dnat_jumps(ip: Ip, local: &[impl fmt::Display], dnat: &str) -> Vec<Rule> {
+    let host = ip.host();
+    ["PREROUTING", "OUTPUT"]
+        .into_iter()
+        .flat_map(|builtin| {
+            local.iter().map(move |addr| {
+                Rule::new(
+                    builtin,
+                    format!("-d {addr}/{host} -m addrtype --dst-type LOCAL -j {dnat}"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// A published port's DNAT to its backend.
+fn dnat_rule<A: fmt::Display + Copy>(ip: Ip, chain: &str, p: &Published<A>) -> Rule {
+    Rule::new(
+        chain,
+        format!(
+            "-p {proto} -m {proto} --dport {host_port} -j DNAT --to-destination {to}",
+            proto = p.proto,
+            host_port = p.host_port,
+            to = ip.socket(p.backend, p.port)
+        ),
+    )
+}
+
+/// Masquerade of `subnet` out of the uplink only (Docker writes `! -o
+/// BRIDGE`, which would also cover the host's own interfaces; the lab is
+/// closed): TCP and UDP from `ports`, and ICMP.
+fn masquerade_rules(
+    ip: Ip,
+    chain: &str,
+    subnet: impl fmt::Display,
+    uplink: &str,
+    (port_min, port_max): (u16, u16),
+) -> [Rule; 3] {
+    let to_ports = |proto: &str| {
+        Rule::new(
+            chain,
+            format!(
+                "-s {subnet} -o {uplink} -p {proto} -j MASQUERADE --to-ports {port_min}-{port_max}"
+            ),
+        )
+    };
+    [
+        to_ports("tcp"),
+        to_ports("udp"),
+        Rule::new(
+            chain,
+            format!("-s {subnet} -o {uplink} -p {} -j MASQUERADE", ip.icmp()),
+        ),
+    ]
+}
+
+/// A backend reaching itself through a published port: its source
+/// masqueraded (hairpin NAT, as Docker does).
+fn hairpin_rule(ip: Ip, chain: &str, backend: impl fmt::Display, proto: Proto, port: u16) -> Rule {
+    let host = ip.host();
+    Rule::new(
+        chain,
+        format!(
+            "-s {backend}/{host} -d {backend}/{host} -p {proto} -m {proto} --dport {port} -j MASQUERADE"
+        ),
+    )
+}
+
+/// conntrack marks what it cannot track (malformed L4, ICMP errors about
+/// no flow) INVALID, MASQUERADE skips it, and it would leave the uplink
+/// with its lab source (kube-proxy drops INVALID for the same leak).
+fn invalid_drop(chain: &str, subnet: impl fmt::Display, uplink: &str) -> Rule {
+    Rule::new(
+        chain,
+        format!("-s {subnet} -o {uplink} -m conntrack --ctstate INVALID -j DROP"),
+    )
+}
+
+/// Replies (and related ICMP errors) to the lab's flows.
+fn replies_accept(chain: &str, subnet: impl fmt::Display) -> Rule {
+    Rule::new(
+        chain,
+        format!("-d {subnet} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+    )
+}
+
+/// A new flow to a published port's backend, DNATed to it.
+fn dnat_accept(ip: Ip, chain: &str, backend: impl fmt::Display, proto: Proto, port: u16) -> Rule {
+    let host = ip.host();
+    Rule::new(
+        chain,
+        format!(
+            "-d {backend}/{host} -p {proto} -m conntrack --ctstate DNAT -m {proto} --dport {port} -j ACCEPT"
+        ),
+    )
 }
 
 /// The Services as kube-proxy's iptables mode writes them: one rule per
@@ -455,24 +543,14 @@ pub(super) fn plan6(lab: &str, topo: &Topology, published: &[PublishedPort]) -> 
         for from in &subnets {
             fwd.push(rule(format!("-i {uplink} -s {from} -j DROP")));
         }
-        // What conntrack cannot track would leave unmasqueraded.
         for from in masqueraded {
-            fwd.push(rule(format!(
-                "-s {from} -o {uplink} -m conntrack --ctstate INVALID -j DROP"
-            )));
+            fwd.push(invalid_drop(fwd6, from, uplink));
         }
         for to in masqueraded {
-            fwd.push(rule(format!(
-                "-d {to} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-            )));
+            fwd.push(replies_accept(fwd6, to));
         }
         for p in &published {
-            fwd.push(rule(format!(
-                "-d {backend}/128 -p {proto} -m conntrack --ctstate DNAT -m {proto} --dport {port} -j ACCEPT",
-                backend = p.backend,
-                proto = p.proto,
-                port = p.port
-            )));
+            fwd.push(dnat_accept(Ip::V6, fwd6, p.backend, p.proto, p.port));
         }
         for from in masqueraded {
             fwd.push(rule(format!("-s {from} -o {uplink} -j ACCEPT")));
@@ -512,43 +590,19 @@ pub(super) fn plan6(lab: &str, topo: &Topology, published: &[PublishedPort]) -> 
         for (_, a) in topo.host_addresses6() {
             push_unique(&mut local, a.net.addr);
         }
-        for builtin in ["PREROUTING", "OUTPUT"] {
-            for addr in &local {
-                nat_jumps.push(Rule::new(
-                    builtin,
-                    format!(
-                        "-d {addr}/128 -m addrtype --dst-type LOCAL -j {}",
-                        names.dnat
-                    ),
-                ));
-            }
-        }
+        nat_jumps = dnat_jumps(Ip::V6, &local, &names.dnat);
         nat_jumps.push(Rule::new("POSTROUTING", format!("-j {}", names.post)));
-        for p in &published {
-            nat_body.push(Rule::new(
-                &names.dnat,
-                format!(
-                    "-p {proto} -m {proto} --dport {host_port} -j DNAT --to-destination [{backend}]:{port}",
-                    proto = p.proto,
-                    host_port = p.host_port,
-                    backend = p.backend,
-                    port = p.port
-                ),
-            ));
-        }
-        let (port_min, port_max) = topo.nat.port_range;
+        nat_body = published
+            .iter()
+            .map(|p| dnat_rule(Ip::V6, &names.dnat, p))
+            .collect();
         for subnet in masqueraded {
-            for proto in ["tcp", "udp"] {
-                nat_body.push(Rule::new(
-                    &names.post,
-                    format!(
-                        "-s {subnet} -o {uplink} -p {proto} -j MASQUERADE --to-ports {port_min}-{port_max}"
-                    ),
-                ));
-            }
-            nat_body.push(Rule::new(
+            nat_body.extend(masquerade_rules(
+                Ip::V6,
                 &names.post,
-                format!("-s {subnet} -o {uplink} -p ipv6-icmp -j MASQUERADE"),
+                subnet,
+                uplink,
+                topo.nat.port_range,
             ));
         }
         let mut hairpins = Vec::new();
@@ -556,12 +610,7 @@ pub(super) fn plan6(lab: &str, topo: &Topology, published: &[PublishedPort]) -> 
             push_unique(&mut hairpins, (p.backend, p.proto, p.port));
         }
         for (backend, proto, port) in &hairpins {
-            nat_body.push(Rule::new(
-                &names.post,
-                format!(
-                    "-s {backend}/128 -d {backend}/128 -p {proto} -m {proto} --dport {port} -j MASQUERADE"
-                ),
-            ));
+            nat_body.push(hairpin_rule(Ip::V6, &names.post, backend, *proto, *port));
         }
     }
     [
@@ -582,24 +631,16 @@ pub(super) fn plan6(lab: &str, topo: &Topology, published: &[PublishedPort]) -> 
     ]
 }
 
-/// A published port over IPv6, resolved against the topology.
-struct Published6 {
-    proto: Proto,
-    host_port: u16,
-    backend: Ipv6Addr,
-    port: u16,
-}
-
 /// The published ports that reach a namespace over IPv6: those whose
 /// namespace has an address in a subnet the lab masquerades (a port
 /// published to an explicit IPv4 address stays IPv4's).
-fn resolve6(topo: &Topology, published: &[PublishedPort]) -> Vec<Published6> {
+fn resolve6(topo: &Topology, published: &[PublishedPort]) -> Vec<Published<Ipv6Addr>> {
     let mut seen = BTreeSet::new();
     published
         .iter()
         .filter(|r| r.addr.is_none())
         .filter_map(|r| {
-            Some(Published6 {
+            Some(Published {
                 proto: r.proto,
                 host_port: r.host_port,
                 backend: topo.backend_addr6(&r.namespace)?,
