@@ -13,9 +13,10 @@
 use std::{
     collections::BTreeSet,
     fs::{self, File, OpenOptions},
-    io::{self, Read, Write},
+    io::{self, Write},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -335,8 +336,34 @@ pub struct AlreadyTraced {
     pub pid: String,
 }
 
+/// How long [`TraceLock::acquire`] waits for a holder that is exiting.
+const EXITING_HOLDER_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether process `pid` (as the lock file holds it) is on its way out:
+/// gone, a zombie, or exiting (`PF_EXITING`, set once a fatal signal is
+/// taken, before its files are closed).
+fn exiting(pid: &str) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // After the command name, in parentheses that may hold anything: the
+    // state, then ppid, pgrp, session, tty_nr, tpgid and flags.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let dead = matches!(fields.first(), Some(&("Z" | "X" | "x")));
+    let flags = fields.get(6).and_then(|f| f.parse::<u64>().ok());
+    dead || flags.is_some_and(|f| f & PF_EXITING != 0)
+}
+
 impl TraceLock {
-    /// Takes the lock, or says which process holds it.
+    /// Takes the lock, or says which process holds it (after waiting a
+    /// moment for one that is exiting).
     pub fn acquire(lab: &str) -> Result<TraceLock> {
         fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
         let path = Path::new(STATE_DIR).join(format!("{lab}.trace.lock"));
@@ -347,20 +374,26 @@ impl TraceLock {
             .write(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
+        // A session killed a moment ago still holds the lock until its
+        // exit has closed its files: worth waiting for, a live one is not.
+        let deadline = Instant::now() + EXITING_HOLDER_WAIT;
         // SAFETY: plain syscall on an fd we own; released when the file
         // closes, also when the process dies.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::WouldBlock {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
+            if err.kind() != io::ErrorKind::WouldBlock {
+                return Err(err).with_context(|| format!("locking {}", path.display()));
+            }
+            let pid = fs::read_to_string(&path).unwrap_or_default();
+            let pid = pid.trim();
+            if !(exiting(pid) && Instant::now() < deadline) {
                 return Err(AlreadyTraced {
                     lab: lab.to_owned(),
-                    pid: pid.trim().to_owned(),
+                    pid: pid.to_owned(),
                 }
                 .into());
             }
-            return Err(err).with_context(|| format!("locking {}", path.display()));
+            std::thread::sleep(Duration::from_millis(10));
         }
         file.set_len(0)?;
         file.write_all(std::process::id().to_string().as_bytes())?;
@@ -384,6 +417,15 @@ mod tests {
             affinity: false,
             ids: topology::ServiceIds::default(),
         }
+    }
+
+    #[test]
+    fn a_running_process_is_not_exiting_and_a_gone_one_is() {
+        assert!(!exiting(&std::process::id().to_string()));
+        // Beyond pid_max (at most 2^22): no such process.
+        assert!(exiting("99999999"));
+        assert!(!exiting(""));
+        assert!(!exiting("../1"));
     }
 
     #[test]
