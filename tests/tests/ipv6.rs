@@ -213,6 +213,18 @@ fn iptables_translates_ipv6_as_docker_does() {
         Some("nl-uplink (198.18.0.1, 2001:2::1)"),
         "{status:?}"
     );
+    // Its ip6tables chains are listed after its iptables ones.
+    let rules = &status.nat.as_ref().unwrap().iptables_rules;
+    let v6 = rules
+        .iter()
+        .position(|l| l == "ip6tables:")
+        .unwrap_or_else(|| panic!("{rules:#?}"));
+    assert!(
+        rules[v6..]
+            .iter()
+            .any(|l| l.contains("MASQUERADE") && l.contains("fd00:15::/64")),
+        "{rules:#?}"
+    );
     // The world routes the lab's IPv6 subnet to the host (a careless
     // upstream): routed access must stay closed all the same.
     sb.ok(&[

@@ -111,7 +111,8 @@ enum Tool {
     Iptables,
     Save,
     Restore,
-    /// ip6tables' save and restore.
+    /// ip6tables, its save and its restore.
+    Ip6tables,
     Save6,
     Restore6,
 }
@@ -119,7 +120,7 @@ enum Tool {
 impl Tool {
     fn suffix(self) -> &'static str {
         match self {
-            Tool::Iptables => "",
+            Tool::Iptables | Tool::Ip6tables => "",
             Tool::Save | Tool::Save6 => "-save",
             Tool::Restore | Tool::Restore6 => "-restore",
         }
@@ -127,7 +128,7 @@ impl Tool {
 
     fn family(self) -> &'static str {
         match self {
-            Tool::Save6 | Tool::Restore6 => "ip6tables",
+            Tool::Ip6tables | Tool::Save6 | Tool::Restore6 => "ip6tables",
             _ => "iptables",
         }
     }
@@ -427,7 +428,8 @@ pub fn remove(lab: &str) -> Result<()> {
 }
 
 /// The lab's chains as `iptables -t TABLE -L CHAIN -v -n -x` lists them, with
-/// packet and byte counters, one listing after another.
+/// packet and byte counters, one listing after another; then, after a line
+/// `ip6tables:`, its ip6tables chains (their names are iptables' too).
 pub fn rules(lab: &str, variant: Variant) -> Result<Vec<String>> {
     let ours = chains(lab);
     // Check first: listing a missing chain can create its table.
@@ -444,6 +446,46 @@ pub fn rules(lab: &str, variant: Variant) -> Result<Vec<String>> {
         let listing = run(
             variant,
             Tool::Iptables,
+            &[
+                "-w",
+                LOCK_WAIT_SECONDS,
+                "-t",
+                table,
+                "-L",
+                chain,
+                "-v",
+                "-n",
+                "-x",
+            ],
+            None,
+        )?;
+        lines.extend(
+            listing
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned),
+        );
+    }
+    // Without ip6tables (another backend's binaries only), IPv4's alone.
+    let Ok(saved6) = save6(variant) else {
+        return Ok(lines);
+    };
+    let mut header = false;
+    for (table, chain) in [
+        ("filter", &ours.fwd6),
+        ("nat", &ours.dnat),
+        ("nat", &ours.post),
+    ] {
+        let present = plan::saved_table(&saved6, table).is_some_and(|t| t.chains.contains(chain));
+        if !present {
+            continue;
+        }
+        if !std::mem::replace(&mut header, true) {
+            lines.push("ip6tables:".to_owned());
+        }
+        let listing = run(
+            variant,
+            Tool::Ip6tables,
             &[
                 "-w",
                 LOCK_WAIT_SECONDS,
