@@ -64,7 +64,8 @@ pub struct NatStatus {
     /// Counters by reason (see `netlab_common::nat::Stat`); empty for the
     /// iptables datapath.
     pub counters: BTreeMap<String, u64>,
-    /// The lab's iptables rules with their counters (iptables datapath).
+    /// The lab's iptables rules with their counters, then after a line
+    /// `ip6tables:` its ip6tables ones (iptables datapath).
     pub iptables_rules: Vec<String>,
 }
 
