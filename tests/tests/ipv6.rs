@@ -175,6 +175,21 @@ while True:
     c.close()
 "#;
 
+/// `HOST PORT`: one UDP datagram to a port nobody listens on; prints
+/// `refused` when the port unreachable came back (as ECONNREFUSED).
+const UDP_REFUSED: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.send(b"anyone?")
+try:
+    s.recv(100)
+    print("answered")
+except ConnectionRefusedError:
+    print("refused")
+"#;
+
 /// `HOST PORT`: what the server there says the connection came from.
 const ASK6: &str = r#"
 import socket, sys
@@ -286,8 +301,55 @@ fn iptables_translates_ipv6_as_docker_does() {
     // `docker run -p 8080:80` over IPv6: the world reaches blue through
     // the uplink's IPv6 address, and blue sees the world's own address.
     assert_eq!(seen_as(&sb, "outside", "2001:2::1", "8080"), "2001:2::2");
+    // Nothing that reaches the world carries a lab IPv6 address: counted
+    // at outside's first hook while red talks to it over TCP, ICMPv6 echo
+    // and UDP to a closed port (whose port unreachable comes back to red).
+    let nft = |args: &str| {
+        sb.ok(&[
+            "ip",
+            "netns",
+            "exec",
+            "outside",
+            "sh",
+            "-c",
+            &format!("nft {args}"),
+        ])
+        .unwrap()
+    };
+    nft("add table inet watch");
+    for (chain, priority, source) in [("leak", -300, "fd00:15::/64"), ("nat", -299, "2001:2::1")] {
+        nft(&format!(
+            "'add chain inet watch {chain} {{ type filter hook prerouting priority {priority} ; }}'"
+        ));
+        nft(&format!(
+            "add rule inet watch {chain} ip6 saddr {source} counter"
+        ));
+    }
+    let counted = |chain: &str| -> u64 {
+        let listing = nft(&format!("list chain inet watch {chain}")).stdout;
+        let words: Vec<&str> = listing.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "packets").unwrap();
+        words[at + 1].parse().unwrap()
+    };
     // red reaches the world masqueraded to the uplink's IPv6 address.
     assert_eq!(seen_as(&sb, "red", "2001:2::2", "9000"), "2001:2::1");
+    sb.ping(Some("red"), "2001:2::2", 2).unwrap();
+    let refused = sb
+        .ok(&[
+            "ip",
+            "netns",
+            "exec",
+            "red",
+            "python3",
+            "-c",
+            UDP_REFUSED,
+            "2001:2::2",
+            "9",
+        ])
+        .unwrap();
+    assert_eq!(refused.stdout.trim(), "refused", "{refused}");
+    assert_eq!(counted("leak"), 0);
+    assert!(counted("nat") >= 6, "{}", nft("list table inet watch"));
     // A namespace reaches its own published port (hairpin, seen as the
     // bridge's address), and a neighbour's directly.
     assert_eq!(seen_as(&sb, "blue", "fd00:15::5", "8080"), "fd00:15::5");
