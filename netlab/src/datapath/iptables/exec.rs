@@ -443,28 +443,7 @@ pub fn rules(lab: &str, variant: Variant) -> Result<Vec<String>> {
                  is it up with datapath `iptables` (and {VARIANT_ENV} as it was at `up`)?"
             );
         }
-        let listing = run(
-            variant,
-            Tool::Iptables,
-            &[
-                "-w",
-                LOCK_WAIT_SECONDS,
-                "-t",
-                table,
-                "-L",
-                chain,
-                "-v",
-                "-n",
-                "-x",
-            ],
-            None,
-        )?;
-        lines.extend(
-            listing
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_owned),
-        );
+        lines.extend(listing(variant, Tool::Iptables, table, chain)?);
     }
     // Without ip6tables (another backend's binaries only), IPv4's alone.
     let Ok(saved6) = save6(variant) else {
@@ -483,30 +462,34 @@ pub fn rules(lab: &str, variant: Variant) -> Result<Vec<String>> {
         if !std::mem::replace(&mut header, true) {
             lines.push("ip6tables:".to_owned());
         }
-        let listing = run(
-            variant,
-            Tool::Ip6tables,
-            &[
-                "-w",
-                LOCK_WAIT_SECONDS,
-                "-t",
-                table,
-                "-L",
-                chain,
-                "-v",
-                "-n",
-                "-x",
-            ],
-            None,
-        )?;
-        lines.extend(
-            listing
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_owned),
-        );
+        lines.extend(listing(variant, Tool::Ip6tables, table, chain)?);
     }
     Ok(lines)
+}
+
+/// One chain as `TOOL -t TABLE -L CHAIN -v -n -x` lists it, blank lines left out.
+fn listing(variant: Variant, tool: Tool, table: &str, chain: &str) -> Result<Vec<String>> {
+    let text = run(
+        variant,
+        tool,
+        &[
+            "-w",
+            LOCK_WAIT_SECONDS,
+            "-t",
+            table,
+            "-L",
+            chain,
+            "-v",
+            "-n",
+            "-x",
+        ],
+        None,
+    )?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 #[cfg(test)]
