@@ -249,9 +249,8 @@ fn restore_forwarding(lab: &str, state: Option<&LabState>) -> Result<()> {
 fn check_host(topo: &Topology, tag: &str, overlap: HostOverlap) -> Result<()> {
     let host = run_in(&Place::Host, |nl| async move {
         let links = nl.links().await?;
-        let addresses = nl.addresses().await?;
+        let (addresses, addresses6) = nl.addresses_both().await?;
         let routes = nl.routes().await?;
-        let addresses6 = nl.addresses6().await?;
         let routes6 = nl.routes6().await?;
         Ok((links, addresses, routes, addresses6, routes6))
     })?;
@@ -661,12 +660,7 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
 /// The highest ifindex the lab's places use.
 fn check_distinct_ifindexes(topo: &Topology, ifaces: &[Iface]) -> Result<u32> {
     let links = netlink::indexes_by_place(topo)?;
-    let ceiling = links
-        .values()
-        .flat_map(|l| l.values())
-        .copied()
-        .max()
-        .unwrap_or(1);
+    let ceiling = netlink::highest_index(&links);
     let mut seen: BTreeMap<u32, &Iface> = BTreeMap::new();
     for iface in ifaces {
         let index = index_in(&links, &iface.place, &iface.name)

@@ -92,6 +92,17 @@ pub fn indexes_by_place(topo: &Topology) -> Result<BTreeMap<Place, BTreeMap<Stri
     Ok(out)
 }
 
+/// The highest ifindex in `by_place` ([`indexes_by_place`]'s answer); 1
+/// (loopback) when it holds none.
+pub fn highest_index(by_place: &BTreeMap<Place, BTreeMap<String, u32>>) -> u32 {
+    by_place
+        .values()
+        .flat_map(BTreeMap::values)
+        .copied()
+        .max()
+        .unwrap_or(1)
+}
+
 /// The lab's interfaces as they are now, with their ifindex: those of the
 /// topology that exist, place by place.
 pub fn lab_indexes(topo: &Topology) -> Result<BTreeMap<Place, BTreeMap<String, u32>>> {
@@ -499,33 +510,52 @@ impl Netlink {
         self.handle.link().set(msg).execute().await
     }
 
+    /// IPv4 addresses of every interface.
     pub async fn addresses(&self) -> Result<Vec<Address>> {
+        Ok(self.addresses_both().await?.0)
+    }
+
+    /// IPv4 and IPv6 addresses of every interface (link-local IPv6 ones
+    /// included), from one dump.
+    pub async fn addresses_both(&self) -> Result<(Vec<Address>, Vec<Address6>)> {
         let mut stream = self.handle.address().get().execute();
-        let mut out = Vec::new();
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
         while let Some(msg) = stream
             .try_next()
             .await
             .with_context(|| format!("listing addresses in {}", self.place))?
         {
-            if msg.header.family != AddressFamily::Inet {
-                continue;
-            }
-            let local = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip))
-                | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            });
-            if let Some(addr) = local {
-                out.push(Address {
-                    index: msg.header.index,
-                    net: Ipv4Net {
-                        addr,
-                        prefix_len: msg.header.prefix_len,
-                    },
-                });
+            let (index, prefix_len) = (msg.header.index, msg.header.prefix_len);
+            match msg.header.family {
+                AddressFamily::Inet => {
+                    let local = msg.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Local(IpAddr::V4(ip))
+                        | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                        _ => None,
+                    });
+                    if let Some(addr) = local {
+                        v4.push(Address {
+                            index,
+                            net: Ipv4Net { addr, prefix_len },
+                        });
+                    }
+                }
+                AddressFamily::Inet6 => {
+                    let addr = msg.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                        _ => None,
+                    });
+                    if let Some(addr) = addr {
+                        v6.push(Address6 {
+                            index,
+                            net: Ipv6Net { addr, prefix_len },
+                        });
+                    }
+                }
+                _ => {}
             }
         }
-        Ok(out)
+        Ok((v4, v6))
     }
 
     /// Adds an address; already present is fine.
@@ -562,35 +592,6 @@ impl Netlink {
             Err(e) if matches!(netlink_code(&e), Some(EEXIST)) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("adding {net} in {}", self.place)),
         }
-    }
-
-    /// IPv6 addresses of every interface (link-local ones included).
-    pub async fn addresses6(&self) -> Result<Vec<Address6>> {
-        let mut stream = self.handle.address().get().execute();
-        let mut out = Vec::new();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .with_context(|| format!("listing addresses in {}", self.place))?
-        {
-            if msg.header.family != AddressFamily::Inet6 {
-                continue;
-            }
-            let addr = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
-                _ => None,
-            });
-            if let Some(addr) = addr {
-                out.push(Address6 {
-                    index: msg.header.index,
-                    net: Ipv6Net {
-                        addr,
-                        prefix_len: msg.header.prefix_len,
-                    },
-                });
-            }
-        }
-        Ok(out)
     }
 
     /// IPv6 unicast routes of the main table (what `ip -6 route` shows).
@@ -638,12 +639,16 @@ impl Netlink {
             .destination_prefix(to.addr, to.prefix_len)
             .gateway(via)
             .build();
+        self.add_route_message(msg, format!("{to} via {via}")).await
+    }
+
+    /// Adds the route `msg` says (`shown` in errors); an identical route
+    /// already present is fine.
+    async fn add_route_message(&self, msg: RouteMessage, shown: String) -> Result<()> {
         match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(netlink_code(&e), Some(EEXIST)) => Ok(()),
-            Err(e) => {
-                Err(e).with_context(|| format!("adding route {to} via {via} in {}", self.place))
-            }
+            Err(e) => Err(e).with_context(|| format!("adding route {shown} in {}", self.place)),
         }
     }
 
@@ -670,13 +675,7 @@ impl Netlink {
             .destination_prefix(to.addr, to.prefix_len)
             .gateway(via)
             .build();
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(netlink_code(&e), Some(EEXIST)) => Ok(()),
-            Err(e) => {
-                Err(e).with_context(|| format!("adding route {to} via {via} in {}", self.place))
-            }
-        }
+        self.add_route_message(msg, format!("{to} via {via}")).await
     }
 
     /// Adds a route through a device to a gateway that is on its link
@@ -689,12 +688,8 @@ impl Netlink {
             .output_interface(dev)
             .onlink()
             .build();
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(netlink_code(&e), Some(EEXIST)) => Ok(()),
-            Err(e) => Err(e)
-                .with_context(|| format!("adding route {to} via {via} onlink in {}", self.place)),
-        }
+        self.add_route_message(msg, format!("{to} via {via} onlink"))
+            .await
     }
 
     /// Adds a route to `to` out of device `dev` with no gateway (`ip route
@@ -705,13 +700,7 @@ impl Netlink {
             .output_interface(dev)
             .scope(rtnetlink::packet_route::route::RouteScope::Link)
             .build();
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(netlink_code(&e), Some(EEXIST)) => Ok(()),
-            Err(e) => {
-                Err(e).with_context(|| format!("adding route {to} dev {dev} in {}", self.place))
-            }
-        }
+        self.add_route_message(msg, format!("{to} dev {dev}")).await
     }
 
     /// Creates a VXLAN device (`ip link add NAME type vxlan id VNI dstport

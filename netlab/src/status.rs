@@ -147,14 +147,8 @@ pub fn collect(state: &LabState) -> Result<LabStatus> {
                     programs.insert((link.index, hook), on_hook.unwrap_or_default());
                 }
             }
-            let addresses6 = nl.addresses6().await?;
-            Ok((
-                links,
-                nl.addresses().await?,
-                addresses6,
-                nl.routes().await?,
-                programs,
-            ))
+            let (addresses, addresses6) = nl.addresses_both().await?;
+            Ok((links, addresses, addresses6, nl.routes().await?, programs))
         })?;
         let name_of: BTreeMap<u32, &str> =
             links.iter().map(|l| (l.index, l.name.as_str())).collect();

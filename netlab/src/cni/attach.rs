@@ -59,12 +59,7 @@ pub fn create_link(
     // Over an overlay, the pod's packets must fit the tunnel's device.
     let mtu = topo.vxlan().map(|v| v.mtu);
     let floor = match floor {
-        0 => netlink::indexes_by_place(topo)?
-            .values()
-            .flat_map(|l| l.values())
-            .copied()
-            .max()
-            .unwrap_or(1),
+        0 => netlink::highest_index(&netlink::indexes_by_place(topo)?),
         known => known,
     };
     netlink::run_in(&Place::Host, |nl| async move {
