@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use crate::topology::AddressInUse;
+use crate::topology::{AddressInUse, is_link_local};
 
 /// Where the host's resolver configuration names its nameservers;
 /// systemd-resolved keeps the upstream ones in the second.
@@ -92,9 +92,7 @@ fn socket_peers(table: &str) -> Vec<IpAddr> {
         })
         .filter(|addr| match addr {
             IpAddr::V4(a) => !a.is_loopback() && !a.is_unspecified(),
-            IpAddr::V6(a) => {
-                !a.is_loopback() && !a.is_unspecified() && (a.segments()[0] & 0xffc0) != 0xfe80
-            }
+            IpAddr::V6(a) => !a.is_loopback() && !a.is_unspecified() && !is_link_local(*a),
         })
         .collect()
 }

@@ -145,19 +145,21 @@ pub fn iface_slots(topo: &Topology) -> u32 {
     topo.host_ends().count() as u32 + 1
 }
 
-/// An IPv6 subnet as the datapath compares it: words as they sit in the
-/// header.
+/// 16 network-order bytes as the datapath reads them from a header: four
+/// words, each as it sits in memory.
+fn header_words(bytes: [u8; 16]) -> [u32; 4] {
+    let mut out = [0; 4];
+    for (word, chunk) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+        *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    out
+}
+
+/// An IPv6 subnet as the datapath compares it.
 fn net6(net: Ipv6Net) -> Net6 {
-    let words = |bytes: [u8; 16]| -> [u32; 4] {
-        let mut out = [0; 4];
-        for (word, chunk) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-            *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        }
-        out
-    };
     Net6 {
-        net: words(net.network().addr.octets()),
-        mask: words(net.mask().to_be_bytes()),
+        net: header_words(net.network().addr.octets()),
+        mask: header_words(net.mask().to_be_bytes()),
     }
 }
 
@@ -805,15 +807,11 @@ mod tests {
 
     /// An IPv6 address as the datapath reads it from a header.
     fn v6(text: &str) -> [u32; 4] {
-        let octets = text
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED)
-            .octets();
-        let mut words = [0; 4];
-        for (word, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
-            *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        }
-        words
+        header_words(
+            text.parse::<std::net::Ipv6Addr>()
+                .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED)
+                .octets(),
+        )
     }
 
     #[test]

@@ -187,10 +187,20 @@ fn save(variant: Variant) -> Result<Vec<SavedTable>> {
 }
 
 fn restore(variant: Variant, text: &str) -> Result<()> {
-    log::debug!("iptables-{variant}-restore --noflush:\n{text}");
+    restore_with(variant, Tool::Restore, text)
+}
+
+fn restore6(variant: Variant, text: &str) -> Result<()> {
+    restore_with(variant, Tool::Restore6, text)
+}
+
+/// Feeds `text` to `tool` (iptables' or ip6tables' restore), leaving what
+/// it does not name alone.
+fn restore_with(variant: Variant, tool: Tool, text: &str) -> Result<()> {
+    log::debug!("{}-{variant}-restore --noflush:\n{text}", tool.family());
     run(
         variant,
-        Tool::Restore,
+        tool,
         &["--noflush", "-w", LOCK_WAIT_SECONDS],
         Some(text),
     )
@@ -230,17 +240,6 @@ pub fn install(lab: &str, topo: &Topology, in_force: &InForce<'_>, variant: Vari
 
 fn save6(variant: Variant) -> Result<Vec<SavedTable>> {
     Ok(plan::parse_save(&run(variant, Tool::Save6, &[], None)?))
-}
-
-fn restore6(variant: Variant, text: &str) -> Result<()> {
-    log::debug!("ip6tables-{variant}-restore --noflush:\n{text}");
-    run(
-        variant,
-        Tool::Restore6,
-        &["--noflush", "-w", LOCK_WAIT_SECONDS],
-        Some(text),
-    )
-    .map(drop)
 }
 
 /// Replaces the DNAT rules so they are exactly `published` (with the hairpin

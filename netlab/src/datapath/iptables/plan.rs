@@ -2,11 +2,7 @@
 //! set there, and the `iptables-restore` input that applies them. No
 //! process runs here; [`super::exec`] feeds the result to iptables.
 
-use std::{
-    collections::BTreeSet,
-    fmt,
-    net::{Ipv4Addr, Ipv6Addr},
-};
+use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
 
 use anyhow::{Result, bail};
 
@@ -77,9 +73,13 @@ struct Published<A = Ipv4Addr> {
     port: u16,
 }
 
-/// The ports that make rules; a port `ruleset` cannot resolve is left out
-/// (`install` and `sync_published` refuse it first, see [`check_published`]).
-fn resolve(topo: &Topology, published: &[PublishedPort]) -> Vec<Published> {
+/// The ports that make rules, each once, to the backend address `backend`
+/// finds; a port it finds none for is left out (for IPv4, `install` and
+/// `sync_published` refuse it first, see [`check_published`]).
+fn resolve<A>(
+    published: &[PublishedPort],
+    backend: impl Fn(&PublishedPort) -> Option<A>,
+) -> Vec<Published<A>> {
     let mut seen = BTreeSet::new();
     published
         .iter()
@@ -87,7 +87,7 @@ fn resolve(topo: &Topology, published: &[PublishedPort]) -> Vec<Published> {
             Some(Published {
                 proto: r.proto,
                 host_port: r.host_port,
-                backend: r.backend(topo)?,
+                backend: backend(r)?,
                 port: r.port,
             })
         })
@@ -124,7 +124,7 @@ fn push_unique<T: PartialEq>(list: &mut Vec<T>, item: T) {
 
 pub(super) fn plan(lab: &str, topo: &Topology, in_force: &InForce<'_>) -> [TablePlan; 2] {
     let names = chains(lab);
-    let published = resolve(topo, in_force.published);
+    let published = resolve(in_force.published, |r| r.backend(topo));
     let services = in_force.services;
     let ifaces = host_ifaces(topo);
     let uplink = topo.nat.uplink.as_deref();
@@ -532,7 +532,14 @@ pub(super) fn plan6(lab: &str, topo: &Topology, published: &[PublishedPort]) -> 
     let uplink = topo.nat.uplink.as_deref();
     let subnets = topo.internal_subnets6();
     let masqueraded = &topo.nat.masquerade6;
-    let published = resolve6(topo, published);
+    // Over IPv6 to a namespace's address in a subnet the lab masquerades;
+    // a port published to an explicit IPv4 address stays IPv4's.
+    let published = resolve(published, |r| {
+        r.addr
+            .is_none()
+            .then(|| topo.backend_addr6(&r.namespace))
+            .flatten()
+    });
     let rule = |spec: String| Rule::new(fwd6, spec);
 
     let mut fwd = vec![
@@ -631,39 +638,11 @@ pub(super) fn plan6(lab: &str, topo: &Topology, published: &[PublishedPort]) -> 
     ]
 }
 
-/// The published ports that reach a namespace over IPv6: those whose
-/// namespace has an address in a subnet the lab masquerades (a port
-/// published to an explicit IPv4 address stays IPv4's).
-fn resolve6(topo: &Topology, published: &[PublishedPort]) -> Vec<Published<Ipv6Addr>> {
-    let mut seen = BTreeSet::new();
-    published
-        .iter()
-        .filter(|r| r.addr.is_none())
-        .filter_map(|r| {
-            Some(Published {
-                proto: r.proto,
-                host_port: r.host_port,
-                backend: topo.backend_addr6(&r.namespace)?,
-                port: r.port,
-            })
-        })
-        .filter(|p| seen.insert((p.proto, p.host_port)))
-        .collect()
-}
-
 /// The `ip6tables-restore --noflush` input for a host without the lab's
 /// jumps, as [`ruleset`] for iptables (the tests read it).
 #[cfg(test)]
 fn ruleset6(lab: &str, topo: &Topology, published: &[PublishedPort]) -> String {
-    let plans = plan6(lab, topo, published);
-    let edits: Vec<JumpEdits<'_>> = plans
-        .iter()
-        .map(|p| JumpEdits {
-            delete: Vec::new(),
-            insert: p.jumps.iter().collect(),
-        })
-        .collect();
-    render(&plans, &edits)
+    render_fresh(&plan6(lab, topo, published))
 }
 
 /// Jump changes for one table: rules to delete (as saved) and to insert.
@@ -716,7 +695,11 @@ pub fn ruleset(lab: &str, topo: &Topology, published: &[PublishedPort]) -> Strin
         published,
         services: &topo.services,
     };
-    let plans = plan(lab, topo, &in_force);
+    render_fresh(&plan(lab, topo, &in_force))
+}
+
+/// `plans` rendered for a host without the lab's jumps: every jump inserted.
+fn render_fresh(plans: &[TablePlan]) -> String {
     let edits: Vec<JumpEdits<'_>> = plans
         .iter()
         .map(|p| JumpEdits {
@@ -724,7 +707,7 @@ pub fn ruleset(lab: &str, topo: &Topology, published: &[PublishedPort]) -> Strin
             insert: p.jumps.iter().collect(),
         })
         .collect();
-    render(&plans, &edits)
+    render(plans, &edits)
 }
 
 /// One table of `iptables-save` output.
