@@ -537,22 +537,13 @@ impl Reader<'_> {
         });
 
         let via = raw.default_via.as_ref().and_then(|text| {
-            let at = self.at(text);
-            match text.get_ref().parse::<Ipv4Addr>() {
-                Ok(via) => Some((via, at)),
-                Err(_) => {
-                    self.problem(
-                        ProblemKind::Route,
-                        &at,
-                        format_args!(
-                            "namespace_group default_via `{}` is not an IPv4 address like 10.200.0.1",
-                            text.get_ref()
-                        ),
-                    );
-                    ok = false;
-                    None
-                }
-            }
+            let via = self.group_gateway::<Ipv4Addr>(
+                text,
+                "default_via",
+                "an IPv4 address like 10.200.0.1",
+            );
+            ok &= via.is_some();
+            via
         });
 
         let first_addr6 = raw.address6.as_ref().and_then(|text| {
@@ -588,22 +579,13 @@ impl Reader<'_> {
         });
 
         let via6 = raw.default_via6.as_ref().and_then(|text| {
-            let at = self.at(text);
-            match text.get_ref().parse::<Ipv6Addr>() {
-                Ok(via) => Some((via, at)),
-                Err(_) => {
-                    self.problem(
-                        ProblemKind::Route,
-                        &at,
-                        format_args!(
-                            "namespace_group default_via6 `{}` is not an IPv6 address like fd00:200::1",
-                            text.get_ref()
-                        ),
-                    );
-                    ok = false;
-                    None
-                }
-            }
+            let via = self.group_gateway::<Ipv6Addr>(
+                text,
+                "default_via6",
+                "an IPv6 address like fd00:200::1",
+            );
+            ok &= via.is_some();
+            via
         });
 
         let mut publish = Vec::new();
@@ -742,6 +724,28 @@ impl Reader<'_> {
                     to: at.clone(),
                     via: at.clone(),
                 });
+            }
+        }
+    }
+
+    /// A group's gateway (`key`), an address of one family (`like` says
+    /// which, with an example), or a problem.
+    fn group_gateway<A: std::str::FromStr>(
+        &mut self,
+        text: &Spanned<String>,
+        key: &str,
+        like: &str,
+    ) -> Option<(A, Pos)> {
+        let at = self.at(text);
+        match text.get_ref().parse::<A>() {
+            Ok(via) => Some((via, at)),
+            Err(_) => {
+                self.problem(
+                    ProblemKind::Route,
+                    &at,
+                    format_args!("namespace_group {key} `{}` is not {like}", text.get_ref()),
+                );
+                None
             }
         }
     }
@@ -1301,34 +1305,31 @@ enum Routed {
 /// `ADDR/N` with an IPv6 address and N in 0..=128 (prefix 0 is refused
 /// later, by the rules).
 fn parse_cidr6(text: &str) -> Result<Ipv6Net, String> {
-    let Some((addr, prefix)) = text.split_once('/') else {
-        return Err("the /prefix is missing".to_owned());
-    };
-    let addr: Ipv6Addr = addr
-        .parse()
-        .map_err(|_| format!("`{addr}` is not an IPv6 address"))?;
-    let prefix_len = Some(prefix)
-        .filter(|p| is_number(p))
-        .and_then(|p| p.parse::<u8>().ok())
-        .filter(|&n| n <= 128)
-        .ok_or_else(|| format!("`/{prefix}` is not a prefix length 0..=128"))?;
+    let (addr, prefix_len) = split_cidr(text, "IPv6", 128)?;
     Ok(Ipv6Net { addr, prefix_len })
 }
 
 /// `A.B.C.D/N` with N in 0..=32 (prefix 0 is refused later, by the rules).
 fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
+    let (addr, prefix_len) = split_cidr(text, "IPv4", 32)?;
+    Ok(Ipv4Net { addr, prefix_len })
+}
+
+/// `ADDR/N`: an address of one family (`family` names it in errors) and N
+/// in 0..=`max`.
+fn split_cidr<A: std::str::FromStr>(text: &str, family: &str, max: u8) -> Result<(A, u8), String> {
     let Some((addr, prefix)) = text.split_once('/') else {
         return Err("the /prefix is missing".to_owned());
     };
-    let addr: Ipv4Addr = addr
+    let addr = addr
         .parse()
-        .map_err(|_| format!("`{addr}` is not an IPv4 address"))?;
+        .map_err(|_| format!("`{addr}` is not an {family} address"))?;
     let prefix_len = Some(prefix)
         .filter(|p| is_number(p))
         .and_then(|p| p.parse::<u8>().ok())
-        .filter(|&n| n <= 32)
-        .ok_or_else(|| format!("`/{prefix}` is not a prefix length 0..=32"))?;
-    Ok(Ipv4Net { addr, prefix_len })
+        .filter(|&n| n <= max)
+        .ok_or_else(|| format!("`/{prefix}` is not a prefix length 0..={max}"))?;
+    Ok((addr, prefix_len))
 }
 
 /// `HOST:PORT[/tcp|/udp]`; a port of 0 is refused later, by the rules.

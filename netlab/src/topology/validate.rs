@@ -19,7 +19,7 @@ use super::{
         Topology, Vxlan, is_link_local,
     },
     problem::{CONNTRACK_MAX, CONNTRACK_MIN, Problem, ProblemKind as K, conntrack_size_text, sort},
-    spans::Spans,
+    spans::{RouteSpans, Spans},
 };
 
 /// Linux's IFNAMSIZ (16) minus the terminating NUL.
@@ -845,121 +845,106 @@ fn addresses6(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
 
 /// The IPv6 routes, by the IPv4 rules.
 fn routes6(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
-    let mut seen: HashMap<(&Place, Ipv6Net), &Pos> = HashMap::new();
-    for (route, spans) in lab.topo.routes6.iter().zip(&lab.spans.routes6) {
-        let to = if route.to == Ipv6Net::DEFAULT {
-            "default".to_owned()
-        } else {
-            route.to.to_string()
-        };
-        if !lab.has_place(&route.place) {
-            problems.push(Problem::new(
-                K::UnknownNamespace,
-                &spans.netns,
-                format_args!(
-                    "route to {to} is in namespace `{}`, which no [[namespace]] declares",
-                    route.place
-                ),
-            ));
-        }
-        if route.to != route.to.network() {
-            problems.push(Problem::new(
-                K::Route,
-                &spans.to,
-                format_args!(
-                    "route destination {} has interface bits set; write {}",
-                    route.to,
-                    route.to.network()
-                ),
-            ));
-        }
-        let on_link = lab.addresses6.iter().any(|a| {
-            lab.nodes[a.node].place == &route.place
-                && a.net.prefix_len > 0
-                && a.net.contains(route.via)
-        });
-        if !on_link {
-            problems.push(Problem::new(
-                K::Gateway,
-                &spans.via,
-                format_args!(
-                    "gateway {} of the route to {to} is not in any IPv6 subnet of {}; a gateway must be on a subnet of an interface there",
-                    route.via,
-                    Where(&route.place)
-                ),
-            ));
-        }
-        let key = (&route.place, route.to.network());
-        if let Some(first) = seen.get(&key) {
-            problems.push(Problem::new(
-                K::DuplicateRoute,
-                &route.at,
-                format_args!(
-                    "route to {to} in {} is declared twice; the first is at {first}",
-                    Where(&route.place)
-                ),
-            ));
-        } else {
-            seen.insert(key, &route.at);
-        }
-    }
+    let on_link = |place: &Place, via: Ipv6Addr| {
+        lab.addresses6.iter().any(|a| {
+            lab.nodes[a.node].place == place && a.net.prefix_len > 0 && a.net.contains(via)
+        })
+    };
+    let routes = lab
+        .topo
+        .routes6
+        .iter()
+        .map(|r| (&r.place, r.to, r.via, &r.at));
+    route_rules(
+        lab,
+        routes.zip(&lab.spans.routes6),
+        ("interface", "IPv6 subnet"),
+        on_link,
+        problems,
+    );
 }
 
 fn routes(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
-    let mut seen: HashMap<(&Place, Ipv4Net), &Pos> = HashMap::new();
-    for (route, spans) in lab.topo.routes.iter().zip(&lab.spans.routes) {
-        let to = if route.to == Ipv4Net::DEFAULT {
+    let on_link = |place: &Place, via: Ipv4Addr| {
+        lab.addresses
+            .iter()
+            .any(|a| lab.node(a).place == place && a.net.prefix_len > 0 && a.net.contains(via))
+    };
+    let routes = lab
+        .topo
+        .routes
+        .iter()
+        .map(|r| (&r.place, r.to, r.via, &r.at));
+    route_rules(
+        lab,
+        routes.zip(&lab.spans.routes),
+        ("host", "subnet"),
+        on_link,
+        problems,
+    );
+}
+
+/// The rules of `[[route]]`s of one family, each `(place, to, via, at)`
+/// with its spans: a declared namespace, no host bits in the destination
+/// (`words.0` names them), a gateway on a subnet of the place (`on_link`;
+/// `words.1` names such a subnet), and no route declared twice.
+fn route_rules<'a, N: Subnet, A: fmt::Display>(
+    lab: &Lab<'a>,
+    routes: impl Iterator<Item = ((&'a Place, N, A, &'a Pos), &'a RouteSpans)>,
+    words: (&str, &str),
+    on_link: impl Fn(&Place, A) -> bool,
+    problems: &mut Vec<Problem>,
+) {
+    let (bits, subnet) = words;
+    let mut seen: HashMap<(&Place, N), &Pos> = HashMap::new();
+    for ((place, to, via, at), spans) in routes {
+        let shown = if to.prefix_len() == 0 && to == to.network() {
             "default".to_owned()
         } else {
-            route.to.to_string()
+            to.to_string()
         };
-        if !lab.has_place(&route.place) {
+        if !lab.has_place(place) {
             problems.push(Problem::new(
                 K::UnknownNamespace,
                 &spans.netns,
                 format_args!(
-                    "route to {to} is in namespace `{}`, which no [[namespace]] declares",
-                    route.place
+                    "route to {shown} is in namespace `{place}`, which no [[namespace]] declares"
                 ),
             ));
         }
-        if route.to != route.to.network() {
+        if to != to.network() {
             problems.push(Problem::new(
                 K::Route,
                 &spans.to,
                 format_args!(
-                    "route destination {} has host bits set; write {}",
-                    route.to,
-                    route.to.network()
+                    "route destination {to} has {bits} bits set; write {}",
+                    to.network()
                 ),
             ));
         }
-        let on_link = lab.addresses.iter().any(|a| {
-            lab.node(a).place == &route.place && a.net.prefix_len > 0 && a.net.contains(route.via)
-        });
-        if !on_link {
+        let gateway = via.to_string();
+        if !on_link(place, via) {
             problems.push(Problem::new(
                 K::Gateway,
                 &spans.via,
                 format_args!(
-                    "gateway {} of the route to {to} is not in any subnet of {}; a gateway must be on a subnet of an interface there",
-                    route.via,
-                    Where(&route.place)
+                    "gateway {gateway} of the route to {shown} is not in any {subnet} of {}; a gateway must be on a subnet of an interface there",
+                    Where(place)
                 ),
             ));
         }
-        let key = (&route.place, route.to.network());
+        let key = (place, to.network());
         if let Some(first) = seen.get(&key) {
             problems.push(Problem::new(
                 K::DuplicateRoute,
-                &route.at,
+                at,
                 format_args!(
-                    "route to {to} in {} is declared twice; the first is at {first}",
-                    Where(&route.place)
+                    "route to {shown} in {} is declared twice; the first is at {first}",
+                    Where(place)
                 ),
             ));
         } else {
-            seen.insert(key, &route.at);
+            seen.insert(key, at);
         }
     }
 }
@@ -1066,6 +1051,7 @@ fn nat(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
         }
     }
     let uplink6 = lab.topo.uplink_addr6();
+    let internal6 = lab.topo.internal_subnets6();
     for (net, at) in nat.masquerade6.iter().zip(&spans.masquerade6) {
         let mut problem = |text: String| problems.push(Problem::new(K::NatSetting, at, text));
         if *net != net.network() {
@@ -1083,7 +1069,7 @@ fn nat(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
             )),
             Some(_) => {}
         }
-        if !lab.topo.internal_subnets6().contains(&net.network()) {
+        if !internal6.contains(&net.network()) {
             problem(format!(
                 "nat.masquerade entry {net} is no IPv6 subnet of the lab's (the world's side of the uplink aside)"
             ));
