@@ -368,17 +368,10 @@ struct Node<'t> {
     segment: usize,
 }
 
-/// One address with its interface.
-struct Addressed<'t> {
+/// One address (of the family of `N`) with its interface.
+struct Addressed<'t, N = Ipv4Net> {
     node: usize,
-    net: Ipv4Net,
-    at: &'t Pos,
-}
-
-/// One IPv6 address with its interface.
-struct Addressed6<'t> {
-    node: usize,
-    net: Ipv6Net,
+    net: N,
     at: &'t Pos,
 }
 
@@ -389,7 +382,7 @@ struct Lab<'t> {
     /// Bridges first, then veth ends in [`Topology::veth_ends`] order.
     nodes: Vec<Node<'t>>,
     addresses: Vec<Addressed<'t>>,
-    addresses6: Vec<Addressed6<'t>>,
+    addresses6: Vec<Addressed<'t, Ipv6Net>>,
     namespaces: HashSet<&'t str>,
     bridges: HashSet<&'t str>,
     /// Segments with an end whose `bridge` could not be followed (already a
@@ -445,34 +438,25 @@ impl<'t> Lab<'t> {
         }
         let broken = dangling.into_iter().map(|i| segments.find(i)).collect();
 
-        let addresses = topo
+        // Nodes in the order above: bridges, then veth ends.
+        let (mut addresses, mut addresses6) = (Vec::new(), Vec::new());
+        let lists = topo
             .bridges
             .iter()
-            .map(|b| &b.addresses)
-            .chain(topo.veth_ends().map(|e| &e.addresses))
-            .enumerate()
-            .flat_map(|(node, list)| {
-                list.iter().map(move |a| Addressed {
-                    node,
-                    net: a.net,
-                    at: &a.at,
-                })
-            })
-            .collect();
-        let addresses6 = topo
-            .bridges
-            .iter()
-            .map(|b| &b.addresses6)
-            .chain(topo.veth_ends().map(|e| &e.addresses6))
-            .enumerate()
-            .flat_map(|(node, list)| {
-                list.iter().map(move |a| Addressed6 {
-                    node,
-                    net: a.net,
-                    at: &a.at,
-                })
-            })
-            .collect();
+            .map(|b| (&b.addresses, &b.addresses6))
+            .chain(topo.veth_ends().map(|e| (&e.addresses, &e.addresses6)));
+        for (node, (v4, v6)) in lists.enumerate() {
+            addresses.extend(v4.iter().map(|a| Addressed {
+                node,
+                net: a.net,
+                at: &a.at,
+            }));
+            addresses6.extend(v6.iter().map(|a| Addressed {
+                node,
+                net: a.net,
+                at: &a.at,
+            }));
+        }
 
         Lab {
             topo,
@@ -486,7 +470,7 @@ impl<'t> Lab<'t> {
         }
     }
 
-    fn node(&self, address: &Addressed<'t>) -> &Node<'t> {
+    fn node<N>(&self, address: &Addressed<'t, N>) -> &Node<'t> {
         &self.nodes[address.node]
     }
 
@@ -774,9 +758,9 @@ fn addresses6(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
             ),
         ));
     }
-    let mut seen: HashMap<Ipv6Addr, &Addressed6<'_>> = HashMap::new();
+    let mut seen: HashMap<Ipv6Addr, &Addressed<'_, Ipv6Net>> = HashMap::new();
     for (i, a) in lab.addresses6.iter().enumerate() {
-        let (net, owner) = (a.net, &lab.nodes[a.node]);
+        let (net, owner) = (a.net, lab.node(a));
         let why = if net.prefix_len == 0 {
             Some("has prefix /0; a lab subnet needs a prefix of 1 to 128".to_owned())
         } else if is_link_local(net.addr) {
@@ -810,14 +794,17 @@ fn addresses6(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
                 a.at,
                 format_args!(
                     "address {} of `{}` is already on `{}` at {}",
-                    net.addr, owner.name, lab.nodes[first.node].name, first.at
+                    net.addr,
+                    owner.name,
+                    lab.node(first).name,
+                    first.at
                 ),
             ));
         } else {
             seen.insert(net.addr, a);
         }
         let clash = lab.addresses6[..i].iter().find(|b| {
-            let other = lab.nodes[b.node].segment;
+            let other = lab.node(b).segment;
             b.net.addr != net.addr
                 && other != owner.segment
                 && !lab.broken.contains(&other)
@@ -835,7 +822,7 @@ fn addresses6(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
                     net.network(),
                     owner.name,
                     b.net.network(),
-                    lab.nodes[b.node].name,
+                    lab.node(b).name,
                     b.at
                 ),
             ));
@@ -846,9 +833,9 @@ fn addresses6(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
 /// The IPv6 routes, by the IPv4 rules.
 fn routes6(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
     let on_link = |place: &Place, via: Ipv6Addr| {
-        lab.addresses6.iter().any(|a| {
-            lab.nodes[a.node].place == place && a.net.prefix_len > 0 && a.net.contains(via)
-        })
+        lab.addresses6
+            .iter()
+            .any(|a| lab.node(a).place == place && a.net.prefix_len > 0 && a.net.contains(via))
     };
     let routes = lab
         .topo
