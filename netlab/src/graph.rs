@@ -97,12 +97,19 @@ impl<'a> Picture<'a> {
             Place::Netns(name) => format!("netns {name}"),
             Place::Path(path) => format!("netns {}", path.display()),
         }];
-        for route in self.topo.routes.iter().filter(|r| &r.place == place) {
-            let to = if route.to.prefix_len == 0 {
+        let shown = |to: String, prefix_len: u8| {
+            if prefix_len == 0 {
                 "default".to_owned()
             } else {
-                route.to.to_string()
-            };
+                to
+            }
+        };
+        for route in self.topo.routes.iter().filter(|r| &r.place == place) {
+            let to = shown(route.to.to_string(), route.to.prefix_len);
+            lines.push(format!("route {to} via {}", route.via));
+        }
+        for route in self.topo.routes6.iter().filter(|r| &r.place == place) {
+            let to = shown(route.to.to_string(), route.to.prefix_len);
             lines.push(format!("route {to} via {}", route.via));
         }
         lines
@@ -518,6 +525,24 @@ mod tests {
             "{dot}"
         );
         assert!(!dot.contains("pkts"), "no counters without a live lab");
+    }
+
+    #[test]
+    fn dot_shows_ipv6_beside_ipv4() {
+        let topo = topology::parse(topology::DEFAULT_LAB_DUAL_STACK, "dual.toml").unwrap();
+        let dot = Picture::of_topology(&topo).render(Format::Dot);
+        for text in [
+            "192.168.15.5/24",
+            "fd00:15::5/64",
+            "fd00:15::1/64",
+            "2001:2::1/64",
+            "masquerade 192.168.15.0/24",
+            "masquerade fd00:15::/64",
+            "route default via 192.168.15.5",
+            "route default via fd00:15::5",
+        ] {
+            assert!(dot.contains(text), "{text} missing:\n{dot}");
+        }
     }
 
     #[test]
