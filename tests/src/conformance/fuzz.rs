@@ -169,11 +169,11 @@ fn batch_of(place: &str) -> Option<usize> {
         .ok()
 }
 
-/// The one class in `classes`, if they agree.
 /// A probe's flow: its source and destination ports, class and source
 /// address.
 type Flow = (u16, u16, &'static str, Ipv4Addr);
 
+/// The one class in `classes`, if they agree.
 fn only<'a>(mut classes: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let first = classes.next()?;
     classes.all(|c| c == first).then_some(first)
