@@ -768,9 +768,14 @@ pub enum Stat {
     /// A new flow to a Service address and port no Service has, or to a
     /// Service without backends: dropped (kube-proxy rejects the latter).
     ServiceNoBackend,
+    /// New flows to a published port or Service whose client tuple toward
+    /// the backend another flow held (one client port that reached another
+    /// published port of the same backend): given another source port, as
+    /// netfilter's implicit source NAT does.
+    DnatPortRemapped,
 }
 
-pub const STAT_COUNT: u32 = 39;
+pub const STAT_COUNT: u32 = 40;
 
 // A reason's index in `Stat::ALL` is its value: global BPF functions return
 // a reason as `reason as u32`, and their callers look it up there.
@@ -823,6 +828,7 @@ impl Stat {
         Stat::Ipv6Closed,
         Stat::ServiceNew,
         Stat::ServiceNoBackend,
+        Stat::DnatPortRemapped,
     ];
 
     pub fn name(self) -> &'static str {
@@ -866,6 +872,7 @@ impl Stat {
             Stat::Ipv6Closed => "ipv6_closed",
             Stat::ServiceNew => "service_new",
             Stat::ServiceNoBackend => "service_no_backend",
+            Stat::DnatPortRemapped => "dnat_port_remapped",
         }
     }
 

@@ -185,21 +185,36 @@ fn new_ingress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdi
         nat: NAT_DNAT,
         ..Rewrite::identity(key)
     };
-    if key.saddr == backend.addr {
-        // A namespace reaching its own published port: the backend would see
-        // its own address as the source and drop the packet as a martian, so
-        // the source becomes the segment's gateway (Docker's hairpin NAT).
+    // A namespace reaching its own published port: the backend would see
+    // its own address as the source and drop the packet as a martian, so
+    // the source becomes the segment's gateway (Docker's hairpin NAT).
+    let hairpin = key.saddr == backend.addr;
+    if hairpin {
         if iface.gateway == 0 {
             return Verdict::PASS;
         }
         out.saddr = iface.gateway;
-        if let Err(reason) = allocate_port(lab, key, &mut out) {
-            return Verdict::drop(reason);
-        }
         out.nat |= NAT_SNAT | NAT_REFLECT;
-        return create(ctx, lab, pkt, out, Opening::HAIRPIN, keeps);
+    }
+    // Replies find their way back by the reply key. DNAT keeps the
+    // client's tuple, which another flow may hold already: one client port
+    // that reached another published port or Service of the same backend.
+    // netfilter's implicit source NAT gives the new flow another source
+    // port then, and so does this.
+    let clash = !hairpin && !conntrack::key_free(&out.reply_key(key.proto));
+    if clash {
+        out.nat |= NAT_SNAT;
+    }
+    if (hairpin || clash)
+        && let Err(reason) = allocate_port(lab, key, &mut out)
+    {
+        return Verdict::drop(reason);
+    }
+    if clash {
+        stats::count(Stat::DnatPortRemapped);
     }
     let how = match keeps {
+        _ if hairpin => Opening::HAIRPIN,
         Keeps::Backend(_) => Opening::SERVICE,
         _ => Opening::DNAT,
     };
@@ -420,7 +435,8 @@ enum Keeps {
     Backend(u16),
 }
 
-/// Opens a flow: both conntrack halves, then the rewrite.
+/// Opens a flow: both conntrack halves, then the rewrite. Its reply key is
+/// free: every caller made sure (the port search, or a lookup).
 #[inline(always)]
 fn create(
     ctx: &TcContext,
@@ -431,14 +447,6 @@ fn create(
     keeps: Keeps,
 ) -> Verdict {
     let key = &pkt.key;
-    // Replies find their way back by the reply key: it must be free (the
-    // port search and the host's flows asked already; DNAT keeps the
-    // client's tuple, which another flow may hold).
-    if matches!(how.counter, Stat::DnatNew | Stat::ServiceNew)
-        && !conntrack::key_free(&out.reply_key(key.proto))
-    {
-        return Verdict::drop(Stat::CtInsertFailed);
-    }
     let (published, service, epoch) = match keeps {
         Keeps::Nothing => (0, 0, 0),
         Keeps::Port => (key.dport, 0, lab::publish_epoch(key.proto, key.dport)),

@@ -71,6 +71,22 @@ const INTENDED: &[Intended] = &[
         reason: "as for `bridge`: socket-level translation picks the source on the lab's segment",
     },
     Intended {
+        case: "one_client_port_to_two_published_ports",
+        datapath: "bridge",
+        place: "step `from 21030 to 8081` @ blue",
+        only_field: Some("198.18.0.2:"),
+        reason: "the second flow's new source port: netfilter's implicit source NAT picks it \
+                 by a keyed hash from 1024-65535, netlab searches its masquerade range \
+                 (32768-60999), as for every port it allocates",
+    },
+    Intended {
+        case: "one_client_port_to_two_published_ports",
+        datapath: "redirect",
+        place: "step `from 21030 to 8081` @ blue",
+        only_field: Some("198.18.0.2:"),
+        reason: "as for `bridge`: the remapped port comes from another range",
+    },
+    Intended {
         case: "broadcast_and_multicast",
         datapath: "iptables",
         place: "@ red",
@@ -429,6 +445,41 @@ fn publish_rm_then_port_reuse(datapath: &str) -> Result<Record> {
     lab.require(
         reached_blue.is_empty(),
         format!("after `publish rm 8080/tcp`, the reused client port still reached blue: {reached_blue:?}"),
+    );
+    Ok(lab.record)
+}
+
+/// One client port reaching two published ports of one backend (blue:80
+/// as 8080 and 8081), one connection after the other: the backend would
+/// see the same tuple for both flows, so netfilter's implicit source NAT
+/// gives the second another source port. (A Service's NodePorts met it by
+/// chance: a client's kernel may reuse a port toward another port.)
+fn one_client_port_to_two_published_ports(datapath: &str) -> Result<Record> {
+    let mut lab = ConfLab::up(datapath)?;
+    let blue = lab.server("blue", scripts::TCP_SERVER, &["80"])?;
+    lab.sb
+        .netlab_ok(&["publish", "add", "blue", "8081:80/tcp"])?;
+    for port in ["8080", "8081"] {
+        let out = lab.py(
+            Some("outside"),
+            scripts::TCP_ONCE,
+            &[UPLINK, port, &format!("to-{port}"), "0.0.0.0", "21030"],
+        )?;
+        lab.note(&format!("from 21030 to {port}"), stdout(&out));
+        lab.observe(&format!("from 21030 to {port}"))?;
+    }
+    let ports: Vec<String> = ConfLab::lines_of(&blue, "from ")
+        .iter()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(1)?
+                .rsplit_once(':')
+                .map(|(_, p)| p.to_owned())
+        })
+        .collect();
+    lab.note(
+        "blue saw the first from 21030, the second from another port",
+        (ports.len() == 2 && ports[0] == "21030" && ports[1] != "21030").to_string(),
     );
     Ok(lab.record)
 }
@@ -1476,6 +1527,7 @@ mod case {
         host_socket_on_a_masquerade_port: Reference::Iptables,
         host_connection_from_published_port: Reference::Iptables,
         publish_rm_then_port_reuse: Reference::Iptables,
+        one_client_port_to_two_published_ports: Reference::Iptables,
         spoofed_lab_source_from_outside: Reference::Absolute,
         bridge_as_uplink: Reference::Iptables,
         broadcast_and_multicast: Reference::Bridge,
