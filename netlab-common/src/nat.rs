@@ -44,6 +44,7 @@ impl FlowKey {
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// The name of an IP protocol number the datapath reports (conntrack
 /// entries, trace events); `None` for one it does not know by name.
@@ -52,6 +53,7 @@ pub const fn ip_proto_name(proto: u8) -> Option<&'static str> {
         IPPROTO_TCP => Some("tcp"),
         IPPROTO_UDP => Some("udp"),
         IPPROTO_ICMP => Some("icmp"),
+        IPPROTO_ICMPV6 => Some("icmp6"),
         _ => None,
     }
 }

@@ -18,13 +18,16 @@
 //! [`JOURNEY_IDLE_NS`] without a hop, which covers frees the tracepoints do
 //! not see.
 
+use crate::nat::{IPPROTO_ICMP, IPPROTO_ICMPV6};
+
 /// Bytes of packet data an event can carry (`--snaplen` is capped to it).
 pub const SNAP_MAX: usize = 256;
 
 /// Default ring buffer size (bytes, a power of two multiple of the page
-/// size): about 190,000 header-only records, so a reader that loses its CPU
-/// for 100 ms under a flood of ~1.5 M events/s loses nothing (4 MiB lost a
-/// third of such a flood on a busy 2-CPU machine).
+/// size): about 120,000 header-only records (136 bytes each in the ring),
+/// so a reader that loses its CPU for 80 ms under a flood of ~1.5 M
+/// events/s loses nothing (4 MiB lost a third of such a flood on a busy
+/// 2-CPU machine, with records of 88 bytes).
 pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 
 /// A journey whose skb was not seen for this long is over: the address now
@@ -144,19 +147,32 @@ pub const TUPLE_NONE: u8 = 0;
 pub const TUPLE_IPV4: u8 = 1;
 /// IPv4 of another protocol, or a fragment: addresses only.
 pub const TUPLE_IPV4_OTHER: u8 = 2;
-/// Not IPv4 (ARP, IPv6...): [`Tuple::saddr`] holds the ethertype.
-pub const TUPLE_NOT_IPV4: u8 = 3;
+/// Neither IPv4 nor IPv6 (ARP, ...): the ethertype is in the first word
+/// of [`Tuple::saddr`].
+pub const TUPLE_NOT_IP: u8 = 3;
 /// Too short or inconsistent to read.
 pub const TUPLE_MALFORMED: u8 = 4;
+/// IPv6 with TCP/UDP ports or an ICMPv6 type (found past the extension
+/// headers).
+pub const TUPLE_IPV6: u8 = 5;
+/// IPv6 of another protocol, a fragment after the first, or a chain of
+/// extension headers longer than the tracer walks: addresses, and the
+/// last next-header value it read as [`Tuple::proto`].
+pub const TUPLE_IPV6_OTHER: u8 = 6;
+
+/// ICMPv6's echo types, which the tracer tells apart as ICMP's.
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// A packet's addresses as seen at one point. Network byte order, as on
-/// the wire; ICMP echo keeps its identifier in `sport` (request) or `dport`
-/// (reply), as conntrack does.
+/// the wire; an IPv4 address fills the first word of its array (the rest
+/// is zero), an IPv6 address all four. ICMP and ICMPv6 echo keep their
+/// identifier in `sport` (request) or `dport` (reply), as conntrack does.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tuple {
-    pub saddr: u32,
-    pub daddr: u32,
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -164,6 +180,58 @@ pub struct Tuple {
     pub icmp_type: u8,
     /// `TUPLE_*`.
     pub kind: u8,
+}
+
+impl Tuple {
+    #[inline(always)]
+    pub fn is_ipv4(&self) -> bool {
+        self.kind == TUPLE_IPV4 || self.kind == TUPLE_IPV4_OTHER
+    }
+
+    #[inline(always)]
+    pub fn is_ipv6(&self) -> bool {
+        self.kind == TUPLE_IPV6 || self.kind == TUPLE_IPV6_OTHER
+    }
+
+    /// Whether the L4 header was read: ports, TCP flags, the ICMP type.
+    #[inline(always)]
+    pub fn has_l4(&self) -> bool {
+        self.kind == TUPLE_IPV4 || self.kind == TUPLE_IPV6
+    }
+
+    /// Whether the packet is an ICMP or ICMPv6 echo `request` (or reply).
+    #[inline(always)]
+    pub fn is_echo(&self, request: bool) -> bool {
+        match (self.kind, request) {
+            (TUPLE_IPV4, true) => self.proto == IPPROTO_ICMP && self.icmp_type == 8,
+            (TUPLE_IPV4, false) => self.proto == IPPROTO_ICMP && self.icmp_type == 0,
+            (TUPLE_IPV6, true) => {
+                self.proto == IPPROTO_ICMPV6 && self.icmp_type == ICMPV6_ECHO_REQUEST
+            }
+            (TUPLE_IPV6, false) => {
+                self.proto == IPPROTO_ICMPV6 && self.icmp_type == ICMPV6_ECHO_REPLY
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether two tuples are the same packet's, field by field. (Word by
+    /// word, not `==`: derived equality of arrays may become a `bcmp`
+    /// call, which a BPF program cannot make.)
+    #[inline(always)]
+    pub fn same(&self, other: &Tuple) -> bool {
+        let words = |a: &[u32; 4], b: &[u32; 4]| {
+            (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
+        };
+        self.kind == other.kind
+            && self.proto == other.proto
+            && words(&self.saddr, &other.saddr)
+            && words(&self.daddr, &other.daddr)
+            && self.sport == other.sport
+            && self.dport == other.dport
+            && self.tcp_flags == other.tcp_flags
+            && self.icmp_type == other.icmp_type
+    }
 }
 
 /// The fixed part of every event. `kind` comes first so a reader can tell
@@ -261,7 +329,7 @@ pub struct TraceConfig {
 pub const READER_POLL_MS: u32 = 10;
 
 /// [`TraceConfig::wakeup_bytes`] for a ring of `ring_bytes`: a sixteenth of
-/// it, at most 256 KiB (about 3,000 header-only records). Waking the
+/// it, at most 256 KiB (about 1,900 header-only records). Waking the
 /// reader costs the producing CPU an interrupt, and the kernel's default
 /// (wake whenever the reader had caught up) wakes a fast reader for almost
 /// every record; one wakeup per few thousand records costs nothing, and
@@ -276,11 +344,16 @@ pub const fn wakeup_bytes(ring_bytes: u32) -> u32 {
 }
 
 /// Literal kinds of the filter ([`Literal::kind`]).
+/// An IPv4 host or net.
 pub const LIT_HOST: u8 = 1;
 pub const LIT_PORT: u8 = 2;
 pub const LIT_PROTO: u8 = 3;
 pub const LIT_IFACE: u8 = 4;
 pub const LIT_NETNS: u8 = 5;
+/// An IPv6 host or net.
+pub const LIT_HOST6: u8 = 6;
+/// The IP version (`ip`: 4, `ip6`: 6).
+pub const LIT_FAMILY: u8 = 7;
 
 /// [`Literal::side`].
 pub const SIDE_ANY: u8 = 0;
@@ -300,11 +373,13 @@ pub struct Literal {
     /// `SIDE_*` (host, port).
     pub side: u8,
     pub _pad: u8,
-    /// Host/net: address (network order, masked); proto: IP protocol;
-    /// iface: ifindex; netns: the id in [`TRACE_IFACES`](crate::names::TRACE_IFACES).
-    pub value: u32,
+    /// Host/net: the address, masked, network order, laid out as
+    /// [`Tuple::saddr`]; proto: IP protocol; iface: ifindex; netns: the id
+    /// in [`TRACE_IFACES`](crate::names::TRACE_IFACES); family: 4 or 6
+    /// (all in the first word).
+    pub value: [u32; 4],
     /// Host/net: mask, network order.
-    pub mask: u32,
+    pub mask: [u32; 4],
     /// Port range, host order, inclusive.
     pub port_min: u16,
     pub port_max: u16,
@@ -347,8 +422,8 @@ impl Filter {
                 negate: 0,
                 side: 0,
                 _pad: 0,
-                value: 0,
-                mask: 0,
+                value: [0; 4],
+                mask: [0; 4],
                 port_min: 0,
                 port_max: 0,
             }; MAX_LITERALS],
@@ -360,12 +435,12 @@ impl Filter {
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Tuple>() == 16);
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
-const _: () = assert!(core::mem::size_of::<HopEvent>() == 80 + SNAP_MAX);
-const _: () = assert!(core::mem::size_of::<DropEvent>() == 80);
-const _: () = assert!(core::mem::size_of::<Journey>() == 40);
+const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 128);
+const _: () = assert!(core::mem::size_of::<HopEvent>() == 128 + SNAP_MAX);
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 128);
+const _: () = assert!(core::mem::size_of::<Journey>() == 64);
 const _: () = assert!(core::mem::size_of::<TraceConfig>() == 32);
-const _: () = assert!(core::mem::size_of::<Literal>() == 16);
-const _: () = assert!(core::mem::size_of::<Clause>() == 16 * MAX_LITERALS + 8);
-const _: () = assert!(core::mem::size_of::<Filter>() == (16 * MAX_LITERALS + 8) * MAX_CLAUSES + 8);
+const _: () = assert!(core::mem::size_of::<Literal>() == 40);
+const _: () = assert!(core::mem::size_of::<Clause>() == 40 * MAX_LITERALS + 8);
+const _: () = assert!(core::mem::size_of::<Filter>() == (40 * MAX_LITERALS + 8) * MAX_CLAUSES + 8);

@@ -96,7 +96,7 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn nat_ingress_full(ctx: TcContext) -> i32 {
     let parsed = parse(&ctx);
-    let traced = trace::begin(&parsed);
+    let traced = trace::begin(&ctx, &parsed);
     let verdict = ingress(&ctx, &parsed);
     conntrack::sweep_if_wanted();
     let touched = verdict.may_rewrite();
@@ -185,7 +185,7 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn nat_egress_full(ctx: TcContext) -> i32 {
     let parsed = parse(&ctx);
-    let traced = trace::begin(&parsed);
+    let traced = trace::begin(&ctx, &parsed);
     let verdict = egress(&ctx, &parsed);
     conntrack::sweep_if_wanted();
     let touched = verdict.may_rewrite();

@@ -31,10 +31,10 @@ use netlab_common::{
     nat::{IPPROTO_TCP, IPPROTO_UDP, Stat},
     trace::{
         Action, DEFAULT_RING_BYTES, EVENT_HOP, EventHeader, Filter, Hook, HopEvent, JOURNEY_CLONED,
-        JOURNEY_IDLE_NS, JOURNEYS_MAP_FLAGS, Journey, LIT_HOST, LIT_IFACE, LIT_NETNS, LIT_PORT,
-        LIT_PROTO, Literal, MAX_CLAUSES, MAX_JOURNEYS, MAX_LITERALS, MAX_TRACE_IFACES, REASON_NONE,
-        SIDE_DST, SIDE_SRC, SNAP_MAX, TRACE_STAT_COUNT, TRACE_STAT_EMITTED, TRACE_STAT_LOST,
-        TUPLE_IPV4, TUPLE_IPV4_OTHER, TraceConfig, Tuple,
+        JOURNEY_IDLE_NS, JOURNEYS_MAP_FLAGS, Journey, LIT_FAMILY, LIT_HOST, LIT_HOST6, LIT_IFACE,
+        LIT_NETNS, LIT_PORT, LIT_PROTO, Literal, MAX_CLAUSES, MAX_JOURNEYS, MAX_LITERALS,
+        MAX_TRACE_IFACES, REASON_NONE, SIDE_DST, SIDE_SRC, SNAP_MAX, TRACE_STAT_COUNT,
+        TRACE_STAT_EMITTED, TRACE_STAT_LOST, TraceConfig, Tuple,
     },
 };
 
@@ -89,6 +89,9 @@ static TRACE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(TRACE_STAT_COUNT, 0);
 #[derive(Clone, Copy)]
 struct Scratch {
     before: Tuple,
+    /// The tuple as the packet leaves, filled by `trace_hop` (here, not
+    /// on its stack: `trace_hop` and the calls under it share 512 bytes).
+    after: Tuple,
     target_ifindex: u32,
     reason: u32,
     /// The TC verdict the program decided, returned by `trace_hop`.
@@ -130,10 +133,11 @@ pub fn watch(ctx: &TcContext, hook: Hook) {
     let Some(cfg) = config() else {
         return;
     };
-    let tuple = parse(ctx).tuple();
+    let mut tuple = Tuple::default();
+    parse(ctx).tuple_into(ctx, &mut tuple);
     let seen = Seen {
-        before: tuple,
-        after: tuple,
+        before: &tuple,
+        after: &tuple,
         hook,
         action: Action::Pass,
         reason: REASON_NONE,
@@ -145,7 +149,7 @@ pub fn watch(ctx: &TcContext, hook: Hook) {
 /// Start of a hop that may rewrite: remembers the tuple as it came in
 /// (the parse the program works on). Returns whether tracing is on, for [`end`].
 #[inline(always)]
-pub fn begin(parsed: &Parsed) -> bool {
+pub fn begin(ctx: &TcContext, parsed: &Parsed) -> bool {
     if config().is_none() {
         return false;
     }
@@ -153,7 +157,7 @@ pub fn begin(parsed: &Parsed) -> bool {
         return false;
     };
     // Per-CPU slot: only this program run uses it.
-    scratch.before = parsed.tuple();
+    parsed.tuple_into(ctx, &mut scratch.before);
     scratch.target_ifindex = 0;
     scratch.reason = u32::from(REASON_NONE);
     scratch.touched = 0;
@@ -188,8 +192,9 @@ pub fn end(ctx: &TcContext, on: bool, hook: Hook, action: i32, touched: bool) ->
 /// and returns the verdict of the program that tail-called it.
 #[inline(always)]
 pub fn tail(ctx: &TcContext) -> i32 {
-    // Per-CPU slot written by the caller on this CPU.
-    let Some(&scratch) = array_value(TRACE_SCRATCH.get_ptr(0)) else {
+    // Per-CPU slot written by the caller on this CPU; only this program
+    // run uses it.
+    let Some(scratch) = per_cpu_value_mut(&TRACE_SCRATCH, 0) else {
         return TC_NEXT;
     };
     let Some(cfg) = config() else {
@@ -203,19 +208,19 @@ pub fn tail(ctx: &TcContext) -> i32 {
     };
     // A packet the program passed or dropped leaves as it came: a second
     // parse would cost every such hop (filtered out or not) for nothing.
-    let after = if scratch.touched != 0 {
-        parse(ctx).tuple()
+    if scratch.touched != 0 {
+        parse(ctx).tuple_into(ctx, &mut scratch.after);
     } else {
-        scratch.before
-    };
+        scratch.after = scratch.before;
+    }
     let (what, reason, target_ifindex) = match scratch.action {
         TC_ACT_SHOT => (Action::Drop, scratch.reason as u8, 0),
         TC_ACT_REDIRECT => (Action::Redirect, REASON_NONE, scratch.target_ifindex),
         _ => (Action::Pass, REASON_NONE, 0),
     };
     let seen = Seen {
-        before: scratch.before,
-        after,
+        before: &scratch.before,
+        after: &scratch.after,
         hook,
         action: what,
         reason,
@@ -271,24 +276,11 @@ pub fn count_emitted(ok: bool) {
     });
 }
 
-/// Whether two tuples are the same packet's (TCP flags, ICMP type and
-/// every address and port equal).
-#[inline(always)]
-fn same_packet(a: &Tuple, b: &Tuple) -> bool {
-    a.kind == b.kind
-        && a.proto == b.proto
-        && a.saddr == b.saddr
-        && a.daddr == b.daddr
-        && a.sport == b.sport
-        && a.dport == b.dport
-        && a.tcp_flags == b.tcp_flags
-        && a.icmp_type == b.icmp_type
-}
-
-/// What a program saw and did at one hop.
-struct Seen {
-    before: Tuple,
-    after: Tuple,
+/// What a program saw and did at one hop. The tuples are borrowed: the
+/// stack of `trace_hop` and the calls under it is 512 bytes in all.
+struct Seen<'a> {
+    before: &'a Tuple,
+    after: &'a Tuple,
     hook: Hook,
     action: Action,
     reason: u8,
@@ -303,9 +295,7 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
         before,
         after,
         hook,
-        action,
-        reason,
-        target_ifindex,
+        ..
     } = seen;
     // The context pointer of a TC program is the kernel's sk_buff: the
     // packet's identity across hops (see netlab_common::trace).
@@ -350,7 +340,7 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
             // reused for another packet does not, and starts a new journey.
             if !starts_here
                 && now.wrapping_sub((*journey).last_ns) < JOURNEY_IDLE_NS
-                && same_packet(&(*journey).last, before)
+                && (*journey).last.same(before)
             {
                 known = true;
                 trace_id = (*journey).trace_id;
@@ -358,15 +348,15 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
                 (*journey).last_ns = now;
                 (*journey).last_ifindex = ifindex;
                 (*journey).flags = flags();
-                (*journey).last = *after;
+                (*journey).last = **after;
             }
         }
     }
     if !known {
         // The filter is evaluated here only: each place it is written is
         // straight-line code the verifier checks (see `TRACE_FILTER`).
-        let matches =
-            filter_matches(ifindex, before) || (after != before && filter_matches(ifindex, after));
+        let matches = filter_matches(ifindex, before)
+            || (!after.same(before) && filter_matches(ifindex, after));
         if !matches {
             if starts_here {
                 let _ = TRACE_JOURNEYS.remove(skb);
@@ -390,7 +380,7 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
             last_ns: now,
             last_ifindex: ifindex,
             flags: flags(),
-            last: *after,
+            last: **after,
         };
         let _ = TRACE_JOURNEYS.insert(skb, journey, 0);
         note_journey_active(now);
@@ -399,31 +389,23 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
         return;
     }
     let len = ctx.len();
-    let header = EventHeader {
-        kind: EVENT_HOP,
-        hook: *hook as u8,
-        action: *action as u8,
-        reason: *reason,
+    let hop = HopHeader {
+        seen,
         ifindex,
-        ts_ns: now,
+        now,
         trace_id,
-        skb_len: len,
-        cap_len: 0,
-        target_ifindex: *target_ifindex,
-        kernel_reason: 0,
-        before: *before,
-        after: *after,
-        location: 0,
+        len,
     };
     // Without packet bytes (JSON and human output show none), a hop is
-    // its header alone: a quarter of the ring space, and no copy.
+    // its header alone: a third of the ring space, and no copy.
     if cfg.snaplen == 0 {
         let Some(mut entry) = TRACE_EVENTS.reserve::<EventHeader>(0) else {
             count_emitted(false);
             return;
         };
         count_emitted(true);
-        entry.write(header);
+        // SAFETY: the reservation holds an EventHeader, written whole.
+        unsafe { hop.write(entry.as_mut_ptr(), 0) };
         entry.submit(wakeup(cfg));
         return;
     }
@@ -457,13 +439,45 @@ fn record(ctx: &TcContext, cfg: &TraceConfig, seen: &Seen) {
     }
     // SAFETY: the reservation holds a whole HopEvent; the header is written
     // in full, the data up to `cap`.
-    unsafe {
-        (*event).header = EventHeader {
-            cap_len: cap,
-            ..header
-        };
-    }
+    unsafe { hop.write(&raw mut (*event).header, cap) };
     entry.submit(wakeup(cfg));
+}
+
+/// A hop's event header, written field by field straight into the ring's
+/// reservation: built on the stack first, its 128 bytes did not fit
+/// `trace_hop`'s beside the rest.
+struct HopHeader<'a> {
+    seen: &'a Seen<'a>,
+    ifindex: u32,
+    now: u64,
+    trace_id: u64,
+    len: u32,
+}
+
+impl HopHeader<'_> {
+    /// # Safety
+    /// `h` points to a reserved, writable `EventHeader`.
+    #[inline(always)]
+    unsafe fn write(&self, h: *mut EventHeader, cap_len: u32) {
+        let seen = self.seen;
+        // SAFETY: as the caller promised; plain stores of plain fields.
+        unsafe {
+            (*h).kind = EVENT_HOP;
+            (*h).hook = seen.hook as u8;
+            (*h).action = seen.action as u8;
+            (*h).reason = seen.reason;
+            (*h).ifindex = self.ifindex;
+            (*h).ts_ns = self.now;
+            (*h).trace_id = self.trace_id;
+            (*h).skb_len = self.len;
+            (*h).cap_len = cap_len;
+            (*h).target_ifindex = seen.target_ifindex;
+            (*h).kernel_reason = 0;
+            (*h).before = *seen.before;
+            (*h).after = *seen.after;
+            (*h).location = 0;
+        }
+    }
 }
 
 /// The flag for submitting a record: wake the reader when the ring's
@@ -595,29 +609,45 @@ fn filter_holds(ifindex: u32, tuple: &Tuple) -> bool {
 
 #[inline(always)]
 fn literal_holds(literal: &Literal, ifindex: u32, t: &Tuple) -> bool {
-    let ipv4 = t.kind == TUPLE_IPV4 || t.kind == TUPLE_IPV4_OTHER;
+    let ip = t.is_ipv4() || t.is_ipv6();
+    let (value, mask) = (&literal.value, &literal.mask);
     let holds = match literal.kind {
         LIT_HOST => {
-            ipv4 && on_side(
-                literal.side,
-                t.saddr & literal.mask == literal.value,
-                t.daddr & literal.mask == literal.value,
-            )
+            t.is_ipv4()
+                && on_side(
+                    literal.side,
+                    t.saddr[0] & mask[0] == value[0],
+                    t.daddr[0] & mask[0] == value[0],
+                )
+        }
+        LIT_HOST6 => {
+            let within = |addr: &[u32; 4]| {
+                (addr[0] & mask[0]) ^ value[0]
+                    | (addr[1] & mask[1]) ^ value[1]
+                    | (addr[2] & mask[2]) ^ value[2]
+                    | (addr[3] & mask[3]) ^ value[3]
+                    == 0
+            };
+            t.is_ipv6() && on_side(literal.side, within(&t.saddr), within(&t.daddr))
         }
         LIT_PORT => {
             let in_range = |port: u16| {
                 let port = u16::from_be(port);
                 port >= literal.port_min && port <= literal.port_max
             };
-            t.kind == TUPLE_IPV4
+            t.has_l4()
                 && (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP)
                 && on_side(literal.side, in_range(t.sport), in_range(t.dport))
         }
-        LIT_PROTO => ipv4 && u32::from(t.proto) == literal.value,
-        LIT_IFACE => ifindex == literal.value,
+        LIT_PROTO => ip && u32::from(t.proto) == value[0],
+        LIT_FAMILY => match value[0] {
+            4 => t.is_ipv4(),
+            _ => t.is_ipv6(),
+        },
+        LIT_IFACE => ifindex == value[0],
         // SAFETY: as in `record`.
         LIT_NETNS => {
-            unsafe { value(TRACE_IFACES.get_ptr(ifindex)) }.is_some_and(|p| *p == literal.value)
+            unsafe { ctx::value(TRACE_IFACES.get_ptr(ifindex)) }.is_some_and(|p| *p == value[0])
         }
         _ => false,
     };

@@ -211,8 +211,9 @@ pub struct TraceArgs {
     /// stderr (`netlab::trace::Notice`), for programs that drive netlab.
     #[arg(long)]
     notices_json: bool,
-    /// Filter, tcpdump-like: host/net/port/portrange/tcp/udp/icmp/iface/netns,
-    /// with and/or/not and parentheses.
+    /// Filter, tcpdump-like: host/net (IPv4 or IPv6), port/portrange,
+    /// tcp/udp/icmp/icmp6, ip/ip6, iface/netns, with and/or/not and
+    /// parentheses.
     filter: Vec<String>,
 }
 

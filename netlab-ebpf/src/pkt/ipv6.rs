@@ -1,5 +1,7 @@
 //! IPv6, as far as netlab looks at it (it bridges it, and neither routes
-//! nor translates it yet): the ethertype, and where the addresses sit.
+//! nor translates it yet): the header, where the addresses sit, and the
+//! walk over the extension headers to the upper-layer header (the tracer
+//! reads it; NAT66 will).
 
 use aya_ebpf::programs::TcContext;
 use netlab_common::nat::Net6Set;
@@ -8,9 +10,101 @@ use super::{ctx, eth::ETH_HLEN};
 
 pub const ETH_P_IPV6: u16 = 0x86dd;
 
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv6Hdr {
+    /// Version, traffic class and flow label.
+    pub vtc_flow: [u8; 4],
+    pub payload_len: u16,
+    pub nexthdr: u8,
+    pub hop_limit: u8,
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+}
+
+impl Ipv6Hdr {
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.vtc_flow[0] >> 4
+    }
+}
+
+pub const IPV6_HLEN: usize = 40;
+
 /// The source and destination addresses' offsets in an IPv6 header.
 const IPV6_SADDR_OFF: usize = 8;
 const IPV6_DADDR_OFF: usize = 24;
+
+/// Extension headers (RFC 8200's next-header values) the walk steps over.
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+
+/// Extension headers walked at most before the upper-layer header (as
+/// Cilium's `IPV6_MAX_HEADERS`); a longer chain is not read further.
+const MAX_EXT_HEADERS: usize = 4;
+
+/// Fragment header: the offset (13 bits, in 8-byte units).
+const IP6_OFFSET: u16 = 0xfff8;
+
+/// Where a packet's upper-layer header is, past its extension headers.
+#[derive(Clone, Copy)]
+pub struct Upper {
+    /// Its protocol (the last next-header value).
+    pub proto: u8,
+    /// Its offset in the frame.
+    pub l4: usize,
+    /// A fragment after the first: no upper-layer header in it.
+    pub later_fragment: bool,
+}
+
+/// Walks the extension headers (hop-by-hop, routing, fragment,
+/// authentication, destination options; at most [`MAX_EXT_HEADERS`]) to
+/// the upper-layer header. `None` when the chain is longer, or runs past
+/// the bytes [`ctx::load`] reads.
+#[inline(always)]
+pub fn upper(ctx: &TcContext, first: u8) -> Option<Upper> {
+    let mut next = first;
+    let mut off = ETH_HLEN + IPV6_HLEN;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH => {
+                let [following, len] = ctx::load::<[u8; 2]>(ctx, off)?;
+                off += if next == NEXTHDR_AUTH {
+                    (usize::from(len) + 2) * 4
+                } else {
+                    (usize::from(len) + 1) * 8
+                };
+                next = following;
+            }
+            NEXTHDR_FRAGMENT => {
+                let [following, _] = ctx::load::<[u8; 2]>(ctx, off)?;
+                let frag = u16::from_be(ctx::load::<u16>(ctx, off + 2)?);
+                if frag & IP6_OFFSET != 0 {
+                    return Some(Upper {
+                        proto: following,
+                        l4: 0,
+                        later_fragment: true,
+                    });
+                }
+                // A first fragment or an atomic one: the upper header
+                // follows.
+                off += 8;
+                next = following;
+            }
+            _ => {
+                return Some(Upper {
+                    proto: next,
+                    l4: off,
+                    later_fragment: false,
+                });
+            }
+        }
+    }
+    None
+}
 
 /// Whether the IPv6 packet of the frame comes from a subnet of `set`.
 /// `false` for a frame too short to say.

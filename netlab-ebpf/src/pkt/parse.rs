@@ -1,4 +1,5 @@
-//! The one parser: Ethernet → IPv4 → TCP/UDP/ICMP, into a [`Parsed`].
+//! The one parser: Ethernet → IPv4 → TCP/UDP/ICMP, into a [`Parsed`]; and
+//! for the tracer, Ethernet → IPv6 → extension headers → TCP/UDP/ICMPv6.
 //!
 //! Every header read is a bounds-checked direct read ([`ctx::load`]) of the
 //! packet's linear part, which [`ctx::make_linear`] extends over the headers
@@ -7,16 +8,20 @@
 //! (TCP data offset, UDP length, ICMP header size, the header embedded in an
 //! ICMP error): what fails is [`Parsed::Untranslatable`], never a flow.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use netlab_common::{
-    nat::{FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Stat},
-    trace::{TUPLE_IPV4, TUPLE_IPV4_OTHER, TUPLE_MALFORMED, TUPLE_NOT_IPV4, Tuple},
+    nat::{FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Stat},
+    trace::{
+        ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, TUPLE_IPV4, TUPLE_IPV4_OTHER, TUPLE_IPV6,
+        TUPLE_IPV6_OTHER, TUPLE_MALFORMED, TUPLE_NOT_IP, Tuple,
+    },
 };
 
 use super::{
     ctx,
     eth::{ETH_P_IP, ETH_PROTO_OFF},
     ipv4::{IPV4_MIN_HLEN, Ipv4Hdr, L3_OFF},
+    ipv6::{self, ETH_P_IPV6, Ipv6Hdr},
     l4::{
         ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_ID_OFF, ICMP_PARAMETER_PROB, ICMP_TIME_EXCEEDED,
         TCP_DOFF_OFF, TCP_MIN_HLEN, UDP_HLEN, UDP_LEN_OFF, icmp_query, tcp_flags_valid,
@@ -126,20 +131,26 @@ impl Parsed {
     }
 
     /// What the tracer and its filter see of the packet (pwru's
-    /// `set_tuple`): the same fields NAT works on.
+    /// `set_tuple`): the fields NAT works on, and for IPv6 (which NAT
+    /// passes as `NotIpv4`) the same read past its extension headers.
+    /// Written in place: a tuple is 40 bytes, and the NAT programs that
+    /// trace have little stack to spare.
     #[inline(always)]
-    pub fn tuple(&self) -> Tuple {
-        let mut t = Tuple::default();
+    pub fn tuple_into(&self, ctx: &TcContext, t: &mut Tuple) {
+        *t = Tuple::default();
         match self {
+            Parsed::NotIpv4(ETH_P_IPV6) => {
+                netlab_ipv6_tuple(ctx.skb.skb, t);
+            }
             Parsed::NotIpv4(ethertype) => {
-                t.kind = TUPLE_NOT_IPV4;
-                t.saddr = u32::from(*ethertype);
+                t.kind = TUPLE_NOT_IP;
+                t.saddr[0] = u32::from(*ethertype);
             }
             Parsed::BadIpv4(_) => t.kind = TUPLE_MALFORMED,
             Parsed::Flow(p) => {
                 t.kind = TUPLE_IPV4;
-                t.saddr = p.ip.saddr;
-                t.daddr = p.ip.daddr;
+                t.saddr[0] = p.ip.saddr;
+                t.daddr[0] = p.ip.daddr;
                 t.proto = p.ip.proto;
                 t.sport = p.key.sport;
                 t.dport = p.key.dport;
@@ -148,20 +159,97 @@ impl Parsed {
             }
             Parsed::IcmpError(e) => {
                 t.kind = TUPLE_IPV4;
-                t.saddr = e.ip.saddr;
-                t.daddr = e.ip.daddr;
+                t.saddr[0] = e.ip.saddr;
+                t.daddr[0] = e.ip.daddr;
                 t.proto = IPPROTO_ICMP;
                 t.icmp_type = e.kind;
             }
             Parsed::LaterFragment(LaterFragment { ip, .. }) | Parsed::Untranslatable(ip, _) => {
                 t.kind = TUPLE_IPV4_OTHER;
-                t.saddr = ip.saddr;
-                t.daddr = ip.daddr;
+                t.saddr[0] = ip.saddr;
+                t.daddr[0] = ip.daddr;
                 t.proto = ip.proto;
             }
         }
-        t
     }
+}
+
+crate::global::function! {
+    /// The IPv6 part of [`Parsed::tuple_into`], verified once: the walk
+    /// over extension headers is a loop of its own, which every NAT path
+    /// that traces would otherwise walk again.
+    fn netlab_ipv6_tuple(skb: *mut __sk_buff, t: *mut Tuple) -> u32 {
+        // SAFETY: the verifier checks the pointer's memory; null is refused here.
+        let Some(t) = (unsafe { t.as_mut() }) else {
+            return 0;
+        };
+        ipv6_tuple(&TcContext::new(skb), t);
+        0
+    }
+}
+
+/// Fills `t` (zeroed) from the frame's IPv6 header and, past the
+/// extension headers, its TCP/UDP ports or ICMPv6 type and echo id.
+#[inline(always)]
+fn ipv6_tuple(ctx: &TcContext, t: &mut Tuple) {
+    let Some(hdr) = ctx::load::<Ipv6Hdr>(ctx, L3_OFF) else {
+        t.kind = TUPLE_MALFORMED;
+        return;
+    };
+    if hdr.version() != 6 {
+        t.kind = TUPLE_MALFORMED;
+        return;
+    }
+    t.kind = TUPLE_IPV6_OTHER;
+    t.saddr = hdr.saddr;
+    t.daddr = hdr.daddr;
+    t.proto = hdr.nexthdr;
+    let Some(upper) = ipv6::upper(ctx, hdr.nexthdr) else {
+        return;
+    };
+    t.proto = upper.proto;
+    if upper.later_fragment {
+        return;
+    }
+    let l4 = upper.l4;
+    match upper.proto {
+        IPPROTO_TCP => {
+            // Flags as the IPv4 parser reads them (a 16-bit word).
+            let (Some(ports), Some([_doff, flags])) = (
+                ctx::load::<[u16; 2]>(ctx, l4),
+                ctx::load::<[u8; 2]>(ctx, l4 + TCP_DOFF_OFF),
+            ) else {
+                return;
+            };
+            t.sport = ports[0];
+            t.dport = ports[1];
+            t.tcp_flags = flags;
+        }
+        IPPROTO_UDP => {
+            let Some(ports) = ctx::load::<[u16; 2]>(ctx, l4) else {
+                return;
+            };
+            t.sport = ports[0];
+            t.dport = ports[1];
+        }
+        IPPROTO_ICMPV6 => {
+            // One read at a time (see the IPv4 parser's ICMP).
+            let Some([kind, _code]) = ctx::load::<[u8; 2]>(ctx, l4) else {
+                return;
+            };
+            let Some(id) = ctx::load::<u16>(ctx, l4 + ICMP_ID_OFF) else {
+                return;
+            };
+            t.icmp_type = kind;
+            match kind {
+                ICMPV6_ECHO_REQUEST => t.sport = id,
+                ICMPV6_ECHO_REPLY => t.dport = id,
+                _ => {}
+            }
+        }
+        _ => return,
+    }
+    t.kind = TUPLE_IPV6;
 }
 
 /// Parses the frame the program runs on.

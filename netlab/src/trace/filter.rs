@@ -6,21 +6,25 @@
 //! and     := unary ("and" | "&&") unary ...
 //! unary   := ("not" | "!") unary | "(" expr ")" | primitive
 //! primitive := [src|dst] host ADDR | [src|dst] net ADDR/LEN | [src|dst] port N[-M]
-//!            | [src|dst] portrange N-M | tcp | udp | icmp | proto N
-//!            | iface NAME | iface NS/NAME | netns NAME | ADDR | ADDR/LEN
+//!            | [src|dst] portrange N-M | tcp | udp | icmp | icmp6 | proto N
+//!            | ip | ip6 | iface NAME | iface NS/NAME | netns NAME | ADDR | ADDR/LEN
 //! ```
+//!
+//! Addresses are IPv4 or IPv6 (`host fd00:15::2`, `net 2001:2::/64`); a
+//! host or net test holds for packets of its own family only, `tcp`, `udp`,
+//! `port` and `proto` for both, as in tcpdump.
 //!
 //! The kernel evaluates disjunctive normal form: negations are pushed down
 //! to the primitives, `and` is distributed over `or`, and the result must
 //! fit [`MAX_CLAUSES`] clauses of [`MAX_LITERALS`] literals each.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use netlab_common::{
-    nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    nat::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     trace::{
-        Clause, Filter, LIT_HOST, LIT_IFACE, LIT_NETNS, LIT_PORT, LIT_PROTO, Literal, MAX_CLAUSES,
-        MAX_LITERALS, SIDE_ANY, SIDE_DST, SIDE_SRC,
+        Clause, Filter, LIT_FAMILY, LIT_HOST, LIT_HOST6, LIT_IFACE, LIT_NETNS, LIT_PORT, LIT_PROTO,
+        Literal, MAX_CLAUSES, MAX_LITERALS, SIDE_ANY, SIDE_DST, SIDE_SRC,
     },
 };
 
@@ -54,7 +58,7 @@ pub enum Side {
 pub enum Primitive {
     Net {
         side: Side,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         prefix: u8,
     },
     Port {
@@ -63,6 +67,8 @@ pub enum Primitive {
         max: u16,
     },
     Proto(u8),
+    /// `ip` (4) or `ip6` (6).
+    Family(u8),
     /// An interface name, maybe `ns/name`.
     Iface(String),
     Netns(String),
@@ -191,7 +197,8 @@ impl Parser {
     }
 
     fn primitive(&mut self) -> Result<Primitive, FilterError> {
-        let mut word = self.next("a test (host, net, port, tcp, udp, icmp, iface, netns)")?;
+        let mut word =
+            self.next("a test (host, net, port, tcp, udp, icmp, icmp6, ip, ip6, iface, netns)")?;
         let side = match word.as_str() {
             "src" => Side::Src,
             "dst" => Side::Dst,
@@ -202,11 +209,11 @@ impl Parser {
         }
         let prim = match word.as_str() {
             "host" => {
-                let addr = self.next("an address after `host`")?;
+                let addr = parse_addr(&self.next("an address after `host`")?)?;
                 Primitive::Net {
                     side,
-                    addr: parse_addr(&addr)?,
-                    prefix: 32,
+                    addr,
+                    prefix: full_prefix(addr),
                 }
             }
             "net" => {
@@ -219,7 +226,10 @@ impl Parser {
                 let (min, max) = parse_ports(&ports)?;
                 Primitive::Port { side, min, max }
             }
-            "tcp" | "udp" | "icmp" | "proto" | "iface" | "netns" | "ns" if side != Side::Any => {
+            "tcp" | "udp" | "icmp" | "icmp6" | "ip" | "ip6" | "proto" | "iface" | "netns"
+            | "ns"
+                if side != Side::Any =>
+            {
                 return Err(FilterError::Syntax(format!(
                     "`{word}` does not take src/dst"
                 )));
@@ -227,12 +237,16 @@ impl Parser {
             "tcp" => Primitive::Proto(IPPROTO_TCP),
             "udp" => Primitive::Proto(IPPROTO_UDP),
             "icmp" => Primitive::Proto(IPPROTO_ICMP),
+            "icmp6" => Primitive::Proto(IPPROTO_ICMPV6),
+            "ip" => Primitive::Family(4),
+            "ip6" => Primitive::Family(6),
             "proto" => {
                 let proto = self.next("a protocol number after `proto`")?;
                 Primitive::Proto(match proto.as_str() {
                     "tcp" => IPPROTO_TCP,
                     "udp" => IPPROTO_UDP,
                     "icmp" => IPPROTO_ICMP,
+                    "icmp6" => IPPROTO_ICMPV6,
                     n => n.parse().map_err(|_| {
                         FilterError::Syntax(format!("`{n}` is not a protocol (0-255)"))
                     })?,
@@ -240,19 +254,19 @@ impl Parser {
             }
             "iface" | "dev" => Primitive::Iface(self.next("a name after `iface`")?),
             "netns" | "ns" => Primitive::Netns(self.next("a name after `netns`")?),
-            other if other.contains('/') && other.parse::<Ipv4Addr>().is_err() => {
+            other if other.contains('/') => {
                 let (addr, prefix) = parse_net(other)?;
                 Primitive::Net { side, addr, prefix }
             }
-            other if other.parse::<Ipv4Addr>().is_ok() => Primitive::Net {
+            other if let Ok(addr) = other.parse::<IpAddr>() => Primitive::Net {
                 side,
-                addr: parse_addr(other)?,
-                prefix: 32,
+                addr,
+                prefix: full_prefix(addr),
             },
             other => {
                 return Err(FilterError::Syntax(format!(
                     "unknown test `{other}` (known: host, net, port, portrange, tcp, udp, \
-                     icmp, proto, iface, netns, and, or, not)"
+                     icmp, icmp6, ip, ip6, proto, iface, netns, and, or, not)"
                 )));
             }
         };
@@ -260,20 +274,29 @@ impl Parser {
     }
 }
 
-fn parse_addr(text: &str) -> Result<Ipv4Addr, FilterError> {
+fn parse_addr(text: &str) -> Result<IpAddr, FilterError> {
     text.parse()
-        .map_err(|_| FilterError::Syntax(format!("`{text}` is not an IPv4 address")))
+        .map_err(|_| FilterError::Syntax(format!("`{text}` is not an IPv4 or IPv6 address")))
 }
 
-fn parse_net(text: &str) -> Result<(Ipv4Addr, u8), FilterError> {
+/// A host's prefix length: 32 or 128.
+fn full_prefix(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+fn parse_net(text: &str) -> Result<(IpAddr, u8), FilterError> {
     let (addr, len) = text
         .split_once('/')
         .ok_or_else(|| FilterError::Syntax(format!("`{text}` is not ADDR/LEN")))?;
-    let prefix: u8 =
-        len.parse().ok().filter(|p| *p <= 32).ok_or_else(|| {
-            FilterError::Syntax(format!("`/{len}` is not a prefix length (0-32)"))
-        })?;
-    Ok((parse_addr(addr)?, prefix))
+    let addr = parse_addr(addr)?;
+    let most = full_prefix(addr);
+    let prefix: u8 = len.parse().ok().filter(|p| *p <= most).ok_or_else(|| {
+        FilterError::Syntax(format!("`/{len}` is not a prefix length (0-{most})"))
+    })?;
+    Ok((addr, prefix))
 }
 
 fn parse_ports(text: &str) -> Result<(u16, u16), FilterError> {
@@ -367,7 +390,7 @@ pub fn compile(expr: Option<&Expr>, names: &Names) -> Result<Filter, FilterError
         };
         clause.literals[0] = Literal {
             kind: LIT_IFACE,
-            value: 0,
+            value: first(0),
             ..Literal::default()
         };
         filter.clauses[0] = clause;
@@ -463,18 +486,29 @@ fn literals(prim: &Primitive, names: &Names) -> Result<Vec<Literal>, FilterError
             addr,
             prefix,
         } => {
-            let mask = if *prefix == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(*prefix))
+            let (kind, bits) = match addr {
+                IpAddr::V4(a) => (LIT_HOST, u128::from(u32::from(*a)) << 96),
+                IpAddr::V6(a) => (LIT_HOST6, u128::from(*a)),
             };
-            let network = u32::from(*addr) & mask;
-            // The kernel compares the raw wire bytes: network order.
+            let mask = u128::MAX.checked_shl(128 - u32::from(*prefix)).unwrap_or(0);
+            // The kernel compares the raw wire bytes, word by word, as the
+            // tuple holds them (an IPv4 address in the first word).
+            let words = |v: u128| -> [u32; 4] {
+                let bytes = v.to_be_bytes();
+                std::array::from_fn(|i| {
+                    u32::from_ne_bytes([
+                        bytes[4 * i],
+                        bytes[4 * i + 1],
+                        bytes[4 * i + 2],
+                        bytes[4 * i + 3],
+                    ])
+                })
+            };
             vec![Literal {
-                kind: LIT_HOST,
+                kind,
                 side: side(*s),
-                value: u32::from_ne_bytes(network.to_be_bytes()),
-                mask: u32::from_ne_bytes(mask.to_be_bytes()),
+                value: words(bits & mask),
+                mask: words(mask),
                 ..Literal::default()
             }]
         }
@@ -487,7 +521,12 @@ fn literals(prim: &Primitive, names: &Names) -> Result<Vec<Literal>, FilterError
         }],
         Primitive::Proto(proto) => vec![Literal {
             kind: LIT_PROTO,
-            value: u32::from(*proto),
+            value: first(u32::from(*proto)),
+            ..Literal::default()
+        }],
+        Primitive::Family(version) => vec![Literal {
+            kind: LIT_FAMILY,
+            value: first(u32::from(*version)),
             ..Literal::default()
         }],
         Primitive::Iface(name) => names
@@ -495,7 +534,7 @@ fn literals(prim: &Primitive, names: &Names) -> Result<Vec<Literal>, FilterError
             .into_iter()
             .map(|ifindex| Literal {
                 kind: LIT_IFACE,
-                value: ifindex,
+                value: first(ifindex),
                 ..Literal::default()
             })
             .collect(),
@@ -510,11 +549,16 @@ fn literals(prim: &Primitive, names: &Names) -> Result<Vec<Literal>, FilterError
                 })?;
             vec![Literal {
                 kind: LIT_NETNS,
-                value: id,
+                value: first(id),
                 ..Literal::default()
             }]
         }
     })
+}
+
+/// A literal's value that fits a word: in the first.
+fn first(value: u32) -> [u32; 4] {
+    [value, 0, 0, 0]
 }
 
 impl fmt::Display for Primitive {
@@ -528,8 +572,8 @@ impl fmt::Display for Primitive {
             Primitive::Net {
                 side: s,
                 addr,
-                prefix: 32,
-            } => write!(f, "{}host {addr}", side(s)),
+                prefix,
+            } if *prefix == full_prefix(*addr) => write!(f, "{}host {addr}", side(s)),
             Primitive::Net {
                 side: s,
                 addr,
@@ -540,6 +584,8 @@ impl fmt::Display for Primitive {
             }
             Primitive::Port { side: s, min, max } => write!(f, "{}portrange {min}-{max}", side(s)),
             Primitive::Proto(p) => write!(f, "proto {p}"),
+            Primitive::Family(4) => f.write_str("ip"),
+            Primitive::Family(_) => f.write_str("ip6"),
             Primitive::Iface(name) => write!(f, "iface {name}"),
             Primitive::Netns(name) => write!(f, "netns {name}"),
         }
@@ -548,6 +594,8 @@ impl fmt::Display for Primitive {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
 
     fn names() -> Names {
@@ -568,10 +616,21 @@ mod tests {
     }
 
     /// Evaluates a compiled filter as the kernel does, on (saddr, daddr,
-    /// sport, dport, proto, ifindex, netns id), host order.
-    fn eval(filter: &Filter, pkt: (Ipv4Addr, Ipv4Addr, u16, u16, u8, u32, u32)) -> bool {
+    /// sport, dport, proto, ifindex, netns id), host order; both addresses
+    /// of one family.
+    fn eval<A: Into<IpAddr>>(filter: &Filter, pkt: (A, A, u16, u16, u8, u32, u32)) -> bool {
         let (s, d, sp, dp, proto, ifindex, ns) = pkt;
-        let wire = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
+        let (s, d) = (s.into(), d.into());
+        let v6 = s.is_ipv6();
+        // As the tuple holds an address: wire bytes, IPv4 in the first word.
+        let wire = |a: IpAddr| -> [u32; 4] {
+            let bytes: Vec<u8> = match a {
+                IpAddr::V4(a) => a.octets().into_iter().chain([0; 12]).collect(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            };
+            std::array::from_fn(|i| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()))
+        };
+        let within = |a: [u32; 4], l: &Literal| (0..4).all(|i| a[i] & l.mask[i] == l.value[i]);
         if filter.len == 0 {
             return true;
         }
@@ -583,7 +642,8 @@ mod tests {
                     _ => src || dst,
                 };
                 let holds = match l.kind {
-                    LIT_HOST => on(wire(s) & l.mask == l.value, wire(d) & l.mask == l.value),
+                    LIT_HOST => !v6 && on(within(wire(s), l), within(wire(d), l)),
+                    LIT_HOST6 => v6 && on(within(wire(s), l), within(wire(d), l)),
                     LIT_PORT => {
                         (proto == 6 || proto == 17)
                             && on(
@@ -591,9 +651,10 @@ mod tests {
                                 (l.port_min..=l.port_max).contains(&dp),
                             )
                     }
-                    LIT_PROTO => u32::from(proto) == l.value,
-                    LIT_IFACE => ifindex == l.value,
-                    LIT_NETNS => ns == l.value,
+                    LIT_PROTO => u32::from(proto) == l.value[0],
+                    LIT_FAMILY => (l.value[0] == 6) == v6,
+                    LIT_IFACE => ifindex == l.value[0],
+                    LIT_NETNS => ns == l.value[0],
                     _ => false,
                 };
                 holds != (l.negate != 0)
@@ -700,7 +761,10 @@ mod tests {
     fn syntax_errors_say_what() {
         for (text, needle) in [
             ("host", "expected an address"),
-            ("host 1.2.3", "not an IPv4 address"),
+            ("host 1.2.3", "not an IPv4 or IPv6 address"),
+            ("host fd00::1::2", "not an IPv4 or IPv6 address"),
+            ("net fd00::/129", "prefix length (0-128)"),
+            ("src ip6", "does not take src/dst"),
             ("(tcp", "missing `)`"),
             ("tcp and", "expected a test"),
             ("frobnicate", "unknown test `frobnicate`"),
@@ -710,6 +774,54 @@ mod tests {
             let err = compiled(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    const RED6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x15, 0, 0, 0, 0, 0, 1);
+    const BLUE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x15, 0, 0, 0, 0, 0, 2);
+    const OUT6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+
+    #[test]
+    fn ipv6_hosts_nets_and_families() {
+        let f = compiled("host fd00:15::2").unwrap();
+        assert_eq!(f.clauses[0].literals[0].kind, LIT_HOST6);
+        assert!(eval(&f, (RED6, BLUE6, 1, 2, 58, 0, 0)));
+        assert!(!eval(&f, (RED6, OUT6, 1, 2, 58, 0, 0)));
+        // An IPv6 test never holds for IPv4, nor the other way round.
+        assert!(!eval(&f, (RED, BLUE, 1, 2, 1, 0, 0)));
+        assert!(!eval(
+            &compiled("net 0.0.0.0/0").unwrap(),
+            (RED6, BLUE6, 1, 2, 6, 0, 0)
+        ));
+        let f = compiled("src net fd00:15::/64 and dst 2001:2::/48").unwrap();
+        assert!(eval(&f, (RED6, OUT6, 1, 2, 6, 0, 0)));
+        assert!(!eval(&f, (OUT6, RED6, 1, 2, 6, 0, 0)));
+        let f = compiled("fd00:15::/64").unwrap();
+        assert!(eval(&f, (OUT6, BLUE6, 1, 2, 6, 0, 0)));
+        assert!(!eval(&f, (OUT6, OUT6, 1, 2, 6, 0, 0)));
+        // Bits past the prefix are ignored, as tcpdump masks them.
+        let f = compiled("net fd00:15::1/64").unwrap();
+        assert!(eval(&f, (OUT6, BLUE6, 1, 2, 6, 0, 0)));
+        let f = compiled("ip6 and icmp6").unwrap();
+        assert!(eval(&f, (RED6, BLUE6, 0, 0, 58, 0, 0)));
+        assert!(!eval(&f, (RED6, BLUE6, 0, 0, 1, 0, 0)));
+        assert!(!eval(&f, (RED, BLUE, 0, 0, 58, 0, 0)));
+        let f = compiled("ip").unwrap();
+        assert!(eval(&f, (RED, BLUE, 0, 0, 1, 0, 0)));
+        assert!(!eval(&f, (RED6, BLUE6, 0, 0, 58, 0, 0)));
+        // tcp and port hold for both families.
+        let f = compiled("tcp port 80").unwrap();
+        assert!(eval(&f, (RED6, BLUE6, 4000, 80, 6, 0, 0)));
+        assert!(eval(&f, (RED, BLUE, 4000, 80, 6, 0, 0)));
+        assert_eq!(Primitive::Family(6).to_string(), "ip6");
+        assert_eq!(
+            Primitive::Net {
+                side: Side::Src,
+                addr: IpAddr::V6(BLUE6),
+                prefix: 128
+            }
+            .to_string(),
+            "src host fd00:15::2"
+        );
     }
 
     #[test]

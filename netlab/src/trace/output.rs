@@ -17,25 +17,29 @@
 //! null, "nat": [{"kind": "dnat" | "snat", "from": "ADDR:PORT", "to":
 //! "ADDR:PORT"}], "location": kernel function of a kernel drop or null}.
 //!
-//! TUPLE: `{"kind": "ipv4" | "ipv4_other" | "not_ipv4" | "malformed",
-//! "proto": "tcp" | "udp" | "icmp" | number, "src", "dst", "sport", "dport",
-//! "tcp_flags": "SA..." , "icmp_type", "ethertype"}` (fields that do not
-//! apply are null).
+//! TUPLE: `{"kind": "ipv4" | "ipv4_other" | "ipv6" | "ipv6_other" |
+//! "not_ip" | "malformed", "proto": "tcp" | "udp" | "icmp" | "icmp6" |
+//! number, "src", "dst", "sport", "dport", "tcp_flags": "SA..." ,
+//! "icmp_type", "icmp_id", "ethertype"}` (fields that do not apply are
+//! null). `*_other`: addresses only (another protocol, a fragment after the
+//! first, or IPv6 extension headers past the four the tracer walks).
 //!
 //! Losses: `{"type": "lost", "count": new losses, "total": since start}`.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     hash::{BuildHasherDefault, Hasher},
+    io::Write as _,
+    net::Ipv6Addr,
     time::{Duration, Instant},
 };
 
 use netlab_common::{
-    nat::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Stat, ip_proto_name},
+    nat::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Stat, ip_proto_name},
     trace::{
         Action, DropEvent, EVENT_DELIVERED, EVENT_HOP, EVENT_KERNEL_DROP, EventHeader, FATE_CLONED,
-        Hook, HopEvent, REASON_NONE, SNAP_MAX, TUPLE_IPV4, TUPLE_IPV4_OTHER, TUPLE_MALFORMED,
-        TUPLE_NOT_IPV4, Tuple,
+        Hook, HopEvent, REASON_NONE, SNAP_MAX, TUPLE_IPV4, TUPLE_IPV4_OTHER, TUPLE_IPV6,
+        TUPLE_IPV6_OTHER, TUPLE_NOT_IP, Tuple,
     },
 };
 
@@ -405,60 +409,108 @@ pub fn tcp_flags(flags: u8) -> String {
 }
 
 fn has_ports(t: &Tuple) -> bool {
-    t.kind == TUPLE_IPV4 && (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP)
+    t.has_l4() && (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP)
 }
 
-fn put_endpoint(out: &mut Vec<u8>, a: u32, port: u16, ports: bool) {
-    put_ipv4(out, a);
-    if ports {
+/// An address of a tuple as it is on the wire: IPv4 in the first word.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Addr {
+    V4(u32),
+    V6([u32; 4]),
+}
+
+impl Addr {
+    fn of(t: &Tuple, words: [u32; 4]) -> Addr {
+        if t.is_ipv6() {
+            Addr::V6(words)
+        } else {
+            Addr::V4(words[0])
+        }
+    }
+
+    fn put(self, out: &mut Vec<u8>) {
+        match self {
+            Addr::V4(wire) => put_ipv4(out, wire),
+            Addr::V6(words) => {
+                let mut octets = [0u8; 16];
+                for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
+                    chunk.copy_from_slice(&word.to_ne_bytes());
+                }
+                let _ = write!(out, "{}", Ipv6Addr::from(octets));
+            }
+        }
+    }
+
+    /// `ADDR:PORT`, with an IPv6 address in brackets.
+    fn put_with_port(self, out: &mut Vec<u8>, port: u16) {
+        let v6 = matches!(self, Addr::V6(_));
+        if v6 {
+            out.push(b'[');
+        }
+        self.put(out);
+        if v6 {
+            out.push(b']');
+        }
         out.push(b':');
-        put_u64(out, u64::from(u16::from_be(port)));
+        put_u64(out, u64::from(port));
+    }
+}
+
+fn put_endpoint(out: &mut Vec<u8>, a: Addr, port: u16, ports: bool) {
+    if ports {
+        a.put_with_port(out, u16::from_be(port));
+    } else {
+        a.put(out);
     }
 }
 
 fn put_tuple_text(out: &mut Vec<u8>, t: &Tuple) {
     match t.kind {
-        TUPLE_NOT_IPV4 => {
-            out.extend_from_slice(b"non-IPv4 (ethertype 0x");
-            put_hex(out, u64::from(t.saddr), 4);
+        TUPLE_NOT_IP => {
+            out.extend_from_slice(b"non-IP (ethertype 0x");
+            put_hex(out, u64::from(t.saddr[0]), 4);
             out.push(b')');
         }
-        TUPLE_MALFORMED => out.extend_from_slice(b"malformed"),
-        TUPLE_IPV4 | TUPLE_IPV4_OTHER => {
+        _ if t.is_ipv4() || t.is_ipv6() => {
             let ports = has_ports(t);
-            put_endpoint(out, t.saddr, t.sport, ports);
+            put_endpoint(out, Addr::of(t, t.saddr), t.sport, ports);
             out.extend_from_slice(b" > ");
-            put_endpoint(out, t.daddr, t.dport, ports);
+            put_endpoint(out, Addr::of(t, t.daddr), t.dport, ports);
             out.push(b' ');
             put_proto(out, t.proto);
-            if t.kind == TUPLE_IPV4_OTHER && (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP) {
+            let other = t.kind == TUPLE_IPV4_OTHER || t.kind == TUPLE_IPV6_OTHER;
+            if other && (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP) {
                 out.extend_from_slice(b" (fragment)");
-            } else if t.kind == TUPLE_IPV4 && t.proto == IPPROTO_TCP {
+            } else if t.has_l4() && t.proto == IPPROTO_TCP {
                 out.extend_from_slice(b" [");
                 put_tcp_flags(out, t.tcp_flags);
                 out.push(b']');
-            } else if t.kind == TUPLE_IPV4 && t.proto == IPPROTO_ICMP {
-                match t.icmp_type {
-                    8 => {
-                        out.extend_from_slice(b" echo request id ");
-                        put_u64(out, u64::from(u16::from_be(t.sport)));
-                    }
-                    0 => {
-                        out.extend_from_slice(b" echo reply id ");
-                        put_u64(out, u64::from(u16::from_be(t.dport)));
-                    }
-                    other => {
-                        out.extend_from_slice(b" type ");
-                        put_u64(out, u64::from(other));
-                    }
-                }
+            } else if t.is_echo(true) {
+                out.extend_from_slice(b" echo request id ");
+                put_u64(out, u64::from(u16::from_be(t.sport)));
+            } else if t.is_echo(false) {
+                out.extend_from_slice(b" echo reply id ");
+                put_u64(out, u64::from(u16::from_be(t.dport)));
+            } else if is_icmp(t) {
+                out.extend_from_slice(b" type ");
+                put_u64(out, u64::from(t.icmp_type));
             }
         }
-        _ => out.push(b'-'),
+        _ => out.extend_from_slice(b"malformed"),
     }
 }
 
-/// `192.168.15.1:40000 > 192.168.15.2:80 tcp [S]`, `... icmp echo id 7`.
+/// ICMP in IPv4 or ICMPv6 in IPv6, with its type read.
+fn is_icmp(t: &Tuple) -> bool {
+    match t.kind {
+        TUPLE_IPV4 => t.proto == IPPROTO_ICMP,
+        TUPLE_IPV6 => t.proto == IPPROTO_ICMPV6,
+        _ => false,
+    }
+}
+
+/// `192.168.15.1:40000 > 192.168.15.2:80 tcp [S]`, `... icmp echo id 7`,
+/// `[fd00:15::1]:40000 > [fd00:15::2]:80 tcp [S]`.
 pub fn tuple_text(t: &Tuple) -> String {
     let mut out = Vec::new();
     put_tuple_text(&mut out, t);
@@ -466,25 +518,27 @@ pub fn tuple_text(t: &Tuple) -> String {
 }
 
 fn put_tuple_json(out: &mut Vec<u8>, t: &Tuple) {
-    let ipv4 = t.kind == TUPLE_IPV4 || t.kind == TUPLE_IPV4_OTHER;
+    let ip = t.is_ipv4() || t.is_ipv6();
     let ports = has_ports(t);
-    let icmp = t.kind == TUPLE_IPV4 && t.proto == IPPROTO_ICMP;
-    let tcp = t.kind == TUPLE_IPV4 && t.proto == IPPROTO_TCP;
+    let icmp = is_icmp(t);
+    let tcp = t.has_l4() && t.proto == IPPROTO_TCP;
     out.extend_from_slice(match t.kind {
         TUPLE_IPV4 => b"{\"kind\":\"ipv4\"",
         TUPLE_IPV4_OTHER => b"{\"kind\":\"ipv4_other\"",
-        TUPLE_NOT_IPV4 => b"{\"kind\":\"not_ipv4\"",
+        TUPLE_IPV6 => b"{\"kind\":\"ipv6\"",
+        TUPLE_IPV6_OTHER => b"{\"kind\":\"ipv6_other\"",
+        TUPLE_NOT_IP => b"{\"kind\":\"not_ip\"",
         _ => b"{\"kind\":\"malformed\"",
     });
-    if ipv4 {
+    if ip {
         out.extend_from_slice(b",\"proto\":\"");
         // Protocol names are plain lower-case words: nothing to escape.
         put_proto(out, t.proto);
         out.push(b'"');
         out.extend_from_slice(b",\"src\":\"");
-        put_ipv4(out, t.saddr);
+        Addr::of(t, t.saddr).put(out);
         out.extend_from_slice(b"\",\"dst\":\"");
-        put_ipv4(out, t.daddr);
+        Addr::of(t, t.daddr).put(out);
         out.push(b'"');
     } else {
         out.extend_from_slice(b",\"proto\":null,\"src\":null,\"dst\":null");
@@ -511,14 +565,16 @@ fn put_tuple_json(out: &mut Vec<u8>, t: &Tuple) {
         out.extend_from_slice(b",\"icmp_type\":null");
     }
     out.extend_from_slice(b",\"icmp_id\":");
-    match (icmp, t.icmp_type) {
-        (true, 8) => put_u64(out, u64::from(u16::from_be(t.sport))),
-        (true, 0) => put_u64(out, u64::from(u16::from_be(t.dport))),
-        _ => out.extend_from_slice(b"null"),
+    if t.is_echo(true) {
+        put_u64(out, u64::from(u16::from_be(t.sport)));
+    } else if t.is_echo(false) {
+        put_u64(out, u64::from(u16::from_be(t.dport)));
+    } else {
+        out.extend_from_slice(b"null");
     }
     out.extend_from_slice(b",\"ethertype\":");
-    if t.kind == TUPLE_NOT_IPV4 {
-        put_u64(out, u64::from(t.saddr));
+    if t.kind == TUPLE_NOT_IP {
+        put_u64(out, u64::from(t.saddr[0]));
     } else {
         out.extend_from_slice(b"null");
     }
@@ -528,7 +584,7 @@ fn put_tuple_json(out: &mut Vec<u8>, t: &Tuple) {
 /// One side of a rewrite, as [`nat_rewrites`] names it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct End {
-    addr: u32,
+    addr: Addr,
     /// A port (TCP/UDP) or an ICMP echo id, host order.
     port: Option<u16>,
     icmp_id: bool,
@@ -536,17 +592,14 @@ struct End {
 
 impl End {
     fn put(self, out: &mut Vec<u8>) {
-        put_ipv4(out, self.addr);
         match (self.port, self.icmp_id) {
-            (Some(port), false) => {
-                out.push(b':');
-                put_u64(out, u64::from(port));
-            }
+            (Some(port), false) => self.addr.put_with_port(out, port),
             (Some(id), true) => {
+                self.addr.put(out);
                 out.extend_from_slice(b" id ");
                 put_u64(out, u64::from(id));
             }
-            (None, _) => {}
+            (None, _) => self.addr.put(out),
         }
     }
 }
@@ -554,34 +607,36 @@ impl End {
 /// The rewrites between the tuple before and after a hop: (kind, from,
 /// to), DNAT first. At most two, so no allocation.
 fn rewrites(before: &Tuple, after: &Tuple) -> Rewrites {
-    let ipv4 = |t: &Tuple| t.kind == TUPLE_IPV4 || t.kind == TUPLE_IPV4_OTHER;
-    if !ipv4(before) || !ipv4(after) {
+    // A rewrite keeps the family (NAT64 is not netlab's).
+    let same_family =
+        (before.is_ipv4() && after.is_ipv4()) || (before.is_ipv6() && after.is_ipv6());
+    if !same_family {
         return [None, None];
     }
     let ports = has_ports(before);
-    let icmp = before.kind == TUPLE_IPV4 && before.proto == IPPROTO_ICMP;
-    let end = |addr: u32, port: u16, show: bool, icmp_id: bool| End {
-        addr,
+    let icmp = is_icmp(before);
+    let end = |t: &Tuple, addr: [u32; 4], port: u16, show: bool, icmp_id: bool| End {
+        addr: Addr::of(t, addr),
         port: show.then(|| u16::from_be(port)),
         icmp_id,
     };
     // An ICMP echo id moves with the source (SNAT) of a request and the
     // destination (un-SNAT) of a reply.
     let (s_from, s_to, d_from, d_to) = if icmp {
-        let s_id = before.sport != after.sport && before.icmp_type == 8;
-        let d_id = before.dport != after.dport && before.icmp_type == 0;
+        let s_id = before.sport != after.sport && before.is_echo(true);
+        let d_id = before.dport != after.dport && before.is_echo(false);
         (
-            end(before.saddr, before.sport, s_id, true),
-            end(after.saddr, after.sport, s_id, true),
-            end(before.daddr, before.dport, d_id, true),
-            end(after.daddr, after.dport, d_id, true),
+            end(before, before.saddr, before.sport, s_id, true),
+            end(after, after.saddr, after.sport, s_id, true),
+            end(before, before.daddr, before.dport, d_id, true),
+            end(after, after.daddr, after.dport, d_id, true),
         )
     } else {
         (
-            end(before.saddr, before.sport, ports, false),
-            end(after.saddr, after.sport, ports, false),
-            end(before.daddr, before.dport, ports, false),
-            end(after.daddr, after.dport, ports, false),
+            end(before, before.saddr, before.sport, ports, false),
+            end(after, after.saddr, after.sport, ports, false),
+            end(before, before.daddr, before.dport, ports, false),
+            end(after, after.daddr, after.dport, ports, false),
         )
     };
     let dnat = (d_from != d_to).then_some(("dnat", d_from, d_to));
@@ -1208,8 +1263,8 @@ mod tests {
 
     fn tcp(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16) -> Tuple {
         Tuple {
-            saddr: wire(s),
-            daddr: wire(d),
+            saddr: [wire(s), 0, 0, 0],
+            daddr: [wire(d), 0, 0, 0],
             sport: sp.to_be(),
             dport: dp.to_be(),
             proto: IPPROTO_TCP,
@@ -1299,6 +1354,118 @@ mod tests {
             tuple_text(&before),
             "198.18.0.2:40000 > 198.18.0.1:8080 tcp [S]"
         );
+    }
+
+    /// An IPv6 address as the tuple holds it.
+    fn wire6(a: &str) -> [u32; 4] {
+        let octets = a.parse::<Ipv6Addr>().unwrap().octets();
+        std::array::from_fn(|i| u32::from_ne_bytes(octets[4 * i..4 * i + 4].try_into().unwrap()))
+    }
+
+    fn ipv6(s: &str, sp: u16, d: &str, dp: u16, proto: u8) -> Tuple {
+        Tuple {
+            saddr: wire6(s),
+            daddr: wire6(d),
+            sport: sp.to_be(),
+            dport: dp.to_be(),
+            proto,
+            tcp_flags: 0x02,
+            icmp_type: 0,
+            kind: TUPLE_IPV6,
+        }
+    }
+
+    #[test]
+    fn ipv6_tuples_rewrites_and_json() {
+        let before = ipv6("2001:2::2", 40000, "2001:2::1", 8080, IPPROTO_TCP);
+        let after = ipv6("2001:2::2", 40000, "fd00:15::2", 80, IPPROTO_TCP);
+        assert_eq!(
+            tuple_text(&before),
+            "[2001:2::2]:40000 > [2001:2::1]:8080 tcp [S]"
+        );
+        assert_eq!(
+            nat_rewrites(&before, &after),
+            [(
+                "dnat",
+                "[2001:2::1]:8080".to_owned(),
+                "[fd00:15::2]:80".to_owned()
+            )]
+        );
+        // An echo request masqueraded: the id moves with the source.
+        let mut ping = ipv6("fd00:15::1", 7, "2001:2::2", 0, IPPROTO_ICMPV6);
+        ping.icmp_type = 128;
+        let mut out = ping;
+        out.saddr = wire6("2001:2::1");
+        out.sport = 9u16.to_be();
+        assert_eq!(
+            tuple_text(&ping),
+            "fd00:15::1 > 2001:2::2 icmp6 echo request id 7"
+        );
+        assert_eq!(
+            nat_rewrites(&ping, &out),
+            [(
+                "snat",
+                "fd00:15::1 id 7".to_owned(),
+                "2001:2::1 id 9".to_owned()
+            )]
+        );
+        // Neighbour discovery: a type, no id.
+        let mut ns = ipv6("fe80::1", 0, "ff02::1:ff00:2", 0, IPPROTO_ICMPV6);
+        ns.icmp_type = 135;
+        assert_eq!(tuple_text(&ns), "fe80::1 > ff02::1:ff00:2 icmp6 type 135");
+        let other = Tuple {
+            kind: TUPLE_IPV6_OTHER,
+            proto: IPPROTO_UDP,
+            ..ipv6("fd00:15::1", 0, "fd00:15::2", 0, IPPROTO_UDP)
+        };
+        assert_eq!(tuple_text(&other), "fd00:15::1 > fd00:15::2 udp (fragment)");
+        // Families never make a rewrite.
+        let v4 = tcp([198, 18, 0, 2], 40000, [198, 18, 0, 1], 8080);
+        assert!(nat_rewrites(&v4, &before).is_empty());
+        let event = Event {
+            header: EventHeader {
+                kind: EVENT_HOP,
+                action: Action::Pass as u8,
+                before,
+                after,
+                ..EventHeader::default()
+            },
+            data: &[],
+        };
+        let mut json = Vec::new();
+        write_event_json(
+            &mut json,
+            &event,
+            &Context::default(),
+            &mut Clock::default(),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["packet"]["kind"], "ipv6");
+        assert_eq!(v["packet"]["src"], "2001:2::2");
+        assert_eq!(v["after"]["dst"], "fd00:15::2");
+        assert_eq!(v["after"]["dport"], 80);
+        assert_eq!(v["nat"][0]["to"], "[fd00:15::2]:80");
+        let mut json = Vec::new();
+        let echo = Event {
+            header: EventHeader {
+                before: ping,
+                after: ping,
+                ..event.header
+            },
+            data: &[],
+        };
+        write_event_json(&mut json, &echo, &Context::default(), &mut Clock::default());
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["packet"]["proto"], "icmp6");
+        assert_eq!(v["packet"]["icmp_type"], 128);
+        assert_eq!(v["packet"]["icmp_id"], 7);
+        assert!(v["packet"]["sport"].is_null());
+        let arp = Tuple {
+            kind: TUPLE_NOT_IP,
+            saddr: [0x0806, 0, 0, 0],
+            ..Tuple::default()
+        };
+        assert_eq!(tuple_text(&arp), "non-IP (ethertype 0x0806)");
     }
 
     #[test]

@@ -228,8 +228,8 @@ fn recorded(journeys: u32) -> Vec<Vec<u8>> {
     let mut ts = 1_000_000_000u64;
     for j in 0..journeys {
         let tuple = Tuple {
-            saddr: u32::from_ne_bytes([192, 168, 15, 1]),
-            daddr: u32::from_ne_bytes([192, 168, 15, 2]),
+            saddr: [u32::from_ne_bytes([192, 168, 15, 1]), 0, 0, 0],
+            daddr: [u32::from_ne_bytes([192, 168, 15, 2]), 0, 0, 0],
             sport: (40000 + (j % 20000) as u16).to_be(),
             dport: 9000u16.to_be(),
             proto: 17,
