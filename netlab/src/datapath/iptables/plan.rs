@@ -518,7 +518,8 @@ fn service_rules(
 /// What the lab wants of ip6tables, `filter` then `nat`. The lab is closed
 /// for IPv6 as the eBPF datapaths close it: nothing is forwarded into or
 /// out of the lab's interfaces (bridged traffic included, through
-/// br_netfilter) but what stays on its link (link-local unicast and
+/// br_netfilter; the chain is jumped to for those interfaces only) but
+/// what stays on its link (link-local unicast and
 /// multicast: neighbour discovery), what goes from one of the lab's IPv6
 /// subnets to another, and, for the subnets `[nat] masquerade` lists,
 /// what Docker's ip6tables rules let through: the subnet's own flows out
@@ -581,9 +582,17 @@ pub(super) fn plan6(lab: &str, topo: &Topology, published: &[PublishedPort]) -> 
     {
         push_unique(&mut ifaces, name);
     }
-    for name in ifaces {
+    for name in &ifaces {
         fwd.push(rule(format!("-i {name} -j DROP")));
         fwd.push(rule(format!("-o {name} -j DROP")));
+    }
+    // The chain sees only what crosses one of the lab's interfaces or its
+    // uplink, so its ACCEPTs never match a packet between other interfaces
+    // of the host; the uplink's traffic to elsewhere returns to FORWARD.
+    let mut fwd_jumps = Vec::new();
+    for name in ifaces.into_iter().chain(uplink) {
+        fwd_jumps.push(Rule::new("FORWARD", format!("-i {name} -j {fwd6}")));
+        fwd_jumps.push(Rule::new("FORWARD", format!("-o {name} -j {fwd6}")));
     }
 
     // NAT66 only where the lab masquerades an IPv6 subnet (and so has an
@@ -624,7 +633,7 @@ pub(super) fn plan6(lab: &str, topo: &Topology, published: &[PublishedPort]) -> 
         TablePlan {
             table: "filter",
             chains: vec![names.fwd6.clone()],
-            jumps: vec![Rule::new("FORWARD", format!("-j {}", names.fwd6))],
+            jumps: fwd_jumps,
             body: fwd,
             stale: Vec::new(),
         },
@@ -965,6 +974,13 @@ COMMIT
             spoofed < within && leaking < within && within < closed,
             "{rules}"
         );
+        // The chain is entered from the lab's interfaces only, so its
+        // ACCEPTs never match another interface of the host.
+        for iface in ["v-net-0", "veth-red-br", "veth-blue-br", "nl-uplink"] {
+            at(&format!("-I FORWARD -i {iface} -j {fwd6}"));
+            at(&format!("-I FORWARD -o {iface} -j {fwd6}"));
+        }
+        assert!(!rules.contains(&format!("-I FORWARD -j {fwd6}")), "{rules}");
         // The world's subnets, either end of the uplink's veth and any
         // prefix, are never the lab's.
         assert!(!rules.contains("2001:2::"), "{rules}");
