@@ -656,6 +656,80 @@ fn ipv6_published_port_through_ip6tables() {
     assert!(read.stdout.lines().any(|l| l == "fd00:15::2\t80"), "{read}");
 }
 
+/// Hostile IPv6 is read as far as it goes, and never past what the walk
+/// bounds: a header cut short and one that lies about its version are
+/// malformed; a chain of five extension headers, or one whose length runs
+/// past the frame, shows its addresses only; three extension headers and a
+/// first fragment still show their ports; a later fragment has none.
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn hostile_ipv6_is_read_as_far_as_it_goes() {
+    let sb = lab();
+    let bg = trace(
+        &sb,
+        &["--json", "--duration", "3", "--iface", "red/veth-red"],
+    );
+    sb.ok(&["ip", "netns", "exec", "red", "python3", "-c", HOSTILE_IPV6])
+        .unwrap();
+    let (events, _) = events(bg);
+    let egress: Vec<&Value> = hops(&events)
+        .into_iter()
+        .filter(|e| e["iface"] == "veth-red" && e["direction"] == "egress")
+        .collect();
+    let to = |n: &str| -> &Value {
+        let dst = format!("fd00:15::{n}");
+        egress
+            .iter()
+            .find(|e| e["packet"]["dst"] == dst.as_str())
+            .unwrap_or_else(|| panic!("no event to {dst}: {egress:#?}"))
+    };
+    let kind = |e: &Value| e["packet"]["kind"].as_str().unwrap().to_owned();
+    // Five extension headers: more than the walk takes.
+    assert_eq!(kind(to("103")), "ipv6_other", "{}", to("103"));
+    assert_eq!(to("103")["packet"]["proto"], "0");
+    // Three, then UDP.
+    assert_eq!(kind(to("104")), "ipv6", "{}", to("104"));
+    assert_eq!(to("104")["packet"]["proto"], "udp");
+    assert_eq!(to("104")["packet"]["dport"], 9);
+    // A later fragment: no ports in it.
+    assert_eq!(kind(to("105")), "ipv6_other", "{}", to("105"));
+    assert_eq!(to("105")["packet"]["proto"], "udp");
+    assert!(to("105")["packet"]["dport"].is_null());
+    // A first fragment carries the ports.
+    assert_eq!(kind(to("106")), "ipv6", "{}", to("106"));
+    assert_eq!(to("106")["packet"]["sport"], 53);
+    // A hop-by-hop header longer than the frame.
+    assert_eq!(kind(to("107")), "ipv6_other", "{}", to("107"));
+    assert!(to("107")["packet"]["sport"].is_null());
+    let malformed = egress.iter().filter(|e| kind(e) == "malformed").count();
+    assert!(malformed >= 2, "{egress:#?}");
+}
+
+/// Raw frames out of red's veth, each to its own destination in
+/// fd00:15::/64 (see `hostile_ipv6_is_read_as_far_as_it_goes`).
+const HOSTILE_IPV6: &str = r#"
+import socket, struct
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('veth-red', 0))
+eth = b'\xff' * 6 + b'\x02' * 6 + b'\x86\xdd'
+def addr(n): return socket.inet_pton(socket.AF_INET6, 'fd00:15::%x' % n)
+def ipv6(nh, dst, payload, version=6):
+    return bytes([version << 4, 0, 0, 0]) + struct.pack('!HBB', len(payload), nh, 64) + addr(1) + addr(dst) + payload
+udp = struct.pack('!HHHH', 53, 9, 8, 0)
+def ext(nh): return bytes([nh, 0, 1, 4]) + b'\0' * 4  # 8 bytes, PadN
+def frag(nh, offset, more): return struct.pack('!BBHI', nh, 0, (offset << 3) | more, 7)
+for frame in [
+    ipv6(17, 0x101, udp)[:20],
+    ipv6(17, 0x102, udp, version=4),
+    ipv6(0, 0x103, ext(60) + ext(60) + ext(60) + ext(60) + ext(17) + udp),
+    ipv6(0, 0x104, ext(60) + ext(60) + ext(17) + udp),
+    ipv6(44, 0x105, frag(17, 1, 0) + udp),
+    ipv6(44, 0x106, frag(17, 0, 1) + udp),
+    ipv6(0, 0x107, bytes([17, 200]) + b'\0' * 6 + udp),
+]:
+    s.send(eth + frame)
+"#;
+
 /// The ids of the lab's trace programs (`trace_hop` and the fate
 /// tracepoints) the kernel has loaded: the programs under those names that
 /// count into the lab's trace counters (other labs on the machine have
