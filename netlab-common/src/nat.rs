@@ -773,7 +773,9 @@ pub enum Stat {
     /// New flows to a published port or Service whose client tuple toward
     /// the backend another flow held (one client port that reached another
     /// published port of the same backend): given another source port, as
-    /// netfilter's implicit source NAT does.
+    /// netfilter's implicit source NAT does. (A flow two CPUs open at once
+    /// may be counted by the loser too, which then takes the winner's
+    /// translation.)
     DnatPortRemapped,
 }
 

@@ -155,9 +155,11 @@ pub const TUPLE_MALFORMED: u8 = 4;
 /// IPv6 with TCP/UDP ports or an ICMPv6 type (found past the extension
 /// headers).
 pub const TUPLE_IPV6: u8 = 5;
-/// IPv6 of another protocol, a fragment after the first, or a chain of
-/// extension headers longer than the tracer walks: addresses, and the
-/// last next-header value it read as [`Tuple::proto`].
+/// IPv6 of another protocol, a fragment after the first, or extension
+/// headers the tracer does not walk through (more than four, or past the
+/// bytes it reads): addresses, and as [`Tuple::proto`] the upper-layer
+/// protocol, or the IPv6 header's next-header value when the walk stopped
+/// short.
 pub const TUPLE_IPV6_OTHER: u8 = 6;
 
 /// ICMPv6's echo types, which the tracer tells apart as ICMP's.
@@ -295,6 +297,29 @@ pub struct Journey {
     /// (TCP sends clones of its queued segments).
     pub flags: u32,
     pub last: Tuple,
+}
+
+/// What a NAT program hands the tail-called `trace_hop` through the
+/// per-CPU slot [`TRACE_SCRATCH`](crate::names::TRACE_SCRATCH) (same CPU,
+/// no preemption in between). Only the kernel reads it; userspace knows
+/// its size, to tell a lab an older netlab pinned it for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceScratch {
+    pub before: Tuple,
+    /// The tuple as the packet leaves, filled by `trace_hop` (here, not
+    /// on its stack: `trace_hop` and the calls under it share 512 bytes).
+    pub after: Tuple,
+    pub target_ifindex: u32,
+    pub reason: u32,
+    /// The TC verdict the program decided, returned by `trace_hop`.
+    pub action: i32,
+    pub hook: u32,
+    /// Nonzero when the program may have changed the tuple (NAT rewrote
+    /// it, or the verdict was neither a plain pass nor a drop): `trace_hop`
+    /// parses the packet again.
+    pub touched: u32,
+    pub _pad: u32,
 }
 
 /// [`Journey::flags`]: `sk_buff.cloned` was set at the last hop, so being
@@ -440,6 +465,7 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 128);
 const _: () = assert!(core::mem::size_of::<HopEvent>() == 128 + SNAP_MAX);
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 128);
 const _: () = assert!(core::mem::size_of::<Journey>() == 64);
+const _: () = assert!(core::mem::size_of::<TraceScratch>() == 104);
 const _: () = assert!(core::mem::size_of::<TraceConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Literal>() == 40);
 const _: () = assert!(core::mem::size_of::<Clause>() == 40 * MAX_LITERALS + 8);

@@ -34,7 +34,7 @@ use netlab_common::{
         JOURNEY_IDLE_NS, JOURNEYS_MAP_FLAGS, Journey, LIT_FAMILY, LIT_HOST, LIT_HOST6, LIT_IFACE,
         LIT_NETNS, LIT_PORT, LIT_PROTO, Literal, MAX_CLAUSES, MAX_JOURNEYS, MAX_LITERALS,
         MAX_TRACE_IFACES, REASON_NONE, SIDE_DST, SIDE_SRC, SNAP_MAX, TRACE_STAT_COUNT,
-        TRACE_STAT_EMITTED, TRACE_STAT_LOST, TraceConfig, Tuple,
+        TRACE_STAT_EMITTED, TRACE_STAT_LOST, TraceConfig, TraceScratch, Tuple,
     },
 };
 
@@ -83,31 +83,10 @@ static TRACE_LIVE: Array<u64> = Array::pinned(1, 0);
 #[map(name = "TRACE_STATS")]
 static TRACE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(TRACE_STAT_COUNT, 0);
 
-/// What a program hands the tail-called [`trace_hop`](crate::trace_hop)
-/// through the per-CPU slot (same CPU, no preemption in between).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Scratch {
-    before: Tuple,
-    /// The tuple as the packet leaves, filled by `trace_hop` (here, not
-    /// on its stack: `trace_hop` and the calls under it share 512 bytes).
-    after: Tuple,
-    target_ifindex: u32,
-    reason: u32,
-    /// The TC verdict the program decided, returned by `trace_hop`.
-    action: i32,
-    hook: u32,
-    /// Nonzero when the program may have changed the tuple (NAT rewrote
-    /// it, or the verdict was neither a plain pass nor a drop): `trace_hop`
-    /// parses the packet again.
-    touched: u32,
-    _pad: u32,
-}
-
 /// Pinned: `trace_hop` comes from a later load of the object (`netlab
 /// trace` loads it) and must see the slot the TC programs write.
 #[map(name = "TRACE_SCRATCH")]
-static TRACE_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::pinned(1, 0);
+static TRACE_SCRATCH: PerCpuArray<TraceScratch> = PerCpuArray::pinned(1, 0);
 
 /// Slot 0: `trace_hop`, installed by `netlab trace` while it runs (empty
 /// otherwise: the tail call fails and the program goes on). Recording a hop

@@ -586,7 +586,7 @@ fn ipv6_published_port_through_ip6tables() {
         .spawn(
             &[
                 "ip", "netns", "exec", "blue", "python3", "-c",
-                "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('::',80))\ns.listen()\nprint('ready',flush=True)\nfor _ in range(2):\n c,_=s.accept()\n c.sendall(b'hi')\n c.close()",
+                "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('::',80))\ns.listen()\nprint('ready',flush=True)\nfor _ in range(3):\n c,_=s.accept()\n c.sendall(b'hi')\n c.close()",
             ],
             LIFETIME,
         )
@@ -596,7 +596,10 @@ fn ipv6_published_port_through_ip6tables() {
     let bg = trace(&sb, &["--json", "--duration", "3", "ip6", "and", "tcp"]);
     sb.ok(&["ip", "netns", "exec", "outside", "python3", "-c", connect])
         .unwrap();
-    sb.ping(Some("red"), BLUE, 1).unwrap();
+    // The same port over IPv4, which `ip6` must keep out.
+    let connect4 = connect.replace("2001:2::1", UPLINK);
+    sb.ok(&["ip", "netns", "exec", "outside", "python3", "-c", &connect4])
+        .unwrap();
     let (events, _) = events(bg);
     assert!(
         events.iter().all(|e| e["packet"]["kind"] == "ipv6"),
@@ -659,7 +662,7 @@ fn ipv6_published_port_through_ip6tables() {
 /// Hostile IPv6 is read as far as it goes, and never past what the walk
 /// bounds: a header cut short and one that lies about its version are
 /// malformed; a chain of five extension headers, or one whose length runs
-/// past the frame, shows its addresses only; three extension headers and a
+/// past the frame, shows its addresses only; four extension headers and a
 /// first fragment still show their ports; a later fragment has none.
 #[test]
 #[ignore = "privileged: run through `cargo xtask test`"]
@@ -687,7 +690,7 @@ fn hostile_ipv6_is_read_as_far_as_it_goes() {
     // Five extension headers: more than the walk takes.
     assert_eq!(kind(to("103")), "ipv6_other", "{}", to("103"));
     assert_eq!(to("103")["packet"]["proto"], "0");
-    // Three, then UDP.
+    // Four, the most it walks, then UDP.
     assert_eq!(kind(to("104")), "ipv6", "{}", to("104"));
     assert_eq!(to("104")["packet"]["proto"], "udp");
     assert_eq!(to("104")["packet"]["dport"], 9);
@@ -722,7 +725,7 @@ for frame in [
     ipv6(17, 0x101, udp)[:20],
     ipv6(17, 0x102, udp, version=4),
     ipv6(0, 0x103, ext(60) + ext(60) + ext(60) + ext(60) + ext(17) + udp),
-    ipv6(0, 0x104, ext(60) + ext(60) + ext(17) + udp),
+    ipv6(0, 0x104, ext(60) + ext(60) + ext(60) + ext(17) + udp),
     ipv6(44, 0x105, frag(17, 1, 0) + udp),
     ipv6(44, 0x106, frag(17, 0, 1) + udp),
     ipv6(0, 0x107, bytes([17, 200]) + b'\0' * 6 + udp),

@@ -30,6 +30,7 @@ impl Ipv6Hdr {
 }
 
 pub const IPV6_HLEN: usize = 40;
+const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HLEN);
 
 /// The source and destination addresses' offsets in an IPv6 header.
 const IPV6_SADDR_OFF: usize = 8;
@@ -42,8 +43,9 @@ const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_AUTH: u8 = 51;
 const NEXTHDR_DEST: u8 = 60;
 
-/// Extension headers walked at most before the upper-layer header (as
-/// Cilium's `IPV6_MAX_HEADERS`); a longer chain is not read further.
+/// Extension headers walked at most before the upper-layer header; a
+/// longer chain is not read further (Cilium's walk stops a header
+/// earlier: its `IPV6_MAX_HEADERS` steps include finding the upper one).
 const MAX_EXT_HEADERS: usize = 4;
 
 /// Fragment header: the offset (13 bits, in 8-byte units).
@@ -62,13 +64,17 @@ pub struct Upper {
 
 /// Walks the extension headers (hop-by-hop, routing, fragment,
 /// authentication, destination options; at most [`MAX_EXT_HEADERS`]) to
-/// the upper-layer header. `None` when the chain is longer, or runs past
-/// the bytes [`ctx::load`] reads.
+/// the upper-layer header. `None` when the chain is longer, or an
+/// extension header lies past the bytes [`ctx::load`] reads (within
+/// `ctx::MAX_HEADERS` of the frame's start). The upper-layer header itself
+/// may lie past them: reading it then fails.
 #[inline(always)]
 pub fn upper(ctx: &TcContext, first: u8) -> Option<Upper> {
     let mut next = first;
     let mut off = ETH_HLEN + IPV6_HLEN;
-    for _ in 0..MAX_EXT_HEADERS {
+    // One step more than the headers it may pass: the last finds the
+    // upper-layer header.
+    for _ in 0..=MAX_EXT_HEADERS {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH => {
                 let [following, len] = ctx::load::<[u8; 2]>(ctx, off)?;

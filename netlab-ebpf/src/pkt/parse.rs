@@ -214,11 +214,14 @@ fn ipv6_tuple(ctx: &TcContext, t: &mut Tuple) {
     let l4 = upper.l4;
     match upper.proto {
         IPPROTO_TCP => {
-            // Flags as the IPv4 parser reads them (a 16-bit word).
-            let (Some(ports), Some([_doff, flags])) = (
-                ctx::load::<[u16; 2]>(ctx, l4),
-                ctx::load::<[u8; 2]>(ctx, l4 + TCP_DOFF_OFF),
-            ) else {
+            // One read at a time (see the IPv4 parser's ICMP: LLVM used
+            // the undefined payload of a failed read in a pattern of
+            // two, from a register the verifier knew as the context);
+            // the flags as the IPv4 parser reads them (a 16-bit word).
+            let Some(ports) = ctx::load::<[u16; 2]>(ctx, l4) else {
+                return;
+            };
+            let Some([_doff, flags]) = ctx::load::<[u8; 2]>(ctx, l4 + TCP_DOFF_OFF) else {
                 return;
             };
             t.sport = ports[0];

@@ -295,7 +295,7 @@ pub fn run(options: &Options) -> Result<Summary> {
         enabled: 1,
         sample_every: sample,
         // Only pcapng shows packet bytes: the text forms take header-only
-        // records (no copy, four times as many fit in the ring).
+        // records (no copy, three times as many fit in the ring).
         snaplen: if options.pcapng.is_some() {
             options.snaplen
         } else {

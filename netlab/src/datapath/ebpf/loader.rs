@@ -58,20 +58,36 @@ pub enum Refused {
     NoObject,
     #[error(
         "lab `{lab}` was brought up by an older netlab, whose programs and maps differ from this \
-         one's ({map}: {}-byte keys and {}-byte values, not {} and {}); run `netlab down` (with \
-         this netlab) first, then `netlab up`",
-        found.0,
-        found.1,
-        expected.0,
-        expected.1
+         one's ({map}: {found}, not {expected}); run `netlab down` (with this netlab) first, then \
+         `netlab up`"
     )]
     OlderNetlab {
         lab: String,
         map: String,
-        /// Key and value sizes of the pinned map, and this netlab's.
-        found: (usize, usize),
-        expected: (usize, usize),
+        /// The pinned map's layout, and this netlab's (see [`Layout`]).
+        found: Layout,
+        expected: Layout,
     },
+}
+
+/// A pinned map's layout as this build's programs assume it: key and value
+/// sizes, and for maps indexed by a number that grew (the counters) the
+/// entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub key: usize,
+    pub value: usize,
+    pub entries: Option<u32>,
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-byte keys and {}-byte values", self.key, self.value)?;
+        if let Some(entries) = self.entries {
+            write!(f, ", {entries} entries")?;
+        }
+        Ok(())
+    }
 }
 
 /// The object `cargo xtask` built, or an empty placeholder (see build.rs).
@@ -281,29 +297,49 @@ fn page_size() -> u32 {
     u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
-/// The pinned maps whose layout both sides of this netlab assume, with the
-/// key and value sizes of this build. A lab whose pin has other sizes was
-/// brought up by another netlab.
-fn layouts() -> [(&'static str, usize, usize); 8] {
+/// The pinned maps whose layout both sides of this netlab assume, as this
+/// build lays them out. A lab whose pin has another layout was brought up
+/// by another netlab.
+fn layouts() -> [(&'static str, Layout); 10] {
     use core::mem::size_of;
-    use netlab_common::{nat::*, trace::TraceConfig};
+    use netlab_common::{
+        nat::*,
+        trace::{TraceConfig, TraceScratch},
+    };
+    let sized = |key: usize, value: usize| Layout {
+        key,
+        value,
+        entries: None,
+    };
     [
-        (names::TRACE_CONFIG, 4, size_of::<TraceConfig>()),
-        (names::NAT_CONFIG, 4, size_of::<NatConfig>()),
-        (names::IFACE_CONFIG, 4, size_of::<IfaceConfig>()),
-        (names::CONNTRACK, size_of::<FlowKey>(), size_of::<CtEntry>()),
+        (names::TRACE_CONFIG, sized(4, size_of::<TraceConfig>())),
+        (names::TRACE_SCRATCH, sized(4, size_of::<TraceScratch>())),
+        (names::NAT_CONFIG, sized(4, size_of::<NatConfig>())),
+        (names::IFACE_CONFIG, sized(4, size_of::<IfaceConfig>())),
+        (
+            names::NAT_STATS,
+            Layout {
+                entries: Some(STAT_COUNT),
+                ..sized(4, size_of::<u64>())
+            },
+        ),
+        (
+            names::CONNTRACK,
+            sized(size_of::<FlowKey>(), size_of::<CtEntry>()),
+        ),
         (
             names::CONNTRACK_NEW,
-            size_of::<FlowKey>(),
-            size_of::<CtEntry>(),
+            sized(size_of::<FlowKey>(), size_of::<CtEntry>()),
         ),
         (
             names::PUBLISHED,
-            size_of::<PublishKey>(),
-            size_of::<Backend>(),
+            sized(size_of::<PublishKey>(), size_of::<Backend>()),
         ),
-        (names::ENDPOINTS, 4, size_of::<Endpoint>()),
-        (names::SOCK_NAT, size_of::<SockKey>(), size_of::<SockNat>()),
+        (names::ENDPOINTS, sized(4, size_of::<Endpoint>())),
+        (
+            names::SOCK_NAT,
+            sized(size_of::<SockKey>(), size_of::<SockNat>()),
+        ),
     ]
 }
 
@@ -313,7 +349,7 @@ fn layouts() -> [(&'static str, usize, usize); 8] {
 /// killed half way has some of this netlab's maps pinned, not all: that is
 /// no refusal, the next `up` makes the rest.
 pub fn check_pins(pins: &Pins) -> Result<()> {
-    for (name, key, value) in layouts() {
+    for (name, expected) in layouts() {
         let pin = pins.map(name);
         if !pin.exists() {
             continue;
@@ -321,13 +357,17 @@ pub fn check_pins(pins: &Pins) -> Result<()> {
         let info = MapData::from_pin(&pin)
             .and_then(|map| map.info())
             .with_context(|| format!("reading {}", pin.display()))?;
-        let found = (info.key_size() as usize, info.value_size() as usize);
-        if found != (key, value) {
+        let found = Layout {
+            key: info.key_size() as usize,
+            value: info.value_size() as usize,
+            entries: expected.entries.map(|_| info.max_entries()),
+        };
+        if found != expected {
             return Err(Refused::OlderNetlab {
                 lab: pins.lab().to_owned(),
                 map: name.to_string(),
                 found,
-                expected: (key, value),
+                expected,
             }
             .into());
         }
