@@ -52,20 +52,40 @@ fn events(bg: Background) -> (Vec<Value>, String) {
     (events, out.stderr)
 }
 
-/// The events of `netlab trace tcp` while a client in `client` connects to
-/// `addr`:8080 (blue's port 80, published) and reads what a one-shot
-/// server in blue sends.
-fn traced_connection(sb: &Sandbox, client: &str, addr: &str) -> Vec<Value> {
+/// A server in blue on port 80, IPv4 and IPv6 alike, that sends "hi" to
+/// each of its first `accepts` clients; running once it returns.
+fn serve_hi(sb: &Sandbox, accepts: usize) -> Background {
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_INET6)\n\
+         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('::',80))\ns.listen()\n\
+         print('ready',flush=True)\nfor _ in range({accepts}):\n c,_=s.accept()\n \
+         c.sendall(b'hi')\n c.close()"
+    );
     let mut server = sb
         .spawn(
-            &[
-                "ip", "netns", "exec", "blue", "python3", "-c",
-                "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',80))\ns.listen()\nprint('ready',flush=True)\nc,_=s.accept()\nc.sendall(b'hi')\nc.close()",
-            ],
+            &["ip", "netns", "exec", "blue", "python3", "-c", &script],
             LIFETIME,
         )
         .unwrap();
     server.wait_for("ready", SETTLE).unwrap();
+    server
+}
+
+/// `tshark -r FILE -T fields -e FIELD...`: one line per packet, the
+/// fields tab-separated.
+fn tshark_fields(sb: &Sandbox, file: &str, fields: &[&str]) -> netlab_tests::Output {
+    let mut argv = vec!["tshark", "-r", file, "-T", "fields"];
+    for field in fields {
+        argv.extend(["-e", field]);
+    }
+    sb.ok(&argv).unwrap()
+}
+
+/// The events of `netlab trace tcp` while a client in `client` connects to
+/// `addr`:8080 (blue's port 80, published) and reads what a one-shot
+/// server in blue sends.
+fn traced_connection(sb: &Sandbox, client: &str, addr: &str) -> Vec<Value> {
+    let _server = serve_hi(sb, 1);
     let bg = trace(sb, &["--json", "--duration", "3", "tcp"]);
     let connect = format!(
         "import socket\ns=socket.create_connection(('{addr}',8080),timeout=3)\nassert s.recv(10)==b'hi'"
@@ -338,19 +358,7 @@ fn pcapng_is_read_by_tshark() {
     sb.ping(Some("red"), BLUE, 2).unwrap();
     let out = bg.finish(Duration::from_secs(30)).unwrap().ok().unwrap();
     assert!(out.stderr.contains("16 packets written"), "{out}");
-    let read = sb
-        .ok(&[
-            "tshark",
-            "-r",
-            file,
-            "-T",
-            "fields",
-            "-e",
-            "frame.comment",
-            "-e",
-            "icmp.type",
-        ])
-        .unwrap();
+    let read = tshark_fields(&sb, file, &["frame.comment", "icmp.type"]);
     let lines: Vec<&str> = read.stdout.lines().collect();
     assert_eq!(lines.len(), 16, "{read}");
     assert!(lines.iter().all(|l| l.contains("hop ")), "{read}");
@@ -371,17 +379,7 @@ fn pcapng_is_read_by_tshark() {
         .filter(|l| !l.trim().is_empty() && !l.contains("Running as user"))
         .collect();
     assert!(complaints.is_empty(), "tshark complained: {read}");
-    let ifaces = sb
-        .ok(&[
-            "tshark",
-            "-r",
-            file,
-            "-T",
-            "fields",
-            "-e",
-            "frame.interface_name",
-        ])
-        .unwrap();
+    let ifaces = tshark_fields(&sb, file, &["frame.interface_name"]);
     assert!(ifaces.stdout.contains("host/veth-blue-br"), "{ifaces}");
 }
 
@@ -582,16 +580,7 @@ fn ipv6_ping_shows_every_hop_in_order() {
 fn ipv6_published_port_through_ip6tables() {
     let sb = Sandbox::new().unwrap();
     sb.netlab_ok(&["up", "--dual-stack"]).unwrap();
-    let mut server = sb
-        .spawn(
-            &[
-                "ip", "netns", "exec", "blue", "python3", "-c",
-                "import socket\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('::',80))\ns.listen()\nprint('ready',flush=True)\nfor _ in range(3):\n c,_=s.accept()\n c.sendall(b'hi')\n c.close()",
-            ],
-            LIFETIME,
-        )
-        .unwrap();
-    server.wait_for("ready", SETTLE).unwrap();
+    let _server = serve_hi(&sb, 3);
     let connect = "import socket\ns=socket.create_connection(('2001:2::1',8080),timeout=3)\nassert s.recv(10)==b'hi'";
     let bg = trace(&sb, &["--json", "--duration", "3", "ip6", "and", "tcp"]);
     sb.ok(&["ip", "netns", "exec", "outside", "python3", "-c", connect])
@@ -639,19 +628,7 @@ fn ipv6_published_port_through_ip6tables() {
         .unwrap();
     let out = bg.finish(Duration::from_secs(30)).unwrap().ok().unwrap();
     assert!(out.stderr.contains("packets written"), "{out}");
-    let read = sb
-        .ok(&[
-            "tshark",
-            "-r",
-            file,
-            "-T",
-            "fields",
-            "-e",
-            "ipv6.dst",
-            "-e",
-            "tcp.dstport",
-        ])
-        .unwrap();
+    let read = tshark_fields(&sb, file, &["ipv6.dst", "tcp.dstport"]);
     assert!(
         read.stdout.lines().any(|l| l == "2001:2::1\t8080"),
         "{read}"

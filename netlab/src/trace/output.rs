@@ -1274,6 +1274,20 @@ mod tests {
         }
     }
 
+    /// A hop that passed the packet, from `before` to `after`.
+    fn hop(before: Tuple, after: Tuple) -> Event<'static> {
+        Event {
+            header: EventHeader {
+                kind: EVENT_HOP,
+                action: Action::Pass as u8,
+                before,
+                after,
+                ..EventHeader::default()
+            },
+            data: &[],
+        }
+    }
+
     fn bytes_of<T>(value: &T) -> Vec<u8> {
         // SAFETY: reading a plain-data value's bytes.
         unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
@@ -1336,16 +1350,7 @@ mod tests {
             )]
         );
         assert!(nat_rewrites(&before, &before).is_empty());
-        let event = Event {
-            header: EventHeader {
-                kind: EVENT_HOP,
-                action: Action::Pass as u8,
-                before,
-                after,
-                ..EventHeader::default()
-            },
-            data: &[],
-        };
+        let event = hop(before, after);
         assert_eq!(
             action_text(&event, &Context::default()),
             "DNAT 198.18.0.1:8080 → 192.168.15.2:80"
@@ -1383,13 +1388,11 @@ mod tests {
             tuple_text(&before),
             "[2001:2::2]:40000 > [2001:2::1]:8080 tcp [S]"
         );
+        let one =
+            |kind: &'static str, from: &str, to: &str| vec![(kind, from.to_owned(), to.to_owned())];
         assert_eq!(
             nat_rewrites(&before, &after),
-            [(
-                "dnat",
-                "[2001:2::1]:8080".to_owned(),
-                "[fd00:15::2]:80".to_owned()
-            )]
+            one("dnat", "[2001:2::1]:8080", "[fd00:15::2]:80")
         );
         // An echo request masqueraded: the id moves with the source.
         let mut ping = ipv6("fd00:15::1", 7, "2001:2::2", 0, IPPROTO_ICMPV6);
@@ -1403,11 +1406,7 @@ mod tests {
         );
         assert_eq!(
             nat_rewrites(&ping, &out),
-            [(
-                "snat",
-                "fd00:15::1 id 7".to_owned(),
-                "2001:2::1 id 9".to_owned()
-            )]
+            one("snat", "fd00:15::1 id 7", "2001:2::1 id 9")
         );
         // Neighbour discovery: a type, no id.
         let mut ns = ipv6("fe80::1", 0, "ff02::1:ff00:2", 0, IPPROTO_ICMPV6);
@@ -1422,16 +1421,7 @@ mod tests {
         // Families never make a rewrite.
         let v4 = tcp([198, 18, 0, 2], 40000, [198, 18, 0, 1], 8080);
         assert!(nat_rewrites(&v4, &before).is_empty());
-        let event = Event {
-            header: EventHeader {
-                kind: EVENT_HOP,
-                action: Action::Pass as u8,
-                before,
-                after,
-                ..EventHeader::default()
-            },
-            data: &[],
-        };
+        let event = hop(before, after);
         let mut json = Vec::new();
         write_event_json(
             &mut json,
