@@ -350,6 +350,44 @@ fn iptables_translates_ipv6_as_docker_does() {
     assert_eq!(refused.stdout.trim(), "refused", "{refused}");
     assert_eq!(counted("leak"), 0);
     assert!(counted("nat") >= 6, "{}", nft("list table inet watch"));
+    // Nor does a header an ICMPv6 error quotes: blue's port unreachable
+    // about a datagram to a published UDP port comes back to outside
+    // (which sees its send refused) quoting the published address, never
+    // blue's. The quoted destination is 72 bytes into the packet: 40 of
+    // IPv6, 8 of ICMPv6, 24 into the quoted IPv6 header.
+    sb.netlab_ok(&["publish", "add", "blue", "5353:53/udp"])
+        .unwrap();
+    for (chain, priority, quoted) in [
+        ("quoted_lab", -298, "@nh,576,64 0xfd00001500000000"),
+        ("quoted_any", -297, ""),
+    ] {
+        nft(&format!(
+            "'add chain inet watch {chain} {{ type filter hook prerouting priority {priority} ; }}'"
+        ));
+        nft(&format!(
+            "add rule inet watch {chain} icmpv6 type destination-unreachable {quoted} counter"
+        ));
+    }
+    let refused = sb
+        .ok(&[
+            "ip",
+            "netns",
+            "exec",
+            "outside",
+            "python3",
+            "-c",
+            UDP_REFUSED,
+            "2001:2::1",
+            "5353",
+        ])
+        .unwrap();
+    assert_eq!(refused.stdout.trim(), "refused", "{refused}");
+    assert!(
+        counted("quoted_any") >= 1,
+        "{}",
+        nft("list table inet watch")
+    );
+    assert_eq!(counted("quoted_lab"), 0, "{}", nft("list table inet watch"));
     // A namespace reaches its own published port (hairpin, seen as the
     // bridge's address), and a neighbour's directly.
     assert_eq!(seen_as(&sb, "blue", "fd00:15::5", "8080"), "fd00:15::5");
