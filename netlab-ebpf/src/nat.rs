@@ -189,29 +189,21 @@ fn new_ingress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdi
     // its own address as the source and drop the packet as a martian, so
     // the source becomes the segment's gateway (Docker's hairpin NAT).
     let hairpin = key.saddr == backend.addr;
-    if hairpin {
+    let ported = if hairpin {
         if iface.gateway == 0 {
             return Verdict::PASS;
         }
         out.saddr = iface.gateway;
         out.nat |= NAT_SNAT | NAT_REFLECT;
-    }
-    // Replies find their way back by the reply key. DNAT keeps the
-    // client's tuple, which another flow may hold already: one client port
-    // that reached another published port or Service of the same backend.
-    // netfilter's implicit source NAT gives the new flow another source
-    // port then, and so does this.
-    let clash = !hairpin && !conntrack::key_free(&out.reply_key(key.proto));
-    if clash {
-        out.nat |= NAT_SNAT;
-    }
-    if (hairpin || clash)
-        && let Err(reason) = allocate_port(lab, key, &mut out)
-    {
+        allocate_port(lab, key, &mut out)
+    } else {
+        // DNAT keeps the client's tuple, which another flow may hold: one
+        // client port that reached another published port or Service of
+        // the same backend.
+        keep_replies_apart(lab, key, &mut out, Stat::DnatPortRemapped)
+    };
+    if let Err(reason) = ported {
         return Verdict::drop(reason);
-    }
-    if clash {
-        stats::count(Stat::DnatPortRemapped);
     }
     let how = match keeps {
         _ if hairpin => Opening::HAIRPIN,
@@ -256,16 +248,30 @@ fn new_egress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdic
     }
     // The host's own connection: tracked so that its replies are never
     // taken for a new flow to a published port, and moved to another port
-    // when a translated flow already holds its tuple (netfilter's implicit
-    // source NAT).
-    if !conntrack::key_free(&out.reply_key(key.proto)) {
-        out.nat = NAT_SNAT;
-        if let Err(reason) = allocate_port(lab, key, &mut out) {
-            return Verdict::drop(reason);
-        }
-        stats::count(Stat::HostPortRemapped);
+    // when a translated flow already holds its tuple.
+    if let Err(reason) = keep_replies_apart(lab, key, &mut out, Stat::HostPortRemapped) {
+        return Verdict::drop(reason);
     }
     create(ctx, lab, pkt, out, Opening::HOST, Keeps::Nothing)
+}
+
+/// netfilter's implicit source NAT: replies find their way back by the
+/// reply key, so when another flow holds the one `out` would give, the new
+/// flow gets another source port, counted as `counter`.
+#[inline(always)]
+fn keep_replies_apart(
+    lab: &Lab,
+    key: &FlowKey,
+    out: &mut Rewrite,
+    counter: Stat,
+) -> Result<(), Stat> {
+    if conntrack::key_free(&out.reply_key(key.proto)) {
+        return Ok(());
+    }
+    out.nat |= NAT_SNAT;
+    allocate_port(lab, key, out)?;
+    stats::count(counter);
+    Ok(())
 }
 
 /// Whether a packet of an unknown flow may create one: a TCP SYN, or a
