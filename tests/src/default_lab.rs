@@ -16,6 +16,28 @@ pub const VETHS: [(Option<&str>, &str); 6] = [
     (Some("outside"), "veth-outside"),
 ];
 
+/// `netlab up --dual-stack`'s lab with its IPv6 subnet bridged, as the
+/// eBPF datapaths need (taken out of nat.masquerade: they translate no
+/// IPv6 yet), and the world routing that subnet to the host, as a
+/// careless upstream would: the host still must not forward it.
+pub fn dual_stack_bridged() -> String {
+    /// The IPv6 subnet in the dual-stack lab's nat.masquerade.
+    const MASQUERADE6: &str = r#", "fd00:15::/64"]"#;
+    const CARELESS_UPSTREAM: &str = r#"
+[[route]]
+netns = "outside"
+to = "fd00:15::/64"
+via = "2001:2::1"
+"#;
+    let lab = netlab::topology::DEFAULT_LAB_DUAL_STACK;
+    assert_eq!(
+        lab.matches(MASQUERADE6).count(),
+        1,
+        "the dual-stack lab masquerades its IPv6 subnet once"
+    );
+    lab.replace(MASQUERADE6, "]") + CARELESS_UPSTREAM
+}
+
 /// `argv` inside namespace `netns` (None: the sandbox's root namespace).
 pub fn in_ns<'a>(netns: Option<&'a str>, argv: &[&'a str]) -> Vec<&'a str> {
     let mut full = Vec::new();
@@ -45,10 +67,11 @@ pub fn offload_off(sb: &Sandbox) -> Result<()> {
     Ok(())
 }
 
-/// Threaded TCP echo server: `PORT`. Prints "ready", then "from HOST:PORT"
-/// per connection.
+/// Threaded TCP echo server: `PORT [BIND]` (BIND: 0.0.0.0 unless given;
+/// `::` serves IPv6). Prints "ready", then "from HOST:PORT" per connection.
 pub const TCP_ECHO_SERVER: &str = r#"
-import socketserver, sys, threading
+import socket, socketserver, sys, threading
+bind = sys.argv[2] if len(sys.argv) > 2 else "0.0.0.0"
 log = threading.Lock()
 class Echo(socketserver.BaseRequestHandler):
     def handle(self):
@@ -58,10 +81,11 @@ class Echo(socketserver.BaseRequestHandler):
         while data := self.request.recv(65536):
             self.request.sendall(data)
 class Server(socketserver.ThreadingTCPServer):
+    address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     allow_reuse_address = True
     daemon_threads = True
     request_queue_size = 1024
-server = Server(("0.0.0.0", int(sys.argv[1])), Echo)
+server = Server((bind, int(sys.argv[1])), Echo)
 print("ready", flush=True)
 server.serve_forever()
 "#;

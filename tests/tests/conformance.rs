@@ -4,7 +4,10 @@
 //! `iptables` datapath, the netfilter reference (see
 //! `netlab_tests::conformance` for what is compared and what is
 //! normalised). In every case, on every datapath, `outside` must never see
-//! a lab address (192.168.15.0/24), in any IP header or quoted header.
+//! a lab address (192.168.15.0/24, and the dual-stack lab's fd00:15::/64),
+//! in any IP header or quoted header. IPv6 cases run on the dual-stack
+//! lab with its IPv6 subnet bridged (the eBPF datapaths translate no IPv6
+//! yet), against ip6tables.
 //!
 //! Where netfilter as netlab configures it is wrong too (malformed L4
 //! leaking untranslated), the case states the netfilter-correct outcome as
@@ -18,15 +21,18 @@
     reason = "an integration test fails by panicking, helpers included"
 )]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
 use netlab_tests::conformance::{
     Case, Intended, Record, Reference, fuzz,
-    lab::{BLUE, ConfLab, DEFAULT_TOPOLOGY, OUTSIDE, RED, UPLINK},
+    lab::{
+        BLUE, BLUE6, ConfLab, DEFAULT_TOPOLOGY, GATEWAY6, OUTSIDE, OUTSIDE6, RED, RED6, UPLINK,
+        UPLINK6,
+    },
     packet::{
-        self, ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, Ip, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK,
-        TCP_SYN, Tcp,
+        self, ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, ICMPV6_ECHO_REQUEST, Ip, Ip6, PROTO_ICMP,
+        PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, Tcp,
     },
     run_case, scripts,
 };
@@ -98,6 +104,10 @@ const INTENDED: &[Intended] = &[
 ];
 
 fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn ip6(s: &str) -> Ipv6Addr {
     s.parse().unwrap()
 }
 
@@ -1036,6 +1046,125 @@ fn ipv6_stays_in_the_lab(datapath: &str) -> Result<Record> {
     Ok(lab.record)
 }
 
+/// IPv6 inside the dual-stack lab (its IPv6 subnet bridged, the host
+/// routing IPv6): pings red to blue and to the bridge's address, a TCP
+/// connection red to blue, and a crafted datagram to a closed port of
+/// blue, whose port unreachable comes back to red. Neighbour discovery is
+/// the kernels' own, and must work for any of it to.
+fn ipv6_between_namespaces(datapath: &str) -> Result<Record> {
+    let mut lab = ConfLab::up_dual_stack(datapath)?;
+    let blue = lab.server("blue", scripts::TCP_SERVER, &["80", "::"])?;
+    lab.observe("server up")?;
+    for (step, to) in [
+        ("red ping6 blue", BLUE6),
+        ("red ping6 the bridge", GATEWAY6),
+    ] {
+        let out = lab.sb.run(&[
+            "ip", "netns", "exec", "red", "ping", "-6", "-n", "-q", "-c", "2", "-i", "0.2", "-W",
+            "2", to,
+        ])?;
+        lab.note(step, format!("success={}", out.success()));
+        lab.observe(step)?;
+    }
+    let out = lab.py(Some("red"), scripts::TCP_ONCE, &[BLUE6, "80", "red-tcp6"])?;
+    lab.note(
+        "red tcp6 to blue",
+        out.stdout.split(" from").next().unwrap_or("").trim(),
+    );
+    lab.observe("red tcp6 to blue")?;
+    lab.note("blue's clients", clients(&blue).join(", "));
+
+    let blue_mac = lab.mac(Some("blue"), "veth-blue")?;
+    let (red, blue6) = (ip6(RED6), ip6(BLUE6));
+    let datagram = Ip6::new(red, blue6, PROTO_UDP, 0x0c01)
+        .packet(&packet::udp(red, blue6, 21100, 9, b"closed"));
+    lab.send("red", &blue_mac, &[datagram])?;
+    lab.observe("crafted udp6 to a closed port of blue")?;
+    Ok(lab.record)
+}
+
+/// The lab is as closed for IPv6 as for IPv4 (crafted packets on the
+/// dual-stack lab with its IPv6 subnet bridged, on a host that routes
+/// IPv6, whose world routes the lab's subnet to it): red reaches neither
+/// the world nor, with a world source, blue; the world reaches red
+/// neither routed nor with a spoofed lab source; the host's own uplink
+/// address answers red as it answers any neighbour's ping.
+fn ipv6_closed_lab(datapath: &str) -> Result<Record> {
+    let mut lab = ConfLab::up_dual_stack(datapath)?;
+    // Neighbour discovery first, so that nothing below waits on it.
+    for (from, to) in [("red", GATEWAY6), ("red", BLUE6), ("outside", UPLINK6)] {
+        let out = lab.sb.run(&[
+            "ip", "netns", "exec", from, "ping", "-6", "-n", "-q", "-c", "1", "-W", "2", to,
+        ])?;
+        lab.note(
+            &format!("warm-up {from} to {to}"),
+            format!("success={}", out.success()),
+        );
+    }
+    lab.observe("warm-up")?;
+    let gateway = lab.mac(None, "v-net-0")?;
+    let uplink = lab.mac(None, "nl-uplink")?;
+    let blue_mac = lab.mac(Some("blue"), "veth-blue")?;
+    let (red, blue, out, up) = (ip6(RED6), ip6(BLUE6), ip6(OUTSIDE6), ip6(UPLINK6));
+    let spoofed = ip6("fd00:15::77");
+    let udp = |src: Ipv6Addr, dst: Ipv6Addr, id: u16| {
+        Ip6::new(src, dst, PROTO_UDP, id).packet(&packet::udp(src, dst, 21100, 9000, b"closed?"))
+    };
+    let echo = |src: Ipv6Addr, dst: Ipv6Addr, id: u16| {
+        Ip6::new(src, dst, PROTO_ICMPV6, id).packet(&packet::icmp6_echo(
+            src,
+            dst,
+            ICMPV6_ECHO_REQUEST,
+            id,
+            1,
+            b"closed?",
+        ))
+    };
+    let steps: [(&str, &str, &str, Vec<u8>); 6] = [
+        (
+            "red to the world",
+            "red",
+            gateway.as_str(),
+            udp(red, out, 0x0d01),
+        ),
+        (
+            "red to the uplink's own address",
+            "red",
+            gateway.as_str(),
+            echo(red, up, 0x0d02),
+        ),
+        (
+            "the world routed into the lab",
+            "outside",
+            uplink.as_str(),
+            udp(out, red, 0x0d03),
+        ),
+        (
+            "the world spoofing a lab source to red",
+            "outside",
+            uplink.as_str(),
+            udp(spoofed, red, 0x0d04),
+        ),
+        (
+            "the world spoofing a lab source to the uplink",
+            "outside",
+            uplink.as_str(),
+            echo(spoofed, up, 0x0d05),
+        ),
+        (
+            "red spoofing a world source to blue",
+            "red",
+            blue_mac.as_str(),
+            udp(out, blue, 0x0d06),
+        ),
+    ];
+    for (step, from, mac, packet) in steps {
+        lab.send(from, mac, &[packet])?;
+        lab.observe(step)?;
+    }
+    Ok(lab.record)
+}
+
 /// Issue 21, item 9: an ICMP error about a namespace's hairpin flow to its
 /// own published port goes back to it: blue sending to its own published
 /// UDP port with nothing listening hears ECONNREFUSED.
@@ -1538,6 +1667,8 @@ mod case {
         dual_stack_sockets_on_the_host: Reference::Iptables,
         routed_access_into_the_lab: Reference::Absolute,
         ipv6_stays_in_the_lab: Reference::Absolute,
+        ipv6_between_namespaces: Reference::Iptables,
+        ipv6_closed_lab: Reference::Iptables,
         icmp_error_about_a_hairpin_flow: Reference::Iptables,
         icmp_timestamp_through_masquerade: Reference::Iptables,
         hostile_load_spares_idle_flows: Reference::Iptables,

@@ -14,27 +14,7 @@
 
 use std::time::Duration;
 
-use netlab_tests::{Sandbox, nat_counter};
-
-/// `netlab up --dual-stack`'s lab with IPv6 bridged (its IPv6 subnet
-/// taken out of nat.masquerade, as the eBPF datapaths need), and the
-/// world routing the lab's IPv6 subnet to the host, as a careless upstream
-/// would: the host still must not forward it.
-fn dual_stack() -> String {
-    let lab = netlab::topology::DEFAULT_LAB_DUAL_STACK;
-    assert_eq!(lab.matches(MASQUERADE6).count(), 1);
-    lab.replace(MASQUERADE6, "]") + CARELESS_UPSTREAM
-}
-
-/// The IPv6 subnet in the dual-stack lab's nat.masquerade.
-const MASQUERADE6: &str = r#", "fd00:15::/64"]"#;
-
-const CARELESS_UPSTREAM: &str = r#"
-[[route]]
-netns = "outside"
-to = "fd00:15::/64"
-via = "2001:2::1"
-"#;
+use netlab_tests::{Sandbox, default_lab::dual_stack_bridged, nat_counter};
 
 /// Whether `from` gets any answer from `to` (one ping, one second).
 fn answers(sb: &Sandbox, from: &str, to: &str) -> bool {
@@ -51,7 +31,8 @@ fn dual_stack_lab(datapath: &str) {
     // datapath stands between the lab and the world.
     sb.ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
         .unwrap();
-    sb.write_file("/run/dual.toml", &dual_stack()).unwrap();
+    sb.write_file("/run/dual.toml", &dual_stack_bridged())
+        .unwrap();
     sb.netlab_ok(&["up", "-f", "/run/dual.toml", "--datapath", datapath])
         .unwrap();
 

@@ -1,7 +1,7 @@
 //! One datapath's run of a conformance case: a [`Sandbox`] with a lab up,
-//! checksum offload off, ICMP rate limits off, a capture on every
-//! observation point and a frame sender in every namespace that sends
-//! crafted traffic.
+//! checksum offload off, ICMP rate limits off (both families), a capture
+//! on every observation point and a frame sender in every namespace that
+//! sends crafted traffic.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::{
     observe::{Classes, Record, describe, lab_addresses, register_crafted},
-    packet::{CRAFTED_TTL, Ipv4View, L4, parse_frame},
+    packet::{CRAFTED_TTL, IpView, L4, parse_frame},
     scripts,
 };
 use crate::{Background, Output, Sandbox};
@@ -26,6 +26,13 @@ pub const BLUE: &str = "192.168.15.2";
 pub const GATEWAY: &str = "192.168.15.5";
 pub const UPLINK: &str = "198.18.0.1";
 pub const OUTSIDE: &str = "198.18.0.2";
+
+/// The dual-stack lab's IPv6 addresses (netlab/src/topology/default-dual-stack.toml).
+pub const RED6: &str = "fd00:15::1";
+pub const BLUE6: &str = "fd00:15::2";
+pub const GATEWAY6: &str = "fd00:15::5";
+pub const UPLINK6: &str = "2001:2::1";
+pub const OUTSIDE6: &str = "2001:2::2";
 
 pub const DEFAULT_TOPOLOGY: &str = netlab::topology::DEFAULT_LAB;
 
@@ -89,6 +96,17 @@ impl ConfLab {
         Self::up_with(datapath, None)
     }
 
+    /// The dual-stack lab with its IPv6 subnet bridged
+    /// ([`crate::default_lab::dual_stack_bridged`]) on `datapath`, on a host
+    /// that routes IPv6 (as a Docker host with IPv6 does): only the
+    /// datapath keeps the lab's IPv6 closed.
+    pub fn up_dual_stack(datapath: &str) -> Result<Self> {
+        let lab = Self::up_with(datapath, Some(&crate::default_lab::dual_stack_bridged()))?;
+        lab.sb
+            .ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        Ok(lab)
+    }
+
     /// The lab of `topology` (None: the default lab) on `datapath`. Fails
     /// if `netlab up` does; see [`Self::try_up`] for a refusal that is an
     /// answer.
@@ -131,7 +149,8 @@ impl ConfLab {
     fn prepare(&mut self) -> Result<()> {
         crate::default_lab::offload_off(&self.sb)?;
         // Every kernel answers every packet: a rate-limited ICMP error would
-        // depend on timing, not on the datapath.
+        // depend on timing, not on the datapath. (ICMPv6's limit is per
+        // namespace too; its message count is IPv4's sysctl.)
         let mut places = vec![None];
         places.extend(POINTS.iter().map(|(_, netns, _)| Some(*netns)));
         for netns in places {
@@ -144,6 +163,7 @@ impl ConfLab {
                     "net.ipv4.icmp_ratelimit=0",
                     "net.ipv4.icmp_msgs_per_sec=100000",
                     "net.ipv4.icmp_msgs_burst=100000",
+                    "net.ipv6.icmp.ratelimit=0",
                 ],
             ))?;
         }
@@ -269,7 +289,7 @@ impl ConfLab {
                 let (Ok(pkttype), Some(frame)) = (pkttype.parse::<u8>(), unhex(hex)) else {
                     continue;
                 };
-                let Some(view) = parse_frame(&frame) else {
+                let Some(view) = parse_frame(&frame).filter(|v| !v.is_housekeeping()) else {
                     continue;
                 };
                 self.frames += 1;
@@ -331,7 +351,7 @@ impl ConfLab {
     }
 }
 
-fn note_translated(view: &Ipv4View, into: &mut HashMap<u16, (u8, u16, u16)>) {
+fn note_translated(view: &IpView, into: &mut HashMap<u16, (u8, u16, u16)>) {
     if view.ttl != CRAFTED_TTL - 1 || view.src.to_string() != UPLINK {
         return;
     }

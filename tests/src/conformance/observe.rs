@@ -1,7 +1,8 @@
 //! From captured frames to comparable observations.
 //!
-//! Each observation point (a namespace's interface) turns every IPv4 frame
-//! it received into one line that keeps what must match between datapaths
+//! Each observation point (a namespace's interface) turns every IPv4 and
+//! IPv6 frame it received (but ICMPv6's housekeeping: neighbour and router
+//! discovery, multicast listeners) into one line that keeps what must match between datapaths
 //! (addresses, protocol, ports, flags, payload, ICMP type/code and the
 //! quoted header of an ICMP error, checksum validity) and drops what may
 //! legitimately differ:
@@ -35,19 +36,24 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use super::packet::{CRAFTED_TTL, IP_MF, Ipv4View, L4, PROTO_ICMP};
+use super::packet::{CRAFTED_TTL, IP_MF, IpView, L4, PROTO_ICMP, PROTO_ICMPV6};
 
 /// Ports from here on are classed (Linux's ephemeral range starts here, and
 /// so does netlab's default masquerade range).
 pub const CLASSED_PORTS: u16 = 32768;
 
 /// Addresses whose ports NAT chooses: the default lab's uplink (masquerade)
-/// and gateway (hairpin masquerade).
-pub const NAT_ADDRESSES: [Ipv4Addr; 2] =
-    [Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(192, 168, 15, 5)];
+/// and gateway (hairpin masquerade), in either family (the dual-stack
+/// lab's IPv6 ones beside them).
+pub const NAT_ADDRESSES: [IpAddr; 4] = [
+    IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+    IpAddr::V4(Ipv4Addr::new(192, 168, 15, 5)),
+    IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0x15, 0, 0, 0, 0, 0, 5)),
+];
 
 /// Host ports the suite and the fuzzer publish (kept as they are: a
 /// published port is not NAT's choice).
@@ -62,7 +68,7 @@ pub const PUBLISHED_PORTS: [u16; 3] = [8080, 5353, 5400];
 pub const PROBED_PORTS: [u16; 2] = [8081, 9999];
 
 /// Whether `port` at `addr` is compared by class rather than by value.
-fn classed(addr: Ipv4Addr, port: u16) -> bool {
+fn classed(addr: IpAddr, port: u16) -> bool {
     port >= CLASSED_PORTS
         || (NAT_ADDRESSES.contains(&addr)
             && !PUBLISHED_PORTS.contains(&port)
@@ -71,13 +77,36 @@ fn classed(addr: Ipv4Addr, port: u16) -> bool {
 
 /// The lab subnet that must never be seen beyond the uplink.
 pub const LAB_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(192, 168, 15, 0), 24);
+/// The dual-stack lab's IPv6 subnet, which must not be seen there either.
+pub const LAB_NET6: (Ipv6Addr, u8) = (Ipv6Addr::new(0xfd00, 0x15, 0, 0, 0, 0, 0, 0), 64);
 
-pub fn in_lab_net(addr: Ipv4Addr) -> bool {
-    let mask = u32::MAX << (32 - u32::from(LAB_NET.1));
-    u32::from(addr) & mask == u32::from(LAB_NET.0)
+pub fn in_lab_net(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX << (32 - u32::from(LAB_NET.1));
+            u32::from(a) & mask == u32::from(LAB_NET.0)
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX << (128 - u32::from(LAB_NET6.1));
+            u128::from(a) & mask == u128::from(LAB_NET6.0)
+        }
+    }
 }
 
-type Endpoint = (Ipv4Addr, u16);
+/// ICMP of either family: echo identifiers stand for its ports.
+fn is_icmp(proto: u8) -> bool {
+    proto == PROTO_ICMP || proto == PROTO_ICMPV6
+}
+
+/// `addr:port`, or `[addr]:port` for IPv6 (as URLs and `ss` write it).
+fn endpoint(addr: IpAddr, port: &str) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+type Endpoint = (IpAddr, u16);
 
 /// Per-flow classes of ports and echo identifiers at one point.
 #[derive(Debug, Default)]
@@ -90,7 +119,7 @@ pub struct Classes {
     echo: HashMap<(u8, Endpoint, Endpoint, Endpoint), String>,
     /// The flow of each first fragment a kernel sent, by (source,
     /// destination, protocol, IP id): `SRC:PORT > DST:PORT`, classed.
-    fragments: HashMap<(Ipv4Addr, Ipv4Addr, u8, u16), String>,
+    fragments: HashMap<(IpAddr, IpAddr, u8, u16), String>,
 }
 
 impl Classes {
@@ -106,7 +135,7 @@ impl Classes {
         quoted: bool,
         crafted_id: Option<u16>,
     ) -> String {
-        if !classed(at.0, at.1) && proto != PROTO_ICMP {
+        if !classed(at.0, at.1) && !is_icmp(proto) {
             return at.1.to_string();
         }
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
@@ -127,7 +156,7 @@ impl Classes {
                 .or_insert_with(|| format!("Q{next}"))
                 .clone();
         }
-        if proto == PROTO_ICMP {
+        if is_icmp(proto) {
             let next = self.echo.len() + 1;
             return self
                 .echo
@@ -146,19 +175,19 @@ impl Classes {
 impl Classes {
     /// Notes the flow of a first fragment a kernel sent (`sp`, `dp`: its
     /// ports as classed), for the fragments after it.
-    fn first_fragment(&mut self, view: &Ipv4View, crafted_or_quoted: bool, sp: &str, dp: &str) {
+    fn first_fragment(&mut self, view: &IpView, crafted_or_quoted: bool, sp: &str, dp: &str) {
         if crafted_or_quoted || !view.is_fragment() || view.frag_offset() != 0 {
             return;
         }
         self.fragments.insert(
             (view.src, view.dst, view.proto, view.id),
-            format!("{}:{sp} > {}:{dp}", view.src, view.dst),
+            format!("{} > {}", endpoint(view.src, sp), endpoint(view.dst, dp)),
         );
     }
 }
 
 /// What a frame was, as the sender's kernel or the test.
-fn crafted(view: &Ipv4View) -> bool {
+fn crafted(view: &IpView) -> bool {
     view.ttl == CRAFTED_TTL || view.ttl == CRAFTED_TTL - 1
 }
 
@@ -212,7 +241,7 @@ fn csum(ok: Option<bool>) -> &'static str {
 /// the step is described, so an ICMP error that quotes the flow names it
 /// the same whether its line came before the crafted frame's or after
 /// (the order two datapaths deliver them in is theirs).
-pub fn register_crafted(view: &Ipv4View, classes: &mut Classes) {
+pub fn register_crafted(view: &IpView, classes: &mut Classes) {
     if !crafted(view) {
         return;
     }
@@ -226,7 +255,7 @@ pub fn register_crafted(view: &Ipv4View, classes: &mut Classes) {
 }
 
 /// One line for `view` (see the module's rules).
-pub fn describe(view: &Ipv4View, classes: &mut Classes, pkttype: u8) -> String {
+pub fn describe(view: &IpView, classes: &mut Classes, pkttype: u8) -> String {
     let mut line = describe_packet(view, classes, false);
     match pkttype {
         0 => {}
@@ -240,7 +269,7 @@ pub fn describe(view: &Ipv4View, classes: &mut Classes, pkttype: u8) -> String {
     line
 }
 
-fn describe_packet(view: &Ipv4View, classes: &mut Classes, quoted: bool) -> String {
+fn describe_packet(view: &IpView, classes: &mut Classes, quoted: bool) -> String {
     let crafted = crafted(view);
     let id = crafted.then_some(view.id);
     let (src, dst) = (view.src, view.dst);
@@ -258,7 +287,7 @@ fn describe_packet(view: &Ipv4View, classes: &mut Classes, quoted: bool) -> Stri
             let (a, b) = ((src, *sport), (dst, *dport));
             let sp = classes.port(proto, (a, b), a, quoted, id);
             let dp = classes.port(proto, (a, b), b, quoted, id);
-            let _ = write!(line, "tcp {src}:{sp} > {dst}:{dp}");
+            let _ = write!(line, "tcp {} > {}", endpoint(src, &sp), endpoint(dst, &dp));
             classes.first_fragment(view, crafted || quoted, &sp, &dp);
             if crafted {
                 let _ = write!(line, " flags={} doff={data_offset}", tcp_flags(*flags));
@@ -285,7 +314,13 @@ fn describe_packet(view: &Ipv4View, classes: &mut Classes, quoted: bool) -> Stri
             let sp = classes.port(proto, (a, b), a, quoted, id);
             let dp = classes.port(proto, (a, b), b, quoted, id);
             classes.first_fragment(view, crafted || quoted, &sp, &dp);
-            let _ = write!(line, "udp {src}:{sp} > {dst}:{dp} len={}", payload.len());
+            let _ = write!(
+                line,
+                "udp {} > {} len={}",
+                endpoint(src, &sp),
+                endpoint(dst, &dp),
+                payload.len()
+            );
             if !quoted {
                 let _ = write!(line, " data={}", digest(payload));
             }
@@ -299,16 +334,21 @@ fn describe_packet(view: &Ipv4View, classes: &mut Classes, quoted: bool) -> Stri
             csum_ok,
             embedded,
         } => {
-            let _ = write!(line, "icmp {src} > {dst} type={kind}/{code}");
-            if matches!(kind, 0 | 8) {
+            let (name, echo) = if view.is_ipv6() {
+                ("icmp6", matches!(kind, 128 | 129))
+            } else {
+                ("icmp", matches!(kind, 0 | 8))
+            };
+            let _ = write!(line, "{name} {src} > {dst} type={kind}/{code}");
+            if echo {
                 let ident = u16::from_be_bytes([rest[0], rest[1]]);
                 let seq = u16::from_be_bytes([rest[2], rest[3]]);
                 // Echo identifiers are the ICMP flow's "port".
                 let (a, b) = ((src, 0), (dst, 0));
                 let class = classes.port(
-                    PROTO_ICMP,
+                    proto,
                     (a, b),
-                    (Ipv4Addr::UNSPECIFIED, ident),
+                    (IpAddr::V4(Ipv4Addr::UNSPECIFIED), ident),
                     quoted,
                     id,
                 );
@@ -358,7 +398,7 @@ fn describe_packet(view: &Ipv4View, classes: &mut Classes, quoted: bool) -> Stri
 }
 
 /// Every lab-subnet address in `view`, its quoted packet included.
-pub fn lab_addresses(view: &Ipv4View) -> Vec<(&'static str, Ipv4Addr)> {
+pub fn lab_addresses(view: &IpView) -> Vec<(&'static str, IpAddr)> {
     let mut found = Vec::new();
     for (field, addr) in [("source", view.src), ("destination", view.dst)] {
         if in_lab_net(addr) {
@@ -526,7 +566,7 @@ mod tests {
         let err = Ip::new(OUT, UP, PROTO_ICMP, 3)
             .packet(&super::super::packet::icmp(3, 3, [0; 4], &inner));
         let view = parse_ipv4(&err, false).unwrap();
-        assert_eq!(lab_addresses(&view), [("quoted source", RED)]);
+        assert_eq!(lab_addresses(&view), [("quoted source", IpAddr::V4(RED))]);
     }
 
     #[test]

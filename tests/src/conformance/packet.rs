@@ -1,14 +1,25 @@
-//! IPv4 packets byte by byte: a builder for crafted traffic (checksums
-//! right unless asked otherwise) and a parser for what the captures saw.
+//! IP packets byte by byte, IPv4 and IPv6: a builder for crafted traffic
+//! (checksums right unless asked otherwise) and a parser for what the
+//! captures saw, into one view for both families.
 //!
 //! Both sides work on IP packets; the Ethernet header is the sender's and
 //! the capture's business.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+/// IPv6's fragment extension header.
+pub const NEXTHDR_FRAGMENT: u8 = 44;
+/// IPv6 extension headers the parser steps over (hop-by-hop, routing,
+/// destination options).
+const NEXTHDR_SKIPPED: [u8; 3] = [0, 43, 60];
+
+/// The ethertypes of the two families.
+pub const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+pub const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -21,12 +32,17 @@ pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
 /// Flags of the IP fragment field (host order).
 pub const IP_DF: u16 = 0x4000;
 pub const IP_MF: u16 = 0x2000;
 
-/// Crafted packets leave with this TTL, so a capture can tell them (TTL
-/// 77, or 76 once forwarded) from what a kernel sent (64, 63, 255).
+/// Crafted packets leave with this TTL (IPv6: hop limit), so a capture can
+/// tell them (77, or 76 once forwarded) from what a kernel sent (64, 63,
+/// 255).
 pub const CRAFTED_TTL: u8 = 77;
 
 /// The Internet checksum over the concatenation of `parts` (each part but
@@ -48,13 +64,28 @@ pub fn checksum(parts: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
-fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> [u8; 12] {
-    let mut p = [0_u8; 12];
-    p[0..4].copy_from_slice(&src.octets());
-    p[4..8].copy_from_slice(&dst.octets());
-    p[9] = proto;
-    p[10..12].copy_from_slice(&(len as u16).to_be_bytes());
-    p
+/// The pseudo-header an L4 checksum covers: RFC 793's for IPv4, RFC
+/// 8200's (section 8.1) for IPv6. Mixed families have none.
+fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Vec<u8> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut p = vec![0_u8; 12];
+            p[0..4].copy_from_slice(&s.octets());
+            p[4..8].copy_from_slice(&d.octets());
+            p[9] = proto;
+            p[10..12].copy_from_slice(&(len as u16).to_be_bytes());
+            p
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut p = vec![0_u8; 40];
+            p[0..16].copy_from_slice(&s.octets());
+            p[16..32].copy_from_slice(&d.octets());
+            p[32..36].copy_from_slice(&(len as u32).to_be_bytes());
+            p[39] = proto;
+            p
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// The IPv4 header of a crafted packet.
@@ -108,8 +139,103 @@ impl Ip {
     }
 }
 
-/// A UDP datagram (header and payload), checksummed for `src` → `dst`.
-pub fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+/// The IPv6 header of a crafted packet, and its fragment header when it
+/// is a fragment. Its flow label is the packet's `id`: it names a crafted
+/// packet as the IPv4 header's id does.
+#[derive(Clone, Debug)]
+pub struct Ip6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub proto: u8,
+    pub id: u16,
+    pub hop_limit: u8,
+    /// A fragment: its offset in 8-byte units and whether more follow.
+    pub frag: Option<(u16, bool)>,
+}
+
+impl Ip6 {
+    pub fn new(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, id: u16) -> Self {
+        Self {
+            src,
+            dst,
+            proto,
+            id,
+            hop_limit: CRAFTED_TTL,
+            frag: None,
+        }
+    }
+
+    /// The whole packet: this header, the fragment header if any, then
+    /// `l4`.
+    pub fn packet(&self, l4: &[u8]) -> Vec<u8> {
+        let mut p = vec![0_u8; 40];
+        p[0] = 0x60;
+        p[2..4].copy_from_slice(&self.id.to_be_bytes());
+        p[7] = self.hop_limit;
+        p[8..24].copy_from_slice(&self.src.octets());
+        p[24..40].copy_from_slice(&self.dst.octets());
+        if let Some((offset, more)) = self.frag {
+            p[6] = NEXTHDR_FRAGMENT;
+            let field = (offset << 3) | u16::from(more);
+            p.extend_from_slice(&[self.proto, 0]);
+            p.extend_from_slice(&field.to_be_bytes());
+            p.extend_from_slice(&u32::from(self.id).to_be_bytes());
+        } else {
+            p[6] = self.proto;
+        }
+        p.extend_from_slice(l4);
+        let payload_len = (p.len() - 40) as u16;
+        p[4..6].copy_from_slice(&payload_len.to_be_bytes());
+        p
+    }
+}
+
+/// An ICMPv6 message from `src` to `dst` (its checksum covers the
+/// pseudo-header): type, code, the 4 bytes after the checksum, then `body`.
+pub fn icmp6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut m = vec![kind, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(body);
+    let sum = checksum(&[
+        &pseudo_header(src.into(), dst.into(), PROTO_ICMPV6, m.len()),
+        &m,
+    ]);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    m
+}
+
+/// An ICMPv6 echo request or reply.
+pub fn icmp6_echo(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    kind: u8,
+    id: u16,
+    seq: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut rest = [0_u8; 4];
+    rest[0..2].copy_from_slice(&id.to_be_bytes());
+    rest[2..4].copy_from_slice(&seq.to_be_bytes());
+    icmp6(src, dst, kind, 0, rest, payload)
+}
+
+/// A UDP datagram (header and payload), checksummed for `src` → `dst`
+/// (both of one family).
+pub fn udp(
+    src: impl Into<IpAddr>,
+    dst: impl Into<IpAddr>,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let (src, dst) = (src.into(), dst.into());
     let len = 8 + payload.len();
     let mut d = vec![0_u8; 8];
     d[0..2].copy_from_slice(&sport.to_be_bytes());
@@ -152,7 +278,13 @@ impl Tcp {
         }
     }
 
-    pub fn segment(&self, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    pub fn segment(
+        &self,
+        src: impl Into<IpAddr>,
+        dst: impl Into<IpAddr>,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let (src, dst) = (src.into(), dst.into());
         let mut options = self.options.clone();
         while !options.len().is_multiple_of(4) {
             options.push(1);
@@ -214,23 +346,43 @@ pub fn fragment(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
     fragments
 }
 
-/// What a capture saw, parsed as far as it goes.
+/// What a capture saw, parsed as far as it goes: an IPv4 or an IPv6
+/// packet, in the fields both have.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ipv4View {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+pub struct IpView {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// The upper-layer protocol (IPv6: past the extension headers).
     pub proto: u8,
+    /// IPv4: the header's id. IPv6: a fragment's identification, else the
+    /// flow label (a crafted packet's id, see [`Ip6`]), 16 bits of it.
     pub id: u16,
+    /// TTL or hop limit.
     pub ttl: u8,
+    /// Fragment offset (8-byte units) and [`IP_MF`], as IPv4 has them
+    /// (IPv6's fragment header, translated); and for IPv4, [`IP_DF`].
     pub frag: u16,
+    /// IPv4 options, or IPv6 extension headers other than a fragment
+    /// header, in bytes.
     pub options_len: usize,
+    /// IPv4's header checksum; always true for IPv6, which has none.
     pub header_ok: bool,
     /// Total length from the header.
     pub total_len: usize,
     pub l4: L4,
 }
 
-impl Ipv4View {
+impl IpView {
+    pub fn is_ipv6(&self) -> bool {
+        self.src.is_ipv6()
+    }
+
+    /// ICMPv6's housekeeping ([`is_icmp6_housekeeping`]), which the
+    /// captures leave out.
+    pub fn is_housekeeping(&self) -> bool {
+        self.is_ipv6() && matches!(self.l4, L4::Icmp { kind, .. } if is_icmp6_housekeeping(kind))
+    }
+
     pub fn is_fragment(&self) -> bool {
         self.frag & (IP_MF | 0x1fff) != 0
     }
@@ -264,7 +416,7 @@ pub enum L4 {
         body: Vec<u8>,
         csum_ok: Option<bool>,
         /// For an error: the packet it is about, as far as it is quoted.
-        embedded: Option<Box<Ipv4View>>,
+        embedded: Option<Box<IpView>>,
     },
     /// A non-first fragment: only bytes.
     FragmentData {
@@ -285,17 +437,34 @@ pub fn is_icmp_error(kind: u8) -> bool {
     matches!(kind, 3 | 4 | 5 | 11 | 12)
 }
 
-/// Parses an Ethernet frame carrying IPv4.
-pub fn parse_frame(frame: &[u8]) -> Option<Ipv4View> {
-    if frame.len() < 14 || frame[12..14] != [0x08, 0x00] {
+/// ICMPv6 errors: destination unreachable, packet too big, time
+/// exceeded, parameter problem.
+pub fn is_icmp6_error(kind: u8) -> bool {
+    matches!(kind, 1..=4)
+}
+
+/// ICMPv6's link-local housekeeping: multicast listener queries and
+/// reports, router and neighbour discovery. Kernels send it on their own
+/// schedule (timers, first contact), so captures leave it out.
+pub fn is_icmp6_housekeeping(kind: u8) -> bool {
+    matches!(kind, 130..=137 | 143)
+}
+
+/// Parses an Ethernet frame carrying IPv4 or IPv6.
+pub fn parse_frame(frame: &[u8]) -> Option<IpView> {
+    if frame.len() < 14 {
         return None;
     }
-    parse_ipv4(&frame[14..], false)
+    match [frame[12], frame[13]] {
+        ETH_P_IP => parse_ipv4(&frame[14..], false),
+        ETH_P_IPV6 => parse_ipv6(&frame[14..], false),
+        _ => None,
+    }
 }
 
 /// Parses an IPv4 packet. `quoted`: it is the inside of an ICMP error, so
 /// it may be cut short, and its total length is not the bytes at hand.
-pub fn parse_ipv4(p: &[u8], quoted: bool) -> Option<Ipv4View> {
+pub fn parse_ipv4(p: &[u8], quoted: bool) -> Option<IpView> {
     if p.len() < 20 || p[0] >> 4 != 4 {
         return None;
     }
@@ -317,63 +486,13 @@ pub fn parse_ipv4(p: &[u8], quoted: bool) -> Option<Ipv4View> {
     let body = &p[header_len..end];
     let first = frag & 0x1fff == 0;
     let whole = first && frag & IP_MF == 0 && complete;
-    let l4_sum = |proto: u8| -> Option<bool> {
-        whole.then(|| checksum(&[&pseudo_header(src, dst, proto, body.len()), body]) == 0)
-    };
-    let l4 = if !first {
-        L4::FragmentData { len: body.len() }
+    let (src, dst) = (IpAddr::V4(src), IpAddr::V4(dst));
+    let l4 = if first {
+        parse_l4(src, dst, proto, body, whole, quoted)
     } else {
-        match proto {
-            PROTO_TCP if body.len() >= 20 => {
-                let data_offset = body[12] >> 4;
-                let start = (usize::from(data_offset) * 4).clamp(20, body.len());
-                L4::Tcp {
-                    sport: u16::from_be_bytes([body[0], body[1]]),
-                    dport: u16::from_be_bytes([body[2], body[3]]),
-                    flags: body[13],
-                    data_offset,
-                    payload: body[start..].to_vec(),
-                    csum_ok: l4_sum(PROTO_TCP),
-                }
-            }
-            PROTO_UDP if body.len() >= 8 => L4::Udp {
-                sport: u16::from_be_bytes([body[0], body[1]]),
-                dport: u16::from_be_bytes([body[2], body[3]]),
-                payload: body[8..].to_vec(),
-                // A zero checksum means "none" in UDP over IPv4.
-                csum_ok: if body[6..8] == [0, 0] {
-                    Some(true)
-                } else {
-                    l4_sum(PROTO_UDP)
-                },
-            },
-            PROTO_ICMP if body.len() >= 8 => {
-                let kind = body[0];
-                let embedded = if is_icmp_error(kind) && !quoted {
-                    parse_ipv4(&body[8..], true).map(Box::new)
-                } else {
-                    None
-                };
-                L4::Icmp {
-                    kind,
-                    code: body[1],
-                    rest: [body[4], body[5], body[6], body[7]],
-                    body: body[8..].to_vec(),
-                    csum_ok: whole.then(|| checksum(&[body]) == 0),
-                    embedded,
-                }
-            }
-            PROTO_TCP | PROTO_UDP | PROTO_ICMP => L4::Truncated {
-                proto,
-                len: body.len(),
-            },
-            _ => L4::Other {
-                proto,
-                len: body.len(),
-            },
-        }
+        L4::FragmentData { len: body.len() }
     };
-    Some(Ipv4View {
+    Some(IpView {
         src,
         dst,
         proto,
@@ -385,6 +504,138 @@ pub fn parse_ipv4(p: &[u8], quoted: bool) -> Option<Ipv4View> {
         total_len,
         l4,
     })
+}
+
+/// Parses an IPv6 packet (`quoted`: as for [`parse_ipv4`]), past its
+/// hop-by-hop, routing, destination options and fragment headers.
+pub fn parse_ipv6(p: &[u8], quoted: bool) -> Option<IpView> {
+    if p.len() < 40 || p[0] >> 4 != 6 {
+        return None;
+    }
+    let payload_len = usize::from(u16::from_be_bytes([p[4], p[5]]));
+    let total_len = 40 + payload_len;
+    let end = if quoted {
+        p.len()
+    } else {
+        total_len.min(p.len())
+    };
+    let complete = total_len <= end;
+    let octets = |at: usize| -> [u8; 16] { p[at..at + 16].try_into().unwrap_or_default() };
+    let src = IpAddr::V6(Ipv6Addr::from(octets(8)));
+    let dst = IpAddr::V6(Ipv6Addr::from(octets(24)));
+    let mut proto = p[6];
+    let mut at = 40;
+    let mut options_len = 0;
+    let mut frag = 0;
+    // The flow label's low 16 bits, until a fragment header names the packet.
+    let mut id = u16::from_be_bytes([p[2], p[3]]);
+    // A chain longer than this is left as "other" (no packet here has one).
+    for _ in 0..8 {
+        if NEXTHDR_SKIPPED.contains(&proto) && at + 8 <= end {
+            let len = (usize::from(p[at + 1]) + 1) * 8;
+            proto = p[at];
+            at += len;
+            options_len += len;
+        } else if proto == NEXTHDR_FRAGMENT && at + 8 <= end {
+            let field = u16::from_be_bytes([p[at + 2], p[at + 3]]);
+            frag = (field >> 3) | if field & 1 != 0 { IP_MF } else { 0 };
+            id = u16::from_be_bytes([p[at + 6], p[at + 7]]);
+            proto = p[at];
+            at += 8;
+        } else {
+            break;
+        }
+    }
+    let body = p.get(at.min(end)..end).unwrap_or_default();
+    let first = frag & 0x1fff == 0;
+    let whole = first && frag & IP_MF == 0 && complete;
+    let l4 = if first {
+        parse_l4(src, dst, proto, body, whole, quoted)
+    } else {
+        L4::FragmentData { len: body.len() }
+    };
+    Some(IpView {
+        src,
+        dst,
+        proto,
+        id,
+        ttl: p[7],
+        frag,
+        options_len,
+        header_ok: true,
+        total_len,
+        l4,
+    })
+}
+
+/// The upper-layer header `body` holds for `proto` (ICMP of `src`'s
+/// family), its checksum checked when the packet is `whole`.
+fn parse_l4(src: IpAddr, dst: IpAddr, proto: u8, body: &[u8], whole: bool, quoted: bool) -> L4 {
+    let l4_sum = |proto: u8| -> Option<bool> {
+        whole.then(|| checksum(&[&pseudo_header(src, dst, proto, body.len()), body]) == 0)
+    };
+    let icmp = if src.is_ipv6() {
+        PROTO_ICMPV6
+    } else {
+        PROTO_ICMP
+    };
+    match proto {
+        PROTO_TCP if body.len() >= 20 => {
+            let data_offset = body[12] >> 4;
+            let start = (usize::from(data_offset) * 4).clamp(20, body.len());
+            L4::Tcp {
+                sport: u16::from_be_bytes([body[0], body[1]]),
+                dport: u16::from_be_bytes([body[2], body[3]]),
+                flags: body[13],
+                data_offset,
+                payload: body[start..].to_vec(),
+                csum_ok: l4_sum(PROTO_TCP),
+            }
+        }
+        PROTO_UDP if body.len() >= 8 => L4::Udp {
+            sport: u16::from_be_bytes([body[0], body[1]]),
+            dport: u16::from_be_bytes([body[2], body[3]]),
+            payload: body[8..].to_vec(),
+            // A zero checksum means "none" in UDP over IPv4; over IPv6
+            // it is wrong (RFC 8200, 8.1).
+            csum_ok: if body[6..8] == [0, 0] && src.is_ipv4() {
+                Some(true)
+            } else {
+                l4_sum(PROTO_UDP)
+            },
+        },
+        _ if proto == icmp && body.len() >= 8 => {
+            let kind = body[0];
+            let embedded = match icmp {
+                _ if quoted => None,
+                PROTO_ICMP if is_icmp_error(kind) => parse_ipv4(&body[8..], true),
+                PROTO_ICMPV6 if is_icmp6_error(kind) => parse_ipv6(&body[8..], true),
+                _ => None,
+            };
+            // ICMPv6's checksum covers the pseudo-header, ICMP's does not.
+            let csum_ok = if icmp == PROTO_ICMPV6 {
+                l4_sum(PROTO_ICMPV6)
+            } else {
+                whole.then(|| checksum(&[body]) == 0)
+            };
+            L4::Icmp {
+                kind,
+                code: body[1],
+                rest: [body[4], body[5], body[6], body[7]],
+                body: body[8..].to_vec(),
+                csum_ok,
+                embedded: embedded.map(Box::new),
+            }
+        }
+        PROTO_TCP | PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => L4::Truncated {
+            proto,
+            len: body.len(),
+        },
+        _ => L4::Other {
+            proto,
+            len: body.len(),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -462,5 +713,102 @@ mod tests {
         assert_eq!(views[1].frag_offset(), 40);
         assert_eq!(views[2].frag & IP_MF, 0);
         assert!(views.iter().all(|v| v.header_ok));
+    }
+
+    const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x15, 0, 0, 0, 0, 0, 1);
+    const B6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+
+    fn frame6(packet: &[u8]) -> Vec<u8> {
+        let mut f = vec![0_u8; 12];
+        f.extend_from_slice(&ETH_P_IPV6);
+        f.extend_from_slice(packet);
+        f
+    }
+
+    #[test]
+    fn ipv6_packets_parse_back_with_good_checksums() {
+        let p = Ip6::new(A6, B6, PROTO_UDP, 0x0701).packet(&udp(A6, B6, 1000, 53, b"hello"));
+        let v = parse_frame(&frame6(&p)).unwrap();
+        assert!(v.is_ipv6());
+        assert_eq!(
+            (v.src, v.dst, v.id, v.ttl),
+            (A6.into(), B6.into(), 0x0701, CRAFTED_TTL)
+        );
+        assert_eq!(
+            v.l4,
+            L4::Udp {
+                sport: 1000,
+                dport: 53,
+                payload: b"hello".to_vec(),
+                csum_ok: Some(true)
+            }
+        );
+        let t =
+            Ip6::new(A6, B6, PROTO_TCP, 2).packet(&Tcp::new(1, 2, TCP_SYN).segment(A6, B6, b""));
+        assert!(matches!(
+            parse_frame(&frame6(&t)).unwrap().l4,
+            L4::Tcp {
+                csum_ok: Some(true),
+                flags: TCP_SYN,
+                ..
+            }
+        ));
+        let echo = icmp6_echo(A6, B6, ICMPV6_ECHO_REQUEST, 7, 1, b"x");
+        let e = Ip6::new(A6, B6, PROTO_ICMPV6, 3).packet(&echo);
+        assert!(matches!(
+            parse_frame(&frame6(&e)).unwrap().l4,
+            L4::Icmp {
+                kind: ICMPV6_ECHO_REQUEST,
+                csum_ok: Some(true),
+                ..
+            }
+        ));
+        // The same message to another address fails its checksum: the
+        // pseudo-header counts.
+        let elsewhere = Ip6::new(A6, Ipv6Addr::LOCALHOST, PROTO_ICMPV6, 3).packet(&echo);
+        assert!(matches!(
+            parse_frame(&frame6(&elsewhere)).unwrap().l4,
+            L4::Icmp {
+                csum_ok: Some(false),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn icmpv6_errors_quote_their_packet_and_fragments_parse() {
+        let inner = Ip6::new(B6, A6, PROTO_UDP, 9).packet(&udp(B6, A6, 53, 1000, b"q"));
+        let err = Ip6::new(A6, B6, PROTO_ICMPV6, 10).packet(&icmp6(
+            A6,
+            B6,
+            ICMPV6_DEST_UNREACH,
+            4,
+            [0; 4],
+            &inner,
+        ));
+        let v = parse_frame(&frame6(&err)).unwrap();
+        let L4::Icmp {
+            embedded: Some(e),
+            csum_ok,
+            ..
+        } = v.l4
+        else {
+            panic!("no embedded header")
+        };
+        assert_eq!(csum_ok, Some(true));
+        assert_eq!(e.src, IpAddr::V6(B6));
+        assert!(matches!(
+            e.l4,
+            L4::Udp {
+                csum_ok: Some(true),
+                ..
+            }
+        ));
+
+        let mut later = Ip6::new(A6, B6, PROTO_UDP, 0x0abc);
+        later.frag = Some((10, false));
+        let v = parse_frame(&frame6(&later.packet(&[0; 16]))).unwrap();
+        assert_eq!((v.id, v.frag_offset(), v.options_len), (0x0abc, 80, 0));
+        assert_eq!(v.l4, L4::FragmentData { len: 16 });
     }
 }

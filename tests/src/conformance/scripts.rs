@@ -2,15 +2,15 @@
 //! only). Every one is bounded by the sandbox's `timeout` and its own
 //! socket timeouts.
 
-/// Capture: `IFACE`. Prints "ready", then "PKTTYPE HEX" per IPv4 frame the
-/// interface received (outgoing frames are skipped). Each stdin line is
+/// Capture: `IFACE`. Prints "ready", then "PKTTYPE HEX" per frame the
+/// interface received (the harness reads IPv4 and IPv6) (outgoing frames are skipped). Each stdin line is
 /// echoed back once everything received before it was printed: a mark that
 /// splits the capture into steps. Ends at the end of stdin.
 pub const CAPTURE: &str = r#"
 import os, select, socket, sys
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-s.bind((sys.argv[1], 0x0800))
+s.bind((sys.argv[1], 0x0003))
 out = sys.stdout
 def drain():
     while True:
@@ -41,7 +41,7 @@ while True:
 
 /// Frame sender: `IFACE`. Prints "ready"; then per stdin line "send DSTMAC
 /// HEX" sends an Ethernet frame from IFACE's address carrying the IP packet
-/// HEX, and "sync N" prints "synced N".
+/// HEX (IPv4 or IPv6, by its version), and "sync N" prints "synced N".
 pub const SEND_FRAMES: &str = r#"
 import socket, sys
 ifname = sys.argv[1]
@@ -55,7 +55,9 @@ for line in sys.stdin:
     if not parts:
         continue
     if parts[0] == "send":
-        frame = bytes.fromhex(parts[1].replace(":", "")) + src + b"\x08\x00" + bytes.fromhex(parts[2])
+        packet = bytes.fromhex(parts[2])
+        ethertype = b"\x86\xdd" if packet and packet[0] >> 4 == 6 else b"\x08\x00"
+        frame = bytes.fromhex(parts[1].replace(":", "")) + src + ethertype + packet
         try:
             s.send(frame)
         except OSError as e:
@@ -107,13 +109,13 @@ except ConnectionRefusedError:
 /// Threaded TCP echo server: `PORT` (shared with the NAT suite).
 pub use crate::default_lab::TCP_ECHO_SERVER as TCP_SERVER;
 
-/// One TCP echo round trip: `HOST PORT PAYLOAD [BIND_ADDR BIND_PORT]`.
-/// Prints "ok from PORT", "refused", "timeout" or "error: ..." (also when
-/// the bind fails).
+/// One TCP echo round trip: `HOST PORT PAYLOAD [BIND_ADDR BIND_PORT]`
+/// (HOST of either family). Prints "ok from PORT", "refused", "timeout" or
+/// "error: ..." (also when the bind fails).
 pub const TCP_ONCE: &str = r#"
 import socket, sys
 host, port, payload = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
 s.settimeout(3)
 try:
     if len(sys.argv) > 5:
