@@ -504,8 +504,13 @@ pub struct NatConfig {
     pub services: Net,
     /// The lab's IPv6 subnets: IPv6 is bridged, never routed or
     /// translated, so the closed lab lets through only what goes from one
-    /// of them to another (and what stays on its link).
+    /// of them (or [`NatConfig::local6`]) to another (and what stays on its
+    /// link).
     pub internal6: Net6Set,
+    /// The lab's host IPv6 addresses outside [`NatConfig::internal6`] (the
+    /// uplink's), as /128s: the lab's namespaces reach the host there, as
+    /// the host's IPv4 addresses.
+    pub local6: Net6Set,
 }
 
 /// A lab namespace's address, for the `redirect` datapath: where to hand
@@ -939,7 +944,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
 const _: () = assert!(core::mem::size_of::<PublishKey>() == 4);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 464);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 592);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Service>() == 4);
 const _: () = assert!(core::mem::size_of::<MaglevTable>() == 2 * (MAGLEV_SLOTS + 1));

@@ -109,16 +109,18 @@ pub fn admit_addrs(
 /// IPv6, either way: netlab bridges it and neither routes nor translates
 /// it yet, so in a closed lab only what stays on its link (link-local
 /// unicast, and multicast: neighbour discovery) or goes from one of the
-/// lab's IPv6 subnets to another passes a lab veth, and nothing from one of
-/// them passes the uplink (a lab source arriving there is spoofed, one
-/// leaving would leak): the lab is as closed for IPv6 as for IPv4.
+/// lab's IPv6 subnets and host addresses to another (a namespace and the
+/// uplink's own address, as ip6tables lets the host's INPUT have it)
+/// passes a lab veth, and nothing from one of its subnets passes the
+/// uplink (a lab source arriving there is spoofed, one leaving would
+/// leak): the lab is as closed for IPv6 as for IPv4.
 #[inline(always)]
 pub fn ipv6_closed(ctx: &TcContext, lab: &Lab, iface: &Iface, parsed: &Parsed) -> Result<(), Stat> {
     if lab.cfg.closed == 0 || !matches!(parsed, Parsed::NotIpv4(ETH_P_IPV6)) {
         return Ok(());
     }
     let closed = match iface.role {
-        ROLE_LAB => !ipv6::to_link(ctx) && !ipv6::within(ctx, &lab.cfg.internal6),
+        ROLE_LAB => !ipv6::to_link(ctx) && !ipv6::within(ctx, &lab.cfg.internal6, &lab.cfg.local6),
         ROLE_UPLINK => ipv6::from(ctx, &lab.cfg.internal6),
         _ => false,
     };

@@ -119,18 +119,18 @@ pub fn from(ctx: &TcContext, set: &Net6Set) -> bool {
     ctx::load::<[u32; 4]>(ctx, ETH_HLEN + IPV6_SADDR_OFF).is_some_and(|saddr| set.contains(&saddr))
 }
 
-/// Whether the IPv6 packet of the frame goes from one subnet of `set` to
-/// one of `set` (both addresses in it). `false` for a frame too short to
-/// say.
+/// Whether both addresses of the IPv6 packet of the frame are in a subnet
+/// of `subnets` or of `hosts`. `false` for a frame too short to say.
 #[inline(always)]
-pub fn within(ctx: &TcContext, set: &Net6Set) -> bool {
+pub fn within(ctx: &TcContext, subnets: &Net6Set, hosts: &Net6Set) -> bool {
     let Some(saddr) = ctx::load::<[u32; 4]>(ctx, ETH_HLEN + IPV6_SADDR_OFF) else {
         return false;
     };
     let Some(daddr) = ctx::load::<[u32; 4]>(ctx, ETH_HLEN + IPV6_DADDR_OFF) else {
         return false;
     };
-    set.contains(&saddr) && set.contains(&daddr)
+    let inside = |addr: &[u32; 4]| subnets.contains(addr) || hosts.contains(addr);
+    inside(&saddr) && inside(&daddr)
 }
 
 /// Whether the IPv6 packet of the frame is addressed within its link:

@@ -758,6 +758,24 @@ fn addresses6(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
             ),
         ));
     }
+    let hosts = lab.topo.local_addresses6();
+    if hosts.len() > NET6_INLINE
+        && let Some(a) = lab
+            .addresses6
+            .iter()
+            .find(|a| a.net.addr == hosts[NET6_INLINE].addr)
+    {
+        problems.push(Problem::new(
+            K::Address,
+            a.at,
+            format_args!(
+                "{} is the host's IPv6 address number {} outside the lab's subnets (the \
+                 uplink's): a lab holds at most {NET6_INLINE}",
+                hosts[NET6_INLINE].addr,
+                NET6_INLINE + 1
+            ),
+        ));
+    }
     let mut seen: HashMap<Ipv6Addr, &Addressed<'_, Ipv6Net>> = HashMap::new();
     for (i, a) in lab.addresses6.iter().enumerate() {
         let (net, owner) = (a.net, lab.node(a));
@@ -2418,6 +2436,19 @@ peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
             .map(|i| format!("\n[[bridge]]\nname = \"b{i}\"\naddresses = [\"fd00:4{i}::1/64\"]\n"))
             .collect();
         ok(&lab(&four));
+    }
+
+    #[test]
+    fn at_most_four_host_ipv6_addresses_outside_the_lab() {
+        let uplink = |n: usize| {
+            let addresses: Vec<String> = (1..=n).map(|i| format!("\"2001:2::{i}/64\"")).collect();
+            crate::topology::DEFAULT_LAB_DUAL_STACK
+                // The world's end leaves the uplink's addresses free.
+                .replace(r#""2001:2::2/64""#, r#""2001:2::99/64""#)
+                .replace(r#""2001:2::1/64""#, &addresses.join(", "))
+        };
+        only_problem(&uplink(5), K::Address, &["2001:2::5", "at most 4"]);
+        ok(&uplink(4));
     }
 
     #[test]

@@ -163,7 +163,8 @@ fn net6(net: Ipv6Net) -> Net6 {
     }
 }
 
-/// The lab's IPv6 subnets (validation keeps them within the inline room).
+/// The lab's IPv6 subnets or host addresses (validation keeps them within
+/// the inline room).
 fn net6_set(nets: &[Ipv6Net]) -> Net6Set {
     let mut set = Net6Set::default();
     for (slot, n) in set.nets.iter_mut().zip(nets) {
@@ -306,6 +307,7 @@ pub fn plan(topo: &Topology, links: &LabLinks, pods: &[Pod]) -> Result<MapConten
         peers: net_set(&peer_nets),
         services: topo.nat.service_range.map(net).unwrap_or_default(),
         internal6: net6_set(&topo.internal_subnets6()),
+        local6: net6_set(&topo.local_addresses6()),
     };
 
     let mut ifaces = BTreeMap::new();
@@ -842,11 +844,19 @@ mod tests {
         assert!(!set.contains(&v6("2001:db8:1::9")));
         assert!(!set.contains(&v6("fe80::1")));
         assert_eq!(set.nets.iter().filter(|n| n.mask[0] != 0).count(), 1);
+        // The uplink's own address is the host's, reached from the lab;
+        // the rest of its subnet is the world's.
+        let hosts = dual.nat.local6;
+        assert!(hosts.contains(&v6("2001:2::1")));
+        assert!(!hosts.contains(&v6("2001:2::2")));
+        assert!(!hosts.contains(&v6("fd00:15::5")));
+        assert_eq!(hosts.nets.iter().filter(|n| n.mask[0] != 0).count(), 1);
         // An IPv4-only lab has none: only its link's IPv6 passes.
         let topo = topology::default_lab().unwrap_or_else(|e| panic!("{e}"));
         let v4_only = plan(&topo, &links(&topo), &[]).unwrap_or_else(|e| panic!("{e:#}"));
         assert!(!v4_only.nat.internal6.contains(&v6("::")));
         assert_eq!(v4_only.nat.internal6, Net6Set::default());
+        assert_eq!(v4_only.nat.local6, Net6Set::default());
     }
 
     #[test]
