@@ -22,11 +22,18 @@ pub mod names {
     /// The full paths of the NAT programs (only ever tail-called).
     pub const NAT_INGRESS_FULL: &str = "nat_ingress_full";
     pub const NAT_EGRESS_FULL: &str = "nat_egress_full";
-    /// Program array[2]: the full paths, in slots [`NAT_FULL_INGRESS`] and
-    /// [`NAT_FULL_EGRESS`], filled when the programs are loaded.
+    /// The IPv6 paths of the NAT programs (only ever tail-called, by the
+    /// fast path, for every IPv6 frame).
+    pub const NAT6_INGRESS: &str = "nat6_ingress";
+    pub const NAT6_EGRESS: &str = "nat6_egress";
+    /// Program array[4]: the full paths, in slots [`NAT_FULL_INGRESS`] and
+    /// [`NAT_FULL_EGRESS`], and the IPv6 paths, in [`NAT6_FULL_INGRESS`]
+    /// and [`NAT6_FULL_EGRESS`], filled when the programs are loaded.
     pub const NAT_FULL: &str = "NAT_FULL";
     pub const NAT_FULL_INGRESS: u32 = 0;
     pub const NAT_FULL_EGRESS: u32 = 1;
+    pub const NAT6_FULL_INGRESS: u32 = 2;
+    pub const NAT6_FULL_EGRESS: u32 = 3;
     /// cgroup sock_addr programs: the host's own connections to published ports.
     pub const SOCK_CONNECT4: &str = "sock_connect4";
     pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
@@ -42,6 +49,9 @@ pub mod names {
     pub const SOCK_NAT: &str = "SOCK_NAT";
     /// Hash: lab address (network order) → [`Endpoint`](crate::nat::Endpoint).
     pub const ENDPOINTS: &str = "ENDPOINTS";
+    /// Hash: a lab namespace's IPv6 address (`[u32; 4]`, as in the header)
+    /// → [`Endpoint`](crate::nat::Endpoint).
+    pub const ENDPOINTS6: &str = "ENDPOINTS6";
     /// Per-CPU array: packets per (interface slot, reason), at
     /// [`redirect_stat_index`](crate::nat::redirect_stat_index); sized for
     /// the lab's interfaces at load.
@@ -51,6 +61,10 @@ pub mod names {
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     /// Hash: [`PublishKey`](crate::nat::PublishKey) → [`Backend`](crate::nat::Backend).
     pub const PUBLISHED: &str = "PUBLISHED";
+    /// Hash: [`PublishKey`](crate::nat::PublishKey) →
+    /// [`Backend6`](crate::nat::Backend6): the same ports over IPv6, to
+    /// backends in a masqueraded IPv6 subnet.
+    pub const PUBLISHED6: &str = "PUBLISHED6";
     /// Array of [`PUBLISH_EPOCH_SLOTS`](crate::nat::PUBLISH_EPOCH_SLOTS)
     /// `u32`s: each published host port's epoch, which `publish rm` moves
     /// on, so the flows the port opened die at their next packet (see
@@ -95,6 +109,11 @@ pub mod names {
     pub const CONNTRACK_NEW: &str = "CONNTRACK_NEW";
     /// Array[1]: when the assured table was last swept (see `Stat::CtSwept`).
     pub const CT_SWEPT: &str = "CT_SWEPT";
+    /// The same two tables for IPv6 flows: [`FlowKey6`](crate::nat::FlowKey6)
+    /// → [`CtEntry6`](crate::nat::CtEntry6), and its sweep's state.
+    pub const CONNTRACK6: &str = "CONNTRACK6";
+    pub const CONNTRACK6_NEW: &str = "CONNTRACK6_NEW";
+    pub const CT6_SWEPT: &str = "CT6_SWEPT";
     /// LRU hash: [`FragKey`](crate::nat::FragKey) →
     /// [`FragPorts`](crate::nat::FragPorts), the ports of datagrams whose
     /// first fragment was seen, for their later fragments.
@@ -149,6 +168,12 @@ mod pod {
     unsafe impl aya::Pod for crate::nat::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::nat::CtEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::FlowKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::CtEntry6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::nat::Backend6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::nat::PublishKey {}
     // SAFETY: as above.

@@ -1,5 +1,40 @@
 //! NAT and conntrack types. Addresses and ports are kept in network byte
 //! order, as they sit in the packet, so the datapath never converts them.
+//!
+//! The flow and conntrack types are generic over the address ([`Addr`]):
+//! one shape for IPv4 (`u32`) and IPv6 (`[u32; 4]`), so conntrack is
+//! written once for both families, as nf_conntrack keeps both in one
+//! table and Cilium writes ct4 and ct6 from one template.
+
+/// An address as it sits in the IP header, network order: IPv4's one word
+/// or IPv6's four.
+pub trait Addr:
+    Copy + Default + PartialEq + Eq + core::fmt::Debug + core::hash::Hash + 'static
+{
+    /// The unspecified address (0.0.0.0, ::).
+    const ZERO: Self;
+
+    /// The address in one word, for hashes: IPv6's words xored.
+    fn folded(&self) -> u32;
+}
+
+impl Addr for u32 {
+    const ZERO: u32 = 0;
+
+    #[inline(always)]
+    fn folded(&self) -> u32 {
+        *self
+    }
+}
+
+impl Addr for [u32; 4] {
+    const ZERO: [u32; 4] = [0; 4];
+
+    #[inline(always)]
+    fn folded(&self) -> u32 {
+        self[0] ^ self[1] ^ self[2] ^ self[3]
+    }
+}
 
 /// A flow as one direction of it appears on the wire.
 ///
@@ -8,9 +43,9 @@
 /// reverse of a request's key is its reply's key, as with TCP and UDP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct FlowKeyOf<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -20,10 +55,15 @@ pub struct FlowKey {
     pub _pad1: u16,
 }
 
-impl FlowKey {
+/// An IPv4 flow's key.
+pub type FlowKey = FlowKeyOf<u32>;
+/// An IPv6 flow's key.
+pub type FlowKey6 = FlowKeyOf<[u32; 4]>;
+
+impl<A: Addr> FlowKeyOf<A> {
     #[inline(always)]
-    pub fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> FlowKey {
-        FlowKey {
+    pub fn new(saddr: A, daddr: A, sport: u16, dport: u16, proto: u8) -> FlowKeyOf<A> {
+        FlowKeyOf {
             saddr,
             daddr,
             sport,
@@ -36,8 +76,8 @@ impl FlowKey {
 
     /// The key of packets flowing the other way.
     #[inline(always)]
-    pub fn reversed(&self) -> FlowKey {
-        FlowKey::new(self.daddr, self.saddr, self.dport, self.sport, self.proto)
+    pub fn reversed(&self) -> FlowKeyOf<A> {
+        FlowKeyOf::new(self.daddr, self.saddr, self.dport, self.sport, self.proto)
     }
 }
 
@@ -201,7 +241,7 @@ pub const CT_SERVICE: u8 = 64;
 /// another `pair` is an orphan (an LRU evicted its peer) and is removed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtEntry {
+pub struct CtEntryOf<A> {
     /// When the flow was created (`bpf_ktime_get_coarse_ns`: the clock of
     /// `CLOCK_MONOTONIC_COARSE`).
     pub created_ns: u64,
@@ -212,10 +252,10 @@ pub struct CtEntry {
     pub packets: u64,
     pub bytes: u64,
     /// The key of the other direction.
-    pub peer: FlowKey,
+    pub peer: FlowKeyOf<A>,
     /// The tuple packets matching the key leave with.
-    pub saddr: u32,
-    pub daddr: u32,
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     /// The same random value in both halves of one flow.
@@ -245,7 +285,12 @@ pub struct CtEntry {
     pub epoch: u32,
 }
 
-impl CtEntry {
+/// A half of an IPv4 flow.
+pub type CtEntry = CtEntryOf<u32>;
+/// A half of an IPv6 flow.
+pub type CtEntry6 = CtEntryOf<[u32; 4]>;
+
+impl<A> CtEntryOf<A> {
     /// Whether the flow is idle past its timeout at `now_ns`, as far as
     /// this half knows (its peer may have seen a packet since).
     #[inline(always)]
@@ -309,6 +354,19 @@ pub struct Backend {
     /// (its backend is chosen as a ClusterIP's is; `addr` and `port` are
     /// unused). 0: a plain published port.
     pub service: u16,
+}
+
+/// Where a published port forwards to over IPv6
+/// ([`names::PUBLISHED6`](crate::names::PUBLISHED6)): the backend
+/// namespace's IPv6 address in a masqueraded subnet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend6 {
+    /// Network order, as in the header.
+    pub addr: [u32; 4],
+    /// Network order.
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// A Service's virtual address and port
@@ -443,23 +501,42 @@ impl Net6 {
 /// How many IPv6 subnets a lab may have (its [`Net6Set`] holds them all
 /// inline).
 pub const NET6_INLINE: usize = 4;
+/// How many IPv6 host addresses a lab may have (its [`Host6Set`]).
+pub const HOST6_INLINE: usize = 8;
 
-/// The lab's IPv6 subnets, compared inline.
+/// IPv6 subnets, compared inline (no map: every IPv6 packet asks).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Net6Set {
-    pub nets: [Net6; NET6_INLINE],
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net6SetOf<const N: usize> {
+    pub nets: [Net6; N],
 }
 
-impl Net6Set {
-    #[inline(always)]
-    pub fn contains(&self, addr: &[u32; 4]) -> bool {
-        self.nets[0].contains(addr)
-            || self.nets[1].contains(addr)
-            || self.nets[2].contains(addr)
-            || self.nets[3].contains(addr)
+impl<const N: usize> Default for Net6SetOf<N> {
+    fn default() -> Self {
+        Net6SetOf {
+            nets: [Net6::default(); N],
+        }
     }
 }
+
+impl<const N: usize> Net6SetOf<N> {
+    #[inline(always)]
+    pub fn contains(&self, addr: &[u32; 4]) -> bool {
+        let mut i = 0;
+        while i < N {
+            if self.nets[i].contains(addr) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// The lab's IPv6 subnets.
+pub type Net6Set = Net6SetOf<NET6_INLINE>;
+/// The lab's IPv6 host addresses, as /128s.
+pub type Host6Set = Net6SetOf<HOST6_INLINE>;
 
 /// The lab's NAT configuration ([`names::NAT_CONFIG`](crate::names::NAT_CONFIG)),
 /// read once per packet.
@@ -507,10 +584,21 @@ pub struct NatConfig {
     /// of them (or [`NatConfig::local6`]) to another (and what stays on its
     /// link).
     pub internal6: Net6Set,
-    /// The lab's host IPv6 addresses outside [`NatConfig::internal6`] (the
-    /// uplink's), as /128s: the lab's namespaces reach the host there, as
-    /// the host's IPv4 addresses.
-    pub local6: Net6Set,
+    /// The lab's host IPv6 addresses (bridges', host ends', the uplink's),
+    /// as /128s: the lab's namespaces reach the host there, as at its IPv4
+    /// addresses; published ports answer there over IPv6, and only IPv6
+    /// flows to them are translated on the way in.
+    pub local6: Host6Set,
+    /// The IPv6 subnets masqueraded out of the uplink (NAT66, as Docker's
+    /// ip6tables rules do), at most [`NET6_INLINE`].
+    pub masquerade6: Net6Set,
+    /// The address IPv6 is masqueraded to (the uplink's first IPv6
+    /// address), network order; all zero: none.
+    pub masq_addr6: [u32; 4],
+    /// The uplink's IPv6 subnets: they stand for the world, which
+    /// masqueraded IPv6 subnets reach (and are reached from through
+    /// published ports).
+    pub uplink6: Net6Set,
 }
 
 /// A lab namespace's address, for the `redirect` datapath: where to hand
@@ -630,6 +718,9 @@ pub struct IfaceConfig {
     /// The interface's ifindex: in [`names::IFACES`](crate::names::IFACES),
     /// which slot of the array holds whose configuration.
     pub ifindex: u32,
+    /// The address IPv6 hairpin traffic is SNATed to (the segment's
+    /// gateway's IPv6 address), network order; all zero when it has none.
+    pub gateway6: [u32; 4],
 }
 
 /// Slots of [`names::IFACES`](crate::names::IFACES), a power of two.
@@ -653,7 +744,7 @@ pub fn iface_slot(ifindex: u32) -> u32 {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
-    /// ARP, IPv6...: passed untouched.
+    /// Neither IPv4 nor IPv6 (ARP, a VLAN tag...): passed untouched.
     NonIpv4 = 0,
     /// Truncated or inconsistent headers: passed untouched when nothing
     /// needs translating (the kernel validates and drops them on local
@@ -765,9 +856,10 @@ pub enum Stat {
     /// namespace) since they opened: removed at their next packet, which
     /// is evaluated afresh, as `conntrack -D` does for iptables.
     CtUnpublished,
-    /// IPv6 crossing a lab veth to a destination beyond its link: dropped
-    /// (netlab carries no IPv6 yet, and the lab is closed for it too);
-    /// link-local unicast and multicast, neighbour discovery's, pass.
+    /// IPv6 crossing a lab veth where the closed lab has no path for it
+    /// (neither between the lab's subnets and host addresses, nor between
+    /// a masqueraded subnet and the world); link-local unicast and
+    /// multicast, neighbour discovery's, pass.
     Ipv6Closed,
     /// New flows to a Service (a ClusterIP, or a NodePort), sent to a
     /// backend its Maglev table chose.
@@ -942,9 +1034,13 @@ pub struct FragPorts {
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
+const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
+const _: () = assert!(core::mem::size_of::<CtEntry6>() == 128);
+const _: () = assert!(core::mem::size_of::<Backend6>() == 20);
 const _: () = assert!(core::mem::size_of::<PublishKey>() == 4);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 592);
+const _: () = assert!(core::mem::size_of::<NatConfig>() == 992);
+const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Service>() == 4);
 const _: () = assert!(core::mem::size_of::<MaglevTable>() == 2 * (MAGLEV_SLOTS + 1));
@@ -952,7 +1048,6 @@ const _: () = assert!(core::mem::size_of::<NetSet>() == 72);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
 const _: () = assert!(core::mem::size_of::<SockNat>() == 8);
 const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
-const _: () = assert!(core::mem::size_of::<IfaceConfig>() == 16);
 const _: () = assert!(Stat::ALL.len() == STAT_COUNT as usize);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FragPorts>() == 4);

@@ -23,21 +23,17 @@
 //!   leaves, but toward a peer node's pods, which see it as it is.
 
 use aya_ebpf::programs::TcContext;
-use netlab_common::nat::{ROLE_LAB, ROLE_UPLINK, Stat};
+use netlab_common::nat::{APPLY_INGRESS, ROLE_LAB, ROLE_UPLINK, Stat};
 
 use crate::{
     fib::{self, Asker},
     lab::{Iface, Lab, is_group},
-    pkt::{
-        ipv6::{self, ETH_P_IPV6},
-        parse::Parsed,
-    },
+    pkt::{ipv6, parse::Parsed},
 };
 
 /// The checks of a packet coming in, before any translation.
 #[inline(always)]
 pub fn admit(ctx: &TcContext, lab: &Lab, iface: &Iface, parsed: &Parsed) -> Result<(), Stat> {
-    ipv6_closed(ctx, lab, iface, parsed)?;
     let Some(ip) = parsed.ip() else {
         return Ok(());
     };
@@ -106,28 +102,63 @@ pub fn admit_addrs(
     }
 }
 
-/// IPv6, either way: netlab bridges it and neither routes nor translates
-/// it yet, so in a closed lab only what stays on its link (link-local
-/// unicast, and multicast: neighbour discovery) or goes from one of the
-/// lab's IPv6 subnets and host addresses to another (a namespace and the
-/// uplink's own address, as ip6tables lets the host's INPUT have it)
-/// passes a lab veth, and nothing from one of its subnets passes the
-/// uplink (a lab source arriving there is spoofed, one leaving would
-/// leak): the lab is as closed for IPv6 as for IPv4.
+/// IPv6's admission, as IPv4's and Docker's ip6tables rules have it: on
+/// the uplink's way in (before NAT66), no source from one of the lab's
+/// IPv6 subnets (spoofed) and no routed access into a masqueraded one; on
+/// its way out (after NAT66), no lab source (one NAT66 left untranslated
+/// would leak); on a lab veth, only what stays on its link (link-local
+/// unicast, multicast: neighbour discovery), what goes from one of the
+/// lab's IPv6 subnets or host addresses to another, and what goes between
+/// a masqueraded subnet and the uplink's (the world, through masquerade
+/// and published ports): from a masqueraded subnet as a namespace sends
+/// it, to one as the host hands it on. A namespace sends from the lab's
+/// subnets only (else spoofed).
 #[inline(always)]
-pub fn ipv6_closed(ctx: &TcContext, lab: &Lab, iface: &Iface, parsed: &Parsed) -> Result<(), Stat> {
-    if lab.cfg.closed == 0 || !matches!(parsed, Parsed::NotIpv4(ETH_P_IPV6)) {
+pub fn admit6(
+    lab: &Lab,
+    iface: &Iface,
+    (saddr, daddr): (&[u32; 4], &[u32; 4]),
+    hook: u8,
+) -> Result<(), Stat> {
+    if lab.cfg.closed == 0 {
         return Ok(());
     }
-    let closed = match iface.role {
-        ROLE_LAB => !ipv6::to_link(ctx) && !ipv6::within(ctx, &lab.cfg.internal6, &lab.cfg.local6),
-        ROLE_UPLINK => ipv6::from(ctx, &lab.cfg.internal6),
-        _ => false,
-    };
-    if closed {
-        return Err(Stat::Ipv6Closed);
+    match iface.role {
+        ROLE_UPLINK if hook == APPLY_INGRESS => {
+            if lab.is_internal6(saddr) {
+                return Err(Stat::SpoofedSource);
+            }
+            if lab.is_masqueraded6(daddr) {
+                return Err(Stat::RoutedIntoLab);
+            }
+            Ok(())
+        }
+        ROLE_UPLINK => {
+            if lab.is_internal6(saddr) {
+                return Err(Stat::UntranslatedLeak);
+            }
+            Ok(())
+        }
+        ROLE_LAB => {
+            if ipv6::is_link_scope(daddr) {
+                return Ok(());
+            }
+            let inside = |addr: &[u32; 4]| lab.is_internal6(addr) || lab.is_local6(addr);
+            if hook == APPLY_INGRESS && !inside(saddr) {
+                return Err(Stat::SpoofedSource);
+            }
+            let world = if hook == APPLY_INGRESS {
+                lab.is_masqueraded6(saddr) && lab.in_uplink_net6(daddr)
+            } else {
+                lab.in_uplink_net6(saddr) && lab.is_masqueraded6(daddr)
+            };
+            if (inside(saddr) && inside(daddr)) || world {
+                return Ok(());
+            }
+            Err(Stat::Ipv6Closed)
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The uplink's last word on a packet leaving it untouched (`Pass`): a

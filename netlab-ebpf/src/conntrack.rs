@@ -37,6 +37,12 @@
 //! The operations are global BPF functions behind inline wrappers (see
 //! [`crate::global`]): the verifier checks each once, on its own, instead
 //! of on every path of the NAT programs that reaches it.
+//!
+//! **Families.** IPv4 and IPv6 flows live in tables of their own (an IPv6
+//! key is 40 bytes, an IPv4 one 16: one table would make every IPv4
+//! lookup hash and compare the longer key), and everything here is
+//! written once, generic over a [`Family`] ([`V4`], [`V6`]), which names
+//! its tables; each global function has one instance per family.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -46,9 +52,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use netlab_common::nat::{
-    CT_ASSURED, CT_CONFIRMED, CT_FIN_ORIGINAL, CT_FIN_REPLY, CT_PICKED_UP, CT_REPLIED, CT_SERVICE,
-    CtEntry, DIR_ORIGINAL, DIR_REPLY, FlowKey, IPPROTO_TCP, IPPROTO_UDP, Stat, TcpState, timeout_s,
-    timeouts,
+    Addr, CT_ASSURED, CT_CONFIRMED, CT_FIN_ORIGINAL, CT_FIN_REPLY, CT_PICKED_UP, CT_REPLIED,
+    CT_SERVICE, CtEntry, CtEntry6, CtEntryOf, DIR_ORIGINAL, DIR_REPLY, FlowKey, FlowKey6,
+    FlowKeyOf, IPPROTO_TCP, IPPROTO_UDP, Stat, TcpState, timeout_s, timeouts,
 };
 
 use crate::{
@@ -58,7 +64,7 @@ use crate::{
         l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     },
     stats,
-    verdict::Rewrite,
+    verdict::RewriteOf,
 };
 
 /// Assured flows. Sized by userspace (`nat.conntrack_size`) at load.
@@ -73,16 +79,229 @@ static NEW: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(65536, 0);
 #[map(name = "CT_SWEPT")]
 static SWEPT: Array<SweepState> = Array::pinned(1, 0);
 
-#[repr(C)]
-struct SweepState {
-    last_ns: u64,
-    wanted: u64,
-}
-
 /// Where a new or restored half is built: a `CtEntry` is 80 bytes, more
 /// than the BPF stack can spare beside the rest of the NAT path.
 #[map]
 static CT_SCRATCH: PerCpuArray<[CtEntry; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The IPv6 tables, as the IPv4 ones above (sized alike at load).
+#[map(name = "CONNTRACK6")]
+static ASSURED6: HashMap<FlowKey6, CtEntry6> = HashMap::pinned(65536, 0);
+
+#[map(name = "CONNTRACK6_NEW")]
+static NEW6: LruHashMap<FlowKey6, CtEntry6> = LruHashMap::pinned(65536, 0);
+
+#[map(name = "CT6_SWEPT")]
+static SWEPT6: Array<SweepState> = Array::pinned(1, 0);
+
+#[map]
+static CT6_SCRATCH: PerCpuArray<[CtEntry6; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct SweepState {
+    last_ns: u64,
+    wanted: u64,
+}
+
+/// A flow's key, half and rewrite in family `F`.
+pub type Key<F> = FlowKeyOf<<F as Family>::Addr>;
+pub type Entry<F> = CtEntryOf<<F as Family>::Addr>;
+pub type Rw<F> = RewriteOf<<F as Family>::Addr>;
+
+/// An address family's conntrack: its tables, and its instances of the
+/// global functions (which cannot be generic: [`family!`] writes them).
+pub trait Family: Sized + 'static {
+    type Addr: Addr;
+    fn assured() -> &'static HashMap<Key<Self>, Entry<Self>>;
+    fn new_flows() -> &'static LruHashMap<Key<Self>, Entry<Self>>;
+    fn swept() -> &'static Array<SweepState>;
+    fn scratch() -> &'static PerCpuArray<[Entry<Self>; 2]>;
+    fn track(key: &Key<Self>, hook: u32, tcp_flags: u32, len: u32, out: &mut Rw<Self>) -> u32;
+    fn peek(key: &Key<Self>, hook: u32, check_alive: u32, out: &mut Rw<Self>) -> u32;
+    fn key_free(key: &Key<Self>) -> u32;
+    fn confirm(reply_key: &Key<Self>) -> u32;
+    fn insert(key: &Key<Self>, flow: &mut Opened<Self>) -> u32;
+    fn sweep(now: u64) -> u32;
+}
+
+/// IPv4 flows.
+#[derive(Clone, Copy)]
+pub enum V4 {}
+/// IPv6 flows.
+#[derive(Clone, Copy)]
+pub enum V6 {}
+
+/// A family's tables and global functions.
+macro_rules! family {
+    (
+        $family:ty, $addr:ty,
+        tables: [$assured:ident, $new:ident, $swept:ident, $scratch:ident],
+        functions: [$track:ident, $peek:ident, $key_free:ident, $confirm:ident, $insert:ident, $sweep:ident $(,)?],
+        sweep_callback: $sweep_one:ident $(,)?
+    ) => {
+        impl Family for $family {
+            type Addr = $addr;
+
+            #[inline(always)]
+            fn assured() -> &'static HashMap<Key<Self>, Entry<Self>> {
+                &$assured
+            }
+
+            #[inline(always)]
+            fn new_flows() -> &'static LruHashMap<Key<Self>, Entry<Self>> {
+                &$new
+            }
+
+            #[inline(always)]
+            fn swept() -> &'static Array<SweepState> {
+                &$swept
+            }
+
+            #[inline(always)]
+            fn scratch() -> &'static PerCpuArray<[Entry<Self>; 2]> {
+                &$scratch
+            }
+
+            #[inline(always)]
+            fn track(key: &Key<Self>, hook: u32, tcp_flags: u32, len: u32, out: &mut Rw<Self>) -> u32 {
+                $track(key, hook, tcp_flags, len, out)
+            }
+
+            #[inline(always)]
+            fn peek(key: &Key<Self>, hook: u32, check_alive: u32, out: &mut Rw<Self>) -> u32 {
+                $peek(key, hook, check_alive, out)
+            }
+
+            #[inline(always)]
+            fn key_free(key: &Key<Self>) -> u32 {
+                $key_free(key)
+            }
+
+            #[inline(always)]
+            fn confirm(reply_key: &Key<Self>) -> u32 {
+                $confirm(reply_key)
+            }
+
+            #[inline(always)]
+            fn insert(key: &Key<Self>, flow: &mut Opened<Self>) -> u32 {
+                $insert(key, flow)
+            }
+
+            #[inline(always)]
+            fn sweep(now: u64) -> u32 {
+                $sweep(now)
+            }
+        }
+
+        global::function! {
+            /// [`track`], verified once per family.
+            fn $track(key: *const Key<$family>, hook: u32, tcp_flags: u32, len: u32, out: *mut Rw<$family>) -> u32 {
+                // SAFETY: the verifier checks the pointers' memory; null is refused.
+                match (unsafe { key.as_ref() }, unsafe { out.as_mut() }) {
+                    (Some(key), Some(out)) => track_in::<$family>(key, hook, tcp_flags, len, out),
+                    _ => TrackCode::None as u32,
+                }
+            }
+        }
+
+        global::function! {
+            /// [`peek`], verified once per family.
+            fn $peek(key: *const Key<$family>, hook: u32, check_alive: u32, out: *mut Rw<$family>) -> u32 {
+                // SAFETY: as in the track function.
+                match (unsafe { key.as_ref() }, unsafe { out.as_mut() }) {
+                    (Some(key), Some(out)) => peek_in::<$family>(key, hook, check_alive, out),
+                    _ => 0,
+                }
+            }
+        }
+
+        global::function! {
+            /// [`key_free`], verified once per family. It runs in the port
+            /// search's callback too, whose stack frame adds to the NAT
+            /// program's: references only.
+            fn $key_free(key: *const Key<$family>) -> u32 {
+                // SAFETY: as in the track function.
+                match unsafe { key.as_ref() } {
+                    Some(key) => key_free_in::<$family>(key),
+                    None => 0,
+                }
+            }
+        }
+
+        global::function! {
+            /// [`confirm`], verified once per family.
+            fn $confirm(reply_key: *const Key<$family>) -> u32 {
+                // SAFETY: as in the track function.
+                match unsafe { reply_key.as_ref() } {
+                    Some(reply_key) => confirm_in::<$family>(reply_key),
+                    None => 0,
+                }
+            }
+        }
+
+        global::function! {
+            /// [`insert_flow`], verified once per family.
+            fn $insert(key: *const Key<$family>, flow: *mut Opened<$family>) -> u32 {
+                // SAFETY: as in the track function; `flow` is the caller's,
+                // on its stack, and nothing else refers to it during the call.
+                match (unsafe { key.as_ref() }, unsafe { flow.as_mut() }) {
+                    (Some(key), Some(flow)) => insert_in::<$family>(key, flow),
+                    _ => InsertCode::Failed as u32,
+                }
+            }
+        }
+
+        global::function! {
+            /// Removes the dead flows of the family's assured table (idle
+            /// past their timeout, or TCP closed or in TIME_WAIT, which
+            /// nf_conntrack's early drop takes too). Nonzero when it
+            /// removed any. Verified on its own: the callback's paths
+            /// would multiply the caller's.
+            fn $sweep(now: u64) -> u32 {
+                // The callback of `bpf_for_each_map_elem`: not generic, and
+                // named apart from the other family's, so that it has BTF
+                // function info of its own (aya links subprograms by name).
+                extern "C" fn $sweep_one(
+                    _map: *mut c_void,
+                    key: *const Key<$family>,
+                    half: *const Entry<$family>,
+                    state: *mut c_void,
+                ) -> i64 {
+                    sweep_one_in::<$family>(key, half, state)
+                }
+                sweep_in::<$family>(now, $sweep_one as *mut c_void)
+            }
+        }
+    };
+}
+
+family!(
+    V4, u32,
+    tables: [ASSURED, NEW, SWEPT, CT_SCRATCH],
+    functions: [
+        netlab_ct_track,
+        netlab_ct_peek,
+        netlab_ct_key_free,
+        netlab_ct_confirm,
+        netlab_ct_insert,
+        netlab_ct_sweep,
+    ],
+    sweep_callback: netlab_ct_sweep_one,
+);
+
+family!(
+    V6, [u32; 4],
+    tables: [ASSURED6, NEW6, SWEPT6, CT6_SCRATCH],
+    functions: [
+        netlab_ct6_track,
+        netlab_ct6_peek,
+        netlab_ct6_key_free,
+        netlab_ct6_confirm,
+        netlab_ct6_insert,
+        netlab_ct6_sweep,
+    ],
+    sweep_callback: netlab_ct6_sweep_one,
+);
 
 /// How stale a half's `last_seen_ns` may get before a packet refreshes it
 /// (the slow path): far below the shortest confirmed timeout (10 s).
@@ -111,10 +330,10 @@ enum Table {
 
 impl Table {
     #[inline(always)]
-    fn get(self, key: &FlowKey) -> Option<&'static mut CtEntry> {
+    fn get<F: Family>(self, key: &Key<F>) -> Option<&'static mut Entry<F>> {
         let ptr = match self {
-            Table::Assured => ASSURED.get_ptr_mut(key),
-            Table::New => NEW.get_ptr_mut(key),
+            Table::Assured => F::assured().get_ptr_mut(key),
+            Table::New => F::new_flows().get_ptr_mut(key),
         };
         // SAFETY: entries are read and written as `value_mut` allows: a
         // racing delete makes one packet's counters or state stale.
@@ -122,19 +341,19 @@ impl Table {
     }
 
     #[inline(always)]
-    fn insert(self, key: &FlowKey, entry: &CtEntry) -> bool {
+    fn insert<F: Family>(self, key: &Key<F>, entry: &Entry<F>) -> bool {
         let flags = u64::from(BPF_NOEXIST);
         match self {
-            Table::Assured => ASSURED.insert(key, entry, flags).is_ok(),
-            Table::New => NEW.insert(key, entry, flags).is_ok(),
+            Table::Assured => F::assured().insert(key, entry, flags).is_ok(),
+            Table::New => F::new_flows().insert(key, entry, flags).is_ok(),
         }
     }
 
     #[inline(always)]
-    fn remove(self, key: &FlowKey) {
+    fn remove<F: Family>(self, key: &Key<F>) {
         let _ = match self {
-            Table::Assured => ASSURED.remove(key),
-            Table::New => NEW.remove(key),
+            Table::Assured => F::assured().remove(key),
+            Table::New => F::new_flows().remove(key),
         };
     }
 
@@ -153,9 +372,13 @@ impl Table {
 /// Only a half that names `key` as its peer and carries the same `pair`
 /// is the flow's own.
 #[inline(always)]
-fn find_peer(table: Table, half: &CtEntry, key: &FlowKey) -> Option<&'static mut CtEntry> {
+fn find_peer<F: Family>(
+    table: Table,
+    half: &Entry<F>,
+    key: &Key<F>,
+) -> Option<&'static mut Entry<F>> {
     for t in [table, table.other()] {
-        if let Some(peer) = t.get(&half.peer)
+        if let Some(peer) = t.get::<F>(&half.peer)
             && peer.pair == half.pair
             && peer.peer == *key
         {
@@ -169,35 +392,35 @@ fn find_peer(table: Table, half: &CtEntry, key: &FlowKey) -> Option<&'static mut
 /// and its peer only where the peer is still this flow's (another flow may
 /// hold its key by now: nobody removes a half it does not own).
 #[inline(always)]
-fn remove_flow(table: Table, key: &FlowKey, half: &CtEntry) {
+fn remove_flow<F: Family>(table: Table, key: &Key<F>, half: &Entry<F>) {
     let (peer_key, pair) = (half.peer, half.pair);
-    table.remove(key);
+    table.remove::<F>(key);
     for t in [Table::Assured, Table::New] {
-        if t.get(&peer_key)
+        if t.get::<F>(&peer_key)
             .is_some_and(|peer| peer.pair == pair && peer.peer == *key)
         {
-            t.remove(&peer_key);
+            t.remove::<F>(&peer_key);
         }
     }
 }
 
 /// A flow's half for one key, and where it lives.
-struct Found {
-    entry: &'static mut CtEntry,
+struct Found<F: Family> {
+    entry: &'static mut Entry<F>,
     table: Table,
 }
 
 /// The half at `key`, assured flows first (an established flow's packet
 /// finds its half in one lookup).
 #[inline(always)]
-fn lookup(key: &FlowKey) -> Option<Found> {
-    if let Some(entry) = Table::Assured.get(key) {
+fn lookup<F: Family>(key: &Key<F>) -> Option<Found<F>> {
+    if let Some(entry) = Table::Assured.get::<F>(key) {
         return Some(Found {
             entry,
             table: Table::Assured,
         });
     }
-    Table::New.get(key).map(|entry| Found {
+    Table::New.get::<F>(key).map(|entry| Found {
         entry,
         table: Table::New,
     })
@@ -214,11 +437,12 @@ pub enum Fast {
     Hit(&'static mut CtEntry),
 }
 
-/// The fast path's lookup: one (two for a flow not assured yet), no call,
-/// nothing written. Whatever may change the flow is the full path's.
+/// The fast path's lookup (IPv4): one (two for a flow not assured yet),
+/// no call, nothing written. Whatever may change the flow is the full
+/// path's.
 #[inline(always)]
 pub fn fast_lookup(key: &FlowKey, hook: u8, tcp_flags: u8) -> Fast {
-    let Some(found) = lookup(key) else {
+    let Some(found) = lookup::<V4>(key) else {
         return Fast::Miss;
     };
     let entry = found.entry;
@@ -232,7 +456,7 @@ pub fn fast_lookup(key: &FlowKey, hook: u8, tcp_flags: u8) -> Fast {
     // half whose peer is gone goes to the full path at once, which
     // restores the peer or removes the orphan before its reply key can
     // be handed to another flow. Assured flows are never evicted.
-    if found.table == Table::New && find_peer(found.table, entry, key).is_none() {
+    if found.table == Table::New && find_peer::<V4>(found.table, entry, key).is_none() {
         return Fast::Slow;
     }
     Fast::Hit(entry)
@@ -261,10 +485,10 @@ pub enum Known {
 /// call had clobbered, which the verifier refuses (`!read_ok`); here every
 /// byte is defined on every path.
 #[derive(Clone, Copy)]
-pub struct Tracked {
+pub struct Tracked<F: Family> {
     pub known: Known,
     /// Meaningful when `known` is [`Known::Rewrite`].
-    pub rewrite: Rewrite,
+    pub rewrite: Rw<F>,
 }
 
 global::codes! {
@@ -275,19 +499,13 @@ global::codes! {
 /// Looks up the flow of a packet with `key` seen at `hook` (`APPLY_*`) and,
 /// when this hook translates it, updates the flow with the packet.
 #[inline(always)]
-pub fn track(key: &FlowKey, hook: u8, tcp_flags: u8, len: u32) -> Tracked {
+pub fn track<F: Family>(key: &Key<F>, hook: u8, tcp_flags: u8, len: u32) -> Tracked<F> {
     // Initialized from the key, not zeroed: a constant zero becomes a call
     // to a byte-by-byte memset in the BPF build, on every packet. (Nor may
     // it stay uninitialized: LLVM then moves its undefined bytes into the
     // answer's other variants, which the verifier refuses.)
-    let mut out = Rewrite::identity(key);
-    let code = netlab_ct_track(
-        key,
-        u32::from(hook),
-        u32::from(tcp_flags),
-        len,
-        &raw mut out,
-    );
+    let mut out = Rw::<F>::identity(key);
+    let code = F::track(key, u32::from(hook), u32::from(tcp_flags), len, &mut out);
     let known = match TrackCode::decode(code) {
         Some(TrackCode::OtherHook) => Known::OtherHook,
         Some(TrackCode::Rewrite) => Known::Rewrite,
@@ -299,34 +517,53 @@ pub fn track(key: &FlowKey, hook: u8, tcp_flags: u8, len: u32) -> Tracked {
     }
 }
 
-global::function! {
-    /// [`track`], verified once.
-    fn netlab_ct_track(key: *const FlowKey, hook: u32, tcp_flags: u32, len: u32, out: *mut Rewrite) -> u32 {
-        // SAFETY: the verifier checks the pointers' memory; null is refused.
-        let (Some(key), Some(out)) = (unsafe { key.as_ref() }, unsafe { out.as_mut() }) else {
-            return TrackCode::None as u32;
-        };
-        let Some(found) = lookup(key) else {
-            return TrackCode::None as u32;
-        };
-        if u32::from(found.entry.apply) != hook {
-            return TrackCode::OtherHook as u32;
+/// [`track`], with the rewrite written to `out` (a map value's, where a
+/// family's tuples are too large for the caller's stack).
+#[inline(always)]
+pub fn track_into<F: Family>(
+    key: &Key<F>,
+    hook: u8,
+    tcp_flags: u8,
+    len: u32,
+    out: &mut Rw<F>,
+) -> Known {
+    *out = Rw::<F>::identity(key);
+    match TrackCode::decode(F::track(
+        key,
+        u32::from(hook),
+        u32::from(tcp_flags),
+        len,
+        out,
+    )) {
+        Some(TrackCode::OtherHook) => Known::OtherHook,
+        Some(TrackCode::Rewrite) => Known::Rewrite,
+        _ => Known::None,
+    }
+}
+
+/// The body of the family's track function.
+#[inline(always)]
+fn track_in<F: Family>(key: &Key<F>, hook: u32, tcp_flags: u32, len: u32, out: &mut Rw<F>) -> u32 {
+    let Some(found) = lookup::<F>(key) else {
+        return TrackCode::None as u32;
+    };
+    if u32::from(found.entry.apply) != hook {
+        return TrackCode::OtherHook as u32;
+    }
+    let now = now();
+    let tcp_flags = tcp_flags as u8;
+    if steady(found.entry, key.proto, tcp_flags, now) && !unpublished(found.entry, key.proto) {
+        found.entry.packets += 1;
+        found.entry.bytes += u64::from(len);
+        *out = Rw::<F>::of(found.entry);
+        return TrackCode::Rewrite as u32;
+    }
+    match advance(found, key, tcp_flags, len, now) {
+        Some(rewrite) => {
+            *out = rewrite;
+            TrackCode::Rewrite as u32
         }
-        let now = now();
-        let tcp_flags = tcp_flags as u8;
-        if steady(found.entry, key.proto, tcp_flags, now) && !unpublished(found.entry, key.proto) {
-            found.entry.packets += 1;
-            found.entry.bytes += u64::from(len);
-            *out = Rewrite::of(found.entry);
-            return TrackCode::Rewrite as u32;
-        }
-        match advance(found, key, tcp_flags, len, now) {
-            Some(rewrite) => {
-                *out = rewrite;
-                TrackCode::Rewrite as u32
-            }
-            None => TrackCode::None as u32,
-        }
+        None => TrackCode::None as u32,
     }
 }
 
@@ -335,7 +572,7 @@ global::function! {
 /// epoch moved on): the flow is dead, as `conntrack -D` makes it for
 /// iptables.
 #[inline(always)]
-fn unpublished(half: &CtEntry, proto: u8) -> bool {
+fn unpublished<A>(half: &CtEntryOf<A>, proto: u8) -> bool {
     if half.published == 0 {
         return false;
     }
@@ -353,7 +590,7 @@ fn unpublished(half: &CtEntry, proto: u8) -> bool {
 /// refreshed a second ago or more (it refreshes it, checks the peer, and
 /// times the flow out).
 #[inline(always)]
-fn steady(half: &CtEntry, proto: u8, tcp_flags: u8, now: u64) -> bool {
+fn steady<A>(half: &CtEntryOf<A>, proto: u8, tcp_flags: u8, now: u64) -> bool {
     if now.wrapping_sub(half.last_seen_ns) >= REFRESH_NS || half.flags & CT_CONFIRMED == 0 {
         return false;
     }
@@ -388,28 +625,34 @@ fn stream_after_ns() -> u64 {
 /// (expired, reopened by a SYN, or a half without its peer): the packet is
 /// then evaluated as a new flow's.
 #[inline(always)]
-fn advance(found: Found, key: &FlowKey, tcp_flags: u8, len: u32, now: u64) -> Option<Rewrite> {
+fn advance<F: Family>(
+    found: Found<F>,
+    key: &Key<F>,
+    tcp_flags: u8,
+    len: u32,
+    now: u64,
+) -> Option<Rw<F>> {
     let Found { entry, table } = found;
     if unpublished(entry, key.proto) {
         stats::count(Stat::CtUnpublished);
-        remove_flow(table, key, entry);
+        remove_flow::<F>(table, key, entry);
         return None;
     }
-    let peer = peer_of(table, entry, key, now)?;
+    let peer = peer_of::<F>(table, entry, key, now)?;
     let peer_key = entry.peer;
     if idle(entry, peer, now) {
         stats::count(Stat::CtExpired);
-        remove_flow(table, key, entry);
+        remove_flow::<F>(table, key, entry);
         return None;
     }
     let direction = entry.direction;
-    let rewrite = Rewrite::of(entry);
+    let rewrite = Rw::<F>::of(entry);
     if key.proto == IPPROTO_TCP {
         if reopens(entry.tcp_state, direction, tcp_flags) {
             // nf_conntrack: a SYN on a closed connection is a new
             // connection, evaluated afresh (a published port may be gone).
             stats::count(Stat::CtReopened);
-            remove_flow(table, key, entry);
+            remove_flow::<F>(table, key, entry);
             return None;
         }
         if direction != DIR_ORIGINAL && entry.flags & CT_REPLIED == 0 && tcp_flags & TCP_RST != 0 {
@@ -418,7 +661,7 @@ fn advance(found: Found, key: &FlowKey, tcp_flags: u8, len: u32, now: u64) -> Op
             // [...] delete the conntrack immediately". The RST itself is
             // translated.
             stats::count(Stat::CtRefused);
-            remove_flow(table, key, entry);
+            remove_flow::<F>(table, key, entry);
             return Some(rewrite);
         }
     }
@@ -441,7 +684,7 @@ fn advance(found: Found, key: &FlowKey, tcp_flags: u8, len: u32, now: u64) -> Op
     set_state(entry, peer, state, flags, key.proto);
     if newly_assured {
         if table == Table::New {
-            promote(key, &peer_key, now);
+            promote::<F>(key, &peer_key, now);
         } else {
             stats::count(Stat::CtAssured);
         }
@@ -451,7 +694,7 @@ fn advance(found: Found, key: &FlowKey, tcp_flags: u8, len: u32, now: u64) -> Op
 
 /// Whether the flow of halves `a` and `b` is idle past its timeout.
 #[inline(always)]
-fn idle(a: &CtEntry, b: &CtEntry, now: u64) -> bool {
+fn idle<A>(a: &CtEntryOf<A>, b: &CtEntryOf<A>, now: u64) -> bool {
     let last = a.last_seen_ns.max(b.last_seen_ns);
     now.saturating_sub(last) > u64::from(a.timeout_s) * SEC_NS
 }
@@ -459,7 +702,7 @@ fn idle(a: &CtEntry, b: &CtEntry, now: u64) -> bool {
 /// Writes the flow's state, flags and timeout into both halves (only
 /// what changed: the halves are on two CPUs' paths).
 #[inline(always)]
-fn set_state(a: &mut CtEntry, b: &mut CtEntry, state: u8, flags: u8, proto: u8) {
+fn set_state<A>(a: &mut CtEntryOf<A>, b: &mut CtEntryOf<A>, state: u8, flags: u8, proto: u8) {
     if a.tcp_state == state && a.flags == flags && b.tcp_state == state && b.flags == flags {
         return;
     }
@@ -492,34 +735,40 @@ fn earns_assurance(proto: u8, state: u8, flags: u8, age_ns: u64) -> bool {
 /// the peer is being inserted by another CPU, or its key belongs to another
 /// flow now (this half, an orphan, is then removed).
 #[inline(always)]
-fn peer_of(table: Table, entry: &CtEntry, key: &FlowKey, now: u64) -> Option<&'static mut CtEntry> {
-    if let Some(peer) = find_peer(table, entry, key) {
+fn peer_of<F: Family>(
+    table: Table,
+    entry: &Entry<F>,
+    key: &Key<F>,
+    now: u64,
+) -> Option<&'static mut Entry<F>> {
+    if let Some(peer) = find_peer::<F>(table, entry, key) {
         return Some(peer);
     }
-    let taken = Table::Assured.get(&entry.peer).is_some() || Table::New.get(&entry.peer).is_some();
+    let taken = Table::Assured.get::<F>(&entry.peer).is_some()
+        || Table::New.get::<F>(&entry.peer).is_some();
     if !taken {
         if now.wrapping_sub(entry.created_ns) < PENDING_NS {
             return None;
         }
-        if let Some(restored) = mirror(entry, key)
-            && table.insert(&entry.peer, restored)
+        if let Some(restored) = mirror::<F>(entry, key)
+            && table.insert::<F>(&entry.peer, restored)
         {
             stats::count(Stat::CtHalfEvicted);
-            return table.get(&entry.peer);
+            return table.get::<F>(&entry.peer);
         }
     }
     // Its peer's key belongs to another flow now: this half is an orphan.
     stats::count(Stat::CtHalfEvicted);
-    table.remove(key);
+    table.remove::<F>(key);
     None
 }
 
 /// The other half of `entry` (at `key`), rebuilt in the per-CPU scratch
 /// space: its key is `entry.peer`, its rewrite restores `key` reversed.
 #[inline(always)]
-fn mirror(entry: &CtEntry, key: &FlowKey) -> Option<&'static CtEntry> {
+fn mirror<F: Family>(entry: &Entry<F>, key: &Key<F>) -> Option<&'static Entry<F>> {
     // SAFETY: a per-CPU array slot, only this program run uses it.
-    let scratch = unsafe { value_mut(CT_SCRATCH.get_ptr_mut(0)) }?;
+    let scratch = unsafe { value_mut(F::scratch().get_ptr_mut(0)) }?;
     let half = &mut scratch[0];
     *half = *entry;
     half.packets = 0;
@@ -539,15 +788,15 @@ fn mirror(entry: &CtEntry, key: &FlowKey) -> Option<&'static CtEntry> {
     Some(half)
 }
 
-/// Moves both halves of a flow from [`NEW`] to [`ASSURED`]: both are
-/// inserted there, then both removed here. Meanwhile a packet of the flow
-/// finds its halves split across the tables, which [`find_peer`] allows
-/// for. When the assured table is full, the flow stays where it is,
-/// assured all the same (counted), and a sweep of the assured table's dead
-/// flows is asked for, to make room for the next ones.
+/// Moves both halves of a flow from the new flows' table to the assured
+/// one: both are inserted there, then both removed here. Meanwhile a
+/// packet of the flow finds its halves split across the tables, which
+/// [`find_peer`] allows for. When the assured table is full, the flow
+/// stays where it is, assured all the same (counted), and a sweep of the
+/// assured table's dead flows is asked for, to make room for the next ones.
 #[inline(always)]
-fn promote(key: &FlowKey, peer: &FlowKey, now: u64) {
-    let (Some(a), Some(b)) = (Table::New.get(key), Table::New.get(peer)) else {
+fn promote<F: Family>(key: &Key<F>, peer: &Key<F>, now: u64) {
+    let (Some(a), Some(b)) = (Table::New.get::<F>(key), Table::New.get::<F>(peer)) else {
         return;
     };
     if a.pair != b.pair {
@@ -555,20 +804,20 @@ fn promote(key: &FlowKey, peer: &FlowKey, now: u64) {
     }
     // Straight from the new table's values, by reference: copies would
     // cost the BPF stack 160 bytes.
-    let (a, b): (&CtEntry, &CtEntry) = (a, b);
-    if !Table::Assured.insert(key, a) {
+    let (a, b): (&Entry<F>, &Entry<F>) = (a, b);
+    if !Table::Assured.insert::<F>(key, a) {
         stats::count(Stat::CtAssuredFull);
-        want_sweep(now);
+        want_sweep::<F>(now);
         return;
     }
-    if !Table::Assured.insert(peer, b) {
-        Table::Assured.remove(key);
+    if !Table::Assured.insert::<F>(peer, b) {
+        Table::Assured.remove::<F>(key);
         stats::count(Stat::CtAssuredFull);
-        want_sweep(now);
+        want_sweep::<F>(now);
         return;
     }
-    Table::New.remove(key);
-    Table::New.remove(peer);
+    Table::New.remove::<F>(key);
+    Table::New.remove::<F>(peer);
     stats::count(Stat::CtAssured);
 }
 
@@ -582,13 +831,13 @@ struct Sweep {
     removed: u64,
 }
 
-/// Asks for a sweep of [`ASSURED`] (see [`sweep_if_wanted`]), at most once
-/// every [`SWEEP_EVERY_NS`].
+/// Asks for a sweep of the family's assured table (see
+/// [`sweep_if_wanted`]), at most once every [`SWEEP_EVERY_NS`].
 #[inline(always)]
-fn want_sweep(now: u64) {
+fn want_sweep<F: Family>(now: u64) {
     // SAFETY: racing CPUs set the same fields to the same ends: a sweep
     // wanted, from about now (last writer wins).
-    let Some(sweep) = (unsafe { array_value_mut(SWEPT.get_ptr_mut(0)) }) else {
+    let Some(sweep) = (unsafe { array_value_mut(F::swept().get_ptr_mut(0)) }) else {
         return;
     };
     if sweep.last_ns == 0 || now.wrapping_sub(sweep.last_ns) >= SWEEP_EVERY_NS {
@@ -597,56 +846,50 @@ fn want_sweep(now: u64) {
     }
 }
 
-/// Runs the sweep a full assured table asked for, if any. Called by the
-/// NAT programs once their packet is handled, not from where the table was
-/// found full: the callback's frame would not fit under conntrack's on
-/// the BPF stack.
+/// Runs the sweep a full assured table of family `F` asked for, if any.
+/// Called by the NAT programs once their packet is handled, not from where
+/// the table was found full: the callback's frame would not fit under
+/// conntrack's on the BPF stack.
 #[inline(always)]
-pub fn sweep_if_wanted() {
-    if array_value(SWEPT.get_ptr(0)).is_some_and(|sweep| sweep.wanted != 0) {
-        netlab_ct_sweep(now());
+pub fn sweep_if_wanted<F: Family>() {
+    if array_value(F::swept().get_ptr(0)).is_some_and(|sweep| sweep.wanted != 0) {
+        F::sweep(now());
     }
 }
 
-global::function! {
-    /// Removes the dead flows of [`ASSURED`] (idle past their timeout, or
-    /// TCP closed or in TIME_WAIT, which nf_conntrack's early drop takes
-    /// too). Nonzero when it removed any. Verified on its own: the
-    /// callback's paths would multiply the caller's.
-    fn netlab_ct_sweep(now: u64) -> u32 {
-        // SAFETY: two CPUs may both see `wanted` and sweep: each removal
-        // is of a dead flow, whoever makes it.
-        let Some(sweep) = (unsafe { array_value_mut(SWEPT.get_ptr_mut(0)) }) else {
-            return 0;
-        };
-        if sweep.wanted == 0 {
-            return 0;
-        }
-        sweep.wanted = 0;
-        let mut state = Sweep { now, removed: 0 };
-        // SAFETY: the map is a map of this object, the callback a static
-        // function of the helper's callback type, and `state` outlives the
-        // call.
-        unsafe {
-            bpf_for_each_map_elem(
-                (&raw const ASSURED).cast_mut().cast(),
-                sweep_one as *mut c_void,
-                (&raw mut state).cast(),
-                0,
-            );
-        }
-        u32::from(state.removed != 0)
+/// The body of the family's sweep function; `sweep_one` its callback.
+#[inline(always)]
+fn sweep_in<F: Family>(now: u64, sweep_one: *mut c_void) -> u32 {
+    // SAFETY: two CPUs may both see `wanted` and sweep: each removal
+    // is of a dead flow, whoever makes it.
+    let Some(sweep) = (unsafe { array_value_mut(F::swept().get_ptr_mut(0)) }) else {
+        return 0;
+    };
+    if sweep.wanted == 0 {
+        return 0;
     }
+    sweep.wanted = 0;
+    let mut state = Sweep { now, removed: 0 };
+    // SAFETY: the map is a map of this object, the callback a static
+    // function of the helper's callback type, and `state` outlives the
+    // call.
+    unsafe {
+        bpf_for_each_map_elem(
+            (F::assured() as *const HashMap<Key<F>, Entry<F>>)
+                .cast_mut()
+                .cast(),
+            sweep_one,
+            (&raw mut state).cast(),
+            0,
+        );
+    }
+    u32::from(state.removed != 0)
 }
 
-/// `bpf_for_each_map_elem` callback of [`sweep`]: removes the flow of this
-/// half when it is dead. Returns 0: go on.
-extern "C" fn sweep_one(
-    _map: *mut c_void,
-    key: *const FlowKey,
-    half: *const CtEntry,
-    state: *mut c_void,
-) -> i64 {
+/// The body of the sweep's `bpf_for_each_map_elem` callback: removes the
+/// flow of this half when it is dead. Returns 0: go on.
+#[inline(always)]
+fn sweep_one_in<F: Family>(key: *const Key<F>, half: *const Entry<F>, state: *mut c_void) -> i64 {
     // SAFETY: the helper hands the element's key and value and our state.
     let (Some(key), Some(half), Some(state)) =
         (unsafe { key.as_ref() }, unsafe { half.as_ref() }, unsafe {
@@ -659,13 +902,13 @@ extern "C" fn sweep_one(
         half.tcp_state == TcpState::TimeWait as u8 || half.tcp_state == TcpState::Close as u8;
     let mut dead = closing;
     if !dead && half.idle_past_timeout(state.now) {
-        dead = match find_peer(Table::Assured, half, key) {
+        dead = match find_peer::<F>(Table::Assured, half, key) {
             Some(peer) => peer.idle_past_timeout(state.now),
             None => true,
         };
     }
     if dead {
-        remove_flow(Table::Assured, key, half);
+        remove_flow::<F>(Table::Assured, key, half);
         stats::count(Stat::CtSwept);
         state.removed = 1;
     }
@@ -721,59 +964,50 @@ fn next_tcp_state(state: u8, ct_flags: &mut u8, direction: u8, flags: u8) -> u8 
 /// errors about the flow). `alive`: first check that the flow is whole and
 /// not idle past its timeout (removing it if it is not).
 #[inline(always)]
-pub fn peek(key: &FlowKey, hook: u8, alive: bool) -> Option<Rewrite> {
+pub fn peek<F: Family>(key: &Key<F>, hook: u8, alive: bool) -> Option<Rw<F>> {
     // Initialized as in `track`.
-    let mut out = Rewrite::identity(key);
-    let found = global::returned(netlab_ct_peek(
-        key,
-        u32::from(hook),
-        u32::from(alive),
-        &raw mut out,
-    )) != 0;
+    let mut out = Rw::<F>::identity(key);
+    let found = global::returned(F::peek(key, u32::from(hook), u32::from(alive), &mut out)) != 0;
     found.then_some(out)
 }
 
-global::function! {
-    /// [`peek`], verified once.
-    fn netlab_ct_peek(key: *const FlowKey, hook: u32, check_alive: u32, out: *mut Rewrite) -> u32 {
-        // SAFETY: as in `netlab_ct_track`.
-        let (Some(key), Some(out)) = (unsafe { key.as_ref() }, unsafe { out.as_mut() }) else {
-            return 0;
-        };
-        let Some(found) = lookup(key) else {
-            return 0;
-        };
-        if u32::from(found.entry.apply) != hook {
-            return 0;
-        }
-        if check_alive != 0 && !alive(&found, key, now()) {
-            return 0;
-        }
-        *out = Rewrite::of(found.entry);
-        1
+/// [`peek`], with the rewrite written to `out`; whether a flow has it.
+#[inline(always)]
+pub fn peek_into<F: Family>(key: &Key<F>, hook: u8, alive: bool, out: &mut Rw<F>) -> bool {
+    *out = Rw::<F>::identity(key);
+    global::returned(F::peek(key, u32::from(hook), u32::from(alive), out)) != 0
+}
+
+/// The body of the family's peek function.
+#[inline(always)]
+fn peek_in<F: Family>(key: &Key<F>, hook: u32, check_alive: u32, out: &mut Rw<F>) -> u32 {
+    let Some(found) = lookup::<F>(key) else {
+        return 0;
+    };
+    if u32::from(found.entry.apply) != hook {
+        return 0;
     }
+    if check_alive != 0 && !alive(&found, key, now()) {
+        return 0;
+    }
+    *out = Rw::<F>::of(found.entry);
+    1
 }
 
 /// Whether `key` is free for a new flow's half: absent, or part of a dead
 /// flow, which is removed now.
 #[inline(always)]
-pub fn key_free(key: &FlowKey) -> bool {
-    global::returned(netlab_ct_key_free(key)) != 0
+pub fn key_free<F: Family>(key: &Key<F>) -> bool {
+    global::returned(F::key_free(key)) != 0
 }
 
-global::function! {
-    /// [`key_free`], verified once. It runs in the port search's callback
-    /// too, whose stack frame adds to the NAT program's: references only.
-    fn netlab_ct_key_free(key: *const FlowKey) -> u32 {
-        // SAFETY: as in `netlab_ct_track`.
-        let Some(key) = (unsafe { key.as_ref() }) else {
-            return 0;
-        };
-        u32::from(match lookup(key) {
-            None => true,
-            Some(found) => !alive(&found, key, now()),
-        })
-    }
+/// The body of the family's key_free function.
+#[inline(always)]
+fn key_free_in<F: Family>(key: &Key<F>) -> u32 {
+    u32::from(match lookup::<F>(key) {
+        None => true,
+        Some(found) => !alive(&found, key, now()),
+    })
 }
 
 /// Whether the flow `found` (the half at `key`) is alive: its other half is
@@ -782,27 +1016,28 @@ global::function! {
 /// so nothing may be translated with it (an ICMP error about it is
 /// unrelated). A half whose peer is being inserted counts as alive.
 #[inline(always)]
-fn alive(found: &Found, key: &FlowKey, now: u64) -> bool {
+fn alive<F: Family>(found: &Found<F>, key: &Key<F>, now: u64) -> bool {
     let entry = &*found.entry;
     if unpublished(entry, key.proto) {
         stats::count(Stat::CtUnpublished);
-        remove_flow(found.table, key, entry);
+        remove_flow::<F>(found.table, key, entry);
         return false;
     }
-    if let Some(peer) = find_peer(found.table, entry, key) {
+    if let Some(peer) = find_peer::<F>(found.table, entry, key) {
         if idle(entry, peer, now) {
             stats::count(Stat::CtExpired);
-            remove_flow(found.table, key, entry);
+            remove_flow::<F>(found.table, key, entry);
             return false;
         }
         return true;
     }
-    let taken = Table::Assured.get(&entry.peer).is_some() || Table::New.get(&entry.peer).is_some();
+    let taken = Table::Assured.get::<F>(&entry.peer).is_some()
+        || Table::New.get::<F>(&entry.peer).is_some();
     if !taken && now.wrapping_sub(entry.created_ns) < PENDING_NS {
         return true;
     }
     stats::count(Stat::CtHalfEvicted);
-    found.table.remove(key);
+    found.table.remove::<F>(key);
     false
 }
 
@@ -810,38 +1045,33 @@ fn alive(found: &Found, key: &FlowKey, now: u64) -> bool {
 /// has left (nf_conntrack confirms a flow when its packet survives the
 /// stack). Until then the flow has [`timeouts::UNCONFIRMED`] to live.
 #[inline(always)]
-pub fn confirm(reply_key: &FlowKey) {
-    netlab_ct_confirm(reply_key);
+pub fn confirm<F: Family>(reply_key: &Key<F>) {
+    F::confirm(reply_key);
 }
 
-global::function! {
-    /// [`confirm`], verified once.
-    fn netlab_ct_confirm(reply_key: *const FlowKey) -> u32 {
-        // SAFETY: as in `netlab_ct_track`.
-        let Some(reply_key) = (unsafe { reply_key.as_ref() }) else {
-            return 0;
-        };
-        let Some(found) = lookup(reply_key) else {
-            return 0;
-        };
-        let entry = found.entry;
-        if entry.flags & CT_CONFIRMED != 0 {
-            return 0;
-        }
-        let Some(peer) = find_peer(found.table, entry, reply_key) else {
-            return 0;
-        };
-        let flags = entry.flags | CT_CONFIRMED;
-        set_state(entry, peer, entry.tcp_state, flags, reply_key.proto);
-        1
+/// The body of the family's confirm function.
+#[inline(always)]
+fn confirm_in<F: Family>(reply_key: &Key<F>) -> u32 {
+    let Some(found) = lookup::<F>(reply_key) else {
+        return 0;
+    };
+    let entry = found.entry;
+    if entry.flags & CT_CONFIRMED != 0 {
+        return 0;
     }
+    let Some(peer) = find_peer::<F>(found.table, entry, reply_key) else {
+        return 0;
+    };
+    let flags = entry.flags | CT_CONFIRMED;
+    set_state(entry, peer, entry.tcp_state, flags, reply_key.proto);
+    1
 }
 
 /// A new flow, as NAT decided it.
 #[repr(C)]
-pub struct Opened {
+pub struct Opened<F: Family> {
     /// How its original direction leaves.
-    pub out: Rewrite,
+    pub out: Rw<F>,
     /// The first packet's length.
     pub len: u32,
     /// `APPLY_*`: which hook rewrites each direction.
@@ -863,50 +1093,44 @@ pub struct Opened {
 }
 
 global::codes! {
-    /// [`netlab_ct_insert`]'s answers.
+    /// The insert functions' answers.
     enum InsertCode { Inserted = 0, Race = 1, Failed = 2 }
 }
 
-/// Inserts both halves of a new flow into [`NEW`]. The reply key must be
-/// free (it is how replies find their way back: the caller asked
-/// [`key_free`], which also looks in [`ASSURED`]), and so must the original
-/// key: when another CPU opened the same flow first, nothing of ours stays,
-/// `flow.out` becomes the winner's rewrite, and [`Stat::CtInsertRace`] says
-/// to translate the packet with it (as nf_conntrack resolves a clash: the
-/// loser's packet takes the winner's mapping). (Called from a program, not
-/// from another global function: the BPF stack of a chain of calls is 512
-/// bytes in all.)
+/// Inserts both halves of a new flow into the new flows' table. The reply
+/// key must be free (it is how replies find their way back: the caller
+/// asked [`key_free`], which also looks in the assured table), and so must
+/// the original key: when another CPU opened the same flow first, nothing
+/// of ours stays, `flow.out` becomes the winner's rewrite, and
+/// [`Stat::CtInsertRace`] says to translate the packet with it (as
+/// nf_conntrack resolves a clash: the loser's packet takes the winner's
+/// mapping). (Called from a program, not from another global function: the
+/// BPF stack of a chain of calls is 512 bytes in all.)
 #[inline(always)]
-pub fn insert_flow(key: &FlowKey, flow: &mut Opened) -> Result<(), Stat> {
-    match InsertCode::decode(netlab_ct_insert(key, flow)) {
+pub fn insert_flow<F: Family>(key: &Key<F>, flow: &mut Opened<F>) -> Result<(), Stat> {
+    match InsertCode::decode(F::insert(key, flow)) {
         Some(InsertCode::Inserted) => Ok(()),
         Some(InsertCode::Race) => Err(Stat::CtInsertRace),
         _ => Err(Stat::CtInsertFailed),
     }
 }
 
-global::function! {
-    /// [`insert_flow`], verified once.
-    fn netlab_ct_insert(key: *const FlowKey, flow: *mut Opened) -> u32 {
-        // SAFETY: as in `netlab_ct_track`; `flow` is the caller's, on its
-        // stack, and nothing else refers to it during the call.
-        let (Some(key), Some(flow)) = (unsafe { key.as_ref() }, unsafe { flow.as_mut() }) else {
-            return InsertCode::Failed as u32;
-        };
-        (match insert(key, flow) {
-            Ok(()) => InsertCode::Inserted,
-            Err(Stat::CtInsertRace) => InsertCode::Race,
-            Err(_) => InsertCode::Failed,
-        }) as u32
-    }
+/// The body of the family's insert function.
+#[inline(always)]
+fn insert_in<F: Family>(key: &Key<F>, flow: &mut Opened<F>) -> u32 {
+    (match insert(key, flow) {
+        Ok(()) => InsertCode::Inserted,
+        Err(Stat::CtInsertRace) => InsertCode::Race,
+        Err(_) => InsertCode::Failed,
+    }) as u32
 }
 
 #[inline(always)]
-fn insert(key: &FlowKey, flow: &mut Opened) -> Result<(), Stat> {
+fn insert<F: Family>(key: &Key<F>, flow: &mut Opened<F>) -> Result<(), Stat> {
     let out = &flow.out;
     let reply_key = out.reply_key(key.proto);
     // SAFETY: a per-CPU array slot, only this program run uses it.
-    let Some(scratch) = (unsafe { value_mut(CT_SCRATCH.get_ptr_mut(0)) }) else {
+    let Some(scratch) = (unsafe { value_mut(F::scratch().get_ptr_mut(0)) }) else {
         return Err(Stat::CtInsertFailed);
     };
     let [original, reply] = scratch;
@@ -963,26 +1187,26 @@ fn insert(key: &FlowKey, flow: &mut Opened) -> Result<(), Stat> {
     reply.peer_apply = flow.apply_original;
     // Reply first: while its original is missing, it is young, and nobody
     // takes it for an orphan (see PENDING_NS).
-    if !Table::New.insert(&reply_key, reply) {
+    if !Table::New.insert::<F>(&reply_key, reply) {
         // Another CPU opened this very flow (the same reply key, naming
         // this key as its peer): the winner's entries stand. Any other
         // holder is another flow, which this one must not clash with.
-        let same = lookup(&reply_key).is_some_and(|found| found.entry.peer == *key);
+        let same = lookup::<F>(&reply_key).is_some_and(|found| found.entry.peer == *key);
         return Err(if same {
             Stat::CtInsertRace
         } else {
             Stat::CtInsertFailed
         });
     }
-    if !Table::New.insert(key, original) {
-        Table::New.remove(&reply_key);
+    if !Table::New.insert::<F>(key, original) {
+        Table::New.remove::<F>(&reply_key);
         // Another CPU opened this flow first, having searched while our
         // reply key was held, so with another port: its rewrite stands.
-        let Some(winner) = lookup(key) else {
+        let Some(winner) = lookup::<F>(key) else {
             return Err(Stat::CtInsertFailed);
         };
         let e = winner.entry;
-        flow.out = Rewrite {
+        flow.out = RewriteOf {
             saddr: e.saddr,
             daddr: e.daddr,
             sport: e.sport,

@@ -29,6 +29,7 @@ use crate::{
     pkt::{
         ctx::{self, Handoff},
         eth,
+        ipv6::ETH_P_IPV6,
         plain::{self, Plain},
     },
     redirect, stats, trace,
@@ -37,10 +38,20 @@ use crate::{
 const TC_NEXT: i32 = TC_ACT_UNSPEC;
 
 /// The full paths, tail-called when the fast path leaves a packet: slot
-/// `NAT_FULL_INGRESS` and `NAT_FULL_EGRESS`, filled by the loader before
-/// any program runs on an interface.
+/// `NAT_FULL_INGRESS` and `NAT_FULL_EGRESS`, and IPv6's, `NAT6_FULL_*`,
+/// filled by the loader before any program runs on an interface.
 #[map(name = "NAT_FULL")]
-static NAT_FULL: ProgramArray = ProgramArray::pinned(2, 0);
+static NAT_FULL: ProgramArray = ProgramArray::pinned(4, 0);
+
+/// The slot of the full path for the frame: `ipv6` (NAT66's program) for
+/// an IPv6 frame, else `ipv4`.
+#[inline(always)]
+pub fn full_slot(ctx: &TcContext, ipv4: u32, ipv6: u32) -> u32 {
+    match ctx::load::<u16>(ctx, eth::ETH_PROTO_OFF) {
+        Some(ethertype) if u16::from_be(ethertype) == ETH_P_IPV6 => ipv6,
+        _ => ipv4,
+    }
+}
 
 /// Hands the packet to the full path in `slot`. Should the slot be empty
 /// the packet is dropped: passing it would let it past NAT and the

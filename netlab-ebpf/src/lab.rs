@@ -16,9 +16,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netlab_common::nat::{
-    BACKEND_PORT_WORDS, Backend, IFACE_SLOTS, IfaceConfig, MAGLEV_SLOTS, MaglevTable, NET_INTERNAL,
-    NatConfig, NetSet, PUBLISH_EPOCH_SLOTS, PublishKey, Service, ServiceKey, backend_port_bit,
-    iface_slot, publish_epoch_slot, service_epoch_slot,
+    BACKEND_PORT_WORDS, Backend, Backend6, IFACE_SLOTS, IfaceConfig, MAGLEV_SLOTS, MaglevTable,
+    NET_INTERNAL, NatConfig, NetSet, PUBLISH_EPOCH_SLOTS, PublishKey, Service, ServiceKey,
+    backend_port_bit, iface_slot, publish_epoch_slot, service_epoch_slot,
 };
 
 use crate::pkt::ctx::{self, array_value, value};
@@ -65,6 +65,25 @@ pub fn published(port: u16, proto: u8) -> Option<Backend> {
     // packet's backend the removed one's.
     unsafe {
         value(PUBLISHED.get_ptr(PublishKey {
+            port,
+            proto,
+            _pad: 0,
+        }))
+    }
+    .copied()
+}
+
+/// The same ports over IPv6 (see `names::PUBLISHED6`). Not preallocated,
+/// as `PUBLISHED`.
+#[map(name = "PUBLISHED6")]
+static PUBLISHED6: HashMap<PublishKey, Backend6> = HashMap::pinned(65536 * 2, BPF_F_NO_PREALLOC);
+
+/// The IPv6 backend of a published port.
+#[inline(always)]
+pub fn published6(port: u16, proto: u8) -> Option<Backend6> {
+    // SAFETY: copied at once, as in `published`.
+    unsafe {
+        value(PUBLISHED6.get_ptr(PublishKey {
             port,
             proto,
             _pad: 0,
@@ -221,6 +240,33 @@ impl Lab {
         self.cfg.uplink.contains(addr)
     }
 
+    /// Whether the IPv6 `addr` is one of the lab's host addresses outside
+    /// its IPv6 subnets (the uplink's): published ports answer there, and
+    /// every IPv6 flow translated on the way in is addressed to one.
+    #[inline(always)]
+    pub fn is_local6(&self, addr: &[u32; 4]) -> bool {
+        self.cfg.local6.contains(addr)
+    }
+
+    /// Whether the IPv6 `addr` lies in one of the lab's IPv6 subnets.
+    #[inline(always)]
+    pub fn is_internal6(&self, addr: &[u32; 4]) -> bool {
+        self.cfg.internal6.contains(addr)
+    }
+
+    /// Whether IPv6 from `addr` is masqueraded out of the uplink.
+    #[inline(always)]
+    pub fn is_masqueraded6(&self, addr: &[u32; 4]) -> bool {
+        self.cfg.masquerade6.contains(addr)
+    }
+
+    /// Whether the IPv6 `addr` is in one of the uplink's subnets (the
+    /// world's side).
+    #[inline(always)]
+    pub fn in_uplink_net6(&self, addr: &[u32; 4]) -> bool {
+        self.cfg.uplink6.contains(addr)
+    }
+
     /// Whether lab traffic may be addressed to `addr`: the lab's own
     /// subnets and host addresses, the world beyond the uplink, multicast
     /// and broadcast (which the bridges flood), the cluster's other
@@ -305,13 +351,7 @@ impl Iface {
     /// The configuration of interface `ifindex`.
     #[inline(always)]
     pub fn of_index(ifindex: u32) -> Iface {
-        let mut cfg = array_value(IFACES.get_ptr(iface_slot(ifindex)))
-            .filter(|c| c.ifindex == ifindex && c.role != 0);
-        if cfg.is_none() {
-            // SAFETY: copied at once; userspace replaces an interface's
-            // configuration only when the lab changes.
-            cfg = unsafe { value(IFACE_CONFIG.get_ptr(ifindex)) };
-        }
+        let cfg = config_of(ifindex);
         Iface {
             ifindex,
             role: cfg.map_or(0, |c| c.role),
@@ -319,4 +359,26 @@ impl Iface {
             slot: cfg.map_or(0, |c| c.slot),
         }
     }
+
+    /// The address IPv6 hairpin traffic is SNATed to, all zero when none
+    /// (read again: only a hairpin flow's first packet asks).
+    #[inline(always)]
+    pub fn gateway6(&self) -> [u32; 4] {
+        config_of(self.ifindex).map_or([0; 4], |c| c.gateway6)
+    }
+}
+
+/// Interface `ifindex`'s configuration: from its slot of `IFACES` (an
+/// array read), else from `IFACE_CONFIG` when another interface has the
+/// slot.
+#[inline(always)]
+fn config_of(ifindex: u32) -> Option<&'static IfaceConfig> {
+    let cfg = array_value(IFACES.get_ptr(iface_slot(ifindex)))
+        .filter(|c| c.ifindex == ifindex && c.role != 0);
+    if cfg.is_some() {
+        return cfg;
+    }
+    // SAFETY: userspace replaces an interface's configuration only when the
+    // lab changes; the fields are read at once.
+    unsafe { value(IFACE_CONFIG.get_ptr(ifindex)) }
 }

@@ -32,7 +32,9 @@ mod kfree;
 mod lab;
 mod lb;
 mod nat;
+mod nat6;
 mod pkt;
+mod ports;
 mod redirect;
 mod sock;
 mod stats;
@@ -47,19 +49,25 @@ use aya_ebpf::{
 };
 use netlab_common::{
     names,
-    nat::{APPLY_EGRESS, APPLY_INGRESS, NAT_DNAT, NAT_REFLECT, ROLE_LAB, RedirectReason, Stat},
+    nat::{
+        APPLY_EGRESS, APPLY_INGRESS, Addr, NAT_DNAT, NAT_REFLECT, ROLE_LAB, ROLE_UPLINK,
+        RedirectReason, Stat,
+    },
     trace::Hook,
 };
 
 use crate::{
+    conntrack::{V4, V6},
     lab::{Iface, Lab},
     pkt::{
         ctx,
+        ipv6::ETH_P_IPV6,
         parse::{Parsed, parse},
+        parse6::{Kind6, parse6},
     },
     redirect::Hop,
     sock::Family,
-    verdict::{Action, Verdict},
+    verdict::{Action, Verdict, Verdict6, VerdictOf},
 };
 
 /// TC_ACT_UNSPEC: let the next filter on the hook (or the stack) decide.
@@ -87,7 +95,8 @@ pub fn nat_ingress(ctx: TcContext) -> i32 {
     if let Some(action) = fast::ingress(&ctx) {
         return action;
     }
-    fast::full_path(&ctx, names::NAT_FULL_INGRESS)
+    let slot = fast::full_slot(&ctx, names::NAT_FULL_INGRESS, names::NAT6_FULL_INGRESS);
+    fast::full_path(&ctx, slot)
 }
 
 /// The full path of `nat_ingress`, a program of its own: tail-called, it
@@ -98,13 +107,13 @@ pub fn nat_ingress_full(ctx: TcContext) -> i32 {
     let parsed = parse(&ctx);
     let traced = trace::begin(&ctx, &parsed);
     let verdict = ingress(&ctx, &parsed);
-    conntrack::sweep_if_wanted();
+    conntrack::sweep_if_wanted::<V4>();
     let touched = verdict.may_rewrite();
     trace::end(
         &ctx,
         traced,
         Hook::NatIngress,
-        to_action(&ctx, verdict),
+        to_action(&ctx, &verdict),
         touched,
     )
 }
@@ -178,7 +187,8 @@ pub fn nat_egress(ctx: TcContext) -> i32 {
     if let Some(action) = fast::egress(&ctx) {
         return action;
     }
-    fast::full_path(&ctx, names::NAT_FULL_EGRESS)
+    let slot = fast::full_slot(&ctx, names::NAT_FULL_EGRESS, names::NAT6_FULL_EGRESS);
+    fast::full_path(&ctx, slot)
 }
 
 /// The full path of `nat_egress` (see [`nat_ingress_full`]).
@@ -187,13 +197,13 @@ pub fn nat_egress_full(ctx: TcContext) -> i32 {
     let parsed = parse(&ctx);
     let traced = trace::begin(&ctx, &parsed);
     let verdict = egress(&ctx, &parsed);
-    conntrack::sweep_if_wanted();
+    conntrack::sweep_if_wanted::<V4>();
     let touched = verdict.may_rewrite();
     trace::end(
         &ctx,
         traced,
         Hook::NatEgress,
-        to_action(&ctx, verdict),
+        to_action(&ctx, &verdict),
         touched,
     )
 }
@@ -204,9 +214,6 @@ fn egress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
         return Verdict::PASS;
     };
     let iface = Iface::of(ctx);
-    if let Err(reason) = admit::ipv6_closed(ctx, &lab, &iface, parsed) {
-        return Verdict::drop(reason);
-    }
     let verdict = if let Some(handoff) = ctx::take_handoff(ctx) {
         // An ingress hook translated this packet: nothing is left here.
         let pkt = match parsed {
@@ -234,6 +241,134 @@ fn egress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
         return Verdict::drop(reason);
     }
     verdict
+}
+
+/// The IPv6 path of `nat_ingress` (IPv6's admission, NAT66), a program of
+/// its own, tail-called for every IPv6 frame: IPv4's programs never carry
+/// IPv6's paths, nor IPv6's theirs.
+#[classifier]
+pub fn nat6_ingress(ctx: TcContext) -> i32 {
+    // The tracer reads the IPv6 tuple itself.
+    let traced = trace::begin(&ctx, &Parsed::NotIpv4(ETH_P_IPV6));
+    let Some(verdict) = nat6::verdict_slot() else {
+        return trace::end(&ctx, traced, Hook::NatIngress, TC_NEXT, false);
+    };
+    ingress6(&ctx, verdict);
+    conntrack::sweep_if_wanted::<V6>();
+    let touched = verdict.may_rewrite();
+    trace::end(
+        &ctx,
+        traced,
+        Hook::NatIngress,
+        to_action(&ctx, verdict),
+        touched,
+    )
+}
+
+/// The decision of `nat6_ingress`, into `verdict` (its per-CPU slot:
+/// IPv6's tuples leave its stack no room for one).
+#[inline(always)]
+fn ingress6(ctx: &TcContext, verdict: &mut Verdict6) {
+    let Some(lab) = Lab::get() else {
+        return;
+    };
+    let iface = Iface::of(ctx);
+    let Some(parsed) = parse6(ctx) else {
+        return;
+    };
+    let Some(addrs) = parsed.addrs() else {
+        // The stack drops what is no IPv6 header.
+        stats::count(Stat::Malformed);
+        return;
+    };
+    if let Err(reason) = admit::admit6(&lab, &iface, addrs, APPLY_INGRESS) {
+        *verdict = Verdict6::drop(reason);
+        return;
+    }
+    match parsed.kind {
+        Kind6::Flow => nat6::translate(ctx, &iface, &parsed.flow, APPLY_INGRESS, verdict),
+        Kind6::IcmpError => nat6::error(ctx, &iface, &parsed.error, APPLY_INGRESS, verdict),
+        Kind6::Untranslatable => stats::count(parsed.why),
+        Kind6::Bad => {}
+    }
+    // A namespace's flow DNATed to a backend of its own segment is
+    // bridged on, as br_netfilter does (see IPv4's `ingress`).
+    let dnat = verdict.action == Action::Rewritten
+        && verdict.rewrite.nat & (NAT_DNAT | NAT_REFLECT) == NAT_DNAT;
+    if dnat
+        && iface.role == ROLE_LAB
+        && let Some(bridged) = redirect::bridge_to_backend6(ctx, &iface, &verdict.rewrite.daddr)
+    {
+        trace::note_rewrite();
+        *verdict = match bridged {
+            Ok(()) => Verdict6::PASS,
+            Err(reason) => Verdict6::drop(reason),
+        };
+    }
+}
+
+/// The IPv6 path of `nat_egress` (see [`nat6_ingress`]).
+#[classifier]
+pub fn nat6_egress(ctx: TcContext) -> i32 {
+    let traced = trace::begin(&ctx, &Parsed::NotIpv4(ETH_P_IPV6));
+    let Some(verdict) = nat6::verdict_slot() else {
+        return trace::end(&ctx, traced, Hook::NatEgress, TC_NEXT, false);
+    };
+    egress6(&ctx, verdict);
+    conntrack::sweep_if_wanted::<V6>();
+    let touched = verdict.may_rewrite();
+    trace::end(
+        &ctx,
+        traced,
+        Hook::NatEgress,
+        to_action(&ctx, verdict),
+        touched,
+    )
+}
+
+/// The decision of `nat6_egress`, into `verdict` (see [`ingress6`]).
+#[inline(always)]
+fn egress6(ctx: &TcContext, verdict: &mut Verdict6) {
+    let Some(lab) = Lab::get() else {
+        return;
+    };
+    let iface = Iface::of(ctx);
+    let Some(parsed) = parse6(ctx) else {
+        return;
+    };
+    let Some(addrs) = parsed.addrs() else {
+        stats::count(Stat::Malformed);
+        return;
+    };
+    // A lab veth admits the packet as it comes; the uplink, as NAT66
+    // leaves it (below).
+    if iface.role != ROLE_UPLINK
+        && let Err(reason) = admit::admit6(&lab, &iface, addrs, APPLY_EGRESS)
+    {
+        *verdict = Verdict6::drop(reason);
+        return;
+    }
+    if let Some(handoff) = ctx::take_handoff(ctx) {
+        // An ingress hook translated this packet: nothing is left here.
+        nat6::handed_off(
+            handoff,
+            (parsed.kind == Kind6::Flow).then_some(&parsed.flow),
+        );
+    } else {
+        match parsed.kind {
+            Kind6::Flow => nat6::translate(ctx, &iface, &parsed.flow, APPLY_EGRESS, verdict),
+            Kind6::IcmpError => nat6::error(ctx, &iface, &parsed.error, APPLY_EGRESS, verdict),
+            Kind6::Untranslatable => stats::count(parsed.why),
+            Kind6::Bad => {}
+        }
+    }
+    // What NAT66 left untranslated must not leave with a lab address.
+    if iface.role == ROLE_UPLINK
+        && verdict.is_pass()
+        && let Err(reason) = admit::admit6(&lab, &iface, addrs, APPLY_EGRESS)
+    {
+        *verdict = Verdict6::drop(reason);
+    }
 }
 
 /// Records one hop while tracing is on: tail-called by the programs above
@@ -326,10 +461,10 @@ fn count_untranslatable(parsed: &Parsed) {
     });
 }
 
-/// The one place a verdict becomes a TC action: a drop's reason is counted
-/// and named for the trace here.
+/// The one place a verdict (of either family) becomes a TC action: a
+/// drop's reason is counted and named for the trace here.
 #[inline(always)]
-fn to_action(ctx: &TcContext, verdict: Verdict) -> i32 {
+fn to_action<A: Addr>(ctx: &TcContext, verdict: &VerdictOf<A>) -> i32 {
     match verdict.action {
         Action::Reflected => {
             // The peer becomes the destination, the gateway the source.

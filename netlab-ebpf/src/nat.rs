@@ -13,19 +13,14 @@
 //! Every other packet meets one conntrack lookup at its egress hook. So an
 //! established flow's packet costs one lookup and its rewrite.
 
-use aya_ebpf::{
-    bindings::__sk_buff,
-    cty::c_void,
-    helpers::{bpf_get_prandom_u32, bpf_loop},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use netlab_common::nat::{
-    APPLY_EGRESS, APPLY_INGRESS, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_DNAT,
-    NAT_REFLECT, NAT_SNAT, ROLE_LAB, ROLE_UPLINK, Stat,
+    APPLY_EGRESS, APPLY_INGRESS, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    NAT_DNAT, NAT_REFLECT, NAT_SNAT, ROLE_LAB, ROLE_UPLINK, Stat,
 };
 
 use crate::{
-    conntrack::{self, Known},
+    conntrack::{self, Known, V4},
     frag, global, lab,
     lab::{Iface, Lab},
     lb,
@@ -39,6 +34,7 @@ use crate::{
         },
         parse::{IcmpError, LaterFragment, Packet},
     },
+    ports::allocate_port,
     stats,
     verdict::{Rewrite, Verdict},
 };
@@ -75,7 +71,7 @@ pub fn translate(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet, hook: 
 /// packet's key and the packet is to be handled as new.
 #[inline(always)]
 fn known(ctx: &TcContext, lab: &Lab, pkt: &Packet, hook: u8) -> Option<Verdict> {
-    let tracked = conntrack::track(&pkt.key, hook, pkt.tcp_flags, pkt.len);
+    let tracked = conntrack::track::<V4>(&pkt.key, hook, pkt.tcp_flags, pkt.len);
     match tracked.known {
         Known::None => None,
         // Another hook translates this flow (masquerade waits for egress).
@@ -130,7 +126,7 @@ pub fn translate_fragment(ctx: &TcContext, lab: &Lab, frag: &LaterFragment, hook
         }
         return Verdict::PASS;
     };
-    let Some(rewrite) = conntrack::peek(&key, hook, false) else {
+    let Some(rewrite) = conntrack::peek::<V4>(&key, hook, false) else {
         return Verdict::PASS;
     };
     if rewrite.nat == 0 {
@@ -195,7 +191,7 @@ fn new_ingress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdi
         }
         out.saddr = iface.gateway;
         out.nat |= NAT_SNAT | NAT_REFLECT;
-        allocate_port(lab, key, &mut out)
+        allocate_port::<V4>(lab, key, &mut out)
     } else {
         // DNAT keeps the client's tuple, which another flow may hold: one
         // client port that reached another published port or Service of
@@ -235,7 +231,7 @@ fn new_egress(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet) -> Verdic
         }
         out.saddr = lab.cfg.masq_addr;
         out.nat = NAT_SNAT;
-        if let Err(reason) = allocate_port(lab, key, &mut out) {
+        if let Err(reason) = allocate_port::<V4>(lab, key, &mut out) {
             return Verdict::drop(reason);
         }
         return create(ctx, lab, pkt, out, Opening::MASQUERADE, Keeps::Nothing);
@@ -265,202 +261,70 @@ fn keep_replies_apart(
     out: &mut Rewrite,
     counter: Stat,
 ) -> Result<(), Stat> {
-    if conntrack::key_free(&out.reply_key(key.proto)) {
+    if conntrack::key_free::<V4>(&out.reply_key(key.proto)) {
         return Ok(());
     }
     out.nat |= NAT_SNAT;
-    allocate_port(lab, key, out)?;
+    allocate_port::<V4>(lab, key, out)?;
     stats::count(counter);
     Ok(())
 }
 
-/// Whether a packet of an unknown flow may create one: a TCP SYN, or a
-/// plain ACK (nf_conntrack picks a connection up mid-stream, so one that
-/// predates the lab's conntrack keeps working); any UDP datagram; an ICMP
-/// query request.
 #[inline(always)]
 fn opens_flow(pkt: &Packet) -> bool {
+    opens(pkt.key.proto, pkt.tcp_flags, pkt.icmp_request)
+}
+
+/// Whether a packet of an unknown flow (of either family) may create one:
+/// a TCP SYN, or a plain ACK (nf_conntrack picks a connection up
+/// mid-stream, so one that predates the lab's conntrack keeps working);
+/// any UDP datagram; an ICMP or ICMPv6 query request.
+#[inline(always)]
+pub fn opens(proto: u8, tcp_flags: u8, icmp_request: bool) -> bool {
     const OPENING: u8 = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST;
-    match pkt.key.proto {
-        IPPROTO_TCP => matches!(pkt.tcp_flags & OPENING, TCP_SYN | TCP_ACK),
-        IPPROTO_ICMP => pkt.icmp_request,
+    match proto {
+        IPPROTO_TCP => matches!(tcp_flags & OPENING, TCP_SYN | TCP_ACK),
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => icmp_request,
         _ => true,
     }
 }
 
-/// How many ports a new flow's search probes, round by round, as nf_nat's
-/// `nf_nat_l4proto_unique_tuple` bounds its own (128, then 64, 32 and 16
-/// from random offsets): 128 from the preferred start, then 112 from a
-/// random one, so that a SYN retransmit (which searches again) does not
-/// probe only the same taken ports, and no packet probes more than 240
-/// (every probe is a lookup, in softirq). Two rounds, not four: each is a
-/// `bpf_loop` call site whose callback the verifier walks again (measured:
-/// four rounds cost the full programs 5,000-7,000 verified instructions
-/// more than one).
-const PORT_ROUNDS: [u32; 2] = [128, 112];
-
-/// The port search's state, shared with its `bpf_loop` callback. Kept
-/// small: the callback's frame and this add to the NAT program's stack.
-#[repr(C)]
-struct PortSearch {
-    /// The key replies would arrive with; its `dport` is the candidate.
-    reply: FlowKey,
-    min: u32,
-    span: u32,
-    start: u32,
-    found: u32,
-}
-
-/// Picks the SNAT source port (ICMP: query identifier) for `out`: the
-/// original one when it is inside the configured range and free, else the
-/// next free one after a hash-chosen start, in the rounds of
-/// [`PORT_ROUNDS`]. Fails with `port_exhausted` when the probes covered
-/// the range, `port_search_limit` when the rounds ended first.
-#[inline(always)]
-fn allocate_port(lab: &Lab, key: &FlowKey, out: &mut Rewrite) -> Result<(), Stat> {
-    let cfg = lab.cfg;
-    let range = u32::from(cfg.port_min) << 16 | u32::from(cfg.port_max);
-    match PortCode::decode(netlab_nat_allocate_port(range, key, out)) {
-        Some(PortCode::Found) => Ok(()),
-        Some(PortCode::Exhausted) => Err(Stat::PortExhausted),
-        _ => Err(Stat::PortSearchLimit),
-    }
-}
-
-global::codes! {
-    /// [`netlab_nat_allocate_port`]'s answers.
-    enum PortCode { Found = 0, Exhausted = 1, SearchLimit = 2 }
-}
-
-global::function! {
-    /// [`allocate_port`], verified once: its search (a `bpf_loop` per
-    /// round) is reached from several kinds of new flow, and inlined, the
-    /// verifier walked it again for each (measured: DNAT's port remap made
-    /// `nat_ingress_full` 13,000 verified instructions longer). `range`:
-    /// the configured minimum port in the high 16 bits, the maximum in the
-    /// low ones.
-    fn netlab_nat_allocate_port(range: u32, key: *const FlowKey, out: *mut Rewrite) -> u32 {
-        // SAFETY: the verifier checks both pointers' memory; null is refused here.
-        let (Some(key), Some(out)) = (unsafe { key.as_ref() }, unsafe { out.as_mut() }) else {
-            return PortCode::SearchLimit as u32;
-        };
-        (match search_port(range, key, out) {
-            Ok(()) => PortCode::Found,
-            Err(Stat::PortExhausted) => PortCode::Exhausted,
-            Err(_) => PortCode::SearchLimit,
-        }) as u32
-    }
-}
-
-/// The body of [`netlab_nat_allocate_port`].
-#[inline(always)]
-fn search_port(range: u32, key: &FlowKey, out: &mut Rewrite) -> Result<(), Stat> {
-    let (port_min, port_max) = (range >> 16, range & 0xffff);
-    let (min, max) = if port_min != 0 && port_max >= port_min {
-        (port_min, port_max)
-    } else {
-        (32768, 60999)
-    };
-    // Never zero (max >= min above); `max(1)` lets the compiler see it, so
-    // no divide-by-zero panic path reaches the verifier.
-    let span = (max - min + 1).max(1);
-    let original = u32::from(u16::from_be(key.sport));
-    let start = if original >= min && original <= max {
-        original - min
-    } else {
-        let mix = (key.saddr
-            ^ key.daddr.rotate_left(13)
-            ^ (u32::from(key.sport) << 16)
-            ^ u32::from(key.dport))
-        .wrapping_mul(0x9e37_79b1);
-        (mix >> 8) % span
-    };
-    let mut search = PortSearch {
-        reply: out.reply_key(key.proto),
-        min,
-        span,
-        start,
-        found: 0,
-    };
-    for (round, probes) in PORT_ROUNDS.iter().enumerate() {
-        if round > 0 {
-            // nf_nat stops where a round would cover the range again.
-            if span <= PORT_ROUNDS[0] {
-                break;
-            }
-            // SAFETY: plain helper.
-            search.start = unsafe { bpf_get_prandom_u32() } % span;
-        }
-        // SAFETY: the callback is a static function of the expected type
-        // and `search` outlives the call.
-        unsafe {
-            bpf_loop(
-                span.min(*probes),
-                try_port as *mut c_void,
-                (&raw mut search).cast(),
-                0,
-            );
-        }
-        if search.found != 0 {
-            out.sport = search.reply.dport;
-            return Ok(());
-        }
-    }
-    Err(if span > PORT_ROUNDS[0] {
-        Stat::PortSearchLimit
-    } else {
-        Stat::PortExhausted
-    })
-}
-
-/// `bpf_loop` callback: whether candidate `i` of the search is free; 1 stops.
-extern "C" fn try_port(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the PortSearch `allocate_port` passed.
-    let search = unsafe { &mut *ctx.cast::<PortSearch>() };
-    let offset = (u64::from(search.start) + i) % u64::from(search.span.max(1));
-    search.reply.dport = ((search.min + offset as u32) as u16).to_be();
-    if conntrack::key_free(&search.reply) {
-        search.found = 1;
-        return 1;
-    }
-    0
-}
-
-/// How a new flow is opened: the hooks that rewrite each direction, whether
-/// its first packet is already leaving, and how it is counted.
+/// How a new flow (of either family) is opened: the hooks that rewrite
+/// each direction, whether its first packet is already leaving, and how
+/// it is counted.
 #[derive(Clone, Copy)]
-struct Opening {
-    apply_original: u8,
-    apply_reply: u8,
+pub struct Opening {
+    pub apply_original: u8,
+    pub apply_reply: u8,
     /// Opened on egress: the packet is leaving, so the flow is confirmed.
-    confirmed: bool,
-    counter: Stat,
+    pub confirmed: bool,
+    pub counter: Stat,
 }
 
 impl Opening {
-    const DNAT: Opening = Opening {
+    pub const DNAT: Opening = Opening {
         apply_original: APPLY_INGRESS,
         apply_reply: APPLY_EGRESS,
         confirmed: false,
         counter: Stat::DnatNew,
     };
-    const SERVICE: Opening = Opening {
+    pub const SERVICE: Opening = Opening {
         counter: Stat::ServiceNew,
         ..Opening::DNAT
     };
-    const HAIRPIN: Opening = Opening {
+    pub const HAIRPIN: Opening = Opening {
         apply_original: APPLY_INGRESS,
         apply_reply: APPLY_INGRESS,
         confirmed: false,
         counter: Stat::HairpinNew,
     };
-    const MASQUERADE: Opening = Opening {
+    pub const MASQUERADE: Opening = Opening {
         apply_original: APPLY_EGRESS,
         apply_reply: APPLY_INGRESS,
         confirmed: true,
         counter: Stat::SnatNew,
     };
-    const HOST: Opening = Opening {
+    pub const HOST: Opening = Opening {
         apply_original: APPLY_EGRESS,
         apply_reply: APPLY_INGRESS,
         confirmed: true,
@@ -470,7 +334,7 @@ impl Opening {
 
 /// Whose epoch a new flow keeps, so that it dies when that goes.
 #[derive(Clone, Copy)]
-enum Keeps {
+pub enum Keeps {
     Nothing,
     /// The published port it was addressed to.
     Port,
@@ -495,7 +359,7 @@ fn create(
         Keeps::Port => (key.dport, 0, lab::publish_epoch(key.proto, key.dport)),
         Keeps::Backend(id) => (id, 1, lab::backend_epoch(id)),
     };
-    let mut opened = conntrack::Opened {
+    let mut opened = conntrack::Opened::<V4> {
         out,
         len: pkt.len,
         apply_original: how.apply_original,
@@ -577,7 +441,7 @@ fn after_rewrite(ctx: &TcContext, lab: &Lab, out: Rewrite, hook: u8) -> Verdict 
 #[inline(always)]
 pub fn handed_off(handoff: Handoff, pkt: Option<&Packet>) {
     if let (Handoff::Opened, Some(pkt)) = (handoff, pkt) {
-        conntrack::confirm(&pkt.key.reversed());
+        conntrack::confirm::<V4>(&pkt.key.reversed());
     }
 }
 
@@ -647,7 +511,7 @@ pub fn icmp_error(
     }
     // Entries expire lazily: an error about a flow idle past its timeout
     // is about nothing nf_conntrack still knows, so it is unrelated.
-    let entry = conntrack::peek(&key, hook, true)?;
+    let entry = conntrack::peek::<V4>(&key, hook, true)?;
     if entry.nat == 0 {
         return Some(Verdict::PASS);
     }

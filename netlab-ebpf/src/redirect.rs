@@ -241,6 +241,25 @@ pub fn bridge_to_backend(ctx: &TcContext, lab: &Lab, iface: &Iface, after: &Pack
     Some(Hop::Peer(endpoint.ifindex))
 }
 
+/// IPv6's [`bridge_to_backend`] (both datapaths): a namespace's flow,
+/// just DNATed on its way in to `daddr`, a backend on its own segment,
+/// leaves with the backend's MAC, for the bridge to forward (then
+/// `Some`, or why the MAC could not be written). `None` when the backend
+/// sits elsewhere (the packet is then routed).
+#[inline(always)]
+pub fn bridge_to_backend6(
+    ctx: &TcContext,
+    iface: &Iface,
+    daddr: &[u32; 4],
+) -> Option<Result<(), Stat>> {
+    let endpoint = endpoints::get6(daddr)?;
+    let eth_dst = eth::load_daddr(ctx)?;
+    if eth_dst != endpoint.gateway_mac || endpoint.ifindex == iface.ifindex {
+        return None;
+    }
+    Some(eth::store_daddr(ctx, &endpoint.mac))
+}
+
 /// The peer redirect of a [`Hop::Peer`]: the target veth's egress hook is
 /// skipped by it, so what that hook would have done is done here: confirm
 /// the flow the packet opened, or, for a packet ingress did not translate,

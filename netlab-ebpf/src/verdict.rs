@@ -1,7 +1,7 @@
 //! What a feature decides about a packet, below every feature: `main.rs`
 //! turns it into a TC action, the one place a drop's reason is counted.
 
-use netlab_common::nat::{CtEntry, FlowKey, Stat};
+use netlab_common::nat::{Addr, CtEntryOf, FlowKeyOf, Stat};
 
 /// What to do with a packet ([`Verdict::action`]).
 #[repr(u32)]
@@ -24,14 +24,15 @@ pub enum Action {
     RedirectNeigh,
 }
 
-/// What to do with a packet once NAT has looked at it.
+/// What to do with a packet once NAT has looked at it, for a packet of
+/// either family ([`Verdict`], [`Verdict6`]).
 ///
 /// A struct, not an enum with payloads: LLVM moves an enum whole, and on
 /// paths where a variant's payload is undefined it copied whatever register
 /// was at hand (one a call had clobbered), which the verifier refuses
 /// (`!read_ok`). Here every field is defined on every path.
 #[derive(Clone, Copy)]
-pub struct Verdict {
+pub struct VerdictOf<A> {
     pub action: Action,
     /// The redirect's ifindex.
     pub arg: u32,
@@ -39,60 +40,65 @@ pub struct Verdict {
     /// index would need a bounds check the verifier sees).
     pub reason: Stat,
     /// The rewrite, for `Rewritten` and `Reflected`.
-    pub rewrite: Rewrite,
+    pub rewrite: RewriteOf<A>,
 }
 
-impl Verdict {
-    pub const PASS: Verdict = Verdict {
+/// An IPv4 packet's verdict.
+pub type Verdict = VerdictOf<u32>;
+/// An IPv6 packet's verdict.
+pub type Verdict6 = VerdictOf<[u32; 4]>;
+
+impl<A: Addr> VerdictOf<A> {
+    pub const PASS: VerdictOf<A> = VerdictOf {
         action: Action::Pass,
         arg: 0,
         // Read only for `Drop`.
         reason: Stat::WriteFailed,
-        rewrite: Rewrite::ZERO,
+        rewrite: RewriteOf::ZERO,
     };
 
     #[inline(always)]
-    pub fn drop(reason: Stat) -> Verdict {
-        Verdict {
+    pub fn drop(reason: Stat) -> VerdictOf<A> {
+        VerdictOf {
             action: Action::Drop,
             reason,
-            ..Verdict::PASS
+            ..VerdictOf::PASS
         }
     }
 
     #[inline(always)]
-    pub fn rewritten(rewrite: Rewrite) -> Verdict {
-        Verdict {
+    pub fn rewritten(rewrite: RewriteOf<A>) -> VerdictOf<A> {
+        VerdictOf {
             action: Action::Rewritten,
             rewrite,
-            ..Verdict::PASS
+            ..VerdictOf::PASS
         }
     }
 
     #[inline(always)]
-    pub fn reflected(rewrite: Rewrite) -> Verdict {
-        Verdict {
+    pub fn reflected(rewrite: RewriteOf<A>) -> VerdictOf<A> {
+        VerdictOf {
             action: Action::Reflected,
             rewrite,
-            ..Verdict::PASS
+            ..VerdictOf::PASS
         }
     }
 
     #[inline(always)]
-    pub fn peer(ifindex: u32) -> Verdict {
-        Verdict {
+    pub fn peer(ifindex: u32) -> VerdictOf<A> {
+        VerdictOf {
             action: Action::RedirectPeer,
             arg: ifindex,
-            ..Verdict::PASS
+            ..VerdictOf::PASS
         }
     }
 
     #[inline(always)]
-    pub fn neigh(ifindex: u32) -> Verdict {
-        Verdict {
+    pub fn neigh(ifindex: u32) -> VerdictOf<A> {
+        VerdictOf {
             action: Action::RedirectNeigh,
             arg: ifindex,
-            ..Verdict::PASS
+            ..VerdictOf::PASS
         }
     }
 
@@ -116,7 +122,7 @@ impl Verdict {
 
     /// How the packet was rewritten, if it was.
     #[inline(always)]
-    pub fn rewrite(&self) -> Option<Rewrite> {
+    pub fn rewrite(&self) -> Option<RewriteOf<A>> {
         matches!(self.action, Action::Rewritten | Action::Reflected).then_some(self.rewrite)
     }
 }
@@ -125,9 +131,9 @@ impl Verdict {
 /// entry rewrites them to, and what kind of translation that is.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Rewrite {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct RewriteOf<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     /// `NAT_*` bits.
@@ -138,10 +144,15 @@ pub struct Rewrite {
     pub _pad: u16,
 }
 
-impl Rewrite {
-    pub const ZERO: Rewrite = Rewrite {
-        saddr: 0,
-        daddr: 0,
+/// An IPv4 flow's rewrite.
+pub type Rewrite = RewriteOf<u32>;
+/// An IPv6 flow's rewrite.
+pub type Rewrite6 = RewriteOf<[u32; 4]>;
+
+impl<A: Addr> RewriteOf<A> {
+    pub const ZERO: RewriteOf<A> = RewriteOf {
+        saddr: A::ZERO,
+        daddr: A::ZERO,
         sport: 0,
         dport: 0,
         nat: 0,
@@ -151,8 +162,8 @@ impl Rewrite {
 
     /// A packet of `key` left as it is.
     #[inline(always)]
-    pub fn identity(key: &FlowKey) -> Rewrite {
-        Rewrite {
+    pub fn identity(key: &FlowKeyOf<A>) -> RewriteOf<A> {
+        RewriteOf {
             saddr: key.saddr,
             daddr: key.daddr,
             sport: key.sport,
@@ -164,8 +175,8 @@ impl Rewrite {
     }
 
     #[inline(always)]
-    pub fn of(entry: &CtEntry) -> Rewrite {
-        Rewrite {
+    pub fn of(entry: &CtEntryOf<A>) -> RewriteOf<A> {
+        RewriteOf {
             saddr: entry.saddr,
             daddr: entry.daddr,
             sport: entry.sport,
@@ -178,15 +189,7 @@ impl Rewrite {
 
     /// The key replies to a flow leaving as this arrive with.
     #[inline(always)]
-    pub fn reply_key(&self, proto: u8) -> FlowKey {
-        FlowKey {
-            saddr: self.daddr,
-            daddr: self.saddr,
-            sport: self.dport,
-            dport: self.sport,
-            proto,
-            _pad0: 0,
-            _pad1: 0,
-        }
+    pub fn reply_key(&self, proto: u8) -> FlowKeyOf<A> {
+        FlowKeyOf::new(self.daddr, self.saddr, self.dport, self.sport, proto)
     }
 }

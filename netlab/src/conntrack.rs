@@ -29,7 +29,7 @@ pub fn render(flows: &[Flow]) -> String {
     let mut out = String::new();
     for f in flows {
         let ends = |t: &FlowEnds| {
-            if f.proto == "icmp" {
+            if f.proto == "icmp" || f.proto == "icmp6" {
                 format!("src={} dst={} id={}", t.src, t.dst, t.sport.max(t.dport))
             } else {
                 format!(

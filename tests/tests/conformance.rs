@@ -6,8 +6,8 @@
 //! normalised). In every case, on every datapath, `outside` must never see
 //! a lab address (192.168.15.0/24, and the dual-stack lab's fd00:15::/64),
 //! in any IP header or quoted header. IPv6 cases run on the dual-stack
-//! lab with its IPv6 subnet bridged (the eBPF datapaths translate no IPv6
-//! yet), against ip6tables.
+//! lab, with its IPv6 subnet masqueraded (NAT66) or bridged, against
+//! ip6tables.
 //!
 //! Where netfilter as netlab configures it is wrong too (malformed L4
 //! leaking untranslated), the case states the netfilter-correct outcome as
@@ -1165,6 +1165,152 @@ fn ipv6_closed_lab(datapath: &str) -> Result<Record> {
     Ok(lab.record)
 }
 
+/// NAT66 with real clients on the dual-stack lab (its IPv6 subnet
+/// masqueraded, as `netlab up --dual-stack` has it), against ip6tables:
+/// red to the world masqueraded (TCP, UDP, ping), a UDP datagram to a
+/// closed port of the world (its port unreachable translated back), the
+/// world to a published port, red to it through the bridge's address, and
+/// blue to its own (the hairpin).
+fn ipv6_real_clients(datapath: &str) -> Result<Record> {
+    let mut lab = ConfLab::up_with(datapath, Some(netlab::topology::DEFAULT_LAB_DUAL_STACK))?;
+    let _tcp_out = lab.server("outside", scripts::TCP_SERVER, &["9100", "::"])?;
+    let _udp_out = lab.server("outside", scripts::UDP_SERVER, &["9000", "-", "::"])?;
+    let blue = lab.server("blue", scripts::TCP_SERVER, &["80", "::"])?;
+    lab.observe("servers up")?;
+    let steps: [(&str, &str, &str, &str, &str); 4] = [
+        ("red tcp6 to outside", "red", OUTSIDE6, "9100", "red-tcp6"),
+        (
+            "outside to published [2001:2::1]:8080",
+            "outside",
+            UPLINK6,
+            "8080",
+            "published6",
+        ),
+        (
+            "red to published [fd00:15::5]:8080",
+            "red",
+            GATEWAY6,
+            "8080",
+            "gateway6",
+        ),
+        (
+            "blue hairpin to [fd00:15::5]:8080",
+            "blue",
+            GATEWAY6,
+            "8080",
+            "hairpin6",
+        ),
+    ];
+    for (step, from, host, port, payload) in steps {
+        let out = lab.py(Some(from), scripts::TCP_ONCE, &[host, port, payload])?;
+        lab.note(step, out.stdout.split(" from").next().unwrap_or("").trim());
+        lab.observe(step)?;
+    }
+    lab.note("blue's clients", clients(&blue).join(", "));
+    let out = lab.py(Some("red"), scripts::UDP_CLIENT, &[OUTSIDE6, "9000", "100"])?;
+    lab.note("red udp6 to outside", stdout(&out));
+    lab.observe("red udp6 to outside")?;
+    let out = lab.py(Some("red"), scripts::UDP_CLIENT, &[OUTSIDE6, "9", "10"])?;
+    lab.note("red udp6 to a closed port of outside", stdout(&out));
+    lab.observe("red udp6 to a closed port of outside")?;
+    let out = lab.sb.run(&[
+        "ip", "netns", "exec", "red", "ping", "-6", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2",
+        OUTSIDE6,
+    ])?;
+    lab.note("red ping6 outside", format!("success={}", out.success()));
+    lab.observe("red ping6 outside")?;
+    Ok(lab.record)
+}
+
+/// NAT66's closed lab on the dual-stack lab (its IPv6 subnet masqueraded):
+/// the world reaches red neither routed (a careless upstream routes the
+/// lab's subnet to the host) nor with a spoofed lab source, nor an
+/// unpublished port of the uplink's address; an ICMPv6 error about no flow
+/// of the lab is not let in; red spoofing a world source goes nowhere.
+fn ipv6_masqueraded_lab_stays_closed(datapath: &str) -> Result<Record> {
+    let mut lab = ConfLab::up_with(datapath, Some(netlab::topology::DEFAULT_LAB_DUAL_STACK))?;
+    lab.sb.ok(&[
+        "ip",
+        "-n",
+        "outside",
+        "-6",
+        "route",
+        "add",
+        "fd00:15::/64",
+        "via",
+        UPLINK6,
+    ])?;
+    let _red = lab.server("red", scripts::UDP_SERVER, &["9000", "-", "::"])?;
+    for (from, to) in [("red", GATEWAY6), ("outside", UPLINK6)] {
+        let out = lab.sb.run(&[
+            "ip", "netns", "exec", from, "ping", "-6", "-n", "-q", "-c", "1", "-W", "2", to,
+        ])?;
+        lab.note(
+            &format!("warm-up {from} to {to}"),
+            format!("success={}", out.success()),
+        );
+    }
+    lab.observe("warm-up")?;
+    let uplink = lab.mac(None, "nl-uplink")?;
+    let blue_mac = lab.mac(Some("blue"), "veth-blue")?;
+    let (red, blue, out, up) = (ip6(RED6), ip6(BLUE6), ip6(OUTSIDE6), ip6(UPLINK6));
+    let spoofed = ip6("fd00:15::77");
+    let udp = |src: Ipv6Addr, dst: Ipv6Addr, dport: u16, id: u16| {
+        Ip6::new(src, dst, PROTO_UDP, id).packet(&packet::udp(src, dst, 21200, dport, b"closed?"))
+    };
+    // An ICMPv6 port unreachable from outside about a datagram red never
+    // sent (no flow has its tuple).
+    let unrelated = {
+        let quoted =
+            Ip6::new(up, out, PROTO_UDP, 0x0e10).packet(&packet::udp(up, out, 40000, 9000, b""));
+        Ip6::new(out, up, PROTO_ICMPV6, 0x0e05).packet(&packet::icmp6(
+            out,
+            up,
+            packet::ICMPV6_DEST_UNREACH,
+            4,
+            [0; 4],
+            &quoted,
+        ))
+    };
+    let steps: [(&str, &str, &str, Vec<u8>); 5] = [
+        (
+            "the world routed into the masqueraded subnet",
+            "outside",
+            uplink.as_str(),
+            udp(out, red, 9000, 0x0e01),
+        ),
+        (
+            "the world spoofing a lab source to red",
+            "outside",
+            uplink.as_str(),
+            udp(spoofed, red, 9000, 0x0e02),
+        ),
+        (
+            "the world to an unpublished port of the uplink",
+            "outside",
+            uplink.as_str(),
+            udp(out, up, 9999, 0x0e03),
+        ),
+        (
+            "an ICMPv6 error about no flow",
+            "outside",
+            uplink.as_str(),
+            unrelated,
+        ),
+        (
+            "red spoofing a world source to blue",
+            "red",
+            blue_mac.as_str(),
+            udp(out, blue, 9000, 0x0e06),
+        ),
+    ];
+    for (step, from, mac, packet) in steps {
+        lab.send(from, mac, &[packet])?;
+        lab.observe(step)?;
+    }
+    Ok(lab.record)
+}
+
 /// Issue 21, item 9: an ICMP error about a namespace's hairpin flow to its
 /// own published port goes back to it: blue sending to its own published
 /// UDP port with nothing listening hears ECONNREFUSED.
@@ -1669,6 +1815,8 @@ mod case {
         ipv6_stays_in_the_lab: Reference::Absolute,
         ipv6_between_namespaces: Reference::Iptables,
         ipv6_closed_lab: Reference::Iptables,
+        ipv6_real_clients: Reference::Iptables,
+        ipv6_masqueraded_lab_stays_closed: Reference::Iptables,
         icmp_error_about_a_hairpin_flow: Reference::Iptables,
         icmp_timestamp_through_masquerade: Reference::Iptables,
         hostile_load_spares_idle_flows: Reference::Iptables,

@@ -11,11 +11,14 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use netlab_common::nat::{FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Stat};
+use netlab_common::nat::{
+    FlowKey, FlowKey6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Stat,
+};
 
 use super::{
     ctx,
     ipv4::{IPV4_CSUM_OFF, IPV4_MIN_HLEN, IPV4_TTL_OFF, L3_OFF},
+    ipv6::IPV6_SADDR_OFF,
     l4::{ICMP_CSUM_OFF, ICMP_ID_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF},
 };
 
@@ -63,10 +66,14 @@ pub struct L4Csum {
 
 impl L4Csum {
     /// The checksum of the L4 header at `l4` for `proto`; ICMP's has no
-    /// pseudo-header, so addresses do not enter it.
+    /// pseudo-header, so addresses do not enter it (ICMPv6's has one).
     #[inline(always)]
     pub fn of(proto: u8, l4: usize) -> L4Csum {
         match proto {
+            IPPROTO_ICMPV6 => L4Csum {
+                offset: l4 + ICMP_CSUM_OFF,
+                flags: u64::from(BPF_F_PSEUDO_HDR),
+            },
             IPPROTO_TCP => L4Csum {
                 offset: l4 + TCP_CSUM_OFF,
                 flags: u64::from(BPF_F_PSEUDO_HDR),
@@ -79,6 +86,16 @@ impl L4Csum {
                 offset: l4 + ICMP_CSUM_OFF,
                 flags: 0,
             },
+        }
+    }
+
+    /// The checksum of the ICMP or ICMPv6 message at `l4` for a change in
+    /// its payload (a quoted header's bytes): data, no pseudo-header.
+    #[inline(always)]
+    pub fn of_payload(l4: usize) -> L4Csum {
+        L4Csum {
+            offset: l4 + ICMP_CSUM_OFF,
+            flags: 0,
         }
     }
 
@@ -361,4 +378,101 @@ pub fn restore_embedded_id(
     };
     let fixed = fold16(quoted, old, new);
     replace_embedded16(ctx, inner_l4 + ICMP_CSUM_OFF, quoted, fixed, outer_l4)
+}
+
+/// The partial sum that turns a checksum over the IPv6 address `old` into
+/// one over `new` (as [`diff32`], word by word).
+#[inline(always)]
+pub fn diff128(acc: u32, old: &[u32; 4], new: &[u32; 4]) -> u32 {
+    let mut acc = acc;
+    let mut i = 0;
+    while i < 4 {
+        acc = diff32(acc, old[i], new[i]);
+        i += 1;
+    }
+    acc
+}
+
+/// IPv6's [`rewrite_tuple`]: there is no header checksum, and every L4
+/// checksum (ICMPv6's too) covers both addresses through its
+/// pseudo-header, so the kernel moves it by their partial sum, then by
+/// the ports' (or the echo identifier's); the addresses are 32 contiguous
+/// bytes, one store.
+#[inline(always)]
+pub fn rewrite_tuple6(
+    ctx: &TcContext,
+    l4: usize,
+    key: &FlowKey6,
+    new: &FlowKey6,
+    icmp_request: bool,
+) -> Rewrite {
+    let csum = L4Csum::of(key.proto, l4);
+    if key.saddr != new.saddr || key.daddr != new.daddr {
+        let diff = diff128(diff128(0, &key.saddr, &new.saddr), &key.daddr, &new.daddr);
+        ctx.l4_csum_replace(csum.offset, 0, u64::from(diff), csum.flags)
+            .map_err(|_| Stat::CsumL4Failed)?;
+        let addrs: [[u32; 4]; 2] = [new.saddr, new.daddr];
+        ctx.store(L3_OFF + IPV6_SADDR_OFF, &addrs, 0)
+            .map_err(|_| Stat::WriteFailed)?;
+    }
+    if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
+        let (old_id, new_id) = if icmp_request {
+            (key.sport, new.sport)
+        } else {
+            (key.dport, new.dport)
+        };
+        return set_port(ctx, l4 + ICMP_ID_OFF, old_id, new_id, csum);
+    }
+    if key.sport != new.sport || key.dport != new.dport {
+        let diff = diff16(diff16(0, key.sport, new.sport), key.dport, new.dport);
+        ctx.l4_csum_replace(csum.offset, 0, u64::from(diff), csum.port_flags())
+            .map_err(|_| Stat::CsumL4Failed)?;
+        ctx.store(l4, &[new.sport, new.dport], 0)
+            .map_err(|_| Stat::WriteFailed)?;
+    }
+    Ok(())
+}
+
+/// Replaces the IPv6 address at `offset` inside an ICMPv6 error's payload
+/// (the quoted header's), moving the error's own checksum at `icmp_l4`
+/// with it (as data: the quoted bytes are not its pseudo-header).
+#[inline(always)]
+pub fn set_quoted_addr6(
+    ctx: &TcContext,
+    offset: usize,
+    old: &[u32; 4],
+    new: &[u32; 4],
+    icmp_l4: usize,
+) -> Rewrite {
+    if old == new {
+        return Ok(());
+    }
+    let diff = diff128(0, old, new);
+    ctx.l4_csum_replace(icmp_l4 + ICMP_CSUM_OFF, 0, u64::from(diff), 0)
+        .map_err(|_| Stat::CsumL4Failed)?;
+    ctx.store(offset, new, 0).map_err(|_| Stat::WriteFailed)
+}
+
+/// Replaces the IPv6 address at `offset` of the outer header, moving the
+/// ICMPv6 checksum at `icmp_l4` by it (its pseudo-header).
+#[inline(always)]
+pub fn set_addr6(
+    ctx: &TcContext,
+    offset: usize,
+    old: &[u32; 4],
+    new: &[u32; 4],
+    icmp_l4: usize,
+) -> Rewrite {
+    if old == new {
+        return Ok(());
+    }
+    let diff = diff128(0, old, new);
+    ctx.l4_csum_replace(
+        icmp_l4 + ICMP_CSUM_OFF,
+        0,
+        u64::from(diff),
+        u64::from(BPF_F_PSEUDO_HDR),
+    )
+    .map_err(|_| Stat::CsumL4Failed)?;
+    ctx.store(offset, new, 0).map_err(|_| Stat::WriteFailed)
 }

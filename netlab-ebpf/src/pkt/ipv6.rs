@@ -1,12 +1,9 @@
-//! IPv6, as far as netlab looks at it (it bridges it, and neither routes
-//! nor translates it yet): the header, where the addresses sit, and the
-//! walk over the extension headers to the upper-layer header (the tracer
-//! reads it; NAT66 will).
-
-use aya_ebpf::programs::TcContext;
-use netlab_common::nat::Net6Set;
+//! IPv6: the header, where the addresses sit, and the walk over the
+//! extension headers to the upper-layer header (the tracer and NAT66's
+//! parser read it).
 
 use super::{ctx, eth::ETH_HLEN};
+use aya_ebpf::programs::TcContext;
 
 pub const ETH_P_IPV6: u16 = 0x86dd;
 
@@ -33,8 +30,8 @@ pub const IPV6_HLEN: usize = 40;
 const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HLEN);
 
 /// The source and destination addresses' offsets in an IPv6 header.
-const IPV6_SADDR_OFF: usize = 8;
-const IPV6_DADDR_OFF: usize = 24;
+pub const IPV6_SADDR_OFF: usize = 8;
+pub const IPV6_DADDR_OFF: usize = 24;
 
 /// Extension headers (RFC 8200's next-header values) the walk steps over.
 const NEXTHDR_HOP: u8 = 0;
@@ -112,35 +109,11 @@ pub fn upper(ctx: &TcContext, first: u8) -> Option<Upper> {
     None
 }
 
-/// Whether the IPv6 packet of the frame comes from a subnet of `set`.
-/// `false` for a frame too short to say.
+/// Whether `addr` is link-local unicast (fe80::/10) or multicast
+/// (ff00::/8, which neighbour discovery uses): addressed within its link.
 #[inline(always)]
-pub fn from(ctx: &TcContext, set: &Net6Set) -> bool {
-    ctx::load::<[u32; 4]>(ctx, ETH_HLEN + IPV6_SADDR_OFF).is_some_and(|saddr| set.contains(&saddr))
-}
-
-/// Whether both addresses of the IPv6 packet of the frame are in a subnet
-/// of `subnets` or of `hosts`. `false` for a frame too short to say.
-#[inline(always)]
-pub fn within(ctx: &TcContext, subnets: &Net6Set, hosts: &Net6Set) -> bool {
-    let Some(saddr) = ctx::load::<[u32; 4]>(ctx, ETH_HLEN + IPV6_SADDR_OFF) else {
-        return false;
-    };
-    let Some(daddr) = ctx::load::<[u32; 4]>(ctx, ETH_HLEN + IPV6_DADDR_OFF) else {
-        return false;
-    };
-    let inside = |addr: &[u32; 4]| subnets.contains(addr) || hosts.contains(addr);
-    inside(&saddr) && inside(&daddr)
-}
-
-/// Whether the IPv6 packet of the frame is addressed within its link:
-/// link-local unicast (fe80::/10) or multicast (ff00::/8, which neighbour
-/// discovery uses). `false` for a frame too short to say.
-#[inline(always)]
-pub fn to_link(ctx: &TcContext) -> bool {
-    // The first 16 bits of the destination tell both prefixes.
-    let Some(first) = ctx::load::<[u8; 2]>(ctx, ETH_HLEN + IPV6_DADDR_OFF) else {
-        return false;
-    };
+pub fn is_link_scope(addr: &[u32; 4]) -> bool {
+    // The first 16 bits tell both prefixes.
+    let first = addr[0].to_ne_bytes();
     first[0] == 0xff || (first[0] == 0xfe && first[1] & 0xc0 == 0x80)
 }

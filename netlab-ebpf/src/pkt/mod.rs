@@ -12,6 +12,7 @@
 //! - [`xdp`]: the XDP entry's bounds-checked reads and writes.
 //! - [`parse`]: the one parser. Its [`Parsed`](parse::Parsed) result feeds
 //!   NAT, redirect, trace and the trace filter; nobody else reads headers.
+//!   [`parse6`] is its IPv6 half, for NAT66.
 //!
 //! Features (`nat`, `conntrack`, `redirect`, `trace`, ...) sit on top and
 //! never spell an offset of their own.
@@ -23,5 +24,6 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod l4;
 pub mod parse;
+pub mod parse6;
 pub mod plain;
 pub mod xdp;

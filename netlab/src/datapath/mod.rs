@@ -21,7 +21,7 @@ mod report;
 pub mod tracing;
 
 use anyhow::{Context as _, Result, bail};
-use netlab_common::nat::REDIRECT_REASONS;
+use netlab_common::nat::{CtEntry, CtEntry6, FlowKey, FlowKey6, REDIRECT_REASONS};
 
 pub use self::ebpf::loader::EarlyLoader;
 use self::iptables::Variant;
@@ -61,19 +61,9 @@ pub fn shows_rules(datapath: Datapath) -> bool {
     datapath.family() == Family::Iptables
 }
 
-/// What must hold before `up` changes anything: the datapath does what
-/// the topology asks (IPv6 NAT is the `iptables` datapath's alone, so
-/// far), and the lab's pins, if any, are this netlab's.
+/// What must hold before `up` changes anything: the lab's pins, if any,
+/// are this netlab's.
 pub fn check(topo: &Topology) -> Result<()> {
-    if topo.datapath.family() == Family::Ebpf
-        && let Some(net) = topo.nat.masquerade6.first()
-    {
-        bail!(
-            "nat.masquerade lists the IPv6 subnet {net}: the eBPF datapaths translate no IPv6 yet \
-             (they bridge it inside the lab and keep it from the world); use `--datapath iptables` \
-             for IPv6 masquerade and published ports, or leave IPv6 subnets out of nat.masquerade"
-        );
-    }
     ebpf::loader::check_pins(&Pins::of(&topo.name))
 }
 
@@ -127,16 +117,26 @@ pub fn flush_flows(lab: &str) -> Result<u64> {
     let pins = Pins::of(lab);
     let mut removed = 0;
     for table in ebpf::maps::CONNTRACK_TABLES {
-        if !pins.map(table).exists() {
-            continue;
-        }
-        let mut map = ebpf::maps::conntrack_table(&pins, table)?;
-        let keys: Vec<_> = map.keys().collect::<Result<_, _>>()?;
-        for key in keys {
-            // A key gone meanwhile (expired, or its flow removed) is fine.
-            if map.remove(&key).is_ok() {
-                removed += 1;
-            }
+        removed += flush_table::<FlowKey, CtEntry>(&pins, table)?;
+    }
+    for table in ebpf::maps::CONNTRACK6_TABLES {
+        removed += flush_table::<FlowKey6, CtEntry6>(&pins, table)?;
+    }
+    Ok(removed)
+}
+
+/// Empties one conntrack table, if pinned; the halves removed.
+fn flush_table<K: aya::Pod, V: aya::Pod>(pins: &Pins, table: &str) -> Result<u64> {
+    if !pins.map(table).exists() {
+        return Ok(0);
+    }
+    let mut map = ebpf::maps::conntrack_table::<K, V>(pins, table)?;
+    let keys: Vec<K> = map.keys().collect::<Result<_, _>>()?;
+    let mut removed = 0;
+    for key in keys {
+        // A key gone meanwhile (expired, or its flow removed) is fine.
+        if map.remove(&key).is_ok() {
+            removed += 1;
         }
     }
     Ok(removed)
@@ -350,36 +350,14 @@ impl<'a> Running<'a> {
     /// old backend forever.
     pub fn unpublish(&self, in_force: &InForce<'_>, old: &PublishedPort) -> Result<()> {
         match self {
-            Running::Ebpf { pins, .. } => {
-                ebpf::config::unpublish_one(pins, in_force, old)?;
+            Running::Ebpf { topo, pins } => {
+                ebpf::config::unpublish_one(pins, topo, in_force, old)?;
                 ebpf::config::cut_flows(pins, old)
             }
             Running::Iptables { topo, .. } => {
                 self.sync_published(in_force)?;
                 iptables::cut_flows(topo, old)
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// IPv6 NAT is the `iptables` datapath's alone: the eBPF ones refuse
-    /// it before `up` changes anything, rather than leave it untranslated.
-    #[test]
-    fn ebpf_datapaths_refuse_ipv6_masquerade() {
-        let mut topo = crate::topology::parse(
-            crate::topology::DEFAULT_LAB_DUAL_STACK,
-            crate::topology::DEFAULT_LAB_DUAL_STACK_ORIGIN,
-        )
-        .unwrap();
-        for datapath in [Datapath::Bridge, Datapath::Redirect] {
-            topo.datapath = datapath;
-            let err = check(&topo).unwrap_err().to_string();
-            assert!(err.contains("fd00:15::/64"), "{err}");
-            assert!(err.contains("--datapath iptables"), "{err}");
         }
     }
 }

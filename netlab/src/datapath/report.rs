@@ -3,9 +3,12 @@
 //! (`status`, `metrics`, `conntrack`) show these and never ask which
 //! family produced them.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use netlab_common::nat::FlowKey;
+use netlab_common::nat::{FlowKey, FlowKey6};
 use serde::{Deserialize, Serialize};
 
 /// The NAT's state and counters, as one datapath reports them. A part a
@@ -46,8 +49,8 @@ pub enum Flows {
 /// The addresses and ports of one direction of a flow, as they appear on the wire.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FlowEnds {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
 }
@@ -55,12 +58,32 @@ pub struct FlowEnds {
 impl From<&FlowKey> for FlowEnds {
     fn from(k: &FlowKey) -> Self {
         FlowEnds {
-            src: Ipv4Addr::from(u32::from_be(k.saddr)),
-            dst: Ipv4Addr::from(u32::from_be(k.daddr)),
+            src: Ipv4Addr::from(u32::from_be(k.saddr)).into(),
+            dst: Ipv4Addr::from(u32::from_be(k.daddr)).into(),
             sport: u16::from_be(k.sport),
             dport: u16::from_be(k.dport),
         }
     }
+}
+
+impl From<&FlowKey6> for FlowEnds {
+    fn from(k: &FlowKey6) -> Self {
+        FlowEnds {
+            src: ipv6(&k.saddr).into(),
+            dst: ipv6(&k.daddr).into(),
+            sport: u16::from_be(k.sport),
+            dport: u16::from_be(k.dport),
+        }
+    }
+}
+
+/// An IPv6 address from its four words as they sit in the header.
+fn ipv6(words: &[u32; 4]) -> Ipv6Addr {
+    let mut octets = [0; 16];
+    for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(octets)
 }
 
 /// A tracked flow, as `netlab conntrack` shows it (`--json` prints these,

@@ -227,12 +227,12 @@ mod tests {
     }
 
     /// The dual-stack lab is the default lab plus IPv6: same names, same
-    /// IPv4, same published port; only its datapath and IPv6 differ.
+    /// IPv4, same published port, same datapath; only its IPv6 differs.
     #[test]
     fn the_dual_stack_lab_is_the_default_lab_plus_ipv6() {
         let dual = parse(DEFAULT_LAB_DUAL_STACK, DEFAULT_LAB_DUAL_STACK_ORIGIN).unwrap();
         let v4 = default_lab().unwrap();
-        assert_eq!(dual.datapath, Datapath::Iptables);
+        assert_eq!(dual.datapath, v4.datapath);
         assert_eq!(dual.name, v4.name);
         let names =
             |t: &Topology| -> Vec<String> { t.namespaces.iter().map(|n| n.name.clone()).collect() };

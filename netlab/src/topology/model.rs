@@ -911,18 +911,17 @@ impl Topology {
         subnets
     }
 
-    /// The host's IPv6 addresses outside the lab's IPv6 subnets (the
-    /// uplink's own), as /128s, each once: the lab's namespaces reach the
-    /// host there, as at its IPv4 addresses.
+    /// The host's IPv6 addresses in the lab (bridges', host ends', the
+    /// uplink's), as /128s, each once: the lab's namespaces reach the host
+    /// there, as at its IPv4 addresses, and published ports answer there.
     pub fn local_addresses6(&self) -> Vec<Ipv6Net> {
-        let subnets = self.internal_subnets6();
         let mut hosts: Vec<Ipv6Net> = Vec::new();
         for (_, a) in self.host_addresses6() {
             let host = Ipv6Net {
                 addr: a.net.addr,
                 prefix_len: 128,
             };
-            if !subnets.iter().any(|s| s.overlaps(host)) && !hosts.contains(&host) {
+            if !hosts.contains(&host) {
                 hosts.push(host);
             }
         }

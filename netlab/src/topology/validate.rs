@@ -10,7 +10,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use netlab_common::nat::{MAX_SERVICE_BACKENDS, NET6_INLINE};
+use netlab_common::nat::{HOST6_INLINE, MAX_SERVICE_BACKENDS, NET6_INLINE};
 
 use super::{
     host::{AddressInUse, HostNetwork},
@@ -759,20 +759,19 @@ fn addresses6(lab: &Lab<'_>, problems: &mut Vec<Problem>) {
         ));
     }
     let hosts = lab.topo.local_addresses6();
-    if hosts.len() > NET6_INLINE
+    if hosts.len() > HOST6_INLINE
         && let Some(a) = lab
             .addresses6
             .iter()
-            .find(|a| a.net.addr == hosts[NET6_INLINE].addr)
+            .find(|a| a.net.addr == hosts[HOST6_INLINE].addr)
     {
         problems.push(Problem::new(
             K::Address,
             a.at,
             format_args!(
-                "{} is the host's IPv6 address number {} outside the lab's subnets (the \
-                 uplink's): a lab holds at most {NET6_INLINE}",
-                hosts[NET6_INLINE].addr,
-                NET6_INLINE + 1
+                "{} is the host's IPv6 address number {}: a lab holds at most {HOST6_INLINE}",
+                hosts[HOST6_INLINE].addr,
+                HOST6_INLINE + 1
             ),
         ));
     }
@@ -2439,7 +2438,7 @@ peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
     }
 
     #[test]
-    fn at_most_four_host_ipv6_addresses_outside_the_lab() {
+    fn at_most_eight_host_ipv6_addresses() {
         let uplink = |n: usize| {
             let addresses: Vec<String> = (1..=n).map(|i| format!("\"2001:2::{i}/64\"")).collect();
             crate::topology::DEFAULT_LAB_DUAL_STACK
@@ -2447,8 +2446,9 @@ peer = { name = "veth-x-host", addresses = ["192.0.2.1/24"] }
                 .replace(r#""2001:2::2/64""#, r#""2001:2::99/64""#)
                 .replace(r#""2001:2::1/64""#, &addresses.join(", "))
         };
-        only_problem(&uplink(5), K::Address, &["2001:2::5", "at most 4"]);
-        ok(&uplink(4));
+        // The bridge's address and eight of the uplink's.
+        only_problem(&uplink(8), K::Address, &["2001:2::8", "at most 8"]);
+        ok(&uplink(7));
     }
 
     #[test]

@@ -66,35 +66,40 @@ for line in sys.stdin:
         print(f"synced {parts[1]}", flush=True)
 "#;
 
-/// UDP echo server: `PORT [REPLY_SIZE]`. Prints "ready", then "from
-/// HOST:PORT LEN" per datagram; answers with the datagram, or with
+/// UDP echo server: `PORT [REPLY_SIZE [BIND]]` (REPLY_SIZE `-`: echo;
+/// BIND: 0.0.0.0 unless given, `::` serves IPv6). Prints "ready", then
+/// "from HOST:PORT LEN" per datagram; answers with the datagram, or with
 /// REPLY_SIZE bytes. An answer that cannot be sent (a datagram from a
 /// source there is no route back to, as a spoofed one) is reported as
 /// "unanswered HOST:PORT ERROR" and the server goes on: one bad datagram
 /// must not turn every later one into a port unreachable.
 pub const UDP_SERVER: &str = r#"
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-size = int(sys.argv[2]) if len(sys.argv) > 2 else None
+bind = sys.argv[3] if len(sys.argv) > 3 else "0.0.0.0"
+s = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((bind, int(sys.argv[1])))
+size = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] != "-" else None
 print("ready", flush=True)
 while True:
-    data, (host, port) = s.recvfrom(65535)
+    data, peer = s.recvfrom(65535)
+    host, port = peer[0], peer[1]
     print(f"from {host}:{port} {len(data)}", flush=True)
     try:
-        s.sendto(data if size is None else bytes(i % 251 for i in range(size)), (host, port))
+        s.sendto(data if size is None else bytes(i % 251 for i in range(size)), peer)
     except OSError as e:
         print(f"unanswered {host}:{port} {e!r}", flush=True)
 "#;
 
-/// UDP client: `HOST PORT SIZE [BIND_PORT]`. Sends SIZE bytes from a
-/// connected socket and prints "reply LEN", "timeout" or "refused".
+/// UDP client: `HOST PORT SIZE [BIND_PORT]` (HOST of either family).
+/// Sends SIZE bytes from a connected socket and prints "reply LEN",
+/// "timeout" or "refused".
 pub const UDP_CLIENT: &str = r#"
 import socket, sys
 host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+v6 = ":" in host
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
 if len(sys.argv) > 4:
-    s.bind(("0.0.0.0", int(sys.argv[4])))
+    s.bind(("::" if v6 else "0.0.0.0", int(sys.argv[4])))
 s.settimeout(2)
 s.connect((host, port))
 try:

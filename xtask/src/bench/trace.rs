@@ -310,7 +310,7 @@ fn ms(elapsed: Duration) -> f64 {
 /// takes); how many entries it then holds.
 fn fill_conntrack(n: u32) -> Result<usize> {
     let pins = Pins::of(LAB);
-    let mut table = maps::conntrack_table(&pins, names::CONNTRACK)?;
+    let mut table = maps::conntrack_table::<FlowKey, CtEntry>(&pins, names::CONNTRACK)?;
     for i in 0..n {
         let key = FlowKey {
             saddr: u32::from(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8)).to_be(),

@@ -396,6 +396,8 @@ fn verify(object: &Path, dir: &Path) -> Result<()> {
             names::NAT_EGRESS,
             names::NAT_INGRESS_FULL,
             names::NAT_EGRESS_FULL,
+            names::NAT6_INGRESS,
+            names::NAT6_EGRESS,
             names::TRACE_HOP,
             names::TRACE_INGRESS,
             names::TRACE_EGRESS,

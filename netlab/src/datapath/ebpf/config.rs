@@ -13,8 +13,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::maps::lpm_trie::Key;
 use netlab_common::nat::{
-    Backend, Endpoint, IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NET_GROUP, NET_INTERNAL,
-    NET_SET_INLINE, NET_UPLINK, NatConfig, Net, Net6, Net6Set, NetSet, PublishKey, ROLE_LAB,
+    Backend, Backend6, Endpoint, IPPROTO_TCP, IPPROTO_UDP, IfaceConfig, NET_GROUP, NET_INTERNAL,
+    NET_SET_INLINE, NET_UPLINK, NatConfig, Net, Net6, Net6SetOf, NetSet, PublishKey, ROLE_LAB,
     ROLE_UPLINK, backend_port_bit, iface_slot, publish_epoch_slot,
 };
 
@@ -137,6 +137,8 @@ pub struct MapContents {
     pub iface_slots: BTreeMap<u32, IfaceConfig>,
     /// `ENDPOINTS`: namespace address → where it is reached.
     pub endpoints: BTreeMap<u32, Endpoint>,
+    /// `ENDPOINTS6`: the same for namespaces' IPv6 addresses.
+    pub endpoints6: BTreeMap<[u32; 4], Endpoint>,
 }
 
 /// How many rows of per-interface counters a lab of `topo` needs: one per
@@ -165,8 +167,8 @@ fn net6(net: Ipv6Net) -> Net6 {
 
 /// The lab's IPv6 subnets or host addresses (validation keeps them within
 /// the inline room).
-fn net6_set(nets: &[Ipv6Net]) -> Net6Set {
-    let mut set = Net6Set::default();
+fn net6_set<const N: usize>(nets: &[Ipv6Net]) -> Net6SetOf<N> {
+    let mut set = Net6SetOf::<N>::default();
     for (slot, n) in set.nets.iter_mut().zip(nets) {
         *slot = net6(*n);
     }
@@ -206,6 +208,8 @@ pub fn pod_rows(
             role: ROLE_LAB,
             slot: 0,
             ifindex: pod.host_ifindex,
+            // Pods have no IPv6 yet.
+            gateway6: [0; 4],
         },
         Endpoint {
             ifindex: pod.host_ifindex,
@@ -234,6 +238,20 @@ pub fn plan(topo: &Topology, links: &LabLinks, pods: &[Pod]) -> Result<MapConten
         .into_iter()
         .flat_map(|e| e.addresses.iter().map(|a| a.net.network()))
         .collect();
+    let uplink_addr6 = topo
+        .uplink_end()
+        .and_then(|e| e.addresses6.first())
+        .map(|a| a.net.addr);
+    let mut uplink_nets6: Vec<Ipv6Net> = Vec::new();
+    for net in topo
+        .uplink_end()
+        .into_iter()
+        .flat_map(|e| e.addresses6.iter().map(|a| a.net.network()))
+    {
+        if !uplink_nets6.contains(&net) {
+            uplink_nets6.push(net);
+        }
+    }
 
     // Published ports answer on every host address of the lab (Docker
     // publishes on all host addresses; netlab never claims the host's own).
@@ -308,6 +326,14 @@ pub fn plan(topo: &Topology, links: &LabLinks, pods: &[Pod]) -> Result<MapConten
         services: topo.nat.service_range.map(net).unwrap_or_default(),
         internal6: net6_set(&topo.internal_subnets6()),
         local6: net6_set(&topo.local_addresses6()),
+        masquerade6: net6_set(&topo.nat.masquerade6),
+        // NAT66 masquerades to the uplink's first IPv6 address, as
+        // ip6tables' MASQUERADE picks the outgoing interface's.
+        masq_addr6: match (topo.nat.masquerade6.is_empty(), uplink_addr6) {
+            (false, Some(addr)) => header_words(addr.octets()),
+            _ => [0; 4],
+        },
+        uplink6: net6_set(&uplink_nets6),
     };
 
     let mut ifaces = BTreeMap::new();
@@ -315,6 +341,13 @@ pub fn plan(topo: &Topology, links: &LabLinks, pods: &[Pod]) -> Result<MapConten
         let gateway = match &end.bridge {
             Some(bridge) => topo.host_iface_addr(bridge),
             None => end.addresses.first().map(|a| a.net.addr),
+        };
+        let gateway6 = match &end.bridge {
+            Some(bridge) => topo
+                .host_addresses6()
+                .find(|(iface, _)| iface == bridge)
+                .map(|(_, a)| a.net.addr),
+            None => end.addresses6.first().map(|a| a.net.addr),
         };
         let role = if topo.is_uplink(&end.name) {
             ROLE_UPLINK
@@ -329,6 +362,7 @@ pub fn plan(topo: &Topology, links: &LabLinks, pods: &[Pod]) -> Result<MapConten
                 role,
                 slot,
                 ifindex,
+                gateway6: gateway6.map_or([0; 4], |a| header_words(a.octets())),
             },
         );
     }
@@ -357,6 +391,7 @@ pub fn plan(topo: &Topology, links: &LabLinks, pods: &[Pod]) -> Result<MapConten
     // datapaths bridge a lab namespace's DNATed flow on to a backend of its
     // own segment (as br_netfilter does).
     let mut endpoints = BTreeMap::new();
+    let mut endpoints6 = BTreeMap::new();
     for (inner, outer) in endpoint_ends(topo) {
         let host_end = links.index(&outer.name)?;
         let gateway = outer.bridge.as_deref().unwrap_or(&outer.name);
@@ -371,15 +406,16 @@ pub fn plan(topo: &Topology, links: &LabLinks, pods: &[Pod]) -> Result<MapConten
         else {
             bail!("no MAC address on {}", inner.name);
         };
+        let endpoint = Endpoint {
+            ifindex: host_end,
+            mac: *mac,
+            gateway_mac,
+        };
         for address in &inner.addresses {
-            endpoints.insert(
-                be(address.net.addr),
-                Endpoint {
-                    ifindex: host_end,
-                    mac: *mac,
-                    gateway_mac,
-                },
-            );
+            endpoints.insert(be(address.net.addr), endpoint);
+        }
+        for address in &inner.addresses6 {
+            endpoints6.insert(header_words(address.net.addr.octets()), endpoint);
         }
     }
 
@@ -393,6 +429,7 @@ pub fn plan(topo: &Topology, links: &LabLinks, pods: &[Pod]) -> Result<MapConten
         ifaces,
         iface_slots,
         endpoints,
+        endpoints6,
     })
 }
 
@@ -521,6 +558,19 @@ pub fn apply(pins: &Pins, plan: &MapContents) -> Result<()> {
     for (addr, endpoint) in &plan.endpoints {
         endpoints.insert(addr, endpoint, 0)?;
     }
+
+    let mut endpoints6 = maps::endpoints6(pins)?;
+    let stale: Vec<[u32; 4]> = endpoints6
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !plan.endpoints6.contains_key(k))
+        .collect();
+    for key in stale {
+        endpoints6.remove(&key)?;
+    }
+    for (addr, endpoint) in &plan.endpoints6 {
+        endpoints6.insert(addr, endpoint, 0)?;
+    }
     Ok(())
 }
 
@@ -540,6 +590,25 @@ fn publish_entry(topo: &Topology, port: &PublishedPort) -> Result<(PublishKey, B
             addr: be(addr),
             port: port.port.to_be(),
             service: 0,
+        },
+    ))
+}
+
+/// The `PUBLISHED6` row of `port`: over IPv6 to its namespace's address
+/// in a masqueraded IPv6 subnet, as ip6tables' DNAT has it. `None` for a
+/// port not published over IPv6 (a namespace without such an address, a
+/// port published to an explicit IPv4 address).
+fn publish_entry6(topo: &Topology, port: &PublishedPort) -> Option<(PublishKey, Backend6)> {
+    if port.addr.is_some() {
+        return None;
+    }
+    let addr = topo.backend_addr6(&port.namespace)?;
+    Some((
+        publish_key(port),
+        Backend6 {
+            addr: header_words(addr.octets()),
+            port: port.port.to_be(),
+            _pad: 0,
         },
     ))
 }
@@ -599,18 +668,33 @@ pub fn publish_one(
     // The bit first: a reply from the backend may follow the first packet.
     set_backend_port_word(pins, in_force, port.port)?;
     maps::published(pins)?.insert(key, backend, 0)?;
+    if let Some((key, backend)) = publish_entry6(topo, port) {
+        maps::published6(pins)?.insert(key, backend, 0)?;
+    }
     Ok(())
 }
 
-/// Removes one published port (no longer in `published`): one map delete,
-/// and its backend port's bit unless another published port still uses it.
-pub fn unpublish_one(pins: &Pins, in_force: &InForce<'_>, port: &PublishedPort) -> Result<()> {
+/// Removes one published port (no longer in `published`): one map delete
+/// per family it was published for, and its backend port's bit unless
+/// another published port still uses it.
+pub fn unpublish_one(
+    pins: &Pins,
+    topo: &Topology,
+    in_force: &InForce<'_>,
+    port: &PublishedPort,
+) -> Result<()> {
     // Gone already is fine (a DEL after an ADD that recorded the port and
     // died before publishing it).
     let mut map = maps::published(pins)?;
     let key = publish_key(port);
     if map.get(&key, 0).is_ok() {
         map.remove(&key)?;
+    }
+    if publish_entry6(topo, port).is_some() {
+        let mut map = maps::published6(pins)?;
+        if map.get(&key, 0).is_ok() {
+            map.remove(&key)?;
+        }
     }
     set_backend_port_word(pins, in_force, port.port)
 }
@@ -677,6 +761,23 @@ pub fn sync_published(pins: &Pins, topo: &Topology, in_force: &InForce<'_>) -> R
     }
     for (key, backend) in wanted.values() {
         published.insert(key, backend, 0)?;
+    }
+    // IPv6's rows, as IPv4's (their epochs are the same ports').
+    let mut published6 = maps::published6(pins)?;
+    let wanted6: BTreeMap<(u16, u8), (PublishKey, Backend6)> = in_force
+        .published
+        .iter()
+        .filter_map(|port| publish_entry6(topo, port))
+        .map(|(key, backend)| ((key.port, key.proto), (key, backend)))
+        .collect();
+    let present6: Vec<PublishKey> = published6.keys().filter_map(|k| k.ok()).collect();
+    for key in &present6 {
+        if !wanted6.contains_key(&(key.port, key.proto)) {
+            published6.remove(key)?;
+        }
+    }
+    for (key, backend) in wanted6.values() {
+        published6.insert(key, backend, 0)?;
     }
     Ok(())
 }
@@ -844,19 +945,23 @@ mod tests {
         assert!(!set.contains(&v6("2001:db8:1::9")));
         assert!(!set.contains(&v6("fe80::1")));
         assert_eq!(set.nets.iter().filter(|n| n.mask[0] != 0).count(), 1);
-        // The uplink's own address is the host's, reached from the lab;
-        // the rest of its subnet is the world's.
+        // The host's own addresses (the bridge's, the uplink's), reached
+        // from the lab and answering for published ports; the rest of the
+        // uplink's subnet is the world's, masqueraded to the uplink's.
         let hosts = dual.nat.local6;
         assert!(hosts.contains(&v6("2001:2::1")));
+        assert!(hosts.contains(&v6("fd00:15::5")));
         assert!(!hosts.contains(&v6("2001:2::2")));
-        assert!(!hosts.contains(&v6("fd00:15::5")));
-        assert_eq!(hosts.nets.iter().filter(|n| n.mask[0] != 0).count(), 1);
+        assert_eq!(hosts.nets.iter().filter(|n| n.mask[0] != 0).count(), 2);
+        assert!(dual.nat.uplink6.contains(&v6("2001:2::2")));
+        assert!(!dual.nat.uplink6.contains(&v6("fd00:15::2")));
         // An IPv4-only lab has none: only its link's IPv6 passes.
         let topo = topology::default_lab().unwrap_or_else(|e| panic!("{e}"));
         let v4_only = plan(&topo, &links(&topo), &[]).unwrap_or_else(|e| panic!("{e:#}"));
         assert!(!v4_only.nat.internal6.contains(&v6("::")));
-        assert_eq!(v4_only.nat.internal6, Net6Set::default());
-        assert_eq!(v4_only.nat.local6, Net6Set::default());
+        assert_eq!(v4_only.nat.internal6, Net6SetOf::default());
+        assert_eq!(v4_only.nat.local6, Net6SetOf::default());
+        assert_eq!(v4_only.nat.masq_addr6, [0; 4]);
     }
 
     #[test]

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
+use aya::maps::{Array, MapData};
 use netlab_common::nat::{
-    CT_ASSURED, CT_CONFIRMED, CT_REPLIED, CT_SERVICE, DIR_ORIGINAL, IPPROTO_TCP, NAT_DNAT,
-    NAT_REFLECT, NAT_SNAT, TcpState, ip_proto_name, publish_epoch_slot,
+    Addr, CT_ASSURED, CT_CONFIRMED, CT_REPLIED, CT_SERVICE, CtEntryOf, DIR_ORIGINAL, FlowKeyOf,
+    IPPROTO_TCP, NAT_DNAT, NAT_REFLECT, NAT_SNAT, TcpState, ip_proto_name, publish_epoch_slot,
 };
 
 use super::maps;
@@ -17,11 +18,28 @@ use crate::{
 };
 
 /// Every live flow in the lab's conntrack at `now` (`CLOCK_MONOTONIC_COARSE`
-/// nanoseconds, the datapath's clock).
+/// nanoseconds, the datapath's clock): IPv4's, then IPv6's.
 pub fn read(pins: &Pins, now: u64) -> Result<Vec<Flow>> {
     let epochs = maps::publish_epochs(pins)?;
+    let mut flows = flows_of(maps::conntrack_entries(pins)?, &epochs, now);
+    // A lab brought up before IPv6 had tables of its own has none.
+    if pins.map(netlab_common::names::CONNTRACK6).exists() {
+        flows.extend(flows_of(maps::conntrack6_entries(pins)?, &epochs, now));
+    }
+    Ok(flows)
+}
+
+/// The live flows of one family's halves.
+fn flows_of<A: Addr + Ord>(
+    halves: Vec<(FlowKeyOf<A>, CtEntryOf<A>)>,
+    epochs: &Array<MapData, u32>,
+    now: u64,
+) -> Vec<Flow>
+where
+    for<'k> FlowEnds: From<&'k FlowKeyOf<A>>,
+{
     let mut entries = BTreeMap::new();
-    for (key, entry) in maps::conntrack_entries(pins)? {
+    for (key, entry) in halves {
         entries.insert(
             (key.saddr, key.daddr, key.sport, key.dport, key.proto),
             (key, entry),
@@ -90,5 +108,5 @@ pub fn read(pins: &Pins, now: u64) -> Result<Vec<Flow>> {
             reply_bytes: reply.bytes,
         });
     }
-    Ok(flows)
+    flows
 }

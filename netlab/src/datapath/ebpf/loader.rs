@@ -156,11 +156,13 @@ fn loader_without_kernel_btf() -> EbpfLoader<'static> {
 }
 
 /// The programs `up` loads and pins for the eBPF datapaths (once per lab).
-const DATAPATH_PROGRAMS: [(&str, Kind); 12] = [
+const DATAPATH_PROGRAMS: [(&str, Kind); 14] = [
     (names::NAT_INGRESS, Kind::Tc),
     (names::NAT_EGRESS, Kind::Tc),
     (names::NAT_INGRESS_FULL, Kind::Tc),
     (names::NAT_EGRESS_FULL, Kind::Tc),
+    (names::NAT6_INGRESS, Kind::Tc),
+    (names::NAT6_EGRESS, Kind::Tc),
     (
         names::SOCK_CONNECT4,
         Kind::Sock(CgroupSockAddrAttachType::Connect4),
@@ -300,7 +302,7 @@ fn page_size() -> u32 {
 /// The pinned maps whose layout both sides of this netlab assume, as this
 /// build lays them out. A lab whose pin has another layout was brought up
 /// by another netlab.
-fn layouts() -> [(&'static str, Layout); 10] {
+fn layouts() -> [(&'static str, Layout); 14] {
     use core::mem::size_of;
     use netlab_common::{
         nat::*,
@@ -334,6 +336,25 @@ fn layouts() -> [(&'static str, Layout); 10] {
         (
             names::PUBLISHED,
             sized(size_of::<PublishKey>(), size_of::<Backend>()),
+        ),
+        (
+            names::CONNTRACK6,
+            sized(size_of::<FlowKey6>(), size_of::<CtEntry6>()),
+        ),
+        (
+            names::CONNTRACK6_NEW,
+            sized(size_of::<FlowKey6>(), size_of::<CtEntry6>()),
+        ),
+        (
+            names::PUBLISHED6,
+            sized(size_of::<PublishKey>(), size_of::<Backend6>()),
+        ),
+        (
+            names::NAT_FULL,
+            Layout {
+                entries: Some(4),
+                ..sized(4, 4)
+            },
         ),
         (names::ENDPOINTS, sized(4, size_of::<Endpoint>())),
         (
@@ -697,6 +718,8 @@ fn ensure_loaded(
         .default_map_pin_directory(pins.maps())
         .map_max_entries(names::CONNTRACK, sizes.conntrack)
         .map_max_entries(names::CONNTRACK_NEW, sizes.conntrack)
+        .map_max_entries(names::CONNTRACK6, sizes.conntrack)
+        .map_max_entries(names::CONNTRACK6_NEW, sizes.conntrack)
         .map_max_entries(
             names::REDIRECT_STATS,
             sizes.iface_slots.max(1) * netlab_common::nat::REDIRECT_REASON_SLOTS,
@@ -752,6 +775,8 @@ fn fill_full_paths(pins: &Pins) -> Result<()> {
     for (slot, name) in [
         (names::NAT_FULL_INGRESS, names::NAT_INGRESS_FULL),
         (names::NAT_FULL_EGRESS, names::NAT_EGRESS_FULL),
+        (names::NAT6_FULL_INGRESS, names::NAT6_INGRESS),
+        (names::NAT6_FULL_EGRESS, names::NAT6_EGRESS),
     ] {
         let pin = pins.program(name);
         let program = SchedClassifier::from_pin(&pin)

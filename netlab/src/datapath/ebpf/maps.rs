@@ -10,8 +10,9 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, ProgramArray, lpm_tri
 use netlab_common::{
     names,
     nat::{
-        Backend, CtEntry, Endpoint, FlowKey, IfaceConfig, MaglevTable, NatConfig, PublishKey,
-        REDIRECT_REASON_SLOTS, Service, ServiceKey, Stat, redirect_stat_index,
+        Backend, Backend6, CtEntry, CtEntry6, Endpoint, FlowKey, FlowKey6, IfaceConfig,
+        MaglevTable, NatConfig, PublishKey, REDIRECT_REASON_SLOTS, Service, ServiceKey, Stat,
+        redirect_stat_index,
     },
     trace::{TRACE_STAT_EMITTED, TRACE_STAT_LOST, TraceConfig},
 };
@@ -88,6 +89,16 @@ pub fn published(pins: &Pins) -> Result<HashMap<MapData, PublishKey, Backend>> {
     )?))?)
 }
 
+/// The same ports over IPv6: (host port, protocol) → the backend's IPv6
+/// address and port.
+pub fn published6(pins: &Pins) -> Result<HashMap<MapData, PublishKey, Backend6>> {
+    Ok(HashMap::try_from(Map::HashMap(open(
+        pins,
+        names::PUBLISHED6,
+        NAT_HINT,
+    )?))?)
+}
+
 /// Each published host port's epoch (see `config::cut_flows`).
 pub fn publish_epochs(pins: &Pins) -> Result<Array<MapData, u32>> {
     Ok(Array::try_from(Map::Array(open(
@@ -142,6 +153,16 @@ pub fn endpoints(pins: &Pins) -> Result<HashMap<MapData, u32, Endpoint>> {
     )?))?)
 }
 
+/// The same for the namespaces' IPv6 addresses (the words as they sit in
+/// the header).
+pub fn endpoints6(pins: &Pins) -> Result<HashMap<MapData, [u32; 4], Endpoint>> {
+    Ok(HashMap::try_from(Map::HashMap(open(
+        pins,
+        names::ENDPOINTS6,
+        NAT_HINT,
+    )?))?)
+}
+
 // Readers.
 
 /// Forwarding decisions of the `redirect` datapath per (ifindex, reason),
@@ -184,15 +205,21 @@ pub fn nat_stats(pins: &Pins) -> Result<Vec<(&'static str, u64)>> {
         .collect()
 }
 
-/// The conntrack tables: assured flows, then flows not assured yet (a
-/// flow's two halves are always in the same one).
+/// The IPv4 conntrack tables: assured flows, then flows not assured yet
+/// (a flow's two halves are always in the same one).
 pub const CONNTRACK_TABLES: [&str; 2] = [names::CONNTRACK, names::CONNTRACK_NEW];
+/// The IPv6 ones, alike.
+pub const CONNTRACK6_TABLES: [&str; 2] = [names::CONNTRACK6, names::CONNTRACK6_NEW];
 
-/// One conntrack table, whichever kind of hash it is (the assured table
-/// is a plain hash, the new one an LRU).
-pub fn conntrack_table(pins: &Pins, name: &str) -> Result<HashMap<MapData, FlowKey, CtEntry>> {
+/// One conntrack table of either family (`FlowKey`/`CtEntry` or
+/// `FlowKey6`/`CtEntry6`), whichever kind of hash it is (the assured
+/// table is a plain hash, the new one an LRU).
+pub fn conntrack_table<K: aya::Pod, V: aya::Pod>(
+    pins: &Pins,
+    name: &str,
+) -> Result<HashMap<MapData, K, V>> {
     let data = open(pins, name, NAT_HINT)?;
-    let map = if name == names::CONNTRACK {
+    let map = if name == names::CONNTRACK || name == names::CONNTRACK6 {
         Map::HashMap(data)
     } else {
         Map::LruHashMap(data)
@@ -200,23 +227,42 @@ pub fn conntrack_table(pins: &Pins, name: &str) -> Result<HashMap<MapData, FlowK
     Ok(HashMap::try_from(map)?)
 }
 
-/// Every half in the conntrack tables (two per flow, expired ones included).
+/// Every half in the IPv4 conntrack tables (two per flow, expired ones
+/// included).
 pub fn conntrack_entries(pins: &Pins) -> Result<Vec<(FlowKey, CtEntry)>> {
+    entries_of(pins, CONNTRACK_TABLES)
+}
+
+/// Every half in the IPv6 conntrack tables.
+pub fn conntrack6_entries(pins: &Pins) -> Result<Vec<(FlowKey6, CtEntry6)>> {
+    entries_of(pins, CONNTRACK6_TABLES)
+}
+
+fn entries_of<K: aya::Pod, V: aya::Pod>(pins: &Pins, tables: [&str; 2]) -> Result<Vec<(K, V)>> {
     let mut entries = Vec::new();
-    for name in CONNTRACK_TABLES {
-        for item in conntrack_table(pins, name)?.iter() {
+    for name in tables {
+        for item in conntrack_table::<K, V>(pins, name)?.iter() {
             entries.push(item?);
         }
     }
     Ok(entries)
 }
 
-/// Halves in the conntrack tables (two per flow) and their capacity.
+/// Halves in the conntrack tables of both families (two per flow) and
+/// their capacity.
 pub fn conntrack_usage(pins: &Pins) -> Result<(usize, u32)> {
     let (mut used, mut max) = (0, 0);
     for name in CONNTRACK_TABLES {
         max += open(pins, name, NAT_HINT)?.info()?.max_entries();
-        used += conntrack_table(pins, name)?.keys().count();
+        used += conntrack_table::<FlowKey, CtEntry>(pins, name)?
+            .keys()
+            .count();
+    }
+    for name in CONNTRACK6_TABLES {
+        max += open(pins, name, NAT_HINT)?.info()?.max_entries();
+        used += conntrack_table::<FlowKey6, CtEntry6>(pins, name)?
+            .keys()
+            .count();
     }
     Ok((used, max))
 }
