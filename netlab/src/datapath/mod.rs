@@ -73,6 +73,11 @@ pub fn check(topo: &Topology) -> Result<()> {
 pub fn load(topo: &Topology, early: EarlyLoader) -> Result<()> {
     let sizes = ebpf::loader::Sizes {
         conntrack: topo.nat.conntrack_size,
+        conntrack6: if topo.internal_subnets6().is_empty() {
+            1
+        } else {
+            topo.nat.conntrack_size
+        },
         iface_slots: ebpf::config::iface_slots(topo),
     };
     ebpf::loader::load(
