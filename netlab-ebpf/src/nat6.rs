@@ -20,7 +20,7 @@ use netlab_common::nat::{
 };
 
 use crate::{
-    conntrack::{self, Known, Opened, Rw, V6},
+    conntrack::{self, Known, Opened, V6},
     global,
     lab::{self, Iface, Lab},
     nat::{Keeps, Opening, opens},
@@ -108,9 +108,9 @@ fn flow(
         Known::OtherHook => return Verdict6::PASS,
         Known::Rewrite if work.out.nat == 0 => return Verdict6::PASS,
         Known::Rewrite => return finish(ctx, lab, pkt, &work.out, hook),
+        // `track_into` left `work.out` the packet's own tuple.
         Known::None => {}
     }
-    work.out = Rw::<V6>::identity(&pkt.key);
     if hook == APPLY_INGRESS {
         new_ingress(ctx, lab, iface, pkt, work)
     } else {
@@ -413,13 +413,17 @@ fn rewrite_icmp6_error(ctx: &TcContext, err: &Icmp6Error, entry: &Rewrite6) -> c
     let inner = &err.inner;
     let icmp_l4 = usize::from(err.l4);
     let outer = &err.addrs;
+    // The outer addresses enter the ICMPv6 checksum through its
+    // pseudo-header, the quoted ones as data.
+    let pseudo = L4Csum::of(IPPROTO_ICMPV6, icmp_l4);
+    let icmp = L4Csum::of_payload(icmp_l4);
     if outer.daddr == inner.saddr {
         csum::set_addr6(
             ctx,
             L3_OFF + IPV6_DADDR_OFF,
             &outer.daddr,
             &entry.daddr,
-            icmp_l4,
+            pseudo,
         )?;
     }
     if outer.saddr == inner.daddr {
@@ -428,30 +432,29 @@ fn rewrite_icmp6_error(ctx: &TcContext, err: &Icmp6Error, entry: &Rewrite6) -> c
             L3_OFF + IPV6_SADDR_OFF,
             &outer.saddr,
             &entry.saddr,
-            icmp_l4,
+            pseudo,
         )?;
     }
     let inner_l3 = err.inner_l3();
     let inner_l4 = usize::from(err.inner_l4);
-    csum::set_quoted_addr6(
+    csum::set_addr6(
         ctx,
         inner_l3 + IPV6_SADDR_OFF,
         &inner.saddr,
         &entry.daddr,
-        icmp_l4,
+        icmp,
     )?;
-    csum::set_quoted_addr6(
+    csum::set_addr6(
         ctx,
         inner_l3 + IPV6_DADDR_OFF,
         &inner.daddr,
         &entry.saddr,
-        icmp_l4,
+        icmp,
     )?;
     // The quoted L4 header's checksum covers the quoted addresses (its
     // pseudo-header) and ports: it moves by the same partial sum.
     let mut diff = csum::diff128(0, &inner.saddr, &entry.daddr);
     diff = csum::diff128(diff, &inner.daddr, &entry.saddr);
-    let icmp = L4Csum::of_payload(icmp_l4);
     if inner.proto == IPPROTO_ICMPV6 {
         let (old, new) = if err.inner_request {
             (inner.sport, entry.dport)

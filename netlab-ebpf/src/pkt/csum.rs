@@ -433,46 +433,23 @@ pub fn rewrite_tuple6(
     Ok(())
 }
 
-/// Replaces the IPv6 address at `offset` inside an ICMPv6 error's payload
-/// (the quoted header's), moving the error's own checksum at `icmp_l4`
-/// with it (as data: the quoted bytes are not its pseudo-header).
-#[inline(always)]
-pub fn set_quoted_addr6(
-    ctx: &TcContext,
-    offset: usize,
-    old: &[u32; 4],
-    new: &[u32; 4],
-    icmp_l4: usize,
-) -> Rewrite {
-    if old == new {
-        return Ok(());
-    }
-    let diff = diff128(0, old, new);
-    ctx.l4_csum_replace(icmp_l4 + ICMP_CSUM_OFF, 0, u64::from(diff), 0)
-        .map_err(|_| Stat::CsumL4Failed)?;
-    ctx.store(offset, new, 0).map_err(|_| Stat::WriteFailed)
-}
-
-/// Replaces the IPv6 address at `offset` of the outer header, moving the
-/// ICMPv6 checksum at `icmp_l4` by it (its pseudo-header).
+/// Replaces the IPv6 address at `offset` (no-op when unchanged), moving
+/// the checksum `csum` by it: through its pseudo-header for the outer
+/// header's addresses (`L4Csum::of`), as data for a quoted header's
+/// (`L4Csum::of_payload`). IPv6 has no header checksum of its own.
 #[inline(always)]
 pub fn set_addr6(
     ctx: &TcContext,
     offset: usize,
     old: &[u32; 4],
     new: &[u32; 4],
-    icmp_l4: usize,
+    csum: L4Csum,
 ) -> Rewrite {
     if old == new {
         return Ok(());
     }
     let diff = diff128(0, old, new);
-    ctx.l4_csum_replace(
-        icmp_l4 + ICMP_CSUM_OFF,
-        0,
-        u64::from(diff),
-        u64::from(BPF_F_PSEUDO_HDR),
-    )
-    .map_err(|_| Stat::CsumL4Failed)?;
+    ctx.l4_csum_replace(csum.offset, 0, u64::from(diff), csum.flags)
+        .map_err(|_| Stat::CsumL4Failed)?;
     ctx.store(offset, new, 0).map_err(|_| Stat::WriteFailed)
 }

@@ -73,11 +73,7 @@ pub fn check(topo: &Topology) -> Result<()> {
 pub fn load(topo: &Topology, early: EarlyLoader) -> Result<()> {
     let sizes = ebpf::loader::Sizes {
         conntrack: topo.nat.conntrack_size,
-        conntrack6: if topo.internal_subnets6().is_empty() {
-            1
-        } else {
-            topo.nat.conntrack_size
-        },
+        conntrack6: conntrack6_size(topo),
         iface_slots: ebpf::config::iface_slots(topo),
     };
     ebpf::loader::load(
@@ -87,6 +83,16 @@ pub fn load(topo: &Topology, early: EarlyLoader) -> Result<()> {
         topo.nat.entry,
         early,
     )
+}
+
+/// Flows each IPv6 conntrack table holds: `nat.conntrack_size` for a lab
+/// with IPv6 subnets, one otherwise (see `ebpf::loader::Sizes`).
+fn conntrack6_size(topo: &Topology) -> u32 {
+    if topo.internal_subnets6().is_empty() {
+        1
+    } else {
+        topo.nat.conntrack_size
+    }
 }
 
 /// Runs the programs the topology's datapath wants where it wants them
@@ -364,5 +370,26 @@ impl<'a> Running<'a> {
                 iptables::cut_flows(topo, old)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology;
+
+    /// An IPv4 lab keeps no room for IPv6 flows (the tables are
+    /// preallocated); a dual-stack lab gets the configured size.
+    #[test]
+    fn ipv6_conntrack_is_sized_by_the_lab_s_ipv6() {
+        let v4 = topology::default_lab().unwrap();
+        assert_eq!(conntrack6_size(&v4), 1);
+        let dual = topology::parse(
+            topology::DEFAULT_LAB_DUAL_STACK,
+            topology::DEFAULT_LAB_DUAL_STACK_ORIGIN,
+        )
+        .unwrap();
+        assert_eq!(conntrack6_size(&dual), dual.nat.conntrack_size);
+        assert!(dual.nat.conntrack_size > 1);
     }
 }
