@@ -206,12 +206,13 @@ pub const WALKTHROUGH_TOOLS: &[Prerequisite] = &[
 ];
 
 /// What `cargo xtask bench` drives inside its sandbox: `unshare` and
-/// `taskset` (util-linux), `ip`, both iptables backends, `ethtool` for
-/// offloads, `conntrack -F` between runs, and iperf3 for the bulk
-/// cross-check.
+/// `taskset` (util-linux), `ip`, `ping -f` (the programs' cost under
+/// ICMP echo), both iptables backends, `ethtool` for offloads,
+/// `conntrack -F` between runs, and iperf3 for the bulk cross-check.
 pub const BENCH_TOOLS: &[Prerequisite] = &[
     deb!("util-linux"),
     deb!("iproute2"),
+    deb!("iputils-ping"),
     deb!("iptables"),
     deb!("ethtool"),
     deb!("conntrack"),
