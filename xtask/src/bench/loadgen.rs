@@ -37,13 +37,19 @@ impl Drop for Spawned {
     }
 }
 
-/// The server in `ns` on [`SERVER_PORT`], pinned to [`SERVER_CPU`], for at
-/// most `lifetime` seconds.
+/// The server in `ns` on [`SERVER_PORT`] of every IPv4 address, pinned to
+/// [`SERVER_CPU`], for at most `lifetime` seconds.
 pub fn serve(loadgen: &Path, ns: &str, lifetime: u64) -> Result<Spawned> {
+    serve_on(loadgen, ns, "0.0.0.0", lifetime)
+}
+
+/// The same on `bind` only (an IPv6 address of `ns`, for the IPv6 paths).
+pub fn serve_on(loadgen: &Path, ns: &str, bind: &str, lifetime: u64) -> Result<Spawned> {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns])
         .arg(loadgen)
         .args(["serve", "--port", &SERVER_PORT.to_string()])
+        .args(["--bind", bind])
         .args(["--seconds", &lifetime.to_string()])
         .args(["--cpu", &SERVER_CPU.to_string()])
         .stdin(Stdio::null())

@@ -37,6 +37,9 @@ use super::{
 /// The lab every datapath builds: netlab's default lab, with more published
 /// ports (see `topology`).
 const DEFAULT_LAB: &str = netlab::topology::DEFAULT_LAB;
+/// The lab of the IPv6 paths: the dual-stack default lab (`up
+/// --dual-stack`), whose IPv4 part is the default lab's.
+const DUAL_STACK_LAB: &str = netlab::topology::DEFAULT_LAB_DUAL_STACK;
 const DEFAULT_PUBLISH: &str = "publish = [\"8080:80/tcp\"]";
 /// The ports the traffic uses, published after the fillers: last in any list.
 const USED_PORTS: [&str; 3] = ["8080:80/tcp", "8080:80/udp", "5201:5201/tcp"];
@@ -52,6 +55,11 @@ const DIRECT_CLIENT_NS: &str = "nlb-direct-a";
 const DIRECT_SERVER_NS: &str = "nlb-direct-b";
 const DIRECT_CLIENT: &str = "198.19.0.1";
 const DIRECT_SERVER: &str = "198.19.0.2";
+const DIRECT_CLIENT6: &str = "fd00:19::1";
+const DIRECT_SERVER6: &str = "fd00:19::2";
+/// The IPv6 servers of the dual-stack lab (a server binds one address).
+const BLUE6: &str = "fd00:15::2";
+const OUTSIDE6: &str = "2001:2::2";
 
 /// What the outer xtask asks the sandboxed one to do.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -106,6 +114,30 @@ fn route(path: TrafficPath) -> Route {
             target: "198.19.0.2:80",
             seen_as: DIRECT_CLIENT,
         },
+        TrafficPath::Dnat6 => Route {
+            path,
+            client_ns: "outside",
+            target: "[2001:2::1]:8080",
+            seen_as: OUTSIDE6,
+        },
+        TrafficPath::Masquerade6 => Route {
+            path,
+            client_ns: "red",
+            target: "[2001:2::2]:80",
+            seen_as: "2001:2::1",
+        },
+        TrafficPath::EastWest6 => Route {
+            path,
+            client_ns: "red",
+            target: "[fd00:15::2]:80",
+            seen_as: "fd00:15::1",
+        },
+        TrafficPath::Direct6 => Route {
+            path,
+            client_ns: DIRECT_CLIENT_NS,
+            target: "[fd00:19::2]:80",
+            seen_as: DIRECT_CLIENT6,
+        },
     }
 }
 
@@ -133,9 +165,10 @@ const HOST_CONNTRACK_RULE: [&str; 10] = [
     "MASQUERADE",
 ];
 
-/// The default lab with `ports` published ports: fillers first, then the
-/// ones the traffic uses, so a linear rule list walks all the fillers.
-pub fn topology(ports: u32) -> Result<String> {
+/// `lab` (the default lab or its dual-stack twin) with `ports` published
+/// ports: fillers first, then the ones the traffic uses, so a linear rule
+/// list walks all the fillers.
+fn topology_of(lab: &str, ports: u32) -> Result<String> {
     let fillers = ports.saturating_sub(USED_PORTS.len() as u32);
     let mut list: Vec<String> = (FILLER_BASE..)
         .filter(|p| *p != 8080 && *p != u32::from(IPERF_PORT))
@@ -143,10 +176,10 @@ pub fn topology(ports: u32) -> Result<String> {
         .map(|p| format!("\"{p}:80/tcp\""))
         .collect();
     list.extend(USED_PORTS.iter().map(|p| format!("\"{p}\"")));
-    if DEFAULT_LAB.matches(DEFAULT_PUBLISH).count() != 1 {
+    if lab.matches(DEFAULT_PUBLISH).count() != 1 {
         bail!("netlab's default lab no longer has the line `{DEFAULT_PUBLISH}` the bench extends");
     }
-    Ok(DEFAULT_LAB.replace(DEFAULT_PUBLISH, &format!("publish = [{}]", list.join(", "))))
+    Ok(lab.replace(DEFAULT_PUBLISH, &format!("publish = [{}]", list.join(", "))))
 }
 
 /// Runs the plan; called inside the sandbox.
@@ -179,9 +212,9 @@ fn setup_sandbox() -> Result<()> {
         "netns",
         DIRECT_SERVER_NS,
     ])?;
-    for (ns, dev, addr) in [
-        (DIRECT_CLIENT_NS, "d-a", DIRECT_CLIENT),
-        (DIRECT_SERVER_NS, "d-b", DIRECT_SERVER),
+    for (ns, dev, addr, addr6) in [
+        (DIRECT_CLIENT_NS, "d-a", DIRECT_CLIENT, DIRECT_CLIENT6),
+        (DIRECT_SERVER_NS, "d-b", DIRECT_SERVER, DIRECT_SERVER6),
     ] {
         sh(&[
             "ip",
@@ -192,6 +225,18 @@ fn setup_sandbox() -> Result<()> {
             &format!("{addr}/24"),
             "dev",
             dev,
+        ])?;
+        // No duplicate address detection: usable at once, as netlab's.
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr6}/64"),
+            "dev",
+            dev,
+            "nodad",
         ])?;
         sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
     }
@@ -264,7 +309,13 @@ impl Bench {
                             Ok(())
                         }
                     } else {
-                        self.measure_lab(round, datapath, ports)
+                        self.measure_lab(round, datapath, ports).and_then(|()| {
+                            if i == 0 && datapath.ipv6_rows() {
+                                self.measure_lab6(round, datapath, ports)
+                            } else {
+                                Ok(())
+                            }
+                        })
                     };
                     match outcome {
                         Ok(()) => still.push(datapath),
@@ -298,28 +349,40 @@ impl Bench {
         }
     }
 
+    /// The limit of both families: the bare veth pair over IPv4, then
+    /// over IPv6.
     fn measure_direct(&mut self, round: usize) -> Result<()> {
-        let _server = loadgen::serve(&self.plan.loadgen, DIRECT_SERVER_NS, self.server_lifetime())?;
-        let route = route(TrafficPath::Direct);
-        self.wait_for_server(route.client_ns, route.target)?;
-        offloads(&direct_ifaces(), false)?;
-        let seen = whoami(&self.plan.loadgen, &route, false)?;
-        offloads(&direct_ifaces(), true)?;
-        if seen != route.seen_as {
-            bail!(
-                "direct veth: the server saw {seen}, expected {}",
-                route.seen_as
-            );
-        }
-        self.results.verifications.push(Verification {
-            round,
-            datapath: Datapath::Direct,
-            ports: 0,
-            checks: vec![format!("direct tcp: server saw {seen}")],
-        });
+        let lifetime = self.server_lifetime();
+        let _server = loadgen::serve(&self.plan.loadgen, DIRECT_SERVER_NS, lifetime)?;
+        let _server6 = loadgen::serve_on(
+            &self.plan.loadgen,
+            DIRECT_SERVER_NS,
+            DIRECT_SERVER6,
+            lifetime,
+        )?;
         loadgen::client_sysctls(DIRECT_CLIENT_NS)?;
-        for metric in TIMED_METRICS {
-            self.measure(round, Datapath::Direct, &route, metric, 0)?;
+        for path in [TrafficPath::Direct, TrafficPath::Direct6] {
+            let route = route(path);
+            self.wait_for_server(route.client_ns, route.target)?;
+            offloads(&direct_ifaces(), false)?;
+            let seen = whoami(&self.plan.loadgen, &route, false)?;
+            offloads(&direct_ifaces(), true)?;
+            if seen != route.seen_as {
+                bail!(
+                    "{}: the server saw {seen}, expected {}",
+                    path_id(path),
+                    route.seen_as
+                );
+            }
+            self.results.verifications.push(Verification {
+                round,
+                datapath: Datapath::Direct,
+                ports: 0,
+                checks: vec![format!("{} tcp: server saw {seen}", path_id(path))],
+            });
+            for metric in TIMED_METRICS {
+                self.measure(round, Datapath::Direct, &route, metric, 0)?;
+            }
         }
         Ok(())
     }
@@ -337,41 +400,7 @@ impl Bench {
         if datapath.host_conntrack() {
             sh(&HOST_CONNTRACK_RULE)?;
         }
-        // Written every time: a file left by an earlier run may describe
-        // another lab (an older default, say).
-        let file = self.plan.work_dir.join(format!("lab-{ports}.toml"));
-        fs::write(&file, topology(ports)?)
-            .with_context(|| format!("writing {}", file.display()))?;
-        let (name, backend) = datapath.netlab_args().context("not a netlab datapath")?;
-        self.progress(
-            round,
-            &format!("{} with {ports} ports: netlab up", datapath.label()),
-        );
-        let mut up = Command::new(&self.plan.netlab);
-        up.args(["up", "-f"]).arg(&file).args(["--datapath", name]);
-        if datapath.xdp_entry() {
-            up.args(["--entry", "xdp"]);
-        }
-        if let Some(backend) = backend {
-            up.env("NETLAB_IPTABLES", backend);
-        }
-        let begun = Instant::now();
-        let outcome = output(&mut up);
-        let install_ms = begun.elapsed().as_secs_f64() * 1e3;
-        let lab = Lab {
-            netlab: self.plan.netlab.clone(),
-        };
-        if let Err(err) = outcome {
-            drop(lab);
-            if matches!(
-                datapath,
-                Datapath::Redirect | Datapath::RedirectHostCt | Datapath::RedirectXdp
-            ) || datapath.xdp_entry()
-            {
-                return Err(err.context(Unavailable));
-            }
-            return Err(err);
-        }
+        let (lab, install_ms) = self.bring_up(round, datapath, ports, DEFAULT_LAB)?;
         self.push(Sample {
             round,
             warmup: round < self.plan.warmup_rounds,
@@ -395,7 +424,7 @@ impl Bench {
         self.wait_for_server("red", "192.168.15.2:80")?;
         self.wait_for_server("outside", "198.18.0.2:80")?;
 
-        let verification = self.verify(round, datapath, ports)?;
+        let verification = self.verify(round, datapath, ports, TrafficPath::LAB)?;
         self.progress(
             round,
             &format!(
@@ -436,6 +465,98 @@ impl Bench {
         Ok(())
     }
 
+    /// The IPv6 rows: the dual-stack lab with the same published ports, and
+    /// its three paths over IPv6 (the timed metrics and the programs'
+    /// cost; bulk's iperf3 cross-check, the dropped flood and the port
+    /// edits are IPv4's only).
+    fn measure_lab6(&mut self, round: usize, datapath: Datapath, ports: u32) -> Result<()> {
+        sandbox::fresh_host_namespace()?;
+        let (lab, _) = self.bring_up(round, datapath, ports, DUAL_STACK_LAB)?;
+        for ns in ["outside", "red"] {
+            loadgen::client_sysctls(ns)?;
+        }
+        let lifetime = self.server_lifetime();
+        let _blue = loadgen::serve_on(&self.plan.loadgen, "blue", BLUE6, lifetime)?;
+        let _outside = loadgen::serve_on(&self.plan.loadgen, "outside", OUTSIDE6, lifetime)?;
+        self.wait_for_server("red", &format!("[{BLUE6}]:80"))?;
+        self.wait_for_server("outside", &format!("[{OUTSIDE6}]:80"))?;
+        let verification = self.verify(round, datapath, ports, TrafficPath::LAB6)?;
+        self.progress(
+            round,
+            &format!(
+                "{} verified over IPv6: {}",
+                datapath.label(),
+                verification.checks.join("; ")
+            ),
+        );
+        self.results.verifications.push(verification);
+        for path in TrafficPath::LAB6 {
+            let route = route(path);
+            for metric in TIMED_METRICS {
+                self.measure(round, datapath, &route, metric, ports)?;
+            }
+            if datapath.is_ebpf() {
+                for load in ProgramLoad::ALL {
+                    self.program_costs(round, datapath, &route, load)?;
+                }
+            }
+        }
+        drop(lab);
+        Ok(())
+    }
+
+    /// `netlab up` of `lab` with `ports` published ports on `datapath`: the
+    /// lab's owner, and how long `up` took (ms).
+    fn bring_up(
+        &self,
+        round: usize,
+        datapath: Datapath,
+        ports: u32,
+        lab: &str,
+    ) -> Result<(Lab, f64)> {
+        // Written every time: a file left by an earlier run may describe
+        // another lab (an older default, say).
+        let stack = if lab == DUAL_STACK_LAB { "-dual" } else { "" };
+        let file = self.plan.work_dir.join(format!("lab{stack}-{ports}.toml"));
+        fs::write(&file, topology_of(lab, ports)?)
+            .with_context(|| format!("writing {}", file.display()))?;
+        let (name, backend) = datapath.netlab_args().context("not a netlab datapath")?;
+        self.progress(
+            round,
+            &format!(
+                "{} with {ports} ports: netlab up {}",
+                datapath.label(),
+                file.display()
+            ),
+        );
+        let mut up = Command::new(&self.plan.netlab);
+        up.args(["up", "-f"]).arg(&file).args(["--datapath", name]);
+        if datapath.xdp_entry() {
+            up.args(["--entry", "xdp"]);
+        }
+        if let Some(backend) = backend {
+            up.env("NETLAB_IPTABLES", backend);
+        }
+        let begun = Instant::now();
+        let outcome = output(&mut up);
+        let install_ms = begun.elapsed().as_secs_f64() * 1e3;
+        let lab = Lab {
+            netlab: self.plan.netlab.clone(),
+        };
+        if let Err(err) = outcome {
+            drop(lab);
+            if matches!(
+                datapath,
+                Datapath::Redirect | Datapath::RedirectHostCt | Datapath::RedirectXdp
+            ) || datapath.xdp_entry()
+            {
+                return Err(err.context(Unavailable));
+            }
+            return Err(err);
+        }
+        Ok((lab, install_ms))
+    }
+
     fn wait_for_server(&self, client_ns: &str, target: &str) -> Result<()> {
         loadgen::wait_for_server(&self.plan.loadgen, client_ns, target)
     }
@@ -445,16 +566,26 @@ impl Bench {
     /// moved (netlab's NAT counters; the iptables rules' packet counters in
     /// the expected backend). Done with checksum offload off, so a wrong L4
     /// checksum after NAT fails here instead of "working".
-    fn verify(&self, round: usize, datapath: Datapath, ports: u32) -> Result<Verification> {
+    /// `paths` are the lab's three of one family (DNAT, masquerade,
+    /// east-west).
+    fn verify(
+        &self,
+        round: usize,
+        datapath: Datapath,
+        ports: u32,
+        paths: [TrafficPath; 3],
+    ) -> Result<Verification> {
+        let ipv6 = paths[0].is_ipv6();
         offloads(&lab_ifaces(), false)?;
-        let before = self.counters(datapath)?;
+        let before = self.counters(datapath, ipv6)?;
         let mut checks = Vec::new();
+        let [dnat, masquerade, east_west] = paths;
         for (path, udp) in [
-            (TrafficPath::Dnat, false),
-            (TrafficPath::Dnat, true),
-            (TrafficPath::Masquerade, false),
-            (TrafficPath::Masquerade, true),
-            (TrafficPath::EastWest, false),
+            (dnat, false),
+            (dnat, true),
+            (masquerade, false),
+            (masquerade, true),
+            (east_west, false),
         ] {
             let route = route(path);
             let seen = whoami(&self.plan.loadgen, &route, udp)?;
@@ -470,7 +601,7 @@ impl Bench {
             }
             checks.push(format!("{} {proto}: server saw {seen}", path_id(path)));
         }
-        let after = self.counters(datapath)?;
+        let after = self.counters(datapath, ipv6)?;
         let dnat = after.dnat.saturating_sub(before.dnat);
         let snat = after.snat.saturating_sub(before.snat);
         if dnat < 2 || snat < 2 {
@@ -482,10 +613,14 @@ impl Bench {
             );
         }
         checks.push(format!("{} DNAT +{dnat}, SNAT +{snat}", after.source));
-        if matches!(
-            datapath,
-            Datapath::Redirect | Datapath::RedirectHostCt | Datapath::RedirectXdp
-        ) {
+        // IPv6 has no peer redirects yet: the kernel routes and bridges it
+        // on `redirect` as on `bridge`, behind the same NAT66.
+        if !ipv6
+            && matches!(
+                datapath,
+                Datapath::Redirect | Datapath::RedirectHostCt | Datapath::RedirectXdp
+            )
+        {
             // Each probe's packets must be redirected, not left to the
             // bridge and the host stack (a silent fallback to `bridge`).
             let redirected = after.redirected.saturating_sub(before.redirected);
@@ -526,7 +661,9 @@ impl Bench {
         })
     }
 
-    fn counters(&self, datapath: Datapath) -> Result<Counters> {
+    /// The datapath's DNAT and SNAT counts: netlab's counters (both
+    /// families), or the rule counters of iptables (`ipv6`: ip6tables).
+    fn counters(&self, datapath: Datapath, ipv6: bool) -> Result<Counters> {
         let status = output(Command::new(&self.plan.netlab).args(["status", "--json"]))?;
         let status: LabStatus =
             serde_json::from_str(&status).context("parsing `netlab status --json`")?;
@@ -539,10 +676,11 @@ impl Bench {
         }
         match datapath {
             Datapath::IptablesNft | Datapath::IptablesLegacy => {
-                let tool = if datapath == Datapath::IptablesNft {
-                    "iptables-nft"
-                } else {
-                    "iptables-legacy"
+                let tool = match (datapath == Datapath::IptablesNft, ipv6) {
+                    (true, false) => "iptables-nft",
+                    (false, false) => "iptables-legacy",
+                    (true, true) => "ip6tables-nft",
+                    (false, true) => "ip6tables-legacy",
                 };
                 let chain_packets = |chain: &str| -> Result<u64> {
                     let listing = output(
@@ -848,9 +986,13 @@ impl Bench {
                     .args(["--cpu", &CLIENT_CPU.to_string()]);
             }
             ProgramLoad::Ping => {
-                let host = route.target.split(':').next().unwrap_or(route.target);
+                let target: std::net::SocketAddr = route
+                    .target
+                    .parse()
+                    .with_context(|| format!("the target {}", route.target))?;
+                let host = target.ip().to_string();
                 // Bounded in count and time: `-c` packets, `-w` seconds.
-                cmd.args(["ping", "-q", "-f", "-c", "20000", "-w", "5", host]);
+                cmd.args(["ping", "-q", "-f", "-c", "20000", "-w", "5", &host]);
             }
         }
         let (before, after) = {
@@ -962,6 +1104,10 @@ fn path_id(path: TrafficPath) -> &'static str {
         TrafficPath::Masquerade => "masquerade",
         TrafficPath::EastWest => "east-west",
         TrafficPath::Direct => "direct",
+        TrafficPath::Dnat6 => "dnat6",
+        TrafficPath::Masquerade6 => "masquerade6",
+        TrafficPath::EastWest6 => "east-west6",
+        TrafficPath::Direct6 => "direct6",
     }
 }
 
@@ -1067,6 +1213,20 @@ fn meta(plan: &Plan) -> Result<Meta> {
         " Paths other than DNAT are measured at N = {} only.",
         plan.port_counts[0]
     );
+    notes.push(format!(
+        "IPv6 rows: the dual-stack default lab (`netlab up --dual-stack`'s topology, the \
+         same N = {} published ports), brought up after the IPv4 lab in every round for {}; \
+         `iptables` is ip6tables there (NAT66 as Docker's ip6tables rules), and `redirect` \
+         routes and bridges IPv6 through the kernel (no peer redirects for IPv6 yet) behind \
+         the same NAT66 as `bridge`. The IPv6 limit is the bare veth pair over IPv6.",
+        plan.port_counts[0],
+        plan.datapaths
+            .iter()
+            .filter(|d| d.ipv6_rows())
+            .map(|d| d.label())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     Ok(Meta {
         mode: if plan.quick { "quick" } else { "full" }.to_owned(),
         started_unix: SystemTime::now()
@@ -1105,7 +1265,7 @@ mod tests {
 
     #[test]
     fn used_ports_come_last_after_the_fillers() {
-        let text = topology(1000).unwrap_or_default();
+        let text = topology_of(DEFAULT_LAB, 1000).unwrap_or_default();
         let line = text
             .lines()
             .find(|l| l.starts_with("publish = "))
@@ -1126,12 +1286,16 @@ mod tests {
                 .iter()
                 .any(|p| p.starts_with("\"8080:") || p.starts_with("\"5201:"))
         );
-        let one = topology(1).unwrap_or_default();
+        let one = topology_of(DEFAULT_LAB, 1).unwrap_or_default();
         assert!(one.contains("publish = [\"8080:80/tcp\", \"8080:80/udp\", \"5201:5201/tcp\"]"));
         // The largest sweep stays below the masquerade port range.
-        let most = topology(30_000).unwrap_or_default();
+        let most = topology_of(DEFAULT_LAB, 30_000).unwrap_or_default();
         assert!(!most.contains("\"32768:"));
         assert!(!most.contains(&format!("\"{EDIT_PORT}:")));
+        // The IPv6 rows' lab: the dual-stack twin, the same ports.
+        let dual = topology_of(DUAL_STACK_LAB, 1).unwrap_or_default();
+        assert!(dual.contains("publish = [\"8080:80/tcp\", \"8080:80/udp\", \"5201:5201/tcp\"]"));
+        assert!(dual.contains("fd00:15::/64"));
     }
 
     #[test]

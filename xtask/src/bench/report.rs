@@ -65,7 +65,7 @@ pub fn markdown(results: &Results) -> String {
         .collect();
     let base_ports = meta.port_counts.first().copied().unwrap_or(1);
 
-    for path in TrafficPath::LAB {
+    for path in results.lab_paths() {
         let _ = writeln!(
             out,
             "### {} ({} published port(s))\n",
@@ -104,7 +104,7 @@ pub fn markdown(results: &Results) -> String {
                 .iter()
                 .map(|&d| {
                     let (series_path, ports) = if d == Datapath::Direct {
-                        (TrafficPath::Direct, 0)
+                        (path.direct(), 0)
                     } else {
                         (path, base_ports)
                     };
@@ -184,7 +184,7 @@ fn cpu_median(
     metric: Metric,
 ) -> Option<f64> {
     let (path, ports) = if datapath == Datapath::Direct {
-        (TrafficPath::Direct, 0)
+        (path.direct(), 0)
     } else {
         (path, results.meta.port_counts.first().copied().unwrap_or(1))
     };
@@ -219,10 +219,10 @@ fn overhead(results: &Results) -> String {
             "µs per connection"
         };
         let scale = if metric == Metric::Udp { 1000.0 } else { 1.0 };
-        let Some(limit) = cpu_median(results, Datapath::Direct, TrafficPath::Direct, metric) else {
-            continue;
-        };
-        for path in TrafficPath::LAB {
+        for path in results.lab_paths() {
+            let Some(limit) = cpu_median(results, Datapath::Direct, path, metric) else {
+                continue;
+            };
             let reference = cpu_median(results, REFERENCE, path, metric).map(|c| c - limit);
             let cells: Vec<String> = datapaths
                 .iter()
@@ -321,7 +321,7 @@ fn program_costs(results: &Results) -> String {
     );
     header(&mut out, "program, path, load", &ebpf);
     for (load, load_label) in [("udp", "UDP flood"), ("ping", "ping -f"), ("rr", "TCP rr")] {
-        for path in TrafficPath::LAB {
+        for path in results.lab_paths() {
             for program in super::progcost::PROGRAMS {
                 let cells: Vec<String> = ebpf
                     .iter()
@@ -375,6 +375,10 @@ fn path_id(path: TrafficPath) -> &'static str {
         TrafficPath::Masquerade => "red → outside",
         TrafficPath::EastWest => "red → blue",
         TrafficPath::Direct => "direct",
+        TrafficPath::Dnat6 => "outside → published port, IPv6",
+        TrafficPath::Masquerade6 => "red → outside, IPv6",
+        TrafficPath::EastWest6 => "red → blue, IPv6",
+        TrafficPath::Direct6 => "direct, IPv6",
     }
 }
 
@@ -428,7 +432,7 @@ fn cell(
 
 /// The direct pair's series (no ports) against the reference on `path`.
 fn direct_cell(results: &Results, path: TrafficPath, metric: Metric, base_ports: u32) -> String {
-    let series = results.series(Datapath::Direct, TrafficPath::Direct, metric, 0);
+    let series = results.series(Datapath::Direct, path.direct(), metric, 0);
     let values: Vec<f64> = series.iter().map(|(_, v)| *v).collect();
     let Some(s) = summarize(&values) else {
         return "–".to_owned();
@@ -474,7 +478,7 @@ fn targets(results: &Results) -> String {
     let met = |ok: bool| if ok { "met" } else { "not met" };
     let versus = |a: Datapath, b: Datapath, path: TrafficPath, metric: Metric| {
         let (b_path, b_ports) = if b == Datapath::Direct {
-            (TrafficPath::Direct, 0)
+            (path.direct(), 0)
         } else {
             (path, base)
         };
@@ -496,9 +500,10 @@ fn targets(results: &Results) -> String {
             continue;
         }
         for metric in SATURATING {
-            let ratios: Vec<(TrafficPath, Option<f64>)> = TrafficPath::LAB
-                .iter()
-                .map(|&p| (p, versus(netlab, against, p, metric)))
+            let ratios: Vec<(TrafficPath, Option<f64>)> = results
+                .lab_paths()
+                .into_iter()
+                .map(|p| (p, versus(netlab, against, p, metric)))
                 .collect();
             let ok = ratios.iter().all(|(_, r)| r.is_some_and(|r| r >= floor));
             let figures: Vec<String> = ratios
@@ -520,7 +525,7 @@ fn targets(results: &Results) -> String {
         if d == REFERENCE || d == Datapath::Direct || d == Datapath::IptablesLegacy {
             continue;
         }
-        for path in TrafficPath::LAB {
+        for path in results.lab_paths() {
             for metric in RATE_METRICS {
                 if let Some(r) = versus(d, REFERENCE, path, metric)
                     && r < 1.0
@@ -550,7 +555,7 @@ fn targets(results: &Results) -> String {
             .iter()
             .filter(|d| d.is_ebpf() && !d.host_conntrack())
         {
-            for path in TrafficPath::LAB {
+            for path in results.lab_paths() {
                 for program in super::progcost::PROGRAMS {
                     if let Some(s) = program_cost(results, d, path, load, program)
                         && worst.as_ref().is_none_or(|(w, _)| s.median > *w)
@@ -577,18 +582,17 @@ fn targets(results: &Results) -> String {
             if !datapaths.contains(&d) {
                 continue;
             }
-            let Some(limit) =
-                cpu_median(results, Datapath::Direct, TrafficPath::Direct, Metric::Udp)
-            else {
-                continue;
-            };
             let share = |p: TrafficPath| {
+                let limit = cpu_median(results, Datapath::Direct, p, Metric::Udp)?;
                 let ours = cpu_median(results, d, p, Metric::Udp)? - limit;
                 let theirs = cpu_median(results, REFERENCE, p, Metric::Udp)? - limit;
                 (theirs > 0.0).then_some(ours / theirs)
             };
-            let shares: Vec<(TrafficPath, Option<f64>)> =
-                TrafficPath::LAB.iter().map(|&p| (p, share(p))).collect();
+            let shares: Vec<(TrafficPath, Option<f64>)> = results
+                .lab_paths()
+                .into_iter()
+                .map(|p| (p, share(p)))
+                .collect();
             let ok = shares.iter().all(|(_, r)| r.is_some_and(|r| r <= 0.5));
             let figures: Vec<String> = shares
                 .iter()
@@ -773,6 +777,35 @@ pub(super) mod tests {
             md.contains("No netlab datapath below 1.0× iptables (nft) on any metric: met."),
             "{md}"
         );
+    }
+
+    #[test]
+    fn ipv6_rows_show_when_measured_against_the_ipv6_limit() {
+        let mut results = results();
+        assert!(!markdown(&results).contains("### IPv6"));
+        for round in [1, 2] {
+            for (datapath, path, ports, value) in [
+                (Datapath::IptablesNft, TrafficPath::Dnat6, 1, 1000.0),
+                (Datapath::Bridge, TrafficPath::Dnat6, 1, 2000.0),
+                (Datapath::Direct, TrafficPath::Direct6, 0, 4000.0),
+            ] {
+                results
+                    .samples
+                    .push(sample(round, datapath, path, Metric::Udp, ports, value));
+            }
+        }
+        let md = markdown(&results);
+        let section = md
+            .split("### IPv6: outside → published port")
+            .nth(1)
+            .unwrap_or_default();
+        // The IPv6 limit is the IPv6 pair's 4000, not IPv4's.
+        assert!(
+            section
+                .contains("| 1000 (1000–1000) | 2000 (2000–2000) ×2.00 | 4000 (4000–4000) ×4.00 |"),
+            "{md}"
+        );
+        assert!(md.contains("outside → published port, IPv6 2.00×"), "{md}");
     }
 
     #[test]

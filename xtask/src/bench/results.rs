@@ -58,6 +58,19 @@ impl Datapath {
         )
     }
 
+    /// Whether the bench measures this datapath over IPv6 too (the
+    /// dual-stack lab): the plain datapaths, not their host-conntrack or
+    /// XDP-entry variants.
+    pub fn ipv6_rows(self) -> bool {
+        matches!(
+            self,
+            Datapath::IptablesNft
+                | Datapath::IptablesLegacy
+                | Datapath::Bridge
+                | Datapath::Redirect
+        )
+    }
+
     /// Whether the world enters through the XDP entry (`--entry xdp`).
     pub fn xdp_entry(self) -> bool {
         matches!(self, Datapath::BridgeXdp | Datapath::RedirectXdp)
@@ -144,6 +157,15 @@ pub enum TrafficPath {
     EastWest,
     /// One namespace to the other over a bare veth pair (datapath `direct`).
     Direct,
+    /// The same four over IPv6, on the dual-stack default lab: outside →
+    /// [2001:2::1]:8080 → blue:80 (DNAT over IPv6).
+    Dnat6,
+    /// red → 2001:2::2 (NAT66 behind 2001:2::1).
+    Masquerade6,
+    /// red → blue over the bridge, fd00:15::/64.
+    EastWest6,
+    /// The bare veth pair over IPv6 (fd00:19::/64).
+    Direct6,
 }
 
 impl TrafficPath {
@@ -152,6 +174,38 @@ impl TrafficPath {
         TrafficPath::Masquerade,
         TrafficPath::EastWest,
     ];
+
+    /// The lab's paths over IPv6 (the dual-stack lab).
+    pub const LAB6: [TrafficPath; 3] = [
+        TrafficPath::Dnat6,
+        TrafficPath::Masquerade6,
+        TrafficPath::EastWest6,
+    ];
+
+    /// Every lab path, IPv4's then IPv6's.
+    pub fn lab() -> impl Iterator<Item = TrafficPath> {
+        Self::LAB.into_iter().chain(Self::LAB6)
+    }
+
+    pub fn is_ipv6(self) -> bool {
+        matches!(
+            self,
+            TrafficPath::Dnat6
+                | TrafficPath::Masquerade6
+                | TrafficPath::EastWest6
+                | TrafficPath::Direct6
+        )
+    }
+
+    /// The limit this path is compared with: the bare veth pair of its
+    /// family.
+    pub fn direct(self) -> TrafficPath {
+        if self.is_ipv6() {
+            TrafficPath::Direct6
+        } else {
+            TrafficPath::Direct
+        }
+    }
 
     pub fn label(self) -> &'static str {
         match self {
@@ -163,6 +217,14 @@ impl TrafficPath {
             }
             TrafficPath::EastWest => "namespace → namespace (red → blue, 192.168.15.0/24)",
             TrafficPath::Direct => "direct veth pair (198.19.0.1 → 198.19.0.2)",
+            TrafficPath::Dnat6 => {
+                "IPv6: outside → published port (DNAT: 2001:2::2 → [2001:2::1]:8080 → blue:80)"
+            }
+            TrafficPath::Masquerade6 => {
+                "IPv6: lab namespace → outside (NAT66: red → 2001:2::2, seen as 2001:2::1)"
+            }
+            TrafficPath::EastWest6 => "IPv6: namespace → namespace (red → blue, fd00:15::/64)",
+            TrafficPath::Direct6 => "IPv6: direct veth pair (fd00:19::1 → fd00:19::2)",
         }
     }
 }
@@ -341,6 +403,18 @@ impl Results {
         seen.sort();
         seen.dedup();
         seen
+    }
+
+    /// The lab paths a report shows: IPv4's always, IPv6's when the run
+    /// measured any (a run from before them has none).
+    pub fn lab_paths(&self) -> Vec<TrafficPath> {
+        let ipv6 = self
+            .samples
+            .iter()
+            .any(|s| s.path.is_ipv6() && s.datapath != Datapath::Direct);
+        TrafficPath::lab()
+            .filter(|p| ipv6 || !p.is_ipv6())
+            .collect()
     }
 
     /// (round, value) of the timed samples of one series.

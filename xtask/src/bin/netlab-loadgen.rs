@@ -5,9 +5,9 @@
 //! udp`), plus `whoami` (the source address the server sees, to verify NAT).
 //!
 //! Safety: it refuses to run in a namespace with any non-lab address (the
-//! host's), only targets the
-//! bench's lab ranges (192.168.15.0/24, 198.18.0.0/24, 198.19.0.0/24), and
-//! every run is bounded in time and in count; the server exits by itself.
+//! host's; IPv6 link-local ones aside), only targets the bench's lab
+//! ranges ([`LAB_SUBNETS`], IPv4 and IPv6), and every run is bounded in
+//! time and in count; the server exits by itself.
 //!
 //! The server handles TCP connections on a fixed pool of threads, each
 //! accepting and serving one connection after the other: no thread start
@@ -23,7 +23,10 @@
 use std::{
     fs,
     io::{self, Read as _, Write as _},
-    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener,
+        TcpStream, UdpSocket,
+    },
     path::{Path, PathBuf},
     process::ExitCode,
     thread,
@@ -58,10 +61,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve TCP and UDP on PORT for at most SECONDS, then exit.
+    /// Serve TCP and UDP on BIND:PORT for at most SECONDS, then exit.
     Serve {
         #[arg(long)]
         port: u16,
+        /// The address to listen on: 0.0.0.0 (every IPv4 address), or one
+        /// IPv6 address of the namespace for the IPv6 paths.
+        #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+        bind: IpAddr,
         #[arg(long)]
         seconds: u64,
         /// Pin to this CPU.
@@ -73,7 +80,7 @@ enum Command {
     Run {
         metric: Metric,
         #[arg(long)]
-        to: SocketAddrV4,
+        to: SocketAddr,
         #[arg(long)]
         seconds: f64,
         #[arg(long)]
@@ -84,7 +91,7 @@ enum Command {
     /// Print the source address the server at TO sees for this client.
     Whoami {
         #[arg(long)]
-        to: SocketAddrV4,
+        to: SocketAddr,
         #[arg(long)]
         udp: bool,
     },
@@ -163,9 +170,17 @@ fn main() -> ExitCode {
 fn execute(command: Command) -> Result<()> {
     refuse_init_netns()?;
     match command {
-        Command::Serve { port, seconds, cpu } => {
+        Command::Serve {
+            port,
+            bind,
+            seconds,
+            cpu,
+        } => {
             pin(cpu)?;
-            serve(port, Duration::from_secs(seconds).min(MAX_SERVE))
+            serve(
+                SocketAddr::new(bind, port),
+                Duration::from_secs(seconds).min(MAX_SERVE),
+            )
         }
         Command::Run {
             metric,
@@ -432,14 +447,15 @@ fn thread_cpu_seconds() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
-/// Load only ever runs inside the namespaces the bench made: every IPv4
-/// address of this namespace must be loopback or a lab address (the host's
-/// namespace has its real interfaces, e.g. eth0 in 192.0.2.0/24).
+/// Load only ever runs inside the namespaces the bench made: every address
+/// of this namespace must be loopback, IPv6 link-local or a lab address
+/// (the host's namespace has its real interfaces, e.g. eth0 in
+/// 192.0.2.0/24).
 fn refuse_init_netns() -> Result<()> {
-    let addrs = local_ipv4_addresses()?;
+    let addrs = local_addresses()?;
     if let Some(other) = addrs
         .iter()
-        .find(|a| !a.is_loopback() && !is_lab_address(**a))
+        .find(|a| !a.is_loopback() && !is_link_local(**a) && !is_lab_address(**a))
     {
         bail!(
             "refusing to run: this network namespace has {other}, which is not a bench lab \
@@ -449,7 +465,7 @@ fn refuse_init_netns() -> Result<()> {
     Ok(())
 }
 
-fn local_ipv4_addresses() -> Result<Vec<Ipv4Addr>> {
+fn local_addresses() -> Result<Vec<IpAddr>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a linked list we free below.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
@@ -459,12 +475,24 @@ fn local_ipv4_addresses() -> Result<Vec<Ipv4Addr>> {
     let mut cursor = list;
     while !cursor.is_null() {
         // SAFETY: `cursor` is a node of the list getifaddrs returned; an
-        // AF_INET ifa_addr points at a sockaddr_in.
+        // AF_INET ifa_addr points at a sockaddr_in, an AF_INET6 one at a
+        // sockaddr_in6.
         unsafe {
             let addr = (*cursor).ifa_addr;
-            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
-                let sin = addr.cast::<libc::sockaddr_in>();
-                addrs.push(Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr)));
+            if !addr.is_null() {
+                match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = addr.cast::<libc::sockaddr_in>();
+                        addrs.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            (*sin).sin_addr.s_addr,
+                        ))));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = addr.cast::<libc::sockaddr_in6>();
+                        addrs.push(IpAddr::V6(Ipv6Addr::from((*sin6).sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
             }
             cursor = (*cursor).ifa_next;
         }
@@ -479,19 +507,41 @@ fn local_ipv4_addresses() -> Result<Vec<Ipv4Addr>> {
 /// the bare veth pair, `bench cni`'s pods (netlab's node and the
 /// reference plugins') and the reference's uplink, and `bench services`'
 /// ClusterIPs.
-const LAB_SUBNETS: &str =
-    "192.168.15.0/24, 198.18.0.0/24, 198.19.0.0/23, 10.77.0.0/20, 10.88.0.0/20, 10.96.0.0/18";
+/// The dual-stack lab's (bench nat's IPv6 paths) and the bare veth pair's
+/// IPv6 subnets are the last three.
+const LAB_SUBNETS: &str = "192.168.15.0/24, 198.18.0.0/24, 198.19.0.0/23, 10.77.0.0/20, \
+     10.88.0.0/20, 10.96.0.0/18, fd00:15::/64, 2001:2::/64, fd00:19::/64";
 
-fn is_lab_address(addr: Ipv4Addr) -> bool {
-    let [a, b, c, _] = addr.octets();
-    matches!(
-        (a, b, c),
-        (192, 168, 15) | (198, 18, 0) | (198, 19, 0..=1) | (10, 77 | 88, 0..=15) | (10, 96, 0..=63)
-    )
+fn is_lab_address(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(addr) => {
+            let [a, b, c, _] = addr.octets();
+            matches!(
+                (a, b, c),
+                (192, 168, 15)
+                    | (198, 18, 0)
+                    | (198, 19, 0..=1)
+                    | (10, 77 | 88, 0..=15)
+                    | (10, 96, 0..=63)
+            )
+        }
+        IpAddr::V6(addr) => {
+            let s = addr.segments();
+            matches!(
+                (s[0], s[1], s[2], s[3]),
+                (0xfd00, 0x15 | 0x19, 0, 0) | (0x2001, 2, 0, 0)
+            )
+        }
+    }
 }
 
-fn check_target(to: SocketAddrV4) -> Result<()> {
-    if !is_lab_address(*to.ip()) {
+/// fe80::/10: every IPv6 interface has one; nothing routes it.
+fn is_link_local(addr: IpAddr) -> bool {
+    matches!(addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+fn check_target(to: SocketAddr) -> Result<()> {
+    if !is_lab_address(to.ip()) {
         bail!("{to} is not a lab address of the bench ({LAB_SUBNETS})");
     }
     Ok(())
@@ -533,18 +583,16 @@ fn parse_proc_stat(stat: &str) -> Option<(f64, f64)> {
     Some(((total - idle) / ticks, total / ticks))
 }
 
-fn serve(port: u16, lifetime: Duration) -> Result<()> {
-    let tcp = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
-        .with_context(|| format!("listening on TCP port {port}"))?;
-    let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
-        .with_context(|| format!("binding UDP port {port}"))?;
+fn serve(at: SocketAddr, lifetime: Duration) -> Result<()> {
+    let tcp = TcpListener::bind(at).with_context(|| format!("listening on TCP {at}"))?;
+    let udp = UdpSocket::bind(at).with_context(|| format!("binding UDP {at}"))?;
     // The watchdog: the server ends by itself however it is driven.
     thread::spawn(move || {
         thread::sleep(lifetime);
         std::process::exit(0);
     });
     thread::spawn(move || serve_udp(&udp));
-    eprintln!("netlab-loadgen: serving TCP and UDP port {port}");
+    eprintln!("netlab-loadgen: serving TCP and UDP {at}");
     let tcp = std::sync::Arc::new(tcp);
     let workers: Vec<_> = (0..SERVER_THREADS)
         .map(|_| {
@@ -649,7 +697,7 @@ fn count_flood(socket: &UdpSocket) -> u64 {
     // SAFETY: plain-data structs, zeroed, then pointed at live locals.
     let mut iov: [libc::iovec; SPIN_BATCH] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
-    let mut names: [libc::sockaddr_in; SPIN_BATCH] = unsafe { std::mem::zeroed() };
+    let mut names: [libc::sockaddr_storage; SPIN_BATCH] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let mut msgs: [libc::mmsghdr; SPIN_BATCH] = unsafe { std::mem::zeroed() };
     let mut spins: u32 = 0;
@@ -667,8 +715,9 @@ fn count_flood(socket: &UdpSocket) -> u64 {
             v.iov_len = b.len();
             m.msg_hdr.msg_iov = v;
             m.msg_hdr.msg_iovlen = 1;
-            m.msg_hdr.msg_name = (name as *mut libc::sockaddr_in).cast();
-            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            m.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+            m.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         }
         // SAFETY: `msgs` points at SPIN_BATCH valid headers, buffers and
         // names, which outlive the call.
@@ -691,10 +740,9 @@ fn count_flood(socket: &UdpSocket) -> u64 {
             .take(n as usize)
         {
             let data = &b[..(m.msg_len as usize).min(b.len())];
-            let peer = SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
-                u16::from_be(name.sin_port),
-            );
+            let Some(peer) = socket_addr(name) else {
+                continue;
+            };
             match data {
                 b"Q" => {
                     let _ = socket.send_to(&received.to_le_bytes(), peer);
@@ -713,8 +761,36 @@ fn count_flood(socket: &UdpSocket) -> u64 {
     }
 }
 
-fn connect(to: SocketAddrV4) -> Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&SocketAddr::V4(to), IO_TIMEOUT)
+/// The address `recvmmsg` wrote into `name`, for either family.
+fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(name.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: an AF_INET name is a sockaddr_in, which the storage
+            // is large and aligned enough to hold.
+            let sin =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn connect(to: SocketAddr) -> Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&to, IO_TIMEOUT)
         .with_context(|| format!("connecting to {to}"))?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -722,7 +798,7 @@ fn connect(to: SocketAddrV4) -> Result<TcpStream> {
     Ok(stream)
 }
 
-fn run(metric: Metric, to: SocketAddrV4, budget: Duration, max_count: u64) -> Result<Outcome> {
+fn run(metric: Metric, to: SocketAddr, budget: Duration, max_count: u64) -> Result<Outcome> {
     let (busy_before, _) = cpu_seconds()?;
     let start = Instant::now();
     let deadline = start + budget;
@@ -826,7 +902,7 @@ fn run(metric: Metric, to: SocketAddrV4, budget: Duration, max_count: u64) -> Re
 
 /// Sequential connections to `to` (connect, 1-byte exchange, close from
 /// this side), until `deadline` or `max_count`; how many completed.
-fn connections(to: SocketAddrV4, deadline: Instant, max_count: u64) -> Result<u64> {
+fn connections(to: SocketAddr, deadline: Instant, max_count: u64) -> Result<u64> {
     let mut n = 0;
     let mut byte = [0u8];
     while n < max_count && Instant::now() < deadline {
@@ -879,8 +955,13 @@ fn flood(socket: &UdpSocket, deadline: Instant, max_count: u64) -> u64 {
     sent
 }
 
-fn udp_socket(to: SocketAddrV4) -> Result<UdpSocket> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+fn udp_socket(to: SocketAddr) -> Result<UdpSocket> {
+    let any: IpAddr = if to.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = UdpSocket::bind((any, 0))?;
     socket.connect(to).with_context(|| format!("UDP to {to}"))?;
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     Ok(socket)
@@ -901,7 +982,7 @@ fn udp_ask(socket: &UdpSocket, question: &[u8]) -> Result<Vec<u8>> {
     )
 }
 
-fn whoami_tcp(to: SocketAddrV4) -> Result<String> {
+fn whoami_tcp(to: SocketAddr) -> Result<String> {
     let mut stream = connect(to)?;
     stream.write_all(b"W")?;
     let mut answer = String::new();
@@ -909,7 +990,7 @@ fn whoami_tcp(to: SocketAddrV4) -> Result<String> {
     Ok(answer.trim().to_owned())
 }
 
-fn whoami_udp(to: SocketAddrV4) -> Result<String> {
+fn whoami_udp(to: SocketAddr) -> Result<String> {
     let socket = udp_socket(to)?;
     let answer = udp_ask(&socket, b"W")?;
     Ok(String::from_utf8_lossy(&answer).trim().to_owned())
@@ -919,21 +1000,40 @@ fn whoami_udp(to: SocketAddrV4) -> Result<String> {
 mod tests {
     use super::*;
 
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    fn v6(s: &str) -> IpAddr {
+        s.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
     #[test]
     fn only_lab_ranges_are_targets() {
-        assert!(is_lab_address(Ipv4Addr::new(198, 18, 0, 1)));
-        assert!(is_lab_address(Ipv4Addr::new(192, 168, 15, 2)));
-        assert!(is_lab_address(Ipv4Addr::new(198, 19, 0, 2)));
-        assert!(!is_lab_address(Ipv4Addr::new(192, 0, 2, 1)));
-        assert!(!is_lab_address(Ipv4Addr::new(127, 0, 0, 1)));
-        assert!(!is_lab_address(Ipv4Addr::new(192, 168, 1, 1)));
+        assert!(is_lab_address(v4(198, 18, 0, 1)));
+        assert!(is_lab_address(v4(192, 168, 15, 2)));
+        assert!(is_lab_address(v4(198, 19, 0, 2)));
+        assert!(!is_lab_address(v4(192, 0, 2, 1)));
+        assert!(!is_lab_address(v4(127, 0, 0, 1)));
+        assert!(!is_lab_address(v4(192, 168, 1, 1)));
         // bench cni's pods and the reference's uplink; nothing around them.
-        assert!(is_lab_address(Ipv4Addr::new(10, 77, 15, 250)));
-        assert!(is_lab_address(Ipv4Addr::new(10, 88, 0, 2)));
-        assert!(is_lab_address(Ipv4Addr::new(198, 19, 1, 2)));
-        assert!(!is_lab_address(Ipv4Addr::new(10, 77, 16, 1)));
-        assert!(!is_lab_address(Ipv4Addr::new(10, 0, 0, 1)));
-        assert!(!is_lab_address(Ipv4Addr::new(198, 19, 2, 1)));
+        assert!(is_lab_address(v4(10, 77, 15, 250)));
+        assert!(is_lab_address(v4(10, 88, 0, 2)));
+        assert!(is_lab_address(v4(198, 19, 1, 2)));
+        assert!(!is_lab_address(v4(10, 77, 16, 1)));
+        assert!(!is_lab_address(v4(10, 0, 0, 1)));
+        assert!(!is_lab_address(v4(198, 19, 2, 1)));
+        // The dual-stack lab's IPv6 subnets and the bare pair's.
+        assert!(is_lab_address(v6("fd00:15::2")));
+        assert!(is_lab_address(v6("2001:2::1")));
+        assert!(is_lab_address(v6("fd00:19::2")));
+        assert!(!is_lab_address(v6("fd00:16::2")));
+        assert!(!is_lab_address(v6("2001:2:0:1::1")));
+        assert!(!is_lab_address(v6("2001:db8::1")));
+        assert!(!is_lab_address(v6("::1")));
+        assert!(is_link_local(v6("fe80::1")));
+        assert!(!is_link_local(v6("fd00:15::1")));
+        assert!(!is_link_local(v4(169, 254, 0, 1)));
     }
 
     #[test]
