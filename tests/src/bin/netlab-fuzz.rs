@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         println!("netlab-fuzz: self-check: the iptables reference twice, compared");
         fuzz::self_check(budget)
     } else {
-        fuzz::run(budget, fuzz::INTENDED)
+        fuzz::run(budget, &fuzz::accepted())
     };
     print!("{}", summary.report());
     if summary.clean() {

@@ -1355,6 +1355,7 @@ const NO_TCP_WINDOWS: &str = "nf_conntrack tracks TCP sequence windows: it finds
 /// containing `place_contains`, that contains `line_contains`, on the
 /// `side` given ("expected": the reference had it and the datapath did not;
 /// "got": the other way round; "": either).
+#[derive(Clone, Copy, Debug)]
 pub struct FuzzIntended {
     pub class: &'static str,
     pub place_contains: &'static str,
@@ -1364,8 +1365,8 @@ pub struct FuzzIntended {
 }
 
 /// Fuzz differences kept on purpose, with the reason; the CI run and the
-/// long run (`cargo xtask fuzz`) both use this list. Empty: every
-/// difference found is a bug to fix.
+/// long run (`cargo xtask fuzz`) both use this list (with [`KNOWN_GAPS`],
+/// see [`accepted`]). Every other difference found is a bug to fix.
 pub const INTENDED: &[FuzzIntended] = &[
     FuzzIntended {
         class: "broadcast and multicast",
@@ -1468,6 +1469,17 @@ pub const INTENDED: &[FuzzIntended] = &[
                  incremental update keeps a bad checksum bad, so the receiver drops it",
     },
     FuzzIntended {
+        class: "ipv6 malformed from red",
+        place_contains: "",
+        line_contains: "csum=BAD",
+        side: "got",
+        reason: "a payload length shorter than the packet: the kernel trims the packet to it \
+                 (ipv6_rcv) after the TC hook, so the segment's checksum no longer matches; \
+                 nf_conntrack verifies L4 checksums before NAT66 and drops it as INVALID, the \
+                 eBPF NAT66 (before the trim) translates it, its checksum kept bad, and the \
+                 receiver drops it (as IPv4's bad L4 checksums)",
+    },
+    FuzzIntended {
         class: "ipv6 multicast",
         place_contains: "@ red",
         line_contains: "pkt=",
@@ -1530,6 +1542,30 @@ pub const INTENDED: &[FuzzIntended] = &[
         reason: NO_TCP_WINDOWS,
     },
 ];
+
+/// Differences that are not by design: gaps the fuzzer found that are
+/// known and not fixed yet (README, "Not done yet for IPv6"). Kept apart
+/// from [`INTENDED`] so that they stay visible; [`accepted`] joins both
+/// for the CI run and the long run, and the report names each as a gap.
+pub const KNOWN_GAPS: &[FuzzIntended] = &[FuzzIntended {
+    class: "ipv6 extension headers",
+    place_contains: "@ red",
+    line_contains: "ipopts=",
+    side: "expected",
+    reason: "NOT DONE YET (a gap, not by design): NAT66 translates a packet with extension \
+             headers before L4, but not an ICMPv6 error quoting one (parse_icmp6_error does \
+             not walk a quoted chain: the quoted next header is not TCP/UDP/ICMPv6, so the \
+             error is unsupported and stays at the host); ip6tables translates it back to red. \
+             The lines: outside's errors about red's packets with hop-by-hop, destination \
+             options or routing headers, missing at red (a packet too big too: path MTU \
+             discovery fails for such flows)",
+}];
+
+/// [`INTENDED`] and [`KNOWN_GAPS`]: the differences a run does not count
+/// as findings.
+pub fn accepted() -> Vec<FuzzIntended> {
+    INTENDED.iter().chain(KNOWN_GAPS).copied().collect()
+}
 
 /// What a fuzz run found.
 #[derive(Debug, Default)]
@@ -1756,10 +1792,10 @@ fn run_lanes(
                 .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| {
                     if p.first().is_some_and(|b| b >> 4 == 6) {
                         <[u8; 16]>::try_from(p.get(8..24).unwrap_or_default())
-                            .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |a| IpAddr::from(a))
+                            .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), IpAddr::from)
                     } else {
                         <[u8; 4]>::try_from(p.get(12..16).unwrap_or_default())
-                            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| IpAddr::from(a))
+                            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::from)
                     }
                 });
             flows_of_batch
@@ -1829,6 +1865,37 @@ fn run_lanes(
         Some(if shared { REUSED_FLOW } else { probe.class })
     };
     let batch = budget.batch.max(1);
+    // The id of a probe-less IPv6 datagram ip6tables sent on (see below),
+    // to the class its flow tells: toward outside's UDP 9000 (the
+    // masquerade's fragments) or the published UDP port.
+    let first_foreign_id = |line: &str| -> Option<u16> {
+        line.split([' ', ']', '[', ':'])
+            .filter_map(|w| w.strip_prefix("id=0x").or_else(|| w.strip_prefix("P#")))
+            .filter_map(|id| u16::from_str_radix(id, 16).ok())
+            .find(|id| {
+                probes
+                    .get(usize::from(id.wrapping_sub(probe_id(0))))
+                    .is_none()
+            })
+    };
+    let mut foreign_ids: BTreeMap<u16, &'static str> = BTreeMap::new();
+    for record in records.values() {
+        for line in record.seen.values().flatten() {
+            if !line.contains("udp [") {
+                continue;
+            }
+            let class = if line.contains("[2001:2::2]:9000") {
+                "ipv6 fragments through masquerade"
+            } else if line.contains("[2001:2::1]:5353") || line.contains("[fd00:15::2]:53 ") {
+                "ipv6 fragments to a published port"
+            } else {
+                continue;
+            };
+            if let Some(id) = first_foreign_id(line) {
+                foreign_ids.insert(id, class);
+            }
+        }
+    }
     let response_class = |line: &str, place: &str| -> Option<&'static str> {
         let words: Vec<&str> = line
             .split([' ', ']', '['])
@@ -1841,18 +1908,14 @@ fn run_lanes(
         // datagram on in fragments of its own, with an identification of
         // its own: an IPv6 line naming an id no probe has (`id=0x..` or a
         // port `P#..` named after it) is that datagram or an answer to it,
-        // of the one class of IPv6 fragments sent lately.
-        let foreign_id = line
-            .split([' ', ']', '[', ':'])
-            .filter_map(|w| w.strip_prefix("id=0x").or_else(|| w.strip_prefix("P#")))
-            .filter_map(|id| u16::from_str_radix(id, 16).ok())
-            .any(|id| {
-                probes
-                    .get(usize::from(id.wrapping_sub(probe_id(0))))
-                    .is_none()
-            });
-        if foreign_id
-            && (line.contains("2001:2::") || line.contains("fd00:15::"))
+        // of the class its flow tells (`foreign_ids`), else of the one
+        // class of IPv6 fragments sent lately.
+        let foreign = first_foreign_id(line)
+            .filter(|_| line.contains("2001:2::") || line.contains("fd00:15::"));
+        if let Some(class) = foreign.and_then(|id| foreign_ids.get(&id)) {
+            return Some(class);
+        }
+        if foreign.is_some()
             && let Some(b) = batch_of(place)
         {
             let fragments6 = [b.checked_sub(2), b.checked_sub(1), Some(b)]
