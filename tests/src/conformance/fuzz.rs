@@ -2115,4 +2115,62 @@ mod tests {
         let classes: BTreeSet<_> = a.iter().map(|p| p.class).collect();
         assert!(classes.len() >= 10, "{classes:?}");
     }
+
+    #[test]
+    fn a_third_of_the_probes_are_ipv6() {
+        let probes = generate(7, 600);
+        let v6: Vec<&Probe> = probes
+            .iter()
+            .filter(|p| p.class.starts_with("ipv6 "))
+            .collect();
+        assert!((150..=250).contains(&v6.len()), "{}", v6.len());
+        for p in &v6 {
+            match &p.body {
+                Body::Packets(packets) => {
+                    assert!(packets.iter().all(|f| f[0] >> 4 == 6), "{}", p.what);
+                }
+                Body::IcmpErrorAbout { v6, .. } => assert!(v6, "{}", p.what),
+            }
+        }
+        let classes: BTreeSet<_> = v6.iter().map(|p| p.class).collect();
+        assert!(classes.len() >= 12, "{classes:?}");
+    }
+
+    #[test]
+    fn ipv6_fragments_carry_the_datagram() {
+        let (src, dst) = (addr6(RED6), addr6(OUTSIDE6));
+        let l4 = packet::udp(src, dst, 1000, 9000, &[7; 100]);
+        let frags = fragment6(src, dst, PROTO_UDP, 0x1234, &l4, 50);
+        assert_eq!(frags.len(), 3);
+        let mut whole = Vec::new();
+        for (i, f) in frags.iter().enumerate() {
+            let view = packet::parse_ipv6(f, false).unwrap();
+            assert_eq!(view.frag_offset(), whole.len());
+            assert!(view.is_fragment());
+            assert_eq!(view.id, 0x1234);
+            assert_eq!(view.frag & packet::IP_MF != 0, i < 2);
+            whole.extend_from_slice(&f[48..]);
+        }
+        assert_eq!(whole, l4);
+        assert_eq!(ports(&frags[0]), Some((1000, 9000)));
+        assert_eq!(ports(&frags[1]), None);
+        assert_eq!(udp_payload_len(&frags[0]), Some(100));
+    }
+
+    #[test]
+    fn extension_headers_come_before_l4() {
+        let (src, dst) = (addr6(RED6), addr6(OUTSIDE6));
+        let l4 = packet::udp(src, dst, 1000, 9000, b"x");
+        let p = packet6(src, dst, PROTO_UDP, 1, &[NEXTHDR_HOP, NEXTHDR_DEST], &l4);
+        assert_eq!(l4_of6(&p), Some((PROTO_UDP, 56)));
+        let view = packet::parse_ipv6(&p, false).unwrap();
+        assert_eq!(view.options_len, 16);
+        assert!(matches!(
+            view.l4,
+            packet::L4::Udp {
+                csum_ok: Some(true),
+                ..
+            }
+        ));
+    }
 }
