@@ -1864,38 +1864,6 @@ fn run_lanes(
         });
         Some(if shared { REUSED_FLOW } else { probe.class })
     };
-    let batch = budget.batch.max(1);
-    // The id of a probe-less IPv6 datagram ip6tables sent on (see below),
-    // to the class its flow tells: toward outside's UDP 9000 (the
-    // masquerade's fragments) or the published UDP port.
-    let first_foreign_id = |line: &str| -> Option<u16> {
-        line.split([' ', ']', '[', ':'])
-            .filter_map(|w| w.strip_prefix("id=0x").or_else(|| w.strip_prefix("P#")))
-            .filter_map(|id| u16::from_str_radix(id, 16).ok())
-            .find(|id| {
-                probes
-                    .get(usize::from(id.wrapping_sub(probe_id(0))))
-                    .is_none()
-            })
-    };
-    let mut foreign_ids: BTreeMap<u16, &'static str> = BTreeMap::new();
-    for record in records.values() {
-        for line in record.seen.values().flatten() {
-            if !line.contains("udp [") {
-                continue;
-            }
-            let class = if line.contains("[2001:2::2]:9000") {
-                "ipv6 fragments through masquerade"
-            } else if line.contains("[2001:2::1]:5353") || line.contains("[fd00:15::2]:53 ") {
-                "ipv6 fragments to a published port"
-            } else {
-                continue;
-            };
-            if let Some(id) = first_foreign_id(line) {
-                foreign_ids.insert(id, class);
-            }
-        }
-    }
     let response_class = |line: &str, place: &str| -> Option<&'static str> {
         let words: Vec<&str> = line
             .split([' ', ']', '['])
@@ -1903,30 +1871,6 @@ fn run_lanes(
             .collect();
         if let Some(class) = label_class(line) {
             return Some(class);
-        }
-        // ip6tables reassembles IPv6 fragments before NAT66 and sends the
-        // datagram on in fragments of its own, with an identification of
-        // its own: an IPv6 line naming an id no probe has (`id=0x..` or a
-        // port `P#..` named after it) is that datagram or an answer to it,
-        // of the class its flow tells (`foreign_ids`), else of the one
-        // class of IPv6 fragments sent lately.
-        let foreign = first_foreign_id(line)
-            .filter(|_| line.contains("2001:2::") || line.contains("fd00:15::"));
-        if let Some(class) = foreign.and_then(|id| foreign_ids.get(&id)) {
-            return Some(class);
-        }
-        if foreign.is_some()
-            && let Some(b) = batch_of(place)
-        {
-            let fragments6 = [b.checked_sub(2), b.checked_sub(1), Some(b)]
-                .into_iter()
-                .flatten()
-                .flat_map(|b| probes.iter().skip(b * batch).take(batch))
-                .map(|p| p.class)
-                .filter(|c| c.starts_with("ipv6 ") && is_fragments(c));
-            if let Some(class) = only(fragments6) {
-                return Some(class);
-            }
         }
         let numbers: BTreeSet<u16> = words.iter().filter_map(|w| w.parse().ok()).collect();
         let lens: Vec<usize> = line
