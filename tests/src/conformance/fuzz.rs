@@ -1491,14 +1491,6 @@ pub const INTENDED: &[FuzzIntended] = &[
                  on the bridge ports, so the bridge floods red's IPv6 multicasts back to red",
     },
     FuzzIntended {
-        class: "ipv6 foreign source from red",
-        place_contains: "",
-        line_contains: "",
-        side: "expected",
-        reason: "as for IPv4: the eBPF datapaths drop a foreign IPv6 source from a lab namespace \
-                 (spoofed_source); with rp_filter off (and IPv6 has none), netfilter forwards it",
-    },
-    FuzzIntended {
         class: "ipv6 spoofed lab source from outside",
         place_contains: "",
         line_contains: "",
