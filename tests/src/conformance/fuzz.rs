@@ -15,13 +15,25 @@
 //! live flows (checksums right or broken), TTL expiring at the host,
 //! broadcast and multicast, and red-to-blue traffic.
 //!
+//! The lab is dual-stack, and about a third of the probes are IPv6
+//! ([`Generator::probe6`], classes named `ipv6 ...`): the same classes
+//! where IPv6 has them (masquerade to outside6, the published ports at
+//! the uplink's IPv6 address, ICMPv6 errors about live flows, hop limit
+//! expiring at the host, spoofed and foreign sources, fragments both ways
+//! with a fragment header, multicast but no neighbour discovery or MLD,
+//! red to blue), and IPv6's own: extension headers before L4, and a
+//! payload length that lies or a header cut short.
+//!
+//! Differences by design are listed in [`INTENDED`], known gaps not fixed
+//! yet apart in [`KNOWN_GAPS`]; anything else is a finding.
+//!
 //! Bounded: at most `packets` probes and `seconds` of sending per datapath;
 //! batches that not every datapath reached are not compared.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     thread,
     time::{Duration, Instant},
 };
@@ -30,9 +42,9 @@ use anyhow::{Context as _, Result};
 
 use super::{
     DATAPATHS, Record,
-    lab::{BLUE, ConfLab, OUTSIDE, RED, UPLINK},
+    lab::{BLUE, BLUE6, ConfLab, GATEWAY6, OUTSIDE, OUTSIDE6, RED, RED6, UPLINK, UPLINK6},
     observe,
-    packet::{self, Ip, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Tcp},
+    packet::{self, Ip, Ip6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Tcp},
     scripts,
 };
 
@@ -103,6 +115,8 @@ pub enum Mac {
     Broadcast,
     /// The IPv4 multicast MAC of this group.
     Multicast(Ipv4Addr),
+    /// The IPv6 multicast MAC of this group (33:33 and its last 32 bits).
+    Multicast6(Ipv6Addr),
 }
 
 /// What a probe sends.
@@ -110,13 +124,15 @@ pub enum Mac {
 pub enum Body {
     Packets(Vec<Vec<u8>>),
     /// From outside to the uplink: an ICMP error about the packet with IP
-    /// id `opener` that red sent, quoted as outside received it.
+    /// id `opener` (IPv6: flow label) that red sent, quoted as outside
+    /// received it; ICMPv6 about an IPv6 flow when `v6`.
     IcmpErrorAbout {
         opener: u16,
         kind: u8,
         code: u8,
         break_quoted_checksum: bool,
         id: u16,
+        v6: bool,
     },
 }
 
@@ -130,9 +146,22 @@ pub struct Probe {
     pub body: Body,
 }
 
-/// The TCP or UDP (source, destination) ports of an IPv4 packet that
-/// carries its L4 header.
+/// The TCP or UDP (source, destination) ports of an IPv4 or IPv6 packet
+/// that carries its L4 header.
 fn ports(packet: &[u8]) -> Option<(u16, u16)> {
+    if packet.first()? >> 4 == 6 {
+        let (proto, at) = l4_of6(packet)?;
+        if !(proto == PROTO_TCP || proto == PROTO_UDP) {
+            return None;
+        }
+        let at = |i: usize| -> Option<u16> {
+            Some(u16::from_be_bytes([
+                *packet.get(at + i)?,
+                *packet.get(at + i + 1)?,
+            ]))
+        };
+        return Some((at(0)?, at(2)?));
+    }
     let ihl = usize::from(packet.first()? & 0x0f) * 4;
     let proto = *packet.get(9)?;
     let frag_offset = u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]) & 0x1fff;
@@ -150,6 +179,14 @@ fn ports(packet: &[u8]) -> Option<(u16, u16)> {
 
 /// The UDP payload length a probe's first (or only) fragment declares.
 fn udp_payload_len(packet: &[u8]) -> Option<usize> {
+    if packet.first()? >> 4 == 6 {
+        let (proto, at) = l4_of6(packet)?;
+        if proto != PROTO_UDP {
+            return None;
+        }
+        let len = u16::from_be_bytes([*packet.get(at + 4)?, *packet.get(at + 5)?]);
+        return usize::from(len).checked_sub(8);
+    }
     let ihl = usize::from(packet.first()? & 0x0f) * 4;
     let frag_offset = u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]) & 0x1fff;
     if *packet.get(9)? != 17 || frag_offset != 0 {
@@ -171,7 +208,12 @@ fn batch_of(place: &str) -> Option<usize> {
 
 /// A probe's flow: its source and destination ports, class and source
 /// address.
-type Flow = (u16, u16, &'static str, Ipv4Addr);
+type Flow = (u16, u16, &'static str, IpAddr);
+
+/// Whether probes of `class` are fragments (of either family).
+fn is_fragments(class: &str) -> bool {
+    class.trim_start_matches("ipv6 ").starts_with("fragments")
+}
 
 /// The one class in `classes`, if they agree.
 fn only<'a>(mut classes: impl Iterator<Item = &'a str>) -> Option<&'a str> {
@@ -216,10 +258,106 @@ fn ip_options(rng: &mut Rng) -> Vec<u8> {
     }
 }
 
+/// The share of probes, in percent, that are IPv6 ([`Generator::probe6`]).
+const IPV6_SHARE: u64 = 33;
+
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_DEST: u8 = 60;
+
+fn addr6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap_or(Ipv6Addr::UNSPECIFIED)
+}
+
+/// An IPv6 packet carrying `l4` (of `proto`) behind the extension headers
+/// `ext` names, in order: 8 bytes each, a PadN option (hop-by-hop,
+/// destination options) or a type 0 routing header with no segments left
+/// (which a node processes as if it were absent, RFC 8200 4.4).
+fn packet6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, id: u16, ext: &[u8], l4: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (i, kind) in ext.iter().enumerate() {
+        let next = ext.get(i + 1).copied().unwrap_or(proto);
+        if *kind == NEXTHDR_ROUTING {
+            body.extend_from_slice(&[next, 0, 0, 0, 0, 0, 0, 0]);
+        } else {
+            body.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+        }
+    }
+    body.extend_from_slice(l4);
+    Ip6::new(src, dst, ext.first().copied().unwrap_or(proto), id).packet(&body)
+}
+
+fn describe_ext(ext: &[u8]) -> String {
+    if ext.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = ext
+        .iter()
+        .map(|k| match *k {
+            NEXTHDR_HOP => "hop-by-hop",
+            NEXTHDR_ROUTING => "routing",
+            _ => "dest-opts",
+        })
+        .collect();
+    format!(" behind {}", names.join(","))
+}
+
+/// `l4` (of `proto`) from `src` to `dst` in IPv6 fragments carrying at
+/// most `chunk` bytes each (rounded down to a multiple of 8), all with
+/// identification `id`.
+fn fragment6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    proto: u8,
+    id: u16,
+    l4: &[u8],
+    chunk: usize,
+) -> Vec<Vec<u8>> {
+    let chunk = (chunk / 8).max(1) * 8;
+    let mut fragments = Vec::new();
+    let mut offset = 0;
+    while offset < l4.len() {
+        let end = (offset + chunk).min(l4.len());
+        let mut ip = Ip6::new(src, dst, proto, id);
+        ip.frag = Some(((offset / 8) as u16, end < l4.len()));
+        fragments.push(ip.packet(&l4[offset..end]));
+        offset = end;
+    }
+    fragments
+}
+
+/// Where the L4 header of an IPv6 packet starts, past its extension
+/// headers, and its protocol; None for a fragment after the first.
+fn l4_of6(packet: &[u8]) -> Option<(u8, usize)> {
+    let mut proto = *packet.get(6)?;
+    let mut at = 40;
+    for _ in 0..8 {
+        match proto {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let len = (usize::from(*packet.get(at + 1)?) + 1) * 8;
+                proto = *packet.get(at)?;
+                at += len;
+            }
+            packet::NEXTHDR_FRAGMENT => {
+                let field = u16::from_be_bytes([*packet.get(at + 2)?, *packet.get(at + 3)?]);
+                if field >> 3 != 0 {
+                    return None;
+                }
+                proto = *packet.get(at)?;
+                at += 8;
+            }
+            _ => return Some((proto, at)),
+        }
+    }
+    None
+}
+
 struct Generator {
     rng: Rng,
     /// Red's probes that open a flow to outside: (id, proto).
     openers: Vec<(u16, u8)>,
+    /// The same for IPv6 (red6 to outside6).
+    openers6: Vec<(u16, u8)>,
     /// Source ports red's probes used, for reuse.
     red_ports: Vec<u16>,
     outside_ports: Vec<u16>,
@@ -228,9 +366,9 @@ struct Generator {
 impl Generator {
     /// How many of the last openers were sent within LIVE_FLOW_PROBES
     /// probes before probe `n`.
-    fn recent_openers(&self, n: usize) -> usize {
+    fn recent_openers(&self, openers: &[(u16, u8)], n: usize) -> usize {
         let since = probe_id(n.saturating_sub(LIVE_FLOW_PROBES));
-        self.openers
+        openers
             .iter()
             .rev()
             .take_while(|(id, _)| *id >= since)
@@ -258,6 +396,9 @@ impl Generator {
     }
 
     fn probe(&mut self, n: usize) -> Probe {
+        if self.rng.percent(IPV6_SHARE) {
+            return self.probe6(n);
+        }
         let id = probe_id(n);
         let (red, blue, out, up) = (addr(RED), addr(BLUE), addr(OUTSIDE), addr(UPLINK));
         let roll = self.rng.below(100);
@@ -545,8 +686,8 @@ impl Generator {
                 }
             }
             // ICMP errors about live flows (recent ones: see LIVE_FLOW_PROBES).
-            80..=89 if self.recent_openers(n) > 0 => {
-                let recent = self.recent_openers(n);
+            80..=89 if self.recent_openers(&self.openers, n) > 0 => {
+                let recent = self.recent_openers(&self.openers, n);
                 let i = self.openers.len() - 1 - self.rng.below(recent as u64) as usize;
                 let (opener, _) = self.openers[i];
                 let (kind, code) = self.rng.pick(&[(3, 3), (3, 1), (3, 4), (11, 0), (12, 0)]);
@@ -570,6 +711,7 @@ impl Generator {
                         code,
                         break_quoted_checksum: broken,
                         id,
+                        v6: false,
                     },
                 }
             }
@@ -618,6 +760,400 @@ impl Generator {
             }
         }
     }
+
+    /// An IPv6 probe (about a third of them): the IPv4 classes' IPv6
+    /// counterparts on the dual-stack lab, and IPv6's own (extension
+    /// headers, hop limit, a payload length that lies).
+    fn probe6(&mut self, n: usize) -> Probe {
+        let id = probe_id(n);
+        let (red, blue, out, up) = (addr6(RED6), addr6(BLUE6), addr6(OUTSIDE6), addr6(UPLINK6));
+        let roll = self.rng.below(100);
+        match roll {
+            // Masqueraded UDP, possibly behind extension headers.
+            0..=14 => {
+                let sport = self.sport(false);
+                let any = self.rng.range(1, 32767);
+                let dport = self.rng.pick(&[9000, 9000, 9999, 53, any]);
+                let len = self.rng.below(300) as usize;
+                let payload = self.rng.bytes(len);
+                let ext = self.ext_headers();
+                self.openers6.push((id, PROTO_UDP));
+                Probe {
+                    n,
+                    class: if ext.is_empty() {
+                        "ipv6 masquerade udp"
+                    } else {
+                        "ipv6 extension headers"
+                    },
+                    what: format!(
+                        "red6 udp :{sport} > outside6:{dport} len={len}{}",
+                        describe_ext(&ext)
+                    ),
+                    from: "red",
+                    to: Mac::Gateway,
+                    body: Body::Packets(vec![packet6(
+                        red,
+                        out,
+                        PROTO_UDP,
+                        id,
+                        &ext,
+                        &packet::udp(red, out, sport, dport, &payload),
+                    )]),
+                }
+            }
+            // Masqueraded TCP, every flag combination.
+            15..=32 => {
+                let sport = self.sport(false);
+                let dport = self.rng.pick(&[9100, 9100, 9101]);
+                let flags = if self.rng.percent(30) {
+                    packet::TCP_SYN
+                } else {
+                    self.rng.below(256) as u8
+                };
+                let mut tcp = Tcp::new(sport, dport, flags);
+                tcp.seq = self.rng.next_u64() as u32;
+                tcp.ack = self.rng.next_u64() as u32;
+                tcp.options = tcp_options(&mut self.rng);
+                let len = if self.rng.percent(30) {
+                    self.rng.below(200) as usize
+                } else {
+                    0
+                };
+                let payload = self.rng.bytes(len);
+                let ext = self.ext_headers();
+                if flags & packet::TCP_SYN != 0 {
+                    self.openers6.push((id, PROTO_TCP));
+                }
+                Probe {
+                    n,
+                    class: "ipv6 masquerade tcp flags",
+                    what: format!(
+                        "red6 tcp :{sport} > outside6:{dport} flags={flags:#04x} len={len}{}",
+                        describe_ext(&ext)
+                    ),
+                    from: "red",
+                    to: Mac::Gateway,
+                    body: Body::Packets(vec![packet6(
+                        red,
+                        out,
+                        PROTO_TCP,
+                        id,
+                        &ext,
+                        &tcp.segment(red, out, &payload),
+                    )]),
+                }
+            }
+            // Ping through masquerade.
+            33..=37 => {
+                let ident = self.rng.range(1, 65535);
+                let payload = self.rng.bytes(24);
+                Probe {
+                    n,
+                    class: "ipv6 masquerade icmp echo",
+                    what: format!("red6 echo id={ident}"),
+                    from: "red",
+                    to: Mac::Gateway,
+                    body: Body::Packets(vec![Ip6::new(red, out, PROTO_ICMPV6, id).packet(
+                        &packet::icmp6_echo(
+                            red,
+                            out,
+                            packet::ICMPV6_ECHO_REQUEST,
+                            ident,
+                            1,
+                            &payload,
+                        ),
+                    )]),
+                }
+            }
+            // Fragments, both ways.
+            38..=47 => {
+                let inbound = self.rng.percent(40);
+                let len = self.rng.range(100, 3000) as usize;
+                let payload = self.rng.bytes(len);
+                let (src, dst, sport, dport) = if inbound {
+                    (out, up, self.sport(true), 5353)
+                } else {
+                    (red, out, self.sport(false), 9000)
+                };
+                let l4 = packet::udp(src, dst, sport, dport, &payload);
+                let chunk = self.rng.range(8, 1232) as usize;
+                let mut frags = fragment6(src, dst, PROTO_UDP, id, &l4, chunk);
+                let order = self.rng.pick(&[
+                    "in order",
+                    "reversed",
+                    "shuffled",
+                    "duplicated",
+                    "incomplete",
+                ]);
+                match order {
+                    "reversed" => frags.reverse(),
+                    "shuffled" => {
+                        for i in (1..frags.len()).rev() {
+                            let j = self.rng.below(i as u64 + 1) as usize;
+                            frags.swap(i, j);
+                        }
+                    }
+                    "duplicated" => {
+                        let i = self.rng.below(frags.len() as u64) as usize;
+                        let copy = frags[i].clone();
+                        frags.push(copy);
+                    }
+                    "incomplete" if frags.len() > 1 => {
+                        let i = self.rng.below(frags.len() as u64) as usize;
+                        frags.remove(i);
+                    }
+                    _ => {}
+                }
+                if !inbound {
+                    self.openers6.push((id, PROTO_UDP));
+                }
+                Probe {
+                    n,
+                    class: if inbound {
+                        "ipv6 fragments to a published port"
+                    } else {
+                        "ipv6 fragments through masquerade"
+                    },
+                    what: format!(
+                        "{} udp len={len} in {} fragments of {chunk}, {order}",
+                        if inbound {
+                            "outside6 > [uplink6]:5353"
+                        } else {
+                            "red6 > outside6:9000"
+                        },
+                        frags.len()
+                    ),
+                    from: if inbound { "outside" } else { "red" },
+                    to: if inbound { Mac::Uplink } else { Mac::Gateway },
+                    body: Body::Packets(frags),
+                }
+            }
+            // Malformed IPv6 from red: a payload length that lies, a cut
+            // extension header or L4 header.
+            48..=54 => {
+                let sport = self.sport(false);
+                let proto = self.rng.pick(&[PROTO_TCP, PROTO_UDP]);
+                let l4 = if proto == PROTO_TCP {
+                    Tcp::new(sport, 9100, packet::TCP_SYN).segment(red, out, b"malformed")
+                } else {
+                    packet::udp(red, out, sport, 9000, b"malformed")
+                };
+                let mut p = Ip6::new(red, out, proto, id).packet(&l4);
+                let how = self.rng.pick(&[
+                    "payload length too long",
+                    "payload length too short",
+                    "l4 header cut",
+                    "extension header cut",
+                ]);
+                match how {
+                    "payload length too long" => {
+                        let more = self.rng.range(1, 64);
+                        let len = u16::from_be_bytes([p[4], p[5]]) + more;
+                        p[4..6].copy_from_slice(&len.to_be_bytes());
+                    }
+                    "payload length too short" => {
+                        let len = self.rng.below(p.len() as u64 - 40) as u16;
+                        p[4..6].copy_from_slice(&len.to_be_bytes());
+                    }
+                    "l4 header cut" => {
+                        let cut = self.rng.below(8) as usize;
+                        p = Ip6::new(red, out, proto, id).packet(&l4[..cut]);
+                    }
+                    _ => {
+                        // A destination options header promising 16 bytes,
+                        // 4 of them present.
+                        p = Ip6::new(red, out, 60, id).packet(&[proto, 1, 1, 2]);
+                    }
+                }
+                Probe {
+                    n,
+                    class: "ipv6 malformed from red",
+                    what: format!("red6 proto {proto} :{sport} > outside6, {how}"),
+                    from: "red",
+                    to: Mac::Gateway,
+                    body: Body::Packets(vec![p]),
+                }
+            }
+            // To the published ports (and others) from outside.
+            55..=67 => {
+                let sport = self.sport(true);
+                let (proto, dport) = self.rng.pick(&[
+                    (PROTO_TCP, 8080),
+                    (PROTO_TCP, 8080),
+                    (PROTO_UDP, 5353),
+                    (PROTO_TCP, 8081),
+                    (PROTO_UDP, 9999),
+                ]);
+                let mut flags = None;
+                let body = if proto == PROTO_TCP {
+                    let f = if self.rng.percent(40) {
+                        packet::TCP_SYN
+                    } else {
+                        self.rng.below(256) as u8
+                    };
+                    flags = Some(f).filter(|f| *f != packet::TCP_SYN);
+                    let mut t = Tcp::new(sport, dport, f);
+                    t.seq = self.rng.next_u64() as u32;
+                    t.options = tcp_options(&mut self.rng);
+                    t.segment(out, up, b"")
+                } else {
+                    packet::udp(out, up, sport, dport, &self.rng.bytes(40))
+                };
+                let mut ip = Ip6::new(out, up, proto, id);
+                let expiring = self.rng.percent(10);
+                if expiring {
+                    ip.hop_limit = 1;
+                }
+                Probe {
+                    n,
+                    class: match (expiring, flags) {
+                        (true, _) => "ipv6 hop limit expiring at the host",
+                        (false, Some(_)) => "ipv6 published ports tcp flags",
+                        (false, None) => "ipv6 published ports from outside",
+                    },
+                    what: format!(
+                        "outside6 proto {proto} :{sport} > [uplink6]:{dport}{}{}",
+                        flags.map_or(String::new(), |f| format!(" flags={f:#04x}")),
+                        if expiring { " hop_limit=1" } else { "" }
+                    ),
+                    from: "outside",
+                    to: Mac::Uplink,
+                    body: Body::Packets(vec![ip.packet(&body)]),
+                }
+            }
+            // Spoofed sources.
+            68..=76 => {
+                let inbound = self.rng.percent(60);
+                let (src, dst) = if inbound {
+                    (
+                        self.rng
+                            .pick(&[red, blue, addr6(GATEWAY6), addr6("fd00:15::77")]),
+                        up,
+                    )
+                } else {
+                    (self.rng.pick(&[blue, addr6("fd00:99::7"), up, out]), out)
+                };
+                let sport = self.sport(inbound);
+                let (proto, dport) = self.rng.pick(&[
+                    (PROTO_TCP, 8080),
+                    (PROTO_UDP, 5353),
+                    (PROTO_TCP, 9100),
+                    (PROTO_UDP, 9000),
+                ]);
+                let l4 = if proto == PROTO_TCP {
+                    Tcp::new(sport, dport, packet::TCP_SYN).segment(src, dst, b"")
+                } else {
+                    packet::udp(src, dst, sport, dport, b"spoofed")
+                };
+                Probe {
+                    n,
+                    class: if inbound {
+                        "ipv6 spoofed lab source from outside"
+                    } else {
+                        "ipv6 foreign source from red"
+                    },
+                    what: format!(
+                        "{} proto {proto} [{src}]:{sport} > [{dst}]:{dport}",
+                        if inbound { "outside6" } else { "red6" }
+                    ),
+                    from: if inbound { "outside" } else { "red" },
+                    to: if inbound { Mac::Uplink } else { Mac::Gateway },
+                    body: Body::Packets(vec![Ip6::new(src, dst, proto, id).packet(&l4)]),
+                }
+            }
+            // ICMPv6 errors about live flows (recent ones: see
+            // LIVE_FLOW_PROBES).
+            77..=87 if self.recent_openers(&self.openers6, n) > 0 => {
+                let recent = self.recent_openers(&self.openers6, n);
+                let i = self.openers6.len() - 1 - self.rng.below(recent as u64) as usize;
+                let (opener, _) = self.openers6[i];
+                // Port and admin unreachable, packet too big, hop limit
+                // exceeded, parameter problem.
+                let (kind, code) = self.rng.pick(&[(1, 4), (1, 1), (2, 0), (3, 0), (4, 0)]);
+                let broken = self.rng.percent(20);
+                Probe {
+                    n,
+                    class: "ipv6 icmp errors about live flows",
+                    what: format!(
+                        "outside6 icmpv6 {kind}/{code} about probe id {opener:#06x}{}",
+                        if broken {
+                            ", quoted checksum broken"
+                        } else {
+                            ""
+                        }
+                    ),
+                    from: "outside",
+                    to: Mac::Uplink,
+                    body: Body::IcmpErrorAbout {
+                        opener,
+                        kind,
+                        code,
+                        break_quoted_checksum: broken,
+                        id,
+                        v6: true,
+                    },
+                }
+            }
+            // Multicast (not neighbour discovery or MLD).
+            88..=91 => {
+                let dst = self.rng.pick(&[
+                    addr6("ff02::1"),
+                    addr6("ff02::fb"),
+                    addr6("ff05::7"),
+                    addr6("ff0e::7:7"),
+                ]);
+                let sport = self.sport(false);
+                Probe {
+                    n,
+                    class: "ipv6 multicast",
+                    what: format!("red6 udp :{sport} > [{dst}]:5353"),
+                    from: "red",
+                    to: Mac::Multicast6(dst),
+                    body: Body::Packets(vec![
+                        Ip6::new(red, dst, PROTO_UDP, id)
+                            .packet(&packet::udp(red, dst, sport, 5353, b"mcast")),
+                    ]),
+                }
+            }
+            // Inside the lab: red to blue.
+            _ => {
+                let sport = self.sport(false);
+                let (proto, dport) =
+                    self.rng
+                        .pick(&[(PROTO_TCP, 80), (PROTO_UDP, 53), (PROTO_TCP, 81)]);
+                let l4 = if proto == PROTO_TCP {
+                    Tcp::new(sport, dport, self.rng.below(256) as u8).segment(red, blue, b"")
+                } else {
+                    packet::udp(red, blue, sport, dport, b"inside")
+                };
+                let ext = self.ext_headers();
+                Probe {
+                    n,
+                    class: "ipv6 red to blue",
+                    what: format!(
+                        "red6 proto {proto} :{sport} > blue6:{dport}{}",
+                        describe_ext(&ext)
+                    ),
+                    from: "red",
+                    to: Mac::Gateway,
+                    body: Body::Packets(vec![packet6(red, blue, proto, id, &ext, &l4)]),
+                }
+            }
+        }
+    }
+
+    /// Extension headers before L4 on some probes: hop-by-hop options,
+    /// destination options, a routing header with no segments left.
+    fn ext_headers(&mut self) -> Vec<u8> {
+        if !self.rng.percent(25) {
+            return Vec::new();
+        }
+        let mut kinds = vec![self.rng.pick(&[NEXTHDR_HOP, NEXTHDR_DEST, NEXTHDR_ROUTING])];
+        if self.rng.percent(30) {
+            kinds.push(NEXTHDR_DEST);
+        }
+        kinds
+    }
 }
 
 /// The first `count` probes of `seed`.
@@ -625,6 +1161,7 @@ pub fn generate(seed: u64, count: usize) -> Vec<Probe> {
     let mut generator = Generator {
         rng: Rng::new(seed),
         openers: Vec::new(),
+        openers6: Vec::new(),
         red_ports: Vec::new(),
         outside_ports: Vec::new(),
     };
@@ -642,8 +1179,18 @@ fn resolve(probe: &Probe, lab: &ConfLab) -> Option<Vec<Vec<u8>>> {
             code,
             break_quoted_checksum,
             id,
+            v6,
         } => {
             let (proto, sport, dport) = *lab.at_outside.get(opener)?;
+            if *v6 {
+                return Some(icmp6_error_about(
+                    (proto, sport, dport),
+                    *opener,
+                    (*kind, *code),
+                    *break_quoted_checksum,
+                    *id,
+                ));
+            }
             let (up, out) = (addr(UPLINK), addr(OUTSIDE));
             let mut l4 = if proto == PROTO_TCP {
                 Tcp::new(sport, dport, packet::TCP_SYN).segment(up, out, b"")
@@ -669,14 +1216,52 @@ fn resolve(probe: &Probe, lab: &ConfLab) -> Option<Vec<Vec<u8>>> {
     }
 }
 
+/// From outside6 to the uplink: ICMPv6 error `kind`/`code` about the flow
+/// (proto, sport, dport) of probe id `opener` as outside6 received it
+/// (from the uplink's address, hop limit one lower).
+fn icmp6_error_about(
+    (proto, sport, dport): (u8, u16, u16),
+    opener: u16,
+    (kind, code): (u8, u8),
+    break_quoted_checksum: bool,
+    id: u16,
+) -> Vec<Vec<u8>> {
+    let (up, out) = (addr6(UPLINK6), addr6(OUTSIDE6));
+    let mut l4 = if proto == PROTO_TCP {
+        Tcp::new(sport, dport, packet::TCP_SYN).segment(up, out, b"")
+    } else {
+        packet::udp(up, out, sport, dport, b"quoted")
+    };
+    if break_quoted_checksum {
+        let at = if proto == PROTO_TCP { 16 } else { 6 };
+        l4[at] ^= 0xff;
+    }
+    let mut quoted_ip = Ip6::new(up, out, proto, opener);
+    quoted_ip.hop_limit = packet::CRAFTED_TTL - 1;
+    let quoted = quoted_ip.packet(&l4);
+    // Packet too big carries the MTU; parameter problem, the pointer (here
+    // the next header field).
+    let rest = match kind {
+        2 => 1280_u32.to_be_bytes(),
+        4 => 6_u32.to_be_bytes(),
+        _ => [0; 4],
+    };
+    vec![
+        Ip6::new(out, up, PROTO_ICMPV6, id)
+            .packet(&packet::icmp6(out, up, kind, code, rest, &quoted)),
+    ]
+}
+
 /// The fuzz lab's published ports and their backends' at blue: the default
 /// lab's `8080:80/tcp` and the `5353:53/udp` [`fuzz_lab`] adds.
 const PUBLISHED: [(u16, u16); 2] = [(8080, 80), (5353, 53)];
 
-/// A lab ready for probes: servers on the ports the probes aim at, the
-/// published UDP port, neighbours resolved.
+/// A lab ready for probes: `netlab up --dual-stack`'s lab (both subnets
+/// masqueraded, the published ports in both families), servers on the
+/// ports the probes aim at (IPv4 and IPv6 apart), the published UDP port,
+/// neighbours resolved in both families.
 fn fuzz_lab(datapath: &str) -> Result<(ConfLab, Vec<crate::Background>)> {
-    let lab = ConfLab::up(datapath)?;
+    let lab = ConfLab::up_with(datapath, Some(netlab::topology::DEFAULT_LAB_DUAL_STACK))?;
     lab.sb
         .netlab_ok(&["publish", "add", "blue", "5353:53/udp"])?;
     let servers = vec![
@@ -684,15 +1269,24 @@ fn fuzz_lab(datapath: &str) -> Result<(ConfLab, Vec<crate::Background>)> {
         lab.server("outside", scripts::TCP_SERVER, &["9100"])?,
         lab.server("blue", scripts::TCP_SERVER, &["80"])?,
         lab.server("blue", scripts::UDP_SERVER, &["53"])?,
+        lab.server("outside", scripts::UDP_SERVER, &["9000", "-", OUTSIDE6])?,
+        lab.server("outside", scripts::TCP_SERVER, &["9100", OUTSIDE6])?,
+        lab.server("blue", scripts::TCP_SERVER, &["80", BLUE6])?,
+        lab.server("blue", scripts::UDP_SERVER, &["53", "-", BLUE6])?,
     ];
     for (netns, to) in [
         ("red", OUTSIDE),
         ("blue", OUTSIDE),
         ("red", BLUE),
         ("outside", UPLINK),
+        ("red", OUTSIDE6),
+        ("blue", OUTSIDE6),
+        ("red", BLUE6),
+        ("outside", UPLINK6),
     ] {
+        let family = if to.contains(':') { "-6" } else { "-4" };
         lab.sb.run(&[
-            "ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "1", to,
+            "ip", "netns", "exec", netns, "ping", family, "-c", "1", "-W", "1", to,
         ])?;
     }
     Ok((lab, servers))
@@ -720,6 +1314,13 @@ pub fn run_datapath(datapath: &str, probes: &[Probe], budget: Budget) -> Result<
                 Mac::Multicast(group) => {
                     let o = group.octets();
                     format!("01:00:5e:{:02x}:{:02x}:{:02x}", o[1] & 0x7f, o[2], o[3])
+                }
+                Mac::Multicast6(group) => {
+                    let o = group.octets();
+                    format!(
+                        "33:33:{:02x}:{:02x}:{:02x}:{:02x}",
+                        o[12], o[13], o[14], o[15]
+                    )
                 }
             };
             match resolve(probe, &lab) {
@@ -757,6 +1358,7 @@ const NO_TCP_WINDOWS: &str = "nf_conntrack tracks TCP sequence windows: it finds
 /// containing `place_contains`, that contains `line_contains`, on the
 /// `side` given ("expected": the reference had it and the datapath did not;
 /// "got": the other way round; "": either).
+#[derive(Clone, Copy, Debug)]
 pub struct FuzzIntended {
     pub class: &'static str,
     pub place_contains: &'static str,
@@ -766,8 +1368,8 @@ pub struct FuzzIntended {
 }
 
 /// Fuzz differences kept on purpose, with the reason; the CI run and the
-/// long run (`cargo xtask fuzz`) both use this list. Empty: every
-/// difference found is a bug to fix.
+/// long run (`cargo xtask fuzz`) both use this list (with [`KNOWN_GAPS`],
+/// see [`accepted`]). Every other difference found is a bug to fix.
 pub const INTENDED: &[FuzzIntended] = &[
     FuzzIntended {
         class: "broadcast and multicast",
@@ -869,7 +1471,96 @@ pub const INTENDED: &[FuzzIntended] = &[
                  drops bad ones as INVALID; the eBPF NAT does not sum payloads, and its \
                  incremental update keeps a bad checksum bad, so the receiver drops it",
     },
+    FuzzIntended {
+        class: "ipv6 malformed from red",
+        place_contains: "",
+        line_contains: "csum=BAD",
+        side: "got",
+        reason: "a payload length shorter than the packet: the kernel trims the packet to it \
+                 (ipv6_rcv) after the TC hook, so the segment's checksum no longer matches; \
+                 nf_conntrack verifies L4 checksums before NAT66 and drops it as INVALID, the \
+                 eBPF NAT66 (before the trim) translates it, its checksum kept bad, and the \
+                 receiver drops it (as IPv4's bad L4 checksums)",
+    },
+    FuzzIntended {
+        class: "ipv6 multicast",
+        place_contains: "@ red",
+        line_contains: "pkt=",
+        side: "expected",
+        reason: "as for IPv4's broadcast and multicast: the iptables datapath sets hairpin mode \
+                 on the bridge ports, so the bridge floods red's IPv6 multicasts back to red",
+    },
+    FuzzIntended {
+        class: "ipv6 spoofed lab source from outside",
+        place_contains: "",
+        line_contains: "",
+        side: "expected",
+        reason: "as for IPv4: a lab IPv6 source arriving on the uplink is spoofed and the eBPF \
+                 datapaths drop it (spoofed_source); ip6tables DNATs it or hands it to the host, \
+                 so the lines are the probe at blue and what answers it (blue's reply, the \
+                 host's RST to the spoofed lab address, which reaches the namespace it names)",
+    },
+    FuzzIntended {
+        class: "ipv6 fragments through masquerade",
+        place_contains: "",
+        line_contains: "",
+        side: "",
+        reason: "IPv6 fragments through NAT66 are not translated (README, \"Not done yet for \
+                 IPv6\"): a first fragment is untranslated and a later one unsupported, so \
+                 leaving the uplink from the masqueraded subnet they are dropped \
+                 (untranslated_leak), where ip6tables reassembles them (nf_defrag_ipv6) and sends \
+                 the datagram on whole or refragmented with an identification of its own. The \
+                 lines: that datagram at outside, and what it draws (outside's echo at red, \
+                 errors about it)",
+    },
+    FuzzIntended {
+        class: "ipv6 fragments to a published port",
+        place_contains: "",
+        line_contains: "",
+        side: "",
+        reason: "as for fragments through masquerade: NAT66 does not translate IPv6 fragments \
+                 to a published port, ip6tables reassembles them first. The lines: the datagram \
+                 at blue and what it draws",
+    },
+    FuzzIntended {
+        class: "ipv6 masquerade tcp flags",
+        place_contains: "",
+        line_contains: "",
+        side: "",
+        reason: NO_TCP_WINDOWS,
+    },
+    FuzzIntended {
+        class: "ipv6 published ports tcp flags",
+        place_contains: "",
+        line_contains: "",
+        side: "",
+        reason: NO_TCP_WINDOWS,
+    },
 ];
+
+/// Differences that are not by design: gaps the fuzzer found that are
+/// known and not fixed yet (README, "Not done yet for IPv6"). Kept apart
+/// from [`INTENDED`] so that they stay visible; [`accepted`] joins both
+/// for the CI run and the long run, and the report names each as a gap.
+pub const KNOWN_GAPS: &[FuzzIntended] = &[FuzzIntended {
+    class: "ipv6 extension headers",
+    place_contains: "@ red",
+    line_contains: "ipopts=",
+    side: "expected",
+    reason: "NOT DONE YET (a gap, not by design): NAT66 translates a packet with extension \
+             headers before L4, but not an ICMPv6 error quoting one (parse_icmp6_error does \
+             not walk a quoted chain: the quoted next header is not TCP/UDP/ICMPv6, so the \
+             error is unsupported and stays at the host); ip6tables translates it back to red. \
+             The lines: outside's errors about red's packets with hop-by-hop, destination \
+             options or routing headers, missing at red (a packet too big too: path MTU \
+             discovery fails for such flows)",
+}];
+
+/// [`INTENDED`] and [`KNOWN_GAPS`]: the differences a run does not count
+/// as findings.
+pub fn accepted() -> Vec<FuzzIntended> {
+    INTENDED.iter().chain(KNOWN_GAPS).copied().collect()
+}
 
 /// What a fuzz run found.
 #[derive(Debug, Default)]
@@ -1093,8 +1784,15 @@ fn run_lanes(
                 .or_insert(Some(probe.class));
             let source = packets
                 .first()
-                .and_then(|p| <[u8; 4]>::try_from(p.get(12..16)?).ok())
-                .map_or(Ipv4Addr::UNSPECIFIED, Ipv4Addr::from);
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| {
+                    if p.first().is_some_and(|b| b >> 4 == 6) {
+                        <[u8; 16]>::try_from(p.get(8..24).unwrap_or_default())
+                            .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), IpAddr::from)
+                    } else {
+                        <[u8; 4]>::try_from(p.get(12..16).unwrap_or_default())
+                            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::from)
+                    }
+                });
             flows_of_batch
                 .entry(probe.n / budget.batch.max(1))
                 .or_default()
@@ -1113,7 +1811,7 @@ fn run_lanes(
         let probe = probes.get(n)?;
         if let Body::IcmpErrorAbout { opener, .. } = probe.body
             && let Some(class) = class_of_id.get(&format!("id={opener:#06x}")).copied()
-            && class.starts_with("fragments")
+            && is_fragments(class)
         {
             return Some(class);
         }
@@ -1125,7 +1823,10 @@ fn run_lanes(
     // before. Then a line other than that probe's own packet is about a
     // flow only one side had (a datagram only netfilter reassembled, or one
     // only netlab passed): its answers, or the port a later probe reused.
-    let divergent = |class: &str| class.starts_with("fragments") || class.starts_with("malformed");
+    let divergent = |class: &str| {
+        let class = class.trim_start_matches("ipv6 ");
+        class.starts_with("fragments") || class.starts_with("malformed")
+    };
     let label_class = |line: &str| -> Option<&'static str> {
         let words = || line.split([' ', ']', '[']);
         let n = words()
@@ -1192,7 +1893,7 @@ fn run_lanes(
                 let fragments = recent(b)
                     .filter_map(|b| datagrams.get(&b))
                     .flatten()
-                    .filter(|(s, _, _, c)| numbers.contains(s) && c.starts_with("fragments"));
+                    .filter(|(s, _, _, c)| numbers.contains(s) && is_fragments(c));
                 if let Some(class) = only(fragments.map(|f| f.3)) {
                     return Some(class);
                 }
@@ -1224,7 +1925,12 @@ fn run_lanes(
         let source = || flows.iter().filter(|(s, _, _, _)| numbers.contains(s));
         // Probes of two classes may share a source port by chance; the
         // address beside it (a spoofed blue, or outside) tells them apart.
-        let named = source().filter(|(s, _, _, a)| line.contains(&format!("{a}:{s}")));
+        let named = source().filter(|(s, _, _, a)| {
+            line.contains(&match a {
+                IpAddr::V4(a) => format!("{a}:{s}"),
+                IpAddr::V6(a) => format!("[{a}]:{s}"),
+            })
+        });
         only(both.map(|f| f.2))
             .or_else(|| only(named.map(|f| f.2)))
             .or_else(|| only(source().map(|f| f.2)))
@@ -1243,6 +1949,16 @@ fn run_lanes(
             )
         })
         .collect();
+    // Every line every lane saw, for a look at what a probe drew.
+    if std::env::var_os("NETLAB_FUZZ_DUMP").is_some() {
+        for (dp, r) in &records {
+            for ((step, point), lines) in &r.seen {
+                for l in lines {
+                    eprintln!("DUMP {dp} {step} @ {point}: {l}");
+                }
+            }
+        }
+    }
     if let Some(reference) = records.get(REFERENCE) {
         let reference = restrict(reference);
         for (datapath, record) in &records {
@@ -1263,7 +1979,7 @@ fn run_lanes(
                         .split([' ', ']'])
                         .filter(|w| w.starts_with("id=0x"))
                         .filter_map(|w| class_of_id.get(w).copied())
-                        .find(|class| class.starts_with("fragments"));
+                        .find(|class| is_fragments(class));
                     // The line's own id when it is a probe's, else the id of
                     // a probe it quotes (an ICMP error about it): a kernel's
                     // answer to a probe belongs to that probe's class.
@@ -1337,5 +2053,63 @@ mod tests {
         assert_ne!(bytes(&a), bytes(&c));
         let classes: BTreeSet<_> = a.iter().map(|p| p.class).collect();
         assert!(classes.len() >= 10, "{classes:?}");
+    }
+
+    #[test]
+    fn a_third_of_the_probes_are_ipv6() {
+        let probes = generate(7, 600);
+        let v6: Vec<&Probe> = probes
+            .iter()
+            .filter(|p| p.class.starts_with("ipv6 "))
+            .collect();
+        assert!((150..=250).contains(&v6.len()), "{}", v6.len());
+        for p in &v6 {
+            match &p.body {
+                Body::Packets(packets) => {
+                    assert!(packets.iter().all(|f| f[0] >> 4 == 6), "{}", p.what);
+                }
+                Body::IcmpErrorAbout { v6, .. } => assert!(v6, "{}", p.what),
+            }
+        }
+        let classes: BTreeSet<_> = v6.iter().map(|p| p.class).collect();
+        assert!(classes.len() >= 12, "{classes:?}");
+    }
+
+    #[test]
+    fn ipv6_fragments_carry_the_datagram() {
+        let (src, dst) = (addr6(RED6), addr6(OUTSIDE6));
+        let l4 = packet::udp(src, dst, 1000, 9000, &[7; 100]);
+        let frags = fragment6(src, dst, PROTO_UDP, 0x1234, &l4, 50);
+        assert_eq!(frags.len(), 3);
+        let mut whole = Vec::new();
+        for (i, f) in frags.iter().enumerate() {
+            let view = packet::parse_ipv6(f, false).unwrap();
+            assert_eq!(view.frag_offset(), whole.len());
+            assert!(view.is_fragment());
+            assert_eq!(view.id, 0x1234);
+            assert_eq!(view.frag & packet::IP_MF != 0, i < 2);
+            whole.extend_from_slice(&f[48..]);
+        }
+        assert_eq!(whole, l4);
+        assert_eq!(ports(&frags[0]), Some((1000, 9000)));
+        assert_eq!(ports(&frags[1]), None);
+        assert_eq!(udp_payload_len(&frags[0]), Some(100));
+    }
+
+    #[test]
+    fn extension_headers_come_before_l4() {
+        let (src, dst) = (addr6(RED6), addr6(OUTSIDE6));
+        let l4 = packet::udp(src, dst, 1000, 9000, b"x");
+        let p = packet6(src, dst, PROTO_UDP, 1, &[NEXTHDR_HOP, NEXTHDR_DEST], &l4);
+        assert_eq!(l4_of6(&p), Some((PROTO_UDP, 56)));
+        let view = packet::parse_ipv6(&p, false).unwrap();
+        assert_eq!(view.options_len, 16);
+        assert!(matches!(
+            view.l4,
+            packet::L4::Udp {
+                csum_ok: Some(true),
+                ..
+            }
+        ));
     }
 }

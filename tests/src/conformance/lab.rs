@@ -84,8 +84,9 @@ pub struct ConfLab {
     pub record: Record,
     /// Frames parsed so far at every point.
     pub frames: u64,
-    /// Crafted packets `outside` received from the uplink's address, by IP
-    /// id: (protocol, source port, destination port). How the fuzzer learns
+    /// Crafted packets `outside` received from the uplink's address (either
+    /// family), by IP id (IPv6: flow label): (protocol, source port,
+    /// destination port). How the fuzzer learns
     /// which port masquerade gave a flow, to send ICMP errors about it.
     pub at_outside: HashMap<u16, (u8, u16, u16)>,
 }
@@ -352,7 +353,8 @@ impl ConfLab {
 }
 
 fn note_translated(view: &IpView, into: &mut HashMap<u16, (u8, u16, u16)>) {
-    if view.ttl != CRAFTED_TTL - 1 || view.src.to_string() != UPLINK {
+    let src = view.src.to_string();
+    if view.ttl != CRAFTED_TTL - 1 || (src != UPLINK && src != UPLINK6) {
         return;
     }
     match view.l4 {

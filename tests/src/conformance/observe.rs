@@ -570,6 +570,23 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_lab_addresses_are_found_in_quoted_headers() {
+        use super::super::packet::{Ip6, PROTO_ICMPV6, icmp6, parse_ipv6};
+        let red6 = Ipv6Addr::new(0xfd00, 0x15, 0, 0, 0, 0, 0, 1);
+        let out6 = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+        let up6 = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
+        let inner = Ip6::new(red6, out6, PROTO_UDP, 2).packet(&udp(red6, out6, 1, 2, b""));
+        let err =
+            Ip6::new(out6, up6, PROTO_ICMPV6, 3).packet(&icmp6(out6, up6, 1, 4, [0; 4], &inner));
+        let view = parse_ipv6(&err, false).unwrap();
+        assert_eq!(lab_addresses(&view), [("quoted source", IpAddr::V6(red6))]);
+        let clean = Ip6::new(up6, out6, PROTO_UDP, 2).packet(&udp(up6, out6, 1, 2, b""));
+        let err =
+            Ip6::new(out6, up6, PROTO_ICMPV6, 3).packet(&icmp6(out6, up6, 1, 4, [0; 4], &clean));
+        assert!(lab_addresses(&parse_ipv6(&err, false).unwrap()).is_empty());
+    }
+
+    #[test]
     fn diff_names_both_sides() {
         let mut a = Record::default();
         let mut b = Record::default();

@@ -354,8 +354,9 @@ pub struct IpView {
     pub dst: IpAddr,
     /// The upper-layer protocol (IPv6: past the extension headers).
     pub proto: u8,
-    /// IPv4: the header's id. IPv6: a fragment's identification, else the
-    /// flow label (a crafted packet's id, see [`Ip6`]), 16 bits of it.
+    /// IPv4: the header's id. IPv6: the flow label (a crafted packet's id,
+    /// see [`Ip6`]), 16 bits of it; without one, a fragment's
+    /// identification.
     pub id: u16,
     /// TTL or hop limit.
     pub ttl: u8,
@@ -527,8 +528,12 @@ pub fn parse_ipv6(p: &[u8], quoted: bool) -> Option<IpView> {
     let mut at = 40;
     let mut options_len = 0;
     let mut frag = 0;
-    // The flow label's low 16 bits, until a fragment header names the packet.
-    let mut id = u16::from_be_bytes([p[2], p[3]]);
+    // The flow label's low 16 bits (a crafted packet's id, see [`Ip6`]),
+    // which routers and NAT66 keep, and which a kernel that reassembles
+    // and refragments keeps too, where its fragments' identification is
+    // its own (random); the fragment header's only without a flow label.
+    let flow_label = u16::from_be_bytes([p[2], p[3]]);
+    let mut id = flow_label;
     // A chain longer than this is left as "other" (no packet here has one).
     for _ in 0..8 {
         if NEXTHDR_SKIPPED.contains(&proto) && at + 8 <= end {
@@ -539,7 +544,9 @@ pub fn parse_ipv6(p: &[u8], quoted: bool) -> Option<IpView> {
         } else if proto == NEXTHDR_FRAGMENT && at + 8 <= end {
             let field = u16::from_be_bytes([p[at + 2], p[at + 3]]);
             frag = (field >> 3) | if field & 1 != 0 { IP_MF } else { 0 };
-            id = u16::from_be_bytes([p[at + 6], p[at + 7]]);
+            if flow_label == 0 {
+                id = u16::from_be_bytes([p[at + 6], p[at + 7]]);
+            }
             proto = p[at];
             at += 8;
         } else {
