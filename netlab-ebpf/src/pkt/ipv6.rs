@@ -67,8 +67,15 @@ pub struct Upper {
 /// may lie past them: reading it then fails.
 #[inline(always)]
 pub fn upper(ctx: &TcContext, first: u8) -> Option<Upper> {
+    upper_from(ctx, first, ETH_HLEN + IPV6_HLEN)
+}
+
+/// [`upper`] for a chain that starts at `off` with next-header `first`:
+/// the frame's own, or that of the packet an ICMPv6 error quotes.
+#[inline(always)]
+pub fn upper_from(ctx: &TcContext, first: u8, off: usize) -> Option<Upper> {
     let mut next = first;
-    let mut off = ETH_HLEN + IPV6_HLEN;
+    let mut off = off;
     // One step more than the headers it may pass: the last finds the
     // upper-layer header.
     for _ in 0..=MAX_EXT_HEADERS {

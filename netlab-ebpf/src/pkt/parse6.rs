@@ -254,17 +254,30 @@ fn parse_into(ctx: &TcContext, out: &mut Parsed6) {
 }
 
 /// Fills `out.error` from the packet an ICMPv6 error quotes: its IPv6
-/// header (no extension headers: a quoted chain is not walked) and the
-/// first 8 bytes of its L4 header. `out` is `Untranslatable` (malformed)
-/// until it is sound.
+/// header, its extension headers walked as the frame's own are (a packet
+/// that went out behind a routing or destination options header is
+/// quoted with them), and the first 8 bytes of its L4 header. `out` is
+/// `Untranslatable` (malformed) until it is sound; a quoted later
+/// fragment, or a chain past the walk, is unsupported.
 #[inline(always)]
 fn parse_icmp6_error(ctx: &TcContext, l4: usize, end: usize, out: &mut Parsed6) {
     let inner_l3 = l4 + ICMP_HLEN;
     let Some(inner) = ctx::load::<Ipv6Hdr>(ctx, inner_l3) else {
         return;
     };
-    let inner_l4 = inner_l3 + IPV6_HLEN;
-    if inner.version() != 6 || inner_l4 + 8 > end {
+    if inner.version() != 6 {
+        return;
+    }
+    let Some(upper) = ipv6::upper_from(ctx, inner.nexthdr, inner_l3 + IPV6_HLEN) else {
+        out.why = Stat::Unsupported;
+        return;
+    };
+    if upper.later_fragment {
+        out.why = Stat::Unsupported;
+        return;
+    }
+    let inner_l4 = upper.l4;
+    if inner_l4 + 8 > end {
         return;
     }
     let err = &mut out.error;
@@ -272,9 +285,9 @@ fn parse_icmp6_error(ctx: &TcContext, l4: usize, end: usize, out: &mut Parsed6) 
     err.l4 = l4 as u16;
     err.inner_l4 = inner_l4 as u16;
     err.end = end as u16;
-    err.inner = FlowKey6::new(inner.saddr, inner.daddr, 0, 0, inner.nexthdr);
+    err.inner = FlowKey6::new(inner.saddr, inner.daddr, 0, 0, upper.proto);
     err.inner_request = false;
-    match inner.nexthdr {
+    match upper.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let Some(ports) = ctx::load::<[u16; 2]>(ctx, inner_l4) else {
                 return;
