@@ -644,7 +644,7 @@ fn publish_rm_cuts_its_flows(datapath: &str) {
     let sb = lab(datapath);
     offload_off(&sb);
     let blue = start_server(&sb, "blue", UDP_ECHO_SERVER, 53);
-    let red = start_server(&sb, "red", UDP_ECHO_SERVER, 53);
+    let mut red = start_server(&sb, "red", UDP_ECHO_SERVER, 53);
     sb.netlab_ok(&["publish", "add", "blue", "5353:53/udp"])
         .unwrap();
     let mut client = sb
@@ -662,6 +662,9 @@ fn publish_rm_cuts_its_flows(datapath: &str) {
         .unwrap();
     client.send_line("to-red").unwrap();
     client.wait_for("reply to-red", SETTLE).unwrap();
+    // The server's line is read by a thread of its own: the client may
+    // hear the echo before this side has the line.
+    let _ = red.wait_for("to-red", SETTLE);
     let blue_log = blue.stdout();
     let red_log = red.stdout();
     assert!(
