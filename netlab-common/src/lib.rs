@@ -39,14 +39,19 @@ pub mod names {
     pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
     pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
     pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
-    /// The same for `AF_INET6` sockets talking to IPv4-mapped addresses
-    /// (`::ffff:a.b.c.d`, the default of many runtimes).
+    /// The same for `AF_INET6` sockets: IPv4-mapped addresses
+    /// (`::ffff:a.b.c.d`, the default of many runtimes) as IPv4, and
+    /// IPv6 published ports on a host IPv6 address or `::1`.
     pub const SOCK_CONNECT6: &str = "sock_connect6";
     pub const SOCK_SENDMSG6: &str = "sock_sendmsg6";
     pub const SOCK_RECVMSG6: &str = "sock_recvmsg6";
     pub const SOCK_GETPEERNAME6: &str = "sock_getpeername6";
     /// LRU hash: [`SockKey`](crate::nat::SockKey) → [`SockNat`](crate::nat::SockNat).
     pub const SOCK_NAT: &str = "SOCK_NAT";
+    /// LRU hash: [`SockKey6`](crate::nat::SockKey6) →
+    /// [`SockNat6`](crate::nat::SockNat6): IPv6 sockets pointed at an IPv6
+    /// backend.
+    pub const SOCK_NAT6: &str = "SOCK_NAT6";
     /// Hash: lab address (network order) → [`Endpoint`](crate::nat::Endpoint).
     pub const ENDPOINTS: &str = "ENDPOINTS";
     /// Hash: a lab namespace's IPv6 address (`[u32; 4]`, as in the header)

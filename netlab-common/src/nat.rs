@@ -697,6 +697,28 @@ pub struct SockNat {
     pub _pad: u16,
 }
 
+/// [`SockKey`] for IPv6 ([`names::SOCK_NAT6`](crate::names::SOCK_NAT6)):
+/// a socket and the IPv6 backend it was pointed at.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey6 {
+    pub cookie: u64,
+    /// Network order, as in the header.
+    pub backend_addr: [u32; 4],
+    pub backend_port: u16,
+    pub _pad: [u16; 3],
+}
+
+/// [`SockNat`] for IPv6: the published address a socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockNat6 {
+    /// Network order, as in the header.
+    pub published_addr: [u32; 4],
+    pub published_port: u16,
+    pub _pad: u16,
+}
+
 /// [`IfaceConfig::role`]: a host-side lab veth end.
 pub const ROLE_LAB: u32 = 1;
 /// [`IfaceConfig::role`]: the uplink toward the world (masquerade happens here).
@@ -1048,6 +1070,8 @@ const _: () = assert!(core::mem::size_of::<NetSet>() == 72);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 16);
 const _: () = assert!(core::mem::size_of::<SockNat>() == 8);
 const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
+const _: () = assert!(core::mem::size_of::<SockNat6>() == 20);
+const _: () = assert!(core::mem::size_of::<SockKey6>() == 32);
 const _: () = assert!(Stat::ALL.len() == STAT_COUNT as usize);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FragPorts>() == 4);

@@ -430,25 +430,25 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
-    sock::to_backend(&ctx, Family::V6Mapped);
+    sock::to_backend6(&ctx);
     SOCK_ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock::to_backend(&ctx, Family::V6Mapped);
+    sock::to_backend6(&ctx);
     SOCK_ALLOW
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
-    sock::from_backend(&ctx, Family::V6Mapped);
+    sock::from_backend6(&ctx);
     SOCK_ALLOW
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
-    sock::from_backend(&ctx, Family::V6Mapped);
+    sock::from_backend6(&ctx);
     SOCK_ALLOW
 }
 

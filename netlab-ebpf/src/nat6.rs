@@ -16,7 +16,7 @@
 use aya_ebpf::{bindings::__sk_buff, macros::map, maps::PerCpuArray, programs::TcContext};
 use netlab_common::nat::{
     APPLY_INGRESS, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, NAT_DNAT, NAT_REFLECT, NAT_SNAT,
-    ROLE_UPLINK, Stat,
+    ROLE_LAB, ROLE_UPLINK, Stat,
 };
 
 use crate::{
@@ -182,8 +182,10 @@ fn new_ingress(
 }
 
 /// A new flow leaving: masquerade out of the uplink when its source is in
-/// a masqueraded IPv6 subnet. Anything else leaves as it is (the uplink's
-/// admission then keeps a lab source from leaving).
+/// a masqueraded IPv6 subnet; the host's own flow (from one of its lab
+/// IPv6 addresses, out of a lab veth or the uplink) tracked, as IPv4's
+/// `host_flow_new`. Anything else leaves as it is (the uplink's admission
+/// then keeps a lab source from leaving).
 #[inline(always)]
 fn new_egress(
     ctx: &TcContext,
@@ -194,7 +196,7 @@ fn new_egress(
 ) -> Verdict6 {
     let key = &pkt.key;
     if iface.role != ROLE_UPLINK || !lab.is_masqueraded6(&key.saddr) {
-        return Verdict6::PASS;
+        return host_flow(ctx, lab, iface, pkt, work);
     }
     let masq_addr = lab.cfg.masq_addr6;
     if masq_addr == [0; 4] {
@@ -210,6 +212,35 @@ fn new_egress(
         return Verdict6::drop(reason);
     }
     create(ctx, lab, pkt, Opening::MASQUERADE, Keeps::Nothing, work)
+}
+
+/// The host's own new flow leaving by a lab link: tracked so that its
+/// replies are never taken for a new flow to an IPv6 published port, and
+/// moved to another source port when a translated flow already holds its
+/// reply tuple (netfilter's implicit source NAT).
+#[inline(always)]
+fn host_flow(
+    ctx: &TcContext,
+    lab: &Lab,
+    iface: &Iface,
+    pkt: &Packet6,
+    work: &mut Opened<V6>,
+) -> Verdict6 {
+    let key = &pkt.key;
+    if (iface.role != ROLE_UPLINK && iface.role != ROLE_LAB)
+        || !lab.is_local6(&key.saddr)
+        || !opens(key.proto, pkt.tcp_flags, pkt.icmp_request)
+    {
+        return Verdict6::PASS;
+    }
+    if !conntrack::key_free::<V6>(&work.out.reply_key(key.proto)) {
+        work.out.nat |= NAT_SNAT;
+        if let Err(reason) = allocate_port::<V6>(lab, key, &mut work.out) {
+            return Verdict6::drop(reason);
+        }
+        stats::count(Stat::HostPortRemapped);
+    }
+    create(ctx, lab, pkt, Opening::HOST, Keeps::Nothing, work)
 }
 
 /// Opens the flow `opened.out` describes: both conntrack halves, then the

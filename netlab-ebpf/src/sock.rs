@@ -3,10 +3,12 @@
 //! to a published port on a lab host address or on 127.0.0.0/8, or to a
 //! ClusterIP, are pointed at the backend before any packet exists, and
 //! `recvmsg()`/`getpeername()` show the address the socket asked for
-//! back. `AF_INET6` sockets are handled when they talk
-//! to an IPv4-mapped address (`::ffff:198.18.0.1`). Only sockets of the
-//! lab's host namespace are touched (the programs are attached to the
-//! whole cgroup tree).
+//! back. `AF_INET6` sockets are handled as IPv4 when they talk to an
+//! IPv4-mapped address (`::ffff:198.18.0.1`), and as IPv6 when they talk to
+//! an IPv6 published port on a lab host IPv6 address or `::1` (its IPv6
+//! backend, as ip6tables' DNAT in OUTPUT; IPv6 has no ClusterIPs). Only
+//! sockets of the lab's host namespace are touched (the programs are
+//! attached to the whole cgroup tree).
 //!
 //! What a socket was pointed at is kept per (socket, backend), so an
 //! unconnected UDP socket that talks to two published ports sees each
@@ -20,7 +22,9 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::SockAddrContext,
 };
-use netlab_common::nat::{Backend, FlowKey, IPPROTO_TCP, IPPROTO_UDP, SockKey, SockNat};
+use netlab_common::nat::{
+    Backend, FlowKey, IPPROTO_TCP, IPPROTO_UDP, SockKey, SockKey6, SockNat, SockNat6,
+};
 
 use crate::{
     lab::{self, Lab},
@@ -30,6 +34,10 @@ use crate::{
 
 #[map(name = "SOCK_NAT")]
 static SOCK_NAT: LruHashMap<SockKey, SockNat> = LruHashMap::pinned(65536, 0);
+
+/// IPv6's: fewer entries, as IPv6's conntrack, for a key twice as large.
+#[map(name = "SOCK_NAT6")]
+static SOCK_NAT6: LruHashMap<SockKey6, SockNat6> = LruHashMap::pinned(16384, 0);
 
 /// An IPv4 address as a socket address carries it.
 #[derive(Clone, Copy)]
@@ -42,6 +50,9 @@ pub enum Family {
 
 /// `::ffff:0:0/96` as its three leading words, network order.
 const V4_MAPPED_PREFIX: [u32; 3] = [0, 0, 0xffff_u32.to_be()];
+
+/// `::1`, network order.
+const LOOPBACK6: [u32; 4] = [0, 0, 0, 1_u32.to_be()];
 
 /// The IPv4 address of the call (`None` for IPv6 that is not IPv4-mapped).
 #[inline(always)]
@@ -173,4 +184,96 @@ pub fn from_backend(ctx: &SockAddrContext, family: Family) {
         published.published_addr,
         published.published_port,
     );
+}
+
+/// The IPv6 address of an `AF_INET6` call (every word read, as the
+/// context allows), and whether it is IPv4-mapped.
+#[inline(always)]
+fn addr6_of(sa: *mut bpf_sock_addr) -> ([u32; 4], bool) {
+    // SAFETY: the kernel hands sock_addr programs a valid context.
+    let ip6 = unsafe { (*sa).user_ip6 };
+    let mapped = ip6[0] == V4_MAPPED_PREFIX[0]
+        && ip6[1] == V4_MAPPED_PREFIX[1]
+        && ip6[2] == V4_MAPPED_PREFIX[2];
+    (ip6, mapped)
+}
+
+#[inline(always)]
+fn set_addr6(sa: *mut bpf_sock_addr, addr: &[u32; 4], port: u16) {
+    // SAFETY: writable fields of the sock_addr context, one 4-byte word at
+    // a time, as the kernel accepts them.
+    unsafe {
+        (*sa).user_ip6[0] = addr[0];
+        (*sa).user_ip6[1] = addr[1];
+        (*sa).user_ip6[2] = addr[2];
+        (*sa).user_ip6[3] = addr[3];
+        (*sa).user_port = u32::from(port);
+    }
+}
+
+/// `connect` / `sendmsg` of an `AF_INET6` socket: an IPv4-mapped address
+/// as IPv4 ([`to_backend`]); an IPv6 published port on a host IPv6
+/// address of the lab or `::1` to its IPv6 backend.
+#[inline(always)]
+pub fn to_backend6(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    let (addr, mapped) = addr6_of(sa);
+    if mapped {
+        return to_backend(ctx, Family::V6Mapped);
+    }
+    let Some(lab) = lab_of(ctx) else {
+        return;
+    };
+    // SAFETY: the kernel hands sock_addr programs a valid context.
+    let (port, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return;
+    }
+    if addr != LOOPBACK6 && !lab.is_local6(&addr) {
+        return;
+    }
+    let Some(backend) = lab::published6(port, proto) else {
+        return;
+    };
+    let key = SockKey6 {
+        // SAFETY: helper on the program's own context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        backend_addr: backend.addr,
+        backend_port: backend.port,
+        _pad: [0; 3],
+    };
+    let published = SockNat6 {
+        published_addr: addr,
+        published_port: port,
+        _pad: 0,
+    };
+    let _ = SOCK_NAT6.insert(key, published, 0);
+    set_addr6(sa, &backend.addr, backend.port);
+}
+
+/// `recvmsg` / `getpeername` of an `AF_INET6` socket: the published
+/// address, not the backend, IPv4-mapped or IPv6.
+#[inline(always)]
+pub fn from_backend6(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    let (addr, mapped) = addr6_of(sa);
+    if mapped {
+        return from_backend(ctx, Family::V6Mapped);
+    }
+    if lab_of(ctx).is_none() {
+        return;
+    }
+    let key = SockKey6 {
+        // SAFETY: helper on the program's own context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        backend_addr: addr,
+        // SAFETY: the kernel hands sock_addr programs a valid context.
+        backend_port: unsafe { (*sa).user_port as u16 },
+        _pad: [0; 3],
+    };
+    // SAFETY: copied at once; an eviction at worst shows the backend.
+    let Some(published) = (unsafe { value(SOCK_NAT6.get_ptr(key)) }).copied() else {
+        return;
+    };
+    set_addr6(sa, &published.published_addr, published.published_port);
 }

@@ -443,3 +443,142 @@ fn translates_ipv6_as_docker_does_on_redirect() {
 fn translates_ipv6_as_docker_does_on_iptables() {
     translates_ipv6_as_docker_does("iptables");
 }
+
+/// `HOST PORT`: what the server there says the connection came from, then
+/// whom the socket says it is connected to (`getpeername`).
+const ASK6_PEER: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+seen = s.makefile().readline().strip()
+print(seen, "[%s]:%d" % s.getpeername()[:2])
+"#;
+
+/// `PORT`: a UDP echo server on every IPv6 address.
+const UDP6_ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind(("::", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(data, peer)
+"#;
+
+/// `HOST PORT MODE [BIND_PORT]`: one datagram, sent with `sendto` on an
+/// unconnected socket or after `connect`; prints where the echo came from.
+const UDP6_FROM: &str = r#"
+import socket, sys
+host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(3)
+if len(sys.argv) > 4:
+    s.bind(("::", int(sys.argv[4])))
+if mode == "connect":
+    s.connect((host, port))
+    s.send(b"ping")
+    data = s.recv(2048)
+    peer = s.getpeername()
+else:
+    s.sendto(b"ping", (host, port))
+    data, peer = s.recvfrom(2048)
+print(data.decode(), "from [%s]:%d" % peer[:2])
+"#;
+
+/// The host's own IPv6 connections to a published port, as Docker's
+/// ip6tables DNAT in OUTPUT has them: on the uplink's IPv6 address they
+/// reach blue, and the socket sees the address it asked for (the eBPF
+/// datapaths translate at the socket, `connect6`/`sendmsg6`, and show it
+/// back with `getpeername6`/`recvmsg6`); on the eBPF datapaths `[::1]`
+/// too, which ip6tables cannot (IPv6 has no `route_localnet`). And the
+/// host's own flows are tracked: a reply to a host socket whose port is a
+/// published port's number is that socket's, not a new connection to the
+/// published port.
+fn host_reaches_ipv6_published_port(datapath: &str) {
+    let sb = Sandbox::new().unwrap();
+    sb.netlab_ok(&["up", "--dual-stack", "--datapath", datapath])
+        .unwrap();
+    sb.netlab_ok(&["publish", "add", "blue", "5353:53/udp"])
+        .unwrap();
+    let life = Duration::from_secs(60);
+    let mut blue = sb
+        .spawn(
+            &[
+                "ip",
+                "netns",
+                "exec",
+                "blue",
+                "python3",
+                "-u",
+                "-c",
+                PEER6_SERVER,
+                "80",
+            ],
+            life,
+        )
+        .unwrap();
+    blue.wait_for("ready", Duration::from_secs(10)).unwrap();
+    let mut echo = sb
+        .spawn(
+            &[
+                "ip", "netns", "exec", "blue", "python3", "-u", "-c", UDP6_ECHO, "53",
+            ],
+            life,
+        )
+        .unwrap();
+    echo.wait_for("ready", Duration::from_secs(10)).unwrap();
+
+    let mut hosts = vec!["2001:2::1"];
+    if datapath != "iptables" {
+        hosts.push("::1");
+    }
+    for host in hosts {
+        let out = sb.ok(&["python3", "-c", ASK6_PEER, host, "8080"]).unwrap();
+        let (seen, peer) = out.stdout.trim().split_once(' ').unwrap();
+        // Blue sees one of the host's own addresses.
+        assert!(
+            ["2001:2::1", "fd00:15::5", "::1"].contains(&seen),
+            "{host}: {out}"
+        );
+        assert_eq!(peer, format!("[{host}]:8080"), "{host}: {out}");
+        for mode in ["sendto", "connect"] {
+            let out = sb
+                .ok(&["python3", "-c", UDP6_FROM, host, "5353", mode])
+                .unwrap();
+            assert_eq!(
+                out.stdout.trim(),
+                format!("ping from [{host}]:5353"),
+                "{host} {mode}: {out}"
+            );
+        }
+    }
+    let out = sb
+        .ok(&[
+            "python3",
+            "-c",
+            UDP6_FROM,
+            "fd00:15::2",
+            "53",
+            "sendto",
+            "5353",
+        ])
+        .unwrap();
+    assert_eq!(out.stdout.trim(), "ping from [fd00:15::2]:53", "{out}");
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn host_reaches_ipv6_published_port_on_bridge() {
+    host_reaches_ipv6_published_port("bridge");
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn host_reaches_ipv6_published_port_on_redirect() {
+    host_reaches_ipv6_published_port("redirect");
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn host_reaches_ipv6_published_port_on_iptables() {
+    host_reaches_ipv6_published_port("iptables");
+}

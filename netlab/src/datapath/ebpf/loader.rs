@@ -302,7 +302,7 @@ fn page_size() -> u32 {
 /// The pinned maps whose layout both sides of this netlab assume, as this
 /// build lays them out. A lab whose pin has another layout was brought up
 /// by another netlab.
-fn layouts() -> [(&'static str, Layout); 14] {
+fn layouts() -> [(&'static str, Layout); 15] {
     use core::mem::size_of;
     use netlab_common::{
         nat::*,
@@ -360,6 +360,10 @@ fn layouts() -> [(&'static str, Layout); 14] {
         (
             names::SOCK_NAT,
             sized(size_of::<SockKey>(), size_of::<SockNat>()),
+        ),
+        (
+            names::SOCK_NAT6,
+            sized(size_of::<SockKey6>(), size_of::<SockNat6>()),
         ),
     ]
 }
