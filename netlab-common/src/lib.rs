@@ -123,6 +123,9 @@ pub mod names {
     /// [`FragPorts`](crate::nat::FragPorts), the ports of datagrams whose
     /// first fragment was seen, for their later fragments.
     pub const FRAGMENTS: &str = "FRAGMENTS";
+    /// LRU hash: [`FragKey6`](crate::nat::FragKey6) →
+    /// [`FragPorts`](crate::nat::FragPorts): the same for IPv6 datagrams.
+    pub const FRAGMENTS6: &str = "FRAGMENTS6";
     /// Per-CPU array indexed by [`Stat`](crate::nat::Stat).
     pub const NAT_STATS: &str = "NAT_STATS";
 

@@ -1045,6 +1045,21 @@ pub struct FragKey {
     pub _pad: u8,
 }
 
+/// Key of [`names::FRAGMENTS6`](crate::names::FRAGMENTS6): one IPv6
+/// datagram's fragments (its fragment header's identification), as the
+/// addresses of the hop that saw its first fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey6 {
+    /// Network order, as in the header.
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    /// The fragment header's identification, network order.
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
 /// The L4 ports (ICMP: echo identifier as in [`FlowKey`]) the first
 /// fragment of a datagram carried, for its later fragments.
 #[repr(C)]
@@ -1074,4 +1089,5 @@ const _: () = assert!(core::mem::size_of::<SockNat6>() == 20);
 const _: () = assert!(core::mem::size_of::<SockKey6>() == 32);
 const _: () = assert!(Stat::ALL.len() == STAT_COUNT as usize);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+const _: () = assert!(core::mem::size_of::<FragKey6>() == 40);
 const _: () = assert!(core::mem::size_of::<FragPorts>() == 4);

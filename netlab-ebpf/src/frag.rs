@@ -7,17 +7,24 @@
 //! A later fragment that arrives before its first cannot be translated
 //! (netfilter reassembles first; a TC program cannot hold packets): it is
 //! dropped when NAT would apply to it (`frag_unknown`), passed otherwise.
+//!
+//! IPv6 alike, in a map of its own keyed by the fragment header's 32-bit
+//! identification (`FRAGMENTS6`).
 
 use aya_ebpf::{macros::map, maps::LruHashMap};
-use netlab_common::nat::{FlowKey, FragKey, FragPorts};
+use netlab_common::nat::{FlowKey, FlowKey6, FragKey, FragKey6, FragPorts};
 
 use crate::pkt::{
     ctx::value,
     parse::{Ip, Packet},
+    parse6::Packet6,
 };
 
 #[map(name = "FRAGMENTS")]
 static FRAGMENTS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(8192, 0);
+
+#[map(name = "FRAGMENTS6")]
+static FRAGMENTS6: LruHashMap<FragKey6, FragPorts> = LruHashMap::pinned(8192, 0);
 
 #[inline(always)]
 fn key_of(ip: &Ip, saddr: u32, daddr: u32) -> FragKey {
@@ -51,4 +58,38 @@ pub fn flow_key(ip: &Ip) -> Option<FlowKey> {
         _pad0: 0,
         _pad1: 0,
     })
+}
+
+#[inline(always)]
+fn key6_of(pkt: &Packet6, saddr: &[u32; 4], daddr: &[u32; 4]) -> FragKey6 {
+    FragKey6 {
+        saddr: *saddr,
+        daddr: *daddr,
+        id: pkt.frag_id,
+        proto: pkt.key.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// [`remember`] for an IPv6 first fragment.
+#[inline(always)]
+pub fn remember6(pkt: &Packet6, saddr: &[u32; 4], daddr: &[u32; 4], sport: u16, dport: u16) {
+    let _ = FRAGMENTS6.insert(key6_of(pkt, saddr, daddr), FragPorts { sport, dport }, 0);
+}
+
+/// [`flow_key`] for an IPv6 later fragment (`pkt`'s key holds its
+/// addresses and protocol).
+#[inline(always)]
+pub fn flow_key6(pkt: &Packet6) -> Option<FlowKey6> {
+    let key = &pkt.key;
+    // SAFETY: copied at once (see `flow_key`).
+    let ports =
+        unsafe { value(FRAGMENTS6.get_ptr(key6_of(pkt, &key.saddr, &key.daddr))) }.copied()?;
+    Some(FlowKey6::new(
+        key.saddr,
+        key.daddr,
+        ports.sport,
+        ports.dport,
+        key.proto,
+    ))
 }

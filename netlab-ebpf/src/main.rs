@@ -288,6 +288,9 @@ fn ingress6(ctx: &TcContext, verdict: &mut Verdict6) {
     match parsed.kind {
         Kind6::Flow => nat6::translate(ctx, &iface, &parsed.flow, APPLY_INGRESS, verdict),
         Kind6::IcmpError => nat6::error(ctx, &iface, &parsed.error, APPLY_INGRESS, verdict),
+        Kind6::LaterFragment => {
+            nat6::translate_fragment(ctx, &parsed.flow, APPLY_INGRESS, verdict);
+        }
         Kind6::Untranslatable => stats::count(parsed.why),
         Kind6::Bad => {}
     }
@@ -358,6 +361,9 @@ fn egress6(ctx: &TcContext, verdict: &mut Verdict6) {
         match parsed.kind {
             Kind6::Flow => nat6::translate(ctx, &iface, &parsed.flow, APPLY_EGRESS, verdict),
             Kind6::IcmpError => nat6::error(ctx, &iface, &parsed.error, APPLY_EGRESS, verdict),
+            Kind6::LaterFragment => {
+                nat6::translate_fragment(ctx, &parsed.flow, APPLY_EGRESS, verdict);
+            }
             Kind6::Untranslatable => stats::count(parsed.why),
             Kind6::Bad => {}
         }

@@ -21,7 +21,7 @@ use netlab_common::nat::{
 
 use crate::{
     conntrack::{self, Known, Opened, V6},
-    global,
+    frag, global,
     lab::{self, Iface, Lab},
     nat::{Keeps, Opening, opens},
     pkt::{
@@ -100,6 +100,10 @@ fn flow(
     hook: u8,
     work: &mut Opened<V6>,
 ) -> Verdict6 {
+    let key = &pkt.key;
+    if pkt.first_fragment {
+        frag::remember6(pkt, &key.saddr, &key.daddr, key.sport, key.dport);
+    }
     if hook == APPLY_INGRESS && !lab.is_local6(&pkt.key.daddr) {
         return Verdict6::PASS;
     }
@@ -287,6 +291,76 @@ fn create(
 fn finish(ctx: &TcContext, lab: &Lab, pkt: &Packet6, out: &Rewrite6, hook: u8) -> Verdict6 {
     if let Err(reason) = csum::decode(netlab_nat6_rewrite(ctx.skb.skb, pkt, out)) {
         return Verdict6::drop(reason);
+    }
+    if pkt.first_fragment {
+        frag::remember6(pkt, &out.saddr, &out.daddr, out.sport, out.dport);
+    }
+    after_rewrite(ctx, lab, out, hook)
+}
+
+/// A fragment after the first (`Kind6::LaterFragment`) at `hook`:
+/// translated with the ports its first fragment left in `FRAGMENTS6`,
+/// addresses only (its bytes hold no L4 header; IPv6 has no header
+/// checksum), as IPv4's `nat::translate_fragment`.
+#[inline(always)]
+pub fn translate_fragment(ctx: &TcContext, pkt: &Packet6, hook: u8, verdict: &mut Verdict6) {
+    netlab_nat6_fragment(ctx.skb.skb, pkt, u32::from(hook), verdict);
+}
+
+global::function! {
+    /// [`translate_fragment`], verified once for both IPv6 programs.
+    fn netlab_nat6_fragment(
+        skb: *mut __sk_buff,
+        pkt: *const Packet6,
+        hook: u32,
+        verdict: *mut Verdict6,
+    ) -> u32 {
+        // SAFETY: the verifier checks both pointers' memory; null is refused here.
+        let (Some(pkt), Some(verdict)) = (unsafe { pkt.as_ref() }, unsafe { verdict.as_mut() })
+        else {
+            return 0;
+        };
+        let (Some(lab), Some(work)) = (Lab::get(), per_cpu_value_mut(&NAT6_WORK, 0)) else {
+            return 0;
+        };
+        let ctx = TcContext::new(skb);
+        *verdict = fragment(&ctx, &lab, pkt, hook as u8, work);
+        0
+    }
+}
+
+/// The body of [`netlab_nat6_fragment`]; `work` is this CPU's work slot.
+#[inline(always)]
+fn fragment(
+    ctx: &TcContext,
+    lab: &Lab,
+    pkt: &Packet6,
+    hook: u8,
+    work: &mut Opened<V6>,
+) -> Verdict6 {
+    if hook == APPLY_INGRESS && !lab.is_local6(&pkt.key.daddr) {
+        return Verdict6::PASS;
+    }
+    let Some(key) = frag::flow_key6(pkt) else {
+        // Only a destination rewrite (ingress) needs to know the flow for
+        // sure; a masqueraded source stays off the uplink anyway.
+        if hook == APPLY_INGRESS {
+            return Verdict6::drop(Stat::FragUnknown);
+        }
+        return Verdict6::PASS;
+    };
+    if !conntrack::peek_into::<V6>(&key, hook, false, &mut work.out) || work.out.nat == 0 {
+        return Verdict6::PASS;
+    }
+    stats::count(Stat::Fragment);
+    let out = &work.out;
+    for (offset, old, new) in [
+        (L3_OFF + IPV6_SADDR_OFF, &key.saddr, &out.saddr),
+        (L3_OFF + IPV6_DADDR_OFF, &key.daddr, &out.daddr),
+    ] {
+        if old != new && ctx.store(offset, new, 0).is_err() {
+            return Verdict6::drop(Stat::WriteFailed);
+        }
     }
     after_rewrite(ctx, lab, out, hook)
 }

@@ -460,7 +460,7 @@ s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 s.bind(("::", int(sys.argv[1])))
 print("ready", flush=True)
 while True:
-    data, peer = s.recvfrom(2048)
+    data, peer = s.recvfrom(65535)
     s.sendto(data, peer)
 "#;
 
@@ -581,4 +581,94 @@ fn host_reaches_ipv6_published_port_on_redirect() {
 #[ignore = "privileged: run through `cargo xtask test`"]
 fn host_reaches_ipv6_published_port_on_iptables() {
     host_reaches_ipv6_published_port("iptables");
+}
+
+/// `HOST PORT SIZE`: one UDP datagram of SIZE bytes (the sender's kernel
+/// fragments what the link's MTU does not hold); prints `reply N` with the
+/// echo's size, or `timeout`.
+const UDP6_BIG: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.send(bytes(i % 251 for i in range(int(sys.argv[3]))))
+try:
+    print("reply", len(s.recv(65535)))
+except socket.timeout:
+    print("timeout")
+"#;
+
+/// IPv6 fragments through NAT66, both ways, as ip6tables (which
+/// reassembles them first) carries them: a 3,000-byte datagram, cut in
+/// three by its sender, masqueraded from red to the world and back, and
+/// DNATed from the world to a published port and back. The eBPF
+/// datapaths translate the first fragment and remember its ports for the
+/// later ones (`FRAGMENTS6`), as for IPv4.
+fn ipv6_fragments_cross_nat66(datapath: &str) {
+    let sb = Sandbox::new().unwrap();
+    sb.netlab_ok(&["up", "--dual-stack", "--datapath", datapath])
+        .unwrap();
+    sb.netlab_ok(&["publish", "add", "blue", "5353:53/udp"])
+        .unwrap();
+    let life = Duration::from_secs(60);
+    let mut servers = Vec::new();
+    for (netns, port) in [("blue", "53"), ("outside", "9000")] {
+        let mut server = sb
+            .spawn(
+                &[
+                    "ip", "netns", "exec", netns, "python3", "-u", "-c", UDP6_ECHO, port,
+                ],
+                life,
+            )
+            .unwrap();
+        server.wait_for("ready", Duration::from_secs(10)).unwrap();
+        servers.push(server);
+    }
+    for (netns, host, port) in [
+        ("red", "2001:2::2", "9000"),
+        ("outside", "2001:2::1", "5353"),
+    ] {
+        let out = sb
+            .ok(&[
+                "ip", "netns", "exec", netns, "python3", "-c", UDP6_BIG, host, port, "3000",
+            ])
+            .unwrap();
+        assert_eq!(
+            out.stdout.trim(),
+            "reply 3000",
+            "{netns} to [{host}]:{port}: {out}"
+        );
+    }
+    if datapath != "iptables" {
+        let status = sb.status().unwrap();
+        let fragments = status
+            .nat
+            .as_ref()
+            .and_then(|nat| nat.counters.get("fragment").copied())
+            .unwrap_or(0);
+        // Two later fragments per datagram, four datagrams, each
+        // translated once.
+        assert!(
+            fragments >= 8,
+            "{fragments} fragments translated: {status:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn ipv6_fragments_cross_nat66_on_bridge() {
+    ipv6_fragments_cross_nat66("bridge");
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn ipv6_fragments_cross_nat66_on_redirect() {
+    ipv6_fragments_cross_nat66("redirect");
+}
+
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn ipv6_fragments_cross_nat66_on_iptables() {
+    ipv6_fragments_cross_nat66("iptables");
 }

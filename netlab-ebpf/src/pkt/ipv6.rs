@@ -45,8 +45,10 @@ const NEXTHDR_DEST: u8 = 60;
 /// earlier: its `IPV6_MAX_HEADERS` steps include finding the upper one).
 const MAX_EXT_HEADERS: usize = 4;
 
-/// Fragment header: the offset (13 bits, in 8-byte units).
+/// Fragment header: the offset (13 bits, in 8-byte units), and the "more
+/// fragments" flag.
 const IP6_OFFSET: u16 = 0xfff8;
+const IP6_MF: u16 = 0x0001;
 
 /// Where a packet's upper-layer header is, past its extension headers.
 #[derive(Clone, Copy)]
@@ -57,6 +59,10 @@ pub struct Upper {
     pub l4: usize,
     /// A fragment after the first: no upper-layer header in it.
     pub later_fragment: bool,
+    /// The first fragment of a datagram that has more.
+    pub first_fragment: bool,
+    /// A fragment's identification (network order); 0 for no fragment.
+    pub frag_id: u32,
 }
 
 /// Walks the extension headers (hop-by-hop, routing, fragment,
@@ -76,6 +82,8 @@ pub fn upper(ctx: &TcContext, first: u8) -> Option<Upper> {
 pub fn upper_from(ctx: &TcContext, first: u8, off: usize) -> Option<Upper> {
     let mut next = first;
     let mut off = off;
+    let mut first_fragment = false;
+    let mut frag_id = 0;
     // One step more than the headers it may pass: the last finds the
     // upper-layer header.
     for _ in 0..=MAX_EXT_HEADERS {
@@ -92,15 +100,20 @@ pub fn upper_from(ctx: &TcContext, first: u8, off: usize) -> Option<Upper> {
             NEXTHDR_FRAGMENT => {
                 let [following, _] = ctx::load::<[u8; 2]>(ctx, off)?;
                 let frag = u16::from_be(ctx::load::<u16>(ctx, off + 2)?);
+                let id = ctx::load::<u32>(ctx, off + 4)?;
                 if frag & IP6_OFFSET != 0 {
                     return Some(Upper {
                         proto: following,
                         l4: 0,
                         later_fragment: true,
+                        first_fragment: false,
+                        frag_id: id,
                     });
                 }
-                // A first fragment or an atomic one: the upper header
-                // follows.
+                // A first fragment or an atomic one (no more fragments:
+                // the whole datagram): the upper header follows.
+                first_fragment = frag & IP6_MF != 0;
+                frag_id = id;
                 off += 8;
                 next = following;
             }
@@ -109,6 +122,8 @@ pub fn upper_from(ctx: &TcContext, first: u8, off: usize) -> Option<Upper> {
                     proto: next,
                     l4: off,
                     later_fragment: false,
+                    first_fragment,
+                    frag_id: if first_fragment { frag_id } else { 0 },
                 });
             }
         }

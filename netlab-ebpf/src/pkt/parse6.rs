@@ -1,5 +1,6 @@
 //! The IPv6 half of the one parser: Ethernet → IPv6 → extension headers
-//! ([`ipv6::upper`]) → TCP/UDP/ICMPv6, into a [`Parsed6`], for NAT66.
+//! ([`ipv6::upper`], fragment header included) → TCP/UDP/ICMPv6, into a
+//! [`Parsed6`], for NAT66.
 //! Validated as [`super::parse`] validates IPv4 (TCP data offset and
 //! flags, UDP length, the packet an ICMPv6 error quotes): what fails is
 //! never a flow. Its answer lives in a per-CPU slot, filled by a global
@@ -46,6 +47,11 @@ pub struct Packet6 {
     pub icmp_request: bool,
     /// `skb->len`.
     pub len: u32,
+    /// The first fragment of a datagram that has more (its ports are
+    /// remembered for the later ones).
+    pub first_fragment: bool,
+    /// A fragment's identification (network order), first or later.
+    pub frag_id: u32,
 }
 
 /// An ICMPv6 error and the packet it quotes.
@@ -81,8 +87,12 @@ pub enum Kind6 {
     Flow,
     /// [`Parsed6::error`] holds it.
     IcmpError,
+    /// A fragment after the first of a TCP, UDP or ICMPv6 datagram:
+    /// [`Parsed6::flow`] holds its addresses, protocol and fragment id
+    /// (ports 0, no L4 header: its first fragment had them).
+    LaterFragment,
     /// A sound header with nothing NAT66 translates (neighbour discovery,
-    /// other ICMPv6, other protocols, fragments after the first, an
+    /// other ICMPv6, other protocols and their later fragments, an
     /// extension header chain past the walk), or with malformed L4: why in
     /// [`Parsed6::why`] ([`Stat::Unsupported`], [`Stat::Malformed`]).
     Untranslatable,
@@ -166,7 +176,18 @@ fn parse_into(ctx: &TcContext, out: &mut Parsed6) {
     let Some(upper) = ipv6::upper(ctx, hdr.nexthdr) else {
         return;
     };
+    let pkt = &mut out.flow;
+    pkt.key = FlowKey6::new(hdr.saddr, hdr.daddr, 0, 0, upper.proto);
+    pkt.tcp_flags = 0;
+    pkt.icmp_request = false;
+    pkt.len = len;
+    pkt.first_fragment = upper.first_fragment;
+    pkt.frag_id = upper.frag_id;
     if upper.later_fragment {
+        pkt.l4 = 0;
+        if matches!(upper.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6) {
+            out.kind = Kind6::LaterFragment;
+        }
         return;
     }
     let l4 = upper.l4;
@@ -175,12 +196,7 @@ fn parse_into(ctx: &TcContext, out: &mut Parsed6) {
         return;
     }
     let l4_len = end - l4;
-    let pkt = &mut out.flow;
-    pkt.key = FlowKey6::new(hdr.saddr, hdr.daddr, 0, 0, upper.proto);
     pkt.l4 = l4 as u16;
-    pkt.tcp_flags = 0;
-    pkt.icmp_request = false;
-    pkt.len = len;
     match upper.proto {
         IPPROTO_TCP => {
             // One read at a time (see the IPv4 parser's ICMP).
@@ -210,7 +226,12 @@ fn parse_into(ctx: &TcContext, out: &mut Parsed6) {
                 return;
             };
             let udp_len = usize::from(u16::from_be(udp_len));
-            if l4_len < UDP_HLEN || udp_len < UDP_HLEN || udp_len > l4_len {
+            // A first fragment carries only part of the datagram the
+            // length is of.
+            if l4_len < UDP_HLEN
+                || udp_len < UDP_HLEN
+                || (!upper.first_fragment && udp_len > l4_len)
+            {
                 return;
             }
             pkt.key.sport = ports[0];
@@ -233,7 +254,8 @@ fn parse_into(ctx: &TcContext, out: &mut Parsed6) {
                     pkt.icmp_request = true;
                 }
                 ICMPV6_ECHO_REPLY => pkt.key.dport = id,
-                ICMPV6_DEST_UNREACH..=ICMPV6_PARAM_PROB => {
+                // An error is never fragmented by a sane sender.
+                ICMPV6_DEST_UNREACH..=ICMPV6_PARAM_PROB if !upper.first_fragment => {
                     parse_icmp6_error(ctx, l4, end, out);
                     return;
                 }

@@ -1505,22 +1505,23 @@ pub const INTENDED: &[FuzzIntended] = &[
         place_contains: "",
         line_contains: "",
         side: "",
-        reason: "IPv6 fragments through NAT66 are not translated (README, \"Not done yet for \
-                 IPv6\"): a first fragment is untranslated and a later one unsupported, so \
-                 leaving the uplink from the masqueraded subnet they are dropped \
-                 (untranslated_leak), where ip6tables reassembles them (nf_defrag_ipv6) and sends \
-                 the datagram on whole or refragmented with an identification of its own. The \
-                 lines: that datagram at outside, and what it draws (outside's echo at red, \
-                 errors about it)",
+        reason: "netfilter reassembles IPv6 fragments before NAT66 (nf_defrag_ipv6) and sends \
+                 the datagram on whole or refragmented by its own cut, with an identification of \
+                 its own; NAT66 in eBPF translates each fragment as its sender cut it (the first \
+                 with its ports, the later ones by the ports FRAGMENTS6 remembered) and cannot \
+                 hold one whose first fragment comes late (frag_unknown, or untranslated_leak \
+                 on the uplink), as for IPv4. The lines: the datagram at outside as each side \
+                 cut it, and what it draws (outside's echo at red, errors about it)",
     },
     FuzzIntended {
         class: "ipv6 fragments to a published port",
         place_contains: "",
         line_contains: "",
         side: "",
-        reason: "as for fragments through masquerade: NAT66 does not translate IPv6 fragments \
-                 to a published port, ip6tables reassembles them first. The lines: the datagram \
-                 at blue and what it draws",
+        reason: "as for fragments through masquerade: ip6tables reassembles them before its \
+                 DNAT and sends them on as it cuts them, NAT66 as their sender did, and a late \
+                 first fragment loses the datagram. The lines: the datagram at blue and what it \
+                 draws",
     },
     FuzzIntended {
         class: "ipv6 masquerade tcp flags",
