@@ -1,8 +1,8 @@
 //! From captured frames to comparable observations.
 //!
 //! Each observation point (a namespace's interface) turns every IPv4 and
-//! IPv6 frame it received (but ICMPv6's housekeeping: neighbour and router
-//! discovery, multicast listeners) into one line that keeps what must match between datapaths
+//! IPv6 frame it received (but link-local housekeeping: ICMPv6's neighbour
+//! and router discovery and multicast listeners, and IGMP) into one line that keeps what must match between datapaths
 //! (addresses, protocol, ports, flags, payload, ICMP type/code and the
 //! quoted header of an ICMP error, checksum validity) and drops what may
 //! legitimately differ:

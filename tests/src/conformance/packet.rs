@@ -11,6 +11,7 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_IGMP: u8 = 2;
 /// IPv6's fragment extension header.
 pub const NEXTHDR_FRAGMENT: u8 = 44;
 /// IPv6 extension headers the parser steps over (hop-by-hop, routing,
@@ -378,10 +379,17 @@ impl IpView {
         self.src.is_ipv6()
     }
 
-    /// ICMPv6's housekeeping ([`is_icmp6_housekeeping`]), which the
-    /// captures leave out.
+    /// Link-local housekeeping, which the captures leave out: ICMPv6's
+    /// ([`is_icmp6_housekeeping`]) and IGMP (IPv4's multicast listener
+    /// reports, which a host sends on its own schedule when an interface
+    /// joins a group: a report the host's bridge sent while one datapath's
+    /// step ran and another's did not is timing, not NAT).
     pub fn is_housekeeping(&self) -> bool {
-        self.is_ipv6() && matches!(self.l4, L4::Icmp { kind, .. } if is_icmp6_housekeeping(kind))
+        if self.is_ipv6() {
+            matches!(self.l4, L4::Icmp { kind, .. } if is_icmp6_housekeeping(kind))
+        } else {
+            self.proto == PROTO_IGMP && self.dst.is_multicast()
+        }
     }
 
     pub fn is_fragment(&self) -> bool {
@@ -657,6 +665,18 @@ mod tests {
         f.extend_from_slice(&[0x08, 0x00]);
         f.extend_from_slice(packet);
         f
+    }
+
+    #[test]
+    fn igmp_reports_are_housekeeping_multicast_udp_is_not() {
+        let group = Ipv4Addr::new(224, 0, 0, 22);
+        let report = Ip::new(A, group, PROTO_IGMP, 1).packet(&[0x22, 0, 0, 0, 0, 0, 0, 0]);
+        let view = parse_frame(&frame(&report));
+        assert!(view.is_some_and(|v| v.is_housekeeping()));
+        let mdns = Ipv4Addr::new(224, 0, 0, 251);
+        let udp = Ip::new(A, mdns, PROTO_UDP, 2).packet(&udp(A, mdns, 5353, 5353, b"q"));
+        let view = parse_frame(&frame(&udp));
+        assert!(view.is_some_and(|v| !v.is_housekeeping()));
     }
 
     #[test]
