@@ -71,11 +71,7 @@ pub fn check(topo: &Topology) -> Result<()> {
 /// work: `up` runs it while it builds the links), with the loader `up`
 /// started first thing.
 pub fn load(topo: &Topology, early: EarlyLoader) -> Result<()> {
-    let sizes = ebpf::loader::Sizes {
-        conntrack: topo.nat.conntrack_size,
-        conntrack6: conntrack6_size(topo),
-        iface_slots: ebpf::config::iface_slots(topo),
-    };
+    let sizes = sizes(topo);
     ebpf::loader::load(
         &Pins::of(&topo.name),
         &sizes,
@@ -85,13 +81,13 @@ pub fn load(topo: &Topology, early: EarlyLoader) -> Result<()> {
     )
 }
 
-/// Flows each IPv6 conntrack table holds: `nat.conntrack_size` for a lab
-/// with IPv6 subnets, one otherwise (see `ebpf::loader::Sizes`).
-fn conntrack6_size(topo: &Topology) -> u32 {
-    if topo.internal_subnets6().is_empty() {
-        1
-    } else {
-        topo.nat.conntrack_size
+/// The sizes of the maps `topo` decides: without IPv6 subnets, its
+/// IPv6-only maps are made with one entry (see `ebpf::loader::Sizes`).
+fn sizes(topo: &Topology) -> ebpf::loader::Sizes {
+    ebpf::loader::Sizes {
+        conntrack: topo.nat.conntrack_size,
+        ipv6: !topo.internal_subnets6().is_empty(),
+        iface_slots: ebpf::config::iface_slots(topo),
     }
 }
 
@@ -378,18 +374,21 @@ mod tests {
     use super::*;
     use crate::topology;
 
-    /// An IPv4 lab keeps no room for IPv6 flows (the tables are
-    /// preallocated); a dual-stack lab gets the configured size.
+    /// An IPv4 lab keeps no room for IPv6 flows, sockets or fragments
+    /// (the maps are preallocated); a dual-stack lab gets the full sizes.
     #[test]
-    fn ipv6_conntrack_is_sized_by_the_lab_s_ipv6() {
-        let v4 = topology::default_lab().unwrap();
-        assert_eq!(conntrack6_size(&v4), 1);
+    fn ipv6_maps_are_sized_by_the_lab_s_ipv6() {
+        let v4 = sizes(&topology::default_lab().unwrap());
+        assert!(!v4.ipv6);
+        assert_eq!(v4.conntrack6(), 1);
         let dual = topology::parse(
             topology::DEFAULT_LAB_DUAL_STACK,
             topology::DEFAULT_LAB_DUAL_STACK_ORIGIN,
         )
         .unwrap();
-        assert_eq!(conntrack6_size(&dual), dual.nat.conntrack_size);
+        let dual_sizes = sizes(&dual);
+        assert!(dual_sizes.ipv6);
+        assert_eq!(dual_sizes.conntrack6(), dual.nat.conntrack_size);
         assert!(dual.nat.conntrack_size > 1);
     }
 }

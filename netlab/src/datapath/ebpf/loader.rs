@@ -428,13 +428,22 @@ pub fn load(
 pub struct Sizes {
     /// Flows each IPv4 conntrack table holds (`nat.conntrack_size`).
     pub conntrack: u32,
-    /// Flows each IPv6 conntrack table holds: `nat.conntrack_size` for a
-    /// lab with IPv6 subnets, else 1. The tables are preallocated: at
-    /// 65,536 entries the two took 30.4 MB of kernel memory (bpftool's
-    /// memlock, 15.2 MB each) that an IPv4 lab never uses.
-    pub conntrack6: u32,
+    /// Whether the lab has IPv6 subnets. Without, the maps only NAT66 and
+    /// the IPv6 socket hooks use are made with one entry: they are
+    /// preallocated, and at full size an IPv4 lab would pay for them for
+    /// nothing (bpftool's memlock: the two conntrack tables 15.2 MB each
+    /// at 65,536 flows, `SOCK_NAT6` 2.0 MB, `FRAGMENTS6` 0.9 MB).
+    pub ipv6: bool,
     /// Rows of per-interface counters (`config::iface_slots`).
     pub iface_slots: u32,
+}
+
+impl Sizes {
+    /// Flows each IPv6 conntrack table holds: `conntrack`, or 1 without
+    /// IPv6 subnets.
+    pub fn conntrack6(&self) -> u32 {
+        if self.ipv6 { self.conntrack } else { 1 }
+    }
 }
 
 /// Runs every program of `plan` where it says (after [`load`]): one netlink
@@ -722,13 +731,19 @@ fn ensure_loaded(
     if EBPF_OBJECT.is_empty() {
         return Err(Refused::NoObject.into());
     }
-    let mut ebpf = early
-        .finish()?
+    let mut loader = early.finish()?;
+    if !sizes.ipv6 {
+        for map in [names::SOCK_NAT6, names::FRAGMENTS6] {
+            loader.map_max_entries(map, 1);
+        }
+    }
+    let conntrack6 = sizes.conntrack6();
+    let mut ebpf = loader
         .default_map_pin_directory(pins.maps())
         .map_max_entries(names::CONNTRACK, sizes.conntrack)
         .map_max_entries(names::CONNTRACK_NEW, sizes.conntrack)
-        .map_max_entries(names::CONNTRACK6, sizes.conntrack6)
-        .map_max_entries(names::CONNTRACK6_NEW, sizes.conntrack6)
+        .map_max_entries(names::CONNTRACK6, conntrack6)
+        .map_max_entries(names::CONNTRACK6_NEW, conntrack6)
         .map_max_entries(
             names::REDIRECT_STATS,
             sizes.iface_slots.max(1) * netlab_common::nat::REDIRECT_REASON_SLOTS,
