@@ -118,7 +118,7 @@ pub trait Family: Sized + 'static {
     fn scratch() -> &'static PerCpuArray<[Entry<Self>; 2]>;
     fn track(key: &Key<Self>, hook: u32, tcp_flags: u32, len: u32, out: &mut Rw<Self>) -> u32;
     fn peek(key: &Key<Self>, hook: u32, check_alive: u32, out: &mut Rw<Self>) -> u32;
-    fn key_free(key: &Key<Self>) -> u32;
+    fn key_free(key: &Key<Self>, take_closing: u32) -> u32;
     fn confirm(reply_key: &Key<Self>) -> u32;
     fn insert(key: &Key<Self>, flow: &mut Opened<Self>) -> u32;
     fn sweep(now: u64) -> u32;
@@ -173,8 +173,8 @@ macro_rules! family {
             }
 
             #[inline(always)]
-            fn key_free(key: &Key<Self>) -> u32 {
-                $key_free(key)
+            fn key_free(key: &Key<Self>, take_closing: u32) -> u32 {
+                $key_free(key, take_closing)
             }
 
             #[inline(always)]
@@ -219,10 +219,10 @@ macro_rules! family {
             /// [`key_free`], verified once per family. It runs in the port
             /// search's callback too, whose stack frame adds to the NAT
             /// program's: references only.
-            fn $key_free(key: *const Key<$family>) -> u32 {
+            fn $key_free(key: *const Key<$family>, take_closing: u32) -> u32 {
                 // SAFETY: as in the track function.
                 match unsafe { key.as_ref() } {
-                    Some(key) => key_free_in::<$family>(key),
+                    Some(key) => key_free_in::<$family>(key, take_closing != 0),
                     None => 0,
                 }
             }
@@ -998,16 +998,40 @@ fn peek_in<F: Family>(key: &Key<F>, hook: u32, check_alive: u32, out: &mut Rw<F>
 /// flow, which is removed now.
 #[inline(always)]
 pub fn key_free<F: Family>(key: &Key<F>) -> bool {
-    global::returned(F::key_free(key)) != 0
+    global::returned(F::key_free(key, 0)) != 0
+}
+
+/// [`key_free`] for a source port search running short: a TCP flow in
+/// TIME_WAIT or closed that holds `key` gives it up (removed, counted as
+/// `ct_swept`), as nf_nat's `nf_nat_used_tuple_harder` takes such a tuple
+/// for a new connection in its last attempts.
+#[inline(always)]
+pub fn key_free_or_closing<F: Family>(key: &Key<F>) -> bool {
+    global::returned(F::key_free(key, 1)) != 0
 }
 
 /// The body of the family's key_free function.
 #[inline(always)]
-fn key_free_in<F: Family>(key: &Key<F>) -> u32 {
+fn key_free_in<F: Family>(key: &Key<F>, take_closing: bool) -> u32 {
     u32::from(match lookup::<F>(key) {
         None => true,
-        Some(found) => !alive(&found, key, now()),
+        Some(found) => !alive(&found, key, now()) || (take_closing && give_up_closing(&found, key)),
     })
+}
+
+/// Removes the TCP flow `found` (the half at `key`) when it is in
+/// TIME_WAIT or closed; whether it did.
+#[inline(always)]
+fn give_up_closing<F: Family>(found: &Found<F>, key: &Key<F>) -> bool {
+    let entry = &*found.entry;
+    let closing =
+        entry.tcp_state == TcpState::TimeWait as u8 || entry.tcp_state == TcpState::Close as u8;
+    if key.proto != IPPROTO_TCP || !closing {
+        return false;
+    }
+    remove_flow::<F>(found.table, key, entry);
+    stats::count(Stat::CtSwept);
+    true
 }
 
 /// Whether the flow `found` (the half at `key`) is alive: its other half is

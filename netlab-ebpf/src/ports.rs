@@ -27,6 +27,14 @@ use crate::{
 /// more than one).
 const PORT_ROUNDS: [u32; 2] = [128, 112];
 
+/// How many of a round's last probes also take a tuple held by a TCP flow
+/// in TIME_WAIT or closed ([`conntrack::key_free_or_closing`]), as
+/// nf_nat's `nf_nat_used_tuple_harder` does in a round's last
+/// `NF_NAT_HARDER_THRESH` (32) attempts. Without it, a masquerade range
+/// full of TIME_WAIT flows (120 s each) fails new SYNs
+/// (`port_search_limit`) that netfilter lets through.
+const HARDER_PROBES: u32 = 32;
+
 /// The port search's state, shared with its `bpf_loop` callback. Kept
 /// small: the callback's frame and this add to the NAT program's stack.
 #[repr(C)]
@@ -37,6 +45,9 @@ struct Search<F: Family> {
     span: u32,
     start: u32,
     found: u32,
+    /// The probe index from which this round takes closing flows' tuples
+    /// ([`HARDER_PROBES`]).
+    harder_from: u32,
 }
 
 /// A family whose flows get source ports: its instance of the search's
@@ -160,6 +171,7 @@ fn search_port<F: Family>(
         span,
         start,
         found: 0,
+        harder_from: 0,
     };
     for (round, probes) in PORT_ROUNDS.iter().enumerate() {
         if round > 0 {
@@ -170,10 +182,12 @@ fn search_port<F: Family>(
             // SAFETY: plain helper.
             search.start = unsafe { bpf_get_prandom_u32() } % span;
         }
+        let probes = span.min(*probes);
+        search.harder_from = probes.saturating_sub(HARDER_PROBES);
         // SAFETY: the callback is a static function of the expected type
         // and `search` outlives the call.
         unsafe {
-            bpf_loop(span.min(*probes), try_port, (&raw mut search).cast(), 0);
+            bpf_loop(probes, try_port, (&raw mut search).cast(), 0);
         }
         if search.found != 0 {
             out.sport = search.reply.dport;
@@ -195,7 +209,12 @@ fn try_port_in<F: Family>(i: u64, ctx: *mut c_void) -> i64 {
     let search = unsafe { &mut *ctx.cast::<Search<F>>() };
     let offset = (u64::from(search.start) + i) % u64::from(search.span.max(1));
     search.reply.dport = ((search.min + offset as u32) as u16).to_be();
-    if conntrack::key_free::<F>(&search.reply) {
+    let free = if i >= u64::from(search.harder_from) {
+        conntrack::key_free_or_closing::<F>(&search.reply)
+    } else {
+        conntrack::key_free::<F>(&search.reply)
+    };
+    if free {
         search.found = 1;
         return 1;
     }

@@ -1298,6 +1298,82 @@ fn an_exhausted_port_range_drops_only_the_new_flow() {
     });
 }
 
+/// With the range taken, a new SYN takes the port of a masqueraded TCP
+/// flow in TIME_WAIT, which gives it up (`ct_swept`), as nf_nat's
+/// `nf_nat_used_tuple_harder` does; an established flow keeps its port,
+/// and with no closing flow left the range is exhausted again.
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn a_new_syn_takes_the_port_of_a_flow_in_time_wait() {
+    with_datapath(|dp| {
+        dp.default_lab();
+        let server = "198.18.0.2:80";
+        let mut ports = Vec::new();
+        for client in ["192.168.15.1:5000", "192.168.15.1:5001"] {
+            let out = dp.run(
+                names::NAT_EGRESS,
+                &Frame::tcp(client, server, TCP_SYN).bytes(),
+            );
+            out.expect(TC_NEXT, &[(Stat::SnatNew, 1)]);
+            let port = endpoints(&out.frame).0.port();
+            let masq = format!("198.18.0.1:{port}");
+            dp.run(
+                names::NAT_INGRESS,
+                &Frame::tcp(server, &masq, TCP_SYN | TCP_ACK).bytes(),
+            )
+            .expect(TC_NEXT, &[]);
+            dp.run(
+                names::NAT_EGRESS,
+                &Frame::tcp(client, server, TCP_ACK).bytes(),
+            )
+            .expect(TC_NEXT, &[(Stat::CtAssured, 1)]);
+            ports.push(port);
+        }
+        // The first flow closes: FIN, FIN, ACK.
+        let (closing, open) = ("192.168.15.1:5000", "192.168.15.1:5001");
+        let masq = format!("198.18.0.1:{}", ports[0]);
+        dp.run(
+            names::NAT_EGRESS,
+            &Frame::tcp(closing, server, TCP_FIN | TCP_ACK).bytes(),
+        )
+        .expect(TC_NEXT, &[]);
+        dp.run(
+            names::NAT_INGRESS,
+            &Frame::tcp(server, &masq, TCP_FIN | TCP_ACK).bytes(),
+        )
+        .expect(TC_NEXT, &[]);
+        dp.run(
+            names::NAT_EGRESS,
+            &Frame::tcp(closing, server, TCP_ACK).bytes(),
+        )
+        .expect(TC_NEXT, &[]);
+        let closed = flow_key(IPPROTO_TCP, ep(closing), ep(server));
+        assert_eq!(
+            dp.flow(&closed).expect("flow tracked").tcp_state,
+            TcpState::TimeWait as u8
+        );
+
+        let third = Frame::tcp("192.168.15.1:5002", server, TCP_SYN);
+        let out = dp.run(names::NAT_EGRESS, &third.bytes());
+        out.expect(TC_NEXT, &[(Stat::SnatNew, 1), (Stat::CtSwept, 1)]);
+        assert_eq!(
+            endpoints(&out.frame).0.port(),
+            ports[0],
+            "the TIME_WAIT flow's port"
+        );
+        assert!(dp.flow(&closed).is_none(), "the TIME_WAIT flow is gone");
+        let established = flow_key(IPPROTO_TCP, ep(open), ep(server));
+        assert_eq!(
+            dp.flow(&established).expect("flow kept").tcp_state,
+            TcpState::Established as u8
+        );
+
+        let fourth = Frame::tcp("192.168.15.1:5003", server, TCP_SYN).bytes();
+        let out = dp.run(names::NAT_EGRESS, &fourth);
+        out.expect(TC_ACT_SHOT, &[(Stat::PortExhausted, 1)]);
+    });
+}
+
 /// Issue 21, item 3: the port search is bounded, as nf_nat's: a new
 /// flow's search probes at most 240 ports (128 from its preferred start,
 /// 112 from a random one) and then gives up (`port_search_limit`), where
