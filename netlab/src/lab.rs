@@ -609,6 +609,17 @@ fn peers(topo: &Topology) -> impl Iterator<Item = &topology::Peer> {
 async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
     let place = nl.place().clone();
     let settings = datapath::link_settings(topo);
+    // The lab's IPv6 addresses skip duplicate address detection (netlab
+    // gave them out), and so do its links' own link-local ones: while
+    // one is tentative (a second or two after the link comes up) the host
+    // sends no neighbour solicitation from that link, and the first IPv6
+    // packets it routes there are lost.
+    let no_dad = |name: &str| -> Result<()> {
+        if !topo.internal_subnets6().is_empty() {
+            sysctl::write_iface6(name, "accept_dad", "0")?;
+        }
+        Ok(())
+    };
     if place != Place::Host {
         let lo = nl.require_link("lo").await?;
         nl.set_up(lo.index).await?;
@@ -627,6 +638,7 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
             for address in &bridge.addresses6 {
                 nl.add_address6(link.index, address.net).await?;
             }
+            no_dad(&bridge.name)?;
             nl.set_up(link.index).await?;
         }
     }
@@ -650,6 +662,7 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
         for address in &end.addresses6 {
             nl.add_address6(link.index, address.net).await?;
         }
+        no_dad(&end.name)?;
         nl.set_up(link.index).await?;
     }
     Ok(())

@@ -28,7 +28,18 @@ pub const IP6_FORWARD: &str = "net.ipv6.conf.all.forwarding";
 /// Sets `net.ipv4.conf.IFACE.KEY` (interface names may hold dots, so the
 /// path is built from parts).
 pub fn write_iface(iface: &str, key: &str, value: &str) -> Result<()> {
-    let path = PathBuf::from("/proc/sys/net/ipv4/conf")
+    write_conf("ipv4", iface, key, value)
+}
+
+/// Sets `net.ipv6.conf.IFACE.KEY`, as [`write_iface`].
+pub fn write_iface6(iface: &str, key: &str, value: &str) -> Result<()> {
+    write_conf("ipv6", iface, key, value)
+}
+
+fn write_conf(family: &str, iface: &str, key: &str, value: &str) -> Result<()> {
+    let path = PathBuf::from("/proc/sys/net")
+        .join(family)
+        .join("conf")
         .join(iface)
         .join(key);
     fs::write(&path, value).with_context(|| format!("setting {}={value}", path.display()))
