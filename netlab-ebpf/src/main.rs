@@ -294,19 +294,43 @@ fn ingress6(ctx: &TcContext, verdict: &mut Verdict6) {
         Kind6::Untranslatable => stats::count(parsed.why),
         Kind6::Bad => {}
     }
+    if !matches!(verdict.action, Action::Pass | Action::Rewritten) {
+        return;
+    }
+    if parsed.kind != Kind6::Flow {
+        if lab.redirect() {
+            redirect::count(&iface, RedirectReason::FallbackUnparsed);
+        }
+        return;
+    }
     // A namespace's flow DNATed to a backend of its own segment is
-    // bridged on, as br_netfilter does (see IPv4's `ingress`).
+    // bridged on, as br_netfilter does; with `redirect`, every flow takes
+    // its hop (see IPv4's `ingress`).
     let dnat = verdict.action == Action::Rewritten
         && verdict.rewrite.nat & (NAT_DNAT | NAT_REFLECT) == NAT_DNAT;
-    if dnat
-        && iface.role == ROLE_LAB
-        && let Some(bridged) = redirect::bridge_to_backend6(ctx, &iface, &verdict.rewrite.daddr)
-    {
+    if verdict.action == Action::Rewritten {
         trace::note_rewrite();
-        *verdict = match bridged {
-            Ok(()) => Verdict6::PASS,
-            Err(reason) => Verdict6::drop(reason),
-        };
+    }
+    let bridged = if dnat && iface.role == ROLE_LAB {
+        redirect::bridge_to_backend6(ctx, &lab, &iface, &verdict.rewrite.daddr)
+    } else {
+        None
+    };
+    let hop = match bridged {
+        Some(hop) => hop,
+        None if !lab.redirect() => return,
+        None => redirect::forward6(ctx, &iface, &parsed.flow, verdict),
+    };
+    match hop {
+        Hop::Done(done) => match done.action {
+            Action::Drop => *verdict = Verdict6::drop(done.reason),
+            Action::RedirectNeigh => *verdict = Verdict6::neigh(done.arg),
+            // Passed on as NAT66 left it.
+            _ => {}
+        },
+        Hop::Peer(ifindex) => {
+            redirect::into_peer6(ctx, &lab, &iface, &parsed.flow, ifindex, verdict);
+        }
     }
 }
 

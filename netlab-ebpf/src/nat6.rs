@@ -394,6 +394,28 @@ pub fn handed_off(handoff: Handoff, pkt: Option<&Packet6>) {
     }
 }
 
+/// [`handed_off`] for a packet rewritten to `out` on ingress, not parsed
+/// again (a peer redirect skips the egress hook).
+#[inline(always)]
+pub fn handed_off_as(handoff: Handoff, out: &Rewrite6, proto: u8) {
+    if let Handoff::Opened = handoff {
+        netlab_nat6_confirm_as(out, u32::from(proto));
+    }
+}
+
+global::function! {
+    /// [`handed_off_as`]'s confirm, in a frame of its own: the ingress
+    /// program's has no room for the 40-byte reply key beside the calls
+    /// into NAT66 and conntrack (measured: 16 bytes over the 512).
+    fn netlab_nat6_confirm_as(out: *const Rewrite6, proto: u32) -> u32 {
+        // SAFETY: the verifier checks the pointer's memory; null is refused here.
+        if let Some(out) = unsafe { out.as_ref() } {
+            conntrack::confirm::<V6>(&out.reply_key(proto as u8));
+        }
+        0
+    }
+}
+
 global::function! {
     /// The rewrite of an IPv6 packet's tuple, verified once (as IPv4's
     /// `netlab_nat_rewrite`).

@@ -7,10 +7,13 @@
 //! - Toward the world: `bpf_redirect_neigh` out of the uplink (the kernel
 //!   resolves the next hop's MAC); the uplink's egress program still
 //!   masquerades.
-//! - Anything else (the host itself, non-IPv4, fragments, broadcast and
-//!   multicast, an address of a lab subnet no namespace holds, an expiring
-//!   TTL, another node's pods, which the host routes) is left to the stack
-//!   and the bridge, counted by reason per interface.
+//! - Anything else (the host itself, ICMP errors, fragments, broadcast and
+//!   multicast, link-scope IPv6, an address of a lab subnet no namespace
+//!   holds, an expiring TTL or hop limit, another node's pods, which the
+//!   host routes) is left to the stack and the bridge, counted by reason
+//!   per interface.
+//!
+//! IPv6 takes the same hops ([`forward6`], [`into_peer6`]) after NAT66.
 
 use aya_ebpf::{
     bindings::__sk_buff,
@@ -19,19 +22,21 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::TcContext,
 };
-use netlab_common::nat::{Endpoint, RedirectReason, Stat, redirect_stat_index};
+use netlab_common::nat::{APPLY_EGRESS, Endpoint, RedirectReason, Stat, redirect_stat_index};
 
 use crate::{
-    endpoints, global,
+    admit, endpoints, global,
     lab::{Iface, Lab},
-    nat,
+    nat, nat6,
     pkt::{
         csum,
         ctx::{self, per_cpu_value_mut},
         eth::{self, ETH_ALEN, is_group},
+        ipv6,
         parse::Packet,
+        parse6::Packet6,
     },
-    verdict::{Action, Verdict},
+    verdict::{Action, Verdict, Verdict6},
 };
 
 /// Per-CPU counters, a row of `REDIRECT_REASON_SLOTS` per interface slot
@@ -94,6 +99,44 @@ global::function! {
     }
 }
 
+/// IPv6's [`forward`]: a packet NAT66 has passed (or rewritten, as
+/// `verdict` says) on TC ingress, `pkt` as parsed.
+#[inline(always)]
+pub fn forward6(ctx: &TcContext, iface: &Iface, pkt: &Packet6, verdict: &Verdict6) -> Hop {
+    decode(netlab_redirect_forward6(
+        ctx.skb.skb,
+        iface.ifindex,
+        pkt,
+        verdict,
+    ))
+}
+
+global::function! {
+    /// [`forward6`] as a global BPF function, verified once (as
+    /// [`netlab_redirect_forward`]). It takes the interface's index, not
+    /// the interface: the IPv6 program's frame has no room to spare for
+    /// it (its calls into NAT66 and conntrack fill the 512 bytes).
+    fn netlab_redirect_forward6(
+        skb: *mut __sk_buff,
+        ifindex: u32,
+        pkt: *const Packet6,
+        verdict: *const Verdict6,
+    ) -> u64 {
+        // SAFETY: the verifier checks the pointers' memory; null is refused here.
+        let refs = unsafe { (pkt.as_ref(), verdict.as_ref()) };
+        let (Some(pkt), Some(verdict), Some(lab)) = (refs.0, refs.1, Lab::get()) else {
+            return encode(Hop::Done(Verdict::drop(Stat::WriteFailed)));
+        };
+        let daddr = if verdict.action == Action::Rewritten {
+            &verdict.rewrite.daddr
+        } else {
+            &pkt.key.daddr
+        };
+        let iface = Iface::of_index(ifindex);
+        encode(forward_packet6(&TcContext::new(skb), &lab, &iface, pkt, daddr))
+    }
+}
+
 /// How [`netlab_redirect_forward`] returns a [`Hop`]: its kind in the high
 /// half, its ifindex or reason in the low.
 const HOP_PASS: u64 = 0;
@@ -152,7 +195,9 @@ fn forward_packet(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet, after
         return Hop::Done(Verdict::PASS);
     }
     if let Some(endpoint) = endpoints::get(daddr) {
-        return to_endpoint(ctx, iface, pkt, &endpoint, eth_dst);
+        return to_endpoint(ctx, iface, &endpoint, eth_dst, || {
+            route_hop(ctx, iface, pkt)
+        });
     }
     if lab.is_peer(daddr) {
         count(iface, RedirectReason::FallbackUnknown);
@@ -173,6 +218,58 @@ fn forward_packet(ctx: &TcContext, lab: &Lab, iface: &Iface, pkt: &Packet, after
     Hop::Done(Verdict::PASS)
 }
 
+/// IPv6's [`forward_packet`]: the same hops, without another node's pods
+/// (nodes peer over IPv4).
+#[inline(always)]
+fn forward_packet6(
+    ctx: &TcContext,
+    lab: &Lab,
+    iface: &Iface,
+    pkt: &Packet6,
+    daddr: &[u32; 4],
+) -> Hop {
+    // Link-local and multicast (neighbour discovery) stay on their link.
+    if lab.is_local6(daddr) || ipv6::is_link_scope(daddr) {
+        count(iface, RedirectReason::FallbackLocal);
+        return Hop::Done(Verdict::PASS);
+    }
+    let Some(eth_dst) = eth::load_daddr(ctx) else {
+        count(iface, RedirectReason::FallbackUnparsed);
+        return Hop::Done(Verdict::PASS);
+    };
+    if is_group(&eth_dst) || pkt.first_fragment {
+        count(iface, RedirectReason::FallbackUnparsed);
+        return Hop::Done(Verdict::PASS);
+    }
+    if let Some(endpoint) = endpoints::get6(daddr) {
+        return to_endpoint(ctx, iface, &endpoint, eth_dst, || route_hop6(ctx, iface));
+    }
+    let uplink = lab.cfg.uplink_ifindex;
+    let beyond = lab.in_uplink_net6(daddr) || !lab.is_internal6(daddr);
+    if uplink != 0 && uplink != iface.ifindex && beyond {
+        if let Some(stop) = route_hop6(ctx, iface) {
+            return Hop::Done(stop);
+        }
+        count(iface, RedirectReason::Uplink);
+        return Hop::Done(Verdict::neigh(uplink));
+    }
+    count(iface, RedirectReason::FallbackUnknown);
+    Hop::Done(Verdict::PASS)
+}
+
+/// IPv6's [`route_hop`]: the hop limit goes down by one.
+#[inline(always)]
+fn route_hop6(ctx: &TcContext, iface: &Iface) -> Option<Verdict> {
+    match ipv6::decrement_hop_limit(ctx) {
+        Ok(true) => None,
+        Ok(false) => {
+            count(iface, RedirectReason::FallbackTtl);
+            Some(Verdict::PASS)
+        }
+        Err(reason) => Some(Verdict::drop(reason)),
+    }
+}
+
 /// A router hop: the TTL goes down by one. `Some` when the packet must not
 /// be redirected: its TTL would expire (the stack answers time exceeded), or
 /// the rewrite failed.
@@ -188,13 +285,15 @@ fn route_hop(ctx: &TcContext, iface: &Iface, pkt: &Packet) -> Option<Verdict> {
     }
 }
 
+/// The hop into `endpoint`'s namespace; `route_hop` makes the router hop
+/// of the packet's family when it crossed one.
 #[inline(always)]
 fn to_endpoint(
     ctx: &TcContext,
     iface: &Iface,
-    pkt: &Packet,
     endpoint: &Endpoint,
     eth_dst: [u8; ETH_ALEN],
+    route_hop: impl FnOnce() -> Option<Verdict>,
 ) -> Hop {
     if endpoint.ifindex == iface.ifindex {
         count(iface, RedirectReason::FallbackSameIface);
@@ -203,7 +302,7 @@ fn to_endpoint(
     // Addressed to a gateway (ours, or the uplink's MAC from outside):
     // a router hop. Otherwise the namespaces talk on one segment.
     let routed = eth_dst != endpoint.mac;
-    if routed && let Some(stop) = route_hop(ctx, iface, pkt) {
+    if routed && let Some(stop) = route_hop() {
         return Hop::Done(stop);
     }
     let stored = if routed {
@@ -241,23 +340,27 @@ pub fn bridge_to_backend(ctx: &TcContext, lab: &Lab, iface: &Iface, after: &Pack
     Some(Hop::Peer(endpoint.ifindex))
 }
 
-/// IPv6's [`bridge_to_backend`] (both datapaths): a namespace's flow,
-/// just DNATed on its way in to `daddr`, a backend on its own segment,
-/// leaves with the backend's MAC, for the bridge to forward (then
-/// `Some`, or why the MAC could not be written). `None` when the backend
-/// sits elsewhere (the packet is then routed).
+/// IPv6's [`bridge_to_backend`] (both datapaths), `daddr` the backend's
+/// address.
 #[inline(always)]
 pub fn bridge_to_backend6(
     ctx: &TcContext,
+    lab: &Lab,
     iface: &Iface,
     daddr: &[u32; 4],
-) -> Option<Result<(), Stat>> {
+) -> Option<Hop> {
     let endpoint = endpoints::get6(daddr)?;
     let eth_dst = eth::load_daddr(ctx)?;
     if eth_dst != endpoint.gateway_mac || endpoint.ifindex == iface.ifindex {
         return None;
     }
-    Some(eth::store_daddr(ctx, &endpoint.mac))
+    if let Err(reason) = eth::store_daddr(ctx, &endpoint.mac) {
+        return Some(Hop::Done(Verdict::drop(reason)));
+    }
+    if !lab.redirect() {
+        return Some(Hop::Done(Verdict::PASS));
+    }
+    Some(Hop::Peer(endpoint.ifindex))
 }
 
 /// The peer redirect of a [`Hop::Peer`]: the target veth's egress hook is
@@ -283,6 +386,45 @@ pub fn into_peer(
     }
     count(iface, RedirectReason::Peer);
     Verdict::peer(ifindex)
+}
+
+/// IPv6's [`into_peer`], into `verdict` (NAT66's: passed or rewritten
+/// for `pkt`, into the namespace behind `ifindex`). The target's egress
+/// hook would also admit the packet (a closed lab), so that is done here
+/// too.
+#[inline(always)]
+pub fn into_peer6(
+    ctx: &TcContext,
+    lab: &Lab,
+    iface: &Iface,
+    pkt: &Packet6,
+    ifindex: u32,
+    verdict: &mut Verdict6,
+) {
+    let target = Iface::of_index(ifindex);
+    let rewritten = verdict.action == Action::Rewritten;
+    let addrs = if rewritten {
+        (&verdict.rewrite.saddr, &verdict.rewrite.daddr)
+    } else {
+        (&pkt.key.saddr, &pkt.key.daddr)
+    };
+    if let Err(reason) = admit::admit6(lab, &target, addrs, APPLY_EGRESS) {
+        *verdict = Verdict6::drop(reason);
+        return;
+    }
+    match ctx::take_handoff(ctx) {
+        Some(handoff) => nat6::handed_off_as(handoff, &verdict.rewrite, pkt.key.proto),
+        // Not translated on the way in (else handed off): the packet is
+        // still `pkt`, and its flow may rewrite it at this egress.
+        None => {
+            nat6::translate(ctx, &target, pkt, APPLY_EGRESS, verdict);
+            if verdict.dropped().is_some() {
+                return;
+            }
+        }
+    }
+    count(iface, RedirectReason::Peer);
+    *verdict = Verdict6::peer(ifindex);
 }
 
 /// Performs a redirect verdict.

@@ -1,9 +1,10 @@
 //! IPv6: the header, where the addresses sit, and the walk over the
 //! extension headers to the upper-layer header (the tracer and NAT66's
-//! parser read it).
+//! parser read it), and the hop limit a router hop decrements.
 
 use super::{ctx, eth::ETH_HLEN};
 use aya_ebpf::programs::TcContext;
+use netlab_common::nat::Stat;
 
 pub const ETH_P_IPV6: u16 = 0x86dd;
 
@@ -32,6 +33,8 @@ const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HLEN);
 /// The source and destination addresses' offsets in an IPv6 header.
 pub const IPV6_SADDR_OFF: usize = 8;
 pub const IPV6_DADDR_OFF: usize = 24;
+/// The hop limit's offset (IPv4's TTL; no checksum covers it).
+const IPV6_HOP_LIMIT_OFF: usize = 7;
 
 /// Extension headers (RFC 8200's next-header values) the walk steps over.
 const NEXTHDR_HOP: u8 = 0;
@@ -138,4 +141,18 @@ pub fn is_link_scope(addr: &[u32; 4]) -> bool {
     // The first 16 bits tell both prefixes.
     let first = addr[0].to_ne_bytes();
     first[0] == 0xff || (first[0] == 0xfe && first[1] & 0xc0 == 0x80)
+}
+
+/// A router hop: the hop limit goes down by one. `Ok(false)` when it
+/// would expire (the stack answers time exceeded): left as it is.
+#[inline(always)]
+pub fn decrement_hop_limit(ctx: &TcContext) -> Result<bool, Stat> {
+    let at = ETH_HLEN + IPV6_HOP_LIMIT_OFF;
+    let hops: u8 = ctx.load(at).map_err(|_| Stat::WriteFailed)?;
+    if hops <= 1 {
+        return Ok(false);
+    }
+    ctx.store(at, &(hops - 1), 0)
+        .map_err(|_| Stat::WriteFailed)?;
+    Ok(true)
 }
