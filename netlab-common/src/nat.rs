@@ -635,9 +635,11 @@ pub enum RedirectReason {
     Peer = 0,
     /// Sent out of the uplink with `bpf_redirect_neigh`.
     Uplink,
-    /// For the host itself: left to the stack.
+    /// For the host itself (IPv6: or within the link, link-local and
+    /// multicast): left to the stack.
     FallbackLocal,
-    /// Not a parsed IPv4 packet (ARP, fragment, ICMP error...): left to the stack.
+    /// Not a parsed flow (ARP, neighbour discovery, fragment, ICMP
+    /// error...): left to the stack.
     FallbackUnparsed,
     /// Destination neither a lab namespace nor beyond the uplink (another
     /// node's pods included: the host routes them).

@@ -613,14 +613,10 @@ impl Bench {
             );
         }
         checks.push(format!("{} DNAT +{dnat}, SNAT +{snat}", after.source));
-        // IPv6 has no peer redirects yet: the kernel routes and bridges it
-        // on `redirect` as on `bridge`, behind the same NAT66.
-        if !ipv6
-            && matches!(
-                datapath,
-                Datapath::Redirect | Datapath::RedirectHostCt | Datapath::RedirectXdp
-            )
-        {
+        if matches!(
+            datapath,
+            Datapath::Redirect | Datapath::RedirectHostCt | Datapath::RedirectXdp
+        ) {
             // Each probe's packets must be redirected, not left to the
             // bridge and the host stack (a silent fallback to `bridge`).
             let redirected = after.redirected.saturating_sub(before.redirected);
@@ -1217,8 +1213,8 @@ fn meta(plan: &Plan) -> Result<Meta> {
         "IPv6 rows: the dual-stack default lab (`netlab up --dual-stack`'s topology, the \
          same N = {} published ports), brought up after the IPv4 lab in every round for {}; \
          `iptables` is ip6tables there (NAT66 as Docker's ip6tables rules), and `redirect` \
-         routes and bridges IPv6 through the kernel (no peer redirects for IPv6 yet) behind \
-         the same NAT66 as `bridge`. The IPv6 limit is the bare veth pair over IPv6.",
+         takes IPv6's peer and uplink redirects after the same NAT66 as `bridge`. The IPv6 \
+         limit is the bare veth pair over IPv6.",
         plan.port_counts[0],
         plan.datapaths
             .iter()
