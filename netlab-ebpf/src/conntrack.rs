@@ -426,23 +426,23 @@ fn lookup<F: Family>(key: &Key<F>) -> Option<Found<F>> {
     })
 }
 
-/// What the fast path ([`crate::fast`]) finds for a packet's key at a hook.
-pub enum Fast {
+/// What the fast path ([`crate::fast`], [`crate::fast6`]) finds for a
+/// packet's key at a hook.
+pub enum Fast<F: Family = V4> {
     /// No flow has the key.
     Miss,
     /// A flow this packet may change, or another hook's: the full path's.
     Slow,
     /// An established flow's half, which this hook applies and this packet
     /// leaves as it is: [`fast_count`] it once the packet is on its way.
-    Hit(&'static mut CtEntry),
+    Hit(&'static mut Entry<F>),
 }
 
-/// The fast path's lookup (IPv4): one (two for a flow not assured yet),
-/// no call, nothing written. Whatever may change the flow is the full
-/// path's.
+/// The fast path's lookup: one (two for a flow not assured yet), no call,
+/// nothing written. Whatever may change the flow is the full path's.
 #[inline(always)]
-pub fn fast_lookup(key: &FlowKey, hook: u8, tcp_flags: u8) -> Fast {
-    let Some(found) = lookup::<V4>(key) else {
+pub fn fast_lookup<F: Family>(key: &Key<F>, hook: u8, tcp_flags: u8) -> Fast<F> {
+    let Some(found) = lookup::<F>(key) else {
         return Fast::Miss;
     };
     let entry = found.entry;
@@ -456,7 +456,7 @@ pub fn fast_lookup(key: &FlowKey, hook: u8, tcp_flags: u8) -> Fast {
     // half whose peer is gone goes to the full path at once, which
     // restores the peer or removes the orphan before its reply key can
     // be handed to another flow. Assured flows are never evicted.
-    if found.table == Table::New && find_peer::<V4>(found.table, entry, key).is_none() {
+    if found.table == Table::New && find_peer::<F>(found.table, entry, key).is_none() {
         return Fast::Slow;
     }
     Fast::Hit(entry)
@@ -464,7 +464,7 @@ pub fn fast_lookup(key: &FlowKey, hook: u8, tcp_flags: u8) -> Fast {
 
 /// Counts a packet of `len` bytes on the half [`fast_lookup`] found.
 #[inline(always)]
-pub fn fast_count(half: &mut CtEntry, len: u32) {
+pub fn fast_count<A>(half: &mut CtEntryOf<A>, len: u32) {
     half.packets += 1;
     half.bytes += u64::from(len);
 }

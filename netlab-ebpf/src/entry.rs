@@ -28,7 +28,7 @@ use netlab_common::nat::{APPLY_INGRESS, NAT_DNAT, RedirectReason, Stat};
 
 use crate::{
     admit,
-    conntrack::{self, Fast},
+    conntrack::{self, Fast, V4},
     endpoints,
     fib::Asker,
     lab::{Iface, Lab},
@@ -89,7 +89,7 @@ fn to_backend(ctx: &XdpContext, lab: &Lab) -> Option<u32> {
     if !lab.is_local(key.daddr) || pkt.hdr.ip.ttl <= 1 {
         return None;
     }
-    let Fast::Hit(half) = conntrack::fast_lookup(&key, APPLY_INGRESS, pkt.tcp_flags) else {
+    let Fast::Hit(half) = conntrack::fast_lookup::<V4>(&key, APPLY_INGRESS, pkt.tcp_flags) else {
         return None;
     };
     if half.nat != NAT_DNAT {

@@ -23,7 +23,7 @@ use netlab_common::nat::{
 
 use crate::{
     admit,
-    conntrack::{self, Fast},
+    conntrack::{self, Fast, V4},
     endpoints, fib,
     lab::{self, Iface, Lab},
     pkt::{
@@ -35,7 +35,7 @@ use crate::{
     redirect, stats, trace,
 };
 
-const TC_NEXT: i32 = TC_ACT_UNSPEC;
+pub const TC_NEXT: i32 = TC_ACT_UNSPEC;
 
 /// The full paths, tail-called when the fast path leaves a packet: slot
 /// `NAT_FULL_INGRESS` and `NAT_FULL_EGRESS`, and IPv6's, `NAT6_FULL_*`,
@@ -43,14 +43,11 @@ const TC_NEXT: i32 = TC_ACT_UNSPEC;
 #[map(name = "NAT_FULL")]
 static NAT_FULL: ProgramArray = ProgramArray::pinned(4, 0);
 
-/// The slot of the full path for the frame: `ipv6` (NAT66's program) for
-/// an IPv6 frame, else `ipv4`.
+/// Whether the frame is IPv6 (its fast path is [`crate::fast6`], its
+/// full path NAT66's program).
 #[inline(always)]
-pub fn full_slot(ctx: &TcContext, ipv4: u32, ipv6: u32) -> u32 {
-    match ctx::load::<u16>(ctx, eth::ETH_PROTO_OFF) {
-        Some(ethertype) if u16::from_be(ethertype) == ETH_P_IPV6 => ipv6,
-        _ => ipv4,
-    }
+pub fn is_ipv6(ctx: &TcContext) -> bool {
+    ctx::load::<u16>(ctx, eth::ETH_PROTO_OFF).is_some_and(|t| u16::from_be(t) == ETH_P_IPV6)
 }
 
 /// Hands the packet to the full path in `slot`. Should the slot be empty
@@ -81,7 +78,7 @@ pub fn egress(ctx: &TcContext) -> Option<i32> {
 /// The lab's configuration, when the fast path may run: the lab is up and
 /// nobody traces (a traced hop is recorded by the full path).
 #[inline(always)]
-fn lab() -> Option<Lab> {
+pub fn lab() -> Option<Lab> {
     if trace::config().is_some() {
         return None;
     }
@@ -130,7 +127,8 @@ fn fast_ingress(ctx: &TcContext) -> Option<i32> {
     // Only flows to the lab's host addresses and Services are translated
     // on the way in.
     if lab.is_local(key.daddr) || lab.is_service(key.daddr) {
-        let Fast::Hit(found) = conntrack::fast_lookup(&key, APPLY_INGRESS, pkt.tcp_flags) else {
+        let Fast::Hit(found) = conntrack::fast_lookup::<V4>(&key, APPLY_INGRESS, pkt.tcp_flags)
+        else {
             return None;
         };
         // A hairpin flow goes back out of its veth; a lab client's DNAT
@@ -225,7 +223,7 @@ fn to_uplink(
     if uplink == 0 || uplink == iface.ifindex || translated {
         return None;
     }
-    let half = match conntrack::fast_lookup(&pkt.key, APPLY_EGRESS, pkt.tcp_flags) {
+    let half = match conntrack::fast_lookup::<V4>(&pkt.key, APPLY_EGRESS, pkt.tcp_flags) {
         Fast::Hit(half) => {
             translate(pkt, half);
             Some(half)
@@ -250,7 +248,7 @@ fn to_uplink(
 /// the full path must decide.
 #[inline(always)]
 fn egress_of_peer(pkt: &mut Plain) -> Option<bool> {
-    match conntrack::fast_lookup(&pkt.after(), APPLY_EGRESS, pkt.tcp_flags) {
+    match conntrack::fast_lookup::<V4>(&pkt.after(), APPLY_EGRESS, pkt.tcp_flags) {
         Fast::Miss => Some(true),
         Fast::Slow => Some(false),
         Fast::Hit(half) => {
@@ -285,7 +283,7 @@ fn fast_egress(ctx: &TcContext) -> Option<i32> {
     if role == ROLE_LAB && !lab::is_backend_port(key.sport) && !lab.is_local(key.saddr) {
         return Some(TC_NEXT);
     }
-    match conntrack::fast_lookup(&key, APPLY_EGRESS, pkt.tcp_flags) {
+    match conntrack::fast_lookup::<V4>(&key, APPLY_EGRESS, pkt.tcp_flags) {
         Fast::Hit(half) => {
             translate(&mut pkt, half);
             if !write(ctx, &mut pkt) {

@@ -25,6 +25,7 @@ mod conntrack;
 mod endpoints;
 mod entry;
 mod fast;
+mod fast6;
 mod fib;
 mod frag;
 mod global;
@@ -92,11 +93,16 @@ pub fn trace_egress(ctx: TcContext) -> i32 {
 /// ([`fast`]), else the full path, tail-called.
 #[classifier]
 pub fn nat_ingress(ctx: TcContext) -> i32 {
+    if fast::is_ipv6(&ctx) {
+        if let Some(action) = fast6::ingress(&ctx) {
+            return action;
+        }
+        return fast::full_path(&ctx, names::NAT6_FULL_INGRESS);
+    }
     if let Some(action) = fast::ingress(&ctx) {
         return action;
     }
-    let slot = fast::full_slot(&ctx, names::NAT_FULL_INGRESS, names::NAT6_FULL_INGRESS);
-    fast::full_path(&ctx, slot)
+    fast::full_path(&ctx, names::NAT_FULL_INGRESS)
 }
 
 /// The full path of `nat_ingress`, a program of its own: tail-called, it
@@ -184,11 +190,16 @@ fn ingress(ctx: &TcContext, parsed: &Parsed) -> Verdict {
 /// fast path, else the full path, tail-called.
 #[classifier]
 pub fn nat_egress(ctx: TcContext) -> i32 {
+    if fast::is_ipv6(&ctx) {
+        if let Some(action) = fast6::egress(&ctx) {
+            return action;
+        }
+        return fast::full_path(&ctx, names::NAT6_FULL_EGRESS);
+    }
     if let Some(action) = fast::egress(&ctx) {
         return action;
     }
-    let slot = fast::full_slot(&ctx, names::NAT_FULL_EGRESS, names::NAT6_FULL_EGRESS);
-    fast::full_path(&ctx, slot)
+    fast::full_path(&ctx, names::NAT_FULL_EGRESS)
 }
 
 /// The full path of `nat_egress` (see [`nat_ingress_full`]).

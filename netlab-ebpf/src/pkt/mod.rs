@@ -26,4 +26,5 @@ pub mod l4;
 pub mod parse;
 pub mod parse6;
 pub mod plain;
+pub mod plain6;
 pub mod xdp;
