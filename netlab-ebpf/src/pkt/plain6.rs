@@ -26,6 +26,7 @@ pub struct Plain6 {
     /// The tuple as it came (its conntrack key).
     pub key: FlowKey6,
     pub tcp_flags: u8,
+    pub hop_limit: u8,
     /// `skb->len`.
     pub len: u32,
 }
@@ -68,14 +69,15 @@ impl Plain6 {
         Some(Plain6 {
             key: FlowKey6::new(ip.saddr, ip.daddr, sport, dport, ip.nexthdr),
             tcp_flags,
+            hop_limit: ip.hop_limit,
             len,
         })
     }
 
-    /// Rewrites the packet's tuple to `after` (NAT66's rewrite, as the
-    /// full path makes it).
+    /// Rewrites the packet's tuple from `before` to `after` (NAT66's
+    /// rewrite, as the full path makes it).
     #[inline(always)]
-    pub fn write(&self, ctx: &TcContext, after: &FlowKey6) -> Result<(), Stat> {
-        csum::rewrite_tuple6(ctx, L4_OFF, &self.key, after, false)
+    pub fn write(ctx: &TcContext, before: &FlowKey6, after: &FlowKey6) -> Result<(), Stat> {
+        csum::rewrite_tuple6(ctx, L4_OFF, before, after, false)
     }
 }
