@@ -54,7 +54,7 @@ use aya_ebpf::{
 use netlab_common::nat::{
     Addr, CT_ASSURED, CT_CONFIRMED, CT_FIN_ORIGINAL, CT_FIN_REPLY, CT_PICKED_UP, CT_REPLIED,
     CT_SERVICE, CtEntry, CtEntry6, CtEntryOf, DIR_ORIGINAL, DIR_REPLY, FlowKey, FlowKey6,
-    FlowKeyOf, IPPROTO_TCP, IPPROTO_UDP, Stat, TcpState, timeout_s, timeouts,
+    FlowKeyOf, IPPROTO_TCP, IPPROTO_UDP, NAT_SNAT, Stat, TcpState, timeout_s, timeouts,
 };
 
 use crate::{
@@ -1020,13 +1020,21 @@ fn key_free_in<F: Family>(key: &Key<F>, take_closing: bool) -> u32 {
 }
 
 /// Removes the TCP flow `found` (the half at `key`) when it is in
-/// TIME_WAIT or closed; whether it did.
+/// TIME_WAIT or closed, was source-NATed, and `key` is its reply tuple
+/// (the tuple the search wants), as `nf_nat_used_tuple_harder` and
+/// `nf_nat_may_kill` ask; whether it did. (Linux also wants the new
+/// connection's SYN and the old one's sequence numbers to have moved on:
+/// netlab tracks no sequence numbers, and a search runs for a new flow.)
 #[inline(always)]
 fn give_up_closing<F: Family>(found: &Found<F>, key: &Key<F>) -> bool {
     let entry = &*found.entry;
     let closing =
         entry.tcp_state == TcpState::TimeWait as u8 || entry.tcp_state == TcpState::Close as u8;
-    if key.proto != IPPROTO_TCP || !closing {
+    if key.proto != IPPROTO_TCP
+        || !closing
+        || entry.direction != DIR_REPLY
+        || entry.nat & NAT_SNAT == 0
+    {
         return false;
     }
     remove_flow::<F>(found.table, key, entry);

@@ -93,15 +93,18 @@ fn hop(
     let eth_dst = eth::load_daddr(ctx)?;
     if lab.is_local6(daddr)
         || ipv6::is_link_scope(daddr)
+        || ipv6::stays_on_link(&after.saddr)
         || eth::is_group(&eth_dst)
-        || pkt.hop_limit <= 1
         || lab.in_uplink_net6(daddr)
         || !lab.is_internal6(daddr)
     {
         return None;
     }
     let endpoint = endpoints::get6(daddr)?;
-    if endpoint.ifindex == iface.ifindex {
+    // Addressed to a gateway: a router hop, whose hop limit must not
+    // expire here (the stack answers time exceeded).
+    let routed = eth_dst != endpoint.mac;
+    if endpoint.ifindex == iface.ifindex || (routed && pkt.hop_limit <= 1) {
         return None;
     }
     let target = Iface::of_index(endpoint.ifindex);
@@ -119,7 +122,6 @@ fn hop(
         }
     };
     // Decided: now the writes.
-    let routed = eth_dst != endpoint.mac;
     for (before, found) in [(key, half), (&after, egress)] {
         if let Some(found) = found {
             if !write(ctx, before, found) {
@@ -169,6 +171,9 @@ pub fn egress(ctx: &TcContext) -> Option<i32> {
         None => {}
     }
     match conntrack::fast_lookup::<V6>(&pkt.key, APPLY_EGRESS, pkt.tcp_flags) {
+        // A lab source the flow leaves untranslated (the host's own flow
+        // from an address inside a lab subnet) is the uplink guard's.
+        Fast::Hit(half) if lab_source && half.nat == 0 => None,
         Fast::Hit(half) => {
             if !write(ctx, &pkt.key, half) {
                 return Some(TC_ACT_SHOT);

@@ -308,28 +308,25 @@ fn ingress6(ctx: &TcContext, verdict: &mut Verdict6) {
     if !matches!(verdict.action, Action::Pass | Action::Rewritten) {
         return;
     }
-    if parsed.kind != Kind6::Flow {
-        if lab.redirect() {
-            redirect::count(&iface, RedirectReason::FallbackUnparsed);
-        }
-        return;
-    }
-    // A namespace's flow DNATed to a backend of its own segment is
-    // bridged on, as br_netfilter does; with `redirect`, every flow takes
-    // its hop (see IPv4's `ingress`).
-    let dnat = verdict.action == Action::Rewritten
-        && verdict.rewrite.nat & (NAT_DNAT | NAT_REFLECT) == NAT_DNAT;
     if verdict.action == Action::Rewritten {
         trace::note_rewrite();
     }
-    let bridged = if dnat && iface.role == ROLE_LAB {
-        redirect::bridge_to_backend6(ctx, &lab, &iface, &verdict.rewrite.daddr)
-    } else {
-        None
-    };
-    let hop = match bridged {
+    // A namespace's flow DNATed to a backend of its own segment is
+    // bridged on, as br_netfilter does, its later fragments and ICMPv6
+    // errors too (the bridge forwards them by the backend's MAC); with
+    // `redirect`, every flow's packet takes its hop (see IPv4's
+    // `ingress`).
+    let dnat = verdict.action == Action::Rewritten
+        && verdict.rewrite.nat & (NAT_DNAT | NAT_REFLECT) == NAT_DNAT;
+    let flow = parsed.kind == Kind6::Flow;
+    let hop = match redirect::bridge_to_backend6(ctx, &lab, &iface, dnat, &verdict.rewrite.daddr) {
+        Some(Hop::Peer(_)) if !flow => return,
         Some(hop) => hop,
         None if !lab.redirect() => return,
+        None if !flow => {
+            redirect::count(&iface, RedirectReason::FallbackUnparsed);
+            return;
+        }
         None => redirect::forward6(ctx, &iface, &parsed.flow, verdict),
     };
     match hop {

@@ -22,7 +22,9 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::TcContext,
 };
-use netlab_common::nat::{APPLY_EGRESS, Endpoint, RedirectReason, Stat, redirect_stat_index};
+use netlab_common::nat::{
+    APPLY_EGRESS, Endpoint, ROLE_LAB, RedirectReason, Stat, redirect_stat_index,
+};
 
 use crate::{
     admit, endpoints, global,
@@ -241,6 +243,11 @@ fn forward_packet6(
         count(iface, RedirectReason::FallbackUnparsed);
         return Hop::Done(Verdict::PASS);
     }
+    // A link-scope source may not be routed: the stack answers it.
+    if ipv6::stays_on_link(&pkt.key.saddr) {
+        count(iface, RedirectReason::FallbackLocal);
+        return Hop::Done(Verdict::PASS);
+    }
     if let Some(endpoint) = endpoints::get6(daddr) {
         return to_endpoint(ctx, iface, &endpoint, eth_dst, || route_hop6(ctx, iface));
     }
@@ -340,15 +347,21 @@ pub fn bridge_to_backend(ctx: &TcContext, lab: &Lab, iface: &Iface, after: &Pack
     Some(Hop::Peer(endpoint.ifindex))
 }
 
-/// IPv6's [`bridge_to_backend`] (both datapaths), `daddr` the backend's
-/// address.
+/// IPv6's [`bridge_to_backend`] (both datapaths) for a packet NAT66
+/// DNATed (`dnat`) on a lab veth to `daddr`. Its `Hop::Peer` is for a
+/// flow's packet: a later fragment or an ICMPv6 error whose MAC was
+/// written is passed to the bridge instead.
 #[inline(always)]
 pub fn bridge_to_backend6(
     ctx: &TcContext,
     lab: &Lab,
     iface: &Iface,
+    dnat: bool,
     daddr: &[u32; 4],
 ) -> Option<Hop> {
+    if !dnat || iface.role != ROLE_LAB {
+        return None;
+    }
     let endpoint = endpoints::get6(daddr)?;
     let eth_dst = eth::load_daddr(ctx)?;
     if eth_dst != endpoint.gateway_mac || endpoint.ifindex == iface.ifindex {
@@ -415,7 +428,9 @@ pub fn into_peer6(
     match ctx::take_handoff(ctx) {
         Some(handoff) => nat6::handed_off_as(handoff, &verdict.rewrite, pkt.key.proto),
         // Not translated on the way in (else handed off): the packet is
-        // still `pkt`, and its flow may rewrite it at this egress.
+        // still `pkt`, and the egress hook would have run NAT66 on it
+        // (which may open the host's own flow there, as `nat6_egress`
+        // does), not only a known flow's rewrite.
         None => {
             nat6::translate(ctx, &target, pkt, APPLY_EGRESS, verdict);
             if verdict.dropped().is_some() {

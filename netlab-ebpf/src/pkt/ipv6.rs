@@ -134,6 +134,14 @@ pub fn upper_from(ctx: &TcContext, first: u8, off: usize) -> Option<Upper> {
     None
 }
 
+/// Whether a packet from `addr` must not cross a router: a link-scope
+/// source or the unspecified address (the kernel's `ip6_forward` drops
+/// it, answering "beyond scope of source address").
+#[inline(always)]
+pub fn stays_on_link(addr: &[u32; 4]) -> bool {
+    is_link_scope(addr) || *addr == [0; 4]
+}
+
 /// Whether `addr` is link-local unicast (fe80::/10) or multicast
 /// (ff00::/8, which neighbour discovery uses): addressed within its link.
 #[inline(always)]
