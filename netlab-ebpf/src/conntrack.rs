@@ -1001,10 +1001,11 @@ pub fn key_free<F: Family>(key: &Key<F>) -> bool {
     global::returned(F::key_free(key, 0)) != 0
 }
 
-/// [`key_free`] for a source port search running short: a TCP flow in
-/// TIME_WAIT or closed that holds `key` gives it up (removed, counted as
-/// `ct_swept`), as nf_nat's `nf_nat_used_tuple_harder` takes such a tuple
-/// for a new connection in its last attempts.
+/// [`key_free`] for a source port search running short: a source-NATed
+/// TCP flow in TIME_WAIT or closed whose reply tuple is `key` gives it up
+/// (removed, counted as `ct_swept`; see [`give_up_closing`]), as nf_nat's
+/// `nf_nat_used_tuple_harder` takes such a tuple for a new connection in
+/// its last attempts.
 #[inline(always)]
 pub fn key_free_or_closing<F: Family>(key: &Key<F>) -> bool {
     global::returned(F::key_free(key, 1)) != 0

@@ -27,8 +27,9 @@ use crate::{
 /// more than one).
 const PORT_ROUNDS: [u32; 2] = [128, 112];
 
-/// How many of a round's last probes also take a tuple held by a TCP flow
-/// in TIME_WAIT or closed ([`conntrack::key_free_or_closing`]), as
+/// How many of a round's last probes also take a tuple held by a
+/// source-NATed TCP flow in TIME_WAIT or closed
+/// ([`conntrack::key_free_or_closing`]), as
 /// nf_nat's `nf_nat_used_tuple_harder` does in a round's last
 /// `NF_NAT_HARDER_THRESH` (32) attempts. Without it, a masquerade range
 /// full of TIME_WAIT flows (120 s each) fails new SYNs

@@ -614,8 +614,9 @@ async fn configure_links(nl: &Netlink, topo: &Topology) -> Result<()> {
     // one is tentative (a second or two after the link comes up) the host
     // sends no neighbour solicitation from that link, and the first IPv6
     // packets it routes there are lost.
+    let ipv6 = !topo.internal_subnets6().is_empty();
     let no_dad = |name: &str| -> Result<()> {
-        if !topo.internal_subnets6().is_empty() {
+        if ipv6 {
             sysctl::write_iface6(name, "accept_dad", "0")?;
         }
         Ok(())
