@@ -1383,6 +1383,57 @@ fn a_new_syn_takes_the_port_of_a_flow_in_time_wait() {
     });
 }
 
+/// What a SYN may take is a source-NATed flow's port, as nf_nat's
+/// `nf_nat_may_kill` asks: the host's own flow in TIME_WAIT from the
+/// uplink's address and a port of the range keeps it, and the range is
+/// exhausted.
+#[test]
+#[ignore = "privileged: run through `cargo xtask test`"]
+fn a_new_syn_leaves_the_host_s_own_time_wait_flow_alone() {
+    with_datapath(|dp| {
+        dp.default_lab();
+        let server = "198.18.0.2:80";
+        // The host's own connection from 198.18.0.1:40000: tracked, not
+        // translated.
+        let host = "198.18.0.1:40000";
+        for (hook, frame) in [
+            (names::NAT_EGRESS, Frame::tcp(host, server, TCP_SYN)),
+            (
+                names::NAT_INGRESS,
+                Frame::tcp(server, host, TCP_SYN | TCP_ACK),
+            ),
+            (names::NAT_EGRESS, Frame::tcp(host, server, TCP_ACK)),
+            (
+                names::NAT_EGRESS,
+                Frame::tcp(host, server, TCP_FIN | TCP_ACK),
+            ),
+            (
+                names::NAT_INGRESS,
+                Frame::tcp(server, host, TCP_FIN | TCP_ACK),
+            ),
+            (names::NAT_EGRESS, Frame::tcp(host, server, TCP_ACK)),
+        ] {
+            let out = dp.run(hook, &frame.bytes());
+            assert_eq!(out.verdict, TC_NEXT, "the host's own segment passes");
+        }
+        let host_flow = flow_key(IPPROTO_TCP, ep(host), ep(server));
+        assert_eq!(
+            dp.flow(&host_flow)
+                .expect("the host's flow is tracked")
+                .tcp_state,
+            TcpState::TimeWait as u8
+        );
+        // The lab takes the range's other port.
+        let taken = open_masqueraded(dp, "192.168.15.1:5000", server);
+        assert_eq!(taken, 40001);
+
+        let syn = Frame::tcp("192.168.15.1:5001", server, TCP_SYN).bytes();
+        dp.run(names::NAT_EGRESS, &syn)
+            .expect(TC_ACT_SHOT, &[(Stat::PortExhausted, 1)]);
+        assert!(dp.flow(&host_flow).is_some(), "the host's flow is kept");
+    });
+}
+
 /// The same in a range wider than a search round (the masquerade of a
 /// busy client, whose connections leave 120 s of TIME_WAIT each): with
 /// every port held by a flow in TIME_WAIT, a new SYN still gets one.
